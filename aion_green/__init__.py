@@ -1,0 +1,36 @@
+"""aion_green: durable workflows for synchronous Python, on gevent."""
+from .engine import Engine, WorkflowHandle
+from .errors import (
+    AionError,
+    ConfigurationError,
+    EngineClosed,
+    InternalError,
+    NonDeterminismError,
+    NonRetryableError,
+    SequenceConflict,
+    SerializationError,
+    StepError,
+    StoreCorrupt,
+    StoreError,
+    StoreUnavailable,
+    Timeout,
+    WorkflowFailed,
+    WorkflowIdConflict,
+    WorkflowNotFound,
+    WorkflowNotRegistered,
+)
+from .events import Event
+from .registry import workflow
+from .steps import Retry, StepInfo, step_info
+from .store import IEventStore, RunInfo, SQLiteStore
+from .context import WorkflowContext
+
+__all__ = [
+    "AionError", "ConfigurationError", "Engine", "EngineClosed", "Event", "IEventStore",
+    "InternalError", "NonDeterminismError", "NonRetryableError", "Retry", "RunInfo",
+    "SQLiteStore", "SequenceConflict", "SerializationError", "StepError", "StepInfo",
+    "StoreCorrupt", "StoreError", "StoreUnavailable", "Timeout", "WorkflowContext",
+    "WorkflowFailed", "WorkflowHandle", "WorkflowIdConflict", "WorkflowNotFound",
+    "WorkflowNotRegistered", "step_info", "workflow",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,396 @@
+"""The Engine: lifecycle of one epoch, and the public operations.
+
+Thread contract: the public methods (``start``, ``result``, ``describe``,
+``list``, ``history``, ``shutdown``...) may be called from any thread or
+greenlet except the engine's own hub thread. Everything under "hub thread
+only" runs on the hub thread; the crossings are ``HubThread.call_soon`` /
+``spawn`` (into the hub) and :class:`Future` (out of it).
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import time
+import traceback
+import uuid
+import weakref
+from typing import Any, Callable, Optional, Union
+
+from gevent import GreenletExit, monkey
+from gevent.threadpool import ThreadPool
+
+from . import events as ev
+from ._writer import StoreWriter
+from .context import RunLost, WorkflowContext
+from .errors import (
+    ConfigurationError,
+    EngineClosed,
+    NonDeterminismError,
+    SerializationError,
+    Timeout,
+    WorkflowFailed,
+    WorkflowIdConflict,
+    WorkflowNotFound,
+    WorkflowNotRegistered,
+)
+from .hub_thread import Future, HubThread
+from .registry import Registry, workflow_name
+from .store import IEventStore, RunInfo, SQLiteStore, sqlite_path_from_url
+from .steps import error_data
+
+log = logging.getLogger("aion_green.engine")
+
+_allocate_lock = monkey.get_original("_thread", "allocate_lock")
+
+
+def open_store(url: Optional[str], durable: bool = True) -> IEventStore:
+    """The store a URL names: ``None`` or ``sqlite:///...`` (SQLite)."""
+    if url is not None and url.startswith(("postgres://", "postgresql://")):
+        raise ConfigurationError(
+            "the PostgreSQL store is not available in this version; use sqlite:///path.db"
+        )
+    return SQLiteStore(sqlite_path_from_url(url), durable=durable)
+
+
+class WorkflowHandle:
+    """A started (or existing) workflow run, by id."""
+
+    def __init__(self, engine: "Engine", workflow_id: str) -> None:
+        self.engine = engine
+        self.workflow_id = workflow_id
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        return self.engine.result(self.workflow_id, timeout=timeout)
+
+    def describe(self) -> RunInfo:
+        return self.engine.describe(self.workflow_id)
+
+    def history(self) -> list[ev.Event]:
+        return self.engine.history(self.workflow_id)
+
+    def __repr__(self) -> str:
+        return f"<WorkflowHandle {self.workflow_id!r}>"
+
+
+class Engine:
+    """A durable workflow engine over one store (one epoch, start to shutdown).
+
+    ``Engine()`` uses ``./aion.db``. The engine starts lazily on first use
+    (so it is fork-safe when created before a fork) and then resumes every
+    unfinished run in the background. Creating or entering it never switches
+    to another greenlet of the caller's hub.
+    """
+
+    def __init__(
+        self,
+        url: Optional[str] = None,
+        workflows: Any = (),
+        *,
+        durable: bool = True,
+        step_workers: int = 32,
+        kill_timeout: float = 5.0,
+        recover: bool = True,
+    ) -> None:
+        if step_workers < 1:
+            raise ConfigurationError(f"step_workers={step_workers}: need at least one step thread")
+        self.url = url
+        self.durable = durable
+        self.step_workers = step_workers
+        self.kill_timeout = kill_timeout
+        self.recover = recover
+        self._registry = Registry(workflows)
+        self._lock = _allocate_lock()
+        self._pid: Optional[int] = None
+        self._closed = False
+        self._hub: Optional[HubThread] = None
+        self._writer: Any = None
+        self._store: Optional[IEventStore] = None
+        # Hub thread only ------------------------------------------------------------
+        self._pool: Optional[ThreadPool] = None
+        # Invariant: a workflow id is in _runs while a greenlet of this epoch
+        # drives it; at most one per id.
+        self._runs: dict[str, Any] = {}
+        # Result waiters by workflow id, completed when the run ends here or
+        # found finished in the store.
+        self._waiters: dict[str, list[Future]] = {}
+        self.unrunnable: dict[str, str] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> "Engine":
+        self._ensure_started()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    def _ensure_started(self) -> None:
+        if self._closed:
+            raise EngineClosed("this engine was shut down; create a new Engine")
+        pid = os.getpid()
+        if self._pid == pid:
+            return
+        with self._lock:
+            if self._closed:
+                raise EngineClosed("this engine was shut down; create a new Engine")
+            if self._pid == pid:
+                return
+            if self._pid is not None:
+                # Forked: the hub and writer threads did not survive the fork.
+                log.info("engine used in a forked process (pid %s); starting afresh", pid)
+                self._runs, self._waiters = {}, {}
+            self._store = open_store(self.url, self.durable)
+            self._writer = StoreWriter(self._store)
+            self._hub = HubThread(name="aion-hub", kill_timeout=self.kill_timeout)
+            self._hub.call_soon(self._on_hub_start)
+            self._hub.start()
+            self._pid = pid
+            _live_engines.add(self)
+
+    def shutdown(self) -> None:
+        """Gate new work, end every run's greenlet (they resume on the next
+        start), flush the store writer, stop the threads. After it returns
+        nothing of this engine appends to any history. Idempotent."""
+        with self._lock:
+            self._closed = True
+            started = self._pid == os.getpid()
+        if not started:
+            return
+        assert self._hub is not None
+        self._hub.shutdown()
+        self._writer.close()
+        _live_engines.discard(self)
+
+    def _backstop(self) -> None:
+        """Never blocks: ask the threads to stop (``__del__``/``atexit``)."""
+        self._closed = True
+        if self._hub is not None and self._pid == os.getpid():
+            self._hub.backstop()
+
+    def __del__(self) -> None:
+        try:
+            self._backstop()
+        except Exception:  # pragma: no cover - interpreter teardown
+            pass
+
+    # -- public operations -------------------------------------------------------------------
+    def start(self, fn: Union[str, Callable[..., Any]], *args: Any,
+              id: Optional[str] = None) -> WorkflowHandle:  # noqa: A002
+        """Start ``fn(ctx, *args)`` as workflow ``id`` (a new uuid if None).
+
+        Idempotent by id: an existing run with the same type and arguments
+        is returned as it is; different ones raise :class:`WorkflowIdConflict`.
+        """
+        if id is not None and (not isinstance(id, str) or not id):
+            raise ConfigurationError(f"workflow id must be a non-empty string, got {id!r}")
+        wname = self._registry.add(fn) if callable(fn) else workflow_name(fn)
+        if not callable(fn):
+            self._registry.get(wname)  # fail early for an unknown name
+        args_json = ev.encode(list(args), f"the arguments of workflow {wname}")
+        self._ensure_started()
+        wid = id or uuid.uuid4().hex
+        created, info = self._call_store(
+            self._store.create_run, wid, wname, args_json, uuid.uuid4().hex, time.time()  # type: ignore[union-attr]
+        )
+        if not created:
+            if info.workflow_type != wname or info.args != json.loads(args_json):
+                raise WorkflowIdConflict(
+                    f"workflow id {wid!r} already exists as {info.workflow_type}"
+                    f"{tuple(info.args)!r}; it cannot be started again as {wname}"
+                    f"{tuple(json.loads(args_json))!r}. Use another id for different work"
+                )
+            return WorkflowHandle(self, wid)
+        self._hub.call_soon(self._spawn_run, wid, info)  # type: ignore[union-attr]
+        return WorkflowHandle(self, wid)
+
+    def handle(self, workflow_id: str) -> WorkflowHandle:
+        return WorkflowHandle(self, workflow_id)
+
+    def result(self, workflow_id: str, timeout: Optional[float] = None) -> Any:
+        """Wait for the run's end; return its result or raise
+        :class:`WorkflowFailed` (or :class:`Timeout` when ``timeout`` passes)."""
+        self._ensure_started()
+        future = Future()
+        self._hub.call_soon(self._register_waiter, workflow_id, future)  # type: ignore[union-attr]
+        try:
+            info: RunInfo = future.result(timeout)
+        except Timeout:
+            raise Timeout(
+                f"workflow {workflow_id!r} did not finish within {timeout} s; "
+                "it goes on running: call result() again to keep waiting"
+            ) from None
+        if info.status == ev.COMPLETED:
+            return info.result
+        raise WorkflowFailed(workflow_id, info.error or {"type": info.status, "message": info.status})
+
+    def describe(self, workflow_id: str) -> RunInfo:
+        self._ensure_started()
+        info = self._call_store(self._store.get_run, workflow_id)  # type: ignore[union-attr]
+        if info is None:
+            raise WorkflowNotFound(f"no workflow with id {workflow_id!r} in {self._store_name()}")
+        return info
+
+    def list(self, status: Optional[str] = None,
+             workflow_type: Union[None, str, Callable[..., Any]] = None,
+             limit: int = 100, after_id: Optional[str] = None) -> list[RunInfo]:
+        """Runs ordered by id, filtered by status (one of
+        running/completed/failed/cancelled/continued) and workflow type."""
+        if status is not None and status not in ev.STATUSES:
+            raise ConfigurationError(
+                f"unknown status {status!r}; choose one of {', '.join(ev.STATUSES)}"
+            )
+        if limit < 1:
+            raise ConfigurationError(f"limit={limit}: ask for at least one run")
+        wtype = None if workflow_type is None else workflow_name(workflow_type)
+        self._ensure_started()
+        return self._call_store(self._store.list_runs, status, wtype, limit, after_id)  # type: ignore[union-attr]
+
+    def history(self, workflow_id: str, after_seq: int = 0) -> list[ev.Event]:
+        self._ensure_started()
+        events = self._call_store(self._store.read, workflow_id, after_seq)  # type: ignore[union-attr]
+        if not events and after_seq == 0:
+            raise WorkflowNotFound(f"no workflow with id {workflow_id!r} in {self._store_name()}")
+        return events
+
+    def _store_name(self) -> str:
+        return getattr(self._store, "path", None) or str(self.url)
+
+    def _call_store(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self._writer.call(fn, *args).result()
+
+    # -- hub thread only ---------------------------------------------------------------------
+    def _on_hub_start(self) -> None:
+        import gevent
+
+        self._pool = ThreadPool(self.step_workers, hub=gevent.get_hub())
+        if self.recover:
+            self._hub.spawn(self._recover, name="aion-recovery")  # type: ignore[union-attr]
+
+    def _run_step(self, execute: Callable[..., Any], *args: Any) -> Any:
+        assert self._pool is not None
+        return self._pool.spawn(execute, *args).get()
+
+    def _recover(self) -> None:
+        after: Optional[str] = None
+        resumed = 0
+        while True:
+            page = self._writer.call(
+                self._store.list_runs, ev.RUNNING, None, 500, after  # type: ignore[union-attr]
+            ).result()
+            for info in page:
+                if info.workflow_id not in self._runs:
+                    self._spawn_run(info.workflow_id, info, recovering=True)
+                    resumed += 1
+            if len(page) < 500:
+                break
+            after = page[-1].workflow_id
+        if resumed:
+            log.info("recovery: resuming %d unfinished run(s)", resumed)
+
+    def _spawn_run(self, wid: str, info: RunInfo, recovering: bool = False) -> None:
+        if wid in self._runs or self._hub is None or self._hub.closing:
+            return
+        try:
+            fn = self._registry.get(info.workflow_type)
+        except WorkflowNotRegistered as exc:
+            message = f"cannot resume workflow {wid!r}: {exc}; the run is left as it is"
+            self.unrunnable[wid] = message
+            log.error(message)
+            return
+        self._runs[wid] = True
+        self._hub.spawn(self._drive, wid, fn, info, recovering, name=f"run:{wid}")
+
+    def _register_waiter(self, wid: str, future: Future) -> None:
+        self._waiters.setdefault(wid, []).append(future)
+        if wid not in self._runs:
+            self._hub.spawn(self._check_finished, wid)  # type: ignore[union-attr]
+
+    def _check_finished(self, wid: str) -> None:
+        try:
+            info = self._writer.call(self._store.get_run, wid).result()  # type: ignore[union-attr]
+        except Exception as exc:
+            self._fail_waiters(wid, exc)
+            return
+        if info is None:
+            self._fail_waiters(wid, WorkflowNotFound(f"no workflow with id {wid!r} in {self._store_name()}"))
+        elif info.finished:
+            self._complete_waiters(wid, info)
+
+    def _complete_waiters(self, wid: str, info: RunInfo) -> None:
+        for future in self._waiters.pop(wid, ()):
+            future.set_result(info)
+
+    def _fail_waiters(self, wid: str, error: BaseException) -> None:
+        for future in self._waiters.pop(wid, ()):
+            future.set_exception(error)
+
+    def _drive(self, wid: str, fn: Callable[..., Any], info: RunInfo, recovering: bool) -> None:
+        """The run's greenlet: replay, then live until the workflow ends."""
+        try:
+            if recovering or info.head_seq > 1:
+                history = self._writer.call(self._store.read, wid).result()  # type: ignore[union-attr]
+            else:
+                history = [ev.Event(1, ev.WORKFLOW_STARTED, info.created_at, {
+                    "workflow_type": info.workflow_type, "run_id": info.run_id, "args": info.args})]
+            if history and history[-1].type in ev.TERMINAL_TYPES:
+                final = self._writer.call(self._store.get_run, wid).result()  # type: ignore[union-attr]
+                self._complete_waiters(wid, final)
+                return
+            final = self._execute(wid, fn, info, history)
+            if final is not None:
+                self._complete_waiters(wid, final)
+        except GreenletExit:
+            raise
+        except RunLost as exc:
+            log.warning("run %r dropped: %s", wid, exc)
+        except Exception:
+            log.exception("run %r: the engine failed to drive it; this is a bug in aion_green", wid)
+        finally:
+            self._runs.pop(wid, None)
+
+    def _execute(self, wid: str, fn: Callable[..., Any], info: RunInfo,
+                 history: list[ev.Event]) -> Optional[RunInfo]:
+        ctx = WorkflowContext(self, wid, info.run_id, info.workflow_type, history)
+        args = history[0].data.get("args", info.args)
+        data: dict[str, Any]
+        try:
+            try:
+                result = fn(ctx, *args)
+            except (GreenletExit, RunLost):
+                raise
+            except NonDeterminismError:
+                raise
+            except Exception as exc:
+                ctx._finish_check(f"the workflow to raise {type(exc).__name__}")
+                raise
+            ctx._finish_check("the workflow to return")
+            result = ev.roundtrip(result, f"the result of workflow {wid!r}")
+            event_type, data, status = ev.WORKFLOW_COMPLETED, {"result": result}, ev.COMPLETED
+        except (GreenletExit, RunLost):
+            raise
+        except BaseException as exc:
+            if ctx._divergence is not None:
+                exc = ctx._divergence
+            error = error_data(exc)
+            if isinstance(exc, NonDeterminismError):
+                error.update(kind="nondeterminism", seq=exc.seq, expected=exc.expected, found=exc.found)
+                log.error("%s", exc)
+            elif isinstance(exc, SerializationError):
+                error["kind"] = "serialization"
+            if not isinstance(exc, NonDeterminismError):
+                error["traceback"] = "".join(traceback.format_exception(exc)[-8:])
+            event_type, data, status, result = ev.WORKFLOW_FAILED, {"error": error}, ev.FAILED, None
+        at = time.time()
+        head = ctx._append([ev.NewEvent(event_type, at, data)])
+        return RunInfo(wid, info.run_id, info.workflow_type, status, info.args,
+                       result, data.get("error"), head, info.created_at, at)
+
+
+_live_engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+
+
+@atexit.register
+def _backstop_all() -> None:
+    for engine in list(_live_engines):
+        engine._backstop()

@@ -1,0 +1,152 @@
+"""The closed family of aion_green errors.
+
+Every error derives from :class:`AionError`. Each docstring says whose fault
+it is: the user's (a wrong argument, a nondeterministic workflow, a finished
+run), the environment's (a locked or corrupt database), or ours (an engine
+invariant broken: "this is a bug in aion_green").
+
+Control-flow signals that must not be swallowed by ``except Exception``
+derive from :class:`BaseException` instead (see ``Cancelled`` in later
+issues).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+
+class AionError(Exception):
+    """Base of every error aion_green raises."""
+
+
+class ConfigurationError(AionError):
+    """The user's fault: a bad engine argument, store URL or registration."""
+
+
+class SerializationError(AionError):
+    """The user's fault: a value that must go into history is not JSON.
+
+    Workflow arguments, step results and workflow results are recorded as
+    JSON; convert the value to dicts, lists, strings, numbers, booleans and
+    None before passing or returning it.
+    """
+
+
+class WorkflowNotRegistered(AionError):
+    """The user's fault: a workflow type that this engine does not know.
+
+    Register it with ``Engine(workflows=[...])`` or decorate it with
+    ``@aion.workflow`` in a module the process imports.
+    """
+
+
+class WorkflowNotFound(AionError):
+    """The user's fault: no run with that workflow id exists in the store."""
+
+
+class WorkflowIdConflict(AionError):
+    """The user's fault: a workflow id reused with another type or arguments.
+
+    Starting with an existing id is idempotent only when the workflow type
+    and arguments are the same; pick a new id for different work.
+    """
+
+
+class EngineClosed(AionError):
+    """The user's fault: the engine was shut down; create a new ``Engine``."""
+
+
+class Timeout(AionError):
+    """A wait ran past its time limit (a result wait, or a workflow deadline)."""
+
+
+class StoreError(AionError):
+    """The environment's fault: the store could not do what was asked.
+
+    Nothing that was already recorded is lost; the failed write recorded
+    nothing.
+    """
+
+
+class StoreUnavailable(StoreError):
+    """The store is locked by another process or cannot be reached."""
+
+
+class StoreCorrupt(StoreError):
+    """The store file is not a database, or is damaged. It was not modified."""
+
+
+class SequenceConflict(StoreError):
+    """Two writers on one history: the append named a stale ``expected_seq``.
+
+    The loser stops touching that run; it never retries blindly.
+    """
+
+    def __init__(self, workflow_id: str, expected_seq: int, actual_seq: int) -> None:
+        self.workflow_id = workflow_id
+        self.expected_seq = expected_seq
+        self.actual_seq = actual_seq
+        super().__init__(
+            f"history of workflow {workflow_id!r} is at seq {actual_seq}, "
+            f"but the append expected seq {expected_seq}: another writer owns this run"
+        )
+
+
+class NonDeterminismError(AionError):
+    """The user's fault: replay of a workflow diverged from its history.
+
+    The workflow code made a different call than the one recorded at that
+    point. Workflow code must be deterministic: take time, randomness and
+    every side effect from ``ctx`` (``ctx.now()``, ``ctx.random()``,
+    ``ctx.step(...)``), and version changes with ``ctx.patched(...)``.
+    """
+
+    def __init__(self, workflow_id: str, seq: Optional[int], expected: str, found: str) -> None:
+        self.workflow_id = workflow_id
+        self.seq = seq
+        self.expected = expected
+        self.found = found
+        where = f"at seq {seq}" if seq is not None else "at the end of the history"
+        super().__init__(
+            f"workflow {workflow_id!r} diverged from its history {where}: "
+            f"the code now does {expected}, the history recorded {found}. "
+            "Check that the workflow code is deterministic (use ctx.now(), ctx.random(), "
+            "ctx.step()) and that runs started under older code are replayed by compatible code."
+        )
+
+
+class StepError(AionError):
+    """A step failed for good (after its retries); raised in the workflow.
+
+    The original exception cannot be rebuilt from history, so the workflow
+    sees this error on the live run and on replay alike; ``error_type`` is the
+    qualified name of the original exception class.
+    """
+
+    def __init__(self, step: int, name: str, error_type: str, message: str, attempts: int) -> None:
+        self.step = step
+        self.name = name
+        self.error_type = error_type
+        self.message = message
+        self.attempts = attempts
+        super().__init__(
+            f"step {step} ({name}) failed after {attempts} attempt(s): {error_type}: {message}"
+        )
+
+
+class NonRetryableError(Exception):
+    """Raise (or subclass) this in a step to fail it at once, without retries."""
+
+
+class WorkflowFailed(AionError):
+    """The workflow run ended with an error; raised by ``handle.result()``."""
+
+    def __init__(self, workflow_id: str, error: dict[str, Any]) -> None:
+        self.workflow_id = workflow_id
+        self.error_type = error.get("type", "Exception")
+        self.message = error.get("message", "")
+        self.error = error
+        super().__init__(f"workflow {workflow_id!r} failed: {self.error_type}: {self.message}")
+
+
+class InternalError(AionError):
+    """Ours: an engine invariant was broken. This is a bug in aion_green."""

@@ -1,0 +1,118 @@
+"""Event types of a workflow history, and their JSON form.
+
+A history is the append-only list of these events, numbered by ``seq`` from 1.
+Every value stored in an event round-trips through :func:`encode`/:func:`decode`
+(strict JSON), so what a live run sees is exactly what a replay will see.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from .errors import SerializationError
+
+# -- event type names ---------------------------------------------------------
+# Run family.
+WORKFLOW_STARTED = "WorkflowStarted"
+WORKFLOW_COMPLETED = "WorkflowCompleted"
+WORKFLOW_FAILED = "WorkflowFailed"
+WORKFLOW_CANCELLED = "WorkflowCancelled"
+WORKFLOW_CONTINUED_AS_NEW = "WorkflowContinuedAsNew"
+CANCEL_REQUESTED = "CancelRequested"
+# Step family.
+STEP_COMPLETED = "StepCompleted"
+STEP_FAILED = "StepFailed"
+
+TERMINAL_TYPES = frozenset(
+    {WORKFLOW_COMPLETED, WORKFLOW_FAILED, WORKFLOW_CANCELLED, WORKFLOW_CONTINUED_AS_NEW}
+)
+EVENT_TYPES = frozenset(
+    {
+        WORKFLOW_STARTED,
+        WORKFLOW_COMPLETED,
+        WORKFLOW_FAILED,
+        WORKFLOW_CANCELLED,
+        WORKFLOW_CONTINUED_AS_NEW,
+        CANCEL_REQUESTED,
+        STEP_COMPLETED,
+        STEP_FAILED,
+    }
+)
+
+# Run statuses, derived from the last event of a history.
+RUNNING = "running"
+COMPLETED = "completed"
+FAILED = "failed"
+CANCELLED = "cancelled"
+CONTINUED = "continued"
+STATUS_OF_TERMINAL = {
+    WORKFLOW_COMPLETED: COMPLETED,
+    WORKFLOW_FAILED: FAILED,
+    WORKFLOW_CANCELLED: CANCELLED,
+    WORKFLOW_CONTINUED_AS_NEW: CONTINUED,
+}
+STATUSES = (RUNNING, COMPLETED, FAILED, CANCELLED, CONTINUED)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One recorded event: its ``seq``, its ``type``, its wall-clock time ``at``
+    (seconds since the epoch) and its type-specific ``data``."""
+
+    seq: int
+    type: str
+    at: float
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def time(self) -> datetime:
+        return datetime.fromtimestamp(self.at, tz=timezone.utc)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "type": self.type, "at": self.at, **self.data}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "Event":
+        data = dict(obj)
+        return cls(seq=data.pop("seq"), type=data.pop("type"), at=data.pop("at"), data=data)
+
+    def describe(self) -> str:
+        """A short human form, used in error messages."""
+        keys = ", ".join(f"{k}={self.data[k]!r}" for k in ("step", "name") if k in self.data)
+        return f"{self.type}({keys})" if keys else self.type
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event about to be appended (its ``seq`` is given by the append)."""
+
+    type: str
+    at: float
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+# -- the codec ------------------------------------------------------------------
+
+def encode(value: Any, what: str) -> str:
+    """Strict JSON text of ``value``; ``what`` names it in the error."""
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(
+            f"{what} is not JSON-serialisable ({exc}); history stores JSON, so pass and "
+            "return dicts, lists, strings, numbers, booleans or None"
+        ) from None
+
+
+def decode(text: str) -> Any:
+    return json.loads(text)
+
+
+def roundtrip(value: Any, what: str) -> Any:
+    """The value as replay will see it (tuples become lists, keys strings)."""
+    return json.loads(encode(value, what))

@@ -1,0 +1,427 @@
+"""The private gevent hub that runs every workflow, in its own native thread.
+
+Thread contract of :class:`HubThread`:
+
+- any thread or greenlet may call :meth:`HubThread.call_soon`,
+  :meth:`HubThread.spawn`, :meth:`HubThread.kill`, :meth:`HubThread.submit`
+  and :meth:`HubThread.shutdown`;
+- the commands they queue, and every greenlet spawned, run only on the hub
+  thread;
+- the one entry point that crosses over is the command deque plus the single
+  ``loop.async_()`` watcher (``ref=True``) that drains it.
+
+Waiting across threads goes through :class:`Future`, whose ``result()`` picks
+a waiter that suits the caller: a native lock in a plain thread, an async
+watcher on the caller's *own* hub in a greenlet (a native lock there would
+freeze every other greenlet of, say, a gevent web worker), and a hub-local
+event on the engine's hub thread.
+"""
+from __future__ import annotations
+
+import collections
+import gc
+import logging
+from typing import Any, Callable, Optional
+
+import gevent
+import gevent.event
+from gevent import monkey
+from gevent._hub_local import get_hub_if_exists
+from gevent.greenlet import Greenlet
+from greenlet import GreenletExit
+from greenlet import getcurrent as _getcurrent
+
+from .errors import EngineClosed, InternalError, Timeout
+
+log = logging.getLogger("aion_green.hub")
+
+# The hub thread must be a real thread even under patch_all(): patched
+# threading.Thread, and get_original('threading', 'Thread'), give a greenlet.
+_start_new_thread = monkey.get_original("_thread", "start_new_thread")
+_allocate_lock = monkey.get_original("_thread", "allocate_lock")
+_get_ident = monkey.get_original("_thread", "get_ident")
+try:  # CPython <= 3.12: a lock released when the thread's state is deleted.
+    _set_sentinel: Optional[Callable[[], Any]] = monkey.get_original("_thread", "_set_sentinel")
+except (AttributeError, ImportError):  # pragma: no cover - newer CPython
+    _set_sentinel = None
+
+# Hub threads by native thread ident, so a waiter knows it runs on one.
+_HUB_THREADS: dict[int, "HubThread"] = {}
+
+
+# -- waiters ----------------------------------------------------------------------
+
+class _LockWaiter:
+    """A plain thread waits on a native lock."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = _allocate_lock()
+        self._lock.acquire()
+
+    def notify(self) -> None:
+        self._lock.release()
+
+    def wait(self, timeout: Optional[float]) -> bool:
+        return bool(self._lock.acquire(True, -1 if timeout is None else max(timeout, 0)))
+
+    def close(self) -> None:
+        pass
+
+
+class _ForeignHubWaiter:
+    """A greenlet of some other hub (the caller's app) waits on an async
+    watcher of its own hub; ``notify`` is safe from any thread."""
+
+    __slots__ = ("_event", "_watcher")
+
+    def __init__(self, hub: Any) -> None:
+        self._event = gevent.event.Event()
+        # Started before it can be notified: ev_async_start clears a send that
+        # came first, so starting late would lose the wake.
+        self._watcher = hub.loop.async_()
+        self._watcher.start(self._event.set)
+
+    def notify(self) -> None:
+        self._watcher.send()
+
+    def wait(self, timeout: Optional[float]) -> bool:
+        return bool(self._event.wait(timeout))
+
+    def close(self) -> None:
+        self._watcher.stop()
+        self._watcher.close()
+
+
+class _HubLocalWaiter:
+    """A greenlet on an engine hub thread waits on an event of that hub; the
+    notifier rings through the hub's command deque (sends there merge)."""
+
+    __slots__ = ("_event", "_hub_thread")
+
+    def __init__(self, hub_thread: "HubThread") -> None:
+        self._event = gevent.event.Event()
+        self._hub_thread = hub_thread
+
+    def notify(self) -> None:
+        self._hub_thread.call_soon(self._event.set)
+
+    def wait(self, timeout: Optional[float]) -> bool:
+        return bool(self._event.wait(timeout))
+
+    def close(self) -> None:
+        pass
+
+
+def _make_waiter() -> Any:
+    hub_thread = _HUB_THREADS.get(_get_ident())
+    hub = get_hub_if_exists()
+    if hub is not None and _getcurrent() is hub:
+        raise InternalError(
+            "a blocking wait was attempted inside a gevent hub callback; "
+            "this is a bug in aion_green"
+        )
+    if hub_thread is not None:
+        return _HubLocalWaiter(hub_thread)
+    if hub is not None:
+        return _ForeignHubWaiter(hub)
+    return _LockWaiter()
+
+
+class Future:
+    """A one-shot outcome that any thread may set and any thread or greenlet
+    may wait for."""
+
+    __slots__ = ("_lock", "_done", "_value", "_error", "_waiters", "_callbacks")
+
+    def __init__(self) -> None:
+        self._lock = _allocate_lock()
+        # Invariant: once _done is true, _value/_error never change and
+        # _waiters is empty.
+        self._done = False
+        self._value: Any = None
+        self._error: Optional[BaseException] = None
+        self._waiters: list[Any] = []
+        self._callbacks: list[Callable[["Future"], None]] = []
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, value: Any) -> bool:
+        return self._finish(value, None)
+
+    def set_exception(self, error: BaseException) -> bool:
+        return self._finish(None, error)
+
+    def _finish(self, value: Any, error: Optional[BaseException]) -> bool:
+        with self._lock:
+            if self._done:
+                return False
+            self._value, self._error, self._done = value, error, True
+            # Notify under the lock: a waiter that timed out removes itself
+            # under the same lock before closing its watcher.
+            for waiter in self._waiters:
+                waiter.notify()
+            self._waiters = []
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:  # pragma: no cover - a callback bug must not hide the result
+                log.exception("a Future callback failed")
+        return True
+
+    def add_done_callback(self, callback: Callable[["Future"], None]) -> None:
+        """Call ``callback(self)`` once done, on the thread that finishes it."""
+        with self._lock:
+            if not self._done:
+                self._callbacks.append(callback)
+                return
+        callback(self)
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        if self._done:
+            return True
+        waiter = _make_waiter()
+        with self._lock:
+            if self._done:
+                waiter.close()
+                return True
+            self._waiters.append(waiter)
+        try:
+            waiter.wait(timeout)
+        finally:
+            with self._lock:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                waiter.close()
+        return self._done
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        if not self.wait(timeout):
+            raise Timeout(f"no result within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def exception(self) -> Optional[BaseException]:
+        return self._error
+
+
+# -- the hub thread ------------------------------------------------------------------
+
+class HubThread:
+    """A private gevent hub running in a dedicated native thread."""
+
+    def __init__(self, name: str = "aion-hub", kill_timeout: float = 5.0) -> None:
+        self.name = name
+        self.kill_timeout = kill_timeout
+        self._commands: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = (
+            collections.deque()
+        )
+        # Set on the hub thread once its watcher exists; until then commands
+        # wait in the deque and the thread drains them when it starts.
+        self._async: Any = None
+        self._hub: Any = None
+        self._ident: Optional[int] = None
+        self._stop_event: Any = None
+        self._state_lock = _allocate_lock()
+        # Invariant: _closing never goes back to False; once set, spawn() and
+        # call_soon() refuse new work.
+        self._closing = False
+        self._started = False
+        # Invariant: every live greenlet spawned here is in _greenlets (it
+        # removes itself when it ends), so shutdown can kill and join them.
+        self._greenlets: set[Greenlet] = set()
+        self._finished = Future()
+        self._sentinel: Any = None
+        self.stragglers: list[str] = []
+
+    # any thread --------------------------------------------------------------------
+    def start(self) -> "HubThread":
+        with self._state_lock:
+            if self._started:
+                return self
+            if self._closing:
+                raise EngineClosed("this hub thread was shut down; start a new one")
+            self._started = True
+        _start_new_thread(self._thread_main, ())
+        return self
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def in_hub_thread(self) -> bool:
+        return self._ident is not None and _get_ident() == self._ident
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the hub thread, in the hub's own callback
+        context: it must not block (spawn a greenlet for blocking work)."""
+        self._commands.append((fn, args))
+        watcher = self._async
+        if watcher is not None:
+            watcher.send()
+
+    def spawn(self, fn: Callable[..., Any], *args: Any, name: Optional[str] = None) -> None:
+        """Run ``fn(*args)`` as a tracked greenlet on the hub thread."""
+        if self._closing:
+            raise EngineClosed("the engine is shutting down; no new work is accepted")
+        if self.in_hub_thread():
+            self._spawn_here(fn, args, name)
+        else:
+            self.call_soon(self._spawn_here, fn, args, name)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Run ``fn(*args)`` in a tracked greenlet; its outcome in a Future."""
+        future = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
+                if isinstance(exc, GreenletExit):
+                    raise
+
+        self.spawn(run)
+        return future
+
+    def kill(self, glet: Greenlet) -> None:
+        """Kill a greenlet of this hub. ``g.kill(block=False)`` from another
+        thread silently does nothing, so the kill travels as a command."""
+        if self.in_hub_thread():
+            glet.kill(block=False)
+        else:
+            self.call_soon(glet.kill, None, False)
+
+    def shutdown(self, timeout: Optional[float] = None) -> None:
+        """Gate new work, kill and join every greenlet (at most
+        ``kill_timeout``), destroy the hub in its own thread, join the thread.
+
+        Safe from a plain thread, from a greenlet of a patched main thread,
+        and twice. Not from the hub thread itself, which cannot join itself.
+        """
+        if self.in_hub_thread():
+            raise InternalError(
+                "HubThread.shutdown() was called on the hub thread itself; "
+                "call it from outside (this is a bug in aion_green)"
+            )
+        with self._state_lock:
+            self._closing = True
+            started = self._started
+        if not started:
+            return
+        self.call_soon(self._begin_stop)
+        limit = None if timeout is None else timeout + self.kill_timeout
+        self._finished.wait(limit)
+        sentinel = self._sentinel
+        if sentinel is not None:
+            # The thread body has returned; this waits only for CPython to
+            # delete the thread state (microseconds), so a native acquire is fine.
+            sentinel.acquire(True, 5)
+
+    def backstop(self) -> None:
+        """``Drop``-style backstop for ``__del__``/``atexit``: gate and ask the
+        hub thread to stop, never blocking."""
+        with self._state_lock:
+            self._closing = True
+            started = self._started
+        if started and not self._finished.done():
+            self.call_soon(self._begin_stop)
+
+    def greenlet_count(self) -> int:
+        return len(self._greenlets)
+
+    # hub thread only ------------------------------------------------------------------
+    def _spawn_here(self, fn: Callable[..., Any], args: tuple[Any, ...], name: Optional[str]) -> None:
+        if self._stop_event is not None and self._stop_event.is_set():
+            log.warning("hub %s is stopping; dropped greenlet %s", self.name, name or fn)
+            return
+        glet = Greenlet(fn, *args)
+        if name:
+            glet.name = name
+        self._greenlets.add(glet)
+        glet.rawlink(self._greenlets.discard)
+        glet.start()
+
+    def _drain(self) -> None:
+        commands = self._commands
+        while commands:
+            fn, args = commands.popleft()
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("hub %s: command %r failed", self.name, fn)
+
+    def _begin_stop(self) -> None:
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    def _thread_main(self) -> None:
+        if _set_sentinel is not None:
+            self._sentinel = _set_sentinel()
+        self._ident = _get_ident()
+        _HUB_THREADS[self._ident] = self
+        try:
+            hub = gevent.get_hub()
+            self._hub = hub
+            self._stop_event = gevent.event.Event()
+            watcher = hub.loop.async_(ref=True)
+            watcher.start(self._drain)
+            self._async = watcher
+            self._drain()  # commands queued before the watcher existed
+            self._stop_event.wait()
+            self._stop_greenlets()
+            watcher.stop()
+            watcher.close()
+            self._async = None
+            self._destroy_hub(hub)
+        except BaseException:  # pragma: no cover - must never die silently
+            log.exception("hub thread %s crashed; this is a bug in aion_green", self.name)
+        finally:
+            _HUB_THREADS.pop(self._ident, None)
+            # Drop every reference to the dead hub (the event is bound to it).
+            self._hub = None
+            self._stop_event = None
+            self._finished.set_result(None)
+
+    def _stop_greenlets(self) -> None:
+        # Disable the cyclic GC around a mass kill: it dominates the cost.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            # Greenlets may spawn others while dying; sweep until none is left.
+            for _ in range(3):
+                victims = list(self._greenlets)
+                if not victims:
+                    break
+                for glet in victims:
+                    glet.kill(block=False)
+                gevent.joinall(victims, timeout=self.kill_timeout)
+                survivors = [g for g in victims if not g.dead]
+                if survivors:
+                    names = [getattr(g, "name", repr(g)) for g in survivors]
+                    self.stragglers.extend(names)
+                    log.error(
+                        "hub %s: %d greenlet(s) swallowed GreenletExit and did not end within "
+                        "%.1f s: %s; they are abandoned with the hub",
+                        self.name, len(survivors), self.kill_timeout, ", ".join(names),
+                    )
+                    for glet in survivors:
+                        self._greenlets.discard(glet)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _destroy_hub(self, hub: Any) -> None:
+        hub.destroy(destroy_loop=True)
+        # gevent#1601: after destroy the hub greenlet stays parked mid-throw
+        # of LoopExit into its parent, pinning frames in a cycle the GC cannot
+        # see; throwing GreenletExit into it lets it end.
+        if not hub.dead:
+            try:
+                hub.throw(GreenletExit)
+            except BaseException:
+                pass

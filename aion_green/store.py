@@ -1,0 +1,394 @@
+"""The store contract, and the embedded SQLite store.
+
+A store keeps, per workflow id, a run row (type, arguments, status, result)
+and the run's history: events numbered by ``seq`` from 1. Store methods are
+blocking; the engine calls them only from its store writer thread (see
+``_writer.py``), never from the hub thread, where a blocking C call would
+freeze every workflow.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Union
+from urllib.parse import unquote, urlparse
+
+from zope.interface import Attribute, Interface, implementer
+
+from . import events as ev
+from .errors import (
+    ConfigurationError,
+    SequenceConflict,
+    StoreCorrupt,
+    StoreError,
+    StoreUnavailable,
+)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the store knows of one workflow run."""
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    status: str
+    args: list[Any]
+    result: Any
+    error: Optional[dict[str, Any]]
+    head_seq: int
+    created_at: float
+    updated_at: float
+
+    @property
+    def finished(self) -> bool:
+        return self.status != ev.RUNNING
+
+
+@dataclass(frozen=True)
+class Append:
+    """One history append: ``events`` extend the history whose head is
+    ``expected_seq``."""
+
+    workflow_id: str
+    expected_seq: int
+    events: Sequence[ev.NewEvent]
+
+
+class IEventStore(Interface):
+    """Durable histories of workflow runs.
+
+    Invariant: a history only grows, by appends that name the head they
+    extend; seqs are 1, 2, 3... with no gap and no duplicate.
+    """
+
+    durable = Attribute("True when a returned append survives a power cut (fsync per commit).")
+
+    def create_run(workflow_id, workflow_type, args_json, run_id, at):  # noqa: N805
+        """Create the run and its ``WorkflowStarted`` event (seq 1) atomically.
+
+        Returns ``(created, RunInfo)``; when the id exists nothing is written
+        and the existing run is returned with ``created`` false.
+        """
+
+    def append_batch(appends):  # noqa: N805
+        """Apply many :class:`Append` in one transaction (group commit).
+
+        Returns, per append and in order, the new head seq or the
+        :class:`SequenceConflict` that refused it (a refused append writes
+        nothing; the others still commit). A terminal event sets the run's
+        status, result or error in the same transaction. Raises
+        :class:`StoreError` when the transaction as a whole fails; then
+        nothing of the batch is written.
+        """
+
+    def read(workflow_id, after_seq=0, limit=None):  # noqa: N805
+        """Events of one history with ``seq > after_seq``, in order."""
+
+    def get_run(workflow_id):  # noqa: N805
+        """The :class:`RunInfo` of a workflow id, or None."""
+
+    def list_runs(status=None, workflow_type=None, limit=100, after_id=None):  # noqa: N805
+        """Runs ordered by workflow id, filtered by status and type;
+        ``after_id`` pages (pass the last id of the previous page)."""
+
+    def close():  # noqa: N805
+        """Release the store's resources. Idempotent."""
+
+
+# -- SQLite -----------------------------------------------------------------------------
+
+# Versioned migrations: index i brings the schema from version i to i + 1.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE runs(
+            workflow_id TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            workflow_type TEXT NOT NULL,
+            status TEXT NOT NULL,
+            args TEXT NOT NULL,
+            result TEXT,
+            error TEXT,
+            head_seq INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL)""",
+        "CREATE INDEX runs_by_status ON runs(status, workflow_type, workflow_id)",
+        """CREATE TABLE events(
+            workflow_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            at REAL NOT NULL,
+            data TEXT NOT NULL,
+            PRIMARY KEY (workflow_id, seq)) WITHOUT ROWID""",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+_RUN_COLUMNS = (
+    "workflow_id, run_id, workflow_type, status, args, result, error, head_seq, created_at, updated_at"
+)
+
+
+def sqlite_path_from_url(url: Optional[str]) -> str:
+    """``None`` → ``./aion.db``; ``sqlite:///rel.db``, ``sqlite:////abs.db``,
+    ``sqlite:///:memory:`` or a plain path."""
+    if url is None:
+        return os.path.abspath("aion.db")
+    if "://" not in url:
+        return url
+    parsed = urlparse(url)
+    if parsed.scheme != "sqlite":
+        raise ConfigurationError(
+            f"store URL {url!r} is not a SQLite URL; use sqlite:///path/to/file.db "
+            "(or postgresql://... for PostgreSQL)"
+        )
+    path = unquote(parsed.path)
+    if path.startswith("/") and not url.startswith("sqlite:////"):
+        path = path[1:]
+    if not path:
+        raise ConfigurationError(f"store URL {url!r} names no file; use sqlite:///aion.db")
+    return path
+
+
+def _translate(exc: sqlite3.Error, path: str) -> StoreError:
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+        return StoreUnavailable(
+            f"the SQLite database {path!r} is locked by another process ({text}); "
+            "stop the other process or raise busy_timeout, then retry: nothing was written"
+        )
+    if "not a database" in text or "malformed" in text or "corrupt" in text:
+        return StoreCorrupt(
+            f"the SQLite file {path!r} is not an aion_green database or is damaged ({text}); "
+            "it was not modified: restore it from a backup or point the engine at another file"
+        )
+    if "disk" in text or "full" in text or "I/O" in text or "readonly" in text:
+        return StoreUnavailable(
+            f"the SQLite database {path!r} cannot be written ({text}); "
+            "free space or fix permissions, then retry: nothing of this write was recorded"
+        )
+    return StoreError(f"SQLite error on {path!r}: {text}")
+
+
+@implementer(IEventStore)
+class SQLiteStore:
+    """One SQLite file in WAL mode; durable commits (``synchronous=FULL``) by
+    default, ``durable=False`` trades the fsync per commit for speed.
+
+    Thread contract: a SQLiteStore is used by one thread at a time (the
+    engine's store writer); it is opened on the caller's thread so that a
+    corrupt or locked file is reported by the constructor.
+    """
+
+    def __init__(self, path: str, durable: bool = True, busy_timeout: float = 5.0) -> None:
+        self.path = path
+        self.durable = durable
+        try:
+            self._conn = sqlite3.connect(
+                path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise _translate(exc, path) from None
+        try:
+            self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            self._conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._migrate()
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise _translate(exc, path) from None
+
+    def _migrate(self) -> None:
+        conn = self._conn
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the SQLite file {self.path!r} has schema version {version}, newer than this "
+                f"aion_green understands ({SCHEMA_VERSION}); upgrade aion_green"
+            )
+        if version == 0 and conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name IN ('runs', 'events')"
+        ).fetchone()[0]:
+            raise StoreError(
+                f"the SQLite file {self.path!r} already has tables named runs/events that "
+                "aion_green did not create; point the engine at another file"
+            )
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read under the write lock: another process may have migrated.
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            for step in _MIGRATIONS[version:]:
+                for statement in step:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # -- writes ----------------------------------------------------------------------------
+    def create_run(
+        self, workflow_id: str, workflow_type: str, args_json: str, run_id: str, at: float
+    ) -> tuple[bool, RunInfo]:
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                existing = self._get_run(workflow_id)
+                if existing is not None:
+                    conn.execute("COMMIT")
+                    return False, existing
+                conn.execute(
+                    f"INSERT INTO runs({_RUN_COLUMNS}) VALUES (?,?,?,?,?,NULL,NULL,1,?,?)",
+                    (workflow_id, run_id, workflow_type, ev.RUNNING, args_json, at, at),
+                )
+                data = f'{{"workflow_type":{json.dumps(workflow_type)},"run_id":{json.dumps(run_id)},"args":{args_json}}}'
+                conn.execute(
+                    "INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,1,?,?,?)",
+                    (workflow_id, ev.WORKFLOW_STARTED, at, data),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from None
+        return True, RunInfo(
+            workflow_id, run_id, workflow_type, ev.RUNNING, json.loads(args_json),
+            None, None, 1, at, at,
+        )
+
+    def append_batch(self, appends: Sequence[Append]) -> list[Union[int, StoreError]]:
+        conn = self._conn
+        outcomes: list[Union[int, StoreError]] = []
+        # Heads moved by earlier appends of this same batch.
+        heads: dict[str, int] = {}
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for append in appends:
+                    outcomes.append(self._append_one(append, heads))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from None
+        return outcomes
+
+    def _append_one(self, append: Append, heads: dict[str, int]) -> Union[int, StoreError]:
+        conn = self._conn
+        wid = append.workflow_id
+        head = heads.get(wid)
+        if head is None:
+            row = conn.execute(
+                "SELECT head_seq FROM runs WHERE workflow_id=?", (wid,)
+            ).fetchone()
+            if row is None:
+                return StoreError(f"no run with workflow id {wid!r}: create it before appending")
+            head = row[0]
+        if head != append.expected_seq:
+            return SequenceConflict(wid, append.expected_seq, head)
+        rows = []
+        seq = head
+        terminal: Optional[ev.NewEvent] = None
+        for event in append.events:
+            seq += 1
+            rows.append((wid, seq, event.type, event.at, json.dumps(event.data, separators=(",", ":"))))
+            if event.type in ev.TERMINAL_TYPES:
+                terminal = event
+        conn.executemany(
+            "INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,?,?,?,?)", rows
+        )
+        last_at = append.events[-1].at if append.events else 0.0
+        if terminal is None:
+            conn.execute(
+                "UPDATE runs SET head_seq=?, updated_at=? WHERE workflow_id=?", (seq, last_at, wid)
+            )
+        else:
+            result = terminal.data.get("result")
+            error = terminal.data.get("error")
+            conn.execute(
+                "UPDATE runs SET head_seq=?, updated_at=?, status=?, result=?, error=? "
+                "WHERE workflow_id=?",
+                (
+                    seq, last_at, ev.STATUS_OF_TERMINAL[terminal.type],
+                    None if result is None else json.dumps(result),
+                    None if error is None else json.dumps(error),
+                    wid,
+                ),
+            )
+        heads[wid] = seq
+        return seq
+
+    # -- reads -------------------------------------------------------------------------------
+    def read(self, workflow_id: str, after_seq: int = 0, limit: Optional[int] = None) -> list[ev.Event]:
+        sql = "SELECT seq, type, at, data FROM events WHERE workflow_id=? AND seq>? ORDER BY seq"
+        params: tuple[Any, ...] = (workflow_id, after_seq)
+        if limit is not None:
+            sql += " LIMIT ?"
+            params += (limit,)
+        try:
+            rows = self._conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from None
+        return [ev.Event(seq, typ, at, json.loads(data)) for seq, typ, at, data in rows]
+
+    def get_run(self, workflow_id: str) -> Optional[RunInfo]:
+        try:
+            return self._get_run(workflow_id)
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from None
+
+    def _get_run(self, workflow_id: str) -> Optional[RunInfo]:
+        row = self._conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE workflow_id=?", (workflow_id,)
+        ).fetchone()
+        return None if row is None else _run_info(row)
+
+    def list_runs(
+        self,
+        status: Optional[str] = None,
+        workflow_type: Optional[str] = None,
+        limit: int = 100,
+        after_id: Optional[str] = None,
+    ) -> list[RunInfo]:
+        clauses, params = [], []
+        if status is not None:
+            clauses.append("status=?")
+            params.append(status)
+        if workflow_type is not None:
+            clauses.append("workflow_type=?")
+            params.append(workflow_type)
+        if after_id is not None:
+            clauses.append("workflow_id>?")
+            params.append(after_id)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        try:
+            rows = self._conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs {where} ORDER BY workflow_id LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from None
+        return [_run_info(row) for row in rows]
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+def _run_info(row: tuple[Any, ...]) -> RunInfo:
+    wid, run_id, wtype, status, args, result, error, head, created, updated = row
+    return RunInfo(
+        wid, run_id, wtype, status, json.loads(args),
+        None if result is None else json.loads(result),
+        None if error is None else json.loads(error),
+        head, created, updated,
+    )

@@ -1,10 +1,10 @@
 """The store writer: one native thread that owns the store connection.
 
-Thread contract: any thread may call the ``submit``-style methods, which
-return a :class:`~aion_green.hub_thread.Future`; every store call runs on the
-writer thread. Appends that arrive together (from many runs) go into one
-transaction and one fsync (group commit), and each waiter is told when its
-own append is durable.
+Thread contract: any thread may submit; every store call runs on the writer
+thread. Writes (appends, run creations) that arrive together, from many runs,
+go into one transaction and one fsync (group commit); each submitter is told,
+through its own ``done(value, error)`` callback run on the writer thread,
+when its own write is durable.
 """
 from __future__ import annotations
 
@@ -17,22 +17,24 @@ from gevent import monkey
 from .errors import EngineClosed, StoreError
 from .events import NewEvent
 from .hub_thread import Future
-from .store import Append, IEventStore
+from .store import Append, CreateRun, IEventStore
 
 log = logging.getLogger("aion_green.store")
 
 _start_new_thread = monkey.get_original("_thread", "start_new_thread")
 
+Done = Callable[[Any, Optional[BaseException]], None]
 _STOP = object()
 
 
-class _Op:
-    __slots__ = ("future", "append", "call")
+def future_done(future: Future) -> Done:
+    def done(value: Any, error: Optional[BaseException]) -> None:
+        if error is None:
+            future.set_result(value)
+        else:
+            future.set_exception(error)
 
-    def __init__(self, future: Future, append: Optional[Append], call: Optional[Callable[[], Any]]):
-        self.future = future
-        self.append = append
-        self.call = call
+    return done
 
 
 class StoreWriter:
@@ -42,35 +44,45 @@ class StoreWriter:
         self.store = store
         self.name = name
         # _queue.SimpleQueue is C and never monkeypatched: get() blocks this
-        # native thread only.
+        # native thread only, and put() never blocks.
         self._queue: Any = _queue.SimpleQueue()
-        # Invariant: once _closed is set no op is accepted; ops accepted
-        # before it are all executed before the thread ends.
+        # Invariant: once _closed is set no op is accepted; every op accepted
+        # before the writer saw _STOP runs before the thread ends.
         self._closed = False
         self._finished = Future()
         self.batches = 0
-        self.appended = 0
+        self.writes = 0
         _start_new_thread(self._main, ())
 
     # any thread -------------------------------------------------------------------------
+    def submit_append(self, workflow_id: str, expected_seq: int,
+                      events: Sequence[NewEvent], done: Done) -> None:
+        self._put((Append(workflow_id, expected_seq, tuple(events)), done))
+
+    def submit_create(self, op: CreateRun, done: Done) -> None:
+        self._put((op, done))
+
+    def submit_call(self, fn: Callable[[], Any], done: Done) -> None:
+        self._put((fn, done))
+
     def append(self, workflow_id: str, expected_seq: int, events: Sequence[NewEvent]) -> Future:
         future = Future()
-        self._put(_Op(future, Append(workflow_id, expected_seq, tuple(events)), None))
+        self.submit_append(workflow_id, expected_seq, events, future_done(future))
         return future
 
-    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
-        """Run ``fn(*args, **kwargs)`` (a store method) on the writer thread."""
+    def call(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Run ``fn(*args)`` (a store method) on the writer thread."""
         future = Future()
-        self._put(_Op(future, None, lambda: fn(*args, **kwargs)))
+        self.submit_call(lambda: fn(*args), future_done(future))
         return future
 
-    def _put(self, op: _Op) -> None:
+    def _put(self, item: tuple[Any, Done]) -> None:
         if self._closed:
             raise EngineClosed("the engine's store writer is closed; create a new Engine")
-        self._queue.put(op)
+        self._queue.put(item)
 
     def close(self, timeout: Optional[float] = 30.0) -> None:
-        """Execute everything already submitted, close the store, end the thread."""
+        """Run everything already submitted, close the store, end the thread."""
         if not self._closed:
             self._closed = True
             self._queue.put(_STOP)
@@ -88,10 +100,12 @@ class StoreWriter:
                         batch.append(queue.get_nowait())
                     except _queue.Empty:
                         break
-                if batch[-1] is _STOP or _STOP in batch:
+                if any(item is _STOP for item in batch):
                     stopping = True
-                    batch = [op for op in batch if op is not _STOP]
+                    batch = [item for item in batch if item is not _STOP]
                 self._run_batch(batch)
+        except BaseException:  # pragma: no cover
+            log.exception("store writer crashed; this is a bug in aion_green")
         finally:
             try:
                 self.store.close()
@@ -99,29 +113,29 @@ class StoreWriter:
                 log.exception("closing the store failed")
             self._finished.set_result(None)
 
-    def _run_batch(self, batch: list[_Op]) -> None:
-        appends = [op for op in batch if op.append is not None]
-        if appends:
+    def _run_batch(self, batch: list[tuple[Any, Done]]) -> None:
+        writes = [(op, done) for op, done in batch if isinstance(op, (Append, CreateRun))]
+        if writes:
             self.batches += 1
             try:
-                outcomes = self.store.append_batch([op.append for op in appends])
-            except StoreError as exc:
-                for op in appends:
-                    op.future.set_exception(exc)
+                outcomes = self.store.write_batch([op for op, _ in writes])
             except Exception as exc:
-                error = StoreError(f"the store failed to append ({exc!r})")
-                for op in appends:
-                    op.future.set_exception(error)
+                error = exc if isinstance(exc, StoreError) else StoreError(
+                    f"the store failed to write ({exc!r}); nothing of this write was recorded")
+                for _, done in writes:
+                    done(None, error)
             else:
-                self.appended += len(appends)
-                for op, outcome in zip(appends, outcomes):
+                self.writes += len(writes)
+                for (_, done), outcome in zip(writes, outcomes):
                     if isinstance(outcome, BaseException):
-                        op.future.set_exception(outcome)
+                        done(None, outcome)
                     else:
-                        op.future.set_result(outcome)
-        for op in batch:
-            if op.call is not None:
+                        done(outcome, None)
+        for op, done in batch:
+            if callable(op):
                 try:
-                    op.future.set_result(op.call())
-                except BaseException as exc:
-                    op.future.set_exception(exc)
+                    value = op()
+                except Exception as exc:
+                    done(None, exc)
+                else:
+                    done(value, None)

@@ -18,7 +18,7 @@ import gevent
 from . import events as ev
 from .errors import NonDeterminismError, SequenceConflict, StepError
 from .replay import HistoryCursor
-from .steps import NO_RETRY, Retry, StepInfo, execute, step_name
+from .steps import NO_RETRY, Retry, StepInfo, step_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
@@ -104,18 +104,11 @@ class WorkflowContext:
                 gevent.sleep(backoff_due)
             attempt += 1
             info = StepInfo(self.workflow_id, self.run_id, ordinal, sname, attempt)
-            ok, outcome = self._engine._run_step(execute, fn, args, info, policy)
-            if ok:
-                self._append([ev.NewEvent(ev.STEP_COMPLETED, time.time(), {
-                    "step": ordinal, "name": sname, "attempt": attempt, "result": outcome})])
-                return outcome
-            error, retryable = outcome
-            retryable = retryable and attempt < policy.max_attempts
-            data = {"step": ordinal, "name": sname, "attempt": attempt,
-                    "error": error, "retryable": retryable}
-            self._append([ev.NewEvent(ev.STEP_FAILED, time.time(), data)])
-            if not retryable:
-                raise self._step_error(ordinal, sname, data, attempt)
+            event = self._engine._run_step(self, fn, args, info, policy)
+            if event.type == ev.STEP_COMPLETED:
+                return event.data["result"]
+            if not event.data["retryable"]:
+                raise self._step_error(ordinal, sname, event.data, attempt)
             backoff_due = policy.delay(attempt)
 
     @staticmethod
@@ -139,14 +132,17 @@ class WorkflowContext:
     def _append(self, new_events: list[ev.NewEvent]) -> int:
         """Append durably (group commit) and return the new head seq; only
         then does the workflow go on (record before wake)."""
-        cursor = self._cursor
-        future = self._engine._writer.append(self.workflow_id, cursor.head_seq, new_events)
+        waiter, done = self._engine._hub.native_waiter()
+        self._engine._writer.submit_append(self.workflow_id, self._cursor.head_seq, new_events, done)
+        return self._await_append(waiter, new_events[-1].at)
+
+    def _await_append(self, waiter: Any, at: float) -> int:
         try:
-            head = future.result()
+            head = waiter.get()
         except SequenceConflict as exc:
             raise RunLost(str(exc)) from None
-        cursor.advance_live(head, new_events[-1].at)
-        return head
+        self._cursor.advance_live(head, at)
+        return int(head)
 
     def _finish_check(self, ending: str) -> None:
         """Called by the engine when the workflow function ended."""
@@ -156,3 +152,12 @@ class WorkflowContext:
         except NonDeterminismError as exc:
             self._divergence = exc
             raise
+
+    def _await_step(self, waiter: Any) -> tuple[ev.NewEvent, int]:
+        """Wait for a live step attempt recorded by the pool (see Engine._run_step)."""
+        try:
+            event, head = waiter.get()
+        except SequenceConflict as exc:
+            raise RunLost(str(exc)) from None
+        self._cursor.advance_live(head, event.at)
+        return event, head

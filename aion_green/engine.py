@@ -19,10 +19,9 @@ import weakref
 from typing import Any, Callable, Optional, Union
 
 from gevent import GreenletExit, monkey
-from gevent.threadpool import ThreadPool
 
 from . import events as ev
-from ._writer import StoreWriter
+from ._writer import StoreWriter, future_done
 from .context import RunLost, WorkflowContext
 from .errors import (
     ConfigurationError,
@@ -37,8 +36,8 @@ from .errors import (
 )
 from .hub_thread import Future, HubThread
 from .registry import Registry, workflow_name
-from .store import IEventStore, RunInfo, SQLiteStore, sqlite_path_from_url
-from .steps import error_data
+from .store import CreateRun, IEventStore, RunInfo, SQLiteStore, sqlite_path_from_url
+from .steps import Retry, StepInfo, StepPool, attempt_event, error_data
 
 log = logging.getLogger("aion_green.engine")
 
@@ -108,7 +107,7 @@ class Engine:
         self._writer: Any = None
         self._store: Optional[IEventStore] = None
         # Hub thread only ------------------------------------------------------------
-        self._pool: Optional[ThreadPool] = None
+        self._steps = StepPool(step_workers)
         # Invariant: a workflow id is in _runs while a greenlet of this epoch
         # drives it; at most one per id.
         self._runs: dict[str, Any] = {}
@@ -142,6 +141,7 @@ class Engine:
                 self._runs, self._waiters = {}, {}
             self._store = open_store(self.url, self.durable)
             self._writer = StoreWriter(self._store)
+            self._steps = StepPool(self.step_workers)
             self._hub = HubThread(name="aion-hub", kill_timeout=self.kill_timeout)
             self._hub.call_soon(self._on_hub_start)
             self._hub.start()
@@ -159,6 +159,7 @@ class Engine:
             return
         assert self._hub is not None
         self._hub.shutdown()
+        self._steps.close()
         self._writer.close()
         _live_engines.discard(self)
 
@@ -190,9 +191,10 @@ class Engine:
         args_json = ev.encode(list(args), f"the arguments of workflow {wname}")
         self._ensure_started()
         wid = id or uuid.uuid4().hex
-        created, info = self._call_store(
-            self._store.create_run, wid, wname, args_json, uuid.uuid4().hex, time.time()  # type: ignore[union-attr]
-        )
+        future = Future()
+        self._writer.submit_create(
+            CreateRun(wid, wname, args_json, uuid.uuid4().hex, time.time()), future_done(future))
+        created, info = future.result()
         if not created:
             if info.workflow_type != wname or info.args != json.loads(args_json):
                 raise WorkflowIdConflict(
@@ -261,15 +263,28 @@ class Engine:
 
     # -- hub thread only ---------------------------------------------------------------------
     def _on_hub_start(self) -> None:
-        import gevent
-
-        self._pool = ThreadPool(self.step_workers, hub=gevent.get_hub())
         if self.recover:
             self._hub.spawn(self._recover, name="aion-recovery")  # type: ignore[union-attr]
 
-    def _run_step(self, execute: Callable[..., Any], *args: Any) -> Any:
-        assert self._pool is not None
-        return self._pool.spawn(execute, *args).get()
+    def _run_step(self, ctx: WorkflowContext, fn: Callable[..., Any], args: tuple[Any, ...],
+                  info: StepInfo, policy: Retry) -> ev.NewEvent:
+        """One live attempt: the pool thread runs it, builds its event and
+        hands it straight to the store writer; the run's greenlet wakes once
+        the record is durable (record before wake)."""
+        waiter, done = self._hub.native_waiter()  # type: ignore[union-attr]
+        writer, expected = self._writer, ctx._cursor.head_seq
+
+        def task() -> None:
+            try:
+                event = attempt_event(fn, args, info, policy)
+                writer.submit_append(info.workflow_id, expected, (event,),
+                                     lambda head, error: done((event, head), error))
+            except BaseException as exc:
+                done(None, exc)
+
+        self._steps.submit(task)
+        event, head = ctx._await_step(waiter)
+        return event
 
     def _recover(self) -> None:
         after: Optional[str] = None

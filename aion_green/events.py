@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Optional
 
 from .errors import SerializationError
 
@@ -89,11 +89,20 @@ class Event:
 
 @dataclass(frozen=True)
 class NewEvent:
-    """An event about to be appended (its ``seq`` is given by the append)."""
+    """An event about to be appended (its ``seq`` is given by the append).
+
+    ``encoded`` may carry ``data`` already as JSON text, so a hot path
+    encodes once."""
 
     type: str
     at: float
     data: dict[str, Any] = field(default_factory=dict)
+    encoded: Optional[str] = None
+
+    def data_json(self) -> str:
+        if self.encoded is not None:
+            return self.encoded
+        return json.dumps(self.data, separators=(",", ":"))
 
 
 # -- the codec ------------------------------------------------------------------

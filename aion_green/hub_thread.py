@@ -28,6 +28,7 @@ import gevent.event
 from gevent import monkey
 from gevent._hub_local import get_hub_if_exists
 from gevent.greenlet import Greenlet
+from gevent.hub import Waiter
 from greenlet import GreenletExit
 from greenlet import getcurrent as _getcurrent
 
@@ -287,6 +288,21 @@ class HubThread:
 
         self.spawn(run)
         return future
+
+    def native_waiter(self) -> tuple[Any, Callable[[Any, Optional[BaseException]], None]]:
+        """For a greenlet of this hub: a gevent ``Waiter`` and the ``done``
+        callback that any thread may call once to resume it with a value or
+        an error. Cheaper than a Future: one deque entry, merged wakes."""
+        waiter = Waiter(self._hub)
+        call_soon = self.call_soon
+
+        def done(value: Any, error: Optional[BaseException]) -> None:
+            if error is None:
+                call_soon(waiter.switch, value)
+            else:
+                call_soon(waiter.throw, error)
+
+        return waiter, done
 
     def kill(self, glet: Greenlet) -> None:
         """Kill a greenlet of this hub. ``g.kill(block=False)`` from another

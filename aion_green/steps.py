@@ -9,12 +9,21 @@ from __future__ import annotations
 import random as _random
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Union
+
+import _queue
+import json
+import logging
+import time
 
 from gevent import monkey
 
-from .errors import NonRetryableError, SerializationError
-from .events import roundtrip
+from .errors import EngineClosed, NonRetryableError, SerializationError
+from .events import STEP_COMPLETED, STEP_FAILED, NewEvent, encode
+
+log = logging.getLogger("aion_green.steps")
+_start_new_thread = monkey.get_original("_thread", "start_new_thread")
+_allocate_lock = monkey.get_original("_thread", "allocate_lock")
 
 Seconds = Union[float, int, timedelta]
 
@@ -106,16 +115,90 @@ def execute(fn: Callable[..., Any], args: tuple[Any, ...], info: StepInfo,
             policy: Retry) -> tuple[bool, Any]:
     """Run one attempt on the calling (pool) thread.
 
-    Returns ``(True, json_value)`` or ``(False, (error_data, retryable))``;
-    never raises, so the pool never prints a traceback of a user's error.
+    Returns ``(True, (value, json_text))`` with the value as replay will see
+    it, or ``(False, (error_data, retryable))``; never raises, so the pool
+    never prints a traceback of a user's error.
     """
     _local.info = info
     try:
         value = fn(*args)
-        return True, roundtrip(value, f"the result of step {info.step} ({info.name})")
+        text = encode(value, f"the result of step {info.step} ({info.name}) of workflow "
+                             f"{info.workflow_id!r}")
+        return True, (json.loads(text), text)
     except Exception as exc:
         return False, (error_data(exc), policy.is_retryable(exc))
     finally:
         _local.info = None
+
+
+def attempt_event(fn: Callable[..., Any], args: tuple[Any, ...], info: StepInfo,
+                  policy: Retry) -> NewEvent:
+    """Run one attempt and build the event that records it (pool thread)."""
+    ok, outcome = execute(fn, args, info, policy)
+    if ok:
+        value, text = outcome
+        data = {"step": info.step, "name": info.name, "attempt": info.attempt, "result": value}
+        encoded = (f'{{"step":{info.step},"name":{json.dumps(info.name)},'
+                   f'"attempt":{info.attempt},"result":{text}}}')
+        return NewEvent(STEP_COMPLETED, time.time(), data, encoded)
+    error, retryable = outcome
+    return NewEvent(STEP_FAILED, time.time(), {
+        "step": info.step, "name": info.name, "attempt": info.attempt, "error": error,
+        "retryable": retryable and info.attempt < policy.max_attempts})
+
+
+class StepPool:
+    """Bounded pool of real OS threads for steps (never the hub thread).
+
+    Thread contract: any thread may :meth:`submit`; tasks run on the pool's
+    threads, which start on demand up to ``size``. Tasks must not raise (an
+    escaped error is logged). :meth:`close` never waits for a running step:
+    a step blocked in the outside world cannot be interrupted, and its
+    thread ends when it returns.
+    """
+
+    def __init__(self, size: int, name: str = "aion-step") -> None:
+        self.size = size
+        self.name = name
+        self._queue: Any = _queue.SimpleQueue()
+        self._lock = _allocate_lock()
+        self._threads = 0
+        self._idle = 0
+        self._closed = False
+
+    def submit(self, task: Callable[[], None]) -> None:
+        if self._closed:
+            raise EngineClosed("the step pool is closed; the engine is shutting down")
+        self._queue.put(task)
+        with self._lock:
+            # Invariant: a queued task finds an idle thread or starts one,
+            # up to size (then it waits for the first thread to free up).
+            if self._queue.qsize() > self._idle and self._threads < self.size:
+                self._threads += 1
+                _start_new_thread(self._worker, ())
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            threads = self._threads
+        for _ in range(threads):
+            self._queue.put(None)
+
+    def _worker(self) -> None:
+        queue, lock = self._queue, self._lock
+        while True:
+            with lock:
+                self._idle += 1
+            task = queue.get()
+            with lock:
+                self._idle -= 1
+            if task is None:
+                break
+            try:
+                task()
+            except BaseException:  # pragma: no cover - tasks catch their own errors
+                log.exception("a step task failed; this is a bug in aion_green")
+        with lock:
+            self._threads -= 1
 
 

@@ -57,6 +57,17 @@ class Append:
     events: Sequence[ev.NewEvent]
 
 
+@dataclass(frozen=True)
+class CreateRun:
+    """Create a run and its ``WorkflowStarted`` event (seq 1)."""
+
+    workflow_id: str
+    workflow_type: str
+    args_json: str
+    run_id: str
+    at: float
+
+
 class IEventStore(Interface):
     """Durable histories of workflow runs.
 
@@ -73,15 +84,17 @@ class IEventStore(Interface):
         and the existing run is returned with ``created`` false.
         """
 
-    def append_batch(appends):  # noqa: N805
-        """Apply many :class:`Append` in one transaction (group commit).
+    def write_batch(ops):  # noqa: N805
+        """Apply many :class:`Append` and :class:`CreateRun`, in order, in one
+        transaction and one durable commit (group commit).
 
-        Returns, per append and in order, the new head seq or the
-        :class:`SequenceConflict` that refused it (a refused append writes
-        nothing; the others still commit). A terminal event sets the run's
-        status, result or error in the same transaction. Raises
-        :class:`StoreError` when the transaction as a whole fails; then
-        nothing of the batch is written.
+        Returns one outcome per op, in order: for an append the new head seq,
+        or the :class:`SequenceConflict` (or :class:`StoreError`) that refused
+        it (a refused append writes nothing; the others still commit); for a
+        create, ``(created, RunInfo)`` as :meth:`create_run` returns. A
+        terminal event sets the run's status, result or error in the same
+        transaction. Raises :class:`StoreError` when the transaction as a
+        whole fails; then nothing of the batch is written.
         """
 
     def read(workflow_id, after_seq=0, limit=None):  # noqa: N805
@@ -233,45 +246,25 @@ class SQLiteStore:
     def create_run(
         self, workflow_id: str, workflow_type: str, args_json: str, run_id: str, at: float
     ) -> tuple[bool, RunInfo]:
-        conn = self._conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                existing = self._get_run(workflow_id)
-                if existing is not None:
-                    conn.execute("COMMIT")
-                    return False, existing
-                conn.execute(
-                    f"INSERT INTO runs({_RUN_COLUMNS}) VALUES (?,?,?,?,?,NULL,NULL,1,?,?)",
-                    (workflow_id, run_id, workflow_type, ev.RUNNING, args_json, at, at),
-                )
-                data = f'{{"workflow_type":{json.dumps(workflow_type)},"run_id":{json.dumps(run_id)},"args":{args_json}}}'
-                conn.execute(
-                    "INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,1,?,?,?)",
-                    (workflow_id, ev.WORKFLOW_STARTED, at, data),
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise _translate(exc, self.path) from None
-        return True, RunInfo(
-            workflow_id, run_id, workflow_type, ev.RUNNING, json.loads(args_json),
-            None, None, 1, at, at,
-        )
+        outcome = self.write_batch([CreateRun(workflow_id, workflow_type, args_json, run_id, at)])[0]
+        assert isinstance(outcome, tuple)
+        return outcome
 
-    def append_batch(self, appends: Sequence[Append]) -> list[Union[int, StoreError]]:
+    def write_batch(self, ops: Sequence[Union[Append, CreateRun]]) -> list[Any]:
         conn = self._conn
-        outcomes: list[Union[int, StoreError]] = []
-        # Heads moved by earlier appends of this same batch.
-        heads: dict[str, int] = {}
+        outcomes: list[Any] = []
+        rows: list[tuple[Any, ...]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for append in appends:
-                    outcomes.append(self._append_one(append, heads))
+                for op in ops:
+                    if isinstance(op, Append):
+                        outcomes.append(self._append_one(op, rows))
+                    else:
+                        outcomes.append(self._create_one(op, rows))
+                conn.executemany(
+                    "INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,?,?,?,?)", rows
+                )
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -281,50 +274,61 @@ class SQLiteStore:
             raise _translate(exc, self.path) from None
         return outcomes
 
-    def _append_one(self, append: Append, heads: dict[str, int]) -> Union[int, StoreError]:
+    def _create_one(self, op: CreateRun, rows: list[tuple[Any, ...]]) -> tuple[bool, RunInfo]:
+        cursor = self._conn.execute(
+            f"INSERT OR IGNORE INTO runs({_RUN_COLUMNS}) VALUES (?,?,?,?,?,NULL,NULL,1,?,?)",
+            (op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING, op.args_json, op.at, op.at),
+        )
+        if cursor.rowcount == 0:
+            existing = self._get_run(op.workflow_id)
+            assert existing is not None
+            return False, existing
+        data = (f'{{"workflow_type":{json.dumps(op.workflow_type)},'
+                f'"run_id":{json.dumps(op.run_id)},"args":{op.args_json}}}')
+        rows.append((op.workflow_id, 1, ev.WORKFLOW_STARTED, op.at, data))
+        return True, RunInfo(
+            op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING, json.loads(op.args_json),
+            None, None, 1, op.at, op.at,
+        )
+
+    def _append_one(self, append: Append, rows: list[tuple[Any, ...]]) -> Union[int, StoreError]:
         conn = self._conn
         wid = append.workflow_id
-        head = heads.get(wid)
-        if head is None:
-            row = conn.execute(
-                "SELECT head_seq FROM runs WHERE workflow_id=?", (wid,)
-            ).fetchone()
-            if row is None:
-                return StoreError(f"no run with workflow id {wid!r}: create it before appending")
-            head = row[0]
-        if head != append.expected_seq:
-            return SequenceConflict(wid, append.expected_seq, head)
-        rows = []
-        seq = head
-        terminal: Optional[ev.NewEvent] = None
-        for event in append.events:
-            seq += 1
-            rows.append((wid, seq, event.type, event.at, json.dumps(event.data, separators=(",", ":"))))
-            if event.type in ev.TERMINAL_TYPES:
-                terminal = event
-        conn.executemany(
-            "INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,?,?,?,?)", rows
-        )
-        last_at = append.events[-1].at if append.events else 0.0
+        if not append.events:
+            return StoreError(f"an append to {wid!r} carried no events")
+        head = append.expected_seq + len(append.events)
+        last = append.events[-1]
+        terminal = next((e for e in append.events if e.type in ev.TERMINAL_TYPES), None)
+        # Check-and-move the head in one statement: it fails (no row) when
+        # the history is not at expected_seq.
         if terminal is None:
-            conn.execute(
-                "UPDATE runs SET head_seq=?, updated_at=? WHERE workflow_id=?", (seq, last_at, wid)
+            cursor = conn.execute(
+                "UPDATE runs SET head_seq=?, updated_at=? WHERE workflow_id=? AND head_seq=?",
+                (head, last.at, wid, append.expected_seq),
             )
         else:
             result = terminal.data.get("result")
             error = terminal.data.get("error")
-            conn.execute(
+            cursor = conn.execute(
                 "UPDATE runs SET head_seq=?, updated_at=?, status=?, result=?, error=? "
-                "WHERE workflow_id=?",
+                "WHERE workflow_id=? AND head_seq=?",
                 (
-                    seq, last_at, ev.STATUS_OF_TERMINAL[terminal.type],
+                    head, last.at, ev.STATUS_OF_TERMINAL[terminal.type],
                     None if result is None else json.dumps(result),
                     None if error is None else json.dumps(error),
-                    wid,
+                    wid, append.expected_seq,
                 ),
             )
-        heads[wid] = seq
-        return seq
+        if cursor.rowcount != 1:
+            row = conn.execute("SELECT head_seq FROM runs WHERE workflow_id=?", (wid,)).fetchone()
+            if row is None:
+                return StoreError(f"no run with workflow id {wid!r}: create it before appending")
+            return SequenceConflict(wid, append.expected_seq, row[0])
+        seq = append.expected_seq
+        for event in append.events:
+            seq += 1
+            rows.append((wid, seq, event.type, event.at, event.data_json()))
+        return head
 
     # -- reads -------------------------------------------------------------------------------
     def read(self, workflow_id: str, after_seq: int = 0, limit: Optional[int] = None) -> list[ev.Event]:

@@ -1,0 +1,59 @@
+"""Test configuration. With AION_GEVENT_PATCH=1 the whole suite runs under
+``gevent.monkey.patch_all()``, called here before anything else is imported."""
+import os
+
+PATCHED = os.environ.get("AION_GEVENT_PATCH") == "1"
+if PATCHED:
+    from gevent import monkey
+
+    monkey.patch_all()
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+import aion_green as aion  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_report_header(config):
+    return f"aion_green gevent mode: {'patched (patch_all)' if PATCHED else 'plain'}"
+
+
+@pytest.fixture
+def db_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'aion.db'}"
+
+
+@pytest.fixture
+def make_engine(db_url):
+    """Engines built here are shut down at the end of the test."""
+    engines = []
+
+    def make(*workflows, url=None, **kwargs):
+        engine = aion.Engine(url or db_url, workflows=list(workflows), **kwargs)
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.shutdown()
+
+
+def run_python(code_or_args, env_extra=None, timeout=120, check=True, patched=False):
+    """Run a Python child process (a real process, for crash and gevent tests)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("AION_GEVENT_PATCH", None)
+    if patched:
+        env["AION_GEVENT_PATCH"] = "1"
+    env.update(env_extra or {})
+    args = ["-c", code_or_args] if isinstance(code_or_args, str) else list(code_or_args)
+    proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"child failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import gc
+import time
 import logging
 from typing import Any, Callable, Optional
 
@@ -310,7 +311,7 @@ class HubThread:
         if self.in_hub_thread():
             glet.kill(block=False)
         else:
-            self.call_soon(glet.kill, None, False)
+            self.call_soon(glet.kill, GreenletExit, False)
 
     def shutdown(self, timeout: Optional[float] = None) -> None:
         """Gate new work, kill and join every greenlet (at most
@@ -334,9 +335,17 @@ class HubThread:
         self._finished.wait(limit)
         sentinel = self._sentinel
         if sentinel is not None:
-            # The thread body has returned; this waits only for CPython to
-            # delete the thread state (microseconds), so a native acquire is fine.
-            sentinel.acquire(True, 5)
+            # The thread body has returned; what is left is CPython deleting
+            # the thread state. That can wait on a pending call (greenlet's
+            # cleanup of the dead thread's greenlets) that only runs when the
+            # main thread executes bytecode, so poll in short slices rather
+            # than block in one acquire.
+            deadline = time.monotonic() + 5
+            while not sentinel.acquire(True, 0.002):
+                if time.monotonic() > deadline:
+                    log.warning("hub thread %s did not exit within 5 s of its last step", self.name)
+                    return
+            sentinel.release()  # a second shutdown() finds it free
 
     def backstop(self) -> None:
         """``Drop``-style backstop for ``__del__``/``atexit``: gate and ask the

@@ -13,7 +13,7 @@ import os
 import sqlite3
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote
 
 from zope.interface import Attribute, Interface, implementer
 
@@ -150,15 +150,12 @@ def sqlite_path_from_url(url: Optional[str]) -> str:
         return os.path.abspath("aion.db")
     if "://" not in url:
         return url
-    parsed = urlparse(url)
-    if parsed.scheme != "sqlite":
+    if not url.startswith("sqlite:///"):
         raise ConfigurationError(
-            f"store URL {url!r} is not a SQLite URL; use sqlite:///path/to/file.db "
-            "(or postgresql://... for PostgreSQL)"
+            f"store URL {url!r} is not a SQLite URL; use sqlite:///relative/path.db or "
+            "sqlite:////absolute/path.db"
         )
-    path = unquote(parsed.path)
-    if path.startswith("/") and not url.startswith("sqlite:////"):
-        path = path[1:]
+    path = unquote(url[len("sqlite:///"):].split("?", 1)[0])
     if not path:
         raise ConfigurationError(f"store URL {url!r} names no file; use sqlite:///aion.db")
     return path

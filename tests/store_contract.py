@@ -1,0 +1,139 @@
+"""The store conformance suite: every IEventStore implementation must pass it.
+
+Use it by subclassing :class:`StoreContract` and providing a ``store``
+fixture that yields a fresh, empty store.
+"""
+import json
+
+import pytest
+from zope.interface.verify import verifyObject
+
+from aion_green import events as ev
+from aion_green.errors import SequenceConflict, StoreError
+from aion_green.store import Append, CreateRun, IEventStore
+
+
+def step_event(step, result, at=1000.0):
+    return ev.NewEvent(ev.STEP_COMPLETED, at, {"step": step, "name": "s", "attempt": 1, "result": result})
+
+
+class StoreContract:
+    def create(self, store, wid="w-1", wtype="mod.wf", args=(1, "a")):
+        return store.create_run(wid, wtype, json.dumps(list(args)), f"run-{wid}", 1000.0)
+
+    def test_store_provides_the_interface(self, store):
+        assert verifyObject(IEventStore, store)
+
+    def test_create_run_writes_workflow_started_at_seq_1(self, store):
+        created, info = self.create(store)
+        assert created
+        assert (info.workflow_id, info.workflow_type, info.status, info.head_seq) == (
+            "w-1", "mod.wf", ev.RUNNING, 1)
+        assert info.args == [1, "a"]
+        (event,) = store.read("w-1")
+        assert (event.seq, event.type) == (1, ev.WORKFLOW_STARTED)
+        assert event.data == {"workflow_type": "mod.wf", "run_id": "run-w-1", "args": [1, "a"]}
+
+    def test_create_run_of_an_existing_id_writes_nothing(self, store):
+        self.create(store)
+        created, info = store.create_run("w-1", "other.wf", "[2]", "run-x", 2000.0)
+        assert not created
+        assert (info.workflow_type, info.args, info.run_id) == ("mod.wf", [1, "a"], "run-w-1")
+        assert len(store.read("w-1")) == 1
+
+    def test_append_extends_the_head_and_returns_it(self, store):
+        self.create(store)
+        (head,) = store.write_batch([Append("w-1", 1, [step_event(1, {"x": [1, 2]})])])
+        assert head == 2
+        (head,) = store.write_batch([Append("w-1", 2, [step_event(2, None), step_event(3, "s")])])
+        assert head == 4
+        events = store.read("w-1")
+        assert [e.seq for e in events] == [1, 2, 3, 4]
+        assert events[1].data["result"] == {"x": [1, 2]}
+        assert store.get_run("w-1").head_seq == 4
+
+    def test_append_with_a_stale_head_is_a_sequence_conflict_and_writes_nothing(self, store):
+        self.create(store)
+        store.write_batch([Append("w-1", 1, [step_event(1, 1)])])
+        (outcome,) = store.write_batch([Append("w-1", 1, [step_event(1, 99)])])
+        assert isinstance(outcome, SequenceConflict)
+        assert (outcome.expected_seq, outcome.actual_seq) == (1, 2)
+        assert [e.data.get("result") for e in store.read("w-1")[1:]] == [1]
+
+    def test_a_conflict_does_not_stop_the_rest_of_the_batch(self, store):
+        self.create(store, "a")
+        self.create(store, "b")
+        outcomes = store.write_batch([
+            Append("a", 1, [step_event(1, "a1")]),
+            Append("b", 7, [step_event(1, "bad")]),
+            Append("b", 1, [step_event(1, "b1")]),
+            Append("a", 2, [step_event(2, "a2")]),
+        ])
+        assert outcomes[0] == 2 and outcomes[2] == 2 and outcomes[3] == 3
+        assert isinstance(outcomes[1], SequenceConflict)
+        assert [e.data["result"] for e in store.read("a")[1:]] == ["a1", "a2"]
+        assert [e.data["result"] for e in store.read("b")[1:]] == ["b1"]
+
+    def test_append_to_a_missing_run_is_refused(self, store):
+        (outcome,) = store.write_batch([Append("nope", 1, [step_event(1, 1)])])
+        assert isinstance(outcome, StoreError)
+        assert store.read("nope") == []
+
+    def test_creates_and_appends_share_one_batch_in_order(self, store):
+        outcomes = store.write_batch([
+            CreateRun("c", "mod.wf", "[]", "run-c", 1.0),
+            Append("c", 1, [step_event(1, 5)]),
+        ])
+        assert outcomes[0][0] is True and outcomes[1] == 2
+        assert [e.type for e in store.read("c")] == [ev.WORKFLOW_STARTED, ev.STEP_COMPLETED]
+
+    def test_terminal_event_sets_status_and_result(self, store):
+        self.create(store, "ok")
+        self.create(store, "bad")
+        store.write_batch([
+            Append("ok", 1, [ev.NewEvent(ev.WORKFLOW_COMPLETED, 5.0, {"result": {"n": 1}})]),
+            Append("bad", 1, [ev.NewEvent(ev.WORKFLOW_FAILED, 6.0, {"error": {"type": "E", "message": "m"}})]),
+        ])
+        ok, bad = store.get_run("ok"), store.get_run("bad")
+        assert (ok.status, ok.result, ok.finished) == (ev.COMPLETED, {"n": 1}, True)
+        assert (bad.status, bad.error) == (ev.FAILED, {"type": "E", "message": "m"})
+
+    def test_range_reads(self, store):
+        self.create(store)
+        store.write_batch([Append("w-1", 1, [step_event(i, i) for i in range(1, 6)])])
+        assert [e.seq for e in store.read("w-1", after_seq=3)] == [4, 5, 6]
+        assert [e.seq for e in store.read("w-1", after_seq=1, limit=2)] == [2, 3]
+        assert store.read("w-1", after_seq=6) == []
+
+    def test_every_event_kind_round_trips(self, store):
+        self.create(store)
+        kinds = [
+            ev.NewEvent(ev.STEP_COMPLETED, 1.5, {"step": 1, "name": "n", "attempt": 1,
+                                                  "result": {"a": [1, 2.5, None, True, "é"]}}),
+            ev.NewEvent(ev.STEP_FAILED, 2.5, {"step": 2, "name": "n", "attempt": 1, "retryable": True,
+                                               "error": {"type": "ValueError", "message": "x"}}),
+            ev.NewEvent(ev.WORKFLOW_FAILED, 3.5, {"error": {"type": "E", "message": "m"}}),
+        ]
+        store.write_batch([Append("w-1", 1, kinds)])
+        for new, got in zip(kinds, store.read("w-1")[1:]):
+            assert (got.type, got.at, got.data) == (new.type, new.at, new.data)
+            assert ev.Event.from_json(json.loads(json.dumps(got.to_json()))) == got
+
+    def test_list_runs_filters_and_pages(self, store):
+        for i in range(5):
+            self.create(store, f"w{i}", "mod.even" if i % 2 == 0 else "mod.odd")
+        store.write_batch([Append("w0", 1, [ev.NewEvent(ev.WORKFLOW_COMPLETED, 2.0, {"result": 0})])])
+        assert [r.workflow_id for r in store.list_runs()] == ["w0", "w1", "w2", "w3", "w4"]
+        assert [r.workflow_id for r in store.list_runs(status=ev.RUNNING)] == ["w1", "w2", "w3", "w4"]
+        assert [r.workflow_id for r in store.list_runs(workflow_type="mod.even")] == ["w0", "w2", "w4"]
+        assert [r.workflow_id for r in store.list_runs(ev.RUNNING, "mod.even")] == ["w2", "w4"]
+        page1 = store.list_runs(limit=2)
+        page2 = store.list_runs(limit=2, after_id=page1[-1].workflow_id)
+        assert [r.workflow_id for r in page1 + page2] == ["w0", "w1", "w2", "w3"]
+
+    def test_get_run_of_unknown_id_is_none(self, store):
+        assert store.get_run("missing") is None
+
+    def test_close_is_idempotent(self, store):
+        store.close()
+        store.close()

@@ -1,0 +1,205 @@
+"""Lifecycle of the private hub thread. The whole module runs in both gevent
+modes: directly (in whichever mode this suite runs) and, from the plain
+suite, once more in a subprocess under ``gevent.monkey.patch_all()``."""
+import gc
+import sys
+import threading
+import time
+
+import gevent
+import pytest
+from gevent import monkey
+from gevent.hub import Hub
+
+from aion_green.errors import EngineClosed
+from aion_green.hub_thread import Future, HubThread
+from conftest import PATCHED, ROOT, run_python
+
+native_ident = monkey.get_original("_thread", "get_ident")
+native_start = monkey.get_original("_thread", "start_new_thread")
+
+
+@pytest.fixture
+def hub():
+    hub = HubThread(kill_timeout=1.0).start()
+    yield hub
+    hub.shutdown()
+
+
+def native_thread_count():
+    return len(sys._current_frames())
+
+
+def test_work_runs_on_a_real_native_thread(hub):
+    ident = hub.submit(native_ident).result(5)
+    assert ident != native_ident()
+    assert ident in sys._current_frames()
+
+
+def test_submit_from_a_plain_native_thread(hub):
+    results = []
+    done = monkey.get_original("_thread", "allocate_lock")()
+    done.acquire()
+
+    def caller():
+        results.append(hub.submit(lambda: (gevent.sleep(0.01), 5)[1]).result(5))
+        done.release()
+
+    native_start(caller, ())
+    assert done.acquire(True, 10)
+    assert results == [5]
+
+
+def test_greenlet_callers_wait_without_freezing_their_own_hub(hub):
+    ticks = []
+
+    def ticker():
+        for _ in range(10):
+            ticks.append(time.monotonic())
+            gevent.sleep(0.02)
+
+    def caller():
+        return hub.submit(lambda: (gevent.sleep(0.2), "ok")[1]).result(5)
+
+    started = time.monotonic()
+    tick = gevent.spawn(ticker)
+    callers = [gevent.spawn(caller) for _ in range(10)]
+    gevent.joinall(callers + [tick], timeout=10)
+    assert [g.value for g in callers] == ["ok"] * 10
+    # The ten waits overlapped, and the caller's hub kept running the ticker.
+    assert time.monotonic() - started < 1.5
+    assert len([t for t in ticks if t - started < 0.2]) >= 3
+
+
+def test_future_result_times_out_and_can_be_set_later():
+    future = Future()
+    t0 = time.monotonic()
+    assert not future.wait(0.05)
+    assert time.monotonic() - t0 >= 0.04
+    native_start(future.set_result, (3,))
+    assert future.result(5) == 3
+    assert not future.set_result(4)  # the first outcome stays
+
+
+def test_kill_from_another_thread_is_delivered_in_the_hub_thread(hub):
+    parked = Future()
+    ended = Future()
+
+    def park():
+        parked.set_result(gevent.getcurrent())
+        try:
+            gevent.sleep(60)
+        finally:
+            ended.set_result("killed")
+
+    hub.spawn(park)
+    glet = parked.result(5)
+    hub.kill(glet)
+    assert ended.result(5) == "killed"
+
+
+def test_shutdown_joins_killed_greenlets_that_clean_up():
+    hub = HubThread(kill_timeout=5.0).start()
+    cleaned = []
+    ready = Future()
+
+    def worker(i):
+        try:
+            ready.set_result(True) if i == 19 else None
+            gevent.sleep(60)
+        finally:
+            gevent.sleep(0.05)  # cleanup that itself waits
+            cleaned.append(i)
+
+    for i in range(20):
+        hub.spawn(worker, i)
+    ready.result(5)
+    hub.shutdown()
+    assert sorted(cleaned) == list(range(20))
+    assert hub.greenlet_count() == 0
+
+
+def test_a_greenlet_that_swallows_greenlet_exit_does_not_hang_shutdown(caplog):
+    hub = HubThread(kill_timeout=0.3).start()
+    ready = Future()
+
+    def stubborn():
+        ready.set_result(True)
+        while True:
+            try:
+                gevent.sleep(10)
+            except gevent.GreenletExit:
+                pass
+
+    hub.spawn(stubborn, name="stubborn-one")
+    ready.result(5)
+    t0 = time.monotonic()
+    hub.shutdown()
+    assert time.monotonic() - t0 < 3
+    assert hub.stragglers == ["stubborn-one"]
+    assert "stubborn-one" in caplog.text
+
+
+def test_shutdown_twice_and_from_a_greenlet():
+    hub = HubThread().start()
+    assert hub.submit(lambda: 1).result(5) == 1
+    gevent.spawn(hub.shutdown).join(10)
+    hub.shutdown()
+    with pytest.raises(EngineClosed):
+        hub.spawn(lambda: None)
+
+
+def test_shutdown_of_a_never_started_hub_is_a_no_op():
+    HubThread().shutdown()
+
+
+def test_commands_queued_before_start_run_once_started():
+    hub = HubThread()
+    future = hub.submit(lambda: "early")
+    hub.start()
+    try:
+        assert future.result(5) == "early"
+    finally:
+        hub.shutdown()
+
+
+def test_backstop_never_blocks():
+    hub = HubThread().start()
+    hub.spawn(gevent.sleep, 60)
+    t0 = time.monotonic()
+    hub.backstop()
+    assert time.monotonic() - t0 < 0.5
+    hub.shutdown()  # still joins properly afterwards
+
+
+def test_start_stop_300_times_leaks_no_hub_and_no_thread():
+    def hubs():
+        gc.collect()
+        return sum(isinstance(o, Hub) for o in gc.get_objects())
+
+    before_hubs, before_threads = hubs(), native_thread_count()
+    for _ in range(300):
+        hub = HubThread().start()
+        assert hub.submit(lambda: gevent.sleep(0) or 1).result(5) == 1
+        hub.shutdown()
+    del hub
+    assert hubs() == before_hubs
+    deadline = time.monotonic() + 5
+    while native_thread_count() > before_threads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert native_thread_count() == before_threads
+
+
+@pytest.mark.skipif(PATCHED, reason="this suite already runs patched; the subprocess run is for the plain suite")
+def test_hub_thread_lifecycle_under_patch_all_in_a_subprocess():
+    proc = run_python(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_hub_thread.py")],
+                      patched=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "gevent mode: patched" in proc.stdout or "passed" in proc.stdout
+
+
+def test_threading_module_state_matches_mode():
+    # Guards the premise of the patched run: under patch_all, threading is
+    # gevent's, yet the hub thread above is still a native thread.
+    assert monkey.is_module_patched("threading") == PATCHED
+    assert threading.current_thread() is not None

@@ -1,0 +1,65 @@
+import os
+import sqlite3
+
+import pytest
+
+import aion_green as aion
+from aion_green.store import SQLiteStore, sqlite_path_from_url
+from store_contract import StoreContract
+
+
+class TestSQLiteStoreContract(StoreContract):
+    @pytest.fixture
+    def store(self, tmp_path):
+        store = SQLiteStore(str(tmp_path / "contract.db"))
+        yield store
+        store.close()
+
+
+def test_sqlite_durable_by_default_and_optional_speed_mode(tmp_path):
+    durable = SQLiteStore(str(tmp_path / "d.db"))
+    fast = SQLiteStore(str(tmp_path / "f.db"), durable=False)
+    try:
+        assert durable._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert fast._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        assert durable._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        durable.close()
+        fast.close()
+
+
+def test_store_reopens_with_its_data(tmp_path):
+    path = str(tmp_path / "re.db")
+    store = SQLiteStore(path)
+    store.create_run("w", "t", "[]", "r", 1.0)
+    store.close()
+    store = SQLiteStore(path)
+    try:
+        assert store.get_run("w").workflow_type == "t"
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("url, path", [
+    (None, os.path.abspath("aion.db")),
+    ("sqlite:///rel/x.db", "rel/x.db"),
+    ("sqlite:////abs/x.db", "/abs/x.db"),
+    ("plain.db", "plain.db"),
+])
+def test_sqlite_urls(url, path):
+    assert sqlite_path_from_url(url) == path
+
+
+def test_a_non_sqlite_url_is_a_clear_error():
+    with pytest.raises(aion.ConfigurationError, match="sqlite:///"):
+        sqlite_path_from_url("mysql://x/y")
+
+
+def test_a_file_with_foreign_tables_is_refused(tmp_path):
+    path = tmp_path / "foreign.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE events(x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(aion.StoreError, match="did not create"):
+        SQLiteStore(str(path))

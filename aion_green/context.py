@@ -14,16 +14,26 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import gevent
+import logging
 
 from . import events as ev
-from .errors import NonDeterminismError, SequenceConflict, StepError
+from .errors import NonDeterminismError, SequenceConflict, StepError, StoreUnavailable
 from .replay import HistoryCursor
 from .steps import NO_RETRY, Retry, StepInfo, step_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
 
+log = logging.getLogger("aion_green.context")
+
 _STEP_TYPES = frozenset({ev.STEP_COMPLETED, ev.STEP_FAILED})
+
+
+class _UnrecordedStep(Exception):
+    """A step ran but the store was unavailable for its record."""
+
+    def __init__(self, event: ev.NewEvent) -> None:
+        self.event = event
 
 
 class RunLost(BaseException):
@@ -131,10 +141,20 @@ class WorkflowContext:
 
     def _append(self, new_events: list[ev.NewEvent]) -> int:
         """Append durably (group commit) and return the new head seq; only
-        then does the workflow go on (record before wake)."""
-        waiter, done = self._engine._hub.native_waiter()
-        self._engine._writer.submit_append(self.workflow_id, self._cursor.head_seq, new_events, done)
-        return self._await_append(waiter, new_events[-1].at)
+        then does the workflow go on (record before wake). A store that is
+        unavailable (locked, disk full) is retried with backoff until it
+        recovers or the engine shuts down: the workflow never sees it."""
+        delay = 0.05
+        while True:
+            waiter, done = self._engine._hub.native_waiter()
+            self._engine._writer.submit_append(self.workflow_id, self._cursor.head_seq, new_events, done)
+            try:
+                return self._await_append(waiter, new_events[-1].at)
+            except StoreUnavailable as exc:
+                log.warning("workflow %r: append failed (%s); retrying in %.2f s",
+                            self.workflow_id, exc, delay)
+                gevent.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _await_append(self, waiter: Any, at: float) -> int:
         try:
@@ -143,6 +163,20 @@ class WorkflowContext:
             raise RunLost(str(exc)) from None
         self._cursor.advance_live(head, at)
         return int(head)
+
+    def _await_step(self, waiter: Any) -> ev.NewEvent:
+        """Wait for a live step attempt that the pool runs and records (see
+        Engine._run_step). If the store refused the record for a passing
+        fault, the record (not the step) is retried."""
+        try:
+            event, head = waiter.get()
+        except SequenceConflict as exc:
+            raise RunLost(str(exc)) from None
+        except _UnrecordedStep as exc:
+            self._append([exc.event])
+            return exc.event
+        self._cursor.advance_live(head, event.at)
+        return event
 
     def _finish_check(self, ending: str) -> None:
         """Called by the engine when the workflow function ended."""
@@ -153,11 +187,3 @@ class WorkflowContext:
             self._divergence = exc
             raise
 
-    def _await_step(self, waiter: Any) -> tuple[ev.NewEvent, int]:
-        """Wait for a live step attempt recorded by the pool (see Engine._run_step)."""
-        try:
-            event, head = waiter.get()
-        except SequenceConflict as exc:
-            raise RunLost(str(exc)) from None
-        self._cursor.advance_live(head, event.at)
-        return event, head

@@ -9,6 +9,7 @@ only" runs on the hub thread; the crossings are ``HubThread.call_soon`` /
 from __future__ import annotations
 
 import atexit
+import collections
 import json
 import logging
 import os
@@ -22,12 +23,13 @@ from gevent import GreenletExit, monkey
 
 from . import events as ev
 from ._writer import StoreWriter, future_done
-from .context import RunLost, WorkflowContext
+from .context import RunLost, WorkflowContext, _UnrecordedStep
 from .errors import (
     ConfigurationError,
     EngineClosed,
     NonDeterminismError,
     SerializationError,
+    StoreUnavailable,
     Timeout,
     WorkflowFailed,
     WorkflowIdConflict,
@@ -44,13 +46,13 @@ log = logging.getLogger("aion_green.engine")
 _allocate_lock = monkey.get_original("_thread", "allocate_lock")
 
 
-def open_store(url: Optional[str], durable: bool = True) -> IEventStore:
+def open_store(url: Optional[str], durable: bool = True, busy_timeout: float = 5.0) -> IEventStore:
     """The store a URL names: ``None`` or ``sqlite:///...`` (SQLite)."""
     if url is not None and url.startswith(("postgres://", "postgresql://")):
         raise ConfigurationError(
             "the PostgreSQL store is not available in this version; use sqlite:///path.db"
         )
-    return SQLiteStore(sqlite_path_from_url(url), durable=durable)
+    return SQLiteStore(sqlite_path_from_url(url), durable=durable, busy_timeout=busy_timeout)
 
 
 class WorkflowHandle:
@@ -91,6 +93,7 @@ class Engine:
         step_workers: int = 32,
         kill_timeout: float = 5.0,
         recover: bool = True,
+        busy_timeout: float = 5.0,
     ) -> None:
         if step_workers < 1:
             raise ConfigurationError(f"step_workers={step_workers}: need at least one step thread")
@@ -99,6 +102,7 @@ class Engine:
         self.step_workers = step_workers
         self.kill_timeout = kill_timeout
         self.recover = recover
+        self.busy_timeout = busy_timeout
         self._registry = Registry(workflows)
         self._lock = _allocate_lock()
         self._pid: Optional[int] = None
@@ -114,6 +118,9 @@ class Engine:
         # Result waiters by workflow id, completed when the run ends here or
         # found finished in the store.
         self._waiters: dict[str, list[Future]] = {}
+        # Runs that ended in this epoch, newest last: a result() right after
+        # the end needs no store read. Bounded; older ones are read back.
+        self._recently_finished: "collections.OrderedDict[str, RunInfo]" = collections.OrderedDict()
         self.unrunnable: dict[str, str] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -139,7 +146,7 @@ class Engine:
                 # Forked: the hub and writer threads did not survive the fork.
                 log.info("engine used in a forked process (pid %s); starting afresh", pid)
                 self._runs, self._waiters = {}, {}
-            self._store = open_store(self.url, self.durable)
+            self._store = open_store(self.url, self.durable, self.busy_timeout)
             self._writer = StoreWriter(self._store)
             self._steps = StepPool(self.step_workers)
             self._hub = HubThread(name="aion-hub", kill_timeout=self.kill_timeout)
@@ -277,14 +284,22 @@ class Engine:
         def task() -> None:
             try:
                 event = attempt_event(fn, args, info, policy)
-                writer.submit_append(info.workflow_id, expected, (event,),
-                                     lambda head, error: done((event, head), error))
+            except BaseException as exc:  # pragma: no cover - attempt_event catches user errors
+                done(None, exc)
+                return
+
+            def recorded(head: Any, error: Optional[BaseException]) -> None:
+                if isinstance(error, StoreUnavailable):
+                    error = _UnrecordedStep(event)
+                done((event, head), error)
+
+            try:
+                writer.submit_append(info.workflow_id, expected, (event,), recorded)
             except BaseException as exc:
                 done(None, exc)
 
         self._steps.submit(task)
-        event, head = ctx._await_step(waiter)
-        return event
+        return ctx._await_step(waiter)
 
     def _recover(self) -> None:
         after: Optional[str] = None
@@ -317,6 +332,10 @@ class Engine:
         self._hub.spawn(self._drive, wid, fn, info, recovering, name=f"run:{wid}")
 
     def _register_waiter(self, wid: str, future: Future) -> None:
+        finished = self._recently_finished.get(wid)
+        if finished is not None:
+            future.set_result(finished)
+            return
         self._waiters.setdefault(wid, []).append(future)
         if wid not in self._runs:
             self._hub.spawn(self._check_finished, wid)  # type: ignore[union-attr]
@@ -333,6 +352,10 @@ class Engine:
             self._complete_waiters(wid, info)
 
     def _complete_waiters(self, wid: str, info: RunInfo) -> None:
+        cache = self._recently_finished
+        cache[wid] = info
+        if len(cache) > 10_000:
+            cache.popitem(last=False)
         for future in self._waiters.pop(wid, ()):
             future.set_result(info)
 

@@ -57,3 +57,31 @@ def run_python(code_or_args, env_extra=None, timeout=120, check=True, patched=Fa
     if check and proc.returncode != 0:
         raise AssertionError(f"child failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+class NativeGate:
+    """A thread-safe gate in both gevent modes (under patch_all,
+    threading.Event is gevent's and does not cross native threads)."""
+
+    def __init__(self):
+        from gevent import monkey
+
+        self._lock = monkey.get_original("_thread", "allocate_lock")()
+        self._lock.acquire()
+        self._open = False
+
+    def set(self):
+        if not self._open:
+            self._open = True
+            self._lock.release()
+
+    def is_set(self):
+        return self._open
+
+    def wait(self, timeout=None):
+        if self._open:
+            return True
+        got = self._lock.acquire(True, -1 if timeout is None else timeout)
+        if got:
+            self._lock.release()
+        return got

@@ -6,7 +6,7 @@ from gevent import monkey
 
 import aion_green as aion
 from aion_green import events as ev
-from conftest import PATCHED, NativeGate, run_python
+from conftest import NativeGate, run_python
 
 native_ident = monkey.get_original("_thread", "get_ident")
 
@@ -264,7 +264,6 @@ def test_unfinished_runs_resume_when_an_engine_starts(make_engine):
         assert len(doubled) == 1
 
 
-@pytest.mark.skipif(PATCHED, reason="spawns its own patched process")
 def test_forty_greenlet_callers_in_a_patched_process_overlap():
     """40 greenlets of a patched main thread each start a workflow whose step
     takes 0.2 s and wait for its result: the waits overlap (about one wait,

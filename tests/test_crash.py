@@ -172,7 +172,7 @@ def assert_stable_keys(lines):
         assert attempt == 1
 
 
-def crash_then_resume(tmp_path, *kill_args):
+def crash_first_child(tmp_path, *kill_args):
     """Crash a first child where ``kill_args`` say; return the db, the
     effects file and the history as it stood at the kill."""
     db, effects = tmp_path / "crash.db", tmp_path / "crash.effects"
@@ -241,7 +241,7 @@ def test_kill_during_a_step_reruns_only_that_step(tmp_path):
     before it returned (so before anything of it was recorded). The resumed
     process starts step 50 again, finishes it once, and runs none of the 49
     recorded steps again."""
-    db, effects, at_kill = crash_then_resume(tmp_path, "--kill-in-step", 50)
+    db, effects, at_kill = crash_first_child(tmp_path, "--kill-in-step", 50)
     assert recorded_steps(at_kill) == list(range(1, 50))
     before = read_effects(effects)
     assert effect_counts(before, "start") == Counter({s: 1 for s in range(1, 51)})
@@ -262,7 +262,7 @@ def test_kill_between_step_end_and_record_reruns_only_that_step(tmp_path):
     recorded it, so the resumed process runs step 50 again (at least once,
     with the same idempotency key), while every recorded step ran exactly
     once."""
-    db, effects, at_kill = crash_then_resume(tmp_path, "--kill-before-record", 50)
+    db, effects, at_kill = crash_first_child(tmp_path, "--kill-before-record", 50)
     assert recorded_steps(at_kill) == list(range(1, 50))
     before = read_effects(effects)
     assert effect_counts(before, "start") == Counter({s: 1 for s in range(1, 51)})
@@ -283,7 +283,7 @@ def test_kill_during_replay_resumes_again(tmp_path):
     and writes nothing, so the history and the effects are exactly as the
     first crash left them; a third process then resumes to the control
     result, rerunning only the step the first crash interrupted."""
-    db, effects, at_kill = crash_then_resume(tmp_path, "--kill-in-step", 50)
+    db, effects, at_kill = crash_first_child(tmp_path, "--kill-in-step", 50)
     assert recorded_steps(at_kill) == list(range(1, 50))
     effects_at_kill = Path(effects).read_bytes()
 

@@ -17,7 +17,7 @@ import gevent
 import logging
 
 from . import events as ev
-from .errors import NonDeterminismError, SequenceConflict, StepError, StoreUnavailable
+from .errors import AionError, NonDeterminismError, SequenceConflict, StepError, StoreUnavailable
 from .replay import HistoryCursor
 from .steps import NO_RETRY, Retry, StepInfo, step_name
 
@@ -40,6 +40,18 @@ class RunLost(BaseException):
     """Another writer owns this run (``SequenceConflict``): unwind the
     workflow without recording anything more. Never seen by user code's
     ``except Exception``."""
+
+
+class RunAborted(BaseException):
+    """The store refused a record for a reason that is not passing (not
+    ``StoreUnavailable``): unwind the run without recording anything more,
+    so a workflow's ``except Exception`` can never go on past a record that
+    was not made (a later replay would find a hole). The run stays
+    unfinished in the store and resumes on a later start."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class WorkflowContext:
@@ -161,6 +173,10 @@ class WorkflowContext:
             head = waiter.get()
         except SequenceConflict as exc:
             raise RunLost(str(exc)) from None
+        except StoreUnavailable:
+            raise
+        except AionError as exc:
+            raise RunAborted(exc) from None
         self._cursor.advance_live(head, at)
         return int(head)
 
@@ -175,6 +191,8 @@ class WorkflowContext:
         except _UnrecordedStep as exc:
             self._append([exc.event])
             return exc.event
+        except AionError as exc:
+            raise RunAborted(exc) from None
         self._cursor.advance_live(head, event.at)
         return event
 

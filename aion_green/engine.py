@@ -23,7 +23,7 @@ from gevent import GreenletExit, monkey
 
 from . import events as ev
 from ._writer import StoreWriter, future_done
-from .context import RunLost, WorkflowContext, _UnrecordedStep
+from .context import RunAborted, RunLost, WorkflowContext, _UnrecordedStep
 from .errors import (
     ConfigurationError,
     EngineClosed,
@@ -382,6 +382,10 @@ class Engine:
             raise
         except RunLost as exc:
             log.warning("run %r dropped: %s", wid, exc)
+        except RunAborted as exc:
+            log.error("run %r stopped: the store refused a record (%s); it stays unfinished "
+                      "and resumes when an engine starts over a healthy store", wid, exc.error)
+            self._fail_waiters(wid, exc.error)
         except Exception:
             log.exception("run %r: the engine failed to drive it; this is a bug in aion_green", wid)
         finally:
@@ -395,7 +399,7 @@ class Engine:
         try:
             try:
                 result = fn(ctx, *args)
-            except (GreenletExit, RunLost):
+            except (GreenletExit, RunLost, RunAborted):
                 raise
             except NonDeterminismError:
                 raise
@@ -405,7 +409,7 @@ class Engine:
             ctx._finish_check("the workflow to return")
             result = ev.roundtrip(result, f"the result of workflow {wid!r}")
             event_type, data, status = ev.WORKFLOW_COMPLETED, {"result": result}, ev.COMPLETED
-        except (GreenletExit, RunLost):
+        except (GreenletExit, RunLost, RunAborted):
             raise
         except BaseException as exc:
             if ctx._divergence is not None:

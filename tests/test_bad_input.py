@@ -218,3 +218,47 @@ def test_postgres_url_is_a_clear_error_for_now():
     engine.shutdown()
 
 
+
+
+def test_a_refused_record_stops_the_run_even_if_the_workflow_catches_everything(make_engine, db_url):
+    """The store refuses step 3's record with a lasting error (not a passing
+    lock): the run must stop right there, even though the workflow wraps the
+    step in ``except Exception``, so no later step is recorded over the hole.
+    The next engine over a healthy store resumes and finishes it."""
+    def noted(i):
+        return i * 10
+
+    @aion.workflow(name="tests.catches_all")
+    def catches_all(ctx):
+        out = [ctx.step(noted, 1), ctx.step(noted, 2)]
+        try:
+            out.append(ctx.step(noted, 3))
+        except Exception:
+            out.append("swallowed")
+        out += [ctx.step(noted, 4), ctx.step(noted, 5)]
+        return out
+
+    engine = make_engine(catches_all)
+    engine._ensure_started()
+    real_write = engine._store.write_batch
+    refused = []
+
+    def refusing(ops):
+        for op in ops:
+            events = getattr(op, "events", ())
+            if not refused and any(e.data.get("step") == 3 for e in events):
+                refused.append(op)
+                raise aion.StoreError("simulated: the device went away")
+        return real_write(ops)
+
+    engine._store.write_batch = refusing
+    with pytest.raises(aion.StoreError, match="device went away"):
+        engine.start(catches_all, id="hole").result(10)
+    assert [e["step"] for e in engine.history("hole") if e.type == ev.STEP_COMPLETED] == [1, 2]
+    assert engine.describe("hole").status == "running"
+    engine.shutdown()
+
+    second = make_engine(catches_all)
+    assert second.result("hole", timeout=10) == [10, 20, 30, 40, 50]
+    steps = [e["step"] for e in second.history("hole") if e.type == ev.STEP_COMPLETED]
+    assert steps == [1, 2, 3, 4, 5]

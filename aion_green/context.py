@@ -109,11 +109,10 @@ class WorkflowContext:
         ordinal = self._step_ordinal
         sname = name or step_name(fn)
         key = {"step": ordinal, "name": sname}
-        expected = f"StepCompleted/StepFailed(step={ordinal}, name={sname!r})"
         attempt = 0
         backoff_due = 0.0
         while True:
-            recorded = self._take(_STEP_TYPES, key, expected)
+            recorded = self._take(_STEP_TYPES, key, lambda: f"step {ordinal} ({sname})")
             if recorded is not None:
                 attempt = recorded.data.get("attempt", attempt + 1)
                 if recorded.type == ev.STEP_COMPLETED:
@@ -144,7 +143,8 @@ class WorkflowContext:
         if self._divergence is not None:
             raise self._divergence
 
-    def _take(self, types: frozenset[str], key: dict[str, Any], expected: str) -> Optional[ev.Event]:
+    def _take(self, types: frozenset[str], key: dict[str, Any],
+              expected: Callable[[], str]) -> Optional[ev.Event]:
         try:
             return self._cursor.take(types, key, expected)
         except NonDeterminismError as exc:

@@ -270,7 +270,7 @@ class Engine:
 
     # -- hub thread only ---------------------------------------------------------------------
     def _on_hub_start(self) -> None:
-        if self.recover:
+        if self.recover and not self._hub.closing:  # type: ignore[union-attr]
             self._hub.spawn(self._recover, name="aion-recovery")  # type: ignore[union-attr]
 
     def _run_step(self, ctx: WorkflowContext, fn: Callable[..., Any], args: tuple[Any, ...],

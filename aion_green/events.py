@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 from .errors import SerializationError
 
@@ -87,16 +87,16 @@ class Event:
         return f"{self.type}({keys})" if keys else self.type
 
 
-@dataclass(frozen=True)
-class NewEvent:
+class NewEvent(NamedTuple):
     """An event about to be appended (its ``seq`` is given by the append).
 
     ``encoded`` may carry ``data`` already as JSON text, so a hot path
-    encodes once."""
+    encodes once. (A NamedTuple: built once per step on the hot path, where
+    a frozen dataclass costs several times more.)"""
 
     type: str
     at: float
-    data: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = {}
     encoded: Optional[str] = None
 
     def data_json(self) -> str:
@@ -107,13 +107,17 @@ class NewEvent:
 
 # -- the codec ------------------------------------------------------------------
 
-def encode(value: Any, what: str) -> str:
-    """Strict JSON text of ``value``; ``what`` names it in the error."""
+_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def encode(value: Any, what: Union[str, Callable[[], str]]) -> str:
+    """Strict JSON text of ``value``; ``what`` (or ``what()``) names it in the error."""
     try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+        return _dumps(value)
     except (TypeError, ValueError) as exc:
+        name = what if isinstance(what, str) else what()
         raise SerializationError(
-            f"{what} is not JSON-serialisable ({exc}); history stores JSON, so pass and "
+            f"{name} is not JSON-serialisable ({exc}); history stores JSON, so pass and "
             "return dicts, lists, strings, numbers, booleans or None"
         ) from None
 
@@ -122,6 +126,18 @@ def decode(text: str) -> Any:
     return json.loads(text)
 
 
-def roundtrip(value: Any, what: str) -> Any:
+# Types whose JSON round trip gives back an equal value of the same type.
+_STABLE = (str, int, float, bool, type(None))
+
+
+def roundtrip(value: Any, what: Union[str, Callable[[], str]]) -> Any:
     """The value as replay will see it (tuples become lists, keys strings)."""
-    return json.loads(encode(value, what))
+    return encode_decoded(value, what)[0]
+
+
+def encode_decoded(value: Any, what: Union[str, Callable[[], str]]) -> tuple[Any, str]:
+    """``(value as replay will see it, its JSON text)``, encoding once."""
+    text = encode(value, what)
+    if type(value) in _STABLE:
+        return value, text
+    return json.loads(text), text

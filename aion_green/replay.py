@@ -7,7 +7,7 @@ Past the end of the history the call goes live.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from . import events as ev
 from .errors import NonDeterminismError
@@ -41,14 +41,16 @@ class HistoryCursor:
     def peek(self) -> Optional[ev.Event]:
         return self._events[self._pos] if self._pos < len(self._events) else None
 
-    def take(self, types: frozenset[str], key: dict[str, Any], expected: str) -> Optional[ev.Event]:
+    def take(self, types: frozenset[str], key: dict[str, Any],
+             expected: Callable[[], str]) -> Optional[ev.Event]:
         """The next recorded event if it is of one of ``types`` with ``key``;
-        None when the history is exhausted (the call goes live)."""
-        event = self.peek()
-        if event is None:
+        None when the history is exhausted (the call goes live).
+        ``expected()`` describes the call for the error message."""
+        if self._pos >= len(self._events):
             return None
+        event = self._events[self._pos]
         if event.type not in types or any(event.data.get(k) != v for k, v in key.items()):
-            raise NonDeterminismError(self.workflow_id, event.seq, expected, event.describe())
+            raise NonDeterminismError(self.workflow_id, event.seq, expected(), event.describe())
         self._pos += 1
         self.current_at = event.at
         return event

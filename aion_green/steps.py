@@ -9,7 +9,7 @@ from __future__ import annotations
 import random as _random
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Callable, Union
+from typing import Any, Callable, NamedTuple, Union
 
 import _queue
 import json
@@ -19,7 +19,7 @@ import time
 from gevent import monkey
 
 from .errors import EngineClosed, NonRetryableError, SerializationError
-from .events import STEP_COMPLETED, STEP_FAILED, NewEvent, encode
+from .events import STEP_COMPLETED, STEP_FAILED, NewEvent, encode_decoded
 
 log = logging.getLogger("aion_green.steps")
 _start_new_thread = monkey.get_original("_thread", "start_new_thread")
@@ -68,8 +68,7 @@ class Retry:
 NO_RETRY = Retry(max_attempts=1)
 
 
-@dataclass(frozen=True)
-class StepInfo:
+class StepInfo(NamedTuple):
     """What a running step knows of itself; ``aion.step_info()`` returns it.
 
     ``idempotency_key`` is stable across attempts and crashes (workflow id +
@@ -122,9 +121,8 @@ def execute(fn: Callable[..., Any], args: tuple[Any, ...], info: StepInfo,
     _local.info = info
     try:
         value = fn(*args)
-        text = encode(value, f"the result of step {info.step} ({info.name}) of workflow "
-                             f"{info.workflow_id!r}")
-        return True, (json.loads(text), text)
+        return True, encode_decoded(value, lambda: f"the result of step {info.step} ({info.name}) "
+                                                   f"of workflow {info.workflow_id!r}")
     except Exception as exc:
         return False, (error_data(exc), policy.is_retryable(exc))
     finally:
@@ -170,6 +168,8 @@ class StepPool:
         if self._closed:
             raise EngineClosed("the step pool is closed; the engine is shutting down")
         self._queue.put(task)
+        if self._threads >= self.size or self._queue.qsize() <= self._idle:
+            return  # racy read; a thread that is needed is started just below
         with self._lock:
             # Invariant: a queued task finds an idle thread or starts one,
             # up to size (then it waits for the first thread to free up).

@@ -12,7 +12,7 @@ import json
 import os
 import sqlite3
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Any, NamedTuple, Optional, Sequence, Union
 from urllib.parse import unquote
 
 from zope.interface import Attribute, Interface, implementer
@@ -47,8 +47,7 @@ class RunInfo:
         return self.status != ev.RUNNING
 
 
-@dataclass(frozen=True)
-class Append:
+class Append(NamedTuple):
     """One history append: ``events`` extend the history whose head is
     ``expected_seq``."""
 
@@ -57,8 +56,7 @@ class Append:
     events: Sequence[ev.NewEvent]
 
 
-@dataclass(frozen=True)
-class CreateRun:
+class CreateRun(NamedTuple):
     """Create a run and its ``WorkflowStarted`` event (seq 1)."""
 
     workflow_id: str

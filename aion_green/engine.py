@@ -168,6 +168,14 @@ class Engine:
         self._hub.shutdown()
         self._steps.close()
         self._writer.close()
+        # The hub thread is gone, so its state is ours now: release callers
+        # still waiting for a result of this epoch.
+        closed = EngineClosed("the engine shut down while waiting for the result; "
+                              "the run resumes when an engine starts over this store")
+        for futures in self._waiters.values():
+            for future in futures:
+                future.set_exception(closed)
+        self._waiters.clear()
         _live_engines.discard(self)
 
     def _backstop(self) -> None:
@@ -202,15 +210,16 @@ class Engine:
         self._writer.submit_create(
             CreateRun(wid, wname, args_json, uuid.uuid4().hex, time.time()), future_done(future))
         created, info = future.result()
-        if not created:
-            if info.workflow_type != wname or info.args != json.loads(args_json):
-                raise WorkflowIdConflict(
-                    f"workflow id {wid!r} already exists as {info.workflow_type}"
-                    f"{tuple(info.args)!r}; it cannot be started again as {wname}"
-                    f"{tuple(json.loads(args_json))!r}. Use another id for different work"
-                )
-            return WorkflowHandle(self, wid)
-        self._hub.call_soon(self._spawn_run, wid, info)  # type: ignore[union-attr]
+        if not created and (info.workflow_type != wname or info.args != json.loads(args_json)):
+            raise WorkflowIdConflict(
+                f"workflow id {wid!r} already exists as {info.workflow_type}"
+                f"{tuple(info.args)!r}; it cannot be started again as {wname}"
+                f"{tuple(json.loads(args_json))!r}. Use another id for different work"
+            )
+        if not info.finished:
+            # New, or unfinished and perhaps not running here (say its type
+            # was unknown at recovery): _spawn_run ignores a run already live.
+            self._hub.call_soon(self._spawn_run, wid, info)  # type: ignore[union-attr]
         return WorkflowHandle(self, wid)
 
     def handle(self, workflow_id: str) -> WorkflowHandle:
@@ -222,13 +231,21 @@ class Engine:
         self._ensure_started()
         future = Future()
         self._hub.call_soon(self._register_waiter, workflow_id, future)  # type: ignore[union-attr]
-        try:
-            info: RunInfo = future.result(timeout)
-        except Timeout:
-            raise Timeout(
-                f"workflow {workflow_id!r} did not finish within {timeout} s; "
-                "it goes on running: call result() again to keep waiting"
-            ) from None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # Wait in slices: a registration that raced with shutdown() is never
+        # served, and must not leave the caller waiting forever.
+        while not future.done():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise Timeout(
+                    f"workflow {workflow_id!r} did not finish within {timeout} s; "
+                    "it goes on running: call result() again to keep waiting"
+                )
+            if not future.wait(1.0 if left is None else min(left, 1.0)) and self._closed:
+                future.set_exception(EngineClosed(
+                    "the engine shut down while waiting for the result; "
+                    "the run resumes when an engine starts over this store"))
+        info: RunInfo = future.result()
         if info.status == ev.COMPLETED:
             return info.result
         raise WorkflowFailed(workflow_id, info.error or {"type": info.status, "message": info.status})
@@ -321,6 +338,7 @@ class Engine:
     def _spawn_run(self, wid: str, info: RunInfo, recovering: bool = False) -> None:
         if wid in self._runs or self._hub is None or self._hub.closing:
             return
+        recovering = recovering or info.head_seq > 1
         try:
             fn = self._registry.get(info.workflow_type)
         except WorkflowNotRegistered as exc:
@@ -329,6 +347,7 @@ class Engine:
             log.error(message)
             return
         self._runs[wid] = True
+        self.unrunnable.pop(wid, None)
         self._hub.spawn(self._drive, wid, fn, info, recovering, name=f"run:{wid}")
 
     def _register_waiter(self, wid: str, future: Future) -> None:

@@ -304,3 +304,82 @@ with aion.Engine("sqlite:///" + db, workflows=[one], step_workers=64) as engine:
     elapsed, ticks = float(line.split()[1]), int(line.split()[3])
     assert elapsed < 1.5, f"40 waits of 0.2 s took {elapsed:.2f} s: they did not overlap"
     assert ticks >= 3, "the caller's hub froze while greenlets waited"
+
+
+def test_result_waiters_are_released_when_the_engine_shuts_down(make_engine):
+    gate = NativeGate()
+
+    def wait_gate():
+        return gate.wait(10)
+
+    @aion.workflow
+    def parked(ctx):
+        return ctx.step(wait_gate)
+
+    engine = make_engine(parked)
+    handle = engine.start(parked, id="parked")
+    import gevent
+
+    waiter = gevent.spawn(handle.result, 30)
+    gevent.sleep(0.1)
+    engine.shutdown()
+    waiter.join(5)
+    gate.set()
+    assert isinstance(waiter.exception, aion.EngineClosed)
+    assert "resumes when an engine starts" in str(waiter.exception)
+
+
+def test_a_process_that_exits_without_shutdown_does_not_hang():
+    """The atexit backstop asks the threads to stop and never blocks, even
+    with a step still running on the pool."""
+    code = r'''
+import os, sys, tempfile, time
+import aion_green as aion
+
+def slow():
+    time.sleep(30)
+
+@aion.workflow
+def hangs(ctx):
+    return ctx.step(slow)
+
+engine = aion.Engine("sqlite:///" + os.path.join(tempfile.mkdtemp(), "x.db"), workflows=[hangs])
+engine.start(hangs, id="h")
+time.sleep(0.2)
+print("leaving", flush=True)
+'''
+    started = time.monotonic()
+    proc = run_python(code, timeout=20)
+    assert "leaving" in proc.stdout
+    assert time.monotonic() - started < 10
+
+
+def test_starting_an_unrunnable_run_again_with_its_workflow_resumes_it(make_engine, db_url):
+    gate = NativeGate()
+
+    def wait_gate():
+        return gate.wait(10)
+
+    @aion.workflow(name="tests.late_registered")
+    def late(ctx, x):
+        ctx.step(double, x)
+        return ctx.step(wait_gate)
+
+    first = make_engine(late)
+    first.start(late, 4, id="late")
+    deadline = time.monotonic() + 10
+    while len(first.history("late")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first.shutdown()
+    gate.set()
+    from aion_green import registry
+
+    registry._DECORATED.pop("tests.late_registered")
+    second = make_engine()
+    second.list()  # the first call starts the engine (and its recovery)
+    deadline = time.monotonic() + 5
+    while "late" not in second.unrunnable and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "late" in second.unrunnable
+    assert second.start(late, 4, id="late").result(10) is True
+    assert "late" not in second.unrunnable

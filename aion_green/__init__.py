@@ -1,4 +1,5 @@
 """aion_green: durable workflows for synchronous Python, on gevent."""
+from .context import WorkflowContext
 from .engine import Engine, WorkflowHandle
 from .errors import (
     AionError,
@@ -23,7 +24,6 @@ from .events import Event
 from .registry import workflow
 from .steps import Retry, StepInfo, step_info
 from .store import IEventStore, RunInfo, SQLiteStore
-from .context import WorkflowContext
 
 __all__ = [
     "AionError", "ConfigurationError", "Engine", "EngineClosed", "Event", "IEventStore",

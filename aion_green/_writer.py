@@ -41,7 +41,8 @@ class StoreWriter:
     """Runs every operation of one store on a dedicated native thread."""
 
     def __init__(self, store: IEventStore, name: str = "aion-store") -> None:
-        self.store = store
+        # Typed Any: mypy reads zope.interface methods as lacking self.
+        self.store: Any = store
         self.name = name
         # _queue.SimpleQueue is C and never monkeypatched: get() blocks this
         # native thread only, and put() never blocks.

@@ -7,15 +7,14 @@ engine's hub thread.
 from __future__ import annotations
 
 import hashlib
+import logging
 import random as _random
-import time
 import uuid as _uuid
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import gevent
 from greenlet import GreenletExit
-import logging
 
 from . import events as ev
 from .errors import AionError, NonDeterminismError, SequenceConflict, StepError, StoreUnavailable

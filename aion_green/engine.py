@@ -9,6 +9,7 @@ only" runs on the hub thread; the crossings are ``HubThread.call_soon`` /
 from __future__ import annotations
 
 import atexit
+import builtins
 import collections
 import json
 import logging
@@ -38,15 +39,15 @@ from .errors import (
 )
 from .hub_thread import Future, HubThread
 from .registry import Registry, workflow_name
-from .store import CreateRun, IEventStore, RunInfo, SQLiteStore, sqlite_path_from_url
 from .steps import Retry, StepInfo, StepPool, attempt_event, error_data
+from .store import CreateRun, RunInfo, SQLiteStore, sqlite_path_from_url
 
 log = logging.getLogger("aion_green.engine")
 
 _allocate_lock = monkey.get_original("_thread", "allocate_lock")
 
 
-def open_store(url: Optional[str], durable: bool = True, busy_timeout: float = 5.0) -> IEventStore:
+def open_store(url: Optional[str], durable: bool = True, busy_timeout: float = 5.0) -> Any:
     """The store a URL names: ``None`` or ``sqlite:///...`` (SQLite)."""
     if url is not None and url.startswith(("postgres://", "postgresql://")):
         raise ConfigurationError(
@@ -107,9 +108,10 @@ class Engine:
         self._lock = _allocate_lock()
         self._pid: Optional[int] = None
         self._closed = False
-        self._hub: Optional[HubThread] = None
+        self._hub: Any = None  # HubThread once started
         self._writer: Any = None
-        self._store: Optional[IEventStore] = None
+        # Typed Any: mypy reads zope.interface methods as lacking self.
+        self._store: Any = None
         # Hub thread only ------------------------------------------------------------
         self._steps = StepPool(step_workers)
         # Invariant: a workflow id is in _runs while a greenlet of this epoch
@@ -259,7 +261,7 @@ class Engine:
 
     def list(self, status: Optional[str] = None,
              workflow_type: Union[None, str, Callable[..., Any]] = None,
-             limit: int = 100, after_id: Optional[str] = None) -> list[RunInfo]:
+             limit: int = 100, after_id: Optional[str] = None) -> builtins.list[RunInfo]:
         """Runs ordered by id, filtered by status (one of
         running/completed/failed/cancelled/continued) and workflow type."""
         if status is not None and status not in ev.STATUSES:
@@ -272,7 +274,7 @@ class Engine:
         self._ensure_started()
         return self._call_store(self._store.list_runs, status, wtype, limit, after_id)  # type: ignore[union-attr]
 
-    def history(self, workflow_id: str, after_seq: int = 0) -> list[ev.Event]:
+    def history(self, workflow_id: str, after_seq: int = 0) -> builtins.list[ev.Event]:
         self._ensure_started()
         events = self._call_store(self._store.read, workflow_id, after_seq)  # type: ignore[union-attr]
         if not events and after_seq == 0:
@@ -411,7 +413,7 @@ class Engine:
             self._runs.pop(wid, None)
 
     def _execute(self, wid: str, fn: Callable[..., Any], info: RunInfo,
-                 history: list[ev.Event]) -> Optional[RunInfo]:
+                 history: builtins.list[ev.Event]) -> Optional[RunInfo]:
         ctx = WorkflowContext(self, wid, info.run_id, info.workflow_type, history)
         args = history[0].data.get("args", info.args)
         data: dict[str, Any]
@@ -430,17 +432,17 @@ class Engine:
             event_type, data, status = ev.WORKFLOW_COMPLETED, {"result": result}, ev.COMPLETED
         except (GreenletExit, RunLost, RunAborted):
             raise
-        except BaseException as exc:
-            if ctx._divergence is not None:
-                exc = ctx._divergence
-            error = error_data(exc)
-            if isinstance(exc, NonDeterminismError):
-                error.update(kind="nondeterminism", seq=exc.seq, expected=exc.expected, found=exc.found)
-                log.error("%s", exc)
-            elif isinstance(exc, SerializationError):
+        except BaseException as raised:
+            failure: BaseException = ctx._divergence or raised
+            error = error_data(failure)
+            if isinstance(failure, NonDeterminismError):
+                error.update(kind="nondeterminism", seq=failure.seq,
+                             expected=failure.expected, found=failure.found)
+                log.error("%s", failure)
+            elif isinstance(failure, SerializationError):
                 error["kind"] = "serialization"
-            if not isinstance(exc, NonDeterminismError):
-                error["traceback"] = "".join(traceback.format_exception(exc)[-8:])
+            if not isinstance(failure, NonDeterminismError):
+                error["traceback"] = "".join(traceback.format_exception(failure)[-8:])
             event_type, data, status, result = ev.WORKFLOW_FAILED, {"error": error}, ev.FAILED, None
         at = time.time()
         head = ctx._append([ev.NewEvent(event_type, at, data)])

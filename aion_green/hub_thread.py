@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import collections
 import gc
-import time
 import logging
+import time
 from typing import Any, Callable, Optional
 
 import gevent

@@ -6,15 +6,14 @@ greenlet as data, already reduced to the JSON that history will hold.
 """
 from __future__ import annotations
 
-import random as _random
-from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any, Callable, NamedTuple, Union
-
 import _queue
 import json
 import logging
+import random as _random
 import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Callable, NamedTuple, Union
 
 from gevent import monkey
 

@@ -105,7 +105,7 @@ class IEventStore(Interface):
         """Runs ordered by workflow id, filtered by status and type;
         ``after_id`` pages (pass the last id of the previous page)."""
 
-    def close():  # noqa: N805
+    def close():  # type: ignore[misc]  # noqa: N805
         """Release the store's resources. Idempotent."""
 
 
@@ -267,6 +267,7 @@ class SQLiteStore:
                     if type(op) is Append:
                         outcomes.append(self._check_append(op, heads, moved, finals, rows))
                     else:
+                        assert isinstance(op, CreateRun)
                         outcome = self._create_one(op, rows)
                         heads.setdefault(op.workflow_id, outcome[1].head_seq)
                         outcomes.append(outcome)
@@ -400,7 +401,7 @@ class SQLiteStore:
         return [_run_info(row) for row in rows]
 
     def close(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self._conn = self._conn, None  # type: ignore[assignment]
         if conn is not None:
             conn.close()
 

@@ -5,7 +5,6 @@ fixture that yields a fresh, empty store.
 """
 import json
 
-import pytest
 from zope.interface.verify import verifyObject
 
 from aion_green import events as ev
@@ -92,7 +91,8 @@ class StoreContract:
         self.create(store, "bad")
         store.write_batch([
             Append("ok", 1, [ev.NewEvent(ev.WORKFLOW_COMPLETED, 5.0, {"result": {"n": 1}})]),
-            Append("bad", 1, [ev.NewEvent(ev.WORKFLOW_FAILED, 6.0, {"error": {"type": "E", "message": "m"}})]),
+            Append("bad", 1, [ev.NewEvent(ev.WORKFLOW_FAILED, 6.0,
+                                          {"error": {"type": "E", "message": "m"}})]),
         ])
         ok, bad = store.get_run("ok"), store.get_run("bad")
         assert (ok.status, ok.result, ok.finished) == (ev.COMPLETED, {"n": 1}, True)

@@ -6,10 +6,10 @@ import sys
 import time
 
 import pytest
+from conftest import NativeGate
 
 import aion_green as aion
 from aion_green import events as ev
-from conftest import NativeGate
 
 
 def identity(x):

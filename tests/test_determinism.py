@@ -2,10 +2,11 @@
 WorkflowFailed event naming the workflow id, seq, expected and found."""
 import time
 
+from conftest import NativeGate
+
 import aion_green as aion
 from aion_green import events as ev
 from aion_green.store import Append, SQLiteStore
-from conftest import NativeGate
 
 
 def step_a():

@@ -2,11 +2,11 @@
 import time
 
 import pytest
+from conftest import NativeGate, run_python
 from gevent import monkey
 
 import aion_green as aion
 from aion_green import events as ev
-from conftest import NativeGate, run_python
 
 native_ident = monkey.get_original("_thread", "get_ident")
 
@@ -300,7 +300,7 @@ with aion.Engine("sqlite:///" + db, workflows=[one], step_workers=64) as engine:
     print("ELAPSED", elapsed, "TICKS", len(during))
 '''
     proc = run_python(code, timeout=60)
-    line = [l for l in proc.stdout.splitlines() if l.startswith("ELAPSED")][0]
+    line = [out for out in proc.stdout.splitlines() if out.startswith("ELAPSED")][0]
     elapsed, ticks = float(line.split()[1]), int(line.split()[3])
     assert elapsed < 1.5, f"40 waits of 0.2 s took {elapsed:.2f} s: they did not overlap"
     assert ticks >= 3, "the caller's hub froze while greenlets waited"

@@ -8,12 +8,12 @@ import time
 
 import gevent
 import pytest
+from conftest import PATCHED, ROOT, run_python
 from gevent import monkey
 from gevent.hub import Hub
 
 from aion_green.errors import EngineClosed
 from aion_green.hub_thread import Future, HubThread
-from conftest import PATCHED, ROOT, run_python
 
 native_ident = monkey.get_original("_thread", "get_ident")
 native_start = monkey.get_original("_thread", "start_new_thread")

@@ -2,10 +2,10 @@ import os
 import sqlite3
 
 import pytest
+from store_contract import StoreContract
 
 import aion_green as aion
 from aion_green.store import SQLiteStore, sqlite_path_from_url
-from store_contract import StoreContract
 
 
 class TestSQLiteStoreContract(StoreContract):

@@ -1,0 +1,54 @@
+"""The ``aion-green`` command, driven as a user would: a real process."""
+import json
+
+from conftest import run_python
+
+import aion_green as aion
+
+
+def triple(x):
+    return 3 * x
+
+
+@aion.workflow(name="tests.cli_triple")
+def tripler(ctx, x):
+    return ctx.step(triple, x)
+
+
+@aion.workflow(name="tests.cli_fails")
+def fails(ctx):
+    raise ValueError("no luck")
+
+
+def test_list_and_show(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    with aion.Engine(url, workflows=[tripler, fails]) as engine:
+        engine.start(tripler, 5, id="t-5").result(10)
+        try:
+            engine.start(fails, id="f-1").result(10)
+        except aion.WorkflowFailed:
+            pass
+    listing = run_python(["-m", "aion_green", "--db", url, "list"]).stdout
+    assert "t-5" in listing and "tests.cli_triple" in listing and "completed" in listing
+    assert "f-1" in listing and "failed" in listing
+    failed = json.loads(run_python(["-m", "aion_green", "--db", url, "list", "--status", "failed",
+                                    "--json"]).stdout)
+    assert [run["workflow_id"] for run in failed] == ["f-1"]
+    shown = run_python(["-m", "aion_green", "--db", url, "show", "t-5"]).stdout
+    assert "result: 15" in shown
+    assert "StepCompleted" in shown and "WorkflowCompleted" in shown
+    data = json.loads(run_python(["-m", "aion_green", "--db", url, "show", "f-1", "--json"]).stdout)
+    assert data["run"]["error"]["message"] == "no luck"
+    assert [e["type"] for e in data["history"]] == ["WorkflowStarted", "WorkflowFailed"]
+
+
+def test_exit_codes(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    missing = run_python(["-m", "aion_green", "--db", url, "show", "nope"], check=False)
+    assert missing.returncode == 1 and "no workflow with id 'nope'" in missing.stderr
+    bad = run_python(["-m", "aion_green", "--db", url, "list", "--status", "done"], check=False)
+    assert bad.returncode == 2
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"not a database" * 100)
+    broken = run_python(["-m", "aion_green", "--db", f"sqlite:///{corrupt}", "list"], check=False)
+    assert broken.returncode == 2 and "damaged" in broken.stderr

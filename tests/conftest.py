@@ -85,3 +85,24 @@ class NativeGate:
         if got:
             self._lock.release()
         return got
+
+
+def wait_until(predicate, timeout=10.0, interval=0.01, what="the condition"):
+    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def stop_with_runs_parked(engine, workflow_ids, gate, events=2):
+    """Wait until each run recorded ``events`` events (so it is parked in a
+    later step held by ``gate``), shut the engine down, then open the gate:
+    the runs stay unfinished in the store, as after a clean stop."""
+    wait_until(lambda: all(len(engine.history(wid)) >= events for wid in workflow_ids),
+               what=f"runs {workflow_ids} to record {events} events")
+    engine.shutdown()
+    gate.set()

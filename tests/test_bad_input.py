@@ -6,7 +6,7 @@ import sys
 import time
 
 import pytest
-from conftest import NativeGate
+from conftest import NativeGate, stop_with_runs_parked, wait_until
 
 import aion_green as aion
 from aion_green import events as ev
@@ -78,19 +78,13 @@ def test_unknown_workflow_type_at_recovery_is_left_alone_with_a_clear_error(make
 
     first = make_engine(retired)
     first.start(retired, id="orphan")
-    deadline = time.monotonic() + 10
-    while len(first.history("orphan")) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    first.shutdown()
-    gate.set()
+    stop_with_runs_parked(first, ["orphan"], gate)
     from aion_green import registry
 
     registry._DECORATED.pop("tests.retired")
     second = make_engine(echo)
     assert second.start(echo, "other").result(10) == "other"  # the engine goes on
-    deadline = time.monotonic() + 5
-    while "orphan" not in second.unrunnable and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: "orphan" in second.unrunnable, what="recovery to give up on 'orphan'")
     message = second.unrunnable["orphan"]
     assert "'tests.retired' is not registered" in message and "Engine(workflows=" in message
     assert "not registered" in caplog.text

@@ -2,7 +2,7 @@
 WorkflowFailed event naming the workflow id, seq, expected and found."""
 import time
 
-from conftest import NativeGate
+from conftest import NativeGate, stop_with_runs_parked
 
 import aion_green as aion
 from aion_green import events as ev
@@ -23,18 +23,12 @@ def step_c():
 
 
 def park_run(make_engine, workflow, ids, gate):
-    """Start runs, wait until each recorded its first step and is parked in
-    its second, then stop the engine: the runs stay unfinished."""
+    """Start runs; stop the engine once each recorded its first step and is
+    parked in its second: the runs stay unfinished."""
     engine = make_engine(workflow)
     for wid in ids:
         engine.start(workflow, id=wid)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if all(len(engine.history(wid)) >= 2 for wid in ids):
-            break
-        time.sleep(0.01)
-    engine.shutdown()
-    gate.set()
+    stop_with_runs_parked(engine, ids, gate)
 
 
 def test_changed_workflow_code_fails_that_run_only(make_engine):

@@ -2,7 +2,7 @@
 import time
 
 import pytest
-from conftest import NativeGate, run_python
+from conftest import NativeGate, run_python, stop_with_runs_parked, wait_until
 from gevent import monkey
 
 import aion_green as aion
@@ -252,11 +252,7 @@ def test_unfinished_runs_resume_when_an_engine_starts(make_engine):
     first = make_engine(resumable)
     for i in range(5):
         first.start(resumable, i, id=f"res-{i}")
-    deadline = time.monotonic() + 10
-    while len(runs) < 5 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    first.shutdown()
-    gate.set()
+    stop_with_runs_parked(first, [f"res-{i}" for i in range(5)], gate)
     second = make_engine(resumable)
     assert [second.result(f"res-{i}", timeout=10) for i in range(5)] == [True] * 5
     for i in range(5):
@@ -367,19 +363,12 @@ def test_starting_an_unrunnable_run_again_with_its_workflow_resumes_it(make_engi
 
     first = make_engine(late)
     first.start(late, 4, id="late")
-    deadline = time.monotonic() + 10
-    while len(first.history("late")) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    first.shutdown()
-    gate.set()
+    stop_with_runs_parked(first, ["late"], gate)
     from aion_green import registry
 
     registry._DECORATED.pop("tests.late_registered")
     second = make_engine()
     second.list()  # the first call starts the engine (and its recovery)
-    deadline = time.monotonic() + 5
-    while "late" not in second.unrunnable and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert "late" in second.unrunnable
+    wait_until(lambda: "late" in second.unrunnable, what="recovery to give up on 'late'")
     assert second.start(late, 4, id="late").result(10) is True
     assert "late" not in second.unrunnable

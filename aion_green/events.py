@@ -108,10 +108,20 @@ class NewEvent(NamedTuple):
 # -- the codec ------------------------------------------------------------------
 
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_encode_str = json.encoder.encode_basestring_ascii  # what json.dumps uses for a str
 
 
 def encode(value: Any, what: Union[str, Callable[[], str]]) -> str:
     """Strict JSON text of ``value``; ``what`` (or ``what()``) names it in the error."""
+    # Scalars skip the encoder object: a step result is often one, and this
+    # runs once per step.
+    kind = type(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is str:
+        return _encode_str(value)
+    if value is None:
+        return "null"
     try:
         return _dumps(value)
     except (TypeError, ValueError) as exc:

@@ -7,7 +7,7 @@ greenlet as data, already reduced to the JSON that history will hold.
 from __future__ import annotations
 
 import _queue
-import json
+import json.encoder
 import logging
 import random as _random
 import time
@@ -21,6 +21,7 @@ from .errors import EngineClosed, NonRetryableError, SerializationError
 from .events import STEP_COMPLETED, STEP_FAILED, NewEvent, encode_decoded
 
 log = logging.getLogger("aion_green.steps")
+_encode_str = json.encoder.encode_basestring_ascii
 _start_new_thread = monkey.get_original("_thread", "start_new_thread")
 _allocate_lock = monkey.get_original("_thread", "allocate_lock")
 
@@ -135,7 +136,7 @@ def attempt_event(fn: Callable[..., Any], args: tuple[Any, ...], info: StepInfo,
     if ok:
         value, text = outcome
         data = {"step": info.step, "name": info.name, "attempt": info.attempt, "result": value}
-        encoded = (f'{{"step":{info.step},"name":{json.dumps(info.name)},'
+        encoded = (f'{{"step":{info.step},"name":{_encode_str(info.name)},'
                    f'"attempt":{info.attempt},"result":{text}}}')
         return NewEvent(STEP_COMPLETED, time.time(), data, encoded)
     error, retryable = outcome
@@ -186,11 +187,17 @@ class StepPool:
     def _worker(self) -> None:
         queue, lock = self._queue, self._lock
         while True:
-            with lock:
-                self._idle += 1
-            task = queue.get()
-            with lock:
-                self._idle -= 1
+            # Take queued work without the idle accounting; only a thread
+            # about to block counts itself idle (under the lock, since
+            # submit() decides from that count whether to start a thread).
+            try:
+                task = queue.get_nowait()
+            except _queue.Empty:
+                with lock:
+                    self._idle += 1
+                task = queue.get()
+                with lock:
+                    self._idle -= 1
             if task is None:
                 break
             try:

@@ -22,6 +22,7 @@ from .store import Append, CreateRun, IEventStore
 log = logging.getLogger("aion_green.store")
 
 _start_new_thread = monkey.get_original("_thread", "start_new_thread")
+_allocate_lock = monkey.get_original("_thread", "allocate_lock")
 
 Done = Callable[[Any, Optional[BaseException]], None]
 _STOP = object()
@@ -50,6 +51,7 @@ class StoreWriter:
         # Invariant: once _closed is set no op is accepted; every op accepted
         # before the writer saw _STOP runs before the thread ends.
         self._closed = False
+        self._gate = _allocate_lock()
         self._finished = Future()
         self.batches = 0
         self.writes = 0
@@ -78,15 +80,20 @@ class StoreWriter:
         return future
 
     def _put(self, item: tuple[Any, Done]) -> None:
-        if self._closed:
-            raise EngineClosed("the engine's store writer is closed; create a new Engine")
-        self._queue.put(item)
+        # The check and the put are one step under the gate: an op is either
+        # ahead of _STOP in the queue (and runs) or refused, never stranded
+        # behind it with a submitter waiting forever.
+        with self._gate:
+            if self._closed:
+                raise EngineClosed("the engine's store writer is closed; create a new Engine")
+            self._queue.put(item)
 
     def close(self, timeout: Optional[float] = 30.0) -> None:
         """Run everything already submitted, close the store, end the thread."""
-        if not self._closed:
-            self._closed = True
-            self._queue.put(_STOP)
+        with self._gate:
+            if not self._closed:
+                self._closed = True
+                self._queue.put(_STOP)
         self._finished.wait(timeout)
 
     # writer thread ------------------------------------------------------------------------

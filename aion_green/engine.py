@@ -56,6 +56,11 @@ def open_store(url: Optional[str], durable: bool = True, busy_timeout: float = 5
     return SQLiteStore(sqlite_path_from_url(url), durable=durable, busy_timeout=busy_timeout)
 
 
+def _closed_while_waiting() -> EngineClosed:
+    return EngineClosed("the engine shut down while waiting for the result; "
+                        "the run resumes when an engine starts over this store")
+
+
 class WorkflowHandle:
     """A started (or existing) workflow run, by id."""
 
@@ -172,8 +177,7 @@ class Engine:
         self._writer.close()
         # The hub thread is gone, so its state is ours now: release callers
         # still waiting for a result of this epoch.
-        closed = EngineClosed("the engine shut down while waiting for the result; "
-                              "the run resumes when an engine starts over this store")
+        closed = _closed_while_waiting()
         for futures in self._waiters.values():
             for future in futures:
                 future.set_exception(closed)
@@ -244,9 +248,7 @@ class Engine:
                     "it goes on running: call result() again to keep waiting"
                 )
             if not future.wait(1.0 if left is None else min(left, 1.0)) and self._closed:
-                future.set_exception(EngineClosed(
-                    "the engine shut down while waiting for the result; "
-                    "the run resumes when an engine starts over this store"))
+                future.set_exception(_closed_while_waiting())
         info: RunInfo = future.result()
         if info.status == ev.COMPLETED:
             return info.result
@@ -357,9 +359,12 @@ class Engine:
         if finished is not None:
             future.set_result(finished)
             return
+        if self._hub.closing:
+            future.set_exception(_closed_while_waiting())
+            return
         self._waiters.setdefault(wid, []).append(future)
         if wid not in self._runs:
-            self._hub.spawn(self._check_finished, wid)  # type: ignore[union-attr]
+            self._hub.spawn(self._check_finished, wid)
 
     def _check_finished(self, wid: str) -> None:
         try:

@@ -256,3 +256,35 @@ def test_a_refused_record_stops_the_run_even_if_the_workflow_catches_everything(
     assert second.result("hole", timeout=10) == [10, 20, 30, 40, 50]
     steps = [e["step"] for e in second.history("hole") if e.type == ev.STEP_COMPLETED]
     assert steps == [1, 2, 3, 4, 5]
+
+
+def test_a_full_disk_is_waited_out_by_the_running_workflow(make_engine):
+    """The disk fills while a step runs (a page limit on the writer's
+    connection stands in for it): the step's record is retried until there
+    is room again; the step ran once and its result is kept."""
+    calls = []
+    in_step, go_on = NativeGate(), NativeGate()
+
+    def big_result():
+        calls.append(1)
+        in_step.set()
+        go_on.wait(10)
+        return "y" * 50_000
+
+    @aion.workflow
+    def fills_disk(ctx):
+        return len(ctx.step(big_result))
+
+    engine = make_engine(fills_disk)
+    handle = engine.start(fills_disk, id="full")
+    assert in_step.wait(10)
+    conn = engine._store._conn
+    engine._writer.call(lambda: conn.execute(
+        "PRAGMA max_page_count=" + str(conn.execute("PRAGMA page_count").fetchone()[0]))).result(5)
+    go_on.set()
+    with pytest.raises(aion.Timeout):
+        handle.result(timeout=0.5)  # stuck on the full disk, not failed
+    assert engine.describe("full").status == "running"
+    engine._writer.call(lambda: conn.execute("PRAGMA max_page_count=1073741823")).result(5)
+    assert handle.result(timeout=15) == 50_000
+    assert calls == [1]

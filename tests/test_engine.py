@@ -372,3 +372,22 @@ def test_starting_an_unrunnable_run_again_with_its_workflow_resumes_it(make_engi
     wait_until(lambda: "late" in second.unrunnable, what="recovery to give up on 'late'")
     assert second.start(late, 4, id="late").result(10) is True
     assert "late" not in second.unrunnable
+
+
+def test_appends_of_concurrent_runs_share_commits(make_engine):
+    """Group commit: 200 runs stepping at once need far fewer transactions
+    than appends, and each run still sees every one of its own records."""
+    @aion.workflow
+    def five(ctx, i):
+        return [ctx.step(double, i + k) for k in range(5)]
+
+    engine = make_engine(five)
+    engine.start(five, -1).result(10)
+    writer = engine._writer
+    batches, writes = writer.batches, writer.writes
+    handles = [engine.start(five, i, id=f"g{i}") for i in range(200)]
+    assert [h.result(30) for h in handles] == [[2 * (i + k) for k in range(5)] for i in range(200)]
+    new_writes = writer.writes - writes
+    new_batches = writer.batches - batches
+    assert new_writes == 200 * 7  # create + 5 steps + end, per run
+    assert new_batches < new_writes / 3, (new_batches, new_writes)

@@ -5,7 +5,8 @@ import pytest
 from store_contract import StoreContract
 
 import aion_green as aion
-from aion_green.store import SQLiteStore, sqlite_path_from_url
+from aion_green import events as ev
+from aion_green.store import Append, CreateRun, SQLiteStore, sqlite_path_from_url
 
 
 class TestSQLiteStoreContract(StoreContract):
@@ -63,3 +64,24 @@ def test_a_file_with_foreign_tables_is_refused(tmp_path):
     conn.close()
     with pytest.raises(aion.StoreError, match="did not create"):
         SQLiteStore(str(path))
+
+
+def test_disk_full_writes_nothing_of_the_batch_and_recovers(tmp_path):
+    """SQLITE_FULL mid-batch (a page limit stands in for a full disk): the
+    whole batch is refused with a clear error, nothing of it is written, and
+    writes succeed again once there is room."""
+    store = SQLiteStore(str(tmp_path / "full.db"))
+    try:
+        store.create_run("w", "t", "[]", "r", 1.0)
+        (pages,) = store._conn.execute("PRAGMA page_count").fetchone()
+        store._conn.execute(f"PRAGMA max_page_count={pages}")
+        big = ev.NewEvent(ev.STEP_COMPLETED, 2.0, {"step": 1, "name": "s", "attempt": 1, "result": "x" * 20000})
+        with pytest.raises(aion.StoreUnavailable, match="cannot be written"):
+            store.write_batch([CreateRun("other", "t", "[]", "r2", 1.0), Append("w", 1, [big])])
+        assert store.get_run("other") is None
+        assert [e.seq for e in store.read("w")] == [1]
+        assert store.get_run("w").head_seq == 1
+        store._conn.execute("PRAGMA max_page_count=1073741823")
+        assert store.write_batch([Append("w", 1, [big])]) == [2]
+    finally:
+        store.close()

@@ -75,7 +75,8 @@ def test_disk_full_writes_nothing_of_the_batch_and_recovers(tmp_path):
         store.create_run("w", "t", "[]", "r", 1.0)
         (pages,) = store._conn.execute("PRAGMA page_count").fetchone()
         store._conn.execute(f"PRAGMA max_page_count={pages}")
-        big = ev.NewEvent(ev.STEP_COMPLETED, 2.0, {"step": 1, "name": "s", "attempt": 1, "result": "x" * 20000})
+        big = ev.NewEvent(ev.STEP_COMPLETED, 2.0,
+                          {"step": 1, "name": "s", "attempt": 1, "result": "x" * 20000})
         with pytest.raises(aion.StoreUnavailable, match="cannot be written"):
             store.write_batch([CreateRun("other", "t", "[]", "r2", 1.0), Append("w", 1, [big])])
         assert store.get_run("other") is None

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from gevent import monkey
 
-from .errors import EngineClosed, StoreError
+from .errors import EngineClosed, StoreError, StoreUnavailable
 from .events import NewEvent
 from .hub_thread import Future
 from .store import Append, CreateRun, IEventStore
@@ -22,7 +22,7 @@ from .store import Append, CreateRun, IEventStore
 log = logging.getLogger("aion_green.store")
 
 _start_new_thread = monkey.get_original("_thread", "start_new_thread")
-_allocate_lock = monkey.get_original("_thread", "allocate_lock")
+_sleep = monkey.get_original("time", "sleep")
 
 Done = Callable[[Any, Optional[BaseException]], None]
 _STOP = object()
@@ -51,7 +51,9 @@ class StoreWriter:
         # Invariant: once _closed is set no op is accepted; every op accepted
         # before the writer saw _STOP runs before the thread ends.
         self._closed = False
-        self._gate = _allocate_lock()
+        # Invariant: set (before the last sweep of the queue) once the thread
+        # stops taking ops; an op put after it is failed, never stranded.
+        self._stopped = False
         self._finished = Future()
         self.batches = 0
         self.writes = 0
@@ -80,20 +82,29 @@ class StoreWriter:
         return future
 
     def _put(self, item: tuple[Any, Done]) -> None:
-        # The check and the put are one step under the gate: an op is either
-        # ahead of _STOP in the queue (and runs) or refused, never stranded
-        # behind it with a submitter waiting forever.
-        with self._gate:
-            if self._closed:
-                raise EngineClosed("the engine's store writer is closed; create a new Engine")
-            self._queue.put(item)
+        if self._closed:
+            raise EngineClosed("the engine's store writer is closed; create a new Engine")
+        self._queue.put(item)
+        if self._stopped:
+            # The thread may have made its last sweep before this put: sweep
+            # too, so no op is stranded with its submitter waiting forever.
+            self._fail_leftovers()
+
+    def _fail_leftovers(self) -> None:
+        closed = EngineClosed("the engine's store writer is closed; create a new Engine")
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except _queue.Empty:
+                return
+            if item is not _STOP:
+                item[1](None, closed)
 
     def close(self, timeout: Optional[float] = 30.0) -> None:
         """Run everything already submitted, close the store, end the thread."""
-        with self._gate:
-            if not self._closed:
-                self._closed = True
-                self._queue.put(_STOP)
+        if not self._closed:
+            self._closed = True
+            self._queue.put(_STOP)
         self._finished.wait(timeout)
 
     # writer thread ------------------------------------------------------------------------
@@ -115,30 +126,58 @@ class StoreWriter:
         except BaseException:  # pragma: no cover
             log.exception("store writer crashed; this is a bug in aion_green")
         finally:
+            self._stopped = True
+            self._fail_leftovers()
             try:
                 self.store.close()
             except Exception:  # pragma: no cover
                 log.exception("closing the store failed")
             self._finished.set_result(None)
 
-    def _run_batch(self, batch: list[tuple[Any, Done]]) -> None:
-        writes = [(op, done) for op, done in batch if isinstance(op, (Append, CreateRun))]
-        if writes:
+    def _write(self, writes: list[tuple[Any, Done]]) -> None:
+        delay = 0.02
+        while True:
             self.batches += 1
             try:
                 outcomes = self.store.write_batch([op for op, _ in writes])
+            except StoreUnavailable as exc:
+                # A locked or full database is waited out for appends: the
+                # runs behind them are parked, not failed, and the records
+                # that follow theirs (already in this queue) keep their
+                # order. A start (CreateRun) has a caller to tell at once.
+                for op, done in writes:
+                    if isinstance(op, CreateRun):
+                        done(None, exc)
+                writes = [(op, done) for op, done in writes if isinstance(op, Append)]
+                if not writes:
+                    return
+                if self._closed:
+                    for _, done in writes:
+                        done(None, exc)
+                    return
+                if delay >= 0.5:
+                    log.warning("store unavailable (%s); %d append(s) wait for it", exc, len(writes))
+                _sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
             except Exception as exc:
                 error = exc if isinstance(exc, StoreError) else StoreError(
                     f"the store failed to write ({exc!r}); nothing of this write was recorded")
                 for _, done in writes:
                     done(None, error)
-            else:
-                self.writes += len(writes)
-                for (_, done), outcome in zip(writes, outcomes):
-                    if isinstance(outcome, BaseException):
-                        done(None, outcome)
-                    else:
-                        done(outcome, None)
+                return
+            self.writes += len(writes)
+            for (_, done), outcome in zip(writes, outcomes):
+                if isinstance(outcome, BaseException):
+                    done(None, outcome)
+                else:
+                    done(outcome, None)
+            return
+
+    def _run_batch(self, batch: list[tuple[Any, Done]]) -> None:
+        writes = [(op, done) for op, done in batch if isinstance(op, (Append, CreateRun))]
+        if writes:
+            self._write(writes)
         for op, done in batch:
             if callable(op):
                 try:

@@ -14,10 +14,12 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import gevent
+from gevent.hub import Waiter
 from greenlet import GreenletExit
 
 from . import events as ev
-from .errors import AionError, NonDeterminismError, SequenceConflict, StepError, StoreUnavailable
+from .errors import AionError, NonDeterminismError, SequenceConflict, StepError, StoreError
+from .recorder import Recorder
 from .replay import HistoryCursor
 from .steps import NO_RETRY, Retry, StepInfo, step_name
 
@@ -27,13 +29,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("aion_green.context")
 
 _STEP_TYPES = frozenset({ev.STEP_COMPLETED, ev.STEP_FAILED})
-
-
-class _UnrecordedStep(Exception):
-    """A step ran but the store was unavailable for its record."""
-
-    def __init__(self, event: ev.NewEvent) -> None:
-        self.event = event
 
 
 class RunLost(BaseException):
@@ -58,12 +53,19 @@ class WorkflowContext:
     """The workflow's handle on the engine (``ctx``)."""
 
     def __init__(self, engine: "Engine", workflow_id: str, run_id: str,
-                 workflow_type: str, history: Sequence[ev.Event]) -> None:
+                 workflow_type: str, history: Sequence[ev.Event], recorder: Recorder) -> None:
         self._engine = engine
         self.workflow_id = workflow_id
         self.run_id = run_id
         self.workflow_type = workflow_type
         self._cursor = HistoryCursor(workflow_id, history)
+        self._recorder = recorder
+        # The doorbell: rung (on the hub thread) whenever an event of this run
+        # is recorded or its recording failed. A wake is only a doorbell: the
+        # waiter re-reads the history.
+        self._bell = Waiter()
+        self._parked = False  # Invariant: true only while the greenlet waits on _bell
+        self._failure: Optional[BaseException] = None
         self._step_ordinal = 0
         self._rng: Optional[_random.Random] = None
         # Invariant: once set, every later ctx call raises it and the run
@@ -123,14 +125,11 @@ class WorkflowContext:
                 continue
             if backoff_due:
                 gevent.sleep(backoff_due)
-            attempt += 1
-            info = StepInfo(self.workflow_id, self.run_id, ordinal, sname, attempt)
-            event = self._engine._run_step(self, fn, args, info, policy)
-            if event.type == ev.STEP_COMPLETED:
-                return event.data["result"]
-            if not event.data["retryable"]:
-                raise self._step_error(ordinal, sname, event.data, attempt)
-            backoff_due = policy.delay(attempt)
+                backoff_due = 0.0
+            info = StepInfo(self.workflow_id, self.run_id, ordinal, sname, attempt + 1)
+            self._engine._run_step(self._recorder, fn, args, info, policy)
+            # The pool records the attempt; its event is then the next command.
+            self._wait(self._cursor.next_command)
 
     @staticmethod
     def _step_error(ordinal: int, name: str, data: dict[str, Any], attempt: int) -> StepError:
@@ -155,50 +154,57 @@ class WorkflowContext:
             self._divergence = exc
             raise
 
-    def _append(self, new_events: list[ev.NewEvent]) -> int:
-        """Append durably (group commit) and return the new head seq; only
-        then does the workflow go on (record before wake). A store that is
-        unavailable (locked, disk full) is retried with backoff until it
-        recovers or the engine shuts down: the workflow never sees it."""
-        delay = 0.05
+    def _wait(self, ready: Callable[[], Any]) -> Any:
+        """Park until ``ready()`` gives something (it reads the history)."""
+        bell = self._bell
         while True:
-            waiter, done = self._engine._hub.native_waiter()
-            self._engine._writer.submit_append(self.workflow_id, self._cursor.head_seq, new_events, done)
+            if self._failure is not None:
+                raise self._failure
+            found = ready()
+            if found is not None:
+                return found
+            bell.clear()
+            self._parked = True
             try:
-                return self._await_append(waiter, new_events[-1].at)
-            except StoreUnavailable as exc:
-                log.warning("workflow %r: append failed (%s); retrying in %.2f s",
-                            self.workflow_id, exc, delay)
-                gevent.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                bell.get()
+            finally:
+                self._parked = False
 
-    def _await_append(self, waiter: Any, at: float) -> int:
-        try:
-            head = waiter.get()
-        except SequenceConflict as exc:
-            raise RunLost(str(exc)) from None
-        except StoreUnavailable:
-            raise
-        except AionError as exc:
-            raise RunAborted(exc) from None
-        self._cursor.advance_live(head, at)
-        return int(head)
+    def _record(self, event: ev.NewEvent, final: bool = False) -> ev.Event:
+        """Record one command of this workflow: it is durable before the
+        workflow goes on (record before wake). A non-final command is then
+        consumed like a replayed one; the final one is not matched at all
+        (a run that diverged still ends with exactly one terminal event)."""
+        target = self._recorder.submit(lambda counts: [event], final=final)
+        assert target is not None, "a live run's recorder is initialised"
+        cursor = self._cursor
+        self._wait(lambda: cursor.head_seq >= target or None)
+        if final:
+            return cursor.event(target)
+        recorded = self._take(frozenset({event.type}), {}, lambda: event.type)
+        assert recorded is not None and recorded.seq == target
+        return recorded
 
-    def _await_step(self, waiter: Any) -> ev.NewEvent:
-        """Wait for a live step attempt that the pool runs and records (see
-        Engine._run_step). If the store refused the record for a passing
-        fault, the record (not the step) is retried."""
-        try:
-            event, head = waiter.get()
-        except SequenceConflict as exc:
-            raise RunLost(str(exc)) from None
-        except _UnrecordedStep as exc:
-            self._append([exc.event])
-            return exc.event
-        except AionError as exc:
-            raise RunAborted(exc) from None
-        self._cursor.advance_live(head, event.at)
-        return event
+    def _on_recorded(self, events: Sequence[ev.Event]) -> None:
+        """Hub thread: events of this run became durable, in seq order."""
+        self._cursor.add(events)
+        self._ring()
+
+    def _ring(self) -> None:
+        if self._parked:
+            self._parked = False
+            self._bell.switch(None)
+
+    def _on_failed(self, error: BaseException) -> None:
+        """Hub thread: the store refused a record of this run."""
+        if self._failure is None:
+            if isinstance(error, SequenceConflict):
+                self._failure = RunLost(str(error))
+            elif isinstance(error, AionError):
+                self._failure = RunAborted(error)
+            else:
+                self._failure = RunAborted(StoreError(f"recording failed: {error!r}"))
+        self._ring()
 
     def _finish_check(self, ending: str) -> None:
         """Called by the engine when the workflow function ended."""

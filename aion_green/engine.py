@@ -24,13 +24,13 @@ from gevent import GreenletExit, monkey
 
 from . import events as ev
 from ._writer import StoreWriter, future_done
-from .context import RunAborted, RunLost, WorkflowContext, _UnrecordedStep
+from .context import RunAborted, RunLost, WorkflowContext
 from .errors import (
     ConfigurationError,
     EngineClosed,
+    InternalError,
     NonDeterminismError,
     SerializationError,
-    StoreUnavailable,
     Timeout,
     WorkflowFailed,
     WorkflowIdConflict,
@@ -38,6 +38,7 @@ from .errors import (
     WorkflowNotRegistered,
 )
 from .hub_thread import Future, HubThread
+from .recorder import Recorder
 from .registry import Registry, workflow_name
 from .steps import Retry, StepInfo, StepPool, attempt_event, error_data
 from .store import CreateRun, RunInfo, SQLiteStore, sqlite_path_from_url
@@ -115,6 +116,7 @@ class Engine:
         self._closed = False
         self._hub: Any = None  # HubThread once started
         self._writer: Any = None
+        self._reader: Any = None
         # Typed Any: mypy reads zope.interface methods as lacking self.
         self._store: Any = None
         # Hub thread only ------------------------------------------------------------
@@ -155,6 +157,11 @@ class Engine:
                 self._runs, self._waiters = {}, {}
             self._store = open_store(self.url, self.durable, self.busy_timeout)
             self._writer = StoreWriter(self._store)
+            # Reads for callers (describe, list, history) and recovery go to
+            # a second connection on its own thread: WAL lets them run while
+            # the writer commits, or waits out a locked or full database.
+            self._reader = StoreWriter(open_store(self.url, self.durable, self.busy_timeout),
+                                       name="aion-store-reader")
             self._steps = StepPool(self.step_workers)
             self._hub = HubThread(name="aion-hub", kill_timeout=self.kill_timeout)
             self._hub.call_soon(self._on_hub_start)
@@ -175,6 +182,7 @@ class Engine:
         self._hub.shutdown()
         self._steps.close()
         self._writer.close()
+        self._reader.close()
         # The hub thread is gone, so its state is ours now: release callers
         # still waiting for a result of this epoch.
         closed = _closed_while_waiting()
@@ -287,47 +295,62 @@ class Engine:
         return getattr(self._store, "path", None) or str(self.url)
 
     def _call_store(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self._writer.call(fn, *args).result()
+        """Run a read of the reader's store (``fn`` names a method of the
+        writer's store; the reader's own instance runs it)."""
+        return self._reader.call(getattr(self._reader.store, fn.__name__), *args).result()
 
     # -- hub thread only ---------------------------------------------------------------------
     def _on_hub_start(self) -> None:
         if self.recover and not self._hub.closing:  # type: ignore[union-attr]
             self._hub.spawn(self._recover, name="aion-recovery")  # type: ignore[union-attr]
 
-    def _run_step(self, ctx: WorkflowContext, fn: Callable[..., Any], args: tuple[Any, ...],
-                  info: StepInfo, policy: Retry) -> ev.NewEvent:
-        """One live attempt: the pool thread runs it, builds its event and
-        hands it straight to the store writer; the run's greenlet wakes once
-        the record is durable (record before wake)."""
-        waiter, done = self._hub.native_waiter()  # type: ignore[union-attr]
-        writer, expected = self._writer, ctx._cursor.head_seq
+    def _run_step(self, recorder: Recorder, fn: Callable[..., Any], args: tuple[Any, ...],
+                  info: StepInfo, policy: Retry) -> None:
+        """One live attempt: a pool thread runs it, builds its event and
+        hands it to the run's recorder; the run's greenlet wakes once the
+        record is durable (record before wake)."""
+        hub, wid = self._hub, info.workflow_id
 
         def task() -> None:
             try:
                 event = attempt_event(fn, args, info, policy)
-            except BaseException as exc:  # pragma: no cover - attempt_event catches user errors
-                done(None, exc)
-                return
-
-            def recorded(head: Any, error: Optional[BaseException]) -> None:
-                if isinstance(error, StoreUnavailable):
-                    error = _UnrecordedStep(event)
-                done((event, head), error)
-
-            try:
-                writer.submit_append(info.workflow_id, expected, (event,), recorded)
+                recorder.submit(lambda counts: [event])
             except BaseException as exc:
-                done(None, exc)
+                hub.call_soon(self._deliver, wid, [], None, exc)
 
         self._steps.submit(task)
-        return ctx._await_step(waiter)
+
+    def _new_recorder(self, wid: str) -> Recorder:
+        call_soon, deliver = self._hub.call_soon, self._deliver
+
+        def on_done(events: builtins.list[ev.NewEvent], head: Optional[int],
+                    error: Optional[BaseException]) -> None:
+            call_soon(deliver, wid, events, head, error)
+
+        return Recorder(wid, self._writer, on_done)
+
+    def _deliver(self, wid: str, events: builtins.list[ev.NewEvent], head: Optional[int],
+                 error: Optional[BaseException]) -> None:
+        """Hub thread: the outcome of an append to a live run."""
+        ctx = self._runs.get(wid)
+        if not isinstance(ctx, WorkflowContext):
+            return  # the run ended (or its greenlet was killed) meanwhile
+        if error is not None or head is None:
+            ctx._on_failed(error or InternalError("an append completed without a head"))
+            return
+        if len(events) == 1:
+            (e,) = events
+            ctx._on_recorded((ev.Event(head, e.type, e.at, e.data),))
+            return
+        first = head - len(events) + 1
+        ctx._on_recorded([ev.Event(first + i, e.type, e.at, e.data) for i, e in enumerate(events)])
 
     def _recover(self) -> None:
         after: Optional[str] = None
         resumed = 0
         while True:
-            page = self._writer.call(
-                self._store.list_runs, ev.RUNNING, None, 500, after  # type: ignore[union-attr]
+            page = self._reader.call(
+                self._reader.store.list_runs, ev.RUNNING, None, 500, after  # type: ignore[union-attr]
             ).result()
             for info in page:
                 if info.workflow_id not in self._runs:
@@ -352,7 +375,8 @@ class Engine:
             return
         self._runs[wid] = True
         self.unrunnable.pop(wid, None)
-        self._hub.spawn(self._drive, wid, fn, info, recovering, name=f"run:{wid}")
+        recorder = self._new_recorder(wid)
+        self._hub.spawn(self._drive, wid, fn, info, recovering, recorder, name=f"run:{wid}")
 
     def _register_waiter(self, wid: str, future: Future) -> None:
         finished = self._recently_finished.get(wid)
@@ -368,7 +392,7 @@ class Engine:
 
     def _check_finished(self, wid: str) -> None:
         try:
-            info = self._writer.call(self._store.get_run, wid).result()  # type: ignore[union-attr]
+            info = self._reader.call(self._reader.store.get_run, wid).result()
         except Exception as exc:
             self._fail_waiters(wid, exc)
             return
@@ -389,7 +413,8 @@ class Engine:
         for future in self._waiters.pop(wid, ()):
             future.set_exception(error)
 
-    def _drive(self, wid: str, fn: Callable[..., Any], info: RunInfo, recovering: bool) -> None:
+    def _drive(self, wid: str, fn: Callable[..., Any], info: RunInfo, recovering: bool,
+               recorder: Recorder) -> None:
         """The run's greenlet: replay, then live until the workflow ends."""
         try:
             if recovering or info.head_seq > 1:
@@ -401,7 +426,12 @@ class Engine:
                 final = self._writer.call(self._store.get_run, wid).result()  # type: ignore[union-attr]
                 self._complete_waiters(wid, final)
                 return
-            final = self._execute(wid, fn, info, history)
+            # No switch between these lines: the first outcome delivered for
+            # this run finds its context in place.
+            recorder.init(history[-1].seq, {})
+            ctx = WorkflowContext(self, wid, info.run_id, info.workflow_type, history, recorder)
+            self._runs[wid] = ctx
+            final = self._execute(ctx, fn, info)
             if final is not None:
                 self._complete_waiters(wid, final)
         except GreenletExit:
@@ -417,10 +447,9 @@ class Engine:
         finally:
             self._runs.pop(wid, None)
 
-    def _execute(self, wid: str, fn: Callable[..., Any], info: RunInfo,
-                 history: builtins.list[ev.Event]) -> Optional[RunInfo]:
-        ctx = WorkflowContext(self, wid, info.run_id, info.workflow_type, history)
-        args = history[0].data.get("args", info.args)
+    def _execute(self, ctx: WorkflowContext, fn: Callable[..., Any], info: RunInfo) -> Optional[RunInfo]:
+        wid = ctx.workflow_id
+        args = info.args
         data: dict[str, Any]
         try:
             try:
@@ -449,10 +478,9 @@ class Engine:
             if not isinstance(failure, NonDeterminismError):
                 error["traceback"] = "".join(traceback.format_exception(failure)[-8:])
             event_type, data, status, result = ev.WORKFLOW_FAILED, {"error": error}, ev.FAILED, None
-        at = time.time()
-        head = ctx._append([ev.NewEvent(event_type, at, data)])
+        end = ctx._record(ev.NewEvent(event_type, time.time(), data), final=True)
         return RunInfo(wid, info.run_id, info.workflow_type, status, info.args,
-                       result, data.get("error"), head, info.created_at, at)
+                       result, data.get("error"), end.seq, info.created_at, end.at)
 
 
 _live_engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()

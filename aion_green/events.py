@@ -7,7 +7,6 @@ Every value stored in an event round-trips through :func:`encode`/:func:`decode`
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, NamedTuple, Optional, Union
 
@@ -56,15 +55,30 @@ STATUS_OF_TERMINAL = {
 STATUSES = (RUNNING, COMPLETED, FAILED, CANCELLED, CONTINUED)
 
 
-@dataclass(frozen=True)
 class Event:
     """One recorded event: its ``seq``, its ``type``, its wall-clock time ``at``
-    (seconds since the epoch) and its type-specific ``data``."""
+    (seconds since the epoch) and its type-specific ``data``.
 
-    seq: int
-    type: str
-    at: float
-    data: dict[str, Any] = field(default_factory=dict)
+    A plain slotted class, not a frozen dataclass: one is built per record
+    on the hot path, and a frozen dataclass costs several times more."""
+
+    __slots__ = ("seq", "type", "at", "data")
+
+    def __init__(self, seq: int, type: str, at: float, data: Optional[dict[str, Any]] = None) -> None:  # noqa: A002
+        self.seq = seq
+        self.type = type
+        self.at = at
+        self.data = {} if data is None else data
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Event):
+            return NotImplemented
+        return (self.seq, self.type, self.at, self.data) == (other.seq, other.type, other.at, other.data)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Event(seq={self.seq!r}, type={self.type!r}, at={self.at!r}, data={self.data!r})"
 
     @property
     def time(self) -> datetime:

@@ -1,23 +1,36 @@
 """The history cursor: replay matches each engine call against the record.
 
 Naming rule: every engine call of a workflow carries a *correlation key*
-(for a step: its ordinal and name). The cursor hands out recorded events in
-order; an event of the wrong type or key is a :class:`NonDeterminismError`.
-Past the end of the history the call goes live.
+(a step: its ordinal and name). *Command* events (what the workflow did:
+steps, timers it started, its end) are matched in order: an event of the
+wrong type or key is a :class:`NonDeterminismError`. *Arrivals* (what came
+from outside: a message, a timer's firing, a cancel request) may be recorded
+between any two commands, so they are matched by key, never by position.
+Past the end of the recorded commands a call goes live; live records join
+the same history, so live and replay read it the same way.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from . import events as ev
 from .errors import NonDeterminismError
 
+ArrivalKey = tuple[Any, ...]
+
+
+# Event types that arrive from outside the workflow (matched by key).
+ARRIVAL_TYPES: frozenset[str] = frozenset()
+
+
+def arrival_key(event: ev.Event) -> Optional[ArrivalKey]:
+    """The key an arrival is matched by, or None for a command event."""
+    return None
+
 
 class HistoryCursor:
-    """Position of a replaying workflow in its recorded history.
-
-    Used only by the run's own greenlet on the hub thread.
-    """
+    """Position of a workflow in its history; used only by the run's own
+    greenlet and the hub callbacks that record into it (one thread)."""
 
     def __init__(self, workflow_id: str, history: Sequence[ev.Event]) -> None:
         if not history or history[0].type != ev.WORKFLOW_STARTED:
@@ -27,42 +40,72 @@ class HistoryCursor:
                 history[0].describe() if history else "an empty history",
             )
         self.workflow_id = workflow_id
-        self._events = list(history)
-        # Invariant: _events[:_pos] are consumed; the last consumed event's
-        # time is the workflow's current time (ctx.now()).
+        self._events: list[ev.Event] = []
+        self.arrivals: dict[ArrivalKey, ev.Event] = {}
+        # Invariant: _events[:_pos] hold no unconsumed command; the time of
+        # the last consumed event is the workflow's current time (ctx.now()).
         self._pos = 1
         self.current_at: float = history[0].at
-        self.head_seq: int = history[-1].seq
+        self.add(history)
+
+    @property
+    def head_seq(self) -> int:
+        return self._events[-1].seq
 
     @property
     def replaying(self) -> bool:
-        return self._pos < len(self._events)
+        return self.next_command() is not None
 
-    def peek(self) -> Optional[ev.Event]:
-        return self._events[self._pos] if self._pos < len(self._events) else None
+    def add(self, events: Iterable[ev.Event]) -> None:
+        """Events recorded (loaded, or appended live), in seq order."""
+        for event in events:
+            self._events.append(event)
+            if event.type in ARRIVAL_TYPES:
+                key = arrival_key(event)
+                if key is not None:
+                    self.arrivals.setdefault(key, event)
+
+    def event(self, seq: int) -> ev.Event:
+        """The recorded event with ``seq`` (a history starts at seq 1)."""
+        return self._events[seq - 1]
+
+    def next_command(self) -> Optional[ev.Event]:
+        events, pos = self._events, self._pos
+        end = len(events)
+        while pos < end:
+            event = events[pos]
+            if event.type not in ARRIVAL_TYPES:
+                self._pos = pos
+                return event
+            pos += 1
+        self._pos = pos
+        return None
 
     def take(self, types: frozenset[str], key: dict[str, Any],
              expected: Callable[[], str]) -> Optional[ev.Event]:
-        """The next recorded event if it is of one of ``types`` with ``key``;
-        None when the history is exhausted (the call goes live).
+        """The next recorded command if it is of one of ``types`` with
+        ``key``; None when none is recorded yet (the call goes live).
         ``expected()`` describes the call for the error message."""
-        if self._pos >= len(self._events):
+        event = self.next_command()
+        if event is None:
             return None
-        event = self._events[self._pos]
-        if event.type not in types or any(event.data.get(k) != v for k, v in key.items()):
+        data = event.data
+        if event.type not in types:
             raise NonDeterminismError(self.workflow_id, event.seq, expected(), event.describe())
+        for k, v in key.items():
+            if data.get(k) != v:
+                raise NonDeterminismError(self.workflow_id, event.seq, expected(), event.describe())
         self._pos += 1
         self.current_at = event.at
         return event
 
-    def advance_live(self, head_seq: int, at: float) -> None:
-        """Record that live events up to ``head_seq`` were appended at ``at``."""
-        self.head_seq = head_seq
-        self.current_at = at
+    def consume_arrival(self, event: ev.Event) -> None:
+        """An arrival was used by a wait: it sets the workflow's time."""
+        self.current_at = max(self.current_at, event.at)
 
     def check_end(self, ending: str) -> None:
-        """The workflow ended; any recorded event not yet replayed means the
+        """The workflow ended; a recorded command not yet replayed means the
         code now does less than it did."""
-        event = self.peek()
+        event = self.next_command()
         if event is not None and event.type not in ev.TERMINAL_TYPES:
             raise NonDeterminismError(self.workflow_id, event.seq, ending, event.describe())

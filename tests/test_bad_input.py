@@ -285,6 +285,9 @@ def test_a_full_disk_is_waited_out_by_the_running_workflow(make_engine):
     with pytest.raises(aion.Timeout):
         handle.result(timeout=0.5)  # stuck on the full disk, not failed
     assert engine.describe("full").status == "running"
-    engine._writer.call(lambda: conn.execute("PRAGMA max_page_count=1073741823")).result(5)
+    # The writer thread is parked in its retry backoff, so the queue behind
+    # it is not served: lift the limit on its connection directly (SQLite
+    # serialises calls on one connection).
+    conn.execute("PRAGMA max_page_count=1073741823")
     assert handle.result(timeout=15) == 50_000
     assert calls == [1]

@@ -1,0 +1,90 @@
+"""The recorder: the one door through which events enter a live run's history.
+
+Every append to a run that lives in this engine goes through its recorder:
+the run's own commands (from its greenlet), step results (from step pool
+threads), and, in later issues, timer firings, messages and cancel requests.
+The recorder gives each append the ``expected_seq`` it extends, in the order
+the appends are submitted, and hands them to the store writer, which applies
+them in that same order (its queue is FIFO). Appends can therefore be in
+flight together without conflicting, and a ``SequenceConflict`` still means
+what it always means: a writer outside this engine.
+
+Thread contract: :meth:`Recorder.submit` and :meth:`Recorder.init` may be
+called from any thread; the state they share is guarded by one native lock,
+held only for a few Python statements (never across a blocking call or a
+greenlet switch).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from gevent import monkey
+
+from .errors import EngineClosed
+from .events import NewEvent
+
+_allocate_lock = monkey.get_original("_thread", "allocate_lock")
+
+# build(message_counts) -> the events to append; called under the lock, so
+# a per-name message index can be taken from the counts it is given.
+Build = Callable[[dict[str, int]], list[NewEvent]]
+# on_done(events, head, error), called on the store writer thread.
+OnDone = Callable[[list[NewEvent], Optional[int], Optional[BaseException]], None]
+
+
+class Recorder:
+    """Orders the appends of one live run."""
+
+    def __init__(self, workflow_id: str, writer: Any, on_done: OnDone) -> None:
+        self.workflow_id = workflow_id
+        self._writer = writer
+        self._on_done = on_done
+        self._lock = _allocate_lock()
+        # Invariant: _next is None until init(); then it is the seq of the
+        # last event submitted (recorded or in flight), and appends reach
+        # the writer in seq order.
+        self._next: Optional[int] = None
+        self._counts: dict[str, int] = {}
+        self._buffer: list[tuple[Build, Optional[OnDone]]] = []
+        # Invariant: once closed, submit() refuses (the run's terminal event
+        # was submitted: nothing may follow it).
+        self.closed = False
+
+    def init(self, head: int, message_counts: dict[str, int]) -> None:
+        """The history is loaded: its head and per-name message counts.
+        Appends submitted before this (buffered) go out now, in order."""
+        with self._lock:
+            self._next = head
+            self._counts = dict(message_counts)
+            buffered, self._buffer = self._buffer, []
+            for build, extra in buffered:
+                self._submit_locked(build, extra)
+
+    def submit(self, build: Build, extra: Optional[OnDone] = None, final: bool = False) -> Optional[int]:
+        """Queue an append; return the seq its last event will have (None
+        while the recorder waits for init). ``extra`` is told of the outcome
+        too. ``final`` closes the recorder (a terminal event)."""
+        with self._lock:
+            if self.closed:
+                raise EngineClosed(f"workflow {self.workflow_id!r} has ended; nothing more is recorded")
+            if final:
+                self.closed = True
+            if self._next is None:
+                self._buffer.append((build, extra))
+                return None
+            return self._submit_locked(build, extra)
+
+    def _submit_locked(self, build: Build, extra: Optional[OnDone]) -> int:
+        events = build(self._counts)
+        expected = self._next
+        assert expected is not None
+        on_done = self._on_done
+
+        def done(head: Any, error: Optional[BaseException]) -> None:
+            on_done(events, head, error)
+            if extra is not None:
+                extra(events, head, error)
+
+        self._writer.submit_append(self.workflow_id, expected, events, done)
+        self._next = expected + len(events)
+        return self._next

@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import random as _random
+import time
 import uuid as _uuid
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 import gevent
 from gevent.hub import Waiter
@@ -29,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("aion_green.context")
 
 _STEP_TYPES = frozenset({ev.STEP_COMPLETED, ev.STEP_FAILED})
+_TIMER_STARTED = frozenset({ev.TIMER_STARTED})
 
 
 class RunLost(BaseException):
@@ -67,6 +69,10 @@ class WorkflowContext:
         self._parked = False  # Invariant: true only while the greenlet waits on _bell
         self._failure: Optional[BaseException] = None
         self._step_ordinal = 0
+        self._timer_ordinal = 0
+        # Timers started and not yet fired or cancelled (key -> fire_at), as
+        # this run knows them; the timer service asks here before firing.
+        self._timers: dict[str, float] = {}
         self._rng: Optional[_random.Random] = None
         # Invariant: once set, every later ctx call raises it and the run
         # fails with it, even if the workflow code catches it.
@@ -130,6 +136,55 @@ class WorkflowContext:
             self._engine._run_step(self._recorder, fn, args, info, policy)
             # The pool records the attempt; its event is then the next command.
             self._wait(self._cursor.next_command)
+
+    # -- durable time ------------------------------------------------------------------
+    def sleep(self, duration: Union[timedelta, float, int]) -> None:
+        """Sleep durably: the deadline is recorded, survives restarts, and
+        its firing is recorded before the workflow wakes."""
+        seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
+        if seconds < 0:
+            raise ValueError(f"ctx.sleep({duration!r}): a duration must not be negative")
+        self._sleep(lambda: time.time() + seconds)
+
+    def sleep_until(self, when: datetime) -> None:
+        """Sleep durably until ``when`` (a timezone-aware datetime)."""
+        if when.tzinfo is None:
+            raise ValueError(
+                f"ctx.sleep_until({when!r}): pass a timezone-aware datetime "
+                "(datetime(..., tzinfo=timezone.utc)); a naive one is ambiguous")
+        deadline = when.timestamp()
+        self._sleep(lambda: deadline)
+
+    def _sleep(self, deadline: Callable[[], float]) -> None:
+        key = self._start_timer(deadline)
+        fired = self._wait(lambda: self._cursor.arrivals.get(("timer", key)))
+        self._cursor.consume_arrival(fired)
+
+    def _start_timer(self, deadline: Callable[[], float]) -> str:
+        """Record (or replay) TimerStarted for the next timer; return its key."""
+        self._check()
+        self._timer_ordinal += 1
+        key = f"t{self._timer_ordinal}"
+        recorded = self._take(_TIMER_STARTED, {"timer": key}, lambda: f"timer {key}")
+        if recorded is None:
+            recorded = self._record(ev.NewEvent(
+                ev.TIMER_STARTED, time.time(), {"timer": key, "fire_at": deadline()}))
+        if ("timer", key) not in self._cursor.arrivals and key not in self._timers:
+            self._timers[key] = recorded.data["fire_at"]
+            self._engine._timers.add(recorded.data["fire_at"], self.workflow_id, key)
+        return key
+
+    def _timer_due(self, key: str, now: float) -> None:
+        """Hub thread, from the timer service: record the firing (once)."""
+        fire_at = self._timers.get(key)
+        if fire_at is None or fire_at > now or self._recorder.closed:
+            return
+        del self._timers[key]
+        event = ev.NewEvent(ev.TIMER_FIRED, now, {"timer": key})
+        try:
+            self._recorder.submit(lambda counts: [event])
+        except AionError as exc:  # the run is ending or the engine closing
+            log.debug("timer %s of %r not fired: %s", key, self.workflow_id, exc)
 
     @staticmethod
     def _step_error(ordinal: int, name: str, data: dict[str, Any], attempt: int) -> StepError:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional, Union
 
 from gevent import GreenletExit, monkey
 
+from . import _clock
 from . import events as ev
 from ._writer import StoreWriter, future_done
 from .context import RunAborted, RunLost, WorkflowContext
@@ -40,8 +41,10 @@ from .errors import (
 from .hub_thread import Future, HubThread
 from .recorder import Recorder
 from .registry import Registry, workflow_name
+from .replay import pending_timers
 from .steps import Retry, StepInfo, StepPool, attempt_event, error_data
 from .store import CreateRun, RunInfo, SQLiteStore, sqlite_path_from_url
+from .timers import TimerService
 
 log = logging.getLogger("aion_green.engine")
 
@@ -121,6 +124,7 @@ class Engine:
         self._store: Any = None
         # Hub thread only ------------------------------------------------------------
         self._steps = StepPool(step_workers)
+        self._timers: Any = None  # TimerService once started
         # Invariant: a workflow id is in _runs while a greenlet of this epoch
         # drives it; at most one per id.
         self._runs: dict[str, Any] = {}
@@ -164,6 +168,7 @@ class Engine:
                                        name="aion-store-reader")
             self._steps = StepPool(self.step_workers)
             self._hub = HubThread(name="aion-hub", kill_timeout=self.kill_timeout)
+            self._timers = TimerService(self)
             self._hub.call_soon(self._on_hub_start)
             self._hub.start()
             self._pid = pid
@@ -236,6 +241,12 @@ class Engine:
             self._hub.call_soon(self._spawn_run, wid, info)  # type: ignore[union-attr]
         return WorkflowHandle(self, wid)
 
+    def poke(self) -> None:
+        """Re-check due timers now; for tests that move the clock (freezegun).
+        Never blocks."""
+        self._ensure_started()
+        self._timers.poke()
+
     def handle(self, workflow_id: str) -> WorkflowHandle:
         return WorkflowHandle(self, workflow_id)
 
@@ -245,11 +256,11 @@ class Engine:
         self._ensure_started()
         future = Future()
         self._hub.call_soon(self._register_waiter, workflow_id, future)  # type: ignore[union-attr]
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else _clock.monotonic() + timeout
         # Wait in slices: a registration that raced with shutdown() is never
         # served, and must not leave the caller waiting forever.
         while not future.done():
-            left = None if deadline is None else deadline - time.monotonic()
+            left = None if deadline is None else deadline - _clock.monotonic()
             if left is not None and left <= 0:
                 raise Timeout(
                     f"workflow {workflow_id!r} did not finish within {timeout} s; "
@@ -301,8 +312,11 @@ class Engine:
 
     # -- hub thread only ---------------------------------------------------------------------
     def _on_hub_start(self) -> None:
-        if self.recover and not self._hub.closing:  # type: ignore[union-attr]
-            self._hub.spawn(self._recover, name="aion-recovery")  # type: ignore[union-attr]
+        if self._hub.closing:
+            return
+        self._hub.spawn(self._timers.run, name="aion-timers")
+        if self.recover:
+            self._hub.spawn(self._recover, name="aion-recovery")
 
     def _run_step(self, recorder: Recorder, fn: Callable[..., Any], args: tuple[Any, ...],
                   info: StepInfo, policy: Retry) -> None:
@@ -431,6 +445,9 @@ class Engine:
             recorder.init(history[-1].seq, {})
             ctx = WorkflowContext(self, wid, info.run_id, info.workflow_type, history, recorder)
             self._runs[wid] = ctx
+            for key, fire_at in pending_timers(history).items():
+                ctx._timers[key] = fire_at
+                self._timers.add(fire_at, wid, key)
             final = self._execute(ctx, fn, info)
             if final is not None:
                 self._complete_waiters(wid, final)

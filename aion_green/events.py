@@ -23,6 +23,10 @@ CANCEL_REQUESTED = "CancelRequested"
 # Step family.
 STEP_COMPLETED = "StepCompleted"
 STEP_FAILED = "StepFailed"
+# Time family.
+TIMER_STARTED = "TimerStarted"
+TIMER_FIRED = "TimerFired"
+TIMER_CANCELLED = "TimerCancelled"
 
 TERMINAL_TYPES = frozenset(
     {WORKFLOW_COMPLETED, WORKFLOW_FAILED, WORKFLOW_CANCELLED, WORKFLOW_CONTINUED_AS_NEW}
@@ -37,6 +41,9 @@ EVENT_TYPES = frozenset(
         CANCEL_REQUESTED,
         STEP_COMPLETED,
         STEP_FAILED,
+        TIMER_STARTED,
+        TIMER_FIRED,
+        TIMER_CANCELLED,
     }
 )
 

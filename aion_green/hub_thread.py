@@ -21,7 +21,6 @@ from __future__ import annotations
 import collections
 import gc
 import logging
-import time
 from typing import Any, Callable, Optional
 
 import gevent
@@ -33,6 +32,7 @@ from gevent.hub import Waiter
 from greenlet import GreenletExit
 from greenlet import getcurrent as _getcurrent
 
+from . import _clock
 from .errors import EngineClosed, InternalError, Timeout
 
 log = logging.getLogger("aion_green.hub")
@@ -340,9 +340,9 @@ class HubThread:
             # cleanup of the dead thread's greenlets) that only runs when the
             # main thread executes bytecode, so poll in short slices rather
             # than block in one acquire.
-            deadline = time.monotonic() + 5
+            deadline = _clock.monotonic() + 5
             while not sentinel.acquire(True, 0.002):
-                if time.monotonic() > deadline:
+                if _clock.monotonic() > deadline:
                     log.warning("hub thread %s did not exit within 5 s of its last step", self.name)
                     return
             sentinel.release()  # a second shutdown() finds it free

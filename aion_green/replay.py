@@ -20,12 +20,25 @@ ArrivalKey = tuple[Any, ...]
 
 
 # Event types that arrive from outside the workflow (matched by key).
-ARRIVAL_TYPES: frozenset[str] = frozenset()
+ARRIVAL_TYPES: frozenset[str] = frozenset({ev.TIMER_FIRED})
 
 
 def arrival_key(event: ev.Event) -> Optional[ArrivalKey]:
     """The key an arrival is matched by, or None for a command event."""
+    if event.type == ev.TIMER_FIRED:
+        return ("timer", event.data.get("timer"))
     return None
+
+
+def pending_timers(history: Sequence[ev.Event]) -> dict[str, float]:
+    """Timers started and neither fired nor cancelled: key -> fire_at."""
+    pending: dict[str, float] = {}
+    for event in history:
+        if event.type == ev.TIMER_STARTED:
+            pending[event.data["timer"]] = event.data["fire_at"]
+        elif event.type in (ev.TIMER_FIRED, ev.TIMER_CANCELLED):
+            pending.pop(str(event.data.get("timer")), None)
+    return pending
 
 
 class HistoryCursor:

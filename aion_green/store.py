@@ -105,6 +105,15 @@ class IEventStore(Interface):
         """Runs ordered by workflow id, filtered by status and type;
         ``after_id`` pages (pass the last id of the previous page)."""
 
+    def due_timers(now, limit=1000):  # noqa: N805
+        """Timers of unfinished runs with ``fire_at <= now``, earliest first:
+        ``(workflow_id, timer_key, fire_at)``."""
+
+    def fire_timer(workflow_id, timer_key, at):  # noqa: N805
+        """Append ``TimerFired`` at the head of a run that no engine drives
+        here, if the timer is still pending; returns the new head or None.
+        Firing twice fires once."""
+
     def close():  # type: ignore[misc]  # noqa: N805
         """Release the store's resources. Idempotent."""
 
@@ -134,8 +143,19 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             data TEXT NOT NULL,
             PRIMARY KEY (workflow_id, seq)) WITHOUT ROWID""",
     ),
+    (
+        # Durable timers: one row per timer started and not yet fired or
+        # cancelled, kept by the appends that record those events.
+        """CREATE TABLE timers(
+            workflow_id TEXT NOT NULL,
+            timer_key TEXT NOT NULL,
+            fire_at REAL NOT NULL,
+            PRIMARY KEY (workflow_id, timer_key)) WITHOUT ROWID""",
+        "CREATE INDEX timers_by_deadline ON timers(fire_at)",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
+_TIMER_ENDS = frozenset({ev.TIMER_FIRED, ev.TIMER_CANCELLED})
 _RUN_COLUMNS = (
     "workflow_id, run_id, workflow_type, status, args, result, error, head_seq, created_at, updated_at"
 )
@@ -257,6 +277,8 @@ class SQLiteStore:
         # wid -> (head, updated_at) to write once per run, after the checks.
         moved: dict[str, tuple[int, float]] = {}
         finals: list[tuple[Any, ...]] = []
+        timers_started: list[tuple[str, str, float]] = []
+        timers_ended: list[tuple[str, str]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -265,7 +287,8 @@ class SQLiteStore:
                 heads = self._heads({op.workflow_id for op in ops if type(op) is Append})
                 for op in ops:
                     if type(op) is Append:
-                        outcomes.append(self._check_append(op, heads, moved, finals, rows))
+                        outcomes.append(self._check_append(
+                            op, heads, moved, finals, rows, timers_started, timers_ended))
                     else:
                         assert isinstance(op, CreateRun)
                         outcome = self._create_one(op, rows)
@@ -276,10 +299,21 @@ class SQLiteStore:
                         "UPDATE runs SET head_seq=?, updated_at=? WHERE workflow_id=?",
                         [(head, at, wid) for wid, (head, at) in moved.items()],
                     )
+                if timers_started:
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO timers(workflow_id, timer_key, fire_at) VALUES (?,?,?)",
+                        timers_started,
+                    )
+                if timers_ended:
+                    conn.executemany(
+                        "DELETE FROM timers WHERE workflow_id=? AND timer_key=?", timers_ended
+                    )
                 if finals:
                     conn.executemany(
                         "UPDATE runs SET status=?, result=?, error=? WHERE workflow_id=?", finals
                     )
+                    # A finished run has no pending timer.
+                    conn.executemany("DELETE FROM timers WHERE workflow_id=?", [f[3:] for f in finals])
                 conn.executemany(
                     "INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,?,?,?,?)", rows
                 )
@@ -322,7 +356,8 @@ class SQLiteStore:
 
     def _check_append(self, append: Append, heads: dict[str, int],
                       moved: dict[str, tuple[int, float]], finals: list[tuple[Any, ...]],
-                      rows: list[tuple[Any, ...]]) -> Union[int, StoreError]:
+                      rows: list[tuple[Any, ...]], timers_started: list[tuple[str, str, float]],
+                      timers_ended: list[tuple[str, str]]) -> Union[int, StoreError]:
         wid = append.workflow_id
         if not append.events:
             return StoreError(f"an append to {wid!r} carried no events")
@@ -335,7 +370,11 @@ class SQLiteStore:
         for event in append.events:
             seq += 1
             rows.append((wid, seq, event.type, event.at, event.data_json()))
-            if event.type in ev.TERMINAL_TYPES:
+            if event.type == ev.TIMER_STARTED:
+                timers_started.append((wid, event.data["timer"], event.data["fire_at"]))
+            elif event.type in _TIMER_ENDS:
+                timers_ended.append((wid, event.data["timer"]))
+            elif event.type in ev.TERMINAL_TYPES:
                 result = event.data.get("result")
                 error = event.data.get("error")
                 finals.append((
@@ -399,6 +438,44 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise _translate(exc, self.path) from None
         return [_run_info(row) for row in rows]
+
+    def due_timers(self, now: float, limit: int = 1000) -> list[tuple[str, str, float]]:
+        try:
+            rows = self._conn.execute(
+                "SELECT workflow_id, timer_key, fire_at FROM timers WHERE fire_at <= ? "
+                "ORDER BY fire_at LIMIT ?", (now, limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from None
+        return [(wid, key, fire_at) for wid, key, fire_at in rows]
+
+    def fire_timer(self, workflow_id: str, timer_key: str, at: float) -> Optional[int]:
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute(
+                    "SELECT r.head_seq FROM timers t JOIN runs r ON r.workflow_id = t.workflow_id "
+                    "WHERE t.workflow_id=? AND t.timer_key=? AND r.status=?",
+                    (workflow_id, timer_key, ev.RUNNING)).fetchone()
+                if row is None:
+                    conn.execute("COMMIT")
+                    return None
+                seq = row[0] + 1
+                conn.execute(
+                    "INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,?,?,?,?)",
+                    (workflow_id, seq, ev.TIMER_FIRED, at, json.dumps({"timer": timer_key})))
+                conn.execute("UPDATE runs SET head_seq=?, updated_at=? WHERE workflow_id=?",
+                             (seq, at, workflow_id))
+                conn.execute("DELETE FROM timers WHERE workflow_id=? AND timer_key=?",
+                             (workflow_id, timer_key))
+                conn.execute("COMMIT")
+                return int(seq)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from None
 
     def close(self) -> None:
         conn, self._conn = self._conn, None  # type: ignore[assignment]

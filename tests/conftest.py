@@ -91,9 +91,11 @@ def wait_until(predicate, timeout=10.0, interval=0.01, what="the condition"):
     """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
     import time
 
-    deadline = time.monotonic() + timeout
+    from aion_green._clock import monotonic  # not frozen by freezegun
+
+    deadline = monotonic() + timeout
     while not predicate():
-        if time.monotonic() > deadline:
+        if monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
 

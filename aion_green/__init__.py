@@ -19,6 +19,7 @@ from .errors import (
     WorkflowIdConflict,
     WorkflowNotFound,
     WorkflowNotRegistered,
+    WorkflowNotRunning,
 )
 from .events import Event
 from .registry import workflow
@@ -31,6 +32,6 @@ __all__ = [
     "SQLiteStore", "SequenceConflict", "SerializationError", "StepError", "StepInfo",
     "StoreCorrupt", "StoreError", "StoreUnavailable", "Timeout", "WorkflowContext",
     "WorkflowFailed", "WorkflowHandle", "WorkflowIdConflict", "WorkflowNotFound",
-    "WorkflowNotRegistered", "step_info", "workflow",
+    "WorkflowNotRegistered", "WorkflowNotRunning", "step_info", "workflow",
 ]
 __version__ = "0.1.0"

@@ -19,7 +19,7 @@ from gevent.hub import Waiter
 from greenlet import GreenletExit
 
 from . import events as ev
-from .errors import AionError, NonDeterminismError, SequenceConflict, StepError, StoreError
+from .errors import AionError, NonDeterminismError, SequenceConflict, StepError, StoreError, Timeout
 from .recorder import Recorder
 from .replay import HistoryCursor
 from .steps import NO_RETRY, Retry, StepInfo, step_name
@@ -31,6 +31,8 @@ log = logging.getLogger("aion_green.context")
 
 _STEP_TYPES = frozenset({ev.STEP_COMPLETED, ev.STEP_FAILED})
 _TIMER_STARTED = frozenset({ev.TIMER_STARTED})
+_TIMER_CANCELLED = frozenset({ev.TIMER_CANCELLED})
+_MESSAGE_SENT = frozenset({ev.MESSAGE_SENT})
 
 
 class RunLost(BaseException):
@@ -73,6 +75,8 @@ class WorkflowContext:
         # Timers started and not yet fired or cancelled (key -> fire_at), as
         # this run knows them; the timer service asks here before firing.
         self._timers: dict[str, float] = {}
+        self._received: dict[str, int] = {}  # messages consumed per name
+        self._send_ordinal = 0
         self._rng: Optional[_random.Random] = None
         # Invariant: once set, every later ctx call raises it and the run
         # fails with it, even if the workflow code catches it.
@@ -182,9 +186,73 @@ class WorkflowContext:
         del self._timers[key]
         event = ev.NewEvent(ev.TIMER_FIRED, now, {"timer": key})
         try:
-            self._recorder.submit(lambda counts: [event])
+            self._recorder.submit(lambda rec: [event])
         except AionError as exc:  # the run is ending or the engine closing
             log.debug("timer %s of %r not fired: %s", key, self.workflow_id, exc)
+
+    # -- messages ------------------------------------------------------------------------
+    def receive(self, name: str, timeout: Union[timedelta, float, int, None] = None) -> Any:
+        """The next message ``name`` (its payload), in the order they were
+        recorded; one recorded before this call was kept for it. With
+        ``timeout``, raises :class:`aion.Timeout` if the deadline's firing is
+        recorded first (the message, if it comes later, is kept for the next
+        receive)."""
+        self._check()
+        index = self._received.get(name, 0)
+        key = ("message", name, index)
+        timer = None
+        if timeout is not None:
+            seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+            timer = self._start_timer(lambda: time.time() + seconds)
+        arrivals = self._cursor.arrivals
+        message = timer_fired = None
+
+        def first() -> Optional[ev.Event]:
+            nonlocal message, timer_fired
+            message = arrivals.get(key)
+            timer_fired = arrivals.get(("timer", timer)) if timer else None
+            candidates = [e for e in (message, timer_fired) if e is not None]
+            return min(candidates, key=lambda e: e.seq) if candidates else None
+
+        winner = self._wait(first)
+        self._cursor.consume_arrival(winner)
+        if winner is message:
+            self._received[name] = index + 1
+            if timer is not None:
+                self._cancel_timer(timer)
+            return message.data.get("payload")
+        raise Timeout(f"workflow {self.workflow_id!r}: no message {name!r} within {timeout}")
+
+    def send(self, workflow_id: str, name: str, payload: Any = None) -> None:
+        """Send message ``name`` to another workflow, exactly once: the send
+        is recorded here (``MessageSent``), then delivered with an id that the
+        target records once however often a replay delivers it again. A
+        target that does not exist or has finished is logged, not raised (a
+        replay must take the same path whatever the target has become)."""
+        self._check()
+        self._send_ordinal += 1
+        dedup = f"{self.workflow_id}/send-{self._send_ordinal}"
+        value = ev.roundtrip(payload, f"the payload of message {name!r}")
+        recorded = self._take(_MESSAGE_SENT, {"to": workflow_id, "name": name},
+                              lambda: f"send {name!r} to {workflow_id!r}")
+        if recorded is None:
+            recorded = self._record(ev.NewEvent(ev.MESSAGE_SENT, time.time(), {
+                "to": workflow_id, "name": name, "payload": value, "dedup": dedup}))
+        waiter, done = self._engine._hub.native_waiter()
+        self._engine._route_message(workflow_id, name, recorded.data.get("payload"), recorded.at,
+                                    dedup, done)
+        try:
+            waiter.get()
+        except AionError as exc:
+            log.warning("workflow %r: message %r to %r not delivered: %s",
+                        self.workflow_id, name, workflow_id, exc)
+
+    def _cancel_timer(self, key: str) -> None:
+        """Record TimerCancelled (always, even if a firing raced it in: the
+        record, not the race, decides what a replay does)."""
+        self._timers.pop(key, None)
+        if self._take(_TIMER_CANCELLED, {"timer": key}, lambda: f"cancel timer {key}") is None:
+            self._record(ev.NewEvent(ev.TIMER_CANCELLED, time.time(), {"timer": key}))
 
     @staticmethod
     def _step_error(ordinal: int, name: str, data: dict[str, Any], attempt: int) -> StepError:
@@ -230,7 +298,7 @@ class WorkflowContext:
         workflow goes on (record before wake). A non-final command is then
         consumed like a replayed one; the final one is not matched at all
         (a run that diverged still ends with exactly one terminal event)."""
-        target = self._recorder.submit(lambda counts: [event], final=final)
+        target = self._recorder.submit(lambda rec: [event], final=final)
         assert target is not None, "a live run's recorder is initialised"
         cursor = self._cursor
         self._wait(lambda: cursor.head_seq >= target or None)

@@ -37,11 +37,12 @@ from .errors import (
     WorkflowIdConflict,
     WorkflowNotFound,
     WorkflowNotRegistered,
+    WorkflowNotRunning,
 )
 from .hub_thread import Future, HubThread
 from .recorder import Recorder
 from .registry import Registry, workflow_name
-from .replay import pending_timers
+from .replay import message_state, pending_timers
 from .steps import Retry, StepInfo, StepPool, attempt_event, error_data
 from .store import CreateRun, RunInfo, SQLiteStore, sqlite_path_from_url
 from .timers import TimerService
@@ -58,6 +59,11 @@ def open_store(url: Optional[str], durable: bool = True, busy_timeout: float = 5
             "the PostgreSQL store is not available in this version; use sqlite:///path.db"
         )
     return SQLiteStore(sqlite_path_from_url(url), durable=durable, busy_timeout=busy_timeout)
+
+
+class _Reroute(Exception):
+    """A message buffered in a recorder that was dropped before its history
+    was loaded: route it again (now through the store, or a new recorder)."""
 
 
 def _closed_while_waiting() -> EngineClosed:
@@ -125,6 +131,11 @@ class Engine:
         # Hub thread only ------------------------------------------------------------
         self._steps = StepPool(step_workers)
         self._timers: Any = None  # TimerService once started
+        # Routing: which runs have a recorder here. Any thread reads it under
+        # _routing, so a message either goes through a live run's recorder
+        # or, queued before that run's history is read, through the store.
+        self._routing = _allocate_lock()
+        self._recorders: dict[str, Recorder] = {}
         # Invariant: a workflow id is in _runs while a greenlet of this epoch
         # drives it; at most one per id.
         self._runs: dict[str, Any] = {}
@@ -225,10 +236,28 @@ class Engine:
         args_json = ev.encode(list(args), f"the arguments of workflow {wname}")
         self._ensure_started()
         wid = id or uuid.uuid4().hex
+        # Register the run's recorder before its creation is queued: a signal
+        # sent from now on waits in it and follows WorkflowStarted, instead of
+        # racing to the store ahead of a run that has no history yet.
+        mine = None
+        with self._routing:
+            if wid not in self._recorders:
+                mine = self._recorders[wid] = self._new_recorder(wid)
         future = Future()
-        self._writer.submit_create(
-            CreateRun(wid, wname, args_json, uuid.uuid4().hex, time.time()), future_done(future))
-        created, info = future.result()
+        try:
+            self._writer.submit_create(
+                CreateRun(wid, wname, args_json, uuid.uuid4().hex, time.time()), future_done(future))
+            created, info = future.result()
+        except BaseException:
+            if mine is not None:
+                self._unregister(wid, mine)
+            raise
+        if created and mine is not None:
+            mine.init(1, {}, set())
+            self._hub.call_soon(self._spawn_run, wid, info, False, mine)
+            return WorkflowHandle(self, wid)
+        if mine is not None:
+            self._unregister(wid, mine)
         if not created and (info.workflow_type != wname or info.args != json.loads(args_json)):
             raise WorkflowIdConflict(
                 f"workflow id {wid!r} already exists as {info.workflow_type}"
@@ -236,10 +265,64 @@ class Engine:
                 f"{tuple(json.loads(args_json))!r}. Use another id for different work"
             )
         if not info.finished:
-            # New, or unfinished and perhaps not running here (say its type
-            # was unknown at recovery): _spawn_run ignores a run already live.
-            self._hub.call_soon(self._spawn_run, wid, info)  # type: ignore[union-attr]
+            # Unfinished and perhaps not running here (say its type was
+            # unknown at recovery): _spawn_run ignores a run already live.
+            self._hub.call_soon(self._spawn_run, wid, info)
         return WorkflowHandle(self, wid)
+
+    def signal(self, workflow_id: str, name: str, payload: Any = None, *,
+               idempotency_key: Optional[str] = None) -> int:
+        """Send message ``name`` with a JSON ``payload`` to a workflow; it is
+        recorded in the workflow's history (``MessageReceived``) before this
+        returns, and kept until the workflow receives it. Returns its seq.
+
+        With ``idempotency_key``, a repeated signal (a retry after a lost
+        reply, say) is recorded once. A finished run refuses it with
+        :class:`WorkflowNotRunning` and nothing is recorded."""
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"a message name must be a non-empty string, got {name!r}")
+        value = ev.roundtrip(payload, f"the payload of message {name!r}")
+        self._ensure_started()
+        future = Future()
+        self._route_message(workflow_id, name, value, time.time(),
+                            None if idempotency_key is None else f"signal/{idempotency_key}",
+                            future_done(future))
+        return int(future.result())
+
+    def _route_message(self, wid: str, name: str, payload: Any, at: float, dedup: Optional[str],
+                       done: Callable[[Any, Optional[BaseException]], None]) -> None:
+        """Any thread: record a message to ``wid``; ``done(seq, error)``."""
+        def build(rec: Recorder) -> builtins.list[ev.NewEvent]:
+            if dedup is not None and dedup in rec.seen:
+                return []
+            index = rec.counts.get(name, 0)
+            rec.counts[name] = index + 1
+            data: dict[str, Any] = {"name": name, "index": index, "payload": payload}
+            if dedup is not None:
+                rec.seen.add(dedup)
+                data["dedup"] = dedup
+            return [ev.NewEvent(ev.MESSAGE_RECEIVED, at, data)]
+
+        def recorded(events: Any, head: Optional[int], error: Optional[BaseException]) -> None:
+            if isinstance(error, _Reroute):  # its run's recorder was dropped before init
+                self._route_message(wid, name, payload, at, dedup, done)
+            else:
+                done(head, error)
+
+        with self._routing:
+            recorder = self._recorders.get(wid)
+            if recorder is not None:
+                try:
+                    recorder.submit(build, recorded)
+                except EngineClosed:
+                    done(None, WorkflowNotRunning(
+                        f"workflow {wid!r} has finished; a message {name!r} to it would never be "
+                        "read, so nothing was recorded"))
+                return
+            payload_json = ev.encode(payload, "a message payload")
+            store = self._store
+            self._writer.submit_call(
+                lambda: store.deliver_message(wid, name, payload_json, at, dedup), done)
 
     def poke(self) -> None:
         """Re-check due timers now; for tests that move the clock (freezegun).
@@ -328,7 +411,7 @@ class Engine:
         def task() -> None:
             try:
                 event = attempt_event(fn, args, info, policy)
-                recorder.submit(lambda counts: [event])
+                recorder.submit(lambda rec: [event])
             except BaseException as exc:
                 hub.call_soon(self._deliver, wid, [], None, exc)
 
@@ -376,21 +459,39 @@ class Engine:
         if resumed:
             log.info("recovery: resuming %d unfinished run(s)", resumed)
 
-    def _spawn_run(self, wid: str, info: RunInfo, recovering: bool = False) -> None:
+    def _spawn_run(self, wid: str, info: RunInfo, recovering: bool = False,
+                   recorder: Optional[Recorder] = None) -> None:
+        """Drive a run here. ``recorder`` comes from start() for a run just
+        created (registered and initialised there); otherwise one is
+        registered now and initialised from the history read after it."""
         if wid in self._runs or self._hub is None or self._hub.closing:
+            if recorder is not None and wid not in self._runs:
+                self._unregister(wid, recorder)
             return
-        recovering = recovering or info.head_seq > 1
+        recovering = recovering or info.head_seq > 1 or recorder is None
         try:
             fn = self._registry.get(info.workflow_type)
         except WorkflowNotRegistered as exc:
             message = f"cannot resume workflow {wid!r}: {exc}; the run is left as it is"
             self.unrunnable[wid] = message
             log.error(message)
+            if recorder is not None:
+                self._unregister(wid, recorder)
             return
         self._runs[wid] = True
         self.unrunnable.pop(wid, None)
-        recorder = self._new_recorder(wid)
+        if recorder is None:
+            recorder = self._new_recorder(wid)
+            with self._routing:
+                self._recorders[wid] = recorder
         self._hub.spawn(self._drive, wid, fn, info, recovering, recorder, name=f"run:{wid}")
+
+    def _unregister(self, wid: str, recorder: Recorder) -> None:
+        """Any thread: drop a recorder; messages it buffered are routed anew."""
+        with self._routing:
+            if self._recorders.get(wid) is recorder:
+                del self._recorders[wid]
+        recorder.abandon(_Reroute())
 
     def _register_waiter(self, wid: str, future: Future) -> None:
         finished = self._recently_finished.get(wid)
@@ -442,7 +543,8 @@ class Engine:
                 return
             # No switch between these lines: the first outcome delivered for
             # this run finds its context in place.
-            recorder.init(history[-1].seq, {})
+            if recovering:
+                recorder.init(history[-1].seq, *message_state(history))
             ctx = WorkflowContext(self, wid, info.run_id, info.workflow_type, history, recorder)
             self._runs[wid] = ctx
             for key, fire_at in pending_timers(history).items():
@@ -463,6 +565,7 @@ class Engine:
             log.exception("run %r: the engine failed to drive it; this is a bug in aion_green", wid)
         finally:
             self._runs.pop(wid, None)
+            self._unregister(wid, recorder)
 
     def _execute(self, ctx: WorkflowContext, fn: Callable[..., Any], info: RunInfo) -> Optional[RunInfo]:
         wid = ctx.workflow_id

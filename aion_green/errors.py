@@ -43,6 +43,11 @@ class WorkflowNotFound(AionError):
     """The user's fault: no run with that workflow id exists in the store."""
 
 
+class WorkflowNotRunning(AionError):
+    """The user's fault: the run has finished, so a message to it would never
+    be read; nothing was recorded."""
+
+
 class WorkflowIdConflict(AionError):
     """The user's fault: a workflow id reused with another type or arguments.
 

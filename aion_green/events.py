@@ -27,6 +27,9 @@ STEP_FAILED = "StepFailed"
 TIMER_STARTED = "TimerStarted"
 TIMER_FIRED = "TimerFired"
 TIMER_CANCELLED = "TimerCancelled"
+# Message family.
+MESSAGE_RECEIVED = "MessageReceived"
+MESSAGE_SENT = "MessageSent"
 
 TERMINAL_TYPES = frozenset(
     {WORKFLOW_COMPLETED, WORKFLOW_FAILED, WORKFLOW_CANCELLED, WORKFLOW_CONTINUED_AS_NEW}
@@ -44,6 +47,8 @@ EVENT_TYPES = frozenset(
         TIMER_STARTED,
         TIMER_FIRED,
         TIMER_CANCELLED,
+        MESSAGE_RECEIVED,
+        MESSAGE_SENT,
     }
 )
 

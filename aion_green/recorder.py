@@ -25,9 +25,10 @@ from .events import NewEvent
 
 _allocate_lock = monkey.get_original("_thread", "allocate_lock")
 
-# build(message_counts) -> the events to append; called under the lock, so
-# a per-name message index can be taken from the counts it is given.
-Build = Callable[[dict[str, int]], list[NewEvent]]
+# build(recorder) -> the events to append; called under the lock, so a
+# per-name message index can be taken from recorder.counts (and a repeated
+# delivery recognised in recorder.seen). An empty list appends nothing.
+Build = Callable[["Recorder"], list[NewEvent]]
 # on_done(events, head, error), called on the store writer thread.
 OnDone = Callable[[list[NewEvent], Optional[int], Optional[BaseException]], None]
 
@@ -44,21 +45,34 @@ class Recorder:
         # last event submitted (recorded or in flight), and appends reach
         # the writer in seq order.
         self._next: Optional[int] = None
-        self._counts: dict[str, int] = {}
+        # Messages per name recorded or in flight, and dedup ids seen.
+        self.counts: dict[str, int] = {}
+        self.seen: set[str] = set()
         self._buffer: list[tuple[Build, Optional[OnDone]]] = []
         # Invariant: once closed, submit() refuses (the run's terminal event
         # was submitted: nothing may follow it).
         self.closed = False
 
-    def init(self, head: int, message_counts: dict[str, int]) -> None:
-        """The history is loaded: its head and per-name message counts.
-        Appends submitted before this (buffered) go out now, in order."""
+    def init(self, head: int, message_counts: dict[str, int], seen: set[str]) -> None:
+        """The history is loaded: its head, per-name message counts and
+        dedup ids. Appends submitted before this (buffered) go out now."""
         with self._lock:
             self._next = head
-            self._counts = dict(message_counts)
+            self.counts = dict(message_counts)
+            self.seen = set(seen)
             buffered, self._buffer = self._buffer, []
             for build, extra in buffered:
                 self._submit_locked(build, extra)
+
+    def abandon(self, error: BaseException) -> None:
+        """Give up before init: refuse further appends and tell every
+        buffered one ``error`` (the engine then routes them anew)."""
+        with self._lock:
+            self.closed = True
+            buffered, self._buffer = self._buffer, []
+        for _build, extra in buffered:
+            if extra is not None:
+                extra([], None, error)
 
     def submit(self, build: Build, extra: Optional[OnDone] = None, final: bool = False) -> Optional[int]:
         """Queue an append; return the seq its last event will have (None
@@ -75,9 +89,13 @@ class Recorder:
             return self._submit_locked(build, extra)
 
     def _submit_locked(self, build: Build, extra: Optional[OnDone]) -> int:
-        events = build(self._counts)
+        events = build(self)
         expected = self._next
         assert expected is not None
+        if not events:
+            if extra is not None:
+                extra(events, expected, None)
+            return expected
         on_done = self._on_done
 
         def done(head: Any, error: Optional[BaseException]) -> None:

@@ -20,14 +20,29 @@ ArrivalKey = tuple[Any, ...]
 
 
 # Event types that arrive from outside the workflow (matched by key).
-ARRIVAL_TYPES: frozenset[str] = frozenset({ev.TIMER_FIRED})
+ARRIVAL_TYPES: frozenset[str] = frozenset({ev.TIMER_FIRED, ev.MESSAGE_RECEIVED})
 
 
 def arrival_key(event: ev.Event) -> Optional[ArrivalKey]:
     """The key an arrival is matched by, or None for a command event."""
     if event.type == ev.TIMER_FIRED:
         return ("timer", event.data.get("timer"))
+    if event.type == ev.MESSAGE_RECEIVED:
+        return ("message", event.data.get("name"), event.data.get("index"))
     return None
+
+
+def message_state(history: Sequence[ev.Event]) -> tuple[dict[str, int], set[str]]:
+    """Messages recorded so far: the count per name, and the dedup ids seen."""
+    counts: dict[str, int] = {}
+    seen: set[str] = set()
+    for event in history:
+        if event.type == ev.MESSAGE_RECEIVED:
+            name = event.data["name"]
+            counts[name] = counts.get(name, 0) + 1
+            if event.data.get("dedup"):
+                seen.add(event.data["dedup"])
+    return counts, seen
 
 
 def pending_timers(history: Sequence[ev.Event]) -> dict[str, float]:

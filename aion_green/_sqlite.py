@@ -1,0 +1,445 @@
+"""The embedded SQLite store: one file, WAL, durable commits by default.
+
+Implements :class:`~aion_green.store.IEventStore`; see that contract for what
+each method promises.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from typing import Any, Optional, Sequence, Union
+from urllib.parse import unquote
+
+from zope.interface import implementer
+
+from . import events as ev
+from .errors import (
+    ConfigurationError,
+    SequenceConflict,
+    StoreCorrupt,
+    StoreError,
+    StoreUnavailable,
+    WorkflowNotFound,
+    WorkflowNotRunning,
+)
+from .store import Append, CreateRun, IEventStore, RunInfo
+
+# -- SQLite -----------------------------------------------------------------------------
+
+# Versioned migrations: index i brings the schema from version i to i + 1.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE runs(
+            workflow_id TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            workflow_type TEXT NOT NULL,
+            status TEXT NOT NULL,
+            args TEXT NOT NULL,
+            result TEXT,
+            error TEXT,
+            head_seq INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL)""",
+        "CREATE INDEX runs_by_status ON runs(status, workflow_type, workflow_id)",
+        """CREATE TABLE events(
+            workflow_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            at REAL NOT NULL,
+            data TEXT NOT NULL,
+            PRIMARY KEY (workflow_id, seq)) WITHOUT ROWID""",
+    ),
+    (
+        # Durable timers: one row per timer started and not yet fired or
+        # cancelled, kept by the appends that record those events.
+        """CREATE TABLE timers(
+            workflow_id TEXT NOT NULL,
+            timer_key TEXT NOT NULL,
+            fire_at REAL NOT NULL,
+            PRIMARY KEY (workflow_id, timer_key)) WITHOUT ROWID""",
+        "CREATE INDEX timers_by_deadline ON timers(fire_at)",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+_TIMER_ENDS = frozenset({ev.TIMER_FIRED, ev.TIMER_CANCELLED})
+_RUN_COLUMNS = (
+    "workflow_id, run_id, workflow_type, status, args, result, error, head_seq, created_at, updated_at"
+)
+
+
+def sqlite_path_from_url(url: Optional[str]) -> str:
+    """``None`` → ``./aion.db``; ``sqlite:///rel.db``, ``sqlite:////abs.db``,
+    ``sqlite:///:memory:`` or a plain path."""
+    if url is None:
+        return os.path.abspath("aion.db")
+    if "://" not in url:
+        return url
+    if not url.startswith("sqlite:///"):
+        raise ConfigurationError(
+            f"store URL {url!r} is not a SQLite URL; use sqlite:///relative/path.db or "
+            "sqlite:////absolute/path.db"
+        )
+    path = unquote(url[len("sqlite:///"):].split("?", 1)[0])
+    if not path:
+        raise ConfigurationError(f"store URL {url!r} names no file; use sqlite:///aion.db")
+    return path
+
+
+def _translate(exc: sqlite3.Error, path: str) -> StoreError:
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+        return StoreUnavailable(
+            f"the SQLite database {path!r} is locked by another process ({text}); "
+            "stop the other process or raise busy_timeout, then retry: nothing was written"
+        )
+    if "not a database" in text or "malformed" in text or "corrupt" in text:
+        return StoreCorrupt(
+            f"the SQLite file {path!r} is not an aion_green database or is damaged ({text}); "
+            "it was not modified: restore it from a backup or point the engine at another file"
+        )
+    if "disk" in text or "full" in text or "I/O" in text or "readonly" in text:
+        return StoreUnavailable(
+            f"the SQLite database {path!r} cannot be written ({text}); "
+            "free space or fix permissions, then retry: nothing of this write was recorded"
+        )
+    return StoreError(f"SQLite error on {path!r}: {text}")
+
+
+@implementer(IEventStore)
+class SQLiteStore:
+    """One SQLite file in WAL mode; durable commits (``synchronous=FULL``) by
+    default, ``durable=False`` trades the fsync per commit for speed.
+
+    Thread contract: a SQLiteStore is used by one thread at a time (the
+    engine's store writer); it is opened on the caller's thread so that a
+    corrupt or locked file is reported by the constructor.
+    """
+
+    def __init__(self, path: str, durable: bool = True, busy_timeout: float = 5.0) -> None:
+        self.path = path
+        self.durable = durable
+        try:
+            self._conn = sqlite3.connect(
+                path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise _translate(exc, path) from None
+        try:
+            self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            self._conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            # A small WAL that is checkpointed often is rewound and overwritten
+            # in place, and an overwrite syncs faster than a growing file: on
+            # this project's machine, mean commit 250 us at 200 pages against
+            # 285 us at SQLite's default of 1000 (and 409 us at 10000).
+            self._conn.execute("PRAGMA wal_autocheckpoint=200")
+            self._migrate()
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise _translate(exc, path) from None
+
+    def _migrate(self) -> None:
+        conn = self._conn
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the SQLite file {self.path!r} has schema version {version}, newer than this "
+                f"aion_green understands ({SCHEMA_VERSION}); upgrade aion_green"
+            )
+        if version == 0 and conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name IN ('runs', 'events')"
+        ).fetchone()[0]:
+            raise StoreError(
+                f"the SQLite file {self.path!r} already has tables named runs/events that "
+                "aion_green did not create; point the engine at another file"
+            )
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read under the write lock: another process may have migrated.
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            for step in _MIGRATIONS[version:]:
+                for statement in step:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # -- writes ----------------------------------------------------------------------------
+    def create_run(
+        self, workflow_id: str, workflow_type: str, args_json: str, run_id: str, at: float
+    ) -> tuple[bool, RunInfo]:
+        outcome = self.write_batch([CreateRun(workflow_id, workflow_type, args_json, run_id, at)])[0]
+        assert isinstance(outcome, tuple)
+        return outcome
+
+    def write_batch(self, ops: Sequence[Union[Append, CreateRun]]) -> list[Any]:
+        conn = self._conn
+        outcomes: list[Any] = []
+        rows: list[tuple[Any, ...]] = []
+        # wid -> (head, updated_at) to write once per run, after the checks.
+        moved: dict[str, tuple[int, float]] = {}
+        finals: list[tuple[Any, ...]] = []
+        timers_started: list[tuple[str, str, float]] = []
+        timers_ended: list[tuple[str, str]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Read under the write lock: no other writer can move a head
+                # between this check and the commit.
+                heads = self._heads({op.workflow_id for op in ops if type(op) is Append})
+                for op in ops:
+                    if type(op) is Append:
+                        outcomes.append(self._check_append(
+                            op, heads, moved, finals, rows, timers_started, timers_ended))
+                    else:
+                        assert isinstance(op, CreateRun)
+                        outcome = self._create_one(op, rows)
+                        heads.setdefault(op.workflow_id, outcome[1].head_seq)
+                        outcomes.append(outcome)
+                if moved:
+                    conn.executemany(
+                        "UPDATE runs SET head_seq=?, updated_at=? WHERE workflow_id=?",
+                        [(head, at, wid) for wid, (head, at) in moved.items()],
+                    )
+                if timers_started:
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO timers(workflow_id, timer_key, fire_at) VALUES (?,?,?)",
+                        timers_started,
+                    )
+                if timers_ended:
+                    conn.executemany(
+                        "DELETE FROM timers WHERE workflow_id=? AND timer_key=?", timers_ended
+                    )
+                if finals:
+                    conn.executemany(
+                        "UPDATE runs SET status=?, result=?, error=? WHERE workflow_id=?", finals
+                    )
+                    # A finished run has no pending timer.
+                    conn.executemany("DELETE FROM timers WHERE workflow_id=?", [f[3:] for f in finals])
+                conn.executemany(
+                    "INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,?,?,?,?)", rows
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from None
+        return outcomes
+
+    def _heads(self, wids: set[str]) -> dict[str, int]:
+        heads: dict[str, int] = {}
+        ids = list(wids)
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            heads.update(self._conn.execute(
+                f"SELECT workflow_id, head_seq FROM runs WHERE workflow_id IN ({marks})", chunk
+            ).fetchall())
+        return heads
+
+    def _create_one(self, op: CreateRun, rows: list[tuple[Any, ...]]) -> tuple[bool, RunInfo]:
+        cursor = self._conn.execute(
+            f"INSERT OR IGNORE INTO runs({_RUN_COLUMNS}) VALUES (?,?,?,?,?,NULL,NULL,1,?,?)",
+            (op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING, op.args_json, op.at, op.at),
+        )
+        if cursor.rowcount == 0:
+            existing = self._get_run(op.workflow_id)
+            assert existing is not None
+            return False, existing
+        data = (f'{{"workflow_type":{json.dumps(op.workflow_type)},'
+                f'"run_id":{json.dumps(op.run_id)},"args":{op.args_json}}}')
+        rows.append((op.workflow_id, 1, ev.WORKFLOW_STARTED, op.at, data))
+        return True, RunInfo(
+            op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING, json.loads(op.args_json),
+            None, None, 1, op.at, op.at,
+        )
+
+    def _check_append(self, append: Append, heads: dict[str, int],
+                      moved: dict[str, tuple[int, float]], finals: list[tuple[Any, ...]],
+                      rows: list[tuple[Any, ...]], timers_started: list[tuple[str, str, float]],
+                      timers_ended: list[tuple[str, str]]) -> Union[int, StoreError]:
+        wid = append.workflow_id
+        if not append.events:
+            return StoreError(f"an append to {wid!r} carried no events")
+        head = heads.get(wid)
+        if head is None:
+            return StoreError(f"no run with workflow id {wid!r}: create it before appending")
+        if head != append.expected_seq:
+            return SequenceConflict(wid, append.expected_seq, head)
+        seq = head
+        for event in append.events:
+            seq += 1
+            rows.append((wid, seq, event.type, event.at, event.data_json()))
+            if event.type == ev.TIMER_STARTED:
+                timers_started.append((wid, event.data["timer"], event.data["fire_at"]))
+            elif event.type in _TIMER_ENDS:
+                timers_ended.append((wid, event.data["timer"]))
+            elif event.type in ev.TERMINAL_TYPES:
+                result = event.data.get("result")
+                error = event.data.get("error")
+                finals.append((
+                    ev.STATUS_OF_TERMINAL[event.type],
+                    None if result is None else json.dumps(result),
+                    None if error is None else json.dumps(error),
+                    wid,
+                ))
+        heads[wid] = seq
+        moved[wid] = (seq, append.events[-1].at)
+        return seq
+
+    # -- reads -------------------------------------------------------------------------------
+    def read(self, workflow_id: str, after_seq: int = 0, limit: Optional[int] = None) -> list[ev.Event]:
+        sql = "SELECT seq, type, at, data FROM events WHERE workflow_id=? AND seq>? ORDER BY seq"
+        params: tuple[Any, ...] = (workflow_id, after_seq)
+        if limit is not None:
+            sql += " LIMIT ?"
+            params += (limit,)
+        try:
+            rows = self._conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from None
+        return [ev.Event(seq, typ, at, json.loads(data)) for seq, typ, at, data in rows]
+
+    def get_run(self, workflow_id: str) -> Optional[RunInfo]:
+        try:
+            return self._get_run(workflow_id)
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from None
+
+    def _get_run(self, workflow_id: str) -> Optional[RunInfo]:
+        row = self._conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE workflow_id=?", (workflow_id,)
+        ).fetchone()
+        return None if row is None else _run_info(row)
+
+    def list_runs(
+        self,
+        status: Optional[str] = None,
+        workflow_type: Optional[str] = None,
+        limit: int = 100,
+        after_id: Optional[str] = None,
+    ) -> list[RunInfo]:
+        clauses, params = [], []
+        if status is not None:
+            clauses.append("status=?")
+            params.append(status)
+        if workflow_type is not None:
+            clauses.append("workflow_type=?")
+            params.append(workflow_type)
+        if after_id is not None:
+            clauses.append("workflow_id>?")
+            params.append(after_id)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        try:
+            rows = self._conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs {where} ORDER BY workflow_id LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from None
+        return [_run_info(row) for row in rows]
+
+    def due_timers(self, now: float, limit: int = 1000) -> list[tuple[str, str, float]]:
+        try:
+            rows = self._conn.execute(
+                "SELECT workflow_id, timer_key, fire_at FROM timers WHERE fire_at <= ? "
+                "ORDER BY fire_at LIMIT ?", (now, limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from None
+        return [(wid, key, fire_at) for wid, key, fire_at in rows]
+
+    def fire_timer(self, workflow_id: str, timer_key: str, at: float) -> Optional[int]:
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute(
+                    "SELECT r.head_seq FROM timers t JOIN runs r ON r.workflow_id = t.workflow_id "
+                    "WHERE t.workflow_id=? AND t.timer_key=? AND r.status=?",
+                    (workflow_id, timer_key, ev.RUNNING)).fetchone()
+                if row is None:
+                    conn.execute("COMMIT")
+                    return None
+                seq = row[0] + 1
+                conn.execute(
+                    "INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,?,?,?,?)",
+                    (workflow_id, seq, ev.TIMER_FIRED, at, json.dumps({"timer": timer_key})))
+                conn.execute("UPDATE runs SET head_seq=?, updated_at=? WHERE workflow_id=?",
+                             (seq, at, workflow_id))
+                conn.execute("DELETE FROM timers WHERE workflow_id=? AND timer_key=?",
+                             (workflow_id, timer_key))
+                conn.execute("COMMIT")
+                return int(seq)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from None
+
+    def deliver_message(self, workflow_id: str, name: str, payload_json: str, at: float,
+                        dedup: Optional[str] = None) -> int:
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                run = conn.execute("SELECT head_seq, status FROM runs WHERE workflow_id=?",
+                                   (workflow_id,)).fetchone()
+                if run is None:
+                    raise WorkflowNotFound(f"no workflow with id {workflow_id!r} in {self.path}; "
+                                           "nothing was recorded")
+                head, status = run
+                if status != ev.RUNNING:
+                    raise WorkflowNotRunning(
+                        f"workflow {workflow_id!r} has {status}; a message {name!r} to it would "
+                        "never be read, so nothing was recorded")
+                if dedup is not None:
+                    seen = conn.execute(
+                        "SELECT seq FROM events WHERE workflow_id=? AND type=? "
+                        "AND json_extract(data, '$.dedup')=?",
+                        (workflow_id, ev.MESSAGE_RECEIVED, dedup)).fetchone()
+                    if seen is not None:
+                        conn.execute("COMMIT")
+                        return int(seen[0])
+                (index,) = conn.execute(
+                    "SELECT count(*) FROM events WHERE workflow_id=? AND type=? "
+                    "AND json_extract(data, '$.name')=?",
+                    (workflow_id, ev.MESSAGE_RECEIVED, name)).fetchone()
+                data = {"name": name, "index": index, "payload": json.loads(payload_json)}
+                if dedup is not None:
+                    data["dedup"] = dedup
+                seq = head + 1
+                conn.execute("INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,?,?,?,?)",
+                             (workflow_id, seq, ev.MESSAGE_RECEIVED, at, json.dumps(data)))
+                conn.execute("UPDATE runs SET head_seq=?, updated_at=? WHERE workflow_id=?",
+                             (seq, at, workflow_id))
+                conn.execute("COMMIT")
+                return int(seq)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from None
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None  # type: ignore[assignment]
+        if conn is not None:
+            conn.close()
+
+
+def _run_info(row: tuple[Any, ...]) -> RunInfo:
+    wid, run_id, wtype, status, args, result, error, head, created, updated = row
+    return RunInfo(
+        wid, run_id, wtype, status, json.loads(args),
+        None if result is None else json.loads(result),
+        None if error is None else json.loads(error),
+        head, created, updated,
+    )

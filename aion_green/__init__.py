@@ -3,11 +3,13 @@ from .context import WorkflowContext
 from .engine import Engine, WorkflowHandle
 from .errors import (
     AionError,
+    Cancelled,
     ConfigurationError,
     EngineClosed,
     InternalError,
     NonDeterminismError,
     NonRetryableError,
+    QueryFailed,
     SequenceConflict,
     SerializationError,
     StepError,
@@ -15,6 +17,7 @@ from .errors import (
     StoreError,
     StoreUnavailable,
     Timeout,
+    WorkflowCancelled,
     WorkflowFailed,
     WorkflowIdConflict,
     WorkflowNotFound,
@@ -27,10 +30,10 @@ from .steps import Retry, StepInfo, step_info
 from .store import IEventStore, RunInfo, SQLiteStore
 
 __all__ = [
-    "AionError", "ConfigurationError", "Engine", "EngineClosed", "Event", "IEventStore",
-    "InternalError", "NonDeterminismError", "NonRetryableError", "Retry", "RunInfo",
+    "AionError", "Cancelled", "ConfigurationError", "Engine", "EngineClosed", "Event", "IEventStore",
+    "InternalError", "NonDeterminismError", "NonRetryableError", "QueryFailed", "Retry", "RunInfo",
     "SQLiteStore", "SequenceConflict", "SerializationError", "StepError", "StepInfo",
-    "StoreCorrupt", "StoreError", "StoreUnavailable", "Timeout", "WorkflowContext",
+    "StoreCorrupt", "StoreError", "StoreUnavailable", "Timeout", "WorkflowCancelled", "WorkflowContext",
     "WorkflowFailed", "WorkflowHandle", "WorkflowIdConflict", "WorkflowNotFound",
     "WorkflowNotRegistered", "WorkflowNotRunning", "step_info", "workflow",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 from urllib.parse import unquote
 
 from zope.interface import implementer
@@ -386,6 +386,41 @@ class SQLiteStore:
 
     def deliver_message(self, workflow_id: str, name: str, payload_json: str, at: float,
                         dedup: Optional[str] = None) -> int:
+        def build(conn: sqlite3.Connection) -> Union[int, dict[str, Any]]:
+            if dedup is not None:
+                seen = conn.execute(
+                    "SELECT seq FROM events WHERE workflow_id=? AND type=? "
+                    "AND json_extract(data, '$.dedup')=?",
+                    (workflow_id, ev.MESSAGE_RECEIVED, dedup)).fetchone()
+                if seen is not None:
+                    return int(seen[0])
+            (index,) = conn.execute(
+                "SELECT count(*) FROM events WHERE workflow_id=? AND type=? "
+                "AND json_extract(data, '$.name')=?",
+                (workflow_id, ev.MESSAGE_RECEIVED, name)).fetchone()
+            data = {"name": name, "index": index, "payload": json.loads(payload_json)}
+            if dedup is not None:
+                data["dedup"] = dedup
+            return data
+
+        return self._append_at_head(workflow_id, ev.MESSAGE_RECEIVED, at, build,
+                                    f"a message {name!r} to it would never be read")
+
+    def request_cancel(self, workflow_id: str, reason: str, at: float) -> int:
+        def build(conn: sqlite3.Connection) -> Union[int, dict[str, Any]]:
+            seen = conn.execute("SELECT seq FROM events WHERE workflow_id=? AND type=?",
+                                (workflow_id, ev.CANCEL_REQUESTED)).fetchone()
+            return int(seen[0]) if seen is not None else {"reason": reason}
+
+        return self._append_at_head(workflow_id, ev.CANCEL_REQUESTED, at, build,
+                                    "there is nothing left to cancel")
+
+    def _append_at_head(self, workflow_id: str, event_type: str, at: float,
+                        build: Callable[[sqlite3.Connection], Union[int, dict[str, Any]]],
+                        why_not: str) -> int:
+        """One event at the head of a run no engine drives here, in one
+        transaction; ``build`` gives its data, or the seq of an earlier
+        equal event (then nothing is written)."""
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -398,26 +433,14 @@ class SQLiteStore:
                 head, status = run
                 if status != ev.RUNNING:
                     raise WorkflowNotRunning(
-                        f"workflow {workflow_id!r} has {status}; a message {name!r} to it would "
-                        "never be read, so nothing was recorded")
-                if dedup is not None:
-                    seen = conn.execute(
-                        "SELECT seq FROM events WHERE workflow_id=? AND type=? "
-                        "AND json_extract(data, '$.dedup')=?",
-                        (workflow_id, ev.MESSAGE_RECEIVED, dedup)).fetchone()
-                    if seen is not None:
-                        conn.execute("COMMIT")
-                        return int(seen[0])
-                (index,) = conn.execute(
-                    "SELECT count(*) FROM events WHERE workflow_id=? AND type=? "
-                    "AND json_extract(data, '$.name')=?",
-                    (workflow_id, ev.MESSAGE_RECEIVED, name)).fetchone()
-                data = {"name": name, "index": index, "payload": json.loads(payload_json)}
-                if dedup is not None:
-                    data["dedup"] = dedup
+                        f"workflow {workflow_id!r} has {status}; {why_not}, so nothing was recorded")
+                data = build(conn)
+                if isinstance(data, int):
+                    conn.execute("COMMIT")
+                    return data
                 seq = head + 1
                 conn.execute("INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,?,?,?,?)",
-                             (workflow_id, seq, ev.MESSAGE_RECEIVED, at, json.dumps(data)))
+                             (workflow_id, seq, event_type, at, json.dumps(data)))
                 conn.execute("UPDATE runs SET head_seq=?, updated_at=? WHERE workflow_id=?",
                              (seq, at, workflow_id))
                 conn.execute("COMMIT")

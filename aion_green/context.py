@@ -11,17 +11,26 @@ import logging
 import random as _random
 import time
 import uuid as _uuid
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, Union
 
 import gevent
 from gevent.hub import Waiter
 from greenlet import GreenletExit
 
 from . import events as ev
-from .errors import AionError, NonDeterminismError, SequenceConflict, StepError, StoreError, Timeout
+from .errors import (
+    AionError,
+    Cancelled,
+    NonDeterminismError,
+    SequenceConflict,
+    StepError,
+    StoreError,
+    Timeout,
+)
 from .recorder import Recorder
-from .replay import HistoryCursor
+from .replay import CANCEL_KEY, HistoryCursor
 from .steps import NO_RETRY, Retry, StepInfo, step_name
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,6 +42,16 @@ _STEP_TYPES = frozenset({ev.STEP_COMPLETED, ev.STEP_FAILED})
 _TIMER_STARTED = frozenset({ev.TIMER_STARTED})
 _TIMER_CANCELLED = frozenset({ev.TIMER_CANCELLED})
 _MESSAGE_SENT = frozenset({ev.MESSAGE_SENT})
+
+
+class _ScopeExpired(BaseException):
+    """The deadline of the ``ctx.timeout`` block with this timer key won a
+    wait inside it; unwinds to that block (a BaseException, so the block's
+    own ``except Exception`` cannot stop it)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
 
 
 class RunLost(BaseException):
@@ -77,6 +96,11 @@ class WorkflowContext:
         self._timers: dict[str, float] = {}
         self._received: dict[str, int] = {}  # messages consumed per name
         self._send_ordinal = 0
+        # Keys of the deadline timers of the enclosing ctx.timeout blocks.
+        self._scopes: list[str] = []
+        # Invariant: true until a recorded cancel request was raised here.
+        self._cancel_pending = True
+        self._queries: dict[str, Callable[..., Any]] = {}
         self._rng: Optional[_random.Random] = None
         # Invariant: once set, every later ctx call raises it and the run
         # fails with it, even if the workflow code catches it.
@@ -123,23 +147,25 @@ class WorkflowContext:
         key = {"step": ordinal, "name": sname}
         attempt = 0
         backoff_due = 0.0
+        cursor = self._cursor
         while True:
+            if cursor.next_command() is None:
+                # Live: run the next attempt; the pool records it, and its
+                # event is then the next command.
+                if backoff_due:
+                    gevent.sleep(backoff_due)
+                    backoff_due = 0.0
+                info = StepInfo(self.workflow_id, self.run_id, ordinal, sname, attempt + 1)
+                self._engine._run_step(self._recorder, fn, args, info, policy)
+            self._race(cursor.next_command, lambda: cursor.abandoned_steps.add(ordinal))
             recorded = self._take(_STEP_TYPES, key, lambda: f"step {ordinal} ({sname})")
-            if recorded is not None:
-                attempt = recorded.data.get("attempt", attempt + 1)
-                if recorded.type == ev.STEP_COMPLETED:
-                    return recorded.data.get("result")
-                if not recorded.data.get("retryable"):
-                    raise self._step_error(ordinal, sname, recorded.data, attempt)
-                backoff_due = policy.delay(attempt)
-                continue
-            if backoff_due:
-                gevent.sleep(backoff_due)
-                backoff_due = 0.0
-            info = StepInfo(self.workflow_id, self.run_id, ordinal, sname, attempt + 1)
-            self._engine._run_step(self._recorder, fn, args, info, policy)
-            # The pool records the attempt; its event is then the next command.
-            self._wait(self._cursor.next_command)
+            assert recorded is not None
+            attempt = recorded.data.get("attempt", attempt + 1)
+            if recorded.type == ev.STEP_COMPLETED:
+                return recorded.data.get("result")
+            if not recorded.data.get("retryable"):
+                raise self._step_error(ordinal, sname, recorded.data, attempt)
+            backoff_due = policy.delay(attempt)
 
     # -- durable time ------------------------------------------------------------------
     def sleep(self, duration: Union[timedelta, float, int]) -> None:
@@ -161,7 +187,8 @@ class WorkflowContext:
 
     def _sleep(self, deadline: Callable[[], float]) -> None:
         key = self._start_timer(deadline)
-        fired = self._wait(lambda: self._cursor.arrivals.get(("timer", key)))
+        arrivals = self._cursor.arrivals
+        fired = self._race(lambda: arrivals.get(("timer", key)))
         self._cursor.consume_arrival(fired)
 
     def _start_timer(self, deadline: Callable[[], float]) -> str:
@@ -214,7 +241,7 @@ class WorkflowContext:
             candidates = [e for e in (message, timer_fired) if e is not None]
             return min(candidates, key=lambda e: e.seq) if candidates else None
 
-        winner = self._wait(first)
+        winner = self._race(first)
         self._cursor.consume_arrival(winner)
         if winner is message:
             self._received[name] = index + 1
@@ -276,6 +303,70 @@ class WorkflowContext:
         except NonDeterminismError as exc:
             self._divergence = exc
             raise
+
+    # -- deadlines, cancellation, queries ---------------------------------------------------
+    @contextmanager
+    def timeout(self, duration: Union[timedelta, float, int]) -> Iterator[None]:
+        """A deadline over a block: if its firing is recorded before what a
+        wait inside the block waits for, the wait is abandoned and
+        :class:`aion.Timeout` is raised here; a replay takes the same branch
+        from the record."""
+        seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
+        key = self._start_timer(lambda: time.time() + seconds)
+        self._scopes.append(key)
+        expired = False
+        try:
+            yield
+        except _ScopeExpired as exc:
+            if exc.key != key:
+                raise
+            expired = True
+            raise Timeout(f"workflow {self.workflow_id!r}: the block did not finish within "
+                          f"{duration}") from None
+        finally:
+            self._scopes.remove(key)
+            if not expired:
+                self._cancel_timer(key)
+
+    def set_query(self, name: str, handler: Callable[..., Any]) -> None:
+        """Answer ``engine.query(id, name, *args)`` with ``handler(*args)``,
+        from the live run while it waits. Never recorded; the handler must
+        not wait on anything."""
+        if not callable(handler):
+            raise TypeError(f"ctx.set_query({name!r}, ...): the handler must be callable")
+        self._queries[name] = handler
+
+    def _race(self, own: Callable[[], Optional[ev.Event]],
+              abandon: Optional[Callable[[], None]] = None) -> ev.Event:
+        """Wait for ``own()`` (an event this wait is for) unless a cancel
+        request, or the deadline of an enclosing ``ctx.timeout`` block, is
+        recorded first; the first recorded wins, live and on replay alike."""
+        arrivals = self._cursor.arrivals
+        mine: Optional[ev.Event] = None
+
+        def first() -> Optional[ev.Event]:
+            nonlocal mine
+            best = mine = own()
+            if self._cancel_pending:
+                request = arrivals.get(CANCEL_KEY)
+                if request is not None and (best is None or request.seq < best.seq):
+                    best = request
+            for key in self._scopes:
+                fired = arrivals.get(("timer", key))
+                if fired is not None and (best is None or fired.seq < best.seq):
+                    best = fired
+            return best
+
+        winner: ev.Event = self._wait(first)
+        if winner is mine:
+            return winner
+        if abandon is not None:
+            abandon()
+        self._cursor.consume_arrival(winner)
+        if winner.type == ev.CANCEL_REQUESTED:
+            self._cancel_pending = False  # delivered once; cleanup may wait again
+            raise Cancelled(winner.data.get("reason", ""))
+        raise _ScopeExpired(winner.data["timer"])
 
     def _wait(self, ready: Callable[[], Any]) -> Any:
         """Park until ``ready()`` gives something (it reads the history)."""

@@ -27,12 +27,15 @@ from . import events as ev
 from ._writer import StoreWriter, future_done
 from .context import RunAborted, RunLost, WorkflowContext
 from .errors import (
+    Cancelled,
     ConfigurationError,
     EngineClosed,
     InternalError,
     NonDeterminismError,
+    QueryFailed,
     SerializationError,
     Timeout,
+    WorkflowCancelled,
     WorkflowFailed,
     WorkflowIdConflict,
     WorkflowNotFound,
@@ -289,6 +292,43 @@ class Engine:
                             future_done(future))
         return int(future.result())
 
+    def cancel(self, workflow_id: str, reason: str = "") -> None:
+        """Request cancellation: ``CancelRequested`` is recorded before this
+        returns; the workflow sees :class:`aion.Cancelled` at its current or
+        next wait, may clean up (even run steps), and ends
+        ``WorkflowCancelled``. Asking twice records once; a finished run
+        refuses with :class:`WorkflowNotRunning`."""
+        self._ensure_started()
+        future = Future()
+        at = time.time()
+
+        def build(rec: Recorder) -> builtins.list[ev.NewEvent]:
+            if "cancel" in rec.seen:
+                return []
+            rec.seen.add("cancel")
+            return [ev.NewEvent(ev.CANCEL_REQUESTED, at, {"reason": reason})]
+
+        store = self._store
+        self._route(workflow_id, build, lambda: store.request_cancel(workflow_id, reason, at),
+                    "there is nothing left to cancel", future_done(future))
+        future.result()
+
+    def query(self, workflow_id: str, name: str, *args: Any, timeout: float = 10.0) -> Any:
+        """Ask a live run: ``handler(*args)`` of its ``ctx.set_query(name,
+        handler)``, answered while it waits; never recorded. Raises
+        :class:`QueryFailed` (the handler raised, the name is unknown, the run
+        is not live here), :class:`WorkflowNotRunning` (it has finished) or
+        :class:`Timeout`."""
+        self._ensure_started()
+        future = Future()
+        self._hub.call_soon(self._answer_query, workflow_id, name, args, future,
+                            _clock.monotonic() + timeout)
+        try:
+            return future.result(timeout)
+        except Timeout:
+            raise Timeout(f"query {name!r} to workflow {workflow_id!r} got no answer within "
+                          f"{timeout} s") from None
+
     def _route_message(self, wid: str, name: str, payload: Any, at: float, dedup: Optional[str],
                        done: Callable[[Any, Optional[BaseException]], None]) -> None:
         """Any thread: record a message to ``wid``; ``done(seq, error)``."""
@@ -303,9 +343,19 @@ class Engine:
                 data["dedup"] = dedup
             return [ev.NewEvent(ev.MESSAGE_RECEIVED, at, data)]
 
+        payload_json = ev.encode(payload, "a message payload")
+        store = self._store
+        self._route(wid, build, lambda: store.deliver_message(wid, name, payload_json, at, dedup),
+                    f"a message {name!r} to it would never be read", done)
+
+    def _route(self, wid: str, build: Callable[[Recorder], builtins.list[ev.NewEvent]],
+               via_store: Callable[[], Any], why_not: str,
+               done: Callable[[Any, Optional[BaseException]], None]) -> None:
+        """Any thread: record an arrival for ``wid`` through its recorder if
+        it lives here, else through the store; ``done(seq, error)``."""
         def recorded(events: Any, head: Optional[int], error: Optional[BaseException]) -> None:
             if isinstance(error, _Reroute):  # its run's recorder was dropped before init
-                self._route_message(wid, name, payload, at, dedup, done)
+                self._route(wid, build, via_store, why_not, done)
             else:
                 done(head, error)
 
@@ -316,13 +366,9 @@ class Engine:
                     recorder.submit(build, recorded)
                 except EngineClosed:
                     done(None, WorkflowNotRunning(
-                        f"workflow {wid!r} has finished; a message {name!r} to it would never be "
-                        "read, so nothing was recorded"))
+                        f"workflow {wid!r} has finished; {why_not}, so nothing was recorded"))
                 return
-            payload_json = ev.encode(payload, "a message payload")
-            store = self._store
-            self._writer.submit_call(
-                lambda: store.deliver_message(wid, name, payload_json, at, dedup), done)
+            self._writer.submit_call(via_store, done)
 
     def poke(self) -> None:
         """Re-check due timers now; for tests that move the clock (freezegun).
@@ -354,7 +400,10 @@ class Engine:
         info: RunInfo = future.result()
         if info.status == ev.COMPLETED:
             return info.result
-        raise WorkflowFailed(workflow_id, info.error or {"type": info.status, "message": info.status})
+        error = info.error or {"type": info.status, "message": info.status}
+        if info.status == ev.CANCELLED:
+            raise WorkflowCancelled(workflow_id, error)
+        raise WorkflowFailed(workflow_id, error)
 
     def describe(self, workflow_id: str) -> RunInfo:
         self._ensure_started()
@@ -493,6 +542,59 @@ class Engine:
                 del self._recorders[wid]
         recorder.abandon(_Reroute())
 
+    def _answer_query(self, wid: str, name: str, args: tuple[Any, ...], future: Future,
+                      deadline: float) -> None:
+        ctx = self._runs.get(wid)
+        if not isinstance(ctx, WorkflowContext) and (wid in self._runs or wid in self._recorders):
+            # Starting here (its history is being loaded): ask again shortly.
+            if _clock.monotonic() < deadline and not self._hub.closing:
+                self._hub.spawn(self._ask_again, wid, name, args, future, deadline)
+            return
+        if not isinstance(ctx, WorkflowContext):
+            if wid in self._recently_finished:
+                future.set_exception(WorkflowNotRunning(
+                    f"workflow {wid!r} has finished; a finished run answers no queries"))
+                return
+            self._hub.spawn(self._answer_query_of_absent_run, wid, future)
+            return
+        handler = ctx._queries.get(name)
+        if handler is None:
+            known = ", ".join(sorted(ctx._queries)) or "none yet"
+            future.set_exception(QueryFailed(
+                f"workflow {wid!r} has no query {name!r} (it has: {known}); "
+                "a query exists once the workflow called ctx.set_query for it"))
+            return
+        try:
+            answer = ev.roundtrip(handler(*args), f"the answer of query {name!r}")
+        except Exception as exc:
+            future.set_exception(QueryFailed(
+                f"query {name!r} of workflow {wid!r} failed: {type(exc).__name__}: {exc}"))
+        else:
+            future.set_result(answer)
+
+    def _ask_again(self, wid: str, name: str, args: tuple[Any, ...], future: Future,
+                   deadline: float) -> None:
+        import gevent
+
+        gevent.sleep(0.005)
+        self._answer_query(wid, name, args, future, deadline)
+
+    def _answer_query_of_absent_run(self, wid: str, future: Future) -> None:
+        try:
+            info = self._reader.call(self._reader.store.get_run, wid).result()
+        except Exception as exc:
+            future.set_exception(exc)
+            return
+        if info is None:
+            future.set_exception(WorkflowNotFound(f"no workflow with id {wid!r} in {self._store_name()}"))
+        elif info.finished:
+            future.set_exception(WorkflowNotRunning(
+                f"workflow {wid!r} has {info.status}; a finished run answers no queries"))
+        else:
+            future.set_exception(QueryFailed(
+                f"workflow {wid!r} is not running in this engine (its workflow type "
+                f"{info.workflow_type!r} may not be registered here); no query can be answered"))
+
     def _register_waiter(self, wid: str, future: Future) -> None:
         finished = self._recently_finished.get(wid)
         if finished is not None:
@@ -574,7 +676,7 @@ class Engine:
         try:
             try:
                 result = fn(ctx, *args)
-            except (GreenletExit, RunLost, RunAborted):
+            except (GreenletExit, RunLost, RunAborted, Cancelled):
                 raise
             except NonDeterminismError:
                 raise
@@ -586,6 +688,10 @@ class Engine:
             event_type, data, status = ev.WORKFLOW_COMPLETED, {"result": result}, ev.COMPLETED
         except (GreenletExit, RunLost, RunAborted):
             raise
+        except Cancelled as cancelled:
+            event_type, status, result = ev.WORKFLOW_CANCELLED, ev.CANCELLED, None
+            data = {"error": {"type": "Cancelled", "message": cancelled.reason or "cancelled",
+                              "reason": cancelled.reason}}
         except BaseException as raised:
             failure: BaseException = ctx._divergence or raised
             error = error_data(failure)

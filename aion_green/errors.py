@@ -153,5 +153,25 @@ class WorkflowFailed(AionError):
         super().__init__(f"workflow {workflow_id!r} failed: {self.error_type}: {self.message}")
 
 
+class Cancelled(BaseException):
+    """Raised in a workflow at its current or next wait once a cancel was
+    requested (``engine.cancel``). A ``BaseException``, so ``except
+    Exception`` cannot swallow it; cleanup in ``finally`` may still run steps.
+    If it propagates, the run ends ``WorkflowCancelled``."""
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class WorkflowCancelled(WorkflowFailed):
+    """The workflow run was cancelled; raised by ``handle.result()``."""
+
+
+class QueryFailed(AionError):
+    """A query could not be answered: its handler raised (the error's type
+    and message are given), the name is unknown, or the run is not live."""
+
+
 class InternalError(AionError):
     """Ours: an engine invariant was broken. This is a bug in aion_green."""

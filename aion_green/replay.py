@@ -20,7 +20,9 @@ ArrivalKey = tuple[Any, ...]
 
 
 # Event types that arrive from outside the workflow (matched by key).
-ARRIVAL_TYPES: frozenset[str] = frozenset({ev.TIMER_FIRED, ev.MESSAGE_RECEIVED})
+ARRIVAL_TYPES: frozenset[str] = frozenset({ev.TIMER_FIRED, ev.MESSAGE_RECEIVED, ev.CANCEL_REQUESTED})
+CANCEL_KEY: ArrivalKey = ("cancel",)
+_STEP_TYPES = frozenset({ev.STEP_COMPLETED, ev.STEP_FAILED})
 
 
 def arrival_key(event: ev.Event) -> Optional[ArrivalKey]:
@@ -29,6 +31,8 @@ def arrival_key(event: ev.Event) -> Optional[ArrivalKey]:
         return ("timer", event.data.get("timer"))
     if event.type == ev.MESSAGE_RECEIVED:
         return ("message", event.data.get("name"), event.data.get("index"))
+    if event.type == ev.CANCEL_REQUESTED:
+        return CANCEL_KEY
     return None
 
 
@@ -42,6 +46,8 @@ def message_state(history: Sequence[ev.Event]) -> tuple[dict[str, int], set[str]
             counts[name] = counts.get(name, 0) + 1
             if event.data.get("dedup"):
                 seen.add(event.data["dedup"])
+        elif event.type == ev.CANCEL_REQUESTED:
+            seen.add("cancel")
     return counts, seen
 
 
@@ -74,6 +80,10 @@ class HistoryCursor:
         # the last consumed event is the workflow's current time (ctx.now()).
         self._pos = 1
         self.current_at: float = history[0].at
+        # Steps whose wait was abandoned (a cancel or a deadline was recorded
+        # first): a record of theirs that lands later is not a command of
+        # this workflow's path, and is passed over.
+        self.abandoned_steps: set[int] = set()
         self.add(history)
 
     @property
@@ -102,7 +112,8 @@ class HistoryCursor:
         end = len(events)
         while pos < end:
             event = events[pos]
-            if event.type not in ARRIVAL_TYPES:
+            if event.type not in ARRIVAL_TYPES and not (
+                    event.type in _STEP_TYPES and event.data.get("step") in self.abandoned_steps):
                 self._pos = pos
                 return event
             pos += 1

@@ -110,6 +110,11 @@ class IEventStore(Interface):
         that delivery is returned. Raises :class:`WorkflowNotFound` or
         :class:`WorkflowNotRunning` (then nothing is written)."""
 
+    def request_cancel(workflow_id, reason, at):  # noqa: N805
+        """Append ``CancelRequested`` at the head of a run that no engine
+        drives here (once: a second request writes nothing); returns the
+        head. Raises :class:`WorkflowNotFound` or :class:`WorkflowNotRunning`."""
+
     def close():  # type: ignore[misc]  # noqa: N805
         """Release the store's resources. Idempotent."""
 

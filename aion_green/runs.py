@@ -247,7 +247,6 @@ class RunDriver:
 
     def _ask_again(self, wid: str, name: str, args: tuple[Any, ...], future: Future,
                    deadline: float) -> None:
-
         gevent.sleep(0.005)
         self._answer_query(wid, name, args, future, deadline)
 

@@ -157,8 +157,8 @@ class WorkflowContext:
                     backoff_due = 0.0
                 info = StepInfo(self.workflow_id, self.run_id, ordinal, sname, attempt + 1)
                 self._engine._run_step(self._recorder, fn, args, info, policy)
-            self._race(cursor.next_command, lambda: cursor.abandoned_steps.add(ordinal))
-            recorded = self._take(_STEP_TYPES, key, lambda: f"step {ordinal} ({sname})")
+            found = self._race(cursor.next_command, lambda: cursor.abandoned_steps.add(ordinal))
+            recorded = self._take(_STEP_TYPES, key, lambda: f"step {ordinal} ({sname})", found)
             assert recorded is not None
             attempt = recorded.data.get("attempt", attempt + 1)
             if recorded.type == ev.STEP_COMPLETED:
@@ -297,9 +297,9 @@ class WorkflowContext:
             raise GreenletExit()
 
     def _take(self, types: frozenset[str], key: dict[str, Any],
-              expected: Callable[[], str]) -> Optional[ev.Event]:
+              expected: Callable[[], str], found: Optional[ev.Event] = None) -> Optional[ev.Event]:
         try:
-            return self._cursor.take(types, key, expected)
+            return self._cursor.take(types, key, expected, found)
         except NonDeterminismError as exc:
             self._divergence = exc
             raise

@@ -121,11 +121,12 @@ class HistoryCursor:
         return None
 
     def take(self, types: frozenset[str], key: dict[str, Any],
-             expected: Callable[[], str]) -> Optional[ev.Event]:
+             expected: Callable[[], str], found: Optional[ev.Event] = None) -> Optional[ev.Event]:
         """The next recorded command if it is of one of ``types`` with
         ``key``; None when none is recorded yet (the call goes live).
-        ``expected()`` describes the call for the error message."""
-        event = self.next_command()
+        ``expected()`` describes the call for the error message; ``found``
+        is the next command when the caller just looked it up."""
+        event = found if found is not None else self.next_command()
         if event is None:
             return None
         data = event.data

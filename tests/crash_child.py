@@ -108,8 +108,8 @@ def _kill_before_record(step: int) -> None:
 def _kill_in_replay(step: int) -> None:
     original = _replay.HistoryCursor.take
 
-    def take(self, types, key, expected):
-        event = original(self, types, key, expected)
+    def take(self, types, key, expected, *rest):
+        event = original(self, types, key, expected, *rest)
         if event is not None and event.type == "StepCompleted" and event.data.get("step") == step:
             _die()
         return event

@@ -169,3 +169,54 @@ def test_messages_across_a_crash_are_delivered_exactly_once_in_order(tmp_path):
     received = [(e["index"], e["payload"]) for e in history if e.type == ev.MESSAGE_RECEIVED]
     assert received == [(0, "before crash"), (1, "after crash"), (2, "after crash")]
     assert [e.seq for e in history] == list(range(1, len(history) + 1))
+
+
+RACE_CHILD = r'''
+import os, sys, json, signal
+if os.environ.get("AION_GEVENT_PATCH") == "1":
+    from gevent import monkey; monkey.patch_all()
+import aion_green as aion
+
+def die_once():
+    marker = os.environ["MARKER"]
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+@aion.workflow(name="tests.race")
+def race(ctx):
+    try:
+        with ctx.timeout(float(os.environ["DEADLINE"])):
+            branch = ["message", ctx.receive("reply")]
+    except aion.Timeout:
+        branch = ["timeout", None]
+    return branch + [ctx.step(die_once)]
+
+with aion.Engine("sqlite:///" + os.environ["DB"], workflows=[race]) as engine:
+    handle = engine.start(race, id="race")
+    if os.environ.get("SEND"):
+        engine.signal("race", "reply", "in time")
+    print(json.dumps(handle.result(30)), flush=True)
+'''
+
+
+@pytest.mark.parametrize("send, expected", [(True, ["message", "in time"]), (False, ["timeout", None])])
+def test_timeout_against_completion_takes_the_same_branch_after_a_kill(tmp_path, send, expected):
+    """Failure window: the race between a block's deadline and a message has
+    been decided and recorded, then the process dies (SIGKILL in the next
+    step). The resumed process replays the same branch, whichever won."""
+    db, marker = tmp_path / "race.db", tmp_path / "marker"
+    env = {"DB": str(db), "MARKER": str(marker), "DEADLINE": "0.5" if send else "0.1"}
+    if send:
+        env["SEND"] = "1"
+    first = run_python(["-c", RACE_CHILD], env_extra=env, patched=PATCHED, check=False)
+    assert first.returncode == -signal.SIGKILL, first.stderr
+    store = SQLiteStore(str(db))
+    recorded = types(store.read("race"))
+    store.close()
+    assert (ev.MESSAGE_RECEIVED if send else ev.TIMER_FIRED) in recorded
+    env.pop("SEND", None)  # the resumed process only resumes
+    env["DEADLINE"] = "30"  # and a changed deadline must not matter: the record decides
+    second = run_python(["-c", RACE_CHILD], env_extra=env, patched=PATCHED)
+    assert json.loads(second.stdout.strip().splitlines()[-1]) == expected + ["survived"]

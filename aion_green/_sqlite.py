@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from typing import Any, Callable, Optional, Sequence, Union
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 from urllib.parse import unquote
 
 from zope.interface import implementer
@@ -177,6 +178,33 @@ class SQLiteStore:
         assert isinstance(outcome, tuple)
         return outcome
 
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: ``BEGIN IMMEDIATE`` (the write lock, so what
+        is read inside stays true until the commit), commit on success,
+        rollback on any error; SQLite errors become store errors."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from None
+
+    def _insert_at_head(self, conn: sqlite3.Connection, workflow_id: str, head: int,
+                        event_type: str, at: float, data: dict[str, Any]) -> int:
+        seq = head + 1
+        conn.execute("INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,?,?,?,?)",
+                     (workflow_id, seq, event_type, at, json.dumps(data)))
+        conn.execute("UPDATE runs SET head_seq=?, updated_at=? WHERE workflow_id=?",
+                     (seq, at, workflow_id))
+        return seq
+
     def write_batch(self, ops: Sequence[Union[Append, CreateRun]]) -> list[Any]:
         conn = self._conn
         outcomes: list[Any] = []
@@ -186,51 +214,42 @@ class SQLiteStore:
         finals: list[tuple[Any, ...]] = []
         timers_started: list[tuple[str, str, float]] = []
         timers_ended: list[tuple[str, str]] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Read under the write lock: no other writer can move a head
-                # between this check and the commit.
-                heads = self._heads({op.workflow_id for op in ops if type(op) is Append})
-                for op in ops:
-                    if type(op) is Append:
-                        outcomes.append(self._check_append(
-                            op, heads, moved, finals, rows, timers_started, timers_ended))
-                    else:
-                        assert isinstance(op, CreateRun)
-                        outcome = self._create_one(op, rows)
-                        heads.setdefault(op.workflow_id, outcome[1].head_seq)
-                        outcomes.append(outcome)
-                if moved:
-                    conn.executemany(
-                        "UPDATE runs SET head_seq=?, updated_at=? WHERE workflow_id=?",
-                        [(head, at, wid) for wid, (head, at) in moved.items()],
-                    )
-                if timers_started:
-                    conn.executemany(
-                        "INSERT OR REPLACE INTO timers(workflow_id, timer_key, fire_at) VALUES (?,?,?)",
-                        timers_started,
-                    )
-                if timers_ended:
-                    conn.executemany(
-                        "DELETE FROM timers WHERE workflow_id=? AND timer_key=?", timers_ended
-                    )
-                if finals:
-                    conn.executemany(
-                        "UPDATE runs SET status=?, result=?, error=? WHERE workflow_id=?", finals
-                    )
-                    # A finished run has no pending timer.
-                    conn.executemany("DELETE FROM timers WHERE workflow_id=?", [f[3:] for f in finals])
+        with self._write():
+            # Read under the write lock: no other writer can move a head
+            # between this check and the commit.
+            heads = self._heads({op.workflow_id for op in ops if type(op) is Append})
+            for op in ops:
+                if type(op) is Append:
+                    outcomes.append(self._check_append(
+                        op, heads, moved, finals, rows, timers_started, timers_ended))
+                else:
+                    assert isinstance(op, CreateRun)
+                    outcome = self._create_one(op, rows)
+                    heads.setdefault(op.workflow_id, outcome[1].head_seq)
+                    outcomes.append(outcome)
+            if moved:
                 conn.executemany(
-                    "INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,?,?,?,?)", rows
+                    "UPDATE runs SET head_seq=?, updated_at=? WHERE workflow_id=?",
+                    [(head, at, wid) for wid, (head, at) in moved.items()],
                 )
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise _translate(exc, self.path) from None
+            if timers_started:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO timers(workflow_id, timer_key, fire_at) VALUES (?,?,?)",
+                    timers_started,
+                )
+            if timers_ended:
+                conn.executemany(
+                    "DELETE FROM timers WHERE workflow_id=? AND timer_key=?", timers_ended
+                )
+            if finals:
+                conn.executemany(
+                    "UPDATE runs SET status=?, result=?, error=? WHERE workflow_id=?", finals
+                )
+                # A finished run has no pending timer.
+                conn.executemany("DELETE FROM timers WHERE workflow_id=?", [f[3:] for f in finals])
+            conn.executemany(
+                "INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,?,?,?,?)", rows
+            )
         return outcomes
 
     def _heads(self, wids: set[str]) -> dict[str, int]:
@@ -356,33 +375,17 @@ class SQLiteStore:
         return [(wid, key, fire_at) for wid, key, fire_at in rows]
 
     def fire_timer(self, workflow_id: str, timer_key: str, at: float) -> Optional[int]:
-        conn = self._conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute(
-                    "SELECT r.head_seq FROM timers t JOIN runs r ON r.workflow_id = t.workflow_id "
-                    "WHERE t.workflow_id=? AND t.timer_key=? AND r.status=?",
-                    (workflow_id, timer_key, ev.RUNNING)).fetchone()
-                if row is None:
-                    conn.execute("COMMIT")
-                    return None
-                seq = row[0] + 1
-                conn.execute(
-                    "INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,?,?,?,?)",
-                    (workflow_id, seq, ev.TIMER_FIRED, at, json.dumps({"timer": timer_key})))
-                conn.execute("UPDATE runs SET head_seq=?, updated_at=? WHERE workflow_id=?",
-                             (seq, at, workflow_id))
-                conn.execute("DELETE FROM timers WHERE workflow_id=? AND timer_key=?",
-                             (workflow_id, timer_key))
-                conn.execute("COMMIT")
-                return int(seq)
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise _translate(exc, self.path) from None
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT r.head_seq FROM timers t JOIN runs r ON r.workflow_id = t.workflow_id "
+                "WHERE t.workflow_id=? AND t.timer_key=? AND r.status=?",
+                (workflow_id, timer_key, ev.RUNNING)).fetchone()
+            if row is None:
+                return None
+            seq = self._insert_at_head(conn, workflow_id, row[0], ev.TIMER_FIRED, at, {"timer": timer_key})
+            conn.execute("DELETE FROM timers WHERE workflow_id=? AND timer_key=?",
+                         (workflow_id, timer_key))
+            return seq
 
     def deliver_message(self, workflow_id: str, name: str, payload_json: str, at: float,
                         dedup: Optional[str] = None) -> int:
@@ -421,36 +424,20 @@ class SQLiteStore:
         """One event at the head of a run no engine drives here, in one
         transaction; ``build`` gives its data, or the seq of an earlier
         equal event (then nothing is written)."""
-        conn = self._conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                run = conn.execute("SELECT head_seq, status FROM runs WHERE workflow_id=?",
-                                   (workflow_id,)).fetchone()
-                if run is None:
-                    raise WorkflowNotFound(f"no workflow with id {workflow_id!r} in {self.path}; "
-                                           "nothing was recorded")
-                head, status = run
-                if status != ev.RUNNING:
-                    raise WorkflowNotRunning(
-                        f"workflow {workflow_id!r} has {status}; {why_not}, so nothing was recorded")
-                data = build(conn)
-                if isinstance(data, int):
-                    conn.execute("COMMIT")
-                    return data
-                seq = head + 1
-                conn.execute("INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,?,?,?,?)",
-                             (workflow_id, seq, event_type, at, json.dumps(data)))
-                conn.execute("UPDATE runs SET head_seq=?, updated_at=? WHERE workflow_id=?",
-                             (seq, at, workflow_id))
-                conn.execute("COMMIT")
-                return int(seq)
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise _translate(exc, self.path) from None
+        with self._write() as conn:
+            run = conn.execute("SELECT head_seq, status FROM runs WHERE workflow_id=?",
+                               (workflow_id,)).fetchone()
+            if run is None:
+                raise WorkflowNotFound(f"no workflow with id {workflow_id!r} in {self.path}; "
+                                       "nothing was recorded")
+            head, status = run
+            if status != ev.RUNNING:
+                raise WorkflowNotRunning(
+                    f"workflow {workflow_id!r} has {status}; {why_not}, so nothing was recorded")
+            data = build(conn)
+            if isinstance(data, int):
+                return data
+            return self._insert_at_head(conn, workflow_id, head, event_type, at, data)
 
     def close(self) -> None:
         conn, self._conn = self._conn, None  # type: ignore[assignment]

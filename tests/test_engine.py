@@ -7,6 +7,7 @@ from gevent import monkey
 
 import aion_green as aion
 from aion_green import events as ev
+from aion_green.store import SQLiteStore
 
 native_ident = monkey.get_original("_thread", "get_ident")
 
@@ -391,3 +392,38 @@ def test_appends_of_concurrent_runs_share_commits(make_engine):
     new_batches = writer.batches - batches
     assert new_writes == 200 * 7  # create + 5 steps + end, per run
     assert new_batches < new_writes / 3, (new_batches, new_writes)
+
+
+def test_nothing_of_an_epoch_is_appended_after_shutdown_returns(make_engine):
+    """Failure window: steps are still running on the pool, and timers are
+    about to fire, when shutdown() returns. Their results must not reach any
+    history afterwards: a successor engine must be the only writer."""
+    gate = NativeGate()
+    in_steps = []
+
+    def held(i):
+        in_steps.append(i)
+        gate.wait(10)
+        return i
+
+    @aion.workflow
+    def busy(ctx, i):
+        if i % 2:
+            ctx.sleep(0.2)
+        return ctx.step(held, i)
+
+    engine = make_engine(busy)
+    for i in range(10):
+        engine.start(busy, i, id=f"busy-{i}")
+    wait_until(lambda: len(in_steps) == 5, what="the even runs to be in their steps")
+    engine.shutdown()
+    store = SQLiteStore(engine._store.path)
+    snapshot = {f"busy-{i}": len(store.read(f"busy-{i}")) for i in range(10)}
+    store.close()
+    gate.set()  # the steps return now, and the odd runs' timers come due
+    time.sleep(0.5)
+    store = SQLiteStore(engine._store.path)
+    try:
+        assert {wid: len(store.read(wid)) for wid in snapshot} == snapshot
+    finally:
+        store.close()

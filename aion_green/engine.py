@@ -131,6 +131,9 @@ class Engine(RunDriver):
         # the end needs no store read. Bounded; older ones are read back.
         self._recently_finished: "collections.OrderedDict[str, RunInfo]" = collections.OrderedDict()
         self.unrunnable: dict[str, str] = {}
+        # Outcomes of appends to runs created by start() that arrived before
+        # the run's greenlet built its context (hub thread only).
+        self._early: dict[str, Any] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "Engine":
@@ -154,7 +157,8 @@ class Engine(RunDriver):
             if self._pid is not None:
                 # Forked: the hub and writer threads did not survive the fork.
                 log.info("engine used in a forked process (pid %s); starting afresh", pid)
-                self._runs, self._waiters = {}, {}
+                self._runs, self._waiters, self._early = {}, {}, {}
+                self._recorders = {}
             self._store = open_store(self.url, self.durable, self.busy_timeout)
             self._writer = StoreWriter(self._store)
             # Reads for callers (describe, list, history) and recovery go to

@@ -68,6 +68,7 @@ class RunDriver:
     _runs: dict[str, Any]
     _waiters: dict[str, builtins.list[Future]]
     _recently_finished: Any
+    _early: dict[str, builtins.list[tuple[Any, ...]]]
     unrunnable: dict[str, str]
     recover: bool
 
@@ -153,7 +154,12 @@ class RunDriver:
         """Hub thread: the outcome of an append to a live run."""
         ctx = self._runs.get(wid)
         if not isinstance(ctx, WorkflowContext):
-            return  # the run ended (or its greenlet was killed) meanwhile
+            if wid in self._recorders:
+                # Starting here: a run created by start() records (a signal,
+                # say) before its greenlet built its context. Keep the outcome
+                # for the context, in order.
+                self._early.setdefault(wid, []).append((events, head, error))
+            return  # else the run ended (or its greenlet was killed) meanwhile
         if error is not None or head is None:
             ctx._on_failed(error or InternalError("an append completed without a head"))
             return
@@ -188,6 +194,7 @@ class RunDriver:
         registered now and initialised from the history read after it."""
         if wid in self._runs or self._hub is None or self._hub.closing:
             if recorder is not None and wid not in self._runs:
+                self._early.pop(wid, None)
                 self._unregister(wid, recorder)
             return
         recovering = recovering or info.head_seq > 1 or recorder is None
@@ -321,6 +328,8 @@ class RunDriver:
             ctx = WorkflowContext(self, wid, info.run_id, info.workflow_type, history,  # type: ignore[arg-type]
                                   recorder)
             self._runs[wid] = ctx
+            for early in self._early.pop(wid, ()):
+                self._deliver(wid, *early)
             for key, fire_at in pending_timers(history).items():
                 ctx._timers[key] = fire_at
                 self._timers.add(fire_at, wid, key)
@@ -339,6 +348,7 @@ class RunDriver:
             log.exception("run %r: the engine failed to drive it; this is a bug in aion_green", wid)
         finally:
             self._runs.pop(wid, None)
+            self._early.pop(wid, None)
             self._unregister(wid, recorder)
 
     def _execute(self, ctx: WorkflowContext, fn: Callable[..., Any], info: RunInfo) -> Optional[RunInfo]:

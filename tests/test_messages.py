@@ -220,3 +220,16 @@ def test_timeout_against_completion_takes_the_same_branch_after_a_kill(tmp_path,
     env["DEADLINE"] = "30"  # and a changed deadline must not matter: the record decides
     second = run_python(["-c", RACE_CHILD], env_extra=env, patched=PATCHED)
     assert json.loads(second.stdout.strip().splitlines()[-1]) == expected + ["survived"]
+
+
+def test_signals_right_after_start_are_never_lost(make_engine):
+    """Failure window: a signal recorded after start() returned but before
+    the new run's greenlet built its in-memory history. Many runs, each
+    signalled at once, so the window is hit whatever the scheduling."""
+    engine = make_engine(inbox)
+    handles = []
+    for i in range(100):
+        handles.append(engine.start(inbox, 2, id=f"early-{i}"))
+        engine.signal(f"early-{i}", "item", i)
+        engine.signal(f"early-{i}", "item", -i)
+    assert [h.result(20) for h in handles] == [[i, -i] for i in range(100)]

@@ -211,6 +211,25 @@ class Future:
         return self._error
 
 
+def join_killed(victims: list[Greenlet], timeout: float, what: str) -> list[str]:
+    """Join greenlets already sent ``GreenletExit``, at most ``timeout``;
+    log and return the names of those that did not end (they swallowed it).
+    Call on their hub's thread."""
+    # The cyclic GC dominates the cost of unwinding many greenlets at once.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        gevent.joinall(victims, timeout=timeout)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    names = [getattr(glet, "name", repr(glet)) for glet in victims if not glet.dead]
+    if names:
+        log.error("%s: %d greenlet(s) swallowed GreenletExit and did not end within %.1f s: %s",
+                  what, len(names), timeout, ", ".join(names))
+    return names
+
+
 # -- the hub thread ------------------------------------------------------------------
 
 class HubThread:
@@ -413,32 +432,18 @@ class HubThread:
             self._finished.set_result(None)
 
     def _stop_greenlets(self) -> None:
-        # Disable the cyclic GC around a mass kill: it dominates the cost.
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            # Greenlets may spawn others while dying; sweep until none is left.
-            for _ in range(3):
-                victims = list(self._greenlets)
-                if not victims:
-                    break
-                for glet in victims:
-                    glet.kill(block=False)
-                gevent.joinall(victims, timeout=self.kill_timeout)
-                survivors = [g for g in victims if not g.dead]
-                if survivors:
-                    names = [getattr(g, "name", repr(g)) for g in survivors]
-                    self.stragglers.extend(names)
-                    log.error(
-                        "hub %s: %d greenlet(s) swallowed GreenletExit and did not end within "
-                        "%.1f s: %s; they are abandoned with the hub",
-                        self.name, len(survivors), self.kill_timeout, ", ".join(names),
-                    )
-                    for glet in survivors:
-                        self._greenlets.discard(glet)
-        finally:
-            if gc_was_enabled:
-                gc.enable()
+        # Greenlets may spawn others while dying; sweep until none is left.
+        for _ in range(3):
+            victims = list(self._greenlets)
+            if not victims:
+                break
+            for glet in victims:
+                glet.kill(block=False)
+            names = join_killed(victims, self.kill_timeout,
+                                f"hub {self.name} (they are abandoned with the hub)")
+            self.stragglers.extend(names)
+            for glet in victims:
+                self._greenlets.discard(glet)
 
     def _destroy_hub(self, hub: Any) -> None:
         hub.destroy(destroy_loop=True)

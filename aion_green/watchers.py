@@ -26,18 +26,16 @@ them.
 """
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import Hashable
 from functools import partial
 from typing import Any, Callable, Generic, Optional, TypeVar
 
-import gevent
 from gevent.greenlet import Greenlet
 from greenlet import getcurrent
 
 from .errors import InternalError
-from .hub_thread import Future, HubThread
+from .hub_thread import Future, HubThread, join_killed
 
 log = logging.getLogger("aion_green.watchers")
 
@@ -365,22 +363,8 @@ class ChildTaskRegistry:
 
     def _join_victims(self, victims: list[Greenlet]) -> None:
         try:
-            # The cyclic GC dominates the cost of unwinding many greenlets.
-            gc_was_enabled = gc.isenabled()
-            gc.disable()
-            try:
-                gevent.joinall(victims, timeout=self.kill_timeout)
-            finally:
-                if gc_was_enabled:
-                    gc.enable()
-            survivors = [glet for glet in victims if not glet.dead]
-            if survivors:
-                names = [getattr(glet, "name", repr(glet)) for glet in survivors]
-                self.stragglers.extend(names)
-                log.error(
-                    "child tasks of hub %s: %d task(s) swallowed GreenletExit and did not end "
-                    "within %.1f s: %s; they may still write after the epoch closed",
-                    self._hub.name, len(survivors), self.kill_timeout, ", ".join(names),
-                )
+            self.stragglers.extend(join_killed(
+                victims, self.kill_timeout,
+                f"child tasks of hub {self._hub.name} (they may still write after the epoch closed)"))
         finally:
             self._stopped.set_result(None)

@@ -1,4 +1,5 @@
 """aion_green: durable workflows for synchronous Python, on gevent."""
+from .children import ChildHandle
 from .context import WorkflowContext
 from .engine import Engine, WorkflowHandle
 from .errors import (
@@ -30,7 +31,7 @@ from .steps import Retry, StepInfo, step_info
 from .store import IEventStore, RunInfo, SQLiteStore
 
 __all__ = [
-    "AionError", "Cancelled", "ConfigurationError", "Engine", "EngineClosed", "Event", "IEventStore",
+    "AionError", "Cancelled", "ChildHandle", "ConfigurationError", "Engine", "EngineClosed", "Event", "IEventStore",
     "InternalError", "NonDeterminismError", "NonRetryableError", "QueryFailed", "Retry", "RunInfo",
     "SQLiteStore", "SequenceConflict", "SerializationError", "StepError", "StepInfo",
     "StoreCorrupt", "StoreError", "StoreUnavailable", "Timeout", "WorkflowCancelled", "WorkflowContext",

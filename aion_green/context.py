@@ -29,7 +29,9 @@ from .errors import (
     StoreError,
     Timeout,
 )
+from .children import ChildHandle, child_outcome
 from .recorder import Recorder
+from .registry import workflow_name
 from .replay import CANCEL_KEY, HistoryCursor
 from .steps import NO_RETRY, Retry, StepInfo, step_name
 
@@ -42,6 +44,7 @@ _STEP_TYPES = frozenset({ev.STEP_COMPLETED, ev.STEP_FAILED})
 _TIMER_STARTED = frozenset({ev.TIMER_STARTED})
 _TIMER_CANCELLED = frozenset({ev.TIMER_CANCELLED})
 _MESSAGE_SENT = frozenset({ev.MESSAGE_SENT})
+_CHILD_STARTED = frozenset({ev.CHILD_STARTED})
 
 
 class _ScopeExpired(BaseException):
@@ -96,6 +99,10 @@ class WorkflowContext:
         self._timers: dict[str, float] = {}
         self._received: dict[str, int] = {}  # messages consumed per name
         self._send_ordinal = 0
+        self._child_ordinal = 0
+        # Children whose run is known to exist (created or found by their
+        # spawn-recovery task in this epoch).
+        self._children_ready: set[str] = set()
         # Keys of the deadline timers of the enclosing ctx.timeout blocks.
         self._scopes: list[str] = []
         # Invariant: true until a recorded cancel request was raised here.
@@ -273,6 +280,70 @@ class WorkflowContext:
         except AionError as exc:
             log.warning("workflow %r: message %r to %r not delivered: %s",
                         self.workflow_id, name, workflow_id, exc)
+
+    # -- children ----------------------------------------------------------------------------
+    def start_child(self, fn: Union[str, Callable[..., Any]], *args: Any,
+                    id: Optional[str] = None) -> ChildHandle:  # noqa: A002
+        """Start workflow ``fn(ctx, *args)`` as a child of this run and
+        return its handle (``child.result()`` waits for its end). The start
+        is recorded (``ChildStarted``, with the child's id: ``id``, or
+        ``"<this id>/child-<n>"``) before the child is created, and the
+        child exists when this returns. The child runs on when this run
+        ends; its end is recorded here only while this run lives."""
+        self._check()
+        engine = self._engine
+        if id is not None and (not isinstance(id, str) or not id):
+            raise ValueError(f"ctx.start_child(..., id={id!r}): a child id must be a non-empty string")
+        if callable(fn):
+            wname = engine._registry.add(fn)
+        else:
+            wname = workflow_name(fn)
+            engine._registry.get(wname)  # fail early for an unknown name
+        args_value = ev.roundtrip(list(args), f"the arguments of child workflow {wname}")
+        self._child_ordinal += 1
+        ordinal = self._child_ordinal
+        child_id = id or f"{self.workflow_id}/child-{ordinal}"
+        key: dict[str, Any] = {"child": ordinal, "workflow_type": wname}
+        if id is not None:
+            key["id"] = id
+        recorded = self._take(_CHILD_STARTED, key, lambda: f"start child {ordinal} ({wname})")
+        if recorded is None:
+            recorded = self._record(ev.NewEvent(ev.CHILD_STARTED, time.time(), {
+                "child": ordinal, "id": child_id, "workflow_type": wname, "args": args_value}))
+        data = recorded.data
+        child_id = data["id"]
+        arrivals = self._cursor.arrivals
+        end_key = ("child", child_id)
+        if end_key not in arrivals:
+            # The child exists before the parent goes on (a crash in between
+            # is repaired when this run's history is loaded again).
+            engine._ensure_child(self.workflow_id, data)
+            self._wait(lambda: (child_id in self._children_ready or end_key in arrivals) or None)
+        return ChildHandle(self, ordinal, child_id, wname)
+
+    def _child_ready(self, child_id: str) -> None:
+        """Hub thread, from the child's spawn-recovery task (a greenlet: the
+        bell is rung from the hub's callback context)."""
+        self._children_ready.add(child_id)
+        gevent.get_hub().loop.run_callback(self._ring)
+
+    def _child_result(self, child: ChildHandle) -> Any:
+        if child._ctx is not self:
+            raise ValueError(f"{child!r} belongs to another workflow run; "
+                             "a child handle is only used by the run that started it")
+        self._check()
+        child_id = child.workflow_id
+        engine = self._engine
+        arrivals = self._cursor.arrivals
+        end_key = ("child", child_id)
+        if end_key not in arrivals and child_id in self._children_ready:
+            # Watched again after an abandoned wait (a no-op if it is watched).
+            engine._child_tasks.arm_watch(self.workflow_id, child_id, engine._watch_child,
+                                          self.workflow_id, child_id)
+        end = self._race(lambda: arrivals.get(end_key),
+                         lambda: engine._child_tasks.abort_watch(self.workflow_id, child_id))
+        self._cursor.consume_arrival(end)
+        return child_outcome(child_id, end)
 
     def _cancel_timer(self, key: str) -> None:
         """Record TimerCancelled (always, even if a firing raced it in: the

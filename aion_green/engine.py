@@ -37,10 +37,12 @@ from .errors import (
 from .hub_thread import Future, HubThread
 from .recorder import Recorder
 from .registry import Registry, workflow_name
+from .children import ChildDriver
 from .runs import RunDriver, _closed_while_waiting
 from .steps import StepPool
 from .store import CreateRun, RunInfo, SQLiteStore, sqlite_path_from_url
 from .timers import TimerService
+from .watchers import ChildTaskRegistry
 
 log = logging.getLogger("aion_green.engine")
 
@@ -76,7 +78,7 @@ class WorkflowHandle:
         return f"<WorkflowHandle {self.workflow_id!r}>"
 
 
-class Engine(RunDriver):
+class Engine(RunDriver, ChildDriver):
     """A durable workflow engine over one store (one epoch, start to shutdown).
 
     ``Engine()`` uses ``./aion.db``. The engine starts lazily on first use
@@ -116,6 +118,7 @@ class Engine(RunDriver):
         # Hub thread only ------------------------------------------------------------
         self._steps = StepPool(step_workers)
         self._timers: Any = None  # TimerService once started
+        self._child_tasks: Any = None  # ChildTaskRegistry once started
         # Routing: which runs have a recorder here. Any thread reads it under
         # _routing, so a message either goes through a live run's recorder
         # or, queued before that run's history is read, through the store.
@@ -169,6 +172,7 @@ class Engine(RunDriver):
             self._steps = StepPool(self.step_workers)
             self._hub = HubThread(name="aion-hub", kill_timeout=self.kill_timeout)
             self._timers = TimerService(self)
+            self._child_tasks = ChildTaskRegistry(self._hub)
             self._hub.call_soon(self._on_hub_start)
             self._hub.start()
             self._pid = pid
@@ -184,6 +188,9 @@ class Engine(RunDriver):
         if not started:
             return
         assert self._hub is not None
+        # Child watchers first: the hub's own stop does not know them, and a
+        # watcher must not record into a parent after the epoch closed.
+        self._child_tasks.shutdown()
         self._hub.shutdown()
         self._steps.close()
         self._writer.close()
@@ -201,6 +208,7 @@ class Engine(RunDriver):
         """Never blocks: ask the threads to stop (``__del__``/``atexit``)."""
         self._closed = True
         if self._hub is not None and self._pid == os.getpid():
+            self._child_tasks.backstop()
             self._hub.backstop()
 
     def __del__(self) -> None:
@@ -225,6 +233,20 @@ class Engine(RunDriver):
         args_json = ev.encode(list(args), f"the arguments of workflow {wname}")
         self._ensure_started()
         wid = id or uuid.uuid4().hex
+        created, info = self._create_run(wid, wname, args_json)
+        if not created and (info.workflow_type != wname or info.args != json.loads(args_json)):
+            raise WorkflowIdConflict(
+                f"workflow id {wid!r} already exists as {info.workflow_type}"
+                f"{tuple(info.args)!r}; it cannot be started again as {wname}"
+                f"{tuple(json.loads(args_json))!r}. Use another id for different work"
+            )
+        return WorkflowHandle(self, wid)
+
+    def _create_run(self, wid: str, wname: str, args_json: str) -> tuple[bool, RunInfo]:
+        """Any thread but the hub's callbacks (a hub greenlet is fine):
+        create the run (idempotent by id) and drive it here; an existing
+        unfinished run of the same type and arguments is driven here too
+        (say its type was unknown at recovery). Returns ``(created, info)``."""
         # Register the run's recorder before its creation is queued: a signal
         # sent from now on waits in it and follows WorkflowStarted, instead of
         # racing to the store ahead of a run that has no history yet.
@@ -244,20 +266,14 @@ class Engine(RunDriver):
         if created and mine is not None:
             mine.init(1, {}, set())
             self._hub.call_soon(self._spawn_run, wid, info, False, mine)
-            return WorkflowHandle(self, wid)
+            return created, info
         if mine is not None:
             self._unregister(wid, mine)
-        if not created and (info.workflow_type != wname or info.args != json.loads(args_json)):
-            raise WorkflowIdConflict(
-                f"workflow id {wid!r} already exists as {info.workflow_type}"
-                f"{tuple(info.args)!r}; it cannot be started again as {wname}"
-                f"{tuple(json.loads(args_json))!r}. Use another id for different work"
-            )
-        if not info.finished:
-            # Unfinished and perhaps not running here (say its type was
-            # unknown at recovery): _spawn_run ignores a run already live.
+        if (not created and not info.finished and info.workflow_type == wname
+                and info.args == json.loads(args_json)):
+            # _spawn_run ignores a run already live here.
             self._hub.call_soon(self._spawn_run, wid, info)
-        return WorkflowHandle(self, wid)
+        return created, info
 
     def signal(self, workflow_id: str, name: str, payload: Any = None, *,
                idempotency_key: Optional[str] = None) -> int:

@@ -30,6 +30,10 @@ TIMER_CANCELLED = "TimerCancelled"
 # Message family.
 MESSAGE_RECEIVED = "MessageReceived"
 MESSAGE_SENT = "MessageSent"
+# Child family.
+CHILD_STARTED = "ChildStarted"
+CHILD_COMPLETED = "ChildCompleted"
+CHILD_FAILED = "ChildFailed"
 
 CANCEL_REQUESTED_TYPES = frozenset({CANCEL_REQUESTED})
 TERMINAL_TYPES = frozenset(
@@ -50,6 +54,9 @@ EVENT_TYPES = frozenset(
         TIMER_CANCELLED,
         MESSAGE_RECEIVED,
         MESSAGE_SENT,
+        CHILD_STARTED,
+        CHILD_COMPLETED,
+        CHILD_FAILED,
     }
 )
 

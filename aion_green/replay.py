@@ -20,7 +20,9 @@ ArrivalKey = tuple[Any, ...]
 
 
 # Event types that arrive from outside the workflow (matched by key).
-ARRIVAL_TYPES: frozenset[str] = frozenset({ev.TIMER_FIRED, ev.MESSAGE_RECEIVED, ev.CANCEL_REQUESTED})
+ARRIVAL_TYPES: frozenset[str] = frozenset({ev.TIMER_FIRED, ev.MESSAGE_RECEIVED, ev.CANCEL_REQUESTED,
+                                           ev.CHILD_COMPLETED, ev.CHILD_FAILED})
+CHILD_END_TYPES: frozenset[str] = frozenset({ev.CHILD_COMPLETED, ev.CHILD_FAILED})
 CANCEL_KEY: ArrivalKey = ("cancel",)
 _STEP_TYPES = frozenset({ev.STEP_COMPLETED, ev.STEP_FAILED})
 
@@ -33,7 +35,14 @@ def arrival_key(event: ev.Event) -> Optional[ArrivalKey]:
         return ("message", event.data.get("name"), event.data.get("index"))
     if event.type == ev.CANCEL_REQUESTED:
         return CANCEL_KEY
+    if event.type in CHILD_END_TYPES:
+        return ("child", event.data.get("id"))
     return None
+
+
+def child_seen_key(child_id: str) -> str:
+    """The recorder's dedup id of a child's end: recorded once per child."""
+    return f"child-end:{child_id}"
 
 
 def message_state(history: Sequence[ev.Event]) -> tuple[dict[str, int], set[str]]:
@@ -48,7 +57,20 @@ def message_state(history: Sequence[ev.Event]) -> tuple[dict[str, int], set[str]
                 seen.add(event.data["dedup"])
         elif event.type == ev.CANCEL_REQUESTED:
             seen.add("cancel")
+        elif event.type in CHILD_END_TYPES:
+            seen.add(child_seen_key(event.data["id"]))
     return counts, seen
+
+
+def open_children(history: Sequence[ev.Event]) -> list[dict[str, Any]]:
+    """The ``ChildStarted`` data of children whose end is not recorded."""
+    started: dict[str, dict[str, Any]] = {}
+    for event in history:
+        if event.type == ev.CHILD_STARTED:
+            started[event.data["id"]] = event.data
+        elif event.type in CHILD_END_TYPES:
+            started.pop(event.data.get("id"), None)
+    return list(started.values())
 
 
 def pending_timers(history: Sequence[ev.Event]) -> dict[str, float]:

@@ -35,7 +35,7 @@ from .errors import (
 )
 from .hub_thread import Future
 from .recorder import Recorder
-from .replay import message_state, pending_timers
+from .replay import message_state, open_children, pending_timers
 from .steps import Retry, StepInfo, attempt_event, error_data
 from .store import RunInfo
 
@@ -63,6 +63,7 @@ class RunDriver:
     _steps: Any
     _timers: Any
     _registry: Any
+    _child_tasks: Any
     _routing: Any
     _recorders: dict[str, Recorder]
     _runs: dict[str, Any]
@@ -71,6 +72,7 @@ class RunDriver:
     _early: dict[str, builtins.list[tuple[Any, ...]]]
     unrunnable: dict[str, str]
     recover: bool
+    _ensure_child: Callable[[str, dict[str, Any]], None]  # ChildDriver
 
     def _store_name(self) -> str:
         raise NotImplementedError
@@ -333,6 +335,11 @@ class RunDriver:
             for key, fire_at in pending_timers(history).items():
                 ctx._timers[key] = fire_at
                 self._timers.add(fire_at, wid, key)
+            if recovering:
+                # The sweep: every child this run started and whose end is
+                # not recorded gets (again) created if missing, and watched.
+                for child in open_children(history):
+                    self._ensure_child(wid, child)
             final = self._execute(ctx, fn, info)
             if final is not None:
                 self._complete_waiters(wid, final)
@@ -350,6 +357,7 @@ class RunDriver:
             self._runs.pop(wid, None)
             self._early.pop(wid, None)
             self._unregister(wid, recorder)
+            self._child_tasks.abort_watches_for_parent(wid)
 
     def _execute(self, ctx: WorkflowContext, fn: Callable[..., Any], info: RunInfo) -> Optional[RunInfo]:
         wid = ctx.workflow_id

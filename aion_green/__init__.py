@@ -31,7 +31,8 @@ from .steps import Retry, StepInfo, step_info
 from .store import IEventStore, RunInfo, SQLiteStore
 
 __all__ = [
-    "AionError", "Cancelled", "ChildHandle", "ConfigurationError", "Engine", "EngineClosed", "Event", "IEventStore",
+    "AionError", "Cancelled", "ChildHandle", "ConfigurationError", "Engine", "EngineClosed", "Event",
+    "IEventStore",
     "InternalError", "NonDeterminismError", "NonRetryableError", "QueryFailed", "Retry", "RunInfo",
     "SQLiteStore", "SequenceConflict", "SerializationError", "StepError", "StepInfo",
     "StoreCorrupt", "StoreError", "StoreUnavailable", "Timeout", "WorkflowCancelled", "WorkflowContext",

@@ -20,6 +20,7 @@ from gevent.hub import Waiter
 from greenlet import GreenletExit
 
 from . import events as ev
+from .children import ChildHandle, child_outcome
 from .errors import (
     AionError,
     Cancelled,
@@ -29,7 +30,6 @@ from .errors import (
     StoreError,
     Timeout,
 )
-from .children import ChildHandle, child_outcome
 from .recorder import Recorder
 from .registry import workflow_name
 from .replay import CANCEL_KEY, HistoryCursor

@@ -24,6 +24,7 @@ from gevent import monkey
 from . import _clock
 from . import events as ev
 from ._writer import StoreWriter, future_done
+from .children import ChildDriver
 from .errors import (
     ConfigurationError,
     EngineClosed,
@@ -37,7 +38,6 @@ from .errors import (
 from .hub_thread import Future, HubThread
 from .recorder import Recorder
 from .registry import Registry, workflow_name
-from .children import ChildDriver
 from .runs import RunDriver, _closed_while_waiting
 from .steps import StepPool
 from .store import CreateRun, RunInfo, SQLiteStore, sqlite_path_from_url

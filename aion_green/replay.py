@@ -69,7 +69,7 @@ def open_children(history: Sequence[ev.Event]) -> list[dict[str, Any]]:
         if event.type == ev.CHILD_STARTED:
             started[event.data["id"]] = event.data
         elif event.type in CHILD_END_TYPES:
-            started.pop(event.data.get("id"), None)
+            started.pop(str(event.data.get("id")), None)
     return list(started.values())
 
 

@@ -26,6 +26,7 @@ from .errors import (
     WorkflowNotRunning,
 )
 from .events import Event
+from .fanout import Step
 from .registry import workflow
 from .steps import Retry, StepInfo, step_info
 from .store import IEventStore, RunInfo, SQLiteStore
@@ -34,7 +35,7 @@ __all__ = [
     "AionError", "Cancelled", "ChildHandle", "ConfigurationError", "Engine", "EngineClosed", "Event",
     "IEventStore",
     "InternalError", "NonDeterminismError", "NonRetryableError", "QueryFailed", "Retry", "RunInfo",
-    "SQLiteStore", "SequenceConflict", "SerializationError", "StepError", "StepInfo",
+    "SQLiteStore", "SequenceConflict", "SerializationError", "Step", "StepError", "StepInfo",
     "StoreCorrupt", "StoreError", "StoreUnavailable", "Timeout", "WorkflowCancelled", "WorkflowContext",
     "WorkflowFailed", "WorkflowHandle", "WorkflowIdConflict", "WorkflowNotFound",
     "WorkflowNotRegistered", "WorkflowNotRunning", "step_info", "workflow",

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import gevent
 
@@ -40,6 +40,7 @@ from .errors import (
 )
 from .hub_thread import Future
 from .recorder import Recorder
+from .registry import workflow_name
 from .replay import child_seen_key
 from .store import RunInfo
 
@@ -71,10 +72,73 @@ class ChildHandle:
         its result, or :class:`aion.WorkflowFailed` /
         :class:`aion.WorkflowCancelled` naming the child. Inside a
         ``ctx.timeout`` block the wait may be abandoned: the child goes on."""
-        return self._ctx._child_result(self)
+        return child_result(self._ctx, self)
 
     def __repr__(self) -> str:
         return f"<ChildHandle {self.workflow_id!r} ({self.workflow_type})>"
+
+
+_CHILD_STARTED = frozenset({ev.CHILD_STARTED})
+
+
+def start_child(ctx: "WorkflowContext", fn: Union[str, Callable[..., Any]], args: tuple[Any, ...],
+                child_id: Optional[str]) -> ChildHandle:
+    """``ctx.start_child`` (see there)."""
+    ctx._check()
+    engine = ctx._engine
+    if child_id is not None and (not isinstance(child_id, str) or not child_id):
+        raise ValueError(f"ctx.start_child(..., id={child_id!r}): a child id must be a non-empty string")
+    if callable(fn):
+        wname = engine._registry.add(fn)
+    else:
+        wname = workflow_name(fn)
+        engine._registry.get(wname)  # fail early for an unknown name
+    args_value = ev.roundtrip(list(args), f"the arguments of child workflow {wname}")
+    ctx._child_ordinal += 1
+    ordinal = ctx._child_ordinal
+    key: dict[str, Any] = {"child": ordinal, "workflow_type": wname}
+    if child_id is not None:
+        key["id"] = child_id
+    recorded = ctx._take(_CHILD_STARTED, key, lambda: f"start child {ordinal} ({wname})")
+    if recorded is None:
+        recorded = ctx._record(ev.NewEvent(ev.CHILD_STARTED, time.time(), {
+            "child": ordinal, "id": child_id or f"{ctx.workflow_id}/child-{ordinal}",
+            "workflow_type": wname, "args": args_value}))
+    data = recorded.data
+    chosen: str = data["id"]
+    arrivals = ctx._cursor.arrivals
+    end_key = ("child", chosen)
+    if end_key not in arrivals:
+        # The child exists before the parent goes on (a crash in between is
+        # repaired when the parent's history is loaded again).
+        engine._ensure_child(ctx.workflow_id, data)
+        ctx._wait(lambda: (chosen in ctx._children_ready or end_key in arrivals) or None)
+    return ChildHandle(ctx, ordinal, chosen, wname)
+
+
+def watch_again(ctx: "WorkflowContext", child_id: str) -> None:
+    """Arm the watcher of a child whose end is not recorded (a no-op if it
+    is watched): after an abandoned wait, a new wait watches it anew."""
+    if ("child", child_id) not in ctx._cursor.arrivals and child_id in ctx._children_ready:
+        engine = ctx._engine
+        engine._child_tasks.arm_watch(ctx.workflow_id, child_id, engine._watch_child,
+                                      ctx.workflow_id, child_id)
+
+
+def child_result(ctx: "WorkflowContext", child: ChildHandle) -> Any:
+    """``child.result()`` (see there)."""
+    if child._ctx is not ctx:
+        raise ValueError(f"{child!r} belongs to another workflow run; "
+                         "a child handle is only used by the run that started it")
+    ctx._check()
+    child_id = child.workflow_id
+    arrivals = ctx._cursor.arrivals
+    end_key = ("child", child_id)
+    watch_again(ctx, child_id)
+    end = ctx._race(lambda: arrivals.get(end_key),
+                    lambda: ctx._engine._child_tasks.abort_watch(ctx.workflow_id, child_id))
+    ctx._cursor.consume_arrival(end)
+    return child_outcome(child_id, end)
 
 
 def child_outcome(child_id: str, end: ev.Event) -> Any:

@@ -19,8 +19,9 @@ import gevent
 from gevent.hub import Waiter
 from greenlet import GreenletExit
 
+from . import children, fanout
 from . import events as ev
-from .children import ChildHandle, child_outcome
+from .children import ChildHandle
 from .errors import (
     AionError,
     Cancelled,
@@ -30,8 +31,8 @@ from .errors import (
     StoreError,
     Timeout,
 )
+from .fanout import Step
 from .recorder import Recorder
-from .registry import workflow_name
 from .replay import CANCEL_KEY, HistoryCursor
 from .steps import NO_RETRY, Retry, StepInfo, step_name
 
@@ -44,7 +45,6 @@ _STEP_TYPES = frozenset({ev.STEP_COMPLETED, ev.STEP_FAILED})
 _TIMER_STARTED = frozenset({ev.TIMER_STARTED})
 _TIMER_CANCELLED = frozenset({ev.TIMER_CANCELLED})
 _MESSAGE_SENT = frozenset({ev.MESSAGE_SENT})
-_CHILD_STARTED = frozenset({ev.CHILD_STARTED})
 
 
 class _ScopeExpired(BaseException):
@@ -164,7 +164,7 @@ class WorkflowContext:
                     backoff_due = 0.0
                 info = StepInfo(self.workflow_id, self.run_id, ordinal, sname, attempt + 1)
                 self._engine._run_step(self._recorder, fn, args, info, policy)
-            found = self._race(cursor.next_command, lambda: cursor.abandoned_steps.add(ordinal))
+            found = self._race(cursor.next_command, lambda: cursor.keyed_steps.add(ordinal))
             recorded = self._take(_STEP_TYPES, key, lambda: f"step {ordinal} ({sname})", found)
             assert recorded is not None
             attempt = recorded.data.get("attempt", attempt + 1)
@@ -281,7 +281,7 @@ class WorkflowContext:
             log.warning("workflow %r: message %r to %r not delivered: %s",
                         self.workflow_id, name, workflow_id, exc)
 
-    # -- children ----------------------------------------------------------------------------
+    # -- children and fan-out ------------------------------------------------------------
     def start_child(self, fn: Union[str, Callable[..., Any]], *args: Any,
                     id: Optional[str] = None) -> ChildHandle:  # noqa: A002
         """Start workflow ``fn(ctx, *args)`` as a child of this run and
@@ -290,36 +290,7 @@ class WorkflowContext:
         ``"<this id>/child-<n>"``) before the child is created, and the
         child exists when this returns. The child runs on when this run
         ends; its end is recorded here only while this run lives."""
-        self._check()
-        engine = self._engine
-        if id is not None and (not isinstance(id, str) or not id):
-            raise ValueError(f"ctx.start_child(..., id={id!r}): a child id must be a non-empty string")
-        if callable(fn):
-            wname = engine._registry.add(fn)
-        else:
-            wname = workflow_name(fn)
-            engine._registry.get(wname)  # fail early for an unknown name
-        args_value = ev.roundtrip(list(args), f"the arguments of child workflow {wname}")
-        self._child_ordinal += 1
-        ordinal = self._child_ordinal
-        child_id = id or f"{self.workflow_id}/child-{ordinal}"
-        key: dict[str, Any] = {"child": ordinal, "workflow_type": wname}
-        if id is not None:
-            key["id"] = id
-        recorded = self._take(_CHILD_STARTED, key, lambda: f"start child {ordinal} ({wname})")
-        if recorded is None:
-            recorded = self._record(ev.NewEvent(ev.CHILD_STARTED, time.time(), {
-                "child": ordinal, "id": child_id, "workflow_type": wname, "args": args_value}))
-        data = recorded.data
-        child_id = data["id"]
-        arrivals = self._cursor.arrivals
-        end_key = ("child", child_id)
-        if end_key not in arrivals:
-            # The child exists before the parent goes on (a crash in between
-            # is repaired when this run's history is loaded again).
-            engine._ensure_child(self.workflow_id, data)
-            self._wait(lambda: (child_id in self._children_ready or end_key in arrivals) or None)
-        return ChildHandle(self, ordinal, child_id, wname)
+        return children.start_child(self, fn, args, id)
 
     def _child_ready(self, child_id: str) -> None:
         """Hub thread, from the child's spawn-recovery task (a greenlet: the
@@ -327,23 +298,20 @@ class WorkflowContext:
         self._children_ready.add(child_id)
         gevent.get_hub().loop.run_callback(self._ring)
 
-    def _child_result(self, child: ChildHandle) -> Any:
-        if child._ctx is not self:
-            raise ValueError(f"{child!r} belongs to another workflow run; "
-                             "a child handle is only used by the run that started it")
-        self._check()
-        child_id = child.workflow_id
-        engine = self._engine
-        arrivals = self._cursor.arrivals
-        end_key = ("child", child_id)
-        if end_key not in arrivals and child_id in self._children_ready:
-            # Watched again after an abandoned wait (a no-op if it is watched).
-            engine._child_tasks.arm_watch(self.workflow_id, child_id, engine._watch_child,
-                                          self.workflow_id, child_id)
-        end = self._race(lambda: arrivals.get(end_key),
-                         lambda: engine._child_tasks.abort_watch(self.workflow_id, child_id))
-        self._cursor.consume_arrival(end)
-        return child_outcome(child_id, end)
+    def parallel(self, items: Sequence[Union[Step, ChildHandle]]) -> list[Any]:
+        """Run the steps (``aion.Step(fn, *args, retry=...)``) at once and
+        wait for them and for the children (handles from ``start_child``);
+        their results in the order of ``items``. Once all have ended, the
+        first failure recorded is raised (a :class:`StepError`, or
+        :class:`aion.WorkflowFailed` for a child)."""
+        return fanout.fan_out(self, items, first=False)
+
+    def race(self, items: Sequence[Union[Step, ChildHandle]]) -> tuple[int, Any]:
+        """Like :meth:`parallel`, but the first end recorded wins: returns
+        ``(index, result)`` of the winner (or raises its error). The losers
+        are dropped: a running step is not awaited (its late record is
+        passed over), a losing child is cancelled."""
+        return fanout.fan_out(self, items, first=True)
 
     def _cancel_timer(self, key: str) -> None:
         """Record TimerCancelled (always, even if a firing raced it in: the
@@ -408,10 +376,13 @@ class WorkflowContext:
         self._queries[name] = handler
 
     def _race(self, own: Callable[[], Optional[ev.Event]],
-              abandon: Optional[Callable[[], None]] = None) -> ev.Event:
+              abandon: Optional[Callable[[], None]] = None,
+              go_live: Optional[Callable[[], None]] = None) -> ev.Event:
         """Wait for ``own()`` (an event this wait is for) unless a cancel
         request, or the deadline of an enclosing ``ctx.timeout`` block, is
-        recorded first; the first recorded wins, live and on replay alike."""
+        recorded first; the first recorded wins, live and on replay alike.
+        ``go_live()`` is called each time the record decides nothing yet
+        (so work starts only when no recorded interruption wins first)."""
         arrivals = self._cursor.arrivals
         mine: Optional[ev.Event] = None
 
@@ -426,6 +397,8 @@ class WorkflowContext:
                 fired = arrivals.get(("timer", key))
                 if fired is not None and (best is None or fired.seq < best.seq):
                     best = fired
+            if best is None and go_live is not None:
+                go_live()
             return best
 
         winner: ev.Event = self._wait(first)

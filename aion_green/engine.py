@@ -302,6 +302,18 @@ class Engine(RunDriver, ChildDriver):
         refuses with :class:`WorkflowNotRunning`."""
         self._ensure_started()
         future = Future()
+        self._route_cancel(workflow_id, reason, future_done(future))
+        try:
+            future.result()
+        except WorkflowNotRunning:
+            # Asking again once the run ended on an earlier request is fine.
+            if any(e.type == ev.CANCEL_REQUESTED for e in self.history(workflow_id)):
+                return
+            raise
+
+    def _route_cancel(self, workflow_id: str, reason: str,
+                      done: Callable[[Any, Optional[BaseException]], None]) -> None:
+        """Any thread: record a cancel request (once per run); ``done(seq, error)``."""
         at = time.time()
 
         def build(rec: Recorder) -> builtins.list[ev.NewEvent]:
@@ -312,14 +324,7 @@ class Engine(RunDriver, ChildDriver):
 
         store = self._store
         self._route(workflow_id, build, lambda: store.request_cancel(workflow_id, reason, at),
-                    "there is nothing left to cancel", future_done(future))
-        try:
-            future.result()
-        except WorkflowNotRunning:
-            # Asking again once the run ended on an earlier request is fine.
-            if any(e.type == ev.CANCEL_REQUESTED for e in self.history(workflow_id)):
-                return
-            raise
+                    "there is nothing left to cancel", done)
 
     def query(self, workflow_id: str, name: str, *args: Any, timeout: float = 10.0) -> Any:
         """Ask a live run: ``handler(*args)`` of its ``ctx.set_query(name,

@@ -102,10 +102,14 @@ class HistoryCursor:
         # the last consumed event is the workflow's current time (ctx.now()).
         self._pos = 1
         self.current_at: float = history[0].at
-        # Steps whose wait was abandoned (a cancel or a deadline was recorded
-        # first): a record of theirs that lands later is not a command of
-        # this workflow's path, and is passed over.
-        self.abandoned_steps: set[int] = set()
+        # Steps matched by key, not position (their records are passed over
+        # by next_command): those of a fan-out (ctx.parallel, ctx.race), whose
+        # records land in any order, and those whose wait was abandoned (a
+        # cancel or a deadline was recorded first), whose late record is not
+        # a command of this workflow's path.
+        self.keyed_steps: set[int] = set()
+        # Every step record by (ordinal, attempt), for keyed lookups.
+        self.step_records: dict[tuple[int, int], ev.Event] = {}
         self.add(history)
 
     @property
@@ -124,6 +128,10 @@ class HistoryCursor:
                 key = arrival_key(event)
                 if key is not None:
                     self.arrivals.setdefault(key, event)
+            elif event.type in _STEP_TYPES:
+                data = event.data
+                self.step_records.setdefault((int(data.get("step", 0)), int(data.get("attempt", 1))),
+                                             event)
 
     def event(self, seq: int) -> ev.Event:
         """The recorded event with ``seq`` (a history starts at seq 1)."""
@@ -135,7 +143,7 @@ class HistoryCursor:
         while pos < end:
             event = events[pos]
             if event.type not in ARRIVAL_TYPES and not (
-                    event.type in _STEP_TYPES and event.data.get("step") in self.abandoned_steps):
+                    event.type in _STEP_TYPES and event.data.get("step") in self.keyed_steps):
                 self._pos = pos
                 return event
             pos += 1

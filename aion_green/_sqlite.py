@@ -61,6 +61,18 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (workflow_id, timer_key)) WITHOUT ROWID""",
         "CREATE INDEX timers_by_deadline ON timers(fire_at)",
     ),
+    (
+        # Runs that continued as new: their histories, moved out of `events`
+        # when the next run of the same workflow id begins.
+        """CREATE TABLE archived_events(
+            workflow_id TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            at REAL NOT NULL,
+            data TEXT NOT NULL,
+            PRIMARY KEY (workflow_id, run_id, seq)) WITHOUT ROWID""",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 _TIMER_ENDS = frozenset({ev.TIMER_FIRED, ev.TIMER_CANCELLED})
@@ -214,6 +226,8 @@ class SQLiteStore:
         finals: list[tuple[Any, ...]] = []
         timers_started: list[tuple[str, str, float]] = []
         timers_ended: list[tuple[str, str]] = []
+        # Runs that continued as new: (wid, the continued event's data, at).
+        rollovers: list[tuple[str, dict[str, Any], float]] = []
         with self._write():
             # Read under the write lock: no other writer can move a head
             # between this check and the commit.
@@ -221,7 +235,7 @@ class SQLiteStore:
             for op in ops:
                 if type(op) is Append:
                     outcomes.append(self._check_append(
-                        op, heads, moved, finals, rows, timers_started, timers_ended))
+                        op, heads, moved, finals, rows, timers_started, timers_ended, rollovers))
                 else:
                     assert isinstance(op, CreateRun)
                     outcome = self._create_one(op, rows)
@@ -250,7 +264,31 @@ class SQLiteStore:
             conn.executemany(
                 "INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,?,?,?,?)", rows
             )
+            for wid, data, at in rollovers:
+                self._roll_over(conn, wid, data, at)
         return outcomes
+
+    def _roll_over(self, conn: sqlite3.Connection, wid: str, data: dict[str, Any], at: float) -> None:
+        """The run of ``wid`` continued as new (its last event was just
+        inserted): archive its history and begin the next run at seq 1. The
+        run row keeps the arguments the workflow id was started with (an
+        idempotent start compares against them); the next run's own are in
+        its WorkflowStarted."""
+        (old_run_id, wtype) = conn.execute(
+            "SELECT run_id, workflow_type FROM runs WHERE workflow_id=?", (wid,)).fetchone()
+        conn.execute(
+            "INSERT INTO archived_events(workflow_id, run_id, seq, type, at, data) "
+            "SELECT workflow_id, ?, seq, type, at, data FROM events WHERE workflow_id=?",
+            (old_run_id, wid))
+        conn.execute("DELETE FROM events WHERE workflow_id=?", (wid,))
+        started = {"workflow_type": wtype, "run_id": data["run_id"], "args": data["args"],
+                   "continued_from": old_run_id, "generation": data.get("generation", 2)}
+        conn.execute("INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,1,?,?,?)",
+                     (wid, ev.WORKFLOW_STARTED, at, json.dumps(started)))
+        conn.execute(
+            "UPDATE runs SET run_id=?, status=?, result=NULL, error=NULL, head_seq=1, "
+            "created_at=?, updated_at=? WHERE workflow_id=?",
+            (data["run_id"], ev.RUNNING, at, at, wid))
 
     def _heads(self, wids: set[str]) -> dict[str, int]:
         heads: dict[str, int] = {}
@@ -283,7 +321,8 @@ class SQLiteStore:
     def _check_append(self, append: Append, heads: dict[str, int],
                       moved: dict[str, tuple[int, float]], finals: list[tuple[Any, ...]],
                       rows: list[tuple[Any, ...]], timers_started: list[tuple[str, str, float]],
-                      timers_ended: list[tuple[str, str]]) -> Union[int, StoreError]:
+                      timers_ended: list[tuple[str, str]],
+                      rollovers: list[tuple[str, dict[str, Any], float]]) -> Union[int, StoreError]:
         wid = append.workflow_id
         if not append.events:
             return StoreError(f"an append to {wid!r} carried no events")
@@ -300,6 +339,9 @@ class SQLiteStore:
                 timers_started.append((wid, event.data["timer"], event.data["fire_at"]))
             elif event.type in _TIMER_ENDS:
                 timers_ended.append((wid, event.data["timer"]))
+            elif event.type == ev.WORKFLOW_CONTINUED_AS_NEW:
+                rollovers.append((wid, event.data, event.at))
+                finals.append((ev.CONTINUED, None, None, wid))  # drops its timers too
             elif event.type in ev.TERMINAL_TYPES:
                 result = event.data.get("result")
                 error = event.data.get("error")
@@ -314,9 +356,16 @@ class SQLiteStore:
         return seq
 
     # -- reads -------------------------------------------------------------------------------
-    def read(self, workflow_id: str, after_seq: int = 0, limit: Optional[int] = None) -> list[ev.Event]:
+    def read(self, workflow_id: str, after_seq: int = 0, limit: Optional[int] = None,
+             run_id: Optional[str] = None) -> list[ev.Event]:
         sql = "SELECT seq, type, at, data FROM events WHERE workflow_id=? AND seq>? ORDER BY seq"
         params: tuple[Any, ...] = (workflow_id, after_seq)
+        if run_id is not None:
+            sql = ("SELECT seq, type, at, data FROM events WHERE workflow_id=? AND seq>? "
+                   "AND ? = (SELECT run_id FROM runs WHERE workflow_id=?) "
+                   "UNION ALL SELECT seq, type, at, data FROM archived_events "
+                   "WHERE workflow_id=? AND seq>? AND run_id=? ORDER BY seq")
+            params = (workflow_id, after_seq, run_id, workflow_id, workflow_id, after_seq, run_id)
         if limit is not None:
             sql += " LIMIT ?"
             params += (limit,)

@@ -102,7 +102,7 @@ def start_child(ctx: "WorkflowContext", fn: Union[str, Callable[..., Any]], args
     recorded = ctx._take(_CHILD_STARTED, key, lambda: f"start child {ordinal} ({wname})")
     if recorded is None:
         recorded = ctx._record(ev.NewEvent(ev.CHILD_STARTED, time.time(), {
-            "child": ordinal, "id": child_id or f"{ctx.workflow_id}/child-{ordinal}",
+            "child": ordinal, "id": child_id or f"{ctx._run_key}/child-{ordinal}",
             "workflow_type": wname, "args": args_value}))
     data = recorded.data
     chosen: str = data["id"]

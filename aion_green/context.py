@@ -13,7 +13,7 @@ import time
 import uuid as _uuid
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn, Optional, Sequence, Union
 
 import gevent
 from gevent.hub import Waiter
@@ -34,7 +34,7 @@ from .errors import (
 from .fanout import Step
 from .recorder import Recorder
 from .replay import CANCEL_KEY, HistoryCursor
-from .steps import NO_RETRY, Retry, StepInfo, step_name
+from .steps import NO_RETRY, Retry, StepInfo, run_key, step_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
@@ -55,6 +55,15 @@ class _ScopeExpired(BaseException):
     def __init__(self, key: str) -> None:
         super().__init__(key)
         self.key = key
+
+
+class ContinueAsNew(BaseException):
+    """Raised by ``ctx.continue_as_new``: unwinds the workflow (its
+    ``finally`` blocks run) to end the run and begin the next one."""
+
+    def __init__(self, args: list[Any]) -> None:
+        super().__init__("continue as new")
+        self.args_value = args
 
 
 class RunLost(BaseException):
@@ -85,6 +94,9 @@ class WorkflowContext:
         self.run_id = run_id
         self.workflow_type = workflow_type
         self._cursor = HistoryCursor(workflow_id, history)
+        # The run's number within its workflow id (continue_as_new adds one).
+        self.generation: int = int(history[0].data.get("generation", 1))
+        self._run_key = run_key(workflow_id, self.generation)
         self._recorder = recorder
         # The doorbell: rung (on the hub thread) whenever an event of this run
         # is recorded or its recording failed. A wake is only a doorbell: the
@@ -162,7 +174,8 @@ class WorkflowContext:
                 if backoff_due:
                     gevent.sleep(backoff_due)
                     backoff_due = 0.0
-                info = StepInfo(self.workflow_id, self.run_id, ordinal, sname, attempt + 1)
+                info = StepInfo(self.workflow_id, self.run_id, ordinal, sname, attempt + 1,
+                                self.generation)
                 self._engine._run_step(self._recorder, fn, args, info, policy)
             found = self._race(cursor.next_command, lambda: cursor.keyed_steps.add(ordinal))
             recorded = self._take(_STEP_TYPES, key, lambda: f"step {ordinal} ({sname})", found)
@@ -265,7 +278,7 @@ class WorkflowContext:
         replay must take the same path whatever the target has become)."""
         self._check()
         self._send_ordinal += 1
-        dedup = f"{self.workflow_id}/send-{self._send_ordinal}"
+        dedup = f"{self._run_key}/send-{self._send_ordinal}"
         value = ev.roundtrip(payload, f"the payload of message {name!r}")
         recorded = self._take(_MESSAGE_SENT, {"to": workflow_id, "name": name},
                               lambda: f"send {name!r} to {workflow_id!r}")
@@ -312,6 +325,16 @@ class WorkflowContext:
         are dropped: a running step is not awaited (its late record is
         passed over), a losing child is cancelled."""
         return fanout.fan_out(self, items, first=True)
+
+    def continue_as_new(self, *args: Any) -> NoReturn:
+        """End this run and begin a fresh run of the same workflow id with
+        ``args``, on a new history (this one is archived: see
+        ``engine.history(id, run_id=...)``), so an endless workflow keeps a
+        bounded history. ``engine.result(id)`` waits for the last run. Ids
+        the new run derives (step keys, child ids) are its own. Messages
+        recorded here and not yet received do not carry over."""
+        self._check()
+        raise ContinueAsNew(ev.roundtrip(list(args), f"the arguments of {self.workflow_type}"))
 
     def _cancel_timer(self, key: str) -> None:
         """Record TimerCancelled (always, even if a firing raced it in: the

@@ -399,11 +399,17 @@ class Engine(RunDriver, ChildDriver):
         self._ensure_started()
         return self._call_store(self._store.list_runs, status, wtype, limit, after_id)  # type: ignore[union-attr]
 
-    def history(self, workflow_id: str, after_seq: int = 0) -> builtins.list[ev.Event]:
+    def history(self, workflow_id: str, after_seq: int = 0,
+                run_id: Optional[str] = None) -> builtins.list[ev.Event]:
+        """The events of the workflow's current run, or of run ``run_id`` (an
+        earlier run that continued as new: its ``WorkflowStarted`` names the
+        one before, in ``continued_from``)."""
         self._ensure_started()
-        events = self._call_store(self._store.read, workflow_id, after_seq)  # type: ignore[union-attr]
+        events = self._call_store(self._store.read, workflow_id, after_seq, None, run_id)  # type: ignore[union-attr]
         if not events and after_seq == 0:
-            raise WorkflowNotFound(f"no workflow with id {workflow_id!r} in {self._store_name()}")
+            which = "" if run_id is None else f" with a run {run_id!r}"
+            raise WorkflowNotFound(
+                f"no workflow with id {workflow_id!r}{which} in {self._store_name()}")
         return events
 
     def _store_name(self) -> str:

@@ -193,7 +193,8 @@ def _submit(ctx: "WorkflowContext", branch: _Branch) -> None:
         return
     step = branch.step
     assert step is not None
-    info = StepInfo(ctx.workflow_id, ctx.run_id, branch.ordinal, branch.name, branch.attempt + 1)
+    info = StepInfo(ctx.workflow_id, ctx.run_id, branch.ordinal, branch.name, branch.attempt + 1,
+                    ctx.generation)
     ctx._engine._run_step(ctx._recorder, step.fn, step.args, info, step.retry or NO_RETRY)
 
 

@@ -11,9 +11,11 @@ life of a run inside an epoch.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import logging
 import time
 import traceback
+import uuid
 from typing import Any, Callable, Optional
 
 import gevent
@@ -21,7 +23,7 @@ from gevent import GreenletExit
 
 from . import _clock
 from . import events as ev
-from .context import RunAborted, RunLost, WorkflowContext
+from .context import ContinueAsNew, RunAborted, RunLost, WorkflowContext
 from .errors import (
     Cancelled,
     EngineClosed,
@@ -341,7 +343,11 @@ class RunDriver:
                 for child in open_children(history):
                     self._ensure_child(wid, child)
             final = self._execute(ctx, fn, info)
-            if final is not None:
+            if final is not None and final.status == ev.CONTINUED:
+                # The store began the next run in the same commit; drive it
+                # once this greenlet has let go of the id.
+                self._hub.call_soon(self._spawn_run, wid, dataclasses.replace(final, status=ev.RUNNING))
+            elif final is not None:
                 self._complete_waiters(wid, final)
         except GreenletExit:
             raise
@@ -361,11 +367,16 @@ class RunDriver:
 
     def _execute(self, ctx: WorkflowContext, fn: Callable[..., Any], info: RunInfo) -> Optional[RunInfo]:
         wid = ctx.workflow_id
-        args = info.args
+        # From the run's own WorkflowStarted: a run that continued as new
+        # got its own arguments (the store's RunInfo keeps the first run's).
+        args = ctx._cursor.event(1).data.get("args", info.args)
         data: dict[str, Any]
         try:
             try:
                 result = fn(ctx, *args)
+            except ContinueAsNew:
+                ctx._finish_check("the workflow to continue as new")
+                raise
             except (GreenletExit, RunLost, RunAborted, Cancelled):
                 raise
             except NonDeterminismError:
@@ -378,6 +389,10 @@ class RunDriver:
             event_type, data, status = ev.WORKFLOW_COMPLETED, {"result": result}, ev.COMPLETED
         except (GreenletExit, RunLost, RunAborted):
             raise
+        except ContinueAsNew as cont:
+            event_type, status, result = ev.WORKFLOW_CONTINUED_AS_NEW, ev.CONTINUED, None
+            data = {"args": cont.args_value, "run_id": uuid.uuid4().hex,
+                    "generation": ctx.generation + 1}
         except Cancelled as cancelled:
             event_type, status, result = ev.WORKFLOW_CANCELLED, ev.CANCELLED, None
             data = {"error": {"type": "Cancelled", "message": cancelled.reason or "cancelled",
@@ -395,6 +410,11 @@ class RunDriver:
                 error["traceback"] = "".join(traceback.format_exception(failure)[-8:])
             event_type, data, status, result = ev.WORKFLOW_FAILED, {"error": error}, ev.FAILED, None
         end = ctx._record(ev.NewEvent(event_type, time.time(), data), final=True)
+        if status == ev.CONTINUED:
+            # Not this run's end: the next run, as the store began it
+            # (marked "continued" for _drive, which starts driving it).
+            return RunInfo(wid, data["run_id"], info.workflow_type, status, data["args"],
+                           None, None, 1, end.at, end.at)
         return RunInfo(wid, info.run_id, info.workflow_type, status, info.args,
                        result, data.get("error"), end.seq, info.created_at, end.at)
 

@@ -72,8 +72,8 @@ class StepInfo(NamedTuple):
     """What a running step knows of itself; ``aion.step_info()`` returns it.
 
     ``idempotency_key`` is stable across attempts and crashes (workflow id +
-    step ordinal): pass it to the outside world so a repeated call is
-    recognised there.
+    step ordinal, and the run's number once the workflow continued as new):
+    pass it to the outside world so a repeated call is recognised there.
     """
 
     workflow_id: str
@@ -81,10 +81,18 @@ class StepInfo(NamedTuple):
     step: int
     name: str
     attempt: int
+    generation: int = 1  # 1 for the first run of the id, +1 per continue_as_new
 
     @property
     def idempotency_key(self) -> str:
-        return f"{self.workflow_id}/step-{self.step}"
+        return f"{run_key(self.workflow_id, self.generation)}/step-{self.step}"
+
+
+def run_key(workflow_id: str, generation: int) -> str:
+    """The prefix of the ids a run derives (step keys, child ids, message
+    dedup ids): the workflow id, and the run's number after the first, so a
+    run that continued as new never reuses an id of an earlier run."""
+    return workflow_id if generation <= 1 else f"{workflow_id}/run-{generation}"
 
 
 # A native thread-local: steps run on real pool threads.

@@ -18,7 +18,9 @@ from . import events as ev
 
 @dataclass(frozen=True)
 class RunInfo:
-    """What the store knows of one workflow run."""
+    """What the store knows of one workflow id and its current run. ``args``
+    are those the id was started with (a run begun by continue_as_new has
+    its own in its ``WorkflowStarted``)."""
 
     workflow_id: str
     run_id: str
@@ -80,12 +82,16 @@ class IEventStore(Interface):
         it (a refused append writes nothing; the others still commit); for a
         create, ``(created, RunInfo)`` as :meth:`create_run` returns. A
         terminal event sets the run's status, result or error in the same
-        transaction. Raises :class:`StoreError` when the transaction as a
+        transaction; ``WorkflowContinuedAsNew`` (data: ``run_id``, ``args``,
+        ``generation``) instead moves the run's history to the archive and
+        begins the next run of the same workflow id, whose ``WorkflowStarted``
+        (seq 1) names the run it ``continued_from``. Raises :class:`StoreError` when the transaction as a
         whole fails; then nothing of the batch is written.
         """
 
-    def read(workflow_id, after_seq=0, limit=None):  # noqa: N805
-        """Events of one history with ``seq > after_seq``, in order."""
+    def read(workflow_id, after_seq=0, limit=None, run_id=None):  # noqa: N805
+        """Events of the current run's history with ``seq > after_seq``, in
+        order; with ``run_id``, of that run (current or continued as new)."""
 
     def get_run(workflow_id):  # noqa: N805
         """The :class:`RunInfo` of a workflow id, or None."""

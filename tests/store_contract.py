@@ -98,6 +98,28 @@ class StoreContract:
         assert (ok.status, ok.result, ok.finished) == (ev.COMPLETED, {"n": 1}, True)
         assert (bad.status, bad.error) == (ev.FAILED, {"type": "E", "message": "m"})
 
+    def test_continued_as_new_archives_the_run_and_begins_the_next(self, store):
+        self.create(store)
+        timer = ev.NewEvent(ev.TIMER_STARTED, 1001.0, {"timer": "t1", "fire_at": 5000.0})
+        continued = ev.NewEvent(ev.WORKFLOW_CONTINUED_AS_NEW, 1002.0,
+                                {"args": [7], "run_id": "run-2", "generation": 2})
+        (head,) = store.write_batch([Append("w-1", 1, [step_event(1, "x"), timer, continued])])
+        assert head == 4
+        (started,) = store.read("w-1")
+        assert (started.seq, started.type, started.at) == (1, ev.WORKFLOW_STARTED, 1002.0)
+        assert started.data == {"workflow_type": "mod.wf", "run_id": "run-2", "args": [7],
+                                "continued_from": "run-w-1", "generation": 2}
+        info = store.get_run("w-1")
+        assert (info.run_id, info.status, info.head_seq, info.args) == ("run-2", ev.RUNNING, 1, [1, "a"])
+        old = store.read("w-1", run_id="run-w-1")
+        assert [e.type for e in old] == [ev.WORKFLOW_STARTED, ev.STEP_COMPLETED, ev.TIMER_STARTED,
+                                         ev.WORKFLOW_CONTINUED_AS_NEW]
+        assert store.read("w-1", run_id="run-2") == store.read("w-1")
+        assert store.read("w-1", run_id="no-such-run") == []
+        assert store.due_timers(10_000.0) == []  # the old run's timer went with it
+        (head,) = store.write_batch([Append("w-1", 1, [step_event(1, "y")])])
+        assert head == 2 and store.read("w-1", after_seq=1)[0].data["result"] == "y"
+
     def test_range_reads(self, store):
         self.create(store)
         store.write_batch([Append("w-1", 1, [step_event(i, i) for i in range(1, 6)])])

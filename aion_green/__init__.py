@@ -11,6 +11,7 @@ from .errors import (
     NonDeterminismError,
     NonRetryableError,
     QueryFailed,
+    RestartIntensityExceeded,
     SequenceConflict,
     SerializationError,
     StepError,
@@ -30,14 +31,15 @@ from .fanout import Step
 from .registry import workflow
 from .steps import Retry, StepInfo, step_info
 from .store import IEventStore, RunInfo, SQLiteStore
+from .supervision import ChildSpec
 
 __all__ = [
-    "AionError", "Cancelled", "ChildHandle", "ConfigurationError", "Engine", "EngineClosed", "Event",
-    "IEventStore",
-    "InternalError", "NonDeterminismError", "NonRetryableError", "QueryFailed", "Retry", "RunInfo",
+    "AionError", "Cancelled", "ChildHandle", "ChildSpec", "ConfigurationError", "Engine",
+    "EngineClosed", "Event", "IEventStore", "InternalError", "NonDeterminismError",
+    "NonRetryableError", "QueryFailed", "RestartIntensityExceeded", "Retry", "RunInfo",
     "SQLiteStore", "SequenceConflict", "SerializationError", "Step", "StepError", "StepInfo",
-    "StoreCorrupt", "StoreError", "StoreUnavailable", "Timeout", "WorkflowCancelled", "WorkflowContext",
-    "WorkflowFailed", "WorkflowHandle", "WorkflowIdConflict", "WorkflowNotFound",
+    "StoreCorrupt", "StoreError", "StoreUnavailable", "Timeout", "WorkflowCancelled",
+    "WorkflowContext", "WorkflowFailed", "WorkflowHandle", "WorkflowIdConflict", "WorkflowNotFound",
     "WorkflowNotRegistered", "WorkflowNotRunning", "step_info", "workflow",
 ]
 __version__ = "0.1.0"

@@ -38,6 +38,7 @@ from .steps import NO_RETRY, Retry, StepInfo, run_key, step_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
+    from .supervision import ChildSpec
 
 log = logging.getLogger("aion_green.context")
 
@@ -112,6 +113,7 @@ class WorkflowContext:
         self._received: dict[str, int] = {}  # messages consumed per name
         self._send_ordinal = 0
         self._child_ordinal = 0
+        self._supervisor_ordinal = 0
         # Children whose run is known to exist (created or found by their
         # spawn-recovery task in this epoch).
         self._children_ready: set[str] = set()
@@ -325,6 +327,20 @@ class WorkflowContext:
         are dropped: a running step is not awaited (its late record is
         passed over), a losing child is cancelled."""
         return fanout.fan_out(self, items, first=True)
+
+    def supervise(self, children: Sequence["ChildSpec"], strategy: str = "one_for_one",
+                  intensity: int = 1, period: Union[timedelta, float] = timedelta(seconds=5)) -> list[Any]:
+        """Supervise child workflows as an OTP supervisor does (see
+        :mod:`aion_green.supervision`): start ``children`` (``aion.ChildSpec``)
+        in order, restart them by their restart type and ``strategy``, and
+        return once none is left to run (each child's last result, or None
+        for one that did not complete). More than ``intensity`` restarts
+        within ``period`` end the children in reverse start order and raise
+        :class:`aion.RestartIntensityExceeded`. Every restart is recorded
+        (``ChildRestarted``) before the new child starts."""
+        from .supervision import supervise
+
+        return supervise(self, children, strategy, intensity, period)
 
     def continue_as_new(self, *args: Any) -> NoReturn:
         """End this run and begin a fresh run of the same workflow id with

@@ -168,6 +168,12 @@ class WorkflowCancelled(WorkflowFailed):
     """The workflow run was cancelled; raised by ``handle.result()``."""
 
 
+class RestartIntensityExceeded(AionError):
+    """A supervisor (``ctx.supervise``) saw more restarts within its period
+    than its intensity allows: it ended its children and fails, and its
+    workflow with it unless caught (its parent then sees a failed child)."""
+
+
 class QueryFailed(AionError):
     """A query could not be answered: its handler raised (the error's type
     and message are given), the name is unknown, or the run is not live."""

@@ -34,6 +34,8 @@ MESSAGE_SENT = "MessageSent"
 CHILD_STARTED = "ChildStarted"
 CHILD_COMPLETED = "ChildCompleted"
 CHILD_FAILED = "ChildFailed"
+# Supervision family.
+CHILD_RESTARTED = "ChildRestarted"
 
 CANCEL_REQUESTED_TYPES = frozenset({CANCEL_REQUESTED})
 TERMINAL_TYPES = frozenset(
@@ -57,6 +59,7 @@ EVENT_TYPES = frozenset(
         CHILD_STARTED,
         CHILD_COMPLETED,
         CHILD_FAILED,
+        CHILD_RESTARTED,
     }
 )
 

@@ -236,29 +236,36 @@ class _Supervisor:
     def _terminate(self, slots: list[_Slot], wait: bool) -> None:
         """End children in reverse start order: ask each to cancel and (with
         ``wait``) wait for its end, at most its spec's ``shutdown``, before
-        the next."""
+        the next.
+
+        What is recorded here must not depend on arrivals the replay can
+        already see but the live run could not (a later record): so the
+        wait (its deadline timer is recorded) happens whether or not the
+        child's end is in the history, and only its outcome is used."""
         ctx = self.ctx
+        arrivals = ctx._cursor.arrivals
         for slot in reversed(slots):
             child = slot.child
             assert child is not None
             engine, child_id = ctx._engine, child.workflow_id
-            if ("child", child_id) not in ctx._cursor.arrivals:  # else it has ended already
+            if ("child", child_id) not in arrivals:  # not recorded here: a side effect, asked anew
                 engine._route_cancel(child_id, f"ended by its supervisor in {ctx.workflow_id!r}",
                                      _ignore_refusal(child_id))
-            if not wait or ("child", child_id) in ctx._cursor.arrivals:
-                slot.end = ctx._cursor.arrivals.get(("child", child_id))
+            if not wait:
                 continue
+            ended = True
             try:
                 with ctx.timeout(slot.spec.shutdown):
                     child.result()
             except Timeout:
+                ended = False
                 log.warning("workflow %r: child %r did not end within %g s of its supervisor's "
                             "request; it is left running", ctx.workflow_id, child_id,
                             slot.spec.shutdown)
             except Exception:  # noqa: S110 - its end (any end) is what was awaited
                 pass
-            slot.end = ctx._cursor.arrivals.get(("child", child_id))
-            slot.left = slot.end is None
+            slot.end = arrivals[("child", child_id)] if ended else None
+            slot.left = not ended
 
 
 def _ignore_refusal(child_id: str) -> Callable[[Any, Optional[BaseException]], None]:

@@ -9,9 +9,12 @@ greenlets on the hub thread:
 - the *spawn-recovery task* of the child id creates the child's run
   (idempotent by id, so a repair never creates it twice), retrying with
   backoff while the store refuses; once the run exists it arms the watcher
-  and tells the parent. Whenever a parent's history is loaded, every child
-  it started whose end is not recorded gets this task: that is the sweep
-  that repairs a crash between ``ChildStarted`` and the child's creation;
+  and tells the parent. A live start queues the creation right behind the
+  ``ChildStarted`` append (the store writer is first in, first out), so
+  the two share one commit or the creation commits later, never first.
+  Whenever a parent's history is loaded, every child it started whose end
+  is not recorded gets this task: that is the sweep that repairs a crash
+  between ``ChildStarted`` and the child's creation;
 - the *watcher* of (parent, child) waits for the child's end (a doorbell
   from the child's run here, with a store poll as the fallback) and
   records ``ChildCompleted``/``ChildFailed`` into the parent through the
@@ -101,9 +104,15 @@ def start_child(ctx: "WorkflowContext", fn: Union[str, Callable[..., Any]], args
         key["id"] = child_id
     recorded = ctx._take(_CHILD_STARTED, key, lambda: f"start child {ordinal} ({wname})")
     if recorded is None:
-        recorded = ctx._record(ev.NewEvent(ev.CHILD_STARTED, time.time(), {
-            "child": ordinal, "id": child_id or f"{ctx._run_key}/child-{ordinal}",
-            "workflow_type": wname, "args": args_value}))
+        data = {"child": ordinal, "id": child_id or f"{ctx._run_key}/child-{ordinal}",
+                "workflow_type": wname, "args": args_value}
+        # The creation is queued right behind the record, so it commits in
+        # the same transaction or a later one, never before: one commit per
+        # child when the writer groups them. (Should the record fail, the
+        # child may exist unrecorded; the replay records the start again
+        # and adopts it, being the same id, type and arguments.)
+        recorded = ctx._record(ev.NewEvent(ev.CHILD_STARTED, time.time(), data),
+                               queued=lambda: engine._ensure_child(ctx.workflow_id, data))
     data = recorded.data
     chosen: str = data["id"]
     arrivals = ctx._cursor.arrivals

@@ -467,13 +467,18 @@ class WorkflowContext:
             finally:
                 self._parked = False
 
-    def _record(self, event: ev.NewEvent, final: bool = False) -> ev.Event:
+    def _record(self, event: ev.NewEvent, final: bool = False,
+                queued: Optional[Callable[[], None]] = None) -> ev.Event:
         """Record one command of this workflow: it is durable before the
         workflow goes on (record before wake). A non-final command is then
         consumed like a replayed one; the final one is not matched at all
-        (a run that diverged still ends with exactly one terminal event)."""
+        (a run that diverged still ends with exactly one terminal event).
+        ``queued()`` runs once the append is queued, before it is durable:
+        a write it queues then commits with it or after it, never before."""
         target = self._recorder.submit(lambda rec: [event], final=final)
         assert target is not None, "a live run's recorder is initialised"
+        if queued is not None:
+            queued()
         cursor = self._cursor
         self._wait(lambda: cursor.head_seq >= target or None)
         if final:

@@ -8,7 +8,8 @@ Usage::
     python crash_family.py --db PATH --effects PATH --id WID
         [--run-id RID]                 # control: create the parent with this run id first
         [--kill-in-step CHILD:K]       # SIGKILL inside step K of child CHILD (1-based)
-        [--kill-before-create CHILD]   # SIGKILL as the writer is about to create child CHILD
+        [--kill-before-create CHILD]   # SIGKILL once the writer committed what precedes
+                                       # the creation of child CHILD, before creating it
 
 Every step appends ``start <idempotency key>`` then ``done <idempotency
 key>`` to the effects file (fsynced), so the counts survive SIGKILL. Child
@@ -83,8 +84,14 @@ def _kill_before_create(child_id: str) -> None:
     original = _store.SQLiteStore.write_batch
 
     def write_batch(self, ops):
-        if any(isinstance(op, _store.CreateRun) and op.workflow_id == child_id for op in ops):
-            _die()
+        for i, op in enumerate(ops):
+            if isinstance(op, _store.CreateRun) and op.workflow_id == child_id:
+                # The creation is queued right behind the parent's
+                # ChildStarted and often shares its commit: commit what came
+                # before it, then die, as a crash between two commits would.
+                if i:
+                    original(self, ops[:i])
+                _die()
         return original(self, ops)
 
     _store.SQLiteStore.write_batch = write_batch

@@ -59,6 +59,8 @@ _RETRY_CAP = 5.0
 # (a child running in no engine here, say).
 _WATCH_POLL = 5.0
 
+ParentKey = tuple[str, str]  # (workflow id, run id) of a parent run
+
 
 class ChildHandle:
     """A child workflow started by ``ctx.start_child``."""
@@ -112,7 +114,7 @@ def start_child(ctx: "WorkflowContext", fn: Union[str, Callable[..., Any]], args
         # child may exist unrecorded; the replay records the start again
         # and adopts it, being the same id, type and arguments.)
         recorded = ctx._record(ev.NewEvent(ev.CHILD_STARTED, time.time(), data),
-                               queued=lambda: engine._ensure_child(ctx.workflow_id, data))
+                               queued=lambda: engine._ensure_child(ctx._parent_key, data))
     data = recorded.data
     chosen: str = data["id"]
     arrivals = ctx._cursor.arrivals
@@ -120,7 +122,7 @@ def start_child(ctx: "WorkflowContext", fn: Union[str, Callable[..., Any]], args
     if end_key not in arrivals:
         # The child exists before the parent goes on (a crash in between is
         # repaired when the parent's history is loaded again).
-        engine._ensure_child(ctx.workflow_id, data)
+        engine._ensure_child(ctx._parent_key, data)
         ctx._wait(lambda: (chosen in ctx._children_ready or end_key in arrivals) or None)
     return ChildHandle(ctx, ordinal, chosen, wname)
 
@@ -130,8 +132,8 @@ def watch_again(ctx: "WorkflowContext", child_id: str) -> None:
     is watched): after an abandoned wait, a new wait watches it anew."""
     if ("child", child_id) not in ctx._cursor.arrivals and child_id in ctx._children_ready:
         engine = ctx._engine
-        engine._child_tasks.arm_watch(ctx.workflow_id, child_id, engine._watch_child,
-                                      ctx.workflow_id, child_id)
+        engine._child_tasks.arm_watch(ctx._parent_key, child_id, engine._watch_child,
+                                      ctx._parent_key, child_id)
 
 
 def child_result(ctx: "WorkflowContext", child: ChildHandle) -> Any:
@@ -145,7 +147,7 @@ def child_result(ctx: "WorkflowContext", child: ChildHandle) -> Any:
     end_key = ("child", child_id)
     watch_again(ctx, child_id)
     end = ctx._race(lambda: arrivals.get(end_key),
-                    lambda: ctx._engine._child_tasks.abort_watch(ctx.workflow_id, child_id))
+                    lambda: ctx._engine._child_tasks.abort_watch(ctx._parent_key, child_id))
     ctx._cursor.consume_arrival(end)
     return child_outcome(child_id, end)
 
@@ -178,13 +180,22 @@ class ChildDriver:
     def _register_waiter(self, wid: str, future: Future) -> None:
         raise NotImplementedError
 
+    # Parents are named by their *run*, ``(workflow id, run id)``: a run
+    # that continued as new leaves the id to a next run, which a task of
+    # the old run must never write into.
+    def _live_parent(self, parent: ParentKey) -> Optional["WorkflowContext"]:
+        ctx = self._runs.get(parent[0])
+        if ctx is None or isinstance(ctx, bool) or ctx.run_id != parent[1]:
+            return None
+        return ctx  # type: ignore[no-any-return]
+
     # -- spawning -------------------------------------------------------------------------
-    def _ensure_child(self, parent: str, data: dict[str, Any]) -> None:
+    def _ensure_child(self, parent: ParentKey, data: dict[str, Any]) -> None:
         """The child recorded in ``data`` (a ``ChildStarted``) must exist:
         arm its spawn-recovery task (a no-op if one runs)."""
         self._child_tasks.arm_spawn_retry(data["id"], self._spawn_child, parent, data)
 
-    def _spawn_child(self, parent: str, data: dict[str, Any]) -> None:
+    def _spawn_child(self, parent: ParentKey, data: dict[str, Any]) -> None:
         """Spawn-recovery task: create the child (or find it), then watch it."""
         child_id, wname, args = data["id"], data["workflow_type"], data["args"]
         args_json = ev.encode(args, f"the arguments of child workflow {child_id!r}")
@@ -195,7 +206,7 @@ class ChildDriver:
                 break
             except AionError as exc:
                 log.warning("child %r of %r not created yet (%s); retrying in %.2f s",
-                            child_id, parent, exc, delay)
+                            child_id, parent[0], exc, delay)
             gevent.sleep(delay)
             delay = min(delay * 2, _RETRY_CAP)
         if not created and (info.workflow_type != wname or info.args != args):
@@ -208,12 +219,12 @@ class ChildDriver:
                                    {"id": child_id, "status": ev.FAILED, "error": error})
         else:
             self._child_tasks.arm_watch(parent, child_id, self._watch_child, parent, child_id)
-        ctx = self._runs.get(parent)
-        if ctx is not None and not isinstance(ctx, bool):
+        ctx = self._live_parent(parent)
+        if ctx is not None:
             ctx._child_ready(child_id)
 
     # -- watching -------------------------------------------------------------------------
-    def _watch_child(self, parent: str, child_id: str) -> None:
+    def _watch_child(self, parent: ParentKey, child_id: str) -> None:
         """Watcher: wait for the child's end, then record it into the parent."""
         info = self._wait_child_end(child_id)
         if info.status == ev.COMPLETED:
@@ -247,7 +258,7 @@ class ChildDriver:
             if info.finished:
                 return info
 
-    def _record_child_end(self, parent: str, child_id: str, event_type: str,
+    def _record_child_end(self, parent: ParentKey, child_id: str, event_type: str,
                           data: dict[str, Any]) -> None:
         """Record the child's end into the parent, once, through the
         parent's recorder (the store writer retries a passing outage
@@ -261,11 +272,14 @@ class ChildDriver:
             rec.seen.add(seen)
             return [ev.NewEvent(event_type, at, data)]
 
+        if self._live_parent(parent) is None:
+            return  # that run ended (perhaps into a next run of its id): never written
+
         def not_live() -> Any:
-            raise WorkflowNotRunning(f"workflow {parent!r} is not running here")
+            raise WorkflowNotRunning(f"workflow {parent[0]!r} is not running here")
 
         waiter, done = self._hub.native_waiter()
-        self._route(parent, build, not_live, "the end of its child is not recorded", done)
+        self._route(parent[0], build, not_live, "the end of its child is not recorded", done)
         try:
             waiter.get()
         except (WorkflowNotRunning, EngineClosed):
@@ -273,4 +287,4 @@ class ChildDriver:
         except AionError as exc:
             # The parent's run stops on this failure too, and records the
             # end when it resumes in a later epoch.
-            log.error("the end of child %r could not be recorded in %r: %s", child_id, parent, exc)
+            log.error("the end of child %r could not be recorded in %r: %s", child_id, parent[0], exc)

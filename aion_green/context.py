@@ -98,6 +98,7 @@ class WorkflowContext:
         # The run's number within its workflow id (continue_as_new adds one).
         self.generation: int = int(history[0].data.get("generation", 1))
         self._run_key = run_key(workflow_id, self.generation)
+        self._parent_key = (workflow_id, run_id)  # names this run to its child tasks
         self._recorder = recorder
         # The doorbell: rung (on the hub thread) whenever an event of this run
         # is recorded or its recording failed. A wake is only a doorbell: the

@@ -206,7 +206,7 @@ def _drop(ctx: "WorkflowContext", branch: _Branch, cancel_child: bool) -> None:
     if branch.child is None or branch.end is not None:
         return
     engine, child_id = ctx._engine, branch.child.workflow_id
-    engine._child_tasks.abort_watch(ctx.workflow_id, child_id)
+    engine._child_tasks.abort_watch(ctx._parent_key, child_id)
     if cancel_child:
         def done(_seq: Any, error: Optional[BaseException]) -> None:
             if error is not None:

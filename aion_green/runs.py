@@ -74,7 +74,7 @@ class RunDriver:
     _early: dict[str, builtins.list[tuple[Any, ...]]]
     unrunnable: dict[str, str]
     recover: bool
-    _ensure_child: Callable[[str, dict[str, Any]], None]  # ChildDriver
+    _ensure_child: Callable[[tuple[str, str], dict[str, Any]], None]  # ChildDriver
 
     def _store_name(self) -> str:
         raise NotImplementedError
@@ -341,7 +341,7 @@ class RunDriver:
                 # The sweep: every child this run started and whose end is
                 # not recorded gets (again) created if missing, and watched.
                 for child in open_children(history):
-                    self._ensure_child(wid, child)
+                    self._ensure_child((wid, info.run_id), child)
             final = self._execute(ctx, fn, info)
             if final is not None and final.status == ev.CONTINUED:
                 # The store began the next run in the same commit; drive it
@@ -363,7 +363,7 @@ class RunDriver:
             self._runs.pop(wid, None)
             self._early.pop(wid, None)
             self._unregister(wid, recorder)
-            self._child_tasks.abort_watches_for_parent(wid)
+            self._child_tasks.abort_watches_for_parent((wid, info.run_id))
 
     def _execute(self, ctx: WorkflowContext, fn: Callable[..., Any], info: RunInfo) -> Optional[RunInfo]:
         wid = ctx.workflow_id

@@ -225,7 +225,7 @@ class _Supervisor:
         def abandon() -> None:
             for slot in running:
                 assert slot.child is not None
-                ctx._engine._child_tasks.abort_watch(ctx.workflow_id, slot.child.workflow_id)
+                ctx._engine._child_tasks.abort_watch(ctx._parent_key, slot.child.workflow_id)
 
         end = ctx._race(first, abandon)
         ctx._cursor.consume_arrival(end)

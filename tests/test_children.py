@@ -321,3 +321,25 @@ def test_replay_of_a_parent_creates_no_second_child(make_engine, replays):
     assert [r.workflow_id for r in engine.list()] == ["p", "p/child-1"]
     assert types(engine.history("p")).count(ev.CHILD_COMPLETED) == 1
     assert json.loads(json.dumps(engine.describe("p/child-1").result)) == 2
+
+
+def test_a_childs_end_is_recorded_once_however_often_it_is_reported(make_engine):
+    """Duplicates are suppressed: a second report of the same child's end
+    (a re-armed watcher, a repair racing a watcher) records nothing."""
+    @aion.workflow
+    def parent(ctx):
+        kid = ctx.start_child(doubler, 2, id="kid")
+        first = kid.result()
+        ctx.receive("finish")
+        return [first, kid.result()]
+
+    engine = make_engine(parent, doubler)
+    handle = engine.start(parent, id="p")
+    wait_until(lambda: ev.CHILD_COMPLETED in types(engine.history("p")))
+    run_id = engine.describe("p").run_id
+    for result in (4, 99):  # the second carries another result: it must not land
+        engine._hub.submit(engine._record_child_end, ("p", run_id), "kid", ev.CHILD_COMPLETED,
+                           {"id": "kid", "result": result}).result(5)
+    engine.signal("p", "finish")
+    assert handle.result(10) == [4, 4]
+    assert types(engine.history("p")).count(ev.CHILD_COMPLETED) == 1

@@ -1,0 +1,256 @@
+"""A client of the HTTP API with the :class:`~aion_green.Engine`'s method
+names, so code moves between an in-process engine and a remote one by
+changing one line::
+
+    engine = aion.Engine("sqlite:///orders.db")                  # in process
+    engine = aion_green.transport.client.Client("http://10.0.0.5:8000", token="s3cret")
+
+``start`` takes a workflow's registered name (or a decorated function, whose
+name is sent); arguments, payloads and results are JSON. Errors are the
+engine's own classes (:class:`aion.WorkflowNotFound`,
+:class:`aion.WorkflowFailed`, ...), rebuilt from the API's error codes.
+
+Thread contract: one client may be used from any number of threads and
+greenlets at once; each call opens its own connection (with
+``gevent.monkey.patch_all()`` the sockets are gevent's and calls do not
+block other greenlets).
+"""
+from __future__ import annotations
+
+import builtins
+import http.client
+import json
+import time
+from typing import Any, Callable, Iterator, Optional, Union
+from urllib.parse import quote, urlencode, urlsplit
+
+from .. import errors
+from ..events import TERMINAL_TYPES, Event
+from ..registry import workflow_name
+from ..store import RunInfo
+from .codec import ERRORS, event_from_json, run_from_json
+
+
+class RemoteHandle:
+    """A workflow run reached through the API, by id (as ``WorkflowHandle``)."""
+
+    def __init__(self, client: "Client", workflow_id: str) -> None:
+        self.engine = client
+        self.workflow_id = workflow_id
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        return self.engine.result(self.workflow_id, timeout=timeout)
+
+    def describe(self) -> RunInfo:
+        return self.engine.describe(self.workflow_id)
+
+    def history(self) -> list[Event]:
+        return self.engine.history(self.workflow_id)
+
+    def __repr__(self) -> str:
+        return f"<RemoteHandle {self.workflow_id!r} via {self.engine.url}>"
+
+
+class Client:
+    """The engine's operations through its HTTP API at ``url``."""
+
+    def __init__(self, url: str, token: Optional[str] = None, timeout: float = 70.0,
+                 wait_slice: float = 30.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise errors.ConfigurationError(f"Client({url!r}): give the API's base URL, "
+                                            "like http://127.0.0.1:8000 (or with a path prefix)")
+        self.url = url.rstrip("/")
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port
+        self._prefix = parts.path.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        # A long wait (result) is asked for in slices of this many seconds.
+        self.wait_slice = wait_slice
+
+    # -- the engine's operations ---------------------------------------------------------------
+    def start(self, fn: Union[str, Callable[..., Any]], *args: Any,
+              id: Optional[str] = None) -> RemoteHandle:  # noqa: A002
+        body: dict[str, Any] = {"workflow": workflow_name(fn), "args": list(args)}
+        if id is not None:
+            body["id"] = id
+        reply = self._call("POST", "/v1/workflows", body=body)
+        return RemoteHandle(self, reply["workflow_id"])
+
+    def handle(self, workflow_id: str) -> RemoteHandle:
+        return RemoteHandle(self, workflow_id)
+
+    def signal(self, workflow_id: str, name: str, payload: Any = None, *,
+               idempotency_key: Optional[str] = None) -> int:
+        body: dict[str, Any] = {"payload": payload}
+        if idempotency_key is not None:
+            body["idempotency_key"] = idempotency_key
+        return int(self._call("POST", _path(workflow_id, "signals", name), body=body)["seq"])
+
+    def cancel(self, workflow_id: str, reason: str = "") -> None:
+        self._call("POST", _path(workflow_id, "cancel"), body={"reason": reason})
+
+    def query(self, workflow_id: str, name: str, *args: Any, timeout: float = 10.0) -> Any:
+        return self._call("POST", _path(workflow_id, "queries", name),
+                          body={"args": list(args), "timeout": timeout},
+                          read_timeout=timeout + self.timeout)["answer"]
+
+    def result(self, workflow_id: str, timeout: Optional[float] = None) -> Any:
+        """Wait for the run's end, asking the server in slices."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            ask = self.wait_slice if left is None else min(left, self.wait_slice)
+            try:
+                reply = self._call("GET", _path(workflow_id, "result"), {"timeout": ask},
+                                   read_timeout=ask + self.timeout)
+                return reply["result"]
+            except errors.Timeout:
+                if left is not None and left <= ask:
+                    raise errors.Timeout(
+                        f"workflow {workflow_id!r} did not finish within {timeout} s; it goes on "
+                        "running: call result() again to keep waiting") from None
+
+    def describe(self, workflow_id: str) -> RunInfo:
+        return run_from_json(self._call("GET", _path(workflow_id)))
+
+    def list(self, status: Optional[str] = None,
+             workflow_type: Union[None, str, Callable[..., Any]] = None,
+             limit: int = 100, after_id: Optional[str] = None) -> builtins.list[RunInfo]:
+        query: dict[str, Any] = {"limit": limit}
+        if status is not None:
+            query["status"] = status
+        if workflow_type is not None:
+            query["type"] = workflow_name(workflow_type)
+        if after_id is not None:
+            query["after"] = after_id
+        return [run_from_json(r) for r in self._call("GET", "/v1/workflows", query)["runs"]]
+
+    def history(self, workflow_id: str, after_seq: int = 0,
+                run_id: Optional[str] = None) -> builtins.list[Event]:
+        query: dict[str, Any] = {"after": after_seq}
+        if run_id is not None:
+            query["run_id"] = run_id
+        return [event_from_json(e) for e in self._call("GET", _path(workflow_id, "history"), query)["events"]]
+
+    def events(self, workflow_id: str, after_seq: int = 0, reconnect: bool = True) -> Iterator[Event]:
+        """The run's events as they are recorded, until its end; with
+        ``reconnect``, a cut connection resumes after the last event seen
+        (no gap, no duplicate)."""
+        run_id: Optional[str] = None
+        while True:
+            try:
+                for kind, payload in self._stream(workflow_id, after_seq, run_id):
+                    if kind == "run":
+                        run_id = payload["run_id"]
+                        continue
+                    event = event_from_json(payload)
+                    after_seq = event.seq
+                    yield event
+                    if event.type in TERMINAL_TYPES:
+                        return
+                return
+            except (OSError, http.client.HTTPException):
+                if not reconnect:
+                    raise
+
+    def shutdown(self) -> None:
+        """Nothing to stop: the engine lives in the server."""
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    # -- HTTP ------------------------------------------------------------------------------
+    def _connection(self, read_timeout: Optional[float]) -> http.client.HTTPConnection:
+        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        return cls(self._host, self._port, timeout=read_timeout or self.timeout)
+
+    def _headers(self, body: Optional[bytes]) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        if self.token is not None:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    def _call(self, method: str, path: str, query: Optional[dict[str, Any]] = None,
+              body: Any = None, read_timeout: Optional[float] = None) -> Any:
+        data = None if body is None else json.dumps(body, allow_nan=False).encode()
+        target = self._prefix + path + ("?" + urlencode(query) if query else "")
+        conn = self._connection(read_timeout)
+        try:
+            try:
+                conn.request(method, target, body=data, headers=self._headers(data))
+                response = conn.getresponse()
+                raw = response.read()
+            except OSError as exc:
+                raise errors.StoreUnavailable(
+                    f"the aion_green API at {self.url} did not answer ({exc}); is the server "
+                    "running? The request may or may not have been carried out") from None
+        finally:
+            conn.close()
+        try:
+            reply = json.loads(raw.decode("utf-8")) if raw else {}
+        except ValueError:
+            raise errors.InternalError(f"the API at {self.url} answered {response.status} with "
+                                       f"a body that is not JSON: {raw[:200]!r}") from None
+        if response.status >= 400:
+            raise _error_from(response.status, reply)
+        return reply
+
+    def _stream(self, workflow_id: str, after_seq: int,
+                run_id: Optional[str]) -> Iterator[tuple[str, Any]]:
+        query: dict[str, Any] = {"after": after_seq}
+        if run_id is not None:
+            query["run_id"] = run_id
+        conn = self._connection(None)
+        try:
+            headers = self._headers(None)
+            headers["Accept"] = "text/event-stream"
+            conn.request("GET", self._prefix + _path(workflow_id, "events") + "?" + urlencode(query),
+                         headers=headers)
+            response = conn.getresponse()
+            if response.status >= 400:
+                raise _error_from(response.status, json.loads(response.read() or b"{}"))
+            kind = "message"
+            data: list[str] = []
+            while True:
+                line = response.readline()
+                if not line:
+                    raise http.client.IncompleteRead(b"", None)  # cut before the run's end
+                text = line.decode("utf-8").rstrip("\r\n")
+                if not text:
+                    if data:
+                        yield kind, json.loads("\n".join(data))
+                    kind, data = "message", []  # type: list[str]
+                elif text.startswith("event:"):
+                    kind = text[6:].strip()
+                elif text.startswith("data:"):
+                    data.append(text[5:].strip())
+        finally:
+            conn.close()
+
+
+def _path(workflow_id: str, *rest: str) -> str:
+    return "/v1/workflows/" + "/".join(quote(part, safe="") for part in (workflow_id, *rest))
+
+
+def _error_from(status: int, reply: Any) -> errors.AionError:
+    error = reply.get("error") if isinstance(reply, dict) else None
+    if not isinstance(error, dict):
+        return errors.InternalError(f"the API answered HTTP {status} without an error body")
+    code, message = error.get("code", "internal"), error.get("message", "")
+    if code in ("workflow_failed", "cancelled"):
+        cls = errors.WorkflowCancelled if code == "cancelled" else errors.WorkflowFailed
+        return cls(error.get("workflow_id", ""), error.get("detail") or {})
+    cls_ = ERRORS.get(code, (status, errors.AionError))[1]
+    named = getattr(errors, str(error.get("type")), None)
+    if (isinstance(named, type) and issubclass(named, errors.AionError)
+            and not issubclass(named, errors.WorkflowFailed)):
+        cls_ = named  # the engine's own class (WorkflowNotRegistered, SerializationError, ...)
+    return cls_(message)

@@ -1,0 +1,72 @@
+"""The JSON shapes the HTTP API and its client share: runs, events, and the
+one error taxonomy (a code, an HTTP status, and the aion error it stands for).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .. import errors
+from ..events import Event
+from ..store import RunInfo
+
+# code -> (HTTP status, the error class a client raises for it)
+ERRORS: dict[str, tuple[int, type[errors.AionError]]] = {
+    "invalid_argument": (400, errors.ConfigurationError),
+    "unauthenticated": (401, errors.ConfigurationError),
+    "not_found": (404, errors.WorkflowNotFound),
+    "method_not_allowed": (405, errors.ConfigurationError),
+    "already_exists": (409, errors.WorkflowIdConflict),
+    "not_running": (409, errors.WorkflowNotRunning),
+    "workflow_failed": (409, errors.WorkflowFailed),
+    "cancelled": (409, errors.WorkflowCancelled),
+    "too_large": (413, errors.ConfigurationError),
+    "query_failed": (422, errors.QueryFailed),
+    "internal": (500, errors.InternalError),
+    "unavailable": (503, errors.StoreUnavailable),
+    "timeout": (504, errors.Timeout),
+}
+
+
+def code_of(error: BaseException) -> str:
+    """The API's code for an error raised by the engine or by bad input."""
+    if isinstance(error, errors.WorkflowCancelled):
+        return "cancelled"
+    if isinstance(error, errors.WorkflowFailed):
+        return "workflow_failed"
+    if isinstance(error, errors.WorkflowNotFound):
+        return "not_found"
+    if isinstance(error, errors.WorkflowIdConflict):
+        return "already_exists"
+    if isinstance(error, errors.WorkflowNotRunning):
+        return "not_running"
+    if isinstance(error, errors.QueryFailed):
+        return "query_failed"
+    if isinstance(error, errors.Timeout):
+        return "timeout"
+    if isinstance(error, (errors.StoreUnavailable, errors.EngineClosed)):
+        return "unavailable"
+    if isinstance(error, (errors.ConfigurationError, errors.SerializationError,
+                          errors.WorkflowNotRegistered, ValueError, TypeError)):
+        return "invalid_argument"
+    return "internal"
+
+
+def run_to_json(info: RunInfo) -> dict[str, Any]:
+    return {"workflow_id": info.workflow_id, "run_id": info.run_id,
+            "workflow_type": info.workflow_type, "status": info.status, "args": info.args,
+            "result": info.result, "error": info.error, "head_seq": info.head_seq,
+            "created_at": info.created_at, "updated_at": info.updated_at}
+
+
+def run_from_json(obj: dict[str, Any]) -> RunInfo:
+    return RunInfo(obj["workflow_id"], obj["run_id"], obj["workflow_type"], obj["status"],
+                   obj["args"], obj.get("result"), obj.get("error"), obj["head_seq"],
+                   obj["created_at"], obj["updated_at"])
+
+
+def event_to_json(event: Event) -> dict[str, Any]:
+    return {"seq": event.seq, "type": event.type, "at": event.at, "data": event.data}
+
+
+def event_from_json(obj: dict[str, Any]) -> Event:
+    return Event(obj["seq"], obj["type"], obj["at"], obj.get("data") or {})

@@ -227,7 +227,7 @@ class Client:
                 if not text:
                     if data:
                         yield kind, json.loads("\n".join(data))
-                    kind, data = "message", []  # type: list[str]
+                    kind, data = "message", []
                 elif text.startswith("event:"):
                     kind = text[6:].strip()
                 elif text.startswith("data:"):

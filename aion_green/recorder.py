@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 from gevent import monkey
 
 from .errors import EngineClosed
-from .events import NewEvent
+from .events import MESSAGE_RECEIVED, NewEvent
 
 _allocate_lock = monkey.get_original("_thread", "allocate_lock")
 
@@ -48,18 +48,24 @@ class Recorder:
         # Messages per name recorded or in flight, and dedup ids seen.
         self.counts: dict[str, int] = {}
         self.seen: set[str] = set()
+        # The seq of each message recorded (or in flight) with a dedup id,
+        # so a repeated delivery answers with the first one's seq.
+        self.dedup_seqs: dict[str, int] = {}
         self._buffer: list[tuple[Build, Optional[OnDone]]] = []
         # Invariant: once closed, submit() refuses (the run's terminal event
         # was submitted: nothing may follow it).
         self.closed = False
 
-    def init(self, head: int, message_counts: dict[str, int], seen: set[str]) -> None:
-        """The history is loaded: its head, per-name message counts and
-        dedup ids. Appends submitted before this (buffered) go out now."""
+    def init(self, head: int, message_counts: dict[str, int], seen: set[str],
+             dedup_seqs: Optional[dict[str, int]] = None) -> None:
+        """The history is loaded: its head, per-name message counts, dedup
+        ids (and the seqs of deduplicated messages). Appends submitted
+        before this (buffered) go out now."""
         with self._lock:
             self._next = head
             self.counts = dict(message_counts)
             self.seen = set(seen)
+            self.dedup_seqs = dict(dedup_seqs or {})
             buffered, self._buffer = self._buffer, []
             for build, extra in buffered:
                 self._submit_locked(build, extra)
@@ -104,5 +110,9 @@ class Recorder:
                 extra(events, head, error)
 
         self._writer.submit_append(self.workflow_id, expected, events, done)
+        for i, event in enumerate(events):
+            dedup = event.data.get("dedup") if event.type == MESSAGE_RECEIVED else None
+            if dedup is not None:
+                self.dedup_seqs.setdefault(dedup, expected + i + 1)
         self._next = expected + len(events)
         return self._next

@@ -45,21 +45,24 @@ def child_seen_key(child_id: str) -> str:
     return f"child-end:{child_id}"
 
 
-def message_state(history: Sequence[ev.Event]) -> tuple[dict[str, int], set[str]]:
-    """Messages recorded so far: the count per name, and the dedup ids seen."""
+def message_state(history: Sequence[ev.Event]) -> tuple[dict[str, int], set[str], dict[str, int]]:
+    """Messages recorded so far: the count per name, the dedup ids seen, and
+    the seq of each message delivered with a dedup id."""
     counts: dict[str, int] = {}
     seen: set[str] = set()
+    dedup_seqs: dict[str, int] = {}
     for event in history:
         if event.type == ev.MESSAGE_RECEIVED:
             name = event.data["name"]
             counts[name] = counts.get(name, 0) + 1
             if event.data.get("dedup"):
                 seen.add(event.data["dedup"])
+                dedup_seqs.setdefault(event.data["dedup"], event.seq)
         elif event.type == ev.CANCEL_REQUESTED:
             seen.add("cancel")
         elif event.type in CHILD_END_TYPES:
             seen.add(child_seen_key(event.data["id"]))
-    return counts, seen
+    return counts, seen, dedup_seqs
 
 
 def open_children(history: Sequence[ev.Event]) -> list[dict[str, Any]]:

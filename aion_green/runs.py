@@ -82,8 +82,12 @@ class RunDriver:
     def _route_message(self, wid: str, name: str, payload: Any, at: float, dedup: Optional[str],
                        done: Callable[[Any, Optional[BaseException]], None]) -> None:
         """Any thread: record a message to ``wid``; ``done(seq, error)``."""
+        earlier: list[int] = []  # the seq of an equal delivery recorded before
+
         def build(rec: Recorder) -> builtins.list[ev.NewEvent]:
             if dedup is not None and dedup in rec.seen:
+                if dedup in rec.dedup_seqs:
+                    earlier.append(rec.dedup_seqs[dedup])
                 return []
             index = rec.counts.get(name, 0)
             rec.counts[name] = index + 1
@@ -93,10 +97,13 @@ class RunDriver:
                 data["dedup"] = dedup
             return [ev.NewEvent(ev.MESSAGE_RECEIVED, at, data)]
 
+        def answered(seq: Any, error: Optional[BaseException]) -> None:
+            done(earlier[0] if earlier and error is None else seq, error)
+
         payload_json = ev.encode(payload, "a message payload")
         store = self._store
         self._route(wid, build, lambda: store.deliver_message(wid, name, payload_json, at, dedup),
-                    f"a message {name!r} to it would never be read", done)
+                    f"a message {name!r} to it would never be read", answered)
 
     def _route(self, wid: str, build: Callable[[Recorder], builtins.list[ev.NewEvent]],
                via_store: Callable[[], Any], why_not: str,

@@ -73,6 +73,16 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             data TEXT NOT NULL,
             PRIMARY KEY (workflow_id, run_id, seq)) WITHOUT ROWID""",
     ),
+    (
+        # Requests for runs that another process's engine drives (several
+        # processes over one file: one drives, the others post here).
+        """CREATE TABLE inbox(
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            workflow_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            data TEXT NOT NULL,
+            at REAL NOT NULL)""",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 _TIMER_ENDS = frozenset({ev.TIMER_FIRED, ev.TIMER_CANCELLED})
@@ -413,6 +423,63 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise _translate(exc, self.path) from None
         return [_run_info(row) for row in rows]
+
+    # -- several processes over one file ---------------------------------------------------
+    def post_inbox(self, workflow_id: str, kind: str, data_json: str, at: float) -> int:
+        with self._write() as conn:
+            run = conn.execute("SELECT status FROM runs WHERE workflow_id=?", (workflow_id,)).fetchone()
+            if run is None:
+                raise WorkflowNotFound(f"no workflow with id {workflow_id!r} in {self.path}; "
+                                       "nothing was recorded")
+            if run[0] != ev.RUNNING:
+                why = ("there is nothing left to cancel" if kind == "cancel"
+                       else "a message to it would never be read")
+                raise WorkflowNotRunning(
+                    f"workflow {workflow_id!r} has {run[0]}; {why}, so nothing was recorded")
+            cursor = conn.execute("INSERT INTO inbox(workflow_id, kind, data, at) VALUES (?,?,?,?)",
+                                  (workflow_id, kind, data_json, at))
+            return int(cursor.lastrowid or 0)
+
+    def read_inbox(self, after_id: int = 0, limit: int = 500) -> list[tuple[int, str, str, Any, float]]:
+        try:
+            rows = self._conn.execute(
+                "SELECT id, workflow_id, kind, data, at FROM inbox WHERE id>? ORDER BY id LIMIT ?",
+                (after_id, limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from None
+        return [(i, wid, kind, json.loads(data), at) for i, wid, kind, data, at in rows]
+
+    def delete_inbox(self, ids: Sequence[int]) -> None:
+        with self._write() as conn:
+            conn.executemany("DELETE FROM inbox WHERE id=?", [(i,) for i in ids])
+
+    def new_runs(self, after: int = 0, limit: int = 500) -> list[tuple[int, RunInfo]]:
+        try:
+            rows = self._conn.execute(
+                f"SELECT rowid, {_RUN_COLUMNS} FROM runs WHERE rowid>? ORDER BY rowid LIMIT ?",
+                (after, limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from None
+        return [(row[0], _run_info(row[1:])) for row in rows]
+
+    def last_run_mark(self) -> int:
+        try:
+            (mark,) = self._conn.execute("SELECT coalesce(max(rowid), 0) FROM runs").fetchone()
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from None
+        return int(mark)
+
+    def find_event(self, workflow_id: str, event_type: str, dedup: Optional[str] = None) -> Optional[int]:
+        sql = "SELECT seq FROM events WHERE workflow_id=? AND type=?"
+        params: tuple[Any, ...] = (workflow_id, event_type)
+        if dedup is not None:
+            sql += " AND json_extract(data, '$.dedup')=?"
+            params += (dedup,)
+        try:
+            row = self._conn.execute(sql + " ORDER BY seq LIMIT 1", params).fetchone()
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from None
+        return None if row is None else int(row[0])
 
     def due_timers(self, now: float, limit: int = 1000) -> list[tuple[str, str, float]]:
         try:

@@ -28,6 +28,7 @@ from .children import ChildDriver
 from .errors import (
     ConfigurationError,
     EngineClosed,
+    QueryFailed,
     Timeout,
     WorkflowCancelled,
     WorkflowFailed,
@@ -39,6 +40,7 @@ from .hub_thread import Future, HubThread
 from .recorder import Recorder
 from .registry import Registry, workflow_name
 from .runs import RunDriver, _closed_while_waiting
+from .sharing import DriverLock, SharingDriver
 from .steps import StepPool
 from .store import CreateRun, RunInfo, SQLiteStore, sqlite_path_from_url
 from .timers import TimerService
@@ -78,7 +80,7 @@ class WorkflowHandle:
         return f"<WorkflowHandle {self.workflow_id!r}>"
 
 
-class Engine(RunDriver, ChildDriver):
+class Engine(RunDriver, ChildDriver, SharingDriver):
     """A durable workflow engine over one store (one epoch, start to shutdown).
 
     ``Engine()`` uses ``./aion.db``. The engine starts lazily on first use
@@ -119,6 +121,8 @@ class Engine(RunDriver, ChildDriver):
         self._steps = StepPool(step_workers)
         self._timers: Any = None  # TimerService once started
         self._child_tasks: Any = None  # ChildTaskRegistry once started
+        # Held while this engine drives its store's runs (see sharing.py).
+        self._driver_lock: Any = None
         # Routing: which runs have a recorder here. Any thread reads it under
         # _routing, so a message either goes through a live run's recorder
         # or, queued before that run's history is read, through the store.
@@ -163,6 +167,10 @@ class Engine(RunDriver, ChildDriver):
                 self._runs, self._waiters, self._early = {}, {}, {}
                 self._recorders = {}
             self._store = open_store(self.url, self.durable, self.busy_timeout)
+            self._driver_lock = DriverLock(self._store.path)
+            if not self._driver_lock.try_acquire():
+                log.info("engine over %s: %s drives its runs; this one is its client",
+                         self._store.path, self._driver_lock.holder())
             self._writer = StoreWriter(self._store)
             # Reads for callers (describe, list, history) and recovery go to
             # a second connection on its own thread: WAL lets them run while
@@ -195,6 +203,7 @@ class Engine(RunDriver, ChildDriver):
         self._steps.close()
         self._writer.close()
         self._reader.close()
+        self._driver_lock.release()
         # The hub thread is gone, so its state is ours now: release callers
         # still waiting for a result of this epoch.
         closed = _closed_while_waiting()
@@ -251,8 +260,9 @@ class Engine(RunDriver, ChildDriver):
         # sent from now on waits in it and follows WorkflowStarted, instead of
         # racing to the store ahead of a run that has no history yet.
         mine = None
+        driving = self.driving  # a client only creates; the driver drives
         with self._routing:
-            if wid not in self._recorders:
+            if driving and wid not in self._recorders:
                 mine = self._recorders[wid] = self._new_recorder(wid)
         future = Future()
         try:
@@ -269,7 +279,7 @@ class Engine(RunDriver, ChildDriver):
             return created, info
         if mine is not None:
             self._unregister(wid, mine)
-        if (not created and not info.finished and info.workflow_type == wname
+        if (driving and not created and not info.finished and info.workflow_type == wname
                 and info.args == json.loads(args_json)):
             # _spawn_run ignores a run already live here.
             self._hub.call_soon(self._spawn_run, wid, info)
@@ -288,10 +298,14 @@ class Engine(RunDriver, ChildDriver):
             raise ConfigurationError(f"a message name must be a non-empty string, got {name!r}")
         value = ev.roundtrip(payload, f"the payload of message {name!r}")
         self._ensure_started()
+        dedup = None if idempotency_key is None else f"signal/{idempotency_key}"
+        if not self.driving:
+            data: dict[str, Any] = {"name": name, "payload": value}
+            if dedup is not None:
+                data["dedup"] = dedup
+            return self._post(workflow_id, "message", data, time.time(), ev.MESSAGE_RECEIVED, dedup)
         future = Future()
-        self._route_message(workflow_id, name, value, time.time(),
-                            None if idempotency_key is None else f"signal/{idempotency_key}",
-                            future_done(future))
+        self._route_message(workflow_id, name, value, time.time(), dedup, future_done(future))
         return int(future.result())
 
     def cancel(self, workflow_id: str, reason: str = "") -> None:
@@ -302,7 +316,14 @@ class Engine(RunDriver, ChildDriver):
         refuses with :class:`WorkflowNotRunning`."""
         self._ensure_started()
         future = Future()
-        self._route_cancel(workflow_id, reason, future_done(future))
+        if self.driving:
+            self._route_cancel(workflow_id, reason, future_done(future))
+        else:
+            try:
+                future.set_result(self._post(workflow_id, "cancel", {"reason": reason}, time.time(),
+                                             ev.CANCEL_REQUESTED, None))
+            except WorkflowNotRunning as exc:
+                future.set_exception(exc)
         try:
             future.result()
         except WorkflowNotRunning:
@@ -333,6 +354,11 @@ class Engine(RunDriver, ChildDriver):
         is not live here), :class:`WorkflowNotRunning` (it has finished) or
         :class:`Timeout`."""
         self._ensure_started()
+        if not self.driving:
+            raise QueryFailed(
+                f"query {name!r} to workflow {workflow_id!r}: the runs of {self._store_name()} are "
+                f"driven by {self._driver_lock.holder()}, and only the live run answers queries; "
+                "ask through that process (its HTTP API, say)")
         future = Future()
         self._hub.call_soon(self._answer_query, workflow_id, name, args, future,
                             _clock.monotonic() + timeout)
@@ -346,7 +372,8 @@ class Engine(RunDriver, ChildDriver):
         """Re-check due timers now; for tests that move the clock (freezegun).
         Never blocks."""
         self._ensure_started()
-        self._timers.poke()
+        if self.driving:
+            self._timers.poke()
 
     def handle(self, workflow_id: str) -> WorkflowHandle:
         return WorkflowHandle(self, workflow_id)

@@ -131,9 +131,11 @@ class RunDriver:
     def _on_hub_start(self) -> None:
         if self._hub.closing:
             return
-        self._hub.spawn(self._timers.run, name="aion-timers")
-        if self.recover:
-            self._hub.spawn(self._recover, name="aion-recovery")
+        if self.driving:  # type: ignore[attr-defined]
+            self._hub.spawn(self._begin_driving, name="aion-drive")  # type: ignore[attr-defined]
+        else:
+            self._hub.spawn(self._promote, name="aion-promote")  # type: ignore[attr-defined]
+            self._hub.spawn(self._poll, name="aion-client-poll")  # type: ignore[attr-defined]
 
     def _run_step(self, recorder: Recorder, fn: Callable[..., Any], args: tuple[Any, ...],
                   info: StepInfo, policy: Retry) -> None:

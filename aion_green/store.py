@@ -121,6 +121,31 @@ class IEventStore(Interface):
         drives here (once: a second request writes nothing); returns the
         head. Raises :class:`WorkflowNotFound` or :class:`WorkflowNotRunning`."""
 
+    # Several processes over one store: one engine drives the runs, the
+    # others post their requests to an inbox that it drains.
+    def post_inbox(workflow_id, kind, data_json, at):  # noqa: N805
+        """Queue a request (``kind`` "message" or "cancel") for a running
+        run; returns its inbox id. Raises :class:`WorkflowNotFound` or
+        :class:`WorkflowNotRunning` (then nothing is written)."""
+
+    def read_inbox(after_id=0, limit=500):  # noqa: N805
+        """Queued requests with ``id > after_id``, oldest first:
+        ``(id, workflow_id, kind, data, at)``."""
+
+    def delete_inbox(ids):  # noqa: N805
+        """Forget handled requests."""
+
+    def new_runs(after=0, limit=500):  # noqa: N805
+        """Runs created after the mark ``after``, oldest first:
+        ``(mark, RunInfo)``."""
+
+    def last_run_mark():  # type: ignore[misc]  # noqa: N805
+        """The mark of the newest run (0 for none)."""
+
+    def find_event(workflow_id, event_type, dedup=None):  # noqa: N805
+        """The seq of the first event of that type in the run's current
+        history (with that ``dedup`` id, if given), or None."""
+
     def close():  # type: ignore[misc]  # noqa: N805
         """Release the store's resources. Idempotent."""
 

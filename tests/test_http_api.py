@@ -116,9 +116,9 @@ BAD = [
 def test_every_endpoint_refuses_bad_input_with_a_4xx_and_records_nothing(
         api, method, path, body, query, status, code, text):
     engine, app = api
-    for body in ({"workflow": "api.greet", "args": ["ann"], "id": "g1"},
-                 {"workflow": "api.quick", "args": [0], "id": "q1"}, {"workflow": "api.fail", "id": "f1"}):
-        assert call(app, "POST", "/v1/workflows", body)[0] == 200
+    for start in ({"workflow": "api.greet", "args": ["ann"], "id": "g1"},
+                  {"workflow": "api.quick", "args": [0], "id": "q1"}, {"workflow": "api.fail", "id": "f1"}):
+        assert call(app, "POST", "/v1/workflows", start)[0] == 200
     engine.result("q1", timeout=10)
     with pytest.raises(aion.WorkflowFailed):
         engine.result("f1", timeout=10)

@@ -1,0 +1,247 @@
+"""Several processes over one SQLite file (gunicorn's workers, a web app
+beside a worker script): exactly one engine *drives* the runs, the others
+are its *clients*.
+
+The driver is whichever engine holds an exclusive ``flock`` on
+``<database>.driver``; the OS releases it when that process dies, and a
+client takes it over within a second and resumes every unfinished run by
+replay, as a restart would. Only the driver appends to histories, so the
+single-writer rule of the model holds across processes.
+
+A client engine starts runs (it creates them in the store; the driver
+notices new runs within ~100 ms and drives them), posts its signals and
+cancel requests to an inbox table that the driver drains into the runs'
+histories (``signal`` returns once the message is recorded, as it does in
+process), waits for results by reading the store, and reads histories,
+runs and lists directly. Queries need the live run, so a client refuses
+them with :class:`~aion_green.errors.QueryFailed` naming the reason.
+
+Thread contract: :class:`DriverLock` is used by one engine, under its
+start lock; the ``_``-methods of :class:`SharingDriver` named ``_drain``,
+``_watch``, ``_poll``, ``_promote`` and ``_confirm`` run as greenlets on
+the engine's hub; ``_post`` runs on the caller's thread.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from typing import Any, Callable, Optional
+
+import gevent
+
+from . import events as ev
+from .errors import (
+    EngineClosed,
+    StoreUnavailable,
+    WorkflowNotRunning,
+)
+from .hub_thread import Future
+
+log = logging.getLogger("aion_green.sharing")
+
+# Pauses of the driver's and the clients' store polls: short while there is
+# work, growing to the longer one while there is none.
+_BUSY_PAUSE = 0.01
+_IDLE_PAUSE = 0.1
+# How often a client tries to become the driver.
+_PROMOTE_EVERY = 1.0
+
+
+class DriverLock:
+    """The exclusive, non-blocking ``flock`` that makes an engine the driver
+    of a database file. ``:memory:`` databases need none."""
+
+    def __init__(self, db_path: str) -> None:
+        self.path = None if db_path in ("", ":memory:") else f"{os.path.abspath(db_path)}.driver"
+        self._fd: Optional[int] = None
+
+    @property
+    def held(self) -> bool:
+        return self.path is None or self._fd is not None
+
+    def try_acquire(self) -> bool:
+        if self.held:
+            return True
+        assert self.path is not None
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        os.set_inheritable(fd, False)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return True
+
+    def holder(self) -> str:
+        """Who drives, for messages: the pid written in the lock file."""
+        try:
+            with open(str(self.path), encoding="ascii") as f:
+                return f"process {f.read().strip() or '?'}"
+        except OSError:
+            return "another process"
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor releases the flock
+
+    def forget(self) -> None:
+        """After a fork: the child does not hold the parent's lock."""
+        self._fd = None
+
+
+class SharingDriver:
+    """The cross-process half of the Engine (see the module docstring)."""
+
+    # Provided by Engine / RunDriver.
+    _hub: Any
+    _reader: Any
+    _writer: Any
+    _store: Any
+    _runs: dict[str, Any]
+    _recorders: dict[str, Any]
+    _waiters: dict[str, list[Future]]
+    _timers: Any
+    _driver_lock: Any
+    recover: bool
+
+    def _route_message(self, wid: str, name: str, payload: Any, at: float, dedup: Optional[str],
+                       done: Callable[[Any, Optional[BaseException]], None]) -> None:
+        raise NotImplementedError
+
+    def _route_cancel(self, wid: str, reason: str,
+                      done: Callable[[Any, Optional[BaseException]], None]) -> None:
+        raise NotImplementedError
+
+    def _spawn_run(self, wid: str, info: Any, recovering: bool = False,
+                   recorder: Any = None) -> None:
+        raise NotImplementedError
+
+    def _check_finished(self, wid: str) -> None:
+        raise NotImplementedError
+
+    def _recover(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def driving(self) -> bool:
+        """True when this engine drives the runs of its store (it holds the
+        store's driver lock); False for a client of another process's."""
+        return bool(self._driver_lock is not None and self._driver_lock.held)
+
+    # -- hub thread: the driver --------------------------------------------------------------
+    def _begin_driving(self) -> None:
+        hub = self._hub
+        mark = self._reader.call(self._reader.store.last_run_mark).result()
+        hub.spawn(self._timers.run, name="aion-timers")
+        if self.recover:
+            hub.spawn(self._recover, name="aion-recovery")
+        hub.spawn(self._drain, name="aion-inbox")
+        hub.spawn(self._watch, mark, name="aion-new-runs")
+
+    def _drain(self) -> None:
+        """Record what clients posted to the inbox, through the runs' recorders."""
+        reader, writer = self._reader, self._writer
+        handled: list[int] = []
+        retry: list[int] = []
+        after, pause = 0, _BUSY_PAUSE
+        while True:
+            if handled:
+                ids, handled[:] = list(handled), []
+                writer.submit_call(lambda ids=ids, store=self._store: store.delete_inbox(ids),
+                                   lambda *_: None)
+            if retry:
+                after = min(retry) - 1
+                retry.clear()
+            rows = reader.call(reader.store.read_inbox, after, 500).result()
+            for row_id, wid, kind, data, at in rows:
+                after = row_id
+
+                def done(_seq: Any, error: Optional[BaseException], row_id: int = row_id) -> None:
+                    # Any thread. A passing failure is tried again; any other
+                    # outcome (recorded, finished run, no such run) is final.
+                    (retry if isinstance(error, (StoreUnavailable, EngineClosed)) else handled).append(row_id)
+
+                if kind == "message":
+                    self._route_message(wid, data["name"], data.get("payload"), at,
+                                        data.get("dedup") or f"inbox/{row_id}", done)
+                elif kind == "cancel":
+                    self._route_cancel(wid, data.get("reason", ""), done)
+                else:
+                    log.error("inbox entry %d for %r has an unknown kind %r; dropped", row_id, wid, kind)
+                    handled.append(row_id)
+            pause = _BUSY_PAUSE if rows else min(pause * 2, _IDLE_PAUSE)
+            gevent.sleep(pause)
+
+    def _watch(self, mark: int) -> None:
+        """Drive the runs that clients create."""
+        reader = self._reader
+        pause = _BUSY_PAUSE
+        while True:
+            rows = reader.call(reader.store.new_runs, mark, 500).result()
+            for row_mark, info in rows:
+                mark = row_mark
+                wid = info.workflow_id
+                if info.status == ev.RUNNING and wid not in self._runs and wid not in self._recorders:
+                    self._spawn_run(wid, info)
+            pause = _BUSY_PAUSE if rows else min(pause * 2, _IDLE_PAUSE)
+            gevent.sleep(pause)
+
+    # -- hub thread: a client ----------------------------------------------------------------
+    def _promote(self) -> None:
+        """Become the driver once the driver's process is gone."""
+        while not self._driver_lock.try_acquire():
+            gevent.sleep(_PROMOTE_EVERY)
+        log.info("this engine now drives the runs of its store (the previous driver is gone)")
+        self._begin_driving()
+
+    def _poll(self) -> None:
+        """Tell result waiters of runs that the driver ends: read their
+        status until they finish (a client hears no doorbell)."""
+        pause = _BUSY_PAUSE
+        while not self.driving:
+            waiting = [wid for wid in self._waiters if wid not in self._runs]
+            for wid in waiting:
+                self._check_finished(wid)
+            pause = _BUSY_PAUSE if waiting else min(pause * 2, _IDLE_PAUSE)
+            gevent.sleep(max(pause, _BUSY_PAUSE * 2))
+
+    def _confirm(self, wid: str, event_type: str, dedup: Optional[str], future: Future) -> None:
+        """Wait until the driver recorded what was posted; its seq."""
+        reader = self._reader
+        pause = _BUSY_PAUSE
+        while True:
+            try:
+                seq = reader.call(reader.store.find_event, wid, event_type, dedup).result()
+                if seq is not None:
+                    future.set_result(seq)
+                    return
+                info = reader.call(reader.store.get_run, wid).result()
+            except Exception as exc:
+                future.set_exception(exc)
+                return
+            if info is None or info.finished:
+                status = "vanished" if info is None else info.status
+                future.set_exception(WorkflowNotRunning(
+                    f"workflow {wid!r} has {status} before the engine that drives it recorded "
+                    "this request; nothing was recorded"))
+                return
+            gevent.sleep(pause)
+            pause = min(pause * 2, _IDLE_PAUSE)
+
+    # -- caller's thread: a client ------------------------------------------------------------
+    def _post(self, wid: str, kind: str, data: dict[str, Any], at: float, event_type: str,
+              dedup: Optional[str]) -> int:
+        """Post a request for the driver and wait until it is recorded."""
+        store_call = self._writer.call(self._store.post_inbox, wid, kind,
+                                       ev.encode(data, "the request"), at)
+        row_id = store_call.result()
+        future = Future()
+        self._hub.spawn(self._confirm, wid, event_type,
+                        dedup if dedup is not None or kind != "message" else f"inbox/{row_id}",
+                        future, name=f"confirm:{wid}")
+        return int(future.result())

@@ -166,6 +166,8 @@ class Engine(RunDriver, ChildDriver, SharingDriver):
                 log.info("engine used in a forked process (pid %s); starting afresh", pid)
                 self._runs, self._waiters, self._early = {}, {}, {}
                 self._recorders = {}
+                self._recently_finished.clear()
+                self.unrunnable = {}
             self._store = open_store(self.url, self.durable, self.busy_timeout)
             self._driver_lock = DriverLock(self._store.path)
             if not self._driver_lock.try_acquire():
@@ -211,6 +213,20 @@ class Engine(RunDriver, ChildDriver, SharingDriver):
             for future in futures:
                 future.set_exception(closed)
         self._waiters.clear()
+        _live_engines.discard(self)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: drop what belongs to the parent process."""
+        # A lock held by a parent's thread at the fork would never be freed.
+        self._lock = _allocate_lock()
+        self._routing = _allocate_lock()
+        lock = self._driver_lock
+        if lock is not None and lock._fd is not None:
+            fd, lock._fd = lock._fd, None
+            try:
+                os.close(fd)  # the parent's descriptor keeps its flock
+            except OSError:  # pragma: no cover
+                pass
         _live_engines.discard(self)
 
     def _backstop(self) -> None:
@@ -454,3 +470,15 @@ _live_engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
 def _backstop_all() -> None:
     for engine in list(_live_engines):
         engine._backstop()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (gunicorn's workers under ``--preload``): no thread of
+    the parent's engines survived. Each is started afresh on its next use
+    (``_ensure_started`` sees the new pid); the child lets go of the
+    parent's driver lock, which the parent still holds."""
+    for engine in list(_live_engines):
+        engine._forget_parent()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

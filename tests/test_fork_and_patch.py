@@ -1,0 +1,86 @@
+"""The engine in the situations a web app puts it in: patch_all() called after
+the engine started, and a fork (a pre-forking server) after it started."""
+import json
+import textwrap
+
+from conftest import PATCHED, run_python
+
+PATCH_LATE = textwrap.dedent('''
+    import json, sys
+    import aion_green as aion
+
+    @aion.workflow(name="late.echo")
+    def echo(ctx, x):
+        got = ctx.receive("go", timeout=30)
+        return [ctx.step(lambda v: v, x), got]
+
+    engine = aion.Engine("sqlite:///" + sys.argv[1], workflows=[echo])
+    engine.start(echo, 0, id="before")
+    engine.signal("before", "go", "plain")
+    before = engine.result("before", timeout=30)
+
+    from gevent import monkey
+    monkey.patch_all()          # the app patches only now, with the engine running
+    import gevent
+
+    def one(n):
+        handle = engine.start(echo, n, id=f"after-{n}")
+        engine.signal(f"after-{n}", "go", n * 10)
+        return handle.result(timeout=30)
+
+    greenlets = [gevent.spawn(one, n) for n in range(20)]
+    gevent.joinall(greenlets, timeout=60, raise_error=True)
+    engine.shutdown()
+    print(json.dumps({"before": before, "after": [g.value for g in greenlets],
+                      "patched": monkey.is_module_patched("threading")}))
+''')
+
+
+def test_patch_all_after_the_engine_started(tmp_path):
+    proc = run_python(["-c", PATCH_LATE, str(tmp_path / "late.db")], timeout=90)
+    output = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert output == {"before": [0, "plain"], "after": [[n, n * 10] for n in range(20)],
+                      "patched": True}
+
+
+FORK = textwrap.dedent('''
+    import json, os, sys
+    if os.environ.get("AION_GEVENT_PATCH") == "1":
+        from gevent import monkey; monkey.patch_all()
+    import aion_green as aion
+
+    @aion.workflow(name="fork.double")
+    def double(ctx, x):
+        return ctx.step(lambda v: 2 * v, x)
+
+    engine = aion.Engine("sqlite:///" + sys.argv[1], workflows=[double])
+    assert engine.start(double, 1, id="parent-1").result(timeout=30) == 2
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                # the child: the parent's threads are gone
+        os.close(read)
+        try:
+            results = [engine.start(double, n, id=f"child-{n}").result(timeout=30)
+                       for n in range(5)]
+            out = {"results": results, "driving": engine.driving}
+        except BaseException as exc:
+            out = {"error": repr(exc)}
+        os.write(write, json.dumps(out).encode())
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    child = json.loads(os.read(read, 65536))
+    # The parent's engine still works, and drove the child's runs.
+    after = engine.start(double, 50, id="parent-2").result(timeout=30)
+    engine.shutdown()
+    print(json.dumps({"child": child, "after": after, "status": status}))
+''')
+
+
+def test_an_engine_started_before_a_fork_starts_afresh_in_the_child(tmp_path):
+    proc = run_python(["-c", FORK, str(tmp_path / "fork.db")], timeout=90, patched=PATCHED)
+    output = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert output["status"] == 0
+    # The parent keeps the store's driver lock; the child's engine is its client.
+    assert output["child"] == {"results": [0, 2, 4, 6, 8], "driving": False}
+    assert output["after"] == 100

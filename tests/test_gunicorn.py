@@ -1,0 +1,111 @@
+"""The example Flask app under real gunicorn with the gevent worker (two
+workers, with and without --preload), on a loopback port."""
+import concurrent.futures
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT
+
+import aion_green as aion
+from aion_green import events as ev
+
+pytest.importorskip("flask", reason="the web extra is not installed: pip install -e '.[web]'")
+pytest.importorskip("gunicorn", reason="the web extra is not installed: pip install -e '.[web]'")
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def call(port, method, path, body=None, timeout=30):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        conn.close()
+
+
+@pytest.fixture(params=[False, True], ids=["no-preload", "preload"])
+def shop(request, tmp_path):
+    preload = request.param
+    port = free_port()
+    db = tmp_path / "shop.db"
+    env = dict(os.environ, AION_DB=f"sqlite:///{db}", PYTHONPATH=str(ROOT))
+    env.pop("AION_GEVENT_PATCH", None)
+    args = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2", "-b", f"127.0.0.1:{port}",
+            "--no-control-socket", "--graceful-timeout", "5", "--chdir", str(ROOT),
+            *(["--preload"] if preload else []), "examples.flask_app:app"]
+    log = open(tmp_path / "gunicorn.log", "w")
+    proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if call(port, "GET", "/health", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"gunicorn did not come up:\n{(tmp_path / 'gunicorn.log').read_text()}")
+            time.sleep(0.1)
+        yield port, db, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+
+
+def test_forty_waiting_requests_share_the_workers_and_health_answers(shop, tmp_path):
+    port, db, proc = shop
+    began = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=41) as pool:
+        orders = [pool.submit(call, port, "POST", f"/ship/{n}?delay=0.2") for n in range(40)]
+        time.sleep(0.05)
+        asked = time.monotonic()
+        health = call(port, "GET", "/health", timeout=5)
+        health_took = time.monotonic() - asked
+        replies = [f.result(timeout=60) for f in orders]
+    wall = time.monotonic() - began
+    assert health[0] == 200 and health[1]["ok"]
+    assert health_took < 1.0, f"/health took {health_took:.2f} s while 40 requests waited"
+    assert replies == [(200, {"order": str(n), "shipped": True}) for n in range(40)]
+    assert wall < 40 * 0.2 / 2, f"40 requests of 0.2 s took {wall:.2f} s"
+
+    # A signal from a request handler, and the engine's own API under /aion.
+    assert call(port, "POST", "/checkout/7")[0] == 202
+    assert call(port, "POST", "/checkout/7/approve", {"by": "ann"})[0] == 200
+    status, result = call(port, "GET", "/checkout/7")
+    assert status == 200 and result["approved_by"] == "ann"
+    assert result["receipt"]["key"] == "checkout-7/step-1"
+    status, listing = call(port, "GET", "/aion/v1/workflows?limit=100")
+    assert status == 200 and len(listing["runs"]) == 41
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    store = aion.SQLiteStore(str(db))
+    try:
+        runs = store.list_runs(None, None, 1000, None)
+        assert len(runs) == 41 and all(r.status == "completed" for r in runs)
+        for run in runs:
+            history = store.read(run.workflow_id)
+            assert [e.seq for e in history] == list(range(1, len(history) + 1))
+            assert [e.type for e in history].count(ev.WORKFLOW_COMPLETED) == 1
+    finally:
+        store.close()

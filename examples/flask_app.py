@@ -14,6 +14,8 @@ Routes:
 
 - ``POST /ship/<order>?delay=S``: start the ``ship`` workflow (a durable
   sleep of S seconds) and answer with its result;
+- ``POST /stamp/<order>``: start a one-step workflow and answer with its
+  result (what ``bench/http.py`` measures);
 - ``POST /checkout/<order>``: start ``checkout``, which waits for approval;
   ``POST /checkout/<order>/approve`` signals it; ``GET /checkout/<order>``
   waits for its result;
@@ -42,6 +44,11 @@ def ship(ctx, order_id, delay):
     return {"order": order_id, "shipped": True}
 
 
+@aion.workflow(name="shop.stamp")
+def stamp(ctx, n):
+    return ctx.step(reserve_stock, n)
+
+
 @aion.workflow(name="shop.checkout")
 def checkout(ctx, order_id):
     receipt = ctx.step(reserve_stock, order_id)
@@ -50,7 +57,7 @@ def checkout(ctx, order_id):
 
 
 # Built at import, started lazily: safe under gunicorn --preload.
-engine = aion.Engine(os.environ.get("AION_DB", "sqlite:///shop.db"), workflows=[ship, checkout])
+engine = aion.Engine(os.environ.get("AION_DB", "sqlite:///shop.db"), workflows=[ship, stamp, checkout])
 app = Flask(__name__)
 
 
@@ -59,6 +66,12 @@ def ship_order(order_id):
     delay = float(request.args.get("delay", "0.2"))
     handle = engine.start(ship, order_id, delay, id=f"ship-{order_id}")
     return jsonify(handle.result(timeout=60))
+
+
+@app.post("/stamp/<order_id>")
+def stamp_order(order_id):
+    """One round trip: start a one-step workflow and answer with its result."""
+    return jsonify(engine.start(stamp, order_id, id=f"stamp-{order_id}").result(timeout=60))
 
 
 @app.post("/checkout/<order_id>")

@@ -15,9 +15,9 @@ from urllib.parse import unquote
 from zope.interface import implementer
 
 from . import events as ev
+from ._batch import BatchPlan, next_run_started
 from .errors import (
     ConfigurationError,
-    SequenceConflict,
     StoreCorrupt,
     StoreError,
     StoreUnavailable,
@@ -85,7 +85,6 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
-_TIMER_ENDS = frozenset({ev.TIMER_FIRED, ev.TIMER_CANCELLED})
 _RUN_COLUMNS = (
     "workflow_id, run_id, workflow_type, status, args, result, error, head_seq, created_at, updated_at"
 )
@@ -230,51 +229,44 @@ class SQLiteStore:
     def write_batch(self, ops: Sequence[Union[Append, CreateRun]]) -> list[Any]:
         conn = self._conn
         outcomes: list[Any] = []
-        rows: list[tuple[Any, ...]] = []
-        # wid -> (head, updated_at) to write once per run, after the checks.
-        moved: dict[str, tuple[int, float]] = {}
-        finals: list[tuple[Any, ...]] = []
-        timers_started: list[tuple[str, str, float]] = []
-        timers_ended: list[tuple[str, str]] = []
-        # Runs that continued as new: (wid, the continued event's data, at).
-        rollovers: list[tuple[str, dict[str, Any], float]] = []
+        plan = BatchPlan()
         with self._write():
             # Read under the write lock: no other writer can move a head
             # between this check and the commit.
             heads = self._heads({op.workflow_id for op in ops if type(op) is Append})
             for op in ops:
                 if type(op) is Append:
-                    outcomes.append(self._check_append(
-                        op, heads, moved, finals, rows, timers_started, timers_ended, rollovers))
+                    outcomes.append(plan.append(op, heads))
                 else:
                     assert isinstance(op, CreateRun)
-                    outcome = self._create_one(op, rows)
+                    outcome = self._create_one(op, plan.rows)
                     heads.setdefault(op.workflow_id, outcome[1].head_seq)
                     outcomes.append(outcome)
-            if moved:
+            if plan.moved:
                 conn.executemany(
                     "UPDATE runs SET head_seq=?, updated_at=? WHERE workflow_id=?",
-                    [(head, at, wid) for wid, (head, at) in moved.items()],
+                    [(head, at, wid) for wid, (head, at) in plan.moved.items()],
                 )
-            if timers_started:
+            if plan.timers_started:
                 conn.executemany(
                     "INSERT OR REPLACE INTO timers(workflow_id, timer_key, fire_at) VALUES (?,?,?)",
-                    timers_started,
+                    plan.timers_started,
                 )
-            if timers_ended:
+            if plan.timers_ended:
                 conn.executemany(
-                    "DELETE FROM timers WHERE workflow_id=? AND timer_key=?", timers_ended
+                    "DELETE FROM timers WHERE workflow_id=? AND timer_key=?", plan.timers_ended
                 )
-            if finals:
+            if plan.finals:
                 conn.executemany(
-                    "UPDATE runs SET status=?, result=?, error=? WHERE workflow_id=?", finals
+                    "UPDATE runs SET status=?, result=?, error=? WHERE workflow_id=?", plan.finals
                 )
                 # A finished run has no pending timer.
-                conn.executemany("DELETE FROM timers WHERE workflow_id=?", [f[3:] for f in finals])
+                conn.executemany("DELETE FROM timers WHERE workflow_id=?",
+                                 [f[3:] for f in plan.finals])
             conn.executemany(
-                "INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,?,?,?,?)", rows
+                "INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,?,?,?,?)", plan.rows
             )
-            for wid, data, at in rollovers:
+            for wid, data, at in plan.rollovers:
                 self._roll_over(conn, wid, data, at)
         return outcomes
 
@@ -291,8 +283,7 @@ class SQLiteStore:
             "SELECT workflow_id, ?, seq, type, at, data FROM events WHERE workflow_id=?",
             (old_run_id, wid))
         conn.execute("DELETE FROM events WHERE workflow_id=?", (wid,))
-        started = {"workflow_type": wtype, "run_id": data["run_id"], "args": data["args"],
-                   "continued_from": old_run_id, "generation": data.get("generation", 2)}
+        started = next_run_started(wtype, old_run_id, data)
         conn.execute("INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,1,?,?,?)",
                      (wid, ev.WORKFLOW_STARTED, at, json.dumps(started)))
         conn.execute(
@@ -327,43 +318,6 @@ class SQLiteStore:
             op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING, json.loads(op.args_json),
             None, None, 1, op.at, op.at,
         )
-
-    def _check_append(self, append: Append, heads: dict[str, int],
-                      moved: dict[str, tuple[int, float]], finals: list[tuple[Any, ...]],
-                      rows: list[tuple[Any, ...]], timers_started: list[tuple[str, str, float]],
-                      timers_ended: list[tuple[str, str]],
-                      rollovers: list[tuple[str, dict[str, Any], float]]) -> Union[int, StoreError]:
-        wid = append.workflow_id
-        if not append.events:
-            return StoreError(f"an append to {wid!r} carried no events")
-        head = heads.get(wid)
-        if head is None:
-            return StoreError(f"no run with workflow id {wid!r}: create it before appending")
-        if head != append.expected_seq:
-            return SequenceConflict(wid, append.expected_seq, head)
-        seq = head
-        for event in append.events:
-            seq += 1
-            rows.append((wid, seq, event.type, event.at, event.data_json()))
-            if event.type == ev.TIMER_STARTED:
-                timers_started.append((wid, event.data["timer"], event.data["fire_at"]))
-            elif event.type in _TIMER_ENDS:
-                timers_ended.append((wid, event.data["timer"]))
-            elif event.type == ev.WORKFLOW_CONTINUED_AS_NEW:
-                rollovers.append((wid, event.data, event.at))
-                finals.append((ev.CONTINUED, None, None, wid))  # drops its timers too
-            elif event.type in ev.TERMINAL_TYPES:
-                result = event.data.get("result")
-                error = event.data.get("error")
-                finals.append((
-                    ev.STATUS_OF_TERMINAL[event.type],
-                    None if result is None else json.dumps(result),
-                    None if error is None else json.dumps(error),
-                    wid,
-                ))
-        heads[wid] = seq
-        moved[wid] = (seq, append.events[-1].at)
-        return seq
 
     # -- reads -------------------------------------------------------------------------------
     def read(self, workflow_id: str, after_seq: int = 0, limit: Optional[int] = None,

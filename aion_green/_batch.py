@@ -1,0 +1,68 @@
+"""What a group commit writes, worked out once for every store: the checks
+of each append against the heads read under the store's write lock, and the
+rows, head moves, run ends, timer changes and continuations it implies. A
+store applies the plan with its own SQL, in one transaction."""
+from __future__ import annotations
+
+import json
+from typing import Any, Union
+
+from . import events as ev
+from .errors import SequenceConflict, StoreError
+from .store import Append
+
+_TIMER_ENDS = frozenset({ev.TIMER_FIRED, ev.TIMER_CANCELLED})
+
+
+class BatchPlan:
+    """The writes of one batch (filled by :meth:`append` in op order)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, int, str, float, str]] = []  # (wid, seq, type, at, data json)
+        # wid -> (head, updated_at), written once per run after the checks.
+        self.moved: dict[str, tuple[int, float]] = {}
+        self.finals: list[tuple[Any, ...]] = []  # (status, result json, error json, wid)
+        self.timers_started: list[tuple[str, str, float]] = []
+        self.timers_ended: list[tuple[str, str]] = []
+        # Runs that continued as new: (wid, the continued event's data, at).
+        self.rollovers: list[tuple[str, dict[str, Any], float]] = []
+
+    def append(self, op: Append, heads: dict[str, int]) -> Union[int, StoreError]:
+        """Check one append against ``heads`` (which it moves); its outcome."""
+        wid = op.workflow_id
+        if not op.events:
+            return StoreError(f"an append to {wid!r} carried no events")
+        head = heads.get(wid)
+        if head is None:
+            return StoreError(f"no run with workflow id {wid!r}: create it before appending")
+        if head != op.expected_seq:
+            return SequenceConflict(wid, op.expected_seq, head)
+        seq = head
+        for event in op.events:
+            seq += 1
+            self.rows.append((wid, seq, event.type, event.at, event.data_json()))
+            if event.type == ev.TIMER_STARTED:
+                self.timers_started.append((wid, event.data["timer"], event.data["fire_at"]))
+            elif event.type in _TIMER_ENDS:
+                self.timers_ended.append((wid, event.data["timer"]))
+            elif event.type == ev.WORKFLOW_CONTINUED_AS_NEW:
+                self.rollovers.append((wid, event.data, event.at))
+                self.finals.append((ev.CONTINUED, None, None, wid))  # drops its timers too
+            elif event.type in ev.TERMINAL_TYPES:
+                result = event.data.get("result")
+                error = event.data.get("error")
+                self.finals.append((
+                    ev.STATUS_OF_TERMINAL[event.type],
+                    None if result is None else json.dumps(result),
+                    None if error is None else json.dumps(error),
+                    wid,
+                ))
+        heads[wid] = seq
+        self.moved[wid] = (seq, op.events[-1].at)
+        return seq
+
+
+def next_run_started(wtype: str, old_run_id: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The ``WorkflowStarted`` data of the run a continuation begins."""
+    return {"workflow_type": wtype, "run_id": data["run_id"], "args": data["args"],
+            "continued_from": old_run_id, "generation": data.get("generation", 2)}

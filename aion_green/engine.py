@@ -40,7 +40,7 @@ from .hub_thread import Future, HubThread
 from .recorder import Recorder
 from .registry import Registry, workflow_name
 from .runs import RunDriver, _closed_while_waiting
-from .sharing import DriverLock, SharingDriver
+from .sharing import DriverLock, PgDriverLock, SharingDriver
 from .steps import StepPool
 from .store import CreateRun, RunInfo, SQLiteStore, sqlite_path_from_url
 from .timers import TimerService
@@ -54,9 +54,9 @@ _allocate_lock = monkey.get_original("_thread", "allocate_lock")
 def open_store(url: Optional[str], durable: bool = True, busy_timeout: float = 5.0) -> Any:
     """The store a URL names: ``None`` or ``sqlite:///...`` (SQLite)."""
     if url is not None and url.startswith(("postgres://", "postgresql://")):
-        raise ConfigurationError(
-            "the PostgreSQL store is not available in this version; use sqlite:///path.db"
-        )
+        from .postgres import PostgresStore
+
+        return PostgresStore(url, connect_timeout=busy_timeout)
     return SQLiteStore(sqlite_path_from_url(url), durable=durable, busy_timeout=busy_timeout)
 
 
@@ -169,11 +169,14 @@ class Engine(RunDriver, ChildDriver, SharingDriver):
                 self._recently_finished.clear()
                 self.unrunnable = {}
             self._store = open_store(self.url, self.durable, self.busy_timeout)
-            self._driver_lock = DriverLock(self._store.path)
+            pg = hasattr(self._store, "try_lock_driver")
+            self._driver_lock = PgDriverLock(self._store) if pg else DriverLock(self._store.path)
             if not self._driver_lock.try_acquire():
                 log.info("engine over %s: %s drives its runs; this one is its client",
                          self._store.path, self._driver_lock.holder())
             self._writer = StoreWriter(self._store)
+            if pg:
+                self._driver_lock.writer = self._writer
             # Reads for callers (describe, list, history) and recovery go to
             # a second connection on its own thread: WAL lets them run while
             # the writer commits, or waits out a locked or full database.
@@ -221,7 +224,7 @@ class Engine(RunDriver, ChildDriver, SharingDriver):
         self._lock = _allocate_lock()
         self._routing = _allocate_lock()
         lock = self._driver_lock
-        if lock is not None and lock._fd is not None:
+        if lock is not None and getattr(lock, "_fd", None) is not None:
             fd, lock._fd = lock._fd, None
             try:
                 os.close(fd)  # the parent's descriptor keeps its flock

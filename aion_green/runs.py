@@ -191,7 +191,7 @@ class RunDriver:
                 self._reader.store.list_runs, ev.RUNNING, None, 500, after  # type: ignore[union-attr]
             ).result()
             for info in page:
-                if info.workflow_id not in self._runs:
+                if info.workflow_id not in self._runs and info.workflow_id not in self.unrunnable:
                     self._spawn_run(info.workflow_id, info, recovering=True)
                     resumed += 1
             if len(page) < 500:

@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional
 
 import gevent
 
+from . import _clock
 from . import events as ev
 from .errors import (
     EngineClosed,
@@ -46,6 +47,8 @@ _BUSY_PAUSE = 0.01
 _IDLE_PAUSE = 0.1
 # How often a client tries to become the driver.
 _PROMOTE_EVERY = 1.0
+# How often the driver looks over every unfinished run for one it missed.
+_SWEEP_EVERY = 5.0
 
 
 class DriverLock:
@@ -92,6 +95,38 @@ class DriverLock:
     def forget(self) -> None:
         """After a fork: the child does not hold the parent's lock."""
         self._fd = None
+
+
+class PgDriverLock:
+    """The driver lock of a PostgreSQL store: a session advisory lock on the
+    connection of the store the engine's writer uses (see ``postgres.py``).
+    Before the writer thread runs, it is taken on the caller's thread; then
+    through the writer, which alone uses that connection."""
+
+    path = "postgres"
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.writer: Any = None
+
+    @property
+    def held(self) -> bool:
+        return bool(self._store.driver_lock_held)
+
+    def try_acquire(self) -> bool:
+        if self.writer is None:
+            return bool(self._store.try_lock_driver())
+        return bool(self.writer.call(self._store.try_lock_driver).result())
+
+    def holder(self) -> str:
+        return "another engine over this database"
+
+    def release(self) -> None:
+        """The writer closed the store's connection, which ended the session
+        and its lock."""
+
+    def forget(self) -> None:
+        self.writer = None
 
 
 class SharingDriver:
@@ -144,22 +179,29 @@ class SharingDriver:
         hub.spawn(self._watch, mark, name="aion-new-runs")
 
     def _drain(self) -> None:
-        """Record what clients posted to the inbox, through the runs' recorders."""
+        """Record what clients posted to the inbox, through the runs' recorders.
+
+        The inbox is read from its start each time (handled entries are
+        deleted, so it stays short): an entry whose id was drawn before
+        another's but committed after it is never passed over."""
         reader, writer = self._reader, self._writer
         handled: list[int] = []
         retry: list[int] = []
-        after, pause = 0, _BUSY_PAUSE
+        pending: set[int] = set()  # routed, outcome not known yet
+        pause = _BUSY_PAUSE
         while True:
             if handled:
                 ids, handled[:] = list(handled), []
+                pending.difference_update(ids)
                 writer.submit_call(lambda ids=ids, store=self._store: store.delete_inbox(ids),
                                    lambda *_: None)
             if retry:
-                after = min(retry) - 1
+                pending.difference_update(retry)
                 retry.clear()
-            rows = reader.call(reader.store.read_inbox, after, 500).result()
+            rows = [row for row in reader.call(reader.store.read_inbox, 0, 500).result()
+                    if row[0] not in pending]
             for row_id, wid, kind, data, at in rows:
-                after = row_id
+                pending.add(row_id)
 
                 def done(_seq: Any, error: Optional[BaseException], row_id: int = row_id) -> None:
                     # Any thread. A passing failure is tried again; any other
@@ -178,10 +220,17 @@ class SharingDriver:
             gevent.sleep(pause)
 
     def _watch(self, mark: int) -> None:
-        """Drive the runs that clients create."""
+        """Drive the runs that clients create. Marks come from a sequence, so
+        on a server with concurrent writers a run may commit after a later
+        mark was seen: a full pass over the unfinished runs every few
+        seconds catches it."""
         reader = self._reader
         pause = _BUSY_PAUSE
+        sweep_at = _clock.monotonic() + _SWEEP_EVERY
         while True:
+            if _clock.monotonic() >= sweep_at:
+                sweep_at = _clock.monotonic() + _SWEEP_EVERY
+                self._recover()
             rows = reader.call(reader.store.new_runs, mark, 500).result()
             for row_mark, info in rows:
                 mark = row_mark

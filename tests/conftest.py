@@ -108,3 +108,42 @@ def stop_with_runs_parked(engine, workflow_ids, gate, events=2):
                what=f"runs {workflow_ids} to record {events} events")
     engine.shutdown()
     gate.set()
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------
+PG_URL = os.environ.get("AION_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_or_skip():
+    """Connect to the test server; skip (or, under CI, fail) when none answers."""
+    try:
+        import psycopg
+    except ImportError:
+        reason = "psycopg is not installed: pip install -e '.[postgres]'"
+    else:
+        try:
+            with psycopg.connect(PG_URL, connect_timeout=3, autocommit=True) as conn:
+                return conn.execute("SELECT 1").fetchone()
+        except psycopg.Error as exc:
+            reason = (f"no PostgreSQL server at {PG_URL} ({exc}); set AION_TEST_POSTGRES to a "
+                      "database URL to run these tests")
+    if os.environ.get("AION_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"AION_REQUIRE_POSTGRES=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh schema on the test server, dropped afterwards: its URL."""
+    _postgres_or_skip()
+    import uuid
+
+    import psycopg
+
+    schema = f"aion_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in PG_URL else "?"
+    yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")

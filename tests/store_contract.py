@@ -5,10 +5,11 @@ fixture that yields a fresh, empty store.
 """
 import json
 
+import pytest
 from zope.interface.verify import verifyObject
 
 from aion_green import events as ev
-from aion_green.errors import SequenceConflict, StoreError
+from aion_green.errors import SequenceConflict, StoreError, WorkflowNotFound, WorkflowNotRunning
 from aion_green.store import Append, CreateRun, IEventStore
 
 
@@ -152,6 +153,56 @@ class StoreContract:
         page1 = store.list_runs(limit=2)
         page2 = store.list_runs(limit=2, after_id=page1[-1].workflow_id)
         assert [r.workflow_id for r in page1 + page2] == ["w0", "w1", "w2", "w3"]
+
+    def test_timers_are_kept_by_the_appends_and_fire_once(self, store):
+        self.create(store)
+        store.write_batch([Append("w-1", 1, [
+            ev.NewEvent(ev.TIMER_STARTED, 1.0, {"timer": "t1", "fire_at": 50.0}),
+            ev.NewEvent(ev.TIMER_STARTED, 1.0, {"timer": "t2", "fire_at": 80.0}),
+            ev.NewEvent(ev.TIMER_CANCELLED, 1.0, {"timer": "t2"})])])
+        assert store.due_timers(40.0) == []
+        assert store.due_timers(100.0) == [("w-1", "t1", 50.0)]
+        assert store.fire_timer("w-1", "t1", 60.0) == 5
+        assert store.fire_timer("w-1", "t1", 61.0) is None  # twice fires once
+        assert store.due_timers(100.0) == []
+        assert store.read("w-1")[-1].data == {"timer": "t1"}
+
+    def test_messages_and_cancel_requests_through_the_store(self, store):
+        self.create(store)
+        assert store.deliver_message("w-1", "m", '{"a": 1}', 2.0) == 2
+        assert store.deliver_message("w-1", "m", '"b"', 2.0, dedup="d1") == 3
+        assert store.deliver_message("w-1", "m", '"b"', 2.0, dedup="d1") == 3  # once
+        assert store.deliver_message("w-1", "other", "null", 2.0) == 4
+        assert [(e.data["name"], e.data["index"]) for e in store.read("w-1")[1:]] == [
+            ("m", 0), ("m", 1), ("other", 0)]
+        assert store.find_event("w-1", ev.MESSAGE_RECEIVED, "d1") == 3
+        assert store.find_event("w-1", ev.MESSAGE_RECEIVED, "nope") is None
+        assert store.request_cancel("w-1", "why", 3.0) == 5
+        assert store.request_cancel("w-1", "again", 3.0) == 5
+        store.write_batch([Append("w-1", 5, [ev.NewEvent(ev.WORKFLOW_CANCELLED, 4.0, {})])])
+        with pytest.raises(WorkflowNotRunning):
+            store.deliver_message("w-1", "m", "1", 5.0)
+        with pytest.raises(WorkflowNotFound):
+            store.request_cancel("missing", "", 5.0)
+
+    def test_the_inbox_and_new_runs_serve_a_driving_engine(self, store):
+        mark = store.last_run_mark()
+        self.create(store, "a")
+        self.create(store, "b")
+        new = store.new_runs(mark)
+        assert [info.workflow_id for _, info in new] == ["a", "b"]
+        assert store.new_runs(new[-1][0]) == [] and store.last_run_mark() == new[-1][0]
+        first = store.post_inbox("a", "message", '{"name": "n", "payload": 1}', 9.0)
+        second = store.post_inbox("b", "cancel", '{"reason": "r"}', 9.5)
+        assert [(i, w, k, d) for i, w, k, d, _ in store.read_inbox(0)] == [
+            (first, "a", "message", {"name": "n", "payload": 1}), (second, "b", "cancel", {"reason": "r"})]
+        store.delete_inbox([first])
+        assert [row[0] for row in store.read_inbox(0)] == [second]
+        store.write_batch([Append("a", 1, [ev.NewEvent(ev.WORKFLOW_COMPLETED, 2.0, {"result": 0})])])
+        with pytest.raises(WorkflowNotRunning):
+            store.post_inbox("a", "message", "{}", 10.0)
+        with pytest.raises(WorkflowNotFound):
+            store.post_inbox("zz", "message", "{}", 10.0)
 
     def test_get_run_of_unknown_id_is_none(self, store):
         assert store.get_run("missing") is None

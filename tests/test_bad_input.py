@@ -205,10 +205,14 @@ def test_start_with_a_bad_id_is_refused(make_engine):
         engine.start(echo, 1, id="")
 
 
-def test_postgres_url_is_a_clear_error_for_now():
-    engine = aion.Engine("postgresql://localhost/x", workflows=[echo])
-    with pytest.raises(aion.ConfigurationError, match="not available"):
+def test_an_unreachable_postgres_database_is_a_clear_error_without_the_password():
+    engine = aion.Engine("postgresql://postgres:hunter2@127.0.0.1:5432/aion_no_such_db",
+                         workflows=[echo], busy_timeout=2)
+    with pytest.raises(aion.StoreUnavailable) as error:
         engine.start(echo, 1)
+    message = str(error.value)
+    assert "postgresql://postgres@127.0.0.1:5432/aion_no_such_db" in message
+    assert "hunter2" not in message
     engine.shutdown()
 
 

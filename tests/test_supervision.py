@@ -111,7 +111,7 @@ def test_one_for_all_ends_the_others_in_reverse_order_and_restarts_all(make_engi
 
     engine = make_engine(sup, *ALL)
     handle = engine.start(sup, id="s")
-    wait_until(lambda: "1-r1" in statuses(engine, "s/sup-1/"), what="the restart")
+    wait_until(lambda: "2-r1" in statuses(engine, "s/sup-1/"), what="the restart")
     history = engine.history("s")
     # f failed; tmp, y, x were ended one after the other, last started first.
     assert ended_order(history) == ["s/sup-1/1", "s/sup-1/3", "s/sup-1/2", "s/sup-1/0"]

@@ -1,0 +1,460 @@
+"""The PostgreSQL store: the same contract as SQLite, for many processes on
+many machines over one database (``aion.Engine("postgresql://...")``).
+
+Implements :class:`~aion_green.store.IEventStore`; the conformance suite
+(``tests/store_contract.py``) runs against a real server.
+
+- Schema: versioned migrations under a transaction-level advisory lock, so
+  engines starting at the same moment against an empty database all come
+  up (one migrates, the others find it done).
+- Connections: one per store instance. The engine uses each store from one
+  native thread (its writer, its reader), so two connections per engine
+  serve it; psycopg's blocking calls run there, never on the hub thread, in
+  a patched process or not. A connection lost (server restart) is opened
+  again on the next call; the call that saw it fails with
+  :class:`~aion_green.errors.StoreUnavailable`, which the engine retries.
+- The driver lock (see :mod:`aion_green.sharing`) is a session advisory
+  lock held on the writer's own connection: the engine that drives is the
+  one whose writes go through the session holding it.
+
+Thread contract: a PostgresStore is used by one thread at a time.
+"""
+from __future__ import annotations
+
+import json
+import zlib
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
+
+from zope.interface import implementer
+
+from . import events as ev
+from ._batch import BatchPlan, next_run_started
+from .errors import (
+    ConfigurationError,
+    StoreError,
+    StoreUnavailable,
+    WorkflowNotFound,
+    WorkflowNotRunning,
+)
+from .store import Append, CreateRun, IEventStore, RunInfo
+
+try:  # an optional dependency: pip install 'aion-green[postgres]'
+    import psycopg
+except ImportError:  # pragma: no cover - exercised when psycopg is absent
+    psycopg = None  # type: ignore[assignment]
+
+# Keys of the advisory locks (any two constants that no other use shares).
+_MIGRATION_LOCK = 0x61696F6E_6D696772  # "aionmigr"
+_DRIVER_LOCK = 0x61696F6E_64726976  # "aiondriv"
+
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE aion_runs(
+            workflow_id TEXT PRIMARY KEY,
+            mark BIGSERIAL UNIQUE,
+            run_id TEXT NOT NULL,
+            workflow_type TEXT NOT NULL,
+            status TEXT NOT NULL,
+            args TEXT NOT NULL,
+            result TEXT,
+            error TEXT,
+            head_seq INTEGER NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX aion_runs_by_status ON aion_runs(status, workflow_type, workflow_id)",
+        """CREATE TABLE aion_events(
+            workflow_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL,
+            data TEXT NOT NULL,
+            PRIMARY KEY (workflow_id, seq))""",
+        """CREATE TABLE aion_timers(
+            workflow_id TEXT NOT NULL,
+            timer_key TEXT NOT NULL,
+            fire_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (workflow_id, timer_key))""",
+        "CREATE INDEX aion_timers_by_deadline ON aion_timers(fire_at)",
+        """CREATE TABLE aion_archived_events(
+            workflow_id TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL,
+            data TEXT NOT NULL,
+            PRIMARY KEY (workflow_id, run_id, seq))""",
+        """CREATE TABLE aion_inbox(
+            id BIGSERIAL PRIMARY KEY,
+            workflow_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            data TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL)""",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+_RUN_COLUMNS = ("workflow_id, run_id, workflow_type, status, args, result, error, head_seq, "
+                "created_at, updated_at")
+
+
+def _translate(exc: BaseException, where: str) -> StoreError:
+    if psycopg is not None and isinstance(exc, psycopg.OperationalError):
+        return StoreUnavailable(f"the PostgreSQL database at {where} cannot be reached or refused "
+                                f"the write ({exc}); nothing of this call was recorded: retry")
+    return StoreError(f"PostgreSQL error at {where}: {exc}")
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        auth, host = rest.rsplit("@", 1)
+        return f"{scheme}://{auth.split(':', 1)[0]}@{host}"
+    return url
+
+
+@implementer(IEventStore)
+class PostgresStore:
+    """Histories in PostgreSQL. ``durable`` is always true here: a commit
+    returns once the server made it durable (its own ``synchronous_commit``)."""
+
+    durable = True
+
+    def __init__(self, url: str, connect_timeout: float = 5.0) -> None:
+        if psycopg is None:
+            raise ConfigurationError(
+                "the PostgreSQL store needs psycopg 3: pip install 'aion-green[postgres]'")
+        self.url = url
+        self.path = _safe_url(url)  # names the store in messages, as SQLite's path does
+        self.connect_timeout = connect_timeout
+        self._conn: Any = None
+        self.driver_lock_held = False
+        self._connect()
+        self._migrate()
+        # One driver per schema: engines over other schemas of the same
+        # database (tests, tenants) do not contend.
+        (schema,) = self._query("SELECT current_schema()")[0]
+        self.schema = schema
+        self._driver_key = _DRIVER_LOCK ^ (zlib.crc32(str(schema).encode()) << 1)
+
+    # -- connection ----------------------------------------------------------------------
+    def _connect(self) -> Any:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        if self.driver_lock_held:
+            # The session that held the driver lock is gone, and with it the
+            # lock: this process must not write as the driver any more.
+            self.driver_lock_held = False
+        try:
+            self._conn = psycopg.connect(self.url, connect_timeout=max(1, int(self.connect_timeout)),
+                                         autocommit=True)
+        except psycopg.Error as exc:
+            raise _translate(exc, self.path) from None
+        return self._conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        """One transaction; store errors for psycopg's."""
+        conn = self._connect()
+        try:
+            with conn.transaction():
+                with conn.cursor() as cur:
+                    yield cur
+        except (WorkflowNotFound, WorkflowNotRunning, StoreError):
+            raise
+        except psycopg.Error as exc:
+            if conn.closed or isinstance(exc, psycopg.OperationalError):
+                self._drop()
+            raise _translate(exc, self.path) from None
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        conn = self._connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return list(cur.fetchall())
+        except psycopg.Error as exc:
+            if conn.closed or isinstance(exc, psycopg.OperationalError):
+                self._drop()
+            raise _translate(exc, self.path) from None
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # pragma: no cover - already broken
+                pass
+
+    def _migrate(self) -> None:
+        with self._tx() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            cur.execute("CREATE TABLE IF NOT EXISTS aion_schema(version INTEGER NOT NULL)")
+            cur.execute("SELECT version FROM aion_schema")
+            row = cur.fetchone()
+            version = 0 if row is None else int(row[0])
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the database at {self.path} has aion_green schema version {version}, newer "
+                    f"than this aion_green understands ({SCHEMA_VERSION}); upgrade aion_green")
+            for step in _MIGRATIONS[version:]:
+                for statement in step:
+                    cur.execute(statement)
+            if row is None:
+                cur.execute("INSERT INTO aion_schema(version) VALUES (%s)", (SCHEMA_VERSION,))
+            elif version != SCHEMA_VERSION:
+                cur.execute("UPDATE aion_schema SET version=%s", (SCHEMA_VERSION,))
+
+    # -- the driver lock -------------------------------------------------------------------
+    def try_lock_driver(self) -> bool:
+        """Take the driver lock on this store's session (non-blocking)."""
+        if self.driver_lock_held and self._conn is not None and not self._conn.closed:
+            return True
+        (got,) = self._query("SELECT pg_try_advisory_lock(%s)", (self._driver_key,))[0]
+        self.driver_lock_held = bool(got)
+        return self.driver_lock_held
+
+    def unlock_driver(self) -> None:
+        if self.driver_lock_held and self._conn is not None and not self._conn.closed:
+            self._query("SELECT pg_advisory_unlock(%s)", (self._driver_key,))
+        self.driver_lock_held = False
+
+
+    # -- writes ----------------------------------------------------------------------------
+    def create_run(self, workflow_id: str, workflow_type: str, args_json: str, run_id: str,
+                   at: float) -> tuple[bool, RunInfo]:
+        outcome = self.write_batch([CreateRun(workflow_id, workflow_type, args_json, run_id, at)])[0]
+        assert isinstance(outcome, tuple)
+        return outcome
+
+    def write_batch(self, ops: Sequence[Union[Append, CreateRun]]) -> list[Any]:
+        outcomes: list[Any] = []
+        plan = BatchPlan()
+        with self._tx() as cur:
+            wids = sorted({op.workflow_id for op in ops if type(op) is Append})
+            heads: dict[str, int] = {}
+            if wids:
+                # Row locks, in id order: no other writer moves these heads
+                # before the commit, and two batches never deadlock.
+                cur.execute("SELECT workflow_id, head_seq FROM aion_runs WHERE workflow_id = ANY(%s) "
+                            "ORDER BY workflow_id FOR UPDATE", (wids,))
+                heads = {wid: head for wid, head in cur.fetchall()}
+            for op in ops:
+                if type(op) is Append:
+                    outcomes.append(plan.append(op, heads))
+                else:
+                    assert isinstance(op, CreateRun)
+                    outcome = self._create_one(cur, op, plan.rows)
+                    heads.setdefault(op.workflow_id, outcome[1].head_seq)
+                    outcomes.append(outcome)
+            if plan.moved:
+                cur.executemany("UPDATE aion_runs SET head_seq=%s, updated_at=%s WHERE workflow_id=%s",
+                                [(head, at, wid) for wid, (head, at) in plan.moved.items()])
+            if plan.timers_started:
+                cur.executemany(
+                    "INSERT INTO aion_timers(workflow_id, timer_key, fire_at) VALUES (%s,%s,%s) "
+                    "ON CONFLICT (workflow_id, timer_key) DO UPDATE SET fire_at=EXCLUDED.fire_at",
+                    plan.timers_started)
+            if plan.timers_ended:
+                cur.executemany("DELETE FROM aion_timers WHERE workflow_id=%s AND timer_key=%s",
+                                plan.timers_ended)
+            if plan.finals:
+                cur.executemany("UPDATE aion_runs SET status=%s, result=%s, error=%s WHERE workflow_id=%s",
+                                plan.finals)
+                cur.executemany("DELETE FROM aion_timers WHERE workflow_id=%s",
+                                [f[3:] for f in plan.finals])
+            if plan.rows:
+                cur.executemany("INSERT INTO aion_events(workflow_id, seq, type, at, data) "
+                                "VALUES (%s,%s,%s,%s,%s)", plan.rows)
+            for wid, data, at in plan.rollovers:
+                self._roll_over(cur, wid, data, at)
+        return outcomes
+
+    def _create_one(self, cur: Any, op: CreateRun, rows: list[Any]) -> tuple[bool, RunInfo]:
+        cur.execute(
+            "INSERT INTO aion_runs(workflow_id, run_id, workflow_type, status, args, head_seq, "
+            "created_at, updated_at) VALUES (%s,%s,%s,%s,%s,1,%s,%s) "
+            "ON CONFLICT (workflow_id) DO NOTHING",
+            (op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING, op.args_json, op.at, op.at))
+        if cur.rowcount == 0:
+            cur.execute(f"SELECT {_RUN_COLUMNS} FROM aion_runs WHERE workflow_id=%s", (op.workflow_id,))
+            return False, _run_info(cur.fetchone())
+        data = (f'{{"workflow_type":{json.dumps(op.workflow_type)},'
+                f'"run_id":{json.dumps(op.run_id)},"args":{op.args_json}}}')
+        rows.append((op.workflow_id, 1, ev.WORKFLOW_STARTED, op.at, data))
+        return True, RunInfo(op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING,
+                             json.loads(op.args_json), None, None, 1, op.at, op.at)
+
+    def _roll_over(self, cur: Any, wid: str, data: dict[str, Any], at: float) -> None:
+        cur.execute("SELECT run_id, workflow_type FROM aion_runs WHERE workflow_id=%s", (wid,))
+        old_run_id, wtype = cur.fetchone()
+        cur.execute("INSERT INTO aion_archived_events(workflow_id, run_id, seq, type, at, data) "
+                    "SELECT workflow_id, %s, seq, type, at, data FROM aion_events WHERE workflow_id=%s",
+                    (old_run_id, wid))
+        cur.execute("DELETE FROM aion_events WHERE workflow_id=%s", (wid,))
+        cur.execute("INSERT INTO aion_events(workflow_id, seq, type, at, data) VALUES (%s,1,%s,%s,%s)",
+                    (wid, ev.WORKFLOW_STARTED, at, json.dumps(next_run_started(wtype, old_run_id, data))))
+        cur.execute("UPDATE aion_runs SET run_id=%s, status=%s, result=NULL, error=NULL, head_seq=1, "
+                    "created_at=%s, updated_at=%s WHERE workflow_id=%s",
+                    (data["run_id"], ev.RUNNING, at, at, wid))
+
+    def _append_at_head(self, workflow_id: str, event_type: str, at: float,
+                        build: Callable[[Any], Union[int, dict[str, Any]]], why_not: str) -> int:
+        with self._tx() as cur:
+            cur.execute("SELECT head_seq, status FROM aion_runs WHERE workflow_id=%s FOR UPDATE",
+                        (workflow_id,))
+            run = cur.fetchone()
+            if run is None:
+                raise WorkflowNotFound(f"no workflow with id {workflow_id!r} in {self.path}; "
+                                       "nothing was recorded")
+            head, status = run
+            if status != ev.RUNNING:
+                raise WorkflowNotRunning(
+                    f"workflow {workflow_id!r} has {status}; {why_not}, so nothing was recorded")
+            data = build(cur)
+            if isinstance(data, int):
+                return data
+            seq = head + 1
+            cur.execute("INSERT INTO aion_events(workflow_id, seq, type, at, data) VALUES (%s,%s,%s,%s,%s)",
+                        (workflow_id, seq, event_type, at, json.dumps(data)))
+            cur.execute("UPDATE aion_runs SET head_seq=%s, updated_at=%s WHERE workflow_id=%s",
+                        (seq, at, workflow_id))
+            return seq
+
+    def fire_timer(self, workflow_id: str, timer_key: str, at: float) -> Optional[int]:
+        def build(cur: Any) -> Union[int, dict[str, Any]]:
+            cur.execute("DELETE FROM aion_timers WHERE workflow_id=%s AND timer_key=%s",
+                        (workflow_id, timer_key))
+            return {"timer": timer_key} if cur.rowcount else -1
+
+        try:
+            seq = self._append_at_head(workflow_id, ev.TIMER_FIRED, at, build, "its timer is moot")
+        except (WorkflowNotFound, WorkflowNotRunning):
+            return None
+        return None if seq == -1 else seq
+
+    def deliver_message(self, workflow_id: str, name: str, payload_json: str, at: float,
+                        dedup: Optional[str] = None) -> int:
+        def build(cur: Any) -> Union[int, dict[str, Any]]:
+            if dedup is not None:
+                cur.execute("SELECT seq FROM aion_events WHERE workflow_id=%s AND type=%s "
+                            "AND data::jsonb ->> 'dedup' = %s ORDER BY seq LIMIT 1",
+                            (workflow_id, ev.MESSAGE_RECEIVED, dedup))
+                seen = cur.fetchone()
+                if seen is not None:
+                    return int(seen[0])
+            cur.execute("SELECT count(*) FROM aion_events WHERE workflow_id=%s AND type=%s "
+                        "AND data::jsonb ->> 'name' = %s", (workflow_id, ev.MESSAGE_RECEIVED, name))
+            (index,) = cur.fetchone()
+            data = {"name": name, "index": int(index), "payload": json.loads(payload_json)}
+            if dedup is not None:
+                data["dedup"] = dedup
+            return data
+
+        return self._append_at_head(workflow_id, ev.MESSAGE_RECEIVED, at, build,
+                                    f"a message {name!r} to it would never be read")
+
+    def request_cancel(self, workflow_id: str, reason: str, at: float) -> int:
+        def build(cur: Any) -> Union[int, dict[str, Any]]:
+            cur.execute("SELECT seq FROM aion_events WHERE workflow_id=%s AND type=%s LIMIT 1",
+                        (workflow_id, ev.CANCEL_REQUESTED))
+            seen = cur.fetchone()
+            return int(seen[0]) if seen is not None else {"reason": reason}
+
+        return self._append_at_head(workflow_id, ev.CANCEL_REQUESTED, at, build,
+                                    "there is nothing left to cancel")
+
+    def post_inbox(self, workflow_id: str, kind: str, data_json: str, at: float) -> int:
+        with self._tx() as cur:
+            cur.execute("SELECT status FROM aion_runs WHERE workflow_id=%s", (workflow_id,))
+            run = cur.fetchone()
+            if run is None:
+                raise WorkflowNotFound(f"no workflow with id {workflow_id!r} in {self.path}; "
+                                       "nothing was recorded")
+            if run[0] != ev.RUNNING:
+                why = ("there is nothing left to cancel" if kind == "cancel"
+                       else "a message to it would never be read")
+                raise WorkflowNotRunning(
+                    f"workflow {workflow_id!r} has {run[0]}; {why}, so nothing was recorded")
+            cur.execute("INSERT INTO aion_inbox(workflow_id, kind, data, at) VALUES (%s,%s,%s,%s) "
+                        "RETURNING id", (workflow_id, kind, data_json, at))
+            return int(cur.fetchone()[0])
+
+    def delete_inbox(self, ids: Sequence[int]) -> None:
+        with self._tx() as cur:
+            cur.execute("DELETE FROM aion_inbox WHERE id = ANY(%s)", (list(ids),))
+
+    # -- reads -----------------------------------------------------------------------------
+    def read(self, workflow_id: str, after_seq: int = 0, limit: Optional[int] = None,
+             run_id: Optional[str] = None) -> list[ev.Event]:
+        if run_id is None:
+            sql = "SELECT seq, type, at, data FROM aion_events WHERE workflow_id=%s AND seq>%s ORDER BY seq"
+            params: tuple[Any, ...] = (workflow_id, after_seq)
+        else:
+            sql = ("SELECT seq, type, at, data FROM aion_events WHERE workflow_id=%s AND seq>%s "
+                   "AND %s = (SELECT run_id FROM aion_runs WHERE workflow_id=%s) "
+                   "UNION ALL SELECT seq, type, at, data FROM aion_archived_events "
+                   "WHERE workflow_id=%s AND seq>%s AND run_id=%s ORDER BY seq")
+            params = (workflow_id, after_seq, run_id, workflow_id, workflow_id, after_seq, run_id)
+        if limit is not None:
+            sql += " LIMIT %s"
+            params += (limit,)
+        return [ev.Event(seq, typ, at, json.loads(data)) for seq, typ, at, data in self._query(sql, params)]
+
+    def get_run(self, workflow_id: str) -> Optional[RunInfo]:
+        rows = self._query(f"SELECT {_RUN_COLUMNS} FROM aion_runs WHERE workflow_id=%s", (workflow_id,))
+        return _run_info(rows[0]) if rows else None
+
+    def list_runs(self, status: Optional[str] = None, workflow_type: Optional[str] = None,
+                  limit: int = 100, after_id: Optional[str] = None) -> list[RunInfo]:
+        clauses, params = [], []
+        if status is not None:
+            clauses.append("status=%s")
+            params.append(status)
+        if workflow_type is not None:
+            clauses.append("workflow_type=%s")
+            params.append(workflow_type)
+        if after_id is not None:
+            clauses.append('workflow_id > %s COLLATE "C"')
+            params.append(after_id)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._query(f"SELECT {_RUN_COLUMNS} FROM aion_runs {where} "
+                           "ORDER BY workflow_id COLLATE \"C\" LIMIT %s", (*params, limit))
+        return [_run_info(row) for row in rows]
+
+    def due_timers(self, now: float, limit: int = 1000) -> list[tuple[str, str, float]]:
+        rows = self._query("SELECT workflow_id, timer_key, fire_at FROM aion_timers WHERE fire_at <= %s "
+                           "ORDER BY fire_at LIMIT %s", (now, limit))
+        return [(wid, key, fire_at) for wid, key, fire_at in rows]
+
+    def read_inbox(self, after_id: int = 0, limit: int = 500) -> list[tuple[int, str, str, Any, float]]:
+        rows = self._query("SELECT id, workflow_id, kind, data, at FROM aion_inbox WHERE id>%s "
+                           "ORDER BY id LIMIT %s", (after_id, limit))
+        return [(int(i), wid, kind, json.loads(data), at) for i, wid, kind, data, at in rows]
+
+    def new_runs(self, after: int = 0, limit: int = 500) -> list[tuple[int, RunInfo]]:
+        rows = self._query(f"SELECT mark, {_RUN_COLUMNS} FROM aion_runs WHERE mark>%s "
+                           "ORDER BY mark LIMIT %s", (after, limit))
+        return [(int(row[0]), _run_info(row[1:])) for row in rows]
+
+    def last_run_mark(self) -> int:
+        return int(self._query("SELECT coalesce(max(mark), 0) FROM aion_runs")[0][0])
+
+    def find_event(self, workflow_id: str, event_type: str, dedup: Optional[str] = None) -> Optional[int]:
+        sql = "SELECT seq FROM aion_events WHERE workflow_id=%s AND type=%s"
+        params: tuple[Any, ...] = (workflow_id, event_type)
+        if dedup is not None:
+            sql += " AND data::jsonb ->> 'dedup' = %s"
+            params += (dedup,)
+        rows = self._query(sql + " ORDER BY seq LIMIT 1", params)
+        return int(rows[0][0]) if rows else None
+
+    def close(self) -> None:
+        self._drop()
+
+
+def _run_info(row: Sequence[Any]) -> RunInfo:
+    wid, run_id, wtype, status, args, result, error, head, created, updated = row
+    return RunInfo(wid, run_id, wtype, status, json.loads(args),
+                   None if result is None else json.loads(result),
+                   None if error is None else json.loads(error), head, created, updated)

@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 from urllib.parse import unquote
 
 from zope.interface import implementer
 
+from . import _clock
 from . import events as ev
 from ._batch import BatchPlan, next_run_started
 from .errors import (
@@ -149,7 +151,7 @@ class SQLiteStore:
             raise _translate(exc, path) from None
         try:
             self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-            self._conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            self._enter_wal(busy_timeout)
             self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             # A small WAL that is checkpointed often is rewound and overwritten
             # in place, and an overwrite syncs faster than a growing file: on
@@ -161,6 +163,20 @@ class SQLiteStore:
             self._conn.close()
             raise _translate(exc, path) from None
 
+    def _enter_wal(self, busy_timeout: float) -> None:
+        """Switch a new file to WAL. SQLite answers "locked" at once, without
+        its busy handler, when another connection switches it at the same
+        moment (processes opening a new file together): retry a while."""
+        deadline = _clock.monotonic() + busy_timeout
+        while True:
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL").fetchone()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or _clock.monotonic() > deadline:
+                    raise
+            time.sleep(0.01)
+
     def _migrate(self) -> None:
         conn = self._conn
         (version,) = conn.execute("PRAGMA user_version").fetchone()
@@ -171,17 +187,18 @@ class SQLiteStore:
                 f"the SQLite file {self.path!r} has schema version {version}, newer than this "
                 f"aion_green understands ({SCHEMA_VERSION}); upgrade aion_green"
             )
-        if version == 0 and conn.execute(
-            "SELECT count(*) FROM sqlite_master WHERE name IN ('runs', 'events')"
-        ).fetchone()[0]:
-            raise StoreError(
-                f"the SQLite file {self.path!r} already has tables named runs/events that "
-                "aion_green did not create; point the engine at another file"
-            )
         conn.execute("BEGIN IMMEDIATE")
         try:
-            # Re-read under the write lock: another process may have migrated.
+            # Re-read under the write lock: another process may have migrated
+            # meanwhile (two gunicorn workers opening a new file at once).
             (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version == 0 and conn.execute(
+                "SELECT count(*) FROM sqlite_master WHERE name IN ('runs', 'events')"
+            ).fetchone()[0]:
+                raise StoreError(
+                    f"the SQLite file {self.path!r} already has tables named runs/events that "
+                    "aion_green did not create; point the engine at another file"
+                )
             for step in _MIGRATIONS[version:]:
                 for statement in step:
                     conn.execute(statement)

@@ -86,3 +86,32 @@ def test_disk_full_writes_nothing_of_the_batch_and_recovers(tmp_path):
         assert store.write_batch([Append("w", 1, [big])]) == [2]
     finally:
         store.close()
+
+
+def test_stores_opening_a_new_file_at_the_same_moment_all_come_up(tmp_path):
+    """Two gunicorn workers open a new database at once: one migrates, the
+    others find it done (the check for foreign tables runs under the lock)."""
+    import threading
+
+    def open_all(path):
+        stores, errors = [], []
+        gate = threading.Barrier(8)
+
+        def open_one():
+            gate.wait()
+            try:
+                stores.append(SQLiteStore(path))
+            except Exception as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_one) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        for store in stores:
+            store.close()
+        return len(stores), errors
+
+    for attempt in range(5):
+        assert open_all(str(tmp_path / f"race-{attempt}.db")) == (8, [])

@@ -7,6 +7,7 @@ from .errors import (
     Cancelled,
     ConfigurationError,
     EngineClosed,
+    FencedOut,
     InternalError,
     NonDeterminismError,
     NonRetryableError,
@@ -35,7 +36,7 @@ from .supervision import ChildSpec
 
 __all__ = [
     "AionError", "Cancelled", "ChildHandle", "ChildSpec", "ConfigurationError", "Engine",
-    "EngineClosed", "Event", "IEventStore", "InternalError", "NonDeterminismError",
+    "EngineClosed", "Event", "FencedOut", "IEventStore", "InternalError", "NonDeterminismError",
     "NonRetryableError", "QueryFailed", "RestartIntensityExceeded", "Retry", "RunInfo",
     "SQLiteStore", "SequenceConflict", "SerializationError", "Step", "StepError", "StepInfo",
     "StoreCorrupt", "StoreError", "StoreUnavailable", "Timeout", "WorkflowCancelled",

@@ -76,6 +76,13 @@ class StoreUnavailable(StoreError):
     """The store is locked by another process or cannot be reached."""
 
 
+class FencedOut(StoreError):
+    """The environment's: this engine lost the right to write (its database
+    session, and with it the driver lock, ended while another engine took
+    over). It writes nothing more; the runs go on in the engine that drives
+    now. Start a new Engine to rejoin."""
+
+
 class StoreCorrupt(StoreError):
     """The store file is not a database, or is damaged. It was not modified."""
 

@@ -32,6 +32,7 @@ from . import events as ev
 from ._batch import BatchPlan, next_run_started
 from .errors import (
     ConfigurationError,
+    FencedOut,
     StoreError,
     StoreUnavailable,
     WorkflowNotFound,
@@ -129,6 +130,8 @@ class PostgresStore:
         self.connect_timeout = connect_timeout
         self._conn: Any = None
         self.driver_lock_held = False
+        # Invariant: once true, never false again; no write is made.
+        self.fenced = False
         self._connect()
         self._migrate()
         # One driver per schema: engines over other schemas of the same
@@ -139,17 +142,33 @@ class PostgresStore:
 
     # -- connection ----------------------------------------------------------------------
     def _connect(self) -> Any:
+        if self.fenced:
+            raise FencedOut(
+                f"this engine lost the driver lock of {self.path} (its database session ended "
+                "and another engine took over); it writes nothing more: start a new Engine")
         if self._conn is not None and not self._conn.closed:
             return self._conn
-        if self.driver_lock_held:
-            # The session that held the driver lock is gone, and with it the
-            # lock: this process must not write as the driver any more.
-            self.driver_lock_held = False
         try:
             self._conn = psycopg.connect(self.url, connect_timeout=max(1, int(self.connect_timeout)),
-                                         autocommit=True)
+                                         autocommit=True, application_name="aion_green")
         except psycopg.Error as exc:
             raise _translate(exc, self.path) from None
+        if self.driver_lock_held:
+            # The session that held the driver lock ended (a server restart,
+            # a cut connection), and the lock with it. Take it again on the
+            # new session, unless another engine drives now: then this one
+            # is fenced out, and never writes again.
+            try:
+                (got,) = self._conn.execute("SELECT pg_try_advisory_lock(%s)",
+                                            (self._driver_key,)).fetchone()
+            except psycopg.Error as exc:
+                self._drop()
+                raise _translate(exc, self.path) from None
+            if not got:
+                self.fenced = True
+                self.driver_lock_held = False
+                self._drop()
+                return self._connect()
         return self._conn
 
     @contextmanager
@@ -208,8 +227,11 @@ class PostgresStore:
     # -- the driver lock -------------------------------------------------------------------
     def try_lock_driver(self) -> bool:
         """Take the driver lock on this store's session (non-blocking)."""
-        if self.driver_lock_held and self._conn is not None and not self._conn.closed:
-            return True
+        if self.fenced:
+            return False
+        if self.driver_lock_held:
+            self._connect()  # a new session takes the lock again, or fences
+            return self.driver_lock_held
         (got,) = self._query("SELECT pg_try_advisory_lock(%s)", (self._driver_key,))[0]
         self.driver_lock_held = bool(got)
         return self.driver_lock_held

@@ -33,6 +33,7 @@ import gevent
 from . import _clock
 from . import events as ev
 from .errors import (
+    AionError,
     EngineClosed,
     StoreUnavailable,
     WorkflowNotRunning,
@@ -198,8 +199,13 @@ class SharingDriver:
             if retry:
                 pending.difference_update(retry)
                 retry.clear()
-            rows = [row for row in reader.call(reader.store.read_inbox, 0, 500).result()
-                    if row[0] not in pending]
+            try:
+                rows = [row for row in reader.call(reader.store.read_inbox, 0, 500).result()
+                        if row[0] not in pending]
+            except AionError as exc:  # the store is away for a while: look again later
+                log.warning("inbox: the store could not be read (%s); retrying", exc)
+                gevent.sleep(_IDLE_PAUSE)
+                continue
             for row_id, wid, kind, data, at in rows:
                 pending.add(row_id)
 
@@ -228,10 +234,15 @@ class SharingDriver:
         pause = _BUSY_PAUSE
         sweep_at = _clock.monotonic() + _SWEEP_EVERY
         while True:
-            if _clock.monotonic() >= sweep_at:
-                sweep_at = _clock.monotonic() + _SWEEP_EVERY
-                self._recover()
-            rows = reader.call(reader.store.new_runs, mark, 500).result()
+            try:
+                if _clock.monotonic() >= sweep_at:
+                    sweep_at = _clock.monotonic() + _SWEEP_EVERY
+                    self._recover()
+                rows = reader.call(reader.store.new_runs, mark, 500).result()
+            except AionError as exc:  # the store is away for a while: look again later
+                log.warning("new runs: the store could not be read (%s); retrying", exc)
+                gevent.sleep(_IDLE_PAUSE)
+                continue
             for row_mark, info in rows:
                 mark = row_mark
                 wid = info.workflow_id

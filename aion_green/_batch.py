@@ -5,10 +5,10 @@ store applies the plan with its own SQL, in one transaction."""
 from __future__ import annotations
 
 import json
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from . import events as ev
-from .errors import SequenceConflict, StoreError
+from .errors import FencedOut, SequenceConflict, StoreError
 from .store import Append
 
 _TIMER_ENDS = frozenset({ev.TIMER_FIRED, ev.TIMER_CANCELLED})
@@ -27,11 +27,18 @@ class BatchPlan:
         # Runs that continued as new: (wid, the continued event's data, at).
         self.rollovers: list[tuple[str, dict[str, Any], float]] = []
 
-    def append(self, op: Append, heads: dict[str, int]) -> Union[int, StoreError]:
-        """Check one append against ``heads`` (which it moves); its outcome."""
+    def append(self, op: Append, heads: dict[str, int],
+               fences: Optional[dict[str, int]] = None) -> Union[int, StoreError]:
+        """Check one append against ``heads`` (which it moves) and, for a
+        store that leases runs, its fencing token against ``fences``; its
+        outcome."""
         wid = op.workflow_id
         if not op.events:
             return StoreError(f"an append to {wid!r} carried no events")
+        if fences is not None and op.fence is not None and fences.get(wid) != op.fence:
+            return FencedOut(
+                f"workflow {wid!r}: this engine's lease (fence {op.fence}) was taken over "
+                f"(fence now {fences.get(wid)}); nothing was written, and this engine drops the run")
         head = heads.get(wid)
         if head is None:
             return StoreError(f"no run with workflow id {wid!r}: create it before appending")

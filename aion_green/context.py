@@ -25,6 +25,7 @@ from .children import ChildHandle
 from .errors import (
     AionError,
     Cancelled,
+    FencedOut,
     NonDeterminismError,
     SequenceConflict,
     StepError,
@@ -501,7 +502,8 @@ class WorkflowContext:
     def _on_failed(self, error: BaseException) -> None:
         """Hub thread: the store refused a record of this run."""
         if self._failure is None:
-            if isinstance(error, SequenceConflict):
+            if isinstance(error, (SequenceConflict, FencedOut)):
+                # Another writer owns the run now: drop it here, silently.
                 self._failure = RunLost(str(error))
             elif isinstance(error, AionError):
                 self._failure = RunAborted(error)

@@ -37,6 +37,7 @@ from .errors import (
     WorkflowNotRunning,
 )
 from .hub_thread import Future, HubThread
+from .leases import LeaseDriver
 from .recorder import Recorder
 from .registry import Registry, workflow_name
 from .runs import RunDriver, _closed_while_waiting
@@ -80,7 +81,7 @@ class WorkflowHandle:
         return f"<WorkflowHandle {self.workflow_id!r}>"
 
 
-class Engine(RunDriver, ChildDriver, SharingDriver):
+class Engine(RunDriver, ChildDriver, SharingDriver, LeaseDriver):
     """A durable workflow engine over one store (one epoch, start to shutdown).
 
     ``Engine()`` uses ``./aion.db``. The engine starts lazily on first use
@@ -99,6 +100,8 @@ class Engine(RunDriver, ChildDriver, SharingDriver):
         kill_timeout: float = 5.0,
         recover: bool = True,
         busy_timeout: float = 5.0,
+        lease: float = 10.0,
+        max_resident: Optional[int] = None,
     ) -> None:
         if step_workers < 1:
             raise ConfigurationError(f"step_workers={step_workers}: need at least one step thread")
@@ -108,6 +111,16 @@ class Engine(RunDriver, ChildDriver, SharingDriver):
         self.kill_timeout = kill_timeout
         self.recover = recover
         self.busy_timeout = busy_timeout
+        if lease <= 0 or (max_resident is not None and max_resident < 1):
+            raise ConfigurationError(
+                f"lease={lease}, max_resident={max_resident}: a lease is a positive number of "
+                "seconds, and an engine keeps at least one run resident")
+        # Where the store leases runs (PostgreSQL): this engine's id, how long
+        # a lease lasts unrenewed, and how many runs it drives at once.
+        self.engine_id = uuid.uuid4().hex
+        self.lease = lease
+        self.max_resident = max_resident
+        self._leased = False
         self._registry = Registry(workflows)
         self._lock = _allocate_lock()
         self._pid: Optional[int] = None
@@ -169,9 +182,10 @@ class Engine(RunDriver, ChildDriver, SharingDriver):
                 self._recently_finished.clear()
                 self.unrunnable = {}
             self._store = open_store(self.url, self.durable, self.busy_timeout)
+            self._leased = hasattr(self._store, "claim_runs")
             pg = hasattr(self._store, "try_lock_driver")
             self._driver_lock = PgDriverLock(self._store) if pg else DriverLock(self._store.path)
-            if not self._driver_lock.try_acquire():
+            if not self._leased and not self._driver_lock.try_acquire():
                 log.info("engine over %s: %s drives its runs; this one is its client",
                          self._store.path, self._driver_lock.holder())
             self._writer = StoreWriter(self._store)
@@ -201,11 +215,13 @@ class Engine(RunDriver, ChildDriver, SharingDriver):
         if not started:
             return
         assert self._hub is not None
+        leased = [wid for wid in self._runs] if self._leased else []
         # Child watchers first: the hub's own stop does not know them, and a
         # watcher must not record into a parent after the epoch closed.
         self._child_tasks.shutdown()
         self._hub.shutdown()
         self._steps.close()
+        self._release_leases(leased)
         self._writer.close()
         self._reader.close()
         self._driver_lock.release()
@@ -284,22 +300,32 @@ class Engine(RunDriver, ChildDriver, SharingDriver):
             if driving and wid not in self._recorders:
                 mine = self._recorders[wid] = self._new_recorder(wid)
         future = Future()
+        now = time.time()
+        owner, lease_until = None, 0.0
+        if self._leased and mine is not None and (
+                self.max_resident is None or len(self._runs) < self.max_resident):
+            owner, lease_until = self.engine_id, now + self.lease
         try:
             self._writer.submit_create(
-                CreateRun(wid, wname, args_json, uuid.uuid4().hex, time.time()), future_done(future))
+                CreateRun(wid, wname, args_json, uuid.uuid4().hex, now, owner, lease_until),
+                future_done(future))
             created, info = future.result()
         except BaseException:
             if mine is not None:
                 self._unregister(wid, mine)
             raise
+        if created and mine is not None and self._leased and owner is None:
+            self._unregister(wid, mine)  # left for any engine to claim
+            return created, info
         if created and mine is not None:
+            mine.fence = info.fence or None
             mine.init(1, {}, set())
             self._hub.call_soon(self._spawn_run, wid, info, False, mine)
             return created, info
         if mine is not None:
             self._unregister(wid, mine)
-        if (driving and not created and not info.finished and info.workflow_type == wname
-                and info.args == json.loads(args_json)):
+        if (driving and not self._leased and not created and not info.finished
+                and info.workflow_type == wname and info.args == json.loads(args_json)):
             # _spawn_run ignores a run already live here.
             self._hub.call_soon(self._spawn_run, wid, info)
         return created, info
@@ -318,7 +344,7 @@ class Engine(RunDriver, ChildDriver, SharingDriver):
         value = ev.roundtrip(payload, f"the payload of message {name!r}")
         self._ensure_started()
         dedup = None if idempotency_key is None else f"signal/{idempotency_key}"
-        if not self.driving:
+        if not self.driving or (self._leased and workflow_id not in self._recorders):
             data: dict[str, Any] = {"name": name, "payload": value}
             if dedup is not None:
                 data["dedup"] = dedup
@@ -335,7 +361,7 @@ class Engine(RunDriver, ChildDriver, SharingDriver):
         refuses with :class:`WorkflowNotRunning`."""
         self._ensure_started()
         future = Future()
-        if self.driving:
+        if self.driving and not (self._leased and workflow_id not in self._recorders):
             self._route_cancel(workflow_id, reason, future_done(future))
         else:
             try:
@@ -364,7 +390,7 @@ class Engine(RunDriver, ChildDriver, SharingDriver):
 
         store = self._store
         self._route(workflow_id, build, lambda: store.request_cancel(workflow_id, reason, at),
-                    "there is nothing left to cancel", done)
+                    "there is nothing left to cancel", done, ("cancel", {"reason": reason}))
 
     def query(self, workflow_id: str, name: str, *args: Any, timeout: float = 10.0) -> Any:
         """Ask a live run: ``handler(*args)`` of its ``ctx.set_query(name,
@@ -373,7 +399,7 @@ class Engine(RunDriver, ChildDriver, SharingDriver):
         is not live here), :class:`WorkflowNotRunning` (it has finished) or
         :class:`Timeout`."""
         self._ensure_started()
-        if not self.driving:
+        if not self.driving or (self._leased and workflow_id not in self._recorders):
             raise QueryFailed(
                 f"query {name!r} to workflow {workflow_id!r}: the runs of {self._store_name()} are "
                 f"driven by {self._driver_lock.holder()}, and only the live run answers queries; "

@@ -92,10 +92,20 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             data TEXT NOT NULL,
             at DOUBLE PRECISION NOT NULL)""",
     ),
+    (
+        # Leases: each running run is owned by one engine until lease_until;
+        # fence grows with every grant, and every append names the fence it
+        # was granted under.
+        "ALTER TABLE aion_runs ADD COLUMN owner TEXT, "
+        "ADD COLUMN lease_until DOUBLE PRECISION NOT NULL DEFAULT 0, "
+        "ADD COLUMN fence BIGINT NOT NULL DEFAULT 0",
+        "CREATE SEQUENCE aion_fence_seq",
+        "CREATE INDEX aion_runs_claimable ON aion_runs(status, lease_until) WHERE status = 'running'",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 _RUN_COLUMNS = ("workflow_id, run_id, workflow_type, status, args, result, error, head_seq, "
-                "created_at, updated_at")
+                "created_at, updated_at, fence")
 
 
 def _translate(exc: BaseException, where: str) -> StoreError:
@@ -152,6 +162,13 @@ class PostgresStore:
             self._conn = psycopg.connect(self.url, connect_timeout=max(1, int(self.connect_timeout)),
                                          autocommit=True, application_name="aion_green")
         except psycopg.Error as exc:
+            raise _translate(exc, self.path) from None
+        try:
+            # A session paused inside a transaction (its engine stopped, say)
+            # must not hold row locks that keep others from taking over.
+            self._conn.execute("SET idle_in_transaction_session_timeout = 5000")
+        except psycopg.Error as exc:
+            self._drop()
             raise _translate(exc, self.path) from None
         if self.driver_lock_held:
             # The session that held the driver lock ended (a server restart,
@@ -258,12 +275,14 @@ class PostgresStore:
             if wids:
                 # Row locks, in id order: no other writer moves these heads
                 # before the commit, and two batches never deadlock.
-                cur.execute("SELECT workflow_id, head_seq FROM aion_runs WHERE workflow_id = ANY(%s) "
-                            "ORDER BY workflow_id FOR UPDATE", (wids,))
-                heads = {wid: head for wid, head in cur.fetchall()}
+                cur.execute("SELECT workflow_id, head_seq, fence FROM aion_runs "
+                            "WHERE workflow_id = ANY(%s) ORDER BY workflow_id FOR UPDATE", (wids,))
+                fetched = cur.fetchall()
+                heads = {wid: head for wid, head, _ in fetched}
+                fences = {wid: int(fence) for wid, _, fence in fetched}
             for op in ops:
                 if type(op) is Append:
-                    outcomes.append(plan.append(op, heads))
+                    outcomes.append(plan.append(op, heads, fences if wids else None))
                 else:
                     assert isinstance(op, CreateRun)
                     outcome = self._create_one(cur, op, plan.rows)
@@ -295,17 +314,21 @@ class PostgresStore:
     def _create_one(self, cur: Any, op: CreateRun, rows: list[Any]) -> tuple[bool, RunInfo]:
         cur.execute(
             "INSERT INTO aion_runs(workflow_id, run_id, workflow_type, status, args, head_seq, "
-            "created_at, updated_at) VALUES (%s,%s,%s,%s,%s,1,%s,%s) "
-            "ON CONFLICT (workflow_id) DO NOTHING",
-            (op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING, op.args_json, op.at, op.at))
-        if cur.rowcount == 0:
+            "created_at, updated_at, owner, lease_until, fence) "
+            "VALUES (%s,%s,%s,%s,%s,1,%s,%s,%s,%s, "
+            "CASE WHEN %s::text IS NULL THEN 0 ELSE nextval('aion_fence_seq') END) "
+            "ON CONFLICT (workflow_id) DO NOTHING RETURNING fence",
+            (op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING, op.args_json, op.at, op.at,
+             op.owner, op.lease_until, op.owner))
+        inserted = cur.fetchone()
+        if inserted is None:
             cur.execute(f"SELECT {_RUN_COLUMNS} FROM aion_runs WHERE workflow_id=%s", (op.workflow_id,))
             return False, _run_info(cur.fetchone())
         data = (f'{{"workflow_type":{json.dumps(op.workflow_type)},'
                 f'"run_id":{json.dumps(op.run_id)},"args":{op.args_json}}}')
         rows.append((op.workflow_id, 1, ev.WORKFLOW_STARTED, op.at, data))
         return True, RunInfo(op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING,
-                             json.loads(op.args_json), None, None, 1, op.at, op.at)
+                             json.loads(op.args_json), None, None, 1, op.at, op.at, int(inserted[0]))
 
     def _roll_over(self, cur: Any, wid: str, data: dict[str, Any], at: float) -> None:
         cur.execute("SELECT run_id, workflow_type FROM aion_runs WHERE workflow_id=%s", (wid,))
@@ -449,9 +472,16 @@ class PostgresStore:
                            "ORDER BY fire_at LIMIT %s", (now, limit))
         return [(wid, key, fire_at) for wid, key, fire_at in rows]
 
-    def read_inbox(self, after_id: int = 0, limit: int = 500) -> list[tuple[int, str, str, Any, float]]:
-        rows = self._query("SELECT id, workflow_id, kind, data, at FROM aion_inbox WHERE id>%s "
-                           "ORDER BY id LIMIT %s", (after_id, limit))
+    def read_inbox(self, after_id: int = 0, limit: int = 500,
+                   owner: Optional[str] = None) -> list[tuple[int, str, str, Any, float]]:
+        if owner is None:
+            rows = self._query("SELECT id, workflow_id, kind, data, at FROM aion_inbox WHERE id>%s "
+                               "ORDER BY id LIMIT %s", (after_id, limit))
+        else:  # the requests for runs this owner holds
+            rows = self._query("SELECT i.id, i.workflow_id, i.kind, i.data, i.at FROM aion_inbox i "
+                               "JOIN aion_runs r ON r.workflow_id = i.workflow_id "
+                               "WHERE i.id>%s AND r.owner=%s ORDER BY i.id LIMIT %s",
+                               (after_id, owner, limit))
         return [(int(i), wid, kind, json.loads(data), at) for i, wid, kind, data, at in rows]
 
     def new_runs(self, after: int = 0, limit: int = 500) -> list[tuple[int, RunInfo]]:
@@ -471,12 +501,41 @@ class PostgresStore:
         rows = self._query(sql + " ORDER BY seq LIMIT 1", params)
         return int(rows[0][0]) if rows else None
 
+    # -- leases ------------------------------------------------------------------------------
+    def claim_runs(self, owner: str, workflow_types: Sequence[str], lease_until: float, now: float,
+                   limit: int) -> list[RunInfo]:
+        """Take up to ``limit`` running runs of these types that nobody holds
+        (no owner, or a lease that ran out), each with a new fence."""
+        with self._tx() as cur:
+            cur.execute(
+                f"UPDATE aion_runs r SET owner=%s, lease_until=%s, fence=nextval('aion_fence_seq') "
+                f"FROM (SELECT workflow_id FROM aion_runs WHERE status=%s "
+                f"AND workflow_type = ANY(%s) AND (owner IS NULL OR lease_until < %s) "
+                f"ORDER BY mark LIMIT %s FOR UPDATE SKIP LOCKED) c "
+                f"WHERE r.workflow_id = c.workflow_id "
+                f"RETURNING {', '.join('r.' + c.strip() for c in _RUN_COLUMNS.split(','))}",
+                (owner, lease_until, ev.RUNNING, list(workflow_types), now, limit))
+            return [_run_info(row) for row in cur.fetchall()]
+
+    def renew_leases(self, owner: str, workflow_ids: Sequence[str], lease_until: float) -> list[str]:
+        """Extend this owner's leases; the ids it still holds."""
+        with self._tx() as cur:
+            cur.execute("UPDATE aion_runs SET lease_until=%s WHERE owner=%s AND workflow_id = ANY(%s) "
+                        "RETURNING workflow_id", (lease_until, owner, list(workflow_ids)))
+            return [row[0] for row in cur.fetchall()]
+
+    def release_leases(self, owner: str, workflow_ids: Sequence[str]) -> None:
+        """Give runs back (a clean shutdown): others may claim them at once."""
+        with self._tx() as cur:
+            cur.execute("UPDATE aion_runs SET owner=NULL, lease_until=0 "
+                        "WHERE owner=%s AND workflow_id = ANY(%s)", (owner, list(workflow_ids)))
+
     def close(self) -> None:
         self._drop()
 
 
 def _run_info(row: Sequence[Any]) -> RunInfo:
-    wid, run_id, wtype, status, args, result, error, head, created, updated = row
+    wid, run_id, wtype, status, args, result, error, head, created, updated, fence = row
     return RunInfo(wid, run_id, wtype, status, json.loads(args),
                    None if result is None else json.loads(result),
-                   None if error is None else json.loads(error), head, created, updated)
+                   None if error is None else json.loads(error), head, created, updated, int(fence))

@@ -36,8 +36,11 @@ OnDone = Callable[[list[NewEvent], Optional[int], Optional[BaseException]], None
 class Recorder:
     """Orders the appends of one live run."""
 
-    def __init__(self, workflow_id: str, writer: Any, on_done: OnDone) -> None:
+    def __init__(self, workflow_id: str, writer: Any, on_done: OnDone,
+                 fence: Optional[int] = None) -> None:
         self.workflow_id = workflow_id
+        # The owner's fencing token, carried by every append (leased stores).
+        self.fence = fence
         self._writer = writer
         self._on_done = on_done
         self._lock = _allocate_lock()
@@ -109,7 +112,7 @@ class Recorder:
             if extra is not None:
                 extra(events, head, error)
 
-        self._writer.submit_append(self.workflow_id, expected, events, done)
+        self._writer.submit_append(self.workflow_id, expected, events, done, self.fence)
         for i, event in enumerate(events):
             dedup = event.data.get("dedup") if event.type == MESSAGE_RECEIVED else None
             if dedup is not None:

@@ -57,6 +57,10 @@ class Registry:
         self._own[wname] = fn
         return wname
 
+    def names(self) -> set[str]:
+        """Every workflow type this engine can run."""
+        return set(self._own) | set(_DECORATED)
+
     def get(self, wname: str) -> Callable[..., Any]:
         fn = self._own.get(wname) or _DECORATED.get(wname)
         if fn is None:

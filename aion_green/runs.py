@@ -74,6 +74,7 @@ class RunDriver:
     _early: dict[str, builtins.list[tuple[Any, ...]]]
     unrunnable: dict[str, str]
     recover: bool
+    _leased: bool
     _ensure_child: Callable[[tuple[str, str], dict[str, Any]], None]  # ChildDriver
 
     def _store_name(self) -> str:
@@ -102,17 +103,22 @@ class RunDriver:
 
         payload_json = ev.encode(payload, "a message payload")
         store = self._store
+        request: dict[str, Any] = {"name": name, "payload": payload}
+        if dedup is not None:
+            request["dedup"] = dedup
         self._route(wid, build, lambda: store.deliver_message(wid, name, payload_json, at, dedup),
-                    f"a message {name!r} to it would never be read", answered)
+                    f"a message {name!r} to it would never be read", answered,
+                    ("message", request))
 
     def _route(self, wid: str, build: Callable[[Recorder], builtins.list[ev.NewEvent]],
                via_store: Callable[[], Any], why_not: str,
-               done: Callable[[Any, Optional[BaseException]], None]) -> None:
+               done: Callable[[Any, Optional[BaseException]], None],
+               via_inbox: Optional[tuple[str, dict[str, Any]]] = None) -> None:
         """Any thread: record an arrival for ``wid`` through its recorder if
         it lives here, else through the store; ``done(seq, error)``."""
         def recorded(events: Any, head: Optional[int], error: Optional[BaseException]) -> None:
             if isinstance(error, _Reroute):  # its run's recorder was dropped before init
-                self._route(wid, build, via_store, why_not, done)
+                self._route(wid, build, via_store, why_not, done, via_inbox)
             else:
                 done(head, error)
 
@@ -125,13 +131,23 @@ class RunDriver:
                     done(None, WorkflowNotRunning(
                         f"workflow {wid!r} has finished; {why_not}, so nothing was recorded"))
                 return
+            if via_inbox is not None and self._leased:
+                # Leased runs: another engine may own it; only its owner
+                # appends, so the request goes to the inbox it drains.
+                store, (kind, data) = self._store, via_inbox
+                self._writer.submit_call(
+                    lambda: store.post_inbox(wid, kind, ev.encode(data, "the request"), time.time()),
+                    done)
+                return
             self._writer.submit_call(via_store, done)
 
     # -- hub thread only ---------------------------------------------------------------------
     def _on_hub_start(self) -> None:
         if self._hub.closing:
             return
-        if self.driving:  # type: ignore[attr-defined]
+        if self._leased:
+            self._hub.spawn(self._begin_leasing, name="aion-leases")  # type: ignore[attr-defined]
+        elif self.driving:  # type: ignore[attr-defined]
             self._hub.spawn(self._begin_driving, name="aion-drive")  # type: ignore[attr-defined]
         else:
             self._hub.spawn(self._promote, name="aion-promote")  # type: ignore[attr-defined]
@@ -153,14 +169,14 @@ class RunDriver:
 
         self._steps.submit(task)
 
-    def _new_recorder(self, wid: str) -> Recorder:
+    def _new_recorder(self, wid: str, fence: Optional[int] = None) -> Recorder:
         call_soon, deliver = self._hub.call_soon, self._deliver
 
         def on_done(events: builtins.list[ev.NewEvent], head: Optional[int],
                     error: Optional[BaseException]) -> None:
             call_soon(deliver, wid, events, head, error)
 
-        return Recorder(wid, self._writer, on_done)
+        return Recorder(wid, self._writer, on_done, fence)
 
     def _deliver(self, wid: str, events: builtins.list[ev.NewEvent], head: Optional[int],
                  error: Optional[BaseException]) -> None:
@@ -223,7 +239,7 @@ class RunDriver:
         self._runs[wid] = True
         self.unrunnable.pop(wid, None)
         if recorder is None:
-            recorder = self._new_recorder(wid)
+            recorder = self._new_recorder(wid, info.fence or None)
             with self._routing:
                 self._recorders[wid] = recorder
         self._hub.spawn(self._drive, wid, fn, info, recovering, recorder, name=f"run:{wid}")

@@ -165,8 +165,11 @@ class SharingDriver:
 
     @property
     def driving(self) -> bool:
-        """True when this engine drives the runs of its store (it holds the
-        store's driver lock); False for a client of another process's."""
+        """True when this engine drives runs: it holds the store's driver
+        lock, or the store leases runs to every engine (PostgreSQL); False
+        for a client of another process's engine."""
+        if getattr(self, "_leased", False):
+            return True
         return bool(self._driver_lock is not None and self._driver_lock.held)
 
     # -- hub thread: the driver --------------------------------------------------------------
@@ -179,7 +182,7 @@ class SharingDriver:
         hub.spawn(self._drain, name="aion-inbox")
         hub.spawn(self._watch, mark, name="aion-new-runs")
 
-    def _drain(self) -> None:
+    def _drain(self, owner: Optional[str] = None) -> None:
         """Record what clients posted to the inbox, through the runs' recorders.
 
         The inbox is read from its start each time (handled entries are
@@ -200,8 +203,9 @@ class SharingDriver:
                 pending.difference_update(retry)
                 retry.clear()
             try:
-                rows = [row for row in reader.call(reader.store.read_inbox, 0, 500).result()
-                        if row[0] not in pending]
+                read = (reader.call(reader.store.read_inbox, 0, 500) if owner is None
+                        else reader.call(reader.store.read_inbox, 0, 500, owner))
+                rows = [row for row in read.result() if row[0] not in pending]
             except AionError as exc:  # the store is away for a while: look again later
                 log.warning("inbox: the store could not be read (%s); retrying", exc)
                 gevent.sleep(_IDLE_PAUSE)
@@ -263,7 +267,7 @@ class SharingDriver:
         """Tell result waiters of runs that the driver ends: read their
         status until they finish (a client hears no doorbell)."""
         pause = _BUSY_PAUSE
-        while not self.driving:
+        while not self.driving or getattr(self, "_leased", False):
             waiting = [wid for wid in self._waiters if wid not in self._runs]
             for wid in waiting:
                 self._check_finished(wid)

@@ -32,6 +32,7 @@ class RunInfo:
     head_seq: int
     created_at: float
     updated_at: float
+    fence: int = 0  # the owner's fencing token, where the store leases runs
 
     @property
     def finished(self) -> bool:
@@ -45,6 +46,8 @@ class Append(NamedTuple):
     workflow_id: str
     expected_seq: int
     events: Sequence[ev.NewEvent]
+    # The owner's fencing token (PostgreSQL leases): a stale one is refused.
+    fence: Optional[int] = None
 
 
 class CreateRun(NamedTuple):
@@ -55,6 +58,9 @@ class CreateRun(NamedTuple):
     args_json: str
     run_id: str
     at: float
+    # Leases (PostgreSQL): the creating engine owns the new run until then.
+    owner: Optional[str] = None
+    lease_until: float = 0.0
 
 
 class IEventStore(Interface):

@@ -41,6 +41,8 @@ class TimerService:
         self._ties = itertools.count()
         self._wake = gevent.event.Event()
         self._sweep_now = False
+        # False where runs are leased: each run's owner fires its timers.
+        self.store_sweep = True
 
     # any thread ---------------------------------------------------------------------------
     def poke(self) -> None:
@@ -71,7 +73,7 @@ class TimerService:
                 ctx = engine._runs.get(wid)
                 if ctx is not None and not isinstance(ctx, bool):
                     ctx._timer_due(key, now)
-            if now >= next_sweep or self._sweep_now:
+            if self.store_sweep and (now >= next_sweep or self._sweep_now):
                 self._sweep_now = False
                 next_sweep = now + self.sweep_every
                 self._sweep_store(now)

@@ -1,0 +1,124 @@
+"""Many engines over one PostgreSQL database: each run is owned by one
+engine at a time, under a lease.
+
+A run's row holds its ``owner`` (an engine's id), ``lease_until`` and a
+``fence``: a number drawn from a sequence each time a lease is granted.
+Every engine with workflows registered
+
+- owns the runs it starts (up to ``max_resident`` runs at once; past that a
+  new run is left for any engine to claim);
+- claims runnable runs (no owner, or a lease that ran out) of the types it
+  knows, with ``FOR UPDATE SKIP LOCKED``, so engines never claim the same
+  run, up to its resident cap, and drives each by replay;
+- renews the leases of the runs it drives every third of the lease, and
+  drops at once a run whose lease another engine took;
+- drains the inbox requests (signals, cancels) for the runs it owns.
+
+Every append names the fence its lease was granted under, and the store
+checks it in the same transaction: an engine that was paused or cut off
+past its lease, and comes back, has its next append refused with
+:class:`~aion_green.errors.FencedOut` and drops the run; the history holds
+nothing of it written after the takeover. When an engine dies, its leases
+run out and the others resume its runs by replay.
+
+Thread contract: every method here runs on the engine's hub thread, as
+greenlets (``_claim``, ``_heartbeat``) or from them.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Optional
+
+import gevent
+
+from .errors import AionError, FencedOut
+
+log = logging.getLogger("aion_green.leases")
+
+_CLAIM_BUSY = 0.02
+_CLAIM_IDLE = 0.5
+
+
+class LeaseDriver:
+    """The lease half of the Engine (see the module docstring)."""
+
+    # Provided by Engine.
+    _hub: Any
+    _writer: Any
+    _store: Any
+    _runs: dict[str, Any]
+    _registry: Any
+    _timers: Any
+    engine_id: str
+    lease: float
+    max_resident: Optional[int]
+
+    def _spawn_run(self, wid: str, info: Any, recovering: bool = False, recorder: Any = None) -> None:
+        raise NotImplementedError
+
+    def _begin_leasing(self) -> None:
+        hub = self._hub
+        self._timers.store_sweep = False  # owners fire their runs' timers
+        hub.spawn(self._timers.run, name="aion-timers")
+        hub.spawn(self._claim, name="aion-claim")
+        hub.spawn(self._heartbeat, name="aion-heartbeat")
+        hub.spawn(self._drain, self.engine_id, name="aion-inbox")  # type: ignore[attr-defined]
+        hub.spawn(self._poll, name="aion-remote-results")  # type: ignore[attr-defined]
+
+    def _room(self) -> int:
+        cap = self.max_resident
+        return 500 if cap is None else max(0, min(500, cap - len(self._runs)))
+
+    def _claim(self) -> None:
+        """Claim and drive runnable runs of the types registered here."""
+        pause = _CLAIM_BUSY
+        while True:
+            room = self._room()
+            claimed = []
+            if room:
+                try:
+                    now = time.time()
+                    claimed = self._writer.call(
+                        self._store.claim_runs, self.engine_id, sorted(self._registry.names()),
+                        now + self.lease, now, room).result()
+                except AionError as exc:
+                    log.warning("claiming runs failed (%s); retrying", exc)
+            for info in claimed:
+                if info.workflow_id in self._runs:
+                    # Still driven here under an older lease (it ran out and
+                    # came back to us): that run is dropped by its next
+                    # append; the new lease is driven once it has gone.
+                    self._runs[info.workflow_id]._on_failed(FencedOut("lease taken again"))
+                    continue
+                self._spawn_run(info.workflow_id, info, recovering=True)
+            pause = _CLAIM_BUSY if claimed else min(pause * 2, _CLAIM_IDLE)
+            gevent.sleep(pause)
+
+    def _heartbeat(self) -> None:
+        """Renew this engine's leases; drop the runs whose lease was taken."""
+        while True:
+            gevent.sleep(self.lease / 3)
+            mine = [wid for wid, ctx in self._runs.items() if not isinstance(ctx, bool)]
+            if not mine:
+                continue
+            try:
+                kept = set(self._writer.call(self._store.renew_leases, self.engine_id, mine,
+                                             time.time() + self.lease).result())
+            except AionError as exc:
+                log.warning("renewing leases failed (%s); retrying", exc)
+                continue
+            for wid in mine:
+                ctx = self._runs.get(wid)
+                if wid not in kept and ctx is not None and not isinstance(ctx, bool):
+                    log.warning("run %r: its lease was taken by another engine; dropped here", wid)
+                    ctx._on_failed(FencedOut(f"the lease of {wid!r} was taken by another engine"))
+
+    def _release_leases(self, wids: list[str]) -> None:
+        """Caller's thread, at shutdown: give the runs back at once."""
+        if wids:
+            try:
+                self._writer.call(self._store.release_leases, self.engine_id, wids).result(10)
+            except Exception as exc:  # their leases run out instead
+                log.warning("leases not released at shutdown (%s); they run out in %.0f s",
+                            exc, self.lease)

@@ -1,0 +1,158 @@
+"""Many engine processes over one PostgreSQL database: runs are shared out
+by lease, a SIGKILLed engine's runs are taken over within the lease, and an
+engine paused past its lease is fenced out when it comes back."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from conftest import PATCHED, ROOT, wait_until
+
+from aion_green import events as ev
+
+SCRIPT = Path(__file__).with_name("pg_engine.py")
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("AION_GEVENT_PATCH", None)
+    if PATCHED:
+        env["AION_GEVENT_PATCH"] = "1"
+    return env
+
+
+def _launch(url, effects, lease, cap, *extra):
+    return subprocess.Popen([sys.executable, str(SCRIPT), url, str(effects), str(lease), str(cap),
+                             *extra], env=_env(), stdout=subprocess.PIPE, text=True)
+
+
+def _started(proc):
+    line = proc.stdout.readline().split()
+    assert line[:1] == ["engine"], f"the engine process did not start: {line}"
+    return line[1]
+
+
+def _spawn(url, effects, lease, cap, *extra):
+    proc = _launch(url, effects, lease, cap, *extra)
+    return proc, _started(proc)
+
+
+def _stop(procs):
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+def _store(url):
+    from aion_green.postgres import PostgresStore
+
+    return PostgresStore(url)
+
+
+def test_three_engines_share_300_runs_and_take_over_a_killed_ones(pg_url, tmp_path):
+    effects = tmp_path / "effects"
+    store = _store(pg_url)
+    lease = 2.0
+    try:
+        for k in range(300):
+            # Steps of different lengths: runs end one by one, not in waves.
+            store.create_run(f"w{k:03}", "pg.work", json.dumps([5, 0.05 + (k % 11) * 0.01]),
+                             f"r{k}", time.time())
+        procs = [_launch(pg_url, effects, lease, 20) for _ in range(3)]
+        ids = [_started(proc) for proc in procs]
+        try:
+            wait_until(lambda: len(store.list_runs(ev.COMPLETED, None, 1000, None)) >= 60,
+                       timeout=60, what="a fifth of the runs to finish")
+            ran = {line.split()[1] for line in effects.read_text().splitlines()}
+            assert ran == {str(p.pid) for p in procs}, "the runs were not shared by the three engines"
+            holding: dict = {}
+            while max(holding.values(), default=0) < 5:
+                holding = dict(store._query(
+                    "SELECT owner, count(*) FROM aion_runs WHERE status=%s AND owner IS NOT NULL "
+                    "GROUP BY owner", (ev.RUNNING,)))
+            victim_id = max(ids, key=lambda i: holding.get(i, 0))
+            victim = procs[ids.index(victim_id)]
+            victim.kill()
+            victim.wait()
+            killed_at = time.monotonic()
+            held = lambda: store._query(  # noqa: E731
+                "SELECT count(*) FROM aion_runs WHERE owner=%s AND status=%s", (victim_id, ev.RUNNING))[0][0]
+            assert held() > 0, f"the killed engine held no run: {holding}, {victim_id}"
+            wait_until(lambda: held() == 0, timeout=lease + 5, what="its runs to be taken over")
+            took_over = time.monotonic() - killed_at
+            wait_until(lambda: len(store.list_runs(ev.COMPLETED, None, 1000, None)) == 300,
+                       timeout=120, what="every run to finish")
+        finally:
+            _stop(procs)
+        assert took_over <= lease + 2.0, f"takeover took {took_over:.1f} s with a {lease} s lease"
+        lines = [line.split() for line in effects.read_text().splitlines()]
+        by_key = defaultdict(list)
+        for key, pid in lines:
+            by_key[key].append(pid)
+        victim_pid = str(victim.pid)
+        for k in range(300):
+            history = store.read(f"w{k:03}")
+            assert [e.seq for e in history] == list(range(1, len(history) + 1))
+            assert [e.data["step"] for e in history if e.type == ev.STEP_COMPLETED] == [1, 2, 3, 4, 5]
+            assert history[-1].type == ev.WORKFLOW_COMPLETED and history[-1].data["result"] == 5
+            for step in range(1, 6):
+                pids = by_key[f"w{k:03}/step-{step}"]
+                survivors = [p for p in pids if p != victim_pid]
+                # A step ran again only if the killed engine ran it (and died
+                # before its record): a survivor never ran a recorded step twice.
+                assert len(survivors) <= 1 and len(pids) >= 1, (k, step, pids)
+        assert Counter(p for _, p in lines)[victim_pid] > 0
+    finally:
+        store.close()
+
+
+def test_an_engine_paused_past_its_lease_is_fenced_out(pg_url, tmp_path):
+    """SIGSTOP the owner of a run past its lease; another engine takes the
+    run over; SIGCONT: the stale owner's next append is refused (FencedOut)
+    and the history holds nothing of it after the takeover."""
+    effects = tmp_path / "effects"
+    store = _store(pg_url)
+    procs = []
+    try:
+        a, a_id = _spawn(pg_url, effects, 1.0, 10, "start-slow")
+        procs.append(a)
+        steps = lambda: [e for e in store.read("slow") if e.type == ev.STEP_COMPLETED]  # noqa: E731
+        wait_until(lambda: len(steps()) >= 2, timeout=30, what="A's first steps")
+        os.kill(a.pid, signal.SIGSTOP)
+        try:
+            b, b_id = _spawn(pg_url, effects, 1.0, 10)
+            procs.append(b)
+            wait_until(lambda: store.get_run("slow").fence and store._query(
+                "SELECT owner FROM aion_runs WHERE workflow_id='slow'")[0][0] == b_id,
+                timeout=15, what="B to take the run over")
+            taken = store.get_run("slow").head_seq
+            wait_until(lambda: any(e.data["result"] == b.pid for e in steps()), timeout=15,
+                       what="B to record a step")
+        finally:
+            os.kill(a.pid, signal.SIGCONT)
+        run = store.get_run("slow")
+        deadline = time.monotonic() + 60
+        while run.status == ev.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.1)
+            run = store.get_run("slow")
+        assert run.status == ev.COMPLETED
+        history = store.read("slow")
+        after = [e for e in history if e.seq > taken]
+        assert all(e.data.get("result") != a.pid for e in after if e.type == ev.STEP_COMPLETED), \
+            "the stale owner wrote after the takeover"
+        assert [e.data["step"] for e in history if e.type == ev.STEP_COMPLETED] == list(range(1, 21))
+        assert a.poll() is None, "the stale owner crashed instead of dropping the run"
+    finally:
+        _stop(procs)
+        store.close()

@@ -215,13 +215,13 @@ class Engine(RunDriver, ChildDriver, SharingDriver, LeaseDriver):
         if not started:
             return
         assert self._hub is not None
-        leased = [wid for wid in self._runs] if self._leased else []
         # Child watchers first: the hub's own stop does not know them, and a
         # watcher must not record into a parent after the epoch closed.
         self._child_tasks.shutdown()
         self._hub.shutdown()
         self._steps.close()
-        self._release_leases(leased)
+        if self._leased:
+            self._release_leases()
         self._writer.close()
         self._reader.close()
         self._driver_lock.release()
@@ -399,7 +399,7 @@ class Engine(RunDriver, ChildDriver, SharingDriver, LeaseDriver):
         is not live here), :class:`WorkflowNotRunning` (it has finished) or
         :class:`Timeout`."""
         self._ensure_started()
-        if not self.driving or (self._leased and workflow_id not in self._recorders):
+        if not self.driving:
             raise QueryFailed(
                 f"query {name!r} to workflow {workflow_id!r}: the runs of {self._store_name()} are "
                 f"driven by {self._driver_lock.holder()}, and only the live run answers queries; "

@@ -114,11 +114,11 @@ class LeaseDriver:
                     log.warning("run %r: its lease was taken by another engine; dropped here", wid)
                     ctx._on_failed(FencedOut(f"the lease of {wid!r} was taken by another engine"))
 
-    def _release_leases(self, wids: list[str]) -> None:
-        """Caller's thread, at shutdown: give the runs back at once."""
-        if wids:
-            try:
-                self._writer.call(self._store.release_leases, self.engine_id, wids).result(10)
-            except Exception as exc:  # their leases run out instead
-                log.warning("leases not released at shutdown (%s); they run out in %.0f s",
-                            exc, self.lease)
+    def _release_leases(self) -> None:
+        """Caller's thread, at shutdown, once no run is driven here any more:
+        give every lease back (also one just claimed and not yet driven)."""
+        try:
+            self._writer.call(self._store.release_leases, self.engine_id).result(10)
+        except Exception as exc:  # their leases run out instead
+            log.warning("leases not released at shutdown (%s); they run out in %.0f s",
+                        exc, self.lease)

@@ -524,11 +524,12 @@ class PostgresStore:
                         "RETURNING workflow_id", (lease_until, owner, list(workflow_ids)))
             return [row[0] for row in cur.fetchall()]
 
-    def release_leases(self, owner: str, workflow_ids: Sequence[str]) -> None:
-        """Give runs back (a clean shutdown): others may claim them at once."""
+    def release_leases(self, owner: str) -> None:
+        """Give back every run this owner holds (a clean shutdown, with its
+        runs stopped): others may claim them at once."""
         with self._tx() as cur:
-            cur.execute("UPDATE aion_runs SET owner=NULL, lease_until=0 "
-                        "WHERE owner=%s AND workflow_id = ANY(%s)", (owner, list(workflow_ids)))
+            cur.execute("UPDATE aion_runs SET owner=NULL, lease_until=0 WHERE owner=%s AND status=%s",
+                        (owner, ev.RUNNING))
 
     def close(self) -> None:
         self._drop()

@@ -23,8 +23,28 @@ def pytest_report_header(config):
     return f"aion_green gevent mode: {'patched (patch_all)' if PATCHED else 'plain'}"
 
 
+def open_test_store(url):
+    """A store over the same database as an engine of the test (SQLite or
+    PostgreSQL), to read or prepare histories directly."""
+    from aion_green.engine import open_store
+
+    return open_store(url)
+
+
+SQLITE_ONLY = pytest.mark.skipif(
+    os.environ.get("AION_TEST_STORE", "sqlite") == "postgres",
+    reason="SQLite semantics (one engine drives every run of a file); on PostgreSQL runs are "
+           "leased to engines that know their type")
+
+# AION_TEST_STORE=postgres runs the engine-level tests on PostgreSQL (a
+# fresh schema per test) instead of a SQLite file.
+STORE = os.environ.get("AION_TEST_STORE", "sqlite")
+
+
 @pytest.fixture
-def db_url(tmp_path):
+def db_url(tmp_path, request):
+    if STORE == "postgres":
+        return request.getfixturevalue("pg_url")
     return f"sqlite:///{tmp_path / 'aion.db'}"
 
 

@@ -3,7 +3,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from conftest import NativeGate, wait_until
+from conftest import NativeGate, open_test_store, wait_until
 from freezegun import freeze_time
 
 import aion_green as aion
@@ -198,8 +198,8 @@ def test_a_block_deadline_around_a_step_and_replay_takes_the_same_branch(make_en
     run_id = engine.describe("bs").run_id
     engine.shutdown()
     # Replay that history (all but its end) as a new run of the same code.
-    from aion_green.store import Append, SQLiteStore
-    store = SQLiteStore(engine._store.path)
+    from aion_green.store import Append
+    store = open_test_store(engine.url)
     store.create_run("bs-replay", "tests.bounded_step", "[]", run_id, time.time())
     store.write_batch([Append("bs-replay", 1, [ev.NewEvent(e.type, e.at, e.data) for e in history[1:-1]])])
     store.close()

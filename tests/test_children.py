@@ -5,7 +5,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from conftest import NativeGate, stop_with_runs_parked, wait_until
+from conftest import SQLITE_ONLY, NativeGate, open_test_store, stop_with_runs_parked, wait_until
 
 import aion_green as aion
 from aion_green import children as children_module
@@ -229,8 +229,7 @@ def test_the_sweep_creates_a_recorded_but_missing_child_once(make_engine, tmp_pa
     def repaired_parent(ctx):
         return ctx.start_child(doubler, 4).result()
 
-    path = str(tmp_path / "aion.db")
-    store = aion.SQLiteStore(path)
+    store = open_test_store(db_url)
     created, _ = store.create_run("p", "test_children.repaired_parent", "[]", "r1", time.time())
     assert created
     store.write_batch([store_module.Append("p", 1, [ev.NewEvent(ev.CHILD_STARTED, time.time(), {
@@ -245,6 +244,7 @@ def test_the_sweep_creates_a_recorded_but_missing_child_once(make_engine, tmp_pa
     assert types(engine.history("p/child-1")).count(ev.WORKFLOW_STARTED) == 1
 
 
+@SQLITE_ONLY
 def test_child_creation_is_retried_while_the_store_refuses(make_engine, monkeypatch):
     """The spawn-recovery task retries with backoff: the first three
     attempts to create the child fail as if the database were locked."""

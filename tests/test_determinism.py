@@ -2,11 +2,11 @@
 WorkflowFailed event naming the workflow id, seq, expected and found."""
 import time
 
-from conftest import NativeGate, stop_with_runs_parked
+from conftest import NativeGate, open_test_store, stop_with_runs_parked
 
 import aion_green as aion
 from aion_green import events as ev
-from aion_green.store import Append, SQLiteStore
+from aion_green.store import Append
 
 
 def step_a():
@@ -89,9 +89,9 @@ def test_nondeterminism_cannot_be_swallowed_by_the_workflow(make_engine):
     engine.shutdown()
     # An unfinished run whose history holds step_a where v2 now calls step_c:
     # copy the recorded step into a new run of v2's type.
-    store = SQLiteStore(engine._store.path)
+    store = open_test_store(engine.url)
     store.create_run("sw2", "tests.swallow2", "[]", "run-sw2", time.time())
-    step = [e for e in SQLiteStore.read(store, "sw") if e.type == ev.STEP_COMPLETED][0]
+    step = [e for e in store.read("sw") if e.type == ev.STEP_COMPLETED][0]
     store.write_batch([Append("sw2", 1, [ev.NewEvent(step.type, step.at, step.data)])])
     store.close()
     second = make_engine(v2)

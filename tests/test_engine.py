@@ -2,12 +2,11 @@
 import time
 
 import pytest
-from conftest import NativeGate, run_python, stop_with_runs_parked, wait_until
+from conftest import SQLITE_ONLY, NativeGate, open_test_store, run_python, stop_with_runs_parked, wait_until
 from gevent import monkey
 
 import aion_green as aion
 from aion_green import events as ev
-from aion_green.store import SQLiteStore
 
 native_ident = monkey.get_original("_thread", "get_ident")
 
@@ -351,6 +350,7 @@ print("leaving", flush=True)
     assert time.monotonic() - started < 10
 
 
+@SQLITE_ONLY
 def test_starting_an_unrunnable_run_again_with_its_workflow_resumes_it(make_engine, db_url):
     gate = NativeGate()
 
@@ -417,12 +417,12 @@ def test_nothing_of_an_epoch_is_appended_after_shutdown_returns(make_engine):
         engine.start(busy, i, id=f"busy-{i}")
     wait_until(lambda: len(in_steps) == 5, what="the even runs to be in their steps")
     engine.shutdown()
-    store = SQLiteStore(engine._store.path)
+    store = open_test_store(engine.url)
     snapshot = {f"busy-{i}": len(store.read(f"busy-{i}")) for i in range(10)}
     store.close()
     gate.set()  # the steps return now, and the odd runs' timers come due
     time.sleep(0.5)
-    store = SQLiteStore(engine._store.path)
+    store = open_test_store(engine.url)
     try:
         assert {wid: len(store.read(wid)) for wid in snapshot} == snapshot
     finally:

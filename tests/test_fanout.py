@@ -4,11 +4,11 @@ replayed (records of a fan-out land in any order)."""
 import time
 
 import pytest
-from conftest import NativeGate, stop_with_runs_parked, wait_until
+from conftest import NativeGate, open_test_store, stop_with_runs_parked, wait_until
 
 import aion_green as aion
 from aion_green import events as ev
-from aion_green.store import Append, SQLiteStore
+from aion_green.store import Append
 
 
 def types(history):
@@ -39,9 +39,9 @@ def replay_as_new_run(engine, wid, workflow, make_engine):
     and let a new engine replay it: its result and history."""
     history = engine.history(wid)
     run_id = engine.describe(wid).run_id
-    path = engine._store.path
+    url = engine.url
     engine.shutdown()
-    store = SQLiteStore(path)
+    store = open_test_store(url)
     store.create_run(f"{wid}-replay", history[0]["workflow_type"], "[]", run_id, time.time())
     store.write_batch([Append(f"{wid}-replay", 1,
                               [ev.NewEvent(e.type, e.at, e.data) for e in history[1:-1]])])

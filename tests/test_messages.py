@@ -9,7 +9,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from conftest import PATCHED, ROOT, run_python, wait_until
+from conftest import PATCHED, ROOT, open_test_store, run_python, wait_until
 from freezegun import freeze_time
 
 import aion_green as aion
@@ -97,7 +97,7 @@ def test_a_message_that_wins_cancels_the_receive_timer(make_engine):
     assert handle.result(10) == 7
     assert types(engine.history("quick"))[-3:] == [ev.MESSAGE_RECEIVED, ev.TIMER_CANCELLED,
                                                    ev.WORKFLOW_COMPLETED]
-    store = SQLiteStore(engine._store.path)
+    store = open_test_store(engine.url)
     assert store.due_timers(time.time() + 3600) == []
     store.close()
 

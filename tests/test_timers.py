@@ -9,7 +9,7 @@ import time
 from datetime import datetime, timedelta
 
 import pytest
-from conftest import ROOT, run_python, wait_until
+from conftest import ROOT, SQLITE_ONLY, open_test_store, run_python, wait_until
 from freezegun import freeze_time
 
 import aion_green as aion
@@ -108,7 +108,11 @@ def test_a_timer_that_came_due_while_no_engine_ran_fires_once_at_start(make_engi
         again = make_engine(napper)
         assert again.result("offline", timeout=10)["slept"] is True
         again.shutdown()
-    history = SQLiteStore(again._store.path).read("offline")
+    store = open_test_store(again.url)
+    try:
+        history = store.read("offline")
+    finally:
+        store.close()
     assert types(history).count(ev.TIMER_FIRED) == 1
 
 
@@ -128,6 +132,7 @@ def test_store_fires_a_pending_timer_once(tmp_path):
         store.close()
 
 
+@SQLITE_ONLY
 def test_timers_of_an_unregistered_workflow_fire_and_wait_for_it(make_engine):
     """A run whose type no engine here knows still gets its due timer
     recorded by the sweep; once its workflow is registered it goes on."""

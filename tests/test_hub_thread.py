@@ -187,7 +187,9 @@ def test_start_stop_300_times_leaks_no_hub_and_no_thread():
     deadline = time.monotonic() + 5
     while native_thread_count() > before_threads and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert native_thread_count() == before_threads
+    # At most as many: threads of earlier tests (a step pool thread let go
+    # of by its gate, say) may end meanwhile; none of these 300 hubs stays.
+    assert native_thread_count() <= before_threads
 
 
 def test_hub_thread_lifecycle_under_patch_all_in_a_subprocess():

@@ -121,6 +121,7 @@ class Engine(RunDriver, ChildDriver, SharingDriver, LeaseDriver):
         self.lease = lease
         self.max_resident = max_resident
         self._leased = False
+        self._listening = False
         self._registry = Registry(workflows)
         self._lock = _allocate_lock()
         self._pid: Optional[int] = None
@@ -221,6 +222,7 @@ class Engine(RunDriver, ChildDriver, SharingDriver, LeaseDriver):
         self._hub.shutdown()
         self._steps.close()
         if self._leased:
+            self._stop_listening()
             self._release_leases()
         self._writer.close()
         self._reader.close()

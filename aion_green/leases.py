@@ -31,11 +31,14 @@ import time
 from typing import Any, Optional
 
 import gevent
+import gevent.event
+from gevent import monkey
 
 from .errors import AionError, FencedOut
 
 log = logging.getLogger("aion_green.leases")
 
+_start_new_thread = monkey.get_original("_thread", "start_new_thread")
 _CLAIM_BUSY = 0.02
 _CLAIM_IDLE = 0.5
 
@@ -60,11 +63,32 @@ class LeaseDriver:
     def _begin_leasing(self) -> None:
         hub = self._hub
         self._timers.store_sweep = False  # owners fire their runs' timers
+        self._start_listening()
         hub.spawn(self._timers.run, name="aion-timers")
         hub.spawn(self._claim, name="aion-claim")
         hub.spawn(self._heartbeat, name="aion-heartbeat")
         hub.spawn(self._drain, self.engine_id, name="aion-inbox")  # type: ignore[attr-defined]
         hub.spawn(self._poll, name="aion-remote-results")  # type: ignore[attr-defined]
+
+    def _start_listening(self) -> None:
+        """Doorbells from the other engines: a native thread LISTENs on the
+        store's channel and rings this hub's bells (the loops poll anyway)."""
+        self._bells = {kind: gevent.event.Event() for kind in ("runs", "inbox", "ends")}
+        self._listening = True
+        hub, bells, store = self._hub, self._bells, self._store
+
+        def rang(kind: str) -> None:  # hub callback context
+            bell = bells.get(kind)
+            if bell is not None:
+                bell.set()
+
+        def on_bell(kind: str) -> None:  # the listener's thread
+            try:
+                hub.call_soon(rang, kind)
+            except Exception:  # noqa: BLE001 - the engine is closing; nothing to ring
+                pass
+
+        _start_new_thread(store.listen, (on_bell, lambda: not self._listening))
 
     def _room(self) -> int:
         cap = self.max_resident
@@ -93,7 +117,7 @@ class LeaseDriver:
                     continue
                 self._spawn_run(info.workflow_id, info, recovering=True)
             pause = _CLAIM_BUSY if claimed else min(pause * 2, _CLAIM_IDLE)
-            gevent.sleep(pause)
+            self._nap("runs", pause)  # type: ignore[attr-defined]
 
     def _heartbeat(self) -> None:
         """Renew this engine's leases; drop the runs whose lease was taken."""
@@ -113,6 +137,9 @@ class LeaseDriver:
                 if wid not in kept and ctx is not None and not isinstance(ctx, bool):
                     log.warning("run %r: its lease was taken by another engine; dropped here", wid)
                     ctx._on_failed(FencedOut(f"the lease of {wid!r} was taken by another engine"))
+
+    def _stop_listening(self) -> None:
+        self._listening = False
 
     def _release_leases(self) -> None:
         """Caller's thread, at shutdown, once no run is driven here any more:

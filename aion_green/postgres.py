@@ -148,6 +148,8 @@ class PostgresStore:
         # database (tests, tenants) do not contend.
         (schema,) = self._query("SELECT current_schema()")[0]
         self.schema = schema
+        # The doorbell channel of this schema's engines (LISTEN/NOTIFY).
+        self.channel = f"aion_{schema}"[:63]
         self._driver_key = _DRIVER_LOCK ^ (zlib.crc32(str(schema).encode()) << 1)
 
     # -- connection ----------------------------------------------------------------------
@@ -309,6 +311,11 @@ class PostgresStore:
                                 "VALUES (%s,%s,%s,%s,%s)", plan.rows)
             for wid, data, at in plan.rollovers:
                 self._roll_over(cur, wid, data, at)
+            # Doorbells, delivered at the commit: runs to claim, runs ended.
+            if any(type(op) is CreateRun and op.owner is None for op in ops):
+                cur.execute("SELECT pg_notify(%s, 'runs')", (self.channel,))
+            if plan.finals:
+                cur.execute("SELECT pg_notify(%s, 'ends')", (self.channel,))
         return outcomes
 
     def _create_one(self, cur: Any, op: CreateRun, rows: list[Any]) -> tuple[bool, RunInfo]:
@@ -423,7 +430,9 @@ class PostgresStore:
                     f"workflow {workflow_id!r} has {run[0]}; {why}, so nothing was recorded")
             cur.execute("INSERT INTO aion_inbox(workflow_id, kind, data, at) VALUES (%s,%s,%s,%s) "
                         "RETURNING id", (workflow_id, kind, data_json, at))
-            return int(cur.fetchone()[0])
+            row_id = int(cur.fetchone()[0])
+            cur.execute("SELECT pg_notify(%s, 'inbox')", (self.channel,))
+            return row_id
 
     def delete_inbox(self, ids: Sequence[int]) -> None:
         with self._tx() as cur:
@@ -530,6 +539,26 @@ class PostgresStore:
         with self._tx() as cur:
             cur.execute("UPDATE aion_runs SET owner=NULL, lease_until=0 WHERE owner=%s AND status=%s",
                         (owner, ev.RUNNING))
+            cur.execute("SELECT pg_notify(%s, 'runs')", (self.channel,))
+
+    def listen(self, on_bell: Callable[[str], None], stopped: Callable[[], bool]) -> None:
+        """Blocking, on a thread of its own: call ``on_bell(kind)`` for each
+        doorbell ("runs", "inbox", "ends") of this schema's channel until
+        ``stopped()``; reconnects when the connection is lost. Polling stays
+        the fallback, so a missed bell only delays."""
+        import time as _time
+
+        while not stopped():
+            try:
+                with psycopg.connect(self.url, autocommit=True, application_name="aion_green",
+                                     connect_timeout=max(1, int(self.connect_timeout))) as conn:
+                    conn.execute(f'LISTEN "{self.channel}"')
+                    on_bell("runs")  # anything sent while not listening: look now
+                    while not stopped():
+                        for note in conn.notifies(timeout=0.5):
+                            on_bell(note.payload)
+            except psycopg.Error:
+                _time.sleep(0.5)
 
     def close(self) -> None:
         self._drop()

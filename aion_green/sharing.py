@@ -172,6 +172,16 @@ class SharingDriver:
             return True
         return bool(self._driver_lock is not None and self._driver_lock.held)
 
+    def _nap(self, kind: str, pause: float) -> None:
+        """Hub thread: wait ``pause`` seconds, or less if the doorbell of
+        ``kind`` rings (PostgreSQL's LISTEN/NOTIFY; polling without it)."""
+        bell = getattr(self, "_bells", {}).get(kind)
+        if bell is None:
+            gevent.sleep(pause)
+            return
+        bell.wait(pause)
+        bell.clear()
+
     # -- hub thread: the driver --------------------------------------------------------------
     def _begin_driving(self) -> None:
         hub = self._hub
@@ -227,7 +237,7 @@ class SharingDriver:
                     log.error("inbox entry %d for %r has an unknown kind %r; dropped", row_id, wid, kind)
                     handled.append(row_id)
             pause = _BUSY_PAUSE if rows else min(pause * 2, _IDLE_PAUSE)
-            gevent.sleep(pause)
+            self._nap("inbox", pause)
 
     def _watch(self, mark: int) -> None:
         """Drive the runs that clients create. Marks come from a sequence, so
@@ -272,7 +282,7 @@ class SharingDriver:
             for wid in waiting:
                 self._check_finished(wid)
             pause = _BUSY_PAUSE if waiting else min(pause * 2, _IDLE_PAUSE)
-            gevent.sleep(max(pause, _BUSY_PAUSE * 2))
+            self._nap("ends", max(pause, _BUSY_PAUSE * 2))
 
     def _confirm(self, wid: str, event_type: str, dedup: Optional[str], future: Future) -> None:
         """Wait until the driver recorded what was posted; its seq."""

@@ -112,3 +112,39 @@ def test_sessions_cut_under_load_reconnect_and_lose_nothing(pg_url):
         for k in range(40):
             steps = [e.data["step"] for e in engine.history(f"w{k}") if e.type == ev.STEP_COMPLETED]
             assert steps == list(range(1, 61))
+
+
+def test_doorbells_wake_idle_engines_at_once(pg_url):
+    """LISTEN/NOTIFY: idle engines (their polls slowed to their longest
+    pause) claim a run created elsewhere within milliseconds, and a signal
+    sent through the other engine reaches the run's owner."""
+    import statistics
+    import time as _time
+
+    @aion.workflow(name="pg.bell")
+    def bell(ctx):
+        return ctx.receive("go")
+
+    with aion.Engine(pg_url, workflows=[bell]) as owner, aion.Engine(pg_url, workflows=[bell]) as other:
+        owner.list()
+        other.list()
+        store = owner._reader.store
+        claims, signals = [], []
+        for k in range(3):
+            _time.sleep(2.5)  # idle: both claim loops poll at their longest pause, 0.5 s
+            began = _time.monotonic()
+            owner._writer.call(store.create_run, f"b{k}", "pg.bell", "[]", f"r{k}", _time.time()).result()
+            from conftest import wait_until
+
+            wait_until(lambda k=k: f"b{k}" in owner._runs or f"b{k}" in other._runs,
+                       timeout=5, interval=0.002)
+            claims.append(_time.monotonic() - began)
+            _time.sleep(0.3)
+            sender = other if f"b{k}" in owner._runs else owner
+            began = _time.monotonic()
+            sender.signal(f"b{k}", "go", k)  # through the inbox of the run's owner
+            signals.append(_time.monotonic() - began)
+            assert sender.result(f"b{k}", timeout=10) == k
+        # Polling alone: ~0.15 s (the earlier of two 0.5 s polls); a bell: ms.
+        assert statistics.median(claims) < 0.05, claims
+        assert max(signals) < 1.0, signals

@@ -533,12 +533,16 @@ class PostgresStore:
                         "RETURNING workflow_id", (lease_until, owner, list(workflow_ids)))
             return [row[0] for row in cur.fetchall()]
 
-    def release_leases(self, owner: str) -> None:
-        """Give back every run this owner holds (a clean shutdown, with its
-        runs stopped): others may claim them at once."""
+    def release_leases(self, owner: str, workflow_ids: Optional[Sequence[str]] = None) -> None:
+        """Give back the runs this owner holds (all of them at a clean
+        shutdown, or ``workflow_ids``): others may claim them at once."""
         with self._tx() as cur:
-            cur.execute("UPDATE aion_runs SET owner=NULL, lease_until=0 WHERE owner=%s AND status=%s",
-                        (owner, ev.RUNNING))
+            if workflow_ids is None:
+                cur.execute("UPDATE aion_runs SET owner=NULL, lease_until=0 "
+                            "WHERE owner=%s AND status=%s", (owner, ev.RUNNING))
+            else:
+                cur.execute("UPDATE aion_runs SET owner=NULL, lease_until=0 "
+                            "WHERE owner=%s AND workflow_id = ANY(%s)", (owner, list(workflow_ids)))
             cur.execute("SELECT pg_notify(%s, 'runs')", (self.channel,))
 
     def listen(self, on_bell: Callable[[str], None], stopped: Callable[[], bool]) -> None:

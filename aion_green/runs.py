@@ -378,6 +378,13 @@ class RunDriver:
             raise
         except RunLost as exc:
             log.warning("run %r dropped: %s", wid, exc)
+            if self._leased:
+                # Whoever writes it now (or a replay here) may take it at once,
+                # without waiting for the lease to run out.
+                store = self._store
+                self._writer.submit_call(
+                    lambda: store.release_leases(self.engine_id, [wid]),  # type: ignore[attr-defined]
+                    lambda *_: None)
         except RunAborted as exc:
             log.error("run %r stopped: the store refused a record (%s); it stays unfinished "
                       "and resumes when an engine starts over a healthy store", wid, exc.error)

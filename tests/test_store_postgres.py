@@ -1,6 +1,7 @@
 """The PostgreSQL store against a real server (127.0.0.1:5432 by default;
 AION_TEST_POSTGRES to point elsewhere): the store conformance suite, and
 migrations raced by engines starting at once."""
+import os
 import threading
 
 import pytest
@@ -148,3 +149,52 @@ def test_doorbells_wake_idle_engines_at_once(pg_url):
         # Polling alone: ~0.15 s (the earlier of two 0.5 s polls); a bell: ms.
         assert statistics.median(claims) < 0.05, claims
         assert max(signals) < 1.0, signals
+
+
+def _cluster():
+    """(version, name) of the local PostgreSQL cluster that pg_ctlcluster
+    manages, or None."""
+    import shutil
+
+    if shutil.which("pg_ctlcluster") is None or not os.path.isdir("/etc/postgresql") or os.geteuid():
+        return None
+    versions = sorted(os.listdir("/etc/postgresql"))
+    return (versions[-1], "main") if versions else None
+
+
+def test_the_server_restarted_under_load_loses_nothing(pg_url):
+    """The PostgreSQL server itself is restarted while 40 workflows run their
+    steps: the engine waits it out, reconnects, and every workflow ends with
+    each step recorded once."""
+    import subprocess
+    import time as _time
+
+    from conftest import PG_URL
+
+    from aion_green import events as ev
+
+    if "127.0.0.1" not in PG_URL and "localhost" not in PG_URL or _cluster() is None:
+        if os.environ.get("AION_REQUIRE_POSTGRES") == "1":
+            pytest.fail("this test restarts the local server with pg_ctlcluster, which is not "
+                        "available here (or the test server is not local)")
+        pytest.skip("restarts the local server with pg_ctlcluster (as root); not available here")
+    version, name = _cluster()
+
+    def step(i):
+        _time.sleep(0.01)
+        return i
+
+    @aion.workflow(name="pg.restart")
+    def restarted(ctx, n):
+        return sum(ctx.step(step, i) for i in range(n))
+
+    with aion.Engine(pg_url, workflows=[restarted]) as engine:
+        handles = [engine.start(restarted, 60, id=f"w{k}") for k in range(40)]
+        _time.sleep(0.3)
+        assert len(engine.list(status="completed")) < 40, "the load ended before the restart"
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, name, "restart",
+                        "-m", "fast"], check=True, timeout=60, capture_output=True)
+        assert [h.result(timeout=90) for h in handles] == [sum(range(60))] * 40
+        for k in range(40):
+            steps = [e.data["step"] for e in engine.history(f"w{k}") if e.type == ev.STEP_COMPLETED]
+            assert steps == list(range(1, 61))

@@ -274,10 +274,13 @@ class Engine(RunDriver, ChildDriver, SharingDriver, LeaseDriver):
         if id is not None and (not isinstance(id, str) or not id):
             raise ConfigurationError(f"workflow id must be a non-empty string, got {id!r}")
         wname = self._registry.add(fn) if callable(fn) else workflow_name(fn)
-        if not callable(fn):
-            self._registry.get(wname)  # fail early for an unknown name
         args_json = ev.encode(list(args), f"the arguments of workflow {wname}")
         self._ensure_started()
+        if not callable(fn) and (self.driving and not self._leased):
+            # Fail early for an unknown name where this engine would drive
+            # the run. Elsewhere (leased runs, a client of another process's
+            # engine) a process may start what only other engines know.
+            self._registry.get(wname)
         wid = id or uuid.uuid4().hex
         created, info = self._create_run(wid, wname, args_json)
         if not created and (info.workflow_type != wname or info.args != json.loads(args_json)):
@@ -304,7 +307,7 @@ class Engine(RunDriver, ChildDriver, SharingDriver, LeaseDriver):
         future = Future()
         now = time.time()
         owner, lease_until = None, 0.0
-        if self._leased and mine is not None and (
+        if self._leased and mine is not None and wname in self._registry.names() and (
                 self.max_resident is None or len(self._runs) < self.max_resident):
             owner, lease_until = self.engine_id, now + self.lease
         try:

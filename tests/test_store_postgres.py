@@ -198,3 +198,54 @@ def test_the_server_restarted_under_load_loses_nothing(pg_url):
         for k in range(40):
             steps = [e.data["step"] for e in engine.history(f"w{k}") if e.type == ev.STEP_COMPLETED]
             assert steps == list(range(1, 61))
+
+
+def test_a_process_that_only_starts_and_signals_hands_runs_to_a_worker(pg_url):
+    """An engine with no workflows registered (a web front end, say) starts
+    a run by name and signals it; an engine that knows the type claims and
+    drives it; the starter gets the result."""
+    def remote(ctx, x):
+        return x + ctx.receive("add")
+
+    # Named by hand, not decorated: decorated workflows are known to every
+    # engine of the process, and the starter must not know this one.
+    remote.__aion_workflow__ = "pg.remote"
+
+    with aion.Engine(pg_url, workflows=[]) as starter:
+        handle = starter.start("pg.remote", 1, id="r")
+        assert "r" not in starter._runs
+        with aion.Engine(pg_url, workflows=[remote]) as worker:
+            from conftest import wait_until
+
+            wait_until(lambda: "r" in worker._runs, what="the worker to claim the run")
+            assert starter.signal("r", "add", 41) > 1  # through the owner's inbox
+            assert handle.result(timeout=10) == 42
+            assert worker.describe("r").status == "completed"
+
+
+def test_two_engines_starting_at_once_on_an_empty_database_both_come_up(pg_url):
+    @aion.workflow(name="pg.up")
+    def up(ctx, n):
+        return n
+
+    engines = [aion.Engine(pg_url, workflows=[up]) for _ in range(2)]
+    gate = threading.Barrier(2)
+    results, errors = [], []
+
+    def start(engine, n):
+        gate.wait()
+        try:
+            results.append(engine.start(up, n, id=f"up-{n}").result(timeout=30))
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(e, n)) for n, e in enumerate(engines)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == [] and sorted(results) == [0, 1]
+    finally:
+        for engine in engines:
+            engine.shutdown()

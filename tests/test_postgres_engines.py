@@ -81,6 +81,8 @@ def test_three_engines_share_300_runs_and_take_over_a_killed_ones(pg_url, tmp_pa
                 holding = dict(store._query(
                     "SELECT owner, count(*) FROM aion_runs WHERE status=%s AND owner IS NOT NULL "
                     "GROUP BY owner", (ev.RUNNING,)))
+                # Each engine keeps at most its cap of runs resident.
+                assert max(holding.values(), default=0) <= 20, holding
             victim_id = max(ids, key=lambda i: holding.get(i, 0))
             victim = procs[ids.index(victim_id)]
             victim.kill()

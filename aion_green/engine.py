@@ -122,6 +122,9 @@ class Engine(RunDriver, ChildDriver, SharingDriver, LeaseDriver):
         self.max_resident = max_resident
         self._leased = False
         self._listening = False
+        # A passive engine (the replay checker) reads and replays only: it
+        # drives, claims and fires nothing, and takes no driver lock.
+        self._passive = False
         self._registry = Registry(workflows)
         self._lock = _allocate_lock()
         self._pid: Optional[int] = None
@@ -186,7 +189,7 @@ class Engine(RunDriver, ChildDriver, SharingDriver, LeaseDriver):
             self._leased = hasattr(self._store, "claim_runs")
             pg = hasattr(self._store, "try_lock_driver")
             self._driver_lock = PgDriverLock(self._store) if pg else DriverLock(self._store.path)
-            if not self._leased and not self._driver_lock.try_acquire():
+            if not self._leased and not self._passive and not self._driver_lock.try_acquire():
                 log.info("engine over %s: %s drives its runs; this one is its client",
                          self._store.path, self._driver_lock.holder())
             self._writer = StoreWriter(self._store)

@@ -143,7 +143,7 @@ class RunDriver:
 
     # -- hub thread only ---------------------------------------------------------------------
     def _on_hub_start(self) -> None:
-        if self._hub.closing:
+        if self._hub.closing or getattr(self, "_passive", False):
             return
         if self._leased:
             self._hub.spawn(self._begin_leasing, name="aion-leases")  # type: ignore[attr-defined]

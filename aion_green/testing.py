@@ -1,0 +1,242 @@
+"""The pytest plugin for a user's own test suite (registered through the
+package's ``pytest11`` entry point, so installing aion_green enables it).
+
+Fixtures:
+
+- ``aion_engine``: an :class:`~aion_green.Engine` on a SQLite file in the
+  test's temporary directory, knowing every ``@aion.workflow`` the process
+  imported; shut down after the test.
+- ``aion_time``: time travel on freezegun. The clock is frozen at the
+  test's start; ``aion_time.advance(timedelta(days=30))`` moves it and fires
+  every durable timer that came due (recorded, as in production) before it
+  returns, so a month-long sleep takes milliseconds. ``aion_time.now()`` is
+  the frozen wall clock.
+
+Helper:
+
+- :func:`check_replay`: replay the stored histories of a store against
+  the workflow code of this process, without running anything, and fail
+  with the first divergence (the run, the seq, what the code does now and
+  what the history recorded). Run it in CI on a copy of production's
+  database before deploying a change to workflow code.
+
+Thread contract: fixtures and helpers are used from the test's own thread.
+"""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, Union
+
+import pytest
+
+# Loaded by pytest before any conftest: import nothing of aion_green (and so
+# of gevent) here, or a suite that calls gevent.monkey.patch_all() in its
+# conftest would patch too late. The fixtures and helpers import on use.
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import Engine
+
+
+class ReplayMismatch(AssertionError):
+    """Stored histories that the current workflow code does not replay."""
+
+
+class TimeTravel:
+    """The ``aion_time`` fixture: a frozen clock that fires due timers."""
+
+    def __init__(self, engine: "Engine", frozen: Any) -> None:
+        self.engine = engine
+        self._frozen = frozen
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(time.time(), tz=timezone.utc)
+
+    def advance(self, delta: Union[timedelta, float], settle: float = 5.0) -> None:
+        """Move the clock by ``delta`` and return once every durable timer
+        that came due has fired (its ``TimerFired`` is recorded)."""
+        seconds = delta.total_seconds() if isinstance(delta, timedelta) else float(delta)
+        if seconds < 0:
+            raise ValueError(f"advance({delta!r}): time only moves forward")
+        # First let every run reach its wait (a sleep started just before
+        # must be recorded at the old time, or it would move with the clock).
+        self.settle(settle)
+        self._frozen.tick(timedelta(seconds=seconds))
+        from . import _clock
+
+        engine = self.engine
+        engine.poke()
+        deadline = _clock.monotonic() + settle
+        now = time.time()
+        reader = engine._reader
+        while reader.call(reader.store.due_timers, now, 1).result():
+            if _clock.monotonic() > deadline:
+                raise AssertionError(f"timers due at {self.now().isoformat()} did not fire within "
+                                     f"{settle} s of advance(); is a run waiting on a busy step?")
+            engine.poke()
+            _native_sleep(0.005)
+        self.settle(settle)
+
+    def settle(self, timeout: float = 5.0) -> None:
+        """Return once every run of the engine waits (on time, a message, a
+        child or a running step) with none of its records in flight."""
+        from . import _clock
+
+        engine = self.engine
+        deadline = _clock.monotonic() + timeout
+        while not engine._hub.submit(_quiet, engine).result(timeout):
+            if _clock.monotonic() > deadline:
+                raise AssertionError(f"the engine's runs did not come to rest within {timeout} s")
+            _native_sleep(0.005)
+
+
+def _quiet(engine: Any) -> bool:
+    """Hub thread: every live run is parked with nothing in flight."""
+    for ctx in list(engine._runs.values()):
+        if isinstance(ctx, bool) or not ctx._parked:
+            return False
+        recorder = ctx._recorder
+        if recorder._next is not None and recorder._next != ctx._cursor.head_seq:
+            return False
+    return True
+
+
+def _native_sleep(seconds: float) -> None:
+    from gevent import monkey
+
+    monkey.get_original("time", "sleep")(seconds)
+
+
+@pytest.fixture
+def aion_engine(tmp_path: Any) -> Iterator["Engine"]:
+    from .engine import Engine
+
+    engine = Engine(f"sqlite:///{tmp_path / 'aion-test.db'}")
+    try:
+        yield engine
+    finally:
+        engine.shutdown()
+
+
+@pytest.fixture
+def aion_time(aion_engine: "Engine") -> Iterator[TimeTravel]:
+    from freezegun import freeze_time
+
+    with freeze_time(datetime.now(tz=timezone.utc)) as frozen:
+        yield TimeTravel(aion_engine, frozen)
+
+
+# -- the replay checker -------------------------------------------------------------------
+class _ReplayDone(BaseException):
+    """The replayed code reached the end of the recorded history."""
+
+
+def check_replay(url: Optional[str] = None, workflow_ids: Optional[Sequence[str]] = None,
+                 workflows: Sequence[Any] = (), limit: int = 10_000) -> int:
+    """Replay the stored histories of the store at ``url`` (every run, or
+    those of ``workflow_ids``) against this process's workflow code; nothing
+    runs and nothing is written. Returns how many histories were checked;
+    raises :class:`ReplayMismatch` naming every run whose replay diverged
+    (first divergence of each), or whose workflow type is not registered."""
+    from .engine import Engine
+    from .errors import AionError
+
+    engine = Engine(url, workflows=list(workflows), recover=False)
+    engine._passive = True  # drives, claims and fires nothing; takes no lock
+    engine.list(limit=1)  # open the store
+    problems: list[str] = []
+    checked = 0
+    try:
+        store = engine._reader.store
+        if workflow_ids is None:
+            infos, after = [], None
+            while True:
+                page = engine._reader.call(store.list_runs, None, None, 500, after).result()
+                infos.extend(page)
+                if len(page) < 500 or len(infos) >= limit:
+                    break
+                after = page[-1].workflow_id
+        else:
+            infos = [engine.describe(wid) for wid in workflow_ids]
+        for info in infos[:limit]:
+            history = engine._reader.call(store.read, info.workflow_id).result()
+            try:
+                fn = engine._registry.get(info.workflow_type)
+            except AionError as exc:
+                problems.append(f"{info.workflow_id}: {exc}")
+                continue
+            checked += 1
+            problem = _replay_one(engine, fn, info, history)
+            if problem:
+                problems.append(problem)
+    finally:
+        engine.shutdown()
+    if problems:
+        raise ReplayMismatch(f"{len(problems)} of {checked} stored histories do not replay with "
+                             "the current workflow code:\n  " + "\n  ".join(problems))
+    return checked
+
+
+def _replay_one(engine: "Engine", fn: Any, info: Any, history: list[Any]) -> Optional[str]:
+    """Replay one history on the engine's hub. Whatever would act on the
+    world (a step, a record, creating a child, sending a message, a cancel)
+    is refused or skipped; the replay ends where the history ends."""
+    from .context import WorkflowContext
+    from .errors import NonDeterminismError
+
+    recorded = history[:-1] if history and history[-1].type in _TERMINAL else history
+
+    def run() -> Optional[str]:
+        ctx = WorkflowContext(engine, info.workflow_id, info.run_id, info.workflow_type,
+                              recorded, _NoRecorder())  # type: ignore[arg-type]
+        ctx._wait = _no_wait  # type: ignore[method-assign]
+        ctx._record = _refuse  # type: ignore[method-assign]
+        saved = {name: getattr(engine, name) for name in _PASSIVE}
+        engine._run_step = _refuse  # type: ignore[method-assign]
+        engine._ensure_child = (  # type: ignore[method-assign]
+            lambda parent, data: ctx._children_ready.add(data["id"]))
+        setattr(engine, "_route_message", lambda *args: args[-1](None, None))  # noqa: B010
+        setattr(engine, "_route_cancel", lambda *args: args[-1](None, None))  # noqa: B010
+        try:
+            args = recorded[0].data.get("args", info.args)
+            try:
+                fn(ctx, *args)
+            except _ReplayDone:
+                return None
+            except NonDeterminismError as exc:
+                return f"{info.workflow_id}: {exc}"
+            except BaseException:  # noqa: BLE001 - the workflow's own end
+                if ctx._divergence is not None:
+                    return f"{info.workflow_id}: {ctx._divergence}"
+            try:
+                ctx._finish_check("the workflow to end")
+            except NonDeterminismError as exc:
+                return f"{info.workflow_id}: {exc}"
+            return None
+        finally:
+            for name, value in saved.items():
+                setattr(engine, name, value)
+
+    return engine._hub.submit(run).result(60)  # type: ignore[no-any-return]
+
+
+_PASSIVE = ("_run_step", "_ensure_child", "_route_message", "_route_cancel")
+_TERMINAL = frozenset({"WorkflowCompleted", "WorkflowFailed", "WorkflowCancelled",
+                       "WorkflowContinuedAsNew"})
+
+
+class _NoRecorder:
+    closed = True  # nothing may be recorded (late retries check this)
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        raise _ReplayDone()
+
+
+def _refuse(*args: Any, **kwargs: Any) -> Any:
+    raise _ReplayDone()
+
+
+def _no_wait(ready: Any) -> Any:
+    found = ready()
+    if found is None:
+        raise _ReplayDone()  # live from here: the history ends
+    return found

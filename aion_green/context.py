@@ -19,7 +19,7 @@ import gevent
 from gevent.hub import Waiter
 from greenlet import GreenletExit
 
-from . import children, fanout
+from . import children, fanout, versioning
 from . import events as ev
 from .children import ChildHandle
 from .errors import (
@@ -116,6 +116,7 @@ class WorkflowContext:
         self._send_ordinal = 0
         self._child_ordinal = 0
         self._supervisor_ordinal = 0
+        self._patches: dict[str, bool] = {}  # ctx.patched answers, once per id
         # Children whose run is known to exist (created or found by their
         # spawn-recovery task in this epoch).
         self._children_ready: set[str] = set()
@@ -343,6 +344,16 @@ class WorkflowContext:
         from .supervision import supervise
 
         return supervise(self, children, strategy, intensity, period)
+
+    def patched(self, change_id: str) -> bool:
+        """Versioning: True where this run takes the new code of change
+        ``change_id`` (see :mod:`aion_green.versioning`)."""
+        return versioning.patched(self, change_id)
+
+    def deprecate_patch(self, change_id: str) -> None:
+        """Replaces ``ctx.patched(change_id)`` once every run takes the new
+        branch (see :mod:`aion_green.versioning`)."""
+        versioning.deprecate_patch(self, change_id)
 
     def continue_as_new(self, *args: Any) -> NoReturn:
         """End this run and begin a fresh run of the same workflow id with

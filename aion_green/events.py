@@ -36,6 +36,8 @@ CHILD_COMPLETED = "ChildCompleted"
 CHILD_FAILED = "ChildFailed"
 # Supervision family.
 CHILD_RESTARTED = "ChildRestarted"
+# Versioning.
+PATCH_MARKER = "PatchMarker"
 
 CANCEL_REQUESTED_TYPES = frozenset({CANCEL_REQUESTED})
 TERMINAL_TYPES = frozenset(
@@ -60,6 +62,7 @@ EVENT_TYPES = frozenset(
         CHILD_COMPLETED,
         CHILD_FAILED,
         CHILD_RESTARTED,
+        PATCH_MARKER,
     }
 )
 

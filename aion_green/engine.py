@@ -279,10 +279,11 @@ class Engine(RunDriver, ChildDriver, SharingDriver, LeaseDriver):
         wname = self._registry.add(fn) if callable(fn) else workflow_name(fn)
         args_json = ev.encode(list(args), f"the arguments of workflow {wname}")
         self._ensure_started()
-        if not callable(fn) and (self.driving and not self._leased):
-            # Fail early for an unknown name where this engine would drive
-            # the run. Elsewhere (leased runs, a client of another process's
-            # engine) a process may start what only other engines know.
+        if not callable(fn) and (self._registry.has_own() or (self.driving and not self._leased)):
+            # Fail early for an unknown name (a typo) in an engine that runs
+            # workflows. A process given none (one that only starts and
+            # signals) may start what only other engines know: runs leased
+            # on PostgreSQL, or a client of another process's SQLite engine.
             self._registry.get(wname)
         wid = id or uuid.uuid4().hex
         created, info = self._create_run(wid, wname, args_json)

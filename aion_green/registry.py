@@ -57,6 +57,10 @@ class Registry:
         self._own[wname] = fn
         return wname
 
+    def has_own(self) -> bool:
+        """Whether this engine was given workflows (``Engine(workflows=...)``)."""
+        return bool(self._own)
+
     def names(self) -> set[str]:
         """Every workflow type this engine can run."""
         return set(self._own) | set(_DECORATED)

@@ -6,128 +6,29 @@ each method promises.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
-from urllib.parse import unquote
 
 from zope.interface import implementer
 
 from . import _clock
 from . import events as ev
 from ._batch import BatchPlan, next_run_started
+from ._sqlite_schema import (
+    _MIGRATIONS,
+    _RUN_COLUMNS,
+    SCHEMA_VERSION,
+    _run_info,
+    _translate,
+)
 from .errors import (
-    ConfigurationError,
-    StoreCorrupt,
     StoreError,
-    StoreUnavailable,
     WorkflowNotFound,
     WorkflowNotRunning,
 )
 from .store import Append, CreateRun, IEventStore, RunInfo
-
-# -- SQLite -----------------------------------------------------------------------------
-
-# Versioned migrations: index i brings the schema from version i to i + 1.
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE runs(
-            workflow_id TEXT PRIMARY KEY,
-            run_id TEXT NOT NULL,
-            workflow_type TEXT NOT NULL,
-            status TEXT NOT NULL,
-            args TEXT NOT NULL,
-            result TEXT,
-            error TEXT,
-            head_seq INTEGER NOT NULL,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL)""",
-        "CREATE INDEX runs_by_status ON runs(status, workflow_type, workflow_id)",
-        """CREATE TABLE events(
-            workflow_id TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            type TEXT NOT NULL,
-            at REAL NOT NULL,
-            data TEXT NOT NULL,
-            PRIMARY KEY (workflow_id, seq)) WITHOUT ROWID""",
-    ),
-    (
-        # Durable timers: one row per timer started and not yet fired or
-        # cancelled, kept by the appends that record those events.
-        """CREATE TABLE timers(
-            workflow_id TEXT NOT NULL,
-            timer_key TEXT NOT NULL,
-            fire_at REAL NOT NULL,
-            PRIMARY KEY (workflow_id, timer_key)) WITHOUT ROWID""",
-        "CREATE INDEX timers_by_deadline ON timers(fire_at)",
-    ),
-    (
-        # Runs that continued as new: their histories, moved out of `events`
-        # when the next run of the same workflow id begins.
-        """CREATE TABLE archived_events(
-            workflow_id TEXT NOT NULL,
-            run_id TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            type TEXT NOT NULL,
-            at REAL NOT NULL,
-            data TEXT NOT NULL,
-            PRIMARY KEY (workflow_id, run_id, seq)) WITHOUT ROWID""",
-    ),
-    (
-        # Requests for runs that another process's engine drives (several
-        # processes over one file: one drives, the others post here).
-        """CREATE TABLE inbox(
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            workflow_id TEXT NOT NULL,
-            kind TEXT NOT NULL,
-            data TEXT NOT NULL,
-            at REAL NOT NULL)""",
-    ),
-)
-SCHEMA_VERSION = len(_MIGRATIONS)
-_RUN_COLUMNS = (
-    "workflow_id, run_id, workflow_type, status, args, result, error, head_seq, created_at, updated_at"
-)
-
-
-def sqlite_path_from_url(url: Optional[str]) -> str:
-    """``None`` → ``./aion.db``; ``sqlite:///rel.db``, ``sqlite:////abs.db``,
-    ``sqlite:///:memory:`` or a plain path."""
-    if url is None:
-        return os.path.abspath("aion.db")
-    if "://" not in url:
-        return url
-    if not url.startswith("sqlite:///"):
-        raise ConfigurationError(
-            f"store URL {url!r} is not a SQLite URL; use sqlite:///relative/path.db or "
-            "sqlite:////absolute/path.db"
-        )
-    path = unquote(url[len("sqlite:///"):].split("?", 1)[0])
-    if not path:
-        raise ConfigurationError(f"store URL {url!r} names no file; use sqlite:///aion.db")
-    return path
-
-
-def _translate(exc: sqlite3.Error, path: str) -> StoreError:
-    text = str(exc)
-    if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
-        return StoreUnavailable(
-            f"the SQLite database {path!r} is locked by another process ({text}); "
-            "stop the other process or raise busy_timeout, then retry: nothing was written"
-        )
-    if "not a database" in text or "malformed" in text or "corrupt" in text:
-        return StoreCorrupt(
-            f"the SQLite file {path!r} is not an aion_green database or is damaged ({text}); "
-            "it was not modified: restore it from a backup or point the engine at another file"
-        )
-    if "disk" in text or "full" in text or "I/O" in text or "readonly" in text:
-        return StoreUnavailable(
-            f"the SQLite database {path!r} cannot be written ({text}); "
-            "free space or fix permissions, then retry: nothing of this write was recorded"
-        )
-    return StoreError(f"SQLite error on {path!r}: {text}")
 
 
 @implementer(IEventStore)
@@ -530,13 +431,3 @@ class SQLiteStore:
         conn, self._conn = self._conn, None  # type: ignore[assignment]
         if conn is not None:
             conn.close()
-
-
-def _run_info(row: tuple[Any, ...]) -> RunInfo:
-    wid, run_id, wtype, status, args, result, error, head, created, updated = row
-    return RunInfo(
-        wid, run_id, wtype, status, json.loads(args),
-        None if result is None else json.loads(result),
-        None if error is None else json.loads(error),
-        head, created, updated,
-    )

@@ -38,12 +38,13 @@ from .errors import (
 )
 from .hub_thread import Future, HubThread
 from .leases import LeaseDriver
+from .queries import QueryDriver
 from .recorder import Recorder
 from .registry import Registry, workflow_name
 from .runs import RunDriver, _closed_while_waiting
 from .sharing import DriverLock, PgDriverLock, SharingDriver
 from .steps import StepPool
-from .store import CreateRun, RunInfo, SQLiteStore, sqlite_path_from_url
+from .store import RunInfo, SQLiteStore, sqlite_path_from_url
 from .timers import TimerService
 from .watchers import ChildTaskRegistry
 
@@ -81,7 +82,7 @@ class WorkflowHandle:
         return f"<WorkflowHandle {self.workflow_id!r}>"
 
 
-class Engine(RunDriver, ChildDriver, SharingDriver, LeaseDriver):
+class Engine(RunDriver, ChildDriver, SharingDriver, LeaseDriver, QueryDriver):
     """A durable workflow engine over one store (one epoch, start to shutdown).
 
     ``Engine()`` uses ``./aion.db``. The engine starts lazily on first use
@@ -295,50 +296,6 @@ class Engine(RunDriver, ChildDriver, SharingDriver, LeaseDriver):
             )
         return WorkflowHandle(self, wid)
 
-    def _create_run(self, wid: str, wname: str, args_json: str) -> tuple[bool, RunInfo]:
-        """Any thread but the hub's callbacks (a hub greenlet is fine):
-        create the run (idempotent by id) and drive it here; an existing
-        unfinished run of the same type and arguments is driven here too
-        (say its type was unknown at recovery). Returns ``(created, info)``."""
-        # Register the run's recorder before its creation is queued: a signal
-        # sent from now on waits in it and follows WorkflowStarted, instead of
-        # racing to the store ahead of a run that has no history yet.
-        mine = None
-        driving = self.driving  # a client only creates; the driver drives
-        with self._routing:
-            if driving and wid not in self._recorders:
-                mine = self._recorders[wid] = self._new_recorder(wid)
-        future = Future()
-        now = time.time()
-        owner, lease_until = None, 0.0
-        if self._leased and mine is not None and wname in self._registry.names() and (
-                self.max_resident is None or len(self._runs) < self.max_resident):
-            owner, lease_until = self.engine_id, now + self.lease
-        try:
-            self._writer.submit_create(
-                CreateRun(wid, wname, args_json, uuid.uuid4().hex, now, owner, lease_until),
-                future_done(future))
-            created, info = future.result()
-        except BaseException:
-            if mine is not None:
-                self._unregister(wid, mine)
-            raise
-        if created and mine is not None and self._leased and owner is None:
-            self._unregister(wid, mine)  # left for any engine to claim
-            return created, info
-        if created and mine is not None:
-            mine.fence = info.fence or None
-            mine.init(1, {}, set())
-            self._hub.call_soon(self._spawn_run, wid, info, False, mine)
-            return created, info
-        if mine is not None:
-            self._unregister(wid, mine)
-        if (driving and not self._leased and not created and not info.finished
-                and info.workflow_type == wname and info.args == json.loads(args_json)):
-            # _spawn_run ignores a run already live here.
-            self._hub.call_soon(self._spawn_run, wid, info)
-        return created, info
-
     def signal(self, workflow_id: str, name: str, payload: Any = None, *,
                idempotency_key: Optional[str] = None) -> int:
         """Send message ``name`` with a JSON ``payload`` to a workflow; it is
@@ -385,21 +342,6 @@ class Engine(RunDriver, ChildDriver, SharingDriver, LeaseDriver):
             if any(e.type == ev.CANCEL_REQUESTED for e in self.history(workflow_id)):
                 return
             raise
-
-    def _route_cancel(self, workflow_id: str, reason: str,
-                      done: Callable[[Any, Optional[BaseException]], None]) -> None:
-        """Any thread: record a cancel request (once per run); ``done(seq, error)``."""
-        at = time.time()
-
-        def build(rec: Recorder) -> builtins.list[ev.NewEvent]:
-            if "cancel" in rec.seen:
-                return []
-            rec.seen.add("cancel")
-            return [ev.NewEvent(ev.CANCEL_REQUESTED, at, {"reason": reason})]
-
-        store = self._store
-        self._route(workflow_id, build, lambda: store.request_cancel(workflow_id, reason, at),
-                    "there is nothing left to cancel", done, ("cancel", {"reason": reason}))
 
     def query(self, workflow_id: str, name: str, *args: Any, timeout: float = 10.0) -> Any:
         """Ask a live run: ``handler(*args)`` of its ``ctx.set_query(name,

@@ -12,24 +12,23 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import json
 import logging
 import time
 import traceback
 import uuid
 from typing import Any, Callable, Optional
 
-import gevent
 from gevent import GreenletExit
 
-from . import _clock
 from . import events as ev
+from ._writer import future_done
 from .context import ContinueAsNew, RunAborted, RunLost, WorkflowContext
 from .errors import (
     Cancelled,
     EngineClosed,
     InternalError,
     NonDeterminismError,
-    QueryFailed,
     SerializationError,
     WorkflowNotFound,
     WorkflowNotRegistered,
@@ -39,7 +38,7 @@ from .hub_thread import Future
 from .recorder import Recorder
 from .replay import message_state, open_children, pending_timers
 from .steps import Retry, StepInfo, attempt_event, error_data
-from .store import RunInfo
+from .store import CreateRun, RunInfo
 
 log = logging.getLogger("aion_green.engine")
 
@@ -75,6 +74,10 @@ class RunDriver:
     unrunnable: dict[str, str]
     recover: bool
     _leased: bool
+    driving: bool  # SharingDriver
+    engine_id: str
+    lease: float
+    max_resident: Optional[int]
     _ensure_child: Callable[[tuple[str, str], dict[str, Any]], None]  # ChildDriver
 
     def _store_name(self) -> str:
@@ -140,6 +143,65 @@ class RunDriver:
                     done)
                 return
             self._writer.submit_call(via_store, done)
+
+    def _create_run(self, wid: str, wname: str, args_json: str) -> tuple[bool, RunInfo]:
+        """Any thread but the hub's callbacks (a hub greenlet is fine):
+        create the run (idempotent by id) and drive it here; an existing
+        unfinished run of the same type and arguments is driven here too
+        (say its type was unknown at recovery). Returns ``(created, info)``."""
+        # Register the run's recorder before its creation is queued: a signal
+        # sent from now on waits in it and follows WorkflowStarted, instead of
+        # racing to the store ahead of a run that has no history yet.
+        mine = None
+        driving = self.driving  # a client only creates; the driver drives
+        with self._routing:
+            if driving and wid not in self._recorders:
+                mine = self._recorders[wid] = self._new_recorder(wid)
+        future = Future()
+        now = time.time()
+        owner, lease_until = None, 0.0
+        if self._leased and mine is not None and wname in self._registry.names() and (
+                self.max_resident is None or len(self._runs) < self.max_resident):
+            owner, lease_until = self.engine_id, now + self.lease
+        try:
+            self._writer.submit_create(
+                CreateRun(wid, wname, args_json, uuid.uuid4().hex, now, owner, lease_until),
+                future_done(future))
+            created, info = future.result()
+        except BaseException:
+            if mine is not None:
+                self._unregister(wid, mine)
+            raise
+        if created and mine is not None and self._leased and owner is None:
+            self._unregister(wid, mine)  # left for any engine to claim
+            return created, info
+        if created and mine is not None:
+            mine.fence = info.fence or None
+            mine.init(1, {}, set())
+            self._hub.call_soon(self._spawn_run, wid, info, False, mine)
+            return created, info
+        if mine is not None:
+            self._unregister(wid, mine)
+        if (driving and not self._leased and not created and not info.finished
+                and info.workflow_type == wname and info.args == json.loads(args_json)):
+            # _spawn_run ignores a run already live here.
+            self._hub.call_soon(self._spawn_run, wid, info)
+        return created, info
+
+    def _route_cancel(self, workflow_id: str, reason: str,
+                      done: Callable[[Any, Optional[BaseException]], None]) -> None:
+        """Any thread: record a cancel request (once per run); ``done(seq, error)``."""
+        at = time.time()
+
+        def build(rec: Recorder) -> builtins.list[ev.NewEvent]:
+            if "cancel" in rec.seen:
+                return []
+            rec.seen.add("cancel")
+            return [ev.NewEvent(ev.CANCEL_REQUESTED, at, {"reason": reason})]
+
+        store = self._store
+        self._route(workflow_id, build, lambda: store.request_cancel(workflow_id, reason, at),
+                    "there is nothing left to cancel", done, ("cancel", {"reason": reason}))
 
     # -- hub thread only ---------------------------------------------------------------------
     def _on_hub_start(self) -> None:
@@ -250,57 +312,6 @@ class RunDriver:
             if self._recorders.get(wid) is recorder:
                 del self._recorders[wid]
         recorder.abandon(_Reroute())
-
-    def _answer_query(self, wid: str, name: str, args: tuple[Any, ...], future: Future,
-                      deadline: float) -> None:
-        ctx = self._runs.get(wid)
-        if not isinstance(ctx, WorkflowContext) and (wid in self._runs or wid in self._recorders):
-            # Starting here (its history is being loaded): ask again shortly.
-            if _clock.monotonic() < deadline and not self._hub.closing:
-                self._hub.spawn(self._ask_again, wid, name, args, future, deadline)
-            return
-        if not isinstance(ctx, WorkflowContext):
-            if wid in self._recently_finished:
-                future.set_exception(WorkflowNotRunning(
-                    f"workflow {wid!r} has finished; a finished run answers no queries"))
-                return
-            self._hub.spawn(self._answer_query_of_absent_run, wid, future)
-            return
-        handler = ctx._queries.get(name)
-        if handler is None:
-            known = ", ".join(sorted(ctx._queries)) or "none yet"
-            future.set_exception(QueryFailed(
-                f"workflow {wid!r} has no query {name!r} (it has: {known}); "
-                "a query exists once the workflow called ctx.set_query for it"))
-            return
-        try:
-            answer = ev.roundtrip(handler(*args), f"the answer of query {name!r}")
-        except Exception as exc:
-            future.set_exception(QueryFailed(
-                f"query {name!r} of workflow {wid!r} failed: {type(exc).__name__}: {exc}"))
-        else:
-            future.set_result(answer)
-
-    def _ask_again(self, wid: str, name: str, args: tuple[Any, ...], future: Future,
-                   deadline: float) -> None:
-        gevent.sleep(0.005)
-        self._answer_query(wid, name, args, future, deadline)
-
-    def _answer_query_of_absent_run(self, wid: str, future: Future) -> None:
-        try:
-            info = self._reader.call(self._reader.store.get_run, wid).result()
-        except Exception as exc:
-            future.set_exception(exc)
-            return
-        if info is None:
-            future.set_exception(WorkflowNotFound(f"no workflow with id {wid!r} in {self._store_name()}"))
-        elif info.finished:
-            future.set_exception(WorkflowNotRunning(
-                f"workflow {wid!r} has {info.status}; a finished run answers no queries"))
-        else:
-            future.set_exception(QueryFailed(
-                f"workflow {wid!r} is not running in this engine (its workflow type "
-                f"{info.workflow_type!r} may not be registered here); no query can be answered"))
 
     def _register_waiter(self, wid: str, future: Future) -> None:
         finished = self._recently_finished.get(wid)

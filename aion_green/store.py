@@ -158,6 +158,7 @@ class IEventStore(Interface):
 
 # The SQLite store lives in its own module; it is part of this contract's
 # public face (``aion_green.store.SQLiteStore``).
-from ._sqlite import SQLiteStore, sqlite_path_from_url  # noqa: E402
+from ._sqlite import SQLiteStore  # noqa: E402
+from ._sqlite_schema import sqlite_path_from_url  # noqa: E402
 
 __all__ = ["Append", "CreateRun", "IEventStore", "RunInfo", "SQLiteStore", "sqlite_path_from_url"]

@@ -19,7 +19,7 @@ import gevent
 from gevent.hub import Waiter
 from greenlet import GreenletExit
 
-from . import children, fanout, versioning
+from . import children, fanout, messages, versioning
 from . import events as ev
 from .children import ChildHandle
 from .errors import (
@@ -46,7 +46,6 @@ log = logging.getLogger("aion_green.context")
 _STEP_TYPES = frozenset({ev.STEP_COMPLETED, ev.STEP_FAILED})
 _TIMER_STARTED = frozenset({ev.TIMER_STARTED})
 _TIMER_CANCELLED = frozenset({ev.TIMER_CANCELLED})
-_MESSAGE_SENT = frozenset({ev.MESSAGE_SENT})
 
 
 class _ScopeExpired(BaseException):
@@ -249,55 +248,12 @@ class WorkflowContext:
         ``timeout``, raises :class:`aion.Timeout` if the deadline's firing is
         recorded first (the message, if it comes later, is kept for the next
         receive)."""
-        self._check()
-        index = self._received.get(name, 0)
-        key = ("message", name, index)
-        timer = None
-        if timeout is not None:
-            seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
-            timer = self._start_timer(lambda: time.time() + seconds)
-        arrivals = self._cursor.arrivals
-        message = timer_fired = None
-
-        def first() -> Optional[ev.Event]:
-            nonlocal message, timer_fired
-            message = arrivals.get(key)
-            timer_fired = arrivals.get(("timer", timer)) if timer else None
-            candidates = [e for e in (message, timer_fired) if e is not None]
-            return min(candidates, key=lambda e: e.seq) if candidates else None
-
-        winner = self._race(first)
-        self._cursor.consume_arrival(winner)
-        if winner is message:
-            self._received[name] = index + 1
-            if timer is not None:
-                self._cancel_timer(timer)
-            return message.data.get("payload")
-        raise Timeout(f"workflow {self.workflow_id!r}: no message {name!r} within {timeout}")
+        return messages.receive(self, name, timeout)
 
     def send(self, workflow_id: str, name: str, payload: Any = None) -> None:
-        """Send message ``name`` to another workflow, exactly once: the send
-        is recorded here (``MessageSent``), then delivered with an id that the
-        target records once however often a replay delivers it again. A
-        target that does not exist or has finished is logged, not raised (a
-        replay must take the same path whatever the target has become)."""
-        self._check()
-        self._send_ordinal += 1
-        dedup = f"{self._run_key}/send-{self._send_ordinal}"
-        value = ev.roundtrip(payload, f"the payload of message {name!r}")
-        recorded = self._take(_MESSAGE_SENT, {"to": workflow_id, "name": name},
-                              lambda: f"send {name!r} to {workflow_id!r}")
-        if recorded is None:
-            recorded = self._record(ev.NewEvent(ev.MESSAGE_SENT, time.time(), {
-                "to": workflow_id, "name": name, "payload": value, "dedup": dedup}))
-        waiter, done = self._engine._hub.native_waiter()
-        self._engine._route_message(workflow_id, name, recorded.data.get("payload"), recorded.at,
-                                    dedup, done)
-        try:
-            waiter.get()
-        except AionError as exc:
-            log.warning("workflow %r: message %r to %r not delivered: %s",
-                        self.workflow_id, name, workflow_id, exc)
+        """Send message ``name`` to another workflow, exactly once (see
+        :func:`aion_green.messages.send`)."""
+        messages.send(self, workflow_id, name, payload)
 
     # -- children and fan-out ------------------------------------------------------------
     def start_child(self, fn: Union[str, Callable[..., Any]], *args: Any,

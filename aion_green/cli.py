@@ -40,8 +40,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    # recover=False: looking must never resume (and so run) anybody's workflows.
+    # Passive: looking must never resume (and so run) anybody's workflows,
+    # fire a timer, drain an inbox or take the store's driver lock.
     engine = Engine(args.db, recover=False)
+    engine._passive = True
     try:
         if args.command == "list":
             runs = engine.list(status=args.status, workflow_type=args.workflow_type, limit=args.limit)

@@ -249,7 +249,7 @@ class SharingDriver:
         sweep_at = _clock.monotonic() + _SWEEP_EVERY
         while True:
             try:
-                if _clock.monotonic() >= sweep_at:
+                if self.recover and _clock.monotonic() >= sweep_at:
                     sweep_at = _clock.monotonic() + _SWEEP_EVERY
                     self._recover()
                 rows = reader.call(reader.store.new_runs, mark, 500).result()

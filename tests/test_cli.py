@@ -52,3 +52,36 @@ def test_exit_codes(tmp_path):
     corrupt.write_bytes(b"not a database" * 100)
     broken = run_python(["-m", "aion_green", "--db", f"sqlite:///{corrupt}", "list"], check=False)
     assert broken.returncode == 2 and "damaged" in broken.stderr
+
+
+def test_looking_changes_nothing(tmp_path):
+    """The CLI reads only: a due timer of a parked run does not fire, and
+    the store's driver lock stays free for the engine that will drive it."""
+    import fcntl
+    import os
+    import time
+
+    from aion_green import events as ev
+    from aion_green.store import Append
+
+    path = tmp_path / "parked.db"
+    store = aion.SQLiteStore(str(path))
+    store.create_run("p", "tests.cli_unknown", "[]", "r", time.time() - 10)
+    store.write_batch([Append("p", 1, [ev.NewEvent(ev.TIMER_STARTED, time.time() - 9,
+                                                   {"timer": "t1", "fire_at": time.time() - 5})])])
+    store.close()
+    for command in (["list"], ["show", "p"]):
+        proc = run_python(["-m", "aion_green", "--db", f"sqlite:///{path}", *command])
+        assert "p" in proc.stdout
+    store = aion.SQLiteStore(str(path))
+    try:
+        assert [e.type for e in store.read("p")] == [ev.WORKFLOW_STARTED, ev.TIMER_STARTED]
+    finally:
+        store.close()
+    lock = f"{path}.driver"
+    if os.path.exists(lock):
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: nobody kept it
+        finally:
+            os.close(fd)

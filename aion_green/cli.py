@@ -1,8 +1,13 @@
-"""``aion-green`` command line: look into a store (the full CLI, with a
-worker and the write commands, comes with a later issue).
+"""``aion-green`` command line: run a worker, look into a store.
 
+    aion-green [--db URL] worker MODULE [MODULE...]
     aion-green [--db URL] list [--status S] [--type T] [--limit N] [--json]
     aion-green [--db URL] show ID [--json]
+
+``worker`` imports the modules (their ``@aion.workflow`` functions are
+registered), drives runs until SIGTERM or SIGINT, then shuts down cleanly
+(the runs it drove resume in the next engine). ``list`` and ``show`` only
+look: they never run, fire or record anything.
 
 Exit codes: 0 success, 1 not found, 2 bad usage or a store error.
 """
@@ -35,11 +40,53 @@ def _parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="a run's status and its history")
     show.add_argument("workflow_id")
     show.add_argument("--json", action="store_true")
+    worker = sub.add_parser("worker", help="drive workflows until SIGTERM")
+    worker.add_argument("modules", nargs="+", help="modules that define the workflows")
     return parser
+
+
+def _worker(db: Optional[str], modules: list[str]) -> int:
+    import importlib
+    import os
+    import signal
+    import time
+
+    from .registry import _DECORATED
+
+    sys.path.insert(0, os.getcwd())
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            print(f"aion-green worker: cannot import {name!r}: {exc}", file=sys.stderr)
+            return 2
+    stop: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, frame: stop.append(number))
+    engine = Engine(db)
+    try:
+        engine.list(limit=1)  # start it: it resumes what it may drive
+        kinds = sorted(_DECORATED)
+        print(f"aion-green worker {os.getpid()}: {len(kinds)} workflow type(s) "
+              f"({', '.join(kinds) or 'none'}); store {engine._store_name()}; "
+              f"{'driving' if engine.driving else 'a client of ' + engine._driver_lock.holder()}",
+              flush=True)
+        while not stop:
+            time.sleep(0.1)
+        print(f"aion-green worker {os.getpid()}: signal {stop[0]}, shutting down", flush=True)
+    except AionError as exc:
+        print(f"aion-green worker: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.shutdown()
+    print(f"aion-green worker {os.getpid()}: stopped", flush=True)
+    return 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "worker":
+        return _worker(args.db, args.modules)
     # Passive: looking must never resume (and so run) anybody's workflows,
     # fire a timer, drain an inbox or take the store's driver lock.
     engine = Engine(args.db, recover=False)

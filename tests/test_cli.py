@@ -85,3 +85,54 @@ def test_looking_changes_nothing(tmp_path):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: nobody kept it
         finally:
             os.close(fd)
+
+
+WORKFLOWS = """
+import aion_green as aion
+
+def triple(x):
+    return 3 * x
+
+@aion.workflow(name="cliwork.triple")
+def tripler(ctx, x):
+    return ctx.step(triple, x) + ctx.receive("plus")
+"""
+
+
+def test_a_worker_drives_runs_until_sigterm_then_stops_cleanly(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    (tmp_path / "cliwork.py").write_text(WORKFLOWS)
+    url = f"sqlite:///{tmp_path / 'work.db'}"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("AION_GEVENT_PATCH", None)
+    worker = subprocess.Popen([sys.executable, "-m", "aion_green", "--db", url, "worker", "cliwork"],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        ready = worker.stdout.readline()
+        assert "1 workflow type(s) (cliwork.triple)" in ready and "driving" in ready
+        # Another process starts and signals; the worker drives the run.
+        with aion.Engine(url) as client:
+            assert not client.driving
+            handle = client.start("cliwork.triple", 4, id="t")
+            client.signal("t", "plus", 1)
+            assert handle.result(timeout=20) == 13
+            client.start("cliwork.triple", 5, id="parked")  # left waiting for "plus"
+        worker.send_signal(signal.SIGTERM)
+        out, err = worker.communicate(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+    assert worker.returncode == 0, err
+    assert "shutting down" in out and "stopped" in out
+    proc = run_python(["-m", "aion_green", "--db", url, "show", "parked", "--json"])
+    assert json.loads(proc.stdout)["run"]["status"] == "running"  # resumes with the next worker
+    bad = run_python(["-m", "aion_green", "--db", url, "worker", "no_such_module"], check=False)
+    assert bad.returncode == 2 and "cannot import 'no_such_module'" in bad.stderr

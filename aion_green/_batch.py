@@ -8,7 +8,7 @@ import json
 from typing import Any, Optional, Union
 
 from . import events as ev
-from .errors import FencedOut, SequenceConflict, StoreError
+from .errors import FencedOut, SequenceConflict, StoreError, WorkflowNotFound, WorkflowNotRunning
 from .store import Append
 
 _TIMER_ENDS = frozenset({ev.TIMER_FIRED, ev.TIMER_CANCELLED})
@@ -67,6 +67,22 @@ class BatchPlan:
         heads[wid] = seq
         self.moved[wid] = (seq, op.events[-1].at)
         return seq
+
+
+def require_running(workflow_id: str, status: Optional[str], store: str, why_not: str) -> None:
+    """The check every write for a run that no engine drives makes first:
+    the run exists (else :class:`WorkflowNotFound`) and is running (else
+    :class:`WorkflowNotRunning`, saying ``why_not``); nothing is written."""
+    if status is None:
+        raise WorkflowNotFound(f"no workflow with id {workflow_id!r} in {store}; nothing was recorded")
+    if status != ev.RUNNING:
+        raise WorkflowNotRunning(
+            f"workflow {workflow_id!r} has {status}; {why_not}, so nothing was recorded")
+
+
+def inbox_why_not(kind: str) -> str:
+    return ("there is nothing left to cancel" if kind == "cancel"
+            else "a message to it would never be read")
 
 
 def next_run_started(wtype: str, old_run_id: str, data: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from zope.interface import implementer
 
 from . import _clock
 from . import events as ev
-from ._batch import BatchPlan, next_run_started
+from ._batch import BatchPlan, inbox_why_not, next_run_started, require_running
 from ._sqlite_schema import (
     _MIGRATIONS,
     _RUN_COLUMNS,
@@ -25,8 +25,6 @@ from ._sqlite_schema import (
 )
 from .errors import (
     StoreError,
-    WorkflowNotFound,
-    WorkflowNotRunning,
 )
 from .store import Append, CreateRun, IEventStore, RunInfo
 
@@ -300,14 +298,7 @@ class SQLiteStore:
     def post_inbox(self, workflow_id: str, kind: str, data_json: str, at: float) -> int:
         with self._write() as conn:
             run = conn.execute("SELECT status FROM runs WHERE workflow_id=?", (workflow_id,)).fetchone()
-            if run is None:
-                raise WorkflowNotFound(f"no workflow with id {workflow_id!r} in {self.path}; "
-                                       "nothing was recorded")
-            if run[0] != ev.RUNNING:
-                why = ("there is nothing left to cancel" if kind == "cancel"
-                       else "a message to it would never be read")
-                raise WorkflowNotRunning(
-                    f"workflow {workflow_id!r} has {run[0]}; {why}, so nothing was recorded")
+            require_running(workflow_id, run and run[0], self.path, inbox_why_not(kind))
             cursor = conn.execute("INSERT INTO inbox(workflow_id, kind, data, at) VALUES (?,?,?,?)",
                                   (workflow_id, kind, data_json, at))
             return int(cursor.lastrowid or 0)
@@ -415,13 +406,8 @@ class SQLiteStore:
         with self._write() as conn:
             run = conn.execute("SELECT head_seq, status FROM runs WHERE workflow_id=?",
                                (workflow_id,)).fetchone()
-            if run is None:
-                raise WorkflowNotFound(f"no workflow with id {workflow_id!r} in {self.path}; "
-                                       "nothing was recorded")
-            head, status = run
-            if status != ev.RUNNING:
-                raise WorkflowNotRunning(
-                    f"workflow {workflow_id!r} has {status}; {why_not}, so nothing was recorded")
+            require_running(workflow_id, run and run[1], self.path, why_not)
+            head = run[0]
             data = build(conn)
             if isinstance(data, int):
                 return data

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 from zope.interface import implementer
 
 from . import events as ev
-from ._batch import BatchPlan, next_run_started
+from ._batch import BatchPlan, inbox_why_not, next_run_started, require_running
 from ._pg_schema import (
     _DRIVER_LOCK,
     _MIGRATION_LOCK,
@@ -283,13 +283,8 @@ class PostgresStore:
             cur.execute("SELECT head_seq, status FROM aion_runs WHERE workflow_id=%s FOR UPDATE",
                         (workflow_id,))
             run = cur.fetchone()
-            if run is None:
-                raise WorkflowNotFound(f"no workflow with id {workflow_id!r} in {self.path}; "
-                                       "nothing was recorded")
-            head, status = run
-            if status != ev.RUNNING:
-                raise WorkflowNotRunning(
-                    f"workflow {workflow_id!r} has {status}; {why_not}, so nothing was recorded")
+            require_running(workflow_id, run and run[1], self.path, why_not)
+            head = run[0]
             data = build(cur)
             if isinstance(data, int):
                 return data
@@ -347,14 +342,7 @@ class PostgresStore:
         with self._tx() as cur:
             cur.execute("SELECT status FROM aion_runs WHERE workflow_id=%s", (workflow_id,))
             run = cur.fetchone()
-            if run is None:
-                raise WorkflowNotFound(f"no workflow with id {workflow_id!r} in {self.path}; "
-                                       "nothing was recorded")
-            if run[0] != ev.RUNNING:
-                why = ("there is nothing left to cancel" if kind == "cancel"
-                       else "a message to it would never be read")
-                raise WorkflowNotRunning(
-                    f"workflow {workflow_id!r} has {run[0]}; {why}, so nothing was recorded")
+            require_running(workflow_id, run and run[0], self.path, inbox_why_not(kind))
             cur.execute("INSERT INTO aion_inbox(workflow_id, kind, data, at) VALUES (%s,%s,%s,%s) "
                         "RETURNING id", (workflow_id, kind, data_json, at))
             row_id = int(cur.fetchone()[0])

@@ -80,6 +80,19 @@ def require_running(workflow_id: str, status: Optional[str], store: str, why_not
             f"workflow {workflow_id!r} has {status}; {why_not}, so nothing was recorded")
 
 
+def run_filters(status: Optional[str], workflow_type: Optional[str], after_id: Optional[str],
+                mark: str, after: str) -> tuple[str, list[Any]]:
+    """The WHERE clause and parameters of ``list_runs`` in a store's SQL:
+    ``mark`` is its placeholder, ``after`` its "id after" comparison."""
+    clauses, params = [], []
+    for clause, value in ((f"status={mark}", status), (f"workflow_type={mark}", workflow_type),
+                          (after, after_id)):
+        if value is not None:
+            clauses.append(clause)
+            params.append(value)
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+
 def inbox_why_not(kind: str) -> str:
     return ("there is nothing left to cancel" if kind == "cancel"
             else "a message to it would never be read")

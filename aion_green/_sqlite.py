@@ -15,7 +15,7 @@ from zope.interface import implementer
 
 from . import _clock
 from . import events as ev
-from ._batch import BatchPlan, inbox_why_not, next_run_started, require_running
+from ._batch import BatchPlan, inbox_why_not, next_run_started, require_running, run_filters
 from ._sqlite_schema import (
     _MIGRATIONS,
     _RUN_COLUMNS,
@@ -274,17 +274,7 @@ class SQLiteStore:
         limit: int = 100,
         after_id: Optional[str] = None,
     ) -> list[RunInfo]:
-        clauses, params = [], []
-        if status is not None:
-            clauses.append("status=?")
-            params.append(status)
-        if workflow_type is not None:
-            clauses.append("workflow_type=?")
-            params.append(workflow_type)
-        if after_id is not None:
-            clauses.append("workflow_id>?")
-            params.append(after_id)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = run_filters(status, workflow_type, after_id, "?", "workflow_id>?")
         try:
             rows = self._conn.execute(
                 f"SELECT {_RUN_COLUMNS} FROM runs {where} ORDER BY workflow_id LIMIT ?",

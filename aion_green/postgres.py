@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 from zope.interface import implementer
 
 from . import events as ev
-from ._batch import BatchPlan, inbox_why_not, next_run_started, require_running
+from ._batch import BatchPlan, inbox_why_not, next_run_started, require_running, run_filters
 from ._pg_schema import (
     _DRIVER_LOCK,
     _MIGRATION_LOCK,
@@ -376,17 +376,8 @@ class PostgresStore:
 
     def list_runs(self, status: Optional[str] = None, workflow_type: Optional[str] = None,
                   limit: int = 100, after_id: Optional[str] = None) -> list[RunInfo]:
-        clauses, params = [], []
-        if status is not None:
-            clauses.append("status=%s")
-            params.append(status)
-        if workflow_type is not None:
-            clauses.append("workflow_type=%s")
-            params.append(workflow_type)
-        if after_id is not None:
-            clauses.append('workflow_id > %s COLLATE "C"')
-            params.append(after_id)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = run_filters(status, workflow_type, after_id, "%s",
+                                    'workflow_id > %s COLLATE "C"')
         rows = self._query(f"SELECT {_RUN_COLUMNS} FROM aion_runs {where} "
                            "ORDER BY workflow_id COLLATE \"C\" LIMIT %s", (*params, limit))
         return [_run_info(row) for row in rows]

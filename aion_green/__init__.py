@@ -30,15 +30,18 @@ from .errors import (
 from .events import Event
 from .fanout import Step
 from .registry import workflow
+from .schedules import SCHEDULE_WORKFLOW
 from .steps import Retry, StepInfo, step_info
 from .store import IEventStore, RunInfo, SQLiteStore
 from .supervision import ChildSpec
+from .triggers import Cron
 
 __all__ = [
-    "AionError", "Cancelled", "ChildHandle", "ChildSpec", "ConfigurationError", "Engine",
+    "AionError", "Cancelled", "ChildHandle", "ChildSpec", "ConfigurationError", "Cron", "Engine",
     "EngineClosed", "Event", "FencedOut", "IEventStore", "InternalError", "NonDeterminismError",
     "NonRetryableError", "QueryFailed", "RestartIntensityExceeded", "Retry", "RunInfo",
-    "SQLiteStore", "SequenceConflict", "SerializationError", "Step", "StepError", "StepInfo",
+    "SCHEDULE_WORKFLOW", "SQLiteStore", "SequenceConflict", "SerializationError", "Step", "StepError",
+    "StepInfo",
     "StoreCorrupt", "StoreError", "StoreUnavailable", "Timeout", "WorkflowCancelled",
     "WorkflowContext", "WorkflowFailed", "WorkflowHandle", "WorkflowIdConflict", "WorkflowNotFound",
     "WorkflowNotRegistered", "WorkflowNotRunning", "step_info", "workflow",

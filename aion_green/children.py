@@ -272,7 +272,7 @@ class ChildDriver:
             rec.seen.add(seen)
             return [ev.NewEvent(event_type, at, data)]
 
-        if self._live_parent(parent) is None:
+        if self._live_parent(parent) is None and self._until_resident(*parent) is None:  # type: ignore[attr-defined]
             return  # that run ended (perhaps into a next run of its id): never written
 
         def not_live() -> Any:

@@ -106,6 +106,9 @@ class WorkflowContext:
         self._bell = Waiter()
         self._parked = False  # Invariant: true only while the greenlet waits on _bell
         self._failure: Optional[BaseException] = None
+        # Step attempts running or waiting to start whose record is not yet
+        # queued (kept only under a residency cap: such a run stays in memory).
+        self._busy = 0
         self._step_ordinal = 0
         self._timer_ordinal = 0
         # Timers started and not yet fired or cancelled (key -> fire_at), as
@@ -152,7 +155,11 @@ class WorkflowContext:
 
     def _random(self) -> _random.Random:
         if self._rng is None:
-            seed = hashlib.sha256(f"{self.workflow_id}\x00{self.run_id}".encode()).digest()
+            # A forked or resumed run goes on from its source's generator
+            # (rewind.py): the records it copied may hold values drawn from it.
+            basis = (self._cursor.event(1).data.get("random_seed")
+                     or f"{self.workflow_id}\x00{self.run_id}")
+            seed = hashlib.sha256(basis.encode()).digest()
             self._rng = _random.Random(int.from_bytes(seed[:16], "big"))
         return self._rng
 
@@ -353,13 +360,19 @@ class WorkflowContext:
 
     # -- deadlines, cancellation, queries ---------------------------------------------------
     @contextmanager
-    def timeout(self, duration: Union[timedelta, float, int]) -> Iterator[None]:
+    def timeout(self, duration: Union[timedelta, float, int, datetime]) -> Iterator[None]:
         """A deadline over a block: if its firing is recorded before what a
         wait inside the block waits for, the wait is abandoned and
         :class:`aion.Timeout` is raised here; a replay takes the same branch
-        from the record."""
-        seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
-        key = self._start_timer(lambda: time.time() + seconds)
+        from the record. An aware ``datetime`` is the deadline itself."""
+        if isinstance(duration, datetime):
+            if duration.tzinfo is None:
+                raise ValueError(f"ctx.timeout({duration!r}): pass a timezone-aware datetime")
+            at = duration.timestamp()
+            key = self._start_timer(lambda: at)
+        else:
+            seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
+            key = self._start_timer(lambda: time.time() + seconds)
         self._scopes.append(key)
         expired = False
         try:
@@ -370,6 +383,13 @@ class WorkflowContext:
             expired = True
             raise Timeout(f"workflow {self.workflow_id!r}: the block did not finish within "
                           f"{duration}") from None
+        except GreenletExit:
+            # Killed by shutdown: the block is not left and its deadline
+            # stands. A TimerCancelled recorded here would be appended by a
+            # closing epoch, and the next epoch, which fires the timer, would
+            # diverge at its next timer (seen in test_schedules' restarts).
+            expired = True
+            raise
         finally:
             self._scopes.remove(key)
             if not expired:
@@ -431,10 +451,15 @@ class WorkflowContext:
                 return found
             bell.clear()
             self._parked = True
+            engine = self._engine
+            if engine._residency:
+                engine._on_park(self)
             try:
                 bell.get()
             finally:
                 self._parked = False
+                if engine._residency:
+                    engine._on_unpark(self)
 
     def _record(self, event: ev.NewEvent, final: bool = False,
                 queued: Optional[Callable[[], None]] = None) -> ev.Event:
@@ -444,6 +469,10 @@ class WorkflowContext:
         (a run that diverged still ends with exactly one terminal event).
         ``queued()`` runs once the append is queued, before it is durable:
         a write it queues then commits with it or after it, never before."""
+        if self._failure is not None:
+            # Unwinding (evicted, or the store refused an earlier record):
+            # a ``finally`` of the workflow must not record anything more.
+            raise self._failure
         target = self._recorder.submit(lambda rec: [event], final=final)
         assert target is not None, "a live run's recorder is initialised"
         if queued is not None:

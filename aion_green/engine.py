@@ -17,11 +17,12 @@ import os
 import time
 import uuid
 import weakref
+from datetime import datetime, timedelta
 from typing import Any, Callable, Optional, Union
 
 from gevent import monkey
 
-from . import _clock
+from . import _clock, rewind, schedules
 from . import events as ev
 from ._writer import StoreWriter, future_done
 from .children import ChildDriver
@@ -41,6 +42,7 @@ from .leases import LeaseDriver
 from .queries import QueryDriver
 from .recorder import Recorder
 from .registry import Registry, workflow_name
+from .residency import ResidencyDriver
 from .runs import RunDriver, _closed_while_waiting
 from .sharing import DriverLock, PgDriverLock, SharingDriver
 from .steps import StepPool
@@ -82,7 +84,7 @@ class WorkflowHandle:
         return f"<WorkflowHandle {self.workflow_id!r}>"
 
 
-class Engine(RunDriver, ChildDriver, SharingDriver, LeaseDriver, QueryDriver):
+class Engine(RunDriver, ChildDriver, SharingDriver, LeaseDriver, QueryDriver, ResidencyDriver):
     """A durable workflow engine over one store (one epoch, start to shutdown).
 
     ``Engine()`` uses ``./aion.db``. The engine starts lazily on first use
@@ -156,6 +158,7 @@ class Engine(RunDriver, ChildDriver, SharingDriver, LeaseDriver, QueryDriver):
         # the end needs no store read. Bounded; older ones are read back.
         self._recently_finished: "collections.OrderedDict[str, RunInfo]" = collections.OrderedDict()
         self.unrunnable: dict[str, str] = {}
+        self._init_residency(False)
         # Outcomes of appends to runs created by start() that arrived before
         # the run's greenlet built its context (hub thread only).
         self._early: dict[str, Any] = {}
@@ -188,6 +191,9 @@ class Engine(RunDriver, ChildDriver, SharingDriver, LeaseDriver, QueryDriver):
                 self.unrunnable = {}
             self._store = open_store(self.url, self.durable, self.busy_timeout)
             self._leased = hasattr(self._store, "claim_runs")
+            # Over SQLite the cap evicts parked runs; leased stores cap what
+            # an engine claims instead (leases.py).
+            self._init_residency(self.max_resident is not None and not self._leased and not self._passive)
             pg = hasattr(self._store, "try_lock_driver")
             self._driver_lock = PgDriverLock(self._store) if pg else DriverLock(self._store.path)
             if not self._leased and not self._passive and not self._driver_lock.try_acquire():
@@ -371,6 +377,28 @@ class Engine(RunDriver, ChildDriver, SharingDriver, LeaseDriver, QueryDriver):
         if self.driving:
             self._timers.poke()
 
+    def schedule(self, schedule_id: str, fn: Union[str, Callable[..., Any]], *args: Any,
+                 cron: Optional[str] = None, every: Union[None, timedelta, float] = None,
+                 start_at: Optional[datetime] = None, timezone: Optional[str] = None,
+                 overlap: str = "skip", catch_up: str = "one") -> WorkflowHandle:
+        """Start ``fn(ctx, *args)`` on a trigger, durably: at each fire time
+        of ``cron`` (five fields, UTC unless ``timezone``) or ``every`` (a
+        timedelta or seconds, from ``start_at`` or from now), as run
+        ``"<schedule_id>@<fire time>"``. ``overlap`` (skip, buffer_one,
+        cancel_previous, allow_all) says what a fire does while the last run
+        still runs; ``catch_up`` (all, one, skip) which fires missed while no
+        engine ran still start (see :mod:`aion_green.schedules`). Idempotent
+        by id; another spec under the id raises :class:`WorkflowIdConflict`.
+        The handle is the schedule's own run (type ``"aion.schedule"``)."""
+        return schedules.schedule(self, schedule_id, fn, args, cron=cron, every=every,
+                                  start_at=start_at, timezone=timezone, overlap=overlap,
+                                  catch_up=catch_up)
+
+    def unschedule(self, schedule_id: str, timeout: Optional[float] = 30.0) -> None:
+        """Cancel schedule ``schedule_id`` and wait (up to ``timeout``) for its
+        end: it fires no more. Runs it started go on."""
+        schedules.unschedule(self, schedule_id, timeout)
+
     def handle(self, workflow_id: str) -> WorkflowHandle:
         return WorkflowHandle(self, workflow_id)
 
@@ -434,6 +462,17 @@ class Engine(RunDriver, ChildDriver, SharingDriver, LeaseDriver, QueryDriver):
             raise WorkflowNotFound(
                 f"no workflow with id {workflow_id!r}{which} in {self._store_name()}")
         return events
+
+    def fork(self, workflow_id: str, from_seq: int, *, id: Optional[str] = None,  # noqa: A002
+             run_id: Optional[str] = None) -> WorkflowHandle:
+        """A new workflow ``id`` that replays events 2..``from_seq`` of a run of
+        ``workflow_id`` (unchanged), then goes live (:mod:`aion_green.rewind`)."""
+        return rewind.fork(self, workflow_id, from_seq, id, run_id)
+
+    def resume(self, workflow_id: str, from_seq: Optional[int] = None) -> WorkflowHandle:
+        """A failed or cancelled run, archived, begins anew in place from its
+        events 2..``from_seq`` (default: :mod:`aion_green.rewind`)."""
+        return rewind.resume(self, workflow_id, from_seq)
 
     def _store_name(self) -> str:
         return getattr(self._store, "path", None) or str(self.url)

@@ -177,6 +177,7 @@ def _start(ctx: "WorkflowContext", branch: _Branch) -> None:
     branch.running = True
     delay = branch.retry_due - _clock.monotonic()
     if delay > 0:
+        ctx._busy += 1  # a step waiting to start keeps its run in memory
         ctx._engine._hub.spawn(_start_later, ctx, branch, delay,
                                name=f"retry:{ctx.workflow_id}/step-{branch.ordinal}")
     else:
@@ -184,7 +185,10 @@ def _start(ctx: "WorkflowContext", branch: _Branch) -> None:
 
 
 def _start_later(ctx: "WorkflowContext", branch: _Branch, delay: float) -> None:
-    gevent.sleep(delay)
+    try:
+        gevent.sleep(delay)
+    finally:
+        ctx._busy -= 1
     _submit(ctx, branch)
 
 

@@ -75,8 +75,10 @@ def send(ctx: "WorkflowContext", workflow_id: str, name: str, payload: Any = Non
         recorded = ctx._record(ev.NewEvent(ev.MESSAGE_SENT, time.time(), {
             "to": workflow_id, "name": name, "payload": value, "dedup": dedup}))
     waiter, done = ctx._engine._hub.native_waiter()
+    # The recorded dedup id: a forked run replays its source's sends under
+    # the ids the target already recorded (rewind.py).
     ctx._engine._route_message(workflow_id, name, recorded.data.get("payload"), recorded.at,
-                               dedup, done)
+                               recorded.data.get("dedup") or dedup, done)
     try:
         waiter.get()
     except AionError as exc:

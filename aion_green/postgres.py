@@ -30,6 +30,7 @@ from zope.interface import implementer
 
 from . import events as ev
 from ._batch import BatchPlan, inbox_why_not, next_run_started, require_running, run_filters
+from ._pg_rewind import PgRewind
 from ._pg_schema import (
     _DRIVER_LOCK,
     _MIGRATION_LOCK,
@@ -52,7 +53,7 @@ from .store import Append, CreateRun, IEventStore, RunInfo
 
 
 @implementer(IEventStore)
-class PostgresStore:
+class PostgresStore(PgRewind):
     """Histories in PostgreSQL. ``durable`` is always true here: a commit
     returns once the server made it durable (its own ``synchronous_commit``)."""
 

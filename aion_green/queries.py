@@ -33,7 +33,12 @@ class QueryDriver:
     def _answer_query(self, wid: str, name: str, args: tuple[Any, ...], future: Future,
                       deadline: float) -> None:
         ctx = self._runs.get(wid)
-        if not isinstance(ctx, WorkflowContext) and (wid in self._runs or wid in self._recorders):
+        if ctx is None and self._absent_here(wid):  # type: ignore[attr-defined]
+            self._wake(wid)  # type: ignore[attr-defined]  # evicted: it answers once replayed
+            ctx = self._runs.get(wid)
+        if not isinstance(ctx, WorkflowContext) and (
+                wid in self._runs or wid in self._recorders
+                or self._absent_here(wid)):  # type: ignore[attr-defined]
             # Starting here (its history is being loaded): ask again shortly.
             if _clock.monotonic() < deadline and not self._hub.closing:
                 self._hub.spawn(self._ask_again, wid, name, args, future, deadline)

@@ -19,6 +19,7 @@ import traceback
 import uuid
 from typing import Any, Callable, Optional
 
+import gevent
 from gevent import GreenletExit
 
 from . import events as ev
@@ -37,6 +38,7 @@ from .errors import (
 from .hub_thread import Future
 from .recorder import Recorder
 from .replay import message_state, open_children, pending_timers
+from .residency import RunEvicted
 from .steps import Retry, StepInfo, attempt_event, error_data
 from .store import CreateRun, RunInfo
 
@@ -78,6 +80,7 @@ class RunDriver:
     engine_id: str
     lease: float
     max_resident: Optional[int]
+    resident_peak: int  # ResidencyDriver
     _ensure_child: Callable[[tuple[str, str], dict[str, Any]], None]  # ChildDriver
 
     def _store_name(self) -> str:
@@ -142,6 +145,14 @@ class RunDriver:
                     lambda: store.post_inbox(wid, kind, ev.encode(data, "the request"), time.time()),
                     done)
                 return
+            if self._residency:  # type: ignore[attr-defined]
+                # An evicted run comes back to read what was recorded for it.
+                hub, recorded_for = self._hub, done
+
+                def done(head: Any, error: Optional[BaseException]) -> None:
+                    if error is None:
+                        hub.call_soon(self._wake, wid)  # type: ignore[attr-defined]
+                    recorded_for(head, error)
             self._writer.submit_call(via_store, done)
 
     def _create_run(self, wid: str, wname: str, args_json: str) -> tuple[bool, RunInfo]:
@@ -221,6 +232,12 @@ class RunDriver:
         hands it to the run's recorder; the run's greenlet wakes once the
         record is durable (record before wake)."""
         hub, wid = self._hub, info.workflow_id
+        ctx = None
+        if self._residency:  # type: ignore[attr-defined]
+            # The run stays in memory until this attempt's record is queued.
+            ctx = self._runs.get(wid)
+            self._step_started(ctx)  # type: ignore[attr-defined]
+        handed_over = self._step_handed_over  # type: ignore[attr-defined]
 
         def task() -> None:
             try:
@@ -228,6 +245,9 @@ class RunDriver:
                 recorder.submit(lambda rec: [event])
             except BaseException as exc:
                 hub.call_soon(self._deliver, wid, [], None, exc)
+            finally:
+                if ctx is not None:
+                    hub.call_soon(handed_over, ctx)
 
         self._steps.submit(task)
 
@@ -269,12 +289,19 @@ class RunDriver:
                 self._reader.store.list_runs, ev.RUNNING, None, 500, after  # type: ignore[union-attr]
             ).result()
             for info in page:
-                if info.workflow_id not in self._runs and info.workflow_id not in self.unrunnable:
-                    self._spawn_run(info.workflow_id, info, recovering=True)
+                wid = info.workflow_id
+                if (wid not in self._runs and wid not in self.unrunnable
+                        and not self._absent_here(wid)):  # type: ignore[attr-defined]
+                    self._spawn_run(wid, info, recovering=True)
                     resumed += 1
             if len(page) < 500:
                 break
             after = page[-1].workflow_id
+            # Over a residency cap, read on only as the queue of runs
+            # waiting for a place drains (it holds their state).
+            while (self.max_resident is not None and not self._hub.closing
+                   and len(self._admission) > self.max_resident):  # type: ignore[attr-defined]
+                gevent.sleep(0.05)
         if resumed:
             log.info("recovery: resuming %d unfinished run(s)", resumed)
 
@@ -288,6 +315,9 @@ class RunDriver:
                 self._early.pop(wid, None)
                 self._unregister(wid, recorder)
             return
+        if self._full():  # type: ignore[attr-defined]
+            self._queue_run(wid, info, recovering, recorder)  # type: ignore[attr-defined]
+            return
         recovering = recovering or info.head_seq > 1 or recorder is None
         try:
             fn = self._registry.get(info.workflow_type)
@@ -297,9 +327,14 @@ class RunDriver:
             log.error(message)
             if recorder is not None:
                 self._unregister(wid, recorder)
+            self._on_run_gone()  # type: ignore[attr-defined]
             return
         self._runs[wid] = True
+        if self._residency and len(self._runs) > self.resident_peak:  # type: ignore[attr-defined]
+            self.resident_peak = len(self._runs)
         self.unrunnable.pop(wid, None)
+        # A resumed id (rewind.py): the end of its old run is not its result.
+        self._recently_finished.pop(wid, None)
         if recorder is None:
             recorder = self._new_recorder(wid, info.fence or None)
             with self._routing:
@@ -351,6 +386,7 @@ class RunDriver:
     def _drive(self, wid: str, fn: Callable[..., Any], info: RunInfo, recovering: bool,
                recorder: Recorder) -> None:
         """The run's greenlet: replay, then live until the workflow ends."""
+        evicted = False
         try:
             if recovering or info.head_seq > 1:
                 history = self._writer.call(self._store.read, wid).result()  # type: ignore[union-attr]
@@ -387,6 +423,9 @@ class RunDriver:
                 self._complete_waiters(wid, final)
         except GreenletExit:
             raise
+        except RunEvicted:
+            evicted = True
+            self._on_evicted(wid)  # type: ignore[attr-defined]
         except RunLost as exc:
             log.warning("run %r dropped: %s", wid, exc)
             if self._leased:
@@ -406,7 +445,9 @@ class RunDriver:
             self._runs.pop(wid, None)
             self._early.pop(wid, None)
             self._unregister(wid, recorder)
-            self._child_tasks.abort_watches_for_parent((wid, info.run_id))
+            if not evicted:  # an evicted run's children are watched on
+                self._child_tasks.abort_watches_for_parent((wid, info.run_id))
+            self._on_run_gone()  # type: ignore[attr-defined]
 
     def _execute(self, ctx: WorkflowContext, fn: Callable[..., Any], info: RunInfo) -> Optional[RunInfo]:
         wid = ctx.workflow_id
@@ -420,7 +461,7 @@ class RunDriver:
             except ContinueAsNew:
                 ctx._finish_check("the workflow to continue as new")
                 raise
-            except (GreenletExit, RunLost, RunAborted, Cancelled):
+            except (GreenletExit, RunLost, RunAborted, RunEvicted, Cancelled):
                 raise
             except NonDeterminismError:
                 raise
@@ -430,7 +471,7 @@ class RunDriver:
             ctx._finish_check("the workflow to return")
             result = ev.roundtrip(result, f"the result of workflow {wid!r}")
             event_type, data, status = ev.WORKFLOW_COMPLETED, {"result": result}, ev.COMPLETED
-        except (GreenletExit, RunLost, RunAborted):
+        except (GreenletExit, RunLost, RunAborted, RunEvicted):
             raise
         except ContinueAsNew as cont:
             event_type, status, result = ev.WORKFLOW_CONTINUED_AS_NEW, ev.CONTINUED, None

@@ -201,14 +201,28 @@ class SharingDriver:
         reader, writer = self._reader, self._writer
         handled: list[int] = []
         retry: list[int] = []
-        pending: set[int] = set()  # routed, outcome not known yet
+        deleted: list[int] = []
+        # Routed, and not yet deleted for good. Invariant: a handled entry
+        # leaves it only once its delete committed: a read before that sees
+        # the entry, and routing it again would record it twice where the
+        # run moved on to a new history (continue-as-new), which has no
+        # record of its dedup key.
+        pending: set[int] = set()
         pause = _BUSY_PAUSE
         while True:
+            if deleted:
+                ids, deleted[:] = list(deleted), []
+                pending.difference_update(ids)
             if handled:
                 ids, handled[:] = list(handled), []
-                pending.difference_update(ids)
+
+                def after_delete(_result: Any, error: Optional[BaseException],
+                                 ids: list[int] = ids) -> None:
+                    # Any thread. A delete that failed is tried again.
+                    (handled if error is not None else deleted).extend(ids)
+
                 writer.submit_call(lambda ids=ids, store=self._store: store.delete_inbox(ids),
-                                   lambda *_: None)
+                                   after_delete)
             if retry:
                 pending.difference_update(retry)
                 retry.clear()
@@ -250,8 +264,12 @@ class SharingDriver:
         while True:
             try:
                 if self.recover and _clock.monotonic() >= sweep_at:
-                    sweep_at = _clock.monotonic() + _SWEEP_EVERY
+                    began = _clock.monotonic()
                     self._recover()
+                    # A pass over a million parked runs takes seconds: keep
+                    # its share of the engine's time to a few percent.
+                    took = _clock.monotonic() - began
+                    sweep_at = _clock.monotonic() + max(_SWEEP_EVERY, 20 * took)
                 rows = reader.call(reader.store.new_runs, mark, 500).result()
             except AionError as exc:  # the store is away for a while: look again later
                 log.warning("new runs: the store could not be read (%s); retrying", exc)

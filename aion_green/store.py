@@ -152,6 +152,29 @@ class IEventStore(Interface):
         """The seq of the first event of that type in the run's current
         history (with that ``dedup`` id, if given), or None."""
 
+    # Fork and resume (``Engine.fork`` / ``Engine.resume``; the cut rule is
+    # in ``_rewind.py``). Each is one transaction: on any refusal nothing
+    # is written.
+    def fork_run(source_id, from_seq, new_id, run_id, at, source_run_id=None):  # noqa: N805
+        """Create run ``new_id`` (``run_id``, running, of the source's type
+        and arguments) whose history is a new ``WorkflowStarted`` (with
+        ``forked_from``) and the events 2..``from_seq`` of the source's
+        current run (or of its run ``source_run_id``); the source is not
+        changed. Returns the new :class:`RunInfo`. Raises
+        :class:`WorkflowNotFound`, :class:`WorkflowIdConflict` (``new_id``
+        exists) or :class:`ConfigurationError` (a cut out of range or
+        refused)."""
+
+    def restart_run(workflow_id, from_seq, run_id, at):  # noqa: N805
+        """Resume a failed or cancelled run in place: archive its history
+        (readable by its run id, as after a continuation) and begin run
+        ``run_id`` of the same id: a new ``WorkflowStarted`` (with
+        ``resumed_from``) and the old run's events 2..``from_seq`` (None:
+        the default resume point). The run is new to ``new_runs`` and
+        unowned where runs are leased. Returns its :class:`RunInfo`. Raises
+        :class:`WorkflowNotFound` or :class:`ConfigurationError` (a run not
+        failed or cancelled, a cut out of range)."""
+
     def close():  # type: ignore[misc]  # noqa: N805
         """Release the store's resources. Idempotent."""
 

@@ -91,6 +91,8 @@ class TimeTravel:
 
 def _quiet(engine: Any) -> bool:
     """Hub thread: every live run is parked with nothing in flight."""
+    if engine._admission:
+        return False  # runs wait for a place under the residency cap
     for ctx in list(engine._runs.values()):
         if isinstance(ctx, bool) or not ctx._parked:
             return False

@@ -73,6 +73,8 @@ class TimerService:
                 ctx = engine._runs.get(wid)
                 if ctx is not None and not isinstance(ctx, bool):
                     ctx._timer_due(key, now)
+                elif ctx is None and engine._residency:
+                    engine._wake(wid)  # evicted: replayed, it fires the timer itself
             if self.store_sweep and (now >= next_sweep or self._sweep_now):
                 self._sweep_now = False
                 next_sweep = now + self.sweep_every
@@ -91,6 +93,6 @@ class TimerService:
             log.warning("timer sweep could not read the store: %s", exc)
             return
         for wid, key, _fire_at in due:
-            if wid in engine._runs:
-                continue  # live: its own context fires it
+            if wid in engine._runs or engine._absent_here(wid):
+                continue  # live, or this engine's out of memory: its context fires it
             engine._writer.call(engine._store.fire_timer, wid, key, time.time())

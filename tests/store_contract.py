@@ -9,7 +9,14 @@ import pytest
 from zope.interface.verify import verifyObject
 
 from aion_green import events as ev
-from aion_green.errors import SequenceConflict, StoreError, WorkflowNotFound, WorkflowNotRunning
+from aion_green.errors import (
+    ConfigurationError,
+    SequenceConflict,
+    StoreError,
+    WorkflowIdConflict,
+    WorkflowNotFound,
+    WorkflowNotRunning,
+)
 from aion_green.store import Append, CreateRun, IEventStore
 
 
@@ -203,6 +210,116 @@ class StoreContract:
             store.post_inbox("a", "message", "{}", 10.0)
         with pytest.raises(WorkflowNotFound):
             store.post_inbox("zz", "message", "{}", 10.0)
+
+    # -- fork and resume ---------------------------------------------------------------------
+    def failed_run(self, store, wid="w-1"):
+        """A run that failed at its second step: started, step 1, timer t1
+        started, step 2 failed twice, WorkflowFailed (seq 6)."""
+        self.create(store, wid)
+        failed = [ev.NewEvent(ev.STEP_FAILED, 1002.0 + n, {"step": 2, "name": "s", "attempt": n,
+                                                            "retryable": n == 1, "error": {}})
+                  for n in (1, 2)]
+        store.write_batch([Append(wid, 1, [
+            step_event(1, "one", 1001.0),
+            ev.NewEvent(ev.TIMER_STARTED, 1001.5, {"timer": "t1", "fire_at": 5000.0}),
+            *failed,
+            ev.NewEvent(ev.WORKFLOW_FAILED, 1005.0, {"error": {"type": "E", "message": "m"}})])])
+        return store.read(wid)
+
+    def test_fork_run_copies_a_prefix_into_a_new_run_and_leaves_the_source(self, store):
+        source = self.failed_run(store)
+        mark = store.last_run_mark()
+        info = store.fork_run("w-1", 3, "w-1/fork", "run-f", 3000.0)
+        assert (info.workflow_id, info.run_id, info.status, info.head_seq, info.args,
+                info.workflow_type) == ("w-1/fork", "run-f", ev.RUNNING, 3, [1, "a"], "mod.wf")
+        assert store.get_run("w-1/fork") == info
+        started, *copied = store.read("w-1/fork")
+        assert (started.seq, started.type, started.at) == (1, ev.WORKFLOW_STARTED, source[0].at)
+        assert started.data == {
+            "workflow_type": "mod.wf", "run_id": "run-f", "args": [1, "a"],
+            "forked_from": {"workflow_id": "w-1", "run_id": "run-w-1", "seq": 3, "at": 3000.0},
+            "random_seed": "w-1\x00run-w-1"}
+        assert copied == source[1:3]
+        assert store.due_timers(10_000.0) == [("w-1/fork", "t1", 5000.0)]  # pending again
+        assert [i.workflow_id for _, i in store.new_runs(mark)] == ["w-1/fork"]
+        assert store.read("w-1") == source and store.get_run("w-1").status == ev.FAILED
+        # The fork of a fork goes on from the first source's random generator.
+        store.fork_run("w-1/fork", 1, "w-3", "run-3", 3001.0)
+        assert store.read("w-3")[0].data["random_seed"] == "w-1\x00run-w-1"
+
+    def test_fork_run_refusals_write_nothing(self, store):
+        self.failed_run(store)
+        self.create(store, "taken")
+        self.create(store, "parent")
+        store.write_batch([Append("parent", 1, [
+            ev.NewEvent(ev.CHILD_STARTED, 1.0, {"child": 1, "id": "parent/child-1",
+                                                "workflow_type": "mod.kid", "args": []}),
+            step_event(1, "x")])])
+        before = [(i.workflow_id, i.head_seq) for i in store.list_runs()]
+        refusals = [
+            (("w-1", 0, "n"), ConfigurationError, "from 1 to 5"),
+            (("w-1", 6, "n"), ConfigurationError, "seq 6 is its end"),
+            (("w-1", "2", "n"), ConfigurationError, "out of range"),
+            (("nope", 1, "n"), WorkflowNotFound, "'nope'"),
+            (("w-1", 2, "taken"), WorkflowIdConflict, "'taken'"),
+            (("parent", 2, "n"), ConfigurationError, "child 'parent/child-1'"),
+        ]
+        for args, error, match in refusals:
+            with pytest.raises(error, match=match):
+                store.fork_run(*args, "run-n", 2000.0)
+        with pytest.raises(WorkflowNotFound, match="with a run 'no-run'"):
+            store.fork_run("w-1", 1, "n", "run-n", 2000.0, "no-run")
+        assert [(i.workflow_id, i.head_seq) for i in store.list_runs()] == before
+        assert store.get_run("n") is None and store.read("n") == []
+        assert store.due_timers(10_000.0) == []
+
+    def test_restart_run_archives_the_run_and_begins_the_next_of_the_same_id(self, store):
+        source = self.failed_run(store)
+        mark = store.last_run_mark()
+        info = store.restart_run("w-1", None, "run-2", 4000.0)
+        # The default drops the end and every record of the step that failed.
+        assert (info.run_id, info.status, info.head_seq, info.result, info.error) == (
+            "run-2", ev.RUNNING, 3, None, None)
+        assert store.get_run("w-1") == info
+        started, *copied = store.read("w-1")
+        assert started.data["resumed_from"] == {"run_id": "run-w-1", "seq": 3, "at": 4000.0}
+        assert started.data["run_id"] == "run-2" and copied == source[1:3]
+        assert store.read("w-1", run_id="run-w-1") == source
+        # New to a driving engine, as a created run is; its timer pending.
+        assert [i.workflow_id for _, i in store.new_runs(mark)] == ["w-1"]
+        assert store.due_timers(10_000.0) == [("w-1", "t1", 5000.0)]
+        (head,) = store.write_batch([Append("w-1", 3, [step_event(2, "two")])])
+        assert head == 4
+        # A fork of the archived run, by its run id.
+        assert store.fork_run("w-1", 5, "w-9", "run-9", 4001.0, "run-w-1").head_seq == 5
+
+    def test_restart_run_of_a_cancelled_run_resumes_before_the_request(self, store):
+        self.create(store)
+        store.write_batch([Append("w-1", 1, [
+            step_event(1, "one"), ev.NewEvent(ev.CANCEL_REQUESTED, 2.0, {"reason": "r"}),
+            step_event(2, "cleanup"), ev.NewEvent(ev.WORKFLOW_CANCELLED, 3.0, {"error": {}})])])
+        info = store.restart_run("w-1", None, "run-2", 4000.0)
+        assert info.head_seq == 2 and [e.type for e in store.read("w-1")] == [
+            ev.WORKFLOW_STARTED, ev.STEP_COMPLETED]
+
+    def test_restart_run_refusals_write_nothing(self, store):
+        self.create(store, "live")
+        self.create(store, "done")
+        store.write_batch([Append("done", 1, [ev.NewEvent(ev.WORKFLOW_COMPLETED, 2.0, {"result": 1})])])
+        self.failed_run(store)
+        before = {wid: (store.get_run(wid), store.read(wid)) for wid in ("live", "done", "w-1")}
+        refusals = [
+            (("live", None), ConfigurationError, "still running.*fork"),
+            (("done", None), ConfigurationError, "has completed.*fork"),
+            (("w-1", 6), ConfigurationError, "from 1 to 5"),
+            (("w-1", 0), ConfigurationError, "out of range"),
+            (("nope", None), WorkflowNotFound, "'nope'"),
+        ]
+        for args, error, match in refusals:
+            with pytest.raises(error, match=match):
+                store.restart_run(*args, "run-x", 2000.0)
+        assert {wid: (store.get_run(wid), store.read(wid)) for wid in before} == before
+        assert store.read("w-1", run_id="run-x") == []
 
     def test_get_run_of_unknown_id_is_none(self, store):
         assert store.get_run("missing") is None

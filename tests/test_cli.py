@@ -1,6 +1,7 @@
 """The ``aion-green`` command, driven as a user would: a real process."""
 import json
 
+import pytest
 from conftest import run_python
 
 import aion_green as aion
@@ -136,3 +137,285 @@ def test_a_worker_drives_runs_until_sigterm_then_stops_cleanly(tmp_path):
     assert json.loads(proc.stdout)["run"]["status"] == "running"  # resumes with the next worker
     bad = run_python(["-m", "aion_green", "--db", url, "worker", "no_such_module"], check=False)
     assert bad.returncode == 2 and "cannot import 'no_such_module'" in bad.stderr
+
+
+# -- the whole command line against a worker, as a user drives it ----------------------------
+OPS = """
+from datetime import timedelta
+
+import aion_green as aion
+
+
+def plus(a, b):
+    return a + b
+
+
+@aion.workflow(name="cliops.counter")
+def counter(ctx, start):
+    state = {"n": start}
+    ctx.set_query("total", lambda: state["n"])
+    ctx.set_query("times", lambda k: state["n"] * k)
+    while True:
+        add = ctx.receive("add")
+        if add == 0:
+            return state["n"]
+        state["n"] = ctx.step(plus, state["n"], add)
+
+
+@aion.workflow(name="cliops.slow")
+def slow(ctx, n):
+    total = 0
+    for i in range(n):
+        total = ctx.step(plus, total, i)
+        ctx.sleep(timedelta(seconds=0.1))
+    return total
+
+
+@aion.workflow(name="cliops.fails")
+def fails(ctx):
+    raise ValueError("no luck")
+
+
+def note(tag):
+    with open("effects.txt", "a") as f:
+        f.write(tag + "\\n")
+    return tag
+
+
+def check_flag():
+    import os
+
+    if os.path.exists("broken.flag"):
+        raise RuntimeError("the flag is up")
+    return "ok"
+
+
+@aion.workflow(name="cliops.flaky")
+def flaky(ctx):
+    return [ctx.step(note, "one"), ctx.step(check_flag)]
+"""
+
+
+def _env():
+    import os
+
+    from conftest import ROOT
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("AION_GEVENT_PATCH", None)
+    return env
+
+
+class Worker:
+    """``aion-green worker cliops --http 127.0.0.1:0 --json`` in a real process."""
+
+    def __init__(self, directory, url):
+        import subprocess
+        import sys
+
+        self.url = url
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "aion_green", "--db", url, "worker", "cliops",
+             "--http", "127.0.0.1:0", "--json"],
+            cwd=directory, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"the worker did not start: {self.proc.communicate()}")
+        self.ready = json.loads(line)
+        self.http = self.ready["http"]
+
+    def stop(self):
+        import signal
+
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = self.proc.communicate(timeout=30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.communicate()
+        return out, err
+
+
+def cli(db, *args, rc=0):
+    """One ``aion-green`` command; its exit code must be ``rc``."""
+    proc = run_python(["-m", "aion_green", "--db", db, *args], check=False, timeout=60)
+    assert proc.returncode == rc, (args, proc.returncode, proc.stdout, proc.stderr)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("cliops")
+    (directory / "cliops.py").write_text(OPS)
+    started = Worker(directory, f"sqlite:///{directory / 'ops.db'}")
+    yield started
+    out, err = started.stop()
+    assert started.proc.returncode == 0, err
+
+
+def test_a_worker_with_http_says_where_it_serves(worker):
+    assert worker.ready["driving"] is True
+    assert {"cliops.counter", "cliops.slow", "cliops.fails"} <= set(worker.ready["types"])
+    assert worker.http.startswith("http://127.0.0.1:")
+
+
+def test_start_signal_query_and_result_through_the_store_and_the_http_api(worker):
+    db, http = worker.url, worker.http
+    assert cli(db, "start", "cliops.counter", "10", "--id", "c1").stdout == "c1\n"
+    again = json.loads(cli(db, "start", "cliops.counter", "10", "--id", "c1", "--json").stdout)
+    assert again == {"workflow_id": "c1", "queued": False}  # idempotent by id
+    assert "recorded in c1 at seq 2" in cli(db, "signal", "c1", "add", "5").stdout
+    # A SQLite client cannot reach the live run: it says where to ask.
+    refused = cli(db, "query", "c1", "total", rc=6)
+    assert f"aion-green --db {http} query c1 total" in refused.stderr
+    assert cli(http, "query", "c1", "total").stdout == "15\n"
+    answer = json.loads(cli(http, "query", "c1", "times", "2", "--json").stdout)
+    assert answer == {"workflow_id": "c1", "name": "times", "answer": 30}
+    assert "has no query 'nope'" in cli(http, "query", "c1", "nope", rc=6).stderr
+    first = json.loads(cli(http, "signal", "c1", "add", "1", "--key", "k1", "--json").stdout)
+    second = json.loads(cli(db, "signal", "c1", "add", "1", "--key", "k1", "--json").stdout)
+    assert first["seq"] == second["seq"] and first["queued"] is False  # recorded once
+    cli(http, "signal", "c1", "add", "0")
+    assert cli(db, "result", "c1", "--timeout", "20").stdout == "16\n"
+    assert json.loads(cli(http, "result", "c1", "--json").stdout)["result"] == 16
+    assert "nothing was recorded" in cli(db, "signal", "c1", "add", "1", rc=5).stderr
+    cli(http, "query", "c1", "total", rc=5)
+    cli(db, "query", "c1", "total", rc=5)
+
+
+def test_bad_input_says_what_to_do_and_records_nothing(worker):
+    db, http = worker.url, worker.http
+    before = json.loads(cli(db, "list", "--json").stdout)
+    unknown = cli(db, "start", "cliops.nope", "1", rc=2).stderr
+    assert "'cliops.nope' is not registered" in unknown and "cliops.counter" in unknown
+    assert "Nothing was recorded" in unknown
+    cli(http, "start", "cliops.nope", "1", rc=2)
+    bad = cli(db, "start", "cliops.counter", "{bad", rc=2).stderr
+    assert "argument 1 '{bad' is not a JSON value" in bad and "nothing was recorded" in bad
+    as_json = json.loads(cli(db, "start", "cliops.counter", "abc", "--json", rc=2).stderr)
+    assert as_json["error"] == "ConfigurationError" and "not a JSON value" in as_json["message"]
+    cli(http, "start", "cliops.counter", "NaN", rc=2)
+    assert json.loads(cli(db, "list", "--json").stdout) == before
+    cli(db, "start", "cliops.counter", "1", "--id", "taken")
+    assert "already exists" in cli(db, "start", "cliops.counter", "2", "--id", "taken", rc=2).stderr
+    assert "payload" in cli(db, "signal", "taken", "add", "[1,", rc=2).stderr
+    missing = json.loads(cli(http, "show", "nope", "--json", rc=1).stderr)
+    assert missing["error"] == "WorkflowNotFound" and "'nope'" in missing["message"]
+    cli(db, "signal", "nope", "add", "1", rc=1)
+    cli(http, "cancel", "nope", rc=1)
+    usage = json.loads(cli(db, "list", "--json", "--limit", "0", rc=2).stderr)
+    assert usage["error"] == "UsageError"
+    assert "unrecognized arguments: --bogus" in cli(db, "start", "cliops.counter", "--bogus",
+                                                     rc=2).stderr
+
+
+def test_waiting_shows_progress_and_exits_by_outcome(worker):
+    import subprocess
+    import sys
+
+    db, http = worker.url, worker.http
+    done = cli(db, "start", "cliops.slow", "3", "--wait", "--timeout", "30")
+    assert done.stdout == "3\n"
+    progress = done.stderr
+    assert progress.index("WorkflowStarted") < progress.index("TimerFired") < progress.index(
+        "WorkflowCompleted")
+    doc = json.loads(cli(http, "start", "cliops.slow", "2", "--wait", "--json").stdout)
+    assert doc["status"] == "completed" and doc["result"] == 1
+    failed = cli(db, "start", "cliops.fails", "--id", "f1", "--wait", rc=3)
+    assert "WorkflowFailed" in failed.stderr and "failed: ValueError: no luck" in failed.stderr
+    outcome = cli(http, "result", "f1", "--json", rc=3)
+    assert json.loads(outcome.stdout)["error"]["message"] == "no luck"
+    assert json.loads(outcome.stderr)["error"] == "WorkflowFailed"
+    late = cli(db, "start", "cliops.counter", "0", "--id", "w1", "--wait", "--timeout", "0.3", rc=4)
+    assert "did not finish within 0.3 s" in late.stderr
+    cli(http, "result", "w1", "--timeout", "0.2", rc=4)
+    # show --follow prints the events as they come, until the end.
+    follower = subprocess.Popen([sys.executable, "-m", "aion_green", "--db", http, "show", "w1",
+                                 "--follow", "--timeout", "30"], env=_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert follower.stdout.readline().startswith("w1  cliops.counter(0,)  running")
+        cli(db, "signal", "w1", "add", "4")
+        cli(http, "cancel", "w1", "--reason", "enough")
+        out, err = follower.communicate(timeout=30)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    assert follower.returncode == 3, err
+    assert out.index("MessageReceived") < out.index("CancelRequested")
+    assert "WorkflowCancelled" in out and "was cancelled: enough" in err
+    assert "was cancelled: enough" in cli(db, "result", "w1", rc=3).stderr
+    cli(db, "cancel", "w1")  # asked again after the end it asked for: fine
+    cli(db, "signal", "w1", "add", "1", rc=5)
+    failed_runs = json.loads(cli(db, "list", "--status", "failed", "--json").stdout)
+    assert [run["workflow_id"] for run in failed_runs] == ["f1"]
+    slow_runs = json.loads(cli(http, "list", "--type", "cliops.slow", "--json").stdout)
+    assert len(slow_runs) == 2 and {run["status"] for run in slow_runs} == {"completed"}
+    page = json.loads(cli(http, "list", "--limit", "1", "--after", "f1", "--json").stdout)
+    assert len(page) == 1 and page[0]["workflow_id"] > "f1"
+
+
+def test_after_sigterm_commands_queue_and_the_next_worker_resumes_the_parked_run(tmp_path):
+    (tmp_path / "cliops.py").write_text(OPS)
+    db = f"sqlite:///{tmp_path / 'next.db'}"
+    first = Worker(tmp_path, db)
+    http = first.http
+    try:
+        cli(db, "start", "cliops.counter", "1", "--id", "parked")
+        cli(db, "signal", "parked", "add", "2")
+        assert cli(http, "query", "parked", "total").stdout == "3\n"
+    finally:
+        out, err = first.stop()
+    assert first.proc.returncode == 0, err
+    assert "shutting down" in err and "stopped" in err  # --json: stdout had its one document
+    assert not (tmp_path / "next.db.worker").exists()
+    cli(http, "list", rc=7)  # its API went with it
+    queued = json.loads(cli(db, "signal", "parked", "add", "4", "--json").stdout)
+    assert queued == {"workflow_id": "parked", "name": "add", "seq": None, "queued": True}
+    assert "no worker drives" in cli(db, "query", "parked", "total", rc=6).stderr
+    cli(db, "result", "parked", "--timeout", "0.3", rc=4)
+    started = cli(db, "start", "cliops.counter", "5", "--id", "later")
+    assert started.stdout == "later\n" and "no worker drives" in started.stderr
+    cli(db, "signal", "later", "add", "0")
+    second = Worker(tmp_path, db)
+    try:
+        cli(db, "signal", "parked", "add", "0")
+        assert cli(db, "result", "parked", "--timeout", "30").stdout == "7\n"
+        assert cli(second.http, "result", "later", "--timeout", "30").stdout == "5\n"
+    finally:
+        second.stop()
+    assert second.proc.returncode == 0
+
+
+def test_resume_and_fork_reuse_recorded_outcomes(worker):
+    from pathlib import Path
+
+    directory = Path(worker.url[len("sqlite:///"):]).parent
+    effects = directory / "effects.txt"
+    (directory / "broken.flag").write_text("up")
+    failed = cli(worker.url, "start", "cliops.flaky", "--id", "fl-1", "--wait", rc=3)
+    assert "the flag is up" in failed.stderr
+    assert effects.read_text().splitlines() == ["one"]
+    # The fault is fixed: resume runs the failed step again, not the first.
+    (directory / "broken.flag").unlink()
+    resumed = json.loads(cli(worker.url, "resume", "fl-1", "--wait", "--json").stdout)
+    assert resumed["status"] == "completed" and resumed["result"] == ["one", "ok"]
+    assert effects.read_text().splitlines() == ["one"]
+    shown = json.loads(cli(worker.url, "show", "fl-1", "--json").stdout)
+    assert shown["history"][0]["resumed_from"]["seq"] == 2
+    # A fork from seq 2 (after the first step) replays it and runs on.
+    forked = json.loads(cli(worker.url, "fork", "fl-1", "--from", "2", "--id", "fl-fork",
+                            "--wait", "--json").stdout)
+    assert forked["result"] == ["one", "ok"]
+    assert effects.read_text().splitlines() == ["one"]
+    # Bad asks: nothing written, and a clear reason.
+    again = cli(worker.url, "resume", "fl-1", rc=2)
+    assert "fork" in again.stderr  # a completed run is forked, not resumed
+    cli(worker.url, "fork", "nope", "--from", "2", rc=1)
+    far = cli(worker.url, "fork", "fl-1", "--from", "99", rc=2)
+    assert "99" in far.stderr
+    remote = cli(worker.http, "fork", "fl-1", "--from", "2", rc=2)
+    assert "--db" in remote.stderr
+    listed = json.loads(cli(worker.url, "list", "--type", "cliops.flaky", "--json").stdout)
+    assert sorted(run["workflow_id"] for run in listed) == ["fl-1", "fl-fork"]

@@ -339,3 +339,22 @@ def test_the_client_gives_the_same_results_as_the_in_process_engine(make_engine,
     assert ("fail", "WorkflowFailed", "ValueError") in expected
     assert ("sc/3", "WorkflowCancelled", "Cancelled") in expected
     assert ("unknown", "WorkflowNotRegistered", None) in expected
+
+
+def test_a_stream_served_by_a_greenlet_naps_on_its_hub():
+    """gevent.pywsgi without patch_all (``aion-green worker --http``): the
+    event stream's pause between looks must let the server's other
+    greenlets run, not stop the whole hub as time.sleep would."""
+    import gevent
+
+    from aion_green.transport import wsgi
+
+    order = []
+
+    def stream():
+        wsgi._pause(0.1)
+        order.append("stream")
+
+    jobs = [gevent.spawn(stream), gevent.spawn(order.append, "other request")]
+    gevent.joinall(jobs, timeout=5)
+    assert order == ["other request", "stream"]

@@ -33,6 +33,14 @@ def double(x):
     return 2 * x
 
 
+@aion.workflow(name="sharing.relay")
+def relay(ctx, n):
+    if n == 0:
+        ctx.receive("go")
+        ctx.continue_as_new(1)
+    return ctx.receive("go")  # the next run waits for a message of its own
+
+
 def types(history):
     return [e.type for e in history]
 
@@ -172,3 +180,31 @@ def test_processes_share_one_file_and_survive_the_drivers_sigkill(tmp_path):
             assert types(history).count(ev.WORKFLOW_COMPLETED) == 1
     finally:
         store.close()
+
+
+def test_an_inbox_message_is_recorded_once_though_its_run_continued_as_new(make_engine, db_url):
+    """The failure window: the driver recorded a client's message, the run
+    took it and continued as new, and the driver read the inbox again before
+    the entry's delete had committed: routed once more, the message went
+    into the new run's history too (its dedup keys are its own), and woke it."""
+    import time
+
+    from conftest import open_test_store
+
+    driver = make_engine(relay)
+    for attempt in range(5):  # the window is narrow: look more than once
+        wid = f"r{attempt}"
+        first = driver.start(relay, 0, id=wid).describe().run_id
+        store = open_test_store(db_url)  # a client's post, without its wait
+        try:
+            store.post_inbox(wid, "message", json.dumps({"name": "go", "payload": attempt}),
+                             time.time())
+        finally:
+            store.close()
+        wait_until(lambda wid=wid, first=first: driver.describe(wid).run_id != first,
+                   what="the continuation")
+        wait_until(lambda: driver._call_store(driver._store.read_inbox, 0) == [],
+                   what="the inbox drained")
+        time.sleep(0.05)
+        assert types(driver.history(wid)) == [ev.WORKFLOW_STARTED], driver.history(wid)
+        assert types(driver.history(wid, run_id=first)).count(ev.MESSAGE_RECEIVED) == 1

@@ -39,6 +39,9 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Optional
 from urllib.parse import parse_qs, unquote
 
+import gevent
+from greenlet import getcurrent
+
 from .. import events as ev
 from ..errors import AionError, WorkflowCancelled, WorkflowFailed
 from .codec import ERRORS, code_of, event_to_json, run_to_json
@@ -230,13 +233,24 @@ class WSGIApp:
             if batch:
                 pause, idle = 0.02, 0.0
             else:
-                time.sleep(pause)
+                _pause(pause)
                 idle += pause
                 pause = min(pause * 2, self.stream_poll)
                 if idle >= self.heartbeat:
                     idle = 0.0
                     yield b": keep-alive\n\n"
             batch = self.engine.history(wid, after, run_id)
+
+
+def _pause(seconds: float) -> None:
+    # A request served by a greenlet (gevent.pywsgi, as `aion-green worker
+    # --http` does, without patch_all) must nap on its hub: time.sleep there
+    # would stop every other request of the server. A plain thread's
+    # time.sleep is right (and under patch_all it is gevent's anyway).
+    if getcurrent().parent is not None:
+        gevent.sleep(seconds)
+    else:
+        time.sleep(seconds)
 
 
 # -- request parsing -------------------------------------------------------------------------

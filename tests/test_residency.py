@@ -1,0 +1,119 @@
+"""Residency: under ``max_resident`` parked runs leave memory and come back
+by replay when their wake is recorded; nothing recorded runs twice."""
+import threading
+
+import pytest
+from conftest import SQLITE_ONLY, wait_until
+
+import aion_green as aion
+from aion_green import events as ev
+
+pytestmark = SQLITE_ONLY  # PostgreSQL caps what an engine leases instead
+
+_effects = []
+_effects_lock = threading.Lock()
+
+
+def effect(tag):
+    with _effects_lock:
+        _effects.append(tag)
+    return tag
+
+
+@pytest.fixture(autouse=True)
+def _clear_effects():
+    _effects.clear()
+    yield
+    _effects.clear()
+
+
+@aion.workflow(name="tests.res_napper")
+def napper(ctx, n, seconds):
+    before = ctx.step(effect, f"{n}:before")
+    ctx.sleep(seconds)
+    after = ctx.step(effect, f"{n}:after")
+    return [before, after]
+
+
+@aion.workflow(name="tests.res_listener")
+def listener(ctx, n):
+    ctx.set_query("n", lambda: n)
+    ctx.step(effect, f"{n}:ready")
+    got = ctx.receive("go")
+    return ctx.step(effect, f"{n}:{got}")
+
+
+@aion.workflow(name="tests.res_child")
+def child(ctx, n):
+    ctx.sleep(0.3)
+    return n * 10
+
+
+@aion.workflow(name="tests.res_parent")
+def parent(ctx, n):
+    ctx.step(effect, f"{n}:parent")
+    return ctx.start_child(child, n).result() + 1
+
+
+def test_parked_runs_leave_memory_and_all_finish_with_each_step_once(make_engine):
+    engine = make_engine(napper, max_resident=5)
+    handles = [engine.start(napper, n, 0.5, id=f"nap-{n}") for n in range(40)]
+    assert [h.result(30) for h in handles] == [[f"{n}:before", f"{n}:after"] for n in range(40)]
+    assert engine.resident_peak <= 5
+    assert engine.evictions >= 35  # all but the last few parked out of memory
+    assert sorted(_effects) == sorted([f"{n}:before" for n in range(40)]
+                                      + [f"{n}:after" for n in range(40)])
+    for n in (0, 39):  # one TimerStarted and one TimerFired: replays record nothing twice
+        kinds = [e.type for e in engine.history(f"nap-{n}")]
+        assert kinds.count(ev.TIMER_STARTED) == 1 and kinds.count(ev.TIMER_FIRED) == 1
+
+
+def test_messages_cancel_and_queries_reach_evicted_runs(make_engine):
+    engine = make_engine(listener, max_resident=3)
+    handles = [engine.start(listener, n, id=f"l-{n}") for n in range(12)]
+    wait_until(lambda: len(_effects) >= 12, 20)
+    assert sorted(_effects) == sorted(f"{n}:ready" for n in range(12))
+    assert engine.evictions >= 9
+    # A query brings an evicted run back to answer.
+    assert engine.query("l-0", "n", timeout=10) == 0
+    assert engine.query("l-1", "n", timeout=10) == 1
+    for n in range(1, 12):
+        engine.signal(f"l-{n}", "go", f"go{n}")
+    engine.cancel("l-0", reason="not needed")
+    with pytest.raises(aion.WorkflowCancelled):
+        handles[0].result(20)
+    assert [h.result(20) for h in handles[1:]] == [f"{n}:go{n}" for n in range(1, 12)]
+    assert engine.resident_peak <= 3
+    assert sorted(_effects) == sorted([f"{n}:ready" for n in range(12)]
+                                      + [f"{n}:go{n}" for n in range(1, 12)])
+
+
+def test_an_evicted_parent_is_woken_by_its_childs_end(make_engine):
+    engine = make_engine(parent, child, max_resident=4)
+    handles = [engine.start(parent, n, id=f"p-{n}") for n in range(10)]
+    assert [h.result(30) for h in handles] == [n * 10 + 1 for n in range(10)]
+    assert engine.resident_peak <= 4
+    assert engine.evictions > 0
+    assert sorted(_effects) == sorted(f"{n}:parent" for n in range(10))
+    kinds = [e.type for e in engine.history("p-3")]
+    assert kinds.count(ev.CHILD_STARTED) == 1 and kinds.count(ev.CHILD_COMPLETED) == 1
+
+
+def test_evicted_runs_resume_in_the_next_engine(make_engine, db_url):
+    first = make_engine(napper, max_resident=2)
+    for n in range(8):
+        first.start(napper, n, 1.0, id=f"r-{n}")
+    wait_until(lambda: len(_effects) >= 8, 20)
+    assert first.evictions >= 6
+    first.shutdown()
+    second = make_engine(napper, max_resident=2)
+    assert [second.result(f"r-{n}", timeout=30) for n in range(8)] == [
+        [f"{n}:before", f"{n}:after"] for n in range(8)]
+    assert second.resident_peak <= 2
+    assert sorted(_effects) == sorted([f"{n}:before" for n in range(8)]
+                                      + [f"{n}:after" for n in range(8)])
+
+
+def test_a_cap_below_one_is_refused():
+    with pytest.raises(aion.ConfigurationError, match="at least one run resident"):
+        aion.Engine(max_resident=0)

@@ -272,7 +272,10 @@ class ChildDriver:
             rec.seen.add(seen)
             return [ev.NewEvent(event_type, at, data)]
 
-        if self._live_parent(parent) is None and self._until_resident(*parent) is None:  # type: ignore[attr-defined]
+        # A parent out of memory (residency.py) is brought back, and pinned
+        # there until the record is taken.
+        pinned = self._live_parent(parent) is None
+        if pinned and self._until_resident(*parent) is None:  # type: ignore[attr-defined]
             return  # that run ended (perhaps into a next run of its id): never written
 
         def not_live() -> Any:
@@ -288,3 +291,6 @@ class ChildDriver:
             # The parent's run stops on this failure too, and records the
             # end when it resumes in a later epoch.
             log.error("the end of child %r could not be recorded in %r: %s", child_id, parent[0], exc)
+        finally:
+            if pinned:
+                self._unpin(parent[0])  # type: ignore[attr-defined]

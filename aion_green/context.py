@@ -131,6 +131,7 @@ class WorkflowContext:
         # Invariant: once set, every later ctx call raises it and the run
         # fails with it, even if the workflow code catches it.
         self._divergence: Optional[NonDeterminismError] = None
+        self._trace: Any = None  # the run span's OpenTelemetry context (tracing.py)
 
     # -- state -------------------------------------------------------------------------
     @property

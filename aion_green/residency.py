@@ -29,7 +29,9 @@ from typing import Any, Optional
 
 import gevent
 
+from . import events as ev
 from .context import WorkflowContext
+from .store import RunInfo
 
 log = logging.getLogger("aion_green.residency")
 
@@ -52,18 +54,20 @@ class ResidencyDriver:
                    recorder: Any = None) -> None:
         raise NotImplementedError
 
-    def _complete_waiters(self, wid: str, info: Any) -> None:
-        raise NotImplementedError
-
     def _init_residency(self, on: bool) -> None:
         self._residency = on
-        # Runs evicted from memory, parked; woken by what they wait for.
-        self._evicted: set[str] = set()
-        # Runs waiting for a place: id -> (info or None to read it, recovering, recorder).
+        # Runs evicted from memory, parked; woken by what they wait for. Kept:
+        # what driving it again needs besides its history (run id, type,
+        # arguments, creation time, fence), as one tuple.
+        self._evicted: dict[str, tuple[Any, ...]] = {}
+        # Runs waiting for a place: id -> (info, recovering, recorder).
         self._admission: "collections.OrderedDict[str, tuple[Any, bool, Any]]" = (
             collections.OrderedDict())
         # Candidates for eviction, longest parked first.
         self._parked_runs: "collections.OrderedDict[str, None]" = collections.OrderedDict()
+        # Runs brought back to take a record (a child's end) through their
+        # recorder: kept in memory until it is taken.
+        self._pinned: "collections.Counter[str]" = collections.Counter()
         self._room_asked = False
         # Figures for tests and benchmarks: runs evicted, most resident at once.
         self.evictions = 0
@@ -95,7 +99,7 @@ class ResidencyDriver:
         while want > 0 and parked:
             wid, _ = parked.popitem(last=False)
             ctx = self._runs.get(wid)
-            if isinstance(ctx, WorkflowContext) and _evictable(ctx):
+            if isinstance(ctx, WorkflowContext) and wid not in self._pinned and _evictable(ctx):
                 self._evict(ctx)
                 want -= 1
         self._admit_next()
@@ -111,27 +115,7 @@ class ResidencyDriver:
         queue = self._admission
         while queue and (cap is None or len(self._runs) < cap) and not self._hub.closing:
             wid, (info, recovering, recorder) = queue.popitem(last=False)
-            if info is None:
-                self._runs[wid] = True  # its place, kept while its state is read
-                self._hub.spawn(self._admit_evicted, wid, name=f"admit:{wid}")
-            else:
-                self._spawn_run(wid, info, recovering, recorder)
-
-    def _admit_evicted(self, wid: str) -> None:
-        try:
-            info = self._reader.call(self._reader.store.get_run, wid).result()
-        except Exception as exc:
-            log.warning("run %r not resumed: its state could not be read (%s); it resumes "
-                        "when it is woken again or the engine starts over", wid, exc)
-            info = None
-        if self._runs.get(wid) is True:
-            del self._runs[wid]
-        if info is not None and info.finished:
-            self._complete_waiters(wid, info)
-        elif info is not None:
-            self._spawn_run(wid, info, True)
-        if not (info is not None and not info.finished):
-            self._hub.call_soon(self._admit_next)
+            self._spawn_run(wid, info, recovering, recorder)
 
     # -- parking and waking ------------------------------------------------------------------
     def _on_park(self, ctx: WorkflowContext) -> None:
@@ -143,9 +127,10 @@ class ResidencyDriver:
     def _on_unpark(self, ctx: WorkflowContext) -> None:
         self._parked_runs.pop(ctx.workflow_id, None)
 
-    def _on_evicted(self, wid: str) -> None:
+    def _on_evicted(self, info: RunInfo) -> None:
         """``_drive``: the run's greenlet unwound for eviction."""
-        self._evicted.add(wid)
+        self._evicted[info.workflow_id] = (info.run_id, info.workflow_type, info.args,
+                                           info.created_at, info.fence)
 
     def _on_run_gone(self) -> None:
         """``_drive``: a run's greenlet ended (its place is free)."""
@@ -155,9 +140,13 @@ class ResidencyDriver:
     def _wake(self, wid: str) -> None:
         """Hub thread: something an evicted run waits for was recorded (or
         a query asks it): bring it back."""
-        if wid in self._evicted:
-            self._evicted.discard(wid)
-            self._admission[wid] = (None, True, None)
+        kept = self._evicted.pop(wid, None)
+        if kept is not None:
+            run_id, wtype, args, created_at, fence = kept
+            # Its history is read when it is driven again: head_seq > 1 says so.
+            info = RunInfo(wid, run_id, wtype, ev.RUNNING, args, None, None, 2, created_at,
+                           created_at, fence)
+            self._admission[wid] = (info, True, None)
             self._admit_next()
             if wid in self._admission:
                 self._ask_room()
@@ -168,19 +157,26 @@ class ResidencyDriver:
 
     def _until_resident(self, wid: str, run_id: str) -> Optional[WorkflowContext]:
         """A greenlet (a child watcher): wake run ``wid`` and wait until it
-        is live here; None if it is not this engine's (any more)."""
-        delay = 0.005
+        is live here; None if it is not this engine's (any more). The run
+        stays in memory until :meth:`_unpin` (its record is then taken)."""
+        delay = 0.002
+        self._pinned[wid] += 1
         while True:
             ctx = self._runs.get(wid)
             if isinstance(ctx, WorkflowContext):
                 return ctx if ctx.run_id == run_id else None
-            if ctx is None and not self._absent_here(wid):
-                return None
-            if self._hub.closing:
+            if (ctx is None and not self._absent_here(wid)) or self._hub.closing:
+                self._unpin(wid)
                 return None
             self._wake(wid)
             gevent.sleep(delay)
-            delay = min(delay * 2, 0.5)
+            delay = min(delay * 2, 0.05)
+
+    def _unpin(self, wid: str) -> None:
+        if self._pinned.get(wid, 0) > 1:
+            self._pinned[wid] -= 1
+        else:
+            self._pinned.pop(wid, None)
 
     def _step_started(self, ctx: Any) -> None:
         if isinstance(ctx, WorkflowContext):

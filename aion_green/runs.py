@@ -23,6 +23,7 @@ import gevent
 from gevent import GreenletExit
 
 from . import events as ev
+from . import logs, tracing
 from ._writer import future_done
 from .context import ContinueAsNew, RunAborted, RunLost, WorkflowContext
 from .errors import (
@@ -238,10 +239,15 @@ class RunDriver:
             ctx = self._runs.get(wid)
             self._step_started(ctx)  # type: ignore[attr-defined]
         handed_over = self._step_handed_over  # type: ignore[attr-defined]
+        # The run span's context, handed over explicitly (tracing.py).
+        parent = None if tracing.tracer is None else getattr(self._runs.get(wid), "_trace", None)
 
         def task() -> None:
             try:
-                event = attempt_event(fn, args, info, policy)
+                if parent is None:
+                    event = attempt_event(fn, args, info, policy)
+                else:
+                    event = tracing.attempt(fn, args, info, policy, parent)
                 recorder.submit(lambda rec: [event])
             except BaseException as exc:
                 hub.call_soon(self._deliver, wid, [], None, exc)
@@ -303,7 +309,8 @@ class RunDriver:
                    and len(self._admission) > self.max_resident):  # type: ignore[attr-defined]
                 gevent.sleep(0.05)
         if resumed:
-            log.info("recovery: resuming %d unfinished run(s)", resumed)
+            log.info("recovery: resuming %d unfinished run(s)", resumed,
+                     extra={"aion_event": "recovery", "aion_resumed": resumed})
 
     def _spawn_run(self, wid: str, info: RunInfo, recovering: bool = False,
                    recorder: Optional[Recorder] = None) -> None:
@@ -324,7 +331,8 @@ class RunDriver:
         except WorkflowNotRegistered as exc:
             message = f"cannot resume workflow {wid!r}: {exc}; the run is left as it is"
             self.unrunnable[wid] = message
-            log.error(message)
+            log.error(message, extra=logs.run_problem(
+                wid, "run.unrunnable", aion_workflow_type=info.workflow_type))
             if recorder is not None:
                 self._unregister(wid, recorder)
             self._on_run_gone()  # type: ignore[attr-defined]
@@ -387,6 +395,9 @@ class RunDriver:
                recorder: Recorder) -> None:
         """The run's greenlet: replay, then live until the workflow ends."""
         evicted = False
+        # How this greenlet lets go of the run, for its log and span (logs.py).
+        began: Optional[WorkflowContext] = None
+        span, final, outcome = None, None, "interrupted"
         try:
             if recovering or info.head_seq > 1:
                 history = self._writer.call(self._store.read, wid).result()  # type: ignore[union-attr]
@@ -414,7 +425,14 @@ class RunDriver:
                 # not recorded gets (again) created if missing, and watched.
                 for child in open_children(history):
                     self._ensure_child((wid, info.run_id), child)
+            # Recovery may pick up a run that start() just created: with
+            # nothing but its WorkflowStarted, it is started, not resumed.
+            began, replayed = ctx, len(history) if recovering and len(history) > 1 else 0
+            logs.run_began(ctx, replayed)
+            if tracing.tracer is not None:
+                span = tracing.start_run(ctx, replayed)
             final = self._execute(ctx, fn, info)
+            outcome = "ended"
             if final is not None and final.status == ev.CONTINUED:
                 # The store began the next run in the same commit; drive it
                 # once this greenlet has let go of the id.
@@ -424,10 +442,12 @@ class RunDriver:
         except GreenletExit:
             raise
         except RunEvicted:
-            evicted = True
-            self._on_evicted(wid)  # type: ignore[attr-defined]
+            evicted, outcome = True, "evicted"
+            self._on_evicted(info)  # type: ignore[attr-defined]
         except RunLost as exc:
-            log.warning("run %r dropped: %s", wid, exc)
+            outcome = "dropped"
+            log.warning("run %r dropped: %s", wid, exc,
+                        extra=logs.run_problem(wid, "run.dropped", began, exc))
             if self._leased:
                 # Whoever writes it now (or a replay here) may take it at once,
                 # without waiting for the lease to run out.
@@ -436,12 +456,20 @@ class RunDriver:
                     lambda: store.release_leases(self.engine_id, [wid]),  # type: ignore[attr-defined]
                     lambda *_: None)
         except RunAborted as exc:
+            outcome = "aborted"
             log.error("run %r stopped: the store refused a record (%s); it stays unfinished "
-                      "and resumes when an engine starts over a healthy store", wid, exc.error)
+                      "and resumes when an engine starts over a healthy store", wid, exc.error,
+                      extra=logs.run_problem(wid, "run.aborted", began, exc.error))
             self._fail_waiters(wid, exc.error)
-        except Exception:
-            log.exception("run %r: the engine failed to drive it; this is a bug in aion_green", wid)
+        except Exception as exc:
+            outcome = "crashed"
+            log.exception("run %r: the engine failed to drive it; this is a bug in aion_green", wid,
+                          extra=logs.run_problem(wid, "run.crashed", began, exc))
         finally:
+            if began is not None:
+                logs.run_left(began, outcome, final)
+            if span is not None:
+                tracing.end_run(span, outcome, final, self)
             self._runs.pop(wid, None)
             self._early.pop(wid, None)
             self._unregister(wid, recorder)
@@ -487,7 +515,6 @@ class RunDriver:
             if isinstance(failure, NonDeterminismError):
                 error.update(kind="nondeterminism", seq=failure.seq,
                              expected=failure.expected, found=failure.found)
-                log.error("%s", failure)
             elif isinstance(failure, SerializationError):
                 error["kind"] = "serialization"
             if not isinstance(failure, NonDeterminismError):

@@ -19,6 +19,7 @@ from gevent import monkey
 
 from .errors import EngineClosed, NonRetryableError, SerializationError
 from .events import STEP_COMPLETED, STEP_FAILED, NewEvent, encode_decoded
+from .logs import step_fields
 
 log = logging.getLogger("aion_green.steps")
 _encode_str = json.encoder.encode_basestring_ascii
@@ -146,11 +147,22 @@ def attempt_event(fn: Callable[..., Any], args: tuple[Any, ...], info: StepInfo,
         data = {"step": info.step, "name": info.name, "attempt": info.attempt, "result": value}
         encoded = (f'{{"step":{info.step},"name":{_encode_str(info.name)},'
                    f'"attempt":{info.attempt},"result":{text}}}')
+        if log.isEnabledFor(logging.DEBUG):  # the hot path: no record built while off
+            log.debug("workflow %r: step %d (%s) attempt %d completed", info.workflow_id,
+                      info.step, info.name, info.attempt, extra=step_fields(info, "step.completed"))
         return NewEvent(STEP_COMPLETED, time.time(), data, encoded)
     error, retryable = outcome
+    retryable = retryable and info.attempt < policy.max_attempts
+    if log.isEnabledFor(logging.WARNING):
+        extra = step_fields(info, "step.failed")
+        extra.update(aion_retryable=retryable, aion_error_type=error["type"])
+        log.warning("workflow %r: step %d (%s) attempt %d of %d failed (%s: %s); %s",
+                    info.workflow_id, info.step, info.name, info.attempt, policy.max_attempts,
+                    error["type"], error["message"],
+                    "it will be retried" if retryable else "no retry", extra=extra)
     return NewEvent(STEP_FAILED, time.time(), {
         "step": info.step, "name": info.name, "attempt": info.attempt, "error": error,
-        "retryable": retryable and info.attempt < policy.max_attempts})
+        "retryable": retryable})
 
 
 class StepPool:

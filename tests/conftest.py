@@ -130,6 +130,31 @@ def stop_with_runs_parked(engine, workflow_ids, gate, events=2):
     gate.set()
 
 
+def _first(x):
+    return x
+
+
+def park_two_step_run(make_engine, name, workflow_id):
+    """Workflow ``name`` records a first step, then waits in a second one
+    held by a gate; started as ``workflow_id`` in an engine that is shut
+    down with the run parked there (unfinished, as after a clean stop).
+    Returns the workflow, for a next engine to resume it."""
+    gate = NativeGate()
+
+    def wait_gate():
+        return gate.wait(10)
+
+    @aion.workflow(name=name)
+    def two_steps(ctx):
+        ctx.step(_first, "first")
+        return ctx.step(wait_gate)
+
+    first = make_engine(two_steps)
+    first.start(two_steps, id=workflow_id)
+    stop_with_runs_parked(first, [workflow_id], gate)
+    return two_steps
+
+
 # -- PostgreSQL -----------------------------------------------------------------------------
 PG_URL = os.environ.get("AION_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 

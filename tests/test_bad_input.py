@@ -6,7 +6,7 @@ import sys
 import time
 
 import pytest
-from conftest import NativeGate, stop_with_runs_parked, wait_until
+from conftest import NativeGate, park_two_step_run, wait_until
 
 import aion_green as aion
 from aion_green import events as ev
@@ -66,19 +66,7 @@ def test_non_json_workflow_result_fails_the_run_clearly(make_engine):
 
 
 def test_unknown_workflow_type_at_recovery_is_left_alone_with_a_clear_error(make_engine, caplog):
-    gate = NativeGate()
-
-    def wait_gate():
-        return gate.wait(10)
-
-    @aion.workflow(name="tests.retired")
-    def retired(ctx):
-        ctx.step(identity, "first")
-        return ctx.step(wait_gate)
-
-    first = make_engine(retired)
-    first.start(retired, id="orphan")
-    stop_with_runs_parked(first, ["orphan"], gate)
+    park_two_step_run(make_engine, "tests.retired", "orphan")
     from aion_green import registry
 
     registry._DECORATED.pop("tests.retired")

@@ -19,7 +19,7 @@ import gevent
 from gevent.hub import Waiter
 from greenlet import GreenletExit
 
-from . import children, fanout, messages, versioning
+from . import children, fanout, messages, steps, versioning
 from . import events as ev
 from .children import ChildHandle
 from .errors import (
@@ -35,7 +35,7 @@ from .errors import (
 from .fanout import Step
 from .recorder import Recorder
 from .replay import CANCEL_KEY, HistoryCursor
-from .steps import NO_RETRY, Retry, StepInfo, run_key, step_name
+from .steps import Retry, run_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
@@ -43,7 +43,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("aion_green.context")
 
-_STEP_TYPES = frozenset({ev.STEP_COMPLETED, ev.STEP_FAILED})
 _TIMER_STARTED = frozenset({ev.TIMER_STARTED})
 _TIMER_CANCELLED = frozenset({ev.TIMER_CANCELLED})
 
@@ -170,34 +169,7 @@ class WorkflowContext:
         """Run ``fn(*args)`` once, durably, on the step pool, and return its
         (JSON) result. On replay the recorded result is returned and ``fn``
         does not run. A step that fails for good raises :class:`StepError`."""
-        self._check()
-        policy = retry or NO_RETRY
-        self._step_ordinal += 1
-        ordinal = self._step_ordinal
-        sname = name or step_name(fn)
-        key = {"step": ordinal, "name": sname}
-        attempt = 0
-        backoff_due = 0.0
-        cursor = self._cursor
-        while True:
-            if cursor.next_command() is None:
-                # Live: run the next attempt; the pool records it, and its
-                # event is then the next command.
-                if backoff_due:
-                    gevent.sleep(backoff_due)
-                    backoff_due = 0.0
-                info = StepInfo(self.workflow_id, self.run_id, ordinal, sname, attempt + 1,
-                                self.generation)
-                self._engine._run_step(self._recorder, fn, args, info, policy)
-            found = self._race(cursor.next_command, lambda: cursor.keyed_steps.add(ordinal))
-            recorded = self._take(_STEP_TYPES, key, lambda: f"step {ordinal} ({sname})", found)
-            assert recorded is not None
-            attempt = recorded.data.get("attempt", attempt + 1)
-            if recorded.type == ev.STEP_COMPLETED:
-                return recorded.data.get("result")
-            if not recorded.data.get("retryable"):
-                raise self._step_error(ordinal, sname, recorded.data, attempt)
-            backoff_due = policy.delay(attempt)
+        return steps.workflow_step(self, fn, args, retry, name)
 
     # -- durable time ------------------------------------------------------------------
     def sleep(self, duration: Union[timedelta, float, int]) -> None:

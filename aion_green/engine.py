@@ -43,25 +43,17 @@ from .queries import QueryDriver
 from .recorder import Recorder
 from .registry import Registry, workflow_name
 from .residency import ResidencyDriver
+from .routing import RoutingDriver
 from .runs import RunDriver, _closed_while_waiting
 from .sharing import DriverLock, PgDriverLock, SharingDriver
 from .steps import StepPool
-from .store import RunInfo, SQLiteStore, sqlite_path_from_url
+from .store import RunInfo, open_store
 from .timers import TimerService
 from .watchers import ChildTaskRegistry
 
 log = logging.getLogger("aion_green.engine")
 
 _allocate_lock = monkey.get_original("_thread", "allocate_lock")
-
-
-def open_store(url: Optional[str], durable: bool = True, busy_timeout: float = 5.0) -> Any:
-    """The store a URL names: ``None`` or ``sqlite:///...`` (SQLite)."""
-    if url is not None and url.startswith(("postgres://", "postgresql://")):
-        from .postgres import PostgresStore
-
-        return PostgresStore(url, connect_timeout=busy_timeout)
-    return SQLiteStore(sqlite_path_from_url(url), durable=durable, busy_timeout=busy_timeout)
 
 
 class WorkflowHandle:
@@ -84,7 +76,8 @@ class WorkflowHandle:
         return f"<WorkflowHandle {self.workflow_id!r}>"
 
 
-class Engine(RunDriver, ChildDriver, SharingDriver, LeaseDriver, QueryDriver, ResidencyDriver):
+class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, QueryDriver,
+             ResidencyDriver):
     """A durable workflow engine over one store (one epoch, start to shutdown).
 
     ``Engine()`` uses ``./aion.db``. The engine starts lazily on first use

@@ -13,13 +13,17 @@ import random as _random
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Callable, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Union
 
+import gevent
 from gevent import monkey
 
 from .errors import EngineClosed, NonRetryableError, SerializationError
 from .events import STEP_COMPLETED, STEP_FAILED, NewEvent, encode_decoded
 from .logs import step_fields
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .context import WorkflowContext
 
 log = logging.getLogger("aion_green.steps")
 _encode_str = json.encoder.encode_basestring_ascii
@@ -228,3 +232,39 @@ class StepPool:
             self._threads -= 1
 
 
+_STEP_TYPES = frozenset({STEP_COMPLETED, STEP_FAILED})
+
+
+def workflow_step(ctx: "WorkflowContext", fn: Callable[..., Any], args: tuple[Any, ...],
+                  retry: Optional[Retry], name: Optional[str]) -> Any:
+    """``ctx.step`` (see there), on the run's greenlet: the recorded
+    outcome on replay; live, each attempt on the pool, retried after its
+    backoff while the policy allows."""
+    ctx._check()
+    policy = retry or NO_RETRY
+    ctx._step_ordinal += 1
+    ordinal = ctx._step_ordinal
+    sname = name or step_name(fn)
+    key = {"step": ordinal, "name": sname}
+    attempt = 0
+    backoff_due = 0.0
+    cursor = ctx._cursor
+    while True:
+        if cursor.next_command() is None:
+            # Live: run the next attempt; the pool records it, and its
+            # event is then the next command.
+            if backoff_due:
+                gevent.sleep(backoff_due)
+                backoff_due = 0.0
+            info = StepInfo(ctx.workflow_id, ctx.run_id, ordinal, sname, attempt + 1,
+                            ctx.generation)
+            ctx._engine._run_step(ctx._recorder, fn, args, info, policy)
+        found = ctx._race(cursor.next_command, lambda: cursor.keyed_steps.add(ordinal))
+        recorded = ctx._take(_STEP_TYPES, key, lambda: f"step {ordinal} ({sname})", found)
+        assert recorded is not None
+        attempt = recorded.data.get("attempt", attempt + 1)
+        if recorded.type == STEP_COMPLETED:
+            return recorded.data.get("result")
+        if not recorded.data.get("retryable"):
+            raise ctx._step_error(ordinal, sname, recorded.data, attempt)
+        backoff_due = policy.delay(attempt)

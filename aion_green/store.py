@@ -184,4 +184,15 @@ class IEventStore(Interface):
 from ._sqlite import SQLiteStore  # noqa: E402
 from ._sqlite_schema import sqlite_path_from_url  # noqa: E402
 
-__all__ = ["Append", "CreateRun", "IEventStore", "RunInfo", "SQLiteStore", "sqlite_path_from_url"]
+__all__ = ["Append", "CreateRun", "IEventStore", "RunInfo", "SQLiteStore", "open_store",
+           "sqlite_path_from_url"]
+
+
+def open_store(url: Optional[str], durable: bool = True, busy_timeout: float = 5.0) -> Any:
+    """The store a URL names: ``None`` or ``sqlite:///...`` (SQLite), or
+    ``postgresql://...`` (PostgreSQL, with the ``postgres`` extra)."""
+    if url is not None and url.startswith(("postgres://", "postgresql://")):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url, connect_timeout=busy_timeout)
+    return SQLiteStore(sqlite_path_from_url(url), durable=durable, busy_timeout=busy_timeout)

@@ -379,13 +379,19 @@ class SQLiteStore:
         return int(mark)
 
     def find_event(self, workflow_id: str, event_type: str, dedup: Optional[str] = None) -> Optional[int]:
-        sql = "SELECT seq FROM events WHERE workflow_id=? AND type=?"
-        params: tuple[Any, ...] = (workflow_id, event_type)
-        if dedup is not None:
-            sql += " AND json_extract(data, '$.dedup')=?"
-            params += (dedup,)
+        if dedup is None:
+            sql = "SELECT seq FROM events WHERE workflow_id=? AND type=? ORDER BY seq LIMIT 1"
+            params: tuple[Any, ...] = (workflow_id, event_type)
+        else:
+            # The current run first; the run that recorded it may have
+            # continued as new since (its seq is then that run's).
+            sql = ("SELECT seq FROM (SELECT seq, 0 AS old FROM events WHERE workflow_id=? "
+                   "AND type=? AND json_extract(data, '$.dedup')=? UNION ALL "
+                   "SELECT seq, 1 FROM archived_events WHERE workflow_id=? AND type=? "
+                   "AND json_extract(data, '$.dedup')=?) ORDER BY old, seq LIMIT 1")
+            params = (workflow_id, event_type, dedup) * 2
         try:
-            row = self._conn.execute(sql + " ORDER BY seq LIMIT 1", params).fetchone()
+            row = self._conn.execute(sql, params).fetchone()
         except sqlite3.Error as exc:
             raise _translate(exc, self.path) from None
         return None if row is None else int(row[0])

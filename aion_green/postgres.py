@@ -409,12 +409,19 @@ class PostgresStore(PgRewind):
         return int(self._query("SELECT coalesce(max(mark), 0) FROM aion_runs")[0][0])
 
     def find_event(self, workflow_id: str, event_type: str, dedup: Optional[str] = None) -> Optional[int]:
-        sql = "SELECT seq FROM aion_events WHERE workflow_id=%s AND type=%s"
-        params: tuple[Any, ...] = (workflow_id, event_type)
-        if dedup is not None:
-            sql += " AND data::jsonb ->> 'dedup' = %s"
-            params += (dedup,)
-        rows = self._query(sql + " ORDER BY seq LIMIT 1", params)
+        if dedup is None:
+            sql = ("SELECT seq FROM aion_events WHERE workflow_id=%s AND type=%s "
+                   "ORDER BY seq LIMIT 1")
+            params: tuple[Any, ...] = (workflow_id, event_type)
+        else:
+            # The current run first; the run that recorded it may have
+            # continued as new since (its seq is then that run's).
+            sql = ("SELECT seq FROM (SELECT seq, 0 AS old FROM aion_events WHERE workflow_id=%s "
+                   "AND type=%s AND data::jsonb ->> 'dedup' = %s UNION ALL "
+                   "SELECT seq, 1 FROM aion_archived_events WHERE workflow_id=%s AND type=%s "
+                   "AND data::jsonb ->> 'dedup' = %s) AS found ORDER BY old, seq LIMIT 1")
+            params = (workflow_id, event_type, dedup) * 2
+        rows = self._query(sql, params)
         return int(rows[0][0]) if rows else None
 
     # -- leases ------------------------------------------------------------------------------

@@ -106,6 +106,18 @@ class StoreContract:
         assert (ok.status, ok.result, ok.finished) == (ev.COMPLETED, {"n": 1}, True)
         assert (bad.status, bad.error) == (ev.FAILED, {"type": "E", "message": "m"})
 
+    def test_a_message_recorded_before_a_continue_as_new_is_still_found(self, store):
+        """A client waits to see its message recorded; the run may have
+        taken it and continued as new before the client looks."""
+        self.create(store)
+        assert store.deliver_message("w-1", "m", '"x"', 2.0, dedup="inbox/7") == 2
+        store.write_batch([Append("w-1", 2, [ev.NewEvent(
+            ev.WORKFLOW_CONTINUED_AS_NEW, 3.0, {"args": [], "run_id": "run-2", "generation": 2})])])
+        assert store.find_event("w-1", ev.MESSAGE_RECEIVED, "inbox/7") == 2  # in the old run
+        assert store.deliver_message("w-1", "m", '"y"', 4.0, dedup="inbox/8") == 2
+        assert store.find_event("w-1", ev.MESSAGE_RECEIVED, "inbox/8") == 2  # in the new one
+        assert store.find_event("w-1", ev.MESSAGE_RECEIVED, "inbox/9") is None
+
     def test_continued_as_new_archives_the_run_and_begins_the_next(self, store):
         self.create(store)
         timer = ev.NewEvent(ev.TIMER_STARTED, 1001.0, {"timer": "t1", "fire_at": 5000.0})
@@ -184,6 +196,7 @@ class StoreContract:
             ("m", 0), ("m", 1), ("other", 0)]
         assert store.find_event("w-1", ev.MESSAGE_RECEIVED, "d1") == 3
         assert store.find_event("w-1", ev.MESSAGE_RECEIVED, "nope") is None
+        assert store.find_event("w-1", ev.CANCEL_REQUESTED) is None
         assert store.request_cancel("w-1", "why", 3.0) == 5
         assert store.request_cancel("w-1", "again", 3.0) == 5
         store.write_batch([Append("w-1", 5, [ev.NewEvent(ev.WORKFLOW_CANCELLED, 4.0, {})])])

@@ -93,6 +93,10 @@ def _quiet(engine: Any) -> bool:
     """Hub thread: every live run is parked with nothing in flight."""
     if engine._admission:
         return False  # runs wait for a place under the residency cap
+    if engine._child_tasks.armed_spawn_retry_count() or engine._early:
+        return False  # a child being created; a run created and not yet driven
+    if any(wid not in engine._runs for wid in engine._recorders):
+        return False  # a start in flight
     for ctx in list(engine._runs.values()):
         if isinstance(ctx, bool) or not ctx._parked:
             return False

@@ -54,9 +54,7 @@ class Target:
         else:
             from .engine import Engine
 
-            engine = Engine(url, recover=False)
-            engine._passive = True
-            self.api = engine
+            self.api = Engine(url, recover=False, passive=True)
 
     @property
     def where(self) -> str:

@@ -83,7 +83,10 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
     ``Engine()`` uses ``./aion.db``. The engine starts lazily on first use
     (so it is fork-safe when created before a fork) and then resumes every
     unfinished run in the background. Creating or entering it never switches
-    to another greenlet of the caller's hub.
+    to another greenlet of the caller's hub. ``passive=True`` makes an engine
+    that only looks (tools, the CLI, the replay checker): it drives, claims
+    and fires nothing and takes no driver lock, but can start, signal and
+    cancel for the engine that drives.
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         busy_timeout: float = 5.0,
         lease: float = 10.0,
         max_resident: Optional[int] = None,
+        passive: bool = False,
     ) -> None:
         if step_workers < 1:
             raise ConfigurationError(f"step_workers={step_workers}: need at least one step thread")
@@ -120,7 +124,7 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         self._listening = False
         # A passive engine (the replay checker) reads and replays only: it
         # drives, claims and fires nothing, and takes no driver lock.
-        self._passive = False
+        self._passive = passive
         self._registry = Registry(workflows)
         self._lock = _allocate_lock()
         self._pid: Optional[int] = None

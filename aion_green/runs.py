@@ -81,7 +81,7 @@ class RunDriver:
 
     # -- hub thread only ---------------------------------------------------------------------
     def _on_hub_start(self) -> None:
-        if self._hub.closing or getattr(self, "_passive", False):
+        if self._hub.closing or self._passive:  # type: ignore[attr-defined]
             return
         if self._leased:
             self._hub.spawn(self._begin_leasing, name="aion-leases")  # type: ignore[attr-defined]
@@ -185,6 +185,15 @@ class RunDriver:
             if recorder is not None and wid not in self._runs:
                 self._early.pop(wid, None)
                 self._unregister(wid, recorder)
+            return
+        if recorder is None and wid in self._recorders:
+            # start() created this run, and its own spawn (with the recorder
+            # it registered first) is on its way here: a recovery pass or a
+            # second start() that found the run unfinished in the store must
+            # leave it to that spawn. Driven from here too, it could end
+            # before that spawn arrives, which then drove it again from seq 1
+            # (a step ran twice, and result() waited forever; found by
+            # tests/test_state_machine.py).
             return
         if self._full():  # type: ignore[attr-defined]
             self._queue_run(wid, info, recovering, recorder)  # type: ignore[attr-defined]

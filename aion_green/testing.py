@@ -146,8 +146,8 @@ def check_replay(url: Optional[str] = None, workflow_ids: Optional[Sequence[str]
     from .engine import Engine
     from .errors import AionError
 
-    engine = Engine(url, workflows=list(workflows), recover=False)
-    engine._passive = True  # drives, claims and fires nothing; takes no lock
+    # Passive: it drives, claims and fires nothing; it takes no lock.
+    engine = Engine(url, workflows=list(workflows), recover=False, passive=True)
     engine.list(limit=1)  # open the store
     problems: list[str] = []
     checked = 0

@@ -427,3 +427,15 @@ def test_nothing_of_an_epoch_is_appended_after_shutdown_returns(make_engine):
         assert {wid: len(store.read(wid)) for wid in snapshot} == snapshot
     finally:
         store.close()
+
+
+@SQLITE_ONLY
+def test_a_passive_engine_starts_and_looks_but_drives_nothing(make_engine):
+    looker = make_engine(doubler, passive=True)
+    looker.start(doubler, 21, id="seen-not-run")
+    time.sleep(0.3)  # long enough for a driving engine to have finished it
+    assert looker.describe("seen-not-run").status == ev.RUNNING
+    assert [e.type for e in looker.history("seen-not-run")] == [ev.WORKFLOW_STARTED]
+    driver = make_engine(doubler)
+    assert driver.result("seen-not-run", timeout=10) == 42
+    assert driver.driving  # the store's lock was left free for it

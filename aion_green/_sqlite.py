@@ -19,6 +19,7 @@ from . import events as ev
 from ._batch import BatchPlan, inbox_why_not, next_run_started, require_running, run_filters
 from ._rewind import Copy, opt_run, plan_copy, require_resumable, resume_point
 from ._sqlite_schema import (
+    _FAULTS,
     _MIGRATIONS,
     _RUN_COLUMNS,
     SCHEMA_VERSION,
@@ -130,7 +131,7 @@ class SQLiteStore:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-        except sqlite3.Error as exc:
+        except _FAULTS as exc:
             raise _translate(exc, self.path) from None
 
     def _insert_at_head(self, conn: sqlite3.Connection, workflow_id: str, head: int,
@@ -307,14 +308,14 @@ class SQLiteStore:
             params += (limit,)
         try:
             rows = self._conn.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
+            return [ev.Event(seq, typ, at, json.loads(data)) for seq, typ, at, data in rows]
+        except _FAULTS as exc:
             raise _translate(exc, self.path) from None
-        return [ev.Event(seq, typ, at, json.loads(data)) for seq, typ, at, data in rows]
 
     def get_run(self, workflow_id: str) -> Optional[RunInfo]:
         try:
             return self._get_run(workflow_id)
-        except sqlite3.Error as exc:
+        except _FAULTS as exc:
             raise _translate(exc, self.path) from None
 
     def _get_run(self, workflow_id: str) -> Optional[RunInfo]:
@@ -336,9 +337,9 @@ class SQLiteStore:
                 f"SELECT {_RUN_COLUMNS} FROM runs {where} ORDER BY workflow_id LIMIT ?",
                 (*params, limit),
             ).fetchall()
-        except sqlite3.Error as exc:
+            return [_run_info(row) for row in rows]
+        except _FAULTS as exc:
             raise _translate(exc, self.path) from None
-        return [_run_info(row) for row in rows]
 
     # -- several processes over one file ---------------------------------------------------
     def post_inbox(self, workflow_id: str, kind: str, data_json: str, at: float) -> int:
@@ -354,9 +355,9 @@ class SQLiteStore:
             rows = self._conn.execute(
                 "SELECT id, workflow_id, kind, data, at FROM inbox WHERE id>? ORDER BY id LIMIT ?",
                 (after_id, limit)).fetchall()
-        except sqlite3.Error as exc:
+            return [(i, wid, kind, json.loads(data), at) for i, wid, kind, data, at in rows]
+        except _FAULTS as exc:
             raise _translate(exc, self.path) from None
-        return [(i, wid, kind, json.loads(data), at) for i, wid, kind, data, at in rows]
 
     def delete_inbox(self, ids: Sequence[int]) -> None:
         with self._write() as conn:
@@ -367,9 +368,9 @@ class SQLiteStore:
             rows = self._conn.execute(
                 f"SELECT rowid, {_RUN_COLUMNS} FROM runs WHERE rowid>? ORDER BY rowid LIMIT ?",
                 (after, limit)).fetchall()
-        except sqlite3.Error as exc:
+            return [(row[0], _run_info(row[1:])) for row in rows]
+        except _FAULTS as exc:
             raise _translate(exc, self.path) from None
-        return [(row[0], _run_info(row[1:])) for row in rows]
 
     def last_run_mark(self) -> int:
         try:

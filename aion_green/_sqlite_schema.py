@@ -93,8 +93,22 @@ def sqlite_path_from_url(url: Optional[str]) -> str:
     return path
 
 
-def _translate(exc: sqlite3.Error, path: str) -> StoreError:
+# What a read or write of the file may raise: SQLite's errors, and the
+# decoding errors of a record whose bytes were damaged inside a page that is
+# still well-formed (SQLite checks its pages, not the JSON in them).
+_FAULTS = (sqlite3.Error, json.JSONDecodeError, UnicodeDecodeError)
+
+
+def _translate(exc: Exception, path: str) -> StoreError:
     text = str(exc)
+    if isinstance(exc, ValueError) or "decode" in text:
+        # JSONDecodeError, UnicodeDecodeError, or sqlite3's "Could not decode
+        # to UTF-8 column": every record was written as JSON by this package.
+        return StoreCorrupt(
+            f"the SQLite file {path!r} holds a damaged record that cannot be decoded ({text}); "
+            "restore the file from a backup (or point the engine at another file): "
+            "it was not modified"
+        )
     if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
         return StoreUnavailable(
             f"the SQLite database {path!r} is locked by another process ({text}); "
@@ -105,7 +119,13 @@ def _translate(exc: sqlite3.Error, path: str) -> StoreError:
             f"the SQLite file {path!r} is not an aion_green database or is damaged ({text}); "
             "it was not modified: restore it from a backup or point the engine at another file"
         )
-    if "disk" in text or "full" in text or "I/O" in text or "readonly" in text:
+    if "full" in text:
+        return StoreUnavailable(
+            f"the SQLite database {path!r} cannot be written: its disk is full ({text}). "
+            "Free space on that disk: runs in flight wait for it and then go on; retry this once "
+            "there is room. Nothing of this write was recorded"
+        )
+    if "disk" in text or "I/O" in text or "readonly" in text:
         return StoreUnavailable(
             f"the SQLite database {path!r} cannot be written ({text}); "
             "free space or fix permissions, then retry: nothing of this write was recorded"

@@ -54,6 +54,10 @@ class StoreWriter:
         # Invariant: set (before the last sweep of the queue) once the thread
         # stops taking ops; an op put after it is failed, never stranded.
         self._stopped = False
+        # Ops that are not writes, taken off the queue while appends waited
+        # out an unavailable store (_take_queued): the next batch runs them
+        # first, in their order. Touched by the writer thread only.
+        self._backlog: list[Any] = []
         self._finished = Future()
         self.batches = 0
         self.writes = 0
@@ -113,7 +117,7 @@ class StoreWriter:
         stopping = False
         try:
             while not stopping:
-                batch = [queue.get()]
+                batch, self._backlog = self._backlog or [queue.get()], []
                 while True:
                     try:
                         batch.append(queue.get_nowait())
@@ -159,6 +163,7 @@ class StoreWriter:
                     log.warning("store unavailable (%s); %d append(s) wait for it", exc, len(writes))
                 _sleep(delay)
                 delay = min(delay * 2, 1.0)
+                self._take_queued(writes)
                 continue
             except Exception as exc:
                 error = exc if isinstance(exc, StoreError) else StoreError(
@@ -173,6 +178,24 @@ class StoreWriter:
                 else:
                     done(outcome, None)
             return
+
+    def _take_queued(self, writes: list[tuple[Any, Done]]) -> None:
+        """While appends wait out an unavailable store, take what was queued
+        behind them. Writes join the next try, so a start is answered (by
+        that try: created, or the store's error) instead of waiting, with no
+        time limit, behind appends that wait for a full disk to be freed.
+        Anything else keeps its place in the backlog, for after the appends:
+        a call may depend on an append before it being durable (an inbox
+        entry is deleted once its record committed)."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except _queue.Empty:
+                return
+            if item is not _STOP and isinstance(item[0], (Append, CreateRun)):
+                writes.append(item)
+            else:
+                self._backlog.append(item)
 
     def _run_batch(self, batch: list[tuple[Any, Done]]) -> None:
         writes = [(op, done) for op, done in batch if isinstance(op, (Append, CreateRun))]

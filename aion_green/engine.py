@@ -154,7 +154,9 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         # Runs that ended in this epoch, newest last: a result() right after
         # the end needs no store read. Bounded; older ones are read back.
         self._recently_finished: "collections.OrderedDict[str, RunInfo]" = collections.OrderedDict()
+        # Runs not driven here, and why (type not registered, history damaged).
         self.unrunnable: dict[str, str] = {}
+        self._unreadable: dict[str, BaseException] = {}  # their waiters are told
         self._init_residency(False)
         # Outcomes of appends to runs created by start() that arrived before
         # the run's greenlet built its context (hub thread only).
@@ -183,9 +185,8 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
                 # Forked: the hub and writer threads did not survive the fork.
                 log.info("engine used in a forked process (pid %s); starting afresh", pid)
                 self._runs, self._waiters, self._early = {}, {}, {}
-                self._recorders = {}
+                self._recorders, self.unrunnable, self._unreadable = {}, {}, {}
                 self._recently_finished.clear()
-                self.unrunnable = {}
             self._store = open_store(self.url, self.durable, self.busy_timeout)
             self._leased = hasattr(self._store, "claim_runs")
             # Over SQLite the cap evicts parked runs; leased stores cap what

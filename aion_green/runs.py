@@ -29,6 +29,7 @@ from .errors import (
     InternalError,
     NonDeterminismError,
     SerializationError,
+    StoreError,
     WorkflowNotFound,
     WorkflowNotRegistered,
 )
@@ -234,8 +235,9 @@ class RunDriver:
         if finished is not None:
             future.set_result(finished)
             return
-        if self._hub.closing:
-            future.set_exception(_closed_while_waiting())
+        if self._hub.closing or wid in self._unreadable:  # type: ignore[attr-defined]
+            future.set_exception(self._unreadable.get(wid)  # type: ignore[attr-defined]
+                                 or _closed_while_waiting())
             return
         self._waiters.setdefault(wid, []).append(future)
         if wid not in self._runs:
@@ -334,6 +336,15 @@ class RunDriver:
                       "and resumes when an engine starts over a healthy store", wid, exc.error,
                       extra=logs.run_problem(wid, "run.aborted", began, exc.error))
             self._fail_waiters(wid, exc.error)
+        except StoreError as exc:
+            # Its history could not be read (a damaged record, say): left as
+            # it is, never written over, its waiters told; the others go on.
+            outcome = "aborted"
+            self.unrunnable[wid] = message = f"cannot drive workflow {wid!r}: {exc}"
+            self._unreadable[wid] = exc  # type: ignore[attr-defined]
+            log.error("%s; it is left as it is", message,
+                      extra=logs.run_problem(wid, "run.aborted", began, exc))
+            self._fail_waiters(wid, exc)
         except Exception as exc:
             outcome = "crashed"
             log.exception("run %r: the engine failed to drive it; this is a bug in aion_green", wid,

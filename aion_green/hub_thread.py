@@ -232,6 +232,20 @@ def join_killed(victims: list[Greenlet], timeout: float, what: str) -> list[str]
 
 # -- the hub thread ------------------------------------------------------------------
 
+def _resolve_hub_settings() -> None:
+    """Resolve, in the caller's thread, the gevent settings that a new Hub
+    imports lazily (its loop class, ``format_context``: ``pprint``).
+
+    Why: under ``patch_all()`` importlib's module locks are gevent locks. If
+    the hub thread creates its Hub while the caller's thread creates its own
+    first Hub (a first ``time.sleep`` right after the engine starts), both
+    import the same module; the loser's wait on the module lock needs a hub,
+    which recurses into ``Hub.__init__`` and the same import: both threads
+    hang for good (found by the crash campaign of issue 8, seed 2 patched)."""
+    gevent.config.loop  # noqa: B018 - reading a setting imports and caches it
+    gevent.config.format_context  # noqa: B018
+
+
 class HubThread:
     """A private gevent hub running in a dedicated native thread."""
 
@@ -267,6 +281,7 @@ class HubThread:
             if self._closing:
                 raise EngineClosed("this hub thread was shut down; start a new one")
             self._started = True
+        _resolve_hub_settings()
         _start_new_thread(self._thread_main, ())
         return self
 

@@ -65,11 +65,9 @@ def make_engine(db_url):
 
 def run_python(code_or_args, env_extra=None, timeout=120, check=True, patched=False):
     """Run a Python child process (a real process, for crash and gevent tests)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("AION_GEVENT_PATCH", None)
-    if patched:
-        env["AION_GEVENT_PATCH"] = "1"
+    from crash_campaign import worker_env  # the environment of a child process
+
+    env = worker_env(patched)
     env.update(env_extra or {})
     args = ["-c", code_or_args] if isinstance(code_or_args, str) else list(code_or_args)
     proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True,

@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import PATCHED, ROOT, run_python
+from conftest import PATCHED, run_python
 
 import aion_green as aion
 
@@ -58,12 +58,9 @@ def crash_child(db, effects, *extra):
 
 def child_env():
     """The environment run_python gives a child (for a child we must Popen)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("AION_GEVENT_PATCH", None)
-    if PATCHED:
-        env["AION_GEVENT_PATCH"] = "1"
-    return env
+    from crash_campaign import worker_env
+
+    return worker_env(PATCHED)
 
 
 def read_history(db):

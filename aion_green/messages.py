@@ -71,6 +71,7 @@ def send(ctx: "WorkflowContext", workflow_id: str, name: str, payload: Any = Non
     value = ev.roundtrip(payload, f"the payload of message {name!r}")
     recorded = ctx._take(_MESSAGE_SENT, {"to": workflow_id, "name": name},
                          lambda: f"send {name!r} to {workflow_id!r}")
+    replayed = recorded is not None
     if recorded is None:
         recorded = ctx._record(ev.NewEvent(ev.MESSAGE_SENT, time.time(), {
             "to": workflow_id, "name": name, "payload": value, "dedup": dedup}))
@@ -82,5 +83,8 @@ def send(ctx: "WorkflowContext", workflow_id: str, name: str, payload: Any = Non
     try:
         waiter.get()
     except AionError as exc:
-        log.warning("workflow %r: message %r to %r not delivered: %s",
-                    ctx.workflow_id, name, workflow_id, exc)
+        # Delivered again by a replay: the first delivery may well have
+        # reached the target before it ended; only a first one is news.
+        log.log(logging.DEBUG if replayed else logging.WARNING,
+                "workflow %r: message %r to %r not delivered%s: %s", ctx.workflow_id, name,
+                workflow_id, " again (replay)" if replayed else "", exc)

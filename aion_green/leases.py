@@ -51,6 +51,7 @@ class LeaseDriver:
     _writer: Any
     _store: Any
     _runs: dict[str, Any]
+    _recorders: dict[str, Any]
     _registry: Any
     _timers: Any
     engine_id: str
@@ -110,10 +111,15 @@ class LeaseDriver:
                     log.warning("claiming runs failed (%s); retrying", exc)
             for info in claimed:
                 if info.workflow_id in self._runs:
-                    # Still driven here under an older lease (it ran out and
-                    # came back to us): that run is dropped by its next
-                    # append; the new lease is driven once it has gone.
-                    self._runs[info.workflow_id]._on_failed(FencedOut("lease taken again"))
+                    # Still driven here under an older lease that ran out
+                    # (a paused process, a clock that jumped) and came back
+                    # to us: go on under the new fence. Had another engine
+                    # written meanwhile, the next append's expected seq is
+                    # stale: SequenceConflict drops the run, which is then
+                    # driven anew from its history.
+                    recorder = self._recorders.get(info.workflow_id)
+                    if recorder is not None:
+                        recorder.fence = info.fence or None
                     continue
                 self._spawn_run(info.workflow_id, info, recovering=True)
             pause = _CLAIM_BUSY if claimed else min(pause * 2, _CLAIM_IDLE)
@@ -136,7 +142,8 @@ class LeaseDriver:
                 ctx = self._runs.get(wid)
                 if wid not in kept and ctx is not None and not isinstance(ctx, bool):
                     log.warning("run %r: its lease was taken by another engine; dropped here", wid)
-                    ctx._on_failed(FencedOut(f"the lease of {wid!r} was taken by another engine"))
+                    self._hub.call_soon(ctx._on_failed, FencedOut(
+                        f"the lease of {wid!r} was taken by another engine"))
 
     def _stop_listening(self) -> None:
         self._listening = False

@@ -158,3 +158,34 @@ def test_an_engine_paused_past_its_lease_is_fenced_out(pg_url, tmp_path):
     finally:
         _stop(procs)
         store.close()
+
+
+def test_a_lease_that_ran_out_and_came_back_to_its_engine_goes_on(pg_url, caplog):
+    """The engine's own lease ran out (a long pause, a clock that jumped)
+    and its claim loop took the run again, with a new fence: the live run
+    goes on under it; nothing is dropped or replayed."""
+    import aion_green as aion
+
+    @aion.workflow(name="pg.lapsed")
+    def lapsed(ctx):
+        first = ctx.receive("go")
+        return first + ctx.receive("go")
+
+    store = _store(pg_url)
+    try:
+        with aion.Engine(pg_url, workflows=[lapsed], lease=30.0) as engine:
+            engine.start(lapsed, id="lapsed")
+            engine.signal("lapsed", "go", 1)
+            old = store.get_run("lapsed").fence
+            with store._tx() as cur:
+                cur.execute("UPDATE aion_runs SET lease_until=0 WHERE workflow_id='lapsed'")
+            wait_until(lambda: store.get_run("lapsed").fence > old, timeout=10,
+                       what="the engine to claim its own run again")
+            engine.signal("lapsed", "go", 2)
+            assert engine.result("lapsed", timeout=10) == 3
+        history = store.read("lapsed")
+        assert [e.seq for e in history] == list(range(1, len(history) + 1))
+        assert [e.type for e in history].count(ev.MESSAGE_RECEIVED) == 2
+        assert "dropped" not in caplog.text
+    finally:
+        store.close()

@@ -207,7 +207,9 @@ class AionSide:
             return ctx.step(step_two, 2)
 
         self.wf = {"sequential": sequential, "ten": ten, "one": one, "sleeper": sleeper, "parked": parked}
-        self.engine = aion.Engine(f"sqlite:///{db}", workflows=list(self.wf.values()), durable=True)
+        cap = os.environ.get("AION_CMP_MAX_RESIDENT")  # --aion-max-resident, passed to children
+        self.engine = aion.Engine(f"sqlite:///{db}", workflows=list(self.wf.values()), durable=True,
+                                  max_resident=int(cap) if cap else None)
 
     def launch(self):
         self.engine.list(limit=1)  # the engine starts lazily; recovery begins here
@@ -676,10 +678,15 @@ def main():
     parser.add_argument("--park-budget", type=float, default=None,
                         help="recovery: seconds from the first start to the common deadline "
                              "(default: aion 15, DBOS 60; --quick 5 and 20)")
+    parser.add_argument("--aion-max-resident", type=int, default=None,
+                        help="run aion_green with Engine(max_resident=N): parked runs beyond N "
+                             "leave memory (residency)")
     parser.add_argument("--json", default="", help="also write every run's figures to this file")
     parser.add_argument("--plot", default=PLOT)
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.aion_max_resident is not None:
+        os.environ["AION_CMP_MAX_RESIDENT"] = str(args.aion_max_resident)
     if args.child:
         child_main(json.loads(args.child))
         return

@@ -154,8 +154,7 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         # Runs that ended in this epoch, newest last: a result() right after
         # the end needs no store read. Bounded; older ones are read back.
         self._recently_finished: "collections.OrderedDict[str, RunInfo]" = collections.OrderedDict()
-        # Runs not driven here, and why (type not registered, history damaged).
-        self.unrunnable: dict[str, str] = {}
+        self.unrunnable: dict[str, str] = {}  # runs not driven here, and why
         self._unreadable: dict[str, BaseException] = {}  # their waiters are told
         self._init_residency(False)
         # Outcomes of appends to runs created by start() that arrived before

@@ -197,13 +197,9 @@ def flaky(ctx):
 
 
 def _env():
-    import os
+    from crash_campaign import worker_env
 
-    from conftest import ROOT
-
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("AION_GEVENT_PATCH", None)
-    return env
+    return worker_env(False)  # the worker process runs unpatched
 
 
 class Worker:

@@ -10,24 +10,17 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from conftest import PATCHED, ROOT, wait_until
+from conftest import PATCHED, wait_until
+from crash_campaign import worker_env
 
 from aion_green import events as ev
 
 SCRIPT = Path(__file__).with_name("pg_engine.py")
 
 
-def _env():
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("AION_GEVENT_PATCH", None)
-    if PATCHED:
-        env["AION_GEVENT_PATCH"] = "1"
-    return env
-
-
 def _launch(url, effects, lease, cap, *extra):
     return subprocess.Popen([sys.executable, str(SCRIPT), url, str(effects), str(lease), str(cap),
-                             *extra], env=_env(), stdout=subprocess.PIPE, text=True)
+                             *extra], env=worker_env(PATCHED), stdout=subprocess.PIPE, text=True)
 
 
 def _started(proc):

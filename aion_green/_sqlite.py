@@ -27,7 +27,7 @@ from ._sqlite_schema import (
     _translate,
 )
 from .errors import StoreError, WorkflowIdConflict, WorkflowNotFound
-from .store import Append, CreateRun, IEventStore, RunInfo
+from .store import Append, CreateRun, IEventStore, NewRun, RunInfo
 
 
 @implementer(IEventStore)
@@ -363,12 +363,12 @@ class SQLiteStore:
         with self._write() as conn:
             conn.executemany("DELETE FROM inbox WHERE id=?", [(i,) for i in ids])
 
-    def new_runs(self, after: int = 0, limit: int = 500) -> list[tuple[int, RunInfo]]:
+    def new_runs(self, after: int = 0, limit: int = 500) -> list[NewRun]:
         try:
             rows = self._conn.execute(
-                f"SELECT rowid, {_RUN_COLUMNS} FROM runs WHERE rowid>? ORDER BY rowid LIMIT ?",
+                "SELECT rowid, workflow_id, status FROM runs WHERE rowid>? ORDER BY rowid LIMIT ?",
                 (after, limit)).fetchall()
-            return [(row[0], _run_info(row[1:])) for row in rows]
+            return [NewRun(*row) for row in rows]
         except _FAULTS as exc:
             raise _translate(exc, self.path) from None
 

@@ -49,7 +49,7 @@ from .errors import (
     WorkflowNotFound,
     WorkflowNotRunning,
 )
-from .store import Append, CreateRun, IEventStore, RunInfo
+from .store import Append, CreateRun, IEventStore, NewRun, RunInfo
 
 
 @implementer(IEventStore)
@@ -400,10 +400,10 @@ class PostgresStore(PgRewind):
                                (after_id, owner, limit))
         return [(int(i), wid, kind, json.loads(data), at) for i, wid, kind, data, at in rows]
 
-    def new_runs(self, after: int = 0, limit: int = 500) -> list[tuple[int, RunInfo]]:
-        rows = self._query(f"SELECT mark, {_RUN_COLUMNS} FROM aion_runs WHERE mark>%s "
+    def new_runs(self, after: int = 0, limit: int = 500) -> list[NewRun]:
+        rows = self._query("SELECT mark, workflow_id, status FROM aion_runs WHERE mark>%s "
                            "ORDER BY mark LIMIT %s", (after, limit))
-        return [(int(row[0]), _run_info(row[1:])) for row in rows]
+        return [NewRun(int(mark), wid, status) for mark, wid, status in rows]
 
     def last_run_mark(self) -> int:
         return int(self._query("SELECT coalesce(max(mark), 0) FROM aion_runs")[0][0])

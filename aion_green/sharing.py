@@ -282,11 +282,20 @@ class SharingDriver:
                 log.warning("new runs: the store could not be read (%s); retrying", exc)
                 gevent.sleep(_IDLE_PAUSE)
                 continue
-            for row_mark, info in rows:
-                mark = row_mark
-                wid = info.workflow_id
-                if info.status == ev.RUNNING and wid not in self._runs and wid not in self._recorders:
-                    self._spawn_run(wid, info)
+            for row in rows:
+                wid = row.workflow_id
+                if row.status == ev.RUNNING and wid not in self._runs and wid not in self._recorders:
+                    # Another process created it (this engine's own are known).
+                    try:
+                        info = reader.call(reader.store.get_run, wid).result()
+                    except AionError as exc:  # look at this row again later
+                        log.warning("new run %r: the store could not be read (%s); retrying", wid, exc)
+                        gevent.sleep(_IDLE_PAUSE)
+                        break
+                    if (info is not None and info.status == ev.RUNNING
+                            and wid not in self._runs and wid not in self._recorders):
+                        self._spawn_run(wid, info)
+                mark = row.mark
             pause = _BUSY_PAUSE if rows else min(pause * 2, _IDLE_PAUSE)
             gevent.sleep(pause)
 

@@ -50,6 +50,17 @@ class Append(NamedTuple):
     fence: Optional[int] = None
 
 
+class NewRun(NamedTuple):
+    """A run a driving engine has not seen yet: its mark (which orders the
+    creations in a store), id and status. Light on purpose: the engine
+    sees every run it creates come back here, and reads in full only the
+    few that others created."""
+
+    mark: int
+    workflow_id: str
+    status: str
+
+
 class CreateRun(NamedTuple):
     """Create a run and its ``WorkflowStarted`` event (seq 1)."""
 
@@ -142,8 +153,8 @@ class IEventStore(Interface):
         """Forget handled requests."""
 
     def new_runs(after=0, limit=500):  # noqa: N805
-        """Runs created after the mark ``after``, oldest first:
-        ``(mark, RunInfo)``."""
+        """Runs created after the mark ``after``, oldest first, as
+        :class:`NewRun` rows (``get_run`` tells the rest of one)."""
 
     def last_run_mark():  # type: ignore[misc]  # noqa: N805
         """The mark of the newest run (0 for none)."""

@@ -210,8 +210,9 @@ class StoreContract:
         self.create(store, "a")
         self.create(store, "b")
         new = store.new_runs(mark)
-        assert [info.workflow_id for _, info in new] == ["a", "b"]
-        assert store.new_runs(new[-1][0]) == [] and store.last_run_mark() == new[-1][0]
+        assert [(run.workflow_id, run.status) for run in new] == [("a", ev.RUNNING), ("b", ev.RUNNING)]
+        assert new[0].mark < new[1].mark
+        assert store.new_runs(new[-1].mark) == [] and store.last_run_mark() == new[-1].mark
         first = store.post_inbox("a", "message", '{"name": "n", "payload": 1}', 9.0)
         second = store.post_inbox("b", "cancel", '{"reason": "r"}', 9.5)
         assert [(i, w, k, d) for i, w, k, d, _ in store.read_inbox(0)] == [
@@ -254,7 +255,7 @@ class StoreContract:
             "random_seed": "w-1\x00run-w-1"}
         assert copied == source[1:3]
         assert store.due_timers(10_000.0) == [("w-1/fork", "t1", 5000.0)]  # pending again
-        assert [i.workflow_id for _, i in store.new_runs(mark)] == ["w-1/fork"]
+        assert [run.workflow_id for run in store.new_runs(mark)] == ["w-1/fork"]
         assert store.read("w-1") == source and store.get_run("w-1").status == ev.FAILED
         # The fork of a fork goes on from the first source's random generator.
         store.fork_run("w-1/fork", 1, "w-3", "run-3", 3001.0)
@@ -299,7 +300,7 @@ class StoreContract:
         assert started.data["run_id"] == "run-2" and copied == source[1:3]
         assert store.read("w-1", run_id="run-w-1") == source
         # New to a driving engine, as a created run is; its timer pending.
-        assert [i.workflow_id for _, i in store.new_runs(mark)] == ["w-1"]
+        assert [run.workflow_id for run in store.new_runs(mark)] == ["w-1"]
         assert store.due_timers(10_000.0) == [("w-1", "t1", 5000.0)]
         (head,) = store.write_batch([Append("w-1", 3, [step_event(2, "two")])])
         assert head == 4

@@ -115,3 +115,40 @@ def test_stores_opening_a_new_file_at_the_same_moment_all_come_up(tmp_path):
 
     for attempt in range(5):
         assert open_all(str(tmp_path / f"race-{attempt}.db")) == (8, [])
+
+
+def test_heads_a_store_remembers_are_checked_against_other_writers(tmp_path):
+    """A group commit knows the heads it wrote without reading them back;
+    a write by another connection (another process, the CLI), or by any
+    other kind of write of its own, must still give SequenceConflict for a
+    stale expected_seq and accept the true head."""
+    from store_contract import step_event
+
+    from aion_green.errors import SequenceConflict
+
+    path = str(tmp_path / "heads.db")
+    mine, other = SQLiteStore(path), SQLiteStore(path)
+    try:
+        mine.write_batch([CreateRun("w", "t", "[]", "r", 1.0), CreateRun("v", "t", "[]", "r", 1.0)])
+        assert mine.write_batch([Append("w", 1, (step_event(1, "a"),))]) == [2]
+        assert mine._known_heads == {"w": 2, "v": 1}  # nothing is read back for the next batch
+        # Another connection appends to w: w's head is 3 now, not the 2 remembered.
+        assert other.write_batch([Append("w", 2, (step_event(2, "b"),))]) == [3]
+        stale, right = mine.write_batch([Append("w", 2, (step_event(3, "c"),)),
+                                         Append("v", 1, (step_event(1, "x"),))])
+        assert isinstance(stale, SequenceConflict) and right == 2
+        assert mine.write_batch([Append("w", 3, (step_event(3, "c"),))]) == [4]
+        # A write of its own outside a batch (a message to a run no engine
+        # drives here) moves a head too.
+        assert mine.deliver_message("w", "m", "1", 2.0) == 5
+        (stale,) = mine.write_batch([Append("w", 4, (step_event(4, "d"),))])
+        assert isinstance(stale, SequenceConflict)
+        assert mine.write_batch([Append("w", 5, (step_event(4, "d"),))]) == [6]
+        assert [e.seq for e in other.read("w")] == [1, 2, 3, 4, 5, 6]
+        # A run that ended is forgotten.
+        end = ev.NewEvent(ev.WORKFLOW_COMPLETED, 3.0, {"result": 1})
+        assert mine.write_batch([Append("v", 2, (end,))]) == [3]
+        assert "v" not in mine._known_heads
+    finally:
+        mine.close()
+        other.close()

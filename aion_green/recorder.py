@@ -16,6 +16,7 @@ greenlet switch).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional
 
 from gevent import monkey
@@ -106,10 +107,11 @@ class Recorder:
                 extra(events, expected, None)
             return expected
         on_done = self._on_done
-
-        def done(head: Any, error: Optional[BaseException]) -> None:
-            on_done(events, head, error)
-            if extra is not None:
+        if extra is None:
+            done: Callable[[Any, Optional[BaseException]], None] = functools.partial(on_done, events)
+        else:
+            def done(head: Any, error: Optional[BaseException]) -> None:
+                on_done(events, head, error)
                 extra(events, head, error)
 
         self._writer.submit_append(self.workflow_id, expected, events, done, self.fence)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import functools
 import logging
 import time
 import traceback
@@ -123,13 +124,11 @@ class RunDriver:
         self._steps.submit(task)
 
     def _new_recorder(self, wid: str, fence: Optional[int] = None) -> Recorder:
-        call_soon, deliver = self._hub.call_soon, self._deliver
-
-        def on_done(events: builtins.list[ev.NewEvent], head: Optional[int],
-                    error: Optional[BaseException]) -> None:
-            call_soon(deliver, wid, events, head, error)
-
-        return Recorder(wid, self._writer, on_done, fence)
+        # on_done(events, head, error) runs _deliver(wid, events, head, error)
+        # on the hub thread; a partial, so the writer runs no Python frame
+        # of ours for it.
+        return Recorder(wid, self._writer, functools.partial(self._hub.call_soon, self._deliver, wid),
+                        fence)
 
     def _deliver(self, wid: str, events: builtins.list[ev.NewEvent], head: Optional[int],
                  error: Optional[BaseException]) -> None:

@@ -269,7 +269,7 @@ class ChildDriver:
         def build(rec: Recorder) -> list[ev.NewEvent]:
             if seen in rec.seen:
                 return []
-            rec.seen.add(seen)
+            rec.note_seen(seen)
             return [ev.NewEvent(event_type, at, data)]
 
         # A parent out of memory (residency.py) is brought back, and pinned

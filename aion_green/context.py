@@ -13,7 +13,7 @@ import time
 import uuid as _uuid
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn, Optional, Sequence, Union
+from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterator, NoReturn, Optional, Sequence, Union
 
 import gevent
 from gevent.hub import Waiter
@@ -84,6 +84,39 @@ class RunAborted(BaseException):
         self.error = error
 
 
+_NONE: frozenset[str] = frozenset()
+
+
+class _FirstRecorded:
+    """The ``ready()`` of a race (see ``WorkflowContext._race``): the first
+    recorded of ``own()``, a cancel request and the deadlines of the
+    enclosing timeout blocks. An object, not a closure: a parked run keeps
+    one, and each closure cell would be one more object for the cyclic GC."""
+
+    __slots__ = ("ctx", "own", "go_live", "mine")
+
+    def __init__(self, ctx: "WorkflowContext", own: Callable[[], Optional[ev.Event]],
+                 go_live: Optional[Callable[[], None]]) -> None:
+        self.ctx, self.own, self.go_live = ctx, own, go_live
+        self.mine: Optional[ev.Event] = None
+
+    def __call__(self) -> Optional[ev.Event]:
+        ctx = self.ctx
+        best = self.mine = self.own()
+        arrivals = ctx._cursor.arrivals
+        if ctx._cancel_pending:
+            request = arrivals.get(CANCEL_KEY)
+            if request is not None and (best is None or request.seq < best.seq):
+                best = request
+        for key in ctx._scopes:
+            fired = arrivals.get(("timer", key))
+            if fired is not None and (best is None or fired.seq < best.seq):
+                best = fired
+        if best is None and self.go_live is not None:
+            self.go_live()
+        return best
+
+
 class WorkflowContext:
     """The workflow's handle on the engine (``ctx``)."""
 
@@ -120,9 +153,9 @@ class WorkflowContext:
         self._patches: dict[str, bool] = {}  # ctx.patched answers, once per id
         # Children whose run is known to exist (created or found by their
         # spawn-recovery task in this epoch).
-        self._children_ready: set[str] = set()
+        self._children_ready: AbstractSet[str] = _NONE  # a set once the first child is ready
         # Keys of the deadline timers of the enclosing ctx.timeout blocks.
-        self._scopes: list[str] = []
+        self._scopes: tuple[str, ...] = ()  # a tuple: no object per run while empty
         # Invariant: true until a recorded cancel request was raised here.
         self._cancel_pending = True
         self._queries: dict[str, Callable[..., Any]] = {}
@@ -191,6 +224,7 @@ class WorkflowContext:
 
     def _sleep(self, deadline: Callable[[], float]) -> None:
         key = self._start_timer(deadline)
+        del deadline  # not kept alive (with its cells) while the run sleeps
         arrivals = self._cursor.arrivals
         fired = self._race(lambda: arrivals.get(("timer", key)))
         self._cursor.consume_arrival(fired)
@@ -249,8 +283,14 @@ class WorkflowContext:
     def _child_ready(self, child_id: str) -> None:
         """Hub thread, from the child's spawn-recovery task (a greenlet: the
         bell is rung from the hub's callback context)."""
-        self._children_ready.add(child_id)
+        self._note_child_ready(child_id)
         gevent.get_hub().loop.run_callback(self._ring)
+
+    def _note_child_ready(self, child_id: str) -> None:
+        ready = self._children_ready
+        if not isinstance(ready, set):
+            ready = self._children_ready = set()
+        ready.add(child_id)
 
     def parallel(self, items: Sequence[Union[Step, ChildHandle]]) -> list[Any]:
         """Run the steps (``aion.Step(fn, *args, retry=...)``) at once and
@@ -346,7 +386,7 @@ class WorkflowContext:
         else:
             seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
             key = self._start_timer(lambda: time.time() + seconds)
-        self._scopes.append(key)
+        self._scopes += (key,)
         expired = False
         try:
             yield
@@ -364,7 +404,7 @@ class WorkflowContext:
             expired = True
             raise
         finally:
-            self._scopes.remove(key)
+            self._scopes = tuple(k for k in self._scopes if k != key)
             if not expired:
                 self._cancel_timer(key)
 
@@ -384,26 +424,9 @@ class WorkflowContext:
         recorded first; the first recorded wins, live and on replay alike.
         ``go_live()`` is called each time the record decides nothing yet
         (so work starts only when no recorded interruption wins first)."""
-        arrivals = self._cursor.arrivals
-        mine: Optional[ev.Event] = None
-
-        def first() -> Optional[ev.Event]:
-            nonlocal mine
-            best = mine = own()
-            if self._cancel_pending:
-                request = arrivals.get(CANCEL_KEY)
-                if request is not None and (best is None or request.seq < best.seq):
-                    best = request
-            for key in self._scopes:
-                fired = arrivals.get(("timer", key))
-                if fired is not None and (best is None or fired.seq < best.seq):
-                    best = fired
-            if best is None and go_live is not None:
-                go_live()
-            return best
-
+        first = _FirstRecorded(self, own, go_live)
         winner: ev.Event = self._wait(first)
-        if winner is mine:
+        if winner is first.mine:
             return winner
         if abandon is not None:
             abandon()

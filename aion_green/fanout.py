@@ -87,7 +87,7 @@ def fan_out(ctx: "WorkflowContext", items: Sequence[Union[Step, ChildHandle]], f
     cursor = ctx._cursor
     for branch in branches:
         if branch.step is not None:
-            cursor.keyed_steps.add(branch.ordinal)
+            cursor.key_step(branch.ordinal)
 
     def decided() -> Optional[ev.Event]:
         for branch in branches:

@@ -17,7 +17,7 @@ greenlet switch).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional
+from typing import AbstractSet, Any, Callable, Optional, Union
 
 from gevent import monkey
 
@@ -25,6 +25,8 @@ from .errors import EngineClosed
 from .events import MESSAGE_RECEIVED, NewEvent
 
 _allocate_lock = monkey.get_original("_thread", "allocate_lock")
+
+_NOTHING: frozenset[str] = frozenset()
 
 # build(recorder) -> the events to append; called under the lock, so a
 # per-name message index can be taken from recorder.counts (and a repeated
@@ -51,11 +53,12 @@ class Recorder:
         self._next: Optional[int] = None
         # Messages per name recorded or in flight, and dedup ids seen.
         self.counts: dict[str, int] = {}
-        self.seen: set[str] = set()
+        self.seen: AbstractSet[str] = _NOTHING  # a set from the first note_seen()
         # The seq of each message recorded (or in flight) with a dedup id,
         # so a repeated delivery answers with the first one's seq.
         self.dedup_seqs: dict[str, int] = {}
-        self._buffer: list[tuple[Build, Optional[OnDone]]] = []
+        # Appends submitted before init(); a tuple (no object) once it ran.
+        self._buffer: Union[list[tuple[Build, Optional[OnDone]]], tuple[()]] = []
         # Invariant: once closed, submit() refuses (the run's terminal event
         # was submitted: nothing may follow it).
         self.closed = False
@@ -68,9 +71,9 @@ class Recorder:
         with self._lock:
             self._next = head
             self.counts = dict(message_counts)
-            self.seen = set(seen)
+            self.seen = set(seen) if seen else _NOTHING
             self.dedup_seqs = dict(dedup_seqs or {})
-            buffered, self._buffer = self._buffer, []
+            buffered, self._buffer = self._buffer, ()
             for build, extra in buffered:
                 self._submit_locked(build, extra)
 
@@ -79,7 +82,7 @@ class Recorder:
         buffered one ``error`` (the engine then routes them anew)."""
         with self._lock:
             self.closed = True
-            buffered, self._buffer = self._buffer, []
+            buffered, self._buffer = self._buffer, ()
         for _build, extra in buffered:
             if extra is not None:
                 extra([], None, error)
@@ -94,9 +97,21 @@ class Recorder:
             if final:
                 self.closed = True
             if self._next is None:
+                assert isinstance(self._buffer, list)
                 self._buffer.append((build, extra))
                 return None
             return self._submit_locked(build, extra)
+
+    def note_seen(self, key: str) -> None:
+        """Remember a dedup id (under the lock: from a ``build``)."""
+        seen = self.seen
+        if not isinstance(seen, set):
+            seen = self.seen = set()
+        seen.add(key)
+
+    def submit_events(self, events: list[NewEvent]) -> Optional[int]:
+        """:meth:`submit` of events built beforehand (a step's record)."""
+        return self.submit(lambda rec: events)
 
     def _submit_locked(self, build: Build, extra: Optional[OnDone]) -> int:
         events = build(self)

@@ -11,7 +11,7 @@ the same history, so live and replay read it the same way.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import AbstractSet, Any, Callable, Iterable, Optional, Sequence
 
 from . import events as ev
 from .errors import NonDeterminismError
@@ -110,10 +110,17 @@ class HistoryCursor:
         # records land in any order, and those whose wait was abandoned (a
         # cancel or a deadline was recorded first), whose late record is not
         # a command of this workflow's path.
-        self.keyed_steps: set[int] = set()
+        self.keyed_steps: AbstractSet[int] = frozenset()  # a set from the first key_step()
         # Every step record by (ordinal, attempt), for keyed lookups.
         self.step_records: dict[tuple[int, int], ev.Event] = {}
         self.add(history)
+
+    def key_step(self, ordinal: int) -> None:
+        """Match the records of step ``ordinal`` by key from now on."""
+        keyed = self.keyed_steps
+        if not isinstance(keyed, set):
+            keyed = self.keyed_steps = set()
+        keyed.add(ordinal)
 
     @property
     def head_seq(self) -> int:

@@ -65,7 +65,7 @@ class RoutingDriver:
             rec.counts[name] = index + 1
             data: dict[str, Any] = {"name": name, "index": index, "payload": payload}
             if dedup is not None:
-                rec.seen.add(dedup)
+                rec.note_seen(dedup)
                 data["dedup"] = dedup
             return [ev.NewEvent(ev.MESSAGE_RECEIVED, at, data)]
 
@@ -172,7 +172,7 @@ class RoutingDriver:
         def build(rec: Recorder) -> builtins.list[ev.NewEvent]:
             if "cancel" in rec.seen:
                 return []
-            rec.seen.add("cancel")
+            rec.note_seen("cancel")
             return [ev.NewEvent(ev.CANCEL_REQUESTED, at, {"reason": reason})]
 
         store = self._store

@@ -98,30 +98,34 @@ class RunDriver:
         """One live attempt: a pool thread runs it, builds its event and
         hands it to the run's recorder; the run's greenlet wakes once the
         record is durable (record before wake)."""
-        hub, wid = self._hub, info.workflow_id
+        wid = info.workflow_id
         ctx = None
         if self._residency:  # type: ignore[attr-defined]
             # The run stays in memory until this attempt's record is queued.
             ctx = self._runs.get(wid)
             self._step_started(ctx)  # type: ignore[attr-defined]
-        handed_over = self._step_handed_over  # type: ignore[attr-defined]
         # The run span's context, handed over explicitly (tracing.py).
         parent = None if tracing.tracer is None else getattr(self._runs.get(wid), "_trace", None)
+        # A partial, not a closure: thousands of attempts may be in flight,
+        # and each closure cell is one more object for the cyclic GC.
+        self._steps.submit(functools.partial(self._attempt, recorder, fn, args, info, policy,
+                                             parent, ctx))
 
-        def task() -> None:
-            try:
-                if parent is None:
-                    event = attempt_event(fn, args, info, policy)
-                else:
-                    event = tracing.attempt(fn, args, info, policy, parent)
-                recorder.submit(lambda rec: [event])
-            except BaseException as exc:
-                hub.call_soon(self._deliver, wid, [], None, exc)
-            finally:
-                if ctx is not None:
-                    hub.call_soon(handed_over, ctx)
-
-        self._steps.submit(task)
+    def _attempt(self, recorder: Recorder, fn: Callable[..., Any], args: tuple[Any, ...],
+                 info: StepInfo, policy: Retry, parent: Any, ctx: Any) -> None:
+        """Pool thread: run one attempt of a step and record it."""
+        hub = self._hub
+        try:
+            if parent is None:
+                event = attempt_event(fn, args, info, policy)
+            else:
+                event = tracing.attempt(fn, args, info, policy, parent)
+            recorder.submit_events([event])
+        except BaseException as exc:
+            hub.call_soon(self._deliver, info.workflow_id, [], None, exc)
+        finally:
+            if ctx is not None:
+                hub.call_soon(self._step_handed_over, ctx)  # type: ignore[attr-defined]
 
     def _new_recorder(self, wid: str, fence: Optional[int] = None) -> Recorder:
         # on_done(events, head, error) runs _deliver(wid, events, head, error)
@@ -302,6 +306,7 @@ class RunDriver:
             # Recovery may pick up a run that start() just created: with
             # nothing but its WorkflowStarted, it is started, not resumed.
             began, replayed = ctx, len(history) if recovering and len(history) > 1 else 0
+            del history  # the cursor holds the events; this frame lives as long as the run
             logs.run_began(ctx, replayed)
             if tracing.tracer is not None:
                 span = tracing.start_run(ctx, replayed)

@@ -259,7 +259,14 @@ def workflow_step(ctx: "WorkflowContext", fn: Callable[..., Any], args: tuple[An
             info = StepInfo(ctx.workflow_id, ctx.run_id, ordinal, sname, attempt + 1,
                             ctx.generation)
             ctx._engine._run_step(ctx._recorder, fn, args, info, policy)
-        found = ctx._race(cursor.next_command, lambda: cursor.keyed_steps.add(ordinal))
+        try:
+            found = ctx._race(cursor.next_command)
+        except BaseException:
+            # Abandoned (a cancel request or a deadline came first, or the
+            # run ends): a late record of this attempt is not a command of
+            # the workflow's path; it is matched by key.
+            cursor.key_step(ordinal)
+            raise
         recorded = ctx._take(_STEP_TYPES, key, lambda: f"step {ordinal} ({sname})", found)
         assert recorded is not None
         attempt = recorded.data.get("attempt", attempt + 1)

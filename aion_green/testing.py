@@ -199,7 +199,7 @@ def _replay_one(engine: "Engine", fn: Any, info: Any, history: list[Any]) -> Opt
         saved = {name: getattr(engine, name) for name in _PASSIVE}
         engine._run_step = _refuse  # type: ignore[method-assign]
         engine._ensure_child = (  # type: ignore[method-assign]
-            lambda parent, data: ctx._children_ready.add(data["id"]))
+            lambda parent, data: ctx._note_child_ready(data["id"]))
         setattr(engine, "_route_message", lambda *args: args[-1](None, None))  # noqa: B010
         setattr(engine, "_route_cancel", lambda *args: args[-1](None, None))  # noqa: B010
         try:

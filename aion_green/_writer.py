@@ -66,7 +66,8 @@ class StoreWriter:
     # any thread -------------------------------------------------------------------------
     def submit_append(self, workflow_id: str, expected_seq: int,
                       events: Sequence[NewEvent], done: Done, fence: Optional[int] = None) -> None:
-        self._put((Append(workflow_id, expected_seq, tuple(events), fence), done))
+        # The caller's sequence as it is (it is not changed once submitted).
+        self._put((Append(workflow_id, expected_seq, events, fence), done))
 
     def submit_create(self, op: CreateRun, done: Done) -> None:
         self._put((op, done))

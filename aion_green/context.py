@@ -6,6 +6,7 @@ engine's hub thread.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import random as _random
@@ -85,6 +86,11 @@ class RunAborted(BaseException):
 
 
 _NONE: frozenset[str] = frozenset()
+
+
+def _reached(cursor: HistoryCursor, seq: int) -> Optional[bool]:
+    """True once the history holds ``seq`` (a ``ready()`` for ``_wait``)."""
+    return cursor.head_seq >= seq or None
 
 
 class _FirstRecorded:
@@ -469,15 +475,16 @@ class WorkflowContext:
             # Unwinding (evicted, or the store refused an earlier record):
             # a ``finally`` of the workflow must not record anything more.
             raise self._failure
-        target = self._recorder.submit(lambda rec: [event], final=final)
+        # No closures here: their cells would live as long as the wait.
+        target = self._recorder.submit_events([event], final=final)
         assert target is not None, "a live run's recorder is initialised"
         if queued is not None:
             queued()
         cursor = self._cursor
-        self._wait(lambda: cursor.head_seq >= target or None)
+        self._wait(functools.partial(_reached, cursor, target))
         if final:
             return cursor.event(target)
-        recorded = self._take(frozenset({event.type}), {}, lambda: event.type)
+        recorded = self._take(frozenset({event.type}), {}, functools.partial(str, event.type))
         assert recorded is not None and recorded.seq == target
         return recorded
 

@@ -277,6 +277,7 @@ class HubThread:
         # Invariant: every live greenlet spawned here is in _greenlets (it
         # removes itself when it ends), so shutdown can kill and join them.
         self._greenlets: set[Greenlet] = set()
+        self._forget = self._greenlets.discard  # one bound method, not one per spawn
         self._finished = Future()
         self._sentinel: Any = None
         self.stragglers: list[str] = []
@@ -410,7 +411,7 @@ class HubThread:
         if name:
             glet.name = name
         self._greenlets.add(glet)
-        glet.rawlink(self._greenlets.discard)
+        glet.rawlink(self._forget)
         glet.start()
 
     def _drain(self) -> None:

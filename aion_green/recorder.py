@@ -28,6 +28,10 @@ _allocate_lock = monkey.get_original("_thread", "allocate_lock")
 
 _NOTHING: frozenset[str] = frozenset()
 
+
+def _given(events: list[NewEvent], recorder: "Recorder") -> list[NewEvent]:
+    return events
+
 # build(recorder) -> the events to append; called under the lock, so a
 # per-name message index can be taken from recorder.counts (and a repeated
 # delivery recognised in recorder.seen). An empty list appends nothing.
@@ -109,9 +113,10 @@ class Recorder:
             seen = self.seen = set()
         seen.add(key)
 
-    def submit_events(self, events: list[NewEvent]) -> Optional[int]:
-        """:meth:`submit` of events built beforehand (a step's record)."""
-        return self.submit(lambda rec: events)
+    def submit_events(self, events: list[NewEvent], final: bool = False) -> Optional[int]:
+        """:meth:`submit` of events built beforehand (a step's record, a
+        workflow's command)."""
+        return self.submit(functools.partial(_given, events), final=final)
 
     def _submit_locked(self, build: Build, extra: Optional[OnDone]) -> int:
         events = build(self)

@@ -87,6 +87,9 @@ def pending_timers(history: Sequence[ev.Event]) -> dict[str, float]:
     return pending
 
 
+_NO_KEYS: frozenset[int] = frozenset()
+
+
 class HistoryCursor:
     """Position of a workflow in its history; used only by the run's own
     greenlet and the hub callbacks that record into it (one thread)."""
@@ -110,7 +113,7 @@ class HistoryCursor:
         # records land in any order, and those whose wait was abandoned (a
         # cancel or a deadline was recorded first), whose late record is not
         # a command of this workflow's path.
-        self.keyed_steps: AbstractSet[int] = frozenset()  # a set from the first key_step()
+        self.keyed_steps: AbstractSet[int] = _NO_KEYS  # a set from the first key_step()
         # Every step record by (ordinal, attempt), for keyed lookups.
         self.step_records: dict[tuple[int, int], ev.Event] = {}
         self.add(history)

@@ -45,6 +45,10 @@ from .store import RunInfo
 log = logging.getLogger("aion_green.engine")
 
 
+def _ignore(*_: Any) -> None:
+    pass
+
+
 def _closed_while_waiting() -> EngineClosed:
     return EngineClosed("the engine shut down while waiting for the result; "
                         "the run resumes when an engine starts over this store")
@@ -52,6 +56,9 @@ def _closed_while_waiting() -> EngineClosed:
 
 class RunDriver:
     """The hub-thread half of the Engine (see the module docstring)."""
+
+    # (hub, partial(hub.call_soon, self._deliver)) of the current epoch.
+    _deliver_soon: tuple[Any, Any] = (None, None)
 
     # Provided by Engine.
     _hub: Any
@@ -131,8 +138,10 @@ class RunDriver:
         # on_done(events, head, error) runs _deliver(wid, events, head, error)
         # on the hub thread; a partial, so the writer runs no Python frame
         # of ours for it.
-        return Recorder(wid, self._writer, functools.partial(self._hub.call_soon, self._deliver, wid),
-                        fence)
+        hub = self._hub
+        if self._deliver_soon[0] is not hub:  # bound once per epoch: two objects per run, not four
+            self._deliver_soon = (hub, functools.partial(hub.call_soon, self._deliver))
+        return Recorder(wid, self._writer, functools.partial(self._deliver_soon[1], wid), fence)
 
     def _deliver(self, wid: str, events: builtins.list[ev.NewEvent], head: Optional[int],
                  error: Optional[BaseException]) -> None:
@@ -330,10 +339,10 @@ class RunDriver:
             if self._leased:
                 # Whoever writes it now (or a replay here) may take it at once,
                 # without waiting for the lease to run out.
-                store = self._store
+                # (No closure: its cells would live in this frame as long as the run.)
                 self._writer.submit_call(
-                    lambda: store.release_leases(self.engine_id, [wid]),  # type: ignore[attr-defined]
-                    lambda *_: None)
+                    functools.partial(self._store.release_leases, self.engine_id, [wid]),  # type: ignore[union-attr]
+                    _ignore)
         except RunAborted as exc:
             outcome = "aborted"
             log.error("run %r stopped: the store refused a record (%s); it stays unfinished "

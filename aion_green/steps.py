@@ -7,6 +7,7 @@ greenlet as data, already reduced to the JSON that history will hold.
 from __future__ import annotations
 
 import _queue
+import functools
 import json.encoder
 import logging
 import random as _random
@@ -235,6 +236,11 @@ class StepPool:
 _STEP_TYPES = frozenset({STEP_COMPLETED, STEP_FAILED})
 
 
+def _describe(ordinal: int, name: str) -> str:
+    # Not a lambda in workflow_step: its cells would live as long as the wait.
+    return f"step {ordinal} ({name})"
+
+
 def workflow_step(ctx: "WorkflowContext", fn: Callable[..., Any], args: tuple[Any, ...],
                   retry: Optional[Retry], name: Optional[str]) -> Any:
     """``ctx.step`` (see there), on the run's greenlet: the recorded
@@ -267,7 +273,7 @@ def workflow_step(ctx: "WorkflowContext", fn: Callable[..., Any], args: tuple[An
             # the workflow's path; it is matched by key.
             cursor.key_step(ordinal)
             raise
-        recorded = ctx._take(_STEP_TYPES, key, lambda: f"step {ordinal} ({sname})", found)
+        recorded = ctx._take(_STEP_TYPES, key, functools.partial(_describe, ordinal, sname), found)
         assert recorded is not None
         attempt = recorded.data.get("attempt", attempt + 1)
         if recorded.type == STEP_COMPLETED:

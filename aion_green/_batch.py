@@ -19,8 +19,9 @@ class BatchPlan:
 
     def __init__(self) -> None:
         self.rows: list[tuple[str, int, str, float, str]] = []  # (wid, seq, type, at, data json)
-        # wid -> (head, updated_at), written once per run after the checks.
-        self.moved: dict[str, tuple[int, float]] = {}
+        # wid -> (head, updated_at, wid): the parameters of the run's head
+        # update, written once per run after the checks.
+        self.moved: dict[str, tuple[int, float, str]] = {}
         self.finals: list[tuple[Any, ...]] = []  # (status, result json, error json, wid)
         self.timers_started: list[tuple[str, str, float]] = []
         self.timers_ended: list[tuple[str, str]] = []
@@ -65,7 +66,7 @@ class BatchPlan:
                     wid,
                 ))
         heads[wid] = seq
-        self.moved[wid] = (seq, op.events[-1].at)
+        self.moved[wid] = (seq, op.events[-1].at, wid)
         return seq
 
 

@@ -154,9 +154,9 @@ class SQLiteStore:
         if version != self._data_version or len(known) > _KNOWN_HEADS_MAX:
             known.clear()
             self._data_version = version
-        heads = {wid: known[wid] for wid in wids if wid in known}
+        heads = {wid: known[wid] for wid in wids & known.keys()}
         if len(heads) < len(wids):
-            heads.update(self._heads({wid for wid in wids if wid not in heads}))
+            heads.update(self._heads(wids - heads.keys()))
         return heads
 
     def _insert_at_head(self, conn: sqlite3.Connection, workflow_id: str, head: int,
@@ -175,6 +175,7 @@ class SQLiteStore:
             # Read under the write lock: no other writer can move a head
             # between this check and the commit.
             heads = self._batch_heads(conn, {op.workflow_id for op in ops if type(op) is Append})
+            created = []
             for op in ops:
                 if type(op) is Append:
                     outcomes.append(plan.append(op, heads))
@@ -183,10 +184,12 @@ class SQLiteStore:
                     outcome = self._create_one(op, plan.rows)
                     heads.setdefault(op.workflow_id, outcome[1].head_seq)
                     outcomes.append(outcome)
+                    if outcome[0]:
+                        created.append(op.workflow_id)
             if plan.moved:
                 conn.executemany(
                     "UPDATE runs SET head_seq=?, updated_at=? WHERE workflow_id=?",
-                    [(head, at, wid) for wid, (head, at) in plan.moved.items()],
+                    list(plan.moved.values()),
                 )
             if plan.timers_started:
                 conn.executemany(
@@ -211,11 +214,10 @@ class SQLiteStore:
                 self._roll_over(conn, wid, data, at)
         # Committed: remember the heads moved, forget the runs that ended.
         known = self._known_heads
-        for op, outcome in zip(ops, outcomes):
-            if type(op) is CreateRun and outcome[0]:
-                known[op.workflow_id] = 1
-        for wid in plan.moved:
-            known[wid] = heads[wid]
+        for wid in created:
+            known[wid] = 1
+        for head, _, wid in plan.moved.values():
+            known[wid] = head
         for final in plan.finals:
             known.pop(final[3], None)
         return outcomes

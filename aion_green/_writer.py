@@ -26,6 +26,7 @@ _sleep = monkey.get_original("time", "sleep")
 
 Done = Callable[[Any, Optional[BaseException]], None]
 _STOP = object()
+_WRITES = frozenset({Append, CreateRun})  # the ops that go into a group commit
 
 
 def future_done(future: Future) -> Done:
@@ -124,7 +125,7 @@ class StoreWriter:
                         batch.append(queue.get_nowait())
                     except _queue.Empty:
                         break
-                if any(item is _STOP for item in batch):
+                if _STOP in batch:  # (a C-level scan: ops never compare equal to it)
                     stopping = True
                     batch = [item for item in batch if item is not _STOP]
                 self._run_batch(batch)
@@ -174,10 +175,10 @@ class StoreWriter:
                 return
             self.writes += len(writes)
             for (_, done), outcome in zip(writes, outcomes):
-                if isinstance(outcome, BaseException):
-                    done(None, outcome)
-                else:
+                if type(outcome) is int or not isinstance(outcome, BaseException):
                     done(outcome, None)
+                else:
+                    done(None, outcome)
             return
 
     def _take_queued(self, writes: list[tuple[Any, Done]]) -> None:
@@ -199,11 +200,13 @@ class StoreWriter:
                 self._backlog.append(item)
 
     def _run_batch(self, batch: list[tuple[Any, Done]]) -> None:
-        writes = [(op, done) for op, done in batch if isinstance(op, (Append, CreateRun))]
+        writes = [item for item in batch if type(item[0]) in _WRITES]
         if writes:
             self._write(writes)
+        if len(writes) == len(batch):
+            return
         for op, done in batch:
-            if callable(op):
+            if type(op) not in _WRITES:
                 try:
                     value = op()
                 except Exception as exc:

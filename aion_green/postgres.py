@@ -220,7 +220,7 @@ class PostgresStore(PgRewind):
                     outcomes.append(outcome)
             if plan.moved:
                 cur.executemany("UPDATE aion_runs SET head_seq=%s, updated_at=%s WHERE workflow_id=%s",
-                                [(head, at, wid) for wid, (head, at) in plan.moved.items()])
+                                list(plan.moved.values()))
             if plan.timers_started:
                 cur.executemany(
                     "INSERT INTO aion_timers(workflow_id, timer_key, fire_at) VALUES (%s,%s,%s) "

@@ -57,11 +57,10 @@ class BatchPlan:
                 self.rollovers.append((wid, event.data, event.at))
                 self.finals.append((ev.CONTINUED, None, None, wid))  # drops its timers too
             elif event.type in ev.TERMINAL_TYPES:
-                result = event.data.get("result")
                 error = event.data.get("error")
                 self.finals.append((
                     ev.STATUS_OF_TERMINAL[event.type],
-                    None if result is None else json.dumps(result),
+                    ev.result_json(event),
                     None if error is None else json.dumps(error),
                     wid,
                 ))

@@ -30,6 +30,7 @@ from .errors import StoreError, WorkflowIdConflict, WorkflowNotFound
 from .store import Append, CreateRun, IEventStore, NewRun, RunInfo
 
 _KNOWN_HEADS_MAX = 100_000
+_encode_str = json.encoder.encode_basestring_ascii  # json.dumps of a str, without its overhead
 
 
 @implementer(IEventStore)
@@ -319,8 +320,8 @@ class SQLiteStore:
             existing = self._get_run(op.workflow_id)
             assert existing is not None
             return False, existing
-        data = (f'{{"workflow_type":{json.dumps(op.workflow_type)},'
-                f'"run_id":{json.dumps(op.run_id)},"args":{op.args_json}}}')
+        data = (f'{{"workflow_type":{_encode_str(op.workflow_type)},'
+                f'"run_id":{_encode_str(op.run_id)},"args":{op.args_json}}}')
         rows.append((op.workflow_id, 1, ev.WORKFLOW_STARTED, op.at, data))
         return True, RunInfo(
             op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING, json.loads(op.args_json),

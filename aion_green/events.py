@@ -172,6 +172,28 @@ def encode(value: Any, what: Union[str, Callable[[], str]]) -> str:
         ) from None
 
 
+_RESULT_OPEN = '{"result":'
+
+
+def completed(at: float, value: Any, value_json: str) -> NewEvent:
+    """``WorkflowCompleted`` with its data already encoded (from
+    :func:`encode_decoded`): the store takes the result's JSON from it."""
+    return NewEvent(WORKFLOW_COMPLETED, at, {"result": value}, _RESULT_OPEN + value_json + "}")
+
+
+def result_json(event: NewEvent) -> Optional[str]:
+    """The JSON of a terminal event's ``result`` (None for none), for the
+    run's row: cut from the event's own encoding when :func:`completed`
+    built it, so it is encoded once."""
+    value = event.data.get("result")
+    if value is None:
+        return None
+    encoded = event.encoded
+    if encoded is not None and encoded.startswith(_RESULT_OPEN) and len(event.data) == 1:
+        return encoded[len(_RESULT_OPEN):-1]
+    return json.dumps(value)
+
+
 def decode(text: str) -> Any:
     return json.loads(text)
 

@@ -136,15 +136,17 @@ class HistoryCursor:
     def add(self, events: Iterable[ev.Event]) -> None:
         """Events recorded (loaded, or appended live), in seq order."""
         for event in events:
-            self._events.append(event)
-            if event.type in ARRIVAL_TYPES:
-                key = arrival_key(event)
-                if key is not None:
-                    self.arrivals.setdefault(key, event)
-            elif event.type in _STEP_TYPES:
-                data = event.data
-                self.step_records.setdefault((int(data.get("step", 0)), int(data.get("attempt", 1))),
-                                             event)
+            self.add_one(event)
+
+    def add_one(self, event: ev.Event) -> None:
+        self._events.append(event)
+        if event.type in ARRIVAL_TYPES:
+            key = arrival_key(event)
+            if key is not None:
+                self.arrivals.setdefault(key, event)
+        elif event.type in _STEP_TYPES:
+            data = event.data
+            self.step_records.setdefault((int(data.get("step", 0)), int(data.get("attempt", 1))), event)
 
     def event(self, seq: int) -> ev.Event:
         """The recorded event with ``seq`` (a history starts at seq 1)."""

@@ -157,9 +157,12 @@ class RunDriver:
         if error is not None or head is None:
             ctx._on_failed(error or InternalError("an append completed without a head"))
             return
-        if len(events) == 1:
+        if len(events) == 1:  # the hot path (a step's record): ctx._on_recorded, inlined
             (e,) = events
-            ctx._on_recorded((ev.Event(head, e.type, e.at, e.data),))
+            ctx._cursor.add_one(ev.Event(head, e.type, e.at, e.data))
+            if ctx._parked:
+                ctx._parked = False
+                ctx._bell.switch(None)
             return
         first = head - len(events) + 1
         ctx._on_recorded([ev.Event(first + i, e.type, e.at, e.data) for i, e in enumerate(events)])
@@ -394,7 +397,7 @@ class RunDriver:
                 ctx._finish_check(f"the workflow to raise {type(exc).__name__}")
                 raise
             ctx._finish_check("the workflow to return")
-            result = ev.roundtrip(result, f"the result of workflow {wid!r}")
+            result, result_text = ev.encode_decoded(result, f"the result of workflow {wid!r}")
             event_type, data, status = ev.WORKFLOW_COMPLETED, {"result": result}, ev.COMPLETED
         except (GreenletExit, RunLost, RunAborted, RunEvicted):
             raise
@@ -417,7 +420,9 @@ class RunDriver:
             if not isinstance(failure, NonDeterminismError):
                 error["traceback"] = "".join(traceback.format_exception(failure)[-8:])
             event_type, data, status, result = ev.WORKFLOW_FAILED, {"error": error}, ev.FAILED, None
-        end = ctx._record(ev.NewEvent(event_type, time.time(), data), final=True)
+        end = ctx._record(ev.completed(time.time(), result, result_text)
+                          if status == ev.COMPLETED else ev.NewEvent(event_type, time.time(), data),
+                          final=True)
         if status == ev.CONTINUED:
             # Not this run's end: the next run, as the store began it
             # (marked "continued" for _drive, which starts driving it).

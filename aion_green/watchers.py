@@ -101,7 +101,9 @@ class _WatchTable(_Table[tuple[Hashable, str]]):
             self.pop(key)
 
     def pop_parent(self, parent: Hashable) -> list[Greenlet]:
-        children = self._by_parent.pop(parent, set())
+        children = self._by_parent.pop(parent, None)
+        if children is None:  # (most runs start no child)
+            return []
         # Not `if glet`: a Greenlet is falsy once it has ended.
         popped = [self._tasks.pop((parent, child), None) for child in children]
         return [glet for glet in popped if glet is not None]
@@ -213,7 +215,11 @@ class ChildTaskRegistry:
 
     def abort_watches_for_parent(self, parent: Hashable) -> None:
         """Disarm every watcher of ``parent`` (its run ended here)."""
-        if not self._closing:
+        if self._closing:
+            return
+        if self._hub.in_hub_thread():  # (a run's end: the common case, no crossing)
+            self._abort_parent_here(parent)
+        else:
             self._on_hub(self._abort_parent_here, parent, refused=None)
 
     def armed_watch_count(self) -> int:

@@ -180,9 +180,13 @@ class HistoryCursor:
         for k, v in key.items():
             if data.get(k) != v:
                 raise NonDeterminismError(self.workflow_id, event.seq, expected(), event.describe())
+        self.consume(event)
+        return event
+
+    def consume(self, event: ev.Event) -> None:
+        """``event``, the next command (checked by the caller), is replayed."""
         self._pos += 1
         self.current_at = event.at
-        return event
 
     def consume_arrival(self, event: ev.Event) -> None:
         """An arrival was used by a wait: it sets the workflow's time."""

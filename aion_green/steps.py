@@ -246,12 +246,12 @@ def workflow_step(ctx: "WorkflowContext", fn: Callable[..., Any], args: tuple[An
     """``ctx.step`` (see there), on the run's greenlet: the recorded
     outcome on replay; live, each attempt on the pool, retried after its
     backoff while the policy allows."""
-    ctx._check()
+    if ctx._divergence is not None or ctx._engine._hub._closing:
+        ctx._check()  # raises
     policy = retry or NO_RETRY
     ctx._step_ordinal += 1
     ordinal = ctx._step_ordinal
-    sname = name or step_name(fn)
-    key = {"step": ordinal, "name": sname}
+    sname = name or getattr(fn, "__qualname__", None) or step_name(fn)
     attempt = 0
     backoff_due = 0.0
     cursor = ctx._cursor
@@ -273,11 +273,18 @@ def workflow_step(ctx: "WorkflowContext", fn: Callable[..., Any], args: tuple[An
             # the workflow's path; it is matched by key.
             cursor.key_step(ordinal)
             raise
-        recorded = ctx._take(_STEP_TYPES, key, functools.partial(_describe, ordinal, sname), found)
-        assert recorded is not None
-        attempt = recorded.data.get("attempt", attempt + 1)
+        data = found.data
+        if found.type in _STEP_TYPES and data.get("step") == ordinal and data.get("name") == sname:
+            cursor.consume(found)  # (ctx._take's check, inlined: this runs once per step)
+            recorded = found
+        else:  # a divergence: _take raises NonDeterminismError and fails the run
+            taken = ctx._take(_STEP_TYPES, {"step": ordinal, "name": sname},
+                              functools.partial(_describe, ordinal, sname), found)
+            assert taken is not None
+            recorded, data = taken, taken.data
+        attempt = data.get("attempt", attempt + 1)
         if recorded.type == STEP_COMPLETED:
-            return recorded.data.get("result")
-        if not recorded.data.get("retryable"):
-            raise ctx._step_error(ordinal, sname, recorded.data, attempt)
+            return data.get("result")
+        if not data.get("retryable"):
+            raise ctx._step_error(ordinal, sname, data, attempt)
         backoff_due = policy.delay(attempt)

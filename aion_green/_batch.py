@@ -48,7 +48,9 @@ class BatchPlan:
         seq = head
         for event in op.events:
             seq += 1
-            self.rows.append((wid, seq, event.type, event.at, event.data_json()))
+            encoded = event.encoded  # (data_json(), inlined: once per appended event)
+            self.rows.append((wid, seq, event.type, event.at,
+                              encoded if encoded is not None else event.data_json()))
             if event.type == ev.TIMER_STARTED:
                 self.timers_started.append((wid, event.data["timer"], event.data["fire_at"]))
             elif event.type in _TIMER_ENDS:

@@ -155,7 +155,7 @@ def _consume(ctx: "WorkflowContext", branch: _Branch) -> None:
         return
     assert branch.step is not None
     while True:
-        record = cursor.step_records.get((branch.ordinal, branch.attempt + 1))
+        record = cursor.step_record(branch.ordinal, branch.attempt + 1)
         if record is None:
             return
         if record.data.get("name") != branch.name:

@@ -90,6 +90,11 @@ def pending_timers(history: Sequence[ev.Event]) -> dict[str, float]:
 _NO_KEYS: frozenset[int] = frozenset()
 
 
+def _index_step(records: dict[tuple[int, int], ev.Event], event: ev.Event) -> None:
+    data = event.data
+    records.setdefault((int(data.get("step", 0)), int(data.get("attempt", 1))), event)
+
+
 class HistoryCursor:
     """Position of a workflow in its history; used only by the run's own
     greenlet and the hub callbacks that record into it (one thread)."""
@@ -114,8 +119,9 @@ class HistoryCursor:
         # cancel or a deadline was recorded first), whose late record is not
         # a command of this workflow's path.
         self.keyed_steps: AbstractSet[int] = _NO_KEYS  # a set from the first key_step()
-        # Every step record by (ordinal, attempt), for keyed lookups.
-        self.step_records: dict[tuple[int, int], ev.Event] = {}
+        # Every step record by (ordinal, attempt), for keyed lookups: built
+        # at the first lookup (a run with no fan-out never needs it).
+        self._step_records: Optional[dict[tuple[int, int], ev.Event]] = None
         self.add(history)
 
     def key_step(self, ordinal: int) -> None:
@@ -144,9 +150,18 @@ class HistoryCursor:
             key = arrival_key(event)
             if key is not None:
                 self.arrivals.setdefault(key, event)
-        elif event.type in _STEP_TYPES:
-            data = event.data
-            self.step_records.setdefault((int(data.get("step", 0)), int(data.get("attempt", 1))), event)
+        elif self._step_records is not None and event.type in _STEP_TYPES:
+            _index_step(self._step_records, event)
+
+    def step_record(self, ordinal: int, attempt: int) -> Optional[ev.Event]:
+        """The first record of attempt ``attempt`` of step ``ordinal``."""
+        records = self._step_records
+        if records is None:
+            records = self._step_records = {}
+            for event in self._events:
+                if event.type in _STEP_TYPES:
+                    _index_step(records, event)
+        return records.get((ordinal, attempt))
 
     def event(self, seq: int) -> ev.Event:
         """The recorded event with ``seq`` (a history starts at seq 1)."""

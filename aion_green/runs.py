@@ -385,7 +385,9 @@ class RunDriver:
         data: dict[str, Any]
         try:
             try:
-                result = fn(ctx, *args)
+                # (Without *args when there are none: that tuple would live
+                # as long as the run.)
+                result = fn(ctx, *args) if args else fn(ctx)
             except ContinueAsNew:
                 ctx._finish_check("the workflow to continue as new")
                 raise

@@ -106,15 +106,15 @@ def _kill_before_record(step: int) -> None:
 
 
 def _kill_in_replay(step: int) -> None:
-    original = _replay.HistoryCursor.take
+    # consume() is where every replayed command is handed out (take() ends in it).
+    original = _replay.HistoryCursor.consume
 
-    def take(self, types, key, expected, *rest):
-        event = original(self, types, key, expected, *rest)
-        if event is not None and event.type == "StepCompleted" and event.data.get("step") == step:
+    def consume(self, event):
+        original(self, event)
+        if event.type == "StepCompleted" and event.data.get("step") == step:
             _die()
-        return event
 
-    _replay.HistoryCursor.take = take
+    _replay.HistoryCursor.consume = consume
 
 
 def main(argv=None) -> int:

@@ -31,8 +31,6 @@ from .errors import (
     EngineClosed,
     QueryFailed,
     Timeout,
-    WorkflowCancelled,
-    WorkflowFailed,
     WorkflowIdConflict,
     WorkflowNotFound,
     WorkflowNotRunning,
@@ -44,7 +42,7 @@ from .recorder import Recorder
 from .registry import Registry, workflow_name
 from .residency import ResidencyDriver
 from .routing import RoutingDriver
-from .runs import RunDriver, _closed_while_waiting
+from .runs import RunDriver, _closed_while_waiting, outcome
 from .sharing import DriverLock, PgDriverLock, SharingDriver
 from .steps import StepPool
 from .store import RunInfo, open_store
@@ -403,6 +401,10 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         """Wait for the run's end; return its result or raise
         :class:`WorkflowFailed` (or :class:`Timeout` when ``timeout`` passes)."""
         self._ensure_started()
+        # Lately ended: answered without a crossing to the hub (rewind.py forgets a resumed id).
+        info: Optional[RunInfo] = self._recently_finished.get(workflow_id)
+        if info is not None:
+            return outcome(workflow_id, info)
         future = Future()
         self._hub.call_soon(self._register_waiter, workflow_id, future)  # type: ignore[union-attr]
         deadline = None if timeout is None else _clock.monotonic() + timeout
@@ -417,13 +419,7 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
                 )
             if not future.wait(1.0 if left is None else min(left, 1.0)) and self._closed:
                 future.set_exception(_closed_while_waiting())
-        info: RunInfo = future.result()
-        if info.status == ev.COMPLETED:
-            return info.result
-        error = info.error or {"type": info.status, "message": info.status}
-        if info.status == ev.CANCELLED:
-            raise WorkflowCancelled(workflow_id, error)
-        raise WorkflowFailed(workflow_id, error)
+        return outcome(workflow_id, future.result())
 
     def describe(self, workflow_id: str) -> RunInfo:
         self._ensure_started()

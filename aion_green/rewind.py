@@ -93,6 +93,7 @@ def _hand_over(engine: "Engine", info: RunInfo) -> None:
     kept here (queued on the hub before this returns, so a ``result()``
     asked after it never sees the old run's end), and drive it here if
     this engine drives its store's runs."""
+    engine._recently_finished.pop(info.workflow_id, None)  # result() reads it from any thread
     engine._hub.call_soon(engine._recently_finished.pop, info.workflow_id, None)
     if engine.driving and not engine._leased:
         engine._hub.spawn(_drive_when_free, engine, info, name=f"rewind:{info.workflow_id}")

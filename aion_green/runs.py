@@ -31,6 +31,8 @@ from .errors import (
     NonDeterminismError,
     SerializationError,
     StoreError,
+    WorkflowCancelled,
+    WorkflowFailed,
     WorkflowNotFound,
     WorkflowNotRegistered,
 )
@@ -47,6 +49,17 @@ log = logging.getLogger("aion_green.engine")
 
 def _ignore(*_: Any) -> None:
     pass
+
+
+def outcome(workflow_id: str, info: RunInfo) -> Any:
+    """What ``result()`` gives for a finished run: its result, or the error
+    it ended with raised as :class:`WorkflowFailed` / :class:`WorkflowCancelled`."""
+    if info.status == ev.COMPLETED:
+        return info.result
+    error = info.error or {"type": info.status, "message": info.status}
+    if info.status == ev.CANCELLED:
+        raise WorkflowCancelled(workflow_id, error)
+    raise WorkflowFailed(workflow_id, error)
 
 
 def _closed_while_waiting() -> EngineClosed:

@@ -35,7 +35,7 @@ from .errors import (
 )
 from .fanout import Step
 from .recorder import Recorder
-from .replay import CANCEL_KEY, HistoryCursor
+from .replay import FirstRecorded, HistoryCursor, reached
 from .steps import Retry, run_key
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -86,41 +86,6 @@ class RunAborted(BaseException):
 
 
 _NONE: frozenset[str] = frozenset()
-
-
-def _reached(cursor: HistoryCursor, seq: int) -> Optional[bool]:
-    """True once the history holds ``seq`` (a ``ready()`` for ``_wait``)."""
-    return cursor.head_seq >= seq or None
-
-
-class _FirstRecorded:
-    """The ``ready()`` of a race (see ``WorkflowContext._race``): the first
-    recorded of ``own()``, a cancel request and the deadlines of the
-    enclosing timeout blocks. An object, not a closure: a parked run keeps
-    one, and each closure cell would be one more object for the cyclic GC."""
-
-    __slots__ = ("ctx", "own", "go_live", "mine")
-
-    def __init__(self, ctx: "WorkflowContext", own: Callable[[], Optional[ev.Event]],
-                 go_live: Optional[Callable[[], None]]) -> None:
-        self.ctx, self.own, self.go_live = ctx, own, go_live
-        self.mine: Optional[ev.Event] = None
-
-    def __call__(self) -> Optional[ev.Event]:
-        ctx = self.ctx
-        best = self.mine = self.own()
-        arrivals = ctx._cursor.arrivals
-        if ctx._cancel_pending:
-            request = arrivals.get(CANCEL_KEY)
-            if request is not None and (best is None or request.seq < best.seq):
-                best = request
-        for key in ctx._scopes:
-            fired = arrivals.get(("timer", key))
-            if fired is not None and (best is None or fired.seq < best.seq):
-                best = fired
-        if best is None and self.go_live is not None:
-            self.go_live()
-        return best
 
 
 class WorkflowContext:
@@ -430,7 +395,7 @@ class WorkflowContext:
         recorded first; the first recorded wins, live and on replay alike.
         ``go_live()`` is called each time the record decides nothing yet
         (so work starts only when no recorded interruption wins first)."""
-        first = _FirstRecorded(self, own, go_live)
+        first = FirstRecorded(self, own, go_live)
         winner: ev.Event = self._wait(first)
         if winner is first.mine:
             return winner
@@ -481,7 +446,7 @@ class WorkflowContext:
         if queued is not None:
             queued()
         cursor = self._cursor
-        self._wait(functools.partial(_reached, cursor, target))
+        self._wait(functools.partial(reached, cursor, target))
         if final:
             return cursor.event(target)
         recorded = self._take(frozenset({event.type}), {}, functools.partial(str, event.type))

@@ -213,3 +213,39 @@ class HistoryCursor:
         event = self.next_command()
         if event is not None and event.type not in ev.TERMINAL_TYPES:
             raise NonDeterminismError(self.workflow_id, event.seq, ending, event.describe())
+
+
+def reached(cursor: HistoryCursor, seq: int) -> Optional[bool]:
+    """True once the history holds ``seq`` (a ``ready()`` for ``_wait``)."""
+    return cursor.head_seq >= seq or None
+
+
+class FirstRecorded:
+    """The ``ready()`` of a race (``WorkflowContext._race``, whose context
+    is ``ctx``): the first recorded of ``own()``, a cancel request and the
+    deadlines of the enclosing timeout blocks. An object, not a closure: a
+    parked run keeps one, and each closure cell would be one more object
+    for the cyclic GC."""
+
+    __slots__ = ("ctx", "own", "go_live", "mine")
+
+    def __init__(self, ctx: Any, own: Callable[[], Optional[ev.Event]],
+                 go_live: Optional[Callable[[], None]]) -> None:
+        self.ctx, self.own, self.go_live = ctx, own, go_live
+        self.mine: Optional[ev.Event] = None
+
+    def __call__(self) -> Optional[ev.Event]:
+        ctx = self.ctx
+        best = self.mine = self.own()
+        arrivals = ctx._cursor.arrivals
+        if ctx._cancel_pending:
+            request = arrivals.get(CANCEL_KEY)
+            if request is not None and (best is None or request.seq < best.seq):
+                best = request
+        for key in ctx._scopes:
+            fired = arrivals.get(("timer", key))
+            if fired is not None and (best is None or fired.seq < best.seq):
+                best = fired
+        if best is None and self.go_live is not None:
+            self.go_live()
+        return best

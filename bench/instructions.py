@@ -27,35 +27,16 @@ import tempfile
 CHILD = r'''
 import os, sys, tempfile, shutil
 sys.path.insert(0, sys.argv[3])
+sys.path.insert(0, os.path.join(sys.argv[3], "bench"))
 import aion_green as aion
-from gevent import monkey
-start_thread = monkey.get_original("_thread", "start_new_thread")
-allocate_lock = monkey.get_original("_thread", "allocate_lock")
+from steps import in_threads, trivial  # bench/steps.py's own helpers
 STEPS = int(sys.argv[2])
-
-def trivial(i):
-    return i
 
 @aion.workflow(name="bench.instructions")
 def steps(ctx):
     for i in range(STEPS):
         ctx.step(trivial, i)
     return STEPS
-
-def in_threads(n_threads, fn, items):
-    chunks = [items[i::n_threads] for i in range(n_threads)]
-    done = [allocate_lock() for _ in chunks]
-    for lock, chunk in zip(done, chunks):
-        lock.acquire()
-        def run(chunk=chunk, lock=lock):
-            try:
-                for item in chunk:
-                    fn(item)
-            finally:
-                lock.release()
-        start_thread(run, ())
-    for lock in done:
-        lock.acquire()
 
 tmp = tempfile.mkdtemp()
 try:

@@ -21,6 +21,7 @@ from .store import Append, CreateRun, IEventStore
 
 log = logging.getLogger("aion_green.store")
 
+_tuple_new = tuple.__new__
 _start_new_thread = monkey.get_original("_thread", "start_new_thread")
 _sleep = monkey.get_original("time", "sleep")
 
@@ -68,7 +69,13 @@ class StoreWriter:
     def submit_append(self, workflow_id: str, expected_seq: int,
                       events: Sequence[NewEvent], done: Done, fence: Optional[int] = None) -> None:
         # The caller's sequence as it is (it is not changed once submitted).
-        self._put((Append(workflow_id, expected_seq, events, fence), done))
+        # (_put inlined, and the Append built without its Python __new__:
+        # once per step.)
+        if self._closed:
+            raise EngineClosed("the engine's store writer is closed; create a new Engine")
+        self._queue.put((_tuple_new(Append, (workflow_id, expected_seq, events, fence)), done))
+        if self._stopped:
+            self._fail_leftovers()
 
     def submit_create(self, op: CreateRun, done: Done) -> None:
         self._put((op, done))

@@ -35,7 +35,7 @@ from .errors import (
 )
 from .fanout import Step
 from .recorder import Recorder
-from .replay import FirstRecorded, HistoryCursor, reached
+from .replay import CANCEL_KEY, FirstRecorded, HistoryCursor, reached
 from .steps import Retry, run_key
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -409,24 +409,44 @@ class WorkflowContext:
 
     def _wait(self, ready: Callable[[], Any]) -> Any:
         """Park until ``ready()`` gives something (it reads the history)."""
-        bell = self._bell
         while True:
             if self._failure is not None:
                 raise self._failure
             found = ready()
             if found is not None:
                 return found
-            bell.clear()
-            self._parked = True
-            engine = self._engine
+            self._park()
+
+    def _next_command(self) -> ev.Event:
+        """``_race(cursor.next_command)``, the wait of a step for its record,
+        without the race while nothing can interrupt it (no cancel request
+        recorded and not yet raised, no enclosing timeout block): the hot
+        path. It races as soon as something could (a cancel request is
+        recorded while it is parked)."""
+        cursor = self._cursor
+        while True:
+            if (self._failure is not None or self._scopes
+                    or (self._cancel_pending and CANCEL_KEY in cursor.arrivals)):
+                return self._race(cursor.next_command)
+            found = cursor.next_command()
+            if found is not None:
+                return found
+            self._park()
+
+    def _park(self) -> None:
+        """Wait for the next event recorded for this run (or a failure)."""
+        bell = self._bell
+        bell.clear()
+        self._parked = True
+        engine = self._engine
+        if engine._residency:
+            engine._on_park(self)
+        try:
+            bell.get()
+        finally:
+            self._parked = False
             if engine._residency:
-                engine._on_park(self)
-            try:
-                bell.get()
-            finally:
-                self._parked = False
-                if engine._residency:
-                    engine._on_unpark(self)
+                engine._on_unpark(self)
 
     def _record(self, event: ev.NewEvent, final: bool = False,
                 queued: Optional[Callable[[], None]] = None) -> ev.Event:

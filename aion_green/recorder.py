@@ -116,6 +116,18 @@ class Recorder:
     def submit_events(self, events: list[NewEvent], final: bool = False) -> Optional[int]:
         """:meth:`submit` of events built beforehand (a step's record, a
         workflow's command)."""
+        if not final:
+            # The hot path (a step's record, from a pool thread): what
+            # _submit_locked does for one event given as it is, not a
+            # message, without its build and callback frames.
+            with self._lock:
+                expected = self._next
+                if (expected is not None and not self.closed and len(events) == 1
+                        and events[0].type != MESSAGE_RECEIVED):
+                    self._writer.submit_append(self.workflow_id, expected, events,
+                                               functools.partial(self._on_done, events), self.fence)
+                    self._next = expected = expected + len(events)
+                    return expected
         return self.submit(functools.partial(_given, events), final=final)
 
     def _submit_locked(self, build: Build, extra: Optional[OnDone]) -> int:

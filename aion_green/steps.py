@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("aion_green.steps")
 _encode_str = json.encoder.encode_basestring_ascii
+_tuple_new = tuple.__new__
 _start_new_thread = monkey.get_original("_thread", "start_new_thread")
 _allocate_lock = monkey.get_original("_thread", "allocate_lock")
 
@@ -124,39 +125,36 @@ def error_data(error: BaseException) -> dict[str, Any]:
     return {"type": qual, "message": str(error)}
 
 
-def execute(fn: Callable[..., Any], args: tuple[Any, ...], info: StepInfo,
-            policy: Retry) -> tuple[bool, Any]:
-    """Run one attempt on the calling (pool) thread.
-
-    Returns ``(True, (value, json_text))`` with the value as replay will see
-    it, or ``(False, (error_data, retryable))``; never raises, so the pool
-    never prints a traceback of a user's error.
-    """
+def attempt_event(fn: Callable[..., Any], args: tuple[Any, ...], info: StepInfo,
+                  policy: Retry) -> NewEvent:
+    """Run one attempt on the calling (pool) thread and build the event that
+    records it: the result as replay will see it (and its JSON), or the
+    error. Never raises for a user's error, so the pool never prints a
+    traceback of one."""
     _local.info = info
     try:
         value = fn(*args)
-        return True, encode_decoded(value, lambda: f"the result of step {info.step} ({info.name}) "
-                                                   f"of workflow {info.workflow_id!r}")
+        value, text = encode_decoded(value, functools.partial(_result_name, info))
     except Exception as exc:
-        return False, (error_data(exc), policy.is_retryable(exc))
+        return _failed_event(info, policy, error_data(exc), policy.is_retryable(exc))
     finally:
         _local.info = None
+    step, name, attempt = info.step, info.name, info.attempt
+    encoded = f'{{"step":{step},"name":{_encode_str(name)},"attempt":{attempt},"result":{text}}}'
+    if log.isEnabledFor(logging.DEBUG):  # the hot path: no record built while off
+        log.debug("workflow %r: step %d (%s) attempt %d completed", info.workflow_id,
+                  step, name, attempt, extra=step_fields(info, "step.completed"))
+    # (NewEvent(...) without its Python __new__: once per step)
+    return _tuple_new(NewEvent, (STEP_COMPLETED, time.time(),
+                                 {"step": step, "name": name, "attempt": attempt, "result": value},
+                                 encoded))
 
 
-def attempt_event(fn: Callable[..., Any], args: tuple[Any, ...], info: StepInfo,
-                  policy: Retry) -> NewEvent:
-    """Run one attempt and build the event that records it (pool thread)."""
-    ok, outcome = execute(fn, args, info, policy)
-    if ok:
-        value, text = outcome
-        data = {"step": info.step, "name": info.name, "attempt": info.attempt, "result": value}
-        encoded = (f'{{"step":{info.step},"name":{_encode_str(info.name)},'
-                   f'"attempt":{info.attempt},"result":{text}}}')
-        if log.isEnabledFor(logging.DEBUG):  # the hot path: no record built while off
-            log.debug("workflow %r: step %d (%s) attempt %d completed", info.workflow_id,
-                      info.step, info.name, info.attempt, extra=step_fields(info, "step.completed"))
-        return NewEvent(STEP_COMPLETED, time.time(), data, encoded)
-    error, retryable = outcome
+def _result_name(info: StepInfo) -> str:
+    return f"the result of step {info.step} ({info.name}) of workflow {info.workflow_id!r}"
+
+
+def _failed_event(info: StepInfo, policy: Retry, error: dict[str, Any], retryable: bool) -> NewEvent:
     retryable = retryable and info.attempt < policy.max_attempts
     if log.isEnabledFor(logging.WARNING):
         extra = step_fields(info, "step.failed")
@@ -262,11 +260,11 @@ def workflow_step(ctx: "WorkflowContext", fn: Callable[..., Any], args: tuple[An
             if backoff_due:
                 gevent.sleep(backoff_due)
                 backoff_due = 0.0
-            info = StepInfo(ctx.workflow_id, ctx.run_id, ordinal, sname, attempt + 1,
-                            ctx.generation)
+            info = _tuple_new(StepInfo, (ctx.workflow_id, ctx.run_id, ordinal, sname,
+                                         attempt + 1, ctx.generation))
             ctx._engine._run_step(ctx._recorder, fn, args, info, policy)
         try:
-            found = ctx._race(cursor.next_command)
+            found = ctx._next_command()
         except BaseException:
             # Abandoned (a cancel request or a deadline came first, or the
             # run ends): a late record of this attempt is not a command of

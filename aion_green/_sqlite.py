@@ -21,6 +21,8 @@ from ._sqlite_schema import (
     _FAULTS,
     _MIGRATIONS,
     _RUN_COLUMNS,
+    HEAD_OF,
+    RUN_SELECT,
     SCHEMA_VERSION,
     _run_info,
     _translate,
@@ -164,8 +166,6 @@ class SQLiteStore(SQLiteRewind):
         seq = head + 1
         conn.execute("INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,?,?,?,?)",
                      (workflow_id, seq, event_type, at, json.dumps(data)))
-        conn.execute("UPDATE runs SET head_seq=?, updated_at=? WHERE workflow_id=?",
-                     (seq, at, workflow_id))
         return seq
 
     def write_batch(self, ops: Sequence[Union[Append, CreateRun]]) -> list[Any]:
@@ -186,11 +186,7 @@ class SQLiteStore(SQLiteRewind):
                     outcomes.append(outcome)
                     if outcome[0]:
                         created.append(op.workflow_id)
-            if plan.moved:
-                conn.executemany(
-                    "UPDATE runs SET head_seq=?, updated_at=? WHERE workflow_id=?",
-                    list(plan.moved.values()),
-                )
+            # (A run's head is its last event: nothing to update in runs.)
             if plan.timers_started:
                 conn.executemany(
                     "INSERT OR REPLACE INTO timers(workflow_id, timer_key, fire_at) VALUES (?,?,?)",
@@ -239,9 +235,8 @@ class SQLiteStore(SQLiteRewind):
         conn.execute("INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,1,?,?,?)",
                      (wid, ev.WORKFLOW_STARTED, at, json.dumps(started)))
         conn.execute(
-            "UPDATE runs SET run_id=?, status=?, result=NULL, error=NULL, head_seq=1, "
-            "created_at=?, updated_at=? WHERE workflow_id=?",
-            (data["run_id"], ev.RUNNING, at, at, wid))
+            "UPDATE runs SET run_id=?, status=?, result=NULL, error=NULL, created_at=? "
+            "WHERE workflow_id=?", (data["run_id"], ev.RUNNING, at, wid))
 
     def _heads(self, wids: set[str]) -> dict[str, int]:
         heads: dict[str, int] = {}
@@ -250,14 +245,15 @@ class SQLiteStore(SQLiteRewind):
             chunk = ids[i:i + 500]
             marks = ",".join("?" * len(chunk))
             heads.update(self._conn.execute(
-                f"SELECT workflow_id, head_seq FROM runs WHERE workflow_id IN ({marks})", chunk
+                f"SELECT workflow_id, max(seq) FROM events WHERE workflow_id IN ({marks}) "
+                "GROUP BY workflow_id", chunk
             ).fetchall())
         return heads
 
     def _create_one(self, op: CreateRun, rows: list[tuple[Any, ...]]) -> tuple[bool, RunInfo]:
         cursor = self._conn.execute(
-            f"INSERT OR IGNORE INTO runs({_RUN_COLUMNS}) VALUES (?,?,?,?,?,NULL,NULL,1,?,?)",
-            (op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING, op.args_json, op.at, op.at),
+            f"INSERT OR IGNORE INTO runs({_RUN_COLUMNS}) VALUES (?,?,?,?,?,NULL,NULL,?)",
+            (op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING, op.args_json, op.at),
         )
         if cursor.rowcount == 0:
             existing = self._get_run(op.workflow_id)
@@ -299,7 +295,7 @@ class SQLiteStore(SQLiteRewind):
 
     def _get_run(self, workflow_id: str) -> Optional[RunInfo]:
         row = self._conn.execute(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE workflow_id=?", (workflow_id,)
+            f"{RUN_SELECT} WHERE r.workflow_id=?", (workflow_id,)
         ).fetchone()
         return None if row is None else _run_info(row)
 
@@ -310,10 +306,10 @@ class SQLiteStore(SQLiteRewind):
         limit: int = 100,
         after_id: Optional[str] = None,
     ) -> list[RunInfo]:
-        where, params = run_filters(status, workflow_type, after_id, "?", "workflow_id>?")
+        where, params = run_filters(status, workflow_type, after_id, "?", "r.workflow_id>?")
         try:
             rows = self._conn.execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs {where} ORDER BY workflow_id LIMIT ?",
+                f"{RUN_SELECT} {where} ORDER BY r.workflow_id LIMIT ?",
                 (*params, limit),
             ).fetchall()
             return [_run_info(row) for row in rows]
@@ -388,9 +384,9 @@ class SQLiteStore(SQLiteRewind):
     def fire_timer(self, workflow_id: str, timer_key: str, at: float) -> Optional[int]:
         with self._write() as conn:
             row = conn.execute(
-                "SELECT r.head_seq FROM timers t JOIN runs r ON r.workflow_id = t.workflow_id "
+                f"SELECT {HEAD_OF} FROM timers t JOIN runs r ON r.workflow_id = t.workflow_id "
                 "WHERE t.workflow_id=? AND t.timer_key=? AND r.status=?",
-                (workflow_id, timer_key, ev.RUNNING)).fetchone()
+                (workflow_id, workflow_id, timer_key, ev.RUNNING)).fetchone()
             if row is None:
                 return None
             seq = self._insert_at_head(conn, workflow_id, row[0], ev.TIMER_FIRED, at, {"timer": timer_key})
@@ -436,8 +432,8 @@ class SQLiteStore(SQLiteRewind):
         transaction; ``build`` gives its data, or the seq of an earlier
         equal event (then nothing is written)."""
         with self._write() as conn:
-            run = conn.execute("SELECT head_seq, status FROM runs WHERE workflow_id=?",
-                               (workflow_id,)).fetchone()
+            run = conn.execute(f"SELECT {HEAD_OF}, status FROM runs WHERE workflow_id=?",
+                               (workflow_id, workflow_id)).fetchone()
             require_running(workflow_id, run and run[1], self.path, why_not)
             head = run[0]
             data = build(conn)

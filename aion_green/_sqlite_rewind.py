@@ -34,8 +34,8 @@ class SQLiteRewind:
                     f"{self.path}; pass another id. Nothing was written")
             copy = plan_copy("fork", source_id, history, from_seq, run_id, at, self.path)
             (wtype, args) = copy.started["workflow_type"], json.dumps(copy.started["args"])
-            conn.execute(f"INSERT INTO runs({_RUN_COLUMNS}) VALUES (?,?,?,?,?,NULL,NULL,?,?,?)",
-                         (new_id, run_id, wtype, ev.RUNNING, args, copy.head, at, at))
+            conn.execute(f"INSERT INTO runs({_RUN_COLUMNS}) VALUES (?,?,?,?,?,NULL,NULL,?)",
+                         (new_id, run_id, wtype, ev.RUNNING, args, at))
             self._write_copy(conn, new_id, copy)
         return RunInfo(new_id, run_id, wtype, ev.RUNNING, copy.started["args"], None, None,
                        copy.head, at, at)
@@ -57,9 +57,9 @@ class SQLiteRewind:
             # A new rowid: the driving process notices resumed runs as it
             # notices created ones (new_runs, sharing.py's _watch).
             conn.execute(
-                "UPDATE runs SET run_id=?, status=?, result=NULL, error=NULL, head_seq=?, "
-                "created_at=?, updated_at=?, rowid=(SELECT max(rowid) + 1 FROM runs) "
-                "WHERE workflow_id=?", (run_id, ev.RUNNING, copy.head, at, at, workflow_id))
+                "UPDATE runs SET run_id=?, status=?, result=NULL, error=NULL, created_at=?, "
+                "rowid=(SELECT max(rowid) + 1 FROM runs) WHERE workflow_id=?",
+                (run_id, ev.RUNNING, at, workflow_id))
             self._write_copy(conn, workflow_id, copy)
         return dataclasses.replace(info, run_id=run_id, status=ev.RUNNING, result=None, error=None,
                                    head_seq=copy.head, created_at=at, updated_at=at)

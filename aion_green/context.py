@@ -36,7 +36,7 @@ from .errors import (
 from .fanout import Step
 from .recorder import Recorder
 from .replay import CANCEL_KEY, FirstRecorded, HistoryCursor, reached
-from .steps import Retry, run_key
+from .steps import run_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
@@ -168,12 +168,9 @@ class WorkflowContext:
         return self._rng
 
     # -- steps --------------------------------------------------------------------------
-    def step(self, fn: Callable[..., Any], *args: Any, retry: Optional[Retry] = None,
-             name: Optional[str] = None) -> Any:
-        """Run ``fn(*args)`` once, durably, on the step pool, and return its
-        (JSON) result. On replay the recorded result is returned and ``fn``
-        does not run. A step that fails for good raises :class:`StepError`."""
-        return steps.workflow_step(self, fn, args, retry, name)
+    # ctx.step(fn, *args, retry=None, name=None): the function itself, not a
+    # method that calls it (one Python frame less per step).
+    step = steps.workflow_step
 
     # -- durable time ------------------------------------------------------------------
     def sleep(self, duration: Union[timedelta, float, int]) -> None:

@@ -239,11 +239,15 @@ def _describe(ordinal: int, name: str) -> str:
     return f"step {ordinal} ({name})"
 
 
-def workflow_step(ctx: "WorkflowContext", fn: Callable[..., Any], args: tuple[Any, ...],
-                  retry: Optional[Retry], name: Optional[str]) -> Any:
-    """``ctx.step`` (see there), on the run's greenlet: the recorded
-    outcome on replay; live, each attempt on the pool, retried after its
-    backoff while the policy allows."""
+def workflow_step(ctx: "WorkflowContext", fn: Callable[..., Any], *args: Any,
+                  retry: Optional[Retry] = None, name: Optional[str] = None) -> Any:
+    """Run ``fn(*args)`` once, durably, on the step pool, and return its
+    (JSON) result. On replay the recorded result is returned and ``fn``
+    does not run. A step that fails for good raises :class:`StepError`.
+
+    (``ctx.step``, on the run's greenlet: the recorded outcome on replay;
+    live, each attempt on the pool, retried after its backoff while the
+    policy allows.)"""
     if ctx._divergence is not None or ctx._engine._hub._closing:
         ctx._check()  # raises
     policy = retry or NO_RETRY

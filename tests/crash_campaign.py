@@ -240,7 +240,9 @@ def read_histories(db) -> dict:
                 "SELECT workflow_id, run_id, seq, type, data FROM archived_events "
                 "ORDER BY workflow_id, run_id, seq"):
             histories[(wid, rid)].append((seq, etype, json.loads(data)))
-        heads = dict(conn.execute("SELECT workflow_id, head_seq FROM runs"))
+        # A run's head is the seq of its last event (None: a run row without events).
+        heads = dict(conn.execute("SELECT workflow_id, (SELECT max(seq) FROM events e "
+                                  "WHERE e.workflow_id = runs.workflow_id) FROM runs"))
         running = [wid for (wid,) in conn.execute("SELECT workflow_id FROM runs WHERE status = 'running'")]
         return histories, heads, running
     finally:
@@ -287,14 +289,14 @@ def check(db, effects, epochs, results, control, scale):
 
 
 def check_histories(histories, heads):
-    findings = []
+    findings = [f"{wid}: a run without events" for wid, head in sorted(heads.items()) if head is None]
     for (wid, rid), events in sorted(histories.items()):
         name = f"{wid}" + (f" (archived run {rid})" if rid else "")
         seqs = [seq for seq, _, _ in events]
         if seqs != list(range(1, len(seqs) + 1)):
             findings.append(f"{name}: seqs are not 1..{len(seqs)} without gap: {seqs}")
         if not rid and heads.get(wid) != len(events):
-            findings.append(f"{name}: head_seq {heads.get(wid)} but {len(events)} events")
+            findings.append(f"{name}: last seq {heads.get(wid)} but {len(events)} events")
         types = [etype for _, etype, _ in events]
         if types[:1] != ["WorkflowStarted"] or types.count("WorkflowStarted") != 1:
             findings.append(f"{name}: not one WorkflowStarted at seq 1: {types}")

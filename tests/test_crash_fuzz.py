@@ -66,7 +66,7 @@ def test_checks_catch_a_broken_store(tmp_path, control):
         conn.execute("DELETE FROM events WHERE workflow_id = 'chain-0' AND seq = 3")
         data = json.loads(conn.execute("SELECT data FROM events WHERE workflow_id = 'inbox-0' "
                                        "AND type = 'MessageReceived' LIMIT 1").fetchone()[0])
-        head = conn.execute("SELECT head_seq FROM runs WHERE workflow_id = 'inbox-0'").fetchone()[0]
+        head = conn.execute("SELECT max(seq) FROM events WHERE workflow_id = 'inbox-0'").fetchone()[0]
         conn.execute("INSERT INTO events(workflow_id, seq, type, at, data) VALUES "
                      "('inbox-0', ?, 'MessageReceived', 0, ?)", (head + 1, json.dumps(data)))
         conn.execute("UPDATE runs SET status = 'running' WHERE workflow_id = 'sleeper-0'")

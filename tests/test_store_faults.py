@@ -48,7 +48,8 @@ def examine(path):
     try:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         runs = {wid: (head, status) for wid, head, status in
-                conn.execute("SELECT workflow_id, head_seq, status FROM runs")}
+                conn.execute("SELECT workflow_id, (SELECT max(seq) FROM events e "
+                             "WHERE e.workflow_id = runs.workflow_id), status FROM runs")}
         histories = {}
         for wid, seq, typ, data in conn.execute(
                 "SELECT workflow_id, seq, type, data FROM events ORDER BY workflow_id, seq"):

@@ -152,3 +152,49 @@ def test_heads_a_store_remembers_are_checked_against_other_writers(tmp_path):
     finally:
         mine.close()
         other.close()
+
+
+def test_a_file_of_schema_4_is_upgraded_with_its_runs_and_their_heads(tmp_path):
+    """Schema 5 reads a run's head from its events (schema 4 kept it in
+    runs.head_seq and updated it on every append). A file written by an
+    older aion_green is rebuilt in place: its runs, their order of
+    creation (the rowids new_runs() reports) and their heads survive, and
+    appends go on at the true head."""
+    from store_contract import step_event
+
+    from aion_green._sqlite_schema import _MIGRATIONS
+    from aion_green.errors import SequenceConflict
+
+    path = str(tmp_path / "v4.db")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    for statement in (s for step in _MIGRATIONS[:4] for s in step):
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version=4")
+    rows = [("b", "rb", "t", "running", "[1]", None, None, 3, 10.0, 12.0),
+            ("a", "ra", "t", "completed", "[]", "7", None, 2, 20.0, 21.0)]
+    conn.executemany("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+    events = [("b", 1, "WorkflowStarted", 10.0, '{"workflow_type":"t","run_id":"rb","args":[1]}'),
+              ("b", 2, "StepCompleted", 11.0, '{"step":1,"name":"s","attempt":1,"result":1}'),
+              ("b", 3, "StepCompleted", 12.0, '{"step":2,"name":"s","attempt":1,"result":2}'),
+              ("a", 1, "WorkflowStarted", 20.0, '{"workflow_type":"t","run_id":"ra","args":[]}'),
+              ("a", 2, "WorkflowCompleted", 21.0, '{"result":7}')]
+    conn.executemany("INSERT INTO events VALUES (?,?,?,?,?)", events)
+    conn.close()
+
+    store = SQLiteStore(path)
+    try:
+        assert store._conn.execute("PRAGMA user_version").fetchone()[0] == 5
+        b, a = store.get_run("b"), store.get_run("a")
+        assert (b.run_id, b.status, b.args, b.head_seq, b.created_at, b.updated_at) == (
+            "rb", "running", [1], 3, 10.0, 12.0)
+        assert (a.status, a.result, a.head_seq, a.updated_at) == ("completed", 7, 2, 21.0)
+        assert [(r.workflow_id, r.head_seq) for r in store.list_runs()] == [("a", 2), ("b", 3)]
+        assert [(n.mark, n.workflow_id) for n in store.new_runs()] == [(1, "b"), (2, "a")]
+        assert [r.workflow_id for r in store.list_runs(status="running")] == ["b"]
+        assert isinstance(store.write_batch([Append("b", 2, [step_event(3, 3)])])[0], SequenceConflict)
+        assert store.write_batch([Append("b", 3, [step_event(3, 3)])]) == [4]
+        assert store.get_run("b").head_seq == 4
+        assert [e.seq for e in store.read("b")] == [1, 2, 3, 4]
+    finally:
+        store.close()

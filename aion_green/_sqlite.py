@@ -22,10 +22,10 @@ from ._sqlite_schema import (
     _MIGRATIONS,
     _RUN_COLUMNS,
     HEAD_OF,
-    RUN_SELECT,
     SCHEMA_VERSION,
     _run_info,
     _translate,
+    run_select,
 )
 from .errors import StoreError
 from .store import Append, CreateRun, IEventStore, NewRun, RunInfo
@@ -295,7 +295,7 @@ class SQLiteStore(SQLiteRewind):
 
     def _get_run(self, workflow_id: str) -> Optional[RunInfo]:
         row = self._conn.execute(
-            f"{RUN_SELECT} WHERE r.workflow_id=?", (workflow_id,)
+            run_select("WHERE workflow_id=?"), (workflow_id,)
         ).fetchone()
         return None if row is None else _run_info(row)
 
@@ -306,10 +306,10 @@ class SQLiteStore(SQLiteRewind):
         limit: int = 100,
         after_id: Optional[str] = None,
     ) -> list[RunInfo]:
-        where, params = run_filters(status, workflow_type, after_id, "?", "r.workflow_id>?")
+        where, params = run_filters(status, workflow_type, after_id, "?", "workflow_id>?")
         try:
             rows = self._conn.execute(
-                f"{RUN_SELECT} {where} ORDER BY r.workflow_id LIMIT ?",
+                run_select(where, "ORDER BY workflow_id LIMIT ?"),
                 (*params, limit),
             ).fetchall()
             return [_run_info(row) for row in rows]

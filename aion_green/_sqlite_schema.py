@@ -90,7 +90,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "created_at FROM runs",
         "DROP TABLE runs",
         "ALTER TABLE runs_v5 RENAME TO runs",
-        "CREATE INDEX runs_by_status ON runs(status, workflow_type, workflow_id)",
+        # Runs of a status in id order: a page of list_runs (recovery reads
+        # every running run, 500 at a time) is a range of this index, where
+        # (status, workflow_type, workflow_id) made each page sort every
+        # run of that status (bench/list_runs.py, 200,000 running runs:
+        # 8.8 s -> 1.0 s).
+        "CREATE INDEX runs_by_status ON runs(status, workflow_id)",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -98,14 +103,23 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 _RUN_COLUMNS = "workflow_id, run_id, workflow_type, status, args, result, error, created_at"
 # The head of a run (``?`` its id): the seq of its last event.
 HEAD_OF = "(SELECT max(seq) FROM events WHERE workflow_id=?)"
-# A RunInfo's columns (see _run_info), from runs ``r`` joined with its last
-# event ``h``: the head and the time of the last change (a fork or resume
-# copies older events: its own time is the run's created_at).
-RUN_SELECT = (
-    "SELECT r.workflow_id, r.run_id, r.workflow_type, r.status, r.args, r.result, r.error, h.seq, "
-    "r.created_at, max(h.at, r.created_at) FROM runs r JOIN events h ON h.workflow_id = r.workflow_id "
-    "AND h.seq = (SELECT max(seq) FROM events WHERE workflow_id = r.workflow_id)"
-)
+
+
+def run_select(where: str = "", tail: str = "") -> str:
+    """The query of RunInfo rows (see _run_info) of the runs ``where`` picks
+    (``tail``: its ORDER BY and LIMIT), each with its head, the seq of its
+    last event, and the time of its last change (that event's, or the run's
+    creation for a fork or resume, which copies older events). The runs are
+    picked first, the heads read for those alone: a page of a list costs
+    its own rows, not a join over every run that matches."""
+    return (
+        "SELECT r.workflow_id, r.run_id, r.workflow_type, r.status, r.args, r.result, r.error, "
+        "h.seq, r.created_at, max(h.at, r.created_at) "
+        f"FROM (SELECT {_RUN_COLUMNS} FROM runs {where} {tail}) r "
+        "JOIN events h ON h.workflow_id = r.workflow_id "
+        "AND h.seq = (SELECT max(seq) FROM events WHERE workflow_id = r.workflow_id) "
+        "ORDER BY r.workflow_id"
+    )
 
 
 def sqlite_path_from_url(url: Optional[str]) -> str:

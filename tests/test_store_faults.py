@@ -360,7 +360,7 @@ def test_sigkill_in_the_middle_of_commits_never_tears_the_file_or_a_history(tmp_
     process finishes every run with the right result, each step recorded
     once."""
     path = tmp_path / "killed.db"
-    runs, n = 30, 200
+    runs, n = 30, 600
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     seen, kills = {}, 0

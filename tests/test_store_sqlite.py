@@ -198,3 +198,25 @@ def test_a_file_of_schema_4_is_upgraded_with_its_runs_and_their_heads(tmp_path):
         assert [e.seq for e in store.read("b")] == [1, 2, 3, 4]
     finally:
         store.close()
+
+
+def test_a_page_of_runs_of_a_status_is_a_range_of_an_index(tmp_path):
+    """Recovery reads every running run, a page of 500 at a time: each page
+    must be a range of an index in id order, not a sort of every run of that
+    status (which made recovering N runs cost N^2/500). Checked on the SQL
+    that list_runs really runs, with SQLite's own query plan."""
+    store = SQLiteStore(str(tmp_path / "plan.db"))
+    try:
+        for i in range(3):
+            store.create_run(f"w-{i}", "t", "[]", f"r{i}", 1.0)
+        seen = []
+        store._conn.set_trace_callback(seen.append)
+        page = store.list_runs(ev.RUNNING, None, 2, "w-0")
+        store._conn.set_trace_callback(None)
+        assert [r.workflow_id for r in page] == ["w-1", "w-2"]
+        (sql,) = [s for s in seen if "FROM runs" in s]
+        plan = [row[-1] for row in store._conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+        assert any("USING INDEX runs_by_status (status=? AND workflow_id>?)" in line
+                   for line in plan), plan
+    finally:
+        store.close()

@@ -168,9 +168,7 @@ class WorkflowContext:
         return self._rng
 
     # -- steps --------------------------------------------------------------------------
-    # ctx.step(fn, *args, retry=None, name=None): the function itself, not a
-    # method that calls it (one Python frame less per step).
-    step = steps.workflow_step
+    step = steps.workflow_step  # ctx.step(fn, *args, retry=, name=): no wrapper frame
 
     # -- durable time ------------------------------------------------------------------
     def sleep(self, duration: Union[timedelta, float, int]) -> None:
@@ -415,11 +413,9 @@ class WorkflowContext:
             self._park()
 
     def _next_command(self) -> ev.Event:
-        """``_race(cursor.next_command)``, the wait of a step for its record,
-        without the race while nothing can interrupt it (no cancel request
-        recorded and not yet raised, no enclosing timeout block): the hot
-        path. It races as soon as something could (a cancel request is
-        recorded while it is parked)."""
+        """A step's wait for its record: ``_race(cursor.next_command)``, raced
+        only once something could interrupt it (a cancel request recorded and
+        not yet raised, an enclosing timeout block): the hot path."""
         cursor = self._cursor
         while True:
             if (self._failure is not None or self._scopes

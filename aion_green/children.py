@@ -34,6 +34,7 @@ import gevent
 from . import events as ev
 from .errors import (
     AionError,
+    ConfigurationError,
     EngineClosed,
     StoreUnavailable,
     WorkflowCancelled,
@@ -91,8 +92,11 @@ def start_child(ctx: "WorkflowContext", fn: Union[str, Callable[..., Any]], args
     """``ctx.start_child`` (see there)."""
     ctx._check()
     engine = ctx._engine
-    if child_id is not None and (not isinstance(child_id, str) or not child_id):
-        raise ValueError(f"ctx.start_child(..., id={child_id!r}): a child id must be a non-empty string")
+    if child_id is not None:
+        try:
+            ev.check_key(child_id, "ctx.start_child(..., id=...): the child's id")
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
     if callable(fn):
         wname = engine._registry.add(fn)
     else:

@@ -276,9 +276,10 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         Idempotent by id: an existing run with the same type and arguments
         is returned as it is; different ones raise :class:`WorkflowIdConflict`.
         """
-        if id is not None and (not isinstance(id, str) or not id):
-            raise ConfigurationError(f"workflow id must be a non-empty string, got {id!r}")
-        wname = self._registry.add(fn) if callable(fn) else workflow_name(fn)
+        if id is not None:
+            ev.check_key(id, "the workflow id")
+        wname = self._registry.add(fn) if callable(fn) else ev.check_key(workflow_name(fn),
+                                                                          "the workflow type")
         args_json = ev.encode(list(args), f"the arguments of workflow {wname}")
         self._ensure_started()
         if not callable(fn) and (self._registry.has_own() or (self.driving and not self._leased)):
@@ -306,8 +307,10 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         With ``idempotency_key``, a repeated signal (a retry after a lost
         reply, say) is recorded once. A finished run refuses it with
         :class:`WorkflowNotRunning` and nothing is recorded."""
-        if not isinstance(name, str) or not name:
-            raise ConfigurationError(f"a message name must be a non-empty string, got {name!r}")
+        ev.check_key(workflow_id, "the workflow id")
+        ev.check_key(name, "the message name")
+        if idempotency_key is not None:
+            ev.check_key(idempotency_key, "the idempotency key")
         value = ev.roundtrip(payload, f"the payload of message {name!r}")
         self._ensure_started()
         dedup = None if idempotency_key is None else f"signal/{idempotency_key}"
@@ -326,6 +329,9 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         next wait, may clean up (even run steps), and ends
         ``WorkflowCancelled``. Asking twice records once; a finished run
         refuses with :class:`WorkflowNotRunning`."""
+        ev.check_key(workflow_id, "the workflow id")
+        if not isinstance(reason, str):
+            raise ConfigurationError(f"a cancel reason is a string, got {type(reason).__name__}")
         self._ensure_started()
         future = Future()
         if self.driving and not (self._leased and workflow_id not in self._recorders):
@@ -350,6 +356,8 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         :class:`QueryFailed` (the handler raised, the name is unknown, the run
         is not live here), :class:`WorkflowNotRunning` (it has finished) or
         :class:`Timeout`."""
+        ev.check_key(workflow_id, "the workflow id")
+        ev.check_key(name, "the query name")
         self._ensure_started()
         if not self.driving:
             raise QueryFailed(
@@ -400,6 +408,7 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
     def result(self, workflow_id: str, timeout: Optional[float] = None) -> Any:
         """Wait for the run's end; return its result or raise
         :class:`WorkflowFailed` (or :class:`Timeout` when ``timeout`` passes)."""
+        ev.check_key(workflow_id, "the workflow id")
         self._ensure_started()
         # Lately ended: answered without a crossing to the hub (rewind.py forgets a resumed id).
         info: Optional[RunInfo] = self._recently_finished.get(workflow_id)
@@ -422,6 +431,7 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         return outcome(workflow_id, future.result())
 
     def describe(self, workflow_id: str) -> RunInfo:
+        ev.check_key(workflow_id, "the workflow id")
         self._ensure_started()
         info = self._call_store(self._store.get_run, workflow_id)  # type: ignore[union-attr]
         if info is None:
@@ -448,6 +458,7 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         """The events of the workflow's current run, or of run ``run_id`` (an
         earlier run that continued as new: its ``WorkflowStarted`` names the
         one before, in ``continued_from``)."""
+        ev.check_key(workflow_id, "the workflow id")
         self._ensure_started()
         events = self._call_store(self._store.read, workflow_id, after_seq, None, run_id)  # type: ignore[union-attr]
         if not events and after_seq == 0:

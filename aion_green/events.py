@@ -10,7 +10,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any, Callable, NamedTuple, Optional, Union
 
-from .errors import SerializationError
+from .errors import ConfigurationError, SerializationError
 
 # -- event type names ---------------------------------------------------------
 # Run family.
@@ -192,6 +192,43 @@ def result_json(event: NewEvent) -> Optional[str]:
     if encoded is not None and encoded.startswith(_RESULT_OPEN) and len(event.data) == 1:
         return encoded[len(_RESULT_OPEN):-1]
     return json.dumps(value)
+
+
+# The longest id or name accepted: ids are primary keys in both stores and
+# appear in every event row, log line and URL of their run.
+MAX_KEY_LENGTH = 1000
+
+
+def check_key(value: Any, what: str) -> str:
+    """``value`` if it can be a workflow id, type or message name in every
+    store; else :class:`ConfigurationError` saying what is wrong.
+
+    Ids and names are stored as text columns, not as escaped JSON: SQLite's
+    driver refuses a lone surrogate (``"\\ud800"``) and PostgreSQL a NUL.
+    Checked before a record joins a group commit, where it would fail the
+    other runs' records with it (issue 16: 47 of 200 runs ran a step twice)."""
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{what} must be a non-empty string, got {_short(value)}")
+    if len(value) > MAX_KEY_LENGTH:
+        raise ConfigurationError(f"{what} is {len(value)} characters long; the limit is "
+                                 f"{MAX_KEY_LENGTH}: use a shorter one (a hash of it, say)")
+    if "\x00" in value:
+        raise ConfigurationError(f"{what} {_short(value)} holds U+0000 (NUL) at position "
+                                 f"{value.index(chr(0))}, which no store can hold in an id or "
+                                 "name: leave it out")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigurationError(
+            f"{what} {_short(value)} holds an unpaired surrogate ({value[exc.start]!r} at "
+            f"position {exc.start}), which is not text a store can hold: decode it properly "
+            "(or use its escaped form)") from None
+    return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:60] + "...'" + f" ({len(text)} characters)"
 
 
 def decode(text: str) -> Any:

@@ -66,6 +66,8 @@ def send(ctx: "WorkflowContext", workflow_id: str, name: str, payload: Any = Non
     target that does not exist or has finished is logged, not raised (a
     replay must take the same path whatever the target has become)."""
     ctx._check()
+    ev.check_key(workflow_id, "ctx.send: the target workflow id")
+    ev.check_key(name, "ctx.send: the message name")
     ctx._send_ordinal += 1
     dedup = f"{ctx._run_key}/send-{ctx._send_ordinal}"
     value = ev.roundtrip(payload, f"the payload of message {name!r}")

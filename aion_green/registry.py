@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, TypeVar, Union, overload
 
 from .errors import ConfigurationError, WorkflowNotRegistered
+from .events import check_key
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -24,7 +25,7 @@ def workflow(fn: Optional[F] = None, *, name: Optional[str] = None) -> Any:
     def mark(f: F) -> F:
         if not callable(f):
             raise ConfigurationError(f"@aion.workflow needs a function, got {f!r}")
-        wname = name or f"{f.__module__}.{f.__qualname__}"
+        wname = check_key(name or f"{f.__module__}.{f.__qualname__}", "a workflow's name")
         f.__aion_workflow__ = wname  # type: ignore[attr-defined]
         _DECORATED[wname] = f
         return f

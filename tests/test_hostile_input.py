@@ -1,0 +1,139 @@
+"""Hostile input at the engine's edges (issue 16): a record no store can
+hold fails its own caller with a clear error, and nothing of any other run
+is lost or run twice."""
+import threading
+import time
+
+import pytest
+from conftest import NativeGate, open_test_store
+
+import aion_green as aion
+from aion_green import events as ev
+from aion_green._writer import StoreWriter
+from aion_green.store import CreateRun
+
+_counts: dict = {}
+_counts_lock = threading.Lock()
+
+
+def counted(key):
+    with _counts_lock:
+        _counts[key] = _counts.get(key, 0) + 1
+    return key
+
+
+@aion.workflow(name="hostile.steady")
+def steady(ctx, n):
+    for i in range(n):
+        ctx.step(counted, f"{ctx.workflow_id}/{i}")
+    return n
+
+
+BAD_IDS = ["\ud800", "a\x00b", "x" * 1001, ""]
+
+
+@pytest.mark.parametrize("bad", BAD_IDS, ids=["surrogate", "nul", "too-long", "empty"])
+def test_an_id_no_store_can_hold_is_refused_before_anything_is_recorded(make_engine, bad):
+    engine = make_engine(steady)
+    with pytest.raises(aion.ConfigurationError, match="workflow id"):
+        engine.start(steady, 1, id=bad)
+    with pytest.raises(aion.ConfigurationError, match="workflow id"):
+        engine.signal(bad, "go", 1)
+    with pytest.raises(aion.ConfigurationError, match="workflow id"):
+        engine.describe(bad)
+    assert engine.list() == []
+
+
+def test_a_message_name_with_nul_or_a_surrogate_is_refused(make_engine):
+    engine = make_engine(steady)
+    engine.start(steady, 0, id="ok").result(10)
+    for bad in ("a\x00", "\udfff"):
+        with pytest.raises(aion.ConfigurationError, match="message name"):
+            engine.signal("ok", bad, 1)
+        with pytest.raises(aion.ConfigurationError, match="idempotency key"):
+            engine.signal("ok", "go", 1, idempotency_key=bad)
+
+
+def test_bad_starts_among_busy_runs_lose_and_double_nothing(make_engine):
+    """Failure window: a start whose id the store cannot hold joined the
+    group commit of other runs' step records; the whole batch failed, and
+    those runs ran their steps again (47 of 200 before the fix)."""
+    _counts.clear()
+    engine = make_engine(steady)
+    handles = [engine.start(steady, 5, id=f"busy-{i}") for i in range(200)]
+    refused = 0
+    for _ in range(40):
+        for bad in ("\ud800", "bad\x00id"):
+            with pytest.raises(aion.ConfigurationError):
+                engine.start(steady, 1, id=bad)
+            refused += 1
+        time.sleep(0.002)
+    assert [h.result(60) for h in handles] == [5] * 200
+    assert refused == 80
+    doubled = {k: v for k, v in _counts.items() if v != 1}
+    assert doubled == {}, f"steps that ran more than once: {doubled}"
+    assert len(_counts) == 1000
+
+
+def test_the_store_writer_fails_only_the_record_the_store_refuses(db_url):
+    """Failure window: a record that slips past validation reaches a group
+    commit; only its own caller may get the error, the batch's other
+    records commit."""
+    store = open_test_store(db_url)
+    writer = StoreWriter(store)
+    try:
+        gate = NativeGate()
+        writer.call(lambda: gate.wait(10))  # hold the writer so the next ops form one batch
+        outcomes: dict = {}
+
+        def done_for(key):
+            def done(value, error):
+                outcomes[key] = error if error is not None else value
+            return done
+
+        now = time.time()
+        for i in range(20):
+            writer.submit_create(CreateRun(f"good-{i}", "t", "[]", f"r-{i}", now), done_for(i))
+        # What the store cannot hold: a lone surrogate (SQLite's driver
+        # refuses it), or a NUL (PostgreSQL refuses it).
+        writer.submit_create(CreateRun("bad\ud800\x00", "t", "[]", "r-bad", now), done_for("bad"))
+        gate.set()
+        writer.call(lambda: None).result(10)
+        assert isinstance(outcomes.pop("bad"), aion.StoreError)
+        assert sorted(outcomes) == list(range(20))
+        assert all(created for created, _ in outcomes.values())
+        # The good runs are there, and appends to them go on.
+        future = writer.append("good-3", 1, [ev.NewEvent(ev.TIMER_CANCELLED, now, {"timer": "t"})])
+        assert future.result(10) == 2
+    finally:
+        writer.close()
+    reader = open_test_store(db_url)
+    try:
+        assert [r.workflow_id for r in reader.list_runs(limit=100)] == sorted(
+            f"good-{i}" for i in range(20))
+    finally:
+        reader.close()
+
+
+def test_append_batches_with_one_bad_run_keep_the_other_runs_order(db_url):
+    """Isolation splits a failed batch; each run's records keep their order."""
+    store = open_test_store(db_url)
+    writer = StoreWriter(store)
+    try:
+        now = time.time()
+        for i in range(4):
+            writer.submit_create(CreateRun(f"w-{i}", "t", "[]", f"r-{i}", now), lambda v, e: None)
+        writer.call(lambda: None).result(10)
+        gate = NativeGate()
+        writer.call(lambda: gate.wait(10))
+        futures = []
+        for seq in range(1, 4):
+            for i in range(4):
+                events = [ev.NewEvent(ev.TIMER_CANCELLED, now, {"timer": f"t{seq}"})]
+                futures.append((i, seq, writer.append(f"w-{i}", seq, events)))
+            writer.submit_create(CreateRun(f"bad-{seq}\ud800", "t", "[]", "r", now), lambda v, e: None)
+        gate.set()
+        for i, seq, future in futures:
+            assert future.result(10) == seq + 1, (i, seq)
+    finally:
+        writer.close()

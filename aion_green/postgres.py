@@ -51,6 +51,26 @@ from .errors import (
 )
 from .store import Append, CreateRun, IEventStore, NewRun, RunInfo
 
+# Event data that PostgreSQL's json and jsonb refuse to parse: an escaped
+# U+0000 (no text can hold it) or a surrogate escape (json refuses a lone
+# one; pairs are let through to Python too, which is merely slower). A cast
+# of one such row failed every later message to its run (issue 16: a NUL in
+# one signal's payload). CASE guarantees the cast is never tried on them.
+_UNCASTABLE = "data ~ '\\\\u0000|\\\\u[dD][89a-fA-F]'"
+
+
+def _events_where(cur: Any, table: str, workflow_id: str, event_type: str, key: str,
+                  value: str) -> list[int]:
+    """The seqs, in order, of the ``event_type`` events of ``workflow_id`` in
+    ``table`` whose data's ``key`` is ``value``: matched in SQL where the
+    data casts, in Python where it does not."""
+    cur.execute(f"SELECT seq, CASE WHEN {_UNCASTABLE} THEN data END FROM {table} "
+                f"WHERE workflow_id=%s AND type=%s AND ({_UNCASTABLE} OR "
+                f"(CASE WHEN {_UNCASTABLE} THEN NULL ELSE data::jsonb ->> '{key}' END) = %s) "
+                "ORDER BY seq", (workflow_id, event_type, value))
+    return [int(seq) for seq, raw in cur.fetchall()
+            if raw is None or json.loads(raw).get(key) == value]
+
 
 @implementer(IEventStore)
 class PostgresStore(PgRewind):
@@ -312,16 +332,11 @@ class PostgresStore(PgRewind):
                         dedup: Optional[str] = None) -> int:
         def build(cur: Any) -> Union[int, dict[str, Any]]:
             if dedup is not None:
-                cur.execute("SELECT seq FROM aion_events WHERE workflow_id=%s AND type=%s "
-                            "AND data::jsonb ->> 'dedup' = %s ORDER BY seq LIMIT 1",
-                            (workflow_id, ev.MESSAGE_RECEIVED, dedup))
-                seen = cur.fetchone()
-                if seen is not None:
-                    return int(seen[0])
-            cur.execute("SELECT count(*) FROM aion_events WHERE workflow_id=%s AND type=%s "
-                        "AND data::jsonb ->> 'name' = %s", (workflow_id, ev.MESSAGE_RECEIVED, name))
-            (index,) = cur.fetchone()
-            data = {"name": name, "index": int(index), "payload": json.loads(payload_json)}
+                seen = _events_where(cur, "aion_events", workflow_id, ev.MESSAGE_RECEIVED, "dedup", dedup)
+                if seen:
+                    return seen[0]
+            index = len(_events_where(cur, "aion_events", workflow_id, ev.MESSAGE_RECEIVED, "name", name))
+            data = {"name": name, "index": index, "payload": json.loads(payload_json)}
             if dedup is not None:
                 data["dedup"] = dedup
             return data
@@ -410,19 +425,17 @@ class PostgresStore(PgRewind):
 
     def find_event(self, workflow_id: str, event_type: str, dedup: Optional[str] = None) -> Optional[int]:
         if dedup is None:
-            sql = ("SELECT seq FROM aion_events WHERE workflow_id=%s AND type=%s "
-                   "ORDER BY seq LIMIT 1")
-            params: tuple[Any, ...] = (workflow_id, event_type)
-        else:
-            # The current run first; the run that recorded it may have
-            # continued as new since (its seq is then that run's).
-            sql = ("SELECT seq FROM (SELECT seq, 0 AS old FROM aion_events WHERE workflow_id=%s "
-                   "AND type=%s AND data::jsonb ->> 'dedup' = %s UNION ALL "
-                   "SELECT seq, 1 FROM aion_archived_events WHERE workflow_id=%s AND type=%s "
-                   "AND data::jsonb ->> 'dedup' = %s) AS found ORDER BY old, seq LIMIT 1")
-            params = (workflow_id, event_type, dedup) * 2
-        rows = self._query(sql, params)
-        return int(rows[0][0]) if rows else None
+            rows = self._query("SELECT seq FROM aion_events WHERE workflow_id=%s AND type=%s "
+                               "ORDER BY seq LIMIT 1", (workflow_id, event_type))
+            return int(rows[0][0]) if rows else None
+        # The current run first; the run that recorded it may have continued
+        # as new since (its seq is then that run's).
+        with self._tx() as cur:
+            for table in ("aion_events", "aion_archived_events"):
+                seqs = _events_where(cur, table, workflow_id, event_type, "dedup", dedup)
+                if seqs:
+                    return seqs[0]
+        return None
 
     # -- leases ------------------------------------------------------------------------------
     def claim_runs(self, owner: str, workflow_types: Sequence[str], lease_until: float, now: float,

@@ -137,3 +137,35 @@ def test_append_batches_with_one_bad_run_keep_the_other_runs_order(db_url):
             assert future.result(10) == seq + 1, (i, seq)
     finally:
         writer.close()
+
+
+@aion.workflow(name="hostile.listener")
+def listener(ctx, n):
+    got = [ctx.receive("m") for _ in range(n)]
+    ctx.receive("stop")
+    return got
+
+
+HOSTILE_PAYLOADS = ["a\x00b", "\ud800", "\U0001f600 ok", {"k\x00": ["\x00", "\udfff"]}]
+
+
+def test_payloads_with_nul_and_surrogates_round_trip_from_any_sender(make_engine, db_url):
+    """Failure window (PostgreSQL): a message whose payload held U+0000 was
+    recorded, but reading it back through a JSON cast failed, so its sender
+    got a StoreError (and a retry recorded it again), and every later
+    message to the run failed the same way."""
+    driver = make_engine(listener)
+    handle = driver.start(listener, 2 * len(HOSTILE_PAYLOADS), id="listens")
+    outsider = make_engine(url=db_url, passive=True)  # not the run's driver: posts for it
+    seqs = []
+    for i, payload in enumerate(HOSTILE_PAYLOADS):
+        seqs.append(outsider.signal("listens", "m", payload, idempotency_key=f"k-{i}"))
+        # A retry after a lost reply is recorded once.
+        assert outsider.signal("listens", "m", payload, idempotency_key=f"k-{i}") == seqs[-1]
+    for i, payload in enumerate(HOSTILE_PAYLOADS):
+        driver.signal("listens", "m", payload, idempotency_key=f"d-{i}")
+        assert driver.signal("listens", "m", payload, idempotency_key=f"d-{i}") > 0
+    driver.signal("listens", "stop")
+    assert handle.result(30) == HOSTILE_PAYLOADS * 2
+    received = [e for e in driver.history("listens") if e.type == ev.MESSAGE_RECEIVED and e["name"] == "m"]
+    assert [e["index"] for e in received] == list(range(2 * len(HOSTILE_PAYLOADS)))

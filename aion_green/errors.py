@@ -188,3 +188,21 @@ class QueryFailed(AionError):
 
 class InternalError(AionError):
     """Ours: an engine invariant was broken. This is a bug in aion_green."""
+
+
+def error_message(error: BaseException) -> str:
+    """``str(error)``, or a stand-in naming the type when the user's
+    ``__str__`` itself raises: an error's text goes into history and into
+    other callers' errors, and a second error while describing the first
+    left a run running with its step re-run forever (issue 16)."""
+    try:
+        text = str(error)
+    except BaseException as exc:  # noqa: B036 - any raise from user code, even SystemExit
+        try:
+            inner = type(exc).__name__
+        except BaseException:  # pragma: no cover - paranoia: a type always has a name
+            inner = "an error"
+        return f"<str() of this {type(error).__name__} raised {inner}>"
+    if type(text) is not str:  # pragma: no cover - str() always returns a str
+        return f"<a {type(error).__name__}>"
+    return text

@@ -35,6 +35,7 @@ from .errors import (
     WorkflowFailed,
     WorkflowNotFound,
     WorkflowNotRegistered,
+    error_message,
 )
 from .hub_thread import Future
 from .recorder import Recorder
@@ -404,7 +405,15 @@ class RunDriver:
             except ContinueAsNew:
                 ctx._finish_check("the workflow to continue as new")
                 raise
-            except (GreenletExit, RunLost, RunAborted, RunEvicted, Cancelled):
+            except GreenletExit as exc:
+                if self._hub.closing:
+                    raise  # the epoch ends: this run resumes in the next one
+                # Only shutdown kills a run's greenlet, so this is the body's
+                # own: as a kill it left the run running, and each replay
+                # raised it again, forever (issue 16).
+                ctx._finish_check("the workflow to raise GreenletExit")
+                raise _BodyRaisedGreenletExit(exc) from None
+            except (RunLost, RunAborted, RunEvicted, Cancelled):
                 raise
             except NonDeterminismError:
                 raise
@@ -425,6 +434,8 @@ class RunDriver:
             data = {"error": {"type": "Cancelled", "message": cancelled.reason or "cancelled",
                               "reason": cancelled.reason}}
         except BaseException as raised:
+            if isinstance(raised, _BodyRaisedGreenletExit):
+                raised = raised.original
             failure: BaseException = ctx._divergence or raised
             error = error_data(failure)
             if isinstance(failure, NonDeterminismError):
@@ -433,7 +444,7 @@ class RunDriver:
             elif isinstance(failure, SerializationError):
                 error["kind"] = "serialization"
             if not isinstance(failure, NonDeterminismError):
-                error["traceback"] = "".join(traceback.format_exception(failure)[-8:])
+                error["traceback"] = _traceback_text(failure)
             event_type, data, status, result = ev.WORKFLOW_FAILED, {"error": error}, ev.FAILED, None
         end = ctx._record(ev.completed(time.time(), result, result_text)
                           if status == ev.COMPLETED else ev.NewEvent(event_type, time.time(), data),
@@ -447,3 +458,25 @@ class RunDriver:
                        result, data.get("error"), end.seq, info.created_at, end.at)
 
 
+
+
+class _BodyRaisedGreenletExit(Exception):
+    """A workflow body raised GreenletExit itself (not a kill): carried to
+    the run's failure past the handlers that let a real kill through."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__("GreenletExit")
+        self.original = original
+
+
+def _traceback_text(failure: BaseException) -> str:
+    """The last frames of a failure's traceback for its WorkflowFailed
+    record; its message line from :func:`error_message`, as the user's
+    ``__str__`` may raise."""
+    try:
+        lines = traceback.format_exception(failure)
+    except BaseException:  # noqa: B036 - any raise from user code while formatting
+        frames = traceback.format_tb(failure.__traceback__)
+        lines = ["Traceback (most recent call last):\n", *frames,
+                 f"{type(failure).__name__}: {error_message(failure)}\n"]
+    return "".join(lines[-8:])

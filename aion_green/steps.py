@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Union
 import gevent
 from gevent import monkey
 
-from .errors import EngineClosed, NonRetryableError, SerializationError
+from .errors import EngineClosed, NonRetryableError, SerializationError, error_message
 from .events import STEP_COMPLETED, STEP_FAILED, NewEvent, encode_decoded
 from .logs import step_fields
 
@@ -122,7 +122,7 @@ def error_data(error: BaseException) -> dict[str, Any]:
     cls = type(error)
     module = cls.__module__
     qual = cls.__qualname__ if module in ("builtins", None) else f"{module}.{cls.__qualname__}"
-    return {"type": qual, "message": str(error)}
+    return {"type": qual, "message": error_message(error)}
 
 
 def attempt_event(fn: Callable[..., Any], args: tuple[Any, ...], info: StepInfo,
@@ -135,7 +135,9 @@ def attempt_event(fn: Callable[..., Any], args: tuple[Any, ...], info: StepInfo,
     try:
         value = fn(*args)
         value, text = encode_decoded(value, functools.partial(_result_name, info))
-    except Exception as exc:
+    except BaseException as exc:  # noqa: B036
+        # Even SystemExit or KeyboardInterrupt: raised in a pool thread they
+        # stop nothing but this attempt, which is recorded like any failure.
         return _failed_event(info, policy, error_data(exc), policy.is_retryable(exc))
     finally:
         _local.info = None

@@ -169,3 +169,79 @@ def test_payloads_with_nul_and_surrogates_round_trip_from_any_sender(make_engine
     assert handle.result(30) == HOSTILE_PAYLOADS * 2
     received = [e for e in driver.history("listens") if e.type == ev.MESSAGE_RECEIVED and e["name"] == "m"]
     assert [e["index"] for e in received] == list(range(2 * len(HOSTILE_PAYLOADS)))
+
+
+# -- errors that fail to describe themselves ----------------------------------------------------
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("__str__ of this error raises")
+
+
+def raises_unprintable(key):
+    counted(key)
+    raise Unprintable()
+
+
+def raises_system_exit(key):
+    counted(key)
+    raise SystemExit(3)
+
+
+@aion.workflow(name="hostile.unprintable")
+def unprintable(ctx, which):
+    step = raises_unprintable if which == "str" else raises_system_exit
+    try:
+        ctx.step(step, ctx.workflow_id, retry=aion.Retry(max_attempts=3, initial_interval=0.01))
+    except aion.StepError as exc:
+        return [exc.error_type, exc.message, exc.attempts]
+    return "not reached"
+
+
+@pytest.mark.parametrize("which", ["str", "exit"])
+def test_a_step_error_that_cannot_be_described_is_recorded_and_retried_per_policy(make_engine, which):
+    """Failure window: str() of a step's exception raised while its failure
+    was recorded; result() raised StoreError at once, the run stayed
+    running, and the step ran again every 5 s, past its retry limit."""
+    _counts.clear()
+    engine = make_engine(unprintable)
+    error_type, message, attempts = engine.start(unprintable, which, id=f"bad-{which}").result(15)
+    assert attempts == 3 and _counts == {f"bad-{which}": 3}
+    if which == "str":
+        assert error_type == "test_hostile_input.Unprintable"
+        assert "str() of this Unprintable raised RuntimeError" in message
+    else:
+        assert (error_type, message) == ("SystemExit", "3")
+    assert engine.describe(f"bad-{which}").status == "completed"
+
+
+@aion.workflow(name="hostile.body_raises")
+def body_raises(ctx, what):
+    counted(f"body/{ctx.workflow_id}")
+    ctx.step(counted, f"step/{ctx.workflow_id}")
+    if what == "greenlet_exit":
+        import greenlet
+        raise greenlet.GreenletExit("from the workflow's own code")
+    if what == "system_exit":
+        raise SystemExit(2)
+    raise Unprintable()
+
+
+@pytest.mark.parametrize("what", ["greenlet_exit", "system_exit", "unprintable"])
+def test_a_body_that_raises_a_control_flow_error_fails_once(make_engine, what):
+    """Failure window: a workflow body raised GreenletExit itself; the
+    engine took it for a kill, left the run running and replayed it again
+    and again, forever. (And an error whose str() raises broke the record
+    of the run's failure.)"""
+    _counts.clear()
+    engine = make_engine(body_raises)
+    with pytest.raises(aion.WorkflowFailed) as failed:
+        engine.start(body_raises, what, id=f"raises-{what}").result(10)
+    history = engine.history(f"raises-{what}")
+    assert [e.type for e in history][-1] == ev.WORKFLOW_FAILED
+    assert sum(e.type == ev.WORKFLOW_FAILED for e in history) == 1
+    assert _counts[f"step/raises-{what}"] == 1
+    time.sleep(0.5)  # a replay loop would have run the body again by now
+    assert _counts[f"body/raises-{what}"] == 1
+    assert engine.describe(f"raises-{what}").status == "failed"
+    assert {"greenlet_exit": "GreenletExit", "system_exit": "SystemExit",
+            "unprintable": "Unprintable"}[what] in str(failed.value)

@@ -254,6 +254,11 @@ def _resolve_hub_settings() -> None:
     gevent.config.format_context  # noqa: B018
 
 
+# Commands run per turn of the hub's loop; each is a few microseconds (a
+# wake, a spawn), so a batch stays well under a millisecond.
+_DRAIN_BATCH = 256
+
+
 class HubThread:
     """A private gevent hub running in a dedicated native thread."""
 
@@ -415,13 +420,22 @@ class HubThread:
         glet.start()
 
     def _drain(self) -> None:
+        # Bounded: under a flood of commands from other threads an unbounded
+        # drain kept a 10 ms timer waiting 52-137 ms (issue 16); the rest
+        # waits one loop turn, after due timers and I/O.
         commands = self._commands
-        while commands:
+        for _ in range(_DRAIN_BATCH):
+            if not commands:
+                return
             fn, args = commands.popleft()
             try:
                 fn(*args)
-            except Exception:
-                log.exception("hub %s: command %r failed", self.name, fn)
+            except GreenletExit:  # pragma: no cover - the hub itself is being ended
+                raise
+            except BaseException:  # noqa: B036 - a command must never end the hub thread
+                log.exception("hub %s: command %r failed; this is a bug in aion_green", self.name, fn)
+        if commands and self._async is not None:
+            self._async.send()
 
     def _begin_stop(self) -> None:
         if self._stop_event is not None:

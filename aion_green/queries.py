@@ -13,7 +13,7 @@ import gevent
 from . import _clock
 from . import events as ev
 from .context import WorkflowContext
-from .errors import QueryFailed, WorkflowNotFound, WorkflowNotRunning
+from .errors import QueryFailed, WorkflowNotFound, WorkflowNotRunning, error_message
 from .hub_thread import Future
 
 
@@ -59,9 +59,12 @@ class QueryDriver:
             return
         try:
             answer = ev.roundtrip(handler(*args), f"the answer of query {name!r}")
-        except Exception as exc:
+        except BaseException as exc:  # noqa: B036
+            # Even SystemExit: raised here, on the hub thread, it ended the
+            # hub and every run of the engine with it (issue 16).
             future.set_exception(QueryFailed(
-                f"query {name!r} of workflow {wid!r} failed: {type(exc).__name__}: {exc}"))
+                f"query {name!r} of workflow {wid!r} failed: {type(exc).__name__}: "
+                f"{error_message(exc)}"))
         else:
             future.set_result(answer)
 

@@ -245,3 +245,29 @@ def test_a_body_that_raises_a_control_flow_error_fails_once(make_engine, what):
     assert engine.describe(f"raises-{what}").status == "failed"
     assert {"greenlet_exit": "GreenletExit", "system_exit": "SystemExit",
             "unprintable": "Unprintable"}[what] in str(failed.value)
+
+
+@aion.workflow(name="hostile.queried")
+def queried(ctx):
+    def explode(kind):
+        raise {"exit": SystemExit(1), "interrupt": KeyboardInterrupt(),
+               "unprintable": Unprintable()}[kind]
+
+    ctx.set_query("explode", explode)
+    ctx.set_query("ok", lambda: "fine")
+    return ctx.receive("stop")
+
+
+def test_a_query_handler_that_raises_system_exit_fails_the_query_not_the_engine(make_engine):
+    """Failure window: a query handler runs on the hub thread; SystemExit or
+    KeyboardInterrupt from it ended the hub thread, so every run of the
+    engine stopped and its SQLite lock was never released."""
+    engine = make_engine(queried)
+    handle = engine.start(queried, id="queried")
+    for kind in ("exit", "interrupt", "unprintable"):
+        with pytest.raises(aion.QueryFailed, match="failed"):
+            engine.query("queried", "explode", kind, timeout=5)
+        assert engine.query("queried", "ok", timeout=5) == "fine"
+    engine.signal("queried", "stop", "done")
+    assert handle.result(10) == "done"
+    assert engine.start(steady, 1, id="after").result(10) == 1

@@ -205,3 +205,47 @@ def test_threading_module_state_matches_mode():
     # gevent's, yet the hub thread above is still a native thread.
     assert monkey.is_module_patched("threading") == PATCHED
     assert threading.current_thread() is not None
+
+
+def test_a_flood_of_commands_lets_the_hubs_timers_run_between_batches(hub):
+    """Failure window: the hub drained its command queue without bound, so
+    under a flood of commands from other threads its own timers (heartbeats,
+    lease renewals, due durable timers) waited for the whole flood
+    (10 ms ticks waited 52-137 ms)."""
+    from conftest import NativeGate
+
+    flood = 100_000
+    done = [0]
+    seen = []
+
+    def ticker():
+        while done[0] < flood:
+            gevent.sleep(0.001)
+            seen.append(done[0])
+
+    def count():
+        done[0] += 1
+
+    hub.spawn(ticker)
+    gate = NativeGate()
+    held = NativeGate()
+    # Hold the hub (a command that blocks its thread) while the flood is
+    # queued, so all of it is waiting when the hub drains again.
+    hub.call_soon(lambda: (held.set(), gate.wait(10)))
+    assert held.wait(10)
+    for _ in range(flood):
+        hub.call_soon(count)
+    gate.set()
+    wait = time.monotonic() + 30
+    while done[0] < flood and time.monotonic() < wait:
+        time.sleep(0.01)
+    assert done[0] == flood
+    assert any(0 < n < flood for n in seen), "the ticker never ran while the flood was drained"
+
+
+def test_a_command_that_raises_system_exit_does_not_end_the_hub(hub):
+    def bad():
+        raise SystemExit(1)
+
+    hub.call_soon(bad)
+    assert hub.submit(lambda: 7).result(5) == 7

@@ -16,6 +16,7 @@ from .errors import (
     SequenceConflict,
     SerializationError,
     StepError,
+    StepTimeout,
     StoreCorrupt,
     StoreError,
     StoreUnavailable,
@@ -32,7 +33,7 @@ from .fanout import Step
 from .registry import workflow
 from .schedules import SCHEDULE_WORKFLOW
 from .steps import Retry, StepInfo, step_info
-from .store import IEventStore, RunInfo, SQLiteStore
+from .store import IEventStore, RunInfo, SQLiteStore, StepRunning
 from .supervision import ChildSpec
 from .triggers import Cron
 
@@ -41,7 +42,7 @@ __all__ = [
     "EngineClosed", "Event", "FencedOut", "IEventStore", "InternalError", "NonDeterminismError",
     "NonRetryableError", "QueryFailed", "RestartIntensityExceeded", "Retry", "RunInfo",
     "SCHEDULE_WORKFLOW", "SQLiteStore", "SequenceConflict", "SerializationError", "Step", "StepError",
-    "StepInfo",
+    "StepInfo", "StepRunning", "StepTimeout",
     "StoreCorrupt", "StoreError", "StoreUnavailable", "Timeout", "WorkflowCancelled",
     "WorkflowContext", "WorkflowFailed", "WorkflowHandle", "WorkflowIdConflict", "WorkflowNotFound",
     "WorkflowNotRegistered", "WorkflowNotRunning", "step_info", "workflow",

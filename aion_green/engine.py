@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import builtins
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -45,7 +46,7 @@ from .routing import RoutingDriver
 from .runs import RunDriver, _closed_while_waiting, outcome
 from .sharing import DriverLock, PgDriverLock, SharingDriver
 from .steps import StepPool
-from .store import RunInfo, open_store
+from .store import RunInfo, StepRunning, open_store
 from .timers import TimerService
 from .watchers import ChildTaskRegistry
 
@@ -100,6 +101,7 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         lease: float = 10.0,
         max_resident: Optional[int] = None,
         passive: bool = False,
+        step_grace: float = 10.0,
     ) -> None:
         if step_workers < 1:
             raise ConfigurationError(f"step_workers={step_workers}: need at least one step thread")
@@ -107,6 +109,10 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         self.durable = durable
         self.step_workers = step_workers
         self.kill_timeout = kill_timeout
+        # How long shutdown() waits for steps already running to return (and
+        # be recorded); one still running then is abandoned, named in the
+        # log, and runs again in the next epoch.
+        self.step_grace = step_grace
         self.recover = recover
         self.busy_timeout = busy_timeout
         if lease <= 0 or (max_resident is not None and max_resident < 1):
@@ -134,6 +140,11 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         self._store: Any = None
         # Hub thread only ------------------------------------------------------------
         self._steps = StepPool(step_workers)
+        # Step attempts running on the pool: StepInfo -> (wall-clock start,
+        # pool thread ident). Invariant: whoever pops an attempt records its
+        # outcome (the pool thread its result, the hub its timeout), so an
+        # attempt is recorded once. Any thread; single dict ops only.
+        self._in_flight: dict[Any, tuple[float, int]] = {}
         self._timers: Any = None  # TimerService once started
         self._child_tasks: Any = None  # ChildTaskRegistry once started
         # Held while this engine drives its store's runs (see sharing.py).
@@ -183,6 +194,7 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
                 log.info("engine used in a forked process (pid %s); starting afresh", pid)
                 self._runs, self._waiters, self._early = {}, {}, {}
                 self._recorders, self.unrunnable, self._unreadable = {}, {}, {}
+                self._in_flight = {}
                 self._recently_finished.clear()
             self._store = open_store(self.url, self.durable, self.busy_timeout)
             self._leased = hasattr(self._store, "claim_runs")
@@ -224,8 +236,15 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         # Child watchers first: the hub's own stop does not know them, and a
         # watcher must not record into a parent after the epoch closed.
         self._child_tasks.shutdown()
+        # Steps queued but not started are dropped (their runs replay them in
+        # the next epoch): started after shutdown() returned, they ran again
+        # there (issue 16: 2-3 times). Steps already running get step_grace
+        # to return while their runs still live, so their records land and
+        # the next epoch does not run them again; a run whose step returned
+        # asks for its next one in vain (the pool takes no more).
+        self._steps.close(self.step_grace)
+        self._log_abandoned_steps()
         self._hub.shutdown()
-        self._steps.close()
         if self._leased:
             self._stop_listening()
             self._release_leases()
@@ -240,6 +259,21 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
                 future.set_exception(closed)
         self._waiters.clear()
         _live_engines.discard(self)
+
+    def _log_abandoned_steps(self) -> None:
+        now = time.time()
+        for info, (since, _) in list(self._in_flight.items()):
+            log.warning("shutdown: step %d (%s) of workflow %r, attempt %d, still runs after "
+                        "%.1f s (step_grace=%s); it is abandoned: its outcome will not be "
+                        "recorded, and the next engine runs it again", info.step, info.name,
+                        info.workflow_id, info.attempt, now - since, self.step_grace)
+
+    def steps_running(self, workflow_id: str) -> builtins.list[StepRunning]:
+        """The step attempts of ``workflow_id`` running in this engine now
+        (a hung step shows here with its start time)."""
+        return sorted((StepRunning(info.step, info.name, info.attempt, since)
+                       for info, (since, _) in list(self._in_flight.items())
+                       if info.workflow_id == workflow_id), key=lambda s: (s.step, s.attempt))
 
     def _forget_parent(self) -> None:
         """In a forked child: drop what belongs to the parent process."""
@@ -436,7 +470,8 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         info = self._call_store(self._store.get_run, workflow_id)  # type: ignore[union-attr]
         if info is None:
             raise WorkflowNotFound(f"no workflow with id {workflow_id!r} in {self._store_name()}")
-        return info
+        running = self.steps_running(workflow_id) if self._in_flight else None
+        return dataclasses.replace(info, steps_running=tuple(running)) if running else info
 
     def list(self, status: Optional[str] = None,
              workflow_type: Union[None, str, Callable[..., Any]] = None,

@@ -64,6 +64,12 @@ class Timeout(AionError):
     """A wait ran past its time limit (a result wait, or a workflow deadline)."""
 
 
+class StepTimeout(Timeout):
+    """A step's attempt did not return within its ``timeout``: recorded as a
+    failed attempt (retried as its policy says). The function itself cannot
+    be interrupted; whatever it returns later is dropped."""
+
+
 class StoreError(AionError):
     """The environment's fault: the store could not do what was asked.
 

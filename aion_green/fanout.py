@@ -20,6 +20,7 @@ Thread contract: runs on the workflow's greenlet (the engine's hub thread).
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 import gevent
@@ -40,16 +41,21 @@ class Step:
     """A step for ``ctx.parallel``/``ctx.race``: ``aion.Step(fn, *args,
     retry=aion.Retry(...), name=...)``, as ``ctx.step`` would take it."""
 
-    __slots__ = ("fn", "args", "retry", "name")
+    __slots__ = ("fn", "args", "retry", "name", "timeout")
 
     def __init__(self, fn: Callable[..., Any], *args: Any, retry: Optional[Retry] = None,
-                 name: Optional[str] = None) -> None:
+                 name: Optional[str] = None, timeout: Union[None, float, timedelta] = None) -> None:
         if not callable(fn):
             raise TypeError(f"aion.Step({fn!r}, ...): the step must be a function")
         self.fn = fn
         self.args = args
         self.retry = retry
         self.name = name
+        self.timeout = None if timeout is None else (
+            timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout))
+        if self.timeout is not None and not self.timeout > 0:
+            raise ValueError(f"aion.Step(..., timeout={timeout!r}): a step's timeout is a "
+                             "positive number of seconds or a timedelta")
 
     def __repr__(self) -> str:
         return f"<Step {self.name or step_name(self.fn)}{self.args!r}>"
@@ -199,7 +205,8 @@ def _submit(ctx: "WorkflowContext", branch: _Branch) -> None:
     assert step is not None
     info = StepInfo(ctx.workflow_id, ctx.run_id, branch.ordinal, branch.name, branch.attempt + 1,
                     ctx.generation)
-    ctx._engine._run_step(ctx._recorder, step.fn, step.args, info, step.retry or NO_RETRY)
+    ctx._engine._run_step(ctx._recorder, step.fn, step.args, info, step.retry or NO_RETRY,
+                          step.timeout)
 
 
 def _drop(ctx: "WorkflowContext", branch: _Branch, cancel_child: bool) -> None:

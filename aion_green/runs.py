@@ -19,7 +19,7 @@ import uuid
 from typing import Any, Callable, Optional
 
 import gevent
-from gevent import GreenletExit
+from gevent import GreenletExit, monkey
 
 from . import events as ev
 from . import logs, tracing
@@ -30,6 +30,7 @@ from .errors import (
     InternalError,
     NonDeterminismError,
     SerializationError,
+    StepTimeout,
     StoreError,
     WorkflowCancelled,
     WorkflowFailed,
@@ -42,10 +43,11 @@ from .recorder import Recorder
 from .replay import message_state, open_children, pending_timers
 from .residency import RunEvicted
 from .routing import _Reroute
-from .steps import Retry, StepInfo, attempt_event, error_data
+from .steps import Retry, StepInfo, attempt_event, error_data, failed_event
 from .store import RunInfo
 
 log = logging.getLogger("aion_green.engine")
+_get_ident = monkey.get_original("_thread", "get_ident")
 
 
 def _ignore(*_: Any) -> None:
@@ -89,6 +91,7 @@ class RunDriver:
     _waiters: dict[str, builtins.list[Future]]
     _recently_finished: Any
     _early: dict[str, builtins.list[tuple[Any, ...]]]
+    _in_flight: dict[Any, tuple[float, int]]
     unrunnable: dict[str, str]
     recover: bool
     _leased: bool
@@ -104,7 +107,12 @@ class RunDriver:
 
     # -- hub thread only ---------------------------------------------------------------------
     def _on_hub_start(self) -> None:
-        if self._hub.closing or self._passive:  # type: ignore[attr-defined]
+        if self._hub.closing:  # type: ignore[attr-defined]
+            return
+        if self._passive:  # type: ignore[attr-defined]
+            # It drives nothing, but its result() waiters must hear of ends
+            # that other engines record (issue 16: they waited forever).
+            self._hub.spawn(self._poll, name="aion-passive-poll")  # type: ignore[attr-defined]
             return
         if self._leased:
             self._hub.spawn(self._begin_leasing, name="aion-leases")  # type: ignore[attr-defined]
@@ -115,7 +123,7 @@ class RunDriver:
             self._hub.spawn(self._poll, name="aion-client-poll")  # type: ignore[attr-defined]
 
     def _run_step(self, recorder: Recorder, fn: Callable[..., Any], args: tuple[Any, ...],
-                  info: StepInfo, policy: Retry) -> None:
+                  info: StepInfo, policy: Retry, timeout: Optional[float] = None) -> None:
         """One live attempt: a pool thread runs it, builds its event and
         hands it to the run's recorder; the run's greenlet wakes once the
         record is durable (record before wake)."""
@@ -129,24 +137,65 @@ class RunDriver:
         parent = None if tracing.tracer is None else getattr(self._runs.get(wid), "_trace", None)
         # A partial, not a closure: thousands of attempts may be in flight,
         # and each closure cell is one more object for the cyclic GC.
-        self._steps.submit(functools.partial(self._attempt, recorder, fn, args, info, policy,
-                                             parent, ctx))
+        if timeout is None:
+            self._steps.submit(functools.partial(self._attempt, recorder, fn, args, info, policy,
+                                                 parent, ctx))
+        else:
+            self._steps.submit(functools.partial(self._attempt, recorder, fn, args, info, policy,
+                                                 parent, ctx, timeout))
 
     def _attempt(self, recorder: Recorder, fn: Callable[..., Any], args: tuple[Any, ...],
-                 info: StepInfo, policy: Retry, parent: Any, ctx: Any) -> None:
-        """Pool thread: run one attempt of a step and record it."""
+                 info: StepInfo, policy: Retry, parent: Any, ctx: Any,
+                 timeout: Optional[float] = None) -> None:
+        """Pool thread: run one attempt of a step and record it (unless its
+        timeout was recorded first: whoever takes it out of _in_flight
+        records)."""
         hub = self._hub
+        in_flight = self._in_flight
+        in_flight[info] = (time.time(), _get_ident())
+        if timeout is not None:
+            hub.call_soon(self._arm_step_timeout, recorder, info, policy, timeout)
         try:
             if parent is None:
                 event = attempt_event(fn, args, info, policy)
             else:
                 event = tracing.attempt(fn, args, info, policy, parent)
-            recorder.submit_events([event])
+            if in_flight.pop(info, None) is not None:
+                recorder.submit_events([event])
+            else:
+                log.warning("workflow %r: step %d (%s) attempt %d returned after its timeout "
+                            "was recorded; its outcome is dropped", info.workflow_id, info.step,
+                            info.name, info.attempt)
         except BaseException as exc:
+            in_flight.pop(info, None)
             hub.call_soon(self._deliver, info.workflow_id, [], None, exc)
         finally:
             if ctx is not None:
                 hub.call_soon(self._step_handed_over, ctx)  # type: ignore[attr-defined]
+
+    def _arm_step_timeout(self, recorder: Recorder, info: StepInfo, policy: Retry,
+                          timeout: float) -> None:
+        """Hub thread: fail the attempt ``info`` if it is still running in
+        ``timeout`` seconds. (A loop timer, not durable time: an attempt
+        does not outlive its epoch.)"""
+        if info not in self._in_flight:
+            return  # it returned already
+        timer = self._hub._hub.loop.timer(timeout)
+        timer.start(self._step_timed_out, recorder, info, policy, timeout, timer)
+
+    def _step_timed_out(self, recorder: Recorder, info: StepInfo, policy: Retry, timeout: float,
+                        timer: Any) -> None:
+        timer.close()
+        began = self._in_flight.pop(info, None)
+        if began is None:
+            return  # it returned in time
+        self._steps.detach(began[1])  # the pool starts another thread for the waiting work
+        error = StepTimeout(
+            f"step {info.step} ({info.name}) of workflow {info.workflow_id!r}, attempt "
+            f"{info.attempt}, did not return within {timeout:g} s; it is recorded as failed "
+            "(whatever it returns later is dropped)")
+        recorder.submit_events([failed_event(info, policy, error_data(error),
+                                             policy.is_retryable(error))])
 
     def _new_recorder(self, wid: str, fence: Optional[int] = None) -> Recorder:
         # on_done(events, head, error) runs _deliver(wid, events, head, error)

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Union
 import gevent
 from gevent import monkey
 
-from .errors import EngineClosed, NonRetryableError, SerializationError, error_message
+from .errors import NonRetryableError, SerializationError, error_message
 from .events import STEP_COMPLETED, STEP_FAILED, NewEvent, encode_decoded
+from .hub_thread import Future
 from .logs import step_fields
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,6 +32,7 @@ _encode_str = json.encoder.encode_basestring_ascii
 _tuple_new = tuple.__new__
 _start_new_thread = monkey.get_original("_thread", "start_new_thread")
 _allocate_lock = monkey.get_original("_thread", "allocate_lock")
+_get_ident = monkey.get_original("_thread", "get_ident")
 
 Seconds = Union[float, int, timedelta]
 
@@ -138,7 +140,7 @@ def attempt_event(fn: Callable[..., Any], args: tuple[Any, ...], info: StepInfo,
     except BaseException as exc:  # noqa: B036
         # Even SystemExit or KeyboardInterrupt: raised in a pool thread they
         # stop nothing but this attempt, which is recorded like any failure.
-        return _failed_event(info, policy, error_data(exc), policy.is_retryable(exc))
+        return failed_event(info, policy, error_data(exc), policy.is_retryable(exc))
     finally:
         _local.info = None
     step, name, attempt = info.step, info.name, info.attempt
@@ -156,7 +158,7 @@ def _result_name(info: StepInfo) -> str:
     return f"the result of step {info.step} ({info.name}) of workflow {info.workflow_id!r}"
 
 
-def _failed_event(info: StepInfo, policy: Retry, error: dict[str, Any], retryable: bool) -> NewEvent:
+def failed_event(info: StepInfo, policy: Retry, error: dict[str, Any], retryable: bool) -> NewEvent:
     retryable = retryable and info.attempt < policy.max_attempts
     if log.isEnabledFor(logging.WARNING):
         extra = step_fields(info, "step.failed")
@@ -175,9 +177,9 @@ class StepPool:
 
     Thread contract: any thread may :meth:`submit`; tasks run on the pool's
     threads, which start on demand up to ``size``. Tasks must not raise (an
-    escaped error is logged). :meth:`close` never waits for a running step:
-    a step blocked in the outside world cannot be interrupted, and its
-    thread ends when it returns.
+    escaped error is logged). :meth:`close` drops the tasks that have not
+    started and waits (bounded) for the running ones: a step blocked in the
+    outside world cannot be interrupted, and its thread ends when it returns.
     """
 
     def __init__(self, size: int, name: str = "aion-step") -> None:
@@ -187,27 +189,74 @@ class StepPool:
         self._lock = _allocate_lock()
         self._threads = 0
         self._idle = 0
+        # Invariant: once _closed is set no task starts: submit() refuses,
+        # close() took what was queued, and a worker that finds a task put
+        # in the race with close() drops it.
         self._closed = False
+        # Set by the last worker to exit once the pool is closed.
+        self._all_exited: Optional[Any] = None
+        # Threads whose step timed out (detach): no longer counted in
+        # _threads; each leaves the pool when its step returns.
+        self._detached: set[int] = set()
 
     def submit(self, task: Callable[[], None]) -> None:
         if self._closed:
-            raise EngineClosed("the step pool is closed; the engine is shutting down")
+            # The epoch is ending: the run that asked is about to be killed,
+            # and its step runs in the next epoch (an error raised here
+            # would reach the workflow's code instead).
+            return
         self._queue.put(task)
         if self._threads >= self.size or self._queue.qsize() <= self._idle:
             return  # racy read; a thread that is needed is started just below
         with self._lock:
             # Invariant: a queued task finds an idle thread or starts one,
             # up to size (then it waits for the first thread to free up).
-            if self._queue.qsize() > self._idle and self._threads < self.size:
+            if self._queue.qsize() > self._idle and self._threads < self.size and not self._closed:
                 self._threads += 1
                 _start_new_thread(self._worker, ())
 
-    def close(self) -> None:
+    def close(self, timeout: Optional[float] = None) -> int:
+        """Drop the tasks not yet started (their steps have not run: the next
+        epoch runs them), then wait up to ``timeout`` seconds for the running
+        ones to return. Returns how many tasks were dropped. Before this
+        waited for nothing, so queued steps started after shutdown() had
+        returned and ran again after a restart (issue 16: 2-3 times)."""
         with self._lock:
             self._closed = True
             threads = self._threads
+            if threads and self._all_exited is None:
+                self._all_exited = Future()
+            exited = self._all_exited
+        dropped = 0
+        while True:
+            try:
+                task = self._queue.get_nowait()
+            except _queue.Empty:
+                break
+            if task is not None:
+                dropped += 1
         for _ in range(threads):
             self._queue.put(None)
+        if exited is not None:
+            exited.wait(timeout)
+        return dropped
+
+    def running(self) -> int:
+        """How many pool threads are alive (running a step or about to end)."""
+        return self._threads
+
+    def detach(self, ident: int) -> None:
+        """The step on thread ``ident`` timed out: stop counting that thread
+        (it ends when the step returns) and start another if work waits, so
+        a step that never returns does not shrink the pool."""
+        with self._lock:
+            if ident in self._detached or self._closed:
+                return
+            self._detached.add(ident)
+            self._threads -= 1
+            if self._queue.qsize() > self._idle and self._threads < self.size:
+                self._threads += 1
+                _start_new_thread(self._worker, ())
 
     def _worker(self) -> None:
         queue, lock = self._queue, self._lock
@@ -223,14 +272,21 @@ class StepPool:
                 task = queue.get()
                 with lock:
                     self._idle -= 1
-            if task is None:
+            if task is None or self._closed:
                 break
             try:
                 task()
             except BaseException:  # pragma: no cover - tasks catch their own errors
                 log.exception("a step task failed; this is a bug in aion_green")
+            if self._detached and _get_ident() in self._detached:
+                with lock:
+                    self._detached.discard(_get_ident())
+                return  # replaced while it ran (detach); no longer counted
         with lock:
             self._threads -= 1
+            last = self._closed and self._threads == 0
+        if last and self._all_exited is not None:
+            self._all_exited.set_result(None)
 
 
 _STEP_TYPES = frozenset({STEP_COMPLETED, STEP_FAILED})
@@ -242,10 +298,14 @@ def _describe(ordinal: int, name: str) -> str:
 
 
 def workflow_step(ctx: "WorkflowContext", fn: Callable[..., Any], *args: Any,
-                  retry: Optional[Retry] = None, name: Optional[str] = None) -> Any:
+                  retry: Optional[Retry] = None, name: Optional[str] = None,
+                  timeout: Optional[Seconds] = None) -> Any:
     """Run ``fn(*args)`` once, durably, on the step pool, and return its
     (JSON) result. On replay the recorded result is returned and ``fn``
     does not run. A step that fails for good raises :class:`StepError`.
+    With ``timeout``, an attempt still running after that long is recorded
+    as failed (:class:`~aion_green.errors.StepTimeout`, retried as ``retry``
+    says); the function cannot be stopped, and its late outcome is dropped.
 
     (``ctx.step``, on the run's greenlet: the recorded outcome on replay;
     live, each attempt on the pool, retried after its backoff while the
@@ -253,6 +313,10 @@ def workflow_step(ctx: "WorkflowContext", fn: Callable[..., Any], *args: Any,
     if ctx._divergence is not None or ctx._engine._hub._closing:
         ctx._check()  # raises
     policy = retry or NO_RETRY
+    limit = None if timeout is None else _seconds(timeout)
+    if limit is not None and not limit > 0:
+        raise ValueError(f"ctx.step(..., timeout={timeout!r}): a step's timeout is a positive "
+                         "number of seconds or a timedelta")
     ctx._step_ordinal += 1
     ordinal = ctx._step_ordinal
     sname = name or getattr(fn, "__qualname__", None) or step_name(fn)
@@ -268,7 +332,10 @@ def workflow_step(ctx: "WorkflowContext", fn: Callable[..., Any], *args: Any,
                 backoff_due = 0.0
             info = _tuple_new(StepInfo, (ctx.workflow_id, ctx.run_id, ordinal, sname,
                                          attempt + 1, ctx.generation))
-            ctx._engine._run_step(ctx._recorder, fn, args, info, policy)
+            if limit is None:
+                ctx._engine._run_step(ctx._recorder, fn, args, info, policy)
+            else:
+                ctx._engine._run_step(ctx._recorder, fn, args, info, policy, limit)
         try:
             found = ctx._next_command()
         except BaseException:

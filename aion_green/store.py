@@ -33,10 +33,23 @@ class RunInfo:
     created_at: float
     updated_at: float
     fence: int = 0  # the owner's fencing token, where the store leases runs
+    # Filled by Engine.describe() in the engine that runs them: the step
+    # attempts running now, each with its start time (a hung step shows).
+    steps_running: tuple["StepRunning", ...] = ()
 
     @property
     def finished(self) -> bool:
         return self.status != ev.RUNNING
+
+
+class StepRunning(NamedTuple):
+    """A step attempt running now: its ordinal, name, attempt (from 1) and
+    the wall-clock time it began (seconds since the epoch)."""
+
+    step: int
+    name: str
+    attempt: int
+    since: float
 
 
 class Append(NamedTuple):

@@ -124,6 +124,7 @@ def stop_with_runs_parked(engine, workflow_ids, gate, events=2):
     the runs stay unfinished in the store, as after a clean stop."""
     wait_until(lambda: all(len(engine.history(wid)) >= events for wid in workflow_ids),
                what=f"runs {workflow_ids} to record {events} events")
+    engine.step_grace = 0  # the held step is abandoned unrecorded, as a crash would leave it
     engine.shutdown()
     gate.set()
 

@@ -220,7 +220,7 @@ def test_now_random_and_uuid_come_from_history(make_engine, db_url):
         ctx.step(wait_gate)
         return {**values, "after": after}
 
-    first = make_engine(deterministic)
+    first = make_engine(deterministic, step_grace=0)  # its held step is abandoned, not awaited
     first.start(deterministic, id="det")
     deadline = time.monotonic() + 10
     while len(seen) < 1 and time.monotonic() < deadline:
@@ -312,7 +312,7 @@ def test_result_waiters_are_released_when_the_engine_shuts_down(make_engine):
     def parked(ctx):
         return ctx.step(wait_gate)
 
-    engine = make_engine(parked)
+    engine = make_engine(parked, step_grace=0)  # its held step is abandoned, not awaited
     handle = engine.start(parked, id="parked")
     import gevent
 
@@ -412,7 +412,7 @@ def test_nothing_of_an_epoch_is_appended_after_shutdown_returns(make_engine):
             ctx.sleep(0.2)
         return ctx.step(held, i)
 
-    engine = make_engine(busy)
+    engine = make_engine(busy, step_grace=0)  # the held steps are abandoned, not awaited
     for i in range(10):
         engine.start(busy, i, id=f"busy-{i}")
     wait_until(lambda: len(in_steps) == 5, what="the even runs to be in their steps")

@@ -271,3 +271,126 @@ def test_a_query_handler_that_raises_system_exit_fails_the_query_not_the_engine(
     engine.signal("queried", "stop", "done")
     assert handle.result(10) == "done"
     assert engine.start(steady, 1, id="after").result(10) == 1
+
+
+# -- shutdown and the step pool ------------------------------------------------------------------
+def slow_counted(key):
+    counted(key)
+    time.sleep(0.2)
+    return key
+
+
+@aion.workflow(name="hostile.slow_steps")
+def slow_steps(ctx, n):
+    return [ctx.step(slow_counted, f"{ctx.workflow_id}/{i}") for i in range(n)]
+
+
+def test_no_step_starts_after_shutdown_and_none_runs_twice_after_a_restart(make_engine):
+    """Failure window: shutdown() returned while the step pool still held
+    queued steps; they started afterwards, their records were refused by the
+    closed writer, and the next engine ran them again (2-3 times)."""
+    _counts.clear()
+    first = make_engine(slow_steps, step_workers=2)
+    for i in range(12):
+        first.start(slow_steps, 2, id=f"slow-{i}")
+    wait_until = time.monotonic() + 10
+    while sum(_counts.values()) < 2 and time.monotonic() < wait_until:
+        time.sleep(0.005)
+    first.shutdown()
+    after_shutdown = dict(_counts)
+    time.sleep(0.6)  # queued steps would have started by now
+    assert _counts == after_shutdown, "steps started after shutdown() returned"
+    second = make_engine(slow_steps, step_workers=8)
+    results = [second.result(f"slow-{i}", timeout=30) for i in range(12)]
+    assert results == [[f"slow-{i}/0", f"slow-{i}/1"] for i in range(12)]
+    doubled = {k: v for k, v in _counts.items() if v != 1}
+    assert doubled == {}, f"steps that ran more than once: {doubled}"
+
+
+def test_a_step_still_running_after_the_grace_is_abandoned_and_named(make_engine, caplog):
+    gate = NativeGate()
+
+    def held():
+        gate.wait(10)
+        return "late"
+
+    @aion.workflow(name="hostile.held")
+    def held_run(ctx):
+        return ctx.step(held)
+
+    engine = make_engine(held_run, step_grace=0.2)
+    engine.start(held_run, id="held")
+    deadline = time.monotonic() + 10
+    while not engine.describe("held").steps_running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    began = time.monotonic()
+    engine.shutdown()
+    assert time.monotonic() - began < 5
+    gate.set()
+    assert "step 1 (" in caplog.text and "'held'" in caplog.text and "abandoned" in caplog.text
+
+
+# -- step timeouts --------------------------------------------------------------------------------
+def hangs(key, release):
+    counted(key)
+    release.wait(30)
+    return "returned late"
+
+
+@aion.workflow(name="hostile.hanging")
+def hanging(ctx, attempts):
+    try:
+        return ctx.step(hangs, ctx.workflow_id, _releases[ctx.workflow_id], timeout=0.3,
+                        retry=aion.Retry(max_attempts=attempts, initial_interval=0.01))
+    except aion.StepError as exc:
+        return [exc.error_type, exc.attempts]
+
+
+_releases: dict = {}
+
+
+def test_a_hung_step_times_out_is_retried_and_shows_in_describe(make_engine):
+    """A step that never returns held its pool thread and its run forever;
+    with a timeout each attempt is recorded as failed (retryable), the run
+    goes on, and describe() shows the step in flight and since when."""
+    _counts.clear()
+    release = _releases["hung"] = NativeGate()
+    engine = make_engine(hanging, step_workers=2, step_grace=0)
+    handle = engine.start(hanging, 3, id="hung")
+    deadline = time.monotonic() + 10
+    while not engine.describe("hung").steps_running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (running,) = engine.describe("hung").steps_running
+    assert (running.step, running.attempt) == (1, 1) and "hangs" in running.name
+    assert time.time() - 5 < running.since <= time.time()
+    assert handle.result(15) == ["aion_green.errors.StepTimeout", 3]
+    assert _counts["hung"] == 3
+    failures = [e for e in engine.history("hung") if e.type == ev.STEP_FAILED]
+    assert [(e["attempt"], e["retryable"]) for e in failures] == [(1, True), (2, True), (3, False)]
+    assert "did not return within 0.3 s" in failures[0]["error"]["message"]
+    # Three hung threads did not shrink the pool of two: other steps still run.
+    assert engine.start(steady, 3, id="still-runs").result(10) == 3
+    release.set()
+    time.sleep(0.2)  # the late outcomes are dropped, not recorded
+    assert [e.type for e in engine.history("hung")].count(ev.STEP_COMPLETED) == 0
+
+
+# -- a passive engine's result() -------------------------------------------------------------------
+@aion.workflow(name="hostile.waits_for_go")
+def waits_for_go(ctx):
+    return ctx.receive("go")
+
+
+def test_a_passive_engines_result_returns_when_another_engine_ends_the_run(make_engine, db_url):
+    """Failure window: a passive engine (a tool, the CLI) waited in result()
+    for a run that the driving engine finished during the wait; nothing
+    told it, and result() never returned."""
+    driver = make_engine(waits_for_go)
+    driver.start(waits_for_go, id="watched")
+    looker = make_engine(url=db_url, passive=True)
+    import gevent
+    waiter = gevent.spawn(looker.result, "watched", 20)
+    gevent.sleep(0.3)  # the looker is waiting now
+    driver.signal("watched", "go", "went")
+    waiter.join(10)
+    assert waiter.dead and waiter.value == "went", waiter.exception

@@ -394,3 +394,23 @@ def test_a_passive_engines_result_returns_when_another_engine_ends_the_run(make_
     driver.signal("watched", "go", "went")
     waiter.join(10)
     assert waiter.dead and waiter.value == "went", waiter.exception
+
+
+@aion.workflow(name="hostile.echo")
+def echo_args(ctx, *args):
+    return [ctx.step(counted_echo, a) for a in args]
+
+
+def counted_echo(value):
+    return value
+
+
+def test_arguments_and_results_with_nul_and_surrogates_round_trip(make_engine):
+    """Text inside values (arguments, step results, results) is stored as
+    escaped JSON: U+0000 and unpaired surrogates round-trip on every store."""
+    engine = make_engine(echo_args)
+    args = ["a\x00b", "\ud800", {"\x00": "\udfff"}, "\U0001f600"]
+    assert engine.start(echo_args, *args, id="echo-hostile").result(10) == args
+    assert engine.describe("echo-hostile").args == args
+    started = engine.history("echo-hostile")[0]
+    assert started["args"] == args

@@ -414,3 +414,28 @@ def test_arguments_and_results_with_nul_and_surrogates_round_trip(make_engine):
     assert engine.describe("echo-hostile").args == args
     started = engine.history("echo-hostile")[0]
     assert started["args"] == args
+
+
+@aion.workflow(name="hostile.parallel_hang")
+def parallel_hang(ctx):
+    release = _releases[ctx.workflow_id]
+    try:
+        return ctx.parallel([aion.Step(counted_echo, "quick", timeout=5),
+                             aion.Step(hangs, ctx.workflow_id, release, timeout=0.2,
+                                       retry=aion.Retry(max_attempts=2, initial_interval=0.01))])
+    except aion.StepError as exc:
+        return [exc.error_type, exc.attempts]
+
+
+def test_a_hung_step_in_a_fan_out_times_out_like_any_other(make_engine):
+    _counts.clear()
+    release = _releases["fan-hung"] = NativeGate()
+    engine = make_engine(parallel_hang, step_grace=0)
+    try:
+        assert engine.start(parallel_hang, id="fan-hung").result(15) == [
+            "aion_green.errors.StepTimeout", 2]
+        assert _counts["fan-hung"] == 2
+    finally:
+        release.set()
+    with pytest.raises(ValueError, match="timeout"):
+        aion.Step(counted_echo, 1, timeout=0)

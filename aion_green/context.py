@@ -20,7 +20,7 @@ import gevent
 from gevent.hub import Waiter
 from greenlet import GreenletExit
 
-from . import children, fanout, messages, steps, versioning
+from . import _clock, children, fanout, messages, steps, versioning
 from . import events as ev
 from .children import ChildHandle
 from .errors import (
@@ -174,7 +174,7 @@ class WorkflowContext:
     def sleep(self, duration: Union[timedelta, float, int]) -> None:
         """Sleep durably: the deadline is recorded, survives restarts, and
         its firing is recorded before the workflow wakes."""
-        seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
+        seconds = _clock.seconds_of(duration, f"ctx.sleep({duration!r})")
         if seconds < 0:
             raise ValueError(f"ctx.sleep({duration!r}): a duration must not be negative")
         self._sleep(lambda: time.time() + seconds)
@@ -350,7 +350,7 @@ class WorkflowContext:
             at = duration.timestamp()
             key = self._start_timer(lambda: at)
         else:
-            seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
+            seconds = _clock.seconds_of(duration, f"ctx.timeout({duration!r})")
             key = self._start_timer(lambda: time.time() + seconds)
         self._scopes += (key,)
         expired = False

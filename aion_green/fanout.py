@@ -51,8 +51,8 @@ class Step:
         self.args = args
         self.retry = retry
         self.name = name
-        self.timeout = None if timeout is None else (
-            timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout))
+        self.timeout = None if timeout is None else _clock.seconds_of(
+            timeout, f"aion.Step(..., timeout={timeout!r})")
         if self.timeout is not None and not self.timeout > 0:
             raise ValueError(f"aion.Step(..., timeout={timeout!r}): a step's timeout is a "
                              "positive number of seconds or a timedelta")

@@ -15,6 +15,7 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Optional, Union
 
+from . import _clock
 from . import events as ev
 from .errors import AionError, Timeout
 
@@ -37,7 +38,7 @@ def receive(ctx: "WorkflowContext", name: str, timeout: Union[timedelta, float, 
     key = ("message", name, index)
     timer = None
     if timeout is not None:
-        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+        seconds = _clock.seconds_of(timeout, f"ctx.receive({name!r}, timeout={timeout!r})")
         timer = ctx._start_timer(lambda: time.time() + seconds)
     arrivals = ctx._cursor.arrivals
     message = timer_fired = None

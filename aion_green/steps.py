@@ -10,6 +10,7 @@ import _queue
 import functools
 import json.encoder
 import logging
+import math
 import random as _random
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Union
 import gevent
 from gevent import monkey
 
+from . import _clock
 from .errors import NonRetryableError, SerializationError, error_message
 from .events import STEP_COMPLETED, STEP_FAILED, NewEvent, encode_decoded
 from .hub_thread import Future
@@ -57,6 +59,11 @@ class Retry:
     non_retryable: tuple[type[BaseException], ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
+        for name in ("initial_interval", "max_interval"):
+            _clock.seconds_of(getattr(self, name), f"Retry({name}={getattr(self, name)!r})")
+        if not math.isfinite(self.backoff) or not math.isfinite(self.jitter):
+            raise ValueError(f"Retry(backoff={self.backoff!r}, jitter={self.jitter!r}): "
+                             "both must be finite numbers")
         if self.max_attempts < 1:
             raise ValueError(f"Retry(max_attempts={self.max_attempts}): need at least 1 attempt")
         if self.backoff < 1:
@@ -313,7 +320,7 @@ def workflow_step(ctx: "WorkflowContext", fn: Callable[..., Any], *args: Any,
     if ctx._divergence is not None or ctx._engine._hub._closing:
         ctx._check()  # raises
     policy = retry or NO_RETRY
-    limit = None if timeout is None else _seconds(timeout)
+    limit = None if timeout is None else _clock.seconds_of(timeout, f"ctx.step(..., timeout={timeout!r})")
     if limit is not None and not limit > 0:
         raise ValueError(f"ctx.step(..., timeout={timeout!r}): a step's timeout is a positive "
                          "number of seconds or a timedelta")

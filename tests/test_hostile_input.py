@@ -439,3 +439,40 @@ def test_a_hung_step_in_a_fan_out_times_out_like_any_other(make_engine):
         release.set()
     with pytest.raises(ValueError, match="timeout"):
         aion.Step(counted_echo, 1, timeout=0)
+
+
+# -- durations that are not numbers ------------------------------------------------------------
+@aion.workflow(name="hostile.durations")
+def durations(ctx, kind, text):
+    value = float(text)  # computed in the body: arguments cannot hold NaN (not JSON)
+    if kind == "sleep":
+        ctx.sleep(value)
+    elif kind == "receive":
+        ctx.receive("never", timeout=value)
+    elif kind == "scope":
+        with ctx.timeout(value):
+            ctx.sleep(0.01)
+    else:
+        ctx.step(counted_echo, 1, timeout=value)
+    return "not reached"
+
+
+@pytest.mark.parametrize("kind", ["sleep", "receive", "scope", "step"])
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf"])
+def test_a_duration_that_is_not_a_finite_number_fails_the_run_at_the_call(make_engine, kind, text):
+    """Failure window: ctx.sleep(float('nan')) recorded a TimerStarted whose
+    deadline the store refused (NOT NULL): the run stopped, and stopped
+    again at every restart; an infinite one was recorded as non-JSON."""
+    engine = make_engine(durations)
+    wid = f"dur-{kind}-{text}"
+    with pytest.raises(aion.WorkflowFailed, match="finite"):
+        engine.start(durations, kind, text, id=wid).result(10)
+    types = [e.type for e in engine.history(wid)]
+    assert types == [ev.WORKFLOW_STARTED, ev.WORKFLOW_FAILED]
+
+
+def test_a_retry_policy_with_non_finite_numbers_is_refused():
+    for bad in ({"initial_interval": float("nan")}, {"max_interval": float("inf")},
+                {"backoff": float("nan")}, {"jitter": float("inf")}):
+        with pytest.raises(ValueError, match="finite"):
+            aion.Retry(**bad)

@@ -141,10 +141,10 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         # Hub thread only ------------------------------------------------------------
         self._steps = StepPool(step_workers)
         # Step attempts running on the pool: StepInfo -> (wall-clock start,
-        # pool thread ident). Invariant: whoever pops an attempt records its
+        # pool thread ident, the pool's task). Invariant: whoever pops an attempt records its
         # outcome (the pool thread its result, the hub its timeout), so an
         # attempt is recorded once. Any thread; single dict ops only.
-        self._in_flight: dict[Any, tuple[float, int]] = {}
+        self._in_flight: dict[Any, tuple[float, int, Any]] = {}
         self._timers: Any = None  # TimerService once started
         self._child_tasks: Any = None  # ChildTaskRegistry once started
         # Held while this engine drives its store's runs (see sharing.py).
@@ -262,7 +262,7 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
 
     def _log_abandoned_steps(self) -> None:
         now = time.time()
-        for info, (since, _) in list(self._in_flight.items()):
+        for info, (since, _, _) in list(self._in_flight.items()):
             log.warning("shutdown: step %d (%s) of workflow %r, attempt %d, still runs after "
                         "%.1f s (step_grace=%s); it is abandoned: its outcome will not be "
                         "recorded, and the next engine runs it again", info.step, info.name,
@@ -272,7 +272,7 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         """The step attempts of ``workflow_id`` running in this engine now
         (a hung step shows here with its start time)."""
         return sorted((StepRunning(info.step, info.name, info.attempt, since)
-                       for info, (since, _) in list(self._in_flight.items())
+                       for info, (since, _, _) in list(self._in_flight.items())
                        if info.workflow_id == workflow_id), key=lambda s: (s.step, s.attempt))
 
     def _forget_parent(self) -> None:

@@ -91,7 +91,7 @@ class RunDriver:
     _waiters: dict[str, builtins.list[Future]]
     _recently_finished: Any
     _early: dict[str, builtins.list[tuple[Any, ...]]]
-    _in_flight: dict[Any, tuple[float, int]]
+    _in_flight: dict[Any, tuple[float, int, Any]]
     unrunnable: dict[str, str]
     recover: bool
     _leased: bool
@@ -152,7 +152,7 @@ class RunDriver:
         records)."""
         hub = self._hub
         in_flight = self._in_flight
-        in_flight[info] = (time.time(), _get_ident())
+        in_flight[info] = (time.time(), _get_ident(), self._steps.current_task())
         if timeout is not None:
             hub.call_soon(self._arm_step_timeout, recorder, info, policy, timeout)
         try:
@@ -189,7 +189,7 @@ class RunDriver:
         began = self._in_flight.pop(info, None)
         if began is None:
             return  # it returned in time
-        self._steps.detach(began[1])  # the pool starts another thread for the waiting work
+        self._steps.detach(began[1], began[2])  # the pool starts another thread for the waiting work
         error = StepTimeout(
             f"step {info.step} ({info.name}) of workflow {info.workflow_id!r}, attempt "
             f"{info.attempt}, did not return within {timeout:g} s; it is recorded as failed "

@@ -194,17 +194,24 @@ class StepPool:
         self.name = name
         self._queue: Any = _queue.SimpleQueue()
         self._lock = _allocate_lock()
+        # Invariant (under _lock): _threads >= min(size, _outstanding), where
+        # _outstanding counts the tasks submitted and not yet finished, and
+        # no thread leaves while the pool is open: every queued task has a
+        # thread that is not busy with another. (The earlier count of idle
+        # threads was read while a thread that had just taken a task still
+        # counted itself idle: a fan-out whose steps wait for each other
+        # then lacked a thread for its last step, on Python 3.13 often.)
         self._threads = 0
-        self._idle = 0
+        self._outstanding = 0
+        # The task each pool thread runs now (by thread ident); a timed-out
+        # one is replaced by _DETACHED (see detach).
+        self._current: dict[int, Any] = {}
         # Invariant: once _closed is set no task starts: submit() refuses,
         # close() took what was queued, and a worker that finds a task put
         # in the race with close() drops it.
         self._closed = False
         # Set by the last worker to exit once the pool is closed.
         self._all_exited: Optional[Any] = None
-        # Threads whose step timed out (detach): no longer counted in
-        # _threads; each leaves the pool when its step returns.
-        self._detached: set[int] = set()
 
     def submit(self, task: Callable[[], None]) -> None:
         if self._closed:
@@ -212,15 +219,14 @@ class StepPool:
             # and its step runs in the next epoch (an error raised here
             # would reach the workflow's code instead).
             return
-        self._queue.put(task)
-        if self._threads >= self.size or self._queue.qsize() <= self._idle:
-            return  # racy read; a thread that is needed is started just below
         with self._lock:
-            # Invariant: a queued task finds an idle thread or starts one,
-            # up to size (then it waits for the first thread to free up).
-            if self._queue.qsize() > self._idle and self._threads < self.size and not self._closed:
+            if self._closed:  # (close() counted the threads to stop: start none now)
+                return
+            self._outstanding += 1
+            if self._threads < self._outstanding and self._threads < self.size:
                 self._threads += 1
                 _start_new_thread(self._worker, ())
+        self._queue.put(task)
 
     def close(self, timeout: Optional[float] = None) -> int:
         """Drop the tasks not yet started (their steps have not run: the next
@@ -252,48 +258,50 @@ class StepPool:
         """How many pool threads are alive (running a step or about to end)."""
         return self._threads
 
-    def detach(self, ident: int) -> None:
-        """The step on thread ``ident`` timed out: stop counting that thread
-        (it ends when the step returns) and start another if work waits, so
-        a step that never returns does not shrink the pool."""
+    def current_task(self) -> Any:
+        """On a pool thread: the task it runs now (a token for :meth:`detach`)."""
+        return self._current.get(_get_ident())
+
+    def detach(self, ident: int, task: Any) -> None:
+        """``task``, on thread ``ident``, timed out: stop counting that thread
+        and its task (the thread ends when the task returns) and start
+        another thread if work waits, so a step that never returns does not
+        shrink the pool. A no-op once the task has returned."""
         with self._lock:
-            if ident in self._detached or self._closed:
+            if self._closed or task is None or self._current.get(ident) is not task:
                 return
-            self._detached.add(ident)
+            self._current[ident] = _DETACHED
             self._threads -= 1
-            if self._queue.qsize() > self._idle and self._threads < self.size:
+            self._outstanding -= 1
+            if self._threads < self._outstanding and self._threads < self.size:
                 self._threads += 1
                 _start_new_thread(self._worker, ())
 
     def _worker(self) -> None:
-        queue, lock = self._queue, self._lock
+        queue, lock, current = self._queue, self._lock, self._current
+        ident = _get_ident()
         while True:
-            # Take queued work without the idle accounting; only a thread
-            # about to block counts itself idle (under the lock, since
-            # submit() decides from that count whether to start a thread).
-            try:
-                task = queue.get_nowait()
-            except _queue.Empty:
-                with lock:
-                    self._idle += 1
-                task = queue.get()
-                with lock:
-                    self._idle -= 1
+            task = queue.get()
             if task is None or self._closed:
                 break
+            current[ident] = task
             try:
                 task()
             except BaseException:  # pragma: no cover - tasks catch their own errors
                 log.exception("a step task failed; this is a bug in aion_green")
-            if self._detached and _get_ident() in self._detached:
-                with lock:
-                    self._detached.discard(_get_ident())
-                return  # replaced while it ran (detach); no longer counted
+            with lock:
+                if current.pop(ident, None) is _DETACHED:
+                    return  # replaced while it ran; already uncounted
+                self._outstanding -= 1
         with lock:
+            current.pop(ident, None)
             self._threads -= 1
             last = self._closed and self._threads == 0
         if last and self._all_exited is not None:
             self._all_exited.set_result(None)
+
+
+_DETACHED = object()  # StepPool._current's mark of a thread whose task timed out
 
 
 _STEP_TYPES = frozenset({STEP_COMPLETED, STEP_FAILED})

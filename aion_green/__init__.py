@@ -18,6 +18,7 @@ from .errors import (
     StepError,
     StoreCorrupt,
     StoreError,
+    StoreLost,
     StoreUnavailable,
     Timeout,
     WorkflowCancelled,
@@ -42,7 +43,7 @@ __all__ = [
     "NonRetryableError", "QueryFailed", "RestartIntensityExceeded", "Retry", "RunInfo",
     "SCHEDULE_WORKFLOW", "SQLiteStore", "SequenceConflict", "SerializationError", "Step", "StepError",
     "StepInfo",
-    "StoreCorrupt", "StoreError", "StoreUnavailable", "Timeout", "WorkflowCancelled",
+    "StoreCorrupt", "StoreError", "StoreLost", "StoreUnavailable", "Timeout", "WorkflowCancelled",
     "WorkflowContext", "WorkflowFailed", "WorkflowHandle", "WorkflowIdConflict", "WorkflowNotFound",
     "WorkflowNotRegistered", "WorkflowNotRunning", "step_info", "workflow",
 ]

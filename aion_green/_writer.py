@@ -60,6 +60,11 @@ class StoreWriter:
         # out an unavailable store (_take_queued): the next batch runs them
         # first, in their order. Touched by the writer thread only.
         self._backlog: list[Any] = []
+        # The store's error while appends wait it out (a full disk), else
+        # None: callers waiting for an arrival's record read it to answer at
+        # once instead of waiting with no limit (routing._await_recorded,
+        # issue 16). Written by the writer thread only.
+        self.unavailable: Optional[StoreUnavailable] = None
         self._finished = Future()
         self.batches = 0
         self.writes = 0
@@ -153,6 +158,7 @@ class StoreWriter:
             self.batches += 1
             try:
                 outcomes = self.store.write_batch([op for op, _ in writes])
+                self.unavailable = None
             except StoreUnavailable as exc:
                 # A locked or full database is waited out for appends: the
                 # runs behind them are parked, not failed, and the records
@@ -168,6 +174,7 @@ class StoreWriter:
                     for _, done in writes:
                         done(None, exc)
                     return
+                self.unavailable = exc
                 if delay >= 0.5:
                     log.warning("store unavailable (%s); %d append(s) wait for it", exc, len(writes))
                 _sleep(delay)
@@ -175,6 +182,7 @@ class StoreWriter:
                 self._take_queued(writes)
                 continue
             except Exception as exc:
+                self.unavailable = None
                 error = exc if isinstance(exc, StoreError) else StoreError(
                     f"the store failed to write ({exc!r}); nothing of this write was recorded")
                 for _, done in writes:

@@ -32,6 +32,7 @@ import gevent
 
 from . import _clock
 from . import events as ev
+from ._sqlite_file import canonical_path, is_file
 from .errors import (
     AionError,
     EngineClosed,
@@ -57,7 +58,9 @@ class DriverLock:
     of a database file. ``:memory:`` databases need none."""
 
     def __init__(self, db_path: str) -> None:
-        self.path = None if db_path in ("", ":memory:") else f"{os.path.abspath(db_path)}.driver"
+        # Named after the real file, whichever name (a symlink) the engine
+        # was given: one file, one lock (issue 16; see _sqlite_file).
+        self.path = None if not is_file(db_path) else f"{canonical_path(db_path)}.driver"
         self._fd: Optional[int] = None
 
     @property

@@ -36,6 +36,7 @@ from ._sqlite_file import canonical_path, is_file
 from .errors import (
     AionError,
     EngineClosed,
+    StoreLost,
     StoreUnavailable,
     WorkflowNotRunning,
 )
@@ -240,6 +241,9 @@ class SharingDriver:
                 read = (reader.call(reader.store.read_inbox, 0, 500) if owner is None
                         else reader.call(reader.store.read_inbox, 0, 500, owner))
                 rows = [row for row in read.result() if row[0] not in pending]
+            except StoreLost as exc:  # for good: say so once (issue 16)
+                log.error("inbox: no more requests are taken: %s", exc)
+                return
             except AionError as exc:  # the store is away for a while: look again later
                 log.warning("inbox: the store could not be read (%s); retrying", exc)
                 gevent.sleep(_IDLE_PAUSE)
@@ -281,6 +285,9 @@ class SharingDriver:
                     took = _clock.monotonic() - began
                     sweep_at = _clock.monotonic() + max(_SWEEP_EVERY, 20 * took)
                 rows = reader.call(reader.store.new_runs, mark, 500).result()
+            except StoreLost as exc:  # for good: say so once (issue 16)
+                log.error("new runs: no more runs are taken: %s", exc)
+                return
             except AionError as exc:  # the store is away for a while: look again later
                 log.warning("new runs: the store could not be read (%s); retrying", exc)
                 gevent.sleep(_IDLE_PAUSE)

@@ -173,7 +173,7 @@ def echo(ctx, value):
 
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
 def test_a_file_deleted_or_replaced_under_the_engine_stops_its_writes_with_a_clear_error(
-        tmp_path, how):
+        tmp_path, how, caplog):
     """The database file is removed (``rm``) or replaced by another file
     while the engine runs. Before the fix the engine went on writing into
     the unlinked file: starts and signals "succeeded" and were lost at exit.
@@ -206,6 +206,11 @@ def test_a_file_deleted_or_replaced_under_the_engine_stops_its_writes_with_a_cle
             engine.list()
         with pytest.raises(aion.StoreLost):
             engine.history("before")
+        # The engine's own polls say it once, and stop: no warning a poll.
+        wait_until(lambda: "no more requests are taken" in caplog.text
+                   and "no more runs are taken" in caplog.text, what="the polls to stop")
+        time.sleep(0.5)
+        assert "could not be read" not in caplog.text
     finally:
         engine.shutdown()
     if how == "replaced":

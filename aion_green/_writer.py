@@ -24,6 +24,7 @@ log = logging.getLogger("aion_green.store")
 _tuple_new = tuple.__new__
 _start_new_thread = monkey.get_original("_thread", "start_new_thread")
 _sleep = monkey.get_original("time", "sleep")
+_allocate_lock = monkey.get_original("_thread", "allocate_lock")
 
 Done = Callable[[Any, Optional[BaseException]], None]
 _STOP = object()
@@ -98,6 +99,35 @@ class StoreWriter:
         future = Future()
         self.submit_call(lambda: fn(*args), future_done(future))
         return future
+
+    def call_or_refuse(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """For a caller waiting on its thread (not the writer's): the value of
+        ``fn(*args)`` run on the writer thread; but while appends wait out an
+        unavailable store (a full disk) ahead of it, the store's error at
+        once, and the call never runs (issue 16: a caller was left waiting
+        with no limit behind them)."""
+        future = Future()
+        lock = _allocate_lock()
+        # Invariant: under lock, exactly one of "ran" (the writer took it)
+        # and "dropped" (the caller gave up) is ever set.
+        state: dict[str, bool] = {}
+
+        def op() -> Any:
+            with lock:
+                if state.get("dropped"):
+                    return None  # no one waits for it
+                state["ran"] = True
+            return fn(*args)
+
+        self.submit_call(op, future_done(future))
+        while not future.wait(0.05):
+            unavailable = self.unavailable
+            if unavailable is not None:
+                with lock:
+                    if not state.get("ran"):
+                        state["dropped"] = True
+                        raise unavailable
+        return future.result()
 
     def _put(self, item: tuple[Any, Done]) -> None:
         if self._closed:

@@ -366,9 +366,8 @@ class SharingDriver:
     def _post(self, wid: str, kind: str, data: dict[str, Any], at: float, event_type: str,
               dedup: Optional[str]) -> int:
         """Post a request for the driver and wait until it is recorded."""
-        store_call = self._writer.call(self._store.post_inbox, wid, kind,
-                                       ev.encode(data, "the request"), at)
-        row_id = store_call.result()
+        row_id = self._writer.call_or_refuse(self._store.post_inbox, wid, kind,
+                                             ev.encode(data, "the request"), at)
         future = Future()
         self._hub.spawn(self._confirm, wid, event_type,
                         dedup if dedup is not None or kind != "message" else f"inbox/{row_id}",

@@ -253,6 +253,7 @@ def test_a_signal_or_a_cancel_on_a_full_disk_is_answered_at_once_like_a_start(fu
     big = "y" * 300_000  # more than the free pages of the page-limit variant
     engine = aion.Engine(f"sqlite:///{path}", workflows=[listens, echo])
     try:
+        assert engine.start(echo, "done", id="done").result(10) == "done"
         handle = engine.start(listens, id="listens")
         wait_until(lambda: len(handle.history()) >= 2, what="the run to wait for its message")
         recorded = handle.history()
@@ -261,6 +262,7 @@ def test_a_signal_or_a_cancel_on_a_full_disk_is_answered_at_once_like_a_start(fu
         for call in (lambda: engine.signal("listens", "note", big, idempotency_key="n1"),
                      lambda: engine.cancel("listens"),
                      lambda: engine.start(echo, big, id="during"),
+                     lambda: engine.fork("done", 2, id="forked"),
                      lambda: engine.signal("listens", "note", "again")):
             _, raised = _within(10, call)
             assert isinstance(raised, aion.StoreUnavailable), raised
@@ -276,8 +278,9 @@ def test_a_signal_or_a_cancel_on_a_full_disk_is_answered_at_once_like_a_start(fu
         received = [e.data["payload"] for e in handle.history() if e.type == ev.MESSAGE_RECEIVED]
         assert received == [big]
         assert not any(e.type == ev.CANCEL_REQUESTED for e in handle.history())
-        with pytest.raises(aion.WorkflowNotFound):
-            engine.describe("during")
+        for never in ("during", "forked"):
+            with pytest.raises(aion.WorkflowNotFound):
+                engine.describe(never)
     finally:
         engine.shutdown()
     examine(path)

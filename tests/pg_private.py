@@ -12,7 +12,24 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
+
+# Stops the server should the test process die without stopping it (a
+# SIGKILL): polls the test's pid, then "pg_ctl stop" and removes the folder.
+# Ends by itself once the folder is gone (a normal stop).
+_WATCHDOG = r"""
+import os, shutil, subprocess, sys, time
+parent, folder, stop = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+while os.path.isdir(folder):
+    try:
+        os.kill(parent, 0)
+    except ProcessLookupError:
+        subprocess.run(stop, capture_output=True, timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)
+        break
+    time.sleep(1)
+"""
 
 
 def _bindir():
@@ -60,6 +77,7 @@ class PrivateServer:
         self.data = os.path.join(self.dir, "data")
         self.log = os.path.join(self.dir, "server.log")
         self.port = None
+        self._watchdog = None
         self._as = []
         if os.geteuid() == 0:
             user = pwd.getpwnam("postgres")
@@ -102,10 +120,14 @@ class PrivateServer:
             try:
                 self._run("pg_ctl", "-D", self.data, "-l", self.log, "-o", self._options(),
                           "-w", "-t", "60", "start")
-                return self
+                break
             except RuntimeError:
                 if attempt == 2:
                     raise
+        stop = [*self._as, os.path.join(self.bindir, "pg_ctl"), "-D", self.data, "-m",
+                "immediate", "-w", "stop"]
+        self._watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()),
+                                           self.dir, *stop], start_new_session=True)
         return self
 
     def restart(self):
@@ -118,6 +140,12 @@ class PrivateServer:
                 self._run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
+            if self._watchdog is not None:
+                try:
+                    self._watchdog.wait(10)  # it sees the folder gone within a second
+                except subprocess.TimeoutExpired:
+                    self._watchdog.kill()
+                    self._watchdog.wait()
 
     def __enter__(self):
         return self.start()

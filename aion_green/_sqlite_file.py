@@ -57,8 +57,8 @@ def refuse_hard_links(path: str, real: str) -> None:
             f"the SQLite file {path!r} has {links} names on its disk (hard links): SQLite keeps "
             "a journal (-wal and -shm files) per name, so processes opening two names of one "
             "file would each write a journal of their own and corrupt it. Give the file one "
-            f"name (find the others with: find / -xdev -samefile {real!r}, and remove them, or "
-            "copy the file) and point every engine at it; a symbolic link is fine")
+            f"name (list them with: find <its disk's mount point> -xdev -samefile {real}; remove "
+            "the others, or copy the file) and point every engine at it; a symbolic link is fine")
 
 
 class FileIdentity:

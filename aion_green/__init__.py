@@ -19,6 +19,7 @@ from .errors import (
     StepTimeout,
     StoreCorrupt,
     StoreError,
+    StoreLost,
     StoreUnavailable,
     Timeout,
     WorkflowCancelled,
@@ -43,7 +44,7 @@ __all__ = [
     "NonRetryableError", "QueryFailed", "RestartIntensityExceeded", "Retry", "RunInfo",
     "SCHEDULE_WORKFLOW", "SQLiteStore", "SequenceConflict", "SerializationError", "Step", "StepError",
     "StepInfo", "StepRunning", "StepTimeout",
-    "StoreCorrupt", "StoreError", "StoreUnavailable", "Timeout", "WorkflowCancelled",
+    "StoreCorrupt", "StoreError", "StoreLost", "StoreUnavailable", "Timeout", "WorkflowCancelled",
     "WorkflowContext", "WorkflowFailed", "WorkflowHandle", "WorkflowIdConflict", "WorkflowNotFound",
     "WorkflowNotRegistered", "WorkflowNotRunning", "step_info", "workflow",
 ]

@@ -16,6 +16,7 @@ from zope.interface import implementer
 from . import _clock
 from . import events as ev
 from ._batch import BatchPlan, inbox_why_not, next_run_started, require_running, run_filters
+from ._sqlite_file import FileIdentity, canonical_path, refuse_hard_links
 from ._sqlite_rewind import SQLiteRewind
 from ._sqlite_schema import (
     _FAULTS,
@@ -46,6 +47,10 @@ class SQLiteStore(SQLiteRewind):
 
     def __init__(self, path: str, durable: bool = True, busy_timeout: float = 5.0) -> None:
         self.path = path
+        # Every name of the file leads to one (issue 16; see _sqlite_file).
+        self.real_path = canonical_path(path)
+        refuse_hard_links(path, self.real_path)
+        self._file = FileIdentity(path, self.real_path)
         self.durable = durable
         # Heads of runs as this connection last committed them, valid while
         # _data_version is the file's (see _batch_heads).
@@ -53,7 +58,7 @@ class SQLiteStore(SQLiteRewind):
         self._data_version: Optional[int] = None
         try:
             self._conn = sqlite3.connect(
-                path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+                self.real_path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
         except sqlite3.Error as exc:
             raise _translate(exc, path) from None
@@ -67,6 +72,7 @@ class SQLiteStore(SQLiteRewind):
             # 285 us at SQLite's default of 1000 (and 409 us at 10000).
             self._conn.execute("PRAGMA wal_autocheckpoint=200")
             self._migrate()
+            self._file.take()
         except sqlite3.Error as exc:
             self._conn.close()
             raise _translate(exc, path) from None
@@ -137,6 +143,9 @@ class SQLiteStore(SQLiteRewind):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                # Under the write lock, just before the commit: a file
+                # deleted under the engine gets nothing more (issue 16).
+                self._file.check(commit=True)
                 conn.execute("COMMIT")
             except BaseException:
                 self._known_heads.clear()
@@ -270,6 +279,7 @@ class SQLiteStore(SQLiteRewind):
     # -- reads -------------------------------------------------------------------------------
     def read(self, workflow_id: str, after_seq: int = 0, limit: Optional[int] = None,
              run_id: Optional[str] = None) -> list[ev.Event]:
+        self._file.check(commit=False)
         sql = "SELECT seq, type, at, data FROM events WHERE workflow_id=? AND seq>? ORDER BY seq"
         params: tuple[Any, ...] = (workflow_id, after_seq)
         if run_id is not None:
@@ -288,6 +298,7 @@ class SQLiteStore(SQLiteRewind):
             raise _translate(exc, self.path) from None
 
     def get_run(self, workflow_id: str) -> Optional[RunInfo]:
+        self._file.check(commit=False)
         try:
             return self._get_run(workflow_id)
         except _FAULTS as exc:
@@ -306,6 +317,7 @@ class SQLiteStore(SQLiteRewind):
         limit: int = 100,
         after_id: Optional[str] = None,
     ) -> list[RunInfo]:
+        self._file.check(commit=False)
         where, params = run_filters(status, workflow_type, after_id, "?", "workflow_id>?")
         try:
             rows = self._conn.execute(
@@ -326,6 +338,7 @@ class SQLiteStore(SQLiteRewind):
             return int(cursor.lastrowid or 0)
 
     def read_inbox(self, after_id: int = 0, limit: int = 500) -> list[tuple[int, str, str, Any, float]]:
+        self._file.check(commit=False)
         try:
             rows = self._conn.execute(
                 "SELECT id, workflow_id, kind, data, at FROM inbox WHERE id>? ORDER BY id LIMIT ?",
@@ -339,6 +352,7 @@ class SQLiteStore(SQLiteRewind):
             conn.executemany("DELETE FROM inbox WHERE id=?", [(i,) for i in ids])
 
     def new_runs(self, after: int = 0, limit: int = 500) -> list[NewRun]:
+        self._file.check(commit=False)
         try:
             rows = self._conn.execute(
                 "SELECT rowid, workflow_id, status FROM runs WHERE rowid>? ORDER BY rowid LIMIT ?",
@@ -373,6 +387,7 @@ class SQLiteStore(SQLiteRewind):
         return None if row is None else int(row[0])
 
     def due_timers(self, now: float, limit: int = 1000) -> list[tuple[str, str, float]]:
+        self._file.check(commit=False)
         try:
             rows = self._conn.execute(
                 "SELECT workflow_id, timer_key, fire_at FROM timers WHERE fire_at <= ? "

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from gevent import monkey
 
-from .errors import EngineClosed, StoreError, StoreUnavailable
+from .errors import EngineClosed, StoreError, StoreLost, StoreUnavailable
 from .events import NewEvent
 from .hub_thread import Future
 from .store import Append, CreateRun, IEventStore
@@ -24,6 +24,7 @@ log = logging.getLogger("aion_green.store")
 _tuple_new = tuple.__new__
 _start_new_thread = monkey.get_original("_thread", "start_new_thread")
 _sleep = monkey.get_original("time", "sleep")
+_allocate_lock = monkey.get_original("_thread", "allocate_lock")
 
 Done = Callable[[Any, Optional[BaseException]], None]
 _STOP = object()
@@ -60,6 +61,11 @@ class StoreWriter:
         # out an unavailable store (_take_queued): the next batch runs them
         # first, in their order. Touched by the writer thread only.
         self._backlog: list[Any] = []
+        # The store's error while appends wait it out (a full disk), else
+        # None: callers waiting for an arrival's record read it to answer at
+        # once instead of waiting with no limit (routing._await_recorded,
+        # issue 16). Written by the writer thread only.
+        self.unavailable: Optional[StoreUnavailable] = None
         self._finished = Future()
         self.batches = 0
         self.writes = 0
@@ -93,6 +99,35 @@ class StoreWriter:
         future = Future()
         self.submit_call(lambda: fn(*args), future_done(future))
         return future
+
+    def call_or_refuse(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """For a caller waiting on its thread (not the writer's): the value of
+        ``fn(*args)`` run on the writer thread; but while appends wait out an
+        unavailable store (a full disk) ahead of it, the store's error at
+        once, and the call never runs (issue 16: a caller was left waiting
+        with no limit behind them)."""
+        future = Future()
+        lock = _allocate_lock()
+        # Invariant: under lock, exactly one of "ran" (the writer took it)
+        # and "dropped" (the caller gave up) is ever set.
+        state: dict[str, bool] = {}
+
+        def op() -> Any:
+            with lock:
+                if state.get("dropped"):
+                    return None  # no one waits for it
+                state["ran"] = True
+            return fn(*args)
+
+        self.submit_call(op, future_done(future))
+        while not future.wait(0.05):
+            unavailable = self.unavailable
+            if unavailable is not None:
+                with lock:
+                    if not state.get("ran"):
+                        state["dropped"] = True
+                        raise unavailable
+        return future.result()
 
     def _put(self, item: tuple[Any, Done]) -> None:
         if self._closed:
@@ -153,6 +188,7 @@ class StoreWriter:
             self.batches += 1
             try:
                 outcomes = self.store.write_batch([op for op, _ in writes])
+                self.unavailable = None
             except StoreUnavailable as exc:
                 # A locked or full database is waited out for appends: the
                 # runs behind them are parked, not failed, and the records
@@ -168,6 +204,7 @@ class StoreWriter:
                     for _, done in writes:
                         done(None, exc)
                     return
+                self.unavailable = exc
                 if delay >= 0.5:
                     log.warning("store unavailable (%s); %d append(s) wait for it", exc, len(writes))
                 _sleep(delay)
@@ -175,11 +212,13 @@ class StoreWriter:
                 self._take_queued(writes)
                 continue
             except Exception as exc:
-                if len(writes) > 1:
+                self.unavailable = None
+                if len(writes) > 1 and not isinstance(exc, StoreLost):
                     # One record the store cannot hold (a value that slipped
                     # past validation) must fail its own caller only: the
                     # others' steps would run again (issue 16 measured 47 of
                     # 200 runs). Halves keep each run's records in order.
+                    # (A lost file fails every record: no use splitting.)
                     half = len(writes) // 2
                     self._write(writes[:half])
                     self._write(writes[half:])

@@ -355,7 +355,7 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
             return self._post(workflow_id, "message", data, time.time(), ev.MESSAGE_RECEIVED, dedup)
         future = Future()
         self._route_message(workflow_id, name, value, time.time(), dedup, future_done(future))
-        return int(future.result())
+        return int(self._await_recorded(future, f"message {name!r} to workflow {workflow_id!r}"))
 
     def cancel(self, workflow_id: str, reason: str = "") -> None:
         """Request cancellation: ``CancelRequested`` is recorded before this
@@ -377,7 +377,7 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
             except WorkflowNotRunning as exc:
                 future.set_exception(exc)
         try:
-            future.result()
+            self._await_recorded(future, f"the cancel request of workflow {workflow_id!r}")
         except WorkflowNotRunning:
             # Asking again once the run ended on an earlier request is fine.
             if any(e.type == ev.CANCEL_REQUESTED for e in self.history(workflow_id)):

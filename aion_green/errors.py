@@ -93,6 +93,13 @@ class StoreCorrupt(StoreError):
     """The store file is not a database, or is damaged. It was not modified."""
 
 
+class StoreLost(StoreError):
+    """The environment's: the store's file was deleted or replaced while the
+    engine had it open. What it wrote from then on would be lost with the
+    unlinked file, so it writes nothing more; the failed call recorded
+    nothing. Put the file back and start a new Engine."""
+
+
 class SequenceConflict(StoreError):
     """Two writers on one history: the append named a stale ``expected_seq``.
 

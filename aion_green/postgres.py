@@ -86,6 +86,15 @@ class PostgresStore(PgRewind):
         self.url = url
         self.path = _safe_url(url)  # names the store in messages, as SQLite's path does
         self.connect_timeout = connect_timeout
+        # Sessions say whose they are in pg_stat_activity: "aion_green",
+        # unless the URL names them (application_name=...), so that an
+        # operator, or a test, can tell one deployment's sessions from
+        # another's (issue 16: a test ended every aion_green session).
+        try:
+            named = "application_name" in psycopg.conninfo.conninfo_to_dict(url)
+        except psycopg.Error:
+            named = False  # the connection reports what is wrong with the URL
+        self._session: dict[str, Any] = {} if named else {"application_name": "aion_green"}
         self._conn: Any = None
         self.driver_lock_held = False
         # Invariant: once true, never false again; no write is made.
@@ -110,7 +119,7 @@ class PostgresStore(PgRewind):
             return self._conn
         try:
             self._conn = psycopg.connect(self.url, connect_timeout=max(1, int(self.connect_timeout)),
-                                         autocommit=True, application_name="aion_green")
+                                         autocommit=True, **self._session)
         except psycopg.Error as exc:
             raise _translate(exc, self.path) from None
         try:
@@ -481,7 +490,7 @@ class PostgresStore(PgRewind):
 
         while not stopped():
             try:
-                with psycopg.connect(self.url, autocommit=True, application_name="aion_green",
+                with psycopg.connect(self.url, autocommit=True, **self._session,
                                      connect_timeout=max(1, int(self.connect_timeout))) as conn:
                     conn.execute(f'LISTEN "{self.channel}"')
                     on_bell("runs")  # anything sent while not listening: look now

@@ -63,8 +63,8 @@ def fork(engine: "Engine", workflow_id: str, from_seq: int, new_id: Optional[str
                                  f"got {new_id!r}")
     wid = new_id or f"{workflow_id}/fork-{uuid.uuid4().hex[:8]}"
     engine._ensure_started()
-    info = engine._writer.call(engine._store.fork_run, workflow_id, from_seq, wid,
-                               uuid.uuid4().hex, time.time(), run_id).result()
+    info = engine._writer.call_or_refuse(engine._store.fork_run, workflow_id, from_seq, wid,
+                                         uuid.uuid4().hex, time.time(), run_id)
     _hand_over(engine, info)
     return WorkflowHandle(engine, wid)
 
@@ -76,8 +76,8 @@ def resume(engine: "Engine", workflow_id: str, from_seq: Optional[int]) -> "Work
     if from_seq is not None:
         _check_seq(from_seq, "resume")
     engine._ensure_started()
-    info = engine._writer.call(engine._store.restart_run, workflow_id, from_seq,
-                               uuid.uuid4().hex, time.time()).result()
+    info = engine._writer.call_or_refuse(engine._store.restart_run, workflow_id, from_seq,
+                                         uuid.uuid4().hex, time.time())
     _hand_over(engine, info)
     return WorkflowHandle(engine, workflow_id)
 

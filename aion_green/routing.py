@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 
 from . import events as ev
 from ._writer import future_done
-from .errors import EngineClosed, WorkflowNotRunning
+from .errors import EngineClosed, StoreUnavailable, WorkflowNotRunning
 from .hub_thread import Future
 from .recorder import Recorder
 from .store import CreateRun, RunInfo
@@ -93,6 +93,13 @@ class RoutingDriver:
             else:
                 done(head, error)
 
+        unavailable = self._writer.unavailable
+        if unavailable is not None:
+            # Records wait out a full disk in the writer; an arrival queued
+            # behind them would keep its sender waiting with no limit
+            # (issue 16). Nothing was submitted: nothing will be recorded.
+            done(None, unavailable)
+            return
         with self._routing:
             recorder = self._recorders.get(wid)
             if recorder is not None:
@@ -119,6 +126,22 @@ class RoutingDriver:
                         hub.call_soon(self._wake, wid)  # type: ignore[attr-defined]
                     recorded_for(head, error)
             self._writer.submit_call(via_store, done)
+
+    def _await_recorded(self, future: Future, what: str) -> Any:
+        """Any thread but the hub's: the outcome of an arrival routed with
+        ``future``. Should the store stop taking writes while it waits (a
+        full disk: the writer waits that out, issue 16), the sender is told
+        at once instead of waiting with no limit."""
+        writer = self._writer
+        while not future.wait(0.05):
+            unavailable = writer.unavailable
+            if unavailable is not None and not future.done():
+                raise StoreUnavailable(
+                    f"{what} is not recorded yet: {unavailable} It waits in this engine's queue, "
+                    "behind the records before it, and is recorded once the store takes writes "
+                    "again (unless this engine stops first): send it again only with an "
+                    "idempotency_key, or it may be recorded twice")
+        return future.result()
 
     def _create_run(self, wid: str, wname: str, args_json: str) -> tuple[bool, RunInfo]:
         """Any thread but the hub's callbacks (a hub greenlet is fine):

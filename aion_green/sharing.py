@@ -32,9 +32,11 @@ import gevent
 
 from . import _clock
 from . import events as ev
+from ._sqlite_file import canonical_path, is_file
 from .errors import (
     AionError,
     EngineClosed,
+    StoreLost,
     StoreUnavailable,
     WorkflowNotRunning,
 )
@@ -57,7 +59,9 @@ class DriverLock:
     of a database file. ``:memory:`` databases need none."""
 
     def __init__(self, db_path: str) -> None:
-        self.path = None if db_path in ("", ":memory:") else f"{os.path.abspath(db_path)}.driver"
+        # Named after the real file, whichever name (a symlink) the engine
+        # was given: one file, one lock (issue 16; see _sqlite_file).
+        self.path = None if not is_file(db_path) else f"{canonical_path(db_path)}.driver"
         self._fd: Optional[int] = None
 
     @property
@@ -237,6 +241,9 @@ class SharingDriver:
                 read = (reader.call(reader.store.read_inbox, 0, 500) if owner is None
                         else reader.call(reader.store.read_inbox, 0, 500, owner))
                 rows = [row for row in read.result() if row[0] not in pending]
+            except StoreLost as exc:  # for good: say so once (issue 16)
+                log.error("inbox: no more requests are taken: %s", exc)
+                return
             except AionError as exc:  # the store is away for a while: look again later
                 log.warning("inbox: the store could not be read (%s); retrying", exc)
                 gevent.sleep(_IDLE_PAUSE)
@@ -278,6 +285,9 @@ class SharingDriver:
                     took = _clock.monotonic() - began
                     sweep_at = _clock.monotonic() + max(_SWEEP_EVERY, 20 * took)
                 rows = reader.call(reader.store.new_runs, mark, 500).result()
+            except StoreLost as exc:  # for good: say so once (issue 16)
+                log.error("new runs: no more runs are taken: %s", exc)
+                return
             except AionError as exc:  # the store is away for a while: look again later
                 log.warning("new runs: the store could not be read (%s); retrying", exc)
                 gevent.sleep(_IDLE_PAUSE)
@@ -356,9 +366,8 @@ class SharingDriver:
     def _post(self, wid: str, kind: str, data: dict[str, Any], at: float, event_type: str,
               dedup: Optional[str]) -> int:
         """Post a request for the driver and wait until it is recorded."""
-        store_call = self._writer.call(self._store.post_inbox, wid, kind,
-                                       ev.encode(data, "the request"), at)
-        row_id = store_call.result()
+        row_id = self._writer.call_or_refuse(self._store.post_inbox, wid, kind,
+                                             ev.encode(data, "the request"), at)
         future = Future()
         self._hub.spawn(self._confirm, wid, event_type,
                         dedup if dedup is not None or kind != "message" else f"inbox/{row_id}",

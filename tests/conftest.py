@@ -177,7 +177,47 @@ def _postgres_or_skip():
 
 
 @pytest.fixture
-def pg_url():
+def pg_bystander():
+    """A session on the shared test server that no test opened, named as
+    another engine's would be ("aion_green"): other test runs use that
+    server at the same time (issue 16), so a test that ends sessions it did
+    not open, or restarts the server, fails here. None without a server."""
+    try:
+        import psycopg
+
+        conn = psycopg.connect(PG_URL, connect_timeout=3, autocommit=True,
+                               application_name="aion_green")
+    except Exception:  # noqa: BLE001 - no shared server: nothing to disturb
+        yield None
+        return
+    (pid,) = conn.execute("SELECT pg_backend_pid()").fetchone()
+    yield conn
+    try:
+        alive = conn.execute("SELECT pg_backend_pid()").fetchone() == (pid,)
+    except psycopg.Error:
+        alive = False
+    finally:
+        conn.close()
+    assert alive, ("a session this test did not open, on the shared PostgreSQL server, was ended "
+                   "(by a pg_terminate_backend or a server restart): end only your own sessions, "
+                   "and restart only a private server (tests/pg_private.py)")
+
+
+def private_postgres_or_skip():
+    """A private PostgreSQL server (tests/pg_private.py) not yet started;
+    skips (or, under CI, fails) only when none can run on this machine."""
+    from pg_private import PrivateServer, unavailable
+
+    why = unavailable()
+    if why is not None:
+        if os.environ.get("AION_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"AION_REQUIRE_POSTGRES=1 but no private PostgreSQL server can run: {why}")
+        pytest.skip(f"needs a private PostgreSQL server: {why}")
+    return PrivateServer()
+
+
+@pytest.fixture
+def pg_url(pg_bystander):
     """A fresh schema on the test server, dropped afterwards: its URL."""
     _postgres_or_skip()
     import uuid

@@ -213,6 +213,79 @@ def test_a_full_disk_parks_the_runs_refuses_starts_and_all_goes_on_once_space_is
     assert len(histories) == 6  # before, after and the four runs: "during" never was
 
 
+@aion.workflow(name="faults.listens")
+def listens(ctx):
+    return len(ctx.receive("note", timeout=60))
+
+
+def _within(seconds, call):
+    """``call()`` on a thread of its own: ``(returned, raised)``; fails the
+    test if it still runs after ``seconds`` (it is left to end on its own)."""
+    import threading
+
+    outcome = []
+
+    def run():
+        try:
+            outcome.append((call(), None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append((None, exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still waiting after {seconds} s"
+    return outcome[0]
+
+
+def test_a_signal_or_a_cancel_on_a_full_disk_is_answered_at_once_like_a_start(full_disk):
+    """The disk is full while a run waits for a message. Before the fix,
+    ``signal()`` queued the message's record behind the writer, which waits
+    out a full disk for a run's records, and blocked with no limit (a
+    ``start()`` failed fast). Now each call answers within seconds with
+    StoreUnavailable (the disk is full, what to do). The first signal's
+    record was already queued when the disk refused it: the error says it
+    is not recorded yet and waits in the queue; it is recorded, once, when
+    space is freed. What comes while the writer waits (the cancel, a start,
+    the signal again) is refused before anything is queued, and never
+    recorded."""
+    path = full_disk.dir / "aion.db"
+    big = "y" * 300_000  # more than the free pages of the page-limit variant
+    engine = aion.Engine(f"sqlite:///{path}", workflows=[listens, echo])
+    try:
+        assert engine.start(echo, "done", id="done").result(10) == "done"
+        handle = engine.start(listens, id="listens")
+        wait_until(lambda: len(handle.history()) >= 2, what="the run to wait for its message")
+        recorded = handle.history()
+        full_disk.fill(engine)
+        messages = []
+        for call in (lambda: engine.signal("listens", "note", big, idempotency_key="n1"),
+                     lambda: engine.cancel("listens"),
+                     lambda: engine.start(echo, big, id="during"),
+                     lambda: engine.fork("done", 2, id="forked"),
+                     lambda: engine.signal("listens", "note", "again")):
+            _, raised = _within(10, call)
+            assert isinstance(raised, aion.StoreUnavailable), raised
+            messages.append(str(raised))
+            assert "disk is full" in messages[-1] and "Free space" in messages[-1]
+            assert str(path) in messages[-1]
+        assert "not recorded yet" in messages[0] and "idempotency_key" in messages[0]
+        assert all("Nothing of this write was recorded" in m and "not recorded yet" not in m
+                   for m in messages[1:])
+        assert handle.history()[:len(recorded)] == recorded
+        full_disk.free(engine)
+        assert handle.result(timeout=20) == len(big)
+        received = [e.data["payload"] for e in handle.history() if e.type == ev.MESSAGE_RECEIVED]
+        assert received == [big]
+        assert not any(e.type == ev.CANCEL_REQUESTED for e in handle.history())
+        for never in ("during", "forked"):
+            with pytest.raises(aion.WorkflowNotFound):
+                engine.describe(never)
+    finally:
+        engine.shutdown()
+    examine(path)
+
+
 # -- a database locked by another process -----------------------------------------------------
 _HOLDER = """
 import signal, sqlite3, sys, time

@@ -203,10 +203,6 @@ def _say(out: Any, text: str) -> None:
 
 
 def _serve(engine: Any, address: tuple[str, int], token: Optional[str]) -> Any:
-    from gevent.pywsgi import WSGIServer
+    from .transport.serve import serve
 
-    from .transport.wsgi import WSGIApp
-
-    server = WSGIServer(address, WSGIApp(engine, token=token), log=None)
-    server.start()  # binds now: a taken port fails here, before the banner
-    return server
+    return serve(engine, address, token)

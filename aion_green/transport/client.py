@@ -22,7 +22,7 @@ import http.client
 import json
 import time
 from typing import Any, Callable, Iterator, Optional, Union
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from .. import errors
 from ..events import TERMINAL_TYPES, Event
@@ -87,13 +87,13 @@ class Client:
         body: dict[str, Any] = {"payload": payload}
         if idempotency_key is not None:
             body["idempotency_key"] = idempotency_key
-        return int(self._call("POST", _path(workflow_id, "signals", name), body=body)["seq"])
+        return int(self._call("POST", *_route(workflow_id, "signals", name), body=body)["seq"])
 
     def cancel(self, workflow_id: str, reason: str = "") -> None:
-        self._call("POST", _path(workflow_id, "cancel"), body={"reason": reason})
+        self._call("POST", *_route(workflow_id, "cancel"), body={"reason": reason})
 
     def query(self, workflow_id: str, name: str, *args: Any, timeout: float = 10.0) -> Any:
-        return self._call("POST", _path(workflow_id, "queries", name),
+        return self._call("POST", *_route(workflow_id, "queries", name),
                           body={"args": list(args), "timeout": timeout},
                           read_timeout=timeout + self.timeout)["answer"]
 
@@ -104,7 +104,7 @@ class Client:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             ask = self.wait_slice if left is None else min(left, self.wait_slice)
             try:
-                reply = self._call("GET", _path(workflow_id, "result"), {"timeout": ask},
+                reply = self._call("GET", *_route(workflow_id, "result", timeout=ask),
                                    read_timeout=ask + self.timeout)
                 return reply["result"]
             except errors.Timeout:
@@ -114,7 +114,7 @@ class Client:
                         "running: call result() again to keep waiting") from None
 
     def describe(self, workflow_id: str) -> RunInfo:
-        return run_from_json(self._call("GET", _path(workflow_id)))
+        return run_from_json(self._call("GET", *_route(workflow_id)))
 
     def list(self, status: Optional[str] = None,
              workflow_type: Union[None, str, Callable[..., Any]] = None,
@@ -130,10 +130,18 @@ class Client:
 
     def history(self, workflow_id: str, after_seq: int = 0,
                 run_id: Optional[str] = None) -> builtins.list[Event]:
+        """The events after ``after_seq``, all of them: read a page at a time
+        (the server caps what one request holds)."""
         query: dict[str, Any] = {"after": after_seq}
         if run_id is not None:
             query["run_id"] = run_id
-        return [event_from_json(e) for e in self._call("GET", _path(workflow_id, "history"), query)["events"]]
+        events: builtins.list[Event] = []
+        while True:
+            page = self._call("GET", *_route(workflow_id, "history", **query))
+            events.extend(event_from_json(e) for e in page["events"])
+            if page.get("next") is None:
+                return events
+            query["after"] = page["next"]
 
     def events(self, workflow_id: str, after_seq: int = 0, reconnect: bool = True) -> Iterator[Event]:
         """The run's events as they are recorded, until its end; with
@@ -208,11 +216,12 @@ class Client:
         query: dict[str, Any] = {"after": after_seq}
         if run_id is not None:
             query["run_id"] = run_id
+        path, query = _route(workflow_id, "events", **query)
         conn = self._connection(None)
         try:
             headers = self._headers(None)
             headers["Accept"] = "text/event-stream"
-            conn.request("GET", self._prefix + _path(workflow_id, "events") + "?" + urlencode(query),
+            conn.request("GET", self._prefix + path + "?" + urlencode(query),
                          headers=headers)
             response = conn.getresponse()
             if response.status >= 400:
@@ -236,8 +245,15 @@ class Client:
             conn.close()
 
 
-def _path(workflow_id: str, *rest: str) -> str:
-    return "/v1/workflows/" + "/".join(quote(part, safe="") for part in (workflow_id, *rest))
+def _route(workflow_id: str, action: Optional[str] = None, name: Optional[str] = None,
+           **query: Any) -> tuple[str, dict[str, Any]]:
+    """The path and query of a run's route, with the id (and name) in the
+    query string: every WSGI server hands the app that undecoded, so any id
+    round-trips ("a/result" and "café" too, under wsgiref and gevent.pywsgi)."""
+    query["workflow_id"] = workflow_id
+    if name is not None:
+        query["name"] = name
+    return "/v1/workflows" + ("" if action is None else "/" + action), query
 
 
 def _error_from(status: int, reply: Any) -> errors.AionError:

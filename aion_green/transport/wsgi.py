@@ -5,7 +5,7 @@ Mount it in any WSGI server, or inside Flask with werkzeug's
 
     api = aion_green.transport.wsgi.WSGIApp(engine, token="s3cret")
 
-Routes (ids are percent-encoded path segments; a workflow id may hold "/"):
+Routes (ids are percent-encoded UTF-8 path segments; a workflow id may hold "/"):
 
 =======  ===========================================  ==========================================
 GET      /healthz                                     ``{"ok": true}``, never authenticated
@@ -22,6 +22,12 @@ POST     /v1/workflows/ID/queries/NAME                ``{"args", "timeout"}``
 POST     /v1/workflows/ID/cancel                      ``{"reason"}``
 =======  ===========================================  ==========================================
 
+Every route of one run also takes its id in the query string instead,
+``/v1/workflows[/ACTION]?workflow_id=ID`` (signals and queries with
+``&name=NAME``): what the client sends, since a server that gives the app
+only the decoded path (wsgiref) cannot tell an id's encoded "/" from the
+route's.
+
 Every error is one JSON body, ``{"error": {"code", "message", ...}}``, with
 the status of its code (:data:`aion_green.transport.codec.ERRORS`): bad
 input is a 4xx that says what was wrong, before anything is recorded.
@@ -37,7 +43,7 @@ import json
 import logging
 import time
 from typing import Any, Callable, Iterable, Iterator, Optional
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, unquote_to_bytes
 
 import gevent
 from greenlet import getcurrent
@@ -121,37 +127,60 @@ class WSGIApp:
         if len(segments) < 2 or segments[:2] != ["v1", "workflows"]:
             raise _Reply("not_found", f"no route {'/' + '/'.join(segments)!r}; the API lives "
                          "under /v1/workflows (and /healthz)")
+        params = _params(environ)
         rest = segments[2:]
-        if not rest:
-            if method == "POST":
-                return _reply(start_response, 200, self._start(environ))
-            if method == "GET":
-                return _reply(start_response, 200, self._list(environ))
-            raise _not_allowed(method, "GET, POST")
-        # Matched from the right: behind a server that hands over only the
-        # decoded path, an id's "/" splits it into several segments.
         action: Optional[str] = None
         name: Optional[str] = None
-        if len(rest) >= 2 and rest[-1] in _ACTIONS:
-            action, rest = rest[-1], rest[:-1]
-        elif len(rest) >= 3 and rest[-2] in _NAMED:
-            action, name, rest = rest[-2], rest[-1], rest[:-2]
-        wid = "/".join(rest)
+        by_query = "workflow_id" in params
+        if by_query:
+            # The id (and a signal's or query's name) in the query string: a
+            # server that hands over only the decoded path (wsgiref,
+            # gevent.pywsgi) cannot tell an id's "%2F" from a "/" of the route
+            # (issue 16: the id "a/result" was read as the result of "a"); a
+            # query string reaches every app undecoded.
+            wid = params["workflow_id"]
+            if len(rest) > 1 or (rest and rest[0] not in _ACTIONS + _NAMED):
+                raise _Reply("not_found", f"no route {'/' + '/'.join(segments)!r} with "
+                             "workflow_id in the query; use /v1/workflows[/ACTION]?workflow_id=ID "
+                             f"(ACTION: {', '.join(_ACTIONS + _NAMED)})")
+            action = rest[0] if rest else None
+            if action in _NAMED:
+                name = params.get("name")
+                if not name:
+                    raise _Reply("invalid_argument", f"'name' (query) must name the {action[:-1]}: "
+                                 f"/v1/workflows/{action}?workflow_id=ID&name=NAME")
+        elif not rest:
+            if method == "POST":
+                return _reply(start_response, 200, self._start(environ, params))
+            if method == "GET":
+                return _reply(start_response, 200, self._list(params))
+            raise _not_allowed(method, "GET, POST")
+        else:
+            # Matched from the right: behind a server that hands over only the
+            # decoded path, an id's "/" splits it into several segments.
+            if len(rest) >= 2 and rest[-1] in _ACTIONS:
+                action, rest = rest[-1], rest[:-1]
+            elif len(rest) >= 3 and rest[-2] in _NAMED:
+                action, name, rest = rest[-2], rest[-1], rest[:-2]
+            wid = "/".join(rest)
         if not wid:
-            raise _Reply("invalid_argument", "the workflow id in the path is empty")
+            raise _Reply("invalid_argument", "the workflow id is empty")
         expected = "POST" if action in ("cancel", "signals", "queries") else "GET"
         if method != expected:
             raise _not_allowed(method, expected)
+        named = {"workflow_id", "name"} if by_query else set()
         if action is None:
+            _query(params, named)
             return _reply(start_response, 200, run_to_json(self.engine.describe(wid)))
         if action == "result":
-            return _reply(start_response, 200, self._result(wid, environ))
+            return _reply(start_response, 200, self._result(wid, _query(params, named | {"timeout"})))
         if action == "history":
-            query = _query(environ, {"after", "run_id"})
-            events = self.engine.history(wid, _int(query, "after", 0), query.get("run_id"))
-            return _reply(start_response, 200, {"events": [event_to_json(e) for e in events]})
+            return _reply(start_response, 200,
+                          self._history(wid, _query(params, named | {"after", "run_id", "limit"})))
         if action == "events":
-            return self._stream(wid, environ, start_response)
+            return self._stream(wid, _query(params, named | {"after", "run_id"}), environ,
+                                start_response)
+        _query(params, named)
         if action == "cancel":
             body = _body(environ, self.max_body, {"reason"})
             self.engine.cancel(wid, _str(body, "reason", ""))
@@ -169,7 +198,8 @@ class WSGIApp:
         return _reply(start_response, 200, {"workflow_id": wid, "answer": answer})
 
     # -- handlers --------------------------------------------------------------------------
-    def _start(self, environ: dict[str, Any]) -> dict[str, Any]:
+    def _start(self, environ: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
+        _query(params, set())
         body = _body(environ, self.max_body, {"workflow", "args", "id"})
         workflow = body.get("workflow")
         if not isinstance(workflow, str) or not workflow:
@@ -184,8 +214,8 @@ class WSGIApp:
         handle = self.engine.start(workflow, *args, id=wid or key)
         return {"workflow_id": handle.workflow_id}
 
-    def _list(self, environ: dict[str, Any]) -> dict[str, Any]:
-        query = _query(environ, {"status", "type", "limit", "after"})
+    def _list(self, params: dict[str, str]) -> dict[str, Any]:
+        query = _query(params, {"status", "type", "limit", "after"})
         limit = _int(query, "limit", 100)
         if not 1 <= limit <= 1000:
             raise _Reply("invalid_argument", f"limit={limit}: ask for 1 to 1000 runs per page")
@@ -194,15 +224,17 @@ class WSGIApp:
         next_after = runs[-1].workflow_id if len(runs) == limit else None
         return {"runs": [run_to_json(r) for r in runs], "next": next_after}
 
-    def _result(self, wid: str, environ: dict[str, Any]) -> dict[str, Any]:
-        query = _query(environ, {"timeout"})
+    def _result(self, wid: str, query: dict[str, str]) -> dict[str, Any]:
         timeout = min(_number(query, "timeout", self.max_wait), self.max_wait)
         result = self.engine.result(wid, timeout=timeout)
         return {"workflow_id": wid, "status": ev.COMPLETED, "result": result}
 
-    def _stream(self, wid: str, environ: dict[str, Any],
+    def _history(self, wid: str, query: dict[str, str]) -> dict[str, Any]:
+        events = self.engine.history(wid, _int(query, "after", 0), query.get("run_id"))
+        return {"events": [event_to_json(e) for e in events]}
+
+    def _stream(self, wid: str, query: dict[str, str], environ: dict[str, Any],
                 start_response: StartResponse) -> Iterable[bytes]:
-        query = _query(environ, {"after", "run_id"})
         after = _int(query, "after", 0)
         last_id = environ.get("HTTP_LAST_EVENT_ID")
         if last_id:
@@ -256,7 +288,11 @@ def _pause(seconds: float) -> None:
 # -- request parsing -------------------------------------------------------------------------
 def _segments(environ: dict[str, Any]) -> list[str]:
     """The path's segments, percent-decoded one by one (so an encoded "/"
-    stays inside its segment) when the server gives the raw path."""
+    stays inside its segment) when the server gives the raw path, as UTF-8.
+
+    WSGI servers hand over strings whose characters are the request's bytes
+    (PEP 3333, "latin-1"); PATH_INFO is already percent-decoded that way, so
+    "caf%C3%A9" arrives as "cafÃ©" and is re-read here as UTF-8 (issue 16)."""
     raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     if raw:
         path = raw.split("?", 1)[0]
@@ -265,18 +301,44 @@ def _segments(environ: dict[str, Any]) -> list[str]:
         script = environ.get("SCRIPT_NAME", "")
         if script and path.startswith(script):
             path = path[len(script):]
-        return [unquote(s) for s in path.strip("/").split("/")] if path.strip("/") else []
-    path = environ.get("PATH_INFO", "") or "/"
-    return path.strip("/").split("/") if path.strip("/") else []
+        path = path.strip("/")
+        return [_utf8(unquote_to_bytes(_wire_bytes(s)), "the path") for s in path.split("/")] if path else []
+    path = _utf8(_wire_bytes(environ.get("PATH_INFO", "") or "/"), "the path").strip("/")
+    return path.split("/") if path else []
 
 
-def _query(environ: dict[str, Any], allowed: set[str]) -> dict[str, str]:
-    parsed = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-    unknown = sorted(set(parsed) - allowed)
+def _wire_bytes(text: str) -> bytes:
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:  # a server that decoded as UTF-8 already
+        return text.encode("utf-8", "surrogateescape")
+
+
+def _utf8(data: bytes, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Reply("invalid_argument", f"{what} is not valid UTF-8 once percent-decoded; "
+                     "percent-encode ids and names as UTF-8") from None
+
+
+def _params(environ: dict[str, Any]) -> dict[str, str]:
+    """The query string's parameters (the last of a repeated one)."""
+    text = _utf8(_wire_bytes(environ.get("QUERY_STRING", "")), "the query string")
+    try:
+        parsed = parse_qs(text, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise _Reply("invalid_argument", "the query string is not valid UTF-8 once "
+                     "percent-decoded; percent-encode values as UTF-8") from None
+    return {k: v[-1] for k, v in parsed.items()}
+
+
+def _query(params: dict[str, str], allowed: set[str]) -> dict[str, str]:
+    unknown = sorted(set(params) - allowed)
     if unknown:
         raise _Reply("invalid_argument", f"unknown query parameter(s) {', '.join(unknown)}; "
                      f"this route takes {', '.join(sorted(allowed)) or 'none'}")
-    return {k: v[-1] for k, v in parsed.items()}
+    return params
 
 
 def _body(environ: dict[str, Any], limit: int, allowed: set[str]) -> dict[str, Any]:

@@ -1,0 +1,205 @@
+"""The HTTP API on the wire, against hostile or unlucky clients (issue 16,
+"Clients and the wire"): ids of any characters under every server, bad
+bodies, streams of runs that are gone or done, long histories, secrets and
+server paths, dead ports, idle connections, and a worker stopping under
+load. Real servers throughout: wsgiref in a thread, and gevent.pywsgi in an
+``aion-green worker --http`` subprocess."""
+import http.client
+import json
+import signal
+import subprocess
+import sys
+import threading
+from socketserver import ThreadingMixIn
+from urllib.parse import quote, urlencode
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import pytest
+
+import aion_green as aion
+from aion_green.transport.client import Client
+from aion_green.transport.wsgi import WSGIApp
+
+TOKEN = "wire-token"
+
+FLOWS = '''
+import aion_green as aion
+
+
+@aion.workflow(name="wire.echo")
+def echo(ctx, x):
+    return x
+
+
+@aion.workflow(name="wire.inbox")
+def inbox(ctx, name):
+    ctx.set_query(name, lambda: "here")
+    return ctx.receive(name, timeout=60)
+
+
+def fail_here(x):
+    raise ValueError(f"bad value {x}")
+
+
+@aion.workflow(name="wire.fail")
+def fail(ctx):
+    return ctx.step(fail_here, 7, retry=aion.Retry(max_attempts=1))
+
+
+def one(i):
+    return i
+
+
+@aion.workflow(name="wire.long")
+def long(ctx, n):
+    return sum(ctx.step(one, i) for i in range(n))
+'''
+
+# Ids the engine accepts, each of which some server or route got wrong.
+IDS = ["café", "日本/語", "a/result", "a/history", "x/signals/y", "100%", "%2F", "a b+c?d#e&f=g",
+       "/lead", "trail/", "a//b", "🙂", "-", "workflows"]
+
+
+def _env():
+    from crash_campaign import worker_env
+
+    return worker_env(False)  # the worker process runs unpatched
+
+
+class Worker:
+    """``aion-green worker wireflows --http 127.0.0.1:0 --json`` in a real process."""
+
+    def __init__(self, directory, *extra):
+        self.directory = directory
+        self.db = directory / "wire.db"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "aion_green", "--db", f"sqlite:///{self.db}", "worker", "wireflows",
+             "--http", "127.0.0.1:0", "--token", TOKEN, "--json", *extra],
+            cwd=directory, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"the worker did not start: {self.proc.communicate()}")
+        self.ready = json.loads(line)
+        self.url = self.ready["http"]
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def stop(self, signum=signal.SIGTERM):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+        try:
+            out, err = self.proc.communicate(timeout=30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.communicate()
+        return out, err
+
+
+def _flows_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("wire")
+    (directory / "wireflows.py").write_text(FLOWS)
+    return directory
+
+
+class _Threaded(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+class Wsgiref:
+    """The API of an in-process engine under wsgiref's (threaded) server."""
+
+    def __init__(self, directory, **app_options):
+        sys.path.insert(0, str(directory))
+        try:
+            import wireflows
+        finally:
+            sys.path.remove(str(directory))
+        self.engine = aion.Engine(f"sqlite:///{directory / 'wire.db'}",
+                                  workflows=[wireflows.echo, wireflows.inbox, wireflows.fail,
+                                             wireflows.long])
+        self.app = WSGIApp(self.engine, token=TOKEN, **app_options)
+        self.server = make_server("127.0.0.1", 0, self.app, server_class=_Threaded,
+                                  handler_class=_Quiet)
+        self.port = self.server.server_port
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.engine.shutdown()
+
+
+@pytest.fixture(scope="module", params=["wsgiref", "gevent.pywsgi"])
+def server(request, tmp_path_factory):
+    directory = _flows_dir(tmp_path_factory)
+    served = Wsgiref(directory) if request.param == "wsgiref" else Worker(directory)
+    served.kind = request.param
+    yield served
+    served.stop()
+
+
+def raw(port, method, target, body=None, headers=None, timeout=30):
+    """One raw HTTP request: (status, headers, parsed JSON body or raw bytes)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        sent = {"Authorization": f"Bearer {TOKEN}", **(headers or {})}
+        conn.request(method, target, body=body, headers=sent)
+        response = conn.getresponse()
+        data = response.read()
+        try:
+            parsed = json.loads(data) if data else None
+        except ValueError:
+            parsed = data
+        return response.status, dict(response.getheaders()), parsed
+    finally:
+        conn.close()
+
+
+# -- 1. ids of any characters, under every server ---------------------------------------------
+def test_any_id_round_trips_through_the_client_under_every_server(server):
+    """wsgiref and gevent.pywsgi hand over a path percent-decoded as latin-1:
+    "café" came back as "cafÃ©" (not found), and "a/result" was read as the
+    result of run "a"."""
+    client = Client(server.url, token=TOKEN)
+    for wid in IDS:
+        handle = client.start("wire.echo", wid, id=wid)
+        assert handle.result(timeout=10) == wid, wid
+        assert client.describe(wid).workflow_id == wid
+        assert client.history(wid)[0].data["args"] == [wid]
+        assert [e.seq for e in client.events(wid)] == [e.seq for e in client.history(wid)]
+    # A signal's and a query's names may hold any character too.
+    client.start("wire.inbox", "g/é", id="x/signals/g/é")
+    assert client.query("x/signals/g/é", "g/é") == "here"
+    client.signal("x/signals/g/é", "g/é", "ü")
+    assert client.result("x/signals/g/é", timeout=10) == "ü"
+
+
+def test_any_id_round_trips_in_raw_http_with_percent_encoding(server):
+    """The path form with UTF-8 percent-encoding ("/v1/workflows/caf%C3%A9"),
+    and the query form (?workflow_id=) that no server can misread."""
+    client = Client(server.url, token=TOKEN)
+    for wid in IDS:
+        client.start("wire.echo", wid, id=wid).result(timeout=10)
+        status, _, reply = raw(server.port, "GET", "/v1/workflows?" + urlencode({"workflow_id": wid}))
+        assert (status, reply["workflow_id"]) == (200, wid), reply
+        status, _, reply = raw(server.port, "GET", "/v1/workflows/result?" + urlencode({"workflow_id": wid}))
+        assert (status, reply["result"]) == (200, wid), reply
+        if "/" in wid and server.kind == "wsgiref":
+            continue  # wsgiref gives no raw path: an encoded "/" cannot be told apart
+        status, _, reply = raw(server.port, "GET", "/v1/workflows/" + quote(wid, safe=""))
+        assert (status, reply["workflow_id"]) == (200, wid), reply
+        status, _, reply = raw(server.port, "GET", f"/v1/workflows/{quote(wid, safe='')}/result")
+        assert (status, reply["result"]) == (200, wid), reply
+
+
+def test_an_id_that_is_not_utf8_is_a_400_naming_the_path(server):
+    status, _, reply = raw(server.port, "GET", "/v1/workflows/%FF%FE")
+    assert status == 400 and "not valid UTF-8" in reply["error"]["message"], reply
+    status, _, reply = raw(server.port, "GET", "/v1/workflows?workflow_id=%FF")
+    assert status == 400 and "query string" in reply["error"]["message"], reply

@@ -192,10 +192,12 @@ def test_bodies_over_the_limit_and_malformed_json_are_refused(api):
     engine, app = api
     big = {"workflow": "api.quick", "args": ["x" * 4096]}
     status, _, reply = call(app, "POST", "/v1/workflows", big)
-    assert status == 413 and "at most 2048" in reply["error"]["message"]
-    for raw in (b"{", b"\xff\xfe", b'{"workflow": NaN}'):
+    assert status == 413 and "body size limit of this server is 2048" in reply["error"]["message"]
+    for raw in (b"{", b'{"workflow": NaN}'):
         status, _, reply = call(app, "POST", "/v1/workflows", raw=raw)
         assert status == 400 and "not valid JSON" in reply["error"]["message"]
+    status, _, reply = call(app, "POST", "/v1/workflows", raw=b"\xff\xfe")
+    assert status == 400 and "not valid UTF-8" in reply["error"]["message"]
     assert engine.list() == []
 
 

@@ -203,3 +203,86 @@ def test_an_id_that_is_not_utf8_is_a_400_naming_the_path(server):
     assert status == 400 and "not valid UTF-8" in reply["error"]["message"], reply
     status, _, reply = raw(server.port, "GET", "/v1/workflows?workflow_id=%FF")
     assert status == 400 and "query string" in reply["error"]["message"], reply
+
+
+# -- 2. hostile bodies and parameters: a 4xx naming the field or the limit, never a 500 -----------
+DEEP = b"[" * 100000 + b"]" * 100000
+HOSTILE = [
+    # (method, route, body, headers, status, text in the message)
+    ("POST", "/v1/workflows", DEEP, {}, 400, "nesting depth limit of 64"),
+    ("POST", "/v1/workflows", b'{"workflow": "wire.echo", "args": ' + b"[" * 70 + b"]" * 70 + b"}", {},
+     400, "nesting depth limit of 64"),
+    ("POST", "/v1/workflows", b'{"workflow": "wire.echo", "args": [' + b"7" * 5000 + b"]}", {},
+     400, "number size limit is 64 digits"),
+    ("POST", "/v1/workflows", b'{"workflow": "wire.echo", "args": [' + b"7" * 4000 + b"]}", {},
+     400, "number size limit is 64 digits"),
+    ("POST", "/v1/workflows", b'{"workflow": "wire.echo", "args": [1e999]}', {}, 400, "number size limit"),
+    ("POST", "/v1/workflows", b'{"workflow": "wire.echo", "args": [1], "id": "\\ud800"}', {}, 400,
+     "'id' holds a lone surrogate"),
+    ("POST", "/v1/workflows", b'{"workflow": "wire.echo", "args": [1]', {}, 400, "not valid JSON"),
+    ("POST", "/v1/workflows", b"\xff\xfe{}", {}, 400, "the body is not valid UTF-8"),
+    ("POST", "/v1/workflows", b'"text"', {}, 400, "must be a JSON object, got str"),
+    ("POST", "/v1/workflows", b'{"workflow": ["wire.echo"]}', {}, 400, "'workflow' must be"),
+    ("POST", "/v1/workflows", b'{"workflow": "wire.echo", "args": {"x": 1}}', {}, 400,
+     "'args' must be a JSON array"),
+    ("POST", "/v1/workflows/g/signals/n", b'{"payload": ' + b"[" * 900 + b"]" * 900 + b"}", {}, 400,
+     "nesting depth limit"),
+    ("POST", "/v1/workflows/g/signals/n", b'{"payload": 1, "idempotency_key": ["k"]}', {}, 400,
+     "'idempotency_key' must be a string"),
+    ("POST", "/v1/workflows/g/queries/n", b'{"timeout": 1e999}', {}, 400, "number size limit"),
+    ("POST", "/v1/workflows/g/queries/n", b'{"timeout": true}', {}, 400, "'timeout' must be"),
+    ("POST", "/v1/workflows/g/cancel", b'{"reason": {"why": 1}}', {}, 400, "'reason' must be a string"),
+    ("GET", "/v1/workflows/g/history?after=99999999999999999999999", None, {}, 400,
+     "'after' has more than 18 digits"),
+    ("GET", "/v1/workflows/g/events?after=99999999999999999999999", None, {}, 400,
+     "'after' has more than 18 digits"),
+    ("GET", "/v1/workflows/g/events", None, {"Last-Event-ID": "99999999999999999999999"}, 400,
+     "'Last-Event-ID' has more than 18 digits"),
+    ("GET", "/v1/workflows/g/events", None, {"Last-Event-ID": "soon"}, 400, "'Last-Event-ID' must be"),
+    ("GET", "/v1/workflows?limit=99999999999999999999999", None, {}, 400, "'limit' has more than 18"),
+    ("GET", "/v1/workflows?workflow_id=g&colour=red", None, {}, 400, "unknown query parameter(s) colour"),
+    ("GET", "/v1/workflows/nope?workflow_id=g", None, {}, 404, "no route"),
+    ("POST", "/v1/workflows/signals?workflow_id=g", b"{}", {}, 400, "'name' (query)"),
+]
+
+
+@pytest.mark.parametrize("method,route,body,headers,status,text", HOSTILE,
+                         ids=[f"{m} {r[:40]} {(b or b'')[:20]!r} {s}" for m, r, b, _, s, _ in HOSTILE])
+def test_hostile_input_is_a_4xx_naming_the_field_or_limit_and_records_nothing(
+        server, method, route, body, headers, status, text):
+    """Before: nested JSON was a RecursionError (500), an int of more than
+    4,300 digits a ValueError, a huge 'after' an OverflowError in SQLite
+    (500), an id with a lone surrogate a StoreError (500)."""
+    client = Client(server.url, token=TOKEN)
+    client.start("wire.inbox", "n", id="g")
+    before = {run.workflow_id: client.history(run.workflow_id) for run in client.list(limit=1000)}
+    got, _, reply = raw(server.port, method, route, body=body, headers=headers)
+    assert got == status, reply
+    assert text in reply["error"]["message"], reply
+    after = {run.workflow_id: client.history(run.workflow_id) for run in client.list(limit=1000)}
+    assert after == before, "a refused request changed a history"
+
+
+def _raw_socket(port, request, timeout=5):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+@pytest.mark.parametrize("length", ["-1", "-99999", "a lot", None])
+def test_a_bad_or_missing_content_length_is_answered_at_once(server, length):
+    """wsgiref read a body of Content-Length -1 (and one with no length) to
+    the end of the connection: the request, and its thread, waited forever."""
+    header = b"" if length is None else f"Content-Length: {length}\r\n".encode()
+    reply = _raw_socket(server.port, b"POST /v1/workflows/g/cancel HTTP/1.1\r\nHost: x\r\n"
+                        + f"Authorization: Bearer {TOKEN}\r\n".encode() + header + b"\r\n{}")
+    status = int(reply.split(b" ", 2)[1])
+    assert 400 <= status < 500 or (length is None and status == 200), reply[:300]

@@ -78,14 +78,20 @@ class WSGIApp:
     body accepted, in bytes. ``max_wait``: the longest a request waits (for
     a result, a query); a client waits longer by asking again.
     ``stream_poll``: the longest pause between two looks at a streamed run.
+    ``max_depth``: the deepest nesting of arrays and objects a JSON body may
+    have; ``max_digits``: the most digits of a whole number in one (deeper
+    or longer is refused with a 400 naming the limit, before the parser's
+    recursion or int conversion fails as a 500: issue 16).
     """
 
     def __init__(self, engine: Any, token: Optional[str] = None, max_body: int = 1 << 20,
                  max_wait: float = 60.0, stream_poll: float = 0.5,
-                 heartbeat: float = 15.0) -> None:
+                 heartbeat: float = 15.0, max_depth: int = 64, max_digits: int = 64) -> None:
         self.engine = engine
         self.token = token
         self.max_body = max_body
+        self.max_depth = max_depth
+        self.max_digits = max_digits
         self.max_wait = max_wait
         self.stream_poll = stream_poll
         self.heartbeat = heartbeat
@@ -182,25 +188,28 @@ class WSGIApp:
                                 start_response)
         _query(params, named)
         if action == "cancel":
-            body = _body(environ, self.max_body, {"reason"})
+            body = self._body(environ, {"reason"})
             self.engine.cancel(wid, _str(body, "reason", ""))
             return _reply(start_response, 200, {"workflow_id": wid, "cancel_requested": True})
         assert name is not None
         if action == "signals":
-            body = _body(environ, self.max_body, {"payload", "idempotency_key"})
+            body = self._body(environ, {"payload", "idempotency_key"})
             key = _str(body, "idempotency_key", None) or environ.get("HTTP_IDEMPOTENCY_KEY") or None
             seq = self.engine.signal(wid, name, body.get("payload"), idempotency_key=key)
             return _reply(start_response, 200, {"workflow_id": wid, "seq": seq})
-        body = _body(environ, self.max_body, {"args", "timeout"})
+        body = self._body(environ, {"args", "timeout"})
         args = _list(body, "args")
         timeout = min(_number(body, "timeout", 10.0), self.max_wait)
         answer = self.engine.query(wid, name, *args, timeout=timeout)
         return _reply(start_response, 200, {"workflow_id": wid, "answer": answer})
 
     # -- handlers --------------------------------------------------------------------------
+    def _body(self, environ: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
+        return _body(environ, self.max_body, allowed, self.max_depth, self.max_digits)
+
     def _start(self, environ: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
         _query(params, set())
-        body = _body(environ, self.max_body, {"workflow", "args", "id"})
+        body = self._body(environ, {"workflow", "args", "id"})
         workflow = body.get("workflow")
         if not isinstance(workflow, str) or not workflow:
             raise _Reply("invalid_argument", "'workflow' must be the registered name of a "
@@ -238,11 +247,7 @@ class WSGIApp:
         after = _int(query, "after", 0)
         last_id = environ.get("HTTP_LAST_EVENT_ID")
         if last_id:
-            try:
-                after = max(after, int(last_id))
-            except ValueError:
-                raise _Reply("invalid_argument", f"Last-Event-ID {last_id!r} is not an event "
-                             "sequence number") from None
+            after = max(after, _int({"Last-Event-ID": last_id}, "Last-Event-ID", 0))
         run_id = query.get("run_id") or self.engine.describe(wid).run_id
         # Read once before answering: a bad id is a 404, not an empty stream.
         first = self.engine.history(wid, after, run_id)
@@ -317,9 +322,11 @@ def _wire_bytes(text: str) -> bytes:
 def _utf8(data: bytes, what: str) -> str:
     try:
         return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _Reply("invalid_argument", f"{what} is not valid UTF-8 once percent-decoded; "
-                     "percent-encode ids and names as UTF-8") from None
+    except UnicodeDecodeError as exc:
+        hint = ("send JSON in UTF-8" if what == "the body" else
+                "once percent-decoded; percent-encode ids and names as UTF-8")
+        raise _Reply("invalid_argument", f"{what} is not valid UTF-8 ({exc.reason} at byte "
+                     f"{exc.start}): {hint}") from None
 
 
 def _params(environ: dict[str, Any]) -> dict[str, str]:
@@ -341,24 +348,81 @@ def _query(params: dict[str, str], allowed: set[str]) -> dict[str, str]:
     return params
 
 
-def _body(environ: dict[str, Any], limit: int, allowed: set[str]) -> dict[str, Any]:
+def _read_body(environ: dict[str, Any], limit: int) -> bytes:
     length_text = environ.get("CONTENT_LENGTH") or ""
     try:
         length = int(length_text) if length_text else None
     except ValueError:
-        raise _Reply("invalid_argument", f"Content-Length {length_text!r} is not a number") from None
+        length = -1
+    if length is not None and length < 0:
+        # wsgiref reads a negative length as "to the end": a request that
+        # never ends held its thread forever (issue 16).
+        raise _Reply("invalid_argument", f"Content-Length {length_text!r} is not a size in bytes")
     if length is not None and length > limit:
-        raise _Reply("too_large", f"the body has {length} bytes; this server takes at most {limit}")
+        raise _Reply("too_large", f"the body has {length} bytes; the body size limit of this "
+                     f"server is {limit} bytes")
     stream = environ["wsgi.input"]
-    raw = stream.read(length) if length is not None else stream.read(limit + 1)
+    if length is None:
+        if "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            return b""  # no length, no chunks: no body (wsgiref would wait for the end)
+        raw = stream.read(limit + 1)
+    else:
+        raw = stream.read(length)
     if len(raw) > limit:
-        raise _Reply("too_large", f"the body has more than {limit} bytes; this server takes at most {limit}")
+        raise _Reply("too_large", f"the body has more than {limit} bytes; the body size limit "
+                     f"of this server is {limit} bytes")
+    return bytes(raw)
+
+
+def _parse(raw: bytes, max_depth: int, max_digits: int) -> Any:
+    text = _utf8(raw, "the body")
+
+    def whole(digits: str) -> int:
+        if len(digits.lstrip("-")) > max_digits:
+            raise _Reply("invalid_argument", f"the body holds a number of {len(digits)} digits; "
+                         f"the number size limit is {max_digits} digits (send a string)")
+        return int(digits)
+
+    def real(digits: str) -> float:
+        number = float(digits)
+        if number in (float("inf"), float("-inf")):
+            raise _Reply("invalid_argument", f"the body holds the number {digits[:20]}..., "
+                         "beyond a float; the number size limit is a finite float "
+                         f"and whole numbers of {max_digits} digits (send a string)")
+        return number
+
+    try:
+        body = json.loads(text, parse_constant=_no_constant, parse_int=whole, parse_float=real)
+    except RecursionError:
+        body = None
+    except ValueError as exc:
+        raise _Reply("invalid_argument", f"the body is not valid JSON ({exc})") from None
+    depth = _depth(body, max_depth) if body is not None else max_depth + 1
+    if depth > max_depth:
+        raise _Reply("invalid_argument", "the body nests arrays and objects deeper than the "
+                     f"nesting depth limit of {max_depth}")
+    return body
+
+
+def _depth(value: Any, limit: int) -> int:
+    """How deep ``value`` nests, counted up to ``limit + 1`` (no recursion)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, level)
+            if level > limit:
+                return level
+            todo.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _body(environ: dict[str, Any], limit: int, allowed: set[str], max_depth: int = 64,
+          max_digits: int = 64) -> dict[str, Any]:
+    raw = _read_body(environ, limit)
     if not raw.strip():
         return {}
-    try:
-        body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _Reply("invalid_argument", f"the body is not valid JSON ({exc})") from None
+    body = _parse(raw, max_depth, max_digits)
     if not isinstance(body, dict):
         raise _Reply("invalid_argument", f"the body must be a JSON object, got {type(body).__name__}")
     unknown = sorted(set(body) - allowed)
@@ -376,6 +440,19 @@ def _str(body: dict[str, Any], key: str, default: Any) -> Any:
     value = body.get(key, default)
     if value is not default and not isinstance(value, str):
         raise _Reply("invalid_argument", f"'{key}' must be a string, got {value!r}")
+    if isinstance(value, str):
+        _text(value, f"'{key}'")
+    return value
+
+
+def _text(value: str, what: str) -> str:
+    # JSON's "\ud800" escape gives a lone surrogate, which no store can
+    # write (a StoreError, a 500, for an id: issue 16).
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Reply("invalid_argument", f"{what} holds a lone surrogate ({value!r}); "
+                     "send text (UTF-16 surrogates in pairs only)") from None
     return value
 
 
@@ -399,6 +476,9 @@ def _number(source: dict[str, Any], key: str, default: float) -> float:
 
 def _int(source: dict[str, Any], key: str, default: int) -> int:
     value = source.get(key, default)
+    if isinstance(value, str) and len(value.strip().lstrip("+-")) > 18:
+        raise _Reply("invalid_argument", f"'{key}' has more than 18 digits; the number size "
+                     f"limit is 18 digits, got {value[:30]!r}...")
     try:
         number = int(value)
     except (TypeError, ValueError):

@@ -286,3 +286,126 @@ def test_a_bad_or_missing_content_length_is_answered_at_once(server, length):
                         + f"Authorization: Bearer {TOKEN}\r\n".encode() + header + b"\r\n{}")
     status = int(reply.split(b" ", 2)[1])
     assert 400 <= status < 500 or (length is None and status == 200), reply[:300]
+
+
+# -- 3. event streams of unknown runs, and of finished runs -----------------------------------
+def read_stream(port, target, headers=None, timeout=10):
+    """An SSE response to its end: (status, [(event kind, data)]); a stream
+    still open after ``timeout`` fails the test (socket timeout)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", target, headers={"Authorization": f"Bearer {TOKEN}", **(headers or {})})
+        response = conn.getresponse()
+        if response.status != 200:
+            return response.status, json.loads(response.read())
+        frames, fields = [], {}
+        for line in response:
+            text = line.decode().rstrip("\r\n")
+            if text and not text.startswith(":"):
+                key, _, value = text.partition(":")
+                fields[key] = value.strip()
+            elif fields:
+                frames.append((fields.get("event"), json.loads(fields["data"]) if "data" in fields else None))
+                fields = {}
+        return 200, frames
+    finally:
+        conn.close()
+
+
+def test_a_stream_of_an_unknown_run_is_a_404_in_every_form(server):
+    """A stream naming a run id and a cursor for a run that does not exist
+    stayed open forever (an empty read past seq 0 is not 'not found')."""
+    client = Client(server.url, token=TOKEN)
+    client.start("wire.echo", 1, id="known").result(timeout=10)
+    run_id = client.describe("known").run_id
+    for target, headers in [
+            ("/v1/workflows/ghost/events", {}),
+            ("/v1/workflows/ghost/events?after=5", {}),
+            ("/v1/workflows/ghost/events?run_id=r1&after=5", {}),
+            ("/v1/workflows/ghost/events?run_id=r1", {"Last-Event-ID": "5"}),
+            ("/v1/workflows/events?workflow_id=ghost&run_id=r1&after=5", {}),
+            ("/v1/workflows/known/events?run_id=not-a-run&after=3", {}),
+            ("/v1/workflows/known/events?run_id=not-a-run", {"Last-Event-ID": "3"}),
+            ("/v1/workflows/known/events?run_id=not-a-run", {}),
+            ("/v1/workflows/ghost/history?after=5", {}),
+            ("/v1/workflows/known/history?run_id=not-a-run&after=3", {})]:
+        status, reply = read_stream(server.port, target, headers, timeout=5)
+        assert status == 404 and reply["error"]["code"] == "not_found", (target, headers, reply)
+    status, frames = read_stream(server.port, f"/v1/workflows/known/events?run_id={run_id}&after=1")
+    assert status == 200 and frames[-1][0] == "end"
+
+
+def test_a_stream_of_a_finished_run_ends_after_its_last_event(server):
+    """A stream with a cursor at or past the terminal event of a finished
+    run stayed open forever (and the Client reconnected to it forever)."""
+    client = Client(server.url, token=TOKEN)
+    client.start("wire.echo", 2, id="done").result(timeout=10)
+    history = client.history("done")
+    last = history[-1].seq
+    run_id = client.describe("done").run_id
+    status, frames = read_stream(server.port, "/v1/workflows/done/events")
+    assert status == 200
+    assert [kind for kind, _ in frames] == ["run", *[e.type for e in history], "end"]
+    for target, headers in [(f"/v1/workflows/done/events?after={last}", {}),
+                            (f"/v1/workflows/done/events?after={last + 50}", {}),
+                            ("/v1/workflows/done/events", {"Last-Event-ID": str(last)}),
+                            (f"/v1/workflows/done/events?run_id={run_id}", {"Last-Event-ID": str(last + 9)})]:
+        status, frames = read_stream(server.port, target, headers, timeout=5)
+        assert (status, [kind for kind, _ in frames]) == (200, ["run", "end"]), (target, headers)
+    got = []
+    finished = threading.Event()
+
+    def follow():
+        got.extend(client.events("done", after_seq=last))
+        finished.set()
+
+    threading.Thread(target=follow, daemon=True).start()
+    assert finished.wait(10), "Client.events past the end of a finished run did not return"
+    assert got == []
+
+
+# -- 4. histories a page at a time ------------------------------------------------------------
+def test_history_answers_a_page_with_a_next_cursor_and_refuses_a_limit_over_the_max(server):
+    client = Client(server.url, token=TOKEN)
+    client.start("wire.long", 30, id="long").result(timeout=30)
+    everything = client.history("long")
+    assert len(everything) > 30
+    seqs, after = [], 0
+    while after is not None:
+        status, _, page = raw(server.port, "GET", f"/v1/workflows/long/history?limit=7&after={after}")
+        assert status == 200 and len(page["events"]) <= 7
+        seqs += [e["seq"] for e in page["events"]]
+        after = page["next"]
+    assert seqs == [e.seq for e in everything]
+    status, _, reply = raw(server.port, "GET", "/v1/workflows/long/history?limit=1001")
+    assert status == 400 and "1 to 1000 events per page" in reply["error"]["message"]
+
+
+def test_a_request_holds_one_page_of_a_big_history(tmp_path_factory):
+    """/history and the event stream read a run's whole history per request
+    (40 streams of a big run: 187 -> 887 MiB): each read of the store now
+    takes at most one page, and the client follows the pages."""
+    served = Wsgiref(_flows_dir(tmp_path_factory), page=7)
+    reads = []
+    history = served.engine.history
+
+    def counting(*args, **kwargs):
+        events = history(*args, **kwargs)
+        reads.append(len(events))
+        return events
+
+    served.engine.history = counting
+    try:
+        client = Client(served.url, token=TOKEN)
+        client.start("wire.long", 30, id="big").result(timeout=30)
+        reads.clear()
+        events = client.history("big")
+        assert [e.seq for e in events] == list(range(1, len(events) + 1)) and len(events) > 30
+        status, _, page = raw(served.port, "GET", "/v1/workflows/big/history")
+        assert (status, len(page["events"]), page["next"]) == (200, 7, 7)
+        status, frames = read_stream(served.port, "/v1/workflows/big/events")
+        assert [kind for kind, _ in frames][1:-1] == [e.type for e in events]
+        assert [e.seq for e in client.events("big", after_seq=3)] == [e.seq for e in events[3:]]
+        assert reads and max(reads) <= 7, reads
+    finally:
+        served.stop()

@@ -154,6 +154,8 @@ class Client:
                     if kind == "run":
                         run_id = payload["run_id"]
                         continue
+                    if kind == "end":  # the run had ended: nothing follows
+                        return
                     event = event_from_json(payload)
                     after_seq = event.seq
                     yield event

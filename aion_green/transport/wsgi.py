@@ -14,9 +14,11 @@ POST     /v1/workflows                                start: ``{"workflow", "arg
 GET      /v1/workflows?status=&type=&limit=&after=    list, a page: ``{"runs", "next"}``
 GET      /v1/workflows/ID                             describe
 GET      /v1/workflows/ID/result?timeout=S            wait for the end (at most ``max_wait``)
-GET      /v1/workflows/ID/history?after=&run_id=      the recorded events
+GET      /v1/workflows/ID/history?after=&run_id=      the recorded events, a page (``&limit=``):
+                                                      ``{"events", "next"}``
 GET      /v1/workflows/ID/events?after=&run_id=       the events as a stream (server-sent
-                                                      events, resumable with ``Last-Event-ID``)
+                                                      events, resumable with ``Last-Event-ID``;
+                                                      an ``end`` frame once the run has ended)
 POST     /v1/workflows/ID/signals/NAME                ``{"payload", "idempotency_key"}``
 POST     /v1/workflows/ID/queries/NAME                ``{"args", "timeout"}``
 POST     /v1/workflows/ID/cancel                      ``{"reason"}``
@@ -81,17 +83,21 @@ class WSGIApp:
     ``max_depth``: the deepest nesting of arrays and objects a JSON body may
     have; ``max_digits``: the most digits of a whole number in one (deeper
     or longer is refused with a 400 naming the limit, before the parser's
-    recursion or int conversion fails as a 500: issue 16).
+    recursion or int conversion fails as a 500: issue 16). ``page``: the
+    most events one ``/history`` request answers (and its default
+    ``limit``), and the most an event stream reads from the store at once.
     """
 
     def __init__(self, engine: Any, token: Optional[str] = None, max_body: int = 1 << 20,
                  max_wait: float = 60.0, stream_poll: float = 0.5,
-                 heartbeat: float = 15.0, max_depth: int = 64, max_digits: int = 64) -> None:
+                 heartbeat: float = 15.0, max_depth: int = 64, max_digits: int = 64,
+                 page: int = 1000) -> None:
         self.engine = engine
         self.token = token
         self.max_body = max_body
         self.max_depth = max_depth
         self.max_digits = max_digits
+        self.page = page
         self.max_wait = max_wait
         self.stream_poll = stream_poll
         self.heartbeat = heartbeat
@@ -239,8 +245,33 @@ class WSGIApp:
         return {"workflow_id": wid, "status": ev.COMPLETED, "result": result}
 
     def _history(self, wid: str, query: dict[str, str]) -> dict[str, Any]:
-        events = self.engine.history(wid, _int(query, "after", 0), query.get("run_id"))
-        return {"events": [event_to_json(e) for e in events]}
+        after = _int(query, "after", 0)
+        limit = _int(query, "limit", self.page)
+        if not 1 <= limit <= self.page:
+            raise _Reply("invalid_argument", f"limit={limit}: ask for 1 to {self.page} events "
+                         "per page (follow 'next' for the rest)")
+        run_id = query.get("run_id")
+        events = self.engine.history(wid, after, run_id, limit)
+        if not events and after:
+            self._run_of(wid, run_id)  # an unknown run is a 404, past its end too
+        # A page at a time (issue 16: one request of a big run held its whole history).
+        next_after = events[-1].seq if len(events) == limit else None
+        return {"events": [event_to_json(e) for e in events], "next": next_after}
+
+    def _run_of(self, wid: str, run_id: Optional[str]) -> str:
+        """The run id a request names (the current run's by default); a
+        WorkflowNotFound for an unknown workflow or run."""
+        info = self.engine.describe(wid)
+        if run_id is None or run_id == info.run_id:
+            return info.run_id
+        self.engine.history(wid, 0, run_id, 1)  # an earlier run of the id, or not found
+        return run_id
+
+    def _ended(self, wid: str, run_id: str) -> bool:
+        # The status commits with the terminal event (store.py): read it
+        # before the history, and an empty read after it means no more events.
+        info = self.engine.describe(wid)
+        return info.run_id != run_id or info.status != ev.RUNNING
 
     def _stream(self, wid: str, query: dict[str, str], environ: dict[str, Any],
                 start_response: StartResponse) -> Iterable[bytes]:
@@ -248,9 +279,10 @@ class WSGIApp:
         last_id = environ.get("HTTP_LAST_EVENT_ID")
         if last_id:
             after = max(after, _int({"Last-Event-ID": last_id}, "Last-Event-ID", 0))
-        run_id = query.get("run_id") or self.engine.describe(wid).run_id
-        # Read once before answering: a bad id is a 404, not an empty stream.
-        first = self.engine.history(wid, after, run_id)
+        # Before answering: an unknown workflow or run is a 404 in every form
+        # of the request, not a stream that waits forever (issue 16).
+        run_id = self._run_of(wid, query.get("run_id") or None)
+        first = self.engine.history(wid, after, run_id, self.page)
         start_response("200 OK", [("Content-Type", "text/event-stream; charset=utf-8"),
                                   ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")])
         return self._events(wid, run_id, after, first)
@@ -259,16 +291,20 @@ class WSGIApp:
         # The run id rides on the first frame, so a client resumes this run
         # (the workflow id may later name a run that continued as new).
         yield f"retry: 1000\nevent: run\ndata: {json.dumps({'run_id': run_id})}\n\n".encode()
-        pause, idle = 0.02, 0.0
+        pause, idle, ended = 0.02, 0.0, False
         while True:
             for event in batch:
                 after = event.seq
                 yield (f"id: {event.seq}\nevent: {event.type}\n"
                        f"data: {json.dumps(event_to_json(event))}\n\n").encode()
                 if event.type in ev.TERMINAL_TYPES:
+                    yield _END
                     return
             if batch:
                 pause, idle = 0.02, 0.0
+            elif ended:  # a cursor at or past the end of a finished run
+                yield _END
+                return
             else:
                 _pause(pause)
                 idle += pause
@@ -276,7 +312,14 @@ class WSGIApp:
                 if idle >= self.heartbeat:
                     idle = 0.0
                     yield b": keep-alive\n\n"
-            batch = self.engine.history(wid, after, run_id)
+            ended = len(batch) < self.page and self._ended(wid, run_id)
+            # A page at a time: a stream holds one page of a big run, not its history.
+            batch = self.engine.history(wid, after, run_id, self.page)
+
+
+# The last frame of a stream: the run has ended and nothing follows (a
+# client stops here rather than reconnect, e.g. with a cursor past the end).
+_END = b"event: end\ndata: {}\n\n"
 
 
 def _pause(seconds: float) -> None:

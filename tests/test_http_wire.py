@@ -119,7 +119,8 @@ class Wsgiref:
             import wireflows
         finally:
             sys.path.remove(str(directory))
-        self.engine = aion.Engine(f"sqlite:///{directory / 'wire.db'}",
+        self.db = directory / "wire.db"
+        self.engine = aion.Engine(f"sqlite:///{self.db}",
                                   workflows=[wireflows.echo, wireflows.inbox, wireflows.fail,
                                              wireflows.long])
         self.app = WSGIApp(self.engine, token=TOKEN, **app_options)
@@ -409,3 +410,73 @@ def test_a_request_holds_one_page_of_a_big_history(tmp_path_factory):
         assert reads and max(reads) <= 7, reads
     finally:
         served.stop()
+
+
+# -- 5. no secret and no server path in a response -------------------------------------------
+def test_no_reply_names_the_servers_database_path(server):
+    """Not-found messages carried the server's database path
+    ("no workflow with id 'x' in /srv/data/orders.db")."""
+    client = Client(server.url, token=TOKEN)
+    client.start("wire.inbox", "n", id="alive")
+    for method, target, body in [
+            ("GET", "/v1/workflows/nobody", None), ("GET", "/v1/workflows/nobody/history", None),
+            ("GET", "/v1/workflows/nobody/result?timeout=5", None),
+            ("GET", "/v1/workflows/nobody/events", None),
+            ("GET", "/v1/workflows/alive/history?run_id=nope", None),
+            ("POST", "/v1/workflows/nobody/signals/n", b"{}"),
+            ("POST", "/v1/workflows/nobody/cancel", b"{}"),
+            ("POST", "/v1/workflows/nobody/queries/n", b"{}")]:
+        status, _, reply = raw(server.port, method, target, body=body)
+        assert status == 404, (target, reply)
+        text = json.dumps(reply)
+        assert str(server.db.parent) not in text, (target, text)
+        assert "nobody" in text or "nope" in text, text  # still says what was not found
+
+
+def test_a_postgres_password_given_in_the_query_string_stays_secret(pg_url, tmp_path):
+    """A password given as ?password= (libpq takes it there too) leaked into
+    404 bodies and the worker's startup banner; only user:password@ was
+    masked."""
+    (tmp_path / "wireflows.py").write_text(FLOWS)
+    secret = "hunter2-wire-secret"
+    url = f"{pg_url}&password={secret}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aion_green", "--db", url, "worker", "wireflows",
+         "--http", "127.0.0.1:0", "--token", TOKEN],
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        banner = proc.stdout.readline()
+        assert "HTTP API on http://" in banner, (banner, proc.poll())
+        port = int(banner.rsplit(":", 1)[1].split()[0].rstrip(")"))
+        replies = [raw(port, "GET", "/v1/workflows/nobody"),
+                   raw(port, "GET", "/v1/workflows/nobody/history?after=3"),
+                   raw(port, "POST", "/v1/workflows/nobody/signals/n", body=b"{}")]
+        assert [status for status, _, _ in replies] == [404, 404, 404], replies
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    for text in (banner, out, err, *[json.dumps(r) for _, _, r in replies]):
+        assert secret not in text, text
+
+
+# -- 6. failures without the server's tracebacks ----------------------------------------------
+def test_a_failed_runs_error_keeps_type_and_message_but_not_the_servers_traceback(server):
+    """Results, descriptions and histories carried the traceback, whose
+    frames name the server's files, to remote clients."""
+    client = Client(server.url, token=TOKEN)
+    client.start("wire.fail", id="broken")
+    with pytest.raises(aion.WorkflowFailed) as failed:
+        client.result("broken", timeout=20)
+    assert failed.value.error_type.endswith("StepError") and "bad value 7" in failed.value.message
+    status, _, reply = raw(server.port, "GET", "/v1/workflows/broken/result")
+    described = raw(server.port, "GET", "/v1/workflows/broken")[2]
+    history = raw(server.port, "GET", "/v1/workflows/broken/history")[2]
+    streamed = read_stream(server.port, "/v1/workflows/broken/events")[1]
+    assert status == 409 and reply["error"]["detail"]["type"].endswith("StepError")
+    assert "bad value 7" in reply["error"]["detail"]["message"]
+    assert described["error"]["type"].endswith("StepError") and "bad value 7" in described["error"]["message"]
+    for body in (reply, described, history, streamed):
+        text = json.dumps(body)
+        assert "traceback" not in text.lower() and ".py" not in text, text
+    if hasattr(server, "engine"):  # the server's own history keeps it
+        assert "traceback" in server.engine.describe("broken").error

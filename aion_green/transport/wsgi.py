@@ -52,7 +52,7 @@ from greenlet import getcurrent
 
 from .. import events as ev
 from ..errors import AionError, WorkflowCancelled, WorkflowFailed
-from .codec import ERRORS, code_of, event_to_json, run_to_json
+from .codec import ERRORS, code_of, event_to_json, public_error, run_to_json
 
 log = logging.getLogger("aion_green.transport")
 
@@ -112,17 +112,34 @@ class WSGIApp:
             self._authenticate(environ)
             return self._route(method, segments, environ, start_response)
         except _Reply as reply:
-            return _error(start_response, reply.code, reply.message, **reply.extra)
+            return _error(start_response, reply.code, self._public(reply.message), **reply.extra)
         except (WorkflowCancelled, WorkflowFailed) as failure:
             return _error(start_response, code_of(failure), str(failure),
-                          workflow_id=failure.workflow_id, detail=failure.error)
+                          workflow_id=failure.workflow_id, detail=public_error(failure.error))
         except (AionError, ValueError, TypeError) as exc:
-            return _error(start_response, code_of(exc), str(exc), type=type(exc).__name__)
+            return _error(start_response, code_of(exc), self._public(str(exc)),
+                          type=type(exc).__name__)
         except Exception:
             log.exception("HTTP API: an unexpected error; this is a bug in aion_green")
             return _error(start_response, "internal",
                           "an unexpected error occurred (logged by the server); nothing of "
                           "this request may have been recorded, or all of it: look before retrying")
+
+    def _public(self, message: str) -> str:
+        """``message`` without the store's name: the engine's messages name
+        its database file or URL, useful to its own process, a server path
+        (or a secret) to a remote client (issue 16)."""
+        names = {self._store_name, str(getattr(self.engine, "url", "") or "")} - {"", "None"}
+        for name in sorted(names, key=len, reverse=True):
+            message = message.replace(name, "this server's store")
+        return message
+
+    @property
+    def _store_name(self) -> str:
+        try:
+            return str(self.engine._store_name())
+        except Exception:  # not an Engine (a test double, a Client): nothing of ours to hide
+            return ""
 
     def _authenticate(self, environ: dict[str, Any]) -> None:
         if self.token is None:

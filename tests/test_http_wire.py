@@ -480,3 +480,50 @@ def test_a_failed_runs_error_keeps_type_and_message_but_not_the_servers_tracebac
         assert "traceback" not in text.lower() and ".py" not in text, text
     if hasattr(server, "engine"):  # the server's own history keeps it
         assert "traceback" in server.engine.describe("broken").error
+
+
+# -- 7. a client's event stream against a dead port -------------------------------------------
+def _dead_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again: connections are refused
+
+
+def _counting(monkeypatch):
+    attempts = []
+    original = Client._connection
+
+    def connection(self, read_timeout):
+        attempts.append(1)
+        return original(self, read_timeout)
+
+    monkeypatch.setattr(Client, "_connection", connection)
+    return attempts
+
+
+def test_the_event_stream_of_a_dead_port_backs_off(monkeypatch):
+    """Client.events() reconnected at once after each refusal: 72,000
+    connection attempts in 3 s."""
+    attempts = _counting(monkeypatch)
+    client = Client(f"http://127.0.0.1:{_dead_port()}", token=TOKEN)
+    threading.Thread(target=lambda: list(client.events("any")), daemon=True).start()
+    import time
+
+    time.sleep(2.0)
+    assert 3 <= len(attempts) <= 12, f"{len(attempts)} connection attempts in 2 s"
+
+
+def test_the_event_stream_of_a_dead_port_gives_up_with_a_clear_error(monkeypatch):
+    import time
+
+    attempts = _counting(monkeypatch)
+    client = Client(f"http://127.0.0.1:{_dead_port()}", token=TOKEN, max_backoff=0.4)
+    began = time.monotonic()
+    with pytest.raises(aion.StoreUnavailable) as gave_up:
+        list(client.events("any", give_up_after=2.0))
+    took = time.monotonic() - began
+    assert 1.0 <= took <= 4.0, took
+    assert "gave up after 2.0 s" in str(gave_up.value) and "is the server running" in str(gave_up.value)
+    assert len(attempts) <= 10

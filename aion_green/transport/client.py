@@ -30,7 +30,6 @@ from ..registry import workflow_name
 from ..store import RunInfo
 from .codec import ERRORS, event_from_json, run_from_json
 
-
 _FIRST_BACKOFF = 0.05
 
 

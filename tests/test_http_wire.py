@@ -527,3 +527,112 @@ def test_the_event_stream_of_a_dead_port_gives_up_with_a_clear_error(monkeypatch
     assert 1.0 <= took <= 4.0, took
     assert "gave up after 2.0 s" in str(gave_up.value) and "is the server running" in str(gave_up.value)
     assert len(attempts) <= 10
+
+
+# -- 8. idle and half-open connections --------------------------------------------------------
+def _sockets_of(pid):
+    import os
+
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                count += 1
+        except OSError:
+            pass
+    return count
+
+
+def test_a_worker_bounds_its_connections_and_cuts_idle_ones(tmp_path_factory):
+    """``aion-green worker --http`` kept every connection that sent nothing
+    (3,000 half-open connections, all held): now it serves at most
+    --http-connections at once, and closes one that sends nothing for
+    --http-read-timeout seconds."""
+    import socket
+    import time
+
+    worker = Worker(_flows_dir(tmp_path_factory), "--http-connections", "4",
+                    "--http-read-timeout", "1")
+    idle = []
+    try:
+        baseline = _sockets_of(worker.proc.pid)
+        one = socket.create_connection(("127.0.0.1", worker.port), timeout=5)
+        began = time.monotonic()
+        assert one.recv(1) == b"", "the server answered a request that was never sent"
+        assert 0.5 < time.monotonic() - began < 4, "an idle connection was not cut after its read timeout"
+        one.close()
+        for _ in range(30):
+            idle.append(socket.create_connection(("127.0.0.1", worker.port), timeout=20))
+        time.sleep(0.3)
+        held = _sockets_of(worker.proc.pid) - baseline
+        assert held <= 4, f"the worker holds {held} connections; it may serve 4 at once"
+        began = time.monotonic()
+        status, _, reply = raw(worker.port, "GET", "/healthz", timeout=30)
+        assert (status, reply) == (200, {"ok": True})
+        assert time.monotonic() - began < 15
+        cut = 0
+        for sock in idle:
+            try:
+                cut += sock.recv(1) == b""
+            except OSError:
+                cut += 1
+        assert cut == len(idle), "an idle connection was kept open"
+    finally:
+        for sock in idle:
+            sock.close()
+        out, err = worker.stop()
+    assert worker.proc.returncode == 0, err
+
+
+# -- 9. a worker stopping while requests wait -------------------------------------------------
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stopping_worker_answers_its_long_polls_503_with_retry_after(tmp_path_factory, signum):
+    """SIGINT to a worker dropped the requests in flight (a result wait got
+    no answer at all: the process exited under its greenlets). Now each
+    answers 503 with Retry-After, an event stream ends, and the runs go on
+    with the next worker."""
+    import time
+
+    directory = _flows_dir(tmp_path_factory)
+    worker = Worker(directory)
+    client = Client(worker.url, token=TOKEN)
+    for i in range(5):
+        client.start("wire.inbox", "n", id=f"w{i}")
+    replies = {}
+
+    def wait(i):
+        try:
+            replies[i] = raw(worker.port, "GET", f"/v1/workflows/w{i}/result?timeout=30", timeout=40)
+        except Exception as exc:  # noqa: BLE001 - the failure being tested
+            replies[i] = exc
+
+    stream = {}
+
+    def follow():
+        stream["frames"] = read_stream(worker.port, "/v1/workflows/w0/events", timeout=40)[1]
+
+    threads = [threading.Thread(target=wait, args=(i,)) for i in range(5)]
+    threads.append(threading.Thread(target=follow))
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    worker.proc.send_signal(signum)
+    for thread in threads:
+        thread.join(60)
+    worker.proc.wait(timeout=30)  # the one signal stops it (a second could land in its exit)
+    out, err = worker.stop()
+    assert worker.proc.returncode == 0, err
+    for i in range(5):
+        assert not isinstance(replies[i], Exception), f"request {i} was dropped: {replies[i]!r}"
+        status, headers, body = replies[i]
+        assert status == 503 and body["error"]["code"] == "unavailable", replies[i]
+        assert headers.get("Retry-After") == "1"
+    assert stream["frames"][0][0] == "run" and "end" not in [kind for kind, _ in stream["frames"]]
+
+    successor = Worker(directory)
+    try:
+        client = Client(successor.url, token=TOKEN)
+        client.signal("w3", "n", "after the restart")
+        assert client.result("w3", timeout=20) == "after the restart"
+    finally:
+        successor.stop()

@@ -15,6 +15,7 @@ ERRORS: dict[str, tuple[int, type[errors.AionError]]] = {
     "unauthenticated": (401, errors.ConfigurationError),
     "not_found": (404, errors.WorkflowNotFound),
     "method_not_allowed": (405, errors.ConfigurationError),
+    "request_timeout": (408, errors.Timeout),
     "already_exists": (409, errors.WorkflowIdConflict),
     "not_running": (409, errors.WorkflowNotRunning),
     "workflow_failed": (409, errors.WorkflowFailed),

@@ -51,7 +51,7 @@ import gevent
 from greenlet import getcurrent
 
 from .. import events as ev
-from ..errors import AionError, WorkflowCancelled, WorkflowFailed
+from ..errors import AionError, EngineClosed, StoreUnavailable, WorkflowCancelled, WorkflowFailed
 from .codec import ERRORS, code_of, event_to_json, public_error, run_to_json
 
 log = logging.getLogger("aion_green.transport")
@@ -98,15 +98,27 @@ class WSGIApp:
         self.max_depth = max_depth
         self.max_digits = max_digits
         self.page = page
+        # Set once by drain(), read by every request: a plain bool is enough.
+        self.draining = False
         self.max_wait = max_wait
         self.stream_poll = stream_poll
         self.heartbeat = heartbeat
+
+    def drain(self) -> None:
+        """The server is stopping: answer every request from now on with 503
+        and ``Retry-After``, and end the event streams (their clients resume
+        with ``Last-Event-ID`` elsewhere). Requests waiting on the engine
+        answer 503 once it shuts down (EngineClosed)."""
+        self.draining = True
 
     # -- WSGI ------------------------------------------------------------------------------
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         try:
             method = environ.get("REQUEST_METHOD", "GET").upper()
             segments = _segments(environ)
+            if self.draining:
+                raise _Reply("unavailable", "this server is shutting down; nothing of this request "
+                             "was done: send it again (to another server, or here once restarted)")
             if segments == ["healthz"]:
                 return _reply(start_response, 200, {"ok": True})
             self._authenticate(environ)
@@ -309,7 +321,7 @@ class WSGIApp:
         # (the workflow id may later name a run that continued as new).
         yield f"retry: 1000\nevent: run\ndata: {json.dumps({'run_id': run_id})}\n\n".encode()
         pause, idle, ended = 0.02, 0.0, False
-        while True:
+        while not self.draining:
             for event in batch:
                 after = event.seq
                 yield (f"id: {event.seq}\nevent: {event.type}\n"
@@ -329,9 +341,12 @@ class WSGIApp:
                 if idle >= self.heartbeat:
                     idle = 0.0
                     yield b": keep-alive\n\n"
-            ended = len(batch) < self.page and self._ended(wid, run_id)
-            # A page at a time: a stream holds one page of a big run, not its history.
-            batch = self.engine.history(wid, after, run_id, self.page)
+            try:
+                ended = len(batch) < self.page and self._ended(wid, run_id)
+                # A page at a time: a stream holds one page of a big run, not its history.
+                batch = self.engine.history(wid, after, run_id, self.page)
+            except (EngineClosed, StoreUnavailable):
+                return  # the answer has begun: a cut, which the client resumes after `after`
 
 
 # The last frame of a stream: the run has ended and nothing follows (a
@@ -422,12 +437,13 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes:
         raise _Reply("too_large", f"the body has {length} bytes; the body size limit of this "
                      f"server is {limit} bytes")
     stream = environ["wsgi.input"]
-    if length is None:
-        if "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-            return b""  # no length, no chunks: no body (wsgiref would wait for the end)
-        raw = stream.read(limit + 1)
-    else:
-        raw = stream.read(length)
+    if length is None and "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return b""  # no length, no chunks: no body (wsgiref would wait for the end)
+    try:
+        raw = stream.read(limit + 1 if length is None else length)
+    except OSError as exc:  # a read timeout (serve.py), or a cut: nothing was done
+        raise _Reply("request_timeout", f"the body did not arrive ({exc or type(exc).__name__}); "
+                     "nothing of this request was done: send it again, whole") from None
     if len(raw) > limit:
         raise _Reply("too_large", f"the body has more than {limit} bytes; the body size limit "
                      f"of this server is {limit} bytes")
@@ -567,11 +583,13 @@ def _error(start_response: StartResponse, code: str, message: str, **extra: Any)
     headers = [("Allow", extra["allow"])] if "allow" in extra else []
     if code == "unauthenticated":
         headers.append(("WWW-Authenticate", 'Bearer realm="aion_green"'))
+    if code == "unavailable":  # a store that is down, a server that is stopping: ask again
+        headers.append(("Retry-After", "1"))
     return _reply(start_response, status, {"error": {"code": code, "message": message, **extra}},
                   headers)
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large",
+            405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 413: "Payload Too Large",
             422: "Unprocessable Entity", 500: "Internal Server Error", 503: "Service Unavailable",
             504: "Gateway Timeout"}

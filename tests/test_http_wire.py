@@ -15,6 +15,7 @@ from urllib.parse import quote, urlencode
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
+from conftest import wait_until
 
 import aion_green as aion
 from aion_green.transport.client import Client
@@ -220,6 +221,7 @@ HOSTILE = [
     ("POST", "/v1/workflows", b'{"workflow": "wire.echo", "args": [1e999]}', {}, 400, "number size limit"),
     ("POST", "/v1/workflows", b'{"workflow": "wire.echo", "args": [1], "id": "\\ud800"}', {}, 400,
      "'id' holds a lone surrogate"),
+    ("POST", "/v1/workflows", b'{"workflow": "wire.\\ud800"}', {}, 400, "'workflow' holds a lone surrogate"),
     ("POST", "/v1/workflows", b'{"workflow": "wire.echo", "args": [1]', {}, 400, "not valid JSON"),
     ("POST", "/v1/workflows", b"\xff\xfe{}", {}, 400, "the body is not valid UTF-8"),
     ("POST", "/v1/workflows", b'"text"', {}, 400, "must be a JSON object, got str"),
@@ -256,6 +258,7 @@ def test_hostile_input_is_a_4xx_naming_the_field_or_limit_and_records_nothing(
     (500), an id with a lone surrogate a StoreError (500)."""
     client = Client(server.url, token=TOKEN)
     client.start("wire.inbox", "n", id="g")
+    wait_until(lambda: "TimerStarted" in [e.type for e in client.history("g")], what="g to wait")
     before = {run.workflow_id: client.history(run.workflow_id) for run in client.list(limit=1000)}
     got, _, reply = raw(server.port, method, route, body=body, headers=headers)
     assert got == status, reply

@@ -249,6 +249,7 @@ class WSGIApp:
         if not isinstance(workflow, str) or not workflow:
             raise _Reply("invalid_argument", "'workflow' must be the registered name of a "
                          f"workflow (a non-empty string), got {workflow!r}")
+        _text(workflow, "'workflow'")
         args = _list(body, "args")
         wid = _str(body, "id", None)
         key = environ.get("HTTP_IDEMPOTENCY_KEY") or None

@@ -494,11 +494,22 @@ def _dead_port():
         return sock.getsockname()[1]  # closed again: connections are refused
 
 
-def _counting(monkeypatch):
+class _Enough(BaseException):
+    """Ends a client's loop from inside (the client retries OSErrors only)."""
+
+
+def _counting(monkeypatch, for_seconds=None):
+    """Count the client's connection attempts; after ``for_seconds``, the
+    next attempt ends the loop with _Enough."""
+    import time
+
     attempts = []
     original = Client._connection
+    until = None if for_seconds is None else time.monotonic() + for_seconds
 
     def connection(self, read_timeout):
+        if until is not None and time.monotonic() > until:
+            raise _Enough()
         attempts.append(1)
         return original(self, read_timeout)
 
@@ -509,12 +520,19 @@ def _counting(monkeypatch):
 def test_the_event_stream_of_a_dead_port_backs_off(monkeypatch):
     """Client.events() reconnected at once after each refusal: 72,000
     connection attempts in 3 s."""
-    attempts = _counting(monkeypatch)
+    attempts = _counting(monkeypatch, for_seconds=2.0)
     client = Client(f"http://127.0.0.1:{_dead_port()}", token=TOKEN)
-    threading.Thread(target=lambda: list(client.events("any")), daemon=True).start()
-    import time
 
-    time.sleep(2.0)
+    def follow():
+        try:
+            list(client.events("any"))
+        except _Enough:
+            pass
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    thread.join(15)
+    assert not thread.is_alive()
     assert 3 <= len(attempts) <= 12, f"{len(attempts)} connection attempts in 2 s"
 
 

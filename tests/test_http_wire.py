@@ -70,12 +70,12 @@ def _env():
 class Worker:
     """``aion-green worker wireflows --http 127.0.0.1:0 --json`` in a real process."""
 
-    def __init__(self, directory, *extra):
+    def __init__(self, directory, *extra, address="127.0.0.1:0"):
         self.directory = directory
         self.db = directory / "wire.db"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "aion_green", "--db", f"sqlite:///{self.db}", "worker", "wireflows",
-             "--http", "127.0.0.1:0", "--token", TOKEN, "--json", *extra],
+             "--http", address, "--token", TOKEN, "--json", *extra],
             cwd=directory, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if not line:
@@ -198,6 +198,18 @@ def test_any_id_round_trips_in_raw_http_with_percent_encoding(server):
         assert (status, reply["workflow_id"]) == (200, wid), reply
         status, _, reply = raw(server.port, "GET", f"/v1/workflows/{quote(wid, safe='')}/result")
         assert (status, reply["result"]) == (200, wid), reply
+
+
+def test_an_idempotency_key_header_in_utf8_is_the_id(server):
+    """Header values reach the app as latin-1 characters: the key "café"
+    started the run "cafÃ©"."""
+    body = json.dumps({"workflow": "wire.echo", "args": [1]})
+    status, _, reply = raw(server.port, "POST", "/v1/workflows", body=body,
+                           headers={"Idempotency-Key": "clé-1".encode()})
+    assert (status, reply) == (200, {"workflow_id": "clé-1"})
+    status, _, reply = raw(server.port, "POST", "/v1/workflows", body=body,
+                           headers={"Idempotency-Key": b"\xff-key"})
+    assert status == 400 and "Idempotency-Key header is not valid UTF-8" in reply["error"]["message"]
 
 
 def test_an_id_that_is_not_utf8_is_a_400_naming_the_path(server):
@@ -655,5 +667,39 @@ def test_a_stopping_worker_answers_its_long_polls_503_with_retry_after(tmp_path_
         client = Client(successor.url, token=TOKEN)
         client.signal("w3", "n", "after the restart")
         assert client.result("w3", timeout=20) == "after the restart"
+    finally:
+        successor.stop()
+
+
+def test_a_clients_result_wait_outlives_a_worker_restart(tmp_path_factory):
+    """A Client.result() wait while its worker stops (503, Retry-After) and
+    the next one starts on the same address: it asks again, backing off,
+    and gets the result (before: EngineClosed or a dropped connection)."""
+    import time
+
+    directory = _flows_dir(tmp_path_factory)
+    address = f"127.0.0.1:{_dead_port()}"
+    worker = Worker(directory, address=address)
+    client = Client(worker.url, token=TOKEN, max_backoff=0.5)
+    client.start("wire.inbox", "n", id="r1")
+    got = {}
+
+    def wait():
+        try:
+            got["result"] = client.result("r1", timeout=60)
+        except Exception as exc:  # noqa: BLE001 - the failure being tested
+            got["error"] = exc
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(1.0)
+    worker.proc.send_signal(signal.SIGTERM)
+    worker.proc.wait(timeout=30)
+    worker.stop()
+    successor = Worker(directory, address=address)
+    try:
+        client.signal("r1", "n", "still here")
+        thread.join(60)
+        assert got == {"result": "still here"}
     finally:
         successor.stop()

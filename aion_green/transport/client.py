@@ -102,9 +102,13 @@ class Client:
                           body={"args": list(args), "timeout": timeout},
                           read_timeout=timeout + self.timeout)["answer"]
 
-    def result(self, workflow_id: str, timeout: Optional[float] = None) -> Any:
-        """Wait for the run's end, asking the server in slices."""
+    def result(self, workflow_id: str, timeout: Optional[float] = None,
+               give_up_after: float = 60.0) -> Any:
+        """Wait for the run's end, asking the server in slices. A server that
+        is stopping (503) or gone is asked again, backing off, until the
+        timeout, or for ``give_up_after`` seconds without an answer."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        delay, heard = _FIRST_BACKOFF, time.monotonic()
         while True:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             ask = self.wait_slice if left is None else min(left, self.wait_slice)
@@ -113,10 +117,19 @@ class Client:
                                    read_timeout=ask + self.timeout)
                 return reply["result"]
             except errors.Timeout:
+                delay, heard = _FIRST_BACKOFF, time.monotonic()
                 if left is not None and left <= ask:
                     raise errors.Timeout(
                         f"workflow {workflow_id!r} did not finish within {timeout} s; it goes on "
                         "running: call result() again to keep waiting") from None
+            except (errors.StoreUnavailable, errors.EngineClosed):
+                # A worker draining answers 503 (Retry-After) and the next one
+                # may take a moment to listen (issue 16): a wait outlives both.
+                out_of_time = left is not None and left <= delay
+                if out_of_time or time.monotonic() - heard + delay > give_up_after:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
 
     def describe(self, workflow_id: str) -> RunInfo:
         return run_from_json(self._call("GET", *_route(workflow_id)))

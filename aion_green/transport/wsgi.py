@@ -229,7 +229,7 @@ class WSGIApp:
         assert name is not None
         if action == "signals":
             body = self._body(environ, {"payload", "idempotency_key"})
-            key = _str(body, "idempotency_key", None) or environ.get("HTTP_IDEMPOTENCY_KEY") or None
+            key = _str(body, "idempotency_key", None) or _header(environ, "HTTP_IDEMPOTENCY_KEY")
             seq = self.engine.signal(wid, name, body.get("payload"), idempotency_key=key)
             return _reply(start_response, 200, {"workflow_id": wid, "seq": seq})
         body = self._body(environ, {"args", "timeout"})
@@ -252,7 +252,7 @@ class WSGIApp:
         _text(workflow, "'workflow'")
         args = _list(body, "args")
         wid = _str(body, "id", None)
-        key = environ.get("HTTP_IDEMPOTENCY_KEY") or None
+        key = _header(environ, "HTTP_IDEMPOTENCY_KEY")
         if wid is not None and key is not None and wid != key:
             raise _Reply("invalid_argument", f"the body's id {wid!r} and the Idempotency-Key "
                          f"header {key!r} differ; send one, or the same in both")
@@ -399,10 +399,18 @@ def _utf8(data: bytes, what: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        hint = ("send JSON in UTF-8" if what == "the body" else
+        hint = ("send JSON in UTF-8" if what == "the body" else "send it in UTF-8"
+                if what.endswith("header") else
                 "once percent-decoded; percent-encode ids and names as UTF-8")
         raise _Reply("invalid_argument", f"{what} is not valid UTF-8 ({exc.reason} at byte "
                      f"{exc.start}): {hint}") from None
+
+
+def _header(environ: dict[str, Any], key: str) -> Optional[str]:
+    """A header that may carry an id, read as UTF-8 like the path (a WSGI
+    server hands it over as latin-1 characters)."""
+    value = environ.get(key)
+    return _utf8(_wire_bytes(value), f"the {key[5:].replace('_', '-').title()} header") if value else None
 
 
 def _params(environ: dict[str, Any]) -> dict[str, str]:

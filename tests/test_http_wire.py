@@ -617,6 +617,24 @@ def test_a_worker_bounds_its_connections_and_cuts_idle_ones(tmp_path_factory):
     assert worker.proc.returncode == 0, err
 
 
+def test_a_body_that_stops_halfway_is_a_408_after_the_read_timeout(tmp_path_factory):
+    """A request whose body never arrives in full held its greenlet (and
+    connection) forever; now the read times out and the answer says so."""
+    import time
+
+    worker = Worker(_flows_dir(tmp_path_factory), "--http-read-timeout", "1")
+    try:
+        began = time.monotonic()
+        reply = _raw_socket(worker.port, b"POST /v1/workflows HTTP/1.1\r\nHost: x\r\n"
+                            + f"Authorization: Bearer {TOKEN}\r\n".encode()
+                            + b"Content-Length: 100\r\n\r\n{\"workflow\": ", timeout=10)
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:300]
+        assert time.monotonic() - began < 5
+        assert Client(worker.url, token=TOKEN).list() == []
+    finally:
+        worker.stop()
+
+
 # -- 9. a worker stopping while requests wait -------------------------------------------------
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_stopping_worker_answers_its_long_polls_503_with_retry_after(tmp_path_factory, signum):

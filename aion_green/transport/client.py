@@ -185,7 +185,8 @@ class Client:
                     if event.type in TERMINAL_TYPES:
                         return
                 return
-            except (OSError, http.client.HTTPException, errors.StoreUnavailable) as exc:
+            except (OSError, http.client.HTTPException, errors.StoreUnavailable,
+                    errors.EngineClosed) as exc:
                 if not reconnect:
                     raise
                 # A dead port refuses at once: without a pause, 72,000

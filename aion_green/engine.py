@@ -447,7 +447,7 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
                 run_id: Optional[str] = None, limit: Optional[int] = None) -> builtins.list[ev.Event]:
         """The events of the workflow's current run, or of run ``run_id`` (an
         earlier run that continued as new: its ``WorkflowStarted`` names the
-        one before, in ``continued_from``); at most ``limit`` of them."""
+        one before, in ``continued_from``)."""
         self._ensure_started()
         events = self._call_store(self._store.read, workflow_id, after_seq, limit, run_id)  # type: ignore[union-attr]
         if not events and after_seq == 0:

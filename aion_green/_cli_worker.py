@@ -124,7 +124,6 @@ def _address(text: str) -> tuple[str, int]:
 
 def run_worker(args: argparse.Namespace, out: Any) -> int:
     import importlib
-    import time
 
     import gevent
 
@@ -160,7 +159,7 @@ def run_worker(args: argparse.Namespace, out: Any) -> int:
         own = [k for k in kinds if not k.startswith("aion.")]  # not the built-ins (schedules)
         url = None
         if address is not None:
-            server = _serve(engine, address, token)
+            server = _serve(engine, address, args)
             host = address[0] if ":" not in address[0] else f"[{address[0]}]"
             url = f"http://{host}:{server.server_port}"
             if token is None and address[0] not in ("127.0.0.1", "localhost", "::1"):
@@ -182,12 +181,15 @@ def run_worker(args: argparse.Namespace, out: Any) -> int:
         return 2
     finally:
         if server is not None:
-            server.close()  # no new requests; those in flight end below
-        started = time.monotonic()
+            # No new connections; what is in flight gets a moment to finish,
+            # then the engine's shutdown wakes the long polls (a result
+            # wait) with EngineClosed, which they answer as 503 with
+            # Retry-After. Before, the process exited under them (issue 16).
+            server.drain()
+            server.settle(timeout=1.0)
         engine.shutdown()
         if server is not None:
-            # Requests still waiting on the engine were told it closed (503).
-            server.stop(timeout=max(0.5, 2.0 - (time.monotonic() - started)))
+            server.stop(timeout=5.0)
         if db_path is not None:
             _remove_worker_file(db_path)
     _say(out, f"aion-green worker {os.getpid()}: stopped")
@@ -202,11 +204,8 @@ def _say(out: Any, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def _serve(engine: Any, address: tuple[str, int], token: Optional[str]) -> Any:
-    from gevent.pywsgi import WSGIServer
+def _serve(engine: Any, address: tuple[str, int], args: argparse.Namespace) -> Any:
+    from .transport.serve import Server
 
-    from .transport.wsgi import WSGIApp
-
-    server = WSGIServer(address, WSGIApp(engine, token=token), log=None)
-    server.start()  # binds now: a taken port fails here, before the banner
-    return server
+    return Server(engine, address, args.token, max_connections=args.http_connections,
+                  read_timeout=args.http_read_timeout)

@@ -85,11 +85,17 @@ def _translate(exc: BaseException, where: str) -> StoreError:
 
 
 def _safe_url(url: str) -> str:
-    """The URL without its password, for messages."""
+    """The URL without its password, for messages: neither ``user:password@``
+    nor ``?password=`` (libpq takes both; the second leaked into 404 bodies
+    and the worker's banner: issue 16)."""
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
         auth, host = rest.rsplit("@", 1)
-        return f"{scheme}://{auth.split(':', 1)[0]}@{host}"
+        url = f"{scheme}://{auth.split(':', 1)[0]}@{host}"
+    if "?" in url:
+        base, _, query = url.partition("?")
+        kept = [p for p in query.split("&") if "password" not in p.partition("=")[0].lower()]
+        url = base + ("?" + "&".join(kept) if kept else "")
     return url
 
 

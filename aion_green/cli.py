@@ -203,6 +203,11 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("modules", nargs="+", metavar="MODULE", help="modules that define the workflows")
     worker.add_argument("--http", metavar="HOST:PORT",
                         help="also serve the HTTP API there (port 0: any free port)")
+    worker.add_argument("--http-connections", type=_positive, default=1000, metavar="N",
+                        help="serve at most N HTTP connections at once (default 1000)")
+    worker.add_argument("--http-read-timeout", type=_seconds, default=30.0, metavar="S",
+                        help="close an HTTP connection that sends nothing for S seconds "
+                             "(default 30; 0: never)")
 
     start = command("start", "start a workflow run (idempotent by --id)")
     start.add_argument("workflow_type", metavar="TYPE", help="the workflow's registered name")

@@ -489,13 +489,13 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         return self._call_store(self._store.list_runs, status, wtype, limit, after_id)  # type: ignore[union-attr]
 
     def history(self, workflow_id: str, after_seq: int = 0,
-                run_id: Optional[str] = None) -> builtins.list[ev.Event]:
+                run_id: Optional[str] = None, limit: Optional[int] = None) -> builtins.list[ev.Event]:
         """The events of the workflow's current run, or of run ``run_id`` (an
         earlier run that continued as new: its ``WorkflowStarted`` names the
         one before, in ``continued_from``)."""
         ev.check_key(workflow_id, "the workflow id")
         self._ensure_started()
-        events = self._call_store(self._store.read, workflow_id, after_seq, None, run_id)  # type: ignore[union-attr]
+        events = self._call_store(self._store.read, workflow_id, after_seq, limit, run_id)  # type: ignore[union-attr]
         if not events and after_seq == 0:
             which = "" if run_id is None else f" with a run {run_id!r}"
             raise WorkflowNotFound(

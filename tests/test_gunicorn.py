@@ -109,3 +109,22 @@ def test_forty_waiting_requests_share_the_workers_and_health_answers(shop, tmp_p
             assert [e.type for e in history].count(ev.WORKFLOW_COMPLETED) == 1
     finally:
         store.close()
+
+
+def test_any_id_round_trips_under_gunicorn(shop):
+    """Issue 16: ids with non-ASCII characters or an encoded "/" through
+    the API mounted at /aion (werkzeug's dispatcher under gunicorn), by the
+    Client and by raw HTTP with percent-encoding."""
+    from urllib.parse import quote
+
+    from aion_green.transport.client import Client
+
+    port, db, proc = shop
+    client = Client(f"http://127.0.0.1:{port}/aion")
+    for wid in ["café", "日本/語", "a/result", "x/signals/y", "100%", "a b+c?d#e", "🙂"]:
+        assert client.start("shop.stamp", wid, id=wid).result(timeout=30)["order"] == wid
+        assert client.describe(wid).workflow_id == wid
+        status, reply = call(port, "GET", "/aion/v1/workflows/" + quote(wid, safe=""))
+        assert (status, reply["workflow_id"]) == (200, wid)
+        status, reply = call(port, "GET", f"/aion/v1/workflows/{quote(wid, safe='')}/result")
+        assert (status, reply["result"]["order"]) == (200, wid)

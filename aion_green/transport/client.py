@@ -22,13 +22,15 @@ import http.client
 import json
 import time
 from typing import Any, Callable, Iterator, Optional, Union
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from .. import errors
 from ..events import TERMINAL_TYPES, Event
 from ..registry import workflow_name
 from ..store import RunInfo
 from .codec import ERRORS, event_from_json, run_from_json
+
+_FIRST_BACKOFF = 0.05
 
 
 class RemoteHandle:
@@ -55,7 +57,7 @@ class Client:
     """The engine's operations through its HTTP API at ``url``."""
 
     def __init__(self, url: str, token: Optional[str] = None, timeout: float = 70.0,
-                 wait_slice: float = 30.0) -> None:
+                 wait_slice: float = 30.0, max_backoff: float = 5.0) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise errors.ConfigurationError(f"Client({url!r}): give the API's base URL, "
@@ -69,6 +71,9 @@ class Client:
         self.timeout = timeout
         # A long wait (result) is asked for in slices of this many seconds.
         self.wait_slice = wait_slice
+        # Reconnecting an event stream waits 0.05 s, then twice as long each
+        # time, at most this many seconds.
+        self.max_backoff = max_backoff
 
     # -- the engine's operations ---------------------------------------------------------------
     def start(self, fn: Union[str, Callable[..., Any]], *args: Any,
@@ -87,34 +92,47 @@ class Client:
         body: dict[str, Any] = {"payload": payload}
         if idempotency_key is not None:
             body["idempotency_key"] = idempotency_key
-        return int(self._call("POST", _path(workflow_id, "signals", name), body=body)["seq"])
+        return int(self._call("POST", *_route(workflow_id, "signals", name), body=body)["seq"])
 
     def cancel(self, workflow_id: str, reason: str = "") -> None:
-        self._call("POST", _path(workflow_id, "cancel"), body={"reason": reason})
+        self._call("POST", *_route(workflow_id, "cancel"), body={"reason": reason})
 
     def query(self, workflow_id: str, name: str, *args: Any, timeout: float = 10.0) -> Any:
-        return self._call("POST", _path(workflow_id, "queries", name),
+        return self._call("POST", *_route(workflow_id, "queries", name),
                           body={"args": list(args), "timeout": timeout},
                           read_timeout=timeout + self.timeout)["answer"]
 
-    def result(self, workflow_id: str, timeout: Optional[float] = None) -> Any:
-        """Wait for the run's end, asking the server in slices."""
+    def result(self, workflow_id: str, timeout: Optional[float] = None,
+               give_up_after: float = 60.0) -> Any:
+        """Wait for the run's end, asking the server in slices. A server that
+        is stopping (503) or gone is asked again, backing off, until the
+        timeout, or for ``give_up_after`` seconds without an answer."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        delay, heard = _FIRST_BACKOFF, time.monotonic()
         while True:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             ask = self.wait_slice if left is None else min(left, self.wait_slice)
             try:
-                reply = self._call("GET", _path(workflow_id, "result"), {"timeout": ask},
+                reply = self._call("GET", *_route(workflow_id, "result", timeout=ask),
                                    read_timeout=ask + self.timeout)
                 return reply["result"]
             except errors.Timeout:
+                delay, heard = _FIRST_BACKOFF, time.monotonic()
                 if left is not None and left <= ask:
                     raise errors.Timeout(
                         f"workflow {workflow_id!r} did not finish within {timeout} s; it goes on "
                         "running: call result() again to keep waiting") from None
+            except (errors.StoreUnavailable, errors.EngineClosed):
+                # A worker draining answers 503 (Retry-After) and the next one
+                # may take a moment to listen (issue 16): a wait outlives both.
+                out_of_time = left is not None and left <= delay
+                if out_of_time or time.monotonic() - heard + delay > give_up_after:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
 
     def describe(self, workflow_id: str) -> RunInfo:
-        return run_from_json(self._call("GET", _path(workflow_id)))
+        return run_from_json(self._call("GET", *_route(workflow_id)))
 
     def list(self, status: Optional[str] = None,
              workflow_type: Union[None, str, Callable[..., Any]] = None,
@@ -130,31 +148,58 @@ class Client:
 
     def history(self, workflow_id: str, after_seq: int = 0,
                 run_id: Optional[str] = None) -> builtins.list[Event]:
+        """The events after ``after_seq``, all of them: read a page at a time
+        (the server caps what one request holds)."""
         query: dict[str, Any] = {"after": after_seq}
         if run_id is not None:
             query["run_id"] = run_id
-        return [event_from_json(e) for e in self._call("GET", _path(workflow_id, "history"), query)["events"]]
+        events: builtins.list[Event] = []
+        while True:
+            page = self._call("GET", *_route(workflow_id, "history", **query))
+            events.extend(event_from_json(e) for e in page["events"])
+            if page.get("next") is None:
+                return events
+            query["after"] = page["next"]
 
-    def events(self, workflow_id: str, after_seq: int = 0, reconnect: bool = True) -> Iterator[Event]:
+    def events(self, workflow_id: str, after_seq: int = 0, reconnect: bool = True,
+               give_up_after: float = 60.0) -> Iterator[Event]:
         """The run's events as they are recorded, until its end; with
         ``reconnect``, a cut connection resumes after the last event seen
-        (no gap, no duplicate)."""
+        (no gap, no duplicate). Reconnects back off (doubling, at most
+        ``max_backoff`` seconds apart); after ``give_up_after`` seconds
+        without an answer it raises :class:`aion.StoreUnavailable`."""
         run_id: Optional[str] = None
+        delay, heard = _FIRST_BACKOFF, time.monotonic()
         while True:
             try:
                 for kind, payload in self._stream(workflow_id, after_seq, run_id):
+                    delay, heard = _FIRST_BACKOFF, time.monotonic()
                     if kind == "run":
                         run_id = payload["run_id"]
                         continue
+                    if kind == "end":  # the run had ended: nothing follows
+                        return
                     event = event_from_json(payload)
                     after_seq = event.seq
                     yield event
                     if event.type in TERMINAL_TYPES:
                         return
                 return
-            except (OSError, http.client.HTTPException):
+            except (OSError, http.client.HTTPException, errors.StoreUnavailable,
+                    errors.EngineClosed) as exc:
                 if not reconnect:
                     raise
+                # A dead port refuses at once: without a pause, 72,000
+                # attempts in 3 s (issue 16). A worker draining answers 503.
+                silent = time.monotonic() - heard
+                if silent + delay > give_up_after:
+                    raise errors.StoreUnavailable(
+                        f"the event stream of workflow {workflow_id!r} from the aion_green API at "
+                        f"{self.url} got no answer for {silent:.1f} s ({exc}); gave up after "
+                        f"{give_up_after} s: is the server running? Call events(after_seq="
+                        f"{after_seq}) again to resume") from None
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
 
     def shutdown(self) -> None:
         """Nothing to stop: the engine lives in the server."""
@@ -208,11 +253,12 @@ class Client:
         query: dict[str, Any] = {"after": after_seq}
         if run_id is not None:
             query["run_id"] = run_id
+        path, query = _route(workflow_id, "events", **query)
         conn = self._connection(None)
         try:
             headers = self._headers(None)
             headers["Accept"] = "text/event-stream"
-            conn.request("GET", self._prefix + _path(workflow_id, "events") + "?" + urlencode(query),
+            conn.request("GET", self._prefix + path + "?" + urlencode(query),
                          headers=headers)
             response = conn.getresponse()
             if response.status >= 400:
@@ -236,8 +282,15 @@ class Client:
             conn.close()
 
 
-def _path(workflow_id: str, *rest: str) -> str:
-    return "/v1/workflows/" + "/".join(quote(part, safe="") for part in (workflow_id, *rest))
+def _route(workflow_id: str, action: Optional[str] = None, name: Optional[str] = None,
+           **query: Any) -> tuple[str, dict[str, Any]]:
+    """The path and query of a run's route, with the id (and name) in the
+    query string: every WSGI server hands the app that undecoded, so any id
+    round-trips ("a/result" and "café" too, under wsgiref and gevent.pywsgi)."""
+    query["workflow_id"] = workflow_id
+    if name is not None:
+        query["name"] = name
+    return "/v1/workflows" + ("" if action is None else "/" + action), query
 
 
 def _error_from(status: int, reply: Any) -> errors.AionError:

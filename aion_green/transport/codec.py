@@ -15,6 +15,7 @@ ERRORS: dict[str, tuple[int, type[errors.AionError]]] = {
     "unauthenticated": (401, errors.ConfigurationError),
     "not_found": (404, errors.WorkflowNotFound),
     "method_not_allowed": (405, errors.ConfigurationError),
+    "request_timeout": (408, errors.Timeout),
     "already_exists": (409, errors.WorkflowIdConflict),
     "not_running": (409, errors.WorkflowNotRunning),
     "workflow_failed": (409, errors.WorkflowFailed),
@@ -51,10 +52,19 @@ def code_of(error: BaseException) -> str:
     return "internal"
 
 
+def public_error(error: Any) -> Any:
+    """A recorded error as a remote client sees it: its type and message,
+    not the traceback (its frames name the server's files: issue 16). The
+    history keeps it, for the server's own users."""
+    if isinstance(error, dict) and "traceback" in error:
+        return {k: v for k, v in error.items() if k != "traceback"}
+    return error
+
+
 def run_to_json(info: RunInfo) -> dict[str, Any]:
     return {"workflow_id": info.workflow_id, "run_id": info.run_id,
             "workflow_type": info.workflow_type, "status": info.status, "args": info.args,
-            "result": info.result, "error": info.error, "head_seq": info.head_seq,
+            "result": info.result, "error": public_error(info.error), "head_seq": info.head_seq,
             "created_at": info.created_at, "updated_at": info.updated_at}
 
 
@@ -65,7 +75,10 @@ def run_from_json(obj: dict[str, Any]) -> RunInfo:
 
 
 def event_to_json(event: Event) -> dict[str, Any]:
-    return {"seq": event.seq, "type": event.type, "at": event.at, "data": event.data}
+    data = event.data
+    if isinstance(data, dict) and "traceback" in (data.get("error") or ()):
+        data = {**data, "error": public_error(data["error"])}
+    return {"seq": event.seq, "type": event.type, "at": event.at, "data": data}
 
 
 def event_from_json(obj: dict[str, Any]) -> Event:

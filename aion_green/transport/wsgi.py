@@ -5,7 +5,7 @@ Mount it in any WSGI server, or inside Flask with werkzeug's
 
     api = aion_green.transport.wsgi.WSGIApp(engine, token="s3cret")
 
-Routes (ids are percent-encoded path segments; a workflow id may hold "/"):
+Routes (ids are percent-encoded UTF-8 path segments; a workflow id may hold "/"):
 
 =======  ===========================================  ==========================================
 GET      /healthz                                     ``{"ok": true}``, never authenticated
@@ -14,13 +14,21 @@ POST     /v1/workflows                                start: ``{"workflow", "arg
 GET      /v1/workflows?status=&type=&limit=&after=    list, a page: ``{"runs", "next"}``
 GET      /v1/workflows/ID                             describe
 GET      /v1/workflows/ID/result?timeout=S            wait for the end (at most ``max_wait``)
-GET      /v1/workflows/ID/history?after=&run_id=      the recorded events
+GET      /v1/workflows/ID/history?after=&run_id=      the recorded events, a page (``&limit=``):
+                                                      ``{"events", "next"}``
 GET      /v1/workflows/ID/events?after=&run_id=       the events as a stream (server-sent
-                                                      events, resumable with ``Last-Event-ID``)
+                                                      events, resumable with ``Last-Event-ID``;
+                                                      an ``end`` frame once the run has ended)
 POST     /v1/workflows/ID/signals/NAME                ``{"payload", "idempotency_key"}``
 POST     /v1/workflows/ID/queries/NAME                ``{"args", "timeout"}``
 POST     /v1/workflows/ID/cancel                      ``{"reason"}``
 =======  ===========================================  ==========================================
+
+Every route of one run also takes its id in the query string instead,
+``/v1/workflows[/ACTION]?workflow_id=ID`` (signals and queries with
+``&name=NAME``): what the client sends, since a server that gives the app
+only the decoded path (wsgiref) cannot tell an id's encoded "/" from the
+route's.
 
 Every error is one JSON body, ``{"error": {"code", "message", ...}}``, with
 the status of its code (:data:`aion_green.transport.codec.ERRORS`): bad
@@ -37,14 +45,14 @@ import json
 import logging
 import time
 from typing import Any, Callable, Iterable, Iterator, Optional
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, unquote_to_bytes
 
 import gevent
 from greenlet import getcurrent
 
 from .. import events as ev
-from ..errors import AionError, WorkflowCancelled, WorkflowFailed
-from .codec import ERRORS, code_of, event_to_json, run_to_json
+from ..errors import AionError, EngineClosed, StoreUnavailable, WorkflowCancelled, WorkflowFailed
+from .codec import ERRORS, code_of, event_to_json, public_error, run_to_json
 
 log = logging.getLogger("aion_green.transport")
 
@@ -72,39 +80,78 @@ class WSGIApp:
     body accepted, in bytes. ``max_wait``: the longest a request waits (for
     a result, a query); a client waits longer by asking again.
     ``stream_poll``: the longest pause between two looks at a streamed run.
+    ``max_depth``: the deepest nesting of arrays and objects a JSON body may
+    have; ``max_digits``: the most digits of a whole number in one (deeper
+    or longer is refused with a 400 naming the limit, before the parser's
+    recursion or int conversion fails as a 500: issue 16). ``page``: the
+    most events one ``/history`` request answers (and its default
+    ``limit``), and the most an event stream reads from the store at once.
     """
 
     def __init__(self, engine: Any, token: Optional[str] = None, max_body: int = 1 << 20,
                  max_wait: float = 60.0, stream_poll: float = 0.5,
-                 heartbeat: float = 15.0) -> None:
+                 heartbeat: float = 15.0, max_depth: int = 64, max_digits: int = 64,
+                 page: int = 1000) -> None:
         self.engine = engine
         self.token = token
         self.max_body = max_body
+        self.max_depth = max_depth
+        self.max_digits = max_digits
+        self.page = page
+        # Set once by drain(), read by every request: a plain bool is enough.
+        self.draining = False
         self.max_wait = max_wait
         self.stream_poll = stream_poll
         self.heartbeat = heartbeat
+
+    def drain(self) -> None:
+        """The server is stopping: answer every request from now on with 503
+        and ``Retry-After``, and end the event streams (their clients resume
+        with ``Last-Event-ID`` elsewhere). Requests waiting on the engine
+        answer 503 once it shuts down (EngineClosed)."""
+        self.draining = True
 
     # -- WSGI ------------------------------------------------------------------------------
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         try:
             method = environ.get("REQUEST_METHOD", "GET").upper()
             segments = _segments(environ)
+            if self.draining:
+                raise _Reply("unavailable", "this server is shutting down; nothing of this request "
+                             "was done: send it again (to another server, or here once restarted)")
             if segments == ["healthz"]:
                 return _reply(start_response, 200, {"ok": True})
             self._authenticate(environ)
             return self._route(method, segments, environ, start_response)
         except _Reply as reply:
-            return _error(start_response, reply.code, reply.message, **reply.extra)
+            return _error(start_response, reply.code, self._public(reply.message), **reply.extra)
         except (WorkflowCancelled, WorkflowFailed) as failure:
             return _error(start_response, code_of(failure), str(failure),
-                          workflow_id=failure.workflow_id, detail=failure.error)
+                          workflow_id=failure.workflow_id, detail=public_error(failure.error))
         except (AionError, ValueError, TypeError) as exc:
-            return _error(start_response, code_of(exc), str(exc), type=type(exc).__name__)
+            return _error(start_response, code_of(exc), self._public(str(exc)),
+                          type=type(exc).__name__)
         except Exception:
             log.exception("HTTP API: an unexpected error; this is a bug in aion_green")
             return _error(start_response, "internal",
                           "an unexpected error occurred (logged by the server); nothing of "
                           "this request may have been recorded, or all of it: look before retrying")
+
+    def _public(self, message: str) -> str:
+        """``message`` without the store's name: the engine's messages name
+        its database file or URL, useful to its own process, a server path
+        (or a secret) to a remote client (issue 16)."""
+        names = {self._store_name, str(getattr(self.engine, "url", "") or "")} - {"", "None"}
+        for name in sorted(names, key=len, reverse=True):
+            message = message.replace(name, "this server's store")
+        return message
+
+    @property
+    def _store_name(self) -> str:
+        try:
+            return str(self.engine._store_name())
+        except Exception:  # not an Engine (a test double, a Client): nothing of ours to hide
+            return ""
 
     def _authenticate(self, environ: dict[str, Any]) -> None:
         if self.token is None:
@@ -121,71 +168,99 @@ class WSGIApp:
         if len(segments) < 2 or segments[:2] != ["v1", "workflows"]:
             raise _Reply("not_found", f"no route {'/' + '/'.join(segments)!r}; the API lives "
                          "under /v1/workflows (and /healthz)")
+        params = _params(environ)
         rest = segments[2:]
-        if not rest:
-            if method == "POST":
-                return _reply(start_response, 200, self._start(environ))
-            if method == "GET":
-                return _reply(start_response, 200, self._list(environ))
-            raise _not_allowed(method, "GET, POST")
-        # Matched from the right: behind a server that hands over only the
-        # decoded path, an id's "/" splits it into several segments.
         action: Optional[str] = None
         name: Optional[str] = None
-        if len(rest) >= 2 and rest[-1] in _ACTIONS:
-            action, rest = rest[-1], rest[:-1]
-        elif len(rest) >= 3 and rest[-2] in _NAMED:
-            action, name, rest = rest[-2], rest[-1], rest[:-2]
-        wid = "/".join(rest)
+        by_query = "workflow_id" in params
+        if by_query:
+            # The id (and a signal's or query's name) in the query string: a
+            # server that hands over only the decoded path (wsgiref,
+            # gevent.pywsgi) cannot tell an id's "%2F" from a "/" of the route
+            # (issue 16: the id "a/result" was read as the result of "a"); a
+            # query string reaches every app undecoded.
+            wid = params["workflow_id"]
+            if len(rest) > 1 or (rest and rest[0] not in _ACTIONS + _NAMED):
+                raise _Reply("not_found", f"no route {'/' + '/'.join(segments)!r} with "
+                             "workflow_id in the query; use /v1/workflows[/ACTION]?workflow_id=ID "
+                             f"(ACTION: {', '.join(_ACTIONS + _NAMED)})")
+            action = rest[0] if rest else None
+            if action in _NAMED:
+                name = params.get("name")
+                if not name:
+                    raise _Reply("invalid_argument", f"'name' (query) must name the {action[:-1]}: "
+                                 f"/v1/workflows/{action}?workflow_id=ID&name=NAME")
+        elif not rest:
+            if method == "POST":
+                return _reply(start_response, 200, self._start(environ, params))
+            if method == "GET":
+                return _reply(start_response, 200, self._list(params))
+            raise _not_allowed(method, "GET, POST")
+        else:
+            # Matched from the right: behind a server that hands over only the
+            # decoded path, an id's "/" splits it into several segments.
+            if len(rest) >= 2 and rest[-1] in _ACTIONS:
+                action, rest = rest[-1], rest[:-1]
+            elif len(rest) >= 3 and rest[-2] in _NAMED:
+                action, name, rest = rest[-2], rest[-1], rest[:-2]
+            wid = "/".join(rest)
         if not wid:
-            raise _Reply("invalid_argument", "the workflow id in the path is empty")
+            raise _Reply("invalid_argument", "the workflow id is empty")
         expected = "POST" if action in ("cancel", "signals", "queries") else "GET"
         if method != expected:
             raise _not_allowed(method, expected)
+        named = {"workflow_id", "name"} if by_query else set()
         if action is None:
+            _query(params, named)
             return _reply(start_response, 200, run_to_json(self.engine.describe(wid)))
         if action == "result":
-            return _reply(start_response, 200, self._result(wid, environ))
+            return _reply(start_response, 200, self._result(wid, _query(params, named | {"timeout"})))
         if action == "history":
-            query = _query(environ, {"after", "run_id"})
-            events = self.engine.history(wid, _int(query, "after", 0), query.get("run_id"))
-            return _reply(start_response, 200, {"events": [event_to_json(e) for e in events]})
+            return _reply(start_response, 200,
+                          self._history(wid, _query(params, named | {"after", "run_id", "limit"})))
         if action == "events":
-            return self._stream(wid, environ, start_response)
+            return self._stream(wid, _query(params, named | {"after", "run_id"}), environ,
+                                start_response)
+        _query(params, named)
         if action == "cancel":
-            body = _body(environ, self.max_body, {"reason"})
+            body = self._body(environ, {"reason"})
             self.engine.cancel(wid, _str(body, "reason", ""))
             return _reply(start_response, 200, {"workflow_id": wid, "cancel_requested": True})
         assert name is not None
         if action == "signals":
-            body = _body(environ, self.max_body, {"payload", "idempotency_key"})
-            key = _str(body, "idempotency_key", None) or environ.get("HTTP_IDEMPOTENCY_KEY") or None
+            body = self._body(environ, {"payload", "idempotency_key"})
+            key = _str(body, "idempotency_key", None) or _header(environ, "HTTP_IDEMPOTENCY_KEY")
             seq = self.engine.signal(wid, name, body.get("payload"), idempotency_key=key)
             return _reply(start_response, 200, {"workflow_id": wid, "seq": seq})
-        body = _body(environ, self.max_body, {"args", "timeout"})
+        body = self._body(environ, {"args", "timeout"})
         args = _list(body, "args")
         timeout = min(_number(body, "timeout", 10.0), self.max_wait)
         answer = self.engine.query(wid, name, *args, timeout=timeout)
         return _reply(start_response, 200, {"workflow_id": wid, "answer": answer})
 
     # -- handlers --------------------------------------------------------------------------
-    def _start(self, environ: dict[str, Any]) -> dict[str, Any]:
-        body = _body(environ, self.max_body, {"workflow", "args", "id"})
+    def _body(self, environ: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
+        return _body(environ, self.max_body, allowed, self.max_depth, self.max_digits)
+
+    def _start(self, environ: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
+        _query(params, set())
+        body = self._body(environ, {"workflow", "args", "id"})
         workflow = body.get("workflow")
         if not isinstance(workflow, str) or not workflow:
             raise _Reply("invalid_argument", "'workflow' must be the registered name of a "
                          f"workflow (a non-empty string), got {workflow!r}")
+        _text(workflow, "'workflow'")
         args = _list(body, "args")
         wid = _str(body, "id", None)
-        key = environ.get("HTTP_IDEMPOTENCY_KEY") or None
+        key = _header(environ, "HTTP_IDEMPOTENCY_KEY")
         if wid is not None and key is not None and wid != key:
             raise _Reply("invalid_argument", f"the body's id {wid!r} and the Idempotency-Key "
                          f"header {key!r} differ; send one, or the same in both")
         handle = self.engine.start(workflow, *args, id=wid or key)
         return {"workflow_id": handle.workflow_id}
 
-    def _list(self, environ: dict[str, Any]) -> dict[str, Any]:
-        query = _query(environ, {"status", "type", "limit", "after"})
+    def _list(self, params: dict[str, str]) -> dict[str, Any]:
+        query = _query(params, {"status", "type", "limit", "after"})
         limit = _int(query, "limit", 100)
         if not 1 <= limit <= 1000:
             raise _Reply("invalid_argument", f"limit={limit}: ask for 1 to 1000 runs per page")
@@ -194,26 +269,50 @@ class WSGIApp:
         next_after = runs[-1].workflow_id if len(runs) == limit else None
         return {"runs": [run_to_json(r) for r in runs], "next": next_after}
 
-    def _result(self, wid: str, environ: dict[str, Any]) -> dict[str, Any]:
-        query = _query(environ, {"timeout"})
+    def _result(self, wid: str, query: dict[str, str]) -> dict[str, Any]:
         timeout = min(_number(query, "timeout", self.max_wait), self.max_wait)
         result = self.engine.result(wid, timeout=timeout)
         return {"workflow_id": wid, "status": ev.COMPLETED, "result": result}
 
-    def _stream(self, wid: str, environ: dict[str, Any],
+    def _history(self, wid: str, query: dict[str, str]) -> dict[str, Any]:
+        after = _int(query, "after", 0)
+        limit = _int(query, "limit", self.page)
+        if not 1 <= limit <= self.page:
+            raise _Reply("invalid_argument", f"limit={limit}: ask for 1 to {self.page} events "
+                         "per page (follow 'next' for the rest)")
+        run_id = query.get("run_id")
+        events = self.engine.history(wid, after, run_id, limit)
+        if not events and after:
+            self._run_of(wid, run_id)  # an unknown run is a 404, past its end too
+        # A page at a time (issue 16: one request of a big run held its whole history).
+        next_after = events[-1].seq if len(events) == limit else None
+        return {"events": [event_to_json(e) for e in events], "next": next_after}
+
+    def _run_of(self, wid: str, run_id: Optional[str]) -> str:
+        """The run id a request names (the current run's by default); a
+        WorkflowNotFound for an unknown workflow or run."""
+        info = self.engine.describe(wid)
+        if run_id is None or run_id == info.run_id:
+            return info.run_id
+        self.engine.history(wid, 0, run_id, 1)  # an earlier run of the id, or not found
+        return run_id
+
+    def _ended(self, wid: str, run_id: str) -> bool:
+        # The status commits with the terminal event (store.py): read it
+        # before the history, and an empty read after it means no more events.
+        info = self.engine.describe(wid)
+        return info.run_id != run_id or info.status != ev.RUNNING
+
+    def _stream(self, wid: str, query: dict[str, str], environ: dict[str, Any],
                 start_response: StartResponse) -> Iterable[bytes]:
-        query = _query(environ, {"after", "run_id"})
         after = _int(query, "after", 0)
         last_id = environ.get("HTTP_LAST_EVENT_ID")
         if last_id:
-            try:
-                after = max(after, int(last_id))
-            except ValueError:
-                raise _Reply("invalid_argument", f"Last-Event-ID {last_id!r} is not an event "
-                             "sequence number") from None
-        run_id = query.get("run_id") or self.engine.describe(wid).run_id
-        # Read once before answering: a bad id is a 404, not an empty stream.
-        first = self.engine.history(wid, after, run_id)
+            after = max(after, _int({"Last-Event-ID": last_id}, "Last-Event-ID", 0))
+        # Before answering: an unknown workflow or run is a 404 in every form
+        # of the request, not a stream that waits forever (issue 16).
+        run_id = self._run_of(wid, query.get("run_id") or None)
+        first = self.engine.history(wid, after, run_id, self.page)
         start_response("200 OK", [("Content-Type", "text/event-stream; charset=utf-8"),
                                   ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")])
         return self._events(wid, run_id, after, first)
@@ -222,16 +321,20 @@ class WSGIApp:
         # The run id rides on the first frame, so a client resumes this run
         # (the workflow id may later name a run that continued as new).
         yield f"retry: 1000\nevent: run\ndata: {json.dumps({'run_id': run_id})}\n\n".encode()
-        pause, idle = 0.02, 0.0
-        while True:
+        pause, idle, ended = 0.02, 0.0, False
+        while not self.draining:
             for event in batch:
                 after = event.seq
                 yield (f"id: {event.seq}\nevent: {event.type}\n"
                        f"data: {json.dumps(event_to_json(event))}\n\n").encode()
                 if event.type in ev.TERMINAL_TYPES:
+                    yield _END
                     return
             if batch:
                 pause, idle = 0.02, 0.0
+            elif ended:  # a cursor at or past the end of a finished run
+                yield _END
+                return
             else:
                 _pause(pause)
                 idle += pause
@@ -239,7 +342,17 @@ class WSGIApp:
                 if idle >= self.heartbeat:
                     idle = 0.0
                     yield b": keep-alive\n\n"
-            batch = self.engine.history(wid, after, run_id)
+            try:
+                ended = len(batch) < self.page and self._ended(wid, run_id)
+                # A page at a time: a stream holds one page of a big run, not its history.
+                batch = self.engine.history(wid, after, run_id, self.page)
+            except (EngineClosed, StoreUnavailable):
+                return  # the answer has begun: a cut, which the client resumes after `after`
+
+
+# The last frame of a stream: the run has ended and nothing follows (a
+# client stops here rather than reconnect, e.g. with a cursor past the end).
+_END = b"event: end\ndata: {}\n\n"
 
 
 def _pause(seconds: float) -> None:
@@ -256,7 +369,11 @@ def _pause(seconds: float) -> None:
 # -- request parsing -------------------------------------------------------------------------
 def _segments(environ: dict[str, Any]) -> list[str]:
     """The path's segments, percent-decoded one by one (so an encoded "/"
-    stays inside its segment) when the server gives the raw path."""
+    stays inside its segment) when the server gives the raw path, as UTF-8.
+
+    WSGI servers hand over strings whose characters are the request's bytes
+    (PEP 3333, "latin-1"); PATH_INFO is already percent-decoded that way, so
+    "caf%C3%A9" arrives as "cafÃ©" and is re-read here as UTF-8 (issue 16)."""
     raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     if raw:
         path = raw.split("?", 1)[0]
@@ -265,38 +382,132 @@ def _segments(environ: dict[str, Any]) -> list[str]:
         script = environ.get("SCRIPT_NAME", "")
         if script and path.startswith(script):
             path = path[len(script):]
-        return [unquote(s) for s in path.strip("/").split("/")] if path.strip("/") else []
-    path = environ.get("PATH_INFO", "") or "/"
-    return path.strip("/").split("/") if path.strip("/") else []
+        path = path.strip("/")
+        return [_utf8(unquote_to_bytes(_wire_bytes(s)), "the path") for s in path.split("/")] if path else []
+    path = _utf8(_wire_bytes(environ.get("PATH_INFO", "") or "/"), "the path").strip("/")
+    return path.split("/") if path else []
 
 
-def _query(environ: dict[str, Any], allowed: set[str]) -> dict[str, str]:
-    parsed = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-    unknown = sorted(set(parsed) - allowed)
-    if unknown:
-        raise _Reply("invalid_argument", f"unknown query parameter(s) {', '.join(unknown)}; "
-                     f"this route takes {', '.join(sorted(allowed)) or 'none'}")
+def _wire_bytes(text: str) -> bytes:
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:  # a server that decoded as UTF-8 already
+        return text.encode("utf-8", "surrogateescape")
+
+
+def _utf8(data: bytes, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        hint = ("send JSON in UTF-8" if what == "the body" else "send it in UTF-8"
+                if what.endswith("header") else
+                "once percent-decoded; percent-encode ids and names as UTF-8")
+        raise _Reply("invalid_argument", f"{what} is not valid UTF-8 ({exc.reason} at byte "
+                     f"{exc.start}): {hint}") from None
+
+
+def _header(environ: dict[str, Any], key: str) -> Optional[str]:
+    """A header that may carry an id, read as UTF-8 like the path (a WSGI
+    server hands it over as latin-1 characters)."""
+    value = environ.get(key)
+    return _utf8(_wire_bytes(value), f"the {key[5:].replace('_', '-').title()} header") if value else None
+
+
+def _params(environ: dict[str, Any]) -> dict[str, str]:
+    """The query string's parameters (the last of a repeated one)."""
+    text = _utf8(_wire_bytes(environ.get("QUERY_STRING", "")), "the query string")
+    try:
+        parsed = parse_qs(text, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise _Reply("invalid_argument", "the query string is not valid UTF-8 once "
+                     "percent-decoded; percent-encode values as UTF-8") from None
     return {k: v[-1] for k, v in parsed.items()}
 
 
-def _body(environ: dict[str, Any], limit: int, allowed: set[str]) -> dict[str, Any]:
+def _query(params: dict[str, str], allowed: set[str]) -> dict[str, str]:
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise _Reply("invalid_argument", f"unknown query parameter(s) {', '.join(unknown)}; "
+                     f"this route takes {', '.join(sorted(allowed)) or 'none'}")
+    return params
+
+
+def _read_body(environ: dict[str, Any], limit: int) -> bytes:
     length_text = environ.get("CONTENT_LENGTH") or ""
     try:
         length = int(length_text) if length_text else None
     except ValueError:
-        raise _Reply("invalid_argument", f"Content-Length {length_text!r} is not a number") from None
+        length = -1
+    if length is not None and length < 0:
+        # wsgiref reads a negative length as "to the end": a request that
+        # never ends held its thread forever (issue 16).
+        raise _Reply("invalid_argument", f"Content-Length {length_text!r} is not a size in bytes")
     if length is not None and length > limit:
-        raise _Reply("too_large", f"the body has {length} bytes; this server takes at most {limit}")
+        raise _Reply("too_large", f"the body has {length} bytes; the body size limit of this "
+                     f"server is {limit} bytes")
     stream = environ["wsgi.input"]
-    raw = stream.read(length) if length is not None else stream.read(limit + 1)
+    if length is None and "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return b""  # no length, no chunks: no body (wsgiref would wait for the end)
+    try:
+        raw = stream.read(limit + 1 if length is None else length)
+    except OSError as exc:  # a read timeout (serve.py), or a cut: nothing was done
+        raise _Reply("request_timeout", f"the body did not arrive ({exc or type(exc).__name__}); "
+                     "nothing of this request was done: send it again, whole") from None
     if len(raw) > limit:
-        raise _Reply("too_large", f"the body has more than {limit} bytes; this server takes at most {limit}")
+        raise _Reply("too_large", f"the body has more than {limit} bytes; the body size limit "
+                     f"of this server is {limit} bytes")
+    return bytes(raw)
+
+
+def _parse(raw: bytes, max_depth: int, max_digits: int) -> Any:
+    text = _utf8(raw, "the body")
+
+    def whole(digits: str) -> int:
+        if len(digits.lstrip("-")) > max_digits:
+            raise _Reply("invalid_argument", f"the body holds a number of {len(digits)} digits; "
+                         f"the number size limit is {max_digits} digits (send a string)")
+        return int(digits)
+
+    def real(digits: str) -> float:
+        number = float(digits)
+        if number in (float("inf"), float("-inf")):
+            raise _Reply("invalid_argument", f"the body holds the number {digits[:20]}..., "
+                         "beyond a float; the number size limit is a finite float "
+                         f"and whole numbers of {max_digits} digits (send a string)")
+        return number
+
+    try:
+        body = json.loads(text, parse_constant=_no_constant, parse_int=whole, parse_float=real)
+    except RecursionError:
+        body = None
+    except ValueError as exc:
+        raise _Reply("invalid_argument", f"the body is not valid JSON ({exc})") from None
+    depth = _depth(body, max_depth) if body is not None else max_depth + 1
+    if depth > max_depth:
+        raise _Reply("invalid_argument", "the body nests arrays and objects deeper than the "
+                     f"nesting depth limit of {max_depth}")
+    return body
+
+
+def _depth(value: Any, limit: int) -> int:
+    """How deep ``value`` nests, counted up to ``limit + 1`` (no recursion)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, level)
+            if level > limit:
+                return level
+            todo.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _body(environ: dict[str, Any], limit: int, allowed: set[str], max_depth: int = 64,
+          max_digits: int = 64) -> dict[str, Any]:
+    raw = _read_body(environ, limit)
     if not raw.strip():
         return {}
-    try:
-        body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _Reply("invalid_argument", f"the body is not valid JSON ({exc})") from None
+    body = _parse(raw, max_depth, max_digits)
     if not isinstance(body, dict):
         raise _Reply("invalid_argument", f"the body must be a JSON object, got {type(body).__name__}")
     unknown = sorted(set(body) - allowed)
@@ -314,6 +525,19 @@ def _str(body: dict[str, Any], key: str, default: Any) -> Any:
     value = body.get(key, default)
     if value is not default and not isinstance(value, str):
         raise _Reply("invalid_argument", f"'{key}' must be a string, got {value!r}")
+    if isinstance(value, str):
+        _text(value, f"'{key}'")
+    return value
+
+
+def _text(value: str, what: str) -> str:
+    # JSON's "\ud800" escape gives a lone surrogate, which no store can
+    # write (a StoreError, a 500, for an id: issue 16).
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Reply("invalid_argument", f"{what} holds a lone surrogate ({value!r}); "
+                     "send text (UTF-16 surrogates in pairs only)") from None
     return value
 
 
@@ -337,6 +561,9 @@ def _number(source: dict[str, Any], key: str, default: float) -> float:
 
 def _int(source: dict[str, Any], key: str, default: int) -> int:
     value = source.get(key, default)
+    if isinstance(value, str) and len(value.strip().lstrip("+-")) > 18:
+        raise _Reply("invalid_argument", f"'{key}' has more than 18 digits; the number size "
+                     f"limit is 18 digits, got {value[:30]!r}...")
     try:
         number = int(value)
     except (TypeError, ValueError):
@@ -365,11 +592,13 @@ def _error(start_response: StartResponse, code: str, message: str, **extra: Any)
     headers = [("Allow", extra["allow"])] if "allow" in extra else []
     if code == "unauthenticated":
         headers.append(("WWW-Authenticate", 'Bearer realm="aion_green"'))
+    if code == "unavailable":  # a store that is down, a server that is stopping: ask again
+        headers.append(("Retry-After", "1"))
     return _reply(start_response, status, {"error": {"code": code, "message": message, **extra}},
                   headers)
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large",
+            405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 413: "Payload Too Large",
             422: "Unprocessable Entity", 500: "Internal Server Error", 503: "Service Unavailable",
             504: "Gateway Timeout"}

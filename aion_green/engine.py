@@ -443,6 +443,9 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         """Wait for the run's end; return its result or raise
         :class:`WorkflowFailed` (or :class:`Timeout` when ``timeout`` passes)."""
         ev.check_key(workflow_id, "the workflow id")
+        if timeout is not None and not timeout >= 0:
+            raise ConfigurationError(f"result(timeout={timeout!r}): a timeout is a number of "
+                                     "seconds, 0 or more (None waits for ever)")
         self._ensure_started()
         # Lately ended: answered without a crossing to the hub (rewind.py forgets a resumed id).
         info: Optional[RunInfo] = self._recently_finished.get(workflow_id)
@@ -456,6 +459,16 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         while not future.done():
             left = None if deadline is None else deadline - _clock.monotonic()
             if left is not None and left <= 0:
+                # Its waiter goes (a client polling a run that waits for days
+                # left one behind per poll), and the store says whether the
+                # id exists at all, or ended as the time ran out.
+                self._hub.call_soon(self._drop_waiter, workflow_id, future)  # type: ignore[union-attr]
+                info = self._call_store(self._store.get_run, workflow_id)  # type: ignore[union-attr]
+                if info is None:
+                    raise WorkflowNotFound(
+                        f"no workflow with id {workflow_id!r} in {self._store_name()}")
+                if info.finished:
+                    return outcome(workflow_id, info)
                 raise Timeout(
                     f"workflow {workflow_id!r} did not finish within {timeout} s; "
                     "it goes on running: call result() again to keep waiting"

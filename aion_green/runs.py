@@ -321,6 +321,17 @@ class RunDriver:
         if wid not in self._runs:
             self._hub.spawn(self._check_finished, wid)
 
+    def _drop_waiter(self, wid: str, future: Future) -> None:
+        """A result() wait timed out: forget its future."""
+        futures = self._waiters.get(wid)
+        if futures is not None:
+            try:
+                futures.remove(future)
+            except ValueError:
+                pass
+            if not futures:
+                del self._waiters[wid]
+
     def _check_finished(self, wid: str) -> None:
         try:
             info = self._reader.call(self._reader.store.get_run, wid).result()

@@ -476,3 +476,31 @@ def test_a_retry_policy_with_non_finite_numbers_is_refused():
                 {"backoff": float("nan")}, {"jitter": float("inf")}):
         with pytest.raises(ValueError, match="finite"):
             aion.Retry(**bad)
+
+
+# -- result() waits that time out ----------------------------------------------------------------
+def test_result_with_a_timeout_tells_an_unknown_id_and_leaves_no_waiter_behind(make_engine, db_url):
+    """Failure windows: result('unknown', timeout=0) raised Timeout ('it goes
+    on running') for an id that never existed (over HTTP a 504, not a 404);
+    and every timed-out wait left its waiter in the engine until the run
+    ended, so a client polling a run that waits for days grew the engine
+    by one waiter per poll."""
+    engine = make_engine(waits_for_go)
+    with pytest.raises(aion.WorkflowNotFound):
+        engine.result("never-was", timeout=0)
+    with pytest.raises(aion.ConfigurationError, match="timeout"):
+        engine.result("never-was", timeout=-1)
+    engine.start(waits_for_go, id="polled")
+    for _ in range(50):
+        with pytest.raises(aion.Timeout):
+            engine.result("polled", timeout=0.01)
+    deadline = time.monotonic() + 5
+    while engine._waiters and time.monotonic() < deadline:  # (white-box: the engine's waiter table)
+        time.sleep(0.01)
+    assert engine._waiters == {}
+    engine.signal("polled", "go", 7)
+    assert engine.result("polled", timeout=10) == 7
+    # A finished run asked with no time to wait, from an engine that did not
+    # see it end, answers from the store.
+    other = make_engine(url=db_url, passive=True)
+    assert other.result("polled", timeout=0) == 7

@@ -495,8 +495,9 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
             raise ConfigurationError(
                 f"unknown status {status!r}; choose one of {', '.join(ev.STATUSES)}"
             )
-        if limit < 1:
-            raise ConfigurationError(f"limit={limit}: ask for at least one run")
+        _count(limit, "list(limit=...)", 1)
+        if after_id is not None:
+            ev.check_key(after_id, "list(after_id=...)")
         wtype = None if workflow_type is None else workflow_name(workflow_type)
         self._ensure_started()
         return self._call_store(self._store.list_runs, status, wtype, limit, after_id)  # type: ignore[union-attr]
@@ -507,6 +508,11 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         earlier run that continued as new: its ``WorkflowStarted`` names the
         one before, in ``continued_from``)."""
         ev.check_key(workflow_id, "the workflow id")
+        _count(after_seq, "history(after_seq=...)", 0)
+        if limit is not None:
+            _count(limit, "history(limit=...)", 1)
+        if run_id is not None:
+            ev.check_key(run_id, "history(run_id=...)")
         self._ensure_started()
         events = self._call_store(self._store.read, workflow_id, after_seq, limit, run_id)  # type: ignore[union-attr]
         if not events and after_seq == 0:
@@ -533,6 +539,13 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         """Run a read of the reader's store (``fn`` names a method of the
         writer's store; the reader's own instance runs it)."""
         return self._reader.call(getattr(self._reader.store, fn.__name__), *args).result()
+
+def _count(value: Any, what: str, least: int) -> None:
+    """A whole number a store can hold (a signed 64-bit integer), at least
+    ``least``: a larger one was SQLite's OverflowError, not our error."""
+    if type(value) is not int or not least <= value < 2 ** 63:
+        raise ConfigurationError(f"{what}: a whole number from {least} up, got {value!r}")
+
 
 _live_engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
 

@@ -504,3 +504,17 @@ def test_result_with_a_timeout_tells_an_unknown_id_and_leaves_no_waiter_behind(m
     # see it end, answers from the store.
     other = make_engine(url=db_url, passive=True)
     assert other.result("polled", timeout=0) == 7
+
+
+def test_counts_and_cursors_no_store_can_hold_are_refused_clearly(make_engine):
+    """An int past 64 bits reached SQLite as an OverflowError (not ours)."""
+    engine = make_engine(steady)
+    engine.start(steady, 0, id="counted").result(10)
+    for call in (lambda: engine.list(limit=10 ** 20), lambda: engine.list(limit=0),
+                 lambda: engine.list(limit=True), lambda: engine.history("counted", after_seq=10 ** 30),
+                 lambda: engine.history("counted", after_seq=-1),
+                 lambda: engine.history("counted", limit=10 ** 19),
+                 lambda: engine.list(after_id="\ud800")):
+        with pytest.raises(aion.ConfigurationError):
+            call()
+    assert [e.type for e in engine.history("counted", after_seq=1, limit=1)] == [ev.WORKFLOW_COMPLETED]

@@ -20,6 +20,7 @@ from .errors import (
     StoreError,
     StoreUnavailable,
     Timeout,
+    WorkflowArgumentsInvalid,
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowIdConflict,
@@ -42,7 +43,8 @@ __all__ = [
     "NonRetryableError", "QueryFailed", "RestartIntensityExceeded", "Retry", "RunInfo",
     "SCHEDULE_WORKFLOW", "SQLiteStore", "SequenceConflict", "SerializationError", "Step", "StepError",
     "StepInfo",
-    "StoreCorrupt", "StoreError", "StoreUnavailable", "Timeout", "WorkflowCancelled",
+    "StoreCorrupt", "StoreError", "StoreUnavailable", "Timeout", "WorkflowArgumentsInvalid",
+    "WorkflowCancelled",
     "WorkflowContext", "WorkflowFailed", "WorkflowHandle", "WorkflowIdConflict", "WorkflowNotFound",
     "WorkflowNotRegistered", "WorkflowNotRunning", "step_info", "workflow",
 ]

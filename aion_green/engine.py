@@ -39,7 +39,7 @@ from .hub_thread import Future, HubThread
 from .leases import LeaseDriver
 from .queries import QueryDriver
 from .recorder import Recorder
-from .registry import Registry, workflow_name
+from .registry import Registry, check_arguments, workflow_name
 from .residency import ResidencyDriver
 from .routing import RoutingDriver
 from .runs import RunDriver, _closed_while_waiting, outcome
@@ -286,7 +286,13 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
             # workflows. A process given none (one that only starts and
             # signals) may start what only other engines know: runs leased
             # on PostgreSQL, or a client of another process's SQLite engine.
-            self._registry.get(wname)
+            fn = self._registry.get(wname)
+        elif not callable(fn):
+            fn = self._registry.find(wname) or fn
+        if callable(fn):
+            # Before anything is recorded: a run whose arguments cannot bind
+            # would fail inside with a TypeError (issue 16).
+            check_arguments(wname, fn, args)
         wid = id or uuid.uuid4().hex
         created, info = self._create_run(wid, wname, args_json)
         if not created and (info.workflow_type != wname or info.args != json.loads(args_json)):

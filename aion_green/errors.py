@@ -22,6 +22,17 @@ class ConfigurationError(AionError):
     """The user's fault: a bad engine argument, store URL or registration."""
 
 
+class WorkflowArgumentsInvalid(ConfigurationError):
+    """The user's fault: the arguments given to start a workflow do not fit
+    the parameters of its function (after ``ctx``): one is missing, or there
+    are too many. Nothing was recorded; start it again with arguments that
+    fit. (Checked where the starting engine knows the function.)"""
+
+    def __init__(self, workflow_type: str, message: str) -> None:
+        self.workflow_type = workflow_type
+        super().__init__(message)
+
+
 class SerializationError(AionError):
     """The user's fault: a value that must go into history is not JSON.
 

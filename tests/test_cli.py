@@ -415,3 +415,17 @@ def test_resume_and_fork_reuse_recorded_outcomes(worker):
     assert "--db" in remote.stderr
     listed = json.loads(cli(worker.url, "list", "--type", "cliops.flaky", "--json").stdout)
     assert sorted(run["workflow_id"] for run in listed) == ["fl-1", "fl-fork"]
+
+
+def test_a_start_whose_arguments_do_not_fit_is_refused_through_the_store_and_the_api(worker):
+    """Issue 16: `start cliops.counter` without its argument was accepted, and
+    the run failed in the worker with a TypeError."""
+    db, http = worker.url, worker.http
+    before = json.loads(cli(db, "list", "--json").stdout)
+    missing = cli(db, "start", "cliops.counter", "--id", "argless", rc=2).stderr
+    assert "cliops.counter" in missing and "'start'" in missing and "Nothing was recorded" in missing
+    extra = json.loads(cli(db, "start", "cliops.counter", "1", "2", "--json", rc=2).stderr)
+    assert extra["error"] == "WorkflowArgumentsInvalid" and "too many" in extra["message"]
+    over_http = cli(http, "start", "cliops.counter", "--id", "argless", rc=2).stderr
+    assert "'start'" in over_http
+    assert json.loads(cli(db, "list", "--json").stdout) == before

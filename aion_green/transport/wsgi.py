@@ -43,7 +43,7 @@ import gevent
 from greenlet import getcurrent
 
 from .. import events as ev
-from ..errors import AionError, WorkflowCancelled, WorkflowFailed
+from ..errors import AionError, WorkflowArgumentsInvalid, WorkflowCancelled, WorkflowFailed
 from .codec import ERRORS, code_of, event_to_json, run_to_json
 
 log = logging.getLogger("aion_green.transport")
@@ -181,7 +181,10 @@ class WSGIApp:
         if wid is not None and key is not None and wid != key:
             raise _Reply("invalid_argument", f"the body's id {wid!r} and the Idempotency-Key "
                          f"header {key!r} differ; send one, or the same in both")
-        handle = self.engine.start(workflow, *args, id=wid or key)
+        try:
+            handle = self.engine.start(workflow, *args, id=wid or key)
+        except WorkflowArgumentsInvalid as exc:
+            raise _Reply("invalid_argument", str(exc), field="args") from None
         return {"workflow_id": handle.workflow_id}
 
     def _list(self, environ: dict[str, Any]) -> dict[str, Any]:

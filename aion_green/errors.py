@@ -137,6 +137,29 @@ class NonDeterminismError(AionError):
         )
 
 
+class StepArgumentsChanged(NonDeterminismError):
+    """The user's fault: replay reached a recorded step that the code now
+    calls with other arguments (a deploy changed what a running workflow
+    passes to it). Steps record a digest of their arguments; the old
+    arguments stay on the path of runs recorded under the old code when the
+    change is guarded with ``ctx.patched(change_id)``."""
+
+    def __init__(self, workflow_id: str, seq: int, step: int, name: str, found: str) -> None:
+        AionError.__init__(
+            self,
+            f"workflow {workflow_id!r} diverged from its history at seq {seq}: step {step} "
+            f"({name}) is now called with arguments that differ from the ones recorded when it "
+            "ran. A change to what a workflow passes to a step must not reach runs recorded "
+            "under the old code: guard it with `if ctx.patched(\"<change id>\"):` (new "
+            "arguments) `else:` (the old ones), so those runs replay the old branch")
+        self.workflow_id = workflow_id
+        self.seq = seq
+        self.expected = f"step {step} ({name}) with other arguments"
+        self.found = f"{found} with the arguments recorded then"
+        self.step = step
+        self.name = name
+
+
 class StepError(AionError):
     """A step failed for good (after its retries); raised in the workflow.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import _queue
 import functools
+import hashlib
 import json.encoder
 import logging
 import random as _random
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Union
 import gevent
 from gevent import monkey
 
-from .errors import EngineClosed, NonRetryableError, SerializationError
+from .errors import EngineClosed, NonRetryableError, SerializationError, StepArgumentsChanged
 from .events import STEP_COMPLETED, STEP_FAILED, NewEvent, encode_decoded
 from .logs import step_fields
 
@@ -125,6 +126,57 @@ def error_data(error: BaseException) -> dict[str, Any]:
     return {"type": qual, "message": str(error)}
 
 
+# -- the digest of a step's arguments (issue 16) ------------------------------------------------
+# A step's record carries a digest of the arguments it ran with, so that a
+# replay that reaches it with other arguments (a deploy changed them) is a
+# divergence rather than a recorded result silently returned for different
+# work. Steps run in process, so their arguments need not be JSON: a value
+# that is not counts by its type alone. Records made before digests existed
+# have none, and are not compared.
+_blake2b = hashlib.blake2b
+_args_json = json.JSONEncoder(separators=(",", ":"), default=lambda value: (
+    f"<{type(value).__module__}.{type(value).__qualname__}>")).encode
+
+
+def _digest_text(text: str) -> str:
+    return _blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+NO_ARGS_DIGEST = _digest_text("[]")
+
+
+def args_digest(args: tuple[Any, ...]) -> str:
+    """The digest of a step's arguments, as its records carry it."""
+    if not args:
+        return NO_ARGS_DIGEST
+    if len(args) == 1:  # the common case, without the encoder object
+        (value,) = args
+        kind = type(value)
+        if kind is int:
+            return _digest_text(f"[{int.__repr__(value)}]")
+        if kind is str:
+            return _digest_text(f"[{_encode_str(value)}]")
+    try:
+        text = _args_json(args)
+    except (TypeError, ValueError):  # keys that are not strings, a cycle: their shape only
+        text = _args_json([f"<{type(a).__module__}.{type(a).__qualname__}>" for a in args])
+    return _digest_text(text)
+
+
+def check_args(ctx: "WorkflowContext", record: Any, ordinal: int, name: str,
+               args: tuple[Any, ...], digest: Optional[str]) -> str:
+    """Replay: raise (and fail the run with) :class:`StepArgumentsChanged`
+    when ``record`` ran with arguments other than ``args``; returns their
+    digest (``digest``, if already computed) for the next record."""
+    if digest is None:
+        digest = args_digest(args)
+    if record.data.get("args_digest", digest) != digest:
+        error = StepArgumentsChanged(ctx.workflow_id, record.seq, ordinal, name, record.describe())
+        ctx._divergence = error
+        raise error
+    return digest
+
+
 def attempt_event(fn: Callable[..., Any], args: tuple[Any, ...], info: StepInfo,
                   policy: Retry) -> NewEvent:
     """Run one attempt on the calling (pool) thread and build the event that
@@ -136,17 +188,20 @@ def attempt_event(fn: Callable[..., Any], args: tuple[Any, ...], info: StepInfo,
         value = fn(*args)
         value, text = encode_decoded(value, functools.partial(_result_name, info))
     except Exception as exc:
-        return _failed_event(info, policy, error_data(exc), policy.is_retryable(exc))
+        return _failed_event(info, policy, error_data(exc), policy.is_retryable(exc), args)
     finally:
         _local.info = None
     step, name, attempt = info.step, info.name, info.attempt
-    encoded = f'{{"step":{step},"name":{_encode_str(name)},"attempt":{attempt},"result":{text}}}'
+    digest = args_digest(args)
+    encoded = (f'{{"step":{step},"name":{_encode_str(name)},"attempt":{attempt},'
+               f'"args_digest":"{digest}","result":{text}}}')
     if log.isEnabledFor(logging.DEBUG):  # the hot path: no record built while off
         log.debug("workflow %r: step %d (%s) attempt %d completed", info.workflow_id,
                   step, name, attempt, extra=step_fields(info, "step.completed"))
     # (NewEvent(...) without its Python __new__: once per step)
     return _tuple_new(NewEvent, (STEP_COMPLETED, time.time(),
-                                 {"step": step, "name": name, "attempt": attempt, "result": value},
+                                 {"step": step, "name": name, "attempt": attempt,
+                                  "args_digest": digest, "result": value},
                                  encoded))
 
 
@@ -154,7 +209,8 @@ def _result_name(info: StepInfo) -> str:
     return f"the result of step {info.step} ({info.name}) of workflow {info.workflow_id!r}"
 
 
-def _failed_event(info: StepInfo, policy: Retry, error: dict[str, Any], retryable: bool) -> NewEvent:
+def _failed_event(info: StepInfo, policy: Retry, error: dict[str, Any], retryable: bool,
+                  args: tuple[Any, ...]) -> NewEvent:
     retryable = retryable and info.attempt < policy.max_attempts
     if log.isEnabledFor(logging.WARNING):
         extra = step_fields(info, "step.failed")
@@ -164,8 +220,8 @@ def _failed_event(info: StepInfo, policy: Retry, error: dict[str, Any], retryabl
                     error["type"], error["message"],
                     "it will be retried" if retryable else "no retry", extra=extra)
     return NewEvent(STEP_FAILED, time.time(), {
-        "step": info.step, "name": info.name, "attempt": info.attempt, "error": error,
-        "retryable": retryable})
+        "step": info.step, "name": info.name, "attempt": info.attempt,
+        "args_digest": args_digest(args), "error": error, "retryable": retryable})
 
 
 class StepPool:
@@ -257,6 +313,10 @@ def workflow_step(ctx: "WorkflowContext", fn: Callable[..., Any], *args: Any,
     attempt = 0
     backoff_due = 0.0
     cursor = ctx._cursor
+    # Records found once this call went live answer its own attempts; only
+    # replayed ones are checked against the arguments (their digest, once).
+    live = False
+    digest: Optional[str] = None
     while True:
         if cursor.next_command() is None:
             # Live: run the next attempt; the pool records it, and its
@@ -267,6 +327,7 @@ def workflow_step(ctx: "WorkflowContext", fn: Callable[..., Any], *args: Any,
             info = _tuple_new(StepInfo, (ctx.workflow_id, ctx.run_id, ordinal, sname,
                                          attempt + 1, ctx.generation))
             ctx._engine._run_step(ctx._recorder, fn, args, info, policy)
+            live = True
         try:
             found = ctx._next_command()
         except BaseException:
@@ -284,6 +345,8 @@ def workflow_step(ctx: "WorkflowContext", fn: Callable[..., Any], *args: Any,
                               functools.partial(_describe, ordinal, sname), found)
             assert taken is not None
             recorded, data = taken, taken.data
+        if not live and "args_digest" in data:
+            digest = check_args(ctx, recorded, ordinal, sname, args, digest)
         attempt = data.get("attempt", attempt + 1)
         if recorded.type == STEP_COMPLETED:
             return data.get("result")

@@ -73,7 +73,7 @@ class _Branch:
         self.retry_due = 0.0  # monotonic time of the next attempt, after a retryable failure
         self.dropped = False  # abandoned or lost: start nothing more
         self.end: Optional[ev.Event] = None  # the record that ended it
-        self.digest: Optional[str] = None  # of the step's arguments, once a replay needs it
+        self.digest: Optional[int] = None  # of the step's arguments, once a replay needs it
 
 
 def fan_out(ctx: "WorkflowContext", items: Sequence[Union[Step, ChildHandle]], first: bool) -> Any:
@@ -164,7 +164,7 @@ def _consume(ctx: "WorkflowContext", branch: _Branch) -> None:
                                         f"step {branch.ordinal} ({branch.name})", record.describe())
             ctx._divergence = error
             raise error
-        if not branch.running and "args_digest" in record.data:
+        if not branch.running and "args_crc" in record.data:
             # A replayed record (a live one answers an attempt submitted here).
             branch.digest = check_args(ctx, record, branch.ordinal, branch.name,
                                        branch.step.args, branch.digest)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import _queue
 import functools
-import hashlib
 import json.encoder
 import logging
 import random as _random
 import time
+import zlib
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Union
@@ -132,20 +132,17 @@ def error_data(error: BaseException) -> dict[str, Any]:
 # divergence rather than a recorded result silently returned for different
 # work. Steps run in process, so their arguments need not be JSON: a value
 # that is not counts by its type alone. Records made before digests existed
-# have none, and are not compared.
-_blake2b = hashlib.blake2b
+# have none, and are not compared. CRC-32 of the arguments' JSON, not a
+# cryptographic hash: it guards against mistakes, not an adversary, and
+# blake2b cost 9 % of a trivial step's instructions (bench/instructions.py,
+# 1,373 k -> 1,498 k per workflow of 10 steps).
+_crc32 = zlib.crc32
 _args_json = json.JSONEncoder(separators=(",", ":"), default=lambda value: (
     f"<{type(value).__module__}.{type(value).__qualname__}>")).encode
+NO_ARGS_DIGEST = _crc32(b"[]")
 
 
-def _digest_text(text: str) -> str:
-    return _blake2b(text.encode(), digest_size=8).hexdigest()
-
-
-NO_ARGS_DIGEST = _digest_text("[]")
-
-
-def args_digest(args: tuple[Any, ...]) -> str:
+def args_digest(args: tuple[Any, ...]) -> int:
     """The digest of a step's arguments, as its records carry it."""
     if not args:
         return NO_ARGS_DIGEST
@@ -153,24 +150,24 @@ def args_digest(args: tuple[Any, ...]) -> str:
         (value,) = args
         kind = type(value)
         if kind is int:
-            return _digest_text(f"[{int.__repr__(value)}]")
+            return _crc32(f"[{int.__repr__(value)}]".encode())
         if kind is str:
-            return _digest_text(f"[{_encode_str(value)}]")
+            return _crc32(f"[{_encode_str(value)}]".encode())
     try:
         text = _args_json(args)
     except (TypeError, ValueError):  # keys that are not strings, a cycle: their shape only
         text = _args_json([f"<{type(a).__module__}.{type(a).__qualname__}>" for a in args])
-    return _digest_text(text)
+    return _crc32(text.encode())
 
 
 def check_args(ctx: "WorkflowContext", record: Any, ordinal: int, name: str,
-               args: tuple[Any, ...], digest: Optional[str]) -> str:
+               args: tuple[Any, ...], digest: Optional[int]) -> int:
     """Replay: raise (and fail the run with) :class:`StepArgumentsChanged`
     when ``record`` ran with arguments other than ``args``; returns their
     digest (``digest``, if already computed) for the next record."""
     if digest is None:
         digest = args_digest(args)
-    if record.data.get("args_digest", digest) != digest:
+    if record.data.get("args_crc", digest) != digest:
         error = StepArgumentsChanged(ctx.workflow_id, record.seq, ordinal, name, record.describe())
         ctx._divergence = error
         raise error
@@ -194,14 +191,14 @@ def attempt_event(fn: Callable[..., Any], args: tuple[Any, ...], info: StepInfo,
     step, name, attempt = info.step, info.name, info.attempt
     digest = args_digest(args)
     encoded = (f'{{"step":{step},"name":{_encode_str(name)},"attempt":{attempt},'
-               f'"args_digest":"{digest}","result":{text}}}')
+               f'"args_crc":{digest},"result":{text}}}')
     if log.isEnabledFor(logging.DEBUG):  # the hot path: no record built while off
         log.debug("workflow %r: step %d (%s) attempt %d completed", info.workflow_id,
                   step, name, attempt, extra=step_fields(info, "step.completed"))
     # (NewEvent(...) without its Python __new__: once per step)
     return _tuple_new(NewEvent, (STEP_COMPLETED, time.time(),
                                  {"step": step, "name": name, "attempt": attempt,
-                                  "args_digest": digest, "result": value},
+                                  "args_crc": digest, "result": value},
                                  encoded))
 
 
@@ -221,7 +218,7 @@ def _failed_event(info: StepInfo, policy: Retry, error: dict[str, Any], retryabl
                     "it will be retried" if retryable else "no retry", extra=extra)
     return NewEvent(STEP_FAILED, time.time(), {
         "step": info.step, "name": info.name, "attempt": info.attempt,
-        "args_digest": args_digest(args), "error": error, "retryable": retryable})
+        "args_crc": args_digest(args), "error": error, "retryable": retryable})
 
 
 class StepPool:
@@ -304,7 +301,7 @@ def workflow_step(ctx: "WorkflowContext", fn: Callable[..., Any], *args: Any,
     (``ctx.step``, on the run's greenlet: the recorded outcome on replay;
     live, each attempt on the pool, retried after its backoff while the
     policy allows.)"""
-    if ctx._divergence is not None or ctx._engine._hub._closing:
+    if ctx._divergence is not None or ctx._failure is not None or ctx._engine._hub._closing:
         ctx._check()  # raises
     policy = retry or NO_RETRY
     ctx._step_ordinal += 1
@@ -316,7 +313,7 @@ def workflow_step(ctx: "WorkflowContext", fn: Callable[..., Any], *args: Any,
     # Records found once this call went live answer its own attempts; only
     # replayed ones are checked against the arguments (their digest, once).
     live = False
-    digest: Optional[str] = None
+    digest: Optional[int] = None
     while True:
         if cursor.next_command() is None:
             # Live: run the next attempt; the pool records it, and its
@@ -345,7 +342,7 @@ def workflow_step(ctx: "WorkflowContext", fn: Callable[..., Any], *args: Any,
                               functools.partial(_describe, ordinal, sname), found)
             assert taken is not None
             recorded, data = taken, taken.data
-        if not live and "args_digest" in data:
+        if not live and "args_crc" in data:
             digest = check_args(ctx, recorded, ordinal, sname, args, digest)
         attempt = data.get("attempt", attempt + 1)
         if recorded.type == STEP_COMPLETED:

@@ -272,6 +272,17 @@ def cancel(target: Target, args: argparse.Namespace, out: Any) -> int:
     return 0
 
 
+def terminate(target: Target, args: argparse.Namespace, out: Any) -> int:
+    wid = args.workflow_id
+    # No queueing: with no worker alive the end is recorded here, at once
+    # (a worker that starts later finds the run ended).
+    _within(args.timeout, _late(f"the end of {wid}", args.timeout), target.api.terminate, wid,
+            args.reason)
+    out.emit({"workflow_id": wid, "terminated": True},
+             f"{wid} terminated: recorded as cancelled (Terminated); none of its code ran again")
+    return 0
+
+
 def query(target: Target, args: argparse.Namespace, out: Any) -> int:
     wid, name = args.workflow_id, args.name
     values = _json_values(args.args, "argument")
@@ -387,6 +398,6 @@ def _rewound(target: Target, wid: str, how: str, args: argparse.Namespace, out: 
 
 
 HANDLERS: dict[str, Callable[[Target, argparse.Namespace, Any], int]] = {
-    "start": start, "signal": signal, "cancel": cancel, "query": query, "result": result,
-    "list": listing, "show": show, "fork": fork, "resume": resume,
+    "start": start, "signal": signal, "cancel": cancel, "terminate": terminate, "query": query,
+    "result": result, "list": listing, "show": show, "fork": fork, "resume": resume,
 }

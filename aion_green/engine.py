@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import builtins
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -46,6 +47,7 @@ from .runs import RunDriver, _closed_while_waiting, outcome
 from .sharing import DriverLock, PgDriverLock, SharingDriver
 from .steps import StepPool
 from .store import RunInfo, open_store
+from .termination import TerminationDriver
 from .timers import TimerService
 from .watchers import ChildTaskRegistry
 
@@ -75,7 +77,7 @@ class WorkflowHandle:
 
 
 class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, QueryDriver,
-             ResidencyDriver):
+             ResidencyDriver, TerminationDriver):
     """A durable workflow engine over one store (one epoch, start to shutdown).
 
     ``Engine()`` uses ``./aion.db``. The engine starts lazily on first use
@@ -349,6 +351,15 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
             if any(e.type == ev.CANCEL_REQUESTED for e in self.history(workflow_id)):
                 return
             raise
+        if self.driving and workflow_id in self.unrunnable:
+            # No code of it can run here to see the request (issue 16: it
+            # stayed running for ever): it ends now, without cleanup.
+            ended = Future()
+            self._hub.call_soon(self._end_if_unrunnable, workflow_id, reason, future_done(ended))
+            try:
+                ended.result()
+            except WorkflowNotRunning:
+                pass
 
     def query(self, workflow_id: str, name: str, *args: Any, timeout: float = 10.0) -> Any:
         """Ask a live run: ``handler(*args)`` of its ``ctx.set_query(name,
@@ -428,10 +439,16 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         return outcome(workflow_id, future.result())
 
     def describe(self, workflow_id: str) -> RunInfo:
+        """What the store knows of the run; for a running run that this
+        engine cannot drive, ``unrunnable`` says why (its type unknown here,
+        its history unreadable)."""
         self._ensure_started()
         info = self._call_store(self._store.get_run, workflow_id)  # type: ignore[union-attr]
         if info is None:
             raise WorkflowNotFound(f"no workflow with id {workflow_id!r} in {self._store_name()}")
+        why = self.unrunnable.get(workflow_id)
+        if why is not None and not info.finished:
+            info = dataclasses.replace(info, unrunnable=why)
         return info
 
     def list(self, status: Optional[str] = None,

@@ -33,6 +33,8 @@ class RunInfo:
     created_at: float
     updated_at: float
     fence: int = 0  # the owner's fencing token, where the store leases runs
+    # Why the engine asked cannot drive this running run (Engine.describe), else None.
+    unrunnable: Optional[str] = None
 
     @property
     def finished(self) -> bool:

@@ -429,3 +429,22 @@ def test_a_start_whose_arguments_do_not_fit_is_refused_through_the_store_and_the
     over_http = cli(http, "start", "cliops.counter", "--id", "argless", rc=2).stderr
     assert "'start'" in over_http
     assert json.loads(cli(db, "list", "--json").stdout) == before
+
+
+def test_terminate_ends_a_run_the_worker_drives_through_the_store_and_the_api(worker):
+    """Issue 16: a run had no way to end but its own code; `terminate` ends
+    it now, through the worker that drives it, without its cleanup."""
+    db, http = worker.url, worker.http
+    cli(db, "start", "cliops.counter", "1", "--id", "term-db")
+    cli(db, "start", "cliops.counter", "1", "--id", "term-http")
+    done = json.loads(cli(db, "terminate", "term-db", "--reason", "ops", "--json").stdout)
+    assert done == {"workflow_id": "term-db", "terminated": True}
+    cli(http, "terminate", "term-http")
+    for wid in ("term-db", "term-http"):
+        failed = json.loads(cli(db, "result", wid, "--timeout", "20", "--json", rc=3).stderr)
+        assert failed["error"] == "WorkflowCancelled"
+    shown = json.loads(cli(http, "show", "term-db", "--json").stdout)
+    assert shown["run"]["error"]["type"] == "Terminated" and shown["run"]["error"]["reason"] == "ops"
+    assert "nothing was recorded" in cli(db, "signal", "term-db", "add", "1", rc=5).stderr
+    cli(db, "terminate", "term-db")  # again: fine
+    cli(http, "terminate", "nope", rc=1)

@@ -20,6 +20,7 @@ GET      /v1/workflows/ID/events?after=&run_id=       the events as a stream (se
 POST     /v1/workflows/ID/signals/NAME                ``{"payload", "idempotency_key"}``
 POST     /v1/workflows/ID/queries/NAME                ``{"args", "timeout"}``
 POST     /v1/workflows/ID/cancel                      ``{"reason"}``
+POST     /v1/workflows/ID/terminate                   ``{"reason"}``: ends it now, no cleanup
 =======  ===========================================  ==========================================
 
 Every error is one JSON body, ``{"error": {"code", "message", ...}}``, with
@@ -50,7 +51,7 @@ log = logging.getLogger("aion_green.transport")
 
 StartResponse = Callable[..., Any]
 _JSON = [("Content-Type", "application/json; charset=utf-8")]
-_ACTIONS = ("result", "history", "events", "cancel")
+_ACTIONS = ("result", "history", "events", "cancel", "terminate")
 _NAMED = ("signals", "queries")
 
 
@@ -139,7 +140,7 @@ class WSGIApp:
         wid = "/".join(rest)
         if not wid:
             raise _Reply("invalid_argument", "the workflow id in the path is empty")
-        expected = "POST" if action in ("cancel", "signals", "queries") else "GET"
+        expected = "POST" if action in ("cancel", "terminate", "signals", "queries") else "GET"
         if method != expected:
             raise _not_allowed(method, expected)
         if action is None:
@@ -156,6 +157,10 @@ class WSGIApp:
             body = _body(environ, self.max_body, {"reason"})
             self.engine.cancel(wid, _str(body, "reason", ""))
             return _reply(start_response, 200, {"workflow_id": wid, "cancel_requested": True})
+        if action == "terminate":
+            body = _body(environ, self.max_body, {"reason"})
+            self.engine.terminate(wid, _str(body, "reason", ""))
+            return _reply(start_response, 200, {"workflow_id": wid, "terminated": True})
         assert name is not None
         if action == "signals":
             body = _body(environ, self.max_body, {"payload", "idempotency_key"})

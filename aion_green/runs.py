@@ -239,6 +239,7 @@ class RunDriver:
             if recorder is not None:
                 self._unregister(wid, recorder)
             self._on_run_gone()  # type: ignore[attr-defined]
+            self._hub.spawn(self._end_if_cancel_recorded, wid)  # type: ignore[attr-defined]
             return
         self._runs[wid] = True
         if self._residency and len(self._runs) > self.resident_peak:  # type: ignore[attr-defined]

@@ -102,12 +102,18 @@ def append_end(store: Any, workflow_id: str, event: ev.NewEvent) -> int:
                            "nothing was recorded: try again")
 
 
+def _log_outcome(_seq: Any, error: Optional[BaseException]) -> None:
+    if error is not None and not isinstance(error, WorkflowNotRunning):
+        log.warning("a cancelled run that cannot run here was not ended: %s", error)
+
+
 class TerminationDriver:
     """``terminate`` and the end of unrunnable runs, a part of the Engine."""
 
     # Provided by Engine and its other parts.
     _hub: Any
     _writer: Any
+    _reader: Any
     _store: Any
     _runs: dict[str, Any]
     _recorders: dict[str, Any]
@@ -191,6 +197,22 @@ class TerminationDriver:
         if info is not None and info.finished:
             self._complete_waiters(wid, info)
         done(seq, None)
+
+    def _end_if_cancel_recorded(self, wid: str) -> None:
+        """Hub greenlet, for a run just found unrunnable: a cancel request
+        recorded before (drained from the inbox ahead of recovery, say) ends
+        it as a request recorded after would."""
+        reader = self._reader
+        try:
+            seq = reader.call(reader.store.find_event, wid, ev.CANCEL_REQUESTED, None).result()
+            if seq is None:
+                return
+            found = reader.call(reader.store.read, wid, seq - 1, 1).result()
+        except Exception as exc:  # looked at again when a cancel is asked for
+            log.debug("workflow %r: its cancel requests could not be read (%s)", wid, exc)
+            return
+        reason = str(found[0].data.get("reason", "")) if found else ""
+        self._end_if_unrunnable(wid, reason, _log_outcome)
 
     def _end_if_unrunnable(self, wid: str, reason: str, done: Done) -> None:
         """Hub: after a cancel request was recorded for a run that this

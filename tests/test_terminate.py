@@ -42,14 +42,70 @@ def _start_unknown_type(db_url, wid):
         client.start("terminate.ghost", 1, id=wid)
 
 
-def test_a_run_whose_type_no_engine_knows_is_visible_and_ends_by_cancel_or_terminate(
-        db_url, make_engine):
+@pytest.fixture
+def sqlite_url(tmp_path):
+    """Where one engine drives a store (SQLite): over PostgreSQL an engine
+    claims only the types it knows, so no engine drives such a run."""
+    return f"sqlite:///{tmp_path / 'drive.db'}"
+
+
+def test_a_cancel_of_a_run_whose_type_the_driving_engine_does_not_know_ends_it(
+        sqlite_url, make_engine):
     """Failure window: the run was created by name while no engine ran; the
     engine that drives the store later cannot run it, and before issue 16 a
     cancel was recorded but the run stayed running for ever."""
-    _start_unknown_type(db_url, "ghost-1")
-    _start_unknown_type(db_url, "ghost-2")
-    engine = make_engine(known)
+    _start_unknown_type(sqlite_url, "ghost-0")
+    engine = make_engine(known, url=sqlite_url)
+    engine.list(limit=1)  # started: it recovers the runs of the store
+    wait_until(lambda: "ghost-0" in engine.unrunnable, what="recovery")
+    engine.cancel("ghost-0", "not wanted")
+    with pytest.raises(aion.WorkflowCancelled) as cancelled:
+        engine.result("ghost-0", timeout=10)
+    assert "without cleanup" in cancelled.value.message and "not registered" in cancelled.value.message
+    assert [e.type for e in engine.history("ghost-0")] == [
+        ev.WORKFLOW_STARTED, ev.CANCEL_REQUESTED, ev.WORKFLOW_CANCELLED]
+
+
+def test_a_cancel_recorded_before_the_engine_found_the_type_unknown_ends_the_run(
+        sqlite_url, make_engine):
+    """Failure window: the cancel was queued while no engine drove (as
+    `aion-green cancel` does), and the engine that starts later records it
+    before or after it finds the type unknown."""
+    _start_unknown_type(sqlite_url, "ghost-early")
+    run_python(["-m", "aion_green", "--db", sqlite_url, "cancel", "ghost-early", "--reason", "early"])
+    engine = make_engine(known, url=sqlite_url)
+    with pytest.raises(aion.WorkflowCancelled, match="without cleanup"):
+        engine.result("ghost-early", timeout=10)
+
+
+def _ghost_that_outlives_a_cancel(ctx, n):
+    try:
+        ctx.receive("never")
+    except aion.Cancelled:
+        ctx.receive("cleanup-done")  # still cleaning up when its engine stops
+
+
+def test_a_run_cancelled_under_old_code_whose_type_a_deploy_removed_ends(sqlite_url, make_engine):
+    """Failure window: the cancel request is in the history before the engine
+    that cannot run the type starts (a deploy removed it while the run was
+    cleaning up)."""
+    _ghost_that_outlives_a_cancel.__aion_workflow__ = "terminate.ghost"
+    old = make_engine(_ghost_that_outlives_a_cancel, url=sqlite_url)
+    old.start("terminate.ghost", 1, id="ghost-removed")
+    old.cancel("ghost-removed", "before the deploy")
+    wait_until(lambda: len(old.history("ghost-removed")) == 2, what="the cancel request")
+    old.shutdown()
+    engine = make_engine(known, url=sqlite_url)
+    with pytest.raises(aion.WorkflowCancelled) as cancelled:
+        engine.result("ghost-removed", timeout=10)
+    assert "before the deploy" in cancelled.value.message
+
+
+def test_a_run_whose_type_no_engine_knows_is_visible_and_ends_by_cancel_or_terminate(
+        sqlite_url, make_engine):
+    _start_unknown_type(sqlite_url, "ghost-1")
+    _start_unknown_type(sqlite_url, "ghost-2")
+    engine = make_engine(known, url=sqlite_url)
     wait_until(lambda: engine.describe("ghost-1").unrunnable is not None, what="recovery")
     info = engine.describe("ghost-1")
     assert info.status == ev.RUNNING and "'terminate.ghost' is not registered" in info.unrunnable
@@ -68,6 +124,17 @@ def test_a_run_whose_type_no_engine_knows_is_visible_and_ends_by_cancel_or_termi
     engine.terminate("ghost-2")  # asking again is fine
     with pytest.raises(aion.WorkflowNotRunning):
         engine.terminate("ghost-1")  # cancelled, not terminated: nothing left to end
+
+
+def test_terminate_ends_a_run_no_engine_can_run_on_every_store(db_url, make_engine):
+    _start_unknown_type(db_url, "ghost-any")
+    engine = make_engine(known)
+    engine.terminate("ghost-any", "no such type")
+    with pytest.raises(aion.WorkflowCancelled) as ended:
+        engine.result("ghost-any", timeout=10)
+    assert ended.value.error_type == "Terminated"
+    assert [e.type for e in engine.history("ghost-any")] == [ev.WORKFLOW_STARTED, ev.WORKFLOW_CANCELLED]
+    assert engine.list(status=ev.RUNNING) == []
 
 
 def test_terminate_ends_a_run_driven_here_without_running_its_cleanup(make_engine):

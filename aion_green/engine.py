@@ -34,13 +34,14 @@ from .errors import (
     Timeout,
     WorkflowIdConflict,
     WorkflowNotFound,
+    WorkflowNotRegistered,
     WorkflowNotRunning,
 )
 from .hub_thread import Future, HubThread
 from .leases import LeaseDriver
 from .queries import QueryDriver
 from .recorder import Recorder
-from .registry import Registry, check_arguments, workflow_name
+from .registry import Registry, check_arguments, signature_from, workflow_name
 from .residency import ResidencyDriver
 from .routing import RoutingDriver
 from .runs import RunDriver, _closed_while_waiting, outcome
@@ -291,6 +292,8 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
             fn = self._registry.get(wname)
         elif not callable(fn):
             fn = self._registry.find(wname) or fn
+            if not callable(fn) and not self.driving:
+                self._check_published(wname, args)
         if callable(fn):
             # Before anything is recorded: a run whose arguments cannot bind
             # would fail inside with a TypeError (issue 16).
@@ -492,6 +495,28 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
 
     def _store_name(self) -> str:
         return getattr(self._store, "path", None) or str(self.url)
+
+    def _check_published(self, wname: str, args: tuple[Any, ...]) -> None:
+        """A client of a SQLite file starting a type it does not know: the
+        ``aion-green worker`` that drives the file publishes its types and
+        their parameters (``<db>.worker``); refuse what it cannot run
+        (issue 16: the run stayed running for ever)."""
+        from ._cli_worker import probe_driver
+
+        path = getattr(self._store, "path", None)
+        if not path or path == ":memory:" or self._leased:
+            return
+        driver = probe_driver(os.path.abspath(path))
+        if driver.types is None:
+            return  # no worker, or one that does not say: nothing to check against
+        if wname not in driver.types:
+            raise WorkflowNotRegistered(
+                f"workflow type {wname!r} is not registered with {driver.name}, which drives "
+                f"{path} (it knows: {', '.join(driver.types) or 'none'}); check the name, or run "
+                "a worker that imports the module defining it. Nothing was recorded")
+        sig = signature_from((driver.parameters or {}).get(wname) or ())
+        if sig is not None and driver.parameters and driver.parameters.get(wname):
+            check_arguments(wname, sig, args)
 
     def _call_store(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a read of the reader's store (``fn`` names a method of the

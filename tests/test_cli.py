@@ -448,3 +448,18 @@ def test_terminate_ends_a_run_the_worker_drives_through_the_store_and_the_api(wo
     assert "nothing was recorded" in cli(db, "signal", "term-db", "add", "1", rc=5).stderr
     cli(db, "terminate", "term-db")  # again: fine
     cli(http, "terminate", "nope", rc=1)
+
+
+def test_an_engine_client_of_the_worker_refuses_types_and_arguments_the_worker_cannot_run(worker):
+    """Issue 16: a process that is a client of the worker (a web app beside
+    it) started a type no engine knew, and the run stayed running for ever."""
+    with aion.Engine(worker.url) as client:
+        assert not client.driving
+        before = [r.workflow_id for r in client.list(limit=1000)]
+        with pytest.raises(aion.WorkflowNotRegistered, match="cliops.counter"):
+            client.start("cliops.nope", 1, id="client-nope")
+        with pytest.raises(aion.WorkflowArgumentsInvalid, match="'start'"):
+            client.start("cliops.counter", id="client-short")
+        assert [r.workflow_id for r in client.list(limit=1000)] == before
+        handle = client.start("cliops.slow", 2, id="client-ok")
+        assert handle.result(timeout=20) == 1

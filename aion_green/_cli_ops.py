@@ -30,7 +30,6 @@ from .errors import (
     WorkflowNotRegistered,
     WorkflowNotRunning,
 )
-from .registry import check_arguments, signature_from
 from .store import RunInfo
 from .transport.codec import run_to_json
 
@@ -214,12 +213,6 @@ def start(target: Target, args: argparse.Namespace, out: Any) -> int:
             f"workflow type {wtype!r} is not registered with {driver.name}, which drives "
             f"{target.where} (it knows: {', '.join(driver.types) or 'none'}); check the name, or "
             "run a worker that imports the module defining it. Nothing was recorded")
-    if driver is not None and driver.parameters and driver.parameters.get(wtype):
-        # The worker published its types' parameters: a start that could not
-        # bind is refused here, as the worker's own engine would (issue 16).
-        sig = signature_from(driver.parameters[wtype])
-        if sig is not None:
-            check_arguments(wtype, sig, values)
     wid = target.api.start(wtype, *values, id=args.workflow_id).workflow_id
     queued = driver is not None and not driver.held
     if queued:

@@ -169,8 +169,13 @@ class TerminationDriver:
         record ``event`` at the head of its history; ``done(seq, error)``."""
         try:
             deadline = _clock.monotonic() + self.kill_timeout
-            # A run whose greenlet is reading its history has no context yet.
-            while self._runs.get(wid) is True and _clock.monotonic() < deadline:
+            # A run whose greenlet is reading its history has no context
+            # yet, and one just created by start() has its spawn on the way
+            # (ended under it, it would run its first step before it found
+            # the history moved).
+            while ((self._runs.get(wid) is True
+                    or (wid in self._recorders and wid not in self._runs))
+                   and _clock.monotonic() < deadline):
                 gevent.sleep(0.01)
             ctx = self._runs.get(wid)
             if isinstance(ctx, WorkflowContext):

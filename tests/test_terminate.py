@@ -185,6 +185,25 @@ def test_terminate_while_a_step_runs_records_nothing_of_the_run_after_its_end(ma
     assert types == [ev.WORKFLOW_STARTED, ev.WORKFLOW_CANCELLED] and MARKS == ["held"]
 
 
+def test_terminate_right_after_start_leaves_one_end_and_nothing_after_it(make_engine):
+    """Failure window: the run was just created by start() and its greenlet
+    may not be spawned yet, or be running its first step, when the
+    terminate is recorded."""
+    engine = make_engine(known)
+    for i in range(20):
+        engine.start(known, id=f"quick-{i}")
+        try:
+            engine.terminate(f"quick-{i}")
+        except aion.WorkflowNotRunning:
+            pass  # it completed first: first recorded wins
+    histories = [engine.history(f"quick-{i}") for i in range(20)]
+    time.sleep(0.3)
+    for i, history in enumerate(histories):
+        ends = [e for e in history if e.type in ev.TERMINAL_TYPES]
+        assert len(ends) == 1 and ends[0] is history[-1], history
+        assert engine.history(f"quick-{i}") == history  # nothing recorded after its end
+
+
 def test_terminate_over_http_and_its_refusals(make_engine):
     engine = make_engine(careful, known)
     app = WSGIApp(engine, token=None)

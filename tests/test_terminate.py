@@ -109,6 +109,8 @@ def test_a_run_whose_type_no_engine_knows_is_visible_and_ends_by_cancel_or_termi
     wait_until(lambda: engine.describe("ghost-1").unrunnable is not None, what="recovery")
     info = engine.describe("ghost-1")
     assert info.status == ev.RUNNING and "'terminate.ghost' is not registered" in info.unrunnable
+    status, _, body = call(WSGIApp(engine), "GET", "/v1/workflows/ghost-1", token=None)
+    assert status == 200 and body["unrunnable"] == info.unrunnable
     engine.cancel("ghost-1", "not wanted")
     with pytest.raises(aion.WorkflowCancelled) as cancelled:
         engine.result("ghost-1", timeout=10)
@@ -234,3 +236,26 @@ def test_the_command_line_terminates_a_run_of_an_unknown_type_with_no_worker(tmp
     assert shown["run"]["status"] == "cancelled" and shown["run"]["error"]["type"] == "Terminated"
     again = run_python(["-m", "aion_green", "--db", db, "result", "u1"], check=False)
     assert again.returncode == 3
+
+
+@aion.workflow(name="terminate.child")
+def waiting_child(ctx):
+    return ctx.receive("go")
+
+
+@aion.workflow(name="terminate.parent")
+def parent(ctx):
+    return ctx.start_child(waiting_child, id="the-child").result()
+
+
+def test_the_children_of_a_terminated_run_run_on(make_engine):
+    engine = make_engine(parent, waiting_child)
+    engine.start(parent, id="the-parent")
+    wait_until(lambda: any(r.workflow_id == "the-child" for r in engine.list()), what="the child")
+    engine.terminate("the-parent")
+    with pytest.raises(aion.WorkflowCancelled):
+        engine.result("the-parent", timeout=10)
+    assert engine.describe("the-child").status == ev.RUNNING
+    engine.signal("the-child", "go", 7)
+    assert engine.result("the-child", timeout=10) == 7
+    assert engine.history("the-parent")[-1].type == ev.WORKFLOW_CANCELLED  # its end not recorded there

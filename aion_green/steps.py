@@ -207,7 +207,7 @@ def _result_name(info: StepInfo) -> str:
 
 
 def _failed_event(info: StepInfo, policy: Retry, error: dict[str, Any], retryable: bool,
-                  args: tuple[Any, ...]) -> NewEvent:
+                  args: Optional[tuple[Any, ...]] = None) -> NewEvent:
     retryable = retryable and info.attempt < policy.max_attempts
     if log.isEnabledFor(logging.WARNING):
         extra = step_fields(info, "step.failed")
@@ -216,9 +216,11 @@ def _failed_event(info: StepInfo, policy: Retry, error: dict[str, Any], retryabl
                     info.workflow_id, info.step, info.name, info.attempt, policy.max_attempts,
                     error["type"], error["message"],
                     "it will be retried" if retryable else "no retry", extra=extra)
-    return NewEvent(STEP_FAILED, time.time(), {
-        "step": info.step, "name": info.name, "attempt": info.attempt,
-        "args_crc": args_digest(args), "error": error, "retryable": retryable})
+    data = {"step": info.step, "name": info.name, "attempt": info.attempt, "error": error,
+            "retryable": retryable}
+    if args is not None:  # (a record without one is not compared on replay)
+        data["args_crc"] = args_digest(args)
+    return NewEvent(STEP_FAILED, time.time(), data)
 
 
 class StepPool:

@@ -130,3 +130,38 @@ def test_a_run_recorded_before_steps_carried_a_digest_still_replays(tmp_path, ma
     engine.signal("old", "go")
     assert engine.result("old", timeout=10) == {"charged": 5}
     assert CALLS == []
+
+
+def refuse(order_id, amount):
+    CALLS.append(("refuse", amount))
+    raise aion.NonRetryableError("no")
+
+
+def _failing_v1(ctx):
+    try:
+        ctx.step(refuse, "o-1", 1)
+    except aion.StepError:
+        pass
+    return ctx.receive("go")
+
+
+def _failing_v2(ctx):
+    try:
+        ctx.step(refuse, "o-1", 2)
+    except aion.StepError:
+        pass
+    return ctx.receive("go")
+
+
+def test_a_changed_argument_of_a_step_that_failed_is_a_divergence_too(make_engine):
+    CALLS.clear()
+    engine = make_engine(_as(_failing_v1, "stepargs.failing"))
+    engine.start("stepargs.failing", id="failing")
+    wait_until(lambda: any(e.type == ev.STEP_FAILED for e in engine.history("failing")),
+               what="the failed step's record")
+    engine.shutdown()
+    engine = make_engine(_as(_failing_v2, "stepargs.failing"))
+    with pytest.raises(aion.WorkflowFailed) as failed:
+        engine.result("failing", timeout=10)
+    assert failed.value.error["kind"] == "nondeterminism" and "step 1 (refuse)" in failed.value.message
+    assert CALLS == [("refuse", 1)]

@@ -2,7 +2,7 @@
 import json
 
 import pytest
-from conftest import run_python
+from conftest import run_python, wait_until
 
 import aion_green as aion
 
@@ -463,3 +463,27 @@ def test_an_engine_client_of_the_worker_refuses_types_and_arguments_the_worker_c
         assert [r.workflow_id for r in client.list(limit=1000)] == before
         handle = client.start("cliops.slow", 2, id="client-ok")
         assert handle.result(timeout=20) == 1
+
+
+def test_show_says_why_a_run_of_a_type_the_worker_does_not_know_is_not_running(worker, tmp_path):
+    """Issue 16: such a run showed as running, with nothing to say it never
+    would; `show` now says why, and how to end it."""
+    from aion_green.store import sqlite_path_from_url
+    from aion_green.transport.client import Client
+
+    # Created as it was while no worker ran (a start is refused now that
+    # one publishes its types): a run of a type nobody drives.
+    store = aion.SQLiteStore(sqlite_path_from_url(worker.url))
+    try:
+        store.create_run("ghost-run", "cliops.ghost", "[]", "r-ghost", 1.0)
+    finally:
+        store.close()
+    with Client(worker.http) as api:
+        wait_until(lambda: api.describe("ghost-run").unrunnable is not None, what="the worker")
+    shown = cli(worker.url, "show", "ghost-run").stdout
+    assert "not running: workflow type 'cliops.ghost' is not registered" in shown
+    assert "aion-green terminate ghost-run" in shown
+    over_http = json.loads(cli(worker.http, "show", "ghost-run", "--json").stdout)
+    assert "'cliops.ghost' is not registered" in over_http["run"]["unrunnable"]
+    cli(worker.url, "terminate", "ghost-run")
+    assert "not running" not in cli(worker.url, "show", "ghost-run").stdout

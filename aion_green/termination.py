@@ -52,6 +52,7 @@ from .errors import (
     ConfigurationError,
     SequenceConflict,
     StoreUnavailable,
+    Timeout,
     WorkflowNotFound,
     WorkflowNotRunning,
 )
@@ -118,6 +119,8 @@ class TerminationDriver:
     _runs: dict[str, Any]
     _recorders: dict[str, Any]
     _driver_lock: Any
+    _confirm: Callable[..., None]
+    engine_id: str
     _leased: bool
     _passive: bool
     kill_timeout: float
@@ -146,6 +149,9 @@ class TerminationDriver:
                 self._post(workflow_id, "terminate", {"reason": reason}, event.at,
                            ev.WORKFLOW_CANCELLED, None)
                 return
+            if self._leased and workflow_id not in self._recorders and self._ask_owner(
+                    workflow_id, reason, event.at):
+                return
             future = Future()
             self._hub.spawn(self._end_here, workflow_id, event, future_done(future),
                             name=f"terminate:{workflow_id}")
@@ -156,6 +162,29 @@ class TerminationDriver:
             if last.type == ev.WORKFLOW_CANCELLED and (last.data.get("error") or {}).get("terminated"):
                 return
             raise
+
+    def _ask_owner(self, wid: str, reason: str, at: float) -> bool:
+        """Leased runs: another engine that holds the run's lease ends it
+        (it may be driving it: a run parked there would not see an end
+        appended under it until its next record). True once it did; False
+        when nobody holds it, or the owner did not answer within its lease
+        (it died: the end is then appended here)."""
+        reader = self._reader
+        held = reader.call(reader.store.lease_of, wid).result()
+        if held is None or held[1] < time.time() or held[0] == self.engine_id:  # type: ignore[attr-defined]
+            return False
+        row_id = self._writer.call(self._store.post_inbox, wid, "terminate",
+                                   ev.encode({"reason": reason}, "the request"), at).result()
+        confirmed = Future()
+        self._hub.spawn(self._confirm, wid, ev.WORKFLOW_CANCELLED, None, confirmed,
+                        name=f"confirm:{wid}")
+        try:
+            confirmed.result(max(0.0, held[1] - time.time()) + 2.0)
+            return True
+        except Timeout:
+            # (A late owner finds the run ended: its request is then moot.)
+            self._writer.call(self._store.delete_inbox, [row_id]).result()
+            return False
 
     def _elsewhere_alive(self, workflow_id: str) -> bool:
         """A client of a SQLite file whose driver process lives: the driver

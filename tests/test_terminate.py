@@ -259,3 +259,28 @@ def test_the_children_of_a_terminated_run_run_on(make_engine):
     engine.signal("the-child", "go", 7)
     assert engine.result("the-child", timeout=10) == 7
     assert engine.history("the-parent")[-1].type == ev.WORKFLOW_CANCELLED  # its end not recorded there
+
+
+@aion.workflow(name="terminate.parked")
+def parked(ctx):
+    ctx.step(mark, "parked")
+    return ctx.receive("go")
+
+
+def test_terminate_asked_of_another_engine_ends_the_run_where_it_is_driven(make_engine):
+    """Failure window: the run is parked in the engine that drives it (the
+    SQLite driver; its lease holder over PostgreSQL) and the terminate is
+    asked of another engine: an end appended under the parked run left its
+    greenlet, and the result waiters of its engine, waiting."""
+    owner = make_engine(parked)
+    owner.start(parked, id="elsewhere")
+    wait_until(lambda: len(owner.history("elsewhere")) >= 2, what="the run to park")
+    other = make_engine(parked)
+    other.terminate("elsewhere", "from another engine")
+    with pytest.raises(aion.WorkflowCancelled) as ended:
+        owner.result("elsewhere", timeout=10)
+    assert ended.value.error_type == "Terminated"
+    with pytest.raises(aion.WorkflowNotRunning):
+        owner.signal("elsewhere", "go", 1)
+    types = [e.type for e in owner.history("elsewhere")]
+    assert types == [ev.WORKFLOW_STARTED, ev.STEP_COMPLETED, ev.WORKFLOW_CANCELLED]

@@ -341,6 +341,15 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         future = Future()
         if self.driving and not (self._leased and workflow_id not in self._recorders):
             self._route_cancel(workflow_id, reason, future_done(future))
+        elif self._leased and self._lease_holder(workflow_id) is None:
+            # Nobody holds it (no engine knows its type, say): its owner's
+            # inbox would never be read, and this waited for ever (issue 16).
+            # Recorded at its head, the request is seen by whoever claims it.
+            try:
+                future.set_result(self._writer.call(self._store.request_cancel, workflow_id, reason,
+                                                    time.time()).result())
+            except WorkflowNotRunning as exc:
+                future.set_exception(exc)
         else:
             try:
                 future.set_result(self._post(workflow_id, "cancel", {"reason": reason}, time.time(),

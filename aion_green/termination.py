@@ -163,6 +163,12 @@ class TerminationDriver:
                 return
             raise
 
+    def _lease_holder(self, wid: str) -> Optional[str]:
+        """Leased runs: the engine whose lease on the run is live, else None."""
+        reader = self._reader
+        held = reader.call(reader.store.lease_of, wid).result()
+        return None if held is None or held[1] < time.time() else str(held[0])
+
     def _ask_owner(self, wid: str, reason: str, at: float) -> bool:
         """Leased runs: another engine that holds the run's lease ends it
         (it may be driving it: a run parked there would not see an end

@@ -284,3 +284,27 @@ def test_terminate_asked_of_another_engine_ends_the_run_where_it_is_driven(make_
         owner.signal("elsewhere", "go", 1)
     types = [e.type for e in owner.history("elsewhere")]
     assert types == [ev.WORKFLOW_STARTED, ev.STEP_COMPLETED, ev.WORKFLOW_CANCELLED]
+
+
+def test_a_cancel_of_a_run_no_engine_holds_returns_on_every_store(db_url, make_engine):
+    """Failure window (PostgreSQL): no engine claims a run of a type none of
+    them knows, so a cancel posted for its owner was never read, and
+    cancel() waited for ever."""
+    import threading
+
+    _start_unknown_type(db_url, "ghost-unheld")
+    engine = make_engine(known)
+    engine.list(limit=1)
+    outcome = []
+    caller = threading.Thread(target=lambda: outcome.append(engine.cancel("ghost-unheld", "x")),
+                              daemon=True)
+    caller.start()
+    caller.join(15)
+    assert outcome == [None], "cancel() did not return"
+    assert ev.CANCEL_REQUESTED in [e.type for e in engine.history("ghost-unheld")]
+    if engine.describe("ghost-unheld").status == ev.RUNNING:
+        # Over PostgreSQL an engine that knows the type may yet claim it (and
+        # clean up); terminate is what ends it meanwhile. (A SQLite driver
+        # that cannot run it ended it at the cancel.)
+        engine.terminate("ghost-unheld")
+    assert engine.describe("ghost-unheld").status == ev.CANCELLED

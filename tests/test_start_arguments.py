@@ -52,3 +52,13 @@ def test_an_http_start_whose_arguments_do_not_fit_is_a_400_naming_args(make_engi
     assert body["error"]["code"] == "invalid_argument" and body["error"]["field"] == "args"
     assert "startargs.charge" in body["error"]["message"] and "'amount'" in body["error"]["message"]
     assert engine.list() == []
+
+
+def test_a_schedule_whose_arguments_do_not_fit_is_refused_before_it_is_recorded(make_engine):
+    """Every fire of it would have started a run that failed with a TypeError."""
+    engine = make_engine(charge)
+    with pytest.raises(aion.WorkflowArgumentsInvalid, match="'amount'"):
+        engine.schedule("nightly", charge, "o-1", every=60)
+    with pytest.raises(aion.WorkflowArgumentsInvalid, match="too many"):
+        engine.schedule("nightly", "startargs.charge", 1, 2, 3, 4, every=60)
+    assert engine.list() == []

@@ -21,13 +21,17 @@ How the terminal event gets written, by where the run lives:
   with :class:`RunTerminated` first (a ``RunLost``: the run's context records
   nothing more, and a step in flight is passed over), then the event is
   appended at the head of its history;
-- not driven here (unrunnable here, evicted, parked in the admission queue,
-  owned by another engine over PostgreSQL, or no engine runs at all): the
-  event is appended at the head directly. An engine elsewhere that drives
-  the run finds the history moved at its next record and drops the run
-  (``SequenceConflict``), so nothing of it is recorded after;
-- a client of a SQLite file whose driver process is alive posts the request
-  to the inbox, and the driver ends the run as in the first case.
+- driven elsewhere: a client of a SQLite file whose driver process is
+  alive, or an engine over PostgreSQL while another holds the run's lease,
+  posts the request to the inbox, and that engine ends the run as in the
+  first case (a run parked there would not notice an end appended under it
+  until its next record, nor would its result waiters);
+- driven nowhere (unrunnable here, evicted, parked in the admission queue,
+  unclaimed over PostgreSQL, an owner that died past its lease, or no
+  engine at all): the event is appended at the head directly. An engine
+  that drives the run after all finds the history moved at its next record
+  and drops the run (``SequenceConflict``), so nothing of it is recorded
+  after.
 
 The append names the head it read, in one writer call, and reads again on a
 conflict: first recorded wins, as in every race of the model.

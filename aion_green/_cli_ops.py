@@ -13,6 +13,7 @@ recorded.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import threading
 import time
@@ -265,6 +266,17 @@ def cancel(target: Target, args: argparse.Namespace, out: Any) -> int:
     return 0
 
 
+def terminate(target: Target, args: argparse.Namespace, out: Any) -> int:
+    wid = args.workflow_id
+    # No queueing: with no worker alive the end is recorded here, at once
+    # (a worker that starts later finds the run ended).
+    _within(args.timeout, _late(f"the end of {wid}", args.timeout), target.api.terminate, wid,
+            args.reason)
+    out.emit({"workflow_id": wid, "terminated": True},
+             f"{wid} terminated: recorded as cancelled (Terminated); none of its code ran again")
+    return 0
+
+
 def query(target: Target, args: argparse.Namespace, out: Any) -> int:
     wid, name = args.workflow_id, args.name
     values = _json_values(args.args, "argument")
@@ -314,7 +326,18 @@ def show(target: Target, args: argparse.Namespace, out: Any) -> int:
     history = target.api.history(wid, 0, args.run_id)
     if args.run_id is not None and args.run_id != info.run_id:
         args.follow = False  # an earlier run has ended
+    driver = target.driver()
+    if (info.unrunnable is None and not info.finished and driver is not None
+            and driver.types is not None and info.workflow_type not in driver.types):
+        # The worker that drives the file published its types: this run
+        # waits for one that knows its type (issue 16).
+        info = dataclasses.replace(info, unrunnable=(
+            f"workflow type {info.workflow_type!r} is not registered with {driver.name}, which "
+            f"drives {target.where}; run a worker that knows it, or end the run with "
+            f"`aion-green terminate {wid}`"))
     out.line(f"{info.workflow_id}  {info.workflow_type}{tuple(info.args)!r}  {info.status}")
+    if info.unrunnable is not None:
+        out.line(f"not running: {info.unrunnable}")
     if args.run_id is None or args.run_id == info.run_id:
         if info.status == ev.COMPLETED:
             out.line(f"result: {json.dumps(info.result)}")
@@ -380,6 +403,6 @@ def _rewound(target: Target, wid: str, how: str, args: argparse.Namespace, out: 
 
 
 HANDLERS: dict[str, Callable[[Target, argparse.Namespace, Any], int]] = {
-    "start": start, "signal": signal, "cancel": cancel, "query": query, "result": result,
-    "list": listing, "show": show, "fork": fork, "resume": resume,
+    "start": start, "signal": signal, "cancel": cancel, "terminate": terminate, "query": query,
+    "result": result, "list": listing, "show": show, "fork": fork, "resume": resume,
 }

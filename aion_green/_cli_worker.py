@@ -37,6 +37,9 @@ class Driver:
     types: Optional[list[str]]  # the workflow types of an aion-green worker; None: unknown
     http: Optional[str]  # the worker's HTTP API, if it serves one
     name: str  # for messages: "process 1234"
+    # Their parameters (registry.parameters_of), so a client can check the
+    # arguments of a start; absent for a type the worker did not describe.
+    parameters: Optional[dict[str, Any]] = None
 
 
 def is_http(url: Optional[str]) -> bool:
@@ -91,8 +94,10 @@ def probe_driver(db_path: str) -> Driver:
         info = {}
     if not isinstance(info, dict) or pid is None or info.get("pid") != pid:
         return Driver(True, pid, None, None, name)
+    parameters = info.get("parameters")
     return Driver(True, pid, list(info.get("types") or []), info.get("http"),
-                  f"the aion-green worker, {name}")
+                  f"the aion-green worker, {name}",
+                  parameters if isinstance(parameters, dict) else None)
 
 
 def _write_worker_file(db_path: str, info: dict[str, Any]) -> None:
@@ -128,7 +133,7 @@ def run_worker(args: argparse.Namespace, out: Any) -> int:
     import gevent
 
     from .engine import Engine
-    from .registry import _DECORATED
+    from .registry import _DECORATED, parameters_of
 
     db, token = args.db, args.token
     try:
@@ -166,7 +171,8 @@ def run_worker(args: argparse.Namespace, out: Any) -> int:
                 out.progress(f"aion-green worker: warning: the HTTP API on {url} takes requests "
                              "from anybody who reaches it; give --token")
         if db_path is not None:
-            _write_worker_file(db_path, {"pid": os.getpid(), "types": kinds, "http": url})
+            _write_worker_file(db_path, {"pid": os.getpid(), "types": kinds, "http": url,
+                                         "parameters": {k: parameters_of(_DECORATED[k]) for k in kinds}})
         role = "driving" if engine.driving else f"a client of {engine._driver_lock.holder()}"
         out.emit({"pid": os.getpid(), "types": kinds, "store": engine._store_name(),
                   "driving": engine.driving, "http": url},

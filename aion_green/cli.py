@@ -4,6 +4,7 @@
     aion-green [--db URL] start TYPE [ARG_JSON...] [--id ID] [--wait [--timeout S]]
     aion-green [--db URL] signal ID NAME [PAYLOAD_JSON] [--key IDEMPOTENCY_KEY] [--timeout S]
     aion-green [--db URL] cancel ID [--reason R] [--timeout S]
+    aion-green [--db URL] terminate ID [--reason R] [--timeout S]
     aion-green [--db URL] query ID NAME [ARG_JSON...] [--timeout S]
     aion-green [--db URL] result ID [--timeout S]
     aion-green [--db URL] list [--status S] [--type T] [--limit N] [--after ID]
@@ -228,6 +229,12 @@ def _parser() -> argparse.ArgumentParser:
     cancel.add_argument("workflow_id", metavar="ID")
     cancel.add_argument("--reason", default="")
     _timeout(cancel, 30.0, "until the worker recorded it; default 30")
+
+    terminate = command("terminate", "end a run now, without cleanup (recorded as cancelled, "
+                        "error type Terminated); for a run that cannot end otherwise")
+    terminate.add_argument("workflow_id", metavar="ID")
+    terminate.add_argument("--reason", default="")
+    _timeout(terminate, 30.0, "until it is recorded; default 30")
 
     query = command("query", "ask a live run (through the worker's HTTP API)")
     query.add_argument("workflow_id", metavar="ID")

@@ -135,6 +135,7 @@ class WorkflowContext:
         # fails with it, even if the workflow code catches it.
         self._divergence: Optional[NonDeterminismError] = None
         self._trace: Any = None  # the run span's OpenTelemetry context (tracing.py)
+        self._greenlet: Any = None  # the run's greenlet, which terminate kills (termination.py)
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -324,6 +325,10 @@ class WorkflowContext:
     def _check(self) -> None:
         if self._divergence is not None:
             raise self._divergence
+        if self._failure is not None:
+            # Unwinding (terminated, evicted, lost): a ``finally`` of the
+            # workflow starts nothing new, not even a step (issue 16).
+            raise self._failure
         if self._engine._hub.closing:
             # The engine is shutting down: a workflow that swallowed its
             # GreenletExit must not start new work in a closing epoch.

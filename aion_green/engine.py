@@ -34,19 +34,21 @@ from .errors import (
     Timeout,
     WorkflowIdConflict,
     WorkflowNotFound,
+    WorkflowNotRegistered,
     WorkflowNotRunning,
 )
 from .hub_thread import Future, HubThread
 from .leases import LeaseDriver
 from .queries import QueryDriver
 from .recorder import Recorder
-from .registry import Registry, workflow_name
+from .registry import Registry, check_arguments, signature_from, workflow_name
 from .residency import ResidencyDriver
 from .routing import RoutingDriver
 from .runs import RunDriver, _closed_while_waiting, outcome
 from .sharing import DriverLock, PgDriverLock, SharingDriver
 from .steps import StepPool
 from .store import RunInfo, StepRunning, open_store
+from .termination import TerminationDriver
 from .timers import TimerService
 from .watchers import ChildTaskRegistry
 
@@ -76,7 +78,7 @@ class WorkflowHandle:
 
 
 class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, QueryDriver,
-             ResidencyDriver):
+             ResidencyDriver, TerminationDriver):
     """A durable workflow engine over one store (one epoch, start to shutdown).
 
     ``Engine()`` uses ``./aion.db``. The engine starts lazily on first use
@@ -321,7 +323,15 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
             # workflows. A process given none (one that only starts and
             # signals) may start what only other engines know: runs leased
             # on PostgreSQL, or a client of another process's SQLite engine.
-            self._registry.get(wname)
+            fn = self._registry.get(wname)
+        elif not callable(fn):
+            fn = self._registry.find(wname) or fn
+            if not callable(fn) and not self.driving:
+                self._check_published(wname, args)
+        if callable(fn):
+            # Before anything is recorded: a run whose arguments cannot bind
+            # would fail inside with a TypeError (issue 16).
+            check_arguments(wname, fn, args)
         wid = id or uuid.uuid4().hex
         created, info = self._create_run(wid, wname, args_json)
         if not created and (info.workflow_type != wname or info.args != json.loads(args_json)):
@@ -370,6 +380,15 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         future = Future()
         if self.driving and not (self._leased and workflow_id not in self._recorders):
             self._route_cancel(workflow_id, reason, future_done(future))
+        elif self._leased and self._lease_holder(workflow_id) is None:
+            # Nobody holds it (no engine knows its type, say): its owner's
+            # inbox would never be read, and this waited for ever (issue 16).
+            # Recorded at its head, the request is seen by whoever claims it.
+            try:
+                future.set_result(self._writer.call(self._store.request_cancel, workflow_id, reason,
+                                                    time.time()).result())
+            except WorkflowNotRunning as exc:
+                future.set_exception(exc)
         else:
             try:
                 future.set_result(self._post(workflow_id, "cancel", {"reason": reason}, time.time(),
@@ -383,6 +402,15 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
             if any(e.type == ev.CANCEL_REQUESTED for e in self.history(workflow_id)):
                 return
             raise
+        if self.driving and workflow_id in self.unrunnable:
+            # No code of it can run here to see the request (issue 16: it
+            # stayed running for ever): it ends now, without cleanup.
+            ended = Future()
+            self._hub.call_soon(self._end_if_unrunnable, workflow_id, reason, future_done(ended))
+            try:
+                ended.result()
+            except WorkflowNotRunning:
+                pass
 
     def query(self, workflow_id: str, name: str, *args: Any, timeout: float = 10.0) -> Any:
         """Ask a live run: ``handler(*args)`` of its ``ctx.set_query(name,
@@ -478,11 +506,17 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         return outcome(workflow_id, future.result())
 
     def describe(self, workflow_id: str) -> RunInfo:
+        """What the store knows of the run; for a running run that this
+        engine cannot drive, ``unrunnable`` says why (its type unknown here,
+        its history unreadable)."""
         ev.check_key(workflow_id, "the workflow id")
         self._ensure_started()
         info = self._call_store(self._store.get_run, workflow_id)  # type: ignore[union-attr]
         if info is None:
             raise WorkflowNotFound(f"no workflow with id {workflow_id!r} in {self._store_name()}")
+        why = self.unrunnable.get(workflow_id)
+        if why is not None and not info.finished:
+            info = dataclasses.replace(info, unrunnable=why)
         running = self.steps_running(workflow_id) if self._in_flight else None
         return dataclasses.replace(info, steps_running=tuple(running)) if running else info
 
@@ -534,6 +568,28 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
 
     def _store_name(self) -> str:
         return getattr(self._store, "path", None) or str(self.url)
+
+    def _check_published(self, wname: str, args: tuple[Any, ...]) -> None:
+        """A client of a SQLite file starting a type it does not know: the
+        ``aion-green worker`` that drives the file publishes its types and
+        their parameters (``<db>.worker``); refuse what it cannot run
+        (issue 16: the run stayed running for ever)."""
+        from ._cli_worker import probe_driver
+
+        path = getattr(self._store, "path", None)
+        if not path or path == ":memory:" or self._leased:
+            return
+        driver = probe_driver(os.path.abspath(path))
+        if driver.types is None:
+            return  # no worker, or one that does not say: nothing to check against
+        if wname not in driver.types:
+            raise WorkflowNotRegistered(
+                f"workflow type {wname!r} is not registered with {driver.name}, which drives "
+                f"{path} (it knows: {', '.join(driver.types) or 'none'}); check the name, or run "
+                "a worker that imports the module defining it. Nothing was recorded")
+        sig = signature_from((driver.parameters or {}).get(wname) or ())
+        if sig is not None and driver.parameters and driver.parameters.get(wname):
+            check_arguments(wname, sig, args)
 
     def _call_store(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a read of the reader's store (``fn`` names a method of the

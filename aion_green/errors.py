@@ -22,6 +22,17 @@ class ConfigurationError(AionError):
     """The user's fault: a bad engine argument, store URL or registration."""
 
 
+class WorkflowArgumentsInvalid(ConfigurationError):
+    """The user's fault: the arguments given to start a workflow do not fit
+    the parameters of its function (after ``ctx``): one is missing, or there
+    are too many. Nothing was recorded; start it again with arguments that
+    fit. (Checked where the starting engine knows the function.)"""
+
+    def __init__(self, workflow_type: str, message: str) -> None:
+        self.workflow_type = workflow_type
+        super().__init__(message)
+
+
 class SerializationError(AionError):
     """The user's fault: a value that must go into history is not JSON.
 
@@ -137,6 +148,29 @@ class NonDeterminismError(AionError):
             "Check that the workflow code is deterministic (use ctx.now(), ctx.random(), "
             "ctx.step()) and that runs started under older code are replayed by compatible code."
         )
+
+
+class StepArgumentsChanged(NonDeterminismError):
+    """The user's fault: replay reached a recorded step that the code now
+    calls with other arguments (a deploy changed what a running workflow
+    passes to it). Steps record a digest of their arguments; the old
+    arguments stay on the path of runs recorded under the old code when the
+    change is guarded with ``ctx.patched(change_id)``."""
+
+    def __init__(self, workflow_id: str, seq: int, step: int, name: str, found: str) -> None:
+        AionError.__init__(
+            self,
+            f"workflow {workflow_id!r} diverged from its history at seq {seq}: step {step} "
+            f"({name}) is now called with arguments that differ from the ones recorded when it "
+            "ran. A change to what a workflow passes to a step must not reach runs recorded "
+            "under the old code: guard it with `if ctx.patched(\"<change id>\"):` (new "
+            "arguments) `else:` (the old ones), so those runs replay the old branch")
+        self.workflow_id = workflow_id
+        self.seq = seq
+        self.expected = f"step {step} ({name}) with other arguments"
+        self.found = f"{found} with the arguments recorded then"
+        self.step = step
+        self.name = name
 
 
 class StepError(AionError):

@@ -29,7 +29,7 @@ from . import _clock
 from . import events as ev
 from .children import ChildHandle, child_outcome, watch_again
 from .errors import NonDeterminismError
-from .steps import NO_RETRY, Retry, StepInfo, step_name
+from .steps import NO_RETRY, Retry, StepInfo, check_args, step_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from .context import WorkflowContext
@@ -65,7 +65,7 @@ class _Branch:
     """One item of a fan-out and what the record says of it so far."""
 
     __slots__ = ("index", "step", "child", "ordinal", "name", "attempt", "running", "retry_due",
-                 "dropped", "end")
+                 "dropped", "end", "digest")
 
     def __init__(self, index: int, step: Optional[Step], child: Optional[ChildHandle],
                  ordinal: int, name: str) -> None:
@@ -79,6 +79,7 @@ class _Branch:
         self.retry_due = 0.0  # monotonic time of the next attempt, after a retryable failure
         self.dropped = False  # abandoned or lost: start nothing more
         self.end: Optional[ev.Event] = None  # the record that ended it
+        self.digest: Optional[int] = None  # of the step's arguments, once a replay needs it
 
 
 def fan_out(ctx: "WorkflowContext", items: Sequence[Union[Step, ChildHandle]], first: bool) -> Any:
@@ -169,6 +170,10 @@ def _consume(ctx: "WorkflowContext", branch: _Branch) -> None:
                                         f"step {branch.ordinal} ({branch.name})", record.describe())
             ctx._divergence = error
             raise error
+        if not branch.running and "args_crc" in record.data:
+            # A replayed record (a live one answers an attempt submitted here).
+            branch.digest = check_args(ctx, record, branch.ordinal, branch.name,
+                                       branch.step.args, branch.digest)
         branch.attempt += 1
         branch.running = False
         if record.type == ev.STEP_COMPLETED or not record.data.get("retryable"):

@@ -481,6 +481,13 @@ class PostgresStore(PgRewind):
                             "WHERE owner=%s AND workflow_id = ANY(%s)", (owner, list(workflow_ids)))
             cur.execute("SELECT pg_notify(%s, 'runs')", (self.channel,))
 
+    def lease_of(self, workflow_id: str) -> Optional[tuple[str, float]]:
+        """``(owner, lease_until)`` of a run some engine holds, else None
+        (``Engine.terminate`` asks the owner to end the run it drives)."""
+        rows = self._query("SELECT owner, lease_until FROM aion_runs WHERE workflow_id=%s "
+                           "AND owner IS NOT NULL", (workflow_id,))
+        return (str(rows[0][0]), float(rows[0][1])) if rows else None
+
     def listen(self, on_bell: Callable[[str], None], stopped: Callable[[], bool]) -> None:
         """Blocking, on a thread of its own: call ``on_bell(kind)`` for each
         doorbell ("runs", "inbox", "ends") of this schema's channel until

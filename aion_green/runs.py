@@ -45,6 +45,7 @@ from .residency import RunEvicted
 from .routing import _Reroute
 from .steps import Retry, StepInfo, attempt_event, error_data, failed_event
 from .store import RunInfo
+from .termination import RunTerminated
 
 log = logging.getLogger("aion_green.engine")
 _get_ident = monkey.get_original("_thread", "get_ident")
@@ -288,6 +289,7 @@ class RunDriver:
             if recorder is not None:
                 self._unregister(wid, recorder)
             self._on_run_gone()  # type: ignore[attr-defined]
+            self._hub.spawn(self._end_if_cancel_recorded, wid)  # type: ignore[attr-defined]
             return
         self._runs[wid] = True
         if self._residency and len(self._runs) > self.resident_peak:  # type: ignore[attr-defined]
@@ -379,6 +381,7 @@ class RunDriver:
             ctx = WorkflowContext(self, wid, info.run_id, info.workflow_type, history,  # type: ignore[arg-type]
                                   recorder)
             self._runs[wid] = ctx
+            ctx._greenlet = gevent.getcurrent()
             for early in self._early.pop(wid, ()):
                 self._deliver(wid, *early)
             for key, fire_at in pending_timers(history).items():
@@ -409,6 +412,8 @@ class RunDriver:
         except RunEvicted:
             evicted, outcome = True, "evicted"
             self._on_evicted(info)  # type: ignore[attr-defined]
+        except RunTerminated:
+            outcome = "terminated"  # the engine records its end (termination.py)
         except RunLost as exc:
             outcome = "dropped"
             log.warning("run %r dropped: %s", wid, exc,
@@ -420,6 +425,9 @@ class RunDriver:
                 self._writer.submit_call(
                     functools.partial(self._store.release_leases, self.engine_id, [wid]),  # type: ignore[union-attr]
                     _ignore)
+            elif wid in self._waiters:
+                # Ended by another process (terminate.py): tell the waiters here.
+                self._hub.spawn(self._check_finished, wid)
         except RunAborted as exc:
             outcome = "aborted"
             log.error("run %r stopped: the store refused a record (%s); it stays unfinished "

@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, Union
 from . import events as ev
 from .children import ChildHandle
 from .errors import ConfigurationError, Timeout, WorkflowFailed, WorkflowIdConflict
-from .registry import workflow, workflow_name
+from .registry import check_arguments, workflow, workflow_name
 from .triggers import Cron, Interval
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -128,6 +128,10 @@ def schedule(engine: "Engine", schedule_id: str, fn: Union[str, Callable[..., An
     spec = make_spec(wname, args, **options)
     if not callable(fn) and engine._registry.has_own():
         engine._registry.get(wname)  # fail early for a typo, as start() does
+    target = fn if callable(fn) else engine._registry.find(wname)
+    if target is not None:
+        # Every fire would start a run that fails with a TypeError (issue 16).
+        check_arguments(wname, target, args)
     try:
         handle = engine.start(SCHEDULE_WORKFLOW, spec, None, id=schedule_id)
     except WorkflowIdConflict:

@@ -41,6 +41,7 @@ from .errors import (
     WorkflowNotRunning,
 )
 from .hub_thread import Future
+from .termination import terminated_event
 
 log = logging.getLogger("aion_green.sharing")
 
@@ -84,6 +85,23 @@ class DriverLock:
         self._fd = fd
         return True
 
+    def held_elsewhere(self) -> bool:
+        """Whether another process holds the lock now (a probe: a shared
+        lock taken and dropped at once, never while this engine holds it)."""
+        if self.held or self.path is None:
+            return False
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)  # (drops the probe's shared lock, if it got one)
+        return False
+
     def holder(self) -> str:
         """Who drives, for messages: the pid written in the lock file."""
         try:
@@ -125,6 +143,9 @@ class PgDriverLock:
 
     def holder(self) -> str:
         return "another engine over this database"
+
+    def held_elsewhere(self) -> bool:
+        return False  # runs are leased: an engine ends a run by appending at its head
 
     def release(self) -> None:
         """The writer closed the store's connection, which ended the session
@@ -260,12 +281,31 @@ class SharingDriver:
                     self._route_message(wid, data["name"], data.get("payload"), at,
                                         data.get("dedup") or f"inbox/{row_id}", done)
                 elif kind == "cancel":
-                    self._route_cancel(wid, data.get("reason", ""), done)
+                    self._route_cancel(wid, data.get("reason", ""),
+                                       self._then_end_if_unrunnable(wid, data.get("reason", ""), done))
+                elif kind == "terminate":
+                    end = terminated_event(data.get("reason", ""), at)
+                    self._hub.spawn(self._end_here, wid, end, done,  # type: ignore[attr-defined]
+                                    name=f"terminate:{wid}")
                 else:
                     log.error("inbox entry %d for %r has an unknown kind %r; dropped", row_id, wid, kind)
                     handled.append(row_id)
             pause = _BUSY_PAUSE if rows else min(pause * 2, _IDLE_PAUSE)
             self._nap("inbox", pause)
+
+    def _then_end_if_unrunnable(self, wid: str, reason: str,
+                                done: Callable[[Any, Optional[BaseException]], None]
+                                ) -> Callable[[Any, Optional[BaseException]], None]:
+        """``done`` of a drained cancel: once recorded, a run that no code
+        here can run ends (termination.py), then ``done``."""
+        def recorded(seq: Any, error: Optional[BaseException]) -> None:
+            if error is None and wid in self.unrunnable:  # type: ignore[attr-defined]
+                self._hub.call_soon(self._end_if_unrunnable, wid, reason,  # type: ignore[attr-defined]
+                                    lambda _s, _e: done(seq, None))
+            else:
+                done(seq, error)
+
+        return recorded
 
     def _watch(self, mark: int) -> None:
         """Drive the runs that clients create. Marks come from a sequence, so

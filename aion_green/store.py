@@ -36,6 +36,8 @@ class RunInfo:
     # Filled by Engine.describe() in the engine that runs them: the step
     # attempts running now, each with its start time (a hung step shows).
     steps_running: tuple["StepRunning", ...] = ()
+    # Why the engine asked cannot drive this running run (Engine.describe), else None.
+    unrunnable: Optional[str] = None
 
     @property
     def finished(self) -> bool:

@@ -2,7 +2,7 @@
 import json
 
 import pytest
-from conftest import run_python
+from conftest import run_python, wait_until
 
 import aion_green as aion
 
@@ -415,3 +415,75 @@ def test_resume_and_fork_reuse_recorded_outcomes(worker):
     assert "--db" in remote.stderr
     listed = json.loads(cli(worker.url, "list", "--type", "cliops.flaky", "--json").stdout)
     assert sorted(run["workflow_id"] for run in listed) == ["fl-1", "fl-fork"]
+
+
+def test_a_start_whose_arguments_do_not_fit_is_refused_through_the_store_and_the_api(worker):
+    """Issue 16: `start cliops.counter` without its argument was accepted, and
+    the run failed in the worker with a TypeError."""
+    db, http = worker.url, worker.http
+    before = json.loads(cli(db, "list", "--json").stdout)
+    missing = cli(db, "start", "cliops.counter", "--id", "argless", rc=2).stderr
+    assert "cliops.counter" in missing and "'start'" in missing and "Nothing was recorded" in missing
+    extra = json.loads(cli(db, "start", "cliops.counter", "1", "2", "--json", rc=2).stderr)
+    assert extra["error"] == "WorkflowArgumentsInvalid" and "too many" in extra["message"]
+    over_http = cli(http, "start", "cliops.counter", "--id", "argless", rc=2).stderr
+    assert "'start'" in over_http
+    assert json.loads(cli(db, "list", "--json").stdout) == before
+
+
+def test_terminate_ends_a_run_the_worker_drives_through_the_store_and_the_api(worker):
+    """Issue 16: a run had no way to end but its own code; `terminate` ends
+    it now, through the worker that drives it, without its cleanup."""
+    db, http = worker.url, worker.http
+    cli(db, "start", "cliops.counter", "1", "--id", "term-db")
+    cli(db, "start", "cliops.counter", "1", "--id", "term-http")
+    done = json.loads(cli(db, "terminate", "term-db", "--reason", "ops", "--json").stdout)
+    assert done == {"workflow_id": "term-db", "terminated": True}
+    cli(http, "terminate", "term-http")
+    for wid in ("term-db", "term-http"):
+        failed = json.loads(cli(db, "result", wid, "--timeout", "20", "--json", rc=3).stderr)
+        assert failed["error"] == "WorkflowCancelled"
+    shown = json.loads(cli(http, "show", "term-db", "--json").stdout)
+    assert shown["run"]["error"]["type"] == "Terminated" and shown["run"]["error"]["reason"] == "ops"
+    assert "nothing was recorded" in cli(db, "signal", "term-db", "add", "1", rc=5).stderr
+    cli(db, "terminate", "term-db")  # again: fine
+    cli(http, "terminate", "nope", rc=1)
+
+
+def test_an_engine_client_of_the_worker_refuses_types_and_arguments_the_worker_cannot_run(worker):
+    """Issue 16: a process that is a client of the worker (a web app beside
+    it) started a type no engine knew, and the run stayed running for ever."""
+    with aion.Engine(worker.url) as client:
+        assert not client.driving
+        before = [r.workflow_id for r in client.list(limit=1000)]
+        with pytest.raises(aion.WorkflowNotRegistered, match="cliops.counter"):
+            client.start("cliops.nope", 1, id="client-nope")
+        with pytest.raises(aion.WorkflowArgumentsInvalid, match="'start'"):
+            client.start("cliops.counter", id="client-short")
+        assert [r.workflow_id for r in client.list(limit=1000)] == before
+        handle = client.start("cliops.slow", 2, id="client-ok")
+        assert handle.result(timeout=20) == 1
+
+
+def test_show_says_why_a_run_of_a_type_the_worker_does_not_know_is_not_running(worker, tmp_path):
+    """Issue 16: such a run showed as running, with nothing to say it never
+    would; `show` now says why, and how to end it."""
+    from aion_green.store import sqlite_path_from_url
+    from aion_green.transport.client import Client
+
+    # Created as it was while no worker ran (a start is refused now that
+    # one publishes its types): a run of a type nobody drives.
+    store = aion.SQLiteStore(sqlite_path_from_url(worker.url))
+    try:
+        store.create_run("ghost-run", "cliops.ghost", "[]", "r-ghost", 1.0)
+    finally:
+        store.close()
+    with Client(worker.http) as api:
+        wait_until(lambda: api.describe("ghost-run").unrunnable is not None, what="the worker")
+    shown = cli(worker.url, "show", "ghost-run").stdout
+    assert "not running: workflow type 'cliops.ghost' is not registered" in shown
+    assert "aion-green terminate ghost-run" in shown
+    over_http = json.loads(cli(worker.http, "show", "ghost-run", "--json").stdout)
+    assert "'cliops.ghost' is not registered" in over_http["run"]["unrunnable"]
+    cli(worker.url, "terminate", "ghost-run")
+    assert "not running" not in cli(worker.url, "show", "ghost-run").stdout

@@ -97,6 +97,10 @@ class Client:
     def cancel(self, workflow_id: str, reason: str = "") -> None:
         self._call("POST", *_route(workflow_id, "cancel"), body={"reason": reason})
 
+    def terminate(self, workflow_id: str, reason: str = "") -> None:
+        """End the run now, without cleanup (``Engine.terminate``)."""
+        self._call("POST", *_route(workflow_id, "terminate"), body={"reason": reason})
+
     def query(self, workflow_id: str, name: str, *args: Any, timeout: float = 10.0) -> Any:
         return self._call("POST", *_route(workflow_id, "queries", name),
                           body={"args": list(args), "timeout": timeout},

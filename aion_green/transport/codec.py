@@ -62,16 +62,22 @@ def public_error(error: Any) -> Any:
 
 
 def run_to_json(info: RunInfo) -> dict[str, Any]:
-    return {"workflow_id": info.workflow_id, "run_id": info.run_id,
-            "workflow_type": info.workflow_type, "status": info.status, "args": info.args,
-            "result": info.result, "error": public_error(info.error), "head_seq": info.head_seq,
-            "created_at": info.created_at, "updated_at": info.updated_at}
+    doc = {"workflow_id": info.workflow_id, "run_id": info.run_id,
+           "workflow_type": info.workflow_type, "status": info.status, "args": info.args,
+           "result": info.result, "error": public_error(info.error), "head_seq": info.head_seq,
+           "created_at": info.created_at, "updated_at": info.updated_at}
+    if info.unrunnable is not None:
+        doc["unrunnable"] = info.unrunnable
+    if info.steps_running:
+        doc["steps_running"] = [{"step": s.step, "name": s.name, "attempt": s.attempt,
+                                 "since": s.since} for s in info.steps_running]
+    return doc
 
 
 def run_from_json(obj: dict[str, Any]) -> RunInfo:
     return RunInfo(obj["workflow_id"], obj["run_id"], obj["workflow_type"], obj["status"],
                    obj["args"], obj.get("result"), obj.get("error"), obj["head_seq"],
-                   obj["created_at"], obj["updated_at"])
+                   obj["created_at"], obj["updated_at"], unrunnable=obj.get("unrunnable"))
 
 
 def event_to_json(event: Event) -> dict[str, Any]:

@@ -22,6 +22,7 @@ GET      /v1/workflows/ID/events?after=&run_id=       the events as a stream (se
 POST     /v1/workflows/ID/signals/NAME                ``{"payload", "idempotency_key"}``
 POST     /v1/workflows/ID/queries/NAME                ``{"args", "timeout"}``
 POST     /v1/workflows/ID/cancel                      ``{"reason"}``
+POST     /v1/workflows/ID/terminate                   ``{"reason"}``: ends it now, no cleanup
 =======  ===========================================  ==========================================
 
 Every route of one run also takes its id in the query string instead,
@@ -51,14 +52,21 @@ import gevent
 from greenlet import getcurrent
 
 from .. import events as ev
-from ..errors import AionError, EngineClosed, StoreUnavailable, WorkflowCancelled, WorkflowFailed
+from ..errors import (
+    AionError,
+    EngineClosed,
+    StoreUnavailable,
+    WorkflowArgumentsInvalid,
+    WorkflowCancelled,
+    WorkflowFailed,
+)
 from .codec import ERRORS, code_of, event_to_json, public_error, run_to_json
 
 log = logging.getLogger("aion_green.transport")
 
 StartResponse = Callable[..., Any]
 _JSON = [("Content-Type", "application/json; charset=utf-8")]
-_ACTIONS = ("result", "history", "events", "cancel")
+_ACTIONS = ("result", "history", "events", "cancel", "terminate")
 _NAMED = ("signals", "queries")
 
 
@@ -206,7 +214,7 @@ class WSGIApp:
             wid = "/".join(rest)
         if not wid:
             raise _Reply("invalid_argument", "the workflow id is empty")
-        expected = "POST" if action in ("cancel", "signals", "queries") else "GET"
+        expected = "POST" if action in ("cancel", "terminate", "signals", "queries") else "GET"
         if method != expected:
             raise _not_allowed(method, expected)
         named = {"workflow_id", "name"} if by_query else set()
@@ -226,6 +234,10 @@ class WSGIApp:
             body = self._body(environ, {"reason"})
             self.engine.cancel(wid, _str(body, "reason", ""))
             return _reply(start_response, 200, {"workflow_id": wid, "cancel_requested": True})
+        if action == "terminate":
+            body = _body(environ, self.max_body, {"reason"})
+            self.engine.terminate(wid, _str(body, "reason", ""))
+            return _reply(start_response, 200, {"workflow_id": wid, "terminated": True})
         assert name is not None
         if action == "signals":
             body = self._body(environ, {"payload", "idempotency_key"})
@@ -256,7 +268,10 @@ class WSGIApp:
         if wid is not None and key is not None and wid != key:
             raise _Reply("invalid_argument", f"the body's id {wid!r} and the Idempotency-Key "
                          f"header {key!r} differ; send one, or the same in both")
-        handle = self.engine.start(workflow, *args, id=wid or key)
+        try:
+            handle = self.engine.start(workflow, *args, id=wid or key)
+        except WorkflowArgumentsInvalid as exc:
+            raise _Reply("invalid_argument", str(exc), field="args") from None
         return {"workflow_id": handle.workflow_id}
 
     def _list(self, params: dict[str, str]) -> dict[str, Any]:

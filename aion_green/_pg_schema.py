@@ -71,6 +71,16 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE SEQUENCE aion_fence_seq",
         "CREATE INDEX aion_runs_claimable ON aion_runs(status, lease_until) WHERE status = 'running'",
     ),
+    (
+        # The engines at work and the workflow types each runs (with their
+        # parameters), renewed with their leases: a client refuses to start
+        # a type no live engine knows, and describe() says why a run of one
+        # is not running (issue 16: such runs stayed running for ever).
+        """CREATE TABLE aion_engines(
+            engine_id TEXT PRIMARY KEY,
+            workflow_types TEXT NOT NULL,
+            seen_until DOUBLE PRECISION NOT NULL)""",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 _RUN_COLUMNS = ("workflow_id, run_id, workflow_type, status, args, result, error, head_seq, "

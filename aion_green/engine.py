@@ -328,6 +328,8 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
             fn = self._registry.find(wname) or fn
             if not callable(fn) and not self.driving:
                 self._check_published(wname, args)
+            elif not callable(fn) and self._leased:
+                self._check_live_engines(wname, args)
         if callable(fn):
             # Before anything is recorded: a run whose arguments cannot bind
             # would fail inside with a TypeError (issue 16).
@@ -515,6 +517,8 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         if info is None:
             raise WorkflowNotFound(f"no workflow with id {workflow_id!r} in {self._store_name()}")
         why = self.unrunnable.get(workflow_id)
+        if why is None and self._leased and not info.finished:
+            why = self._unrunnable_on_postgres(info)
         if why is not None and not info.finished:
             info = dataclasses.replace(info, unrunnable=why)
         running = self.steps_running(workflow_id) if self._in_flight else None
@@ -590,6 +594,36 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         sig = signature_from((driver.parameters or {}).get(wname) or ())
         if sig is not None and driver.parameters and driver.parameters.get(wname):
             check_arguments(wname, sig, args)
+
+    def _check_live_engines(self, wname: str, args: tuple[Any, ...]) -> None:
+        """PostgreSQL: a type this engine does not know, started while other
+        engines run: refuse it if none of them knows it either (none would
+        ever claim the run), and check the arguments against the parameters
+        they publish. With no engine running there is nothing to check
+        against (one started later may know it)."""
+        engines = self._call_store(self._store.live_engines, time.time())  # type: ignore[union-attr]
+        known: dict[str, Any] = {}
+        for types in engines.values():
+            known.update(types)
+        if engines and wname not in known:
+            raise WorkflowNotRegistered(
+                f"workflow type {wname!r} is not registered with any of the {len(engines)} "
+                f"engine(s) running over {self._store_name()} (they know: "
+                f"{', '.join(sorted(known)) or 'none'}); check the name, or start an engine that "
+                "registers it. Nothing was recorded")
+        sig = signature_from(known.get(wname) or ())
+        if sig is not None and known.get(wname):
+            check_arguments(wname, sig, args)
+
+    def _unrunnable_on_postgres(self, info: RunInfo) -> Optional[str]:
+        """Why no engine over this PostgreSQL database will run ``info``
+        (None when one knows its type, or none runs at all)."""
+        engines = self._call_store(self._store.live_engines, time.time())  # type: ignore[union-attr]
+        if not engines or any(info.workflow_type in types for types in engines.values()):
+            return None
+        return (f"none of the {len(engines)} engine(s) running over this database knows workflow "
+                f"type {info.workflow_type!r}; start one that registers it, or end the run "
+                "with terminate")
 
     def _call_store(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a read of the reader's store (``fn`` names a method of the

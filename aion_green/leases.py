@@ -26,6 +26,7 @@ greenlets (``_claim``, ``_heartbeat``) or from them.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any, Optional
@@ -35,6 +36,7 @@ import gevent.event
 from gevent import monkey
 
 from .errors import AionError, FencedOut
+from .registry import parameters_of
 
 log = logging.getLogger("aion_green.leases")
 
@@ -63,6 +65,7 @@ class LeaseDriver:
 
     def _begin_leasing(self) -> None:
         hub = self._hub
+        self._publish_types()
         self._timers.store_sweep = False  # owners fire their runs' timers
         self._start_listening()
         hub.spawn(self._timers.run, name="aion-timers")
@@ -129,6 +132,7 @@ class LeaseDriver:
         """Renew this engine's leases; drop the runs whose lease was taken."""
         while True:
             gevent.sleep(self.lease / 3)
+            self._publish_types()
             mine = [wid for wid, ctx in self._runs.items() if not isinstance(ctx, bool)]
             if not mine:
                 continue
@@ -145,6 +149,18 @@ class LeaseDriver:
                     self._hub.call_soon(ctx._on_failed, FencedOut(
                         f"the lease of {wid!r} was taken by another engine"))
 
+    def _publish_types(self) -> None:
+        """Hub thread: tell the other engines and the clients which types
+        this engine runs, for one lease (renewed with the leases)."""
+        registry = self._registry
+        types = {name: parameters_of(registry.find(name)) for name in sorted(registry.names())}
+        now = time.time()
+        try:
+            self._writer.call(self._store.publish_engine, self.engine_id, json.dumps(types),
+                              now + self.lease, now).result()
+        except AionError as exc:
+            log.warning("publishing this engine's workflow types failed (%s); retrying", exc)
+
     def _stop_listening(self) -> None:
         self._listening = False
 
@@ -153,6 +169,7 @@ class LeaseDriver:
         give every lease back (also one just claimed and not yet driven)."""
         try:
             self._writer.call(self._store.release_leases, self.engine_id).result(10)
+            self._writer.call(self._store.forget_engine, self.engine_id).result(10)
         except Exception as exc:  # their leases run out instead
             log.warning("leases not released at shutdown (%s); they run out in %.0f s",
                         exc, self.lease)

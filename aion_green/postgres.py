@@ -469,6 +469,28 @@ class PostgresStore(PgRewind):
                         "RETURNING workflow_id", (lease_until, owner, list(workflow_ids)))
             return [row[0] for row in cur.fetchall()]
 
+    def publish_engine(self, engine_id: str, types_json: str, until: float, now: float) -> None:
+        """Say that engine ``engine_id`` runs these workflow types (a JSON
+        object: type -> parameters) until ``until``; forget engines gone a
+        day."""
+        with self._tx() as cur:
+            cur.execute("INSERT INTO aion_engines(engine_id, workflow_types, seen_until) "
+                        "VALUES (%s,%s,%s) ON CONFLICT (engine_id) DO UPDATE SET "
+                        "workflow_types=EXCLUDED.workflow_types, seen_until=EXCLUDED.seen_until",
+                        (engine_id, types_json, until))
+            cur.execute("DELETE FROM aion_engines WHERE seen_until < %s", (now - 86400,))
+
+    def forget_engine(self, engine_id: str) -> None:
+        with self._tx() as cur:
+            cur.execute("DELETE FROM aion_engines WHERE engine_id=%s", (engine_id,))
+
+    def live_engines(self, now: float) -> dict[str, dict[str, Any]]:
+        """The engines whose word is still good at ``now``: their types
+        (type -> parameters)."""
+        rows = self._query("SELECT engine_id, workflow_types FROM aion_engines WHERE seen_until >= %s",
+                           (now,))
+        return {engine_id: json.loads(types) for engine_id, types in rows}
+
     def release_leases(self, owner: str, workflow_ids: Optional[Sequence[str]] = None) -> None:
         """Give back the runs this owner holds (all of them at a clean
         shutdown, or ``workflow_ids``): others may claim them at once."""

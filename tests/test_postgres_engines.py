@@ -182,3 +182,43 @@ def test_a_lease_that_ran_out_and_came_back_to_its_engine_goes_on(pg_url, caplog
         assert "dropped" not in caplog.text
     finally:
         store.close()
+
+
+def test_a_client_refuses_types_no_live_engine_knows_and_describe_says_why(pg_url, tmp_path):
+    """Failure window (issue 16): a run of a type that no engine over the
+    database knows was accepted and stayed running for ever; on PostgreSQL
+    nothing said why. Engines publish their types with their leases."""
+    import pytest
+
+    import aion_green as aion
+
+    effects = tmp_path / "effects"
+    client = aion.Engine(pg_url, passive=True)
+    store = _store(pg_url)
+    try:
+        # No engine runs: nothing to check against, so the start is taken
+        # (an engine started later may know the type); describe says nothing yet.
+        client.start("pg.unknown", 1, id="early-unknown")
+        assert client.describe("early-unknown").unrunnable is None
+        worker, engine_id = _spawn(pg_url, effects, 2.0, 100)
+        try:
+            wait_until(lambda: engine_id in store.live_engines(time.time()),
+                       what="the engine to publish its types")
+            with pytest.raises(aion.WorkflowNotRegistered, match="pg.unknown"):
+                client.start("pg.unknown", 1, id="refused")
+            with pytest.raises(aion.WorkflowArgumentsInvalid):
+                client.start("pg.work", 1, id="bad-args")  # pg.work(ctx, steps, seconds)
+            with pytest.raises(aion.WorkflowNotFound):
+                client.describe("refused")
+            assert client.start("pg.work", 2, 0.0, id="known").result(30) == 2
+            why = client.describe("early-unknown").unrunnable
+            assert why is not None and "pg.unknown" in why and "terminate" in why
+            client.terminate("early-unknown", "its type is gone")
+            assert client.describe("early-unknown").status == ev.CANCELLED
+        finally:
+            _stop([worker])
+        # A worker that stopped cleanly is forgotten: nothing to check against again.
+        assert store.live_engines(time.time()) == {}
+    finally:
+        client.shutdown()
+        store.close()

@@ -3,6 +3,7 @@ import json
 
 import pytest
 from conftest import run_python, wait_until
+from worker_process import WorkerProcess, worker_env
 
 import aion_green as aion
 
@@ -196,41 +197,12 @@ def flaky(ctx):
 """
 
 
-def _env():
-    from crash_campaign import worker_env
-
-    return worker_env(False)  # the worker process runs unpatched
-
-
-class Worker:
+class Worker(WorkerProcess):
     """``aion-green worker cliops --http 127.0.0.1:0 --json`` in a real process."""
 
     def __init__(self, directory, url):
-        import subprocess
-        import sys
-
         self.url = url
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "aion_green", "--db", url, "worker", "cliops",
-             "--http", "127.0.0.1:0", "--json"],
-            cwd=directory, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"the worker did not start: {self.proc.communicate()}")
-        self.ready = json.loads(line)
-        self.http = self.ready["http"]
-
-    def stop(self):
-        import signal
-
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            out, err = self.proc.communicate(timeout=30)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.communicate()
-        return out, err
+        super().__init__(directory, url, "cliops")
 
 
 def cli(db, *args, rc=0):
@@ -328,7 +300,7 @@ def test_waiting_shows_progress_and_exits_by_outcome(worker):
     cli(http, "result", "w1", "--timeout", "0.2", rc=4)
     # show --follow prints the events as they come, until the end.
     follower = subprocess.Popen([sys.executable, "-m", "aion_green", "--db", http, "show", "w1",
-                                 "--follow", "--timeout", "30"], env=_env(),
+                                 "--follow", "--timeout", "30"], env=worker_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert follower.stdout.readline().startswith("w1  cliops.counter(0,)  running")

@@ -16,6 +16,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 from conftest import wait_until
+from worker_process import WorkerProcess, worker_env
 
 import aion_green as aion
 from aion_green.transport.client import Client
@@ -61,39 +62,14 @@ IDS = ["café", "日本/語", "a/result", "a/history", "x/signals/y", "100%", "%
        "/lead", "trail/", "a//b", "🙂", "-", "workflows"]
 
 
-def _env():
-    from crash_campaign import worker_env
-
-    return worker_env(False)  # the worker process runs unpatched
-
-
-class Worker:
+class Worker(WorkerProcess):
     """``aion-green worker wireflows --http 127.0.0.1:0 --json`` in a real process."""
 
     def __init__(self, directory, *extra, address="127.0.0.1:0"):
-        self.directory = directory
         self.db = directory / "wire.db"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "aion_green", "--db", f"sqlite:///{self.db}", "worker", "wireflows",
-             "--http", address, "--token", TOKEN, "--json", *extra],
-            cwd=directory, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"the worker did not start: {self.proc.communicate()}")
-        self.ready = json.loads(line)
-        self.url = self.ready["http"]
-        self.port = int(self.url.rsplit(":", 1)[1])
-
-    def stop(self, signum=signal.SIGTERM):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signum)
-        try:
-            out, err = self.proc.communicate(timeout=30)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.communicate()
-        return out, err
+        super().__init__(directory, f"sqlite:///{self.db}", "wireflows", "--token", TOKEN, *extra,
+                         address=address)
+        self.url = self.http
 
 
 def _flows_dir(tmp_path_factory):
@@ -458,7 +434,7 @@ def test_a_postgres_password_given_in_the_query_string_stays_secret(pg_url, tmp_
     proc = subprocess.Popen(
         [sys.executable, "-m", "aion_green", "--db", url, "worker", "wireflows",
          "--http", "127.0.0.1:0", "--token", TOKEN],
-        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=tmp_path, env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         banner = proc.stdout.readline()
         assert "HTTP API on http://" in banner, (banner, proc.poll())

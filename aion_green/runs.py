@@ -153,7 +153,8 @@ class RunDriver:
         records)."""
         hub = self._hub
         in_flight = self._in_flight
-        in_flight[info] = (time.time(), _get_ident(), self._steps.current_task())
+        ident = _get_ident()
+        in_flight[info] = (time.time(), ident, self._steps._current.get(ident))
         if timeout is not None:
             hub.call_soon(self._arm_step_timeout, recorder, info, policy, timeout)
         try:

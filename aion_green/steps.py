@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import _queue
 import functools
+import itertools
 import json.encoder
 import logging
 import math
@@ -249,17 +250,29 @@ class StepPool:
         self.name = name
         self._queue: Any = _queue.SimpleQueue()
         self._lock = _allocate_lock()
-        # Invariant (under _lock): _threads >= min(size, _outstanding), where
-        # _outstanding counts the tasks submitted and not yet finished, and
-        # no thread leaves while the pool is open: every queued task has a
-        # thread that is not busy with another. (The earlier count of idle
-        # threads was read while a thread that had just taken a task still
-        # counted itself idle: a fan-out whose steps wait for each other
-        # then lacked a thread for its last step, on Python 3.13 often.)
-        self._threads = 0
-        self._outstanding = 0
-        # The task each pool thread runs now (by thread ident); a timed-out
-        # one is replaced by _DETACHED (see detach).
+        # Invariant: _threads >= min(size + _extra, outstanding), where
+        # outstanding = tasks submitted - tasks finished, and no thread
+        # leaves while the pool is open: every queued task has a thread that
+        # is not busy with another, even when running tasks wait for queued
+        # ones (a fan-out). (The earlier count of idle threads was read while
+        # a thread that had just taken a task still counted itself idle; a
+        # fan-out whose steps wait for each other then lacked a thread for
+        # its last step, on Python 3.13 in every run.) Both counts are C
+        # counters, so the hot path takes no lock: _finished_n may lag
+        # behind the truth, which only overstates what is outstanding.
+        self._submitted = itertools.count(1)
+        self._submitted_n = 0
+        self._finished = itertools.count(1)
+        self._finished_n = 0
+        self._threads = 0  # changed under _lock only
+        # Threads whose task timed out (detach): each raises the cap by one
+        # until its task returns and it leaves, so hung steps do not shrink
+        # the pool. Under _lock.
+        self._extra = 0
+        self._detached: set[int] = set()
+        # The task each pool thread runs now (by thread ident; read by the
+        # engine when an attempt begins): detach's proof that a thread
+        # still runs the task that timed out.
         self._current: dict[int, Any] = {}
         # Invariant: once _closed is set no task starts: submit() refuses,
         # close() took what was queued, and a worker that finds a task put
@@ -274,14 +287,21 @@ class StepPool:
             # and its step runs in the next epoch (an error raised here
             # would reach the workflow's code instead).
             return
+        n = self._submitted_n = next(self._submitted)
+        # (_threads read without the lock can only be low: it grows while
+        # the pool is open, so a stale read errs towards _grow.)
+        if n - self._finished_n > self._threads and self._threads < self.size + self._extra:
+            self._grow(n)
+        self._queue.put(task)
+
+    def _grow(self, submitted: int) -> None:
+        """Start threads until those ``submitted`` tasks, less the finished
+        ones, each have one (up to the cap)."""
         with self._lock:
-            if self._closed:  # (close() counted the threads to stop: start none now)
-                return
-            self._outstanding += 1
-            if self._threads < self._outstanding and self._threads < self.size:
+            while (not self._closed and submitted - self._finished_n > self._threads
+                   and self._threads < self.size + self._extra):
                 self._threads += 1
                 _start_new_thread(self._worker, ())
-        self._queue.put(task)
 
     def close(self, timeout: Optional[float] = None) -> int:
         """Drop the tasks not yet started (their steps have not run: the next
@@ -313,27 +333,22 @@ class StepPool:
         """How many pool threads are alive (running a step or about to end)."""
         return self._threads
 
-    def current_task(self) -> Any:
-        """On a pool thread: the task it runs now (a token for :meth:`detach`)."""
-        return self._current.get(_get_ident())
-
     def detach(self, ident: int, task: Any) -> None:
-        """``task``, on thread ``ident``, timed out: stop counting that thread
-        and its task (the thread ends when the task returns) and start
-        another thread if work waits, so a step that never returns does not
-        shrink the pool. A no-op once the task has returned."""
+        """``task``, on thread ``ident``, timed out: let one more thread
+        start in its place (the hung one leaves when its task returns), so
+        a step that never returns does not shrink the pool. If the task
+        returned meanwhile, the thread leaves after its next task: one
+        thread replaced for nothing, the counts still right."""
         with self._lock:
-            if self._closed or task is None or self._current.get(ident) is not task:
+            if (self._closed or task is None or self._current.get(ident) is not task
+                    or ident in self._detached):
                 return
-            self._current[ident] = _DETACHED
-            self._threads -= 1
-            self._outstanding -= 1
-            if self._threads < self._outstanding and self._threads < self.size:
-                self._threads += 1
-                _start_new_thread(self._worker, ())
+            self._detached.add(ident)
+            self._extra += 1
+        self._grow(self._submitted_n)
 
     def _worker(self) -> None:
-        queue, lock, current = self._queue, self._lock, self._current
+        queue, current, finished = self._queue, self._current, self._finished
         ident = _get_ident()
         while True:
             task = queue.get()
@@ -344,19 +359,23 @@ class StepPool:
                 task()
             except BaseException:  # pragma: no cover - tasks catch their own errors
                 log.exception("a step task failed; this is a bug in aion_green")
-            with lock:
-                if current.pop(ident, None) is _DETACHED:
-                    return  # replaced while it ran; already uncounted
-                self._outstanding -= 1
-        with lock:
-            current.pop(ident, None)
+            del current[ident]
+            self._finished_n = next(finished)
+            if self._detached and ident in self._detached:
+                self._leave(ident, detached=True)  # replaced while its task ran
+                return
+        self._leave(ident, detached=False)
+
+    def _leave(self, ident: int, detached: bool) -> None:
+        with self._lock:
+            self._current.pop(ident, None)
+            if detached:
+                self._detached.discard(ident)
+                self._extra -= 1
             self._threads -= 1
-            last = self._closed and self._threads == 0
+            last = bool(self._closed) and self._threads == 0
         if last and self._all_exited is not None:
             self._all_exited.set_result(None)
-
-
-_DETACHED = object()  # StepPool._current's mark of a thread whose task timed out
 
 
 _STEP_TYPES = frozenset({STEP_COMPLETED, STEP_FAILED})

@@ -1,7 +1,13 @@
-"""aion_green: durable workflows for synchronous Python, on gevent."""
-from .children import ChildHandle
-from .context import WorkflowContext
-from .engine import Engine, WorkflowHandle
+"""aion_green: durable workflows for synchronous Python, on gevent.
+
+The public names, nothing else. The light ones (errors, events, the
+registry, the store's records) load with the package; the engine and what it
+needs (gevent's hub, the SQLite store) load on the first use of a name that
+needs them, so a process that imports only the HTTP client
+(``aion_green.transport.client``) loads neither (issue 17)."""
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     AionError,
     Cancelled,
@@ -32,13 +38,41 @@ from .errors import (
     WorkflowNotRunning,
 )
 from .events import Event
-from .fanout import Step
 from .registry import workflow
-from .schedules import SCHEDULE_WORKFLOW
-from .steps import Retry, StepInfo, step_info
-from .store import IEventStore, RunInfo, SQLiteStore, StepRunning
-from .supervision import ChildSpec
-from .triggers import Cron
+from .store import IEventStore, RunInfo, StepRunning
+
+# Name -> the module that defines it, imported on first use (PEP 562).
+_LAZY = {
+    "ChildHandle": "children", "WorkflowContext": "context", "Engine": "engine",
+    "WorkflowHandle": "engine", "Step": "fanout", "SCHEDULE_WORKFLOW": "schedules",
+    "Retry": "steps", "StepInfo": "steps", "step_info": "steps", "SQLiteStore": "_sqlite",
+    "ChildSpec": "supervision", "Cron": "triggers",
+}
+
+if TYPE_CHECKING:  # pragma: no cover - what the type checkers see
+    from ._sqlite import SQLiteStore
+    from .children import ChildHandle
+    from .context import WorkflowContext
+    from .engine import Engine, WorkflowHandle
+    from .fanout import Step
+    from .schedules import SCHEDULE_WORKFLOW
+    from .steps import Retry, StepInfo, step_info
+    from .supervision import ChildSpec
+    from .triggers import Cron
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'aion_green' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # the next lookup finds it directly
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "AionError", "Cancelled", "ChildHandle", "ChildSpec", "ConfigurationError", "Cron", "Engine",

@@ -23,9 +23,9 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ._sqlite_schema import sqlite_path_from_url
 from .errors import AionError, ConfigurationError
 from .sharing import DriverLock
-from .store import sqlite_path_from_url
 
 
 @dataclass

@@ -9,7 +9,7 @@ freeze every workflow.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Sequence
 
 from zope.interface import Attribute, Interface
 
@@ -205,13 +205,27 @@ class IEventStore(Interface):
         """Release the store's resources. Idempotent."""
 
 
-# The SQLite store lives in its own module; it is part of this contract's
-# public face (``aion_green.store.SQLiteStore``).
-from ._sqlite import SQLiteStore  # noqa: E402
-from ._sqlite_schema import sqlite_path_from_url  # noqa: E402
+__all__ = ["Append", "CreateRun", "IEventStore", "RunInfo", "SQLiteStore", "StepRunning",
+           "open_store", "sqlite_path_from_url"]
 
-__all__ = ["Append", "CreateRun", "IEventStore", "RunInfo", "SQLiteStore", "open_store",
-           "sqlite_path_from_url"]
+# The SQLite store lives in its own module and is part of this contract's
+# public face (``aion_green.store.SQLiteStore``), loaded on first use: the
+# contract imports no implementation, so a process that only reads records
+# (the HTTP client) loads no sqlite3 (issue 17).
+_IMPLEMENTATIONS = {"SQLiteStore": "._sqlite", "sqlite_path_from_url": "._sqlite_schema"}
+
+if TYPE_CHECKING:  # pragma: no cover - what the type checkers see
+    from ._sqlite import SQLiteStore
+    from ._sqlite_schema import sqlite_path_from_url
+
+
+def __getattr__(name: str) -> Any:
+    module = _IMPLEMENTATIONS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module, __package__), name)
 
 
 def open_store(url: Optional[str], durable: bool = True, busy_timeout: float = 5.0) -> Any:
@@ -221,4 +235,7 @@ def open_store(url: Optional[str], durable: bool = True, busy_timeout: float = 5
         from .postgres import PostgresStore
 
         return PostgresStore(url, connect_timeout=busy_timeout)
+    from ._sqlite import SQLiteStore
+    from ._sqlite_schema import sqlite_path_from_url
+
     return SQLiteStore(sqlite_path_from_url(url), durable=durable, busy_timeout=busy_timeout)

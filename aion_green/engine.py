@@ -47,7 +47,8 @@ from .routing import RoutingDriver
 from .runs import RunDriver, _closed_while_waiting, outcome
 from .sharing import DriverLock, PgDriverLock, SharingDriver
 from .steps import StepPool
-from .store import RunInfo, StepRunning, open_store
+from .store import RunInfo, StepRunning
+from .stores import open_store
 from .termination import TerminationDriver
 from .timers import TimerService
 from .watchers import ChildTaskRegistry

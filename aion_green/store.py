@@ -212,11 +212,13 @@ __all__ = ["Append", "CreateRun", "IEventStore", "RunInfo", "SQLiteStore", "Step
 # public face (``aion_green.store.SQLiteStore``), loaded on first use: the
 # contract imports no implementation, so a process that only reads records
 # (the HTTP client) loads no sqlite3 (issue 17).
-_IMPLEMENTATIONS = {"SQLiteStore": "._sqlite", "sqlite_path_from_url": "._sqlite_schema"}
+_IMPLEMENTATIONS = {"SQLiteStore": "._sqlite", "sqlite_path_from_url": "._sqlite_schema",
+                    "open_store": ".stores"}
 
 if TYPE_CHECKING:  # pragma: no cover - what the type checkers see
     from ._sqlite import SQLiteStore
     from ._sqlite_schema import sqlite_path_from_url
+    from .stores import open_store
 
 
 def __getattr__(name: str) -> Any:
@@ -226,16 +228,3 @@ def __getattr__(name: str) -> Any:
     import importlib
 
     return getattr(importlib.import_module(module, __package__), name)
-
-
-def open_store(url: Optional[str], durable: bool = True, busy_timeout: float = 5.0) -> Any:
-    """The store a URL names: ``None`` or ``sqlite:///...`` (SQLite), or
-    ``postgresql://...`` (PostgreSQL, with the ``postgres`` extra)."""
-    if url is not None and url.startswith(("postgres://", "postgresql://")):
-        from .postgres import PostgresStore
-
-        return PostgresStore(url, connect_timeout=busy_timeout)
-    from ._sqlite import SQLiteStore
-    from ._sqlite_schema import sqlite_path_from_url
-
-    return SQLiteStore(sqlite_path_from_url(url), durable=durable, busy_timeout=busy_timeout)

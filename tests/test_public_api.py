@@ -26,6 +26,9 @@ def test_the_public_names_are_pinned_and_each_resolves():
     assert set(PUBLIC) <= set(dir(aion))
     assert aion.Engine.__module__ == "aion_green.engine"
     assert aion.store.SQLiteStore is aion.SQLiteStore
+    from aion_green.stores import open_store
+
+    assert aion.store.open_store is open_store  # (where it was, and where it lives now)
 
 
 def test_importing_the_http_client_loads_neither_the_engine_nor_a_store():

@@ -1,0 +1,21 @@
+"""The store implementations, and opening one by URL in one place.
+
+(The implementations move here with the layers of issue 17; today this
+package holds the opening, so that the contract in ``store.py`` imports no
+implementation.)"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+
+def open_store(url: Optional[str], durable: bool = True, busy_timeout: float = 5.0) -> Any:
+    """The store a URL names: ``None`` or ``sqlite:///...`` (SQLite), or
+    ``postgresql://...`` (PostgreSQL, with the ``postgres`` extra)."""
+    if url is not None and url.startswith(("postgres://", "postgresql://")):
+        from ..postgres import PostgresStore
+
+        return PostgresStore(url, connect_timeout=busy_timeout)
+    from .._sqlite import SQLiteStore
+    from .._sqlite_schema import sqlite_path_from_url
+
+    return SQLiteStore(sqlite_path_from_url(url), durable=durable, busy_timeout=busy_timeout)

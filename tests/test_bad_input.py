@@ -6,7 +6,7 @@ import sys
 import time
 
 import pytest
-from conftest import NativeGate, park_two_step_run, wait_until
+from conftest import SQLITE_ONLY, NativeGate, park_two_step_run, wait_until
 
 import aion_green as aion
 from aion_green import events as ev
@@ -65,6 +65,7 @@ def test_non_json_workflow_result_fails_the_run_clearly(make_engine):
     assert engine.history("obj")[1]["result"] == 1
 
 
+@SQLITE_ONLY
 def test_unknown_workflow_type_at_recovery_is_left_alone_with_a_clear_error(make_engine, caplog):
     park_two_step_run(make_engine, "tests.retired", "orphan")
     from aion_green import registry
@@ -250,6 +251,7 @@ def test_a_refused_record_stops_the_run_even_if_the_workflow_catches_everything(
     assert steps == [1, 2, 3, 4, 5]
 
 
+@SQLITE_ONLY
 def test_a_full_disk_is_waited_out_by_the_running_workflow(make_engine):
     """The disk fills while a step runs (a page limit on the writer's
     connection stands in for it): the step's record is retried until there

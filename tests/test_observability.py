@@ -4,7 +4,7 @@ import logging
 import sys
 
 import pytest
-from conftest import park_two_step_run, wait_until
+from conftest import SQLITE_ONLY, park_two_step_run, wait_until
 
 import aion_green as aion
 from aion_green import logs, tracing
@@ -118,6 +118,7 @@ def test_completed_steps_are_logged_at_debug(make_engine, caplog):
     assert {r.aion_run_id for r in done} == {run_id}
 
 
+@SQLITE_ONLY
 def test_a_resumed_run_logs_how_many_events_it_replays(make_engine, caplog):
     caplog.set_level(logging.DEBUG, logger="aion_green")
     parked = park_two_step_run(make_engine, "tests.obs.parked", "parked")

@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import PATCHED, ROOT, wait_until
+from conftest import PATCHED, ROOT, SQLITE_ONLY, wait_until
 
 import aion_green as aion
 from aion_green import events as ev
@@ -45,6 +45,7 @@ def types(history):
     return [e.type for e in history]
 
 
+@SQLITE_ONLY
 def test_the_first_engine_drives_and_a_second_is_its_client(make_engine):
     driver = make_engine(greet, quick)
     assert driver.list() == [] and driver.driving
@@ -77,6 +78,7 @@ def test_the_first_engine_drives_and_a_second_is_its_client(make_engine):
     wait_until(lambda: client._call_store(client._store.read_inbox, 0) == [], what="the inbox drained")
 
 
+@SQLITE_ONLY
 def test_a_client_takes_over_when_the_driver_stops(make_engine):
     driver = make_engine(greet)
     driver.start(greet, "ann", id="g")

@@ -8,7 +8,7 @@ needs them, so a process that imports only the HTTP client
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from aion_green.core.errors import (
     AionError,
     Cancelled,
     ConfigurationError,
@@ -37,28 +37,30 @@ from .errors import (
     WorkflowNotRegistered,
     WorkflowNotRunning,
 )
-from .events import Event
-from .registry import workflow
-from .store import IEventStore, RunInfo, StepRunning
+from aion_green.core.events import Event
+from aion_green.core.registry import workflow
+from aion_green.store import IEventStore, RunInfo, StepRunning
 
 # Name -> the module that defines it, imported on first use (PEP 562).
 _LAZY = {
-    "ChildHandle": "children", "WorkflowContext": "context", "Engine": "engine",
-    "WorkflowHandle": "engine", "Step": "fanout", "SCHEDULE_WORKFLOW": "schedules",
-    "Retry": "steps", "StepInfo": "steps", "step_info": "steps", "SQLiteStore": "_sqlite",
-    "ChildSpec": "supervision", "Cron": "triggers",
+    "ChildHandle": "workflows.children", "WorkflowContext": "workflows.context",
+    "Engine": "runtime.engine", "WorkflowHandle": "runtime.engine", "Step": "workflows.fanout",
+    "SCHEDULE_WORKFLOW": "runtime.schedules", "Retry": "workflows.steps",
+    "StepInfo": "workflows.steps", "step_info": "workflows.steps",
+    "SQLiteStore": "stores.sqlite.store", "ChildSpec": "workflows.supervision",
+    "Cron": "runtime.triggers",
 }
 
 if TYPE_CHECKING:  # pragma: no cover - what the type checkers see
-    from ._sqlite import SQLiteStore
-    from .children import ChildHandle
-    from .context import WorkflowContext
-    from .engine import Engine, WorkflowHandle
-    from .fanout import Step
-    from .schedules import SCHEDULE_WORKFLOW
-    from .steps import Retry, StepInfo, step_info
-    from .supervision import ChildSpec
-    from .triggers import Cron
+    from aion_green.runtime.engine import Engine, WorkflowHandle
+    from aion_green.runtime.schedules import SCHEDULE_WORKFLOW
+    from aion_green.runtime.triggers import Cron
+    from aion_green.stores.sqlite.store import SQLiteStore
+    from aion_green.workflows.children import ChildHandle
+    from aion_green.workflows.context import WorkflowContext
+    from aion_green.workflows.fanout import Step
+    from aion_green.workflows.steps import Retry, StepInfo, step_info
+    from aion_green.workflows.supervision import ChildSpec
 
 
 def __getattr__(name: str) -> Any:

@@ -32,8 +32,8 @@ from gevent.hub import Waiter
 from greenlet import GreenletExit
 from greenlet import getcurrent as _getcurrent
 
-from . import _clock
-from .errors import EngineClosed, InternalError, Timeout
+from aion_green.core import clock as _clock
+from aion_green.core.errors import EngineClosed, InternalError, Timeout
 
 log = logging.getLogger("aion_green.hub")
 

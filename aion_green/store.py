@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Sequence
 
 from zope.interface import Attribute, Interface
 
-from . import events as ev
+from aion_green.core import events as ev
 
 
 @dataclass(frozen=True)
@@ -212,13 +212,13 @@ __all__ = ["Append", "CreateRun", "IEventStore", "RunInfo", "SQLiteStore", "Step
 # public face (``aion_green.store.SQLiteStore``), loaded on first use: the
 # contract imports no implementation, so a process that only reads records
 # (the HTTP client) loads no sqlite3 (issue 17).
-_IMPLEMENTATIONS = {"SQLiteStore": "._sqlite", "sqlite_path_from_url": "._sqlite_schema",
-                    "open_store": ".stores"}
+_IMPLEMENTATIONS = {"SQLiteStore": ".stores.sqlite.store",
+                    "sqlite_path_from_url": ".stores.sqlite.schema", "open_store": ".stores"}
 
 if TYPE_CHECKING:  # pragma: no cover - what the type checkers see
-    from ._sqlite import SQLiteStore
-    from ._sqlite_schema import sqlite_path_from_url
-    from .stores import open_store
+    from aion_green.stores import open_store
+    from aion_green.stores.sqlite.schema import sqlite_path_from_url
+    from aion_green.stores.sqlite.store import SQLiteStore
 
 
 def __getattr__(name: str) -> Any:

@@ -34,7 +34,7 @@ import pytest
 # of gevent) here, or a suite that calls gevent.monkey.patch_all() in its
 # conftest would patch too late. The fixtures and helpers import on use.
 if TYPE_CHECKING:  # pragma: no cover
-    from .engine import Engine
+    from aion_green.runtime.engine import Engine
 
 
 class ReplayMismatch(AssertionError):
@@ -61,7 +61,7 @@ class TimeTravel:
         # must be recorded at the old time, or it would move with the clock).
         self.settle(settle)
         self._frozen.tick(timedelta(seconds=seconds))
-        from . import _clock
+        from aion_green.core import clock as _clock
 
         engine = self.engine
         engine.poke()
@@ -79,7 +79,7 @@ class TimeTravel:
     def settle(self, timeout: float = 5.0) -> None:
         """Return once every run of the engine waits (on time, a message, a
         child or a running step) with none of its records in flight."""
-        from . import _clock
+        from aion_green.core import clock as _clock
 
         engine = self.engine
         deadline = _clock.monotonic() + timeout
@@ -114,7 +114,7 @@ def _native_sleep(seconds: float) -> None:
 
 @pytest.fixture
 def aion_engine(tmp_path: Any) -> Iterator["Engine"]:
-    from .engine import Engine
+    from aion_green.runtime.engine import Engine
 
     engine = Engine(f"sqlite:///{tmp_path / 'aion-test.db'}")
     try:
@@ -143,8 +143,8 @@ def check_replay(url: Optional[str] = None, workflow_ids: Optional[Sequence[str]
     runs and nothing is written. Returns how many histories were checked;
     raises :class:`ReplayMismatch` naming every run whose replay diverged
     (first divergence of each), or whose workflow type is not registered."""
-    from .engine import Engine
-    from .errors import AionError
+    from aion_green.core.errors import AionError
+    from aion_green.runtime.engine import Engine
 
     # Passive: it drives, claims and fires nothing; it takes no lock.
     engine = Engine(url, workflows=list(workflows), recover=False, passive=True)
@@ -186,8 +186,8 @@ def _replay_one(engine: "Engine", fn: Any, info: Any, history: list[Any]) -> Opt
     """Replay one history on the engine's hub. Whatever would act on the
     world (a step, a record, creating a child, sending a message, a cancel)
     is refused or skipped; the replay ends where the history ends."""
-    from .context import WorkflowContext
-    from .errors import NonDeterminismError
+    from aion_green.core.errors import NonDeterminismError
+    from aion_green.workflows.context import WorkflowContext
 
     recorded = history[:-1] if history and history[-1].type in _TERMINAL else history
 

@@ -34,8 +34,8 @@ from typing import Any, Callable, Generic, Optional, TypeVar
 from gevent.greenlet import Greenlet
 from greenlet import getcurrent
 
-from .errors import InternalError
-from .hub_thread import Future, HubThread, join_killed
+from aion_green.core.errors import InternalError
+from aion_green.hub_thread import Future, HubThread, join_killed
 
 log = logging.getLogger("aion_green.watchers")
 

@@ -17,7 +17,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from aion_green import events as ev  # noqa: E402
+from aion_green.core import events as ev  # noqa: E402
 from aion_green.store import Append, CreateRun, SQLiteStore  # noqa: E402
 
 

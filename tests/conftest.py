@@ -26,7 +26,7 @@ def pytest_report_header(config):
 def open_test_store(url):
     """A store over the same database as an engine of the test (SQLite or
     PostgreSQL), to read or prepare histories directly."""
-    from aion_green.engine import open_store
+    from aion_green.runtime.engine import open_store
 
     return open_store(url)
 
@@ -109,7 +109,7 @@ def wait_until(predicate, timeout=10.0, interval=0.01, what="the condition"):
     """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
     import time
 
-    from aion_green._clock import monotonic  # not frozen by freezegun
+    from aion_green.core.clock import monotonic  # not frozen by freezegun
 
     deadline = monotonic() + timeout
     while not predicate():

@@ -35,8 +35,8 @@ import time  # noqa: E402
 from gevent import monkey as _monkey  # noqa: E402
 
 import aion_green as aion  # noqa: E402
-from aion_green import replay as _replay  # noqa: E402
 from aion_green import store as _store  # noqa: E402
+from aion_green.workflows import replay as _replay  # noqa: E402
 
 WORKFLOW_TYPE = "crash_child.counting"
 _MODULUS = 2**61 - 1

@@ -8,8 +8,8 @@ import json
 import pytest
 from zope.interface.verify import verifyObject
 
-from aion_green import events as ev
-from aion_green.errors import (
+from aion_green.core import events as ev
+from aion_green.core.errors import (
     ConfigurationError,
     SequenceConflict,
     StoreError,

@@ -9,7 +9,7 @@ import pytest
 from conftest import SQLITE_ONLY, NativeGate, park_two_step_run, wait_until
 
 import aion_green as aion
-from aion_green import events as ev
+from aion_green.core import events as ev
 
 
 def identity(x):
@@ -68,7 +68,7 @@ def test_non_json_workflow_result_fails_the_run_clearly(make_engine):
 @SQLITE_ONLY
 def test_unknown_workflow_type_at_recovery_is_left_alone_with_a_clear_error(make_engine, caplog):
     park_two_step_run(make_engine, "tests.retired", "orphan")
-    from aion_green import registry
+    from aion_green.core import registry
 
     registry._DECORATED.pop("tests.retired")
     second = make_engine(echo)

@@ -7,7 +7,7 @@ from conftest import NativeGate, open_test_store, wait_until
 from freezegun import freeze_time
 
 import aion_green as aion
-from aion_green import events as ev
+from aion_green.core import events as ev
 
 
 def types(history):

@@ -8,9 +8,9 @@ import pytest
 from conftest import SQLITE_ONLY, NativeGate, open_test_store, stop_with_runs_parked, wait_until
 
 import aion_green as aion
-from aion_green import children as children_module
-from aion_green import events as ev
 from aion_green import store as store_module
+from aion_green.core import events as ev
+from aion_green.runtime import children as children_module
 
 
 def types(history):

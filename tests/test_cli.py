@@ -63,7 +63,7 @@ def test_looking_changes_nothing(tmp_path):
     import os
     import time
 
-    from aion_green import events as ev
+    from aion_green.core import events as ev
     from aion_green.store import Append
 
     path = tmp_path / "parked.db"

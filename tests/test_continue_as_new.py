@@ -9,7 +9,7 @@ import pytest
 from conftest import PATCHED, NativeGate, run_python, stop_with_runs_parked, wait_until
 
 import aion_green as aion
-from aion_green import events as ev
+from aion_green.core import events as ev
 
 
 def types(history):

@@ -5,7 +5,7 @@ import time
 from conftest import NativeGate, open_test_store, stop_with_runs_parked
 
 import aion_green as aion
-from aion_green import events as ev
+from aion_green.core import events as ev
 from aion_green.store import Append
 
 

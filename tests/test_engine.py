@@ -6,7 +6,7 @@ from conftest import SQLITE_ONLY, NativeGate, open_test_store, run_python, stop_
 from gevent import monkey
 
 import aion_green as aion
-from aion_green import events as ev
+from aion_green.core import events as ev
 
 native_ident = monkey.get_original("_thread", "get_ident")
 
@@ -365,7 +365,7 @@ def test_starting_an_unrunnable_run_again_with_its_workflow_resumes_it(make_engi
     first = make_engine(late)
     first.start(late, 4, id="late")
     stop_with_runs_parked(first, ["late"], gate)
-    from aion_green import registry
+    from aion_green.core import registry
 
     registry._DECORATED.pop("tests.late_registered")
     second = make_engine()

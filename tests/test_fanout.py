@@ -7,7 +7,7 @@ import pytest
 from conftest import NativeGate, open_test_store, stop_with_runs_parked, wait_until
 
 import aion_green as aion
-from aion_green import events as ev
+from aion_green.core import events as ev
 from aion_green.store import Append
 
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import SQLITE_ONLY, wait_until
 
 import aion_green as aion
-from aion_green import events as ev
+from aion_green.core import events as ev
 
 
 def work(tally, n):

@@ -12,7 +12,7 @@ import pytest
 from conftest import open_test_store
 
 import aion_green as aion
-from aion_green import events as ev
+from aion_green.core import events as ev
 from aion_green.store import Append
 
 HISTORIES = sorted(Path(__file__).with_name("histories").glob("*.json"))

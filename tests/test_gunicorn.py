@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT
 
 import aion_green as aion
-from aion_green import events as ev
+from aion_green.core import events as ev
 
 pytest.importorskip("flask", reason="the web extra is not installed: pip install -e '.[web]'")
 pytest.importorskip("gunicorn", reason="the web extra is not installed: pip install -e '.[web]'")

@@ -8,8 +8,8 @@ import pytest
 from conftest import NativeGate, open_test_store
 
 import aion_green as aion
-from aion_green import events as ev
-from aion_green._writer import StoreWriter
+from aion_green.core import events as ev
+from aion_green.runtime.writer import StoreWriter
 from aion_green.store import CreateRun
 
 _counts: dict = {}

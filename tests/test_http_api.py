@@ -13,7 +13,7 @@ import pytest
 from conftest import wait_until
 
 import aion_green as aion
-from aion_green import events as ev
+from aion_green.core import events as ev
 from aion_green.transport.client import Client
 from aion_green.transport.wsgi import WSGIApp
 

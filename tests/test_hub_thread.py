@@ -12,7 +12,7 @@ from conftest import PATCHED, ROOT, run_python
 from gevent import monkey
 from gevent.hub import Hub
 
-from aion_green.errors import EngineClosed
+from aion_green.core.errors import EngineClosed
 from aion_green.hub_thread import Future, HubThread
 
 native_ident = monkey.get_original("_thread", "get_ident")

@@ -13,7 +13,7 @@ from conftest import PATCHED, ROOT, open_test_store, run_python, wait_until
 from freezegun import freeze_time
 
 import aion_green as aion
-from aion_green import events as ev
+from aion_green.core import events as ev
 from aion_green.store import SQLiteStore
 
 

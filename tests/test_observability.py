@@ -7,7 +7,8 @@ import pytest
 from conftest import SQLITE_ONLY, park_two_step_run, wait_until
 
 import aion_green as aion
-from aion_green import logs, tracing
+from aion_green.core import logs
+from aion_green.runtime import tracing
 
 
 def identity(x):

@@ -13,7 +13,7 @@ from pathlib import Path
 from conftest import PATCHED, wait_until
 from crash_campaign import worker_env
 
-from aion_green import events as ev
+from aion_green.core import events as ev
 
 SCRIPT = Path(__file__).with_name("pg_engine.py")
 
@@ -48,7 +48,7 @@ def _stop(procs):
 
 
 def _store(url):
-    from aion_green.postgres import PostgresStore
+    from aion_green.stores.postgres.store import PostgresStore
 
     return PostgresStore(url)
 

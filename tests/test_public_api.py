@@ -24,7 +24,7 @@ def test_the_public_names_are_pinned_and_each_resolves():
     for name in PUBLIC:
         assert getattr(aion, name) is not None, name
     assert set(PUBLIC) <= set(dir(aion))
-    assert aion.Engine.__module__ == "aion_green.engine"
+    assert aion.Engine.__module__ == "aion_green.runtime.engine"
     assert aion.store.SQLiteStore is aion.SQLiteStore
     from aion_green.stores import open_store
 
@@ -41,8 +41,9 @@ def test_importing_the_http_client_loads_neither_the_engine_nor_a_store():
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('aion_green', 'sqlite3',"
         " 'psycopg', 'gevent', 'greenlet')))))\n").stdout
     loaded = set(json.loads(out.strip().splitlines()[-1]))
-    assert loaded.isdisjoint({"aion_green.engine", "aion_green.runs", "aion_green.hub_thread",
-                              "aion_green._sqlite", "aion_green.postgres", "sqlite3", "psycopg",
+    assert not any(m.startswith(("aion_green.runtime", "aion_green.stores", "aion_green.workflows"))
+                   for m in loaded), sorted(loaded)
+    assert loaded.isdisjoint({"aion_green.hub_thread", "aion_green.watchers", "sqlite3", "psycopg",
                               "gevent", "greenlet"}), sorted(loaded)
     assert "aion_green.transport.client" in loaded
 
@@ -51,7 +52,7 @@ def test_the_engine_loads_on_first_use_of_its_name():
     out = run_python(
         "import sys\n"
         "import aion_green as aion\n"
-        "print('aion_green.engine' in sys.modules)\n"
+        "print('aion_green.runtime.engine' in sys.modules)\n"
         "aion.Engine\n"
-        "print('aion_green.engine' in sys.modules)\n").stdout
+        "print('aion_green.runtime.engine' in sys.modules)\n").stdout
     assert out.split() == ["False", "True"]

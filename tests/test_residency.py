@@ -6,7 +6,7 @@ import pytest
 from conftest import SQLITE_ONLY, wait_until
 
 import aion_green as aion
-from aion_green import events as ev
+from aion_green.core import events as ev
 
 pytestmark = SQLITE_ONLY  # PostgreSQL caps what an engine leases instead
 

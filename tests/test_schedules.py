@@ -8,9 +8,9 @@ from conftest import open_test_store, wait_until
 from freezegun import freeze_time
 
 import aion_green as aion
-from aion_green import events as ev
-from aion_green import schedules
-from aion_green.triggers import Cron, Interval
+from aion_green.core import events as ev
+from aion_green.runtime import schedules
+from aion_green.runtime.triggers import Cron, Interval
 
 UTC = timezone.utc
 

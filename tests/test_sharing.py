@@ -13,7 +13,7 @@ import pytest
 from conftest import PATCHED, ROOT, SQLITE_ONLY, wait_until
 
 import aion_green as aion
-from aion_green import events as ev
+from aion_green.core import events as ev
 
 
 @aion.workflow(name="sharing.greet")

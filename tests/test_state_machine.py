@@ -51,10 +51,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import aion_green as aion
-from aion_green import _clock
-from aion_green import events as ev
-from aion_green.context import WorkflowContext
+from aion_green.core import clock as _clock
+from aion_green.core import events as ev
 from aion_green.testing import _native_sleep, _quiet
+from aion_green.workflows.context import WorkflowContext
 
 HOUR = 3600.0
 START = datetime(2031, 1, 1, tzinfo=timezone.utc)

@@ -15,7 +15,7 @@ import pytest
 from conftest import PATCHED, ROOT, NativeGate, wait_until
 
 import aion_green as aion
-from aion_green import events as ev
+from aion_green.core import events as ev
 
 
 def note(i, k):

@@ -12,7 +12,7 @@ import aion_green as aion
 class TestPostgresStoreContract(StoreContract):
     @pytest.fixture
     def store(self, pg_url):
-        from aion_green.postgres import PostgresStore
+        from aion_green.stores.postgres.store import PostgresStore
 
         store = PostgresStore(pg_url)
         yield store
@@ -20,7 +20,7 @@ class TestPostgresStoreContract(StoreContract):
 
 
 def test_stores_opened_at_the_same_moment_on_an_empty_schema_all_come_up(pg_url):
-    from aion_green.postgres import SCHEMA_VERSION, PostgresStore
+    from aion_green.stores.postgres.store import SCHEMA_VERSION, PostgresStore
 
     stores, errors = [], []
     gate = threading.Barrier(6)
@@ -95,7 +95,7 @@ def test_sessions_cut_under_load_reconnect_and_lose_nothing(pg_url, pg_bystander
     import time as _time
     import uuid
 
-    from aion_green import events as ev
+    from aion_green.core import events as ev
 
     def slow_step(i):
         _time.sleep(0.01)
@@ -166,7 +166,7 @@ def test_the_server_restarted_under_load_loses_nothing(pg_bystander):
 
     from conftest import private_postgres_or_skip
 
-    from aion_green import events as ev
+    from aion_green.core import events as ev
 
     def step(i):
         _time.sleep(0.01)

@@ -5,7 +5,7 @@ import pytest
 from store_contract import StoreContract
 
 import aion_green as aion
-from aion_green import events as ev
+from aion_green.core import events as ev
 from aion_green.store import Append, CreateRun, SQLiteStore, sqlite_path_from_url
 
 
@@ -124,7 +124,7 @@ def test_heads_a_store_remembers_are_checked_against_other_writers(tmp_path):
     stale expected_seq and accept the true head."""
     from store_contract import step_event
 
-    from aion_green.errors import SequenceConflict
+    from aion_green.core.errors import SequenceConflict
 
     path = str(tmp_path / "heads.db")
     mine, other = SQLiteStore(path), SQLiteStore(path)
@@ -162,8 +162,8 @@ def test_a_file_of_schema_4_is_upgraded_with_its_runs_and_their_heads(tmp_path):
     appends go on at the true head."""
     from store_contract import step_event
 
-    from aion_green._sqlite_schema import _MIGRATIONS
-    from aion_green.errors import SequenceConflict
+    from aion_green.core.errors import SequenceConflict
+    from aion_green.stores.sqlite.schema import _MIGRATIONS
 
     path = str(tmp_path / "v4.db")
     conn = sqlite3.connect(path, isolation_level=None)

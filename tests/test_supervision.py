@@ -8,7 +8,7 @@ import pytest
 from conftest import PATCHED, run_python, wait_until
 
 import aion_green as aion
-from aion_green import events as ev
+from aion_green.core import events as ev
 
 
 def incarnation(ctx):

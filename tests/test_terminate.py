@@ -10,7 +10,7 @@ from conftest import STORE, NativeGate, run_python, wait_until
 from test_http_api import call
 
 import aion_green as aion
-from aion_green import events as ev
+from aion_green.core import events as ev
 from aion_green.transport.wsgi import WSGIApp
 
 MARKS = []

@@ -13,7 +13,7 @@ from conftest import ROOT, SQLITE_ONLY, open_test_store, run_python, wait_until
 from freezegun import freeze_time
 
 import aion_green as aion
-from aion_green import events as ev
+from aion_green.core import events as ev
 from aion_green.store import SQLiteStore
 
 
@@ -145,7 +145,7 @@ def test_timers_of_an_unregistered_workflow_fire_and_wait_for_it(make_engine):
     first.start(later, id="later")
     wait_until(lambda: ev.TIMER_STARTED in types(first.history("later")))
     first.shutdown()
-    from aion_green import registry
+    from aion_green.core import registry
 
     registry._DECORATED.pop("tests.later")
     second = make_engine(step_workers=2)

@@ -3,7 +3,7 @@ the old code, decided by the record."""
 from conftest import NativeGate, stop_with_runs_parked
 
 import aion_green as aion
-from aion_green import events as ev
+from aion_green.core import events as ev
 
 
 def price(x):

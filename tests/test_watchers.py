@@ -12,7 +12,7 @@ from conftest import NativeGate, wait_until
 from gevent import monkey
 
 from aion_green import watchers
-from aion_green.errors import InternalError
+from aion_green.core.errors import InternalError
 from aion_green.hub_thread import Future, HubThread
 from aion_green.watchers import ChildTaskRegistry
 

@@ -12,10 +12,10 @@ def open_store(url: Optional[str], durable: bool = True, busy_timeout: float = 5
     """The store a URL names: ``None`` or ``sqlite:///...`` (SQLite), or
     ``postgresql://...`` (PostgreSQL, with the ``postgres`` extra)."""
     if url is not None and url.startswith(("postgres://", "postgresql://")):
-        from ..postgres import PostgresStore
+        from aion_green.stores.postgres.store import PostgresStore
 
         return PostgresStore(url, connect_timeout=busy_timeout)
-    from .._sqlite import SQLiteStore
-    from .._sqlite_schema import sqlite_path_from_url
+    from aion_green.stores.sqlite.schema import sqlite_path_from_url
+    from aion_green.stores.sqlite.store import SQLiteStore
 
     return SQLiteStore(sqlite_path_from_url(url), durable=durable, busy_timeout=busy_timeout)

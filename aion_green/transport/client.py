@@ -24,11 +24,11 @@ import time
 from typing import Any, Callable, Iterator, Optional, Union
 from urllib.parse import urlencode, urlsplit
 
-from .. import errors
-from ..events import TERMINAL_TYPES, Event
-from ..registry import workflow_name
-from ..store import RunInfo
-from .codec import ERRORS, event_from_json, run_from_json
+from aion_green.core import errors
+from aion_green.core.events import TERMINAL_TYPES, Event
+from aion_green.core.registry import workflow_name
+from aion_green.store import RunInfo
+from aion_green.transport.codec import ERRORS, event_from_json, run_from_json
 
 _FIRST_BACKOFF = 0.05
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import errors
-from ..events import Event
-from ..store import RunInfo
+from aion_green.core import errors
+from aion_green.core.events import Event
+from aion_green.store import RunInfo
 
 # code -> (HTTP status, the error class a client raises for it)
 ERRORS: dict[str, tuple[int, type[errors.AionError]]] = {

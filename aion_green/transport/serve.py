@@ -24,7 +24,7 @@ from typing import Any, Optional
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
-from .wsgi import WSGIApp
+from aion_green.transport.wsgi import WSGIApp
 
 
 class _Handler(WSGIHandler):

@@ -51,8 +51,8 @@ from urllib.parse import parse_qs, unquote_to_bytes
 import gevent
 from greenlet import getcurrent
 
-from .. import events as ev
-from ..errors import (
+from aion_green.core import events as ev
+from aion_green.core.errors import (
     AionError,
     EngineClosed,
     StoreUnavailable,
@@ -60,7 +60,7 @@ from ..errors import (
     WorkflowCancelled,
     WorkflowFailed,
 )
-from .codec import ERRORS, code_of, event_to_json, public_error, run_to_json
+from aion_green.transport.codec import ERRORS, code_of, event_to_json, public_error, run_to_json
 
 log = logging.getLogger("aion_green.transport")
 

@@ -1,0 +1,338 @@
+"""``aion-green`` command line (also ``python -m aion_green``).
+
+    aion-green [--db URL] worker MODULE [MODULE...] [--http HOST:PORT] [--token T]
+    aion-green [--db URL] start TYPE [ARG_JSON...] [--id ID] [--wait [--timeout S]]
+    aion-green [--db URL] signal ID NAME [PAYLOAD_JSON] [--key IDEMPOTENCY_KEY] [--timeout S]
+    aion-green [--db URL] cancel ID [--reason R] [--timeout S]
+    aion-green [--db URL] terminate ID [--reason R] [--timeout S]
+    aion-green [--db URL] query ID NAME [ARG_JSON...] [--timeout S]
+    aion-green [--db URL] result ID [--timeout S]
+    aion-green [--db URL] list [--status S] [--type T] [--limit N] [--after ID]
+    aion-green [--db URL] show ID [--run RUN_ID] [--follow [--timeout S]]
+    aion-green [--db URL] fork ID --from SEQ [--id NEW_ID] [--run RUN_ID] [--wait]
+    aion-green [--db URL] resume ID [--from SEQ] [--wait]
+
+``--db`` is a store URL (``sqlite:///path.db``, ``postgresql://...``;
+default ``$AION_GREEN_DB`` or ``./aion.db``) or the HTTP address of a worker
+started with ``--http`` (``http://HOST:PORT[/prefix]``, with ``--token`` or
+``$AION_GREEN_TOKEN``). Arguments, payloads and answers are JSON values:
+``5``, ``'"text"'``, ``'{"ok": true}'``. Every option may also come before
+the command: ``--db``, ``--token``, ``--json`` (one JSON document on stdout;
+errors also as ``{"error": TYPE, "message": ...}`` on stderr) and
+``--quiet`` (no progress on stderr).
+
+``worker`` imports the modules (their ``@aion.workflow`` functions are
+registered), drives runs until SIGTERM or SIGINT, then shuts down cleanly
+(the runs it drove resume in the next worker). With ``--http`` it serves the
+HTTP API (:mod:`aion_green.transport.wsgi`) too. Over a SQLite file a command
+is a client of the worker that drives the runs: ``start`` creates the run,
+``signal`` and ``cancel`` return once the worker recorded them (queued, if no
+worker drives the file now: recorded when one starts), ``result``,
+``start --wait`` and ``show --follow`` show the run's events as they are
+recorded. Only the live run answers a query, so ask through the worker's
+``--http`` address. ``list`` and ``show`` only look. ``fork`` starts a new
+workflow id that replays a run's events 2..SEQ and then runs on; ``resume``
+runs a failed or cancelled run again in place (its old run is archived),
+reusing its outcomes but what failed (:mod:`aion_green.rewind`); both work
+on the store URL, not through the HTTP API.
+
+Exit codes, the same for every command:
+
+====  ======================================================================
+0     success
+1     no workflow with that id
+2     bad usage or input (nothing was recorded), a damaged store, a type
+      the worker does not know, an id reused for other work
+3     the workflow failed or was cancelled (``result``, ``start --wait``,
+      ``show --follow``)
+4     timeout: no end, answer or record within ``--timeout`` (the run goes on)
+5     the run has finished: it takes no signal, cancel or query
+6     the query could not be answered (the handler raised, an unknown
+      name, or no live run here: use the worker's ``--http`` address)
+7     the store or the worker's HTTP API is unavailable: try again later
+130   interrupted (Ctrl-C)
+141   stdout was closed by its reader (``| head``), as for SIGPIPE
+====  ======================================================================
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Callable, NoReturn, Optional
+
+from aion_green.core import events as ev
+from aion_green.core.errors import (
+    AionError,
+    EngineClosed,
+    QueryFailed,
+    StoreUnavailable,
+    Timeout,
+    WorkflowCancelled,
+    WorkflowFailed,
+    WorkflowNotFound,
+    WorkflowNotRunning,
+)
+
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+EXIT_FAILED = 3
+EXIT_TIMEOUT = 4
+EXIT_NOT_RUNNING = 5
+EXIT_QUERY_FAILED = 6
+EXIT_UNAVAILABLE = 7
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+
+
+def exit_code(error: BaseException) -> int:
+    """The exit code of a command that ended with ``error``."""
+    if isinstance(error, WorkflowNotFound):
+        return EXIT_NOT_FOUND
+    if isinstance(error, WorkflowFailed):  # and WorkflowCancelled
+        return EXIT_FAILED
+    if isinstance(error, Timeout):
+        return EXIT_TIMEOUT
+    if isinstance(error, WorkflowNotRunning):
+        return EXIT_NOT_RUNNING
+    if isinstance(error, QueryFailed):
+        return EXIT_QUERY_FAILED
+    if isinstance(error, (StoreUnavailable, EngineClosed)):
+        return EXIT_UNAVAILABLE
+    if isinstance(error, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    return EXIT_USAGE
+
+
+class Output:
+    """Where a command writes: its result on stdout (text, or one JSON
+    document with ``--json``), progress and errors on stderr."""
+
+    def __init__(self, json_mode: bool = False, quiet: bool = False) -> None:
+        self.json = json_mode
+        self.quiet = quiet
+
+    def emit(self, doc: Any, text: Optional[str] = None) -> None:
+        """The command's result: ``doc`` with --json, else ``text`` (if any)."""
+        if self.json:
+            print(json.dumps(doc), flush=True)
+        elif text is not None:
+            print(text, flush=True)
+
+    def line(self, text: str) -> None:
+        """A line of the human output on stdout (nothing with --json)."""
+        if not self.json:
+            print(text, flush=True)
+
+    def progress(self, text: str) -> None:
+        if not (self.json or self.quiet):
+            print(text, file=sys.stderr, flush=True)
+
+    def error(self, kind: str, message: str) -> None:
+        if self.json:
+            print(json.dumps({"error": kind, "message": message}), file=sys.stderr, flush=True)
+        else:
+            print(f"aion-green: {message}", file=sys.stderr, flush=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    # With --json anywhere on the line, a usage error is a JSON object too.
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if self.json_errors:
+            Output(json_mode=True).error("UsageError", f"{self.prog}: {message}")
+            sys.exit(EXIT_USAGE)
+        super().error(message)
+
+
+def _common(parser: argparse.ArgumentParser, top: bool) -> None:
+    """The options every command takes, before or after its name (after it,
+    they default to "not given", so they never undo what came before)."""
+    dflt: Callable[[Any], Any] = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
+    parser.add_argument("--db", default=dflt(os.environ.get("AION_GREEN_DB")), metavar="URL",
+                        help="store URL, or a worker's http://HOST:PORT (default: ./aion.db)")
+    parser.add_argument("--token", default=dflt(os.environ.get("AION_GREEN_TOKEN")),
+                        help="bearer token of the HTTP API")
+    parser.add_argument("--json", action="store_true", default=dflt(False),
+                        help="print one JSON document on stdout")
+    parser.add_argument("-q", "--quiet", action="store_true", default=dflt(False),
+                        help="no progress on stderr")
+
+
+def _timeout(parser: argparse.ArgumentParser, default: Optional[float], what: str) -> None:
+    parser.add_argument("--timeout", type=_seconds, default=default, metavar="S",
+                        help=f"give up after S seconds ({what}; exit 4)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds >= 0")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: ask for at least 1")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="aion-green", description="Run workflows and look into an aion_green "
+                     "store.", epilog="exit codes: 0 ok, 1 not found, 2 bad usage or input, "
+                     "3 workflow failed or cancelled, 4 timeout, 5 run finished, 6 query failed, "
+                     "7 unavailable, 130 interrupted")
+    _common(parser, top=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help, description=help)
+        _common(cmd, top=False)
+        return cmd
+
+    worker = command("worker", "drive workflows until SIGTERM")
+    worker.add_argument("modules", nargs="+", metavar="MODULE", help="modules that define the workflows")
+    worker.add_argument("--http", metavar="HOST:PORT",
+                        help="also serve the HTTP API there (port 0: any free port)")
+    worker.add_argument("--http-connections", type=_positive, default=1000, metavar="N",
+                        help="serve at most N HTTP connections at once (default 1000)")
+    worker.add_argument("--http-read-timeout", type=_seconds, default=30.0, metavar="S",
+                        help="close an HTTP connection that sends nothing for S seconds "
+                             "(default 30; 0: never)")
+
+    start = command("start", "start a workflow run (idempotent by --id)")
+    start.add_argument("workflow_type", metavar="TYPE", help="the workflow's registered name")
+    start.add_argument("args", nargs="*", metavar="ARG_JSON", help="its arguments, each a JSON value")
+    start.add_argument("--id", dest="workflow_id", metavar="ID", help="the workflow id (default: a new uuid)")
+    start.add_argument("--wait", action="store_true",
+                       help="wait for the end, show the events as they are recorded, exit by outcome")
+    _timeout(start, None, "with --wait")
+
+    signal = command("signal", "send a message to a run")
+    signal.add_argument("workflow_id", metavar="ID")
+    signal.add_argument("name", metavar="NAME")
+    signal.add_argument("payload", nargs="?", metavar="PAYLOAD_JSON", help="a JSON value (default: null)")
+    signal.add_argument("--key", help="idempotency key: the same key is recorded once")
+    _timeout(signal, 30.0, "until the worker recorded it; default 30")
+
+    cancel = command("cancel", "ask a run to cancel")
+    cancel.add_argument("workflow_id", metavar="ID")
+    cancel.add_argument("--reason", default="")
+    _timeout(cancel, 30.0, "until the worker recorded it; default 30")
+
+    terminate = command("terminate", "end a run now, without cleanup (recorded as cancelled, "
+                        "error type Terminated); for a run that cannot end otherwise")
+    terminate.add_argument("workflow_id", metavar="ID")
+    terminate.add_argument("--reason", default="")
+    _timeout(terminate, 30.0, "until it is recorded; default 30")
+
+    query = command("query", "ask a live run (through the worker's HTTP API)")
+    query.add_argument("workflow_id", metavar="ID")
+    query.add_argument("name", metavar="NAME")
+    query.add_argument("args", nargs="*", metavar="ARG_JSON", help="the handler's arguments, JSON")
+    _timeout(query, 10.0, "default 10")
+
+    result = command("result", "wait for a run's end and print its result")
+    result.add_argument("workflow_id", metavar="ID")
+    _timeout(result, None, "default: wait for ever")
+
+    listing = command("list", "list workflow runs")
+    listing.add_argument("--status", choices=ev.STATUSES)
+    listing.add_argument("--type", dest="workflow_type")
+    listing.add_argument("--limit", type=_positive, default=100)
+    listing.add_argument("--after", metavar="ID", help="the page after this workflow id")
+
+    show = command("show", "a run's status and its history")
+    show.add_argument("workflow_id", metavar="ID")
+    show.add_argument("--run", dest="run_id", help="an earlier run (continued as new) of the id")
+    show.add_argument("--follow", action="store_true",
+                      help="then show events as they are recorded, until the end; exit by outcome")
+    _timeout(show, None, "with --follow")
+
+    fork = command("fork", "start a new workflow id that reuses a run's outcomes up to --from SEQ")
+    fork.add_argument("workflow_id", metavar="ID")
+    fork.add_argument("--from", dest="from_seq", type=_positive, required=True, metavar="SEQ",
+                      help="the last event copied (see `show ID`)")
+    fork.add_argument("--id", dest="new_id", metavar="NEW_ID",
+                      help="the new workflow id (default: ID/fork-<8 hex>)")
+    fork.add_argument("--run", dest="run_id", help="fork an earlier run (continued as new) of ID")
+    fork.add_argument("--wait", action="store_true", help="wait for the new run's end")
+    _timeout(fork, None, "with --wait")
+
+    resume = command("resume", "run a failed or cancelled run again in place, reusing its "
+                     "outcomes (by default all but what failed)")
+    resume.add_argument("workflow_id", metavar="ID")
+    resume.add_argument("--from", dest="from_seq", type=_positive, metavar="SEQ",
+                        help="the last event kept (default: before the failure)")
+    resume.add_argument("--wait", action="store_true", help="wait for the run's end")
+    _timeout(resume, None, "with --wait")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from aion_green.cli.ops import HANDLERS, Target
+    from aion_green.cli.worker import run_worker
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _Parser.json_errors = "--json" in argv
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse ends "start TYPE --id X 1 2" at the option; the JSON
+        # arguments after it belong to the command all the same.
+        if args.command not in ("start", "query") or any(_option_like(x) for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.args = list(args.args) + extra
+    out = Output(json_mode=args.json, quiet=args.quiet)
+    if args.command == "worker":
+        return run_worker(args, out)
+    target: Optional[Target] = None
+    try:
+        target = Target(args.db, args.token)
+        return int(HANDLERS[args.command](target, args, out))
+    except KeyboardInterrupt:
+        out.error("Interrupted", "interrupted; what was already recorded stays recorded")
+        return EXIT_INTERRUPTED
+    except AionError as exc:
+        out.error(type(exc).__name__, _message(exc))
+        return exit_code(exc)
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head`): stop quietly, as a
+        # Unix tool killed by SIGPIPE would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    finally:
+        if target is not None:
+            target.close()
+
+
+def _message(error: AionError) -> str:
+    if isinstance(error, WorkflowCancelled):
+        reason = error.error.get("reason") or error.message
+        return f"workflow {error.workflow_id!r} was cancelled" + (f": {reason}" if reason else "")
+    return str(error)
+
+
+def _option_like(text: str) -> bool:
+    if not text.startswith("-") or text == "-":
+        return False
+    try:
+        json.loads(text)  # a negative number is an argument
+        return False
+    except ValueError:
+        return True
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

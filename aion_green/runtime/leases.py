@@ -1,0 +1,175 @@
+"""Many engines over one PostgreSQL database: each run is owned by one
+engine at a time, under a lease.
+
+A run's row holds its ``owner`` (an engine's id), ``lease_until`` and a
+``fence``: a number drawn from a sequence each time a lease is granted.
+Every engine with workflows registered
+
+- owns the runs it starts (up to ``max_resident`` runs at once; past that a
+  new run is left for any engine to claim);
+- claims runnable runs (no owner, or a lease that ran out) of the types it
+  knows, with ``FOR UPDATE SKIP LOCKED``, so engines never claim the same
+  run, up to its resident cap, and drives each by replay;
+- renews the leases of the runs it drives every third of the lease, and
+  drops at once a run whose lease another engine took;
+- drains the inbox requests (signals, cancels) for the runs it owns.
+
+Every append names the fence its lease was granted under, and the store
+checks it in the same transaction: an engine that was paused or cut off
+past its lease, and comes back, has its next append refused with
+:class:`~aion_green.errors.FencedOut` and drops the run; the history holds
+nothing of it written after the takeover. When an engine dies, its leases
+run out and the others resume its runs by replay.
+
+Thread contract: every method here runs on the engine's hub thread, as
+greenlets (``_claim``, ``_heartbeat``) or from them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Optional
+
+import gevent
+import gevent.event
+from gevent import monkey
+
+from aion_green.core.errors import AionError, FencedOut
+from aion_green.core.registry import parameters_of
+
+log = logging.getLogger("aion_green.leases")
+
+_start_new_thread = monkey.get_original("_thread", "start_new_thread")
+_CLAIM_BUSY = 0.02
+_CLAIM_IDLE = 0.5
+
+
+class LeaseDriver:
+    """The lease half of the Engine (see the module docstring)."""
+
+    # Provided by Engine.
+    _hub: Any
+    _writer: Any
+    _store: Any
+    _runs: dict[str, Any]
+    _recorders: dict[str, Any]
+    _registry: Any
+    _timers: Any
+    engine_id: str
+    lease: float
+    max_resident: Optional[int]
+
+    def _spawn_run(self, wid: str, info: Any, recovering: bool = False, recorder: Any = None) -> None:
+        raise NotImplementedError
+
+    def _begin_leasing(self) -> None:
+        hub = self._hub
+        self._publish_types()
+        self._timers.store_sweep = False  # owners fire their runs' timers
+        self._start_listening()
+        hub.spawn(self._timers.run, name="aion-timers")
+        hub.spawn(self._claim, name="aion-claim")
+        hub.spawn(self._heartbeat, name="aion-heartbeat")
+        hub.spawn(self._drain, self.engine_id, name="aion-inbox")  # type: ignore[attr-defined]
+        hub.spawn(self._poll, name="aion-remote-results")  # type: ignore[attr-defined]
+
+    def _start_listening(self) -> None:
+        """Doorbells from the other engines: a native thread LISTENs on the
+        store's channel and rings this hub's bells (the loops poll anyway)."""
+        self._bells = {kind: gevent.event.Event() for kind in ("runs", "inbox", "ends")}
+        self._listening = True
+        hub, bells, store = self._hub, self._bells, self._store
+
+        def rang(kind: str) -> None:  # hub callback context
+            bell = bells.get(kind)
+            if bell is not None:
+                bell.set()
+
+        def on_bell(kind: str) -> None:  # the listener's thread
+            try:
+                hub.call_soon(rang, kind)
+            except Exception:  # noqa: BLE001 - the engine is closing; nothing to ring
+                pass
+
+        _start_new_thread(store.listen, (on_bell, lambda: not self._listening))
+
+    def _room(self) -> int:
+        cap = self.max_resident
+        return 500 if cap is None else max(0, min(500, cap - len(self._runs)))
+
+    def _claim(self) -> None:
+        """Claim and drive runnable runs of the types registered here."""
+        pause = _CLAIM_BUSY
+        while True:
+            room = self._room()
+            claimed = []
+            if room:
+                try:
+                    now = time.time()
+                    claimed = self._writer.call(
+                        self._store.claim_runs, self.engine_id, sorted(self._registry.names()),
+                        now + self.lease, now, room).result()
+                except AionError as exc:
+                    log.warning("claiming runs failed (%s); retrying", exc)
+            for info in claimed:
+                if info.workflow_id in self._runs:
+                    # Still driven here under an older lease that ran out
+                    # (a paused process, a clock that jumped) and came back
+                    # to us: go on under the new fence. Had another engine
+                    # written meanwhile, the next append's expected seq is
+                    # stale: SequenceConflict drops the run, which is then
+                    # driven anew from its history.
+                    recorder = self._recorders.get(info.workflow_id)
+                    if recorder is not None:
+                        recorder.fence = info.fence or None
+                    continue
+                self._spawn_run(info.workflow_id, info, recovering=True)
+            pause = _CLAIM_BUSY if claimed else min(pause * 2, _CLAIM_IDLE)
+            self._nap("runs", pause)  # type: ignore[attr-defined]
+
+    def _heartbeat(self) -> None:
+        """Renew this engine's leases; drop the runs whose lease was taken."""
+        while True:
+            gevent.sleep(self.lease / 3)
+            self._publish_types()
+            mine = [wid for wid, ctx in self._runs.items() if not isinstance(ctx, bool)]
+            if not mine:
+                continue
+            try:
+                kept = set(self._writer.call(self._store.renew_leases, self.engine_id, mine,
+                                             time.time() + self.lease).result())
+            except AionError as exc:
+                log.warning("renewing leases failed (%s); retrying", exc)
+                continue
+            for wid in mine:
+                ctx = self._runs.get(wid)
+                if wid not in kept and ctx is not None and not isinstance(ctx, bool):
+                    log.warning("run %r: its lease was taken by another engine; dropped here", wid)
+                    self._hub.call_soon(ctx._on_failed, FencedOut(
+                        f"the lease of {wid!r} was taken by another engine"))
+
+    def _publish_types(self) -> None:
+        """Hub thread: tell the other engines and the clients which types
+        this engine runs, for one lease (renewed with the leases)."""
+        registry = self._registry
+        types = {name: parameters_of(registry.find(name)) for name in sorted(registry.names())}
+        now = time.time()
+        try:
+            self._writer.call(self._store.publish_engine, self.engine_id, json.dumps(types),
+                              now + self.lease, now).result()
+        except AionError as exc:
+            log.warning("publishing this engine's workflow types failed (%s); retrying", exc)
+
+    def _stop_listening(self) -> None:
+        self._listening = False
+
+    def _release_leases(self) -> None:
+        """Caller's thread, at shutdown, once no run is driven here any more:
+        give every lease back (also one just claimed and not yet driven)."""
+        try:
+            self._writer.call(self._store.release_leases, self.engine_id).result(10)
+            self._writer.call(self._store.forget_engine, self.engine_id).result(10)
+        except Exception as exc:  # their leases run out instead
+            log.warning("leases not released at shutdown (%s); they run out in %.0f s",
+                        exc, self.lease)

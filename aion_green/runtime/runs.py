@@ -1,0 +1,552 @@
+"""Driving runs on the hub thread: spawning, replaying and ending them,
+delivering their records, and telling result waiters (creating runs and
+routing arrivals to them is :mod:`aion_green.routing`).
+
+Thread contract: every method runs only on the engine's hub thread, but
+``_unregister`` (any thread). :class:`RunDriver` is a part of
+:class:`~aion_green.engine.Engine`, split out because it is one concept: the
+life of a run inside an epoch.
+"""
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import functools
+import logging
+import time
+import traceback
+import uuid
+from typing import Any, Callable, Optional
+
+import gevent
+from gevent import GreenletExit, monkey
+
+from aion_green.core import events as ev
+from aion_green.core import logs
+from aion_green.core.errors import (
+    Cancelled,
+    EngineClosed,
+    InternalError,
+    NonDeterminismError,
+    SerializationError,
+    StepTimeout,
+    StoreError,
+    WorkflowCancelled,
+    WorkflowFailed,
+    WorkflowNotFound,
+    WorkflowNotRegistered,
+    error_message,
+)
+from aion_green.core.history import message_state, open_children, pending_timers
+from aion_green.hub_thread import Future
+from aion_green.runtime import tracing
+from aion_green.runtime.recorder import Recorder
+from aion_green.runtime.residency import RunEvicted
+from aion_green.runtime.routing import _Reroute
+from aion_green.runtime.termination import RunTerminated
+from aion_green.store import RunInfo
+from aion_green.workflows.context import ContinueAsNew, RunAborted, RunLost, WorkflowContext
+from aion_green.workflows.steps import Retry, StepInfo, attempt_event, error_data, failed_event
+
+log = logging.getLogger("aion_green.engine")
+_get_ident = monkey.get_original("_thread", "get_ident")
+
+
+def _ignore(*_: Any) -> None:
+    pass
+
+
+def outcome(workflow_id: str, info: RunInfo) -> Any:
+    """What ``result()`` gives for a finished run: its result, or the error
+    it ended with raised as :class:`WorkflowFailed` / :class:`WorkflowCancelled`."""
+    if info.status == ev.COMPLETED:
+        return info.result
+    error = info.error or {"type": info.status, "message": info.status}
+    if info.status == ev.CANCELLED:
+        raise WorkflowCancelled(workflow_id, error)
+    raise WorkflowFailed(workflow_id, error)
+
+
+def _closed_while_waiting() -> EngineClosed:
+    return EngineClosed("the engine shut down while waiting for the result; "
+                        "the run resumes when an engine starts over this store")
+
+
+class RunDriver:
+    """The hub-thread half of the Engine (see the module docstring)."""
+
+    # (hub, partial(hub.call_soon, self._deliver)) of the current epoch.
+    _deliver_soon: tuple[Any, Any] = (None, None)
+
+    # Provided by Engine.
+    _hub: Any
+    _writer: Any
+    _reader: Any
+    _store: Any
+    _steps: Any
+    _timers: Any
+    _registry: Any
+    _child_tasks: Any
+    _routing: Any
+    _recorders: dict[str, Recorder]
+    _runs: dict[str, Any]
+    _waiters: dict[str, builtins.list[Future]]
+    _recently_finished: Any
+    _early: dict[str, builtins.list[tuple[Any, ...]]]
+    _in_flight: dict[Any, tuple[float, int, Any]]
+    unrunnable: dict[str, str]
+    recover: bool
+    _leased: bool
+    driving: bool  # SharingDriver
+    engine_id: str
+    lease: float
+    max_resident: Optional[int]
+    resident_peak: int  # ResidencyDriver
+    _ensure_child: Callable[[tuple[str, str], dict[str, Any]], None]  # ChildDriver
+
+    def _store_name(self) -> str:
+        raise NotImplementedError
+
+    # -- hub thread only ---------------------------------------------------------------------
+    def _on_hub_start(self) -> None:
+        if self._hub.closing:  # type: ignore[attr-defined]
+            return
+        if self._passive:  # type: ignore[attr-defined]
+            # It drives nothing, but its result() waiters must hear of ends
+            # that other engines record (issue 16: they waited forever).
+            self._hub.spawn(self._poll, name="aion-passive-poll")  # type: ignore[attr-defined]
+            return
+        if self._leased:
+            self._hub.spawn(self._begin_leasing, name="aion-leases")  # type: ignore[attr-defined]
+        elif self.driving:  # type: ignore[attr-defined]
+            self._hub.spawn(self._begin_driving, name="aion-drive")  # type: ignore[attr-defined]
+        else:
+            self._hub.spawn(self._promote, name="aion-promote")  # type: ignore[attr-defined]
+            self._hub.spawn(self._poll, name="aion-client-poll")  # type: ignore[attr-defined]
+
+    def _run_step(self, recorder: Recorder, fn: Callable[..., Any], args: tuple[Any, ...],
+                  info: StepInfo, policy: Retry, timeout: Optional[float] = None) -> None:
+        """One live attempt: a pool thread runs it, builds its event and
+        hands it to the run's recorder; the run's greenlet wakes once the
+        record is durable (record before wake)."""
+        wid = info.workflow_id
+        ctx = None
+        if self._residency:  # type: ignore[attr-defined]
+            # The run stays in memory until this attempt's record is queued.
+            ctx = self._runs.get(wid)
+            self._step_started(ctx)  # type: ignore[attr-defined]
+        # The run span's context, handed over explicitly (tracing.py).
+        parent = None if tracing.tracer is None else getattr(self._runs.get(wid), "_trace", None)
+        # A partial, not a closure: thousands of attempts may be in flight,
+        # and each closure cell is one more object for the cyclic GC.
+        if timeout is None:
+            self._steps.submit(functools.partial(self._attempt, recorder, fn, args, info, policy,
+                                                 parent, ctx))
+        else:
+            self._steps.submit(functools.partial(self._attempt, recorder, fn, args, info, policy,
+                                                 parent, ctx, timeout))
+
+    def _attempt(self, recorder: Recorder, fn: Callable[..., Any], args: tuple[Any, ...],
+                 info: StepInfo, policy: Retry, parent: Any, ctx: Any,
+                 timeout: Optional[float] = None) -> None:
+        """Pool thread: run one attempt of a step and record it (unless its
+        timeout was recorded first: whoever takes it out of _in_flight
+        records)."""
+        hub = self._hub
+        in_flight = self._in_flight
+        ident = _get_ident()
+        in_flight[info] = (time.time(), ident, self._steps._current.get(ident))
+        if timeout is not None:
+            hub.call_soon(self._arm_step_timeout, recorder, info, policy, timeout)
+        try:
+            if parent is None:
+                event = attempt_event(fn, args, info, policy)
+            else:
+                event = tracing.attempt(fn, args, info, policy, parent)
+            if in_flight.pop(info, None) is not None:
+                recorder.submit_events([event])
+            else:
+                log.warning("workflow %r: step %d (%s) attempt %d returned after its timeout "
+                            "was recorded; its outcome is dropped", info.workflow_id, info.step,
+                            info.name, info.attempt)
+        except BaseException as exc:
+            in_flight.pop(info, None)
+            hub.call_soon(self._deliver, info.workflow_id, [], None, exc)
+        finally:
+            if ctx is not None:
+                hub.call_soon(self._step_handed_over, ctx)  # type: ignore[attr-defined]
+
+    def _arm_step_timeout(self, recorder: Recorder, info: StepInfo, policy: Retry,
+                          timeout: float) -> None:
+        """Hub thread: fail the attempt ``info`` if it is still running in
+        ``timeout`` seconds. (A loop timer, not durable time: an attempt
+        does not outlive its epoch.)"""
+        if info not in self._in_flight:
+            return  # it returned already
+        timer = self._hub._hub.loop.timer(timeout)
+        timer.start(self._step_timed_out, recorder, info, policy, timeout, timer)
+
+    def _step_timed_out(self, recorder: Recorder, info: StepInfo, policy: Retry, timeout: float,
+                        timer: Any) -> None:
+        timer.close()
+        began = self._in_flight.pop(info, None)
+        if began is None:
+            return  # it returned in time
+        self._steps.detach(began[1], began[2])  # the pool starts another thread for the waiting work
+        error = StepTimeout(
+            f"step {info.step} ({info.name}) of workflow {info.workflow_id!r}, attempt "
+            f"{info.attempt}, did not return within {timeout:g} s; it is recorded as failed "
+            "(whatever it returns later is dropped)")
+        recorder.submit_events([failed_event(info, policy, error_data(error),
+                                             policy.is_retryable(error))])
+
+    def _new_recorder(self, wid: str, fence: Optional[int] = None) -> Recorder:
+        # on_done(events, head, error) runs _deliver(wid, events, head, error)
+        # on the hub thread; a partial, so the writer runs no Python frame
+        # of ours for it.
+        hub = self._hub
+        if self._deliver_soon[0] is not hub:  # bound once per epoch: two objects per run, not four
+            self._deliver_soon = (hub, functools.partial(hub.call_soon, self._deliver))
+        return Recorder(wid, self._writer, functools.partial(self._deliver_soon[1], wid), fence)
+
+    def _deliver(self, wid: str, events: builtins.list[ev.NewEvent], head: Optional[int],
+                 error: Optional[BaseException]) -> None:
+        """Hub thread: the outcome of an append to a live run."""
+        ctx = self._runs.get(wid)
+        if not isinstance(ctx, WorkflowContext):
+            if wid in self._recorders:
+                # Starting here: a run created by start() records (a signal,
+                # say) before its greenlet built its context. Keep the outcome
+                # for the context, in order.
+                self._early.setdefault(wid, []).append((events, head, error))
+            return  # else the run ended (or its greenlet was killed) meanwhile
+        if error is not None or head is None:
+            ctx._on_failed(error or InternalError("an append completed without a head"))
+            return
+        if len(events) == 1:  # the hot path (a step's record): ctx._on_recorded, inlined
+            (e,) = events
+            ctx._cursor.add_one(ev.Event(head, e.type, e.at, e.data))
+            if ctx._parked:
+                ctx._parked = False
+                ctx._bell.switch(None)
+            return
+        first = head - len(events) + 1
+        ctx._on_recorded([ev.Event(first + i, e.type, e.at, e.data) for i, e in enumerate(events)])
+
+    def _recover(self) -> None:
+        after: Optional[str] = None
+        resumed = 0
+        while True:
+            page = self._reader.call(
+                self._reader.store.list_runs, ev.RUNNING, None, 500, after  # type: ignore[union-attr]
+            ).result()
+            for info in page:
+                wid = info.workflow_id
+                if (wid not in self._runs and wid not in self.unrunnable
+                        and not self._absent_here(wid)):  # type: ignore[attr-defined]
+                    self._spawn_run(wid, info, recovering=True)
+                    resumed += 1
+            if len(page) < 500:
+                break
+            after = page[-1].workflow_id
+            # Over a residency cap, read on only as the queue of runs
+            # waiting for a place drains (it holds their state).
+            while (self.max_resident is not None and not self._hub.closing
+                   and len(self._admission) > self.max_resident):  # type: ignore[attr-defined]
+                gevent.sleep(0.05)
+        if resumed:
+            log.info("recovery: resuming %d unfinished run(s)", resumed,
+                     extra={"aion_event": "recovery", "aion_resumed": resumed})
+
+    def _spawn_run(self, wid: str, info: RunInfo, recovering: bool = False,
+                   recorder: Optional[Recorder] = None) -> None:
+        """Drive a run here. ``recorder`` comes from start() for a run just
+        created (registered and initialised there); otherwise one is
+        registered now and initialised from the history read after it."""
+        if wid in self._runs or self._hub is None or self._hub.closing:
+            if recorder is not None and wid not in self._runs:
+                self._early.pop(wid, None)
+                self._unregister(wid, recorder)
+            return
+        if recorder is None and wid in self._recorders:
+            # start() created this run, and its own spawn (with the recorder
+            # it registered first) is on its way here: a recovery pass or a
+            # second start() that found the run unfinished in the store must
+            # leave it to that spawn. Driven from here too, it could end
+            # before that spawn arrives, which then drove it again from seq 1
+            # (a step ran twice, and result() waited forever; found by
+            # tests/test_state_machine.py).
+            return
+        if self._full():  # type: ignore[attr-defined]
+            self._queue_run(wid, info, recovering, recorder)  # type: ignore[attr-defined]
+            return
+        recovering = recovering or info.head_seq > 1 or recorder is None
+        try:
+            fn = self._registry.get(info.workflow_type)
+        except WorkflowNotRegistered as exc:
+            message = f"cannot resume workflow {wid!r}: {exc}; the run is left as it is"
+            self.unrunnable[wid] = message
+            log.error(message, extra=logs.run_problem(
+                wid, "run.unrunnable", aion_workflow_type=info.workflow_type))
+            if recorder is not None:
+                self._unregister(wid, recorder)
+            self._on_run_gone()  # type: ignore[attr-defined]
+            self._hub.spawn(self._end_if_cancel_recorded, wid)  # type: ignore[attr-defined]
+            return
+        self._runs[wid] = True
+        if self._residency and len(self._runs) > self.resident_peak:  # type: ignore[attr-defined]
+            self.resident_peak = len(self._runs)
+        self.unrunnable.pop(wid, None)
+        # A resumed id (rewind.py): the end of its old run is not its result.
+        self._recently_finished.pop(wid, None)
+        if recorder is None:
+            recorder = self._new_recorder(wid, info.fence or None)
+            with self._routing:
+                self._recorders[wid] = recorder
+        self._hub.spawn(self._drive, wid, fn, info, recovering, recorder, name=f"run:{wid}")
+
+    def _unregister(self, wid: str, recorder: Recorder) -> None:
+        """Any thread: drop a recorder; messages it buffered are routed anew."""
+        with self._routing:
+            if self._recorders.get(wid) is recorder:
+                del self._recorders[wid]
+        recorder.abandon(_Reroute())
+
+    def _register_waiter(self, wid: str, future: Future) -> None:
+        finished = self._recently_finished.get(wid)
+        if finished is not None:
+            future.set_result(finished)
+            return
+        if self._hub.closing or wid in self._unreadable:  # type: ignore[attr-defined]
+            future.set_exception(self._unreadable.get(wid)  # type: ignore[attr-defined]
+                                 or _closed_while_waiting())
+            return
+        self._waiters.setdefault(wid, []).append(future)
+        if wid not in self._runs:
+            self._hub.spawn(self._check_finished, wid)
+
+    def _drop_waiter(self, wid: str, future: Future) -> None:
+        """A result() wait timed out: forget its future."""
+        futures = self._waiters.get(wid)
+        if futures is not None:
+            try:
+                futures.remove(future)
+            except ValueError:
+                pass
+            if not futures:
+                del self._waiters[wid]
+
+    def _check_finished(self, wid: str) -> None:
+        try:
+            info = self._reader.call(self._reader.store.get_run, wid).result()
+        except Exception as exc:
+            self._fail_waiters(wid, exc)
+            return
+        if info is None:
+            self._fail_waiters(wid, WorkflowNotFound(f"no workflow with id {wid!r} in {self._store_name()}"))
+        elif info.finished:
+            self._complete_waiters(wid, info)
+
+    def _complete_waiters(self, wid: str, info: RunInfo) -> None:
+        cache = self._recently_finished
+        cache[wid] = info
+        if len(cache) > 10_000:
+            cache.popitem(last=False)
+        for future in self._waiters.pop(wid, ()):
+            future.set_result(info)
+
+    def _fail_waiters(self, wid: str, error: BaseException) -> None:
+        for future in self._waiters.pop(wid, ()):
+            future.set_exception(error)
+
+    def _drive(self, wid: str, fn: Callable[..., Any], info: RunInfo, recovering: bool,
+               recorder: Recorder) -> None:
+        """The run's greenlet: replay, then live until the workflow ends."""
+        evicted = False
+        # How this greenlet lets go of the run, for its log and span (logs.py).
+        began: Optional[WorkflowContext] = None
+        span, final, outcome = None, None, "interrupted"
+        try:
+            if recovering or info.head_seq > 1:
+                history = self._writer.call(self._store.read, wid).result()  # type: ignore[union-attr]
+            else:
+                history = [ev.Event(1, ev.WORKFLOW_STARTED, info.created_at, {
+                    "workflow_type": info.workflow_type, "run_id": info.run_id, "args": info.args})]
+            if history and history[-1].type in ev.TERMINAL_TYPES:
+                final = self._writer.call(self._store.get_run, wid).result()  # type: ignore[union-attr]
+                self._complete_waiters(wid, final)
+                return
+            # No switch between these lines: the first outcome delivered for
+            # this run finds its context in place.
+            if recovering:
+                recorder.init(history[-1].seq, *message_state(history))
+            ctx = WorkflowContext(self, wid, info.run_id, info.workflow_type, history,  # type: ignore[arg-type]
+                                  recorder)
+            self._runs[wid] = ctx
+            ctx._greenlet = gevent.getcurrent()
+            for early in self._early.pop(wid, ()):
+                self._deliver(wid, *early)
+            for key, fire_at in pending_timers(history).items():
+                ctx._timers[key] = fire_at
+                self._timers.add(fire_at, wid, key)
+            if recovering:
+                # The sweep: every child this run started and whose end is
+                # not recorded gets (again) created if missing, and watched.
+                for child in open_children(history):
+                    self._ensure_child((wid, info.run_id), child)
+            # Recovery may pick up a run that start() just created: with
+            # nothing but its WorkflowStarted, it is started, not resumed.
+            began, replayed = ctx, len(history) if recovering and len(history) > 1 else 0
+            del history  # the cursor holds the events; this frame lives as long as the run
+            logs.run_began(ctx, replayed)
+            if tracing.tracer is not None:
+                span = tracing.start_run(ctx, replayed)
+            final = self._execute(ctx, fn, info)
+            outcome = "ended"
+            if final is not None and final.status == ev.CONTINUED:
+                # The store began the next run in the same commit; drive it
+                # once this greenlet has let go of the id.
+                self._hub.call_soon(self._spawn_run, wid, dataclasses.replace(final, status=ev.RUNNING))
+            elif final is not None:
+                self._complete_waiters(wid, final)
+        except GreenletExit:
+            raise
+        except RunEvicted:
+            evicted, outcome = True, "evicted"
+            self._on_evicted(info)  # type: ignore[attr-defined]
+        except RunTerminated:
+            outcome = "terminated"  # the engine records its end (termination.py)
+        except RunLost as exc:
+            outcome = "dropped"
+            log.warning("run %r dropped: %s", wid, exc,
+                        extra=logs.run_problem(wid, "run.dropped", began, exc))
+            if self._leased:
+                # Whoever writes it now (or a replay here) may take it at once,
+                # without waiting for the lease to run out.
+                # (No closure: its cells would live in this frame as long as the run.)
+                self._writer.submit_call(
+                    functools.partial(self._store.release_leases, self.engine_id, [wid]),  # type: ignore[union-attr]
+                    _ignore)
+            elif wid in self._waiters:
+                # Ended by another process (terminate.py): tell the waiters here.
+                self._hub.spawn(self._check_finished, wid)
+        except RunAborted as exc:
+            outcome = "aborted"
+            log.error("run %r stopped: the store refused a record (%s); it stays unfinished "
+                      "and resumes when an engine starts over a healthy store", wid, exc.error,
+                      extra=logs.run_problem(wid, "run.aborted", began, exc.error))
+            self._fail_waiters(wid, exc.error)
+        except StoreError as exc:
+            # Its history could not be read (a damaged record, say): left as
+            # it is, never written over, its waiters told; the others go on.
+            outcome = "aborted"
+            self.unrunnable[wid] = message = f"cannot drive workflow {wid!r}: {exc}"
+            self._unreadable[wid] = exc  # type: ignore[attr-defined]
+            log.error("%s; it is left as it is", message,
+                      extra=logs.run_problem(wid, "run.aborted", began, exc))
+            self._fail_waiters(wid, exc)
+        except Exception as exc:
+            outcome = "crashed"
+            log.exception("run %r: the engine failed to drive it; this is a bug in aion_green", wid,
+                          extra=logs.run_problem(wid, "run.crashed", began, exc))
+        finally:
+            if began is not None:
+                logs.run_left(began, outcome, final)
+            if span is not None:
+                tracing.end_run(span, outcome, final, self)
+            self._runs.pop(wid, None)
+            self._early.pop(wid, None)
+            self._unregister(wid, recorder)
+            if not evicted:  # an evicted run's children are watched on
+                self._child_tasks.abort_watches_for_parent((wid, info.run_id))
+            self._on_run_gone()  # type: ignore[attr-defined]
+
+    def _execute(self, ctx: WorkflowContext, fn: Callable[..., Any], info: RunInfo) -> Optional[RunInfo]:
+        wid = ctx.workflow_id
+        # From the run's own WorkflowStarted: a run that continued as new
+        # got its own arguments (the store's RunInfo keeps the first run's).
+        args = ctx._cursor.event(1).data.get("args", info.args)
+        data: dict[str, Any]
+        try:
+            try:
+                # (Without *args when there are none: that tuple would live
+                # as long as the run.)
+                result = fn(ctx, *args) if args else fn(ctx)
+            except ContinueAsNew:
+                ctx._finish_check("the workflow to continue as new")
+                raise
+            except GreenletExit as exc:
+                if self._hub.closing:
+                    raise  # the epoch ends: this run resumes in the next one
+                # Only shutdown kills a run's greenlet, so this is the body's
+                # own: as a kill it left the run running, and each replay
+                # raised it again, forever (issue 16).
+                ctx._finish_check("the workflow to raise GreenletExit")
+                raise _BodyRaisedGreenletExit(exc) from None
+            except (RunLost, RunAborted, RunEvicted, Cancelled):
+                raise
+            except NonDeterminismError:
+                raise
+            except Exception as exc:
+                ctx._finish_check(f"the workflow to raise {type(exc).__name__}")
+                raise
+            ctx._finish_check("the workflow to return")
+            result, result_text = ev.encode_decoded(result, f"the result of workflow {wid!r}")
+            event_type, data, status = ev.WORKFLOW_COMPLETED, {"result": result}, ev.COMPLETED
+        except (GreenletExit, RunLost, RunAborted, RunEvicted):
+            raise
+        except ContinueAsNew as cont:
+            event_type, status, result = ev.WORKFLOW_CONTINUED_AS_NEW, ev.CONTINUED, None
+            data = {"args": cont.args_value, "run_id": uuid.uuid4().hex,
+                    "generation": ctx.generation + 1}
+        except Cancelled as cancelled:
+            event_type, status, result = ev.WORKFLOW_CANCELLED, ev.CANCELLED, None
+            data = {"error": {"type": "Cancelled", "message": cancelled.reason or "cancelled",
+                              "reason": cancelled.reason}}
+        except BaseException as raised:
+            if isinstance(raised, _BodyRaisedGreenletExit):
+                raised = raised.original
+            failure: BaseException = ctx._divergence or raised
+            error = error_data(failure)
+            if isinstance(failure, NonDeterminismError):
+                error.update(kind="nondeterminism", seq=failure.seq,
+                             expected=failure.expected, found=failure.found)
+            elif isinstance(failure, SerializationError):
+                error["kind"] = "serialization"
+            if not isinstance(failure, NonDeterminismError):
+                error["traceback"] = _traceback_text(failure)
+            event_type, data, status, result = ev.WORKFLOW_FAILED, {"error": error}, ev.FAILED, None
+        end = ctx._record(ev.completed(time.time(), result, result_text)
+                          if status == ev.COMPLETED else ev.NewEvent(event_type, time.time(), data),
+                          final=True)
+        if status == ev.CONTINUED:
+            # Not this run's end: the next run, as the store began it
+            # (marked "continued" for _drive, which starts driving it).
+            return RunInfo(wid, data["run_id"], info.workflow_type, status, data["args"],
+                           None, None, 1, end.at, end.at)
+        return RunInfo(wid, info.run_id, info.workflow_type, status, info.args,
+                       result, data.get("error"), end.seq, info.created_at, end.at)
+
+
+
+
+class _BodyRaisedGreenletExit(Exception):
+    """A workflow body raised GreenletExit itself (not a kill): carried to
+    the run's failure past the handlers that let a real kill through."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__("GreenletExit")
+        self.original = original
+
+
+def _traceback_text(failure: BaseException) -> str:
+    """The last frames of a failure's traceback for its WorkflowFailed
+    record; its message line from :func:`error_message`, as the user's
+    ``__str__`` may raise."""
+    try:
+        lines = traceback.format_exception(failure)
+    except BaseException:  # noqa: B036 - any raise from user code while formatting
+        frames = traceback.format_tb(failure.__traceback__)
+        lines = ["Traceback (most recent call last):\n", *frames,
+                 f"{type(failure).__name__}: {error_message(failure)}\n"]
+    return "".join(lines[-8:])

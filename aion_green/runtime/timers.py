@@ -1,0 +1,98 @@
+"""The durable timer service.
+
+Deadlines are wall-clock values (``time.time()``) recorded in history and in
+the store's timer table. Due-ness is always decided from ``time.time()``
+against the stored deadline, never from a gevent timer's expiry: gevent
+timers ignore freezegun, and freezegun ignores gevent timers. The service
+naps at most ``nap`` seconds (or until the next deadline) and wakes at once
+when poked, so a test that moves a frozen clock and pokes fires at once.
+
+Thread contract: :meth:`TimerService.poke` may be called from any thread;
+everything else runs on the engine's hub thread.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import gevent.event
+
+if TYPE_CHECKING:  # pragma: no cover
+    from aion_green.runtime.engine import Engine
+
+log = logging.getLogger("aion_green.timers")
+
+
+class TimerService:
+    """Fires due timers: of live runs through their recorder, of runs that
+    no greenlet drives here through the store (``fire_timer``)."""
+
+    def __init__(self, engine: "Engine", nap: float = 1.0, sweep_every: float = 5.0) -> None:
+        self._engine = engine
+        self.nap = nap
+        self.sweep_every = sweep_every
+        # (fire_at, tie-breaker, workflow id, timer key) of live runs' timers.
+        # Invariant: an entry may be stale (fired or cancelled meanwhile);
+        # the run's context decides when it pops.
+        self._heap: list[tuple[float, int, str, str]] = []
+        self._ties = itertools.count()
+        self._wake = gevent.event.Event()
+        self._sweep_now = False
+        # False where runs are leased: each run's owner fires its timers.
+        self.store_sweep = True
+
+    # any thread ---------------------------------------------------------------------------
+    def poke(self) -> None:
+        """Re-check due timers now, in memory and in the store (after moving
+        a test clock, say)."""
+        self._engine._hub.call_soon(self._poked)
+
+    def _poked(self) -> None:
+        self._sweep_now = True
+        self._wake.set()
+
+    # hub thread -----------------------------------------------------------------------------
+    def add(self, fire_at: float, workflow_id: str, key: str) -> None:
+        heap = self._heap
+        if not heap or fire_at < heap[0][0]:
+            self._wake.set()  # earlier than the current nap's end
+        heapq.heappush(heap, (fire_at, next(self._ties), workflow_id, key))
+
+    def run(self) -> None:
+        """The service's greenlet."""
+        engine = self._engine
+        next_sweep = 0.0
+        while True:
+            now = time.time()
+            heap = self._heap
+            while heap and heap[0][0] <= now:
+                _, _, wid, key = heapq.heappop(heap)
+                ctx = engine._runs.get(wid)
+                if ctx is not None and not isinstance(ctx, bool):
+                    ctx._timer_due(key, now)
+                elif ctx is None and engine._residency:
+                    engine._wake(wid)  # evicted: replayed, it fires the timer itself
+            if self.store_sweep and (now >= next_sweep or self._sweep_now):
+                self._sweep_now = False
+                next_sweep = now + self.sweep_every
+                self._sweep_store(now)
+            wait = self.nap if not heap else min(max(heap[0][0] - now, 0.0), self.nap)
+            self._wake.clear()
+            self._wake.wait(wait)
+
+    def _sweep_store(self, now: float) -> None:
+        """Fire due timers of runs that no greenlet drives here (say their
+        workflow type is not registered): the record waits for them."""
+        engine = self._engine
+        try:
+            due = engine._reader.call(engine._reader.store.due_timers, now).result()
+        except Exception as exc:
+            log.warning("timer sweep could not read the store: %s", exc)
+            return
+        for wid, key, _fire_at in due:
+            if wid in engine._runs or engine._absent_here(wid):
+                continue  # live, or this engine's out of memory: its context fires it
+            engine._writer.call(engine._store.fire_timer, wid, key, time.time())

@@ -1,0 +1,117 @@
+"""The PostgreSQL store's schema (versioned migrations, applied under an
+advisory lock), its advisory lock keys, and the translation of psycopg's
+errors into the store errors the engine handles."""
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+from aion_green.core.errors import StoreError, StoreUnavailable
+from aion_green.store import RunInfo
+
+try:  # an optional dependency: pip install 'aion-green[postgres]'
+    import psycopg
+except ImportError:  # pragma: no cover - exercised when psycopg is absent
+    psycopg = None  # type: ignore[assignment]
+
+# Keys of the advisory locks (any two constants that no other use shares).
+_MIGRATION_LOCK = 0x61696F6E_6D696772  # "aionmigr"
+_DRIVER_LOCK = 0x61696F6E_64726976  # "aiondriv"
+
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE aion_runs(
+            workflow_id TEXT PRIMARY KEY,
+            mark BIGSERIAL UNIQUE,
+            run_id TEXT NOT NULL,
+            workflow_type TEXT NOT NULL,
+            status TEXT NOT NULL,
+            args TEXT NOT NULL,
+            result TEXT,
+            error TEXT,
+            head_seq INTEGER NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX aion_runs_by_status ON aion_runs(status, workflow_type, workflow_id)",
+        """CREATE TABLE aion_events(
+            workflow_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL,
+            data TEXT NOT NULL,
+            PRIMARY KEY (workflow_id, seq))""",
+        """CREATE TABLE aion_timers(
+            workflow_id TEXT NOT NULL,
+            timer_key TEXT NOT NULL,
+            fire_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (workflow_id, timer_key))""",
+        "CREATE INDEX aion_timers_by_deadline ON aion_timers(fire_at)",
+        """CREATE TABLE aion_archived_events(
+            workflow_id TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL,
+            data TEXT NOT NULL,
+            PRIMARY KEY (workflow_id, run_id, seq))""",
+        """CREATE TABLE aion_inbox(
+            id BIGSERIAL PRIMARY KEY,
+            workflow_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            data TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL)""",
+    ),
+    (
+        # Leases: each running run is owned by one engine until lease_until;
+        # fence grows with every grant, and every append names the fence it
+        # was granted under.
+        "ALTER TABLE aion_runs ADD COLUMN owner TEXT, "
+        "ADD COLUMN lease_until DOUBLE PRECISION NOT NULL DEFAULT 0, "
+        "ADD COLUMN fence BIGINT NOT NULL DEFAULT 0",
+        "CREATE SEQUENCE aion_fence_seq",
+        "CREATE INDEX aion_runs_claimable ON aion_runs(status, lease_until) WHERE status = 'running'",
+    ),
+    (
+        # The engines at work and the workflow types each runs (with their
+        # parameters), renewed with their leases: a client refuses to start
+        # a type no live engine knows, and describe() says why a run of one
+        # is not running (issue 16: such runs stayed running for ever).
+        """CREATE TABLE aion_engines(
+            engine_id TEXT PRIMARY KEY,
+            workflow_types TEXT NOT NULL,
+            seen_until DOUBLE PRECISION NOT NULL)""",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+_RUN_COLUMNS = ("workflow_id, run_id, workflow_type, status, args, result, error, head_seq, "
+                "created_at, updated_at, fence")
+
+
+def _translate(exc: BaseException, where: str) -> StoreError:
+    if psycopg is not None and isinstance(exc, psycopg.OperationalError):
+        return StoreUnavailable(f"the PostgreSQL database at {where} cannot be reached or refused "
+                                f"the write ({exc}); nothing of this call was recorded: retry")
+    return StoreError(f"PostgreSQL error at {where}: {exc}")
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages: neither ``user:password@``
+    nor ``?password=`` (libpq takes both; the second leaked into 404 bodies
+    and the worker's banner: issue 16)."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        auth, host = rest.rsplit("@", 1)
+        url = f"{scheme}://{auth.split(':', 1)[0]}@{host}"
+    if "?" in url:
+        base, _, query = url.partition("?")
+        kept = [p for p in query.split("&") if "password" not in p.partition("=")[0].lower()]
+        url = base + ("?" + "&".join(kept) if kept else "")
+    return url
+
+
+
+def _run_info(row: Sequence[Any]) -> RunInfo:
+    wid, run_id, wtype, status, args, result, error, head, created, updated, fence = row
+    return RunInfo(wid, run_id, wtype, status, json.loads(args),
+                   None if result is None else json.loads(result),
+                   None if error is None else json.loads(error), head, created, updated, int(fence))

@@ -1,0 +1,621 @@
+"""The PostgreSQL store: the same contract as SQLite, for many processes on
+many machines over one database (``aion.Engine("postgresql://...")``).
+
+Implements :class:`~aion_green.store.IEventStore`; the conformance suite
+(``tests/store_contract.py``) runs against a real server.
+
+- Schema: versioned migrations under a transaction-level advisory lock, so
+  engines starting at the same moment against an empty database all come
+  up (one migrates, the others find it done).
+- Connections: one per store instance. The engine uses each store from one
+  native thread (its writer, its reader), so two connections per engine
+  serve it; psycopg's blocking calls run there, never on the hub thread, in
+  a patched process or not. A connection lost (server restart) is opened
+  again on the next call; the call that saw it fails with
+  :class:`~aion_green.errors.StoreUnavailable`, which the engine retries.
+- The driver lock (see :mod:`aion_green.sharing`) is a session advisory
+  lock held on the writer's own connection: the engine that drives is the
+  one whose writes go through the session holding it.
+
+Thread contract: a PostgresStore is used by one thread at a time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import zlib
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
+
+from zope.interface import implementer
+
+from aion_green.core import events as ev
+from aion_green.core.errors import (
+    ConfigurationError,
+    FencedOut,
+    StoreError,
+    WorkflowIdConflict,
+    WorkflowNotFound,
+    WorkflowNotRunning,
+)
+from aion_green.store import Append, CreateRun, IEventStore, NewRun, RunInfo
+from aion_green.stores.batch import (
+    BatchPlan,
+    inbox_why_not,
+    next_run_started,
+    require_running,
+    run_filters,
+)
+from aion_green.stores.cut import Copy, opt_run, plan_copy, require_resumable, resume_point
+from aion_green.stores.postgres.schema import (
+    _DRIVER_LOCK,
+    _MIGRATION_LOCK,
+    _MIGRATIONS,
+    _RUN_COLUMNS,
+    SCHEMA_VERSION,
+    _run_info,
+    _safe_url,
+    _translate,
+    psycopg,
+)
+
+# Event data that PostgreSQL's json and jsonb refuse to parse: an escaped
+# U+0000 (no text can hold it) or a surrogate escape (json refuses a lone
+# one; pairs are let through to Python too, which is merely slower). A cast
+# of one such row failed every later message to its run (issue 16: a NUL in
+# one signal's payload). CASE guarantees the cast is never tried on them.
+_UNCASTABLE = "data ~ '\\\\u0000|\\\\u[dD][89a-fA-F]'"
+
+
+def _events_where(cur: Any, table: str, workflow_id: str, event_type: str, key: str,
+                  value: str) -> list[int]:
+    """The seqs, in order, of the ``event_type`` events of ``workflow_id`` in
+    ``table`` whose data's ``key`` is ``value``: matched in SQL where the
+    data casts, in Python where it does not."""
+    cur.execute(f"SELECT seq, CASE WHEN {_UNCASTABLE} THEN data END FROM {table} "
+                f"WHERE workflow_id=%s AND type=%s AND ({_UNCASTABLE} OR "
+                f"(CASE WHEN {_UNCASTABLE} THEN NULL ELSE data::jsonb ->> '{key}' END) = %s) "
+                "ORDER BY seq", (workflow_id, event_type, value))
+    return [int(seq) for seq, raw in cur.fetchall()
+            if raw is None or json.loads(raw).get(key) == value]
+
+
+_READ = "SELECT seq, type, at, data FROM aion_events WHERE workflow_id=%s ORDER BY seq"
+
+_READ_RUN = ("SELECT seq, type, at, data FROM aion_events WHERE workflow_id=%s "
+             "AND %s = (SELECT run_id FROM aion_runs WHERE workflow_id=%s) "
+             "UNION ALL SELECT seq, type, at, data FROM aion_archived_events "
+             "WHERE workflow_id=%s AND run_id=%s ORDER BY seq")
+
+
+@implementer(IEventStore)
+class PostgresStore:
+    """Histories in PostgreSQL. ``durable`` is always true here: a commit
+    returns once the server made it durable (its own ``synchronous_commit``)."""
+
+    durable = True
+
+    def __init__(self, url: str, connect_timeout: float = 5.0) -> None:
+        if psycopg is None:
+            raise ConfigurationError(
+                "the PostgreSQL store needs psycopg 3: pip install 'aion-green[postgres]'")
+        self.url = url
+        self.path = _safe_url(url)  # names the store in messages, as SQLite's path does
+        self.connect_timeout = connect_timeout
+        # Sessions say whose they are in pg_stat_activity: "aion_green",
+        # unless the URL names them (application_name=...), so that an
+        # operator, or a test, can tell one deployment's sessions from
+        # another's (issue 16: a test ended every aion_green session).
+        try:
+            named = "application_name" in psycopg.conninfo.conninfo_to_dict(url)
+        except psycopg.Error:
+            named = False  # the connection reports what is wrong with the URL
+        self._session: dict[str, Any] = {} if named else {"application_name": "aion_green"}
+        self._conn: Any = None
+        self.driver_lock_held = False
+        # Invariant: once true, never false again; no write is made.
+        self.fenced = False
+        self._connect()
+        self._migrate()
+        # One driver per schema: engines over other schemas of the same
+        # database (tests, tenants) do not contend.
+        (schema,) = self._query("SELECT current_schema()")[0]
+        self.schema = schema
+        # The doorbell channel of this schema's engines (LISTEN/NOTIFY).
+        self.channel = f"aion_{schema}"[:63]
+        self._driver_key = _DRIVER_LOCK ^ (zlib.crc32(str(schema).encode()) << 1)
+
+    # -- connection ----------------------------------------------------------------------
+    def _connect(self) -> Any:
+        if self.fenced:
+            raise FencedOut(
+                f"this engine lost the driver lock of {self.path} (its database session ended "
+                "and another engine took over); it writes nothing more: start a new Engine")
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        try:
+            self._conn = psycopg.connect(self.url, connect_timeout=max(1, int(self.connect_timeout)),
+                                         autocommit=True, **self._session)
+        except psycopg.Error as exc:
+            raise _translate(exc, self.path) from None
+        try:
+            # A session paused inside a transaction (its engine stopped, say)
+            # must not hold row locks that keep others from taking over.
+            self._conn.execute("SET idle_in_transaction_session_timeout = 5000")
+        except psycopg.Error as exc:
+            self._drop()
+            raise _translate(exc, self.path) from None
+        if self.driver_lock_held:
+            # The session that held the driver lock ended (a server restart,
+            # a cut connection), and the lock with it. Take it again on the
+            # new session, unless another engine drives now: then this one
+            # is fenced out, and never writes again.
+            try:
+                (got,) = self._conn.execute("SELECT pg_try_advisory_lock(%s)",
+                                            (self._driver_key,)).fetchone()
+            except psycopg.Error as exc:
+                self._drop()
+                raise _translate(exc, self.path) from None
+            if not got:
+                self.fenced = True
+                self.driver_lock_held = False
+                self._drop()
+                return self._connect()
+        return self._conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        """One transaction; store errors for psycopg's."""
+        conn = self._connect()
+        try:
+            with conn.transaction():
+                with conn.cursor() as cur:
+                    yield cur
+        except (WorkflowNotFound, WorkflowNotRunning, StoreError):
+            raise
+        except psycopg.Error as exc:
+            if conn.closed or isinstance(exc, psycopg.OperationalError):
+                self._drop()
+            raise _translate(exc, self.path) from None
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        conn = self._connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return list(cur.fetchall())
+        except psycopg.Error as exc:
+            if conn.closed or isinstance(exc, psycopg.OperationalError):
+                self._drop()
+            raise _translate(exc, self.path) from None
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # pragma: no cover - already broken
+                pass
+
+    def _migrate(self) -> None:
+        with self._tx() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            cur.execute("CREATE TABLE IF NOT EXISTS aion_schema(version INTEGER NOT NULL)")
+            cur.execute("SELECT version FROM aion_schema")
+            row = cur.fetchone()
+            version = 0 if row is None else int(row[0])
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the database at {self.path} has aion_green schema version {version}, newer "
+                    f"than this aion_green understands ({SCHEMA_VERSION}); upgrade aion_green")
+            for step in _MIGRATIONS[version:]:
+                for statement in step:
+                    cur.execute(statement)
+            if row is None:
+                cur.execute("INSERT INTO aion_schema(version) VALUES (%s)", (SCHEMA_VERSION,))
+            elif version != SCHEMA_VERSION:
+                cur.execute("UPDATE aion_schema SET version=%s", (SCHEMA_VERSION,))
+
+    # -- the driver lock -------------------------------------------------------------------
+    def try_lock_driver(self) -> bool:
+        """Take the driver lock on this store's session (non-blocking)."""
+        if self.fenced:
+            return False
+        if self.driver_lock_held:
+            self._connect()  # a new session takes the lock again, or fences
+            return self.driver_lock_held
+        (got,) = self._query("SELECT pg_try_advisory_lock(%s)", (self._driver_key,))[0]
+        self.driver_lock_held = bool(got)
+        return self.driver_lock_held
+
+    def unlock_driver(self) -> None:
+        if self.driver_lock_held and self._conn is not None and not self._conn.closed:
+            self._query("SELECT pg_advisory_unlock(%s)", (self._driver_key,))
+        self.driver_lock_held = False
+
+
+    # -- writes ----------------------------------------------------------------------------
+    def create_run(self, workflow_id: str, workflow_type: str, args_json: str, run_id: str,
+                   at: float) -> tuple[bool, RunInfo]:
+        outcome = self.write_batch([CreateRun(workflow_id, workflow_type, args_json, run_id, at)])[0]
+        assert isinstance(outcome, tuple)
+        return outcome
+
+    def write_batch(self, ops: Sequence[Union[Append, CreateRun]]) -> list[Any]:
+        outcomes: list[Any] = []
+        plan = BatchPlan()
+        with self._tx() as cur:
+            wids = sorted({op.workflow_id for op in ops if type(op) is Append})
+            heads: dict[str, int] = {}
+            if wids:
+                # Row locks, in id order: no other writer moves these heads
+                # before the commit, and two batches never deadlock.
+                cur.execute("SELECT workflow_id, head_seq, fence FROM aion_runs "
+                            "WHERE workflow_id = ANY(%s) ORDER BY workflow_id FOR UPDATE", (wids,))
+                fetched = cur.fetchall()
+                heads = {wid: head for wid, head, _ in fetched}
+                fences = {wid: int(fence) for wid, _, fence in fetched}
+            for op in ops:
+                if type(op) is Append:
+                    outcomes.append(plan.append(op, heads, fences if wids else None))
+                else:
+                    assert isinstance(op, CreateRun)
+                    outcome = self._create_one(cur, op, plan.rows)
+                    heads.setdefault(op.workflow_id, outcome[1].head_seq)
+                    outcomes.append(outcome)
+            if plan.moved:
+                cur.executemany("UPDATE aion_runs SET head_seq=%s, updated_at=%s WHERE workflow_id=%s",
+                                list(plan.moved.values()))
+            if plan.timers_started:
+                cur.executemany(
+                    "INSERT INTO aion_timers(workflow_id, timer_key, fire_at) VALUES (%s,%s,%s) "
+                    "ON CONFLICT (workflow_id, timer_key) DO UPDATE SET fire_at=EXCLUDED.fire_at",
+                    plan.timers_started)
+            if plan.timers_ended:
+                cur.executemany("DELETE FROM aion_timers WHERE workflow_id=%s AND timer_key=%s",
+                                plan.timers_ended)
+            if plan.finals:
+                cur.executemany("UPDATE aion_runs SET status=%s, result=%s, error=%s WHERE workflow_id=%s",
+                                plan.finals)
+                cur.executemany("DELETE FROM aion_timers WHERE workflow_id=%s",
+                                [f[3:] for f in plan.finals])
+            if plan.rows:
+                cur.executemany("INSERT INTO aion_events(workflow_id, seq, type, at, data) "
+                                "VALUES (%s,%s,%s,%s,%s)", plan.rows)
+            for wid, data, at in plan.rollovers:
+                self._roll_over(cur, wid, data, at)
+            # Doorbells, delivered at the commit: runs to claim, runs ended.
+            if any(type(op) is CreateRun and op.owner is None for op in ops):
+                cur.execute("SELECT pg_notify(%s, 'runs')", (self.channel,))
+            if plan.finals:
+                cur.execute("SELECT pg_notify(%s, 'ends')", (self.channel,))
+        return outcomes
+
+    def _create_one(self, cur: Any, op: CreateRun, rows: list[Any]) -> tuple[bool, RunInfo]:
+        cur.execute(
+            "INSERT INTO aion_runs(workflow_id, run_id, workflow_type, status, args, head_seq, "
+            "created_at, updated_at, owner, lease_until, fence) "
+            "VALUES (%s,%s,%s,%s,%s,1,%s,%s,%s,%s, "
+            "CASE WHEN %s::text IS NULL THEN 0 ELSE nextval('aion_fence_seq') END) "
+            "ON CONFLICT (workflow_id) DO NOTHING RETURNING fence",
+            (op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING, op.args_json, op.at, op.at,
+             op.owner, op.lease_until, op.owner))
+        inserted = cur.fetchone()
+        if inserted is None:
+            cur.execute(f"SELECT {_RUN_COLUMNS} FROM aion_runs WHERE workflow_id=%s", (op.workflow_id,))
+            return False, _run_info(cur.fetchone())
+        data = (f'{{"workflow_type":{json.dumps(op.workflow_type)},'
+                f'"run_id":{json.dumps(op.run_id)},"args":{op.args_json}}}')
+        rows.append((op.workflow_id, 1, ev.WORKFLOW_STARTED, op.at, data))
+        return True, RunInfo(op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING,
+                             json.loads(op.args_json), None, None, 1, op.at, op.at, int(inserted[0]))
+
+    def _roll_over(self, cur: Any, wid: str, data: dict[str, Any], at: float) -> None:
+        cur.execute("SELECT run_id, workflow_type FROM aion_runs WHERE workflow_id=%s", (wid,))
+        old_run_id, wtype = cur.fetchone()
+        cur.execute("INSERT INTO aion_archived_events(workflow_id, run_id, seq, type, at, data) "
+                    "SELECT workflow_id, %s, seq, type, at, data FROM aion_events WHERE workflow_id=%s",
+                    (old_run_id, wid))
+        cur.execute("DELETE FROM aion_events WHERE workflow_id=%s", (wid,))
+        cur.execute("INSERT INTO aion_events(workflow_id, seq, type, at, data) VALUES (%s,1,%s,%s,%s)",
+                    (wid, ev.WORKFLOW_STARTED, at, json.dumps(next_run_started(wtype, old_run_id, data))))
+        cur.execute("UPDATE aion_runs SET run_id=%s, status=%s, result=NULL, error=NULL, head_seq=1, "
+                    "created_at=%s, updated_at=%s WHERE workflow_id=%s",
+                    (data["run_id"], ev.RUNNING, at, at, wid))
+
+    def _append_at_head(self, workflow_id: str, event_type: str, at: float,
+                        build: Callable[[Any], Union[int, dict[str, Any]]], why_not: str) -> int:
+        with self._tx() as cur:
+            cur.execute("SELECT head_seq, status FROM aion_runs WHERE workflow_id=%s FOR UPDATE",
+                        (workflow_id,))
+            run = cur.fetchone()
+            require_running(workflow_id, run and run[1], self.path, why_not)
+            head = run[0]
+            data = build(cur)
+            if isinstance(data, int):
+                return data
+            seq = head + 1
+            cur.execute("INSERT INTO aion_events(workflow_id, seq, type, at, data) VALUES (%s,%s,%s,%s,%s)",
+                        (workflow_id, seq, event_type, at, json.dumps(data)))
+            cur.execute("UPDATE aion_runs SET head_seq=%s, updated_at=%s WHERE workflow_id=%s",
+                        (seq, at, workflow_id))
+            return seq
+
+    def fire_timer(self, workflow_id: str, timer_key: str, at: float) -> Optional[int]:
+        def build(cur: Any) -> Union[int, dict[str, Any]]:
+            cur.execute("DELETE FROM aion_timers WHERE workflow_id=%s AND timer_key=%s",
+                        (workflow_id, timer_key))
+            return {"timer": timer_key} if cur.rowcount else -1
+
+        try:
+            seq = self._append_at_head(workflow_id, ev.TIMER_FIRED, at, build, "its timer is moot")
+        except (WorkflowNotFound, WorkflowNotRunning):
+            return None
+        return None if seq == -1 else seq
+
+    def deliver_message(self, workflow_id: str, name: str, payload_json: str, at: float,
+                        dedup: Optional[str] = None) -> int:
+        def build(cur: Any) -> Union[int, dict[str, Any]]:
+            if dedup is not None:
+                seen = _events_where(cur, "aion_events", workflow_id, ev.MESSAGE_RECEIVED, "dedup", dedup)
+                if seen:
+                    return seen[0]
+            index = len(_events_where(cur, "aion_events", workflow_id, ev.MESSAGE_RECEIVED, "name", name))
+            data = {"name": name, "index": index, "payload": json.loads(payload_json)}
+            if dedup is not None:
+                data["dedup"] = dedup
+            return data
+
+        return self._append_at_head(workflow_id, ev.MESSAGE_RECEIVED, at, build,
+                                    f"a message {name!r} to it would never be read")
+
+    def request_cancel(self, workflow_id: str, reason: str, at: float) -> int:
+        def build(cur: Any) -> Union[int, dict[str, Any]]:
+            cur.execute("SELECT seq FROM aion_events WHERE workflow_id=%s AND type=%s LIMIT 1",
+                        (workflow_id, ev.CANCEL_REQUESTED))
+            seen = cur.fetchone()
+            return int(seen[0]) if seen is not None else {"reason": reason}
+
+        return self._append_at_head(workflow_id, ev.CANCEL_REQUESTED, at, build,
+                                    "there is nothing left to cancel")
+
+    def post_inbox(self, workflow_id: str, kind: str, data_json: str, at: float) -> int:
+        with self._tx() as cur:
+            cur.execute("SELECT status FROM aion_runs WHERE workflow_id=%s", (workflow_id,))
+            run = cur.fetchone()
+            require_running(workflow_id, run and run[0], self.path, inbox_why_not(kind))
+            cur.execute("INSERT INTO aion_inbox(workflow_id, kind, data, at) VALUES (%s,%s,%s,%s) "
+                        "RETURNING id", (workflow_id, kind, data_json, at))
+            row_id = int(cur.fetchone()[0])
+            cur.execute("SELECT pg_notify(%s, 'inbox')", (self.channel,))
+            return row_id
+
+    def delete_inbox(self, ids: Sequence[int]) -> None:
+        with self._tx() as cur:
+            cur.execute("DELETE FROM aion_inbox WHERE id = ANY(%s)", (list(ids),))
+
+    # -- reads -----------------------------------------------------------------------------
+    def read(self, workflow_id: str, after_seq: int = 0, limit: Optional[int] = None,
+             run_id: Optional[str] = None) -> list[ev.Event]:
+        if run_id is None:
+            sql = "SELECT seq, type, at, data FROM aion_events WHERE workflow_id=%s AND seq>%s ORDER BY seq"
+            params: tuple[Any, ...] = (workflow_id, after_seq)
+        else:
+            sql = ("SELECT seq, type, at, data FROM aion_events WHERE workflow_id=%s AND seq>%s "
+                   "AND %s = (SELECT run_id FROM aion_runs WHERE workflow_id=%s) "
+                   "UNION ALL SELECT seq, type, at, data FROM aion_archived_events "
+                   "WHERE workflow_id=%s AND seq>%s AND run_id=%s ORDER BY seq")
+            params = (workflow_id, after_seq, run_id, workflow_id, workflow_id, after_seq, run_id)
+        if limit is not None:
+            sql += " LIMIT %s"
+            params += (limit,)
+        return [ev.Event(seq, typ, at, json.loads(data)) for seq, typ, at, data in self._query(sql, params)]
+
+    def get_run(self, workflow_id: str) -> Optional[RunInfo]:
+        rows = self._query(f"SELECT {_RUN_COLUMNS} FROM aion_runs WHERE workflow_id=%s", (workflow_id,))
+        return _run_info(rows[0]) if rows else None
+
+    def list_runs(self, status: Optional[str] = None, workflow_type: Optional[str] = None,
+                  limit: int = 100, after_id: Optional[str] = None) -> list[RunInfo]:
+        where, params = run_filters(status, workflow_type, after_id, "%s",
+                                    'workflow_id > %s COLLATE "C"')
+        rows = self._query(f"SELECT {_RUN_COLUMNS} FROM aion_runs {where} "
+                           "ORDER BY workflow_id COLLATE \"C\" LIMIT %s", (*params, limit))
+        return [_run_info(row) for row in rows]
+
+    def due_timers(self, now: float, limit: int = 1000) -> list[tuple[str, str, float]]:
+        rows = self._query("SELECT workflow_id, timer_key, fire_at FROM aion_timers WHERE fire_at <= %s "
+                           "ORDER BY fire_at LIMIT %s", (now, limit))
+        return [(wid, key, fire_at) for wid, key, fire_at in rows]
+
+    def read_inbox(self, after_id: int = 0, limit: int = 500,
+                   owner: Optional[str] = None) -> list[tuple[int, str, str, Any, float]]:
+        if owner is None:
+            rows = self._query("SELECT id, workflow_id, kind, data, at FROM aion_inbox WHERE id>%s "
+                               "ORDER BY id LIMIT %s", (after_id, limit))
+        else:  # the requests for runs this owner holds
+            rows = self._query("SELECT i.id, i.workflow_id, i.kind, i.data, i.at FROM aion_inbox i "
+                               "JOIN aion_runs r ON r.workflow_id = i.workflow_id "
+                               "WHERE i.id>%s AND r.owner=%s ORDER BY i.id LIMIT %s",
+                               (after_id, owner, limit))
+        return [(int(i), wid, kind, json.loads(data), at) for i, wid, kind, data, at in rows]
+
+    def new_runs(self, after: int = 0, limit: int = 500) -> list[NewRun]:
+        rows = self._query("SELECT mark, workflow_id, status FROM aion_runs WHERE mark>%s "
+                           "ORDER BY mark LIMIT %s", (after, limit))
+        return [NewRun(int(mark), wid, status) for mark, wid, status in rows]
+
+    def last_run_mark(self) -> int:
+        return int(self._query("SELECT coalesce(max(mark), 0) FROM aion_runs")[0][0])
+
+    def find_event(self, workflow_id: str, event_type: str, dedup: Optional[str] = None) -> Optional[int]:
+        if dedup is None:
+            rows = self._query("SELECT seq FROM aion_events WHERE workflow_id=%s AND type=%s "
+                               "ORDER BY seq LIMIT 1", (workflow_id, event_type))
+            return int(rows[0][0]) if rows else None
+        # The current run first; the run that recorded it may have continued
+        # as new since (its seq is then that run's).
+        with self._tx() as cur:
+            for table in ("aion_events", "aion_archived_events"):
+                seqs = _events_where(cur, table, workflow_id, event_type, "dedup", dedup)
+                if seqs:
+                    return seqs[0]
+        return None
+
+    # -- leases ------------------------------------------------------------------------------
+    def claim_runs(self, owner: str, workflow_types: Sequence[str], lease_until: float, now: float,
+                   limit: int) -> list[RunInfo]:
+        """Take up to ``limit`` running runs of these types that nobody holds
+        (no owner, or a lease that ran out), each with a new fence."""
+        with self._tx() as cur:
+            cur.execute(
+                f"UPDATE aion_runs r SET owner=%s, lease_until=%s, fence=nextval('aion_fence_seq') "
+                f"FROM (SELECT workflow_id FROM aion_runs WHERE status=%s "
+                f"AND workflow_type = ANY(%s) AND (owner IS NULL OR lease_until < %s) "
+                f"ORDER BY mark LIMIT %s FOR UPDATE SKIP LOCKED) c "
+                f"WHERE r.workflow_id = c.workflow_id "
+                f"RETURNING {', '.join('r.' + c.strip() for c in _RUN_COLUMNS.split(','))}",
+                (owner, lease_until, ev.RUNNING, list(workflow_types), now, limit))
+            return [_run_info(row) for row in cur.fetchall()]
+
+    def renew_leases(self, owner: str, workflow_ids: Sequence[str], lease_until: float) -> list[str]:
+        """Extend this owner's leases; the ids it still holds."""
+        with self._tx() as cur:
+            cur.execute("UPDATE aion_runs SET lease_until=%s WHERE owner=%s AND workflow_id = ANY(%s) "
+                        "RETURNING workflow_id", (lease_until, owner, list(workflow_ids)))
+            return [row[0] for row in cur.fetchall()]
+
+    def publish_engine(self, engine_id: str, types_json: str, until: float, now: float) -> None:
+        """Say that engine ``engine_id`` runs these workflow types (a JSON
+        object: type -> parameters) until ``until``; forget engines gone a
+        day."""
+        with self._tx() as cur:
+            cur.execute("INSERT INTO aion_engines(engine_id, workflow_types, seen_until) "
+                        "VALUES (%s,%s,%s) ON CONFLICT (engine_id) DO UPDATE SET "
+                        "workflow_types=EXCLUDED.workflow_types, seen_until=EXCLUDED.seen_until",
+                        (engine_id, types_json, until))
+            cur.execute("DELETE FROM aion_engines WHERE seen_until < %s", (now - 86400,))
+
+    def forget_engine(self, engine_id: str) -> None:
+        with self._tx() as cur:
+            cur.execute("DELETE FROM aion_engines WHERE engine_id=%s", (engine_id,))
+
+    def live_engines(self, now: float) -> dict[str, dict[str, Any]]:
+        """The engines whose word is still good at ``now``: their types
+        (type -> parameters)."""
+        rows = self._query("SELECT engine_id, workflow_types FROM aion_engines WHERE seen_until >= %s",
+                           (now,))
+        return {engine_id: json.loads(types) for engine_id, types in rows}
+
+    def release_leases(self, owner: str, workflow_ids: Optional[Sequence[str]] = None) -> None:
+        """Give back the runs this owner holds (all of them at a clean
+        shutdown, or ``workflow_ids``): others may claim them at once."""
+        with self._tx() as cur:
+            if workflow_ids is None:
+                cur.execute("UPDATE aion_runs SET owner=NULL, lease_until=0 "
+                            "WHERE owner=%s AND status=%s", (owner, ev.RUNNING))
+            else:
+                cur.execute("UPDATE aion_runs SET owner=NULL, lease_until=0 "
+                            "WHERE owner=%s AND workflow_id = ANY(%s)", (owner, list(workflow_ids)))
+            cur.execute("SELECT pg_notify(%s, 'runs')", (self.channel,))
+
+    def lease_of(self, workflow_id: str) -> Optional[tuple[str, float]]:
+        """``(owner, lease_until)`` of a run some engine holds, else None
+        (``Engine.terminate`` asks the owner to end the run it drives)."""
+        rows = self._query("SELECT owner, lease_until FROM aion_runs WHERE workflow_id=%s "
+                           "AND owner IS NOT NULL", (workflow_id,))
+        return (str(rows[0][0]), float(rows[0][1])) if rows else None
+
+    def listen(self, on_bell: Callable[[str], None], stopped: Callable[[], bool]) -> None:
+        """Blocking, on a thread of its own: call ``on_bell(kind)`` for each
+        doorbell ("runs", "inbox", "ends") of this schema's channel until
+        ``stopped()``; reconnects when the connection is lost. Polling stays
+        the fallback, so a missed bell only delays."""
+        import time as _time
+
+        while not stopped():
+            try:
+                with psycopg.connect(self.url, autocommit=True, **self._session,
+                                     connect_timeout=max(1, int(self.connect_timeout))) as conn:
+                    conn.execute(f'LISTEN "{self.channel}"')
+                    on_bell("runs")  # anything sent while not listening: look now
+                    while not stopped():
+                        for note in conn.notifies(timeout=0.5):
+                            on_bell(note.payload)
+            except psycopg.Error:
+                _time.sleep(0.5)
+
+    def close(self) -> None:
+        self._drop()
+
+    # -- fork and resume ------------------------------------------------------------
+
+    def fork_run(self, source_id: str, from_seq: int, new_id: str, run_id: str, at: float,
+                 source_run_id: Optional[str] = None) -> RunInfo:
+        with self._tx() as cur:
+            history = self._source(cur, source_id, source_run_id)
+            copy = plan_copy("fork", source_id, history, from_seq, run_id, at, self.path)
+            wtype, args = copy.started["workflow_type"], copy.started["args"]
+            cur.execute(
+                "INSERT INTO aion_runs(workflow_id, run_id, workflow_type, status, args, head_seq, "
+                "created_at, updated_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s) "
+                "ON CONFLICT (workflow_id) DO NOTHING RETURNING fence",
+                (new_id, run_id, wtype, ev.RUNNING, json.dumps(args), copy.head, at, at))
+            if cur.fetchone() is None:
+                raise WorkflowIdConflict(
+                    f"cannot fork {source_id!r} as {new_id!r}: that workflow id exists in "
+                    f"{self.path}; pass another id. Nothing was written")
+            self._write_copy(cur, new_id, copy)
+        return RunInfo(new_id, run_id, wtype, ev.RUNNING, args, None, None, copy.head, at, at)
+
+    def restart_run(self, workflow_id: str, from_seq: Optional[int], run_id: str,
+                    at: float) -> RunInfo:
+        with self._tx() as cur:
+            cur.execute(f"SELECT {_RUN_COLUMNS} FROM aion_runs WHERE workflow_id=%s FOR UPDATE",
+                        (workflow_id,))
+            row = cur.fetchone()
+            if row is None:
+                raise WorkflowNotFound(f"no workflow with id {workflow_id!r} in {self.path}; "
+                                       "nothing was written")
+            history = self._source(cur, workflow_id, None)
+            info = _run_info(row)
+            require_resumable(info, self.path)
+            cut = resume_point(workflow_id, history) if from_seq is None else from_seq
+            copy = plan_copy("resume", workflow_id, history, cut, run_id, at, self.path)
+            cur.execute("INSERT INTO aion_archived_events(workflow_id, run_id, seq, type, at, data) "
+                        "SELECT workflow_id, %s, seq, type, at, data FROM aion_events "
+                        "WHERE workflow_id=%s", (info.run_id, workflow_id))
+            cur.execute("DELETE FROM aion_events WHERE workflow_id=%s", (workflow_id,))
+            cur.execute(
+                "UPDATE aion_runs SET run_id=%s, status=%s, result=NULL, error=NULL, head_seq=%s, "
+                "created_at=%s, updated_at=%s, owner=NULL, lease_until=0, "
+                "fence=nextval('aion_fence_seq'), "
+                "mark=nextval(pg_get_serial_sequence('aion_runs', 'mark')) "
+                "WHERE workflow_id=%s RETURNING fence",
+                (run_id, ev.RUNNING, copy.head, at, at, workflow_id))
+            (fence,) = cur.fetchone()
+            self._write_copy(cur, workflow_id, copy)
+        return dataclasses.replace(info, run_id=run_id, status=ev.RUNNING, result=None, error=None,
+                                   head_seq=copy.head, created_at=at, updated_at=at,
+                                   fence=int(fence))
+
+    def _source(self, cur: Any, workflow_id: str, run_id: Optional[str]) -> list[ev.Event]:
+        if run_id is None:
+            cur.execute(_READ, (workflow_id,))
+        else:
+            cur.execute(_READ_RUN, (workflow_id, run_id, workflow_id, workflow_id, run_id))
+        history = [ev.Event(seq, typ, at, json.loads(data)) for seq, typ, at, data in cur.fetchall()]
+        if not history:
+            raise WorkflowNotFound(f"no workflow with id {workflow_id!r}{opt_run(run_id)} in "
+                                   f"{self.path}; nothing was written")
+        return history
+
+    def _write_copy(self, cur: Any, workflow_id: str, copy: Copy) -> None:
+        cur.executemany("INSERT INTO aion_events(workflow_id, seq, type, at, data) "
+                        "VALUES (%s,%s,%s,%s,%s)", copy.rows(workflow_id))
+        cur.execute("DELETE FROM aion_timers WHERE workflow_id=%s", (workflow_id,))
+        if copy.timers:
+            cur.executemany("INSERT INTO aion_timers(workflow_id, timer_key, fire_at) "
+                            "VALUES (%s,%s,%s)",
+                            [(workflow_id, key, fire_at) for key, fire_at in copy.timers.items()])
+        cur.execute("SELECT pg_notify(%s, 'runs')", (self.channel,))

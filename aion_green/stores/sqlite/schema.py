@@ -1,0 +1,191 @@
+"""The SQLite store's schema (versioned migrations), its URL form, and the
+translation of SQLite's errors into the store errors the engine handles."""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from typing import Any, Optional
+from urllib.parse import unquote
+
+from aion_green.core.errors import ConfigurationError, StoreCorrupt, StoreError, StoreUnavailable
+from aion_green.store import RunInfo
+
+# -- SQLite -----------------------------------------------------------------------------
+
+# Versioned migrations: index i brings the schema from version i to i + 1.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE runs(
+            workflow_id TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            workflow_type TEXT NOT NULL,
+            status TEXT NOT NULL,
+            args TEXT NOT NULL,
+            result TEXT,
+            error TEXT,
+            head_seq INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL)""",
+        "CREATE INDEX runs_by_status ON runs(status, workflow_type, workflow_id)",
+        """CREATE TABLE events(
+            workflow_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            at REAL NOT NULL,
+            data TEXT NOT NULL,
+            PRIMARY KEY (workflow_id, seq)) WITHOUT ROWID""",
+    ),
+    (
+        # Durable timers: one row per timer started and not yet fired or
+        # cancelled, kept by the appends that record those events.
+        """CREATE TABLE timers(
+            workflow_id TEXT NOT NULL,
+            timer_key TEXT NOT NULL,
+            fire_at REAL NOT NULL,
+            PRIMARY KEY (workflow_id, timer_key)) WITHOUT ROWID""",
+        "CREATE INDEX timers_by_deadline ON timers(fire_at)",
+    ),
+    (
+        # Runs that continued as new: their histories, moved out of `events`
+        # when the next run of the same workflow id begins.
+        """CREATE TABLE archived_events(
+            workflow_id TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            at REAL NOT NULL,
+            data TEXT NOT NULL,
+            PRIMARY KEY (workflow_id, run_id, seq)) WITHOUT ROWID""",
+    ),
+    (
+        # Requests for runs that another process's engine drives (several
+        # processes over one file: one drives, the others post here).
+        """CREATE TABLE inbox(
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            workflow_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            data TEXT NOT NULL,
+            at REAL NOT NULL)""",
+    ),
+    (
+        # A run's head (the seq and time of its last event) is read from
+        # events, no longer kept in runs: updating it on every append
+        # rewrote the run's row, and a group commit of hundreds of runs
+        # wrote hundreds of runs pages to the WAL besides the new events
+        # (bench (b) went from 22,000 to 26,000 steps/s without it). A
+        # rebuild, not ALTER TABLE DROP COLUMN (SQLite 3.35+): rowids are
+        # kept (they are the marks new_runs() orders creations by).
+        """CREATE TABLE runs_v5(
+            workflow_id TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            workflow_type TEXT NOT NULL,
+            status TEXT NOT NULL,
+            args TEXT NOT NULL,
+            result TEXT,
+            error TEXT,
+            created_at REAL NOT NULL)""",
+        "INSERT INTO runs_v5(rowid, workflow_id, run_id, workflow_type, status, args, result, error, "
+        "created_at) SELECT rowid, workflow_id, run_id, workflow_type, status, args, result, error, "
+        "created_at FROM runs",
+        "DROP TABLE runs",
+        "ALTER TABLE runs_v5 RENAME TO runs",
+        # Runs of a status in id order: a page of list_runs (recovery reads
+        # every running run, 500 at a time) is a range of this index, where
+        # (status, workflow_type, workflow_id) made each page sort every
+        # run of that status (bench/list_runs.py, 200,000 running runs:
+        # 8.8 s -> 1.0 s).
+        "CREATE INDEX runs_by_status ON runs(status, workflow_id)",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+# The columns a run's row is written with.
+_RUN_COLUMNS = "workflow_id, run_id, workflow_type, status, args, result, error, created_at"
+# The head of a run (``?`` its id): the seq of its last event.
+HEAD_OF = "(SELECT max(seq) FROM events WHERE workflow_id=?)"
+
+
+def run_select(where: str = "", tail: str = "") -> str:
+    """The query of RunInfo rows (see _run_info) of the runs ``where`` picks
+    (``tail``: its ORDER BY and LIMIT), each with its head, the seq of its
+    last event, and the time of its last change (that event's, or the run's
+    creation for a fork or resume, which copies older events). The runs are
+    picked first, the heads read for those alone: a page of a list costs
+    its own rows, not a join over every run that matches."""
+    return (
+        "SELECT r.workflow_id, r.run_id, r.workflow_type, r.status, r.args, r.result, r.error, "
+        "h.seq, r.created_at, max(h.at, r.created_at) "
+        f"FROM (SELECT {_RUN_COLUMNS} FROM runs {where} {tail}) r "
+        "JOIN events h ON h.workflow_id = r.workflow_id "
+        "AND h.seq = (SELECT max(seq) FROM events WHERE workflow_id = r.workflow_id) "
+        "ORDER BY r.workflow_id"
+    )
+
+
+def sqlite_path_from_url(url: Optional[str]) -> str:
+    """``None`` → ``./aion.db``; ``sqlite:///rel.db``, ``sqlite:////abs.db``,
+    ``sqlite:///:memory:`` or a plain path."""
+    if url is None:
+        return os.path.abspath("aion.db")
+    if "://" not in url:
+        return url
+    if not url.startswith("sqlite:///"):
+        raise ConfigurationError(
+            f"store URL {url!r} is not a SQLite URL; use sqlite:///relative/path.db or "
+            "sqlite:////absolute/path.db"
+        )
+    path = unquote(url[len("sqlite:///"):].split("?", 1)[0])
+    if not path:
+        raise ConfigurationError(f"store URL {url!r} names no file; use sqlite:///aion.db")
+    return path
+
+
+# What a read or write of the file may raise: SQLite's errors, and the
+# decoding errors of a record whose bytes were damaged inside a page that is
+# still well-formed (SQLite checks its pages, not the JSON in them).
+_FAULTS = (sqlite3.Error, json.JSONDecodeError, UnicodeDecodeError)
+
+
+def _translate(exc: Exception, path: str) -> StoreError:
+    text = str(exc)
+    if isinstance(exc, ValueError) or "decode" in text:
+        # JSONDecodeError, UnicodeDecodeError, or sqlite3's "Could not decode
+        # to UTF-8 column": every record was written as JSON by this package.
+        return StoreCorrupt(
+            f"the SQLite file {path!r} holds a damaged record that cannot be decoded ({text}); "
+            "restore the file from a backup (or point the engine at another file): "
+            "it was not modified"
+        )
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+        return StoreUnavailable(
+            f"the SQLite database {path!r} is locked by another process ({text}); "
+            "stop the other process or raise busy_timeout, then retry: nothing was written"
+        )
+    if "not a database" in text or "malformed" in text or "corrupt" in text:
+        return StoreCorrupt(
+            f"the SQLite file {path!r} is not an aion_green database or is damaged ({text}); "
+            "it was not modified: restore it from a backup or point the engine at another file"
+        )
+    if "full" in text:
+        return StoreUnavailable(
+            f"the SQLite database {path!r} cannot be written: its disk is full ({text}). "
+            "Free space on that disk: runs in flight wait for it and then go on; retry this once "
+            "there is room. Nothing of this write was recorded"
+        )
+    if "disk" in text or "I/O" in text or "readonly" in text:
+        return StoreUnavailable(
+            f"the SQLite database {path!r} cannot be written ({text}); "
+            "free space or fix permissions, then retry: nothing of this write was recorded"
+        )
+    return StoreError(f"SQLite error on {path!r}: {text}")
+
+
+
+def _run_info(row: tuple[Any, ...]) -> RunInfo:
+    wid, run_id, wtype, status, args, result, error, head, created, updated = row
+    return RunInfo(
+        wid, run_id, wtype, status, json.loads(args),
+        None if result is None else json.loads(result),
+        None if error is None else json.loads(error),
+        head, created, updated,
+    )

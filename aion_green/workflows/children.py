@@ -1,0 +1,130 @@
+"""Child workflows, workflow side: ``ctx.start_child`` records the start of
+a child (its id chosen before it exists), ``child.result()`` waits for its
+end recorded in the parent's history. The engine side (creating the child,
+watching for its end) is :mod:`aion_green.runtime.children`; the two meet
+through the host (:mod:`aion_green.workflows.host`)."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+
+from aion_green.core import events as ev
+from aion_green.core.errors import (
+    ConfigurationError,
+    WorkflowCancelled,
+    WorkflowFailed,
+)
+from aion_green.core.registry import workflow_name
+
+if TYPE_CHECKING:  # pragma: no cover
+    from aion_green.workflows.context import WorkflowContext
+
+log = logging.getLogger("aion_green.children")
+
+ParentKey = tuple[str, str]  # (workflow id, run id) of a parent run
+
+
+class ChildHandle:
+    """A child workflow started by ``ctx.start_child``."""
+
+    def __init__(self, ctx: "WorkflowContext", ordinal: int, workflow_id: str,
+                 workflow_type: str) -> None:
+        self._ctx = ctx
+        self.ordinal = ordinal
+        self.workflow_id = workflow_id
+        self.workflow_type = workflow_type
+
+    def result(self) -> Any:
+        """Wait for the child's end (recorded in the parent's history first);
+        its result, or :class:`aion.WorkflowFailed` /
+        :class:`aion.WorkflowCancelled` naming the child. Inside a
+        ``ctx.timeout`` block the wait may be abandoned: the child goes on."""
+        return child_result(self._ctx, self)
+
+    def __repr__(self) -> str:
+        return f"<ChildHandle {self.workflow_id!r} ({self.workflow_type})>"
+
+
+_CHILD_STARTED = frozenset({ev.CHILD_STARTED})
+
+
+def start_child(ctx: "WorkflowContext", fn: Union[str, Callable[..., Any]], args: tuple[Any, ...],
+                child_id: Optional[str]) -> ChildHandle:
+    """``ctx.start_child`` (see there)."""
+    ctx._check()
+    engine = ctx._engine
+    if child_id is not None:
+        try:
+            ev.check_key(child_id, "ctx.start_child(..., id=...): the child's id")
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
+    if callable(fn):
+        wname = engine._registry.add(fn)
+    else:
+        wname = workflow_name(fn)
+        engine._registry.get(wname)  # fail early for an unknown name
+    args_value = ev.roundtrip(list(args), f"the arguments of child workflow {wname}")
+    ctx._child_ordinal += 1
+    ordinal = ctx._child_ordinal
+    key: dict[str, Any] = {"child": ordinal, "workflow_type": wname}
+    if child_id is not None:
+        key["id"] = child_id
+    recorded = ctx._take(_CHILD_STARTED, key, lambda: f"start child {ordinal} ({wname})")
+    if recorded is None:
+        data = {"child": ordinal, "id": child_id or f"{ctx._run_key}/child-{ordinal}",
+                "workflow_type": wname, "args": args_value}
+        # The creation is queued right behind the record, so it commits in
+        # the same transaction or a later one, never before: one commit per
+        # child when the writer groups them. (Should the record fail, the
+        # child may exist unrecorded; the replay records the start again
+        # and adopts it, being the same id, type and arguments.)
+        recorded = ctx._record(ev.NewEvent(ev.CHILD_STARTED, time.time(), data),
+                               queued=lambda: engine._ensure_child(ctx._parent_key, data))
+    data = recorded.data
+    chosen: str = data["id"]
+    arrivals = ctx._cursor.arrivals
+    end_key = ("child", chosen)
+    if end_key not in arrivals:
+        # The child exists before the parent goes on (a crash in between is
+        # repaired when the parent's history is loaded again).
+        engine._ensure_child(ctx._parent_key, data)
+        ctx._wait(lambda: (chosen in ctx._children_ready or end_key in arrivals) or None)
+    return ChildHandle(ctx, ordinal, chosen, wname)
+
+
+def watch_again(ctx: "WorkflowContext", child_id: str) -> None:
+    """Arm the watcher of a child whose end is not recorded (a no-op if it
+    is watched): after an abandoned wait, a new wait watches it anew."""
+    if ("child", child_id) not in ctx._cursor.arrivals and child_id in ctx._children_ready:
+        engine = ctx._engine
+        engine._child_tasks.arm_watch(ctx._parent_key, child_id, engine._watch_child,
+                                      ctx._parent_key, child_id)
+
+
+def child_result(ctx: "WorkflowContext", child: ChildHandle) -> Any:
+    """``child.result()`` (see there)."""
+    if child._ctx is not ctx:
+        raise ValueError(f"{child!r} belongs to another workflow run; "
+                         "a child handle is only used by the run that started it")
+    ctx._check()
+    child_id = child.workflow_id
+    arrivals = ctx._cursor.arrivals
+    end_key = ("child", child_id)
+    watch_again(ctx, child_id)
+    end = ctx._race(lambda: arrivals.get(end_key),
+                    lambda: ctx._engine._child_tasks.abort_watch(ctx._parent_key, child_id))
+    ctx._cursor.consume_arrival(end)
+    return child_outcome(child_id, end)
+
+
+def child_outcome(child_id: str, end: ev.Event) -> Any:
+    """What ``child.result()`` gives for a recorded end."""
+    if end.type == ev.CHILD_COMPLETED:
+        return end.data.get("result")
+    error = dict(end.data.get("error") or {})
+    if end.data.get("status") == ev.CANCELLED:
+        raise WorkflowCancelled(child_id, error)
+    raise WorkflowFailed(child_id, error)
+
+

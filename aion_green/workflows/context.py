@@ -1,0 +1,505 @@
+"""The ``ctx`` a workflow receives: every call that touches the outside world
+or the clock goes through it, so it can be recorded and replayed.
+
+A context belongs to one run and is used only by that run's greenlet on the
+engine's hub thread.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import random as _random
+import time
+import uuid as _uuid
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterator, NoReturn, Optional, Sequence, Union
+
+import gevent
+from gevent.hub import Waiter
+from greenlet import GreenletExit
+
+from aion_green.core import clock as _clock
+from aion_green.core import events as ev
+from aion_green.core.errors import (
+    AionError,
+    Cancelled,
+    FencedOut,
+    NonDeterminismError,
+    SequenceConflict,
+    StepError,
+    StoreError,
+    Timeout,
+)
+from aion_green.core.history import CANCEL_KEY, run_key
+from aion_green.runtime.recorder import Recorder
+from aion_green.workflows import children, fanout, messages, steps, versioning
+from aion_green.workflows.children import ChildHandle
+from aion_green.workflows.fanout import Step
+from aion_green.workflows.replay import FirstRecorded, HistoryCursor, reached
+
+if TYPE_CHECKING:  # pragma: no cover
+    from aion_green.runtime.engine import Engine
+    from aion_green.workflows.supervision import ChildSpec
+
+log = logging.getLogger("aion_green.context")
+
+_TIMER_STARTED = frozenset({ev.TIMER_STARTED})
+_TIMER_CANCELLED = frozenset({ev.TIMER_CANCELLED})
+
+
+class _ScopeExpired(BaseException):
+    """The deadline of the ``ctx.timeout`` block with this timer key won a
+    wait inside it; unwinds to that block (a BaseException, so the block's
+    own ``except Exception`` cannot stop it)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+class ContinueAsNew(BaseException):
+    """Raised by ``ctx.continue_as_new``: unwinds the workflow (its
+    ``finally`` blocks run) to end the run and begin the next one."""
+
+    def __init__(self, args: list[Any]) -> None:
+        super().__init__("continue as new")
+        self.args_value = args
+
+
+class RunLost(BaseException):
+    """Another writer owns this run (``SequenceConflict``): unwind the
+    workflow without recording anything more. Never seen by user code's
+    ``except Exception``."""
+
+
+class RunAborted(BaseException):
+    """The store refused a record for a reason that is not passing (not
+    ``StoreUnavailable``): unwind the run without recording anything more,
+    so a workflow's ``except Exception`` can never go on past a record that
+    was not made (a later replay would find a hole). The run stays
+    unfinished in the store and resumes on a later start."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+_NONE: frozenset[str] = frozenset()
+
+
+class WorkflowContext:
+    """The workflow's handle on the engine (``ctx``)."""
+
+    def __init__(self, engine: "Engine", workflow_id: str, run_id: str,
+                 workflow_type: str, history: Sequence[ev.Event], recorder: Recorder) -> None:
+        self._engine = engine
+        self.workflow_id = workflow_id
+        self.run_id = run_id
+        self.workflow_type = workflow_type
+        self._cursor = HistoryCursor(workflow_id, history)
+        # The run's number within its workflow id (continue_as_new adds one).
+        self.generation: int = int(history[0].data.get("generation", 1))
+        self._run_key = run_key(workflow_id, self.generation)
+        self._parent_key = (workflow_id, run_id)  # names this run to its child tasks
+        self._recorder = recorder
+        # The doorbell: rung (on the hub thread) whenever an event of this run
+        # is recorded or its recording failed. A wake is only a doorbell: the
+        # waiter re-reads the history.
+        self._bell = Waiter()
+        self._parked = False  # Invariant: true only while the greenlet waits on _bell
+        self._failure: Optional[BaseException] = None
+        # Step attempts running or waiting to start whose record is not yet
+        # queued (kept only under a residency cap: such a run stays in memory).
+        self._busy = 0
+        self._step_ordinal = 0
+        self._timer_ordinal = 0
+        # Timers started and not yet fired or cancelled (key -> fire_at), as
+        # this run knows them; the timer service asks here before firing.
+        self._timers: dict[str, float] = {}
+        self._received: dict[str, int] = {}  # messages consumed per name
+        self._send_ordinal = 0
+        self._child_ordinal = 0
+        self._supervisor_ordinal = 0
+        self._patches: dict[str, bool] = {}  # ctx.patched answers, once per id
+        # Children whose run is known to exist (created or found by their
+        # spawn-recovery task in this epoch).
+        self._children_ready: AbstractSet[str] = _NONE  # a set once the first child is ready
+        # Keys of the deadline timers of the enclosing ctx.timeout blocks.
+        self._scopes: tuple[str, ...] = ()  # a tuple: no object per run while empty
+        # Invariant: true until a recorded cancel request was raised here.
+        self._cancel_pending = True
+        self._queries: dict[str, Callable[..., Any]] = {}
+        self._rng: Optional[_random.Random] = None
+        # Invariant: once set, every later ctx call raises it and the run
+        # fails with it, even if the workflow code catches it.
+        self._divergence: Optional[NonDeterminismError] = None
+        self._trace: Any = None  # the run span's OpenTelemetry context (tracing.py)
+        self._greenlet: Any = None  # the run's greenlet, which terminate kills (termination.py)
+
+    # -- state -------------------------------------------------------------------------
+    @property
+    def is_replaying(self) -> bool:
+        """True while the workflow re-executes recorded history."""
+        return self._cursor.replaying
+
+    def now(self) -> datetime:
+        """The recorded time of the event being applied (UTC), the same on replay."""
+        self._check()
+        return datetime.fromtimestamp(self._cursor.current_at, tz=timezone.utc)
+
+    def random(self) -> float:
+        """A float in [0, 1) from a generator seeded by workflow id and run id."""
+        self._check()
+        return self._random().random()
+
+    def uuid4(self) -> _uuid.UUID:
+        """A version-4 UUID from the same seeded generator: the same on replay."""
+        self._check()
+        return _uuid.UUID(int=self._random().getrandbits(128), version=4)
+
+    def _random(self) -> _random.Random:
+        if self._rng is None:
+            # A forked or resumed run goes on from its source's generator
+            # (rewind.py): the records it copied may hold values drawn from it.
+            basis = (self._cursor.event(1).data.get("random_seed")
+                     or f"{self.workflow_id}\x00{self.run_id}")
+            seed = hashlib.sha256(basis.encode()).digest()
+            self._rng = _random.Random(int.from_bytes(seed[:16], "big"))
+        return self._rng
+
+    # -- steps --------------------------------------------------------------------------
+    step = steps.workflow_step  # ctx.step(fn, *args, retry=, name=): no wrapper frame
+
+    # -- durable time ------------------------------------------------------------------
+    def sleep(self, duration: Union[timedelta, float, int]) -> None:
+        """Sleep durably: the deadline is recorded, survives restarts, and
+        its firing is recorded before the workflow wakes."""
+        seconds = _clock.seconds_of(duration, f"ctx.sleep({duration!r})")
+        if seconds < 0:
+            raise ValueError(f"ctx.sleep({duration!r}): a duration must not be negative")
+        self._sleep(lambda: time.time() + seconds)
+
+    def sleep_until(self, when: datetime) -> None:
+        """Sleep durably until ``when`` (a timezone-aware datetime)."""
+        if when.tzinfo is None:
+            raise ValueError(
+                f"ctx.sleep_until({when!r}): pass a timezone-aware datetime "
+                "(datetime(..., tzinfo=timezone.utc)); a naive one is ambiguous")
+        deadline = when.timestamp()
+        self._sleep(lambda: deadline)
+
+    def _sleep(self, deadline: Callable[[], float]) -> None:
+        key = self._start_timer(deadline)
+        del deadline  # not kept alive (with its cells) while the run sleeps
+        arrivals = self._cursor.arrivals
+        fired = self._race(lambda: arrivals.get(("timer", key)))
+        self._cursor.consume_arrival(fired)
+
+    def _start_timer(self, deadline: Callable[[], float]) -> str:
+        """Record (or replay) TimerStarted for the next timer; return its key."""
+        self._check()
+        self._timer_ordinal += 1
+        key = f"t{self._timer_ordinal}"
+        recorded = self._take(_TIMER_STARTED, {"timer": key}, lambda: f"timer {key}")
+        if recorded is None:
+            recorded = self._record(ev.NewEvent(
+                ev.TIMER_STARTED, time.time(), {"timer": key, "fire_at": deadline()}))
+        if ("timer", key) not in self._cursor.arrivals and key not in self._timers:
+            self._timers[key] = recorded.data["fire_at"]
+            self._engine._timers.add(recorded.data["fire_at"], self.workflow_id, key)
+        return key
+
+    def _timer_due(self, key: str, now: float) -> None:
+        """Hub thread, from the timer service: record the firing (once)."""
+        fire_at = self._timers.get(key)
+        if fire_at is None or fire_at > now or self._recorder.closed:
+            return
+        del self._timers[key]
+        event = ev.NewEvent(ev.TIMER_FIRED, now, {"timer": key})
+        try:
+            self._recorder.submit(lambda rec: [event])
+        except AionError as exc:  # the run is ending or the engine closing
+            log.debug("timer %s of %r not fired: %s", key, self.workflow_id, exc)
+
+    # -- messages ------------------------------------------------------------------------
+    def receive(self, name: str, timeout: Union[timedelta, float, int, None] = None) -> Any:
+        """The next message ``name`` (its payload), in the order they were
+        recorded; one recorded before this call was kept for it. With
+        ``timeout``, raises :class:`aion.Timeout` if the deadline's firing is
+        recorded first (the message, if it comes later, is kept for the next
+        receive)."""
+        return messages.receive(self, name, timeout)
+
+    def send(self, workflow_id: str, name: str, payload: Any = None) -> None:
+        """Send message ``name`` to another workflow, exactly once (see
+        :func:`aion_green.messages.send`)."""
+        messages.send(self, workflow_id, name, payload)
+
+    # -- children and fan-out ------------------------------------------------------------
+    def start_child(self, fn: Union[str, Callable[..., Any]], *args: Any,
+                    id: Optional[str] = None) -> ChildHandle:  # noqa: A002
+        """Start workflow ``fn(ctx, *args)`` as a child of this run and
+        return its handle (``child.result()`` waits for its end). The start
+        is recorded (``ChildStarted``, with the child's id: ``id``, or
+        ``"<this id>/child-<n>"``) before the child is created, and the
+        child exists when this returns. The child runs on when this run
+        ends; its end is recorded here only while this run lives."""
+        return children.start_child(self, fn, args, id)
+
+    def _child_ready(self, child_id: str) -> None:
+        """Hub thread, from the child's spawn-recovery task (a greenlet: the
+        bell is rung from the hub's callback context)."""
+        self._note_child_ready(child_id)
+        gevent.get_hub().loop.run_callback(self._ring)
+
+    def _note_child_ready(self, child_id: str) -> None:
+        ready = self._children_ready
+        if not isinstance(ready, set):
+            ready = self._children_ready = set()
+        ready.add(child_id)
+
+    def parallel(self, items: Sequence[Union[Step, ChildHandle]]) -> list[Any]:
+        """Run the steps (``aion.Step(fn, *args, retry=...)``) at once and
+        wait for them and for the children (handles from ``start_child``);
+        their results in the order of ``items``. Once all have ended, the
+        first failure recorded is raised (a :class:`StepError`, or
+        :class:`aion.WorkflowFailed` for a child)."""
+        return fanout.fan_out(self, items, first=False)
+
+    def race(self, items: Sequence[Union[Step, ChildHandle]]) -> tuple[int, Any]:
+        """Like :meth:`parallel`, but the first end recorded wins: returns
+        ``(index, result)`` of the winner (or raises its error). The losers
+        are dropped: a running step is not awaited (its late record is
+        passed over), a losing child is cancelled."""
+        return fanout.fan_out(self, items, first=True)
+
+    def supervise(self, children: Sequence["ChildSpec"], strategy: str = "one_for_one",
+                  intensity: int = 1, period: Union[timedelta, float] = timedelta(seconds=5)) -> list[Any]:
+        """Supervise child workflows as an OTP supervisor does (see
+        :mod:`aion_green.supervision`): start ``children`` (``aion.ChildSpec``)
+        in order, restart them by their restart type and ``strategy``, and
+        return once none is left to run (each child's last result, or None
+        for one that did not complete). More than ``intensity`` restarts
+        within ``period`` end the children in reverse start order and raise
+        :class:`aion.RestartIntensityExceeded`. Every restart is recorded
+        (``ChildRestarted``) before the new child starts."""
+        from aion_green.workflows.supervision import supervise
+
+        return supervise(self, children, strategy, intensity, period)
+
+    def patched(self, change_id: str) -> bool:
+        """Versioning: True where this run takes the new code of change
+        ``change_id`` (see :mod:`aion_green.versioning`)."""
+        return versioning.patched(self, change_id)
+
+    def deprecate_patch(self, change_id: str) -> None:
+        """Replaces ``ctx.patched(change_id)`` once every run takes the new
+        branch (see :mod:`aion_green.versioning`)."""
+        versioning.deprecate_patch(self, change_id)
+
+    def continue_as_new(self, *args: Any) -> NoReturn:
+        """End this run and begin a fresh run of the same workflow id with
+        ``args``, on a new history (this one is archived: see
+        ``engine.history(id, run_id=...)``), so an endless workflow keeps a
+        bounded history. ``engine.result(id)`` waits for the last run. Ids
+        the new run derives (step keys, child ids) are its own. Messages
+        recorded here and not yet received do not carry over."""
+        self._check()
+        raise ContinueAsNew(ev.roundtrip(list(args), f"the arguments of {self.workflow_type}"))
+
+    def _cancel_timer(self, key: str) -> None:
+        """Record TimerCancelled (always, even if a firing raced it in: the
+        record, not the race, decides what a replay does)."""
+        self._timers.pop(key, None)
+        if self._take(_TIMER_CANCELLED, {"timer": key}, lambda: f"cancel timer {key}") is None:
+            self._record(ev.NewEvent(ev.TIMER_CANCELLED, time.time(), {"timer": key}))
+
+    @staticmethod
+    def _step_error(ordinal: int, name: str, data: dict[str, Any], attempt: int) -> StepError:
+        error = data.get("error") or {}
+        return StepError(ordinal, name, error.get("type", "Exception"),
+                         error.get("message", ""), attempt)
+
+    # -- recording -----------------------------------------------------------------------
+    def _check(self) -> None:
+        if self._divergence is not None:
+            raise self._divergence
+        if self._failure is not None:
+            # Unwinding (terminated, evicted, lost): a ``finally`` of the
+            # workflow starts nothing new, not even a step (issue 16).
+            raise self._failure
+        if self._engine._hub.closing:
+            # The engine is shutting down: a workflow that swallowed its
+            # GreenletExit must not start new work in a closing epoch.
+            raise GreenletExit()
+
+    def _take(self, types: frozenset[str], key: dict[str, Any],
+              expected: Callable[[], str], found: Optional[ev.Event] = None) -> Optional[ev.Event]:
+        try:
+            return self._cursor.take(types, key, expected, found)
+        except NonDeterminismError as exc:
+            self._divergence = exc
+            raise
+
+    # -- deadlines, cancellation, queries ---------------------------------------------------
+    @contextmanager
+    def timeout(self, duration: Union[timedelta, float, int, datetime]) -> Iterator[None]:
+        """A deadline over a block: if its firing is recorded before what a
+        wait inside the block waits for, the wait is abandoned and
+        :class:`aion.Timeout` is raised here; a replay takes the same branch
+        from the record. An aware ``datetime`` is the deadline itself."""
+        if isinstance(duration, datetime):
+            if duration.tzinfo is None:
+                raise ValueError(f"ctx.timeout({duration!r}): pass a timezone-aware datetime")
+            at = duration.timestamp()
+            key = self._start_timer(lambda: at)
+        else:
+            seconds = _clock.seconds_of(duration, f"ctx.timeout({duration!r})")
+            key = self._start_timer(lambda: time.time() + seconds)
+        self._scopes += (key,)
+        expired = False
+        try:
+            yield
+        except _ScopeExpired as exc:
+            if exc.key != key:
+                raise
+            expired = True
+            raise Timeout(f"workflow {self.workflow_id!r}: the block did not finish within "
+                          f"{duration}") from None
+        except GreenletExit:
+            # Killed by shutdown: the block is not left and its deadline
+            # stands. A TimerCancelled recorded here would be appended by a
+            # closing epoch, and the next epoch, which fires the timer, would
+            # diverge at its next timer (seen in test_schedules' restarts).
+            expired = True
+            raise
+        finally:
+            self._scopes = tuple(k for k in self._scopes if k != key)
+            if not expired:
+                self._cancel_timer(key)
+
+    def set_query(self, name: str, handler: Callable[..., Any]) -> None:
+        """Answer ``engine.query(id, name, *args)`` with ``handler(*args)``,
+        from the live run while it waits. Never recorded; the handler must
+        not wait on anything."""
+        if not callable(handler):
+            raise TypeError(f"ctx.set_query({name!r}, ...): the handler must be callable")
+        self._queries[name] = handler
+
+    def _race(self, own: Callable[[], Optional[ev.Event]],
+              abandon: Optional[Callable[[], None]] = None,
+              go_live: Optional[Callable[[], None]] = None) -> ev.Event:
+        """Wait for ``own()`` (an event this wait is for) unless a cancel
+        request, or the deadline of an enclosing ``ctx.timeout`` block, is
+        recorded first; the first recorded wins, live and on replay alike.
+        ``go_live()`` is called each time the record decides nothing yet
+        (so work starts only when no recorded interruption wins first)."""
+        first = FirstRecorded(self, own, go_live)
+        winner: ev.Event = self._wait(first)
+        if winner is first.mine:
+            return winner
+        if abandon is not None:
+            abandon()
+        self._cursor.consume_arrival(winner)
+        if winner.type == ev.CANCEL_REQUESTED:
+            self._cancel_pending = False  # delivered once; cleanup may wait again
+            raise Cancelled(winner.data.get("reason", ""))
+        raise _ScopeExpired(winner.data["timer"])
+
+    def _wait(self, ready: Callable[[], Any]) -> Any:
+        """Park until ``ready()`` gives something (it reads the history)."""
+        while True:
+            if self._failure is not None:
+                raise self._failure
+            found = ready()
+            if found is not None:
+                return found
+            self._park()
+
+    def _next_command(self) -> ev.Event:
+        """A step's wait for its record: ``_race(cursor.next_command)``, raced
+        only once something could interrupt it (a cancel request recorded and
+        not yet raised, an enclosing timeout block): the hot path."""
+        cursor = self._cursor
+        while True:
+            if (self._failure is not None or self._scopes
+                    or (self._cancel_pending and CANCEL_KEY in cursor.arrivals)):
+                return self._race(cursor.next_command)
+            found = cursor.next_command()
+            if found is not None:
+                return found
+            self._park()
+
+    def _park(self) -> None:
+        """Wait for the next event recorded for this run (or a failure)."""
+        bell = self._bell
+        bell.clear()
+        self._parked = True
+        engine = self._engine
+        if engine._residency:
+            engine._on_park(self)
+        try:
+            bell.get()
+        finally:
+            self._parked = False
+            if engine._residency:
+                engine._on_unpark(self)
+
+    def _record(self, event: ev.NewEvent, final: bool = False,
+                queued: Optional[Callable[[], None]] = None) -> ev.Event:
+        """Record one command of this workflow: it is durable before the
+        workflow goes on (record before wake). A non-final command is then
+        consumed like a replayed one; the final one is not matched at all
+        (a run that diverged still ends with exactly one terminal event).
+        ``queued()`` runs once the append is queued, before it is durable:
+        a write it queues then commits with it or after it, never before."""
+        if self._failure is not None:
+            # Unwinding (evicted, or the store refused an earlier record):
+            # a ``finally`` of the workflow must not record anything more.
+            raise self._failure
+        # No closures here: their cells would live as long as the wait.
+        target = self._recorder.submit_events([event], final=final)
+        assert target is not None, "a live run's recorder is initialised"
+        if queued is not None:
+            queued()
+        cursor = self._cursor
+        self._wait(functools.partial(reached, cursor, target))
+        if final:
+            return cursor.event(target)
+        recorded = self._take(frozenset({event.type}), {}, functools.partial(str, event.type))
+        assert recorded is not None and recorded.seq == target
+        return recorded
+
+    def _on_recorded(self, events: Sequence[ev.Event]) -> None:
+        """Hub thread: events of this run became durable, in seq order."""
+        self._cursor.add(events)
+        self._ring()
+
+    def _ring(self) -> None:
+        if self._parked:
+            self._parked = False
+            self._bell.switch(None)
+
+    def _on_failed(self, error: BaseException) -> None:
+        """Hub thread: the store refused a record of this run."""
+        if self._failure is None:
+            if isinstance(error, (SequenceConflict, FencedOut)):
+                # Another writer owns the run now: drop it here, silently.
+                self._failure = RunLost(str(error))
+            elif isinstance(error, AionError):
+                self._failure = RunAborted(error)
+            else:
+                self._failure = RunAborted(StoreError(f"recording failed: {error!r}"))
+        self._ring()
+
+    def _finish_check(self, ending: str) -> None:
+        """Called by the engine when the workflow function ended."""
+        self._check()
+        try:
+            self._cursor.check_end(ending)
+        except NonDeterminismError as exc:
+            self._divergence = exc
+            raise
+

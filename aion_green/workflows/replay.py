@@ -1,0 +1,194 @@
+"""The history cursor: replay matches each engine call against the record.
+
+Naming rule: every engine call of a workflow carries a *correlation key*
+(a step: its ordinal and name). *Command* events (what the workflow did:
+steps, timers it started, its end) are matched in order: an event of the
+wrong type or key is a :class:`NonDeterminismError`. *Arrivals* (what came
+from outside: a message, a timer's firing, a cancel request) may be recorded
+between any two commands, so they are matched by key, never by position.
+Past the end of the recorded commands a call goes live; live records join
+the same history, so live and replay read it the same way.
+"""
+from __future__ import annotations
+
+from typing import AbstractSet, Any, Callable, Iterable, Optional, Sequence
+
+from aion_green.core import events as ev
+from aion_green.core.errors import NonDeterminismError
+from aion_green.core.history import ARRIVAL_TYPES, CANCEL_KEY, ArrivalKey, arrival_key
+
+_STEP_TYPES = frozenset({ev.STEP_COMPLETED, ev.STEP_FAILED})
+
+
+
+
+
+
+
+
+
+
+
+
+_NO_KEYS: frozenset[int] = frozenset()
+
+
+def _index_step(records: dict[tuple[int, int], ev.Event], event: ev.Event) -> None:
+    data = event.data
+    records.setdefault((int(data.get("step", 0)), int(data.get("attempt", 1))), event)
+
+
+class HistoryCursor:
+    """Position of a workflow in its history; used only by the run's own
+    greenlet and the hub callbacks that record into it (one thread)."""
+
+    def __init__(self, workflow_id: str, history: Sequence[ev.Event]) -> None:
+        if not history or history[0].type != ev.WORKFLOW_STARTED:
+            raise NonDeterminismError(
+                workflow_id, history[0].seq if history else None,
+                "a history that opens with WorkflowStarted",
+                history[0].describe() if history else "an empty history",
+            )
+        self.workflow_id = workflow_id
+        self._events: list[ev.Event] = []
+        self.arrivals: dict[ArrivalKey, ev.Event] = {}
+        # Invariant: _events[:_pos] hold no unconsumed command; the time of
+        # the last consumed event is the workflow's current time (ctx.now()).
+        self._pos = 1
+        self.current_at: float = history[0].at
+        # Steps matched by key, not position (their records are passed over
+        # by next_command): those of a fan-out (ctx.parallel, ctx.race), whose
+        # records land in any order, and those whose wait was abandoned (a
+        # cancel or a deadline was recorded first), whose late record is not
+        # a command of this workflow's path.
+        self.keyed_steps: AbstractSet[int] = _NO_KEYS  # a set from the first key_step()
+        # Every step record by (ordinal, attempt), for keyed lookups: built
+        # at the first lookup (a run with no fan-out never needs it).
+        self._step_records: Optional[dict[tuple[int, int], ev.Event]] = None
+        self.add(history)
+
+    def key_step(self, ordinal: int) -> None:
+        """Match the records of step ``ordinal`` by key from now on."""
+        keyed = self.keyed_steps
+        if not isinstance(keyed, set):
+            keyed = self.keyed_steps = set()
+        keyed.add(ordinal)
+
+    @property
+    def head_seq(self) -> int:
+        return self._events[-1].seq
+
+    @property
+    def replaying(self) -> bool:
+        return self.next_command() is not None
+
+    def add(self, events: Iterable[ev.Event]) -> None:
+        """Events recorded (loaded, or appended live), in seq order."""
+        for event in events:
+            self.add_one(event)
+
+    def add_one(self, event: ev.Event) -> None:
+        self._events.append(event)
+        if event.type in ARRIVAL_TYPES:
+            key = arrival_key(event)
+            if key is not None:
+                self.arrivals.setdefault(key, event)
+        elif self._step_records is not None and event.type in _STEP_TYPES:
+            _index_step(self._step_records, event)
+
+    def step_record(self, ordinal: int, attempt: int) -> Optional[ev.Event]:
+        """The first record of attempt ``attempt`` of step ``ordinal``."""
+        records = self._step_records
+        if records is None:
+            records = self._step_records = {}
+            for event in self._events:
+                if event.type in _STEP_TYPES:
+                    _index_step(records, event)
+        return records.get((ordinal, attempt))
+
+    def event(self, seq: int) -> ev.Event:
+        """The recorded event with ``seq`` (a history starts at seq 1)."""
+        return self._events[seq - 1]
+
+    def next_command(self) -> Optional[ev.Event]:
+        events, pos = self._events, self._pos
+        end = len(events)
+        while pos < end:
+            event = events[pos]
+            if event.type not in ARRIVAL_TYPES and not (
+                    event.type in _STEP_TYPES and event.data.get("step") in self.keyed_steps):
+                self._pos = pos
+                return event
+            pos += 1
+        self._pos = pos
+        return None
+
+    def take(self, types: frozenset[str], key: dict[str, Any],
+             expected: Callable[[], str], found: Optional[ev.Event] = None) -> Optional[ev.Event]:
+        """The next recorded command if it is of one of ``types`` with
+        ``key``; None when none is recorded yet (the call goes live).
+        ``expected()`` describes the call for the error message; ``found``
+        is the next command when the caller just looked it up."""
+        event = found if found is not None else self.next_command()
+        if event is None:
+            return None
+        data = event.data
+        if event.type not in types:
+            raise NonDeterminismError(self.workflow_id, event.seq, expected(), event.describe())
+        for k, v in key.items():
+            if data.get(k) != v:
+                raise NonDeterminismError(self.workflow_id, event.seq, expected(), event.describe())
+        self.consume(event)
+        return event
+
+    def consume(self, event: ev.Event) -> None:
+        """``event``, the next command (checked by the caller), is replayed."""
+        self._pos += 1
+        self.current_at = event.at
+
+    def consume_arrival(self, event: ev.Event) -> None:
+        """An arrival was used by a wait: it sets the workflow's time."""
+        self.current_at = max(self.current_at, event.at)
+
+    def check_end(self, ending: str) -> None:
+        """The workflow ended; a recorded command not yet replayed means the
+        code now does less than it did."""
+        event = self.next_command()
+        if event is not None and event.type not in ev.TERMINAL_TYPES:
+            raise NonDeterminismError(self.workflow_id, event.seq, ending, event.describe())
+
+
+def reached(cursor: HistoryCursor, seq: int) -> Optional[bool]:
+    """True once the history holds ``seq`` (a ``ready()`` for ``_wait``)."""
+    return cursor.head_seq >= seq or None
+
+
+class FirstRecorded:
+    """The ``ready()`` of a race (``WorkflowContext._race``, whose context
+    is ``ctx``): the first recorded of ``own()``, a cancel request and the
+    deadlines of the enclosing timeout blocks. An object, not a closure: a
+    parked run keeps one, and each closure cell would be one more object
+    for the cyclic GC."""
+
+    __slots__ = ("ctx", "own", "go_live", "mine")
+
+    def __init__(self, ctx: Any, own: Callable[[], Optional[ev.Event]],
+                 go_live: Optional[Callable[[], None]]) -> None:
+        self.ctx, self.own, self.go_live = ctx, own, go_live
+        self.mine: Optional[ev.Event] = None
+
+    def __call__(self) -> Optional[ev.Event]:
+        ctx = self.ctx
+        best = self.mine = self.own()
+        arrivals = ctx._cursor.arrivals
+        if ctx._cancel_pending:
+            request = arrivals.get(CANCEL_KEY)
+            if request is not None and (best is None or request.seq < best.seq):
+                best = request
+        for key in ctx._scopes:
+            fired = arrivals.get(("timer", key))
+            if fired is not None and (best is None or fired.seq < best.seq):
+                best = fired
+        if best is None and self.go_live is not None:
+            self.go_live()
+        return best

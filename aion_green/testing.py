@@ -192,48 +192,68 @@ def _replay_one(engine: "Engine", fn: Any, info: Any, history: list[Any]) -> Opt
     recorded = history[:-1] if history and history[-1].type in _TERMINAL else history
 
     def run() -> Optional[str]:
-        ctx = WorkflowContext(engine, info.workflow_id, info.run_id, info.workflow_type,
-                              recorded, _NoRecorder())  # type: ignore[arg-type]
+        host = _ReplayHost(engine._host)
+        ctx = WorkflowContext(host, info.workflow_id, info.run_id, info.workflow_type,
+                              recorded, _NoRecorder())
+        host.ctx = ctx
         ctx._wait = _no_wait  # type: ignore[method-assign]
         ctx._record = _refuse  # type: ignore[method-assign]
-        saved = {name: getattr(engine, name) for name in _PASSIVE}
-        engine._run_step = _refuse  # type: ignore[method-assign]
-        engine._ensure_child = (  # type: ignore[method-assign]
-            lambda parent, data: ctx._note_child_ready(data["id"]))
-        setattr(engine, "_route_message", lambda *args: args[-1](None, None))  # noqa: B010
-        setattr(engine, "_route_cancel", lambda *args: args[-1](None, None))  # noqa: B010
+        args = recorded[0].data.get("args", info.args)
         try:
-            args = recorded[0].data.get("args", info.args)
-            try:
-                fn(ctx, *args)
-            except _ReplayDone:
-                return None
-            except NonDeterminismError as exc:
-                return f"{info.workflow_id}: {exc}"
-            except BaseException:  # noqa: BLE001 - the workflow's own end
-                if ctx._divergence is not None:
-                    return f"{info.workflow_id}: {ctx._divergence}"
-            try:
-                ctx._finish_check("the workflow to end")
-            except NonDeterminismError as exc:
-                return f"{info.workflow_id}: {exc}"
+            fn(ctx, *args)
+        except _ReplayDone:
             return None
-        finally:
-            for name, value in saved.items():
-                setattr(engine, name, value)
+        except NonDeterminismError as exc:
+            return f"{info.workflow_id}: {exc}"
+        except BaseException:  # noqa: BLE001 - the workflow's own end
+            if ctx._divergence is not None:
+                return f"{info.workflow_id}: {ctx._divergence}"
+        try:
+            ctx._finish_check("the workflow to end")
+        except NonDeterminismError as exc:
+            return f"{info.workflow_id}: {exc}"
+        return None
 
     return engine._hub.submit(run).result(60)  # type: ignore[no-any-return]
 
 
-_PASSIVE = ("_run_step", "_ensure_child", "_route_message", "_route_cancel")
 _TERMINAL = frozenset({"WorkflowCompleted", "WorkflowFailed", "WorkflowCancelled",
                        "WorkflowContinuedAsNew"})
+
+
+class _ReplayHost:
+    """The engine's host for a replay that must not act on the world: a
+    step ends the replay, a child counts as created, a message or a cancel
+    to another run as delivered; the rest is the engine's."""
+
+    def __init__(self, host: Any) -> None:
+        self._host = host
+        self.tracks_parking = False
+        self.ctx: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._host, name)
+
+    def run_step(self, *args: Any, **kwargs: Any) -> None:
+        raise _ReplayDone()
+
+    def ensure_child(self, parent: Any, data: dict[str, Any]) -> None:
+        self.ctx._note_child_ready(data["id"])
+
+    def route_message(self, *args: Any) -> None:
+        args[-1](None, None)
+
+    def route_cancel(self, *args: Any) -> None:
+        args[-1](None, None)
 
 
 class _NoRecorder:
     closed = True  # nothing may be recorded (late retries check this)
 
     def submit(self, *args: Any, **kwargs: Any) -> Any:
+        raise _ReplayDone()
+
+    def submit_events(self, *args: Any, **kwargs: Any) -> Any:
         raise _ReplayDone()
 
 

@@ -39,6 +39,7 @@ from aion_green.core.registry import Registry, check_arguments, signature_from, 
 from aion_green.hub_thread import Future, HubThread
 from aion_green.runtime import rewind, schedules
 from aion_green.runtime.children import ChildDriver
+from aion_green.runtime.host import EngineHost
 from aion_green.runtime.leases import LeaseDriver
 from aion_green.runtime.queries import QueryDriver
 from aion_green.runtime.recorder import Recorder
@@ -222,6 +223,7 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
             self._hub = HubThread(name="aion-hub", kill_timeout=self.kill_timeout)
             self._timers = TimerService(self)
             self._child_tasks = ChildTaskRegistry(self._hub)
+            self._host = EngineHost(self)  # what this epoch's runs see of it
             self._hub.call_soon(self._on_hub_start)
             self._hub.start()
             self._pid = pid

@@ -380,7 +380,7 @@ class RunDriver:
             # this run finds its context in place.
             if recovering:
                 recorder.init(history[-1].seq, *message_state(history))
-            ctx = WorkflowContext(self, wid, info.run_id, info.workflow_type, history,  # type: ignore[arg-type]
+            ctx = WorkflowContext(self._host, wid, info.run_id, info.workflow_type, history,
                                   recorder)
             self._runs[wid] = ctx
             ctx._greenlet = gevent.getcurrent()

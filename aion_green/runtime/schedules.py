@@ -297,7 +297,7 @@ class _ScheduleRun:
             if error is not None:
                 log.debug("schedule %r: %r not cancelled: %s", ctx.workflow_id, child_id, error)
 
-        ctx._engine._route_cancel(child_id, f"schedule {ctx.workflow_id!r}: overlap='cancel_previous'",
+        ctx._host.route_cancel(child_id, f"schedule {ctx.workflow_id!r}: overlap='cancel_previous'",
                                   done)
 
     def _maybe_continue(self) -> None:

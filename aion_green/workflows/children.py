@@ -53,17 +53,17 @@ def start_child(ctx: "WorkflowContext", fn: Union[str, Callable[..., Any]], args
                 child_id: Optional[str]) -> ChildHandle:
     """``ctx.start_child`` (see there)."""
     ctx._check()
-    engine = ctx._engine
+    host = ctx._host
     if child_id is not None:
         try:
             ev.check_key(child_id, "ctx.start_child(..., id=...): the child's id")
         except ConfigurationError as exc:
             raise ValueError(str(exc)) from None
     if callable(fn):
-        wname = engine._registry.add(fn)
+        wname = host.register(fn)
     else:
         wname = workflow_name(fn)
-        engine._registry.get(wname)  # fail early for an unknown name
+        host.require_registered(wname)  # fail early for an unknown name
     args_value = ev.roundtrip(list(args), f"the arguments of child workflow {wname}")
     ctx._child_ordinal += 1
     ordinal = ctx._child_ordinal
@@ -80,7 +80,7 @@ def start_child(ctx: "WorkflowContext", fn: Union[str, Callable[..., Any]], args
         # child may exist unrecorded; the replay records the start again
         # and adopts it, being the same id, type and arguments.)
         recorded = ctx._record(ev.NewEvent(ev.CHILD_STARTED, time.time(), data),
-                               queued=lambda: engine._ensure_child(ctx._parent_key, data))
+                               queued=lambda: host.ensure_child(ctx._parent_key, data))
     data = recorded.data
     chosen: str = data["id"]
     arrivals = ctx._cursor.arrivals
@@ -88,7 +88,7 @@ def start_child(ctx: "WorkflowContext", fn: Union[str, Callable[..., Any]], args
     if end_key not in arrivals:
         # The child exists before the parent goes on (a crash in between is
         # repaired when the parent's history is loaded again).
-        engine._ensure_child(ctx._parent_key, data)
+        host.ensure_child(ctx._parent_key, data)
         ctx._wait(lambda: (chosen in ctx._children_ready or end_key in arrivals) or None)
     return ChildHandle(ctx, ordinal, chosen, wname)
 
@@ -97,9 +97,7 @@ def watch_again(ctx: "WorkflowContext", child_id: str) -> None:
     """Arm the watcher of a child whose end is not recorded (a no-op if it
     is watched): after an abandoned wait, a new wait watches it anew."""
     if ("child", child_id) not in ctx._cursor.arrivals and child_id in ctx._children_ready:
-        engine = ctx._engine
-        engine._child_tasks.arm_watch(ctx._parent_key, child_id, engine._watch_child,
-                                      ctx._parent_key, child_id)
+        ctx._host.watch_child(ctx._parent_key, child_id)
 
 
 def child_result(ctx: "WorkflowContext", child: ChildHandle) -> Any:
@@ -113,7 +111,7 @@ def child_result(ctx: "WorkflowContext", child: ChildHandle) -> Any:
     end_key = ("child", child_id)
     watch_again(ctx, child_id)
     end = ctx._race(lambda: arrivals.get(end_key),
-                    lambda: ctx._engine._child_tasks.abort_watch(ctx._parent_key, child_id))
+                    lambda: ctx._host.abort_watch(ctx._parent_key, child_id))
     ctx._cursor.consume_arrival(end)
     return child_outcome(child_id, end)
 

@@ -33,14 +33,13 @@ from aion_green.core.errors import (
     Timeout,
 )
 from aion_green.core.history import CANCEL_KEY, run_key
-from aion_green.runtime.recorder import Recorder
 from aion_green.workflows import children, fanout, messages, steps, versioning
 from aion_green.workflows.children import ChildHandle
 from aion_green.workflows.fanout import Step
+from aion_green.workflows.host import Host, RunLog
 from aion_green.workflows.replay import FirstRecorded, HistoryCursor, reached
 
 if TYPE_CHECKING:  # pragma: no cover
-    from aion_green.runtime.engine import Engine
     from aion_green.workflows.supervision import ChildSpec
 
 log = logging.getLogger("aion_green.context")
@@ -92,9 +91,10 @@ _NONE: frozenset[str] = frozenset()
 class WorkflowContext:
     """The workflow's handle on the engine (``ctx``)."""
 
-    def __init__(self, engine: "Engine", workflow_id: str, run_id: str,
-                 workflow_type: str, history: Sequence[ev.Event], recorder: Recorder) -> None:
-        self._engine = engine
+    def __init__(self, host: Host, workflow_id: str, run_id: str,
+                 workflow_type: str, history: Sequence[ev.Event], recorder: RunLog) -> None:
+        # The engine, as far as this run may reach it (workflows/host.py).
+        self._host = host
         self.workflow_id = workflow_id
         self.run_id = run_id
         self.workflow_type = workflow_type
@@ -208,7 +208,7 @@ class WorkflowContext:
                 ev.TIMER_STARTED, time.time(), {"timer": key, "fire_at": deadline()}))
         if ("timer", key) not in self._cursor.arrivals and key not in self._timers:
             self._timers[key] = recorded.data["fire_at"]
-            self._engine._timers.add(recorded.data["fire_at"], self.workflow_id, key)
+            self._host.arm_timer(recorded.data["fire_at"], self.workflow_id, key)
         return key
 
     def _timer_due(self, key: str, now: float) -> None:
@@ -330,7 +330,7 @@ class WorkflowContext:
             # Unwinding (terminated, evicted, lost): a ``finally`` of the
             # workflow starts nothing new, not even a step (issue 16).
             raise self._failure
-        if self._engine._hub.closing:
+        if self._host.closing:
             # The engine is shutting down: a workflow that swallowed its
             # GreenletExit must not start new work in a closing epoch.
             raise GreenletExit()
@@ -437,15 +437,15 @@ class WorkflowContext:
         bell = self._bell
         bell.clear()
         self._parked = True
-        engine = self._engine
-        if engine._residency:
-            engine._on_park(self)
+        host = self._host
+        if host.tracks_parking:
+            host.parked(self)
         try:
             bell.get()
         finally:
             self._parked = False
-            if engine._residency:
-                engine._on_unpark(self)
+            if host.tracks_parking:
+                host.unparked(self)
 
     def _record(self, event: ev.NewEvent, final: bool = False,
                 queued: Optional[Callable[[], None]] = None) -> ev.Event:

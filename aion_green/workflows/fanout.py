@@ -189,8 +189,8 @@ def _start(ctx: "WorkflowContext", branch: _Branch) -> None:
     delay = branch.retry_due - _clock.monotonic()
     if delay > 0:
         ctx._busy += 1  # a step waiting to start keeps its run in memory
-        ctx._engine._hub.spawn(_start_later, ctx, branch, delay,
-                               name=f"retry:{ctx.workflow_id}/step-{branch.ordinal}")
+        ctx._host.spawn(_start_later, ctx, branch, delay,
+                        name=f"retry:{ctx.workflow_id}/step-{branch.ordinal}")
     else:
         _submit(ctx, branch)
 
@@ -210,8 +210,8 @@ def _submit(ctx: "WorkflowContext", branch: _Branch) -> None:
     assert step is not None
     info = StepInfo(ctx.workflow_id, ctx.run_id, branch.ordinal, branch.name, branch.attempt + 1,
                     ctx.generation)
-    ctx._engine._run_step(ctx._recorder, step.fn, step.args, info, step.retry or NO_RETRY,
-                          step.timeout)
+    ctx._host.run_step(ctx._recorder, step.fn, step.args, info, step.retry or NO_RETRY,
+                       step.timeout)
 
 
 def _drop(ctx: "WorkflowContext", branch: _Branch, cancel_child: bool) -> None:
@@ -221,14 +221,14 @@ def _drop(ctx: "WorkflowContext", branch: _Branch, cancel_child: bool) -> None:
     branch.dropped = True
     if branch.child is None or branch.end is not None:
         return
-    engine, child_id = ctx._engine, branch.child.workflow_id
-    engine._child_tasks.abort_watch(ctx._parent_key, child_id)
+    host, child_id = ctx._host, branch.child.workflow_id
+    host.abort_watch(ctx._parent_key, child_id)
     if cancel_child:
         def done(_seq: Any, error: Optional[BaseException]) -> None:
             if error is not None:
                 log.debug("race loser %r not cancelled: %s", child_id, error)
 
-        engine._route_cancel(child_id, f"lost a race in workflow {ctx.workflow_id!r}", done)
+        host.route_cancel(child_id, f"lost a race in workflow {ctx.workflow_id!r}", done)
 
 
 def _outcome(ctx: "WorkflowContext", branch: _Branch) -> Any:

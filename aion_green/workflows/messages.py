@@ -78,11 +78,11 @@ def send(ctx: "WorkflowContext", workflow_id: str, name: str, payload: Any = Non
     if recorded is None:
         recorded = ctx._record(ev.NewEvent(ev.MESSAGE_SENT, time.time(), {
             "to": workflow_id, "name": name, "payload": value, "dedup": dedup}))
-    waiter, done = ctx._engine._hub.native_waiter()
+    waiter, done = ctx._host.native_waiter()
     # The recorded dedup id: a forked run replays its source's sends under
     # the ids the target already recorded (rewind.py).
-    ctx._engine._route_message(workflow_id, name, recorded.data.get("payload"), recorded.at,
-                               recorded.data.get("dedup") or dedup, done)
+    ctx._host.route_message(workflow_id, name, recorded.data.get("payload"), recorded.at,
+                            recorded.data.get("dedup") or dedup, done)
     try:
         waiter.get()
     except AionError as exc:

@@ -256,7 +256,7 @@ def workflow_step(ctx: "WorkflowContext", fn: Callable[..., Any], *args: Any,
     (``ctx.step``, on the run's greenlet: the recorded outcome on replay;
     live, each attempt on the pool, retried after its backoff while the
     policy allows.)"""
-    if ctx._divergence is not None or ctx._failure is not None or ctx._engine._hub._closing:
+    if ctx._divergence is not None or ctx._failure is not None or ctx._host.closing:
         ctx._check()  # raises
     policy = retry or NO_RETRY
     limit = None if timeout is None else _clock.seconds_of(timeout, f"ctx.step(..., timeout={timeout!r})")
@@ -283,9 +283,9 @@ def workflow_step(ctx: "WorkflowContext", fn: Callable[..., Any], *args: Any,
             info = _tuple_new(StepInfo, (ctx.workflow_id, ctx.run_id, ordinal, sname,
                                          attempt + 1, ctx.generation))
             if limit is None:
-                ctx._engine._run_step(ctx._recorder, fn, args, info, policy)
+                ctx._host.run_step(ctx._recorder, fn, args, info, policy)
             else:
-                ctx._engine._run_step(ctx._recorder, fn, args, info, policy, limit)
+                ctx._host.run_step(ctx._recorder, fn, args, info, policy, limit)
             live = True
         try:
             found = ctx._next_command()

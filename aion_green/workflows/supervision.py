@@ -225,7 +225,7 @@ class _Supervisor:
         def abandon() -> None:
             for slot in running:
                 assert slot.child is not None
-                ctx._engine._child_tasks.abort_watch(ctx._parent_key, slot.child.workflow_id)
+                ctx._host.abort_watch(ctx._parent_key, slot.child.workflow_id)
 
         end = ctx._race(first, abandon)
         ctx._cursor.consume_arrival(end)
@@ -247,9 +247,9 @@ class _Supervisor:
         for slot in reversed(slots):
             child = slot.child
             assert child is not None
-            engine, child_id = ctx._engine, child.workflow_id
+            host, child_id = ctx._host, child.workflow_id
             if ("child", child_id) not in arrivals:  # not recorded here: a side effect, asked anew
-                engine._route_cancel(child_id, f"ended by its supervisor in {ctx.workflow_id!r}",
+                host.route_cancel(child_id, f"ended by its supervisor in {ctx.workflow_id!r}",
                                      _ignore_refusal(child_id))
             if not wait:
                 continue

@@ -25,11 +25,12 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import gevent
 
 from aion_green.core import events as ev
+from aion_green.runtime.recorder import Recorder
 from aion_green.store import RunInfo
 from aion_green.workflows.context import WorkflowContext
 
@@ -194,7 +195,7 @@ def _evictable(ctx: WorkflowContext) -> bool:
     """Parked with nothing in flight (no step running or waiting to start,
     no append on its way to the store, no failure pending) and not about to
     wake."""
-    recorder = ctx._recorder
+    recorder = cast(Recorder, ctx._recorder)  # this engine's runs log through a Recorder
     if not (ctx._parked and ctx._busy == 0 and ctx._failure is None
             and ctx._divergence is None and not recorder.closed
             and recorder._next == ctx._cursor.head_seq and not recorder._buffer):

@@ -80,6 +80,7 @@ class RunDriver:
 
     # Provided by Engine.
     _hub: Any
+    _host: Any
     _writer: Any
     _reader: Any
     _store: Any

@@ -67,7 +67,7 @@ class TimeTravel:
         engine.poke()
         deadline = _clock.monotonic() + settle
         now = time.time()
-        reader = engine._reader
+        reader = engine._epoch.reader
         while reader.call(reader.store.due_timers, now, 1).result():
             if _clock.monotonic() > deadline:
                 raise AssertionError(f"timers due at {self.now().isoformat()} did not fire within "
@@ -83,7 +83,7 @@ class TimeTravel:
 
         engine = self.engine
         deadline = _clock.monotonic() + timeout
-        while not engine._hub.submit(_quiet, engine).result(timeout):
+        while not engine._epoch.hub.submit(_quiet, engine).result(timeout):
             if _clock.monotonic() > deadline:
                 raise AssertionError(f"the engine's runs did not come to rest within {timeout} s")
             _native_sleep(0.005)
@@ -91,13 +91,13 @@ class TimeTravel:
 
 def _quiet(engine: Any) -> bool:
     """Hub thread: every live run is parked with nothing in flight."""
-    if engine._admission:
+    if engine._epoch.residency.admission:
         return False  # runs wait for a place under the residency cap
-    if engine._child_tasks.armed_spawn_retry_count() or engine._early:
+    if engine._epoch.child_tasks.armed_spawn_retry_count() or engine._epoch.early:
         return False  # a child being created; a run created and not yet driven
-    if any(wid not in engine._runs for wid in engine._recorders):
+    if any(wid not in engine._epoch.runs for wid in engine._epoch.recorders):
         return False  # a start in flight
-    for ctx in list(engine._runs.values()):
+    for ctx in list(engine._epoch.runs.values()):
         if isinstance(ctx, bool) or not ctx._parked:
             return False
         recorder = ctx._recorder
@@ -152,11 +152,11 @@ def check_replay(url: Optional[str] = None, workflow_ids: Optional[Sequence[str]
     problems: list[str] = []
     checked = 0
     try:
-        store = engine._reader.store
+        store = engine._epoch.reader.store
         if workflow_ids is None:
             infos, after = [], None
             while True:
-                page = engine._reader.call(store.list_runs, None, None, 500, after).result()
+                page = engine._epoch.reader.call(store.list_runs, None, None, 500, after).result()
                 infos.extend(page)
                 if len(page) < 500 or len(infos) >= limit:
                     break
@@ -164,7 +164,7 @@ def check_replay(url: Optional[str] = None, workflow_ids: Optional[Sequence[str]
         else:
             infos = [engine.describe(wid) for wid in workflow_ids]
         for info in infos[:limit]:
-            history = engine._reader.call(store.read, info.workflow_id).result()
+            history = engine._epoch.reader.call(store.read, info.workflow_id).result()
             try:
                 fn = engine._registry.get(info.workflow_type)
             except AionError as exc:
@@ -192,7 +192,7 @@ def _replay_one(engine: "Engine", fn: Any, info: Any, history: list[Any]) -> Opt
     recorded = history[:-1] if history and history[-1].type in _TERMINAL else history
 
     def run() -> Optional[str]:
-        host = _ReplayHost(engine._host)
+        host = _ReplayHost(engine._epoch.host)
         ctx = WorkflowContext(host, info.workflow_id, info.run_id, info.workflow_type,
                               recorded, _NoRecorder())
         host.ctx = ctx
@@ -214,7 +214,7 @@ def _replay_one(engine: "Engine", fn: Any, info: Any, history: list[Any]) -> Opt
             return f"{info.workflow_id}: {exc}"
         return None
 
-    return engine._hub.submit(run).result(60)  # type: ignore[no-any-return]
+    return engine._epoch.hub.submit(run).result(60)  # type: ignore[no-any-return]
 
 
 _TERMINAL = frozenset({"WorkflowCompleted", "WorkflowFailed", "WorkflowCancelled",

@@ -73,7 +73,7 @@ def finished(store, runs):
 def measure(url, wtype, runs, engines):
     """Engines up first; then the runs appear, and the clock runs until the
     last has ended."""
-    from aion_green.runtime.engine import open_store
+    from aion_green.stores import open_store
 
     store = open_store(url)
     try:

@@ -48,7 +48,7 @@ with ThreadPoolExecutor(starters) as pool:
     list(pool.map(lambda i: engine.start(parked, until, id=f"w{{i}}"), range(n)))
 # Parked: every run has recorded its timer (the timer service holds one
 # entry per parked run, in memory or not).
-while len(engine._timers._heap) < n:
+while len(engine._epoch.timers._heap) < n:
     time.sleep(0.05)
 parked_s = time.monotonic() - t0
 parked_rss = peak_mib()

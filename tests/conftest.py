@@ -26,7 +26,7 @@ def pytest_report_header(config):
 def open_test_store(url):
     """A store over the same database as an engine of the test (SQLite or
     PostgreSQL), to read or prepare histories directly."""
-    from aion_green.runtime.engine import open_store
+    from aion_green.stores import open_store
 
     return open_store(url)
 

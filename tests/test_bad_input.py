@@ -227,7 +227,7 @@ def test_a_refused_record_stops_the_run_even_if_the_workflow_catches_everything(
 
     engine = make_engine(catches_all)
     engine._ensure_started()
-    real_write = engine._store.write_batch
+    real_write = engine._epoch.store.write_batch
     refused = []
 
     def refusing(ops):
@@ -238,7 +238,7 @@ def test_a_refused_record_stops_the_run_even_if_the_workflow_catches_everything(
                 raise aion.StoreError("simulated: the device went away")
         return real_write(ops)
 
-    engine._store.write_batch = refusing
+    engine._epoch.store.write_batch = refusing
     with pytest.raises(aion.StoreError, match="device went away"):
         engine.start(catches_all, id="hole").result(10)
     assert [e["step"] for e in engine.history("hole") if e.type == ev.STEP_COMPLETED] == [1, 2]
@@ -272,8 +272,8 @@ def test_a_full_disk_is_waited_out_by_the_running_workflow(make_engine):
     engine = make_engine(fills_disk)
     handle = engine.start(fills_disk, id="full")
     assert in_step.wait(10)
-    conn = engine._store._conn
-    engine._writer.call(lambda: conn.execute(
+    conn = engine._epoch.store._conn
+    engine._epoch.writer.call(lambda: conn.execute(
         "PRAGMA max_page_count=" + str(conn.execute("PRAGMA page_count").fetchone()[0]))).result(5)
     go_on.set()
     with pytest.raises(aion.Timeout):

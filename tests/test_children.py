@@ -66,8 +66,8 @@ def test_children_run_and_their_ends_are_recorded_in_the_parent(make_engine):
         assert child.status == "completed" and child.result == 2 * i
         assert started[i].at <= child.created_at
         assert ends[f"p/child-{i + 1}"].seq > started[i].seq
-    assert engine._child_tasks.armed_watch_count() == 0
-    assert engine._child_tasks.armed_spawn_retry_count() == 0
+    assert engine._epoch.child_tasks.armed_watch_count() == 0
+    assert engine._epoch.child_tasks.armed_spawn_retry_count() == 0
 
 
 def test_a_cancelled_child_raises_workflow_cancelled_in_the_parent(make_engine):
@@ -147,7 +147,7 @@ def test_a_deadline_around_child_result_leaves_the_child_running_unrecorded(make
     engine = make_engine(parent, waiter)
     handle = engine.start(parent, id="p")
     wait_until(lambda: ev.TIMER_FIRED in types(engine.history("p")))
-    wait_until(lambda: engine._child_tasks.armed_watch_count() == 0, what="the watcher disarmed")
+    wait_until(lambda: engine._epoch.child_tasks.armed_watch_count() == 0, what="the watcher disarmed")
     engine.signal("slow-kid", "go", "child done")
     engine.result("slow-kid", timeout=10)
     time.sleep(0.1)
@@ -169,7 +169,7 @@ def test_a_parent_that_ends_first_is_never_written_by_its_children(make_engine):
 
     engine = make_engine(parent, waiter)
     assert engine.start(parent, id="p").result(10) == "parent done"
-    assert engine._child_tasks.armed_watch_count() == 0
+    assert engine._epoch.child_tasks.armed_watch_count() == 0
     at_end = engine.history("p")
     engine.signal("orphan", "go", 1)
     assert engine.result("orphan", timeout=10) == 1
@@ -185,11 +185,11 @@ def test_sixteen_parents_parked_on_children_all_resolve(make_engine):
 
     engine = make_engine(parent, waiter)
     handles = [engine.start(parent, n, id=f"p-{n}") for n in range(16)]
-    wait_until(lambda: engine._child_tasks.armed_watch_count() == 16, what="16 watchers")
+    wait_until(lambda: engine._epoch.child_tasks.armed_watch_count() == 16, what="16 watchers")
     for n in range(16):
         engine.signal(f"kid-{n}", "go", 100 * n)
     assert [h.result(10) for h in handles] == [101 * n for n in range(16)]
-    assert engine._child_tasks.armed_watch_count() == 0
+    assert engine._epoch.child_tasks.armed_watch_count() == 0
 
 
 def test_a_parent_and_child_parked_across_a_restart_finish_once(make_engine, db_url):
@@ -282,16 +282,17 @@ def test_a_lost_doorbell_falls_back_to_polling(make_engine, monkeypatch):
 
     engine = make_engine(parent, doubler)
     lost = []
-    original = engine._complete_waiters
+    engine._ensure_started()
+    original = engine._epoch.runner.complete_waiters
 
     def lossy(wid, info):
         if wid == "kid" and not lost:
-            lost.append(len(engine._waiters.get(wid, ())))
-            engine._recently_finished[wid] = info  # the end is known; its doorbell is lost
+            lost.append(len(engine._epoch.waiters.get(wid, ())))
+            engine._epoch.recently_finished[wid] = info  # the end is known; its doorbell is lost
             return
         original(wid, info)
 
-    monkeypatch.setattr(engine, "_complete_waiters", lossy)
+    monkeypatch.setattr(engine._epoch.runner, "complete_waiters", lossy)
     assert engine.start(parent, id="p").result(10) == 6
     assert lost == [1], "the watcher was not waiting when the child ended"
 
@@ -338,8 +339,9 @@ def test_a_childs_end_is_recorded_once_however_often_it_is_reported(make_engine)
     wait_until(lambda: ev.CHILD_COMPLETED in types(engine.history("p")))
     run_id = engine.describe("p").run_id
     for result in (4, 99):  # the second carries another result: it must not land
-        engine._hub.submit(engine._record_child_end, ("p", run_id), "kid", ev.CHILD_COMPLETED,
-                           {"id": "kid", "result": result}).result(5)
+        epoch = engine._epoch
+        epoch.hub.submit(epoch.children._record_child_end, ("p", run_id), "kid",
+                         ev.CHILD_COMPLETED, {"id": "kid", "result": result}).result(5)
     engine.signal("p", "finish")
     assert handle.result(10) == [4, 4]
     assert types(engine.history("p")).count(ev.CHILD_COMPLETED) == 1

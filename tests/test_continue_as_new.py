@@ -76,13 +76,13 @@ def test_the_next_run_does_not_inherit_the_old_runs_waits(make_engine):
     engine.signal("p", "next")
     wait_until(lambda: len(engine.list()) == 3, what="run 2's child")
     assert engine.describe("p/run-2/child-1").status == "running"
-    wait_until(lambda: engine._child_tasks.armed_watch_count() == 1, what="run 2's watcher only")
+    wait_until(lambda: engine._epoch.child_tasks.armed_watch_count() == 1, what="run 2's watcher only")
     engine.signal("p/child-1", "go", "old")
     assert engine.result("p/child-1", timeout=10) == "old"
     engine.signal("p/run-2/child-1", "go", "new")
     assert handle.result(10) == ["p/run-2/child-1", "new"]
     assert types(engine.history("p")).count(ev.CHILD_COMPLETED) == 1
-    assert engine._store.due_timers(1e12) == []  # the first run's deadline went with it
+    assert engine._epoch.store.due_timers(1e12) == []  # the first run's deadline went with it
 
 
 def test_a_restart_in_the_middle_of_a_chain_resumes_the_current_run(make_engine):

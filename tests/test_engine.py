@@ -384,7 +384,7 @@ def test_appends_of_concurrent_runs_share_commits(make_engine):
 
     engine = make_engine(five)
     engine.start(five, -1).result(10)
-    writer = engine._writer
+    writer = engine._epoch.writer
     batches, writes = writer.batches, writer.writes
     handles = [engine.start(five, i, id=f"g{i}") for i in range(200)]
     assert [h.result(30) for h in handles] == [[2 * (i + k) for k in range(5)] for i in range(200)]

@@ -495,9 +495,9 @@ def test_result_with_a_timeout_tells_an_unknown_id_and_leaves_no_waiter_behind(m
         with pytest.raises(aion.Timeout):
             engine.result("polled", timeout=0.01)
     deadline = time.monotonic() + 5
-    while engine._waiters and time.monotonic() < deadline:  # (white-box: the engine's waiter table)
+    while engine._epoch.waiters and time.monotonic() < deadline:  # (white-box: the engine's waiter table)
         time.sleep(0.01)
-    assert engine._waiters == {}
+    assert engine._epoch.waiters == {}
     engine.signal("polled", "go", 7)
     assert engine.result("polled", timeout=10) == 7
     # A finished run asked with no time to wait, from an engine that did not

@@ -50,9 +50,9 @@ engine = aion.Engine("sqlite:///" + path, workflows=[parked], max_resident=cap)
 engine.list(limit=1)
 # Recovery replays each run to its wait; beyond the cap they leave memory.
 began = time.time()
-while len(engine._evicted) < n_runs - cap and time.time() - began < 600:
+while len(engine._epoch.residency._evicted) < n_runs - cap and time.time() - began < 600:
     time.sleep(0.2)
-parked_out = len(engine._evicted)
+parked_out = len(engine._epoch.residency._evicted)
 parked_kib = peak_kib()
 recovered_in = time.time() - began
 # A day passes: the wall clock every part of the engine reads moves on.

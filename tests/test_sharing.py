@@ -55,7 +55,7 @@ def test_the_first_engine_drives_and_a_second_is_its_client(make_engine):
     # The client starts; the driver runs it; the client gets the result.
     assert client.start(quick, 21, id="q").result(timeout=10) == 42
     handle = client.start(greet, "ann", id="g")
-    wait_until(lambda: len(client.history("g")) >= 1 and "g" in driver._runs, what="the driver")
+    wait_until(lambda: len(client.history("g")) >= 1 and "g" in driver._epoch.runs, what="the driver")
     with pytest.raises(aion.QueryFailed, match="driven by process"):
         client.query("g", "who")
     assert driver.query("g", "who") == "ann"
@@ -75,7 +75,7 @@ def test_the_first_engine_drives_and_a_second_is_its_client(make_engine):
         client.result("c", timeout=10)
     client.cancel("c", "again")  # after the end it caused: fine, as in process
     assert [r.workflow_id for r in client.list()] == ["c", "g", "q"]
-    wait_until(lambda: client._call_store(client._store.read_inbox, 0) == [], what="the inbox drained")
+    wait_until(lambda: client._call_store(client._epoch.store.read_inbox, 0) == [], what="the inbox drained")
 
 
 @SQLITE_ONLY
@@ -85,10 +85,10 @@ def test_a_client_takes_over_when_the_driver_stops(make_engine):
     client = make_engine(greet)
     client.list()
     assert not client.driving
-    wait_until(lambda: "g" in driver._runs)
+    wait_until(lambda: "g" in driver._epoch.runs)
     driver.shutdown()  # the run is parked on receive; the lock is released
     wait_until(lambda: client.driving, timeout=5, what="the client to take over")
-    wait_until(lambda: "g" in client._runs, what="the run resumed by the new driver")
+    wait_until(lambda: "g" in client._epoch.runs, what="the run resumed by the new driver")
     assert client.query("g", "who") == "ann"
     client.signal("g", "name", "bob")
     client.signal("g", "done")
@@ -205,7 +205,7 @@ def test_an_inbox_message_is_recorded_once_though_its_run_continued_as_new(make_
             store.close()
         wait_until(lambda wid=wid, first=first: driver.describe(wid).run_id != first,
                    what="the continuation")
-        wait_until(lambda: driver._call_store(driver._store.read_inbox, 0) == [],
+        wait_until(lambda: driver._call_store(driver._epoch.store.read_inbox, 0) == [],
                    what="the inbox drained")
         time.sleep(0.05)
         assert types(driver.history(wid)) == [ev.WORKFLOW_STARTED], driver.history(wid)

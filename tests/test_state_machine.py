@@ -183,7 +183,7 @@ def _at_rest(engine: Any, running: list[str]) -> bool:
     the store has unfinished is live here (recovery has picked it up)."""
     if not _quiet(engine):
         return False
-    return all(isinstance(engine._runs.get(wid), WorkflowContext) for wid in running)
+    return all(isinstance(engine._epoch.runs.get(wid), WorkflowContext) for wid in running)
 
 
 class EngineMachine(RuleBasedStateMachine):
@@ -420,7 +420,7 @@ class EngineMachine(RuleBasedStateMachine):
         for wid, run in sorted(self.runs.items()):
             lines.append(f"{wid}: model {run}")
             lines.extend(f"    {e!r}" for e in self.engine.history(wid))
-            live = self.engine._hub.submit(lambda w=wid: repr(self.engine._runs.get(w))).result(5)
+            live = self.engine._epoch.hub.submit(lambda w=wid: repr(self.engine._epoch.runs.get(w))).result(5)
             lines.append(f"    live: {live}; steps ran: "
                          f"{[(key, tag) for key, w, tag in EFFECTS if w == wid]}")
         return "\n".join(lines)
@@ -428,13 +428,13 @@ class EngineMachine(RuleBasedStateMachine):
     def _unrest(self) -> Optional[str]:
         engine = self.engine
         infos = {info.workflow_id: info for info in engine.list(limit=100)}  # starts it, too
-        reader = engine._reader
+        reader = engine._epoch.reader
         due = reader.call(reader.store.due_timers, time.time(), 5).result()
         if due:
             engine.poke()
             return f"timers due and not fired: {due}"
         running = [wid for wid, info in infos.items() if info.status == ev.RUNNING]
-        if not engine._hub.submit(_at_rest, engine, running).result(10):
+        if not engine._epoch.hub.submit(_at_rest, engine, running).result(10):
             return f"runs not parked, records in flight, or unfinished runs {running} not all live"
         ran = collections.Counter(wid for _, wid, _ in EFFECTS)
         for wid, run in self.runs.items():
@@ -547,7 +547,7 @@ def test_a_run_that_recovery_drove_first_is_not_driven_again_by_its_start(make_e
 
     engine = make_engine(first_step)
     engine.list()  # started: its own recovery pass is over
-    hub = engine._hub
+    hub = engine._epoch.hub
     plain_call_soon = hub.call_soon
 
     def call_soon(fn, *args):
@@ -555,8 +555,8 @@ def test_a_run_that_recovery_drove_first_is_not_driven_again_by_its_start(make_e
             # start()'s spawn of the run it created: a recovery pass first.
             hub.call_soon = plain_call_soon
             wid = args[0]
-            hub.submit(engine._recover).result(10)
-            wait_until(lambda: not hub.submit(lambda: wid in engine._runs).result(10),
+            hub.submit(engine._epoch.runner.recover).result(10)
+            wait_until(lambda: not hub.submit(lambda: wid in engine._epoch.runs).result(10),
                        what="the recovery pass to let go of the run")
         plain_call_soon(fn, *args)
 

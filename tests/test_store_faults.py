@@ -126,15 +126,15 @@ class PageLimit:
         self.dir = where
 
     def fill(self, engine):
-        conn = engine._store._conn
-        engine._writer.call(lambda: conn.execute(
+        conn = engine._epoch.store._conn
+        engine._epoch.writer.call(lambda: conn.execute(
             f"PRAGMA max_page_count={conn.execute('PRAGMA page_count').fetchone()[0]}")).result(5)
 
     def free(self, engine):
         # The writer thread is parked in its retry backoff and serves nothing
         # else meanwhile: lift the limit on its connection directly (SQLite
         # serialises the calls on one connection).
-        engine._store._conn.execute("PRAGMA max_page_count=1073741823")
+        engine._epoch.store._conn.execute("PRAGMA max_page_count=1073741823")
 
     def close(self):
         pass

@@ -109,11 +109,11 @@ def test_sessions_cut_under_load_reconnect_and_lose_nothing(pg_url, pg_bystander
     with aion.Engine(f"{pg_url}&application_name={name}", workflows=[load]) as engine:
         handles = [engine.start(load, 60, id=f"w{k}") for k in range(40)]
         _time.sleep(0.3)
-        session = engine._store._conn
+        session = engine._epoch.store._conn
         assert len(engine.list(status="completed")) < 40, "the load ended before the cut"
         assert _terminate_sessions_named(name) >= 2  # the writer's and the reader's
         assert [h.result(timeout=60) for h in handles] == [sum(range(60))] * 40
-        assert engine._store._conn is not session, "the writer did not reconnect"
+        assert engine._epoch.store._conn is not session, "the writer did not reconnect"
         assert engine.driving
         for k in range(40):
             steps = [e.data["step"] for e in engine.history(f"w{k}") if e.type == ev.STEP_COMPLETED]
@@ -134,19 +134,19 @@ def test_doorbells_wake_idle_engines_at_once(pg_url):
     with aion.Engine(pg_url, workflows=[bell]) as owner, aion.Engine(pg_url, workflows=[bell]) as other:
         owner.list()
         other.list()
-        store = owner._reader.store
+        store = owner._epoch.reader.store
         claims, signals = [], []
         for k in range(3):
             _time.sleep(2.5)  # idle: both claim loops poll at their longest pause, 0.5 s
             began = _time.monotonic()
-            owner._writer.call(store.create_run, f"b{k}", "pg.bell", "[]", f"r{k}", _time.time()).result()
+            owner._epoch.writer.call(store.create_run, f"b{k}", "pg.bell", "[]", f"r{k}", _time.time()).result()
             from conftest import wait_until
 
-            wait_until(lambda k=k: f"b{k}" in owner._runs or f"b{k}" in other._runs,
+            wait_until(lambda k=k: f"b{k}" in owner._epoch.runs or f"b{k}" in other._epoch.runs,
                        timeout=5, interval=0.002)
             claims.append(_time.monotonic() - began)
             _time.sleep(0.3)
-            sender = other if f"b{k}" in owner._runs else owner
+            sender = other if f"b{k}" in owner._epoch.runs else owner
             began = _time.monotonic()
             sender.signal(f"b{k}", "go", k)  # through the inbox of the run's owner
             signals.append(_time.monotonic() - began)
@@ -201,11 +201,11 @@ def test_a_process_that_only_starts_and_signals_hands_runs_to_a_worker(pg_url):
 
     with aion.Engine(pg_url, workflows=[]) as starter:
         handle = starter.start("pg.remote", 1, id="r")
-        assert "r" not in starter._runs
+        assert "r" not in starter._epoch.runs
         with aion.Engine(pg_url, workflows=[remote]) as worker:
             from conftest import wait_until
 
-            wait_until(lambda: "r" in worker._runs, what="the worker to claim the run")
+            wait_until(lambda: "r" in worker._epoch.runs, what="the worker to claim the run")
             assert starter.signal("r", "add", 41) > 1  # through the owner's inbox
             assert handle.result(timeout=10) == 42
             assert worker.describe("r").status == "completed"

@@ -77,7 +77,7 @@ class Target:
         engine = self.api
         engine._ensure_started()
         text = ev.encode(data, "the request")
-        engine._writer.call_or_refuse(engine._store.post_inbox, workflow_id, kind, text, time.time())
+        engine._epoch.writer.call_or_refuse(engine._epoch.store.post_inbox, workflow_id, kind, text, time.time())
 
     def close(self) -> None:
         self.api.shutdown()

@@ -103,7 +103,7 @@ def run_worker(args: argparse.Namespace, out: Any) -> int:
         if db_path is not None:
             write_worker_file(db_path, {"pid": os.getpid(), "types": kinds, "http": url,
                                          "parameters": {k: parameters_of(_DECORATED[k]) for k in kinds}})
-        role = "driving" if engine.driving else f"a client of {engine._driver_lock.holder()}"
+        role = "driving" if engine.driving else f"a client of {engine._epoch.driver_lock.holder()}"
         out.emit({"pid": os.getpid(), "types": kinds, "store": engine._store_name(),
                   "driving": engine.driving, "http": url},
                  f"aion-green worker {os.getpid()}: {len(own)} workflow type(s) "

@@ -46,6 +46,8 @@ from aion_green.store import RunInfo
 from aion_green.workflows.children import ParentKey
 
 if TYPE_CHECKING:  # pragma: no cover
+    from aion_green.runtime.engine import Engine
+    from aion_green.runtime.epoch import Epoch
     from aion_green.workflows.context import WorkflowContext
 
 log = logging.getLogger("aion_green.children")
@@ -60,38 +62,27 @@ _WATCH_POLL = 5.0
 
 
 
-class ChildDriver:
+class Children:
     """The hub-thread half of child workflows, a part of the Engine."""
 
-    # Provided by Engine / RunDriver.
-    _hub: Any
-    _runs: dict[str, Any]
-    _child_tasks: Any
-    _waiters: dict[str, list[Future]]
-
-    def _create_run(self, wid: str, wname: str, args_json: str) -> tuple[bool, RunInfo]:
-        raise NotImplementedError
-
-    def _route(self, wid: str, build: Any, via_store: Any, why_not: str, done: Any) -> None:
-        raise NotImplementedError
-
-    def _register_waiter(self, wid: str, future: Future) -> None:
-        raise NotImplementedError
+    def __init__(self, engine: "Engine", epoch: "Epoch") -> None:
+        self.engine = engine  # its settings, and the facade's own operations
+        self.epoch = epoch  # the state of this engine's life, and the other parts
 
     # Parents are named by their *run*, ``(workflow id, run id)``: a run
     # that continued as new leaves the id to a next run, which a task of
     # the old run must never write into.
     def _live_parent(self, parent: ParentKey) -> Optional["WorkflowContext"]:
-        ctx = self._runs.get(parent[0])
+        ctx = self.epoch.runs.get(parent[0])
         if ctx is None or isinstance(ctx, bool) or ctx.run_id != parent[1]:
             return None
         return ctx  # type: ignore[no-any-return]
 
     # -- spawning -------------------------------------------------------------------------
-    def _ensure_child(self, parent: ParentKey, data: dict[str, Any]) -> None:
+    def ensure_child(self, parent: ParentKey, data: dict[str, Any]) -> None:
         """The child recorded in ``data`` (a ``ChildStarted``) must exist:
         arm its spawn-recovery task (a no-op if one runs)."""
-        self._child_tasks.arm_spawn_retry(data["id"], self._spawn_child, parent, data)
+        self.epoch.child_tasks.arm_spawn_retry(data["id"], self._spawn_child, parent, data)
 
     def _spawn_child(self, parent: ParentKey, data: dict[str, Any]) -> None:
         """Spawn-recovery task: create the child (or find it), then watch it."""
@@ -100,7 +91,7 @@ class ChildDriver:
         delay = _RETRY_FIRST
         while True:
             try:
-                created, info = self._create_run(child_id, wname, args_json)
+                created, info = self.epoch.routing.create_run(child_id, wname, args_json)
                 break
             except AionError as exc:
                 log.warning("child %r of %r not created yet (%s); retrying in %.2f s",
@@ -116,13 +107,13 @@ class ChildDriver:
             self._record_child_end(parent, child_id, ev.CHILD_FAILED,
                                    {"id": child_id, "status": ev.FAILED, "error": error})
         else:
-            self._child_tasks.arm_watch(parent, child_id, self._watch_child, parent, child_id)
+            self.epoch.child_tasks.arm_watch(parent, child_id, self.watch_child, parent, child_id)
         ctx = self._live_parent(parent)
         if ctx is not None:
             ctx._child_ready(child_id)
 
     # -- watching -------------------------------------------------------------------------
-    def _watch_child(self, parent: ParentKey, child_id: str) -> None:
+    def watch_child(self, parent: ParentKey, child_id: str) -> None:
         """Watcher: wait for the child's end, then record it into the parent."""
         info = self._wait_child_end(child_id)
         if info.status == ev.COMPLETED:
@@ -137,10 +128,10 @@ class ChildDriver:
         delay = _RETRY_FIRST
         while True:
             future = Future()
-            self._register_waiter(child_id, future)
+            self.epoch.runner.register_waiter(child_id, future)
             if not future.wait(_WATCH_POLL):
                 # No doorbell (yet): drop this waiter and read the status anew.
-                waiters = self._waiters.get(child_id)
+                waiters = self.epoch.waiters.get(child_id)
                 if waiters is not None and future in waiters:
                     waiters.remove(future)
                 continue
@@ -173,14 +164,14 @@ class ChildDriver:
         # A parent out of memory (residency.py) is brought back, and pinned
         # there until the record is taken.
         pinned = self._live_parent(parent) is None
-        if pinned and self._until_resident(*parent) is None:  # type: ignore[attr-defined]
+        if pinned and self.epoch.residency.until_resident(*parent) is None:
             return  # that run ended (perhaps into a next run of its id): never written
 
         def not_live() -> Any:
             raise WorkflowNotRunning(f"workflow {parent[0]!r} is not running here")
 
-        waiter, done = self._hub.native_waiter()
-        self._route(parent[0], build, not_live, "the end of its child is not recorded", done)
+        waiter, done = self.epoch.hub.native_waiter()
+        self.epoch.routing.route(parent[0], build, not_live, "the end of its child is not recorded", done)
         try:
             waiter.get()
         except (WorkflowNotRunning, EngineClosed):
@@ -191,4 +182,4 @@ class ChildDriver:
             log.error("the end of child %r could not be recorded in %r: %s", child_id, parent[0], exc)
         finally:
             if pinned:
-                self._unpin(parent[0])  # type: ignore[attr-defined]
+                self.epoch.residency.unpin(parent[0])

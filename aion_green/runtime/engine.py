@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import builtins
-import collections
 import dataclasses
 import json
 import logging
@@ -36,24 +35,12 @@ from aion_green.core.errors import (
     WorkflowNotRunning,
 )
 from aion_green.core.registry import Registry, check_arguments, signature_from, workflow_name
-from aion_green.hub_thread import Future, HubThread
+from aion_green.hub_thread import Future
 from aion_green.runtime import rewind, schedules
-from aion_green.runtime.children import ChildDriver
-from aion_green.runtime.host import EngineHost
-from aion_green.runtime.leases import LeaseDriver
-from aion_green.runtime.queries import QueryDriver
-from aion_green.runtime.recorder import Recorder
-from aion_green.runtime.residency import ResidencyDriver
-from aion_green.runtime.routing import RoutingDriver
-from aion_green.runtime.runs import RunDriver, _closed_while_waiting, outcome
-from aion_green.runtime.sharing import DriverLock, PgDriverLock, SharingDriver
-from aion_green.runtime.step_pool import StepPool
-from aion_green.runtime.termination import TerminationDriver
-from aion_green.runtime.timers import TimerService
-from aion_green.runtime.writer import StoreWriter, future_done
+from aion_green.runtime.epoch import Epoch
+from aion_green.runtime.runs import _closed_while_waiting, outcome
+from aion_green.runtime.writer import future_done
 from aion_green.store import RunInfo, StepRunning
-from aion_green.stores import open_store
-from aion_green.watchers import ChildTaskRegistry
 
 log = logging.getLogger("aion_green.engine")
 
@@ -80,8 +67,7 @@ class WorkflowHandle:
         return f"<WorkflowHandle {self.workflow_id!r}>"
 
 
-class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, QueryDriver,
-             ResidencyDriver, TerminationDriver):
+class Engine:
     """A durable workflow engine over one store (one epoch, start to shutdown).
 
     ``Engine()`` uses ``./aion.db``. The engine starts lazily on first use
@@ -92,6 +78,10 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
     and fires nothing and takes no driver lock, but can start, signal and
     cancel for the engine that drives.
     """
+
+    # The state of this engine's life in this process, from its start (on
+    # first use) to its shutdown; a fork begins a new one. Unset before.
+    _epoch: Epoch
 
     def __init__(
         self,
@@ -129,8 +119,6 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         self.engine_id = uuid.uuid4().hex
         self.lease = lease
         self.max_resident = max_resident
-        self._leased = False
-        self._listening = False
         # A passive engine (the replay checker) reads and replays only: it
         # drives, claims and fires nothing, and takes no driver lock.
         self._passive = passive
@@ -138,42 +126,6 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         self._lock = _allocate_lock()
         self._pid: Optional[int] = None
         self._closed = False
-        self._hub: Any = None  # HubThread once started
-        self._writer: Any = None
-        self._reader: Any = None
-        # Typed Any: mypy reads zope.interface methods as lacking self.
-        self._store: Any = None
-        # Hub thread only ------------------------------------------------------------
-        self._steps = StepPool(step_workers)
-        # Step attempts running on the pool: StepInfo -> (wall-clock start,
-        # pool thread ident, the pool's task). Invariant: whoever pops an attempt records its
-        # outcome (the pool thread its result, the hub its timeout), so an
-        # attempt is recorded once. Any thread; single dict ops only.
-        self._in_flight: dict[Any, tuple[float, int, Any]] = {}
-        self._timers: Any = None  # TimerService once started
-        self._child_tasks: Any = None  # ChildTaskRegistry once started
-        # Held while this engine drives its store's runs (see sharing.py).
-        self._driver_lock: Any = None
-        # Routing: which runs have a recorder here. Any thread reads it under
-        # _routing, so a message either goes through a live run's recorder
-        # or, queued before that run's history is read, through the store.
-        self._routing = _allocate_lock()
-        self._recorders: dict[str, Recorder] = {}
-        # Invariant: a workflow id is in _runs while a greenlet of this epoch
-        # drives it; at most one per id.
-        self._runs: dict[str, Any] = {}
-        # Result waiters by workflow id, completed when the run ends here or
-        # found finished in the store.
-        self._waiters: dict[str, list[Future]] = {}
-        # Runs that ended in this epoch, newest last: a result() right after
-        # the end needs no store read. Bounded; older ones are read back.
-        self._recently_finished: "collections.OrderedDict[str, RunInfo]" = collections.OrderedDict()
-        self.unrunnable: dict[str, str] = {}  # runs not driven here, and why
-        self._unreadable: dict[str, BaseException] = {}  # their waiters are told
-        self._init_residency(False)
-        # Outcomes of appends to runs created by start() that arrived before
-        # the run's greenlet built its context (hub thread only).
-        self._early: dict[str, Any] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "Engine":
@@ -195,40 +147,14 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
             if self._pid == pid:
                 return
             if self._pid is not None:
-                # Forked: the hub and writer threads did not survive the fork.
+                # Forked: the threads of the parent's epoch did not survive
+                # the fork; that epoch is dropped, and a new one begins.
                 log.info("engine used in a forked process (pid %s); starting afresh", pid)
-                self._runs, self._waiters, self._early = {}, {}, {}
-                self._recorders, self.unrunnable, self._unreadable = {}, {}, {}
-                self._in_flight = {}
-                self._recently_finished.clear()
-            self._store = open_store(self.url, self.durable, self.busy_timeout)
-            self._leased = hasattr(self._store, "claim_runs")
-            # Over SQLite the cap evicts parked runs; leased stores cap what
-            # an engine claims instead (leases.py).
-            self._init_residency(self.max_resident is not None and not self._leased and not self._passive)
-            pg = hasattr(self._store, "try_lock_driver")
-            self._driver_lock = PgDriverLock(self._store) if pg else DriverLock(self._store.path)
-            if not self._leased and not self._passive and not self._driver_lock.try_acquire():
-                log.info("engine over %s: %s drives its runs; this one is its client",
-                         self._store.path, self._driver_lock.holder())
-            self._writer = StoreWriter(self._store)
-            if pg:
-                self._driver_lock.writer = self._writer
-            # Reads for callers (describe, list, history) and recovery go to
-            # a second connection on its own thread: WAL lets them run while
-            # the writer commits, or waits out a locked or full database.
-            self._reader = StoreWriter(open_store(self.url, self.durable, self.busy_timeout),
-                                       name="aion-store-reader")
-            self._steps = StepPool(self.step_workers)
-            self._hub = HubThread(name="aion-hub", kill_timeout=self.kill_timeout)
-            self._timers = TimerService(self)
-            self._child_tasks = ChildTaskRegistry(self._hub)
-            self._host = EngineHost(self)  # what this epoch's runs see of it
-            self._hub.call_soon(self._on_hub_start)
-            self._hub.start()
+            self._epoch = epoch = Epoch(self, pid)
+            epoch.hub.call_soon(epoch.runner.on_hub_start)
+            epoch.hub.start()
             self._pid = pid
             _live_engines.add(self)
-
     def shutdown(self) -> None:
         """Gate new work, end every run's greenlet (they resume on the next
         start), flush the store writer, stop the threads. After it returns
@@ -238,37 +164,36 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
             started = self._pid == os.getpid()
         if not started:
             return
-        assert self._hub is not None
         # Child watchers first: the hub's own stop does not know them, and a
         # watcher must not record into a parent after the epoch closed.
-        self._child_tasks.shutdown()
+        self._epoch.child_tasks.shutdown()
         # Steps queued but not started are dropped (their runs replay them in
         # the next epoch): started after shutdown() returned, they ran again
         # there (issue 16: 2-3 times). Steps already running get step_grace
         # to return while their runs still live, so their records land and
         # the next epoch does not run them again; a run whose step returned
         # asks for its next one in vain (the pool takes no more).
-        self._steps.close(self.step_grace)
+        self._epoch.steps.close(self.step_grace)
         self._log_abandoned_steps()
-        self._hub.shutdown()
-        if self._leased:
-            self._stop_listening()
-            self._release_leases()
-        self._writer.close()
-        self._reader.close()
-        self._driver_lock.release()
+        self._epoch.hub.shutdown()
+        if self._epoch.leased:
+            self._epoch.leases.stop_listening()
+            self._epoch.leases.release_leases()
+        self._epoch.writer.close()
+        self._epoch.reader.close()
+        self._epoch.driver_lock.release()
         # The hub thread is gone, so its state is ours now: release callers
         # still waiting for a result of this epoch.
         closed = _closed_while_waiting()
-        for futures in self._waiters.values():
+        for futures in self._epoch.waiters.values():
             for future in futures:
                 future.set_exception(closed)
-        self._waiters.clear()
+        self._epoch.waiters.clear()
         _live_engines.discard(self)
 
     def _log_abandoned_steps(self) -> None:
         now = time.time()
-        for info, (since, _, _) in list(self._in_flight.items()):
+        for info, (since, _, _) in list(self._epoch.in_flight.items()):
             log.warning("shutdown: step %d (%s) of workflow %r, attempt %d, still runs after "
                         "%.1f s (step_grace=%s); it is abandoned: its outcome will not be "
                         "recorded, and the next engine runs it again", info.step, info.name,
@@ -278,16 +203,41 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         """The step attempts of ``workflow_id`` running in this engine now
         (a hung step shows here with its start time)."""
         return sorted((StepRunning(info.step, info.name, info.attempt, since)
-                       for info, (since, _, _) in list(self._in_flight.items())
+                       for info, (since, _, _) in list(self._epoch.in_flight.items())
                        if info.workflow_id == workflow_id), key=lambda s: (s.step, s.attempt))
+
+    @property
+    def driving(self) -> bool:
+        """This engine drives its store's runs (over SQLite: it holds the
+        driver lock; otherwise it is a client of the process that does)."""
+        self._ensure_started()
+        return self._epoch.sharing.driving
+
+    @property
+    def unrunnable(self) -> dict[str, str]:
+        """Runs this engine found and does not drive, and why."""
+        return self._epoch.unrunnable if hasattr(self, "_epoch") else {}
+
+    @property
+    def resident_peak(self) -> int:
+        """The most runs this engine held in memory at once (under a cap)."""
+        return self._epoch.residency.resident_peak if hasattr(self, "_epoch") else 0
+
+    @property
+    def evictions(self) -> int:
+        """How many times a parked run left memory (under a cap)."""
+        return self._epoch.residency.evictions if hasattr(self, "_epoch") else 0
 
     def _forget_parent(self) -> None:
         """In a forked child: drop what belongs to the parent process."""
         # A lock held by a parent's thread at the fork would never be freed.
         self._lock = _allocate_lock()
-        self._routing = _allocate_lock()
-        lock = self._driver_lock
-        if lock is not None and getattr(lock, "_fd", None) is not None:
+        epoch = getattr(self, "_epoch", None)
+        if epoch is None:
+            return
+        epoch.routing_lock = _allocate_lock()
+        lock = epoch.driver_lock
+        if getattr(lock, "_fd", None) is not None:
             fd, lock._fd = lock._fd, None
             try:
                 os.close(fd)  # the parent's descriptor keeps its flock
@@ -298,9 +248,10 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
     def _backstop(self) -> None:
         """Never blocks: ask the threads to stop (``__del__``/``atexit``)."""
         self._closed = True
-        if self._hub is not None and self._pid == os.getpid():
-            self._child_tasks.backstop()
-            self._hub.backstop()
+        epoch = getattr(self, "_epoch", None)
+        if epoch is not None and self._pid == os.getpid():
+            epoch.child_tasks.backstop()
+            epoch.hub.backstop()
 
     def __del__(self) -> None:
         try:
@@ -322,7 +273,7 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
                                                                           "the workflow type")
         args_json = ev.encode(list(args), f"the arguments of workflow {wname}")
         self._ensure_started()
-        if not callable(fn) and (self._registry.has_own() or (self.driving and not self._leased)):
+        if not callable(fn) and (self._registry.has_own() or (self._epoch.sharing.driving and not self._epoch.leased)):
             # Fail early for an unknown name (a typo) in an engine that runs
             # workflows. A process given none (one that only starts and
             # signals) may start what only other engines know: runs leased
@@ -330,16 +281,16 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
             fn = self._registry.get(wname)
         elif not callable(fn):
             fn = self._registry.find(wname) or fn
-            if not callable(fn) and not self.driving:
+            if not callable(fn) and not self._epoch.sharing.driving:
                 self._check_published(wname, args)
-            elif not callable(fn) and self._leased:
+            elif not callable(fn) and self._epoch.leased:
                 self._check_live_engines(wname, args)
         if callable(fn):
             # Before anything is recorded: a run whose arguments cannot bind
             # would fail inside with a TypeError (issue 16).
             check_arguments(wname, fn, args)
         wid = id or uuid.uuid4().hex
-        created, info = self._create_run(wid, wname, args_json)
+        created, info = self._epoch.routing.create_run(wid, wname, args_json)
         if not created and (info.workflow_type != wname or info.args != json.loads(args_json)):
             raise WorkflowIdConflict(
                 f"workflow id {wid!r} already exists as {info.workflow_type}"
@@ -364,14 +315,28 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         value = ev.roundtrip(payload, f"the payload of message {name!r}")
         self._ensure_started()
         dedup = None if idempotency_key is None else f"signal/{idempotency_key}"
-        if not self.driving or (self._leased and workflow_id not in self._recorders):
+        if not self._epoch.sharing.driving or (self._epoch.leased and workflow_id not in self._epoch.recorders):
             data: dict[str, Any] = {"name": name, "payload": value}
             if dedup is not None:
                 data["dedup"] = dedup
-            return self._post(workflow_id, "message", data, time.time(), ev.MESSAGE_RECEIVED, dedup)
+            return self._epoch.sharing.post(workflow_id, "message", data, time.time(), ev.MESSAGE_RECEIVED, dedup)
         future = Future()
-        self._route_message(workflow_id, name, value, time.time(), dedup, future_done(future))
-        return int(self._await_recorded(future, f"message {name!r} to workflow {workflow_id!r}"))
+        self._epoch.routing.route_message(workflow_id, name, value, time.time(), dedup, future_done(future))
+        return int(self._epoch.routing.await_recorded(future, f"message {name!r} to workflow {workflow_id!r}"))
+
+    def terminate(self, workflow_id: str, reason: str = "") -> None:
+        """End a running run now, without cleanup: ``WorkflowCancelled``
+        (error type ``Terminated``) is recorded before this returns, no code
+        of the workflow runs again, and nothing of it is recorded after.
+        Works for any running run: one whose type no engine knows, one
+        parked or evicted, one driven here or elsewhere. Its children run
+        on. A finished run refuses with :class:`WorkflowNotRunning` (but one
+        already terminated is fine). See :mod:`aion_green.runtime.termination`."""
+        ev.check_key(workflow_id, "the workflow id")
+        if not isinstance(reason, str):
+            raise ConfigurationError(f"a terminate reason must be a string, got {reason!r}")
+        self._ensure_started()
+        self._epoch.termination.terminate(workflow_id, reason)
 
     def cancel(self, workflow_id: str, reason: str = "") -> None:
         """Request cancellation: ``CancelRequested`` is recorded before this
@@ -384,35 +349,35 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
             raise ConfigurationError(f"a cancel reason is a string, got {type(reason).__name__}")
         self._ensure_started()
         future = Future()
-        if self.driving and not (self._leased and workflow_id not in self._recorders):
-            self._route_cancel(workflow_id, reason, future_done(future))
-        elif self._leased and self._lease_holder(workflow_id) is None:
+        if self._epoch.sharing.driving and not (self._epoch.leased and workflow_id not in self._epoch.recorders):
+            self._epoch.routing.route_cancel(workflow_id, reason, future_done(future))
+        elif self._epoch.leased and self._epoch.termination.lease_holder(workflow_id) is None:
             # Nobody holds it (no engine knows its type, say): its owner's
             # inbox would never be read, and this waited for ever (issue 16).
             # Recorded at its head, the request is seen by whoever claims it.
             try:
-                future.set_result(self._writer.call(self._store.request_cancel, workflow_id, reason,
+                future.set_result(self._epoch.writer.call(self._epoch.store.request_cancel, workflow_id, reason,
                                                     time.time()).result())
             except WorkflowNotRunning as exc:
                 future.set_exception(exc)
         else:
             try:
-                future.set_result(self._post(workflow_id, "cancel", {"reason": reason}, time.time(),
+                future.set_result(self._epoch.sharing.post(workflow_id, "cancel", {"reason": reason}, time.time(),
                                              ev.CANCEL_REQUESTED, None))
             except WorkflowNotRunning as exc:
                 future.set_exception(exc)
         try:
-            self._await_recorded(future, f"the cancel request of workflow {workflow_id!r}")
+            self._epoch.routing.await_recorded(future, f"the cancel request of workflow {workflow_id!r}")
         except WorkflowNotRunning:
             # Asking again once the run ended on an earlier request is fine.
             if any(e.type == ev.CANCEL_REQUESTED for e in self.history(workflow_id)):
                 return
             raise
-        if self.driving and workflow_id in self.unrunnable:
+        if self._epoch.sharing.driving and workflow_id in self._epoch.unrunnable:
             # No code of it can run here to see the request (issue 16: it
             # stayed running for ever): it ends now, without cleanup.
             ended = Future()
-            self._hub.call_soon(self._end_if_unrunnable, workflow_id, reason, future_done(ended))
+            self._epoch.hub.call_soon(self._epoch.termination.end_if_unrunnable, workflow_id, reason, future_done(ended))
             try:
                 ended.result()
             except WorkflowNotRunning:
@@ -427,13 +392,13 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         ev.check_key(workflow_id, "the workflow id")
         ev.check_key(name, "the query name")
         self._ensure_started()
-        if not self.driving:
+        if not self._epoch.sharing.driving:
             raise QueryFailed(
                 f"query {name!r} to workflow {workflow_id!r}: the runs of {self._store_name()} are "
-                f"driven by {self._driver_lock.holder()}, and only the live run answers queries; "
+                f"driven by {self._epoch.driver_lock.holder()}, and only the live run answers queries; "
                 "ask through that process (its HTTP API, say)")
         future = Future()
-        self._hub.call_soon(self._answer_query, workflow_id, name, args, future,
+        self._epoch.hub.call_soon(self._epoch.queries.answer_query, workflow_id, name, args, future,
                             _clock.monotonic() + timeout)
         try:
             return future.result(timeout)
@@ -445,8 +410,8 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         """Re-check due timers now; for tests that move the clock (freezegun).
         Never blocks."""
         self._ensure_started()
-        if self.driving:
-            self._timers.poke()
+        if self._epoch.sharing.driving:
+            self._epoch.timers.poke()
 
     def schedule(self, schedule_id: str, fn: Union[str, Callable[..., Any]], *args: Any,
                  cron: Optional[str] = None, every: Union[None, timedelta, float] = None,
@@ -482,11 +447,11 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
                                      "seconds, 0 or more (None waits for ever)")
         self._ensure_started()
         # Lately ended: answered without a crossing to the hub (rewind.py forgets a resumed id).
-        info: Optional[RunInfo] = self._recently_finished.get(workflow_id)
+        info: Optional[RunInfo] = self._epoch.recently_finished.get(workflow_id)
         if info is not None:
             return outcome(workflow_id, info)
         future = Future()
-        self._hub.call_soon(self._register_waiter, workflow_id, future)  # type: ignore[union-attr]
+        self._epoch.hub.call_soon(self._epoch.runner.register_waiter, workflow_id, future)
         deadline = None if timeout is None else _clock.monotonic() + timeout
         # Wait in slices: a registration that raced with shutdown() is never
         # served, and must not leave the caller waiting forever.
@@ -496,8 +461,8 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
                 # Its waiter goes (a client polling a run that waits for days
                 # left one behind per poll), and the store says whether the
                 # id exists at all, or ended as the time ran out.
-                self._hub.call_soon(self._drop_waiter, workflow_id, future)  # type: ignore[union-attr]
-                info = self._call_store(self._store.get_run, workflow_id)  # type: ignore[union-attr]
+                self._epoch.hub.call_soon(self._epoch.runner.drop_waiter, workflow_id, future)
+                info = self._call_store(self._epoch.store.get_run, workflow_id)
                 if info is None:
                     raise WorkflowNotFound(
                         f"no workflow with id {workflow_id!r} in {self._store_name()}")
@@ -517,15 +482,15 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         its history unreadable)."""
         ev.check_key(workflow_id, "the workflow id")
         self._ensure_started()
-        info = self._call_store(self._store.get_run, workflow_id)  # type: ignore[union-attr]
+        info = self._call_store(self._epoch.store.get_run, workflow_id)
         if info is None:
             raise WorkflowNotFound(f"no workflow with id {workflow_id!r} in {self._store_name()}")
-        why = self.unrunnable.get(workflow_id)
-        if why is None and self._leased and not info.finished:
+        why = self._epoch.unrunnable.get(workflow_id)
+        if why is None and self._epoch.leased and not info.finished:
             why = self._unrunnable_on_postgres(info)
         if why is not None and not info.finished:
             info = dataclasses.replace(info, unrunnable=why)
-        running = self.steps_running(workflow_id) if self._in_flight else None
+        running = self.steps_running(workflow_id) if self._epoch.in_flight else None
         return dataclasses.replace(info, steps_running=tuple(running)) if running else info
 
     def list(self, status: Optional[str] = None,
@@ -542,7 +507,7 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
             ev.check_key(after_id, "list(after_id=...)")
         wtype = None if workflow_type is None else workflow_name(workflow_type)
         self._ensure_started()
-        return self._call_store(self._store.list_runs, status, wtype, limit, after_id)  # type: ignore[union-attr]
+        return self._call_store(self._epoch.store.list_runs, status, wtype, limit, after_id)
 
     def history(self, workflow_id: str, after_seq: int = 0,
                 run_id: Optional[str] = None, limit: Optional[int] = None) -> builtins.list[ev.Event]:
@@ -556,7 +521,7 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         if run_id is not None:
             ev.check_key(run_id, "history(run_id=...)")
         self._ensure_started()
-        events = self._call_store(self._store.read, workflow_id, after_seq, limit, run_id)  # type: ignore[union-attr]
+        events = self._call_store(self._epoch.store.read, workflow_id, after_seq, limit, run_id)
         if not events and after_seq == 0:
             which = "" if run_id is None else f" with a run {run_id!r}"
             raise WorkflowNotFound(
@@ -575,7 +540,7 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         return rewind.resume(self, workflow_id, from_seq)
 
     def _store_name(self) -> str:
-        return getattr(self._store, "path", None) or str(self.url)
+        return getattr(self._epoch.store, "path", None) or str(self.url)
 
     def _check_published(self, wname: str, args: tuple[Any, ...]) -> None:
         """A client of a SQLite file starting a type it does not know: the
@@ -584,8 +549,8 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         (issue 16: the run stayed running for ever)."""
         from aion_green.runtime.sharing import probe_driver
 
-        path = getattr(self._store, "path", None)
-        if not path or path == ":memory:" or self._leased:
+        path = getattr(self._epoch.store, "path", None)
+        if not path or path == ":memory:" or self._epoch.leased:
             return
         driver = probe_driver(os.path.abspath(path))
         if driver.types is None:
@@ -605,7 +570,7 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
         ever claim the run), and check the arguments against the parameters
         they publish. With no engine running there is nothing to check
         against (one started later may know it)."""
-        engines = self._call_store(self._store.live_engines, time.time())  # type: ignore[union-attr]
+        engines = self._call_store(self._epoch.store.live_engines, time.time())
         known: dict[str, Any] = {}
         for types in engines.values():
             known.update(types)
@@ -622,7 +587,7 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
     def _unrunnable_on_postgres(self, info: RunInfo) -> Optional[str]:
         """Why no engine over this PostgreSQL database will run ``info``
         (None when one knows its type, or none runs at all)."""
-        engines = self._call_store(self._store.live_engines, time.time())  # type: ignore[union-attr]
+        engines = self._call_store(self._epoch.store.live_engines, time.time())
         if not engines or any(info.workflow_type in types for types in engines.values()):
             return None
         return (f"none of the {len(engines)} engine(s) running over this database knows workflow "
@@ -632,7 +597,7 @@ class Engine(RoutingDriver, RunDriver, ChildDriver, SharingDriver, LeaseDriver, 
     def _call_store(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a read of the reader's store (``fn`` names a method of the
         writer's store; the reader's own instance runs it)."""
-        return self._reader.call(getattr(self._reader.store, fn.__name__), *args).result()
+        return self._epoch.reader.call(getattr(self._epoch.reader.store, fn.__name__), *args).result()
 
 def _count(value: Any, what: str, least: int) -> None:
     """A whole number a store can hold (a signed 64-bit integer), at least

@@ -15,6 +15,7 @@ from aion_green.workflows.host import Done, ParentKey, RunLog
 
 if TYPE_CHECKING:  # pragma: no cover
     from aion_green.runtime.engine import Engine
+    from aion_green.runtime.epoch import Epoch
     from aion_green.workflows.context import WorkflowContext
     from aion_green.workflows.steps import Retry, StepInfo
 
@@ -22,54 +23,54 @@ if TYPE_CHECKING:  # pragma: no cover
 class EngineHost:
     """Implements :class:`~aion_green.workflows.host.Host` over an engine's parts."""
 
-    def __init__(self, engine: "Engine") -> None:
-        self._engine = engine
-        self._hub = engine._hub
-        self._timers = engine._timers
-        self._child_tasks = engine._child_tasks
-        self.tracks_parking: bool = bool(engine._residency)
+    def __init__(self, engine: "Engine", epoch: "Epoch") -> None:
+        self._registry = engine._registry
+        self._epoch = epoch
+        self._hub = epoch.hub
+        self.tracks_parking: bool = epoch.residency.on
 
     @property
     def closing(self) -> bool:
         return bool(self._hub._closing)
 
     def register(self, fn: Callable[..., Any]) -> str:
-        return self._engine._registry.add(fn)
+        return self._registry.add(fn)
 
     def require_registered(self, name: str) -> None:
-        self._engine._registry.get(name)
+        self._registry.get(name)
 
     def run_step(self, log: RunLog, fn: Callable[..., Any], args: tuple[Any, ...],
                  info: "StepInfo", policy: "Retry", limit: Optional[float] = None) -> None:
-        self._engine._run_step(log, fn, args, info, policy, limit)  # type: ignore[arg-type]
+        self._epoch.runner.run_step(log, fn, args, info, policy, limit)  # type: ignore[arg-type]
 
     def arm_timer(self, fire_at: float, workflow_id: str, key: str) -> None:
-        self._timers.add(fire_at, workflow_id, key)
+        self._epoch.timers.add(fire_at, workflow_id, key)
 
     def spawn(self, fn: Callable[..., Any], *args: Any, name: Optional[str] = None) -> None:
         self._hub.spawn(fn, *args, name=name)
 
     def parked(self, ctx: "WorkflowContext") -> None:
-        self._engine._on_park(ctx)
+        self._epoch.residency.on_park(ctx)
 
     def unparked(self, ctx: "WorkflowContext") -> None:
-        self._engine._on_unpark(ctx)
+        self._epoch.residency.on_unpark(ctx)
 
     def native_waiter(self) -> tuple[Any, Done]:
         return self._hub.native_waiter()  # type: ignore[no-any-return]
 
     def route_message(self, workflow_id: str, name: str, payload: Any, at: float,
                       dedup: Optional[str], done: Done) -> None:
-        self._engine._route_message(workflow_id, name, payload, at, dedup, done)
+        self._epoch.routing.route_message(workflow_id, name, payload, at, dedup, done)
 
     def route_cancel(self, workflow_id: str, reason: str, done: Done) -> None:
-        self._engine._route_cancel(workflow_id, reason, done)
+        self._epoch.routing.route_cancel(workflow_id, reason, done)
 
     def ensure_child(self, parent: ParentKey, data: dict[str, Any]) -> None:
-        self._engine._ensure_child(parent, data)
+        self._epoch.children.ensure_child(parent, data)
 
     def watch_child(self, parent: ParentKey, child_id: str) -> None:
-        self._child_tasks.arm_watch(parent, child_id, self._engine._watch_child, parent, child_id)
+        epoch = self._epoch
+        epoch.child_tasks.arm_watch(parent, child_id, epoch.children.watch_child, parent, child_id)
 
     def abort_watch(self, parent: ParentKey, child_id: str) -> None:
-        self._child_tasks.abort_watch(parent, child_id)
+        self._epoch.child_tasks.abort_watch(parent, child_id)

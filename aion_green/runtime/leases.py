@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.event
@@ -38,6 +38,10 @@ from gevent import monkey
 from aion_green.core.errors import AionError, FencedOut
 from aion_green.core.registry import parameters_of
 
+if TYPE_CHECKING:  # pragma: no cover
+    from aion_green.runtime.engine import Engine
+    from aion_green.runtime.epoch import Epoch
+
 log = logging.getLogger("aion_green.leases")
 
 _start_new_thread = monkey.get_original("_thread", "start_new_thread")
@@ -45,41 +49,34 @@ _CLAIM_BUSY = 0.02
 _CLAIM_IDLE = 0.5
 
 
-class LeaseDriver:
+class Leases:
     """The lease half of the Engine (see the module docstring)."""
 
-    # Provided by Engine.
-    _hub: Any
-    _writer: Any
-    _store: Any
-    _runs: dict[str, Any]
-    _recorders: dict[str, Any]
-    _registry: Any
-    _timers: Any
-    engine_id: str
-    lease: float
-    max_resident: Optional[int]
+    def __init__(self, engine: "Engine", epoch: "Epoch") -> None:
+        self.engine = engine  # its settings, and the facade's own operations
+        self.epoch = epoch  # the state of this engine's life, and the other parts
+        # Doorbells of the store's notifications (LISTEN/NOTIFY), by kind,
+        # once this engine listens; empty while it polls.
+        self.bells: dict[str, Any] = {}
+        self.listening = False
 
-    def _spawn_run(self, wid: str, info: Any, recovering: bool = False, recorder: Any = None) -> None:
-        raise NotImplementedError
-
-    def _begin_leasing(self) -> None:
-        hub = self._hub
+    def begin_leasing(self) -> None:
+        hub = self.epoch.hub
         self._publish_types()
-        self._timers.store_sweep = False  # owners fire their runs' timers
+        self.epoch.timers.store_sweep = False  # owners fire their runs' timers
         self._start_listening()
-        hub.spawn(self._timers.run, name="aion-timers")
+        hub.spawn(self.epoch.timers.run, name="aion-timers")
         hub.spawn(self._claim, name="aion-claim")
         hub.spawn(self._heartbeat, name="aion-heartbeat")
-        hub.spawn(self._drain, self.engine_id, name="aion-inbox")  # type: ignore[attr-defined]
-        hub.spawn(self._poll, name="aion-remote-results")  # type: ignore[attr-defined]
+        hub.spawn(self.epoch.sharing.drain, self.engine.engine_id, name="aion-inbox")
+        hub.spawn(self.epoch.sharing.poll, name="aion-remote-results")
 
     def _start_listening(self) -> None:
         """Doorbells from the other engines: a native thread LISTENs on the
         store's channel and rings this hub's bells (the loops poll anyway)."""
-        self._bells = {kind: gevent.event.Event() for kind in ("runs", "inbox", "ends")}
-        self._listening = True
-        hub, bells, store = self._hub, self._bells, self._store
+        self.bells = {kind: gevent.event.Event() for kind in ("runs", "inbox", "ends")}
+        self.listening = True
+        hub, bells, store = self.epoch.hub, self.bells, self.epoch.store
 
         def rang(kind: str) -> None:  # hub callback context
             bell = bells.get(kind)
@@ -92,11 +89,11 @@ class LeaseDriver:
             except Exception:  # noqa: BLE001 - the engine is closing; nothing to ring
                 pass
 
-        _start_new_thread(store.listen, (on_bell, lambda: not self._listening))
+        _start_new_thread(store.listen, (on_bell, lambda: not self.listening))
 
     def _room(self) -> int:
-        cap = self.max_resident
-        return 500 if cap is None else max(0, min(500, cap - len(self._runs)))
+        cap = self.engine.max_resident
+        return 500 if cap is None else max(0, min(500, cap - len(self.epoch.runs)))
 
     def _claim(self) -> None:
         """Claim and drive runnable runs of the types registered here."""
@@ -107,69 +104,69 @@ class LeaseDriver:
             if room:
                 try:
                     now = time.time()
-                    claimed = self._writer.call(
-                        self._store.claim_runs, self.engine_id, sorted(self._registry.names()),
-                        now + self.lease, now, room).result()
+                    claimed = self.epoch.writer.call(
+                        self.epoch.store.claim_runs, self.engine.engine_id, sorted(self.engine._registry.names()),
+                        now + self.engine.lease, now, room).result()
                 except AionError as exc:
                     log.warning("claiming runs failed (%s); retrying", exc)
             for info in claimed:
-                if info.workflow_id in self._runs:
+                if info.workflow_id in self.epoch.runs:
                     # Still driven here under an older lease that ran out
                     # (a paused process, a clock that jumped) and came back
                     # to us: go on under the new fence. Had another engine
                     # written meanwhile, the next append's expected seq is
                     # stale: SequenceConflict drops the run, which is then
                     # driven anew from its history.
-                    recorder = self._recorders.get(info.workflow_id)
+                    recorder = self.epoch.recorders.get(info.workflow_id)
                     if recorder is not None:
                         recorder.fence = info.fence or None
                     continue
-                self._spawn_run(info.workflow_id, info, recovering=True)
+                self.epoch.runner.spawn_run(info.workflow_id, info, recovering=True)
             pause = _CLAIM_BUSY if claimed else min(pause * 2, _CLAIM_IDLE)
-            self._nap("runs", pause)  # type: ignore[attr-defined]
+            self.epoch.sharing.nap("runs", pause)
 
     def _heartbeat(self) -> None:
         """Renew this engine's leases; drop the runs whose lease was taken."""
         while True:
-            gevent.sleep(self.lease / 3)
+            gevent.sleep(self.engine.lease / 3)
             self._publish_types()
-            mine = [wid for wid, ctx in self._runs.items() if not isinstance(ctx, bool)]
+            mine = [wid for wid, ctx in self.epoch.runs.items() if not isinstance(ctx, bool)]
             if not mine:
                 continue
             try:
-                kept = set(self._writer.call(self._store.renew_leases, self.engine_id, mine,
-                                             time.time() + self.lease).result())
+                kept = set(self.epoch.writer.call(self.epoch.store.renew_leases, self.engine.engine_id, mine,
+                                             time.time() + self.engine.lease).result())
             except AionError as exc:
                 log.warning("renewing leases failed (%s); retrying", exc)
                 continue
             for wid in mine:
-                ctx = self._runs.get(wid)
+                ctx = self.epoch.runs.get(wid)
                 if wid not in kept and ctx is not None and not isinstance(ctx, bool):
                     log.warning("run %r: its lease was taken by another engine; dropped here", wid)
-                    self._hub.call_soon(ctx._on_failed, FencedOut(
+                    self.epoch.hub.call_soon(ctx._on_failed, FencedOut(
                         f"the lease of {wid!r} was taken by another engine"))
 
     def _publish_types(self) -> None:
         """Hub thread: tell the other engines and the clients which types
         this engine runs, for one lease (renewed with the leases)."""
-        registry = self._registry
-        types = {name: parameters_of(registry.find(name)) for name in sorted(registry.names())}
+        registry = self.engine._registry
+        types = {name: parameters_of(registry.get(name)) for name in sorted(registry.names())}
         now = time.time()
         try:
-            self._writer.call(self._store.publish_engine, self.engine_id, json.dumps(types),
-                              now + self.lease, now).result()
+            self.epoch.writer.call(self.epoch.store.publish_engine, self.engine.engine_id, json.dumps(types),
+                              now + self.engine.lease, now).result()
         except AionError as exc:
             log.warning("publishing this engine's workflow types failed (%s); retrying", exc)
 
-    def _stop_listening(self) -> None:
-        self._listening = False
+    def stop_listening(self) -> None:
+        self.listening = False
 
-    def _release_leases(self) -> None:
+    def release_leases(self) -> None:
         """Caller's thread, at shutdown, once no run is driven here any more:
         give every lease back (also one just claimed and not yet driven)."""
         try:
-            self._writer.call(self._store.release_leases, self.engine_id).result(10)
-            self._writer.call(self._store.forget_engine, self.engine_id).result(10)
+            self.epoch.writer.call(self.epoch.store.release_leases, self.engine.engine_id).result(10)
+            self.epoch.writer.call(self.epoch.store.forget_engine, self.engine.engine_id).result(10)
         except Exception as exc:  # their leases run out instead
             log.warning("leases not released at shutdown (%s); they run out in %.0f s",
-                        exc, self.lease)
+                        exc, self.engine.lease)

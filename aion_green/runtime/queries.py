@@ -6,7 +6,7 @@ caller waits in a :class:`~aion_green.hub_thread.Future`).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 
@@ -16,39 +16,37 @@ from aion_green.core.errors import QueryFailed, WorkflowNotFound, WorkflowNotRun
 from aion_green.hub_thread import Future
 from aion_green.workflows.context import WorkflowContext
 
+if TYPE_CHECKING:  # pragma: no cover
+    from aion_green.runtime.engine import Engine
+    from aion_green.runtime.epoch import Epoch
 
-class QueryDriver:
+
+class Queries:
     """The query half of the Engine."""
 
-    # Provided by Engine / RunDriver.
-    _hub: Any
-    _reader: Any
-    _runs: dict[str, Any]
-    _recorders: dict[str, Any]
-    _recently_finished: Any
+    def __init__(self, engine: "Engine", epoch: "Epoch") -> None:
+        self.engine = engine  # its settings, and the facade's own operations
+        self.epoch = epoch  # the state of this engine's life, and the other parts
 
-    def _store_name(self) -> str:
-        raise NotImplementedError
-
-    def _answer_query(self, wid: str, name: str, args: tuple[Any, ...], future: Future,
+    def answer_query(self, wid: str, name: str, args: tuple[Any, ...], future: Future,
                       deadline: float) -> None:
-        ctx = self._runs.get(wid)
-        if ctx is None and self._absent_here(wid):  # type: ignore[attr-defined]
-            self._wake(wid)  # type: ignore[attr-defined]  # evicted: it answers once replayed
-            ctx = self._runs.get(wid)
+        ctx = self.epoch.runs.get(wid)
+        if ctx is None and self.epoch.residency.absent_here(wid):
+            self.epoch.residency.wake(wid)  # evicted: it answers once replayed
+            ctx = self.epoch.runs.get(wid)
         if not isinstance(ctx, WorkflowContext) and (
-                wid in self._runs or wid in self._recorders
-                or self._absent_here(wid)):  # type: ignore[attr-defined]
+                wid in self.epoch.runs or wid in self.epoch.recorders
+                or self.epoch.residency.absent_here(wid)):
             # Starting here (its history is being loaded): ask again shortly.
-            if _clock.monotonic() < deadline and not self._hub.closing:
-                self._hub.spawn(self._ask_again, wid, name, args, future, deadline)
+            if _clock.monotonic() < deadline and not self.epoch.hub.closing:
+                self.epoch.hub.spawn(self._ask_again, wid, name, args, future, deadline)
             return
         if not isinstance(ctx, WorkflowContext):
-            if wid in self._recently_finished:
+            if wid in self.epoch.recently_finished:
                 future.set_exception(WorkflowNotRunning(
                     f"workflow {wid!r} has finished; a finished run answers no queries"))
                 return
-            self._hub.spawn(self._answer_query_of_absent_run, wid, future)
+            self.epoch.hub.spawn(self._answer_query_of_absent_run, wid, future)
             return
         handler = ctx._queries.get(name)
         if handler is None:
@@ -71,16 +69,16 @@ class QueryDriver:
     def _ask_again(self, wid: str, name: str, args: tuple[Any, ...], future: Future,
                    deadline: float) -> None:
         gevent.sleep(0.005)
-        self._answer_query(wid, name, args, future, deadline)
+        self.answer_query(wid, name, args, future, deadline)
 
     def _answer_query_of_absent_run(self, wid: str, future: Future) -> None:
         try:
-            info = self._reader.call(self._reader.store.get_run, wid).result()
+            info = self.epoch.reader.call(self.epoch.reader.store.get_run, wid).result()
         except Exception as exc:
             future.set_exception(exc)
             return
         if info is None:
-            future.set_exception(WorkflowNotFound(f"no workflow with id {wid!r} in {self._store_name()}"))
+            future.set_exception(WorkflowNotFound(f"no workflow with id {wid!r} in {self.engine._store_name()}"))
         elif info.finished:
             future.set_exception(WorkflowNotRunning(
                 f"workflow {wid!r} has {info.status}; a finished run answers no queries"))

@@ -25,7 +25,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from typing import Any, Optional, cast
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import gevent
 
@@ -33,6 +33,10 @@ from aion_green.core import events as ev
 from aion_green.runtime.recorder import Recorder
 from aion_green.store import RunInfo
 from aion_green.workflows.context import WorkflowContext
+
+if TYPE_CHECKING:  # pragma: no cover
+    from aion_green.runtime.engine import Engine
+    from aion_green.runtime.epoch import Epoch
 
 log = logging.getLogger("aion_green.residency")
 
@@ -42,27 +46,23 @@ class RunEvicted(BaseException):
     seen by user code's ``except Exception``."""
 
 
-class ResidencyDriver:
+class Residency:
     """The residency half of the Engine."""
 
-    # Provided by Engine / RunDriver.
-    _hub: Any
-    _reader: Any
-    _runs: dict[str, Any]
-    max_resident: Optional[int]
+    resident_peak: int  # the most runs held at once (for tests and benchmarks)
 
-    def _spawn_run(self, wid: str, info: Any, recovering: bool = False,
-                   recorder: Any = None) -> None:
-        raise NotImplementedError
-
-    def _init_residency(self, on: bool) -> None:
-        self._residency = on
+    def __init__(self, engine: "Engine", epoch: "Epoch", on: bool) -> None:
+        self.engine = engine  # its settings, and the facade's own operations
+        self.epoch = epoch  # the state of this engine's life, and the other parts
+        # Over SQLite a cap evicts parked runs; leased stores cap what an
+        # engine claims instead (leases.py).
+        self.on = on
         # Runs evicted from memory, parked; woken by what they wait for. Kept:
         # what driving it again needs besides its history (run id, type,
         # arguments, creation time, fence), as one tuple.
         self._evicted: dict[str, tuple[Any, ...]] = {}
         # Runs waiting for a place: id -> (info, recovering, recorder).
-        self._admission: "collections.OrderedDict[str, tuple[Any, bool, Any]]" = (
+        self.admission: "collections.OrderedDict[str, tuple[Any, bool, Any]]" = (
             collections.OrderedDict())
         # Candidates for eviction, longest parked first.
         self._parked_runs: "collections.OrderedDict[str, None]" = collections.OrderedDict()
@@ -75,31 +75,31 @@ class ResidencyDriver:
         self.resident_peak = 0
 
     # -- the cap ---------------------------------------------------------------------------
-    def _full(self) -> bool:
-        cap = self.max_resident
-        return self._residency and cap is not None and len(self._runs) >= cap
+    def full(self) -> bool:
+        cap = self.engine.max_resident
+        return self.on and cap is not None and len(self.epoch.runs) >= cap
 
-    def _queue_run(self, wid: str, info: Any, recovering: bool, recorder: Any) -> None:
+    def queue_run(self, wid: str, info: Any, recovering: bool, recorder: Any) -> None:
         """A run that would pass the cap waits for a place."""
-        self._admission[wid] = (info, recovering, recorder)
+        self.admission[wid] = (info, recovering, recorder)
         self._ask_room()
 
     def _ask_room(self) -> None:
         if not self._room_asked:
             self._room_asked = True
-            self._hub.call_soon(self._make_room)
+            self.epoch.hub.call_soon(self._make_room)
 
     def _make_room(self) -> None:
         """Hub greenlet: evict parked runs (longest parked first) until the
         queued runs fit, then let them in."""
         self._room_asked = False
-        cap = self.max_resident
+        cap = self.engine.max_resident
         assert cap is not None
-        want = len(self._admission) - (cap - len(self._runs))
+        want = len(self.admission) - (cap - len(self.epoch.runs))
         parked = self._parked_runs
         while want > 0 and parked:
             wid, _ = parked.popitem(last=False)
-            ctx = self._runs.get(wid)
+            ctx = self.epoch.runs.get(wid)
             if isinstance(ctx, WorkflowContext) and wid not in self._pinned and _evictable(ctx):
                 self._evict(ctx)
                 want -= 1
@@ -112,33 +112,33 @@ class ResidencyDriver:
 
     def _admit_next(self) -> None:
         """Let queued runs in while there is room."""
-        cap = self.max_resident
-        queue = self._admission
-        while queue and (cap is None or len(self._runs) < cap) and not self._hub.closing:
+        cap = self.engine.max_resident
+        queue = self.admission
+        while queue and (cap is None or len(self.epoch.runs) < cap) and not self.epoch.hub.closing:
             wid, (info, recovering, recorder) = queue.popitem(last=False)
-            self._spawn_run(wid, info, recovering, recorder)
+            self.epoch.runner.spawn_run(wid, info, recovering, recorder)
 
     # -- parking and waking ------------------------------------------------------------------
-    def _on_park(self, ctx: WorkflowContext) -> None:
+    def on_park(self, ctx: WorkflowContext) -> None:
         """The run's greenlet: it parks (a candidate for eviction)."""
         self._parked_runs[ctx.workflow_id] = None
-        if self._admission:
+        if self.admission:
             self._ask_room()
 
-    def _on_unpark(self, ctx: WorkflowContext) -> None:
+    def on_unpark(self, ctx: WorkflowContext) -> None:
         self._parked_runs.pop(ctx.workflow_id, None)
 
-    def _on_evicted(self, info: RunInfo) -> None:
+    def on_evicted(self, info: RunInfo) -> None:
         """``_drive``: the run's greenlet unwound for eviction."""
         self._evicted[info.workflow_id] = (info.run_id, info.workflow_type, info.args,
                                            info.created_at, info.fence)
 
-    def _on_run_gone(self) -> None:
+    def on_run_gone(self) -> None:
         """``_drive``: a run's greenlet ended (its place is free)."""
-        if self._admission:
-            self._hub.call_soon(self._admit_next)
+        if self.admission:
+            self.epoch.hub.call_soon(self._admit_next)
 
-    def _wake(self, wid: str) -> None:
+    def wake(self, wid: str) -> None:
         """Hub thread: something an evicted run waits for was recorded (or
         a query asks it): bring it back."""
         kept = self._evicted.pop(wid, None)
@@ -147,44 +147,44 @@ class ResidencyDriver:
             # Its history is read when it is driven again: head_seq > 1 says so.
             info = RunInfo(wid, run_id, wtype, ev.RUNNING, args, None, None, 2, created_at,
                            created_at, fence)
-            self._admission[wid] = (info, True, None)
+            self.admission[wid] = (info, True, None)
             self._admit_next()
-            if wid in self._admission:
+            if wid in self.admission:
                 self._ask_room()
 
-    def _absent_here(self, wid: str) -> bool:
+    def absent_here(self, wid: str) -> bool:
         """The run is this engine's, but out of memory (evicted or queued)."""
-        return wid in self._evicted or wid in self._admission
+        return wid in self._evicted or wid in self.admission
 
-    def _until_resident(self, wid: str, run_id: str) -> Optional[WorkflowContext]:
+    def until_resident(self, wid: str, run_id: str) -> Optional[WorkflowContext]:
         """A greenlet (a child watcher): wake run ``wid`` and wait until it
         is live here; None if it is not this engine's (any more). The run
         stays in memory until :meth:`_unpin` (its record is then taken)."""
         delay = 0.002
         self._pinned[wid] += 1
         while True:
-            ctx = self._runs.get(wid)
+            ctx = self.epoch.runs.get(wid)
             if isinstance(ctx, WorkflowContext):
                 return ctx if ctx.run_id == run_id else None
-            if (ctx is None and not self._absent_here(wid)) or self._hub.closing:
-                self._unpin(wid)
+            if (ctx is None and not self.absent_here(wid)) or self.epoch.hub.closing:
+                self.unpin(wid)
                 return None
-            self._wake(wid)
+            self.wake(wid)
             gevent.sleep(delay)
             delay = min(delay * 2, 0.05)
 
-    def _unpin(self, wid: str) -> None:
+    def unpin(self, wid: str) -> None:
         if self._pinned.get(wid, 0) > 1:
             self._pinned[wid] -= 1
         else:
             self._pinned.pop(wid, None)
 
-    def _step_started(self, ctx: Any) -> None:
+    def step_started(self, ctx: Any) -> None:
         if isinstance(ctx, WorkflowContext):
             ctx._busy += 1
 
     @staticmethod
-    def _step_handed_over(ctx: Any) -> None:
+    def step_handed_over(ctx: Any) -> None:
         """Hub thread: a step attempt's outcome reached the run's recorder
         (or failed to): the run may leave memory once that is recorded."""
         if isinstance(ctx, WorkflowContext):

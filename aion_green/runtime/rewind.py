@@ -63,7 +63,7 @@ def fork(engine: "Engine", workflow_id: str, from_seq: int, new_id: Optional[str
                                  f"got {new_id!r}")
     wid = new_id or f"{workflow_id}/fork-{uuid.uuid4().hex[:8]}"
     engine._ensure_started()
-    info = engine._writer.call_or_refuse(engine._store.fork_run, workflow_id, from_seq, wid,
+    info = engine._epoch.writer.call_or_refuse(engine._epoch.store.fork_run, workflow_id, from_seq, wid,
                                          uuid.uuid4().hex, time.time(), run_id)
     _hand_over(engine, info)
     return WorkflowHandle(engine, wid)
@@ -76,7 +76,7 @@ def resume(engine: "Engine", workflow_id: str, from_seq: Optional[int]) -> "Work
     if from_seq is not None:
         _check_seq(from_seq, "resume")
     engine._ensure_started()
-    info = engine._writer.call_or_refuse(engine._store.restart_run, workflow_id, from_seq,
+    info = engine._epoch.writer.call_or_refuse(engine._epoch.store.restart_run, workflow_id, from_seq,
                                          uuid.uuid4().hex, time.time())
     _hand_over(engine, info)
     return WorkflowHandle(engine, workflow_id)
@@ -93,10 +93,10 @@ def _hand_over(engine: "Engine", info: RunInfo) -> None:
     kept here (queued on the hub before this returns, so a ``result()``
     asked after it never sees the old run's end), and drive it here if
     this engine drives its store's runs."""
-    engine._recently_finished.pop(info.workflow_id, None)  # result() reads it from any thread
-    engine._hub.call_soon(engine._recently_finished.pop, info.workflow_id, None)
-    if engine.driving and not engine._leased:
-        engine._hub.spawn(_drive_when_free, engine, info, name=f"rewind:{info.workflow_id}")
+    engine._epoch.recently_finished.pop(info.workflow_id, None)  # result() reads it from any thread
+    engine._epoch.hub.call_soon(engine._epoch.recently_finished.pop, info.workflow_id, None)
+    if engine.driving and not engine._epoch.leased:
+        engine._epoch.hub.spawn(_drive_when_free, engine, info, name=f"rewind:{info.workflow_id}")
 
 
 def _drive_when_free(engine: "Engine", info: RunInfo) -> None:
@@ -104,8 +104,8 @@ def _drive_when_free(engine: "Engine", info: RunInfo) -> None:
     id is left (a resumed run's old greenlet may still be unwinding)."""
     wid = info.workflow_id
     deadline = _clock.monotonic() + _FREE_WAIT
-    while wid in engine._runs:
+    while wid in engine._epoch.runs:
         if _clock.monotonic() > deadline:
             return
         gevent.sleep(0.01)
-    engine._spawn_run(wid, info)
+    engine._epoch.runner.spawn_run(wid, info)

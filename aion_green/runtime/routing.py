@@ -14,7 +14,7 @@ import builtins
 import json
 import time
 import uuid
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from aion_green.core import events as ev
 from aion_green.core.errors import EngineClosed, StoreUnavailable, WorkflowNotRunning
@@ -23,35 +23,24 @@ from aion_green.runtime.recorder import Recorder
 from aion_green.runtime.writer import future_done
 from aion_green.store import CreateRun, RunInfo
 
+if TYPE_CHECKING:  # pragma: no cover
+    from aion_green.runtime.engine import Engine
+    from aion_green.runtime.epoch import Epoch
+
 
 class _Reroute(Exception):
     """A message buffered in a recorder that was dropped before its history
     was loaded: route it again (now through the store, or a new recorder)."""
 
 
-class RoutingDriver:
+class Routing:
     """Creating runs and routing arrivals, a part of the Engine."""
 
-    # Provided by Engine / RunDriver / ResidencyDriver.
-    _hub: Any
-    _writer: Any
-    _store: Any
-    _registry: Any
-    _routing: Any
-    _recorders: dict[str, Recorder]
-    _runs: dict[str, Any]
-    _leased: bool
-    _residency: bool
-    driving: bool
-    engine_id: str
-    lease: float
-    max_resident: Optional[int]
-    _new_recorder: Callable[..., Recorder]
-    _unregister: Callable[[str, Recorder], None]
-    _spawn_run: Callable[..., None]
-    _wake: Callable[[str], None]
+    def __init__(self, engine: "Engine", epoch: "Epoch") -> None:
+        self.engine = engine  # its settings, and the facade's own operations
+        self.epoch = epoch  # the state of this engine's life, and the other parts
 
-    def _route_message(self, wid: str, name: str, payload: Any, at: float, dedup: Optional[str],
+    def route_message(self, wid: str, name: str, payload: Any, at: float, dedup: Optional[str],
                        done: Callable[[Any, Optional[BaseException]], None]) -> None:
         """Any thread: record a message to ``wid``; ``done(seq, error)``."""
         earlier: list[int] = []  # the seq of an equal delivery recorded before
@@ -73,15 +62,15 @@ class RoutingDriver:
             done(earlier[0] if earlier and error is None else seq, error)
 
         payload_json = ev.encode(payload, "a message payload")
-        store = self._store
+        store = self.epoch.store
         request: dict[str, Any] = {"name": name, "payload": payload}
         if dedup is not None:
             request["dedup"] = dedup
-        self._route(wid, build, lambda: store.deliver_message(wid, name, payload_json, at, dedup),
+        self.route(wid, build, lambda: store.deliver_message(wid, name, payload_json, at, dedup),
                     f"a message {name!r} to it would never be read", answered,
                     ("message", request))
 
-    def _route(self, wid: str, build: Callable[[Recorder], builtins.list[ev.NewEvent]],
+    def route(self, wid: str, build: Callable[[Recorder], builtins.list[ev.NewEvent]],
                via_store: Callable[[], Any], why_not: str,
                done: Callable[[Any, Optional[BaseException]], None],
                via_inbox: Optional[tuple[str, dict[str, Any]]] = None) -> None:
@@ -89,19 +78,19 @@ class RoutingDriver:
         it lives here, else through the store; ``done(seq, error)``."""
         def recorded(events: Any, head: Optional[int], error: Optional[BaseException]) -> None:
             if isinstance(error, _Reroute):  # its run's recorder was dropped before init
-                self._route(wid, build, via_store, why_not, done, via_inbox)
+                self.route(wid, build, via_store, why_not, done, via_inbox)
             else:
                 done(head, error)
 
-        unavailable = self._writer.unavailable
+        unavailable = self.epoch.writer.unavailable
         if unavailable is not None:
             # Records wait out a full disk in the writer; an arrival queued
             # behind them would keep its sender waiting with no limit
             # (issue 16). Nothing was submitted: nothing will be recorded.
             done(None, unavailable)
             return
-        with self._routing:
-            recorder = self._recorders.get(wid)
+        with self.epoch.routing_lock:
+            recorder = self.epoch.recorders.get(wid)
             if recorder is not None:
                 try:
                     recorder.submit(build, recorded)
@@ -109,30 +98,30 @@ class RoutingDriver:
                     done(None, WorkflowNotRunning(
                         f"workflow {wid!r} has finished; {why_not}, so nothing was recorded"))
                 return
-            if via_inbox is not None and self._leased:
+            if via_inbox is not None and self.epoch.leased:
                 # Leased runs: another engine may own it; only its owner
                 # appends, so the request goes to the inbox it drains.
-                store, (kind, data) = self._store, via_inbox
-                self._writer.submit_call(
+                store, (kind, data) = self.epoch.store, via_inbox
+                self.epoch.writer.submit_call(
                     lambda: store.post_inbox(wid, kind, ev.encode(data, "the request"), time.time()),
                     done)
                 return
-            if self._residency:  # type: ignore[attr-defined]
+            if self.epoch.residency.on:
                 # An evicted run comes back to read what was recorded for it.
-                hub, recorded_for = self._hub, done
+                hub, recorded_for = self.epoch.hub, done
 
                 def done(head: Any, error: Optional[BaseException]) -> None:
                     if error is None:
-                        hub.call_soon(self._wake, wid)  # type: ignore[attr-defined]
+                        hub.call_soon(self.epoch.residency.wake, wid)
                     recorded_for(head, error)
-            self._writer.submit_call(via_store, done)
+            self.epoch.writer.submit_call(via_store, done)
 
-    def _await_recorded(self, future: Future, what: str) -> Any:
+    def await_recorded(self, future: Future, what: str) -> Any:
         """Any thread but the hub's: the outcome of an arrival routed with
         ``future``. Should the store stop taking writes while it waits (a
         full disk: the writer waits that out, issue 16), the sender is told
         at once instead of waiting with no limit."""
-        writer = self._writer
+        writer = self.epoch.writer
         while not future.wait(0.05):
             unavailable = writer.unavailable
             if unavailable is not None and not future.done():
@@ -143,7 +132,7 @@ class RoutingDriver:
                     "idempotency_key, or it may be recorded twice")
         return future.result()
 
-    def _create_run(self, wid: str, wname: str, args_json: str) -> tuple[bool, RunInfo]:
+    def create_run(self, wid: str, wname: str, args_json: str) -> tuple[bool, RunInfo]:
         """Any thread but the hub's callbacks (a hub greenlet is fine):
         create the run (idempotent by id) and drive it here; an existing
         unfinished run of the same type and arguments is driven here too
@@ -152,42 +141,42 @@ class RoutingDriver:
         # sent from now on waits in it and follows WorkflowStarted, instead of
         # racing to the store ahead of a run that has no history yet.
         mine = None
-        driving = self.driving  # a client only creates; the driver drives
-        with self._routing:
-            if driving and wid not in self._recorders:
-                mine = self._recorders[wid] = self._new_recorder(wid)
+        driving = self.epoch.sharing.driving  # a client only creates; the driver drives
+        with self.epoch.routing_lock:
+            if driving and wid not in self.epoch.recorders:
+                mine = self.epoch.recorders[wid] = self.epoch.runner.new_recorder(wid)
         future = Future()
         now = time.time()
         owner, lease_until = None, 0.0
-        if self._leased and mine is not None and wname in self._registry.names() and (
-                self.max_resident is None or len(self._runs) < self.max_resident):
-            owner, lease_until = self.engine_id, now + self.lease
+        if self.epoch.leased and mine is not None and wname in self.engine._registry.names() and (
+                self.engine.max_resident is None or len(self.epoch.runs) < self.engine.max_resident):
+            owner, lease_until = self.engine.engine_id, now + self.engine.lease
         try:
-            self._writer.submit_create(
+            self.epoch.writer.submit_create(
                 CreateRun(wid, wname, args_json, uuid.uuid4().hex, now, owner, lease_until),
                 future_done(future))
             created, info = future.result()
         except BaseException:
             if mine is not None:
-                self._unregister(wid, mine)
+                self.epoch.runner.unregister(wid, mine)
             raise
-        if created and mine is not None and self._leased and owner is None:
-            self._unregister(wid, mine)  # left for any engine to claim
+        if created and mine is not None and self.epoch.leased and owner is None:
+            self.epoch.runner.unregister(wid, mine)  # left for any engine to claim
             return created, info
         if created and mine is not None:
             mine.fence = info.fence or None
             mine.init(1, {}, set())
-            self._hub.call_soon(self._spawn_run, wid, info, False, mine)
+            self.epoch.hub.call_soon(self.epoch.runner.spawn_run, wid, info, False, mine)
             return created, info
         if mine is not None:
-            self._unregister(wid, mine)
-        if (driving and not self._leased and not created and not info.finished
+            self.epoch.runner.unregister(wid, mine)
+        if (driving and not self.epoch.leased and not created and not info.finished
                 and info.workflow_type == wname and info.args == json.loads(args_json)):
             # _spawn_run ignores a run already live here.
-            self._hub.call_soon(self._spawn_run, wid, info)
+            self.epoch.hub.call_soon(self.epoch.runner.spawn_run, wid, info)
         return created, info
 
-    def _route_cancel(self, workflow_id: str, reason: str,
+    def route_cancel(self, workflow_id: str, reason: str,
                       done: Callable[[Any, Optional[BaseException]], None]) -> None:
         """Any thread: record a cancel request (once per run); ``done(seq, error)``."""
         at = time.time()
@@ -198,6 +187,6 @@ class RoutingDriver:
             rec.note_seen("cancel")
             return [ev.NewEvent(ev.CANCEL_REQUESTED, at, {"reason": reason})]
 
-        store = self._store
-        self._route(workflow_id, build, lambda: store.request_cancel(workflow_id, reason, at),
+        store = self.epoch.store
+        self.route(workflow_id, build, lambda: store.request_cancel(workflow_id, reason, at),
                     "there is nothing left to cancel", done, ("cancel", {"reason": reason}))

@@ -16,7 +16,7 @@ import logging
 import time
 import traceback
 import uuid
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import gevent
 from gevent import GreenletExit, monkey
@@ -48,6 +48,10 @@ from aion_green.store import RunInfo
 from aion_green.workflows.context import ContinueAsNew, RunAborted, RunLost, WorkflowContext
 from aion_green.workflows.steps import Retry, StepInfo, attempt_event, error_data, failed_event
 
+if TYPE_CHECKING:  # pragma: no cover
+    from aion_green.runtime.engine import Engine
+    from aion_green.runtime.epoch import Epoch
+
 log = logging.getLogger("aion_green.engine")
 _get_ident = monkey.get_original("_thread", "get_ident")
 
@@ -72,79 +76,56 @@ def _closed_while_waiting() -> EngineClosed:
                         "the run resumes when an engine starts over this store")
 
 
-class RunDriver:
+class Runner:
     """The hub-thread half of the Engine (see the module docstring)."""
 
-    # (hub, partial(hub.call_soon, self._deliver)) of the current epoch.
+    # (hub, partial(hub.call_soon, self.deliver)) of the current epoch.
     _deliver_soon: tuple[Any, Any] = (None, None)
 
-    # Provided by Engine.
-    _hub: Any
-    _host: Any
-    _writer: Any
-    _reader: Any
-    _store: Any
-    _steps: Any
-    _timers: Any
-    _registry: Any
-    _child_tasks: Any
-    _routing: Any
-    _recorders: dict[str, Recorder]
-    _runs: dict[str, Any]
-    _waiters: dict[str, builtins.list[Future]]
-    _recently_finished: Any
-    _early: dict[str, builtins.list[tuple[Any, ...]]]
-    _in_flight: dict[Any, tuple[float, int, Any]]
-    unrunnable: dict[str, str]
-    recover: bool
-    _leased: bool
-    driving: bool  # SharingDriver
-    engine_id: str
-    lease: float
-    max_resident: Optional[int]
-    resident_peak: int  # ResidencyDriver
-    _ensure_child: Callable[[tuple[str, str], dict[str, Any]], None]  # ChildDriver
+    def __init__(self, engine: "Engine", epoch: "Epoch") -> None:
+        self.engine = engine  # its settings, and the facade's own operations
+        self.epoch = epoch  # the state of this engine's life, and the other parts
 
-    def _store_name(self) -> str:
-        raise NotImplementedError
+    # Provided by Engine.
+
 
     # -- hub thread only ---------------------------------------------------------------------
-    def _on_hub_start(self) -> None:
-        if self._hub.closing:  # type: ignore[attr-defined]
+    def on_hub_start(self) -> None:
+        if self.epoch.hub.closing:
             return
-        if self._passive:  # type: ignore[attr-defined]
+        if self.engine._passive:
             # It drives nothing, but its result() waiters must hear of ends
             # that other engines record (issue 16: they waited forever).
-            self._hub.spawn(self._poll, name="aion-passive-poll")  # type: ignore[attr-defined]
+            self.epoch.hub.spawn(self.epoch.sharing.poll, name="aion-passive-poll")
             return
-        if self._leased:
-            self._hub.spawn(self._begin_leasing, name="aion-leases")  # type: ignore[attr-defined]
-        elif self.driving:  # type: ignore[attr-defined]
-            self._hub.spawn(self._begin_driving, name="aion-drive")  # type: ignore[attr-defined]
+        if self.epoch.leased:
+            self.epoch.hub.spawn(self.epoch.leases.begin_leasing, name="aion-leases")
+        elif self.epoch.sharing.driving:
+            self.epoch.hub.spawn(self.epoch.sharing.begin_driving, name="aion-drive")
         else:
-            self._hub.spawn(self._promote, name="aion-promote")  # type: ignore[attr-defined]
-            self._hub.spawn(self._poll, name="aion-client-poll")  # type: ignore[attr-defined]
+            self.epoch.hub.spawn(self.epoch.sharing.promote, name="aion-promote")
+            self.epoch.hub.spawn(self.epoch.sharing.poll, name="aion-client-poll")
 
-    def _run_step(self, recorder: Recorder, fn: Callable[..., Any], args: tuple[Any, ...],
+    def run_step(self, recorder: Recorder, fn: Callable[..., Any], args: tuple[Any, ...],
                   info: StepInfo, policy: Retry, timeout: Optional[float] = None) -> None:
         """One live attempt: a pool thread runs it, builds its event and
         hands it to the run's recorder; the run's greenlet wakes once the
         record is durable (record before wake)."""
         wid = info.workflow_id
         ctx = None
-        if self._residency:  # type: ignore[attr-defined]
+        if self.epoch.residency.on:
             # The run stays in memory until this attempt's record is queued.
-            ctx = self._runs.get(wid)
-            self._step_started(ctx)  # type: ignore[attr-defined]
+            ctx = self.epoch.runs.get(wid)
+            self.epoch.residency.step_started(ctx)
         # The run span's context, handed over explicitly (tracing.py).
-        parent = None if tracing.tracer is None else getattr(self._runs.get(wid), "_trace", None)
+        parent = None if tracing.tracer is None else getattr(self.epoch.runs.get(wid), "_trace", None)
         # A partial, not a closure: thousands of attempts may be in flight,
         # and each closure cell is one more object for the cyclic GC.
         if timeout is None:
-            self._steps.submit(functools.partial(self._attempt, recorder, fn, args, info, policy,
+            self.epoch.steps.submit(functools.partial(self._attempt, recorder, fn, args, info, policy,
                                                  parent, ctx))
         else:
-            self._steps.submit(functools.partial(self._attempt, recorder, fn, args, info, policy,
+            self.epoch.steps.submit(functools.partial(self._attempt, recorder, fn, args, info, policy,
                                                  parent, ctx, timeout))
 
     def _attempt(self, recorder: Recorder, fn: Callable[..., Any], args: tuple[Any, ...],
@@ -153,10 +134,10 @@ class RunDriver:
         """Pool thread: run one attempt of a step and record it (unless its
         timeout was recorded first: whoever takes it out of _in_flight
         records)."""
-        hub = self._hub
-        in_flight = self._in_flight
+        hub = self.epoch.hub
+        in_flight = self.epoch.in_flight
         ident = _get_ident()
-        in_flight[info] = (time.time(), ident, self._steps._current.get(ident))
+        in_flight[info] = (time.time(), ident, self.epoch.steps._current.get(ident))
         if timeout is not None:
             hub.call_soon(self._arm_step_timeout, recorder, info, policy, timeout)
         try:
@@ -172,28 +153,28 @@ class RunDriver:
                             info.name, info.attempt)
         except BaseException as exc:
             in_flight.pop(info, None)
-            hub.call_soon(self._deliver, info.workflow_id, [], None, exc)
+            hub.call_soon(self.deliver, info.workflow_id, [], None, exc)
         finally:
             if ctx is not None:
-                hub.call_soon(self._step_handed_over, ctx)  # type: ignore[attr-defined]
+                hub.call_soon(self.epoch.residency.step_handed_over, ctx)
 
     def _arm_step_timeout(self, recorder: Recorder, info: StepInfo, policy: Retry,
                           timeout: float) -> None:
         """Hub thread: fail the attempt ``info`` if it is still running in
         ``timeout`` seconds. (A loop timer, not durable time: an attempt
         does not outlive its epoch.)"""
-        if info not in self._in_flight:
+        if info not in self.epoch.in_flight:
             return  # it returned already
-        timer = self._hub._hub.loop.timer(timeout)
+        timer = self.epoch.hub._hub.loop.timer(timeout)
         timer.start(self._step_timed_out, recorder, info, policy, timeout, timer)
 
     def _step_timed_out(self, recorder: Recorder, info: StepInfo, policy: Retry, timeout: float,
                         timer: Any) -> None:
         timer.close()
-        began = self._in_flight.pop(info, None)
+        began = self.epoch.in_flight.pop(info, None)
         if began is None:
             return  # it returned in time
-        self._steps.detach(began[1], began[2])  # the pool starts another thread for the waiting work
+        self.epoch.steps.detach(began[1], began[2])  # the pool starts another thread for the waiting work
         error = StepTimeout(
             f"step {info.step} ({info.name}) of workflow {info.workflow_id!r}, attempt "
             f"{info.attempt}, did not return within {timeout:g} s; it is recorded as failed "
@@ -201,25 +182,25 @@ class RunDriver:
         recorder.submit_events([failed_event(info, policy, error_data(error),
                                              policy.is_retryable(error))])
 
-    def _new_recorder(self, wid: str, fence: Optional[int] = None) -> Recorder:
+    def new_recorder(self, wid: str, fence: Optional[int] = None) -> Recorder:
         # on_done(events, head, error) runs _deliver(wid, events, head, error)
         # on the hub thread; a partial, so the writer runs no Python frame
         # of ours for it.
-        hub = self._hub
+        hub = self.epoch.hub
         if self._deliver_soon[0] is not hub:  # bound once per epoch: two objects per run, not four
-            self._deliver_soon = (hub, functools.partial(hub.call_soon, self._deliver))
-        return Recorder(wid, self._writer, functools.partial(self._deliver_soon[1], wid), fence)
+            self._deliver_soon = (hub, functools.partial(hub.call_soon, self.deliver))
+        return Recorder(wid, self.epoch.writer, functools.partial(self._deliver_soon[1], wid), fence)
 
-    def _deliver(self, wid: str, events: builtins.list[ev.NewEvent], head: Optional[int],
+    def deliver(self, wid: str, events: builtins.list[ev.NewEvent], head: Optional[int],
                  error: Optional[BaseException]) -> None:
         """Hub thread: the outcome of an append to a live run."""
-        ctx = self._runs.get(wid)
+        ctx = self.epoch.runs.get(wid)
         if not isinstance(ctx, WorkflowContext):
-            if wid in self._recorders:
+            if wid in self.epoch.recorders:
                 # Starting here: a run created by start() records (a signal,
                 # say) before its greenlet built its context. Keep the outcome
                 # for the context, in order.
-                self._early.setdefault(wid, []).append((events, head, error))
+                self.epoch.early.setdefault(wid, []).append((events, head, error))
             return  # else the run ended (or its greenlet was killed) meanwhile
         if error is not None or head is None:
             ctx._on_failed(error or InternalError("an append completed without a head"))
@@ -234,42 +215,42 @@ class RunDriver:
         first = head - len(events) + 1
         ctx._on_recorded([ev.Event(first + i, e.type, e.at, e.data) for i, e in enumerate(events)])
 
-    def _recover(self) -> None:
+    def recover(self) -> None:
         after: Optional[str] = None
         resumed = 0
         while True:
-            page = self._reader.call(
-                self._reader.store.list_runs, ev.RUNNING, None, 500, after  # type: ignore[union-attr]
+            page = self.epoch.reader.call(
+                self.epoch.reader.store.list_runs, ev.RUNNING, None, 500, after
             ).result()
             for info in page:
                 wid = info.workflow_id
-                if (wid not in self._runs and wid not in self.unrunnable
-                        and not self._absent_here(wid)):  # type: ignore[attr-defined]
-                    self._spawn_run(wid, info, recovering=True)
+                if (wid not in self.epoch.runs and wid not in self.epoch.unrunnable
+                        and not self.epoch.residency.absent_here(wid)):
+                    self.spawn_run(wid, info, recovering=True)
                     resumed += 1
             if len(page) < 500:
                 break
             after = page[-1].workflow_id
             # Over a residency cap, read on only as the queue of runs
             # waiting for a place drains (it holds their state).
-            while (self.max_resident is not None and not self._hub.closing
-                   and len(self._admission) > self.max_resident):  # type: ignore[attr-defined]
+            while (self.engine.max_resident is not None and not self.epoch.hub.closing
+                   and len(self.epoch.residency.admission) > self.engine.max_resident):
                 gevent.sleep(0.05)
         if resumed:
             log.info("recovery: resuming %d unfinished run(s)", resumed,
                      extra={"aion_event": "recovery", "aion_resumed": resumed})
 
-    def _spawn_run(self, wid: str, info: RunInfo, recovering: bool = False,
+    def spawn_run(self, wid: str, info: RunInfo, recovering: bool = False,
                    recorder: Optional[Recorder] = None) -> None:
         """Drive a run here. ``recorder`` comes from start() for a run just
         created (registered and initialised there); otherwise one is
         registered now and initialised from the history read after it."""
-        if wid in self._runs or self._hub is None or self._hub.closing:
-            if recorder is not None and wid not in self._runs:
-                self._early.pop(wid, None)
-                self._unregister(wid, recorder)
+        if wid in self.epoch.runs or self.epoch.hub is None or self.epoch.hub.closing:
+            if recorder is not None and wid not in self.epoch.runs:
+                self.epoch.early.pop(wid, None)
+                self.unregister(wid, recorder)
             return
-        if recorder is None and wid in self._recorders:
+        if recorder is None and wid in self.epoch.recorders:
             # start() created this run, and its own spawn (with the recorder
             # it registered first) is on its way here: a recovery pass or a
             # second start() that found the run unfinished in the store must
@@ -278,86 +259,87 @@ class RunDriver:
             # (a step ran twice, and result() waited forever; found by
             # tests/test_state_machine.py).
             return
-        if self._full():  # type: ignore[attr-defined]
-            self._queue_run(wid, info, recovering, recorder)  # type: ignore[attr-defined]
+        if self.epoch.residency.full():
+            self.epoch.residency.queue_run(wid, info, recovering, recorder)
             return
         recovering = recovering or info.head_seq > 1 or recorder is None
         try:
-            fn = self._registry.get(info.workflow_type)
+            fn = self.engine._registry.get(info.workflow_type)
         except WorkflowNotRegistered as exc:
             message = f"cannot resume workflow {wid!r}: {exc}; the run is left as it is"
-            self.unrunnable[wid] = message
+            self.epoch.unrunnable[wid] = message
             log.error(message, extra=logs.run_problem(
                 wid, "run.unrunnable", aion_workflow_type=info.workflow_type))
             if recorder is not None:
-                self._unregister(wid, recorder)
-            self._on_run_gone()  # type: ignore[attr-defined]
-            self._hub.spawn(self._end_if_cancel_recorded, wid)  # type: ignore[attr-defined]
+                self.unregister(wid, recorder)
+            self.epoch.residency.on_run_gone()
+            self.epoch.hub.spawn(self.epoch.termination.end_if_cancel_recorded, wid)
             return
-        self._runs[wid] = True
-        if self._residency and len(self._runs) > self.resident_peak:  # type: ignore[attr-defined]
-            self.resident_peak = len(self._runs)
-        self.unrunnable.pop(wid, None)
+        self.epoch.runs[wid] = True
+        residency = self.epoch.residency
+        if residency.on and len(self.epoch.runs) > residency.resident_peak:
+            residency.resident_peak = len(self.epoch.runs)
+        self.epoch.unrunnable.pop(wid, None)
         # A resumed id (rewind.py): the end of its old run is not its result.
-        self._recently_finished.pop(wid, None)
+        self.epoch.recently_finished.pop(wid, None)
         if recorder is None:
-            recorder = self._new_recorder(wid, info.fence or None)
-            with self._routing:
-                self._recorders[wid] = recorder
-        self._hub.spawn(self._drive, wid, fn, info, recovering, recorder, name=f"run:{wid}")
+            recorder = self.new_recorder(wid, info.fence or None)
+            with self.epoch.routing_lock:
+                self.epoch.recorders[wid] = recorder
+        self.epoch.hub.spawn(self._drive, wid, fn, info, recovering, recorder, name=f"run:{wid}")
 
-    def _unregister(self, wid: str, recorder: Recorder) -> None:
+    def unregister(self, wid: str, recorder: Recorder) -> None:
         """Any thread: drop a recorder; messages it buffered are routed anew."""
-        with self._routing:
-            if self._recorders.get(wid) is recorder:
-                del self._recorders[wid]
+        with self.epoch.routing_lock:
+            if self.epoch.recorders.get(wid) is recorder:
+                del self.epoch.recorders[wid]
         recorder.abandon(_Reroute())
 
-    def _register_waiter(self, wid: str, future: Future) -> None:
-        finished = self._recently_finished.get(wid)
+    def register_waiter(self, wid: str, future: Future) -> None:
+        finished = self.epoch.recently_finished.get(wid)
         if finished is not None:
             future.set_result(finished)
             return
-        if self._hub.closing or wid in self._unreadable:  # type: ignore[attr-defined]
-            future.set_exception(self._unreadable.get(wid)  # type: ignore[attr-defined]
+        if self.epoch.hub.closing or wid in self.epoch.unreadable:
+            future.set_exception(self.epoch.unreadable.get(wid)
                                  or _closed_while_waiting())
             return
-        self._waiters.setdefault(wid, []).append(future)
-        if wid not in self._runs:
-            self._hub.spawn(self._check_finished, wid)
+        self.epoch.waiters.setdefault(wid, []).append(future)
+        if wid not in self.epoch.runs:
+            self.epoch.hub.spawn(self.check_finished, wid)
 
-    def _drop_waiter(self, wid: str, future: Future) -> None:
+    def drop_waiter(self, wid: str, future: Future) -> None:
         """A result() wait timed out: forget its future."""
-        futures = self._waiters.get(wid)
+        futures = self.epoch.waiters.get(wid)
         if futures is not None:
             try:
                 futures.remove(future)
             except ValueError:
                 pass
             if not futures:
-                del self._waiters[wid]
+                del self.epoch.waiters[wid]
 
-    def _check_finished(self, wid: str) -> None:
+    def check_finished(self, wid: str) -> None:
         try:
-            info = self._reader.call(self._reader.store.get_run, wid).result()
+            info = self.epoch.reader.call(self.epoch.reader.store.get_run, wid).result()
         except Exception as exc:
             self._fail_waiters(wid, exc)
             return
         if info is None:
-            self._fail_waiters(wid, WorkflowNotFound(f"no workflow with id {wid!r} in {self._store_name()}"))
+            self._fail_waiters(wid, WorkflowNotFound(f"no workflow with id {wid!r} in {self.engine._store_name()}"))
         elif info.finished:
-            self._complete_waiters(wid, info)
+            self.complete_waiters(wid, info)
 
-    def _complete_waiters(self, wid: str, info: RunInfo) -> None:
-        cache = self._recently_finished
+    def complete_waiters(self, wid: str, info: RunInfo) -> None:
+        cache = self.epoch.recently_finished
         cache[wid] = info
         if len(cache) > 10_000:
             cache.popitem(last=False)
-        for future in self._waiters.pop(wid, ()):
+        for future in self.epoch.waiters.pop(wid, ()):
             future.set_result(info)
 
     def _fail_waiters(self, wid: str, error: BaseException) -> None:
-        for future in self._waiters.pop(wid, ()):
+        for future in self.epoch.waiters.pop(wid, ()):
             future.set_exception(error)
 
     def _drive(self, wid: str, fn: Callable[..., Any], info: RunInfo, recovering: bool,
@@ -369,32 +351,32 @@ class RunDriver:
         span, final, outcome = None, None, "interrupted"
         try:
             if recovering or info.head_seq > 1:
-                history = self._writer.call(self._store.read, wid).result()  # type: ignore[union-attr]
+                history = self.epoch.writer.call(self.epoch.store.read, wid).result()
             else:
                 history = [ev.Event(1, ev.WORKFLOW_STARTED, info.created_at, {
                     "workflow_type": info.workflow_type, "run_id": info.run_id, "args": info.args})]
             if history and history[-1].type in ev.TERMINAL_TYPES:
-                final = self._writer.call(self._store.get_run, wid).result()  # type: ignore[union-attr]
-                self._complete_waiters(wid, final)
+                final = self.epoch.writer.call(self.epoch.store.get_run, wid).result()
+                self.complete_waiters(wid, final)
                 return
             # No switch between these lines: the first outcome delivered for
             # this run finds its context in place.
             if recovering:
                 recorder.init(history[-1].seq, *message_state(history))
-            ctx = WorkflowContext(self._host, wid, info.run_id, info.workflow_type, history,
+            ctx = WorkflowContext(self.epoch.host, wid, info.run_id, info.workflow_type, history,
                                   recorder)
-            self._runs[wid] = ctx
+            self.epoch.runs[wid] = ctx
             ctx._greenlet = gevent.getcurrent()
-            for early in self._early.pop(wid, ()):
-                self._deliver(wid, *early)
+            for early in self.epoch.early.pop(wid, ()):
+                self.deliver(wid, *early)
             for key, fire_at in pending_timers(history).items():
                 ctx._timers[key] = fire_at
-                self._timers.add(fire_at, wid, key)
+                self.epoch.timers.add(fire_at, wid, key)
             if recovering:
                 # The sweep: every child this run started and whose end is
                 # not recorded gets (again) created if missing, and watched.
                 for child in open_children(history):
-                    self._ensure_child((wid, info.run_id), child)
+                    self.epoch.children.ensure_child((wid, info.run_id), child)
             # Recovery may pick up a run that start() just created: with
             # nothing but its WorkflowStarted, it is started, not resumed.
             began, replayed = ctx, len(history) if recovering and len(history) > 1 else 0
@@ -407,30 +389,30 @@ class RunDriver:
             if final is not None and final.status == ev.CONTINUED:
                 # The store began the next run in the same commit; drive it
                 # once this greenlet has let go of the id.
-                self._hub.call_soon(self._spawn_run, wid, dataclasses.replace(final, status=ev.RUNNING))
+                self.epoch.hub.call_soon(self.spawn_run, wid, dataclasses.replace(final, status=ev.RUNNING))
             elif final is not None:
-                self._complete_waiters(wid, final)
+                self.complete_waiters(wid, final)
         except GreenletExit:
             raise
         except RunEvicted:
             evicted, outcome = True, "evicted"
-            self._on_evicted(info)  # type: ignore[attr-defined]
+            self.epoch.residency.on_evicted(info)
         except RunTerminated:
             outcome = "terminated"  # the engine records its end (termination.py)
         except RunLost as exc:
             outcome = "dropped"
             log.warning("run %r dropped: %s", wid, exc,
                         extra=logs.run_problem(wid, "run.dropped", began, exc))
-            if self._leased:
+            if self.epoch.leased:
                 # Whoever writes it now (or a replay here) may take it at once,
                 # without waiting for the lease to run out.
                 # (No closure: its cells would live in this frame as long as the run.)
-                self._writer.submit_call(
-                    functools.partial(self._store.release_leases, self.engine_id, [wid]),  # type: ignore[union-attr]
+                self.epoch.writer.submit_call(
+                    functools.partial(self.epoch.store.release_leases, self.engine.engine_id, [wid]),
                     _ignore)
-            elif wid in self._waiters:
+            elif wid in self.epoch.waiters:
                 # Ended by another process (terminate.py): tell the waiters here.
-                self._hub.spawn(self._check_finished, wid)
+                self.epoch.hub.spawn(self.check_finished, wid)
         except RunAborted as exc:
             outcome = "aborted"
             log.error("run %r stopped: the store refused a record (%s); it stays unfinished "
@@ -441,8 +423,8 @@ class RunDriver:
             # Its history could not be read (a damaged record, say): left as
             # it is, never written over, its waiters told; the others go on.
             outcome = "aborted"
-            self.unrunnable[wid] = message = f"cannot drive workflow {wid!r}: {exc}"
-            self._unreadable[wid] = exc  # type: ignore[attr-defined]
+            self.epoch.unrunnable[wid] = message = f"cannot drive workflow {wid!r}: {exc}"
+            self.epoch.unreadable[wid] = exc
             log.error("%s; it is left as it is", message,
                       extra=logs.run_problem(wid, "run.aborted", began, exc))
             self._fail_waiters(wid, exc)
@@ -454,13 +436,13 @@ class RunDriver:
             if began is not None:
                 logs.run_left(began, outcome, final)
             if span is not None:
-                tracing.end_run(span, outcome, final, self)
-            self._runs.pop(wid, None)
-            self._early.pop(wid, None)
-            self._unregister(wid, recorder)
+                tracing.end_run(span, outcome, final, self.epoch)
+            self.epoch.runs.pop(wid, None)
+            self.epoch.early.pop(wid, None)
+            self.unregister(wid, recorder)
             if not evicted:  # an evicted run's children are watched on
-                self._child_tasks.abort_watches_for_parent((wid, info.run_id))
-            self._on_run_gone()  # type: ignore[attr-defined]
+                self.epoch.child_tasks.abort_watches_for_parent((wid, info.run_id))
+            self.epoch.residency.on_run_gone()
 
     def _execute(self, ctx: WorkflowContext, fn: Callable[..., Any], info: RunInfo) -> Optional[RunInfo]:
         wid = ctx.workflow_id
@@ -477,7 +459,7 @@ class RunDriver:
                 ctx._finish_check("the workflow to continue as new")
                 raise
             except GreenletExit as exc:
-                if self._hub.closing:
+                if self.epoch.hub.closing:
                     raise  # the epoch ends: this run resumes in the next one
                 # Only shutdown kills a run's greenlet, so this is the body's
                 # own: as a kill it left the run running, and each replay

@@ -24,11 +24,12 @@ the engine's hub; ``_post`` runs on the caller's thread.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import gevent
 
@@ -44,6 +45,10 @@ from aion_green.core.errors import (
 from aion_green.hub_thread import Future
 from aion_green.runtime.termination import terminated_event
 from aion_green.stores.sqlite.file import canonical_path, is_file
+
+if TYPE_CHECKING:  # pragma: no cover
+    from aion_green.runtime.engine import Engine
+    from aion_green.runtime.epoch import Epoch
 
 log = logging.getLogger("aion_green.sharing")
 
@@ -157,52 +162,26 @@ class PgDriverLock:
         self.writer = None
 
 
-class SharingDriver:
+class Sharing:
     """The cross-process half of the Engine (see the module docstring)."""
 
-    # Provided by Engine / RunDriver.
-    _hub: Any
-    _reader: Any
-    _writer: Any
-    _store: Any
-    _runs: dict[str, Any]
-    _recorders: dict[str, Any]
-    _waiters: dict[str, list[Future]]
-    _timers: Any
-    _driver_lock: Any
-    recover: bool
-
-    def _route_message(self, wid: str, name: str, payload: Any, at: float, dedup: Optional[str],
-                       done: Callable[[Any, Optional[BaseException]], None]) -> None:
-        raise NotImplementedError
-
-    def _route_cancel(self, wid: str, reason: str,
-                      done: Callable[[Any, Optional[BaseException]], None]) -> None:
-        raise NotImplementedError
-
-    def _spawn_run(self, wid: str, info: Any, recovering: bool = False,
-                   recorder: Any = None) -> None:
-        raise NotImplementedError
-
-    def _check_finished(self, wid: str) -> None:
-        raise NotImplementedError
-
-    def _recover(self) -> None:
-        raise NotImplementedError
+    def __init__(self, engine: "Engine", epoch: "Epoch") -> None:
+        self.engine = engine  # its settings, and the facade's own operations
+        self.epoch = epoch  # the state of this engine's life, and the other parts
 
     @property
     def driving(self) -> bool:
         """True when this engine drives runs: it holds the store's driver
         lock, or the store leases runs to every engine (PostgreSQL); False
         for a client of another process's engine."""
-        if getattr(self, "_leased", False):
+        if self.epoch.leased:
             return True
-        return bool(self._driver_lock is not None and self._driver_lock.held)
+        return bool(self.epoch.driver_lock is not None and self.epoch.driver_lock.held)
 
-    def _nap(self, kind: str, pause: float) -> None:
+    def nap(self, kind: str, pause: float) -> None:
         """Hub thread: wait ``pause`` seconds, or less if the doorbell of
         ``kind`` rings (PostgreSQL's LISTEN/NOTIFY; polling without it)."""
-        bell = getattr(self, "_bells", {}).get(kind)
+        bell = self.epoch.leases.bells.get(kind)
         if bell is None:
             gevent.sleep(pause)
             return
@@ -210,14 +189,14 @@ class SharingDriver:
         bell.clear()
 
     # -- hub thread: the driver --------------------------------------------------------------
-    def _begin_driving(self) -> None:
-        hub = self._hub
-        mark = self._reader.call(self._reader.store.last_run_mark).result()
+    def begin_driving(self) -> None:
+        hub = self.epoch.hub
+        mark = self.epoch.reader.call(self.epoch.reader.store.last_run_mark).result()
         try:
-            hub.spawn(self._timers.run, name="aion-timers")
-            if self.recover:
-                hub.spawn(self._recover, name="aion-recovery")
-            hub.spawn(self._drain, name="aion-inbox")
+            hub.spawn(self.epoch.timers.run, name="aion-timers")
+            if self.engine.recover:
+                hub.spawn(self.epoch.runner.recover, name="aion-recovery")
+            hub.spawn(self.drain, name="aion-inbox")
             hub.spawn(self._watch, mark, name="aion-new-runs")
         except EngineClosed:
             # shutdown() began (on another thread) while the mark was read:
@@ -226,13 +205,13 @@ class SharingDriver:
             # right after a start showed it; tests/test_state_machine.py).
             return
 
-    def _drain(self, owner: Optional[str] = None) -> None:
+    def drain(self, owner: Optional[str] = None) -> None:
         """Record what clients posted to the inbox, through the runs' recorders.
 
         The inbox is read from its start each time (handled entries are
         deleted, so it stays short): an entry whose id was drawn before
         another's but committed after it is never passed over."""
-        reader, writer = self._reader, self._writer
+        reader, writer = self.epoch.reader, self.epoch.writer
         handled: list[int] = []
         retry: list[int] = []
         deleted: list[int] = []
@@ -255,8 +234,7 @@ class SharingDriver:
                     # Any thread. A delete that failed is tried again.
                     (handled if error is not None else deleted).extend(ids)
 
-                writer.submit_call(lambda ids=ids, store=self._store: store.delete_inbox(ids),
-                                   after_delete)
+                writer.submit_call(functools.partial(self.epoch.store.delete_inbox, ids), after_delete)
             if retry:
                 pending.difference_update(retry)
                 retry.clear()
@@ -280,20 +258,20 @@ class SharingDriver:
                     (retry if isinstance(error, (StoreUnavailable, EngineClosed)) else handled).append(row_id)
 
                 if kind == "message":
-                    self._route_message(wid, data["name"], data.get("payload"), at,
+                    self.epoch.routing.route_message(wid, data["name"], data.get("payload"), at,
                                         data.get("dedup") or f"inbox/{row_id}", done)
                 elif kind == "cancel":
-                    self._route_cancel(wid, data.get("reason", ""),
+                    self.epoch.routing.route_cancel(wid, data.get("reason", ""),
                                        self._then_end_if_unrunnable(wid, data.get("reason", ""), done))
                 elif kind == "terminate":
                     end = terminated_event(data.get("reason", ""), at)
-                    self._hub.spawn(self._end_here, wid, end, done,  # type: ignore[attr-defined]
+                    self.epoch.hub.spawn(self.epoch.termination.end_here, wid, end, done,
                                     name=f"terminate:{wid}")
                 else:
                     log.error("inbox entry %d for %r has an unknown kind %r; dropped", row_id, wid, kind)
                     handled.append(row_id)
             pause = _BUSY_PAUSE if rows else min(pause * 2, _IDLE_PAUSE)
-            self._nap("inbox", pause)
+            self.nap("inbox", pause)
 
     def _then_end_if_unrunnable(self, wid: str, reason: str,
                                 done: Callable[[Any, Optional[BaseException]], None]
@@ -301,8 +279,8 @@ class SharingDriver:
         """``done`` of a drained cancel: once recorded, a run that no code
         here can run ends (termination.py), then ``done``."""
         def recorded(seq: Any, error: Optional[BaseException]) -> None:
-            if error is None and wid in self.unrunnable:  # type: ignore[attr-defined]
-                self._hub.call_soon(self._end_if_unrunnable, wid, reason,  # type: ignore[attr-defined]
+            if error is None and wid in self.epoch.unrunnable:
+                self.epoch.hub.call_soon(self.epoch.termination.end_if_unrunnable, wid, reason,
                                     lambda _s, _e: done(seq, None))
             else:
                 done(seq, error)
@@ -314,14 +292,14 @@ class SharingDriver:
         on a server with concurrent writers a run may commit after a later
         mark was seen: a full pass over the unfinished runs every few
         seconds catches it."""
-        reader = self._reader
+        reader = self.epoch.reader
         pause = _BUSY_PAUSE
         sweep_at = _clock.monotonic() + _SWEEP_EVERY
         while True:
             try:
-                if self.recover and _clock.monotonic() >= sweep_at:
+                if self.engine.recover and _clock.monotonic() >= sweep_at:
                     began = _clock.monotonic()
-                    self._recover()
+                    self.epoch.runner.recover()
                     # A pass over a million parked runs takes seconds: keep
                     # its share of the engine's time to a few percent.
                     took = _clock.monotonic() - began
@@ -336,7 +314,7 @@ class SharingDriver:
                 continue
             for row in rows:
                 wid = row.workflow_id
-                if row.status == ev.RUNNING and wid not in self._runs and wid not in self._recorders:
+                if row.status == ev.RUNNING and wid not in self.epoch.runs and wid not in self.epoch.recorders:
                     # Another process created it (this engine's own are known).
                     try:
                         info = reader.call(reader.store.get_run, wid).result()
@@ -345,34 +323,34 @@ class SharingDriver:
                         gevent.sleep(_IDLE_PAUSE)
                         break
                     if (info is not None and info.status == ev.RUNNING
-                            and wid not in self._runs and wid not in self._recorders):
-                        self._spawn_run(wid, info)
+                            and wid not in self.epoch.runs and wid not in self.epoch.recorders):
+                        self.epoch.runner.spawn_run(wid, info)
                 mark = row.mark
             pause = _BUSY_PAUSE if rows else min(pause * 2, _IDLE_PAUSE)
             gevent.sleep(pause)
 
     # -- hub thread: a client ----------------------------------------------------------------
-    def _promote(self) -> None:
+    def promote(self) -> None:
         """Become the driver once the driver's process is gone."""
-        while not self._driver_lock.try_acquire():
+        while not self.epoch.driver_lock.try_acquire():
             gevent.sleep(_PROMOTE_EVERY)
         log.info("this engine now drives the runs of its store (the previous driver is gone)")
-        self._begin_driving()
+        self.begin_driving()
 
-    def _poll(self) -> None:
+    def poll(self) -> None:
         """Tell result waiters of runs that the driver ends: read their
         status until they finish (a client hears no doorbell)."""
         pause = _BUSY_PAUSE
-        while not self.driving or getattr(self, "_leased", False):
-            waiting = [wid for wid in self._waiters if wid not in self._runs]
+        while not self.driving or self.epoch.leased:
+            waiting = [wid for wid in self.epoch.waiters if wid not in self.epoch.runs]
             for wid in waiting:
-                self._check_finished(wid)
+                self.epoch.runner.check_finished(wid)
             pause = _BUSY_PAUSE if waiting else min(pause * 2, _IDLE_PAUSE)
-            self._nap("ends", max(pause, _BUSY_PAUSE * 2))
+            self.nap("ends", max(pause, _BUSY_PAUSE * 2))
 
-    def _confirm(self, wid: str, event_type: str, dedup: Optional[str], future: Future) -> None:
+    def confirm(self, wid: str, event_type: str, dedup: Optional[str], future: Future) -> None:
         """Wait until the driver recorded what was posted; its seq."""
-        reader = self._reader
+        reader = self.epoch.reader
         pause = _BUSY_PAUSE
         while True:
             try:
@@ -405,13 +383,13 @@ class SharingDriver:
             pause = min(pause * 2, _IDLE_PAUSE)
 
     # -- caller's thread: a client ------------------------------------------------------------
-    def _post(self, wid: str, kind: str, data: dict[str, Any], at: float, event_type: str,
+    def post(self, wid: str, kind: str, data: dict[str, Any], at: float, event_type: str,
               dedup: Optional[str]) -> int:
         """Post a request for the driver and wait until it is recorded."""
-        row_id = self._writer.call_or_refuse(self._store.post_inbox, wid, kind,
+        row_id = self.epoch.writer.call_or_refuse(self.epoch.store.post_inbox, wid, kind,
                                              ev.encode(data, "the request"), at)
         future = Future()
-        self._hub.spawn(self._confirm, wid, event_type,
+        self.epoch.hub.spawn(self.confirm, wid, event_type,
                         dedup if dedup is not None or kind != "message" else f"inbox/{row_id}",
                         future, name=f"confirm:{wid}")
         return int(future.result())

@@ -44,14 +44,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import gevent
 
 from aion_green.core import clock as _clock
 from aion_green.core import events as ev
 from aion_green.core.errors import (
-    ConfigurationError,
     SequenceConflict,
     StoreUnavailable,
     Timeout,
@@ -62,6 +61,10 @@ from aion_green.hub_thread import Future
 from aion_green.runtime.writer import future_done
 from aion_green.store import Append
 from aion_green.workflows.context import RunLost, WorkflowContext
+
+if TYPE_CHECKING:  # pragma: no cover
+    from aion_green.runtime.engine import Engine
+    from aion_green.runtime.epoch import Epoch
 
 log = logging.getLogger("aion_green.engine")
 
@@ -112,65 +115,38 @@ def _log_outcome(_seq: Any, error: Optional[BaseException]) -> None:
         log.warning("a cancelled run that cannot run here was not ended: %s", error)
 
 
-class TerminationDriver:
+class Termination:
     """``terminate`` and the end of unrunnable runs, a part of the Engine."""
 
-    # Provided by Engine and its other parts.
-    _hub: Any
-    _writer: Any
-    _reader: Any
-    _store: Any
-    _runs: dict[str, Any]
-    _recorders: dict[str, Any]
-    _driver_lock: Any
-    _confirm: Callable[..., None]
-    engine_id: str
-    _leased: bool
-    _passive: bool
-    kill_timeout: float
-    unrunnable: dict[str, str]
-    _unreadable: dict[str, BaseException]
-    driving: bool
-    _ensure_started: Callable[[], None]
-    _complete_waiters: Callable[[str, Any], None]
-    _post: Callable[..., int]
-    history: Callable[..., Any]
+    def __init__(self, engine: "Engine", epoch: "Epoch") -> None:
+        self.engine = engine  # its settings, and the facade's own operations
+        self.epoch = epoch  # the state of this engine's life, and the other parts
 
-    def terminate(self, workflow_id: str, reason: str = "") -> None:
-        """End a running run now, without cleanup: ``WorkflowCancelled``
-        (error type ``Terminated``) is recorded before this returns, no code
-        of the workflow runs again, and nothing of it is recorded after.
-        Works for any running run: one whose type no engine knows, one
-        parked or evicted, one driven here or elsewhere. Its children run
-        on. A finished run refuses with :class:`WorkflowNotRunning` (but one
-        already terminated is fine). See :mod:`aion_green.termination`."""
-        ev.check_key(workflow_id, "the workflow id")
-        if not isinstance(reason, str):
-            raise ConfigurationError(f"a terminate reason must be a string, got {reason!r}")
-        self._ensure_started()
+    def terminate(self, workflow_id: str, reason: str) -> None:
+        """:meth:`Engine.terminate` (see there), once the engine runs."""
         event = terminated_event(reason, time.time())
         try:
             if self._elsewhere_alive(workflow_id):
-                self._post(workflow_id, "terminate", {"reason": reason}, event.at,
+                self.epoch.sharing.post(workflow_id, "terminate", {"reason": reason}, event.at,
                            ev.WORKFLOW_CANCELLED, None)
                 return
-            if self._leased and workflow_id not in self._recorders and self._ask_owner(
+            if self.epoch.leased and workflow_id not in self.epoch.recorders and self._ask_owner(
                     workflow_id, reason, event.at):
                 return
             future = Future()
-            self._hub.spawn(self._end_here, workflow_id, event, future_done(future),
+            self.epoch.hub.spawn(self.end_here, workflow_id, event, future_done(future),
                             name=f"terminate:{workflow_id}")
             future.result()
         except WorkflowNotRunning:
             # Asking again once the run ended on an earlier request is fine.
-            last = self.history(workflow_id)[-1]
+            last = self.engine.history(workflow_id)[-1]
             if last.type == ev.WORKFLOW_CANCELLED and (last.data.get("error") or {}).get("terminated"):
                 return
             raise
 
-    def _lease_holder(self, wid: str) -> Optional[str]:
+    def lease_holder(self, wid: str) -> Optional[str]:
         """Leased runs: the engine whose lease on the run is live, else None."""
-        reader = self._reader
+        reader = self.epoch.reader
         held = reader.call(reader.store.lease_of, wid).result()
         return None if held is None or held[1] < time.time() else str(held[0])
 
@@ -180,74 +156,74 @@ class TerminationDriver:
         appended under it until its next record). True once it did; False
         when nobody holds it, or the owner did not answer within its lease
         (it died: the end is then appended here)."""
-        reader = self._reader
+        reader = self.epoch.reader
         held = reader.call(reader.store.lease_of, wid).result()
-        if held is None or held[1] < time.time() or held[0] == self.engine_id:  # type: ignore[attr-defined]
+        if held is None or held[1] < time.time() or held[0] == self.engine.engine_id:
             return False
-        row_id = self._writer.call(self._store.post_inbox, wid, "terminate",
+        row_id = self.epoch.writer.call(self.epoch.store.post_inbox, wid, "terminate",
                                    ev.encode({"reason": reason}, "the request"), at).result()
         confirmed = Future()
-        self._hub.spawn(self._confirm, wid, ev.WORKFLOW_CANCELLED, None, confirmed,
+        self.epoch.hub.spawn(self.epoch.sharing.confirm, wid, ev.WORKFLOW_CANCELLED, None, confirmed,
                         name=f"confirm:{wid}")
         try:
             confirmed.result(max(0.0, held[1] - time.time()) + 2.0)
             return True
         except Timeout:
             # (A late owner finds the run ended: its request is then moot.)
-            self._writer.call(self._store.delete_inbox, [row_id]).result()
+            self.epoch.writer.call(self.epoch.store.delete_inbox, [row_id]).result()
             return False
 
     def _elsewhere_alive(self, workflow_id: str) -> bool:
         """A client of a SQLite file whose driver process lives: the driver
         ends the run (it may be driving it), through the inbox."""
-        if self._leased or self.driving:
+        if self.epoch.leased or self.epoch.sharing.driving:
             return False
-        return bool(self._driver_lock.held_elsewhere())
+        return bool(self.epoch.driver_lock.held_elsewhere())
 
-    def _end_here(self, wid: str, event: ev.NewEvent, done: Done) -> None:
+    def end_here(self, wid: str, event: ev.NewEvent, done: Done) -> None:
         """Hub greenlet: stop the run's greenlet if it lives here, then
         record ``event`` at the head of its history; ``done(seq, error)``."""
         try:
-            deadline = _clock.monotonic() + self.kill_timeout
+            deadline = _clock.monotonic() + self.engine.kill_timeout
             # A run whose greenlet is reading its history has no context
             # yet, and one just created by start() has its spawn on the way
             # (ended under it, it would run its first step before it found
             # the history moved).
-            while ((self._runs.get(wid) is True
-                    or (wid in self._recorders and wid not in self._runs))
+            while ((self.epoch.runs.get(wid) is True
+                    or (wid in self.epoch.recorders and wid not in self.epoch.runs))
                    and _clock.monotonic() < deadline):
                 gevent.sleep(0.01)
-            ctx = self._runs.get(wid)
+            ctx = self.epoch.runs.get(wid)
             if isinstance(ctx, WorkflowContext):
                 if ctx._failure is None:
                     ctx._failure = RunTerminated(f"workflow {wid!r} was terminated")
                 glet = ctx._greenlet
                 if glet is not None and not glet.dead:
-                    glet.kill(RunTerminated, block=True, timeout=self.kill_timeout)
+                    glet.kill(RunTerminated, block=True, timeout=self.engine.kill_timeout)
                     if not glet.dead:
                         log.error("workflow %r: its greenlet went on after terminate (it caught "
                                   "BaseException); it records nothing more", wid)
-            seq = self._writer.call(append_end, self._store, wid, event).result()
+            seq = self.epoch.writer.call(append_end, self.epoch.store, wid, event).result()
         except gevent.GreenletExit:
             raise
         except BaseException as exc:
             done(None, exc)
             return
-        self.unrunnable.pop(wid, None)
-        self._unreadable.pop(wid, None)
+        self.epoch.unrunnable.pop(wid, None)
+        self.epoch.unreadable.pop(wid, None)
         try:
-            info = self._writer.call(self._store.get_run, wid).result()
+            info = self.epoch.writer.call(self.epoch.store.get_run, wid).result()
         except Exception:  # the event is recorded; waiters find it by polling
             info = None
         if info is not None and info.finished:
-            self._complete_waiters(wid, info)
+            self.epoch.runner.complete_waiters(wid, info)
         done(seq, None)
 
-    def _end_if_cancel_recorded(self, wid: str) -> None:
+    def end_if_cancel_recorded(self, wid: str) -> None:
         """Hub greenlet, for a run just found unrunnable: a cancel request
         recorded before (drained from the inbox ahead of recovery, say) ends
         it as a request recorded after would."""
-        reader = self._reader
+        reader = self.epoch.reader
         try:
             seq = reader.call(reader.store.find_event, wid, ev.CANCEL_REQUESTED, None).result()
             if seq is None:
@@ -257,15 +233,15 @@ class TerminationDriver:
             log.debug("workflow %r: its cancel requests could not be read (%s)", wid, exc)
             return
         reason = str(found[0].data.get("reason", "")) if found else ""
-        self._end_if_unrunnable(wid, reason, _log_outcome)
+        self.end_if_unrunnable(wid, reason, _log_outcome)
 
-    def _end_if_unrunnable(self, wid: str, reason: str, done: Done) -> None:
+    def end_if_unrunnable(self, wid: str, reason: str, done: Done) -> None:
         """Hub: after a cancel request was recorded for a run that this
         driving engine cannot run (its type unknown here), end it: no code
         of it can run to clean up, so it would stay running for ever."""
-        why = self.unrunnable.get(wid)
-        if why is None or wid in self._unreadable or wid in self._runs:
+        why = self.epoch.unrunnable.get(wid)
+        if why is None or wid in self.epoch.unreadable or wid in self.epoch.runs:
             done(None, None)
             return
-        self._hub.spawn(self._end_here, wid, unrunnable_cancelled_event(reason, why, time.time()),
+        self.epoch.hub.spawn(self.end_here, wid, unrunnable_cancelled_event(reason, why, time.time()),
                         done, name=f"cancel-unrunnable:{wid}")

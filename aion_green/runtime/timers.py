@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import gevent.event
 
 if TYPE_CHECKING:  # pragma: no cover
-    from aion_green.runtime.engine import Engine
+    from aion_green.runtime.epoch import Epoch
 
 log = logging.getLogger("aion_green.timers")
 
@@ -30,8 +30,8 @@ class TimerService:
     """Fires due timers: of live runs through their recorder, of runs that
     no greenlet drives here through the store (``fire_timer``)."""
 
-    def __init__(self, engine: "Engine", nap: float = 1.0, sweep_every: float = 5.0) -> None:
-        self._engine = engine
+    def __init__(self, epoch: "Epoch", nap: float = 1.0, sweep_every: float = 5.0) -> None:
+        self._epoch = epoch
         self.nap = nap
         self.sweep_every = sweep_every
         # (fire_at, tie-breaker, workflow id, timer key) of live runs' timers.
@@ -48,7 +48,7 @@ class TimerService:
     def poke(self) -> None:
         """Re-check due timers now, in memory and in the store (after moving
         a test clock, say)."""
-        self._engine._hub.call_soon(self._poked)
+        self._epoch.hub.call_soon(self._poked)
 
     def _poked(self) -> None:
         self._sweep_now = True
@@ -63,18 +63,18 @@ class TimerService:
 
     def run(self) -> None:
         """The service's greenlet."""
-        engine = self._engine
+        epoch = self._epoch
         next_sweep = 0.0
         while True:
             now = time.time()
             heap = self._heap
             while heap and heap[0][0] <= now:
                 _, _, wid, key = heapq.heappop(heap)
-                ctx = engine._runs.get(wid)
+                ctx = epoch.runs.get(wid)
                 if ctx is not None and not isinstance(ctx, bool):
                     ctx._timer_due(key, now)
-                elif ctx is None and engine._residency:
-                    engine._wake(wid)  # evicted: replayed, it fires the timer itself
+                elif ctx is None and epoch.residency.on:
+                    epoch.residency.wake(wid)  # evicted: replayed, it fires the timer itself
             if self.store_sweep and (now >= next_sweep or self._sweep_now):
                 self._sweep_now = False
                 next_sweep = now + self.sweep_every
@@ -86,13 +86,13 @@ class TimerService:
     def _sweep_store(self, now: float) -> None:
         """Fire due timers of runs that no greenlet drives here (say their
         workflow type is not registered): the record waits for them."""
-        engine = self._engine
+        epoch = self._epoch
         try:
-            due = engine._reader.call(engine._reader.store.due_timers, now).result()
+            due = epoch.reader.call(epoch.reader.store.due_timers, now).result()
         except Exception as exc:
             log.warning("timer sweep could not read the store: %s", exc)
             return
         for wid, key, _fire_at in due:
-            if wid in engine._runs or engine._absent_here(wid):
+            if wid in epoch.runs or epoch.residency.absent_here(wid):
                 continue  # live, or this engine's out of memory: its context fires it
-            engine._writer.call(engine._store.fire_timer, wid, key, time.time())
+            epoch.writer.call(epoch.store.fire_timer, wid, key, time.time())

@@ -92,7 +92,7 @@ def start_run(ctx: Any, replayed: int) -> Any:
     return span
 
 
-def end_run(span: Any, outcome: str, final: Any, engine: Any) -> None:
+def end_run(span: Any, outcome: str, final: Any, epoch: Any) -> None:
     """Hub thread: end a run's span, on a step-pool thread (at shutdown, here:
     the pool's threads may outlive the engine, and the span must not be lost)."""
     status = final.status if outcome == "ended" and final is not None else outcome
@@ -108,11 +108,11 @@ def end_run(span: Any, outcome: str, final: Any, engine: Any) -> None:
             _error(span, "aion_green." + status, f"the run could not be driven ({status})")
         span.end(end_time=end_time)
 
-    if engine._hub.closing:
+    if epoch.hub.closing:
         end()
         return
     try:
-        engine._steps.submit(end)
+        epoch.steps.submit(end)
     except EngineClosed:
         end()
 

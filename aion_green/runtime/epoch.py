@@ -1,0 +1,129 @@
+"""One engine's life in one process: its threads, its store connections,
+its run table, and the parts that drive runs with them.
+
+An :class:`Epoch` is made when an :class:`~aion_green.runtime.engine.Engine`
+starts (lazily, on first use) and dropped when it shuts down. A process
+forked from one that had started the engine (gunicorn ``--preload``) inherits
+an epoch whose threads did not survive the fork: the engine then begins a
+new epoch in the child (:meth:`Engine._ensure_started`), and the old one is
+never touched again. So the whole state of a life is here, in one typed
+object, and nothing of it outlives the epoch.
+
+The parts each own one concept and reach the others through the epoch:
+
+==============  =================================================================
+``runner``      runs on the hub: spawning, replaying, ending them, their records
+``routing``     creating runs, routing messages and cancel requests to them
+``children``    child workflows, engine side (spawn recovery, watching ends)
+``sharing``     several processes over one SQLite file: driver or client
+``leases``      many engines over one PostgreSQL database: leases, claims
+``queries``     ``engine.query`` answered by the live run
+``residency``   a cap on the runs held in memory: eviction and admission
+``termination`` ``engine.terminate`` and runs no engine here can run
+==============  =================================================================
+
+Thread contract: the fields are set once, on the caller's thread that starts
+the engine, before the hub thread starts; afterwards each field says who may
+touch it (most: the hub thread only).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+from typing import TYPE_CHECKING, Any, Union
+
+from gevent import monkey
+
+from aion_green.hub_thread import Future, HubThread
+from aion_green.runtime.children import Children
+from aion_green.runtime.host import EngineHost
+from aion_green.runtime.leases import Leases
+from aion_green.runtime.queries import Queries
+from aion_green.runtime.recorder import Recorder
+from aion_green.runtime.residency import Residency
+from aion_green.runtime.routing import Routing
+from aion_green.runtime.runs import Runner
+from aion_green.runtime.sharing import DriverLock, PgDriverLock, Sharing
+from aion_green.runtime.step_pool import StepPool
+from aion_green.runtime.termination import Termination
+from aion_green.runtime.timers import TimerService
+from aion_green.runtime.writer import StoreWriter
+from aion_green.store import RunInfo
+from aion_green.stores import open_store
+from aion_green.watchers import ChildTaskRegistry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from aion_green.runtime.engine import Engine
+    from aion_green.workflows.context import WorkflowContext
+
+log = logging.getLogger("aion_green.engine")
+_allocate_lock = monkey.get_original("_thread", "allocate_lock")
+
+
+class Epoch:
+    """The shared state of one engine's life (see the module docstring)."""
+
+    def __init__(self, engine: "Engine", pid: int) -> None:
+        self.pid = pid
+        # -- the store: a writer thread and a reader thread, each with its
+        # own connection (WAL lets reads run while the writer commits).
+        # Typed Any: mypy reads zope.interface methods as lacking self.
+        self.store: Any = open_store(engine.url, engine.durable, engine.busy_timeout)
+        # Leased stores (PostgreSQL) own runs by lease; SQLite by driver lock.
+        self.leased: bool = hasattr(self.store, "claim_runs")
+        pg = hasattr(self.store, "try_lock_driver")
+        self.driver_lock: Union[DriverLock, PgDriverLock] = (
+            PgDriverLock(self.store) if pg else DriverLock(self.store.path))
+        # Taken before the writer thread runs (PgDriverLock needs that).
+        if not self.leased and not engine._passive and not self.driver_lock.try_acquire():
+            log.info("engine over %s: %s drives its runs; this one is its client",
+                     self.store.path, self.driver_lock.holder())
+        self.writer = StoreWriter(self.store)
+        if isinstance(self.driver_lock, PgDriverLock):
+            self.driver_lock.writer = self.writer
+        self.reader = StoreWriter(open_store(engine.url, engine.durable, engine.busy_timeout),
+                                  name="aion-store-reader")
+        # -- threads: the step pool, and the hub every run lives on.
+        self.steps = StepPool(engine.step_workers)
+        self.hub = HubThread(name="aion-hub", kill_timeout=engine.kill_timeout)
+        # -- the run table. Routing: which runs have a recorder here. Any
+        # thread reads it under routing_lock, so a message either goes
+        # through a live run's recorder or, queued before that run's
+        # history is read, through the store.
+        self.routing_lock = _allocate_lock()
+        self.recorders: dict[str, Recorder] = {}
+        # Invariant: a workflow id is in runs while a greenlet of this epoch
+        # drives it, at most one per id: True from its spawn until its
+        # history is read, then its context (hub thread only).
+        self.runs: dict[str, Union[bool, "WorkflowContext"]] = {}
+        # Result waiters by workflow id, completed when the run ends here or
+        # is found finished in the store (hub thread only).
+        self.waiters: dict[str, list[Future]] = {}
+        # Runs that ended in this epoch, newest last: a result() right after
+        # the end needs no store read. Bounded; older ones are read back.
+        self.recently_finished: "collections.OrderedDict[str, RunInfo]" = collections.OrderedDict()
+        # Outcomes of appends to runs created by start() that arrived before
+        # the run's greenlet built its context (hub thread only).
+        self.early: dict[str, list[tuple[Any, ...]]] = {}
+        # Step attempts running on the pool: StepInfo -> (wall-clock start,
+        # pool thread ident, the pool's task). Invariant: whoever pops an
+        # attempt records its outcome (the pool thread its result, the hub
+        # its timeout), so an attempt is recorded once. Any thread; single
+        # dict operations only.
+        self.in_flight: dict[Any, tuple[float, int, Any]] = {}
+        self.unrunnable: dict[str, str] = {}  # runs not driven here, and why
+        self.unreadable: dict[str, BaseException] = {}  # their waiters are told
+        # -- the parts.
+        self.runner = Runner(engine, self)
+        self.routing = Routing(engine, self)
+        self.children = Children(engine, self)
+        self.sharing = Sharing(engine, self)
+        self.leases = Leases(engine, self)
+        self.queries = Queries(engine, self)
+        self.residency = Residency(engine, self, engine.max_resident is not None
+                                   and not self.leased and not engine._passive)
+        self.termination = Termination(engine, self)
+        # -- services on the hub.
+        self.timers = TimerService(self)
+        self.child_tasks = ChildTaskRegistry(self.hub)
+        self.host = EngineHost(engine, self)  # what this epoch's runs see of it

@@ -97,8 +97,10 @@ def _quiet(engine: Any) -> bool:
         return False  # a child being created; a run created and not yet driven
     if any(wid not in engine._epoch.runs for wid in engine._epoch.recorders):
         return False  # a start in flight
-    for ctx in list(engine._epoch.runs.values()):
-        if isinstance(ctx, bool) or not ctx._parked:
+    if engine._epoch.runs.any_starting():
+        return False  # a run's history is being read
+    for ctx in engine._epoch.runs.contexts():
+        if not ctx._parked:
             return False
         recorder = ctx._recorder
         if recorder._next is not None and recorder._next != ctx._cursor.head_seq:

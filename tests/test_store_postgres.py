@@ -139,7 +139,8 @@ def test_doorbells_wake_idle_engines_at_once(pg_url):
         for k in range(3):
             _time.sleep(2.5)  # idle: both claim loops poll at their longest pause, 0.5 s
             began = _time.monotonic()
-            owner._epoch.writer.call(store.create_run, f"b{k}", "pg.bell", "[]", f"r{k}", _time.time()).result()
+            owner._epoch.writer.call(store.create_run, f"b{k}", "pg.bell", "[]", f"r{k}",
+                                     _time.time()).result()
             from conftest import wait_until
 
             wait_until(lambda k=k: f"b{k}" in owner._epoch.runs or f"b{k}" in other._epoch.runs,

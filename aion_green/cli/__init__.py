@@ -33,7 +33,7 @@ recorded. Only the live run answers a query, so ask through the worker's
 ``--http`` address. ``list`` and ``show`` only look. ``fork`` starts a new
 workflow id that replays a run's events 2..SEQ and then runs on; ``resume``
 runs a failed or cancelled run again in place (its old run is archived),
-reusing its outcomes but what failed (:mod:`aion_green.rewind`); both work
+reusing its outcomes but what failed (:mod:`aion_green.runtime.rewind`); both work
 on the store URL, not through the HTTP API.
 
 Exit codes, the same for every command:

@@ -77,7 +77,8 @@ class Target:
         engine = self.api
         engine._ensure_started()
         text = ev.encode(data, "the request")
-        engine._epoch.writer.call_or_refuse(engine._epoch.store.post_inbox, workflow_id, kind, text, time.time())
+        epoch = engine._epoch
+        epoch.writer.call_or_refuse(epoch.store.post_inbox, workflow_id, kind, text, time.time())
 
     def close(self) -> None:
         self.api.shutdown()

@@ -63,7 +63,7 @@ _WATCH_POLL = 5.0
 
 
 class Children:
-    """The hub-thread half of child workflows, a part of the Engine."""
+    """Child workflows, engine side: a part of the epoch (hub thread)."""
 
     def __init__(self, engine: "Engine", epoch: "Epoch") -> None:
         self.engine = engine  # its settings, and the facade's own operations
@@ -74,7 +74,7 @@ class Children:
     # the old run must never write into.
     def _live_parent(self, parent: ParentKey) -> Optional["WorkflowContext"]:
         ctx = self.epoch.runs.get(parent[0])
-        if ctx is None or isinstance(ctx, bool) or ctx.run_id != parent[1]:
+        if ctx is None or ctx.run_id != parent[1]:
             return None
         return ctx  # type: ignore[no-any-return]
 
@@ -161,7 +161,7 @@ class Children:
             rec.note_seen(seen)
             return [ev.NewEvent(event_type, at, data)]
 
-        # A parent out of memory (residency.py) is brought back, and pinned
+        # A parent out of memory (runtime/residency.py) is brought back, and pinned
         # there until the record is taken.
         pinned = self._live_parent(parent) is None
         if pinned and self.epoch.residency.until_resident(*parent) is None:

@@ -164,31 +164,32 @@ class Engine:
             started = self._pid == os.getpid()
         if not started:
             return
+        epoch = self._epoch
         # Child watchers first: the hub's own stop does not know them, and a
         # watcher must not record into a parent after the epoch closed.
-        self._epoch.child_tasks.shutdown()
+        epoch.child_tasks.shutdown()
         # Steps queued but not started are dropped (their runs replay them in
         # the next epoch): started after shutdown() returned, they ran again
         # there (issue 16: 2-3 times). Steps already running get step_grace
         # to return while their runs still live, so their records land and
         # the next epoch does not run them again; a run whose step returned
         # asks for its next one in vain (the pool takes no more).
-        self._epoch.steps.close(self.step_grace)
+        epoch.steps.close(self.step_grace)
         self._log_abandoned_steps()
-        self._epoch.hub.shutdown()
-        if self._epoch.leased:
-            self._epoch.leases.stop_listening()
-            self._epoch.leases.release_leases()
-        self._epoch.writer.close()
-        self._epoch.reader.close()
-        self._epoch.driver_lock.release()
+        epoch.hub.shutdown()
+        if epoch.leased:
+            epoch.leases.stop_listening()
+            epoch.leases.release_leases()
+        epoch.writer.close()
+        epoch.reader.close()
+        epoch.driver_lock.release()
         # The hub thread is gone, so its state is ours now: release callers
         # still waiting for a result of this epoch.
         closed = _closed_while_waiting()
-        for futures in self._epoch.waiters.values():
+        for futures in epoch.waiters.values():
             for future in futures:
                 future.set_exception(closed)
-        self._epoch.waiters.clear()
+        epoch.waiters.clear()
         _live_engines.discard(self)
 
     def _log_abandoned_steps(self) -> None:
@@ -273,7 +274,8 @@ class Engine:
                                                                           "the workflow type")
         args_json = ev.encode(list(args), f"the arguments of workflow {wname}")
         self._ensure_started()
-        if not callable(fn) and (self._registry.has_own() or (self._epoch.sharing.driving and not self._epoch.leased)):
+        epoch = self._epoch
+        if not callable(fn) and (self._registry.has_own() or (epoch.sharing.driving and not epoch.leased)):
             # Fail early for an unknown name (a typo) in an engine that runs
             # workflows. A process given none (one that only starts and
             # signals) may start what only other engines know: runs leased
@@ -281,16 +283,16 @@ class Engine:
             fn = self._registry.get(wname)
         elif not callable(fn):
             fn = self._registry.find(wname) or fn
-            if not callable(fn) and not self._epoch.sharing.driving:
+            if not callable(fn) and not epoch.sharing.driving:
                 self._check_published(wname, args)
-            elif not callable(fn) and self._epoch.leased:
+            elif not callable(fn) and epoch.leased:
                 self._check_live_engines(wname, args)
         if callable(fn):
             # Before anything is recorded: a run whose arguments cannot bind
             # would fail inside with a TypeError (issue 16).
             check_arguments(wname, fn, args)
         wid = id or uuid.uuid4().hex
-        created, info = self._epoch.routing.create_run(wid, wname, args_json)
+        created, info = epoch.routing.create_run(wid, wname, args_json)
         if not created and (info.workflow_type != wname or info.args != json.loads(args_json)):
             raise WorkflowIdConflict(
                 f"workflow id {wid!r} already exists as {info.workflow_type}"
@@ -314,15 +316,16 @@ class Engine:
             ev.check_key(idempotency_key, "the idempotency key")
         value = ev.roundtrip(payload, f"the payload of message {name!r}")
         self._ensure_started()
+        epoch = self._epoch
         dedup = None if idempotency_key is None else f"signal/{idempotency_key}"
-        if not self._epoch.sharing.driving or (self._epoch.leased and workflow_id not in self._epoch.recorders):
+        if not epoch.sharing.driving or (epoch.leased and workflow_id not in epoch.recorders):
             data: dict[str, Any] = {"name": name, "payload": value}
             if dedup is not None:
                 data["dedup"] = dedup
-            return self._epoch.sharing.post(workflow_id, "message", data, time.time(), ev.MESSAGE_RECEIVED, dedup)
+            return epoch.sharing.post(workflow_id, "message", data, time.time(), ev.MESSAGE_RECEIVED, dedup)
         future = Future()
-        self._epoch.routing.route_message(workflow_id, name, value, time.time(), dedup, future_done(future))
-        return int(self._epoch.routing.await_recorded(future, f"message {name!r} to workflow {workflow_id!r}"))
+        epoch.routing.route_message(workflow_id, name, value, time.time(), dedup, future_done(future))
+        return int(epoch.routing.await_recorded(future, f"message {name!r} to workflow {workflow_id!r}"))
 
     def terminate(self, workflow_id: str, reason: str = "") -> None:
         """End a running run now, without cleanup: ``WorkflowCancelled``
@@ -348,36 +351,37 @@ class Engine:
         if not isinstance(reason, str):
             raise ConfigurationError(f"a cancel reason is a string, got {type(reason).__name__}")
         self._ensure_started()
+        epoch = self._epoch
         future = Future()
-        if self._epoch.sharing.driving and not (self._epoch.leased and workflow_id not in self._epoch.recorders):
-            self._epoch.routing.route_cancel(workflow_id, reason, future_done(future))
-        elif self._epoch.leased and self._epoch.termination.lease_holder(workflow_id) is None:
+        if epoch.sharing.driving and not (epoch.leased and workflow_id not in epoch.recorders):
+            epoch.routing.route_cancel(workflow_id, reason, future_done(future))
+        elif epoch.leased and epoch.termination.lease_holder(workflow_id) is None:
             # Nobody holds it (no engine knows its type, say): its owner's
             # inbox would never be read, and this waited for ever (issue 16).
             # Recorded at its head, the request is seen by whoever claims it.
             try:
-                future.set_result(self._epoch.writer.call(self._epoch.store.request_cancel, workflow_id, reason,
+                future.set_result(epoch.writer.call(epoch.store.request_cancel, workflow_id, reason,
                                                     time.time()).result())
             except WorkflowNotRunning as exc:
                 future.set_exception(exc)
         else:
             try:
-                future.set_result(self._epoch.sharing.post(workflow_id, "cancel", {"reason": reason}, time.time(),
+                future.set_result(epoch.sharing.post(workflow_id, "cancel", {"reason": reason}, time.time(),
                                              ev.CANCEL_REQUESTED, None))
             except WorkflowNotRunning as exc:
                 future.set_exception(exc)
         try:
-            self._epoch.routing.await_recorded(future, f"the cancel request of workflow {workflow_id!r}")
+            epoch.routing.await_recorded(future, f"the cancel request of workflow {workflow_id!r}")
         except WorkflowNotRunning:
             # Asking again once the run ended on an earlier request is fine.
             if any(e.type == ev.CANCEL_REQUESTED for e in self.history(workflow_id)):
                 return
             raise
-        if self._epoch.sharing.driving and workflow_id in self._epoch.unrunnable:
+        if epoch.sharing.driving and workflow_id in epoch.unrunnable:
             # No code of it can run here to see the request (issue 16: it
             # stayed running for ever): it ends now, without cleanup.
             ended = Future()
-            self._epoch.hub.call_soon(self._epoch.termination.end_if_unrunnable, workflow_id, reason, future_done(ended))
+            epoch.hub.call_soon(epoch.termination.end_if_unrunnable, workflow_id, reason, future_done(ended))
             try:
                 ended.result()
             except WorkflowNotRunning:
@@ -392,13 +396,14 @@ class Engine:
         ev.check_key(workflow_id, "the workflow id")
         ev.check_key(name, "the query name")
         self._ensure_started()
-        if not self._epoch.sharing.driving:
+        epoch = self._epoch
+        if not epoch.sharing.driving:
             raise QueryFailed(
                 f"query {name!r} to workflow {workflow_id!r}: the runs of {self._store_name()} are "
-                f"driven by {self._epoch.driver_lock.holder()}, and only the live run answers queries; "
+                f"driven by {epoch.driver_lock.holder()}, and only the live run answers queries; "
                 "ask through that process (its HTTP API, say)")
         future = Future()
-        self._epoch.hub.call_soon(self._epoch.queries.answer_query, workflow_id, name, args, future,
+        epoch.hub.call_soon(epoch.queries.answer_query, workflow_id, name, args, future,
                             _clock.monotonic() + timeout)
         try:
             return future.result(timeout)
@@ -410,8 +415,9 @@ class Engine:
         """Re-check due timers now; for tests that move the clock (freezegun).
         Never blocks."""
         self._ensure_started()
-        if self._epoch.sharing.driving:
-            self._epoch.timers.poke()
+        epoch = self._epoch
+        if epoch.sharing.driving:
+            epoch.timers.poke()
 
     def schedule(self, schedule_id: str, fn: Union[str, Callable[..., Any]], *args: Any,
                  cron: Optional[str] = None, every: Union[None, timedelta, float] = None,
@@ -423,7 +429,7 @@ class Engine:
         ``"<schedule_id>@<fire time>"``. ``overlap`` (skip, buffer_one,
         cancel_previous, allow_all) says what a fire does while the last run
         still runs; ``catch_up`` (all, one, skip) which fires missed while no
-        engine ran still start (see :mod:`aion_green.schedules`). Idempotent
+        engine ran still start (see :mod:`aion_green.runtime.schedules`). Idempotent
         by id; another spec under the id raises :class:`WorkflowIdConflict`.
         The handle is the schedule's own run (type ``"aion.schedule"``)."""
         return schedules.schedule(self, schedule_id, fn, args, cron=cron, every=every,
@@ -446,12 +452,13 @@ class Engine:
             raise ConfigurationError(f"result(timeout={timeout!r}): a timeout is a number of "
                                      "seconds, 0 or more (None waits for ever)")
         self._ensure_started()
-        # Lately ended: answered without a crossing to the hub (rewind.py forgets a resumed id).
-        info: Optional[RunInfo] = self._epoch.recently_finished.get(workflow_id)
+        epoch = self._epoch
+        # Lately ended: answered without a crossing to the hub (runtime/rewind.py forgets a resumed id).
+        info: Optional[RunInfo] = epoch.recently_finished.get(workflow_id)
         if info is not None:
             return outcome(workflow_id, info)
         future = Future()
-        self._epoch.hub.call_soon(self._epoch.runner.register_waiter, workflow_id, future)
+        epoch.hub.call_soon(epoch.runner.register_waiter, workflow_id, future)
         deadline = None if timeout is None else _clock.monotonic() + timeout
         # Wait in slices: a registration that raced with shutdown() is never
         # served, and must not leave the caller waiting forever.
@@ -461,8 +468,8 @@ class Engine:
                 # Its waiter goes (a client polling a run that waits for days
                 # left one behind per poll), and the store says whether the
                 # id exists at all, or ended as the time ran out.
-                self._epoch.hub.call_soon(self._epoch.runner.drop_waiter, workflow_id, future)
-                info = self._call_store(self._epoch.store.get_run, workflow_id)
+                epoch.hub.call_soon(epoch.runner.drop_waiter, workflow_id, future)
+                info = self._call_store(epoch.store.get_run, workflow_id)
                 if info is None:
                     raise WorkflowNotFound(
                         f"no workflow with id {workflow_id!r} in {self._store_name()}")
@@ -482,15 +489,16 @@ class Engine:
         its history unreadable)."""
         ev.check_key(workflow_id, "the workflow id")
         self._ensure_started()
-        info = self._call_store(self._epoch.store.get_run, workflow_id)
+        epoch = self._epoch
+        info = self._call_store(epoch.store.get_run, workflow_id)
         if info is None:
             raise WorkflowNotFound(f"no workflow with id {workflow_id!r} in {self._store_name()}")
-        why = self._epoch.unrunnable.get(workflow_id)
-        if why is None and self._epoch.leased and not info.finished:
+        why = epoch.unrunnable.get(workflow_id)
+        if why is None and epoch.leased and not info.finished:
             why = self._unrunnable_on_postgres(info)
         if why is not None and not info.finished:
             info = dataclasses.replace(info, unrunnable=why)
-        running = self.steps_running(workflow_id) if self._epoch.in_flight else None
+        running = self.steps_running(workflow_id) if epoch.in_flight else None
         return dataclasses.replace(info, steps_running=tuple(running)) if running else info
 
     def list(self, status: Optional[str] = None,
@@ -531,12 +539,12 @@ class Engine:
     def fork(self, workflow_id: str, from_seq: int, *, id: Optional[str] = None,  # noqa: A002
              run_id: Optional[str] = None) -> WorkflowHandle:
         """A new workflow ``id`` that replays events 2..``from_seq`` of a run of
-        ``workflow_id`` (unchanged), then goes live (:mod:`aion_green.rewind`)."""
+        ``workflow_id`` (unchanged), then goes live (:mod:`aion_green.runtime.rewind`)."""
         return rewind.fork(self, workflow_id, from_seq, id, run_id)
 
     def resume(self, workflow_id: str, from_seq: Optional[int] = None) -> WorkflowHandle:
         """A failed or cancelled run, archived, begins anew in place from its
-        events 2..``from_seq`` (default: :mod:`aion_green.rewind`)."""
+        events 2..``from_seq`` (default: :mod:`aion_green.runtime.rewind`)."""
         return rewind.resume(self, workflow_id, from_seq)
 
     def _store_name(self) -> str:
@@ -547,10 +555,11 @@ class Engine:
         ``aion-green worker`` that drives the file publishes its types and
         their parameters (``<db>.worker``); refuse what it cannot run
         (issue 16: the run stayed running for ever)."""
+        epoch = self._epoch
         from aion_green.runtime.sharing import probe_driver
 
-        path = getattr(self._epoch.store, "path", None)
-        if not path or path == ":memory:" or self._epoch.leased:
+        path = getattr(epoch.store, "path", None)
+        if not path or path == ":memory:" or epoch.leased:
             return
         driver = probe_driver(os.path.abspath(path))
         if driver.types is None:
@@ -597,7 +606,8 @@ class Engine:
     def _call_store(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a read of the reader's store (``fn`` names a method of the
         writer's store; the reader's own instance runs it)."""
-        return self._epoch.reader.call(getattr(self._epoch.reader.store, fn.__name__), *args).result()
+        epoch = self._epoch
+        return epoch.reader.call(getattr(epoch.reader.store, fn.__name__), *args).result()
 
 def _count(value: Any, what: str, least: int) -> None:
     """A whole number a store can hold (a signed 64-bit integer), at least

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from gevent import monkey
 
@@ -58,6 +58,58 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("aion_green.engine")
 _allocate_lock = monkey.get_original("_thread", "allocate_lock")
+
+
+class RunTable:
+    """The runs this epoch drives (hub thread only).
+
+    Invariant: a workflow id is here while a greenlet of this epoch drives
+    it, at most one per id: *starting* from its spawn until its history is
+    read, then with its context. ``wid in table`` and ``len(table)`` count
+    both; :meth:`get` answers only with a context."""
+
+    __slots__ = ("_contexts", "_starting")
+
+    def __init__(self) -> None:
+        self._contexts: dict[str, "WorkflowContext"] = {}
+        self._starting: set[str] = set()
+
+    def __contains__(self, wid: object) -> bool:
+        return wid in self._contexts or wid in self._starting
+
+    def __len__(self) -> int:
+        return len(self._contexts) + len(self._starting)
+
+    def get(self, wid: str) -> Optional["WorkflowContext"]:
+        """The run's context, or None (not here, or still starting)."""
+        return self._contexts.get(wid)
+
+    def is_starting(self, wid: str) -> bool:
+        return wid in self._starting
+
+    def any_starting(self) -> bool:
+        return bool(self._starting)
+
+    def contexts(self) -> list["WorkflowContext"]:
+        """The contexts of the runs driven now (a copy)."""
+        return list(self._contexts.values())
+
+    def claim(self, wid: str) -> None:
+        """A greenlet is about to drive ``wid``: starting."""
+        self._starting.add(wid)
+
+    def attach(self, wid: str, ctx: "WorkflowContext") -> None:
+        """Its history is read: the run has its context."""
+        self._starting.discard(wid)
+        self._contexts[wid] = ctx
+
+    def release(self, wid: str) -> None:
+        """The run's greenlet let go of it."""
+        self._starting.discard(wid)
+        self._contexts.pop(wid, None)
+
+    def __repr__(self) -> str:
+        return f"<RunTable {len(self._contexts)} driven, {len(self._starting)} starting>"
 
 
 class Epoch:
@@ -92,10 +144,7 @@ class Epoch:
         # history is read, through the store.
         self.routing_lock = _allocate_lock()
         self.recorders: dict[str, Recorder] = {}
-        # Invariant: a workflow id is in runs while a greenlet of this epoch
-        # drives it, at most one per id: True from its spawn until its
-        # history is read, then its context (hub thread only).
-        self.runs: dict[str, Union[bool, "WorkflowContext"]] = {}
+        self.runs = RunTable()
         # Result waiters by workflow id, completed when the run ends here or
         # is found finished in the store (hub thread only).
         self.waiters: dict[str, list[Future]] = {}

@@ -50,7 +50,7 @@ _CLAIM_IDLE = 0.5
 
 
 class Leases:
-    """The lease half of the Engine (see the module docstring)."""
+    """Leases on a shared PostgreSQL store: a part of the epoch (see the module docstring)."""
 
     def __init__(self, engine: "Engine", epoch: "Epoch") -> None:
         self.engine = engine  # its settings, and the facade's own operations
@@ -105,7 +105,8 @@ class Leases:
                 try:
                     now = time.time()
                     claimed = self.epoch.writer.call(
-                        self.epoch.store.claim_runs, self.engine.engine_id, sorted(self.engine._registry.names()),
+                        self.epoch.store.claim_runs, self.engine.engine_id,
+                        sorted(self.engine._registry.names()),
                         now + self.engine.lease, now, room).result()
                 except AionError as exc:
                     log.warning("claiming runs failed (%s); retrying", exc)
@@ -130,7 +131,7 @@ class Leases:
         while True:
             gevent.sleep(self.engine.lease / 3)
             self._publish_types()
-            mine = [wid for wid, ctx in self.epoch.runs.items() if not isinstance(ctx, bool)]
+            mine = [ctx.workflow_id for ctx in self.epoch.runs.contexts()]
             if not mine:
                 continue
             try:
@@ -141,7 +142,7 @@ class Leases:
                 continue
             for wid in mine:
                 ctx = self.epoch.runs.get(wid)
-                if wid not in kept and ctx is not None and not isinstance(ctx, bool):
+                if wid not in kept and ctx is not None:
                     log.warning("run %r: its lease was taken by another engine; dropped here", wid)
                     self.epoch.hub.call_soon(ctx._on_failed, FencedOut(
                         f"the lease of {wid!r} was taken by another engine"))

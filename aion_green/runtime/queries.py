@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class Queries:
-    """The query half of the Engine."""
+    """Queries answered by live runs: a part of the epoch (hub thread)."""
 
     def __init__(self, engine: "Engine", epoch: "Epoch") -> None:
         self.engine = engine  # its settings, and the facade's own operations
@@ -78,7 +78,8 @@ class Queries:
             future.set_exception(exc)
             return
         if info is None:
-            future.set_exception(WorkflowNotFound(f"no workflow with id {wid!r} in {self.engine._store_name()}"))
+            future.set_exception(WorkflowNotFound(
+                f"no workflow with id {wid!r} in {self.engine._store_name()}"))
         elif info.finished:
             future.set_exception(WorkflowNotRunning(
                 f"workflow {wid!r} has {info.status}; a finished run answers no queries"))

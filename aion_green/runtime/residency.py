@@ -47,7 +47,7 @@ class RunEvicted(BaseException):
 
 
 class Residency:
-    """The residency half of the Engine."""
+    """The cap on runs held in memory: a part of the epoch (hub thread)."""
 
     resident_peak: int  # the most runs held at once (for tests and benchmarks)
 
@@ -55,7 +55,7 @@ class Residency:
         self.engine = engine  # its settings, and the facade's own operations
         self.epoch = epoch  # the state of this engine's life, and the other parts
         # Over SQLite a cap evicts parked runs; leased stores cap what an
-        # engine claims instead (leases.py).
+        # engine claims instead (runtime/leases.py).
         self.on = on
         # Runs evicted from memory, parked; woken by what they wait for. Kept:
         # what driving it again needs besides its history (run id, type,
@@ -100,7 +100,7 @@ class Residency:
         while want > 0 and parked:
             wid, _ = parked.popitem(last=False)
             ctx = self.epoch.runs.get(wid)
-            if isinstance(ctx, WorkflowContext) and wid not in self._pinned and _evictable(ctx):
+            if ctx is not None and wid not in self._pinned and _evictable(ctx):
                 self._evict(ctx)
                 want -= 1
         self._admit_next()
@@ -164,7 +164,7 @@ class Residency:
         self._pinned[wid] += 1
         while True:
             ctx = self.epoch.runs.get(wid)
-            if isinstance(ctx, WorkflowContext):
+            if ctx is not None:
                 return ctx if ctx.run_id == run_id else None
             if (ctx is None and not self.absent_here(wid)) or self.epoch.hub.closing:
                 self.unpin(wid)
@@ -179,15 +179,15 @@ class Residency:
         else:
             self._pinned.pop(wid, None)
 
-    def step_started(self, ctx: Any) -> None:
-        if isinstance(ctx, WorkflowContext):
+    def step_started(self, ctx: Optional[WorkflowContext]) -> None:
+        if ctx is not None:
             ctx._busy += 1
 
     @staticmethod
-    def step_handed_over(ctx: Any) -> None:
+    def step_handed_over(ctx: Optional[WorkflowContext]) -> None:
         """Hub thread: a step attempt's outcome reached the run's recorder
         (or failed to): the run may leave memory once that is recorded."""
-        if isinstance(ctx, WorkflowContext):
+        if ctx is not None:
             ctx._busy -= 1
 
 

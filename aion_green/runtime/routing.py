@@ -6,7 +6,7 @@ leased, the inbox their owner drains).
 Thread contract: every method here may be called from any thread but the
 hub's callbacks (they take the engine's routing lock for a few statements,
 and ``_create_run`` waits for the store); a part of
-:class:`~aion_green.engine.Engine`.
+:class:`~aion_green.runtime.engine.Engine`.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class _Reroute(Exception):
 
 
 class Routing:
-    """Creating runs and routing arrivals, a part of the Engine."""
+    """Creating runs and routing arrivals: a part of the epoch."""
 
     def __init__(self, engine: "Engine", epoch: "Epoch") -> None:
         self.engine = engine  # its settings, and the facade's own operations

@@ -1,11 +1,11 @@
 """Driving runs on the hub thread: spawning, replaying and ending them,
 delivering their records, and telling result waiters (creating runs and
-routing arrivals to them is :mod:`aion_green.routing`).
+routing arrivals to them is :mod:`aion_green.runtime.routing`).
 
 Thread contract: every method runs only on the engine's hub thread, but
-``_unregister`` (any thread). :class:`RunDriver` is a part of
-:class:`~aion_green.engine.Engine`, split out because it is one concept: the
-life of a run inside an epoch.
+``unregister`` (any thread) and ``_attempt`` (a step-pool thread).
+:class:`Runner` is one part of an engine's :class:`~aion_green.runtime.epoch.Epoch`:
+the life of a run inside an epoch.
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def _closed_while_waiting() -> EngineClosed:
 
 
 class Runner:
-    """The hub-thread half of the Engine (see the module docstring)."""
+    """Drives the runs of one epoch (see the module docstring)."""
 
     # (hub, partial(hub.call_soon, self.deliver)) of the current epoch.
     _deliver_soon: tuple[Any, Any] = (None, None)
@@ -85,9 +85,6 @@ class Runner:
     def __init__(self, engine: "Engine", epoch: "Epoch") -> None:
         self.engine = engine  # its settings, and the facade's own operations
         self.epoch = epoch  # the state of this engine's life, and the other parts
-
-    # Provided by Engine.
-
 
     # -- hub thread only ---------------------------------------------------------------------
     def on_hub_start(self) -> None:
@@ -117,7 +114,7 @@ class Runner:
             # The run stays in memory until this attempt's record is queued.
             ctx = self.epoch.runs.get(wid)
             self.epoch.residency.step_started(ctx)
-        # The run span's context, handed over explicitly (tracing.py).
+        # The run span's context, handed over explicitly (runtime/tracing.py).
         parent = None if tracing.tracer is None else getattr(self.epoch.runs.get(wid), "_trace", None)
         # A partial, not a closure: thousands of attempts may be in flight,
         # and each closure cell is one more object for the cyclic GC.
@@ -195,7 +192,7 @@ class Runner:
                  error: Optional[BaseException]) -> None:
         """Hub thread: the outcome of an append to a live run."""
         ctx = self.epoch.runs.get(wid)
-        if not isinstance(ctx, WorkflowContext):
+        if ctx is None:
             if wid in self.epoch.recorders:
                 # Starting here: a run created by start() records (a signal,
                 # say) before its greenlet built its context. Keep the outcome
@@ -275,12 +272,12 @@ class Runner:
             self.epoch.residency.on_run_gone()
             self.epoch.hub.spawn(self.epoch.termination.end_if_cancel_recorded, wid)
             return
-        self.epoch.runs[wid] = True
+        self.epoch.runs.claim(wid)
         residency = self.epoch.residency
         if residency.on and len(self.epoch.runs) > residency.resident_peak:
             residency.resident_peak = len(self.epoch.runs)
         self.epoch.unrunnable.pop(wid, None)
-        # A resumed id (rewind.py): the end of its old run is not its result.
+        # A resumed id (runtime/rewind.py): the end of its old run is not its result.
         self.epoch.recently_finished.pop(wid, None)
         if recorder is None:
             recorder = self.new_recorder(wid, info.fence or None)
@@ -326,7 +323,8 @@ class Runner:
             self._fail_waiters(wid, exc)
             return
         if info is None:
-            self._fail_waiters(wid, WorkflowNotFound(f"no workflow with id {wid!r} in {self.engine._store_name()}"))
+            self._fail_waiters(wid, WorkflowNotFound(
+                f"no workflow with id {wid!r} in {self.engine._store_name()}"))
         elif info.finished:
             self.complete_waiters(wid, info)
 
@@ -346,7 +344,7 @@ class Runner:
                recorder: Recorder) -> None:
         """The run's greenlet: replay, then live until the workflow ends."""
         evicted = False
-        # How this greenlet lets go of the run, for its log and span (logs.py).
+        # How this greenlet lets go of the run, for its log and span (core/logs.py).
         began: Optional[WorkflowContext] = None
         span, final, outcome = None, None, "interrupted"
         try:
@@ -365,7 +363,7 @@ class Runner:
                 recorder.init(history[-1].seq, *message_state(history))
             ctx = WorkflowContext(self.epoch.host, wid, info.run_id, info.workflow_type, history,
                                   recorder)
-            self.epoch.runs[wid] = ctx
+            self.epoch.runs.attach(wid, ctx)
             ctx._greenlet = gevent.getcurrent()
             for early in self.epoch.early.pop(wid, ()):
                 self.deliver(wid, *early)
@@ -398,7 +396,7 @@ class Runner:
             evicted, outcome = True, "evicted"
             self.epoch.residency.on_evicted(info)
         except RunTerminated:
-            outcome = "terminated"  # the engine records its end (termination.py)
+            outcome = "terminated"  # the engine records its end (runtime/termination.py)
         except RunLost as exc:
             outcome = "dropped"
             log.warning("run %r dropped: %s", wid, exc,
@@ -411,7 +409,7 @@ class Runner:
                     functools.partial(self.epoch.store.release_leases, self.engine.engine_id, [wid]),
                     _ignore)
             elif wid in self.epoch.waiters:
-                # Ended by another process (terminate.py): tell the waiters here.
+                # Ended by another process (runtime/termination.py): tell the waiters here.
                 self.epoch.hub.spawn(self.check_finished, wid)
         except RunAborted as exc:
             outcome = "aborted"
@@ -437,7 +435,7 @@ class Runner:
                 logs.run_left(began, outcome, final)
             if span is not None:
                 tracing.end_run(span, outcome, final, self.epoch)
-            self.epoch.runs.pop(wid, None)
+            self.epoch.runs.release(wid)
             self.epoch.early.pop(wid, None)
             self.unregister(wid, recorder)
             if not evicted:  # an evicted run's children are watched on

@@ -7,7 +7,7 @@ its history (and, past a continue-as-new, in the arguments of its next
 run), and a restart resumes it by replay. Its loop:
 
 1. take the next fire time after the last one handled (see
-   :mod:`aion_green.triggers`) and wait for it on a durable timer; while
+   :mod:`aion_green.runtime.triggers`) and wait for it on a durable timer; while
    it tracks a running start, the wait also ends when that run ends;
 2. on waking, ``ctx.now()`` is the recorded firing time: later than the
    fire time when no engine ran at the fire time. The fire times that came

@@ -17,9 +17,10 @@ runs and lists directly. Queries need the live run, so a client refuses
 them with :class:`~aion_green.errors.QueryFailed` naming the reason.
 
 Thread contract: :class:`DriverLock` is used by one engine, under its
-start lock; the ``_``-methods of :class:`SharingDriver` named ``_drain``,
-``_watch``, ``_poll``, ``_promote`` and ``_confirm`` run as greenlets on
-the engine's hub; ``_post`` runs on the caller's thread.
+start lock; the methods of :class:`Sharing` named ``drain``, ``_watch``,
+``poll``, ``promote`` and ``confirm`` run as greenlets on the engine's hub;
+``post`` runs on the caller's thread. The worker file (``<db>.worker``,
+:func:`probe_driver`) is read and written by any process.
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ class DriverLock:
 
     def __init__(self, db_path: str) -> None:
         # Named after the real file, whichever name (a symlink) the engine
-        # was given: one file, one lock (issue 16; see _sqlite_file).
+        # was given: one file, one lock (issue 16; see stores/sqlite/file.py).
         self.path = None if not is_file(db_path) else f"{canonical_path(db_path)}.driver"
         self._fd: Optional[int] = None
 
@@ -129,7 +130,7 @@ class DriverLock:
 
 class PgDriverLock:
     """The driver lock of a PostgreSQL store: a session advisory lock on the
-    connection of the store the engine's writer uses (see ``postgres.py``).
+    connection of the store the engine's writer uses (see ``stores/postgres/store.py``).
     Before the writer thread runs, it is taken on the caller's thread; then
     through the writer, which alone uses that connection."""
 
@@ -163,7 +164,7 @@ class PgDriverLock:
 
 
 class Sharing:
-    """The cross-process half of the Engine (see the module docstring)."""
+    """Driver or client over one SQLite file: a part of the epoch (see the module docstring)."""
 
     def __init__(self, engine: "Engine", epoch: "Epoch") -> None:
         self.engine = engine  # its settings, and the facade's own operations
@@ -277,7 +278,7 @@ class Sharing:
                                 done: Callable[[Any, Optional[BaseException]], None]
                                 ) -> Callable[[Any, Optional[BaseException]], None]:
         """``done`` of a drained cancel: once recorded, a run that no code
-        here can run ends (termination.py), then ``done``."""
+        here can run ends (runtime/termination.py), then ``done``."""
         def recorded(seq: Any, error: Optional[BaseException]) -> None:
             if error is None and wid in self.epoch.unrunnable:
                 self.epoch.hub.call_soon(self.epoch.termination.end_if_unrunnable, wid, reason,
@@ -314,7 +315,8 @@ class Sharing:
                 continue
             for row in rows:
                 wid = row.workflow_id
-                if row.status == ev.RUNNING and wid not in self.epoch.runs and wid not in self.epoch.recorders:
+                if (row.status == ev.RUNNING and wid not in self.epoch.runs
+                        and wid not in self.epoch.recorders):
                     # Another process created it (this engine's own are known).
                     try:
                         info = reader.call(reader.store.get_run, wid).result()

@@ -116,7 +116,7 @@ def _log_outcome(_seq: Any, error: Optional[BaseException]) -> None:
 
 
 class Termination:
-    """``terminate`` and the end of unrunnable runs, a part of the Engine."""
+    """``terminate`` and the end of unrunnable runs: a part of the epoch."""
 
     def __init__(self, engine: "Engine", epoch: "Epoch") -> None:
         self.engine = engine  # its settings, and the facade's own operations
@@ -189,7 +189,7 @@ class Termination:
             # yet, and one just created by start() has its spawn on the way
             # (ended under it, it would run its first step before it found
             # the history moved).
-            while ((self.epoch.runs.get(wid) is True
+            while ((self.epoch.runs.is_starting(wid)
                     or (wid in self.epoch.recorders and wid not in self.epoch.runs))
                    and _clock.monotonic() < deadline):
                 gevent.sleep(0.01)

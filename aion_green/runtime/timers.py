@@ -71,9 +71,9 @@ class TimerService:
             while heap and heap[0][0] <= now:
                 _, _, wid, key = heapq.heappop(heap)
                 ctx = epoch.runs.get(wid)
-                if ctx is not None and not isinstance(ctx, bool):
+                if ctx is not None:
                     ctx._timer_due(key, now)
-                elif ctx is None and epoch.residency.on:
+                elif wid not in epoch.runs and epoch.residency.on:
                     epoch.residency.wake(wid)  # evicted: replayed, it fires the timer itself
             if self.store_sweep and (now >= next_sweep or self._sweep_now):
                 self._sweep_now = False

@@ -37,7 +37,7 @@ from aion_green.core.events import STEP_FAILED
 from aion_green.workflows.steps import Retry, StepInfo, attempt_event
 
 # Invariant: None while tracing is off; the engine's only cost then is
-# reading this name (runs.py checks it before anything else here).
+# reading this name (runtime/runs.py checks it before anything else here).
 tracer: Any = None
 _api: Any = None  # the opentelemetry.trace module, once enabled
 

@@ -1,10 +1,14 @@
-"""The Engine: lifecycle of one epoch, and the public operations.
+"""The Engine: the public operations, a facade over one epoch at a time.
+
+The engine keeps its settings and its registry; everything of its life in
+this process (threads, store connections, run table, the parts that drive
+runs) is its :class:`~aion_green.runtime.epoch.Epoch`, built on first use
+and dropped at shutdown (a fork begins a new one).
 
 Thread contract: the public methods (``start``, ``result``, ``describe``,
 ``list``, ``history``, ``shutdown``...) may be called from any thread or
-greenlet except the engine's own hub thread. Everything under "hub thread
-only" runs on the hub thread; the crossings are ``HubThread.call_soon`` /
-``spawn`` (into the hub) and :class:`Future` (out of it).
+greenlet except the engine's own hub thread. They cross into the hub with
+``HubThread.call_soon`` / ``spawn`` and wait for it with :class:`Future`.
 """
 from __future__ import annotations
 

@@ -76,7 +76,7 @@ class Children:
         ctx = self.epoch.runs.get(parent[0])
         if ctx is None or ctx.run_id != parent[1]:
             return None
-        return ctx  # type: ignore[no-any-return]
+        return ctx
 
     # -- spawning -------------------------------------------------------------------------
     def ensure_child(self, parent: ParentKey, data: dict[str, Any]) -> None:

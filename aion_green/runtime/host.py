@@ -41,7 +41,7 @@ class EngineHost:
 
     def run_step(self, log: RunLog, fn: Callable[..., Any], args: tuple[Any, ...],
                  info: "StepInfo", policy: "Retry", limit: Optional[float] = None) -> None:
-        self._epoch.runner.run_step(log, fn, args, info, policy, limit)  # type: ignore[arg-type]
+        self._epoch.runner.run_step(log, fn, args, info, policy, limit)
 
     def arm_timer(self, fire_at: float, workflow_id: str, key: str) -> None:
         self._epoch.timers.add(fire_at, workflow_id, key)
@@ -56,7 +56,7 @@ class EngineHost:
         self._epoch.residency.on_unpark(ctx)
 
     def native_waiter(self) -> tuple[Any, Done]:
-        return self._hub.native_waiter()  # type: ignore[no-any-return]
+        return self._hub.native_waiter()
 
     def route_message(self, workflow_id: str, name: str, payload: Any, at: float,
                       dedup: Optional[str], done: Done) -> None:

@@ -46,6 +46,7 @@ from aion_green.runtime.routing import _Reroute
 from aion_green.runtime.termination import RunTerminated
 from aion_green.store import RunInfo
 from aion_green.workflows.context import ContinueAsNew, RunAborted, RunLost, WorkflowContext
+from aion_green.workflows.host import RunLog
 from aion_green.workflows.steps import Retry, StepInfo, attempt_event, error_data, failed_event
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -103,7 +104,7 @@ class Runner:
             self.epoch.hub.spawn(self.epoch.sharing.promote, name="aion-promote")
             self.epoch.hub.spawn(self.epoch.sharing.poll, name="aion-client-poll")
 
-    def run_step(self, recorder: Recorder, fn: Callable[..., Any], args: tuple[Any, ...],
+    def run_step(self, recorder: RunLog, fn: Callable[..., Any], args: tuple[Any, ...],
                   info: StepInfo, policy: Retry, timeout: Optional[float] = None) -> None:
         """One live attempt: a pool thread runs it, builds its event and
         hands it to the run's recorder; the run's greenlet wakes once the
@@ -125,7 +126,7 @@ class Runner:
             self.epoch.steps.submit(functools.partial(self._attempt, recorder, fn, args, info, policy,
                                                  parent, ctx, timeout))
 
-    def _attempt(self, recorder: Recorder, fn: Callable[..., Any], args: tuple[Any, ...],
+    def _attempt(self, recorder: RunLog, fn: Callable[..., Any], args: tuple[Any, ...],
                  info: StepInfo, policy: Retry, parent: Any, ctx: Any,
                  timeout: Optional[float] = None) -> None:
         """Pool thread: run one attempt of a step and record it (unless its
@@ -155,7 +156,7 @@ class Runner:
             if ctx is not None:
                 hub.call_soon(self.epoch.residency.step_handed_over, ctx)
 
-    def _arm_step_timeout(self, recorder: Recorder, info: StepInfo, policy: Retry,
+    def _arm_step_timeout(self, recorder: RunLog, info: StepInfo, policy: Retry,
                           timeout: float) -> None:
         """Hub thread: fail the attempt ``info`` if it is still running in
         ``timeout`` seconds. (A loop timer, not durable time: an attempt
@@ -165,7 +166,7 @@ class Runner:
         timer = self.epoch.hub._hub.loop.timer(timeout)
         timer.start(self._step_timed_out, recorder, info, policy, timeout, timer)
 
-    def _step_timed_out(self, recorder: Recorder, info: StepInfo, policy: Retry, timeout: float,
+    def _step_timed_out(self, recorder: RunLog, info: StepInfo, policy: Retry, timeout: float,
                         timer: Any) -> None:
         timer.close()
         began = self.epoch.in_flight.pop(info, None)

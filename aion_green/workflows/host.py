@@ -13,7 +13,7 @@ run's greenlet or a greenlet it spawned; none of them blocks.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TypeVarTuple
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 from aion_green.core import events as ev
 
@@ -31,8 +31,6 @@ Done = Callable[[Optional[int], Optional[BaseException]], None]
 # build(log) -> the events to append, called under the log's lock (so a
 # per-name index can be taken from its counts). An empty list appends nothing.
 Build = Callable[["RunLog"], list[ev.NewEvent]]
-
-_Args = TypeVarTuple("_Args")
 
 
 class Waiter(Protocol):
@@ -90,7 +88,7 @@ class Host(Protocol):
     def arm_timer(self, fire_at: float, workflow_id: str, key: str) -> None:
         """Fire timer ``key`` of the run when ``time.time()`` passes ``fire_at``."""
 
-    def spawn(self, fn: Callable[[*_Args], object], *args: *_Args, name: Optional[str] = None) -> None:
+    def spawn(self, fn: Callable[..., object], *args: object, name: Optional[str] = None) -> None:
         """Run ``fn(*args)`` as a greenlet on the hub, ended with the epoch."""
 
     def parked(self, ctx: "WorkflowContext") -> None:

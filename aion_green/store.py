@@ -1,3 +1,5 @@
+# mypy: disable-error-code="empty-body"
+# (zope.interface declarations have a docstring for a body: see IEventStore.)
 """The store contract, and the embedded SQLite store.
 
 A store keeps, per workflow id, a run row (type, arguments, status, result)
@@ -9,11 +11,12 @@ freeze every workflow.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Sequence, Union
 
 from zope.interface import Attribute, Interface
 
 from aion_green.core import events as ev
+from aion_green.core.errors import StoreError
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,22 @@ class CreateRun(NamedTuple):
     lease_until: float = 0.0
 
 
-class IEventStore(Interface):
+# What ``write_batch`` returns for one op: an append's new head seq or the
+# error that refused it; a create's ``(created, RunInfo)``.
+BatchOutcome = Union[int, StoreError, tuple[bool, RunInfo]]
+
+# An inbox row: ``(id, workflow_id, kind, data, at)``; ``data`` is the
+# request's decoded JSON.
+InboxRow = tuple[int, str, str, Any, float]
+
+
+# The methods below are zope.interface declarations: documentation, checked
+# against an implementation by ``verifyObject``; they take no ``self`` and
+# have a docstring for a body. mypy knows no zope.interface: it reads such a
+# body as one that returns nothing (``empty-body``, off for this module at
+# its top) and a method without arguments as one that forgot ``self``
+# (``misc``, ignored on those two lines).
+class IEventStore(Interface):  # type: ignore[misc]  # zope.interface is untyped: Interface is Any
     """Durable histories of workflow runs.
 
     Invariant: a history only grows, by appends that name the head they
@@ -98,14 +116,15 @@ class IEventStore(Interface):
 
     durable = Attribute("True when a returned append survives a power cut (fsync per commit).")
 
-    def create_run(workflow_id, workflow_type, args_json, run_id, at):  # noqa: N805
+    def create_run(workflow_id: str, workflow_type: str, args_json: str, run_id: str,  # noqa: N805
+                   at: float) -> tuple[bool, RunInfo]:
         """Create the run and its ``WorkflowStarted`` event (seq 1) atomically.
 
         Returns ``(created, RunInfo)``; when the id exists nothing is written
         and the existing run is returned with ``created`` false.
         """
 
-    def write_batch(ops):  # noqa: N805
+    def write_batch(ops: Sequence[Union[Append, CreateRun]]) -> list[BatchOutcome]:  # noqa: N805
         """Apply many :class:`Append` and :class:`CreateRun`, in order, in one
         transaction and one durable commit (group commit).
 
@@ -121,67 +140,72 @@ class IEventStore(Interface):
         whole fails; then nothing of the batch is written.
         """
 
-    def read(workflow_id, after_seq=0, limit=None, run_id=None):  # noqa: N805
+    def read(workflow_id: str, after_seq: int = 0, limit: Optional[int] = None,  # noqa: N805
+             run_id: Optional[str] = None) -> list[ev.Event]:
         """Events of the current run's history with ``seq > after_seq``, in
         order; with ``run_id``, of that run (current or continued as new)."""
 
-    def get_run(workflow_id):  # noqa: N805
+    def get_run(workflow_id: str) -> Optional[RunInfo]:  # noqa: N805
         """The :class:`RunInfo` of a workflow id, or None."""
 
-    def list_runs(status=None, workflow_type=None, limit=100, after_id=None):  # noqa: N805
+    def list_runs(status: Optional[str] = None, workflow_type: Optional[str] = None,  # noqa: N805
+                  limit: int = 100, after_id: Optional[str] = None) -> list[RunInfo]:
         """Runs ordered by workflow id, filtered by status and type;
         ``after_id`` pages (pass the last id of the previous page)."""
 
-    def due_timers(now, limit=1000):  # noqa: N805
+    def due_timers(now: float, limit: int = 1000) -> list[tuple[str, str, float]]:  # noqa: N805
         """Timers of unfinished runs with ``fire_at <= now``, earliest first:
         ``(workflow_id, timer_key, fire_at)``."""
 
-    def fire_timer(workflow_id, timer_key, at):  # noqa: N805
+    def fire_timer(workflow_id: str, timer_key: str, at: float) -> Optional[int]:  # noqa: N805
         """Append ``TimerFired`` at the head of a run that no engine drives
         here, if the timer is still pending; returns the new head or None.
         Firing twice fires once."""
 
-    def deliver_message(workflow_id, name, payload_json, at, dedup=None):  # noqa: N805
+    def deliver_message(workflow_id: str, name: str, payload_json: str, at: float,  # noqa: N805
+                        dedup: Optional[str] = None) -> int:
         """Append ``MessageReceived`` (with its per-name index) at the head
         of a run that no engine drives here; returns the new head. With a
         ``dedup`` id already delivered, nothing is written and the seq of
         that delivery is returned. Raises :class:`WorkflowNotFound` or
         :class:`WorkflowNotRunning` (then nothing is written)."""
 
-    def request_cancel(workflow_id, reason, at):  # noqa: N805
+    def request_cancel(workflow_id: str, reason: str, at: float) -> int:  # noqa: N805
         """Append ``CancelRequested`` at the head of a run that no engine
         drives here (once: a second request writes nothing); returns the
         head. Raises :class:`WorkflowNotFound` or :class:`WorkflowNotRunning`."""
 
     # Several processes over one store: one engine drives the runs, the
     # others post their requests to an inbox that it drains.
-    def post_inbox(workflow_id, kind, data_json, at):  # noqa: N805
+    def post_inbox(workflow_id: str, kind: str, data_json: str, at: float) -> int:  # noqa: N805
         """Queue a request (``kind`` "message" or "cancel") for a running
         run; returns its inbox id. Raises :class:`WorkflowNotFound` or
         :class:`WorkflowNotRunning` (then nothing is written)."""
 
-    def read_inbox(after_id=0, limit=500):  # noqa: N805
+    def read_inbox(after_id: int = 0, limit: int = 500) -> list[InboxRow]:  # noqa: N805
         """Queued requests with ``id > after_id``, oldest first:
         ``(id, workflow_id, kind, data, at)``."""
 
-    def delete_inbox(ids):  # noqa: N805
+    def delete_inbox(ids: Sequence[int]) -> None:  # noqa: N805
         """Forget handled requests."""
 
-    def new_runs(after=0, limit=500):  # noqa: N805
+    def new_runs(after: int = 0, limit: int = 500) -> list[NewRun]:  # noqa: N805
         """Runs created after the mark ``after``, oldest first, as
         :class:`NewRun` rows (``get_run`` tells the rest of one)."""
 
-    def last_run_mark():  # type: ignore[misc]  # noqa: N805
+    def last_run_mark() -> int:  # type: ignore[misc]  # noqa: N805
         """The mark of the newest run (0 for none)."""
 
-    def find_event(workflow_id, event_type, dedup=None):  # noqa: N805
+    def find_event(workflow_id: str, event_type: str,  # noqa: N805
+                   dedup: Optional[str] = None) -> Optional[int]:
         """The seq of the first event of that type in the run's current
         history (with that ``dedup`` id, if given), or None."""
 
     # Fork and resume (``Engine.fork`` / ``Engine.resume``; the cut rule is
     # in ``_rewind.py``). Each is one transaction: on any refusal nothing
     # is written.
-    def fork_run(source_id, from_seq, new_id, run_id, at, source_run_id=None):  # noqa: N805
+    def fork_run(source_id: str, from_seq: int, new_id: str, run_id: str, at: float,  # noqa: N805
+                 source_run_id: Optional[str] = None) -> RunInfo:
         """Create run ``new_id`` (``run_id``, running, of the source's type
         and arguments) whose history is a new ``WorkflowStarted`` (with
         ``forked_from``) and the events 2..``from_seq`` of the source's
@@ -191,7 +215,8 @@ class IEventStore(Interface):
         exists) or :class:`ConfigurationError` (a cut out of range or
         refused)."""
 
-    def restart_run(workflow_id, from_seq, run_id, at):  # noqa: N805
+    def restart_run(workflow_id: str, from_seq: Optional[int], run_id: str,  # noqa: N805
+                    at: float) -> RunInfo:
         """Resume a failed or cancelled run in place: archive its history
         (readable by its run id, as after a continuation) and begin run
         ``run_id`` of the same id: a new ``WorkflowStarted`` (with
@@ -201,7 +226,7 @@ class IEventStore(Interface):
         :class:`WorkflowNotFound` or :class:`ConfigurationError` (a run not
         failed or cancelled, a cut out of range)."""
 
-    def close():  # type: ignore[misc]  # noqa: N805
+    def close() -> None:  # type: ignore[misc]  # noqa: N805
         """Release the store's resources. Idempotent."""
 
 
@@ -221,7 +246,7 @@ if TYPE_CHECKING:  # pragma: no cover - what the type checkers see
     from aion_green.stores.sqlite.store import SQLiteStore
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _IMPLEMENTATIONS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

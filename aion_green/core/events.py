@@ -101,7 +101,7 @@ class Event:
             return NotImplemented
         return (self.seq, self.type, self.at, self.data) == (other.seq, other.type, other.at, other.data)
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # unhashable: a mutable value, compared by value
 
     def __repr__(self) -> str:
         return f"Event(seq={self.seq!r}, type={self.type!r}, at={self.at!r}, data={self.data!r})"
@@ -199,7 +199,7 @@ def result_json(event: NewEvent) -> Optional[str]:
 MAX_KEY_LENGTH = 1000
 
 
-def check_key(value: Any, what: str) -> str:
+def check_key(value: object, what: str) -> str:
     """``value`` if it can be a workflow id, type or message name in every
     store; else :class:`ConfigurationError` saying what is wrong.
 
@@ -226,7 +226,7 @@ def check_key(value: Any, what: str) -> str:
     return value
 
 
-def _short(value: Any) -> str:
+def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:60] + "...'" + f" ({len(text)} characters)"
 

@@ -8,7 +8,9 @@ from typing import Any, Optional, Sequence
 
 from aion_green.core import events as ev
 
-ArrivalKey = tuple[Any, ...]
+# ("timer", key), ("message", name, index), ("cancel",), ("child", id): read
+# from recorded data, so its parts are whatever the record holds.
+ArrivalKey = tuple[object, ...]
 
 
 # Event types that arrive from outside the workflow (matched by key).

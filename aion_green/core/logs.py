@@ -44,7 +44,9 @@ import json
 import logging
 import time
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
+
+from aion_green.core.events import Event
 
 log = logging.getLogger("aion_green.runs")
 
@@ -80,13 +82,56 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=repr, ensure_ascii=False)
 
 
-def run_fields(ctx: Any) -> dict[str, Any]:
+class _History(Protocol):
+    def event(self, seq: int) -> Event: ...
+
+
+class NamedRun(Protocol):
+    """A run as its log records name it: a
+    :class:`~aion_green.workflows.context.WorkflowContext` (the core does
+    not import the layer above it)."""
+
+    @property
+    def workflow_id(self) -> str: ...
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def workflow_type(self) -> str: ...
+    @property
+    def _cursor(self) -> _History: ...  # its history: the run's start time
+
+
+class RunEnd(Protocol):
+    """How a run ended: a :class:`~aion_green.store.RunInfo`."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def error(self) -> Optional[dict[str, Any]]: ...
+
+
+class StepAttempt(Protocol):
+    """A step attempt: a :class:`~aion_green.workflows.steps.StepInfo`."""
+
+    @property
+    def workflow_id(self) -> str: ...
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def step(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+
+
+def run_fields(ctx: NamedRun) -> dict[str, Any]:
     """The fields that name a run, from its :class:`WorkflowContext`."""
     return {"aion_workflow_id": ctx.workflow_id, "aion_run_id": ctx.run_id,
             "aion_workflow_type": ctx.workflow_type}
 
 
-def run_began(ctx: Any, replayed: int) -> None:
+def run_began(ctx: NamedRun, replayed: int) -> None:
     """Hub thread: a run's greenlet starts its workflow function (``replayed``
     recorded events to replay first; 0 for a new run)."""
     if not log.isEnabledFor(logging.INFO):
@@ -101,7 +146,7 @@ def run_began(ctx: Any, replayed: int) -> None:
         log.info("workflow %r (%s) started", ctx.workflow_id, ctx.workflow_type, extra=extra)
 
 
-def run_left(ctx: Any, outcome: str, final: Any) -> None:
+def run_left(ctx: NamedRun, outcome: str, final: Optional[RunEnd]) -> None:
     """Hub thread: a run's greenlet lets go of it. ``outcome`` is ``ended``
     (``final`` is its RunInfo), or why it left without an end: ``evicted``,
     ``interrupted`` (shutdown), or ``dropped``, ``aborted``, ``crashed``,
@@ -131,7 +176,7 @@ def run_left(ctx: Any, outcome: str, final: Any) -> None:
         log.debug("workflow %r (%s) %s", ctx.workflow_id, ctx.workflow_type, why, extra=extra)
 
 
-def run_problem(wid: str, event: str, ctx: Any = None, error: Optional[BaseException] = None,
+def run_problem(wid: str, event: str, ctx: Optional[NamedRun] = None, error: Optional[BaseException] = None,
                 **more: Any) -> dict[str, Any]:
     """The ``extra`` of a record about a run the driver could not go on
     with (dropped, aborted, crashed, unrunnable)."""
@@ -143,7 +188,7 @@ def run_problem(wid: str, event: str, ctx: Any = None, error: Optional[BaseExcep
     return extra
 
 
-def step_fields(info: Any, event: str) -> dict[str, Any]:
+def step_fields(info: StepAttempt, event: str) -> dict[str, Any]:
     """The ``extra`` of a step record, from its :class:`StepInfo`."""
     return {"aion_event": event, "aion_workflow_id": info.workflow_id,
             "aion_run_id": info.run_id, "aion_step": info.step, "aion_step_name": info.name,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Optional, Sequence, TypeVar, Union, overload
+from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar, Union, overload
 
 from aion_green.core.errors import (
     ConfigurationError,
@@ -23,7 +23,7 @@ def workflow(fn: F) -> F: ...
 def workflow(fn: None = None, *, name: Optional[str] = None) -> Callable[[F], F]: ...
 
 
-def workflow(fn: Optional[F] = None, *, name: Optional[str] = None) -> Any:
+def workflow(fn: Optional[F] = None, *, name: Optional[str] = None) -> Union[F, Callable[[F], F]]:
     """Mark a function as a workflow, registered as ``module.qualname`` or
     as ``name``. The function receives ``ctx`` first, then its arguments."""
 
@@ -31,7 +31,7 @@ def workflow(fn: Optional[F] = None, *, name: Optional[str] = None) -> Any:
         if not callable(f):
             raise ConfigurationError(f"@aion.workflow needs a function, got {f!r}")
         wname = check_key(name or f"{f.__module__}.{f.__qualname__}", "a workflow's name")
-        f.__aion_workflow__ = wname  # type: ignore[attr-defined]
+        f.__aion_workflow__ = wname  # type: ignore[attr-defined]  # a mark on the user's function
         _DECORATED[wname] = f
         return f
 
@@ -53,7 +53,7 @@ class Registry:
     """The workflows one engine can run: those it was given, then any
     decorated in the process."""
 
-    def __init__(self, workflows: Any = ()) -> None:
+    def __init__(self, workflows: Iterable[Callable[..., Any]] = ()) -> None:
         self._own: dict[str, Callable[..., Any]] = {}
         for fn in workflows:
             self.add(fn)
@@ -88,7 +88,7 @@ class Registry:
 
 # Signatures by function: inspect.signature costs tens of microseconds, and
 # a service starts the same few workflow types over and over.
-_SIGNATURES: dict[Any, Optional[inspect.Signature]] = {}
+_SIGNATURES: dict[Callable[..., Any], Optional[inspect.Signature]] = {}
 
 
 def _signature(fn: Callable[..., Any]) -> Optional[inspect.Signature]:

@@ -11,6 +11,9 @@ from typing import Any, Optional
 def open_store(url: Optional[str], durable: bool = True, busy_timeout: float = 5.0) -> Any:
     """The store a URL names: ``None`` or ``sqlite:///...`` (SQLite), or
     ``postgresql://...`` (PostgreSQL, with the ``postgres`` extra)."""
+    # -> Any, not Union[SQLiteStore, PostgresStore]: the engine hands it to
+    # StoreWriter(store: IEventStore), and without a zope.interface plugin
+    # mypy does not take an @implementer class for its interface.
     if url is not None and url.startswith(("postgres://", "postgresql://")):
         from aion_green.stores.postgres.store import PostgresStore
 

@@ -28,7 +28,8 @@ class BatchPlan:
         # wid -> (head, updated_at, wid): the parameters of the run's head
         # update, written once per run after the checks.
         self.moved: dict[str, tuple[int, float, str]] = {}
-        self.finals: list[tuple[Any, ...]] = []  # (status, result json, error json, wid)
+        # (status, result json, error json, wid) of each run that ended
+        self.finals: list[tuple[str, Optional[str], Optional[str], str]] = []
         self.timers_started: list[tuple[str, str, float]] = []
         self.timers_ended: list[tuple[str, str]] = []
         # Runs that continued as new: (wid, the continued event's data, at).
@@ -89,10 +90,11 @@ def require_running(workflow_id: str, status: Optional[str], store: str, why_not
 
 
 def run_filters(status: Optional[str], workflow_type: Optional[str], after_id: Optional[str],
-                mark: str, after: str) -> tuple[str, list[Any]]:
+                mark: str, after: str) -> tuple[str, list[str]]:
     """The WHERE clause and parameters of ``list_runs`` in a store's SQL:
     ``mark`` is its placeholder, ``after`` its "id after" comparison."""
-    clauses, params = [], []
+    clauses: list[str] = []
+    params: list[str] = []
     for clause, value in ((f"status={mark}", status), (f"workflow_type={mark}", workflow_type),
                           (after, after_id)):
         if value is not None:

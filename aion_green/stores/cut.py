@@ -36,6 +36,7 @@ from typing import Any, NamedTuple, Optional, Sequence
 from aion_green.core import events as ev
 from aion_green.core.errors import ConfigurationError, InternalError
 from aion_green.core.history import CHILD_END_TYPES, pending_timers, run_key
+from aion_green.store import RunInfo
 
 #: The statuses a run may be resumed from.
 RESUMABLE = (ev.FAILED, ev.CANCELLED)
@@ -91,7 +92,7 @@ def resume_point(workflow_id: str, history: Sequence[ev.Event]) -> int:
     return end
 
 
-def plan_copy(mode: str, source_id: str, history: Sequence[ev.Event], from_seq: Any,
+def plan_copy(mode: str, source_id: str, history: Sequence[ev.Event], from_seq: object,
               new_run_id: str, at: float, store: str) -> Copy:
     """The history a fork (``mode`` "fork") or a resume ("resume") of the
     source run ``history`` begins with, cut after ``from_seq``; raises
@@ -155,7 +156,7 @@ def _check_fork_children(where: str, source_id: str, generation: int,
             f"it: choose a from_seq {choice}. Nothing was written")
 
 
-def require_resumable(info: Any, store: str) -> None:
+def require_resumable(info: RunInfo, store: str) -> None:
     """A resume continues a run that ended failed or cancelled; any other
     status is refused, saying what to do instead (nothing is written)."""
     if info.status in RESUMABLE:

@@ -14,7 +14,18 @@ import time
 import uuid as _uuid
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterator, NoReturn, Optional, Sequence, Union
+from typing import (
+    TYPE_CHECKING,
+    AbstractSet,
+    Any,
+    Callable,
+    Iterator,
+    NoReturn,
+    Optional,
+    Sequence,
+    TypeVar,
+    Union,
+)
 
 import gevent
 from gevent.hub import Waiter
@@ -43,6 +54,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from aion_green.workflows.supervision import ChildSpec
 
 log = logging.getLogger("aion_green.context")
+
+_T = TypeVar("_T")
 
 _TIMER_STARTED = frozenset({ev.TIMER_STARTED})
 _TIMER_CANCELLED = frozenset({ev.TIMER_CANCELLED})
@@ -135,8 +148,11 @@ class WorkflowContext:
         # Invariant: once set, every later ctx call raises it and the run
         # fails with it, even if the workflow code catches it.
         self._divergence: Optional[NonDeterminismError] = None
-        self._trace: Any = None  # the run span's OpenTelemetry context (tracing.py)
-        self._greenlet: Any = None  # the run's greenlet, which terminate kills (termination.py)
+        # The run span's OpenTelemetry context (runtime/tracing.py); opaque here.
+        self._trace: object = None
+        # The run's greenlet, which terminate kills (termination.py): a gevent
+        # Greenlet, which gevent leaves untyped.
+        self._greenlet: Any = None
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -408,7 +424,7 @@ class WorkflowContext:
             raise Cancelled(winner.data.get("reason", ""))
         raise _ScopeExpired(winner.data["timer"])
 
-    def _wait(self, ready: Callable[[], Any]) -> Any:
+    def _wait(self, ready: Callable[[], Optional[_T]]) -> _T:
         """Park until ``ready()`` gives something (it reads the history)."""
         while True:
             if self._failure is not None:

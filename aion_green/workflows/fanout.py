@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence, Union, overload
 
 import gevent
 
@@ -82,7 +82,16 @@ class _Branch:
         self.digest: Optional[int] = None  # of the step's arguments, once a replay needs it
 
 
-def fan_out(ctx: "WorkflowContext", items: Sequence[Union[Step, ChildHandle]], first: bool) -> Any:
+@overload
+def fan_out(ctx: "WorkflowContext", items: Sequence[Union[Step, ChildHandle]],
+            first: Literal[False]) -> list[Any]: ...
+@overload
+def fan_out(ctx: "WorkflowContext", items: Sequence[Union[Step, ChildHandle]],
+            first: Literal[True]) -> tuple[int, Any]: ...
+
+
+def fan_out(ctx: "WorkflowContext", items: Sequence[Union[Step, ChildHandle]],
+            first: bool) -> Union[list[Any], tuple[int, Any]]:
     """``ctx.parallel`` (``first=False``) and ``ctx.race`` (``first=True``)."""
     ctx._check()
     what = "ctx.race" if first else "ctx.parallel"
@@ -135,7 +144,7 @@ def fan_out(ctx: "WorkflowContext", items: Sequence[Union[Step, ChildHandle]], f
 _SUCCESS = frozenset({ev.STEP_COMPLETED, ev.CHILD_COMPLETED})
 
 
-def _branches(ctx: "WorkflowContext", items: list[Any], what: str) -> list[_Branch]:
+def _branches(ctx: "WorkflowContext", items: list[Union[Step, ChildHandle]], what: str) -> list[_Branch]:
     for index, item in enumerate(items):
         if isinstance(item, ChildHandle):
             if item._ctx is not ctx:
@@ -224,7 +233,7 @@ def _drop(ctx: "WorkflowContext", branch: _Branch, cancel_child: bool) -> None:
     host, child_id = ctx._host, branch.child.workflow_id
     host.abort_watch(ctx._parent_key, child_id)
     if cancel_child:
-        def done(_seq: Any, error: Optional[BaseException]) -> None:
+        def done(_seq: Optional[int], error: Optional[BaseException]) -> None:
             if error is not None:
                 log.debug("race loser %r not cancelled: %s", child_id, error)
 

@@ -23,13 +23,22 @@ if TYPE_CHECKING:  # pragma: no cover
 
 ParentKey = tuple[str, str]  # (workflow id, run id) of a parent run
 
-# done(value, error): called once, on any thread, when an operation on
-# another run is recorded there (the value) or refused (the error).
-Done = Callable[[Any, Optional[BaseException]], None]
+# done(seq, error): called once, on any thread, when an operation on
+# another run is recorded there (the seq of its record, if it has one) or
+# refused (the error).
+Done = Callable[[Optional[int], Optional[BaseException]], None]
 
 # build(log) -> the events to append, called under the log's lock (so a
 # per-name index can be taken from its counts). An empty list appends nothing.
-Build = Callable[[Any], list[ev.NewEvent]]
+Build = Callable[["RunLog"], list[ev.NewEvent]]
+
+
+class Waiter(Protocol):
+    """What the run's greenlet blocks on until ``done`` is called (a gevent
+    ``Waiter``): ``get()`` returns the value given to ``done`` or raises its
+    error."""
+
+    def get(self) -> object: ...
 
 
 class RunLog(Protocol):
@@ -43,7 +52,7 @@ class RunLog(Protocol):
     def closed(self) -> bool:
         """No more appends: the run ended or the engine is closing."""
 
-    def submit(self, build: Build, extra: Any = None, final: bool = False) -> Optional[int]:
+    def submit(self, build: Build, *, final: bool = False) -> Optional[int]:
         """Append what ``build`` returns; the seq of its last event, or None
         when it returned nothing."""
 
@@ -79,7 +88,7 @@ class Host(Protocol):
     def arm_timer(self, fire_at: float, workflow_id: str, key: str) -> None:
         """Fire timer ``key`` of the run when ``time.time()`` passes ``fire_at``."""
 
-    def spawn(self, fn: Callable[..., Any], *args: Any, name: Optional[str] = None) -> None:
+    def spawn(self, fn: Callable[..., object], *args: object, name: Optional[str] = None) -> None:
         """Run ``fn(*args)`` as a greenlet on the hub, ended with the epoch."""
 
     def parked(self, ctx: "WorkflowContext") -> None:
@@ -89,7 +98,7 @@ class Host(Protocol):
         """The run woke (only when ``tracks_parking``)."""
 
     # -- other runs ---------------------------------------------------------------
-    def native_waiter(self) -> tuple[Any, Done]:
+    def native_waiter(self) -> tuple[Waiter, Done]:
         """A waiter the run's greenlet can block on (``waiter.get()``), and
         the ``done`` that resumes it from any thread."""
 

@@ -11,11 +11,14 @@ the same history, so live and replay read it the same way.
 """
 from __future__ import annotations
 
-from typing import AbstractSet, Any, Callable, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterable, Optional, Sequence
 
 from aion_green.core import events as ev
 from aion_green.core.errors import NonDeterminismError
 from aion_green.core.history import ARRIVAL_TYPES, CANCEL_KEY, ArrivalKey, arrival_key
+
+if TYPE_CHECKING:  # pragma: no cover
+    from aion_green.workflows.context import WorkflowContext
 
 _STEP_TYPES = frozenset({ev.STEP_COMPLETED, ev.STEP_FAILED})
 
@@ -172,7 +175,7 @@ class FirstRecorded:
 
     __slots__ = ("ctx", "own", "go_live", "mine")
 
-    def __init__(self, ctx: Any, own: Callable[[], Optional[ev.Event]],
+    def __init__(self, ctx: "WorkflowContext", own: Callable[[], Optional[ev.Event]],
                  go_live: Optional[Callable[[], None]]) -> None:
         self.ctx, self.own, self.go_live = ctx, own, go_live
         self.mine: Optional[ev.Event] = None

@@ -27,7 +27,7 @@ from aion_green.core.errors import (
     StepArgumentsChanged,
     error_message,
 )
-from aion_green.core.events import STEP_COMPLETED, STEP_FAILED, NewEvent, encode_decoded
+from aion_green.core.events import STEP_COMPLETED, STEP_FAILED, Event, NewEvent, encode_decoded
 from aion_green.core.history import run_key
 from aion_green.core.logs import step_fields
 
@@ -117,7 +117,7 @@ _local = monkey.get_original("_thread", "_local")()
 
 def step_info() -> StepInfo:
     """The :class:`StepInfo` of the step running on this thread."""
-    info = getattr(_local, "info", None)
+    info: Optional[StepInfo] = getattr(_local, "info", None)
     if info is None:
         raise RuntimeError("aion.step_info() is only available inside a running step")
     return info
@@ -168,7 +168,7 @@ def args_digest(args: tuple[Any, ...]) -> int:
     return _crc32(text.encode())
 
 
-def check_args(ctx: "WorkflowContext", record: Any, ordinal: int, name: str,
+def check_args(ctx: "WorkflowContext", record: Event, ordinal: int, name: str,
                args: tuple[Any, ...], digest: Optional[int]) -> int:
     """Replay: raise (and fail the run with) :class:`StepArgumentsChanged`
     when ``record`` ran with arguments other than ``args``; returns their

@@ -43,6 +43,7 @@ from aion_green.core import events as ev
 from aion_green.core.errors import Cancelled, RestartIntensityExceeded, Timeout
 from aion_green.workflows.children import ChildHandle, watch_again
 from aion_green.workflows.context import _ScopeExpired
+from aion_green.workflows.host import Done
 
 if TYPE_CHECKING:  # pragma: no cover
     from aion_green.workflows.context import WorkflowContext
@@ -268,8 +269,8 @@ class _Supervisor:
             slot.left = not ended
 
 
-def _ignore_refusal(child_id: str) -> Callable[[Any, Optional[BaseException]], None]:
-    def done(_seq: Any, error: Optional[BaseException]) -> None:
+def _ignore_refusal(child_id: str) -> Done:
+    def done(_seq: Optional[int], error: Optional[BaseException]) -> None:
         if error is not None:
             log.debug("child %r not asked to cancel: %s", child_id, error)
     return done

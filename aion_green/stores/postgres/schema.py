@@ -10,9 +10,9 @@ from aion_green.core.errors import StoreError, StoreUnavailable
 from aion_green.store import RunInfo
 
 try:  # an optional dependency: pip install 'aion-green[postgres]'
-    import psycopg
+    import psycopg as psycopg  # (re-exported: the store reads it from here)
 except ImportError:  # pragma: no cover - exercised when psycopg is absent
-    psycopg = None  # type: ignore[assignment]
+    psycopg = None  # type: ignore[assignment]  # the module, or None when it is absent
 
 # Keys of the advisory locks (any two constants that no other use shares).
 _MIGRATION_LOCK = 0x61696F6E_6D696772  # "aionmigr"

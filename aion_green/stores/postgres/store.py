@@ -25,7 +25,7 @@ import dataclasses
 import json
 import zlib
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, Union
 
 from zope.interface import implementer
 
@@ -33,12 +33,13 @@ from aion_green.core import events as ev
 from aion_green.core.errors import (
     ConfigurationError,
     FencedOut,
+    InternalError,
     StoreError,
     WorkflowIdConflict,
     WorkflowNotFound,
     WorkflowNotRunning,
 )
-from aion_green.store import Append, CreateRun, IEventStore, NewRun, RunInfo
+from aion_green.store import Append, BatchOutcome, CreateRun, IEventStore, InboxRow, NewRun, RunInfo
 from aion_green.stores.batch import (
     BatchPlan,
     inbox_why_not,
@@ -59,6 +60,16 @@ from aion_green.stores.postgres.schema import (
     psycopg,
 )
 
+if TYPE_CHECKING:  # pragma: no cover - psycopg is an optional dependency
+    from psycopg import Connection, Cursor
+    from psycopg.rows import TupleRow
+
+    _Connection = Connection[TupleRow]
+    _Cursor = Cursor[TupleRow]
+    # What an append at a run's head writes: its data, or the seq of an
+    # equal event recorded before (then nothing is written).
+    _Build = Callable[[_Cursor], Union[int, dict[str, Any]]]
+
 # Event data that PostgreSQL's json and jsonb refuse to parse: an escaped
 # U+0000 (no text can hold it) or a surrogate escape (json refuses a lone
 # one; pairs are let through to Python too, which is merely slower). A cast
@@ -67,7 +78,7 @@ from aion_green.stores.postgres.schema import (
 _UNCASTABLE = "data ~ '\\\\u0000|\\\\u[dD][89a-fA-F]'"
 
 
-def _events_where(cur: Any, table: str, workflow_id: str, event_type: str, key: str,
+def _events_where(cur: _Cursor, table: str, workflow_id: str, event_type: str, key: str,
                   value: str) -> list[int]:
     """The seqs, in order, of the ``event_type`` events of ``workflow_id`` in
     ``table`` whose data's ``key`` is ``value``: matched in SQL where the
@@ -78,6 +89,16 @@ def _events_where(cur: Any, table: str, workflow_id: str, event_type: str, key: 
                 "ORDER BY seq", (workflow_id, event_type, value))
     return [int(seq) for seq, raw in cur.fetchall()
             if raw is None or json.loads(raw).get(key) == value]
+
+
+def _one(cur: _Cursor) -> TupleRow:
+    """The row of a statement that always returns one (an aggregate, an
+    ``INSERT ... RETURNING``, a row locked just before)."""
+    row = cur.fetchone()
+    if row is None:
+        raise InternalError("a statement that returns one row returned none; "
+                            "this is a bug in aion_green")
+    return row
 
 
 _READ = "SELECT seq, type, at, data FROM aion_events WHERE workflow_id=%s ORDER BY seq"
@@ -110,8 +131,9 @@ class PostgresStore:
             named = "application_name" in psycopg.conninfo.conninfo_to_dict(url)
         except psycopg.Error:
             named = False  # the connection reports what is wrong with the URL
-        self._session: dict[str, Any] = {} if named else {"application_name": "aion_green"}
-        self._conn: Any = None
+        # (None: psycopg passes over a None parameter, and the URL's stands.)
+        self._application_name: Optional[str] = None if named else "aion_green"
+        self._conn: Optional[_Connection] = None
         self.driver_lock_held = False
         # Invariant: once true, never false again; no write is made.
         self.fenced = False
@@ -126,7 +148,7 @@ class PostgresStore:
         self._driver_key = _DRIVER_LOCK ^ (zlib.crc32(str(schema).encode()) << 1)
 
     # -- connection ----------------------------------------------------------------------
-    def _connect(self) -> Any:
+    def _connect(self) -> _Connection:
         if self.fenced:
             raise FencedOut(
                 f"this engine lost the driver lock of {self.path} (its database session ended "
@@ -134,14 +156,15 @@ class PostgresStore:
         if self._conn is not None and not self._conn.closed:
             return self._conn
         try:
-            self._conn = psycopg.connect(self.url, connect_timeout=max(1, int(self.connect_timeout)),
-                                         autocommit=True, **self._session)
+            conn = self._conn = psycopg.connect(
+                self.url, connect_timeout=max(1, int(self.connect_timeout)), autocommit=True,
+                application_name=self._application_name)
         except psycopg.Error as exc:
             raise _translate(exc, self.path) from None
         try:
             # A session paused inside a transaction (its engine stopped, say)
             # must not hold row locks that keep others from taking over.
-            self._conn.execute("SET idle_in_transaction_session_timeout = 5000")
+            conn.execute("SET idle_in_transaction_session_timeout = 5000")
         except psycopg.Error as exc:
             self._drop()
             raise _translate(exc, self.path) from None
@@ -151,8 +174,7 @@ class PostgresStore:
             # new session, unless another engine drives now: then this one
             # is fenced out, and never writes again.
             try:
-                (got,) = self._conn.execute("SELECT pg_try_advisory_lock(%s)",
-                                            (self._driver_key,)).fetchone()
+                (got,) = _one(conn.execute("SELECT pg_try_advisory_lock(%s)", (self._driver_key,)))
             except psycopg.Error as exc:
                 self._drop()
                 raise _translate(exc, self.path) from None
@@ -161,10 +183,10 @@ class PostgresStore:
                 self.driver_lock_held = False
                 self._drop()
                 return self._connect()
-        return self._conn
+        return conn
 
     @contextmanager
-    def _tx(self) -> Iterator[Any]:
+    def _tx(self) -> Iterator[_Cursor]:
         """One transaction; store errors for psycopg's."""
         conn = self._connect()
         try:
@@ -178,7 +200,7 @@ class PostgresStore:
                 self._drop()
             raise _translate(exc, self.path) from None
 
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[TupleRow]:
         conn = self._connect()
         try:
             with conn.cursor() as cur:
@@ -241,8 +263,8 @@ class PostgresStore:
         assert isinstance(outcome, tuple)
         return outcome
 
-    def write_batch(self, ops: Sequence[Union[Append, CreateRun]]) -> list[Any]:
-        outcomes: list[Any] = []
+    def write_batch(self, ops: Sequence[Union[Append, CreateRun]]) -> list[BatchOutcome]:
+        outcomes: list[BatchOutcome] = []
         plan = BatchPlan()
         with self._tx() as cur:
             wids = sorted({op.workflow_id for op in ops if type(op) is Append})
@@ -291,7 +313,8 @@ class PostgresStore:
                 cur.execute("SELECT pg_notify(%s, 'ends')", (self.channel,))
         return outcomes
 
-    def _create_one(self, cur: Any, op: CreateRun, rows: list[Any]) -> tuple[bool, RunInfo]:
+    def _create_one(self, cur: _Cursor, op: CreateRun,
+                    rows: list[tuple[str, int, str, float, str]]) -> tuple[bool, RunInfo]:
         cur.execute(
             "INSERT INTO aion_runs(workflow_id, run_id, workflow_type, status, args, head_seq, "
             "created_at, updated_at, owner, lease_until, fence) "
@@ -303,16 +326,16 @@ class PostgresStore:
         inserted = cur.fetchone()
         if inserted is None:
             cur.execute(f"SELECT {_RUN_COLUMNS} FROM aion_runs WHERE workflow_id=%s", (op.workflow_id,))
-            return False, _run_info(cur.fetchone())
+            return False, _run_info(_one(cur))
         data = (f'{{"workflow_type":{json.dumps(op.workflow_type)},'
                 f'"run_id":{json.dumps(op.run_id)},"args":{op.args_json}}}')
         rows.append((op.workflow_id, 1, ev.WORKFLOW_STARTED, op.at, data))
         return True, RunInfo(op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING,
                              json.loads(op.args_json), None, None, 1, op.at, op.at, int(inserted[0]))
 
-    def _roll_over(self, cur: Any, wid: str, data: dict[str, Any], at: float) -> None:
+    def _roll_over(self, cur: _Cursor, wid: str, data: dict[str, Any], at: float) -> None:
         cur.execute("SELECT run_id, workflow_type FROM aion_runs WHERE workflow_id=%s", (wid,))
-        old_run_id, wtype = cur.fetchone()
+        old_run_id, wtype = _one(cur)
         cur.execute("INSERT INTO aion_archived_events(workflow_id, run_id, seq, type, at, data) "
                     "SELECT workflow_id, %s, seq, type, at, data FROM aion_events WHERE workflow_id=%s",
                     (old_run_id, wid))
@@ -324,13 +347,14 @@ class PostgresStore:
                     (data["run_id"], ev.RUNNING, at, at, wid))
 
     def _append_at_head(self, workflow_id: str, event_type: str, at: float,
-                        build: Callable[[Any], Union[int, dict[str, Any]]], why_not: str) -> int:
+                        build: _Build, why_not: str) -> int:
         with self._tx() as cur:
             cur.execute("SELECT head_seq, status FROM aion_runs WHERE workflow_id=%s FOR UPDATE",
                         (workflow_id,))
             run = cur.fetchone()
-            require_running(workflow_id, run and run[1], self.path, why_not)
-            head = run[0]
+            require_running(workflow_id, None if run is None else run[1], self.path, why_not)
+            assert run is not None  # (require_running raised for a missing run)
+            head: int = run[0]
             data = build(cur)
             if isinstance(data, int):
                 return data
@@ -342,7 +366,7 @@ class PostgresStore:
             return seq
 
     def fire_timer(self, workflow_id: str, timer_key: str, at: float) -> Optional[int]:
-        def build(cur: Any) -> Union[int, dict[str, Any]]:
+        def build(cur: _Cursor) -> Union[int, dict[str, Any]]:
             cur.execute("DELETE FROM aion_timers WHERE workflow_id=%s AND timer_key=%s",
                         (workflow_id, timer_key))
             return {"timer": timer_key} if cur.rowcount else -1
@@ -355,7 +379,7 @@ class PostgresStore:
 
     def deliver_message(self, workflow_id: str, name: str, payload_json: str, at: float,
                         dedup: Optional[str] = None) -> int:
-        def build(cur: Any) -> Union[int, dict[str, Any]]:
+        def build(cur: _Cursor) -> Union[int, dict[str, Any]]:
             if dedup is not None:
                 seen = _events_where(cur, "aion_events", workflow_id, ev.MESSAGE_RECEIVED, "dedup", dedup)
                 if seen:
@@ -370,7 +394,7 @@ class PostgresStore:
                                     f"a message {name!r} to it would never be read")
 
     def request_cancel(self, workflow_id: str, reason: str, at: float) -> int:
-        def build(cur: Any) -> Union[int, dict[str, Any]]:
+        def build(cur: _Cursor) -> Union[int, dict[str, Any]]:
             cur.execute("SELECT seq FROM aion_events WHERE workflow_id=%s AND type=%s LIMIT 1",
                         (workflow_id, ev.CANCEL_REQUESTED))
             seen = cur.fetchone()
@@ -383,10 +407,11 @@ class PostgresStore:
         with self._tx() as cur:
             cur.execute("SELECT status FROM aion_runs WHERE workflow_id=%s", (workflow_id,))
             run = cur.fetchone()
-            require_running(workflow_id, run and run[0], self.path, inbox_why_not(kind))
+            require_running(workflow_id, None if run is None else run[0], self.path,
+                            inbox_why_not(kind))
             cur.execute("INSERT INTO aion_inbox(workflow_id, kind, data, at) VALUES (%s,%s,%s,%s) "
                         "RETURNING id", (workflow_id, kind, data_json, at))
-            row_id = int(cur.fetchone()[0])
+            row_id = int(_one(cur)[0])
             cur.execute("SELECT pg_notify(%s, 'inbox')", (self.channel,))
             return row_id
 
@@ -399,7 +424,7 @@ class PostgresStore:
              run_id: Optional[str] = None) -> list[ev.Event]:
         if run_id is None:
             sql = "SELECT seq, type, at, data FROM aion_events WHERE workflow_id=%s AND seq>%s ORDER BY seq"
-            params: tuple[Any, ...] = (workflow_id, after_seq)
+            params: tuple[Union[str, int], ...] = (workflow_id, after_seq)
         else:
             sql = ("SELECT seq, type, at, data FROM aion_events WHERE workflow_id=%s AND seq>%s "
                    "AND %s = (SELECT run_id FROM aion_runs WHERE workflow_id=%s) "
@@ -429,7 +454,7 @@ class PostgresStore:
         return [(wid, key, fire_at) for wid, key, fire_at in rows]
 
     def read_inbox(self, after_id: int = 0, limit: int = 500,
-                   owner: Optional[str] = None) -> list[tuple[int, str, str, Any, float]]:
+                   owner: Optional[str] = None) -> list[InboxRow]:
         if owner is None:
             rows = self._query("SELECT id, workflow_id, kind, data, at FROM aion_inbox WHERE id>%s "
                                "ORDER BY id LIMIT %s", (after_id, limit))
@@ -535,7 +560,7 @@ class PostgresStore:
 
         while not stopped():
             try:
-                with psycopg.connect(self.url, autocommit=True, **self._session,
+                with psycopg.connect(self.url, autocommit=True, application_name=self._application_name,
                                      connect_timeout=max(1, int(self.connect_timeout))) as conn:
                     conn.execute(f'LISTEN "{self.channel}"')
                     on_bell("runs")  # anything sent while not listening: look now
@@ -593,13 +618,13 @@ class PostgresStore:
                 "mark=nextval(pg_get_serial_sequence('aion_runs', 'mark')) "
                 "WHERE workflow_id=%s RETURNING fence",
                 (run_id, ev.RUNNING, copy.head, at, at, workflow_id))
-            (fence,) = cur.fetchone()
+            (fence,) = _one(cur)
             self._write_copy(cur, workflow_id, copy)
         return dataclasses.replace(info, run_id=run_id, status=ev.RUNNING, result=None, error=None,
                                    head_seq=copy.head, created_at=at, updated_at=at,
                                    fence=int(fence))
 
-    def _source(self, cur: Any, workflow_id: str, run_id: Optional[str]) -> list[ev.Event]:
+    def _source(self, cur: _Cursor, workflow_id: str, run_id: Optional[str]) -> list[ev.Event]:
         if run_id is None:
             cur.execute(_READ, (workflow_id,))
         else:
@@ -610,7 +635,7 @@ class PostgresStore:
                                    f"{self.path}; nothing was written")
         return history
 
-    def _write_copy(self, cur: Any, workflow_id: str, copy: Copy) -> None:
+    def _write_copy(self, cur: _Cursor, workflow_id: str, copy: Copy) -> None:
         cur.executemany("INSERT INTO aion_events(workflow_id, seq, type, at, data) "
                         "VALUES (%s,%s,%s,%s,%s)", copy.rows(workflow_id))
         cur.execute("DELETE FROM aion_timers WHERE workflow_id=%s", (workflow_id,))

@@ -17,7 +17,7 @@ from zope.interface import implementer
 from aion_green.core import clock as _clock
 from aion_green.core import events as ev
 from aion_green.core.errors import StoreError, WorkflowIdConflict, WorkflowNotFound
-from aion_green.store import Append, CreateRun, IEventStore, NewRun, RunInfo
+from aion_green.store import Append, BatchOutcome, CreateRun, IEventStore, InboxRow, NewRun, RunInfo
 from aion_green.stores.batch import (
     BatchPlan,
     inbox_why_not,
@@ -184,8 +184,8 @@ class SQLiteStore:
                      (workflow_id, seq, event_type, at, json.dumps(data)))
         return seq
 
-    def write_batch(self, ops: Sequence[Union[Append, CreateRun]]) -> list[Any]:
-        outcomes: list[Any] = []
+    def write_batch(self, ops: Sequence[Union[Append, CreateRun]]) -> list[BatchOutcome]:
+        outcomes: list[BatchOutcome] = []
         plan = BatchPlan()
         with self._write(batch=True) as conn:
             # Read under the write lock: no other writer can move a head
@@ -266,7 +266,8 @@ class SQLiteStore:
             ).fetchall())
         return heads
 
-    def _create_one(self, op: CreateRun, rows: list[tuple[Any, ...]]) -> tuple[bool, RunInfo]:
+    def _create_one(self, op: CreateRun,
+                    rows: list[tuple[str, int, str, float, str]]) -> tuple[bool, RunInfo]:
         cursor = self._conn.execute(
             f"INSERT OR IGNORE INTO runs({_RUN_COLUMNS}) VALUES (?,?,?,?,?,NULL,NULL,?)",
             (op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING, op.args_json, op.at),
@@ -288,7 +289,7 @@ class SQLiteStore:
              run_id: Optional[str] = None) -> list[ev.Event]:
         self._file.check(commit=False)
         sql = "SELECT seq, type, at, data FROM events WHERE workflow_id=? AND seq>? ORDER BY seq"
-        params: tuple[Any, ...] = (workflow_id, after_seq)
+        params: tuple[Union[str, int], ...] = (workflow_id, after_seq)
         if run_id is not None:
             sql = ("SELECT seq, type, at, data FROM events WHERE workflow_id=? AND seq>? "
                    "AND ? = (SELECT run_id FROM runs WHERE workflow_id=?) "
@@ -344,7 +345,7 @@ class SQLiteStore:
                                   (workflow_id, kind, data_json, at))
             return int(cursor.lastrowid or 0)
 
-    def read_inbox(self, after_id: int = 0, limit: int = 500) -> list[tuple[int, str, str, Any, float]]:
+    def read_inbox(self, after_id: int = 0, limit: int = 500) -> list[InboxRow]:
         self._file.check(commit=False)
         try:
             rows = self._conn.execute(
@@ -378,7 +379,7 @@ class SQLiteStore:
     def find_event(self, workflow_id: str, event_type: str, dedup: Optional[str] = None) -> Optional[int]:
         if dedup is None:
             sql = "SELECT seq FROM events WHERE workflow_id=? AND type=? ORDER BY seq LIMIT 1"
-            params: tuple[Any, ...] = (workflow_id, event_type)
+            params: tuple[str, ...] = (workflow_id, event_type)
         else:
             # The current run first; the run that recorded it may have
             # continued as new since (its seq is then that run's).
@@ -464,6 +465,7 @@ class SQLiteStore:
             return self._insert_at_head(conn, workflow_id, head, event_type, at, data)
 
     def close(self) -> None:
+        # (Typed as open: a call after close() is a bug, and fails on the None.)
         conn, self._conn = self._conn, None  # type: ignore[assignment]
         if conn is not None:
             conn.close()

@@ -104,27 +104,29 @@ class Runner:
             self.epoch.hub.spawn(self.epoch.sharing.promote, name="aion-promote")
             self.epoch.hub.spawn(self.epoch.sharing.poll, name="aion-client-poll")
 
-    def run_step(self, recorder: RunLog, fn: Callable[..., Any], args: tuple[Any, ...],
-                  info: StepInfo, policy: Retry, timeout: Optional[float] = None) -> None:
-        """One live attempt: a pool thread runs it, builds its event and
-        hands it to the run's recorder; the run's greenlet wakes once the
-        record is durable (record before wake)."""
+    def run_step(self, log: RunLog, fn: Callable[..., Any], args: tuple[Any, ...],
+                 info: StepInfo, policy: Retry, limit: Optional[float] = None) -> None:
+        """One live attempt (``Host.run_step``): a pool thread runs it,
+        builds its event and hands it to the run's log; the run's greenlet
+        wakes once the record is durable (record before wake). ``limit``:
+        the attempt's timeout in seconds."""
         wid = info.workflow_id
         ctx = None
-        if self.epoch.residency.on:
+        epoch = self.epoch
+        if epoch.residency.on:
             # The run stays in memory until this attempt's record is queued.
-            ctx = self.epoch.runs.get(wid)
-            self.epoch.residency.step_started(ctx)
+            ctx = epoch.runs.get(wid)
+            epoch.residency.step_started(ctx)
         # The run span's context, handed over explicitly (runtime/tracing.py).
-        parent = None if tracing.tracer is None else getattr(self.epoch.runs.get(wid), "_trace", None)
+        parent = None if tracing.tracer is None else getattr(epoch.runs.get(wid), "_trace", None)
         # A partial, not a closure: thousands of attempts may be in flight,
         # and each closure cell is one more object for the cyclic GC.
-        if timeout is None:
-            self.epoch.steps.submit(functools.partial(self._attempt, recorder, fn, args, info, policy,
+        if limit is None:
+            epoch.steps.submit(functools.partial(self._attempt, log, fn, args, info, policy,
                                                  parent, ctx))
         else:
-            self.epoch.steps.submit(functools.partial(self._attempt, recorder, fn, args, info, policy,
-                                                 parent, ctx, timeout))
+            epoch.steps.submit(functools.partial(self._attempt, log, fn, args, info, policy,
+                                                 parent, ctx, limit))
 
     def _attempt(self, recorder: RunLog, fn: Callable[..., Any], args: tuple[Any, ...],
                  info: StepInfo, policy: Retry, parent: Any, ctx: Any,

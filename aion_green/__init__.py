@@ -31,6 +31,7 @@ from aion_green.core.errors import (
     Timeout,
     WorkflowArgumentsInvalid,
     WorkflowCancelled,
+    WorkflowContinuedAsNew,
     WorkflowFailed,
     WorkflowIdConflict,
     WorkflowNotFound,
@@ -83,7 +84,7 @@ __all__ = [
     "SCHEDULE_WORKFLOW", "SQLiteStore", "SequenceConflict", "SerializationError", "Step",
     "StepArgumentsChanged", "StepError", "StepInfo", "StepRunning", "StepTimeout",
     "StoreCorrupt", "StoreError", "StoreLost", "StoreUnavailable", "Timeout",
-    "WorkflowArgumentsInvalid", "WorkflowCancelled",
+    "WorkflowArgumentsInvalid", "WorkflowCancelled", "WorkflowContinuedAsNew",
     "WorkflowContext", "WorkflowFailed", "WorkflowHandle", "WorkflowIdConflict", "WorkflowNotFound",
     "WorkflowNotRegistered", "WorkflowNotRunning", "step_info", "workflow",
 ]

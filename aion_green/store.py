@@ -41,6 +41,9 @@ class RunInfo:
     steps_running: tuple["StepRunning", ...] = ()
     # Why the engine asked cannot drive this running run (Engine.describe), else None.
     unrunnable: Optional[str] = None
+    # For a run that continued as new (Engine.describe(id, run_id=...) of an
+    # earlier run of the chain): the run it became.
+    next_run_id: Optional[str] = None
 
     @property
     def finished(self) -> bool:

@@ -7,7 +7,7 @@ Run it under gunicorn's gevent worker, with or without ``--preload``::
 Every worker gets its own engine, started on its first request (never at
 import, so an engine built in gunicorn's master before the fork is started
 afresh in each worker). One worker's engine drives the runs of ``shop.db``;
-the others are its clients (see ``aion_green.sharing``). A handler that
+the others are its clients (see ``aion_green.runtime.sharing``). A handler that
 waits for a workflow parks its greenlet only: the worker goes on serving.
 
 Routes:

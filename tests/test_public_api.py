@@ -13,7 +13,7 @@ PUBLIC = [
     "SCHEDULE_WORKFLOW", "SQLiteStore", "SequenceConflict", "SerializationError", "Step",
     "StepArgumentsChanged", "StepError", "StepInfo", "StepRunning", "StepTimeout", "StoreCorrupt",
     "StoreError", "StoreLost", "StoreUnavailable", "Timeout", "WorkflowArgumentsInvalid",
-    "WorkflowCancelled", "WorkflowContext", "WorkflowFailed", "WorkflowHandle",
+    "WorkflowCancelled", "WorkflowContext", "WorkflowContinuedAsNew", "WorkflowFailed", "WorkflowHandle",
     "WorkflowIdConflict", "WorkflowNotFound", "WorkflowNotRegistered", "WorkflowNotRunning",
     "step_info", "workflow",
 ]

@@ -17,7 +17,7 @@ import json, sys, time
 from datetime import datetime, timezone
 
 import aion_green as aion
-from aion_green import events as ev
+from aion_green.core import events as ev
 from aion_green.store import Append, CreateRun, SQLiteStore
 
 @aion.workflow(name="tests.heavy_parked")

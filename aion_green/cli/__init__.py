@@ -2,11 +2,11 @@
 
     aion-green [--db URL] worker MODULE [MODULE...] [--http HOST:PORT] [--token T]
     aion-green [--db URL] start TYPE [ARG_JSON...] [--id ID] [--wait [--timeout S]]
-    aion-green [--db URL] signal ID NAME [PAYLOAD_JSON] [--key IDEMPOTENCY_KEY] [--timeout S]
-    aion-green [--db URL] cancel ID [--reason R] [--timeout S]
-    aion-green [--db URL] terminate ID [--reason R] [--timeout S]
-    aion-green [--db URL] query ID NAME [ARG_JSON...] [--timeout S]
-    aion-green [--db URL] result ID [--timeout S]
+    aion-green [--db URL] signal ID NAME [PAYLOAD_JSON] [--key IDEMPOTENCY_KEY] [--run RUN_ID] [--timeout S]
+    aion-green [--db URL] cancel ID [--reason R] [--run RUN_ID] [--timeout S]
+    aion-green [--db URL] terminate ID [--reason R] [--run RUN_ID] [--timeout S]
+    aion-green [--db URL] query ID NAME [ARG_JSON...] [--run RUN_ID] [--timeout S]
+    aion-green [--db URL] result ID [--run RUN_ID] [--timeout S]
     aion-green [--db URL] list [--status S] [--type T] [--limit N] [--after ID]
     aion-green [--db URL] show ID [--run RUN_ID] [--follow [--timeout S]]
     aion-green [--db URL] fork ID --from SEQ [--id NEW_ID] [--run RUN_ID] [--wait]
@@ -36,6 +36,12 @@ runs a failed or cancelled run again in place (its old run is archived),
 reusing its outcomes but what failed (:mod:`aion_green.runtime.rewind`); both work
 on the store URL, not through the HTTP API.
 
+A workflow id names a chain of runs (``continue_as_new`` begins the next
+under the same id); ``start`` prints the run it created. ``--run RUN_ID``
+names one run: ``show`` and ``result`` answer for it (an earlier run of a
+chain ``continued``), and ``signal``, ``cancel``, ``terminate`` and
+``query`` refuse it (exit 5, nothing recorded) unless it is the current run.
+
 Exit codes, the same for every command:
 
 ====  ======================================================================
@@ -50,6 +56,8 @@ Exit codes, the same for every command:
 6     the query could not be answered (the handler raised, an unknown
       name, or no live run here: use the worker's ``--http`` address)
 7     the store or the worker's HTTP API is unavailable: try again later
+8     that run continued as new: it has no result of its own (``result
+      --run`` of an earlier run of a chain; the next run is named)
 130   interrupted (Ctrl-C)
 141   stdout was closed by its reader (``| head``), as for SIGPIPE
 ====  ======================================================================
@@ -70,10 +78,13 @@ from aion_green.core.errors import (
     StoreUnavailable,
     Timeout,
     WorkflowCancelled,
+    WorkflowContinuedAsNew,
     WorkflowFailed,
     WorkflowNotFound,
     WorkflowNotRunning,
 )
+
+_RUN_HELP = "the run it is for: refused, nothing recorded, unless it is the current run"
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -83,6 +94,7 @@ EXIT_TIMEOUT = 4
 EXIT_NOT_RUNNING = 5
 EXIT_QUERY_FAILED = 6
 EXIT_UNAVAILABLE = 7
+EXIT_CONTINUED = 8
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 
@@ -91,6 +103,8 @@ def exit_code(error: BaseException) -> int:
     """The exit code of a command that ended with ``error``."""
     if isinstance(error, WorkflowNotFound):
         return EXIT_NOT_FOUND
+    if isinstance(error, WorkflowContinuedAsNew):
+        return EXIT_CONTINUED
     if isinstance(error, WorkflowFailed):  # and WorkflowCancelled
         return EXIT_FAILED
     if isinstance(error, Timeout):
@@ -223,27 +237,33 @@ def _parser() -> argparse.ArgumentParser:
     signal.add_argument("name", metavar="NAME")
     signal.add_argument("payload", nargs="?", metavar="PAYLOAD_JSON", help="a JSON value (default: null)")
     signal.add_argument("--key", help="idempotency key: the same key is recorded once")
+    signal.add_argument("--run", dest="run_id", metavar="RUN_ID", help=_RUN_HELP)
     _timeout(signal, 30.0, "until the worker recorded it; default 30")
 
     cancel = command("cancel", "ask a run to cancel")
     cancel.add_argument("workflow_id", metavar="ID")
     cancel.add_argument("--reason", default="")
+    cancel.add_argument("--run", dest="run_id", metavar="RUN_ID", help=_RUN_HELP)
     _timeout(cancel, 30.0, "until the worker recorded it; default 30")
 
     terminate = command("terminate", "end a run now, without cleanup (recorded as cancelled, "
                         "error type Terminated); for a run that cannot end otherwise")
     terminate.add_argument("workflow_id", metavar="ID")
     terminate.add_argument("--reason", default="")
+    terminate.add_argument("--run", dest="run_id", metavar="RUN_ID", help=_RUN_HELP)
     _timeout(terminate, 30.0, "until it is recorded; default 30")
 
     query = command("query", "ask a live run (through the worker's HTTP API)")
     query.add_argument("workflow_id", metavar="ID")
     query.add_argument("name", metavar="NAME")
     query.add_argument("args", nargs="*", metavar="ARG_JSON", help="the handler's arguments, JSON")
+    query.add_argument("--run", dest="run_id", metavar="RUN_ID", help=_RUN_HELP)
     _timeout(query, 10.0, "default 10")
 
     result = command("result", "wait for a run's end and print its result")
     result.add_argument("workflow_id", metavar="ID")
+    result.add_argument("--run", dest="run_id", metavar="RUN_ID",
+                        help="that run's end (an earlier run of a chain: exit 8, continued as new)")
     _timeout(result, None, "default: wait for ever")
 
     listing = command("list", "list workflow runs")

@@ -27,6 +27,7 @@ from aion_green.core.errors import (
     QueryFailed,
     Timeout,
     WorkflowCancelled,
+    WorkflowContinuedAsNew,
     WorkflowFailed,
     WorkflowNotRegistered,
     WorkflowNotRunning,
@@ -216,13 +217,14 @@ def start(target: Target, args: argparse.Namespace, out: Any) -> int:
             f"workflow type {wtype!r} is not registered with {driver.name}, which drives "
             f"{target.where} (it knows: {', '.join(driver.types) or 'none'}); check the name, or "
             "run a worker that imports the module defining it. Nothing was recorded")
-    wid = target.api.start(wtype, *values, id=args.workflow_id).workflow_id
+    handle = target.api.start(wtype, *values, id=args.workflow_id)
+    wid = handle.workflow_id
     queued = driver is not None and not driver.held
     if queued:
         out.progress(f"note: no worker drives {target.where} now; run {wid} begins when one that "
                      f"knows {wtype} starts (aion-green worker MODULE)")
     if not args.wait:
-        out.emit({"workflow_id": wid, "queued": queued}, wid)
+        out.emit({"workflow_id": wid, "run_id": handle.run_id, "queued": queued}, wid)
         return 0
     out.progress(f"started {wid} ({wtype}); waiting for its end")
     return _finish(target, wid, 0, args.timeout, out)
@@ -233,6 +235,7 @@ def signal(target: Target, args: argparse.Namespace, out: Any) -> int:
     payload = None if args.payload is None else _json_value(args.payload, "the payload")
     driver = target.driver()
     if driver is not None and not driver.held:
+        _require_run(target, wid, args.run_id, f"message {name!r}")
         data: dict[str, Any] = {"name": name, "payload": payload}
         if args.key is not None:
             data["dedup"] = f"signal/{args.key}"
@@ -242,9 +245,49 @@ def signal(target: Target, args: argparse.Namespace, out: Any) -> int:
                  "recorded when one starts")
         return 0
     seq = _within(args.timeout, _late(f"message {name!r} for {wid}", args.timeout),
-                  target.api.signal, wid, name, payload, idempotency_key=args.key)
+                  target.api.signal, wid, name, payload, idempotency_key=args.key,
+                  **_run_kw(args))
     out.emit({"workflow_id": wid, "name": name, "seq": seq, "queued": False},
              f"message {name!r} recorded in {wid} at seq {seq}")
+    return 0
+
+
+def _run_kw(args: argparse.Namespace) -> dict[str, Any]:
+    run_id = getattr(args, "run_id", None)
+    return {} if run_id is None else {"run_id": run_id}
+
+
+def _require_run(target: Target, wid: str, run_id: Optional[str], what: str) -> None:
+    """A request queued for the worker (or refused here) that names a run:
+    the run must be the workflow's current one, as the engine checks."""
+    if run_id is None:
+        return
+    current = target.api.describe(wid)
+    if current.run_id != run_id:
+        earlier = target.api.describe(wid, run_id=run_id)  # not found: exit 1
+        raise WorkflowNotRunning(
+            f"{what} for run {run_id!r} of workflow {wid!r}: that run "
+            f"{'continued as new' if earlier.status == ev.CONTINUED else 'ended'}; the current "
+            f"run is {current.run_id!r}. Nothing was recorded")
+
+
+def _result_of_run(target: Target, wid: str, run_id: str, timeout: Optional[float],
+                   out: Any) -> int:
+    """``result ID --run RUN_ID``: that run's end alone."""
+    info = target.api.describe(wid, run_id=run_id)
+    if not info.finished:
+        out.progress(f"waiting for run {run_id} of {wid} ({info.workflow_type}) to end")
+    try:
+        value = target.api.result(wid, timeout=timeout, run_id=run_id)
+    except WorkflowContinuedAsNew as exc:
+        out.emit({"workflow_id": wid, "run_id": run_id, "status": ev.CONTINUED,
+                  "next_run_id": exc.next_run_id})
+        raise
+    except WorkflowFailed:
+        out.emit(_outcome_json(target.api.describe(wid, run_id=run_id)))
+        raise
+    out.emit({"workflow_id": wid, "run_id": run_id, "status": ev.COMPLETED, "result": value,
+              "error": None}, json.dumps(value))
     return 0
 
 
@@ -257,12 +300,14 @@ def cancel(target: Target, args: argparse.Namespace, out: Any) -> int:
     wid = args.workflow_id
     driver = target.driver()
     if driver is not None and not driver.held:
+        _require_run(target, wid, args.run_id, "the cancel request")
         target.queue(wid, "cancel", {"reason": args.reason})
         out.emit({"workflow_id": wid, "cancel_requested": True, "queued": True},
                  f"cancel of {wid} queued: no worker drives {target.where} now; it is recorded "
                  "when one starts")
         return 0
-    _within(args.timeout, _late(f"the cancel of {wid}", args.timeout), target.api.cancel, wid, args.reason)
+    _within(args.timeout, _late(f"the cancel of {wid}", args.timeout), target.api.cancel, wid,
+            args.reason, **_run_kw(args))
     out.emit({"workflow_id": wid, "cancel_requested": True, "queued": False},
              f"cancel of {wid} recorded; `aion-green result {wid}` waits for its end")
     return 0
@@ -273,7 +318,7 @@ def terminate(target: Target, args: argparse.Namespace, out: Any) -> int:
     # No queueing: with no worker alive the end is recorded here, at once
     # (a worker that starts later finds the run ended).
     _within(args.timeout, _late(f"the end of {wid}", args.timeout), target.api.terminate, wid,
-            args.reason)
+            args.reason, **_run_kw(args))
     out.emit({"workflow_id": wid, "terminated": True},
              f"{wid} terminated: recorded as cancelled (Terminated); none of its code ran again")
     return 0
@@ -284,6 +329,7 @@ def query(target: Target, args: argparse.Namespace, out: Any) -> int:
     values = _json_values(args.args, "argument")
     driver = target.driver()
     if driver is not None:
+        _require_run(target, wid, args.run_id, f"query {name!r}")
         info = target.api.describe(wid)
         if info.finished:
             raise WorkflowNotRunning(f"workflow {wid!r} has {info.status}; a finished run answers "
@@ -297,12 +343,14 @@ def query(target: Target, args: argparse.Namespace, out: Any) -> int:
         raise QueryFailed(f"query {name!r} to workflow {wid!r}: no worker drives {target.where}, "
                           "so no run is live to answer; start `aion-green worker MODULE --http "
                           "HOST:PORT` and ask through it")
-    answer = target.api.query(wid, name, *values, timeout=args.timeout)
+    answer = target.api.query(wid, name, *values, timeout=args.timeout, **_run_kw(args))
     out.emit({"workflow_id": wid, "name": name, "answer": answer}, json.dumps(answer))
     return 0
 
 
 def result(target: Target, args: argparse.Namespace, out: Any) -> int:
+    if args.run_id is not None:
+        return _result_of_run(target, args.workflow_id, args.run_id, args.timeout, out)
     info = target.api.describe(args.workflow_id)
     if not info.finished:
         out.progress(f"waiting for {args.workflow_id} ({info.workflow_type}) to end")

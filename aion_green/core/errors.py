@@ -207,6 +207,20 @@ class WorkflowFailed(AionError):
         super().__init__(f"workflow {workflow_id!r} failed: {self.error_type}: {self.message}")
 
 
+class WorkflowContinuedAsNew(AionError):
+    """That run of the workflow continued as new: it has no result of its
+    own; ``next_run_id`` names the run it became. Raised by ``result(id,
+    run_id=...)`` for an earlier run of a chain (``result(id)`` waits for
+    the chain's end instead)."""
+
+    def __init__(self, workflow_id: str, run_id: str, next_run_id: Optional[str]) -> None:
+        self.workflow_id = workflow_id
+        self.run_id = run_id
+        self.next_run_id = next_run_id
+        super().__init__(f"run {run_id!r} of workflow {workflow_id!r} continued as new "
+                         f"(as run {next_run_id!r}); it has no result of its own")
+
+
 class Cancelled(BaseException):
     """Raised in a workflow at its current or next wait once a cancel was
     requested (``engine.cancel``). A ``BaseException``, so ``except

@@ -33,6 +33,7 @@ from aion_green.core.errors import (
     EngineClosed,
     QueryFailed,
     Timeout,
+    WorkflowContinuedAsNew,
     WorkflowIdConflict,
     WorkflowNotFound,
     WorkflowNotRegistered,
@@ -52,11 +53,16 @@ _allocate_lock = monkey.get_original("_thread", "allocate_lock")
 
 
 class WorkflowHandle:
-    """A started (or existing) workflow run, by id."""
+    """A started (or existing) workflow, by id. ``run_id`` is the run that
+    ``start`` created or found (None from ``handle(id)``); the methods follow
+    the workflow to its last run, as a chain that continued as new goes on
+    under the same id: ``engine.result(id, run_id=handle.run_id)`` asks for
+    that run alone."""
 
-    def __init__(self, engine: "Engine", workflow_id: str) -> None:
+    def __init__(self, engine: "Engine", workflow_id: str, run_id: Optional[str] = None) -> None:
         self.engine = engine
         self.workflow_id = workflow_id
+        self.run_id = run_id
 
     def result(self, timeout: Optional[float] = None) -> Any:
         return self.engine.result(self.workflow_id, timeout=timeout)
@@ -303,17 +309,18 @@ class Engine:
                 f"{tuple(info.args)!r}; it cannot be started again as {wname}"
                 f"{tuple(json.loads(args_json))!r}. Use another id for different work"
             )
-        return WorkflowHandle(self, wid)
+        return WorkflowHandle(self, wid, info.run_id)
 
     def signal(self, workflow_id: str, name: str, payload: Any = None, *,
-               idempotency_key: Optional[str] = None) -> int:
+               idempotency_key: Optional[str] = None, run_id: Optional[str] = None) -> int:
         """Send message ``name`` with a JSON ``payload`` to a workflow; it is
         recorded in the workflow's history (``MessageReceived``) before this
         returns, and kept until the workflow receives it. Returns its seq.
 
         With ``idempotency_key``, a repeated signal (a retry after a lost
         reply, say) is recorded once. A finished run refuses it with
-        :class:`WorkflowNotRunning` and nothing is recorded."""
+        :class:`WorkflowNotRunning` and nothing is recorded; so does a
+        ``run_id`` that is not the workflow's current run."""
         ev.check_key(workflow_id, "the workflow id")
         ev.check_key(name, "the message name")
         if idempotency_key is not None:
@@ -321,6 +328,7 @@ class Engine:
         value = ev.roundtrip(payload, f"the payload of message {name!r}")
         self._ensure_started()
         epoch = self._epoch
+        self._require_current(workflow_id, run_id, f"message {name!r}")
         dedup = None if idempotency_key is None else f"signal/{idempotency_key}"
         if not epoch.sharing.driving or (epoch.leased and workflow_id not in epoch.recorders):
             data: dict[str, Any] = {"name": name, "payload": value}
@@ -331,7 +339,7 @@ class Engine:
         epoch.routing.route_message(workflow_id, name, value, time.time(), dedup, future_done(future))
         return int(epoch.routing.await_recorded(future, f"message {name!r} to workflow {workflow_id!r}"))
 
-    def terminate(self, workflow_id: str, reason: str = "") -> None:
+    def terminate(self, workflow_id: str, reason: str = "", *, run_id: Optional[str] = None) -> None:
         """End a running run now, without cleanup: ``WorkflowCancelled``
         (error type ``Terminated``) is recorded before this returns, no code
         of the workflow runs again, and nothing of it is recorded after.
@@ -343,9 +351,10 @@ class Engine:
         if not isinstance(reason, str):
             raise ConfigurationError(f"a terminate reason must be a string, got {reason!r}")
         self._ensure_started()
+        self._require_current(workflow_id, run_id, "terminate")
         self._epoch.termination.terminate(workflow_id, reason)
 
-    def cancel(self, workflow_id: str, reason: str = "") -> None:
+    def cancel(self, workflow_id: str, reason: str = "", *, run_id: Optional[str] = None) -> None:
         """Request cancellation: ``CancelRequested`` is recorded before this
         returns; the workflow sees :class:`aion.Cancelled` at its current or
         next wait, may clean up (even run steps), and ends
@@ -356,6 +365,7 @@ class Engine:
             raise ConfigurationError(f"a cancel reason is a string, got {type(reason).__name__}")
         self._ensure_started()
         epoch = self._epoch
+        self._require_current(workflow_id, run_id, "the cancel request")
         future = Future()
         if epoch.sharing.driving and not (epoch.leased and workflow_id not in epoch.recorders):
             epoch.routing.route_cancel(workflow_id, reason, future_done(future))
@@ -391,7 +401,8 @@ class Engine:
             except WorkflowNotRunning:
                 pass
 
-    def query(self, workflow_id: str, name: str, *args: Any, timeout: float = 10.0) -> Any:
+    def query(self, workflow_id: str, name: str, *args: Any, timeout: float = 10.0,
+              run_id: Optional[str] = None) -> Any:
         """Ask a live run: ``handler(*args)`` of its ``ctx.set_query(name,
         handler)``, answered while it waits; never recorded. Raises
         :class:`QueryFailed` (the handler raised, the name is unknown, the run
@@ -401,6 +412,7 @@ class Engine:
         ev.check_key(name, "the query name")
         self._ensure_started()
         epoch = self._epoch
+        self._require_current(workflow_id, run_id, f"query {name!r}")
         if not epoch.sharing.driving:
             raise QueryFailed(
                 f"query {name!r} to workflow {workflow_id!r}: the runs of {self._store_name()} are "
@@ -448,19 +460,32 @@ class Engine:
     def handle(self, workflow_id: str) -> WorkflowHandle:
         return WorkflowHandle(self, workflow_id)
 
-    def result(self, workflow_id: str, timeout: Optional[float] = None) -> Any:
-        """Wait for the run's end; return its result or raise
-        :class:`WorkflowFailed` (or :class:`Timeout` when ``timeout`` passes)."""
+    def result(self, workflow_id: str, timeout: Optional[float] = None, *,
+               run_id: Optional[str] = None) -> Any:
+        """Wait for the workflow's end (the last run of a chain that
+        continued as new); return its result or raise
+        :class:`WorkflowFailed` (or :class:`Timeout` when ``timeout`` passes).
+        With ``run_id``, that run's end: an earlier run of a chain raises
+        :class:`WorkflowContinuedAsNew`."""
         ev.check_key(workflow_id, "the workflow id")
         if timeout is not None and not timeout >= 0:
             raise ConfigurationError(f"result(timeout={timeout!r}): a timeout is a number of "
                                      "seconds, 0 or more (None waits for ever)")
+        if run_id is not None:
+            ev.check_key(run_id, "result(run_id=...)")
         self._ensure_started()
+        if run_id is not None:
+            return self._result_of_run(workflow_id, run_id, timeout)
+        return outcome(workflow_id, self._wait_end(workflow_id, timeout))
+
+    def _wait_end(self, workflow_id: str, timeout: Optional[float]) -> RunInfo:
+        """The RunInfo of the workflow's end, once recorded (the last run of
+        its chain); :class:`Timeout` after ``timeout`` seconds."""
         epoch = self._epoch
         # Lately ended: answered without a crossing to the hub (runtime/rewind.py forgets a resumed id).
         info: Optional[RunInfo] = epoch.recently_finished.get(workflow_id)
         if info is not None:
-            return outcome(workflow_id, info)
+            return info
         future = Future()
         epoch.hub.call_soon(epoch.runner.register_waiter, workflow_id, future)
         deadline = None if timeout is None else _clock.monotonic() + timeout
@@ -478,25 +503,91 @@ class Engine:
                     raise WorkflowNotFound(
                         f"no workflow with id {workflow_id!r} in {self._store_name()}")
                 if info.finished:
-                    return outcome(workflow_id, info)
+                    return info
                 raise Timeout(
                     f"workflow {workflow_id!r} did not finish within {timeout} s; "
                     "it goes on running: call result() again to keep waiting"
                 )
             if not future.wait(1.0 if left is None else min(left, 1.0)) and self._closed:
                 future.set_exception(_closed_while_waiting())
-        return outcome(workflow_id, future.result())
+        end: RunInfo = future.result()
+        return end
 
-    def describe(self, workflow_id: str) -> RunInfo:
-        """What the store knows of the run; for a running run that this
-        engine cannot drive, ``unrunnable`` says why (its type unknown here,
-        its history unreadable)."""
-        ev.check_key(workflow_id, "the workflow id")
-        self._ensure_started()
-        epoch = self._epoch
-        info = self._call_store(epoch.store.get_run, workflow_id)
+    def _result_of_run(self, workflow_id: str, run_id: str, timeout: Optional[float]) -> Any:
+        """``result(id, run_id=...)``: the end of that run alone."""
+        deadline = None if timeout is None else _clock.monotonic() + timeout
+        while True:
+            info = self._run_of(workflow_id, run_id)
+            if info.finished:
+                return _run_outcome(info)
+            left = None if deadline is None else deadline - _clock.monotonic()
+            if left is not None and left <= 0:
+                raise Timeout(f"run {run_id!r} of workflow {workflow_id!r} did not finish within "
+                              f"{timeout} s; it goes on running: call result() again to keep "
+                              "waiting")
+            try:
+                # In slices: should the run continue as new, the wait for
+                # the chain's end would outlast it (the loop reads it again).
+                end = self._wait_end(workflow_id, 1.0 if left is None else min(left, 1.0))
+            except Timeout:
+                continue
+            if end.run_id == run_id:
+                return _run_outcome(end)
+
+    def _run_of(self, workflow_id: str, run_id: Optional[str]) -> RunInfo:
+        """Run ``run_id`` of the workflow (None: its current run): the run
+        row, or an earlier run of its chain read back from its archived
+        history. :class:`WorkflowNotFound` for an unknown id or run."""
+        info = self._call_store(self._epoch.store.get_run, workflow_id)
         if info is None:
             raise WorkflowNotFound(f"no workflow with id {workflow_id!r} in {self._store_name()}")
+        if run_id is None or run_id == info.run_id:
+            return info
+        events = self._call_store(self._epoch.store.read, workflow_id, 0, None, run_id)
+        if not events:
+            raise WorkflowNotFound(
+                f"workflow {workflow_id!r} has no run {run_id!r} in {self._store_name()} (its "
+                f"current run is {info.run_id!r})")
+        first, last = events[0], events[-1]
+        status = ev.STATUS_OF_TERMINAL.get(last.type, ev.RUNNING)
+        return RunInfo(
+            workflow_id, run_id, first.data.get("workflow_type", info.workflow_type), status,
+            first.data.get("args", []),
+            last.data.get("result") if status == ev.COMPLETED else None,
+            last.data.get("error") if status in (ev.FAILED, ev.CANCELLED) else None,
+            last.seq, first.at, last.at,
+            next_run_id=last.data.get("run_id") if status == ev.CONTINUED else None)
+
+    def _require_current(self, workflow_id: str, run_id: Optional[str], what: str) -> None:
+        """A request that names run ``run_id`` is for the workflow's current
+        run: refused (:class:`WorkflowNotRunning`) before anything is
+        recorded when that run is an earlier one, not found when unknown."""
+        if run_id is None:
+            return
+        ev.check_key(run_id, "the run id")
+        current = self._call_store(self._epoch.store.get_run, workflow_id)
+        if current is None or current.run_id == run_id:
+            return  # (an unknown id is refused by the request itself, as without a run id)
+        earlier = self._run_of(workflow_id, run_id)  # WorkflowNotFound for a run never seen
+        raise WorkflowNotRunning(
+            f"{what} for run {run_id!r} of workflow {workflow_id!r}: that run "
+            f"{'continued as new' if earlier.status == ev.CONTINUED else 'ended'}; the current "
+            f"run is {current.run_id!r}. Nothing was recorded")
+
+    def describe(self, workflow_id: str, *, run_id: Optional[str] = None) -> RunInfo:
+        """What the store knows of the run; for a running run that this
+        engine cannot drive, ``unrunnable`` says why (its type unknown here,
+        its history unreadable). With ``run_id``, that run of the workflow:
+        an earlier run of a chain that continued as new has the status
+        ``continued`` and names the next run (``next_run_id``)."""
+        ev.check_key(workflow_id, "the workflow id")
+        if run_id is not None:
+            ev.check_key(run_id, "describe(run_id=...)")
+        self._ensure_started()
+        epoch = self._epoch
+        info = self._run_of(workflow_id, run_id)
+        if run_id is not None and info.finished:
+            return info
         why = epoch.unrunnable.get(workflow_id)
         if why is None and epoch.leased and not info.finished:
             why = self._unrunnable_on_postgres(info)
@@ -612,6 +703,13 @@ class Engine:
         writer's store; the reader's own instance runs it)."""
         epoch = self._epoch
         return epoch.reader.call(getattr(epoch.reader.store, fn.__name__), *args).result()
+
+def _run_outcome(info: RunInfo) -> Any:
+    """What ``result(id, run_id=...)`` gives for a finished run."""
+    if info.status == ev.CONTINUED:
+        raise WorkflowContinuedAsNew(info.workflow_id, info.run_id, info.next_run_id)
+    return outcome(info.workflow_id, info)
+
 
 def _count(value: Any, what: str, least: int) -> None:
     """A whole number a store can hold (a signed 64-bit integer), at least

@@ -34,11 +34,14 @@ _FIRST_BACKOFF = 0.05
 
 
 class RemoteHandle:
-    """A workflow run reached through the API, by id (as ``WorkflowHandle``)."""
+    """A workflow reached through the API, by id (as ``WorkflowHandle``:
+    ``run_id`` is the run ``start`` created or found; the methods follow the
+    workflow to its last run)."""
 
-    def __init__(self, client: "Client", workflow_id: str) -> None:
+    def __init__(self, client: "Client", workflow_id: str, run_id: Optional[str] = None) -> None:
         self.engine = client
         self.workflow_id = workflow_id
+        self.run_id = run_id
 
     def result(self, timeout: Optional[float] = None) -> Any:
         return self.engine.result(self.workflow_id, timeout=timeout)
@@ -82,32 +85,37 @@ class Client:
         if id is not None:
             body["id"] = id
         reply = self._call("POST", "/v1/workflows", body=body)
-        return RemoteHandle(self, reply["workflow_id"])
+        return RemoteHandle(self, reply["workflow_id"], reply.get("run_id"))
 
     def handle(self, workflow_id: str) -> RemoteHandle:
         return RemoteHandle(self, workflow_id)
 
     def signal(self, workflow_id: str, name: str, payload: Any = None, *,
-               idempotency_key: Optional[str] = None) -> int:
+               idempotency_key: Optional[str] = None, run_id: Optional[str] = None) -> int:
         body: dict[str, Any] = {"payload": payload}
         if idempotency_key is not None:
             body["idempotency_key"] = idempotency_key
+        _name_run(body, run_id)
         return int(self._call("POST", *_route(workflow_id, "signals", name), body=body)["seq"])
 
-    def cancel(self, workflow_id: str, reason: str = "") -> None:
-        self._call("POST", *_route(workflow_id, "cancel"), body={"reason": reason})
+    def cancel(self, workflow_id: str, reason: str = "", *, run_id: Optional[str] = None) -> None:
+        self._call("POST", *_route(workflow_id, "cancel"),
+                   body=_name_run({"reason": reason}, run_id))
 
-    def terminate(self, workflow_id: str, reason: str = "") -> None:
+    def terminate(self, workflow_id: str, reason: str = "", *,
+                  run_id: Optional[str] = None) -> None:
         """End the run now, without cleanup (``Engine.terminate``)."""
-        self._call("POST", *_route(workflow_id, "terminate"), body={"reason": reason})
+        self._call("POST", *_route(workflow_id, "terminate"),
+                   body=_name_run({"reason": reason}, run_id))
 
-    def query(self, workflow_id: str, name: str, *args: Any, timeout: float = 10.0) -> Any:
+    def query(self, workflow_id: str, name: str, *args: Any, timeout: float = 10.0,
+              run_id: Optional[str] = None) -> Any:
         return self._call("POST", *_route(workflow_id, "queries", name),
-                          body={"args": list(args), "timeout": timeout},
+                          body=_name_run({"args": list(args), "timeout": timeout}, run_id),
                           read_timeout=timeout + self.timeout)["answer"]
 
     def result(self, workflow_id: str, timeout: Optional[float] = None,
-               give_up_after: float = 60.0) -> Any:
+               give_up_after: float = 60.0, *, run_id: Optional[str] = None) -> Any:
         """Wait for the run's end, asking the server in slices. A server that
         is stopping (503) or gone is asked again, backing off, until the
         timeout, or for ``give_up_after`` seconds without an answer."""
@@ -117,8 +125,9 @@ class Client:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             ask = self.wait_slice if left is None else min(left, self.wait_slice)
             try:
-                reply = self._call("GET", *_route(workflow_id, "result", timeout=ask),
-                                   read_timeout=ask + self.timeout)
+                path, query = _route(workflow_id, "result", timeout=ask)
+                _name_run(query, run_id)
+                reply = self._call("GET", path, query, read_timeout=ask + self.timeout)
                 return reply["result"]
             except errors.Timeout:
                 delay, heard = _FIRST_BACKOFF, time.monotonic()
@@ -135,8 +144,9 @@ class Client:
                 time.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
 
-    def describe(self, workflow_id: str) -> RunInfo:
-        return run_from_json(self._call("GET", *_route(workflow_id)))
+    def describe(self, workflow_id: str, *, run_id: Optional[str] = None) -> RunInfo:
+        path, query = _route(workflow_id)
+        return run_from_json(self._call("GET", path, _name_run(query, run_id)))
 
     def list(self, status: Optional[str] = None,
              workflow_type: Union[None, str, Callable[..., Any]] = None,
@@ -297,11 +307,21 @@ def _route(workflow_id: str, action: Optional[str] = None, name: Optional[str] =
     return "/v1/workflows" + ("" if action is None else "/" + action), query
 
 
+def _name_run(fields: dict[str, Any], run_id: Optional[str]) -> dict[str, Any]:
+    """``fields`` with ``run_id`` when a request names a run."""
+    if run_id is not None:
+        fields["run_id"] = run_id
+    return fields
+
+
 def _error_from(status: int, reply: Any) -> errors.AionError:
     error = reply.get("error") if isinstance(reply, dict) else None
     if not isinstance(error, dict):
         return errors.InternalError(f"the API answered HTTP {status} without an error body")
     code, message = error.get("code", "internal"), error.get("message", "")
+    if code == "continued_as_new":
+        return errors.WorkflowContinuedAsNew(error.get("workflow_id", ""), error.get("run_id", ""),
+                                             error.get("next_run_id"))
     if code in ("workflow_failed", "cancelled"):
         cls = errors.WorkflowCancelled if code == "cancelled" else errors.WorkflowFailed
         return cls(error.get("workflow_id", ""), error.get("detail") or {})

@@ -20,6 +20,7 @@ ERRORS: dict[str, tuple[int, type[errors.AionError]]] = {
     "not_running": (409, errors.WorkflowNotRunning),
     "workflow_failed": (409, errors.WorkflowFailed),
     "cancelled": (409, errors.WorkflowCancelled),
+    "continued_as_new": (409, errors.WorkflowContinuedAsNew),
     "too_large": (413, errors.ConfigurationError),
     "query_failed": (422, errors.QueryFailed),
     "internal": (500, errors.InternalError),
@@ -30,6 +31,8 @@ ERRORS: dict[str, tuple[int, type[errors.AionError]]] = {
 
 def code_of(error: BaseException) -> str:
     """The API's code for an error raised by the engine or by bad input."""
+    if isinstance(error, errors.WorkflowContinuedAsNew):
+        return "continued_as_new"
     if isinstance(error, errors.WorkflowCancelled):
         return "cancelled"
     if isinstance(error, errors.WorkflowFailed):
@@ -68,6 +71,8 @@ def run_to_json(info: RunInfo) -> dict[str, Any]:
            "created_at": info.created_at, "updated_at": info.updated_at}
     if info.unrunnable is not None:
         doc["unrunnable"] = info.unrunnable
+    if info.next_run_id is not None:
+        doc["next_run_id"] = info.next_run_id
     if info.steps_running:
         doc["steps_running"] = [{"step": s.step, "name": s.name, "attempt": s.attempt,
                                  "since": s.since} for s in info.steps_running]
@@ -77,7 +82,8 @@ def run_to_json(info: RunInfo) -> dict[str, Any]:
 def run_from_json(obj: dict[str, Any]) -> RunInfo:
     return RunInfo(obj["workflow_id"], obj["run_id"], obj["workflow_type"], obj["status"],
                    obj["args"], obj.get("result"), obj.get("error"), obj["head_seq"],
-                   obj["created_at"], obj["updated_at"], unrunnable=obj.get("unrunnable"))
+                   obj["created_at"], obj["updated_at"], unrunnable=obj.get("unrunnable"),
+                   next_run_id=obj.get("next_run_id"))
 
 
 def event_to_json(event: Event) -> dict[str, Any]:

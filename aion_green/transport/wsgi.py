@@ -10,20 +10,30 @@ Routes (ids are percent-encoded UTF-8 path segments; a workflow id may hold "/")
 =======  ===========================================  ==========================================
 GET      /healthz                                     ``{"ok": true}``, never authenticated
 POST     /v1/workflows                                start: ``{"workflow", "args", "id"}``; the
-                                                      ``Idempotency-Key`` header may give the id
+                                                      ``Idempotency-Key`` header may give the id;
+                                                      answers ``{"workflow_id", "run_id"}``
 GET      /v1/workflows?status=&type=&limit=&after=    list, a page: ``{"runs", "next"}``
-GET      /v1/workflows/ID                             describe
-GET      /v1/workflows/ID/result?timeout=S            wait for the end (at most ``max_wait``)
+GET      /v1/workflows/ID?run_id=                     describe (an earlier run of a chain:
+                                                      status ``continued``, ``next_run_id``)
+GET      /v1/workflows/ID/result?timeout=S&run_id=    wait for the end (at most ``max_wait``);
+                                                      an earlier run: 409 ``continued_as_new``
 GET      /v1/workflows/ID/history?after=&run_id=      the recorded events, a page (``&limit=``):
                                                       ``{"events", "next"}``
 GET      /v1/workflows/ID/events?after=&run_id=       the events as a stream (server-sent
                                                       events, resumable with ``Last-Event-ID``;
                                                       an ``end`` frame once the run has ended)
-POST     /v1/workflows/ID/signals/NAME                ``{"payload", "idempotency_key"}``
-POST     /v1/workflows/ID/queries/NAME                ``{"args", "timeout"}``
-POST     /v1/workflows/ID/cancel                      ``{"reason"}``
-POST     /v1/workflows/ID/terminate                   ``{"reason"}``: ends it now, no cleanup
+POST     /v1/workflows/ID/signals/NAME                ``{"payload", "idempotency_key", "run_id"}``
+POST     /v1/workflows/ID/queries/NAME                ``{"args", "timeout", "run_id"}``
+POST     /v1/workflows/ID/cancel                      ``{"reason", "run_id"}``
+POST     /v1/workflows/ID/terminate                   ``{"reason", "run_id"}``: ends it now, no
+                                                      cleanup
 =======  ===========================================  ==========================================
+
+Run identity: a workflow id names a chain of runs (``continue_as_new``
+begins the next one under the same id); without ``run_id`` a request is for
+the current run (``result`` waits for the chain's end). A signal, query,
+cancel or terminate naming a run that is not the current one is refused
+before anything is recorded: 409 ``not_running``; an unknown run is 404.
 
 Every route of one run also takes its id in the query string instead,
 ``/v1/workflows[/ACTION]?workflow_id=ID`` (signals and queries with
@@ -58,6 +68,7 @@ from aion_green.core.errors import (
     StoreUnavailable,
     WorkflowArgumentsInvalid,
     WorkflowCancelled,
+    WorkflowContinuedAsNew,
     WorkflowFailed,
 )
 from aion_green.transport.codec import ERRORS, code_of, event_to_json, public_error, run_to_json
@@ -133,6 +144,10 @@ class WSGIApp:
             return self._route(method, segments, environ, start_response)
         except _Reply as reply:
             return _error(start_response, reply.code, self._public(reply.message), **reply.extra)
+        except WorkflowContinuedAsNew as continued:
+            return _error(start_response, code_of(continued), str(continued),
+                          workflow_id=continued.workflow_id, run_id=continued.run_id,
+                          next_run_id=continued.next_run_id)
         except (WorkflowCancelled, WorkflowFailed) as failure:
             return _error(start_response, code_of(failure), str(failure),
                           workflow_id=failure.workflow_id, detail=public_error(failure.error))
@@ -219,10 +234,12 @@ class WSGIApp:
             raise _not_allowed(method, expected)
         named = {"workflow_id", "name"} if by_query else set()
         if action is None:
-            _query(params, named)
-            return _reply(start_response, 200, run_to_json(self.engine.describe(wid)))
+            query = _query(params, named | {"run_id"})
+            return _reply(start_response, 200, run_to_json(
+                self.engine.describe(wid, run_id=_run_id(query.get("run_id")))))
         if action == "result":
-            return _reply(start_response, 200, self._result(wid, _query(params, named | {"timeout"})))
+            return _reply(start_response, 200,
+                          self._result(wid, _query(params, named | {"timeout", "run_id"})))
         if action == "history":
             return _reply(start_response, 200,
                           self._history(wid, _query(params, named | {"after", "run_id", "limit"})))
@@ -231,23 +248,24 @@ class WSGIApp:
                                 start_response)
         _query(params, named)
         if action == "cancel":
-            body = self._body(environ, {"reason"})
-            self.engine.cancel(wid, _str(body, "reason", ""))
+            body = self._body(environ, {"reason", "run_id"})
+            self.engine.cancel(wid, _str(body, "reason", ""), **_run_kw(body))
             return _reply(start_response, 200, {"workflow_id": wid, "cancel_requested": True})
         if action == "terminate":
-            body = _body(environ, self.max_body, {"reason"})
-            self.engine.terminate(wid, _str(body, "reason", ""))
+            body = self._body(environ, {"reason", "run_id"})
+            self.engine.terminate(wid, _str(body, "reason", ""), **_run_kw(body))
             return _reply(start_response, 200, {"workflow_id": wid, "terminated": True})
         assert name is not None
         if action == "signals":
-            body = self._body(environ, {"payload", "idempotency_key"})
+            body = self._body(environ, {"payload", "idempotency_key", "run_id"})
             key = _str(body, "idempotency_key", None) or _header(environ, "HTTP_IDEMPOTENCY_KEY")
-            seq = self.engine.signal(wid, name, body.get("payload"), idempotency_key=key)
+            seq = self.engine.signal(wid, name, body.get("payload"), idempotency_key=key,
+                                     **_run_kw(body))
             return _reply(start_response, 200, {"workflow_id": wid, "seq": seq})
-        body = self._body(environ, {"args", "timeout"})
+        body = self._body(environ, {"args", "timeout", "run_id"})
         args = _list(body, "args")
         timeout = min(_number(body, "timeout", 10.0), self.max_wait)
-        answer = self.engine.query(wid, name, *args, timeout=timeout)
+        answer = self.engine.query(wid, name, *args, timeout=timeout, **_run_kw(body))
         return _reply(start_response, 200, {"workflow_id": wid, "answer": answer})
 
     # -- handlers --------------------------------------------------------------------------
@@ -272,7 +290,7 @@ class WSGIApp:
             handle = self.engine.start(workflow, *args, id=wid or key)
         except WorkflowArgumentsInvalid as exc:
             raise _Reply("invalid_argument", str(exc), field="args") from None
-        return {"workflow_id": handle.workflow_id}
+        return {"workflow_id": handle.workflow_id, "run_id": handle.run_id}
 
     def _list(self, params: dict[str, str]) -> dict[str, Any]:
         query = _query(params, {"status", "type", "limit", "after"})
@@ -286,8 +304,12 @@ class WSGIApp:
 
     def _result(self, wid: str, query: dict[str, str]) -> dict[str, Any]:
         timeout = min(_number(query, "timeout", self.max_wait), self.max_wait)
-        result = self.engine.result(wid, timeout=timeout)
-        return {"workflow_id": wid, "status": ev.COMPLETED, "result": result}
+        run_id = _run_id(query.get("run_id"))
+        if run_id is None:
+            result = self.engine.result(wid, timeout=timeout)
+            return {"workflow_id": wid, "status": ev.COMPLETED, "result": result}
+        result = self.engine.result(wid, timeout=timeout, run_id=run_id)
+        return {"workflow_id": wid, "run_id": run_id, "status": ev.COMPLETED, "result": result}
 
     def _history(self, wid: str, query: dict[str, str]) -> dict[str, Any]:
         after = _int(query, "after", 0)
@@ -600,6 +622,23 @@ def _reply(start_response: StartResponse, status: int, body: Any,
     start_response(f"{status} {_REASONS.get(status, 'OK')}",
                    _JSON + [("Content-Length", str(len(data)))] + (headers or []))
     return [data]
+
+
+def _run_id(value: Any) -> Optional[str]:
+    """A run id a request names: a non-empty string, or absent."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _Reply("invalid_argument", f"'run_id' must be a run id (a non-empty string), "
+                     f"got {value!r}", field="run_id")
+    _text(value, "'run_id'")
+    return value
+
+
+def _run_kw(body: dict[str, Any]) -> dict[str, Any]:
+    """``run_id=...`` for the engine call, when the body names a run."""
+    run_id = _run_id(body.get("run_id"))
+    return {} if run_id is None else {"run_id": run_id}
 
 
 def _error(start_response: StartResponse, code: str, message: str, **extra: Any) -> list[bytes]:

@@ -232,7 +232,9 @@ def test_start_signal_query_and_result_through_the_store_and_the_http_api(worker
     db, http = worker.url, worker.http
     assert cli(db, "start", "cliops.counter", "10", "--id", "c1").stdout == "c1\n"
     again = json.loads(cli(db, "start", "cliops.counter", "10", "--id", "c1", "--json").stdout)
-    assert again == {"workflow_id": "c1", "queued": False}  # idempotent by id
+    # Idempotent by id: the same run.
+    assert again == {"workflow_id": "c1", "run_id": again["run_id"], "queued": False}
+    assert again["run_id"] == json.loads(cli(db, "show", "c1", "--json").stdout)["run"]["run_id"]
     assert "recorded in c1 at seq 2" in cli(db, "signal", "c1", "add", "5").stdout
     # A SQLite client cannot reach the live run: it says where to ask.
     refused = cli(db, "query", "c1", "total", rc=6)

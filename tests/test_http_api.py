@@ -137,10 +137,11 @@ def test_good_input_on_every_endpoint(api):
     engine, app = api
     status, _, reply = call(app, "POST", "/v1/workflows", {"workflow": "api.greet", "args": ["ann"]},
                             headers={"HTTP_IDEMPOTENCY_KEY": "order-1"})
-    assert (status, reply) == (200, {"workflow_id": "order-1"})
+    assert (status, reply) == (200, {"workflow_id": "order-1",
+                                     "run_id": engine.describe("order-1").run_id})
     # The same key again is the same run (idempotent), not a second one.
     assert call(app, "POST", "/v1/workflows", {"workflow": "api.greet", "args": ["ann"]},
-                headers={"HTTP_IDEMPOTENCY_KEY": "order-1"})[2] == {"workflow_id": "order-1"}
+                headers={"HTTP_IDEMPOTENCY_KEY": "order-1"})[2] == reply
     assert call(app, "GET", "/v1/workflows/order-1")[2]["status"] == "running"
     wait_until(lambda: ev.TIMER_STARTED in [e.type for e in engine.history("order-1")])
     assert call(app, "POST", "/v1/workflows/order-1/queries/who", {"timeout": 5})[2]["answer"] == "ann"
@@ -241,7 +242,8 @@ def test_the_event_stream_resumes_after_a_cut_without_gaps_or_duplicates(served)
     client = Client(f"http://127.0.0.1:{port}", token=TOKEN)
     client.start("api.greet", "ann", id="s1")
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("GET", "/v1/workflows/s1/events", headers={"Authorization": f"Bearer {TOKEN}"})
+    conn.request("GET", "/v1/workflows/s1/events?after=0",
+                 headers={"Authorization": f"Bearer {TOKEN}"})
     response = conn.getresponse()
     assert response.status == 200
     assert response.getheader("Content-Type").startswith("text/event-stream")

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from socketserver import ThreadingMixIn
 from urllib.parse import quote, urlencode
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -182,7 +183,7 @@ def test_an_idempotency_key_header_in_utf8_is_the_id(server):
     body = json.dumps({"workflow": "wire.echo", "args": [1]})
     status, _, reply = raw(server.port, "POST", "/v1/workflows", body=body,
                            headers={"Idempotency-Key": "clé-1".encode()})
-    assert (status, reply) == (200, {"workflow_id": "clé-1"})
+    assert status == 200 and reply["workflow_id"] == "clé-1" and reply["run_id"]
     status, _, reply = raw(server.port, "POST", "/v1/workflows", body=body,
                            headers={"Idempotency-Key": b"\xff-key"})
     assert status == 400 and "Idempotency-Key header is not valid UTF-8" in reply["error"]["message"]
@@ -335,15 +336,23 @@ def test_a_stream_of_a_finished_run_ends_after_its_last_event(server):
     history = client.history("done")
     last = history[-1].seq
     run_id = client.describe("done").run_id
-    status, frames = read_stream(server.port, "/v1/workflows/done/events")
+    status, frames = read_stream(server.port, "/v1/workflows/done/events?after=0")
     assert status == 200
     assert [kind for kind, _ in frames] == ["run", *[e.type for e in history], "end"]
     for target, headers in [(f"/v1/workflows/done/events?after={last}", {}),
-                            (f"/v1/workflows/done/events?after={last + 50}", {}),
-                            ("/v1/workflows/done/events", {"Last-Event-ID": str(last)}),
-                            (f"/v1/workflows/done/events?run_id={run_id}", {"Last-Event-ID": str(last + 9)})]:
+                            ("/v1/workflows/done/events", {}),  # a live tail of an ended run
+                            ("/v1/workflows/done/events", {"Last-Event-ID": str(last)})]:
         status, frames = read_stream(server.port, target, headers, timeout=5)
         assert (status, [kind for kind, _ in frames]) == (200, ["run", "end"]), (target, headers)
+    # A cursor past the run's last event (or below 0) names no event of it: a 400.
+    for target, headers, field in [
+            (f"/v1/workflows/done/events?after={last + 50}", {}, "after"),
+            (f"/v1/workflows/done/events?run_id={run_id}", {"Last-Event-ID": str(last + 9)},
+             "Last-Event-ID"),
+            ("/v1/workflows/done/events?after=-1", {}, "after")]:
+        status, _, reply = raw(server.port, "GET", target, headers=headers)
+        assert status == 400 and reply["error"]["code"] == "invalid_argument", (target, reply)
+        assert field in reply["error"]["message"]
     got = []
     finished = threading.Event()
 
@@ -357,6 +366,32 @@ def test_a_stream_of_a_finished_run_ends_after_its_last_event(server):
 
 
 # -- 4. histories a page at a time ------------------------------------------------------------
+def test_a_stream_without_a_cursor_is_a_live_tail(server):
+    """No cursor: the events recorded after the attach, not the run's past;
+    after=0 gives the past too."""
+    client = Client(server.url, token=TOKEN)
+    client.start("wire.inbox", "ping", id="tail")
+    wait_until(lambda: any(e.type == "TimerStarted" for e in client.history("tail")),
+               what="the run to wait for its message")
+    head = client.history("tail")[-1].seq
+    got = []
+
+    def tail():
+        for event in client.events("tail", after_seq=None):
+            got.append(event)
+
+    reader = threading.Thread(target=tail, daemon=True)
+    reader.start()
+    time.sleep(0.5)  # the stream is attached
+    client.signal("tail", "ping", "pong")
+    assert client.result("tail", timeout=10) == "pong"
+    reader.join(10)
+    assert got and got[0].seq == head + 1, [(e.seq, e.type) for e in got]
+    assert got[-1].type == "WorkflowCompleted"
+    status, frames = read_stream(server.port, "/v1/workflows/tail/events?after=0")
+    assert [kind for kind, _ in frames][1:3] == ["WorkflowStarted", "TimerStarted"]
+
+
 def test_history_answers_a_page_with_a_next_cursor_and_refuses_a_limit_over_the_max(server):
     client = Client(server.url, token=TOKEN)
     client.start("wire.long", 30, id="long").result(timeout=30)
@@ -395,7 +430,7 @@ def test_a_request_holds_one_page_of_a_big_history(tmp_path_factory):
         assert [e.seq for e in events] == list(range(1, len(events) + 1)) and len(events) > 30
         status, _, page = raw(served.port, "GET", "/v1/workflows/big/history")
         assert (status, len(page["events"]), page["next"]) == (200, 7, 7)
-        status, frames = read_stream(served.port, "/v1/workflows/big/events")
+        status, frames = read_stream(served.port, "/v1/workflows/big/events?after=0")
         assert [kind for kind, _ in frames][1:-1] == [e.type for e in events]
         assert [e.seq for e in client.events("big", after_seq=3)] == [e.seq for e in events[3:]]
         assert reads and max(reads) <= 7, reads

@@ -175,9 +175,10 @@ class Client:
                 return events
             query["after"] = page["next"]
 
-    def events(self, workflow_id: str, after_seq: int = 0, reconnect: bool = True,
+    def events(self, workflow_id: str, after_seq: Optional[int] = 0, reconnect: bool = True,
                give_up_after: float = 60.0) -> Iterator[Event]:
-        """The run's events as they are recorded, until its end; with
+        """The run's events after seq ``after_seq`` (0: from the first; None:
+        those recorded from now on) as they are recorded, until its end; with
         ``reconnect``, a cut connection resumes after the last event seen
         (no gap, no duplicate). Reconnects back off (doubling, at most
         ``max_backoff`` seconds apart); after ``give_up_after`` seconds
@@ -262,9 +263,9 @@ class Client:
             raise _error_from(response.status, reply)
         return reply
 
-    def _stream(self, workflow_id: str, after_seq: int,
+    def _stream(self, workflow_id: str, after_seq: Optional[int],
                 run_id: Optional[str]) -> Iterator[tuple[str, Any]]:
-        query: dict[str, Any] = {"after": after_seq}
+        query: dict[str, Any] = {} if after_seq is None else {"after": after_seq}
         if run_id is not None:
             query["run_id"] = run_id
         path, query = _route(workflow_id, "events", **query)

@@ -20,8 +20,11 @@ GET      /v1/workflows/ID/result?timeout=S&run_id=    wait for the end (at most 
 GET      /v1/workflows/ID/history?after=&run_id=      the recorded events, a page (``&limit=``):
                                                       ``{"events", "next"}``
 GET      /v1/workflows/ID/events?after=&run_id=       the events as a stream (server-sent
-                                                      events, resumable with ``Last-Event-ID``;
-                                                      an ``end`` frame once the run has ended)
+                                                      events): no cursor, those recorded from
+                                                      now on; ``after=0`` from the first;
+                                                      ``Last-Event-ID`` resumes; a cursor past
+                                                      the run's last event is a 400; an
+                                                      ``end`` frame after the run's end
 POST     /v1/workflows/ID/signals/NAME                ``{"payload", "idempotency_key", "run_id"}``
 POST     /v1/workflows/ID/queries/NAME                ``{"args", "timeout", "run_id"}``
 POST     /v1/workflows/ID/cancel                      ``{"reason", "run_id"}``
@@ -342,13 +345,22 @@ class WSGIApp:
 
     def _stream(self, wid: str, query: dict[str, str], environ: dict[str, Any],
                 start_response: StartResponse) -> Iterable[bytes]:
-        after = _int(query, "after", 0)
-        last_id = environ.get("HTTP_LAST_EVENT_ID")
-        if last_id:
-            after = max(after, _int({"Last-Event-ID": last_id}, "Last-Event-ID", 0))
         # Before answering: an unknown workflow or run is a 404 in every form
         # of the request, not a stream that waits forever (issue 16).
         run_id = self._run_of(wid, query.get("run_id") or None)
+        head = self.engine.describe(wid, run_id=run_id).head_seq
+        last_id = environ.get("HTTP_LAST_EVENT_ID")
+        if last_id:  # a reconnect resumes after the last event it saw
+            after = _int({"Last-Event-ID": last_id}, "Last-Event-ID", 0)
+            what = "Last-Event-ID"
+        elif "after" in query:  # after=0: from the first event
+            after, what = _int(query, "after", 0), "after"
+        else:  # no cursor: a live tail, the events recorded from now on
+            after, what = head, ""
+        if what and not 0 <= after <= head:
+            raise _Reply("invalid_argument", f"{what}={after}: a cursor is a seq of this run, 0 "
+                         f"to its last recorded event ({head}); 0 streams from the first event, "
+                         "no cursor from now on", field=what)
         first = self.engine.history(wid, after, run_id, self.page)
         start_response("200 OK", [("Content-Type", "text/event-stream; charset=utf-8"),
                                   ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")])

@@ -9,6 +9,8 @@ Routes (ids are percent-encoded UTF-8 path segments; a workflow id may hold "/")
 
 =======  ===========================================  ==========================================
 GET      /healthz                                     ``{"ok": true}``, never authenticated
+GET      /v1/openapi.json                             this table as OpenAPI 3.1 (never
+                                                      authenticated; docs/http-api.md)
 POST     /v1/workflows                                start: ``{"workflow", "args", "id"}``; the
                                                       ``Idempotency-Key`` header may give the id;
                                                       answers ``{"workflow_id", "run_id"}``
@@ -142,7 +144,13 @@ class WSGIApp:
                 raise _Reply("unavailable", "this server is shutting down; nothing of this request "
                              "was done: send it again (to another server, or here once restarted)")
             if segments == ["healthz"]:
+                if method not in ("GET", "HEAD"):
+                    raise _not_allowed(method, "GET")
                 return _reply(start_response, 200, {"ok": True})
+            if segments == ["v1", "openapi.json"]:
+                if method != "GET":
+                    raise _not_allowed(method, "GET")
+                return _reply(start_response, 200, _openapi())
             self._authenticate(environ)
             return self._route(method, segments, environ, start_response)
         except _Reply as reply:
@@ -397,6 +405,17 @@ class WSGIApp:
                 batch = self.engine.history(wid, after, run_id, self.page)
             except (EngineClosed, StoreUnavailable):
                 return  # the answer has begun: a cut, which the client resumes after `after`
+
+
+_DOCUMENT: list[dict[str, Any]] = []
+
+
+def _openapi() -> dict[str, Any]:
+    if not _DOCUMENT:  # built once per process (a benign race: two equal builds)
+        from aion_green.transport.openapi import document
+
+        _DOCUMENT.append(document())
+    return _DOCUMENT[0]
 
 
 # The last frame of a stream: the run has ended and nothing follows (a

@@ -1,0 +1,312 @@
+"""The HTTP API described once: every route with its parameters, body,
+answer, errors and an example, as an OpenAPI 3.1 document (served at
+``GET /v1/openapi.json``) and as the Markdown reference page
+(``docs/http-api.md``, written by ``python -m aion_green.transport.openapi``).
+
+:data:`ROUTES` is the list the WSGI app serves; ``tests/test_openapi.py``
+checks it against what the app answers, so a route added to the app and not
+here (or the other way round) fails the suite.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, NamedTuple, Optional
+
+from aion_green.transport.codec import ERRORS
+
+
+class Param(NamedTuple):
+    name: str
+    where: str  # "path", "query" or "header"
+    schema: dict[str, Any]
+    text: str
+    required: bool = False
+
+
+class Route(NamedTuple):
+    method: str
+    path: str
+    summary: str
+    text: str
+    params: tuple[Param, ...] = ()
+    body: Optional[dict[str, Any]] = None  # the JSON body's properties
+    required: tuple[str, ...] = ()  # the body's required fields
+    answer: Optional[dict[str, Any]] = None  # the 200 answer's schema
+    errors: tuple[str, ...] = ()
+    example: Optional[tuple[Any, Any]] = None  # (request body or query, answer)
+    auth: bool = True
+    stream: bool = False
+
+
+_STR = {"type": "string"}
+_INT = {"type": "integer"}
+_NUM = {"type": "number"}
+_ANY: dict[str, Any] = {}
+_ID = Param("id", "path", _STR, "The workflow id, percent-encoded UTF-8 (or give `workflow_id` "
+            "in the query string instead: `/v1/workflows/ACTION?workflow_id=ID`).", True)
+_RUN_Q = Param("run_id", "query", _STR, "One run of the workflow (default: its current run).")
+_RUN_B = {"run_id": {"type": "string", "description": "The run it is for: refused (409 "
+                     "`not_running`, nothing recorded) unless it is the workflow's current run."}}
+_REF_RUN = {"$ref": "#/components/schemas/Run"}
+_REF_EVENT = {"$ref": "#/components/schemas/Event"}
+_COMMON = ("unauthenticated", "unavailable", "internal")
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/healthz", "Liveness", "`{\"ok\": true}` while the server answers; never "
+          "authenticated.", answer={"type": "object", "properties": {"ok": {"type": "boolean"}}},
+          example=(None, {"ok": True}), auth=False),
+    Route("GET", "/v1/openapi.json", "This document", "The API as OpenAPI 3.1; never "
+          "authenticated (it names no workflow and no secret).", answer={"type": "object"},
+          auth=False),
+    Route("POST", "/v1/workflows", "Start a workflow",
+          "Start a run of a registered workflow type. Idempotent by id: the same id with the "
+          "same type and arguments answers the existing run; other ones are a 409.",
+          params=(Param("Idempotency-Key", "header", _STR, "The workflow id (as the body's "
+                        "`id`; send one, or the same in both)."),),
+          body={"workflow": {"type": "string", "description": "The registered type name."},
+                "args": {"type": "array", "description": "Its arguments, JSON values."},
+                "id": {"type": "string", "description": "The workflow id (default: a new uuid)."}},
+          required=("workflow",),
+          answer={"type": "object", "properties": {"workflow_id": _STR, "run_id": _STR}},
+          errors=("invalid_argument", "already_exists", "too_large"),
+          example=({"workflow": "shop.checkout", "args": ["o-1"], "id": "order-o-1"},
+                   {"workflow_id": "order-o-1", "run_id": "5f0c...e1"})),
+    Route("GET", "/v1/workflows", "List runs",
+          "The current run of each workflow, ordered by id, a page at a time.",
+          params=(Param("status", "query", _STR, "running, completed, failed, cancelled or "
+                        "continued."),
+                  Param("type", "query", _STR, "A workflow type."),
+                  Param("limit", "query", _INT, "1 to 1000 (default 100)."),
+                  Param("after", "query", _STR, "The page after this workflow id (`next`).")),
+          answer={"type": "object", "properties": {
+              "runs": {"type": "array", "items": _REF_RUN},
+              "next": {"type": ["string", "null"]}}},
+          errors=("invalid_argument",),
+          example=("?status=running&limit=2", {"runs": ["..."], "next": "order-o-2"})),
+    Route("GET", "/v1/workflows/{id}", "Describe a run",
+          "What the store knows of the run. An earlier run of a chain that continued as new "
+          "has the status `continued` and names `next_run_id`.",
+          params=(_ID, _RUN_Q), answer=_REF_RUN, errors=("not_found", "invalid_argument"),
+          example=(None, {"workflow_id": "order-o-1", "run_id": "5f0c...e1",
+                          "workflow_type": "shop.checkout", "status": "running",
+                          "args": ["o-1"], "result": None, "error": None, "head_seq": 4,
+                          "created_at": 1764720000.0, "updated_at": 1764720001.5})),
+    Route("GET", "/v1/workflows/{id}/result", "Wait for the end",
+          "The workflow's result once it ends (the last run of a chain; with `run_id`, that "
+          "run alone). Waits at most the server's `max_wait` (60 s): a 504 `timeout` then "
+          "means it goes on running, ask again.",
+          params=(_ID, Param("timeout", "query", _NUM, "Seconds to wait (at most max_wait)."),
+                  _RUN_Q),
+          answer={"type": "object", "properties": {"workflow_id": _STR, "status": _STR,
+                                                   "result": _ANY, "run_id": _STR}},
+          errors=("not_found", "workflow_failed", "cancelled", "continued_as_new", "timeout",
+                  "invalid_argument"),
+          example=("?timeout=30", {"workflow_id": "order-o-1", "status": "completed",
+                                   "result": {"tracking": "t-9"}})),
+    Route("GET", "/v1/workflows/{id}/history", "Read a history",
+          "The recorded events of the run, a page at a time (follow `next`).",
+          params=(_ID, Param("after", "query", _INT, "Events after this seq (default 0)."),
+                  _RUN_Q, Param("limit", "query", _INT, "1 to the server's page (1000).")),
+          answer={"type": "object", "properties": {
+              "events": {"type": "array", "items": _REF_EVENT},
+              "next": {"type": ["integer", "null"]}}},
+          errors=("not_found", "invalid_argument"),
+          example=("?after=0&limit=2", {"events": [
+              {"seq": 1, "type": "WorkflowStarted", "at": 1764720000.0, "data": {}},
+              {"seq": 2, "type": "StepCompleted", "at": 1764720000.1, "data": {}}], "next": 2})),
+    Route("GET", "/v1/workflows/{id}/events", "Stream a run's events",
+          "Server-sent events: a `run` frame naming the run, then one frame per event (`id:` "
+          "its seq, `event:` its type, `data:` the event), and an `end` frame after the run's "
+          "end. No cursor: the events recorded from now on (a live tail); `after=0`: from the "
+          "first; `Last-Event-ID` resumes after that seq. A cursor below 0 or past the run's "
+          "last event is a 400.",
+          params=(_ID, Param("after", "query", _INT, "Stream the events after this seq."),
+                  _RUN_Q, Param("Last-Event-ID", "header", _STR, "Resume after this seq.")),
+          errors=("not_found", "invalid_argument"), stream=True,
+          example=("?after=0", "event: run\ndata: {\"run_id\": \"5f0c...e1\"}\n\n"
+                               "id: 1\nevent: WorkflowStarted\ndata: {...}\n\n...")),
+    Route("POST", "/v1/workflows/{id}/signals/{name}", "Send a message",
+          "Record message `name` in the run's history (kept until the workflow receives it). "
+          "With an idempotency key a retried signal is recorded once.",
+          params=(_ID, Param("name", "path", _STR, "The message name.", True),
+                  Param("Idempotency-Key", "header", _STR, "As the body's `idempotency_key`.")),
+          body={"payload": {"description": "A JSON value."},
+                "idempotency_key": {"type": "string"}, **_RUN_B},
+          answer={"type": "object", "properties": {"workflow_id": _STR, "seq": _INT}},
+          errors=("not_found", "not_running", "invalid_argument", "too_large"),
+          example=({"payload": {"approved": True}}, {"workflow_id": "order-o-1", "seq": 7})),
+    Route("POST", "/v1/workflows/{id}/queries/{name}", "Query a live run",
+          "Ask the live run's `ctx.set_query(name, handler)`: `handler(*args)`, never recorded.",
+          params=(_ID, Param("name", "path", _STR, "The query name.", True)),
+          body={"args": {"type": "array"}, "timeout": {"type": "number"}, **_RUN_B},
+          answer={"type": "object", "properties": {"workflow_id": _STR, "answer": _ANY}},
+          errors=("not_found", "not_running", "query_failed", "timeout", "invalid_argument"),
+          example=({"args": []}, {"workflow_id": "order-o-1", "answer": "waiting for approval"})),
+    Route("POST", "/v1/workflows/{id}/cancel", "Request cancellation",
+          "Record `CancelRequested`; the workflow sees `Cancelled` at its next wait and may "
+          "clean up. Asking twice records once.",
+          params=(_ID,), body={"reason": {"type": "string"}, **_RUN_B},
+          answer={"type": "object", "properties": {"workflow_id": _STR,
+                                                   "cancel_requested": {"type": "boolean"}}},
+          errors=("not_found", "not_running", "invalid_argument"),
+          example=({"reason": "customer asked"}, {"workflow_id": "order-o-1",
+                                                  "cancel_requested": True})),
+    Route("POST", "/v1/workflows/{id}/terminate", "Terminate a run",
+          "End the run now, without cleanup: `WorkflowCancelled` (type `Terminated`) is "
+          "recorded and none of its code runs again. Its children run on.",
+          params=(_ID,), body={"reason": {"type": "string"}, **_RUN_B},
+          answer={"type": "object", "properties": {"workflow_id": _STR,
+                                                   "terminated": {"type": "boolean"}}},
+          errors=("not_found", "not_running", "invalid_argument"),
+          example=({"reason": "stuck"}, {"workflow_id": "order-o-1", "terminated": True})),
+)
+
+_ERROR_TEXT = {
+    "invalid_argument": "Bad input: the message names the field; nothing was recorded.",
+    "unauthenticated": "No or a wrong bearer token.",
+    "not_found": "No such workflow, or no such run of it (or no such route).",
+    "method_not_allowed": "The route takes another method.",
+    "request_timeout": "The request's body did not arrive in time.",
+    "already_exists": "The id names a run of another type or other arguments.",
+    "not_running": "The run has finished, or the request names a run that is not the "
+                   "current one: nothing was recorded.",
+    "workflow_failed": "The run failed: `detail` holds its error type and message.",
+    "cancelled": "The run was cancelled (or terminated).",
+    "continued_as_new": "That run continued as new: `next_run_id` names the run it became.",
+    "too_large": "The body is over the server's limit.",
+    "query_failed": "The query handler raised, the name is unknown, or no live run answers.",
+    "internal": "A bug in aion_green (logged by the server).",
+    "unavailable": "The store or the server is unavailable (or stopping: `Retry-After`).",
+    "timeout": "No answer in time; the run goes on.",
+}
+
+
+def _error_schema() -> dict[str, Any]:
+    return {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["code", "message"], "properties": {
+            "code": {"type": "string", "enum": sorted(ERRORS)},
+            "message": {"type": "string"}},
+        "additionalProperties": True}}}
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of :data:`ROUTES`."""
+    from aion_green import __version__
+
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        op: dict[str, Any] = {"summary": route.summary, "description": route.text,
+                              "operationId": _operation_id(route)}
+        if route.params:
+            op["parameters"] = [{"name": p.name, "in": p.where, "required": p.required,
+                                 "schema": p.schema, "description": p.text} for p in route.params]
+        if route.body is not None:
+            body_schema: dict[str, Any] = {"type": "object", "properties": route.body,
+                                           "additionalProperties": False}
+            if route.required:
+                body_schema["required"] = list(route.required)
+            op["requestBody"] = {"required": bool(route.required), "content": {
+                "application/json": {"schema": body_schema}}}
+        media = "text/event-stream" if route.stream else "application/json"
+        ok: dict[str, Any] = {"description": "OK", "content": {
+            media: {"schema": route.answer or {"type": "string"}}}}
+        if route.example is not None and not route.stream:
+            ok["content"][media]["example"] = route.example[1]
+        responses: dict[str, Any] = {"200": ok}
+        codes = route.errors + (_COMMON if route.auth else ("internal",))
+        by_status: dict[str, list[str]] = {}
+        for code in codes:
+            by_status.setdefault(str(ERRORS[code][0]), []).append(code)
+        for status, names in sorted(by_status.items()):
+            responses[status] = {
+                "description": "; ".join(f"`{n}`: {_ERROR_TEXT[n]}" for n in names),
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        op["responses"] = responses
+        if not route.auth:
+            op["security"] = []
+        paths.setdefault(route.path, {})[route.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "aion_green HTTP API", "version": __version__,
+                 "description": "A durable workflow engine's operations over HTTP/JSON. Every "
+                                "error is `{\"error\": {\"code\", \"message\", ...}}` with the "
+                                "status of its code."},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": _error_schema(), "Run": _run_schema(), "Event": _event_schema()}},
+        "security": [{"bearer": []}],
+    }
+
+
+def _operation_id(route: Route) -> str:
+    words = [w for w in route.path.replace("{", "").replace("}", "").split("/") if w]
+    return route.method.lower() + "_" + "_".join(w.replace(".", "_") for w in words)
+
+
+def _run_schema() -> dict[str, Any]:
+    return {"type": "object", "properties": {
+        "workflow_id": _STR, "run_id": _STR, "workflow_type": _STR,
+        "status": {"type": "string",
+                   "enum": ["running", "completed", "failed", "cancelled", "continued"]},
+        "args": {"type": "array"}, "result": _ANY, "error": _ANY, "head_seq": _INT,
+        "created_at": _NUM, "updated_at": _NUM, "unrunnable": _STR, "next_run_id": _STR,
+        "steps_running": {"type": "array"}}}
+
+
+def _event_schema() -> dict[str, Any]:
+    return {"type": "object", "properties": {"seq": _INT, "type": _STR, "at": _NUM,
+                                             "data": {"type": "object"}}}
+
+
+def markdown() -> str:
+    """The reference page of every route (``docs/http-api.md``)."""
+    lines = ["# HTTP API reference", "",
+             "<!-- Written by `python -m aion_green.transport.openapi > docs/http-api.md`; "
+             "tests/test_openapi.py checks it is current. -->", "",
+             "The engine's operations over HTTP/JSON (`aion-green worker --http HOST:PORT`, or "
+             "`aion_green.transport.wsgi.WSGIApp` in any WSGI server). With a token, every "
+             "request but the health and document routes sends `Authorization: Bearer TOKEN`. "
+             "The machine-readable form is `GET /v1/openapi.json`.", "",
+             "Ids are percent-encoded UTF-8 path segments; every route of one run also takes "
+             "its id as `?workflow_id=ID` (signals and queries with `&name=NAME`) on "
+             "`/v1/workflows/ACTION`, which every WSGI server hands over intact.", "",
+             "## Errors", "",
+             "Every error is one JSON body, `{\"error\": {\"code\", \"message\", ...}}`:", "",
+             "| code | status | meaning |", "|---|---|---|"]
+    for code, (status, _) in sorted(ERRORS.items(), key=lambda kv: (kv[1][0], kv[0])):
+        lines.append(f"| `{code}` | {status} | {_ERROR_TEXT[code]} |")
+    for route in ROUTES:
+        lines += ["", f"## {route.method} `{route.path}`", "", f"**{route.summary}.** {route.text}"]
+        if not route.auth:
+            lines += ["", "No token needed."]
+        if route.params:
+            lines += ["", "| parameter | in | meaning |", "|---|---|---|"]
+            lines += [f"| `{p.name}`{' (required)' if p.required else ''} | {p.where} | {p.text} |"
+                      for p in route.params]
+        if route.body is not None:
+            lines += ["", "| body field | meaning |", "|---|---|"]
+            for name, schema in route.body.items():
+                need = " (required)" if name in route.required else ""
+                lines.append(f"| `{name}`{need} | {schema.get('description', schema.get('type', 'any'))} |")
+        codes = route.errors + (_COMMON if route.auth else ("internal",))
+        lines += ["", "Errors: " + ", ".join(f"`{c}` ({ERRORS[c][0]})" for c in codes) + "."]
+        if route.example is not None:
+            request, answer = route.example
+            target = route.path.replace("{id}", "order-o-1").replace("{name}", "approval")
+            if isinstance(request, str):
+                target += request if request.startswith("?") else ""
+            lines += ["", "Example:", "", "```http", f"{route.method} {target}"]
+            if isinstance(request, dict):
+                lines += ["Content-Type: application/json", "", json.dumps(request)]
+            lines += ["```", "", "```json" if not route.stream else "```text",
+                      answer if isinstance(answer, str) else json.dumps(answer, indent=2), "```"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--json"]:
+        print(json.dumps(document(), indent=2))
+    else:
+        sys.stdout.write(markdown())

@@ -76,36 +76,50 @@ class TimeTravel:
             _native_sleep(0.005)
         self.settle(settle)
 
-    def settle(self, timeout: float = 5.0) -> None:
+    def settle(self, timeout: float = 5.0, step_wait: float = 0.5) -> None:
         """Return once every run of the engine waits (on time, a message, a
-        child or a running step) with none of its records in flight."""
+        child, or a step still running after ``step_wait`` seconds) with
+        none of its records in flight.
+
+        A step that returns at once is waited for: what its run does next
+        (a ``ctx.sleep``, say) then happens before the clock moves, at the
+        time it would have happened (it was recorded after the move, a month
+        late, when the step's thread lost the race with ``advance``)."""
         from aion_green.core import clock as _clock
 
         engine = self.engine
-        deadline = _clock.monotonic() + timeout
-        while not engine._epoch.hub.submit(_quiet, engine).result(timeout):
+        began = _clock.monotonic()
+        deadline = began + timeout
+        while True:
+            quiet, steps = engine._epoch.hub.submit(_quiet, engine).result(timeout)
+            if quiet and (not steps or _clock.monotonic() - began >= step_wait):
+                return
             if _clock.monotonic() > deadline:
                 raise AssertionError(f"the engine's runs did not come to rest within {timeout} s")
             _native_sleep(0.005)
 
 
-def _quiet(engine: Any) -> bool:
-    """Hub thread: every live run is parked with nothing in flight."""
-    if engine._epoch.residency.admission:
-        return False  # runs wait for a place under the residency cap
-    if engine._epoch.child_tasks.armed_spawn_retry_count() or engine._epoch.early:
-        return False  # a child being created; a run created and not yet driven
-    if any(wid not in engine._epoch.runs for wid in engine._epoch.recorders):
-        return False  # a start in flight
-    if engine._epoch.runs.any_starting():
-        return False  # a run's history is being read
-    for ctx in engine._epoch.runs.contexts():
+def _quiet(engine: Any) -> tuple[bool, bool]:
+    """Hub thread: (every live run is parked with nothing in flight, some
+    of them wait for a step attempt that runs now)."""
+    epoch = engine._epoch
+    if epoch.residency.admission:
+        return False, False  # runs wait for a place under the residency cap
+    if epoch.child_tasks.armed_spawn_retry_count() or epoch.early:
+        return False, False  # a child being created; a run created and not yet driven
+    if any(wid not in epoch.runs for wid in epoch.recorders):
+        return False, False  # a start in flight
+    if epoch.runs.any_starting():
+        return False, False  # a run's history is being read
+    for ctx in epoch.runs.contexts():
         if not ctx._parked:
-            return False
+            return False, False
         recorder = ctx._recorder
         if recorder._next is not None and recorder._next != ctx._cursor.head_seq:
-            return False
-    return True
+            return False, False
+    # (A step's task leaves the pool after its record is submitted: no gap
+    # between the attempt and its record where the run looks at rest.)
+    return True, epoch.steps.outstanding() > 0
 
 
 def _native_sleep(seconds: float) -> None:

@@ -115,6 +115,11 @@ class StepPool:
             exited.wait(timeout)
         return dropped
 
+    def outstanding(self) -> int:
+        """Tasks submitted and not yet returned (queued or running); may
+        overstate by the few that are returning now."""
+        return self._submitted_n - self._finished_n
+
     def running(self) -> int:
         """How many pool threads are alive (running a step or about to end)."""
         return self._threads

@@ -11,6 +11,9 @@
     aion-green [--db URL] show ID [--run RUN_ID] [--follow [--timeout S]]
     aion-green [--db URL] fork ID --from SEQ [--id NEW_ID] [--run RUN_ID] [--wait]
     aion-green [--db URL] resume ID [--from SEQ] [--wait]
+    aion-green [--db URL] schedule create ID TYPE [ARG_JSON...] (--cron EXPR | --every S)
+                                   [--start-at ISO] [--timezone Z] [--overlap P] [--catch-up P]
+    aion-green [--db URL] schedule list [--all] | show ID | delete ID [--timeout S]
 
 ``--db`` is a store URL (``sqlite:///path.db``, ``postgresql://...``;
 default ``$AION_GREEN_DB`` or ``./aion.db``) or the HTTP address of a worker
@@ -296,6 +299,40 @@ def _parser() -> argparse.ArgumentParser:
                         help="the last event kept (default: before the failure)")
     resume.add_argument("--wait", action="store_true", help="wait for the run's end")
     _timeout(resume, None, "with --wait")
+
+    sched = command("schedule", "create, list, show or delete schedules (cron or interval "
+                    "triggers that start workflows)")
+    ssub = sched.add_subparsers(dest="schedule_command", required=True, metavar="ACTION")
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        cmd = ssub.add_parser(name, help=help, description=help)
+        _common(cmd, top=False)
+        return cmd
+
+    create = action("create", "create a schedule (idempotent by id and spec)")
+    create.add_argument("schedule_id", metavar="ID")
+    create.add_argument("workflow_type", metavar="TYPE", help="the workflow each fire starts")
+    create.add_argument("args", nargs="*", metavar="ARG_JSON", help="its arguments, JSON")
+    trigger = create.add_mutually_exclusive_group(required=True)
+    trigger.add_argument("--cron", metavar="EXPR", help="five cron fields ('0 2 * * *')")
+    trigger.add_argument("--every", type=_seconds, metavar="S", help="an interval in seconds")
+    create.add_argument("--start-at", dest="start_at", metavar="ISO",
+                        help="first fire at or after this time (2031-03-01T02:00:00Z)")
+    create.add_argument("--timezone", metavar="ZONE", help="the cron's zone (default UTC)")
+    create.add_argument("--overlap", default="skip",
+                        choices=("skip", "buffer_one", "cancel_previous", "allow_all"))
+    create.add_argument("--catch-up", dest="catch_up", default="one",
+                        choices=("all", "one", "skip"))
+    slist = action("list", "the schedules and their next fire times")
+    slist.add_argument("--all", dest="include_deleted", action="store_true",
+                       help="deleted ones too")
+    slist.add_argument("--limit", type=_positive, default=100)
+    slist.add_argument("--after", metavar="ID", help="the page after this schedule id")
+    sshow = action("show", "one schedule")
+    sshow.add_argument("schedule_id", metavar="ID")
+    sdelete = action("delete", "unschedule: it fires no more (the runs it started go on)")
+    sdelete.add_argument("schedule_id", metavar="ID")
+    _timeout(sdelete, 30.0, "waiting for the schedule's end")
     return parser
 
 

@@ -34,7 +34,7 @@ from aion_green.core.errors import (
 )
 from aion_green.runtime.sharing import Driver, probe_driver
 from aion_green.store import RunInfo
-from aion_green.transport.codec import run_to_json
+from aion_green.transport.codec import run_to_json, schedule_to_json
 
 # How often a wait looks at the run: soon after a change, at most this apart.
 _POLL_FIRST, _POLL_MAX = 0.05, 0.25
@@ -452,7 +452,49 @@ def _rewound(target: Target, wid: str, how: str, args: argparse.Namespace, out: 
     return _finish(target, wid, info.head_seq, args.timeout, out)
 
 
+def schedule(target: Target, args: argparse.Namespace, out: Any) -> int:
+    action = args.schedule_command
+    if action == "create":
+        start_at = None
+        if args.start_at is not None:
+            try:
+                start_at = datetime.fromisoformat(args.start_at.replace("Z", "+00:00"))
+            except ValueError:
+                raise ConfigurationError(f"--start-at {args.start_at!r}: give an ISO 8601 time "
+                                         "with a zone, like 2031-03-01T02:00:00Z") from None
+        handle = target.api.schedule(
+            args.schedule_id, args.workflow_type, *_json_values(args.args, "argument"),
+            cron=args.cron, every=args.every, start_at=start_at, timezone=args.timezone,
+            overlap=args.overlap, catch_up=args.catch_up)
+        out.emit({"schedule_id": args.schedule_id, "run_id": handle.run_id},
+                 f"schedule {args.schedule_id} created")
+        return 0
+    if action == "list":
+        found = target.api.schedules(include_deleted=args.include_deleted, limit=args.limit,
+                                     after_id=args.after)
+        out.emit([schedule_to_json(s) for s in found])
+        out.line(f"{'schedule id':<30} {'workflow':<28} {'trigger':<18} {'status':<8} next fire")
+        for s in found:
+            when = s.cron if s.cron is not None else f"every {s.every:g} s"
+            out.line(f"{s.schedule_id:<30} {s.workflow:<28} {when:<18} {s.status:<8} "
+                     f"{s.next_fire or '-'}")
+        if len(found) == args.limit:
+            out.progress(f"(the first {args.limit}; the next page: --after {found[-1].schedule_id})")
+        return 0
+    if action == "show":
+        info = target.api.describe_schedule(args.schedule_id)
+        doc = schedule_to_json(info)
+        out.emit(doc, "\n".join(f"{k}: {json.dumps(v)}" for k, v in doc.items()))
+        return 0
+    target.api.describe_schedule(args.schedule_id)  # exit 1 when the id names no schedule
+    target.api.unschedule(args.schedule_id, timeout=args.timeout)
+    out.emit({"schedule_id": args.schedule_id, "deleted": True},
+             f"schedule {args.schedule_id} deleted; the runs it started go on")
+    return 0
+
+
 HANDLERS: dict[str, Callable[[Target, argparse.Namespace, Any], int]] = {
     "start": start, "signal": signal, "cancel": cancel, "terminate": terminate, "query": query,
     "result": result, "list": listing, "show": show, "fork": fork, "resume": resume,
+    "schedule": schedule,
 }

@@ -40,6 +40,7 @@ from aion_green.core.errors import (
     WorkflowNotRunning,
 )
 from aion_green.core.registry import Registry, check_arguments, signature_from, workflow_name
+from aion_green.core.schedule import ScheduleInfo
 from aion_green.hub_thread import Future
 from aion_green.runtime import rewind, schedules
 from aion_green.runtime.epoch import Epoch
@@ -456,6 +457,17 @@ class Engine:
         """Cancel schedule ``schedule_id`` and wait (up to ``timeout``) for its
         end: it fires no more. Runs it started go on."""
         schedules.unschedule(self, schedule_id, timeout)
+
+    def schedules(self, *, include_deleted: bool = False, limit: int = 100,
+                  after_id: Optional[str] = None) -> builtins.list[ScheduleInfo]:
+        """The schedules of the store, ordered by id (active ones; with
+        ``include_deleted``, unscheduled ones too), each with its spec and,
+        where this engine drives it, its next fire time."""
+        return schedules.schedules(self, include_deleted, limit, after_id)
+
+    def describe_schedule(self, schedule_id: str) -> ScheduleInfo:
+        """One schedule (:class:`WorkflowNotFound` when the id names none)."""
+        return schedules.describe_schedule(self, schedule_id)
 
     def handle(self, workflow_id: str) -> WorkflowHandle:
         return WorkflowHandle(self, workflow_id)

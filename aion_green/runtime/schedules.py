@@ -59,13 +59,22 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, Union
 
 from aion_green.core import events as ev
-from aion_green.core.errors import ConfigurationError, Timeout, WorkflowFailed, WorkflowIdConflict
+from aion_green.core.errors import (
+    AionError,
+    ConfigurationError,
+    Timeout,
+    WorkflowFailed,
+    WorkflowIdConflict,
+    WorkflowNotFound,
+)
 from aion_green.core.registry import check_arguments, workflow, workflow_name
+from aion_green.core.schedule import ScheduleInfo
 from aion_green.runtime.triggers import Cron, Interval
 from aion_green.workflows.children import ChildHandle
 
 if TYPE_CHECKING:  # pragma: no cover
     from aion_green.runtime.engine import Engine, WorkflowHandle
+    from aion_green.store import RunInfo
     from aion_green.workflows.context import WorkflowContext
 
 log = logging.getLogger("aion_green.schedules")
@@ -81,6 +90,41 @@ _WAKES_PER_RUN = 100
 # the store round to the microsecond).
 _EPSILON = timedelta(milliseconds=1)
 _UTC = timezone.utc
+
+
+def schedule_info(engine: "Engine", info: "RunInfo") -> ScheduleInfo:
+    """The ScheduleInfo of a schedule's run ``info``."""
+    spec = info.args[0] if info.args and isinstance(info.args[0], dict) else {}
+    status = {ev.RUNNING: "active", ev.CANCELLED: "deleted"}.get(info.status, info.status)
+    live: dict[str, Any] = {}
+    if info.status == ev.RUNNING:
+        try:
+            live = engine.query(info.workflow_id, "schedule", timeout=2.0)
+        except (AionError, TypeError):  # not driven here, or not answering now
+            live = {}
+    return ScheduleInfo(info.workflow_id, spec.get("workflow", ""), list(spec.get("args") or []),
+                        spec.get("cron"), spec.get("every"), spec.get("timezone"),
+                        spec.get("start_at"), spec.get("overlap", "skip"),
+                        spec.get("catch_up", "one"), status, live.get("next"),
+                        live.get("running"), live.get("pending"), info.run_id)
+
+
+def schedules(engine: "Engine", include_deleted: bool, limit: int,
+              after_id: Optional[str]) -> list[ScheduleInfo]:
+    """``engine.schedules`` (see there)."""
+    status = None if include_deleted else ev.RUNNING
+    runs = engine.list(status=status, workflow_type=SCHEDULE_WORKFLOW, limit=limit,
+                       after_id=after_id)
+    return [schedule_info(engine, info) for info in runs]
+
+
+def describe_schedule(engine: "Engine", schedule_id: str) -> ScheduleInfo:
+    """``engine.describe_schedule`` (see there)."""
+    info = engine.describe(schedule_id)
+    if info.workflow_type != SCHEDULE_WORKFLOW:
+        raise WorkflowNotFound(f"no schedule with id {schedule_id!r}: it names a run of "
+                               f"{info.workflow_type}")
+    return schedule_info(engine, info)
 
 
 # -- the public operations (caller's thread) ---------------------------------------------------
@@ -126,7 +170,8 @@ def schedule(engine: "Engine", schedule_id: str, fn: Union[str, Callable[..., An
         raise ConfigurationError(f"a schedule id must be a non-empty string, got {schedule_id!r}")
     wname = engine._registry.add(fn) if callable(fn) else workflow_name(fn)
     spec = make_spec(wname, args, **options)
-    if not callable(fn) and engine._registry.has_own():
+    if not callable(fn) and (engine._registry.has_own()
+                             or (engine.driving and not engine._epoch.leased)):
         engine._registry.get(wname)  # fail early for a typo, as start() does
     target = fn if callable(fn) else engine._registry.find(wname)
     if target is not None:
@@ -156,6 +201,8 @@ def unschedule(engine: "Engine", schedule_id: str, timeout: Optional[float]) -> 
     if info.workflow_type != SCHEDULE_WORKFLOW:
         raise ConfigurationError(f"{schedule_id!r} is a run of {info.workflow_type}, not a schedule; "
                                  "use engine.cancel() to cancel a workflow")
+    if info.status == ev.CANCELLED:
+        return  # deleted already: nothing to do
     engine.cancel(schedule_id, "unscheduled")
     try:
         engine.result(schedule_id, timeout=timeout)

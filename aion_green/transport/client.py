@@ -21,14 +21,16 @@ import builtins
 import http.client
 import json
 import time
+from datetime import datetime, timedelta
 from typing import Any, Callable, Iterator, Optional, Union
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from aion_green.core import errors
 from aion_green.core.events import TERMINAL_TYPES, Event
 from aion_green.core.registry import workflow_name
+from aion_green.core.schedule import ScheduleInfo
 from aion_green.store import RunInfo
-from aion_green.transport.codec import ERRORS, event_from_json, run_from_json
+from aion_green.transport.codec import ERRORS, event_from_json, run_from_json, schedule_from_json
 
 _FIRST_BACKOFF = 0.05
 
@@ -86,6 +88,35 @@ class Client:
             body["id"] = id
         reply = self._call("POST", "/v1/workflows", body=body)
         return RemoteHandle(self, reply["workflow_id"], reply.get("run_id"))
+
+    def schedule(self, schedule_id: str, fn: Union[str, Callable[..., Any]], *args: Any,
+                 cron: Optional[str] = None, every: Union[None, timedelta, float] = None,
+                 start_at: Optional[datetime] = None, timezone: Optional[str] = None,
+                 overlap: str = "skip", catch_up: str = "one") -> RemoteHandle:
+        """``Engine.schedule`` through the API (``every`` in seconds or a timedelta)."""
+        seconds = every.total_seconds() if isinstance(every, timedelta) else every
+        body: dict[str, Any] = {"schedule_id": schedule_id, "workflow": workflow_name(fn),
+                                "args": list(args), "cron": cron, "every": seconds,
+                                "start_at": None if start_at is None else start_at.isoformat(),
+                                "timezone": timezone, "overlap": overlap, "catch_up": catch_up}
+        reply = self._call("POST", "/v1/schedules", body=body)
+        return RemoteHandle(self, reply["schedule_id"], reply.get("run_id"))
+
+    def unschedule(self, schedule_id: str, timeout: Optional[float] = 30.0) -> None:
+        query = {} if timeout is None else {"timeout": timeout}
+        self._call("DELETE", "/v1/schedules/" + quote(schedule_id, safe=""), query,
+                   read_timeout=(timeout or 0) + self.timeout)
+
+    def schedules(self, *, include_deleted: bool = False, limit: int = 100,
+                  after_id: Optional[str] = None) -> builtins.list[ScheduleInfo]:
+        query: dict[str, Any] = {"limit": limit, "include_deleted": str(include_deleted).lower()}
+        if after_id is not None:
+            query["after"] = after_id
+        reply = self._call("GET", "/v1/schedules", query)
+        return [schedule_from_json(s) for s in reply["schedules"]]
+
+    def describe_schedule(self, schedule_id: str) -> ScheduleInfo:
+        return schedule_from_json(self._call("GET", "/v1/schedules/" + quote(schedule_id, safe="")))
 
     def handle(self, workflow_id: str) -> RemoteHandle:
         return RemoteHandle(self, workflow_id)

@@ -7,6 +7,7 @@ from typing import Any
 
 from aion_green.core import errors
 from aion_green.core.events import Event
+from aion_green.core.schedule import ScheduleInfo
 from aion_green.store import RunInfo
 
 # code -> (HTTP status, the error class a client raises for it)
@@ -77,6 +78,16 @@ def run_to_json(info: RunInfo) -> dict[str, Any]:
         doc["steps_running"] = [{"step": s.step, "name": s.name, "attempt": s.attempt,
                                  "since": s.since} for s in info.steps_running]
     return doc
+
+
+def schedule_to_json(info: ScheduleInfo) -> dict[str, Any]:
+    """A schedule as the API shows it."""
+    return dict(info._asdict())
+
+
+def schedule_from_json(obj: dict[str, Any]) -> ScheduleInfo:
+    fields: dict[str, Any] = {name: obj.get(name) for name in ScheduleInfo._fields}
+    return ScheduleInfo(**fields)
 
 
 def run_from_json(obj: dict[str, Any]) -> RunInfo:

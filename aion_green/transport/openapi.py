@@ -160,6 +160,54 @@ ROUTES: tuple[Route, ...] = (
                                                    "terminated": {"type": "boolean"}}},
           errors=("not_found", "not_running", "invalid_argument"),
           example=({"reason": "stuck"}, {"workflow_id": "order-o-1", "terminated": True})),
+    Route("GET", "/v1/schedules", "List schedules",
+          "The schedules (active ones; `include_deleted=true` adds unscheduled ones), ordered by "
+          "id, a page at a time, each with its spec and, where the server drives it, its next "
+          "fire time, the run it tracks and the fire that waits.",
+          params=(Param("limit", "query", _INT, "1 to 1000 (default 100)."),
+                  Param("after", "query", _STR, "The page after this schedule id (`next`)."),
+                  Param("include_deleted", "query", _STR, "`true` or `false` (default).")),
+          answer={"type": "object", "properties": {
+              "schedules": {"type": "array", "items": {"$ref": "#/components/schemas/Schedule"}},
+              "next": {"type": ["string", "null"]}}},
+          errors=("invalid_argument",),
+          example=("?limit=10", {"schedules": ["..."], "next": None})),
+    Route("POST", "/v1/schedules", "Create a schedule",
+          "Start workflow `workflow` at each fire time of `cron` (five fields, in `timezone`, "
+          "UTC by default) or every `every` seconds (from `start_at`, or from now), as run "
+          "`ID@<fire time>`. Idempotent by id and spec; another spec under the id is a 409.",
+          body={"schedule_id": {"type": "string"}, "workflow": {"type": "string"},
+                "args": {"type": "array"}, "cron": {"type": "string"},
+                "every": {"type": "number", "description": "Seconds."},
+                "start_at": {"type": "string", "description": "ISO 8601 with a zone."},
+                "timezone": {"type": "string"},
+                "overlap": {"type": "string", "enum": ["skip", "buffer_one", "cancel_previous",
+                                                       "allow_all"]},
+                "catch_up": {"type": "string", "enum": ["all", "one", "skip"]}},
+          required=("schedule_id", "workflow"),
+          answer={"type": "object", "properties": {"schedule_id": _STR, "run_id": _STR}},
+          errors=("invalid_argument", "already_exists", "too_large"),
+          example=({"schedule_id": "nightly", "workflow": "shop.report", "cron": "0 2 * * *"},
+                   {"schedule_id": "nightly", "run_id": "9a1b...07"})),
+    Route("GET", "/v1/schedules/{id}", "Describe a schedule",
+          "One schedule: its spec, `active` or `deleted`, and its next fire time.",
+          params=(Param("id", "path", _STR, "The schedule id, percent-encoded UTF-8.", True),),
+          answer={"$ref": "#/components/schemas/Schedule"}, errors=("not_found",),
+          example=(None, {"schedule_id": "nightly", "workflow": "shop.report", "args": [],
+                          "cron": "0 2 * * *", "every": None, "timezone": None,
+                          "start_at": None, "overlap": "skip", "catch_up": "one",
+                          "status": "active", "next_fire": "2031-03-02T02:00:00+00:00",
+                          "running": None, "pending": None, "run_id": "9a1b...07"})),
+    Route("DELETE", "/v1/schedules/{id}", "Delete a schedule",
+          "Unschedule: the schedule fires no more (its cancel is recorded and it ends); the "
+          "runs it started go on. Deleting a deleted schedule is fine.",
+          params=(Param("id", "path", _STR, "The schedule id, percent-encoded UTF-8.", True),
+                  Param("timeout", "query", _NUM, "Seconds to wait for its end (default 30, at "
+                        "most max_wait).")),
+          answer={"type": "object", "properties": {"schedule_id": _STR,
+                                                   "deleted": {"type": "boolean"}}},
+          errors=("not_found", "timeout", "invalid_argument"),
+          example=(None, {"schedule_id": "nightly", "deleted": True})),
 )
 
 _ERROR_TEXT = {
@@ -235,7 +283,8 @@ def document() -> dict[str, Any]:
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Error": _error_schema(), "Run": _run_schema(), "Event": _event_schema()}},
+            "schemas": {"Error": _error_schema(), "Run": _run_schema(), "Event": _event_schema(),
+                        "Schedule": _schedule_schema()}},
         "security": [{"bearer": []}],
     }
 
@@ -253,6 +302,15 @@ def _run_schema() -> dict[str, Any]:
         "args": {"type": "array"}, "result": _ANY, "error": _ANY, "head_seq": _INT,
         "created_at": _NUM, "updated_at": _NUM, "unrunnable": _STR, "next_run_id": _STR,
         "steps_running": {"type": "array"}}}
+
+
+def _schedule_schema() -> dict[str, Any]:
+    nullable = {"type": ["string", "null"]}
+    return {"type": "object", "properties": {
+        "schedule_id": _STR, "workflow": _STR, "args": {"type": "array"}, "cron": nullable,
+        "every": {"type": ["number", "null"]}, "timezone": nullable, "start_at": nullable,
+        "overlap": _STR, "catch_up": _STR, "status": _STR, "next_fire": nullable,
+        "running": nullable, "pending": nullable, "run_id": nullable}}
 
 
 def _event_schema() -> dict[str, Any]:

@@ -32,6 +32,13 @@ POST     /v1/workflows/ID/queries/NAME                ``{"args", "timeout", "run
 POST     /v1/workflows/ID/cancel                      ``{"reason", "run_id"}``
 POST     /v1/workflows/ID/terminate                   ``{"reason", "run_id"}``: ends it now, no
                                                       cleanup
+GET      /v1/schedules?limit=&after=&include_deleted= the schedules, a page: ``{"schedules",
+                                                      "next"}``
+POST     /v1/schedules                                create: ``{"schedule_id", "workflow",
+                                                      "args", "cron" | "every", "start_at",
+                                                      "timezone", "overlap", "catch_up"}``
+GET      /v1/schedules/ID                             one schedule, its next fire time
+DELETE   /v1/schedules/ID?timeout=S                   unschedule: it fires no more
 =======  ===========================================  ==========================================
 
 Run identity: a workflow id names a chain of runs (``continue_as_new``
@@ -60,6 +67,7 @@ import hmac
 import json
 import logging
 import time
+from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator, Optional
 from urllib.parse import parse_qs, unquote_to_bytes
 
@@ -76,7 +84,14 @@ from aion_green.core.errors import (
     WorkflowContinuedAsNew,
     WorkflowFailed,
 )
-from aion_green.transport.codec import ERRORS, code_of, event_to_json, public_error, run_to_json
+from aion_green.transport.codec import (
+    ERRORS,
+    code_of,
+    event_to_json,
+    public_error,
+    run_to_json,
+    schedule_to_json,
+)
 
 log = logging.getLogger("aion_green.transport")
 
@@ -199,9 +214,12 @@ class WSGIApp:
 
     def _route(self, method: str, segments: list[str], environ: dict[str, Any],
                start_response: StartResponse) -> Iterable[bytes]:
+        if segments[:2] == ["v1", "schedules"]:
+            return self._schedules(method, segments[2:], _params(environ), environ,
+                                   start_response)
         if len(segments) < 2 or segments[:2] != ["v1", "workflows"]:
             raise _Reply("not_found", f"no route {'/' + '/'.join(segments)!r}; the API lives "
-                         "under /v1/workflows (and /healthz)")
+                         "under /v1/workflows and /v1/schedules (and /healthz)")
         params = _params(environ)
         rest = segments[2:]
         action: Optional[str] = None
@@ -302,6 +320,79 @@ class WSGIApp:
         except WorkflowArgumentsInvalid as exc:
             raise _Reply("invalid_argument", str(exc), field="args") from None
         return {"workflow_id": handle.workflow_id, "run_id": handle.run_id}
+
+    def _schedules(self, method: str, rest: list[str], params: dict[str, str],
+                   environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """``/v1/schedules[/ID]``: list and create; show and delete one."""
+        if not rest:
+            if method == "GET":
+                query = _query(params, {"limit", "after", "include_deleted"})
+                limit = _int(query, "limit", 100)
+                if not 1 <= limit <= 1000:
+                    raise _Reply("invalid_argument", f"limit={limit}: ask for 1 to 1000 "
+                                 "schedules per page", field="limit")
+                deleted = query.get("include_deleted", "false")
+                if deleted not in ("true", "false"):
+                    raise _Reply("invalid_argument", f"include_deleted={deleted!r}: true or false",
+                                 field="include_deleted")
+                found = self.engine.schedules(include_deleted=deleted == "true", limit=limit,
+                                              after_id=query.get("after"))
+                next_after = found[-1].schedule_id if len(found) == limit else None
+                return _reply(start_response, 200, {
+                    "schedules": [schedule_to_json(s) for s in found], "next": next_after})
+            if method == "POST":
+                _query(params, set())
+                return _reply(start_response, 200, self._create_schedule(environ))
+            raise _not_allowed(method, "GET, POST")
+        sid = "/".join(rest)
+        _text(sid, "the schedule id")
+        if method == "GET":
+            _query(params, set())
+            return _reply(start_response, 200,
+                          schedule_to_json(self.engine.describe_schedule(sid)))
+        if method == "DELETE":
+            query = _query(params, {"timeout"})
+            timeout = min(_number(query, "timeout", 30.0), self.max_wait)
+            self.engine.describe_schedule(sid)  # a 404 for an id that names no schedule
+            self.engine.unschedule(sid, timeout=timeout)
+            return _reply(start_response, 200, {"schedule_id": sid, "deleted": True})
+        raise _not_allowed(method, "GET, DELETE")
+
+    def _create_schedule(self, environ: dict[str, Any]) -> dict[str, Any]:
+        body = self._body(environ, {"schedule_id", "workflow", "args", "cron", "every",
+                                    "start_at", "timezone", "overlap", "catch_up"})
+        sid = _str(body, "schedule_id", None)
+        if not sid:
+            raise _Reply("invalid_argument", "'schedule_id' must name the schedule (a non-empty "
+                         "string)", field="schedule_id")
+        workflow = body.get("workflow")
+        if not isinstance(workflow, str) or not workflow:
+            raise _Reply("invalid_argument", "'workflow' must be the registered name of a "
+                         f"workflow (a non-empty string), got {workflow!r}", field="workflow")
+        every = body.get("every")
+        if every is not None and (isinstance(every, bool) or not isinstance(every, (int, float))):
+            raise _Reply("invalid_argument", f"'every' is a number of seconds, got {every!r}",
+                         field="every")
+        start_at = _str(body, "start_at", None)
+        when = None
+        if start_at is not None:
+            try:
+                when = datetime.fromisoformat(start_at.replace("Z", "+00:00"))
+            except ValueError:
+                raise _Reply("invalid_argument", f"'start_at' must be an ISO 8601 time with a "
+                             f"zone (2031-03-01T02:00:00Z), got {start_at!r}",
+                             field="start_at") from None
+            if when.tzinfo is None:
+                raise _Reply("invalid_argument", f"'start_at' needs a zone (Z or +HH:MM), got "
+                             f"{start_at!r}", field="start_at")
+        try:
+            handle = self.engine.schedule(
+                sid, workflow, *_list(body, "args"), cron=_str(body, "cron", None), every=every,
+                start_at=when, timezone=_str(body, "timezone", None),
+                overlap=_str(body, "overlap", "skip"), catch_up=_str(body, "catch_up", "one"))
+        except WorkflowArgumentsInvalid as exc:
+            raise _Reply("invalid_argument", str(exc), field="args") from None
+        return {"schedule_id": sid, "run_id": handle.run_id}
 
     def _list(self, params: dict[str, str]) -> dict[str, Any]:
         query = _query(params, {"status", "type", "limit", "after"})

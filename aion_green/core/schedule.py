@@ -1,0 +1,28 @@
+"""What a schedule is, as the engine, the HTTP API and the client show it
+(the schedules themselves run in :mod:`aion_green.runtime.schedules`)."""
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+
+class ScheduleInfo(NamedTuple):
+    """A schedule as ``engine.schedules()`` and ``engine.describe_schedule``
+    show it: its spec, whether it is active (its run goes on) or deleted
+    (unscheduled: cancelled), and, asked of the live schedule, its next fire
+    time, the run it tracks and the fire that waits (None where no engine
+    here drives it)."""
+
+    schedule_id: str
+    workflow: str
+    args: list[Any]
+    cron: Optional[str]
+    every: Optional[float]  # seconds
+    timezone: Optional[str]
+    start_at: Optional[str]  # ISO 8601
+    overlap: str
+    catch_up: str
+    status: str  # "active" or "deleted" (or "failed", should its run fail)
+    next_fire: Optional[str] = None  # ISO 8601
+    running: Optional[str] = None  # the workflow id of the run it tracks
+    pending: Optional[str] = None  # a fire held back (overlap buffer_one / cancel_previous)
+    run_id: Optional[str] = None

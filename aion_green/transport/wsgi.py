@@ -556,7 +556,7 @@ def _filters(params: dict[str, str], allowed: set[str]) -> tuple[dict[str, str],
     query = _query({k: v for k, v in params.items() if k not in attrs}, allowed | _FILTERS)
     status = query.get("status")
     if status is not None and status not in ev.STATUSES:
-        raise _Reply("invalid_argument", f"status={status!r} is not a status; choose one of "
+        raise _Reply("invalid_argument", f"unknown status {status!r}; choose one of "
                      f"{', '.join(ev.STATUSES)}", field="status")
     filters: dict[str, Any] = {"status": status}
     wtype = query.get("type")

@@ -10,7 +10,7 @@ freeze every workflow.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Sequence, Union
 
 from zope.interface import Attribute, Interface
@@ -44,6 +44,12 @@ class RunInfo:
     # For a run that continued as new (Engine.describe(id, run_id=...) of an
     # earlier run of the chain): the run it became.
     next_run_id: Optional[str] = None
+    # The workflow id of the run whose ``ctx.start_child`` (or supervisor)
+    # started this one; None for a top-level run.
+    parent_id: Optional[str] = None
+    # Its search attributes (``ctx.upsert_search_attributes``): name -> a
+    # str, int, float or bool.
+    search_attributes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
@@ -93,6 +99,22 @@ class CreateRun(NamedTuple):
     # Leases (PostgreSQL): the creating engine owns the new run until then.
     owner: Optional[str] = None
     lease_until: float = 0.0
+    # The workflow id of the parent run, for a child workflow.
+    parent_id: Optional[str] = None
+
+
+class RunFilter(NamedTuple):
+    """Filters of ``list_runs`` and ``count_runs`` beyond status and type,
+    ANDed. ``started_after``/``started_before``: the current run's start
+    time (seconds since the epoch), ``started_after <= t < started_before``;
+    ``parent``: the workflow id of the parent run; ``attributes``: search
+    attributes that must all match, name -> text form (a string as it is,
+    another scalar as its JSON text: ``core.events.attribute_text``)."""
+
+    parent: Optional[str] = None
+    started_after: Optional[float] = None
+    started_before: Optional[float] = None
+    attributes: tuple[tuple[str, str], ...] = ()
 
 
 # What ``write_batch`` returns for one op: an append's new head seq or the
@@ -152,9 +174,19 @@ class IEventStore(Interface):  # type: ignore[misc]  # zope.interface is untyped
         """The :class:`RunInfo` of a workflow id, or None."""
 
     def list_runs(status: Optional[str] = None, workflow_type: Optional[str] = None,  # noqa: N805
-                  limit: int = 100, after_id: Optional[str] = None) -> list[RunInfo]:
-        """Runs ordered by workflow id, filtered by status and type;
-        ``after_id`` pages (pass the last id of the previous page)."""
+                  limit: int = 100, after_id: Optional[str] = None, *,
+                  filters: Optional[RunFilter] = None) -> list[RunInfo]:
+        """Runs ordered by workflow id, filtered by status and type and
+        ``filters`` (all ANDed); ``after_id`` pages (pass the last id of the
+        previous page). Each names its parent and its search attributes."""
+
+    def count_runs(status: Optional[str] = None, workflow_type: Optional[str] = None,  # noqa: N805
+                   *, filters: Optional[RunFilter] = None) -> int:
+        """How many runs ``list_runs`` with these filters would list, all pages."""
+
+    def count_runs_by_status(workflow_type: Optional[str] = None, *,  # noqa: N805
+                             filters: Optional[RunFilter] = None) -> dict[str, int]:
+        """Those counts per status: every status, 0 for none."""
 
     def due_timers(now: float, limit: int = 1000) -> list[tuple[str, str, float]]:  # noqa: N805
         """Timers of unfinished runs with ``fire_at <= now``, earliest first:
@@ -233,7 +265,7 @@ class IEventStore(Interface):  # type: ignore[misc]  # zope.interface is untyped
         """Release the store's resources. Idempotent."""
 
 
-__all__ = ["Append", "CreateRun", "IEventStore", "RunInfo", "SQLiteStore", "StepRunning",
+__all__ = ["Append", "CreateRun", "IEventStore", "RunFilter", "RunInfo", "SQLiteStore", "StepRunning",
            "open_store", "sqlite_path_from_url"]
 
 # The SQLite store lives in its own module and is part of this contract's

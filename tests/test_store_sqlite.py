@@ -163,7 +163,7 @@ def test_a_file_of_schema_4_is_upgraded_with_its_runs_and_their_heads(tmp_path):
     from store_contract import step_event
 
     from aion_green.core.errors import SequenceConflict
-    from aion_green.stores.sqlite.schema import _MIGRATIONS
+    from aion_green.stores.sqlite.schema import _MIGRATIONS, SCHEMA_VERSION
 
     path = str(tmp_path / "v4.db")
     conn = sqlite3.connect(path, isolation_level=None)
@@ -184,7 +184,7 @@ def test_a_file_of_schema_4_is_upgraded_with_its_runs_and_their_heads(tmp_path):
 
     store = SQLiteStore(path)
     try:
-        assert store._conn.execute("PRAGMA user_version").fetchone()[0] == 5
+        assert store._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         b, a = store.get_run("b"), store.get_run("a")
         assert (b.run_id, b.status, b.args, b.head_seq, b.created_at, b.updated_at) == (
             "rb", "running", [1], 3, 10.0, 12.0)

@@ -7,7 +7,9 @@
     aion-green [--db URL] terminate ID [--reason R] [--run RUN_ID] [--timeout S]
     aion-green [--db URL] query ID NAME [ARG_JSON...] [--run RUN_ID] [--timeout S]
     aion-green [--db URL] result ID [--run RUN_ID] [--timeout S]
-    aion-green [--db URL] list [--status S] [--type T] [--limit N] [--after ID]
+    aion-green [--db URL] list [--status S] [--type T] [--started-after T] [--started-before T]
+                               [--parent ID] [--attr NAME=VALUE]... [--limit N] [--after ID]
+    aion-green [--db URL] count [the filters of list] [--by-status]
     aion-green [--db URL] show ID [--run RUN_ID] [--follow [--timeout S]]
     aion-green [--db URL] fork ID --from SEQ [--id NEW_ID] [--run RUN_ID] [--wait]
     aion-green [--db URL] resume ID [--from SEQ] [--wait]
@@ -33,7 +35,13 @@ is a client of the worker that drives the runs: ``start`` creates the run,
 worker drives the file now: recorded when one starts), ``result``,
 ``start --wait`` and ``show --follow`` show the run's events as they are
 recorded. Only the live run answers a query, so ask through the worker's
-``--http`` address. ``list`` and ``show`` only look. ``fork`` starts a new
+``--http`` address. ``list``, ``count`` and ``show`` only look. ``list`` and
+``count`` filter by the current run's start (``--started-after`` and
+``--started-before``, ISO-8601: ``2024-05-01``, ``2024-05-01T12:00:00Z``; no
+offset is UTC), by the workflow id that started the runs as children
+(``--parent``) and by search attributes (``--attr customer=c-1``, repeatable:
+all must match; VALUE is matched against the attribute's text form, see
+:mod:`aion_green.runtime.search`); ``count --by-status`` counts each status. ``fork`` starts a new
 workflow id that replays a run's events 2..SEQ and then runs on; ``resume``
 runs a failed or cancelled run again in place (its old run is archived),
 reusing its outcomes but what failed (:mod:`aion_green.runtime.rewind`); both work
@@ -204,6 +212,44 @@ def _positive(text: str) -> int:
     return value
 
 
+def _filter_options(parser: argparse.ArgumentParser) -> None:
+    """The filters ``list`` and ``count`` share."""
+    parser.add_argument("--status", choices=ev.STATUSES)
+    parser.add_argument("--type", dest="workflow_type")
+    parser.add_argument("--started-after", type=_moment("--started-after"), metavar="TIME",
+                        help="runs started at or after TIME (ISO-8601; no offset: UTC)")
+    parser.add_argument("--started-before", type=_moment("--started-before"), metavar="TIME",
+                        help="runs started before TIME (ISO-8601; no offset: UTC)")
+    parser.add_argument("--parent", metavar="ID", help="the runs workflow ID started as children")
+    parser.add_argument("--attr", dest="attributes", action="append", type=_attribute,
+                        default=[], metavar="NAME=VALUE",
+                        help="a search attribute to match (repeatable: all must match)")
+
+
+def _moment(option: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        from aion_green.transport.codec import parse_time
+
+        try:
+            return parse_time(text, option)
+        except AionError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _attribute(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: give NAME=VALUE, like customer=c-1")
+    try:
+        ev.check_attribute_name(name, f"--attr {text!r}: the name")
+        ev.check_attribute_value(value, f"--attr {text!r}: the value")
+    except AionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name, value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="aion-green", description="Run workflows and look into an aion_green "
                      "store.", epilog="exit codes: 0 ok, 1 not found, 2 bad usage or input, "
@@ -270,10 +316,13 @@ def _parser() -> argparse.ArgumentParser:
     _timeout(result, None, "default: wait for ever")
 
     listing = command("list", "list workflow runs")
-    listing.add_argument("--status", choices=ev.STATUSES)
-    listing.add_argument("--type", dest="workflow_type")
+    _filter_options(listing)
     listing.add_argument("--limit", type=_positive, default=100)
     listing.add_argument("--after", metavar="ID", help="the page after this workflow id")
+
+    counting = command("count", "count workflow runs (the filters of list)")
+    _filter_options(counting)
+    counting.add_argument("--by-status", action="store_true", help="a count per status")
 
     show = command("show", "a run's status and its history")
     show.add_argument("workflow_id", metavar="ID")

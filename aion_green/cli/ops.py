@@ -357,9 +357,19 @@ def result(target: Target, args: argparse.Namespace, out: Any) -> int:
     return _finish(target, args.workflow_id, info.head_seq, args.timeout, out)
 
 
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    """The filter arguments of ``list`` and ``count`` for the engine or the client."""
+    filters: dict[str, Any] = {"workflow_type": args.workflow_type,
+                               "started_after": args.started_after,
+                               "started_before": args.started_before, "parent": args.parent}
+    if args.attributes:
+        filters["attributes"] = dict(args.attributes)
+    return filters
+
+
 def listing(target: Target, args: argparse.Namespace, out: Any) -> int:
-    runs = target.api.list(status=args.status, workflow_type=args.workflow_type,
-                           limit=args.limit, after_id=args.after)
+    runs = target.api.list(status=args.status, limit=args.limit, after_id=args.after,
+                           **_filters(args))
     out.emit([run_to_json(run) for run in runs])
     out.line(f"{'workflow id':<36} {'type':<30} {'status':<10} {'events':>6}  updated")
     for run in runs:
@@ -367,6 +377,20 @@ def listing(target: Target, args: argparse.Namespace, out: Any) -> int:
                  f"{run.head_seq:>6}  {_when(run.updated_at)}")
     if len(runs) == args.limit:
         out.progress(f"(the first {args.limit}; the next page: --after {runs[-1].workflow_id})")
+    return 0
+
+
+def count(target: Target, args: argparse.Namespace, out: Any) -> int:
+    if not args.by_status:
+        n = target.api.count(status=args.status, **_filters(args))
+        out.emit({"count": n}, str(n))
+        return 0
+    if args.status is not None:
+        raise ConfigurationError("count --by-status counts every status: leave out --status")
+    counts = target.api.count_by_status(**_filters(args))
+    out.emit({"counts": counts})
+    for status, n in counts.items():
+        out.line(f"{status:<10} {n:>8}")
     return 0
 
 
@@ -495,6 +519,6 @@ def schedule(target: Target, args: argparse.Namespace, out: Any) -> int:
 
 HANDLERS: dict[str, Callable[[Target, argparse.Namespace, Any], int]] = {
     "start": start, "signal": signal, "cancel": cancel, "terminate": terminate, "query": query,
-    "result": result, "list": listing, "show": show, "fork": fork, "resume": resume,
-    "schedule": schedule,
+    "result": result, "list": listing, "count": count, "show": show, "fork": fork,
+    "resume": resume, "schedule": schedule,
 }

@@ -38,6 +38,9 @@ CHILD_FAILED = "ChildFailed"
 CHILD_RESTARTED = "ChildRestarted"
 # Versioning.
 PATCH_MARKER = "PatchMarker"
+# Search attributes (ctx.upsert_search_attributes): data {"attributes": {name: value}},
+# a value None removing that name.
+SEARCH_ATTRIBUTES_UPSERTED = "SearchAttributesUpserted"
 
 CANCEL_REQUESTED_TYPES = frozenset({CANCEL_REQUESTED})
 TERMINAL_TYPES = frozenset(
@@ -63,6 +66,7 @@ EVENT_TYPES = frozenset(
         CHILD_FAILED,
         CHILD_RESTARTED,
         PATCH_MARKER,
+        SEARCH_ATTRIBUTES_UPSERTED,
     }
 )
 
@@ -224,6 +228,70 @@ def check_key(value: object, what: str) -> str:
             f"position {exc.start}), which is not text a store can hold: decode it properly "
             "(or use its escaped form)") from None
     return value
+
+
+# Search attributes: the most names one workflow id holds, the longest name,
+# the longest string value. An attribute is an index entry, not a payload:
+# what does not fit belongs in the workflow's arguments or a query.
+MAX_SEARCH_ATTRIBUTES = 64
+MAX_ATTRIBUTE_NAME = 100
+MAX_ATTRIBUTE_TEXT = 1000
+
+
+def check_attribute_name(name: object, what: str) -> str:
+    """``name`` if it can name a search attribute: an id-like key
+    (:func:`check_key`) of at most :data:`MAX_ATTRIBUTE_NAME` characters,
+    without "=" (the command line reads ``--attr NAME=VALUE``)."""
+    check_key(name, what)
+    assert isinstance(name, str)
+    if len(name) > MAX_ATTRIBUTE_NAME:
+        raise ConfigurationError(f"{what} is {len(name)} characters long; a search attribute's "
+                                 f"name has at most {MAX_ATTRIBUTE_NAME}")
+    if "=" in name:
+        raise ConfigurationError(f"{what} {_short(name)} holds '='; a search attribute's name "
+                                 "may not (the command line reads --attr NAME=VALUE)")
+    return name
+
+
+def check_attribute_value(value: object, what: str) -> object:
+    """``value`` if it can be a search attribute's value: a JSON scalar, a
+    ``str`` (at most :data:`MAX_ATTRIBUTE_TEXT` characters), an ``int`` of
+    64 bits, a finite ``float`` or a ``bool``; else :class:`ConfigurationError`
+    naming the attribute."""
+    kind = type(value)
+    if kind is str:
+        assert isinstance(value, str)
+        if len(value) > MAX_ATTRIBUTE_TEXT:
+            raise ConfigurationError(f"{what} is a string of {len(value)} characters; the limit "
+                                     f"is {MAX_ATTRIBUTE_TEXT}: index a shorter key")
+        if value:
+            check_key(value, what)
+        return value
+    if kind is bool:
+        return value
+    if kind is int:
+        assert isinstance(value, int)
+        if not -(2 ** 63) <= value < 2 ** 63:
+            raise ConfigurationError(f"{what} = {_short(value)} does not fit in 64 bits; "
+                                     "index it as a string")
+        return value
+    if kind is float:
+        assert isinstance(value, float)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigurationError(f"{what} = {value!r} is not a finite number")
+        return value
+    raise ConfigurationError(
+        f"{what} is {_short(value)} of type {kind.__name__}; a search attribute holds one "
+        "scalar: a str, int, float or bool (None removes the attribute)")
+
+
+def attribute_text(value: object) -> str:
+    """The text form a search attribute is matched by: a string as it is,
+    any other scalar as its JSON text (``42``, ``1.5``, ``true``)."""
+    if type(value) is str:
+        assert isinstance(value, str)
+        return value
+    return json.dumps(value)
 
 
 def _short(value: object) -> str:

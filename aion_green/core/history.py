@@ -89,3 +89,27 @@ def run_key(workflow_id: str, generation: int) -> str:
     dedup ids): the workflow id, and the run's number after the first, so a
     run that continued as new never reuses an id of an earlier run."""
     return workflow_id if generation <= 1 else f"{workflow_id}/run-{generation}"
+
+
+def merge_attributes(into: dict[str, Any], upserted: dict[str, Any]) -> dict[str, Any]:
+    """``into`` after one ``SearchAttributesUpserted``: a value None removes
+    its name."""
+    for name, value in upserted.items():
+        if value is None:
+            into.pop(name, None)
+        else:
+            into[name] = value
+    return into
+
+
+def search_attributes(history: Sequence[ev.Event]) -> dict[str, Any]:
+    """The search attributes a run holds at the end of ``history``: those
+    its ``WorkflowStarted`` carried over (a run that continued as new keeps
+    its chain's), then each upsert in order."""
+    found: dict[str, Any] = {}
+    for event in history:
+        if event.type == ev.WORKFLOW_STARTED:
+            found = dict(event.data.get("search_attributes") or {})
+        elif event.type == ev.SEARCH_ATTRIBUTES_UPSERTED:
+            merge_attributes(found, event.data.get("attributes") or {})
+    return found

@@ -91,7 +91,7 @@ class Children:
         delay = _RETRY_FIRST
         while True:
             try:
-                created, info = self.epoch.routing.create_run(child_id, wname, args_json)
+                created, info = self.epoch.routing.create_run(child_id, wname, args_json, parent[0])
                 break
             except AionError as exc:
                 log.warning("child %r of %r not created yet (%s); retrying in %.2f s",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import builtins
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import time
 import uuid
 import weakref
 from datetime import datetime, timedelta
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 from gevent import monkey
 
@@ -39,10 +40,11 @@ from aion_green.core.errors import (
     WorkflowNotRegistered,
     WorkflowNotRunning,
 )
+from aion_green.core.history import search_attributes
 from aion_green.core.registry import Registry, check_arguments, signature_from, workflow_name
 from aion_green.core.schedule import ScheduleInfo
 from aion_green.hub_thread import Future
-from aion_green.runtime import rewind, schedules
+from aion_green.runtime import rewind, schedules, search
 from aion_green.runtime.epoch import Epoch
 from aion_green.runtime.runs import _closed_while_waiting, outcome
 from aion_green.runtime.writer import future_done
@@ -568,7 +570,8 @@ class Engine:
             last.data.get("result") if status == ev.COMPLETED else None,
             last.data.get("error") if status in (ev.FAILED, ev.CANCELLED) else None,
             last.seq, first.at, last.at,
-            next_run_id=last.data.get("run_id") if status == ev.CONTINUED else None)
+            next_run_id=last.data.get("run_id") if status == ev.CONTINUED else None,
+            parent_id=info.parent_id, search_attributes=search_attributes(events))
 
     def _require_current(self, workflow_id: str, run_id: Optional[str], what: str) -> None:
         """A request that names run ``run_id`` is for the workflow's current
@@ -610,19 +613,55 @@ class Engine:
 
     def list(self, status: Optional[str] = None,
              workflow_type: Union[None, str, Callable[..., Any]] = None,
-             limit: int = 100, after_id: Optional[str] = None) -> builtins.list[RunInfo]:
-        """Runs ordered by id, filtered by status (one of
-        running/completed/failed/cancelled/continued) and workflow type."""
-        if status is not None and status not in ev.STATUSES:
-            raise ConfigurationError(
-                f"unknown status {status!r}; choose one of {', '.join(ev.STATUSES)}"
-            )
+             limit: int = 100, after_id: Optional[str] = None, *,
+             started_after: Optional[search.Moment] = None,
+             started_before: Optional[search.Moment] = None,
+             parent: Optional[str] = None,
+             attributes: Optional[Mapping[str, Any]] = None) -> builtins.list[RunInfo]:
+        """Runs ordered by id, a page of at most ``limit`` (``after_id``: the
+        last id of the previous page), filtered by status (one of
+        running/completed/failed/cancelled/continued), workflow type, the
+        current run's start (``started_after <= start < started_before``, an
+        aware datetime or seconds since the epoch), ``parent`` (the workflow
+        id that started them as children) and search ``attributes`` (name ->
+        value, all must match by text form: see :mod:`aion_green.runtime.search`).
+        Each :class:`RunInfo` names its ``parent_id`` and its ``search_attributes``."""
         _count(limit, "list(limit=...)", 1)
         if after_id is not None:
             ev.check_key(after_id, "list(after_id=...)")
-        wtype = None if workflow_type is None else workflow_name(workflow_type)
+        status, wtype = _status_and_type(status, workflow_type)
+        filters = search.run_filter(started_after, started_before, parent, attributes, "list")
         self._ensure_started()
-        return self._call_store(self._epoch.store.list_runs, status, wtype, limit, after_id)
+        if filters is None:  # (the reader's store: a positional call, as recovery makes)
+            return self._call_store(self._epoch.store.list_runs, status, wtype, limit, after_id)
+        return self._call_store(self._epoch.store.list_runs, status, wtype, limit, after_id,
+                                filters=filters)
+
+    def count(self, status: Optional[str] = None,
+              workflow_type: Union[None, str, Callable[..., Any]] = None, *,
+              started_after: Optional[search.Moment] = None,
+              started_before: Optional[search.Moment] = None,
+              parent: Optional[str] = None,
+              attributes: Optional[Mapping[str, Any]] = None) -> int:
+        """How many runs :meth:`list` with the same filters finds, over all its pages."""
+        status, wtype = _status_and_type(status, workflow_type)
+        filters = search.run_filter(started_after, started_before, parent, attributes, "count")
+        self._ensure_started()
+        return int(self._call_store(self._epoch.store.count_runs, status, wtype, filters=filters))
+
+    def count_by_status(self, workflow_type: Union[None, str, Callable[..., Any]] = None, *,
+                        started_after: Optional[search.Moment] = None,
+                        started_before: Optional[search.Moment] = None,
+                        parent: Optional[str] = None,
+                        attributes: Optional[Mapping[str, Any]] = None) -> dict[str, int]:
+        """:meth:`count` per status: ``{"running": 3, "completed": 10, ...}``,
+        every status named (0 for none)."""
+        _, wtype = _status_and_type(None, workflow_type)
+        filters = search.run_filter(started_after, started_before, parent, attributes,
+                                    "count_by_status")
+        self._ensure_started()
+        return dict(self._call_store(self._epoch.store.count_runs_by_status, wtype,
+                                     filters=filters))
 
     def history(self, workflow_id: str, after_seq: int = 0,
                 run_id: Optional[str] = None, limit: Optional[int] = None) -> builtins.list[ev.Event]:
@@ -710,11 +749,23 @@ class Engine:
                 f"type {info.workflow_type!r}; start one that registers it, or end the run "
                 "with terminate")
 
-    def _call_store(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def _call_store(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a read of the reader's store (``fn`` names a method of the
         writer's store; the reader's own instance runs it)."""
         epoch = self._epoch
-        return epoch.reader.call(getattr(epoch.reader.store, fn.__name__), *args).result()
+        method = getattr(epoch.reader.store, fn.__name__)
+        if kwargs:
+            method = functools.partial(method, **kwargs)
+        return epoch.reader.call(method, *args).result()
+
+def _status_and_type(status: Optional[str], workflow_type: Union[None, str, Callable[..., Any]]
+                     ) -> tuple[Optional[str], Optional[str]]:
+    if status is not None and status not in ev.STATUSES:
+        raise ConfigurationError(
+            f"unknown status {status!r}; choose one of {', '.join(ev.STATUSES)}"
+        )
+    return status, None if workflow_type is None else workflow_name(workflow_type)
+
 
 def _run_outcome(info: RunInfo) -> Any:
     """What ``result(id, run_id=...)`` gives for a finished run."""

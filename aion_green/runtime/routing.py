@@ -132,11 +132,13 @@ class Routing:
                     "idempotency_key, or it may be recorded twice")
         return future.result()
 
-    def create_run(self, wid: str, wname: str, args_json: str) -> tuple[bool, RunInfo]:
+    def create_run(self, wid: str, wname: str, args_json: str,
+                   parent_id: Optional[str] = None) -> tuple[bool, RunInfo]:
         """Any thread but the hub's callbacks (a hub greenlet is fine):
         create the run (idempotent by id) and drive it here; an existing
         unfinished run of the same type and arguments is driven here too
-        (say its type was unknown at recovery). Returns ``(created, info)``."""
+        (say its type was unknown at recovery). ``parent_id``: the workflow
+        id of the run that started it as a child. Returns ``(created, info)``."""
         # Register the run's recorder before its creation is queued: a signal
         # sent from now on waits in it and follows WorkflowStarted, instead of
         # racing to the store ahead of a run that has no history yet.
@@ -153,7 +155,8 @@ class Routing:
             owner, lease_until = self.engine.engine_id, now + self.engine.lease
         try:
             self.epoch.writer.submit_create(
-                CreateRun(wid, wname, args_json, uuid.uuid4().hex, now, owner, lease_until),
+                CreateRun(wid, wname, args_json, uuid.uuid4().hex, now, owner, lease_until,
+                          parent_id),
                 future_done(future))
             created, info = future.result()
         except BaseException:

@@ -483,6 +483,8 @@ class Runner:
             event_type, status, result = ev.WORKFLOW_CONTINUED_AS_NEW, ev.CONTINUED, None
             data = {"args": cont.args_value, "run_id": uuid.uuid4().hex,
                     "generation": ctx.generation + 1}
+            if ctx._search_attributes:  # the chain keeps them (workflows/search.py)
+                data["search_attributes"] = ctx._search_attributes
         except Cancelled as cancelled:
             event_type, status, result = ev.WORKFLOW_CANCELLED, ev.CANCELLED, None
             data = {"error": {"type": "Cancelled", "message": cancelled.reason or "cancelled",

@@ -5,7 +5,7 @@ store applies the plan with its own SQL, in one transaction."""
 from __future__ import annotations
 
 import json
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 from aion_green.core import events as ev
 from aion_green.core.errors import (
@@ -15,7 +15,8 @@ from aion_green.core.errors import (
     WorkflowNotFound,
     WorkflowNotRunning,
 )
-from aion_green.store import Append
+from aion_green.core.history import search_attributes
+from aion_green.store import Append, RunFilter
 
 _TIMER_ENDS = frozenset({ev.TIMER_FIRED, ev.TIMER_CANCELLED})
 
@@ -34,6 +35,9 @@ class BatchPlan:
         self.timers_ended: list[tuple[str, str]] = []
         # Runs that continued as new: (wid, the continued event's data, at).
         self.rollovers: list[tuple[str, dict[str, Any], float]] = []
+        # Search attributes upserted: (wid, name) -> value (None: removed),
+        # the last upsert of the batch winning.
+        self.attributes: dict[tuple[str, str], Any] = {}
 
     def append(self, op: Append, heads: dict[str, int],
                fences: Optional[dict[str, int]] = None) -> Union[int, StoreError]:
@@ -73,6 +77,9 @@ class BatchPlan:
                     None if error is None else json.dumps(error),
                     wid,
                 ))
+            elif event.type == ev.SEARCH_ATTRIBUTES_UPSERTED:
+                for name, value in event.data["attributes"].items():
+                    self.attributes[(wid, name)] = value
         heads[wid] = seq
         self.moved[wid] = (seq, op.events[-1].at, wid)
         return seq
@@ -89,18 +96,54 @@ def require_running(workflow_id: str, status: Optional[str], store: str, why_not
             f"workflow {workflow_id!r} has {status}; {why_not}, so nothing was recorded")
 
 
+def attribute_rows(attributes: dict[tuple[str, str], Any]) -> tuple[
+        list[tuple[str, str, str, str]], list[tuple[str, str]]]:
+    """The rows a batch's upserts write, ``(wid, name, value json, text)``,
+    and the ``(wid, name)`` it removes."""
+    upserts: list[tuple[str, str, str, str]] = []
+    removed: list[tuple[str, str]] = []
+    for (wid, name), value in attributes.items():
+        if value is None:
+            removed.append((wid, name))
+        else:
+            upserts.append((wid, name, json.dumps(value), ev.attribute_text(value)))
+    return upserts, removed
+
+
+def copied_attributes(workflow_id: str, started: dict[str, Any],
+                      events: Sequence[ev.Event]) -> list[tuple[str, str, str, str]]:
+    """The attribute rows of a history a fork or resume writes (see
+    :func:`attribute_rows`)."""
+    held = search_attributes([ev.Event(1, ev.WORKFLOW_STARTED, 0.0, started), *events])
+    return attribute_rows({(workflow_id, name): value for name, value in held.items()})[0]
+
+
 def run_filters(status: Optional[str], workflow_type: Optional[str], after_id: Optional[str],
-                mark: str, after: str) -> tuple[str, list[str]]:
+                mark: str, after: str, filters: Optional[RunFilter] = None,
+                attributes_table: str = "") -> tuple[str, list[object]]:
     """The WHERE clause and parameters of ``list_runs`` in a store's SQL:
-    ``mark`` is its placeholder, ``after`` its "id after" comparison."""
+    ``mark`` is its placeholder, ``after`` its "id after" comparison,
+    ``attributes_table`` its table of search attributes."""
     clauses: list[str] = []
-    params: list[str] = []
+    params: list[object] = []
+    f = filters or _NO_FILTER
     for clause, value in ((f"status={mark}", status), (f"workflow_type={mark}", workflow_type),
+                          (f"parent_id={mark}", f.parent),
+                          (f"created_at>={mark}", f.started_after),
+                          (f"created_at<{mark}", f.started_before),
                           (after, after_id)):
         if value is not None:
             clauses.append(clause)
             params.append(value)
+    for name, text in f.attributes:
+        # One indexed lookup per attribute (name, text, workflow_id).
+        clauses.append(f"workflow_id IN (SELECT workflow_id FROM {attributes_table} "
+                       f"WHERE name={mark} AND text={mark})")
+        params.extend((name, text))
     return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+
+_NO_FILTER = RunFilter()
 
 
 def inbox_why_not(kind: str) -> str:
@@ -110,5 +153,8 @@ def inbox_why_not(kind: str) -> str:
 
 def next_run_started(wtype: str, old_run_id: str, data: dict[str, Any]) -> dict[str, Any]:
     """The ``WorkflowStarted`` data of the run a continuation begins."""
-    return {"workflow_type": wtype, "run_id": data["run_id"], "args": data["args"],
-            "continued_from": old_run_id, "generation": data.get("generation", 2)}
+    started = {"workflow_type": wtype, "run_id": data["run_id"], "args": data["args"],
+               "continued_from": old_run_id, "generation": data.get("generation", 2)}
+    if data.get("search_attributes"):
+        started["search_attributes"] = data["search_attributes"]
+    return started

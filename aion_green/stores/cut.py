@@ -128,6 +128,8 @@ def plan_copy(mode: str, source_id: str, history: Sequence[ev.Event], from_seq: 
     # ctx.random() and ctx.uuid4() go on from the source's generator: the
     # copied records may hold values drawn from it.
     started["random_seed"] = source.get("random_seed") or f"{source_id}\x00{source_run}"
+    if source.get("search_attributes"):  # carried over from the run before (continue_as_new)
+        started["search_attributes"] = source["search_attributes"]
     # The source's start time, so ctx.now() replays as it ran; the wall
     # time of the fork or resume is in forked_from / resumed_from.
     return Copy(started, history[0].at, copied, pending_timers(copied))

@@ -22,17 +22,25 @@ import http.client
 import json
 import time
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Union
 from urllib.parse import quote, urlencode, urlsplit
 
 from aion_green.core import errors
-from aion_green.core.events import TERMINAL_TYPES, Event
+from aion_green.core.events import TERMINAL_TYPES, Event, attribute_text
 from aion_green.core.registry import workflow_name
 from aion_green.core.schedule import ScheduleInfo
 from aion_green.store import RunInfo
-from aion_green.transport.codec import ERRORS, event_from_json, run_from_json, schedule_from_json
+from aion_green.transport.codec import (
+    ERRORS,
+    event_from_json,
+    format_time,
+    run_from_json,
+    schedule_from_json,
+)
 
 _FIRST_BACKOFF = 0.05
+# A time filter: an aware datetime or seconds since the epoch.
+Moment = Union[datetime, float, int]
 
 
 class RemoteHandle:
@@ -181,15 +189,37 @@ class Client:
 
     def list(self, status: Optional[str] = None,
              workflow_type: Union[None, str, Callable[..., Any]] = None,
-             limit: int = 100, after_id: Optional[str] = None) -> builtins.list[RunInfo]:
-        query: dict[str, Any] = {"limit": limit}
-        if status is not None:
-            query["status"] = status
-        if workflow_type is not None:
-            query["type"] = workflow_name(workflow_type)
+             limit: int = 100, after_id: Optional[str] = None, *,
+             started_after: Optional[Moment] = None, started_before: Optional[Moment] = None,
+             parent: Optional[str] = None,
+             attributes: Optional[Mapping[str, Any]] = None) -> builtins.list[RunInfo]:
+        """A page of runs, as ``Engine.list`` (the same filters)."""
+        query = _filter_query(status, workflow_type, started_after, started_before, parent,
+                              attributes)
+        query["limit"] = limit
         if after_id is not None:
             query["after"] = after_id
         return [run_from_json(r) for r in self._call("GET", "/v1/workflows", query)["runs"]]
+
+    def count(self, status: Optional[str] = None,
+              workflow_type: Union[None, str, Callable[..., Any]] = None, *,
+              started_after: Optional[Moment] = None, started_before: Optional[Moment] = None,
+              parent: Optional[str] = None, attributes: Optional[Mapping[str, Any]] = None) -> int:
+        """How many runs ``list`` with these filters finds (``Engine.count``)."""
+        query = _filter_query(status, workflow_type, started_after, started_before, parent,
+                              attributes)
+        return int(self._call("GET", "/v1/workflows/count", query)["count"])
+
+    def count_by_status(self, workflow_type: Union[None, str, Callable[..., Any]] = None, *,
+                        started_after: Optional[Moment] = None,
+                        started_before: Optional[Moment] = None, parent: Optional[str] = None,
+                        attributes: Optional[Mapping[str, Any]] = None) -> dict[str, int]:
+        """Those counts per status (``Engine.count_by_status``)."""
+        query = _filter_query(None, workflow_type, started_after, started_before, parent,
+                              attributes)
+        query["by"] = "status"
+        counts = self._call("GET", "/v1/workflows/count", query)["counts"]
+        return {str(status): int(n) for status, n in counts.items()}
 
     def history(self, workflow_id: str, after_seq: int = 0,
                 run_id: Optional[str] = None) -> builtins.list[Event]:
@@ -337,6 +367,32 @@ def _route(workflow_id: str, action: Optional[str] = None, name: Optional[str] =
     if name is not None:
         query["name"] = name
     return "/v1/workflows" + ("" if action is None else "/" + action), query
+
+
+def _filter_query(status: Optional[str], workflow_type: Union[None, str, Callable[..., Any]],
+                  started_after: Optional[Moment], started_before: Optional[Moment],
+                  parent: Optional[str], attributes: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    """The query string of the list and count routes' filters. Attribute
+    values go as their text form, which the server matches (as the engine
+    does: ``aion_green.runtime.search``)."""
+    query: dict[str, Any] = {}
+    if status is not None:
+        query["status"] = status
+    if workflow_type is not None:
+        query["type"] = workflow_name(workflow_type)
+    if started_after is not None:
+        query["started_after"] = format_time(started_after, "started_after")
+    if started_before is not None:
+        query["started_before"] = format_time(started_before, "started_before")
+    if parent is not None:
+        query["parent"] = parent
+    for name, value in (attributes or {}).items():
+        if value is None or type(value) not in (str, int, float, bool):
+            raise errors.ConfigurationError(
+                f"attributes={{{name!r}: {value!r}}}: a filter matches a value (str, int, "
+                "float, bool)")
+        query[f"attr.{name}"] = attribute_text(value)
+    return query
 
 
 def _name_run(fields: dict[str, Any], run_id: Optional[str]) -> dict[str, Any]:

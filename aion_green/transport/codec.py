@@ -3,6 +3,8 @@ one error taxonomy (a code, an HTTP status, and the aion error it stands for).
 """
 from __future__ import annotations
 
+import math
+from datetime import datetime, timezone
 from typing import Any
 
 from aion_green.core import errors
@@ -70,6 +72,8 @@ def run_to_json(info: RunInfo) -> dict[str, Any]:
            "workflow_type": info.workflow_type, "status": info.status, "args": info.args,
            "result": info.result, "error": public_error(info.error), "head_seq": info.head_seq,
            "created_at": info.created_at, "updated_at": info.updated_at}
+    doc["parent_id"] = info.parent_id
+    doc["search_attributes"] = info.search_attributes
     if info.unrunnable is not None:
         doc["unrunnable"] = info.unrunnable
     if info.next_run_id is not None:
@@ -94,7 +98,8 @@ def run_from_json(obj: dict[str, Any]) -> RunInfo:
     return RunInfo(obj["workflow_id"], obj["run_id"], obj["workflow_type"], obj["status"],
                    obj["args"], obj.get("result"), obj.get("error"), obj["head_seq"],
                    obj["created_at"], obj["updated_at"], unrunnable=obj.get("unrunnable"),
-                   next_run_id=obj.get("next_run_id"))
+                   next_run_id=obj.get("next_run_id"), parent_id=obj.get("parent_id"),
+                   search_attributes=obj.get("search_attributes") or {})
 
 
 def event_to_json(event: Event) -> dict[str, Any]:
@@ -106,3 +111,33 @@ def event_to_json(event: Event) -> dict[str, Any]:
 
 def event_from_json(obj: dict[str, Any]) -> Event:
     return Event(obj["seq"], obj["type"], obj["at"], obj.get("data") or {})
+
+
+# -- times in query strings ---------------------------------------------------------------------
+def parse_time(text: str, name: str) -> float:
+    """Seconds since the epoch of an ISO-8601 date or date and time
+    (``2024-05-01``, ``2024-05-01T12:00:00Z``, ``...+02:00``); one without an
+    offset is UTC. A :class:`ConfigurationError` names ``name`` otherwise."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise errors.ConfigurationError(
+            f"{name}={text!r} is not an ISO-8601 date or time; give one like 2024-05-01 or "
+            "2024-05-01T12:00:00Z (no offset: UTC)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
+def format_time(value: object, name: str) -> str:
+    """The ISO-8601 text (UTC) of an aware ``datetime`` or seconds since
+    the epoch, as :func:`parse_time` reads it back."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise errors.ConfigurationError(f"{name}: {value!r} is naive; pass a timezone-aware "
+                                            "datetime or seconds since the epoch")
+        value = value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise errors.ConfigurationError(f"{name}: got {value!r}; pass an aware datetime or "
+                                        "seconds since the epoch (a number)")
+    return datetime.fromtimestamp(value, tz=timezone.utc).isoformat()

@@ -51,6 +51,19 @@ _RUN_B = {"run_id": {"type": "string", "description": "The run it is for: refuse
 _REF_RUN = {"$ref": "#/components/schemas/Run"}
 _REF_EVENT = {"$ref": "#/components/schemas/Event"}
 _COMMON = ("unauthenticated", "unavailable", "internal")
+# The filters of the list and count routes.
+_FILTERS = (
+    Param("status", "query", _STR, "running, completed, failed, cancelled or continued."),
+    Param("type", "query", _STR, "A workflow type."),
+    Param("started_after", "query", _STR, "Runs whose current run started at or after this "
+          "time: ISO-8601 (`2024-05-01`, `2024-05-01T12:00:00Z`; no offset: UTC)."),
+    Param("started_before", "query", _STR, "Runs whose current run started before this time "
+          "(ISO-8601)."),
+    Param("parent", "query", _STR, "The runs this workflow id started as children."),
+    Param("attr.NAME", "query", _STR, "A search attribute (`ctx.upsert_search_attributes`) "
+          "to match, by its text form: a string as it is, a number or boolean as its JSON "
+          "text (`attr.total=42` matches 42, not 42.0). Several: all must match."),
+)
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", "Liveness", "`{\"ok\": true}` while the server answers; never "
@@ -73,10 +86,10 @@ ROUTES: tuple[Route, ...] = (
           example=({"workflow": "shop.checkout", "args": ["o-1"], "id": "order-o-1"},
                    {"workflow_id": "order-o-1", "run_id": "5f0c...e1"})),
     Route("GET", "/v1/workflows", "List runs",
-          "The current run of each workflow, ordered by id, a page at a time.",
-          params=(Param("status", "query", _STR, "running, completed, failed, cancelled or "
-                        "continued."),
-                  Param("type", "query", _STR, "A workflow type."),
+          "The current run of each workflow, ordered by id, a page at a time, filtered (all "
+          "filters ANDed). Each summary names its `parent_id` and its `search_attributes`. A "
+          "bad filter is a 400 whose `field` names it.",
+          params=(*_FILTERS,
                   Param("limit", "query", _INT, "1 to 1000 (default 100)."),
                   Param("after", "query", _STR, "The page after this workflow id (`next`).")),
           answer={"type": "object", "properties": {
@@ -84,6 +97,17 @@ ROUTES: tuple[Route, ...] = (
               "next": {"type": ["string", "null"]}}},
           errors=("invalid_argument",),
           example=("?status=running&limit=2", {"runs": ["..."], "next": "order-o-2"})),
+    Route("GET", "/v1/workflows/count", "Count runs",
+          "How many runs the list with the same filters finds, over all its pages; with "
+          "`by=status`, a count per status (every status named). A workflow whose id is "
+          "`count` is described with `/v1/workflows?workflow_id=count`.",
+          params=(*_FILTERS, Param("by", "query", _STR, "`status`: a count per status (then "
+                                   "leave out `status`).")),
+          answer={"type": "object", "properties": {
+              "count": _INT, "counts": {"type": "object", "additionalProperties": _INT}}},
+          errors=("invalid_argument",),
+          example=("?attr.customer=c-1&by=status", {"counts": {
+              "running": 1, "completed": 4, "failed": 0, "cancelled": 0, "continued": 0}})),
     Route("GET", "/v1/workflows/{id}", "Describe a run",
           "What the store knows of the run. An earlier run of a chain that continued as new "
           "has the status `continued` and names `next_run_id`.",
@@ -301,7 +325,11 @@ def _run_schema() -> dict[str, Any]:
                    "enum": ["running", "completed", "failed", "cancelled", "continued"]},
         "args": {"type": "array"}, "result": _ANY, "error": _ANY, "head_seq": _INT,
         "created_at": _NUM, "updated_at": _NUM, "unrunnable": _STR, "next_run_id": _STR,
-        "steps_running": {"type": "array"}}}
+        "steps_running": {"type": "array"},
+        "parent_id": {"type": ["string", "null"],
+                      "description": "The workflow id that started this run as a child."},
+        "search_attributes": {"type": "object", "description": "name -> str, int, float or "
+                              "bool (ctx.upsert_search_attributes)."}}}
 
 
 def _schedule_schema() -> dict[str, Any]:

@@ -14,7 +14,13 @@ GET      /v1/openapi.json                             this table as OpenAPI 3.1 
 POST     /v1/workflows                                start: ``{"workflow", "args", "id"}``; the
                                                       ``Idempotency-Key`` header may give the id;
                                                       answers ``{"workflow_id", "run_id"}``
-GET      /v1/workflows?status=&type=&limit=&after=    list, a page: ``{"runs", "next"}``
+GET      /v1/workflows?status=&type=&limit=&after=    list, a page: ``{"runs", "next"}``; also
+         &started_after=&started_before=&parent=      filtered by the run's start (ISO-8601; no
+         &attr.NAME=VALUE                             offset: UTC), the parent's workflow id and
+                                                      search attributes (several: all must match)
+GET      /v1/workflows/count?<the list's filters>     ``{"count": N}``; with ``&by=status``:
+                                                      ``{"counts": {"running": N, ...}}`` (every
+                                                      status)
 GET      /v1/workflows/ID?run_id=                     describe (an earlier run of a chain:
                                                       status ``continued``, ``next_run_id``)
 GET      /v1/workflows/ID/result?timeout=S&run_id=    wait for the end (at most ``max_wait``);
@@ -40,6 +46,15 @@ POST     /v1/schedules                                create: ``{"schedule_id", 
 GET      /v1/schedules/ID                             one schedule, its next fire time
 DELETE   /v1/schedules/ID?timeout=S                   unschedule: it fires no more
 =======  ===========================================  ==========================================
+
+Listing and search: a summary names its ``parent_id`` (None for a top-level
+run) and its ``search_attributes``. ``attr.NAME=VALUE`` matches an
+attribute whose text form is VALUE: a string attribute as it is, a number or
+boolean as its JSON text (``attr.total=42`` matches 42, not 42.0;
+``attr.vip=true`` matches true). ``started_after <= start < started_before``,
+the current run's start. A bad date, an unknown parameter or a bad attribute
+name is a 400 ``invalid_argument`` whose ``field`` names it. (A workflow whose
+id is ``count`` is described with ``/v1/workflows?workflow_id=count``.)
 
 Run identity: a workflow id names a chain of runs (``continue_as_new``
 begins the next one under the same id); without ``run_id`` a request is for
@@ -88,6 +103,7 @@ from aion_green.transport.codec import (
     ERRORS,
     code_of,
     event_to_json,
+    parse_time,
     public_error,
     run_to_json,
     schedule_to_json,
@@ -248,6 +264,10 @@ class WSGIApp:
             if method == "GET":
                 return _reply(start_response, 200, self._list(params))
             raise _not_allowed(method, "GET, POST")
+        elif rest == ["count"]:
+            if method != "GET":
+                raise _not_allowed(method, "GET")
+            return _reply(start_response, 200, self._count(params))
         else:
             # Matched from the right: behind a server that hands over only the
             # decoded path, an id's "/" splits it into several segments.
@@ -395,14 +415,31 @@ class WSGIApp:
         return {"schedule_id": sid, "run_id": handle.run_id}
 
     def _list(self, params: dict[str, str]) -> dict[str, Any]:
-        query = _query(params, {"status", "type", "limit", "after"})
+        query, filters = _filters(params, {"limit", "after"})
         limit = _int(query, "limit", 100)
         if not 1 <= limit <= 1000:
-            raise _Reply("invalid_argument", f"limit={limit}: ask for 1 to 1000 runs per page")
-        runs = self.engine.list(status=query.get("status"), workflow_type=query.get("type"),
-                                limit=limit, after_id=query.get("after"))
+            raise _Reply("invalid_argument", f"limit={limit}: ask for 1 to 1000 runs per page",
+                         field="limit")
+        after = query.get("after")
+        if after is not None:
+            _field(ev.check_key, "after", after, "'after' (the last id of the previous page)")
+        runs = self.engine.list(limit=limit, after_id=after, **filters)
         next_after = runs[-1].workflow_id if len(runs) == limit else None
         return {"runs": [run_to_json(r) for r in runs], "next": next_after}
+
+    def _count(self, params: dict[str, str]) -> dict[str, Any]:
+        query, filters = _filters(params, {"by"})
+        by = query.get("by")
+        if by is None:
+            return {"count": self.engine.count(**filters)}
+        if by != "status":
+            raise _Reply("invalid_argument", f"by={by!r}: counts are grouped by=status only",
+                         field="by")
+        if filters.get("status") is not None:
+            raise _Reply("invalid_argument", "by=status counts every status: leave out 'status'",
+                         field="status")
+        filters.pop("status", None)
+        return {"counts": self.engine.count_by_status(**filters)}
 
     def _result(self, wid: str, query: dict[str, str]) -> dict[str, Any]:
         timeout = min(_number(query, "timeout", self.max_wait), self.max_wait)
@@ -587,8 +624,50 @@ def _query(params: dict[str, str], allowed: set[str]) -> dict[str, str]:
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise _Reply("invalid_argument", f"unknown query parameter(s) {', '.join(unknown)}; "
-                     f"this route takes {', '.join(sorted(allowed)) or 'none'}")
+                     f"this route takes {', '.join(sorted(allowed)) or 'none'}", field=unknown[0])
     return params
+
+
+# The filters of the list and count routes (besides the attr.NAME ones).
+_FILTERS = {"status", "type", "started_after", "started_before", "parent"}
+_ATTR = "attr."
+
+
+def _filters(params: dict[str, str], allowed: set[str]) -> tuple[dict[str, str], dict[str, Any]]:
+    """The list or count route's query (checked against ``allowed`` and the
+    filters) and the engine's filter arguments; a 400 naming the field of a
+    bad one, before anything is read."""
+    attrs = {k: v for k, v in params.items() if k.startswith(_ATTR)}
+    query = _query({k: v for k, v in params.items() if k not in attrs}, allowed | _FILTERS)
+    status = query.get("status")
+    if status is not None and status not in ev.STATUSES:
+        raise _Reply("invalid_argument", f"unknown status {status!r}; choose one of "
+                     f"{', '.join(ev.STATUSES)}", field="status")
+    filters: dict[str, Any] = {"status": status}
+    wtype = query.get("type")
+    if wtype is not None:
+        filters["workflow_type"] = _field(ev.check_key, "type", wtype, "'type'")
+    for key in ("started_after", "started_before"):
+        if key in query:
+            filters[key] = _field(parse_time, key, query[key], key)
+    if "parent" in query:
+        filters["parent"] = _field(ev.check_key, "parent", query["parent"], "'parent'")
+    attributes: dict[str, str] = {}
+    for key, value in attrs.items():
+        name = key[len(_ATTR):]
+        _field(ev.check_attribute_name, key, name, f"the attribute name {name!r} of {key!r}")
+        attributes[name] = _field(ev.check_attribute_value, key, value, f"{key!r}")
+    if attributes:
+        filters["attributes"] = attributes
+    return query, filters
+
+
+def _field(check: Callable[[Any, str], Any], field: str, value: Any, what: str) -> Any:
+    """``check(value, what)``, its error a 400 that names ``field``."""
+    try:
+        return check(value, what)
+    except AionError as exc:
+        raise _Reply("invalid_argument", str(exc), field=field) from None
 
 
 def _read_body(environ: dict[str, Any], limit: int) -> bytes:

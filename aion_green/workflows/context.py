@@ -44,7 +44,7 @@ from aion_green.core.errors import (
     Timeout,
 )
 from aion_green.core.history import CANCEL_KEY, run_key
-from aion_green.workflows import children, fanout, messages, steps, versioning
+from aion_green.workflows import children, fanout, messages, search, steps, versioning
 from aion_green.workflows.children import ChildHandle
 from aion_green.workflows.fanout import Step
 from aion_green.workflows.host import Host, RunLog
@@ -136,6 +136,10 @@ class WorkflowContext:
         self._child_ordinal = 0
         self._supervisor_ordinal = 0
         self._patches: dict[str, bool] = {}  # ctx.patched answers, once per id
+        # Search attributes as this run knows them (workflows/search.py):
+        # carried over by its WorkflowStarted, then its own upserts.
+        self._search_attributes: dict[str, Any] = dict(
+            history[0].data.get("search_attributes") or {})
         # Children whose run is known to exist (created or found by their
         # spawn-recovery task in this epoch).
         self._children_ready: AbstractSet[str] = _NONE  # a set once the first child is ready
@@ -314,6 +318,20 @@ class WorkflowContext:
         """Replaces ``ctx.patched(change_id)`` once every run takes the new
         branch (see :mod:`aion_green.versioning`)."""
         versioning.deprecate_patch(self, change_id)
+
+    def upsert_search_attributes(self, attributes: dict[str, Any]) -> None:
+        """Set (or, with a value of None, remove) this workflow's search
+        attributes, by which ``engine.list``/``count`` and the HTTP API
+        (``?attr.NAME=VALUE``) find it. Values are a str, int, float or bool;
+        anything else raises :class:`aion.ConfigurationError` here, nothing
+        recorded. Recorded, so replay-safe; see :mod:`aion_green.workflows.search`
+        for the limits."""
+        search.upsert(self, attributes)
+
+    @property
+    def search_attributes(self) -> dict[str, Any]:
+        """This workflow's search attributes now (a copy)."""
+        return dict(self._search_attributes)
 
     def continue_as_new(self, *args: Any) -> NoReturn:
         """End this run and begin a fresh run of the same workflow id with

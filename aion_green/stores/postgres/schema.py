@@ -81,10 +81,27 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             workflow_types TEXT NOT NULL,
             seen_until DOUBLE PRECISION NOT NULL)""",
     ),
+    (
+        # Listing and search (issue 18): a child's run names its parent's
+        # workflow id (NULL for a top-level run, and for runs created
+        # before this version), and the search attributes of each workflow
+        # id (ctx.upsert_search_attributes), kept by the appends that record
+        # them: the value as typed JSON, and its text form, which filters match.
+        "ALTER TABLE aion_runs ADD COLUMN parent_id TEXT",
+        "CREATE INDEX aion_runs_by_parent ON aion_runs(parent_id, workflow_id) "
+        "WHERE parent_id IS NOT NULL",
+        """CREATE TABLE aion_search_attributes(
+            workflow_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            value TEXT NOT NULL,
+            text TEXT NOT NULL,
+            PRIMARY KEY (workflow_id, name))""",
+        "CREATE INDEX aion_search_attributes_by_value ON aion_search_attributes(name, text, workflow_id)",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 _RUN_COLUMNS = ("workflow_id, run_id, workflow_type, status, args, result, error, head_seq, "
-                "created_at, updated_at, fence")
+                "created_at, updated_at, fence, parent_id")
 
 
 def _translate(exc: BaseException, where: str) -> StoreError:
@@ -111,7 +128,8 @@ def _safe_url(url: str) -> str:
 
 
 def _run_info(row: Sequence[Any]) -> RunInfo:
-    wid, run_id, wtype, status, args, result, error, head, created, updated, fence = row
+    wid, run_id, wtype, status, args, result, error, head, created, updated, fence, parent = row
     return RunInfo(wid, run_id, wtype, status, json.loads(args),
                    None if result is None else json.loads(result),
-                   None if error is None else json.loads(error), head, created, updated, int(fence))
+                   None if error is None else json.loads(error), head, created, updated, int(fence),
+                   parent_id=parent)

@@ -39,9 +39,20 @@ from aion_green.core.errors import (
     WorkflowNotFound,
     WorkflowNotRunning,
 )
-from aion_green.store import Append, BatchOutcome, CreateRun, IEventStore, InboxRow, NewRun, RunInfo
+from aion_green.store import (
+    Append,
+    BatchOutcome,
+    CreateRun,
+    IEventStore,
+    InboxRow,
+    NewRun,
+    RunFilter,
+    RunInfo,
+)
 from aion_green.stores.batch import (
     BatchPlan,
+    attribute_rows,
+    copied_attributes,
     inbox_why_not,
     next_run_started,
     require_running,
@@ -304,6 +315,16 @@ class PostgresStore:
             if plan.rows:
                 cur.executemany("INSERT INTO aion_events(workflow_id, seq, type, at, data) "
                                 "VALUES (%s,%s,%s,%s,%s)", plan.rows)
+            if plan.attributes:
+                upserts, removed = attribute_rows(plan.attributes)
+                if upserts:
+                    cur.executemany(
+                        "INSERT INTO aion_search_attributes(workflow_id, name, value, text) "
+                        "VALUES (%s,%s,%s,%s) ON CONFLICT (workflow_id, name) DO UPDATE SET "
+                        "value=EXCLUDED.value, text=EXCLUDED.text", upserts)
+                if removed:
+                    cur.executemany("DELETE FROM aion_search_attributes WHERE workflow_id=%s "
+                                    "AND name=%s", removed)
             for wid, data, at in plan.rollovers:
                 self._roll_over(cur, wid, data, at)
             # Doorbells, delivered at the commit: runs to claim, runs ended.
@@ -317,12 +338,12 @@ class PostgresStore:
                     rows: list[tuple[str, int, str, float, str]]) -> tuple[bool, RunInfo]:
         cur.execute(
             "INSERT INTO aion_runs(workflow_id, run_id, workflow_type, status, args, head_seq, "
-            "created_at, updated_at, owner, lease_until, fence) "
+            "created_at, updated_at, owner, lease_until, fence, parent_id) "
             "VALUES (%s,%s,%s,%s,%s,1,%s,%s,%s,%s, "
-            "CASE WHEN %s::text IS NULL THEN 0 ELSE nextval('aion_fence_seq') END) "
+            "CASE WHEN %s::text IS NULL THEN 0 ELSE nextval('aion_fence_seq') END, %s) "
             "ON CONFLICT (workflow_id) DO NOTHING RETURNING fence",
             (op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING, op.args_json, op.at, op.at,
-             op.owner, op.lease_until, op.owner))
+             op.owner, op.lease_until, op.owner, op.parent_id))
         inserted = cur.fetchone()
         if inserted is None:
             cur.execute(f"SELECT {_RUN_COLUMNS} FROM aion_runs WHERE workflow_id=%s", (op.workflow_id,))
@@ -331,7 +352,8 @@ class PostgresStore:
                 f'"run_id":{json.dumps(op.run_id)},"args":{op.args_json}}}')
         rows.append((op.workflow_id, 1, ev.WORKFLOW_STARTED, op.at, data))
         return True, RunInfo(op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING,
-                             json.loads(op.args_json), None, None, 1, op.at, op.at, int(inserted[0]))
+                             json.loads(op.args_json), None, None, 1, op.at, op.at, int(inserted[0]),
+                             parent_id=op.parent_id)
 
     def _roll_over(self, cur: _Cursor, wid: str, data: dict[str, Any], at: float) -> None:
         cur.execute("SELECT run_id, workflow_type FROM aion_runs WHERE workflow_id=%s", (wid,))
@@ -438,15 +460,45 @@ class PostgresStore:
 
     def get_run(self, workflow_id: str) -> Optional[RunInfo]:
         rows = self._query(f"SELECT {_RUN_COLUMNS} FROM aion_runs WHERE workflow_id=%s", (workflow_id,))
-        return _run_info(rows[0]) if rows else None
+        return self._with_attributes([_run_info(rows[0])])[0] if rows else None
+
+    def _with_attributes(self, infos: list[RunInfo]) -> list[RunInfo]:
+        """``infos``, each with its search attributes (one read)."""
+        if not infos:
+            return infos
+        found: dict[str, dict[str, Any]] = {}
+        for wid, name, value in self._query(
+                "SELECT workflow_id, name, value FROM aion_search_attributes "
+                "WHERE workflow_id = ANY(%s) ORDER BY workflow_id, name",
+                ([info.workflow_id for info in infos],)):
+            found.setdefault(wid, {})[name] = json.loads(value)
+        if not found:
+            return infos
+        return [dataclasses.replace(info, search_attributes=found[info.workflow_id])
+                if info.workflow_id in found else info for info in infos]
 
     def list_runs(self, status: Optional[str] = None, workflow_type: Optional[str] = None,
-                  limit: int = 100, after_id: Optional[str] = None) -> list[RunInfo]:
+                  limit: int = 100, after_id: Optional[str] = None, *,
+                  filters: Optional[RunFilter] = None) -> list[RunInfo]:
         where, params = run_filters(status, workflow_type, after_id, "%s",
-                                    'workflow_id > %s COLLATE "C"')
+                                    'workflow_id > %s COLLATE "C"', filters,
+                                    "aion_search_attributes")
         rows = self._query(f"SELECT {_RUN_COLUMNS} FROM aion_runs {where} "
                            "ORDER BY workflow_id COLLATE \"C\" LIMIT %s", (*params, limit))
-        return [_run_info(row) for row in rows]
+        return self._with_attributes([_run_info(row) for row in rows])
+
+    def count_runs(self, status: Optional[str] = None, workflow_type: Optional[str] = None, *,
+                   filters: Optional[RunFilter] = None) -> int:
+        where, params = run_filters(status, workflow_type, None, "%s", "", filters,
+                                    "aion_search_attributes")
+        return int(self._query(f"SELECT count(*) FROM aion_runs {where}", params)[0][0])
+
+    def count_runs_by_status(self, workflow_type: Optional[str] = None, *,
+                             filters: Optional[RunFilter] = None) -> dict[str, int]:
+        where, params = run_filters(None, workflow_type, None, "%s", "", filters,
+                                    "aion_search_attributes")
+        rows = self._query(f"SELECT status, count(*) FROM aion_runs {where} GROUP BY status", params)
+        return {**dict.fromkeys(ev.STATUSES, 0), **{status: int(n) for status, n in rows}}
 
     def due_timers(self, now: float, limit: int = 1000) -> list[tuple[str, str, float]]:
         rows = self._query("SELECT workflow_id, timer_key, fire_at FROM aion_timers WHERE fire_at <= %s "
@@ -638,6 +690,11 @@ class PostgresStore:
     def _write_copy(self, cur: _Cursor, workflow_id: str, copy: Copy) -> None:
         cur.executemany("INSERT INTO aion_events(workflow_id, seq, type, at, data) "
                         "VALUES (%s,%s,%s,%s,%s)", copy.rows(workflow_id))
+        cur.execute("DELETE FROM aion_search_attributes WHERE workflow_id=%s", (workflow_id,))
+        attributes = copied_attributes(workflow_id, copy.started, copy.events)
+        if attributes:
+            cur.executemany("INSERT INTO aion_search_attributes(workflow_id, name, value, text) "
+                            "VALUES (%s,%s,%s,%s)", attributes)
         cur.execute("DELETE FROM aion_timers WHERE workflow_id=%s", (workflow_id,))
         if copy.timers:
             cur.executemany("INSERT INTO aion_timers(workflow_id, timer_key, fire_at) "

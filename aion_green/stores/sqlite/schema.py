@@ -97,6 +97,24 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # 8.8 s -> 1.0 s).
         "CREATE INDEX runs_by_status ON runs(status, workflow_id)",
     ),
+    (
+        # Listing and search (issue 18). A child's run names its parent's
+        # workflow id (NULL for a top-level run, and for every run created
+        # before this version: their parents were never recorded); the
+        # index holds children only.
+        "ALTER TABLE runs ADD COLUMN parent_id TEXT",
+        "CREATE INDEX runs_by_parent ON runs(parent_id, workflow_id) WHERE parent_id IS NOT NULL",
+        # Search attributes (ctx.upsert_search_attributes), kept by the
+        # appends that record them: the value as typed JSON, and its text
+        # form, which filters match (core/events.py attribute_text).
+        """CREATE TABLE search_attributes(
+            workflow_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            value TEXT NOT NULL,
+            text TEXT NOT NULL,
+            PRIMARY KEY (workflow_id, name)) WITHOUT ROWID""",
+        "CREATE INDEX search_attributes_by_value ON search_attributes(name, text, workflow_id)",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 # The columns a run's row is written with.
@@ -114,8 +132,8 @@ def run_select(where: str = "", tail: str = "") -> str:
     its own rows, not a join over every run that matches."""
     return (
         "SELECT r.workflow_id, r.run_id, r.workflow_type, r.status, r.args, r.result, r.error, "
-        "h.seq, r.created_at, max(h.at, r.created_at) "
-        f"FROM (SELECT {_RUN_COLUMNS} FROM runs {where} {tail}) r "
+        "h.seq, r.created_at, max(h.at, r.created_at), r.parent_id "
+        f"FROM (SELECT {_RUN_COLUMNS}, parent_id FROM runs {where} {tail}) r "
         "JOIN events h ON h.workflow_id = r.workflow_id "
         "AND h.seq = (SELECT max(seq) FROM events WHERE workflow_id = r.workflow_id) "
         "ORDER BY r.workflow_id"
@@ -182,10 +200,10 @@ def _translate(exc: Exception, path: str) -> StoreError:
 
 
 def _run_info(row: tuple[Any, ...]) -> RunInfo:
-    wid, run_id, wtype, status, args, result, error, head, created, updated = row
+    wid, run_id, wtype, status, args, result, error, head, created, updated, parent = row
     return RunInfo(
         wid, run_id, wtype, status, json.loads(args),
         None if result is None else json.loads(result),
         None if error is None else json.loads(error),
-        head, created, updated,
+        head, created, updated, parent_id=parent,
     )

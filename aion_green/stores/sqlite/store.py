@@ -17,9 +17,20 @@ from zope.interface import implementer
 from aion_green.core import clock as _clock
 from aion_green.core import events as ev
 from aion_green.core.errors import StoreError, WorkflowIdConflict, WorkflowNotFound
-from aion_green.store import Append, BatchOutcome, CreateRun, IEventStore, InboxRow, NewRun, RunInfo
+from aion_green.store import (
+    Append,
+    BatchOutcome,
+    CreateRun,
+    IEventStore,
+    InboxRow,
+    NewRun,
+    RunFilter,
+    RunInfo,
+)
 from aion_green.stores.batch import (
     BatchPlan,
+    attribute_rows,
+    copied_attributes,
     inbox_why_not,
     next_run_started,
     require_running,
@@ -222,6 +233,12 @@ class SQLiteStore:
             conn.executemany(
                 "INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,?,?,?,?)", plan.rows
             )
+            if plan.attributes:
+                upserts, removed = attribute_rows(plan.attributes)
+                conn.executemany("INSERT OR REPLACE INTO search_attributes(workflow_id, name, value, "
+                                 "text) VALUES (?,?,?,?)", upserts)
+                conn.executemany("DELETE FROM search_attributes WHERE workflow_id=? AND name=?",
+                                 removed)
             for wid, data, at in plan.rollovers:
                 self._roll_over(conn, wid, data, at)
         # Committed: remember the heads moved, forget the runs that ended.
@@ -269,8 +286,9 @@ class SQLiteStore:
     def _create_one(self, op: CreateRun,
                     rows: list[tuple[str, int, str, float, str]]) -> tuple[bool, RunInfo]:
         cursor = self._conn.execute(
-            f"INSERT OR IGNORE INTO runs({_RUN_COLUMNS}) VALUES (?,?,?,?,?,NULL,NULL,?)",
-            (op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING, op.args_json, op.at),
+            f"INSERT OR IGNORE INTO runs({_RUN_COLUMNS}, parent_id) VALUES (?,?,?,?,?,NULL,NULL,?,?)",
+            (op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING, op.args_json, op.at,
+             op.parent_id),
         )
         if cursor.rowcount == 0:
             existing = self._get_run(op.workflow_id)
@@ -281,7 +299,7 @@ class SQLiteStore:
         rows.append((op.workflow_id, 1, ev.WORKFLOW_STARTED, op.at, data))
         return True, RunInfo(
             op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING, json.loads(op.args_json),
-            None, None, 1, op.at, op.at,
+            None, None, 1, op.at, op.at, parent_id=op.parent_id,
         )
 
     # -- reads -------------------------------------------------------------------------------
@@ -308,9 +326,26 @@ class SQLiteStore:
     def get_run(self, workflow_id: str) -> Optional[RunInfo]:
         self._file.check(commit=False)
         try:
-            return self._get_run(workflow_id)
+            info = self._get_run(workflow_id)
+            return None if info is None else self._with_attributes([info])[0]
         except _FAULTS as exc:
             raise _translate(exc, self.path) from None
+
+    def _with_attributes(self, infos: list[RunInfo]) -> list[RunInfo]:
+        """``infos``, each with its search attributes (one read per 500)."""
+        found: dict[str, dict[str, Any]] = {}
+        ids = [info.workflow_id for info in infos]
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            rows = self._conn.execute(
+                "SELECT workflow_id, name, value FROM search_attributes WHERE workflow_id IN "
+                f"({','.join('?' * len(chunk))}) ORDER BY workflow_id, name", chunk).fetchall()
+            for wid, name, value in rows:
+                found.setdefault(wid, {})[name] = json.loads(value)
+        if not found:
+            return infos
+        return [dataclasses.replace(info, search_attributes=found[info.workflow_id])
+                if info.workflow_id in found else info for info in infos]
 
     def _get_run(self, workflow_id: str) -> Optional[RunInfo]:
         row = self._conn.execute(
@@ -324,17 +359,43 @@ class SQLiteStore:
         workflow_type: Optional[str] = None,
         limit: int = 100,
         after_id: Optional[str] = None,
+        *,
+        filters: Optional[RunFilter] = None,
     ) -> list[RunInfo]:
         self._file.check(commit=False)
-        where, params = run_filters(status, workflow_type, after_id, "?", "workflow_id>?")
+        where, params = run_filters(status, workflow_type, after_id, "?", "workflow_id>?",
+                                    filters, "search_attributes")
         try:
             rows = self._conn.execute(
                 run_select(where, "ORDER BY workflow_id LIMIT ?"),
                 (*params, limit),
             ).fetchall()
-            return [_run_info(row) for row in rows]
+            return self._with_attributes([_run_info(row) for row in rows])
         except _FAULTS as exc:
             raise _translate(exc, self.path) from None
+
+    def count_runs(self, status: Optional[str] = None, workflow_type: Optional[str] = None, *,
+                   filters: Optional[RunFilter] = None) -> int:
+        self._file.check(commit=False)
+        where, params = run_filters(status, workflow_type, None, "?", "", filters,
+                                    "search_attributes")
+        try:
+            (count,) = self._conn.execute(f"SELECT count(*) FROM runs {where}", params).fetchone()
+        except _FAULTS as exc:
+            raise _translate(exc, self.path) from None
+        return int(count)
+
+    def count_runs_by_status(self, workflow_type: Optional[str] = None, *,
+                             filters: Optional[RunFilter] = None) -> dict[str, int]:
+        self._file.check(commit=False)
+        where, params = run_filters(None, workflow_type, None, "?", "", filters,
+                                    "search_attributes")
+        try:
+            rows = self._conn.execute(
+                f"SELECT status, count(*) FROM runs {where} GROUP BY status", params).fetchall()
+        except _FAULTS as exc:
+            raise _translate(exc, self.path) from None
+        return {**dict.fromkeys(ev.STATUSES, 0), **{status: int(n) for status, n in rows}}
 
     # -- several processes over one file ---------------------------------------------------
     def post_inbox(self, workflow_id: str, kind: str, data_json: str, at: float) -> int:
@@ -523,6 +584,9 @@ class SQLiteStore:
     def _write_copy(self, conn: sqlite3.Connection, workflow_id: str, copy: Copy) -> None:
         conn.executemany("INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,?,?,?,?)",
                          copy.rows(workflow_id))
+        conn.execute("DELETE FROM search_attributes WHERE workflow_id=?", (workflow_id,))
+        conn.executemany("INSERT INTO search_attributes(workflow_id, name, value, text) "
+                         "VALUES (?,?,?,?)", copied_attributes(workflow_id, copy.started, copy.events))
         conn.execute("DELETE FROM timers WHERE workflow_id=?", (workflow_id,))
         conn.executemany("INSERT INTO timers(workflow_id, timer_key, fire_at) VALUES (?,?,?)",
                          [(workflow_id, key, fire_at) for key, fire_at in copy.timers.items()])

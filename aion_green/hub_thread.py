@@ -407,6 +407,10 @@ class HubThread:
     def greenlet_count(self) -> int:
         return len(self._greenlets)
 
+    def queued(self) -> int:
+        """Commands waiting for the hub (any thread; a snapshot)."""
+        return len(self._commands)
+
     # hub thread only ------------------------------------------------------------------
     def _spawn_here(self, fn: Callable[..., Any], args: tuple[Any, ...], name: Optional[str]) -> None:
         if self._stop_event is not None and self._stop_event.is_set():

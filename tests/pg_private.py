@@ -134,6 +134,10 @@ class PrivateServer:
         self._run("pg_ctl", "-D", self.data, "-l", self.log, "-o", self._options(), "-m", "fast",
                   "-w", "-t", "60", "restart")
 
+    def halt(self):
+        """Stop the server, keeping its data (``stop()`` still removes it all)."""
+        self._run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
+
     def stop(self):
         try:
             if os.path.exists(os.path.join(self.data, "postmaster.pid")):

@@ -46,6 +46,8 @@ from aion_green.core.schedule import ScheduleInfo
 from aion_green.hub_thread import Future
 from aion_green.runtime import rewind, schedules, search
 from aion_green.runtime.epoch import Epoch
+from aion_green.runtime.health import Readiness, readiness
+from aion_green.runtime.metrics import EngineMetrics
 from aion_green.runtime.runs import _closed_while_waiting, outcome
 from aion_green.runtime.writer import future_done
 from aion_green.store import RunInfo, StepRunning
@@ -136,6 +138,8 @@ class Engine:
         # drives, claims and fires nothing, and takes no driver lock.
         self._passive = passive
         self._registry = Registry(workflows)
+        # Its figures, for Prometheus (runtime/metrics.py); kept across epochs.
+        self.metrics = EngineMetrics(self)
         self._lock = _allocate_lock()
         self._pid: Optional[int] = None
         self._closed = False
@@ -227,6 +231,13 @@ class Engine:
         self._ensure_started()
         return self._epoch.sharing.driving
 
+    def readiness(self, timeout: float = 1.0) -> Readiness:
+        """Whether this engine can take work now: not shut down, its store
+        answers a read within ``timeout`` seconds (through the reader: the
+        hub never waits) and, over PostgreSQL, its lease is current. Never
+        raises for what it finds (see :mod:`aion_green.runtime.health`)."""
+        return readiness(self, timeout)
+
     @property
     def unrunnable(self) -> dict[str, str]:
         """Runs this engine found and does not drive, and why."""
@@ -246,6 +257,7 @@ class Engine:
         """In a forked child: drop what belongs to the parent process."""
         # A lock held by a parent's thread at the fork would never be freed.
         self._lock = _allocate_lock()
+        self.metrics.after_fork()
         epoch = getattr(self, "_epoch", None)
         if epoch is None:
             return

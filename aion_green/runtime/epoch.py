@@ -130,7 +130,7 @@ class Epoch:
         if not self.leased and not engine._passive and not self.driver_lock.try_acquire():
             log.info("engine over %s: %s drives its runs; this one is its client",
                      self.store.path, self.driver_lock.holder())
-        self.writer = StoreWriter(self.store)
+        self.writer = StoreWriter(self.store, commits=engine.metrics.commits)
         if isinstance(self.driver_lock, PgDriverLock):
             self.driver_lock.writer = self.writer
         self.reader = StoreWriter(open_store(engine.url, engine.durable, engine.busy_timeout),

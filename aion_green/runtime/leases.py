@@ -59,6 +59,11 @@ class Leases:
         # once this engine listens; empty while it polls.
         self.bells: dict[str, Any] = {}
         self.listening = False
+        # Until when this engine's own entry among the engines (its types,
+        # published with every heartbeat) holds: its lease as an engine,
+        # 0 before the first publish. Written by the hub, read anywhere
+        # (the readiness check, the metrics).
+        self.lease_until = 0.0
 
     def begin_leasing(self) -> None:
         hub = self.epoch.hub
@@ -156,6 +161,7 @@ class Leases:
         try:
             self.epoch.writer.call(self.epoch.store.publish_engine, self.engine.engine_id, json.dumps(types),
                               now + self.engine.lease, now).result()
+            self.lease_until = now + self.engine.lease
         except AionError as exc:
             log.warning("publishing this engine's workflow types failed (%s); retrying", exc)
 

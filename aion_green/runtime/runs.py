@@ -9,6 +9,7 @@ the life of a run inside an epoch.
 """
 from __future__ import annotations
 
+import bisect
 import builtins
 import dataclasses
 import functools
@@ -40,6 +41,7 @@ from aion_green.core.errors import (
 from aion_green.core.history import message_state, open_children, pending_timers
 from aion_green.hub_thread import Future
 from aion_green.runtime import tracing
+from aion_green.runtime.metrics import STEP_SECONDS
 from aion_green.runtime.recorder import Recorder
 from aion_green.runtime.residency import RunEvicted
 from aion_green.runtime.routing import _Reroute
@@ -55,6 +57,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("aion_green.engine")
 _get_ident = monkey.get_original("_thread", "get_ident")
+_bisect = bisect.bisect_left
+STEP_COMPLETED = ev.STEP_COMPLETED
+_FAST = STEP_SECONDS[0]
 
 
 def _ignore(*_: Any) -> None:
@@ -86,11 +91,16 @@ class Runner:
     def __init__(self, engine: "Engine", epoch: "Epoch") -> None:
         self.engine = engine  # its settings, and the facade's own operations
         self.epoch = epoch  # the state of this engine's life, and the other parts
+        # A thread's step figures by its ident (runtime/metrics.py): each
+        # pool thread counts its own attempts, with no lock. The dict's own
+        # get, as RunTable.get: once per attempt.
+        self._figures_of = engine.metrics.steps.get
 
     # -- hub thread only ---------------------------------------------------------------------
     def on_hub_start(self) -> None:
         if self.epoch.hub.closing:
             return
+        self.epoch.hub.spawn(self.engine.metrics.watch_hub, name="aion-hub-lag")
         if self.engine._passive:
             # It drives nothing, but its result() waiters must hear of ends
             # that other engines record (issue 16: they waited forever).
@@ -137,6 +147,8 @@ class Runner:
         hub = self.epoch.hub
         in_flight = self.epoch.in_flight
         ident = _get_ident()
+        figures = self._figures_of(ident) or self.engine.metrics.here()
+        figures.started += 1
         in_flight[info] = (time.time(), ident, self.epoch.steps._current.get(ident))
         if timeout is not None:
             hub.call_soon(self._arm_step_timeout, recorder, info, policy, timeout)
@@ -145,7 +157,18 @@ class Runner:
                 event = attempt_event(fn, args, info, policy)
             else:
                 event = tracing.attempt(fn, args, info, policy, parent)
-            if in_flight.pop(info, None) is not None:
+            began = in_flight.pop(info, None)
+            if began is not None:
+                # Counted first (whoever sees the run move on sees the
+                # count), inline: StepFigures.ended without its call.
+                seconds = event.at - began[0]
+                if seconds < 0.0:
+                    seconds = 0.0  # the wall clock stepped back
+                tally = figures.completed if event.type == STEP_COMPLETED else figures.failed
+                # A step of a millisecond or less (the first bucket) needs no
+                # search (~1 k instructions); a longer one costs far more itself.
+                tally.counts[0 if seconds <= _FAST else _bisect(STEP_SECONDS, seconds)] += 1
+                tally.sum += seconds
                 recorder.submit_events([event])
             else:
                 log.warning("workflow %r: step %d (%s) attempt %d returned after its timeout "
@@ -175,6 +198,7 @@ class Runner:
         if began is None:
             return  # it returned in time
         self.epoch.steps.detach(began[1], began[2])  # the pool starts another thread for the waiting work
+        self.engine.metrics.here().ended(ev.STEP_FAILED, timeout)
         error = StepTimeout(
             f"step {info.step} ({info.name}) of workflow {info.workflow_id!r}, attempt "
             f"{info.attempt}, did not return within {timeout:g} s; it is recorded as failed "

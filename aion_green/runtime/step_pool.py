@@ -120,6 +120,10 @@ class StepPool:
         overstate by the few that are returning now."""
         return self._submitted_n - self._finished_n
 
+    def queued(self) -> int:
+        """Steps submitted and not yet taken by a thread (a snapshot)."""
+        return int(self._queue.qsize())
+
     def running(self) -> int:
         """How many pool threads are alive (running a step or about to end)."""
         return self._threads

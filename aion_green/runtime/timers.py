@@ -54,6 +54,11 @@ class TimerService:
         self._sweep_now = True
         self._wake.set()
 
+    def pending(self) -> int:
+        """Timers of live runs waiting in memory (a snapshot; it may count
+        some that fired or were cancelled and have not yet left the heap)."""
+        return len(self._heap)
+
     # hub thread -----------------------------------------------------------------------------
     def add(self, fire_at: float, workflow_id: str, key: str) -> None:
         heap = self._heap

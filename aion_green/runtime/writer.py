@@ -9,7 +9,10 @@ when its own write is durable.
 from __future__ import annotations
 
 import _queue
+import bisect
+import functools
 import logging
+import time
 from typing import Any, Callable, Optional, Sequence
 
 from gevent import monkey
@@ -17,11 +20,15 @@ from gevent import monkey
 from aion_green.core.errors import EngineClosed, StoreError, StoreLost, StoreUnavailable
 from aion_green.core.events import NewEvent
 from aion_green.hub_thread import Future
+from aion_green.runtime.metrics import BATCH_SIZES, COMMIT_SECONDS, CommitFigures
 from aion_green.store import Append, CreateRun, IEventStore
 
 log = logging.getLogger("aion_green.store")
 
 _tuple_new = tuple.__new__
+_bisect = bisect.bisect_left
+# core/clock.py's monotonic clock, without its Python frame (twice per commit).
+_now = functools.partial(time.clock_gettime, time.CLOCK_MONOTONIC)
 _start_new_thread = monkey.get_original("_thread", "start_new_thread")
 _sleep = monkey.get_original("time", "sleep")
 _allocate_lock = monkey.get_original("_thread", "allocate_lock")
@@ -44,10 +51,14 @@ def future_done(future: Future) -> Done:
 class StoreWriter:
     """Runs every operation of one store on a dedicated native thread."""
 
-    def __init__(self, store: IEventStore, name: str = "aion-store") -> None:
+    def __init__(self, store: IEventStore, name: str = "aion-store",
+                 commits: Optional[CommitFigures] = None) -> None:
         # Typed Any: mypy reads zope.interface methods as lacking self.
         self.store: Any = store
         self.name = name
+        # Each group commit's size and duration (runtime/metrics.py); only
+        # this writer's thread writes them.
+        self.commits = commits
         # _queue.SimpleQueue is C and never monkeypatched: get() blocks this
         # native thread only, and put() never blocks.
         self._queue: Any = _queue.SimpleQueue()
@@ -129,6 +140,10 @@ class StoreWriter:
                         raise unavailable
         return future.result()
 
+    def queued(self) -> int:
+        """Ops waiting for this writer's thread (a snapshot)."""
+        return int(self._queue.qsize()) + len(self._backlog)
+
     def _put(self, item: tuple[Any, Done]) -> None:
         if self._closed:
             raise EngineClosed("the engine's store writer is closed; create a new Engine")
@@ -187,6 +202,7 @@ class StoreWriter:
         while True:
             self.batches += 1
             try:
+                began = _now()
                 outcomes = self.store.write_batch([op for op, _ in writes])
                 self.unavailable = None
             except StoreUnavailable as exc:
@@ -232,6 +248,14 @@ class StoreWriter:
                     done(None, error)
                 return
             self.writes += len(writes)
+            commits = self.commits
+            if commits is not None:  # (inline, no call: once per commit)
+                took = _now() - began
+                size = len(writes)
+                commits.sizes.counts[_bisect(BATCH_SIZES, size)] += 1
+                commits.sizes.sum += size
+                commits.seconds.counts[_bisect(COMMIT_SECONDS, took)] += 1
+                commits.seconds.sum += took
             for (_, done), outcome in zip(writes, outcomes):
                 if type(outcome) is int or not isinstance(outcome, BaseException):
                     done(outcome, None)

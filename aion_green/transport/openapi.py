@@ -37,6 +37,7 @@ class Route(NamedTuple):
     example: Optional[tuple[Any, Any]] = None  # (request body or query, answer)
     auth: bool = True
     stream: bool = False
+    media: Optional[str] = None  # the 200 answer's type, when not JSON nor a stream
 
 
 _STR = {"type": "string"}
@@ -69,6 +70,32 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", "Liveness", "`{\"ok\": true}` while the server answers; never "
           "authenticated.", answer={"type": "object", "properties": {"ok": {"type": "boolean"}}},
           example=(None, {"ok": True}), auth=False),
+    Route("GET", "/health/live", "Liveness probe", "`{\"ok\": true}` while the process "
+          "serves, draining included; never authenticated.",
+          answer={"type": "object", "properties": {"ok": {"type": "boolean"}}},
+          example=(None, {"ok": True}), auth=False),
+    Route("GET", "/health/ready", "Readiness probe",
+          "200 when the engine can take work: it is not shut down, its store answers a read "
+          "(through the engine's reader) within the app's `ready_timeout` (1 s), and over "
+          "PostgreSQL this engine's lease is current. Otherwise a 503 `unavailable` whose "
+          "`checks` name what is not ready (never a path, a URL or an error's message); a "
+          "draining server is not ready. Never authenticated (probes send no token).",
+          answer={"type": "object", "properties": {
+              "ok": {"type": "boolean"}, "driving": {"type": "boolean"},
+              "checks": {"type": "object", "description": "check -> `ok` or what is wrong: "
+                         "`store`, `lease` (PostgreSQL), `engine`, `server`."}}},
+          errors=("unavailable",),
+          example=(None, {"ok": True, "driving": True, "checks": {"store": "ok"}}), auth=False),
+    Route("GET", "/metrics", "Prometheus metrics",
+          "The engine's figures in Prometheus's text format (OpenMetrics when the `Accept` "
+          "header asks for it): step attempts started, completed and failed, step duration, "
+          "group-commit size and duration, runs by status, hub lag, queue depths, timers "
+          "pending, resident runs, lease state. Wants the token when one is set (it names "
+          "workflow types). Without `prometheus_client` (the `metrics` extra): 503 "
+          "`unavailable` saying what to install.",
+          media="text/plain",
+          example=(None, "# TYPE aion_steps_started_total counter\n"
+                         "aion_steps_started_total 14.0\n...")),
     Route("GET", "/v1/openapi.json", "This document", "The API as OpenAPI 3.1; never "
           "authenticated (it names no workflow and no secret).", answer={"type": "object"},
           auth=False),
@@ -280,7 +307,7 @@ def document() -> dict[str, Any]:
                 body_schema["required"] = list(route.required)
             op["requestBody"] = {"required": bool(route.required), "content": {
                 "application/json": {"schema": body_schema}}}
-        media = "text/event-stream" if route.stream else "application/json"
+        media = route.media or ("text/event-stream" if route.stream else "application/json")
         ok: dict[str, Any] = {"description": "OK", "content": {
             media: {"schema": route.answer or {"type": "string"}}}}
         if route.example is not None and not route.stream:
@@ -386,7 +413,7 @@ def markdown() -> str:
             lines += ["", "Example:", "", "```http", f"{route.method} {target}"]
             if isinstance(request, dict):
                 lines += ["Content-Type: application/json", "", json.dumps(request)]
-            lines += ["```", "", "```json" if not route.stream else "```text",
+            lines += ["```", "", "```json" if not (route.stream or route.media) else "```text",
                       answer if isinstance(answer, str) else json.dumps(answer, indent=2), "```"]
     return "\n".join(lines) + "\n"
 

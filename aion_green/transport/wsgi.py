@@ -11,6 +11,15 @@ Routes (ids are percent-encoded UTF-8 path segments; a workflow id may hold "/")
 GET      /healthz                                     ``{"ok": true}``, never authenticated
 GET      /v1/openapi.json                             this table as OpenAPI 3.1 (never
                                                       authenticated; docs/http-api.md)
+GET      /health/live                                 ``{"ok": true}`` while the process serves
+                                                      (even draining); never authenticated
+GET      /health/ready                                200 ``{"ok", "driving", "checks"}`` when the
+                                                      engine can take work, else 503
+                                                      ``unavailable`` naming what is not ready;
+                                                      never authenticated
+GET      /metrics                                     Prometheus text (OpenMetrics if the Accept
+                                                      header asks); wants the token when one is
+                                                      set; 503 without ``prometheus_client``
 POST     /v1/workflows                                start: ``{"workflow", "args", "id"}``; the
                                                       ``Idempotency-Key`` header may give the id;
                                                       answers ``{"workflow_id", "run_id"}``
@@ -68,6 +77,15 @@ Every route of one run also takes its id in the query string instead,
 only the decoded path (wsgiref) cannot tell an id's encoded "/" from the
 route's.
 
+The health routes are for probes (a load balancer, Kubernetes), which
+usually send no token, and they reveal nothing but "ready or not" and which
+check failed (never a path, a URL or an error's message). ``/health/ready``
+is ready when the engine is not shut down, its store answers a read through
+the engine's reader thread within ``ready_timeout`` seconds, and, over
+PostgreSQL, this engine's lease is current (``Engine.readiness``); a
+draining server is not ready. ``/metrics`` names workflow types and the
+engine's load, so it wants the token like the API.
+
 Every error is one JSON body, ``{"error": {"code", "message", ...}}``, with
 the status of its code (:data:`aion_green.transport.codec.ERRORS`): bad
 input is a 4xx that says what was wrong, before anything is recorded.
@@ -92,6 +110,7 @@ from greenlet import getcurrent
 from aion_green.core import events as ev
 from aion_green.core.errors import (
     AionError,
+    ConfigurationError,
     EngineClosed,
     StoreUnavailable,
     WorkflowArgumentsInvalid,
@@ -130,7 +149,8 @@ class _Reply(Exception):
 class WSGIApp:
     """The HTTP/JSON API of one :class:`~aion_green.Engine`.
 
-    ``token``: when set, every route but ``/healthz`` wants
+    ``token``: when set, every route but ``/healthz``, ``/health/live``,
+    ``/health/ready`` and ``/v1/openapi.json`` wants
     ``Authorization: Bearer <token>``. ``max_body``: the largest request
     body accepted, in bytes. ``max_wait``: the longest a request waits (for
     a result, a query); a client waits longer by asking again.
@@ -141,13 +161,16 @@ class WSGIApp:
     recursion or int conversion fails as a 500: issue 16). ``page``: the
     most events one ``/history`` request answers (and its default
     ``limit``), and the most an event stream reads from the store at once.
+    ``ready_timeout``: the longest ``/health/ready`` waits for the store's
+    answer before it says not ready.
     """
 
     def __init__(self, engine: Any, token: Optional[str] = None, max_body: int = 1 << 20,
                  max_wait: float = 60.0, stream_poll: float = 0.5,
                  heartbeat: float = 15.0, max_depth: int = 64, max_digits: int = 64,
-                 page: int = 1000) -> None:
+                 page: int = 1000, ready_timeout: float = 1.0) -> None:
         self.engine = engine
+        self.ready_timeout = ready_timeout
         self.token = token
         self.max_body = max_body
         self.max_depth = max_depth
@@ -171,6 +194,8 @@ class WSGIApp:
         try:
             method = environ.get("REQUEST_METHOD", "GET").upper()
             segments = _segments(environ)
+            if segments == ["health", "live"] or segments == ["health", "ready"]:
+                return self._health(method, segments[1], start_response)
             if self.draining:
                 raise _Reply("unavailable", "this server is shutting down; nothing of this request "
                              "was done: send it again (to another server, or here once restarted)")
@@ -183,6 +208,8 @@ class WSGIApp:
                     raise _not_allowed(method, "GET")
                 return _reply(start_response, 200, _openapi())
             self._authenticate(environ)
+            if segments == ["metrics"]:
+                return self._metrics(method, environ, start_response)
             return self._route(method, segments, environ, start_response)
         except _Reply as reply:
             return _error(start_response, reply.code, self._public(reply.message), **reply.extra)
@@ -235,7 +262,8 @@ class WSGIApp:
                                    start_response)
         if len(segments) < 2 or segments[:2] != ["v1", "workflows"]:
             raise _Reply("not_found", f"no route {'/' + '/'.join(segments)!r}; the API lives "
-                         "under /v1/workflows and /v1/schedules (and /healthz)")
+                         "under /v1/workflows and /v1/schedules (and /healthz, /health/live, "
+                         "/health/ready, /metrics)")
         params = _params(environ)
         rest = segments[2:]
         action: Optional[str] = None
@@ -316,6 +344,41 @@ class WSGIApp:
         timeout = min(_number(body, "timeout", 10.0), self.max_wait)
         answer = self.engine.query(wid, name, *args, timeout=timeout, **_run_kw(body))
         return _reply(start_response, 200, {"workflow_id": wid, "answer": answer})
+
+    # -- operations ------------------------------------------------------------------------
+    def _health(self, method: str, which: str, start_response: StartResponse) -> Iterable[bytes]:
+        if method not in ("GET", "HEAD"):  # (as /healthz)
+            raise _not_allowed(method, "GET")
+        if which == "live":
+            return _reply(start_response, 200, {"ok": True})
+        if self.draining:
+            checks = {"server": "draining: it is shutting down"}
+            raise _Reply("unavailable", "not ready: server: draining: it is shutting down",
+                         checks=checks)
+        check = getattr(self.engine, "readiness", None)
+        if check is None:  # not an Engine (a test double): serving is all it can say
+            return _reply(start_response, 200, {"ok": True, "checks": {}})
+        state = check(timeout=self.ready_timeout)
+        checks = {name: self._public(text) for name, text in state.checks.items()}
+        if not state.ready:
+            raise _Reply("unavailable", self._public(f"not ready: {state.problems()}"),
+                         checks=checks)
+        return _reply(start_response, 200, {"ok": True, "driving": state.driving, "checks": checks})
+
+    def _metrics(self, method: str, environ: dict[str, Any],
+                 start_response: StartResponse) -> Iterable[bytes]:
+        if method != "GET":
+            raise _not_allowed(method, "GET")
+        metrics = getattr(self.engine, "metrics", None)
+        if metrics is None:
+            raise _Reply("unavailable", "this server's engine keeps no metrics")
+        try:
+            content_type, body = metrics.exposition(_header(environ, "HTTP_ACCEPT"))
+        except ConfigurationError as exc:  # no prometheus_client: asking again will not help
+            return _error(start_response, "unavailable", str(exc), retry=False)
+        start_response("200 OK", [("Content-Type", content_type),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
 
     # -- handlers --------------------------------------------------------------------------
     def _body(self, environ: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
@@ -842,12 +905,13 @@ def _run_kw(body: dict[str, Any]) -> dict[str, Any]:
     return {} if run_id is None else {"run_id": run_id}
 
 
-def _error(start_response: StartResponse, code: str, message: str, **extra: Any) -> list[bytes]:
+def _error(start_response: StartResponse, code: str, message: str, *, retry: bool = True,
+           **extra: Any) -> list[bytes]:
     status = ERRORS[code][0]
     headers = [("Allow", extra["allow"])] if "allow" in extra else []
     if code == "unauthenticated":
         headers.append(("WWW-Authenticate", 'Bearer realm="aion_green"'))
-    if code == "unavailable":  # a store that is down, a server that is stopping: ask again
+    if code == "unavailable" and retry:  # a store that is down, a server that is stopping: ask again
         headers.append(("Retry-After", "1"))
     return _reply(start_response, status, {"error": {"code": code, "message": message, **extra}},
                   headers)

@@ -500,6 +500,13 @@ class PostgresStore:
         rows = self._query(f"SELECT status, count(*) FROM aion_runs {where} GROUP BY status", params)
         return {**dict.fromkeys(ev.STATUSES, 0), **{status: int(n) for status, n in rows}}
 
+    def count_leased(self, owner: str, now: float) -> int:
+        """How many running runs ``owner`` holds under a lease still good at
+        ``now`` (the engine's metrics)."""
+        rows = self._query("SELECT count(*) FROM aion_runs WHERE owner=%s AND status=%s "
+                           "AND lease_until >= %s", (owner, ev.RUNNING, now))
+        return int(rows[0][0])
+
     def due_timers(self, now: float, limit: int = 1000) -> list[tuple[str, str, float]]:
         rows = self._query("SELECT workflow_id, timer_key, fire_at FROM aion_timers WHERE fire_at <= %s "
                            "ORDER BY fire_at LIMIT %s", (now, limit))

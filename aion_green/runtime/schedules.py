@@ -58,6 +58,7 @@ import logging
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, Union
 
+from aion_green.core import clock as _clock
 from aion_green.core import events as ev
 from aion_green.core.errors import (
     AionError,
@@ -92,14 +93,15 @@ _EPSILON = timedelta(milliseconds=1)
 _UTC = timezone.utc
 
 
-def schedule_info(engine: "Engine", info: "RunInfo") -> ScheduleInfo:
-    """The ScheduleInfo of a schedule's run ``info``."""
+def schedule_info(engine: "Engine", info: "RunInfo", wait: float = 2.0) -> ScheduleInfo:
+    """The ScheduleInfo of a schedule's run ``info``; its live figures are
+    asked for at most ``wait`` seconds (none when 0)."""
     spec = info.args[0] if info.args and isinstance(info.args[0], dict) else {}
     status = {ev.RUNNING: "active", ev.CANCELLED: "deleted"}.get(info.status, info.status)
     live: dict[str, Any] = {}
-    if info.status == ev.RUNNING:
+    if info.status == ev.RUNNING and wait > 0:
         try:
-            live = engine.query(info.workflow_id, "schedule", timeout=2.0)
+            live = engine.query(info.workflow_id, "schedule", timeout=wait)
         except (AionError, TypeError):  # not driven here, or not answering now
             live = {}
     return ScheduleInfo(info.workflow_id, spec.get("workflow", ""), list(spec.get("args") or []),
@@ -115,7 +117,10 @@ def schedules(engine: "Engine", include_deleted: bool, limit: int,
     status = None if include_deleted else ev.RUNNING
     runs = engine.list(status=status, workflow_type=SCHEDULE_WORKFLOW, limit=limit,
                        after_id=after_id)
-    return [schedule_info(engine, info) for info in runs]
+    # One budget for the page: a page of schedules that do not answer (a
+    # blocked hub, say) took 2 s each, 200 s for a page of 100.
+    deadline = _clock.monotonic() + 2.0
+    return [schedule_info(engine, info, max(0.0, deadline - _clock.monotonic())) for info in runs]
 
 
 def describe_schedule(engine: "Engine", schedule_id: str) -> ScheduleInfo:

@@ -37,6 +37,7 @@ from aion_green.core.errors import (
     WorkflowNotFound,
     WorkflowNotRegistered,
     WorkflowNotRunning,
+    WorkflowTimedOut,
 )
 from aion_green.core.events import Event
 from aion_green.core.registry import workflow
@@ -86,6 +87,6 @@ __all__ = [
     "StoreCorrupt", "StoreError", "StoreLost", "StoreUnavailable", "Timeout",
     "WorkflowArgumentsInvalid", "WorkflowCancelled", "WorkflowContinuedAsNew",
     "WorkflowContext", "WorkflowFailed", "WorkflowHandle", "WorkflowIdConflict", "WorkflowNotFound",
-    "WorkflowNotRegistered", "WorkflowNotRunning", "step_info", "workflow",
+    "WorkflowNotRegistered", "WorkflowNotRunning", "WorkflowTimedOut", "step_info", "workflow",
 ]
 __version__ = "0.1.0"

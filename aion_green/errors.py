@@ -30,6 +30,7 @@ from aion_green.core.errors import (  # noqa: F401
     WorkflowNotFound,
     WorkflowNotRegistered,
     WorkflowNotRunning,
+    WorkflowTimedOut,
     error_message,
 )
 
@@ -59,6 +60,7 @@ __all__ = [
     "Cancelled",
     "WorkflowCancelled",
     "WorkflowContinuedAsNew",
+    "WorkflowTimedOut",
     "RestartIntensityExceeded",
     "QueryFailed",
     "InternalError",

@@ -50,6 +50,10 @@ class RunInfo:
     # Its search attributes (``ctx.upsert_search_attributes``): name -> a
     # str, int, float or bool.
     search_attributes: dict[str, Any] = field(default_factory=dict)
+    # Its execution deadline (wall clock; ``Engine.start(..., execution_timeout=)``,
+    # core/bounds.py), else None; and, from Engine.describe(), whether it is paused.
+    execution_deadline: Optional[float] = None
+    paused: bool = False
 
     @property
     def finished(self) -> bool:
@@ -101,6 +105,8 @@ class CreateRun(NamedTuple):
     lease_until: float = 0.0
     # The workflow id of the parent run, for a child workflow.
     parent_id: Optional[str] = None
+    # Its execution deadline (wall clock), recorded in its WorkflowStarted.
+    execution_deadline: Optional[float] = None
 
 
 class RunFilter(NamedTuple):

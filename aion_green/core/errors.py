@@ -207,6 +207,21 @@ class WorkflowFailed(AionError):
         super().__init__(f"workflow {workflow_id!r} failed: {self.error_type}: {self.message}")
 
 
+class WorkflowTimedOut(WorkflowFailed):
+    """The run's execution timeout (``Engine.start(..., execution_timeout=)``)
+    passed before it ended: it was ended there, with no cleanup (status
+    ``timed_out``); raised by ``handle.result()``. ``deadline`` is the
+    wall-clock time (seconds since the epoch) it had to end by. Not the
+    workflow's fault alone: the bound was the caller's."""
+
+    def __init__(self, workflow_id: str, error: dict[str, Any]) -> None:
+        super().__init__(workflow_id, error)
+        self.deadline = error.get("execution_deadline")
+        # Its message says it all ("workflow 'x' did not finish within its
+        # execution timeout..."), without "failed: TimedOut:" before it.
+        self.args = (self.message or f"workflow {workflow_id!r} timed out",)
+
+
 class WorkflowContinuedAsNew(AionError):
     """That run of the workflow continued as new: it has no result of its
     own; ``next_run_id`` names the run it became. Raised by ``result(id,

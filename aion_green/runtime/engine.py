@@ -29,6 +29,7 @@ from gevent import monkey
 
 from aion_green.core import clock as _clock
 from aion_green.core import events as ev
+from aion_green.core.bounds import deadline_of, execution_timeout_seconds, paused_in
 from aion_green.core.errors import (
     ConfigurationError,
     EngineClosed,
@@ -287,14 +288,23 @@ class Engine:
 
     # -- public operations -------------------------------------------------------------------
     def start(self, fn: Union[str, Callable[..., Any]], *args: Any,
-              id: Optional[str] = None) -> WorkflowHandle:  # noqa: A002
+              id: Optional[str] = None,  # noqa: A002
+              execution_timeout: Union[None, float, timedelta] = None) -> WorkflowHandle:
         """Start ``fn(ctx, *args)`` as workflow ``id`` (a new uuid if None).
 
         Idempotent by id: an existing run with the same type and arguments
         is returned as it is; different ones raise :class:`WorkflowIdConflict`.
+
+        ``execution_timeout`` (seconds or a timedelta) bounds the workflow's
+        whole work, over every run of a chain that continues as new: once it
+        passes, the run ends with status ``timed_out`` (no cleanup) and
+        ``result()`` raises :class:`WorkflowTimedOut`. It is recorded, so it
+        holds across restarts (:mod:`aion_green.runtime.bounds`).
         """
         if id is not None:
             ev.check_key(id, "the workflow id")
+        timeout_s = (None if execution_timeout is None
+                     else execution_timeout_seconds(execution_timeout, "start(execution_timeout=...)"))
         wname = self._registry.add(fn) if callable(fn) else ev.check_key(workflow_name(fn),
                                                                           "the workflow type")
         args_json = ev.encode(list(args), f"the arguments of workflow {wname}")
@@ -317,7 +327,8 @@ class Engine:
             # would fail inside with a TypeError (issue 16).
             check_arguments(wname, fn, args)
         wid = id or uuid.uuid4().hex
-        created, info = epoch.routing.create_run(wid, wname, args_json)
+        created, info = epoch.routing.create_run(wid, wname, args_json,
+                                                 execution_timeout=timeout_s)
         if not created and (info.workflow_type != wname or info.args != json.loads(args_json)):
             raise WorkflowIdConflict(
                 f"workflow id {wid!r} already exists as {info.workflow_type}"
@@ -368,6 +379,33 @@ class Engine:
         self._ensure_started()
         self._require_current(workflow_id, run_id, "terminate")
         self._epoch.termination.terminate(workflow_id, reason)
+
+    def pause(self, workflow_id: str, reason: str = "", *, run_id: Optional[str] = None) -> int:
+        """Pause a running run: ``WorkflowPaused`` is recorded before this
+        returns (its seq). Until :meth:`unpause`, the run starts no step and
+        fires no timer, and none of its waits returns: messages sent to it
+        are recorded and kept for it. A step already running finishes and
+        is recorded. The pause holds across restarts; terminate and the
+        execution timeout still end a paused run. A finished run refuses
+        with :class:`WorkflowNotRunning`. See :mod:`aion_green.runtime.bounds`."""
+        return self._pause(workflow_id, True, reason, run_id)
+
+    def unpause(self, workflow_id: str, reason: str = "", *, run_id: Optional[str] = None) -> int:
+        """Let a paused run go on: ``WorkflowUnpaused`` is recorded before
+        this returns (its seq); timers that came due meanwhile fire now, and
+        messages recorded meanwhile are delivered. (``resume`` is the
+        rewind of a failed run: :meth:`resume`.)"""
+        return self._pause(workflow_id, False, reason, run_id)
+
+    def _pause(self, workflow_id: str, paused: bool, reason: str, run_id: Optional[str]) -> int:
+        what = "pause" if paused else "unpause"
+        ev.check_key(workflow_id, "the workflow id")
+        if not isinstance(reason, str):
+            raise ConfigurationError(f"{what}(reason=...): a reason is a string, got "
+                                     f"{type(reason).__name__}")
+        self._ensure_started()
+        self._require_current(workflow_id, run_id, f"the {what}")
+        return self._epoch.bounds.request(workflow_id, paused, reason)
 
     def cancel(self, workflow_id: str, reason: str = "", *, run_id: Optional[str] = None) -> None:
         """Request cancellation: ``CancelRequested`` is recorded before this
@@ -580,7 +618,7 @@ class Engine:
             workflow_id, run_id, first.data.get("workflow_type", info.workflow_type), status,
             first.data.get("args", []),
             last.data.get("result") if status == ev.COMPLETED else None,
-            last.data.get("error") if status in (ev.FAILED, ev.CANCELLED) else None,
+            last.data.get("error") if status in (ev.FAILED, ev.CANCELLED, ev.TIMED_OUT) else None,
             last.seq, first.at, last.at,
             next_run_id=last.data.get("run_id") if status == ev.CONTINUED else None,
             parent_id=info.parent_id, search_attributes=search_attributes(events))
@@ -615,6 +653,7 @@ class Engine:
         info = self._run_of(workflow_id, run_id)
         if run_id is not None and info.finished:
             return info
+        info = self._bounds_of(info)
         why = epoch.unrunnable.get(workflow_id)
         if why is None and epoch.leased and not info.finished:
             why = self._unrunnable_on_postgres(info)
@@ -622,6 +661,16 @@ class Engine:
             info = dataclasses.replace(info, unrunnable=why)
         running = self.steps_running(workflow_id) if epoch.in_flight else None
         return dataclasses.replace(info, steps_running=tuple(running)) if running else info
+
+    def _bounds_of(self, info: RunInfo) -> RunInfo:
+        """``info`` with its execution deadline and, running, whether it is
+        paused: both read from its history (runtime/bounds.py)."""
+        events = self._call_store(self._epoch.store.read, info.workflow_id, 0,
+                                  None if not info.finished else 1)
+        if not events:
+            return info
+        return dataclasses.replace(info, execution_deadline=deadline_of(events[0].data),
+                                   paused=not info.finished and paused_in(events))
 
     def list(self, status: Optional[str] = None,
              workflow_type: Union[None, str, Callable[..., Any]] = None,

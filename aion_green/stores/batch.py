@@ -16,7 +16,9 @@ from aion_green.core.errors import (
     WorkflowNotRunning,
 )
 from aion_green.core.history import search_attributes
-from aion_green.store import Append, RunFilter
+from aion_green.store import Append, CreateRun, RunFilter
+
+_encode_str = json.encoder.encode_basestring_ascii  # what json.dumps uses for a str
 
 _TIMER_ENDS = frozenset({ev.TIMER_FIRED, ev.TIMER_CANCELLED})
 
@@ -151,10 +153,22 @@ def inbox_why_not(kind: str) -> str:
             else "a message to it would never be read")
 
 
+def started_json(op: CreateRun) -> str:
+    """The JSON data of a created run's ``WorkflowStarted``, as both stores
+    write it (encoded by hand: this runs once per start)."""
+    data = (f'{{"workflow_type":{_encode_str(op.workflow_type)},'
+            f'"run_id":{_encode_str(op.run_id)},"args":{op.args_json}')
+    if op.execution_deadline is not None:
+        data += f',"execution_deadline":{float(op.execution_deadline)!r}'
+    return data + "}"
+
+
 def next_run_started(wtype: str, old_run_id: str, data: dict[str, Any]) -> dict[str, Any]:
     """The ``WorkflowStarted`` data of the run a continuation begins."""
     started = {"workflow_type": wtype, "run_id": data["run_id"], "args": data["args"],
                "continued_from": old_run_id, "generation": data.get("generation", 2)}
     if data.get("search_attributes"):
         started["search_attributes"] = data["search_attributes"]
+    if data.get("execution_deadline") is not None:  # the chain keeps it (core/bounds.py)
+        started["execution_deadline"] = data["execution_deadline"]
     return started

@@ -452,6 +452,14 @@ class WorkflowContext:
                 return found
             self._park()
 
+    def _hold(self) -> None:
+        """Before a step goes live: park while the run is paused (an
+        unpause, or the run's end, rings the bell)."""
+        self._wait(self._unheld)
+
+    def _unheld(self) -> Optional[bool]:
+        return None if self._cursor.paused else True
+
     def _next_command(self) -> ev.Event:
         """A step's wait for its record: ``_race(cursor.next_command)``, raced
         only once something could interrupt it (a cancel request recorded and

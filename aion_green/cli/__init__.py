@@ -1,10 +1,13 @@
 """``aion-green`` command line (also ``python -m aion_green``).
 
     aion-green [--db URL] worker MODULE [MODULE...] [--http HOST:PORT] [--token T]
-    aion-green [--db URL] start TYPE [ARG_JSON...] [--id ID] [--wait [--timeout S]]
+    aion-green [--db URL] start TYPE [ARG_JSON...] [--id ID] [--execution-timeout D]
+                                [--wait [--timeout S]]
     aion-green [--db URL] signal ID NAME [PAYLOAD_JSON] [--key IDEMPOTENCY_KEY] [--run RUN_ID] [--timeout S]
     aion-green [--db URL] cancel ID [--reason R] [--run RUN_ID] [--timeout S]
     aion-green [--db URL] terminate ID [--reason R] [--run RUN_ID] [--timeout S]
+    aion-green [--db URL] pause ID [--reason R] [--run RUN_ID] [--timeout S]
+    aion-green [--db URL] unpause ID [--reason R] [--run RUN_ID] [--timeout S]
     aion-green [--db URL] query ID NAME [ARG_JSON...] [--run RUN_ID] [--timeout S]
     aion-green [--db URL] result ID [--run RUN_ID] [--timeout S]
     aion-green [--db URL] list [--status S] [--type T] [--started-after T] [--started-before T]
@@ -46,6 +49,13 @@ workflow id that replays a run's events 2..SEQ and then runs on; ``resume``
 runs a failed or cancelled run again in place (its old run is archived),
 reusing its outcomes but what failed (:mod:`aion_green.runtime.rewind`); both work
 on the store URL, not through the HTTP API.
+
+``start --execution-timeout D`` bounds the workflow's whole work (every run
+of its chain): ``D`` is seconds, or a number with a unit (``90s``, ``15m``,
+``2h``, ``7d``); past it the run ends with status ``timed_out``. ``pause``
+holds a run (no step, timer or message until ``unpause``; its status stays
+``running`` and ``show`` says ``paused``); with no worker driving a SQLite
+file, a pause or unpause is queued as a cancel is.
 
 A workflow id names a chain of runs (``continue_as_new`` begins the next
 under the same id); ``start`` prints the run it created. ``--run RUN_ID``
@@ -202,6 +212,23 @@ def _seconds(text: str) -> float:
     return value
 
 
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(text: str) -> float:
+    """``--execution-timeout``: seconds, or a number with a unit (s, m, h, d), above 0."""
+    number, unit = (text[:-1], _UNITS[text[-1]]) if text[-1:] in _UNITS else (text, 1.0)
+    try:
+        value = float(number) * unit
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration; give seconds (90) or a number with a unit: 90s, 15m, "
+            "2h, 7d") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: an execution timeout is above zero")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -277,6 +304,9 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("workflow_type", metavar="TYPE", help="the workflow's registered name")
     start.add_argument("args", nargs="*", metavar="ARG_JSON", help="its arguments, each a JSON value")
     start.add_argument("--id", dest="workflow_id", metavar="ID", help="the workflow id (default: a new uuid)")
+    start.add_argument("--execution-timeout", type=_duration, metavar="D",
+                       help="end the workflow (status timed_out) if it has not finished after D: "
+                            "seconds, or 90s, 15m, 2h, 7d; spans continue-as-new")
     start.add_argument("--wait", action="store_true",
                        help="wait for the end, show the events as they are recorded, exit by outcome")
     _timeout(start, None, "with --wait")
@@ -301,6 +331,15 @@ def _parser() -> argparse.ArgumentParser:
     terminate.add_argument("--reason", default="")
     terminate.add_argument("--run", dest="run_id", metavar="RUN_ID", help=_RUN_HELP)
     _timeout(terminate, 30.0, "until it is recorded; default 30")
+
+    for name, help in (("pause", "pause a run: no step, timer or message until unpause"),
+                       ("unpause", "let a paused run go on (due timers fire, kept messages "
+                                   "are delivered)")):
+        pausing = command(name, help)
+        pausing.add_argument("workflow_id", metavar="ID")
+        pausing.add_argument("--reason", default="")
+        pausing.add_argument("--run", dest="run_id", metavar="RUN_ID", help=_RUN_HELP)
+        _timeout(pausing, 30.0, "until the worker recorded it; default 30")
 
     query = command("query", "ask a live run (through the worker's HTTP API)")
     query.add_argument("workflow_id", metavar="ID")

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import threading
 import time
+import uuid
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
@@ -31,6 +32,7 @@ from aion_green.core.errors import (
     WorkflowFailed,
     WorkflowNotRegistered,
     WorkflowNotRunning,
+    WorkflowTimedOut,
 )
 from aion_green.runtime.sharing import Driver, probe_driver
 from aion_green.store import RunInfo
@@ -150,7 +152,8 @@ def _raise_outcome(info: RunInfo) -> None:
     if info.status == ev.COMPLETED:
         return
     error = info.error or {"type": info.status, "message": info.status}
-    cls = WorkflowCancelled if info.status == ev.CANCELLED else WorkflowFailed
+    cls = {ev.CANCELLED: WorkflowCancelled, ev.TIMED_OUT: WorkflowTimedOut}.get(
+        info.status, WorkflowFailed)
     raise cls(info.workflow_id, error)
 
 
@@ -217,7 +220,8 @@ def start(target: Target, args: argparse.Namespace, out: Any) -> int:
             f"workflow type {wtype!r} is not registered with {driver.name}, which drives "
             f"{target.where} (it knows: {', '.join(driver.types) or 'none'}); check the name, or "
             "run a worker that imports the module defining it. Nothing was recorded")
-    handle = target.api.start(wtype, *values, id=args.workflow_id)
+    bound = {} if args.execution_timeout is None else {"execution_timeout": args.execution_timeout}
+    handle = target.api.start(wtype, *values, id=args.workflow_id, **bound)
     wid = handle.workflow_id
     queued = driver is not None and not driver.held
     if queued:
@@ -324,6 +328,26 @@ def terminate(target: Target, args: argparse.Namespace, out: Any) -> int:
     return 0
 
 
+def pause(target: Target, args: argparse.Namespace, out: Any) -> int:
+    """``pause`` and ``unpause`` (``args.command`` says which)."""
+    wid, paused = args.workflow_id, args.command == "pause"
+    driver = target.driver()
+    if driver is not None and not driver.held:
+        _require_run(target, wid, args.run_id, f"the {args.command}")
+        target.queue(wid, args.command, {"reason": args.reason,
+                                         "dedup": f"{args.command}/{uuid.uuid4().hex}"})
+        out.emit({"workflow_id": wid, "paused": paused, "seq": None, "queued": True},
+                 f"{args.command} of {wid} queued: no worker drives {target.where} now; it is "
+                 "recorded when one starts")
+        return 0
+    call = target.api.pause if paused else target.api.unpause
+    seq = _within(args.timeout, _late(f"the {args.command} of {wid}", args.timeout), call, wid,
+                  args.reason, **_run_kw(args))
+    out.emit({"workflow_id": wid, "paused": paused, "seq": seq, "queued": False},
+             f"{wid} {'paused' if paused else 'unpaused'} (recorded at seq {seq})")
+    return 0
+
+
 def query(target: Target, args: argparse.Namespace, out: Any) -> int:
     wid, name = args.workflow_id, args.name
     values = _json_values(args.args, "argument")
@@ -409,7 +433,10 @@ def show(target: Target, args: argparse.Namespace, out: Any) -> int:
             f"workflow type {info.workflow_type!r} is not registered with {driver.name}, which "
             f"drives {target.where}; run a worker that knows it, or end the run with "
             f"`aion-green terminate {wid}`"))
-    out.line(f"{info.workflow_id}  {info.workflow_type}{tuple(info.args)!r}  {info.status}")
+    out.line(f"{info.workflow_id}  {info.workflow_type}{tuple(info.args)!r}  {info.status}"
+             + ("  (paused)" if info.paused else ""))
+    if info.execution_deadline is not None and not info.finished:
+        out.line(f"execution deadline: {ev.Event(0, '', info.execution_deadline).time.isoformat()}")
     if info.unrunnable is not None:
         out.line(f"not running: {info.unrunnable}")
     if args.run_id is None or args.run_id == info.run_id:
@@ -519,6 +546,7 @@ def schedule(target: Target, args: argparse.Namespace, out: Any) -> int:
 
 HANDLERS: dict[str, Callable[[Target, argparse.Namespace, Any], int]] = {
     "start": start, "signal": signal, "cancel": cancel, "terminate": terminate, "query": query,
+    "pause": pause, "unpause": pause,
     "result": result, "list": listing, "count": count, "show": show, "fork": fork,
     "resume": resume, "schedule": schedule,
 }

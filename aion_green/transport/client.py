@@ -90,10 +90,17 @@ class Client:
 
     # -- the engine's operations ---------------------------------------------------------------
     def start(self, fn: Union[str, Callable[..., Any]], *args: Any,
-              id: Optional[str] = None) -> RemoteHandle:  # noqa: A002
+              id: Optional[str] = None,  # noqa: A002
+              execution_timeout: Union[None, float, timedelta] = None) -> RemoteHandle:
+        """``Engine.start`` through the API (``execution_timeout`` in seconds
+        or a timedelta)."""
         body: dict[str, Any] = {"workflow": workflow_name(fn), "args": list(args)}
         if id is not None:
             body["id"] = id
+        if execution_timeout is not None:
+            body["execution_timeout"] = (execution_timeout.total_seconds()
+                                         if isinstance(execution_timeout, timedelta)
+                                         else execution_timeout)
         reply = self._call("POST", "/v1/workflows", body=body)
         return RemoteHandle(self, reply["workflow_id"], reply.get("run_id"))
 
@@ -146,6 +153,17 @@ class Client:
         """End the run now, without cleanup (``Engine.terminate``)."""
         self._call("POST", *_route(workflow_id, "terminate"),
                    body=_name_run({"reason": reason}, run_id))
+
+    def pause(self, workflow_id: str, reason: str = "", *, run_id: Optional[str] = None) -> int:
+        """``Engine.pause``: no step, timer or message until unpaused; the seq recorded."""
+        return int(self._call("POST", *_route(workflow_id, "pause"),
+                              body=_name_run({"reason": reason}, run_id))["seq"])
+
+    def unpause(self, workflow_id: str, reason: str = "", *,
+                run_id: Optional[str] = None) -> int:
+        """``Engine.unpause``: the run goes on; the seq recorded."""
+        return int(self._call("POST", *_route(workflow_id, "unpause"),
+                              body=_name_run({"reason": reason}, run_id))["seq"])
 
     def query(self, workflow_id: str, name: str, *args: Any, timeout: float = 10.0,
               run_id: Optional[str] = None) -> Any:
@@ -402,6 +420,12 @@ def _name_run(fields: dict[str, Any], run_id: Optional[str]) -> dict[str, Any]:
     return fields
 
 
+# The codes of a run's failed end, and the error result() raises for each.
+_FAILED: dict[str, type[errors.WorkflowFailed]] = {
+    "workflow_failed": errors.WorkflowFailed, "cancelled": errors.WorkflowCancelled,
+    "timed_out": errors.WorkflowTimedOut}
+
+
 def _error_from(status: int, reply: Any) -> errors.AionError:
     error = reply.get("error") if isinstance(reply, dict) else None
     if not isinstance(error, dict):
@@ -410,9 +434,8 @@ def _error_from(status: int, reply: Any) -> errors.AionError:
     if code == "continued_as_new":
         return errors.WorkflowContinuedAsNew(error.get("workflow_id", ""), error.get("run_id", ""),
                                              error.get("next_run_id"))
-    if code in ("workflow_failed", "cancelled"):
-        cls = errors.WorkflowCancelled if code == "cancelled" else errors.WorkflowFailed
-        return cls(error.get("workflow_id", ""), error.get("detail") or {})
+    if code in _FAILED:
+        return _FAILED[code](error.get("workflow_id", ""), error.get("detail") or {})
     cls_ = ERRORS.get(code, (status, errors.AionError))[1]
     named = getattr(errors, str(error.get("type")), None)
     if (isinstance(named, type) and issubclass(named, errors.AionError)

@@ -23,6 +23,7 @@ ERRORS: dict[str, tuple[int, type[errors.AionError]]] = {
     "not_running": (409, errors.WorkflowNotRunning),
     "workflow_failed": (409, errors.WorkflowFailed),
     "cancelled": (409, errors.WorkflowCancelled),
+    "timed_out": (409, errors.WorkflowTimedOut),
     "continued_as_new": (409, errors.WorkflowContinuedAsNew),
     "too_large": (413, errors.ConfigurationError),
     "query_failed": (422, errors.QueryFailed),
@@ -38,6 +39,8 @@ def code_of(error: BaseException) -> str:
         return "continued_as_new"
     if isinstance(error, errors.WorkflowCancelled):
         return "cancelled"
+    if isinstance(error, errors.WorkflowTimedOut):
+        return "timed_out"
     if isinstance(error, errors.WorkflowFailed):
         return "workflow_failed"
     if isinstance(error, errors.WorkflowNotFound):
@@ -78,6 +81,10 @@ def run_to_json(info: RunInfo) -> dict[str, Any]:
         doc["unrunnable"] = info.unrunnable
     if info.next_run_id is not None:
         doc["next_run_id"] = info.next_run_id
+    if info.execution_deadline is not None:
+        doc["execution_deadline"] = info.execution_deadline
+    if info.paused:
+        doc["paused"] = True
     if info.steps_running:
         doc["steps_running"] = [{"step": s.step, "name": s.name, "attempt": s.attempt,
                                  "since": s.since} for s in info.steps_running]
@@ -99,7 +106,9 @@ def run_from_json(obj: dict[str, Any]) -> RunInfo:
                    obj["args"], obj.get("result"), obj.get("error"), obj["head_seq"],
                    obj["created_at"], obj["updated_at"], unrunnable=obj.get("unrunnable"),
                    next_run_id=obj.get("next_run_id"), parent_id=obj.get("parent_id"),
-                   search_attributes=obj.get("search_attributes") or {})
+                   search_attributes=obj.get("search_attributes") or {},
+                   execution_deadline=obj.get("execution_deadline"),
+                   paused=bool(obj.get("paused")))
 
 
 def event_to_json(event: Event) -> dict[str, Any]:

@@ -54,7 +54,8 @@ _REF_EVENT = {"$ref": "#/components/schemas/Event"}
 _COMMON = ("unauthenticated", "unavailable", "internal")
 # The filters of the list and count routes.
 _FILTERS = (
-    Param("status", "query", _STR, "running, completed, failed, cancelled or continued."),
+    Param("status", "query", _STR, "running, completed, failed, cancelled, continued or "
+          "timed_out."),
     Param("type", "query", _STR, "A workflow type."),
     Param("started_after", "query", _STR, "Runs whose current run started at or after this "
           "time: ISO-8601 (`2024-05-01`, `2024-05-01T12:00:00Z`; no offset: UTC)."),
@@ -106,7 +107,10 @@ ROUTES: tuple[Route, ...] = (
                         "`id`; send one, or the same in both)."),),
           body={"workflow": {"type": "string", "description": "The registered type name."},
                 "args": {"type": "array", "description": "Its arguments, JSON values."},
-                "id": {"type": "string", "description": "The workflow id (default: a new uuid)."}},
+                "id": {"type": "string", "description": "The workflow id (default: a new uuid)."},
+                "execution_timeout": {"type": "number", "description": "Seconds (above 0) the "
+                                      "workflow may run, over every run of its chain; past "
+                                      "them it ends with status `timed_out`."}},
           required=("workflow",),
           answer={"type": "object", "properties": {"workflow_id": _STR, "run_id": _STR}},
           errors=("invalid_argument", "already_exists", "too_large"),
@@ -151,8 +155,8 @@ ROUTES: tuple[Route, ...] = (
                   _RUN_Q),
           answer={"type": "object", "properties": {"workflow_id": _STR, "status": _STR,
                                                    "result": _ANY, "run_id": _STR}},
-          errors=("not_found", "workflow_failed", "cancelled", "continued_as_new", "timeout",
-                  "invalid_argument"),
+          errors=("not_found", "workflow_failed", "cancelled", "timed_out", "continued_as_new",
+                  "timeout", "invalid_argument"),
           example=("?timeout=30", {"workflow_id": "order-o-1", "status": "completed",
                                    "result": {"tracking": "t-9"}})),
     Route("GET", "/v1/workflows/{id}/history", "Read a history",
@@ -211,6 +215,25 @@ ROUTES: tuple[Route, ...] = (
                                                    "terminated": {"type": "boolean"}}},
           errors=("not_found", "not_running", "invalid_argument"),
           example=({"reason": "stuck"}, {"workflow_id": "order-o-1", "terminated": True})),
+    Route("POST", "/v1/workflows/{id}/pause", "Pause a run",
+          "Record `WorkflowPaused`: until it is unpaused the run starts no step, fires no "
+          "timer and takes no message (messages are recorded and kept for it); a step already "
+          "running finishes. Its status stays `running`, and describe shows `paused: true`. "
+          "The pause holds across restarts; terminate and the execution timeout still end it.",
+          params=(_ID,), body={"reason": {"type": "string"}, **_RUN_B},
+          answer={"type": "object", "properties": {"workflow_id": _STR, "paused": {
+              "type": "boolean"}, "seq": _INT}},
+          errors=("not_found", "not_running", "invalid_argument"),
+          example=({"reason": "supplier outage"}, {"workflow_id": "order-o-1", "paused": True,
+                                                   "seq": 8})),
+    Route("POST", "/v1/workflows/{id}/unpause", "Unpause a run",
+          "Record `WorkflowUnpaused`: the run goes on; timers that came due while it was "
+          "paused fire now, and messages recorded meanwhile are delivered.",
+          params=(_ID,), body={"reason": {"type": "string"}, **_RUN_B},
+          answer={"type": "object", "properties": {"workflow_id": _STR, "paused": {
+              "type": "boolean"}, "seq": _INT}},
+          errors=("not_found", "not_running", "invalid_argument"),
+          example=({}, {"workflow_id": "order-o-1", "paused": False, "seq": 9})),
     Route("GET", "/v1/schedules", "List schedules",
           "The schedules (active ones; `include_deleted=true` adds unscheduled ones), ordered by "
           "id, a page at a time, each with its spec and, where the server drives it, its next "
@@ -272,6 +295,7 @@ _ERROR_TEXT = {
                    "current one: nothing was recorded.",
     "workflow_failed": "The run failed: `detail` holds its error type and message.",
     "cancelled": "The run was cancelled (or terminated).",
+    "timed_out": "The run's execution timeout passed: it ended with status `timed_out`.",
     "continued_as_new": "That run continued as new: `next_run_id` names the run it became.",
     "too_large": "The body is over the server's limit.",
     "query_failed": "The query handler raised, the name is unknown, or no live run answers.",
@@ -349,14 +373,19 @@ def _run_schema() -> dict[str, Any]:
     return {"type": "object", "properties": {
         "workflow_id": _STR, "run_id": _STR, "workflow_type": _STR,
         "status": {"type": "string",
-                   "enum": ["running", "completed", "failed", "cancelled", "continued"]},
+                   "enum": ["running", "completed", "failed", "cancelled", "continued",
+                            "timed_out"]},
         "args": {"type": "array"}, "result": _ANY, "error": _ANY, "head_seq": _INT,
         "created_at": _NUM, "updated_at": _NUM, "unrunnable": _STR, "next_run_id": _STR,
         "steps_running": {"type": "array"},
         "parent_id": {"type": ["string", "null"],
                       "description": "The workflow id that started this run as a child."},
         "search_attributes": {"type": "object", "description": "name -> str, int, float or "
-                              "bool (ctx.upsert_search_attributes)."}}}
+                              "bool (ctx.upsert_search_attributes)."},
+        "execution_deadline": {"type": "number", "description": "When the run's execution "
+                               "timeout passes (seconds since the epoch); absent without one."},
+        "paused": {"type": "boolean", "description": "Present (true) while the run is "
+                   "paused; its status stays `running`."}}}
 
 
 def _schedule_schema() -> dict[str, Any]:

@@ -20,7 +20,9 @@ GET      /health/ready                                200 ``{"ok", "driving", "c
 GET      /metrics                                     Prometheus text (OpenMetrics if the Accept
                                                       header asks); wants the token when one is
                                                       set; 503 without ``prometheus_client``
-POST     /v1/workflows                                start: ``{"workflow", "args", "id"}``; the
+POST     /v1/workflows                                start: ``{"workflow", "args", "id",
+                                                      "execution_timeout"}`` (seconds; past them
+                                                      the run ends ``timed_out``); the
                                                       ``Idempotency-Key`` header may give the id;
                                                       answers ``{"workflow_id", "run_id"}``
 GET      /v1/workflows?status=&type=&limit=&after=    list, a page: ``{"runs", "next"}``; also
@@ -47,6 +49,11 @@ POST     /v1/workflows/ID/queries/NAME                ``{"args", "timeout", "run
 POST     /v1/workflows/ID/cancel                      ``{"reason", "run_id"}``
 POST     /v1/workflows/ID/terminate                   ``{"reason", "run_id"}``: ends it now, no
                                                       cleanup
+POST     /v1/workflows/ID/pause                       ``{"reason", "run_id"}``: no step, timer or
+                                                      message until unpaused (``{"workflow_id",
+                                                      "paused", "seq"}``); describe: ``paused``
+POST     /v1/workflows/ID/unpause                     ``{"reason", "run_id"}``: it goes on; due
+                                                      timers fire, kept messages are delivered
 GET      /v1/schedules?limit=&after=&include_deleted= the schedules, a page: ``{"schedules",
                                                       "next"}``
 POST     /v1/schedules                                create: ``{"schedule_id", "workflow",
@@ -108,6 +115,7 @@ import gevent
 from greenlet import getcurrent
 
 from aion_green.core import events as ev
+from aion_green.core.bounds import execution_timeout_seconds
 from aion_green.core.errors import (
     AionError,
     ConfigurationError,
@@ -132,7 +140,8 @@ log = logging.getLogger("aion_green.transport")
 
 StartResponse = Callable[..., Any]
 _JSON = [("Content-Type", "application/json; charset=utf-8")]
-_ACTIONS = ("result", "history", "events", "cancel", "terminate")
+_ACTIONS = ("result", "history", "events", "cancel", "terminate", "pause", "unpause")
+_POSTS = ("cancel", "terminate", "pause", "unpause", "signals", "queries")
 _NAMED = ("signals", "queries")
 
 
@@ -306,7 +315,7 @@ class WSGIApp:
             wid = "/".join(rest)
         if not wid:
             raise _Reply("invalid_argument", "the workflow id is empty")
-        expected = "POST" if action in ("cancel", "terminate", "signals", "queries") else "GET"
+        expected = "POST" if action in _POSTS else "GET"
         if method != expected:
             raise _not_allowed(method, expected)
         named = {"workflow_id", "name"} if by_query else set()
@@ -332,6 +341,12 @@ class WSGIApp:
             body = self._body(environ, {"reason", "run_id"})
             self.engine.terminate(wid, _str(body, "reason", ""), **_run_kw(body))
             return _reply(start_response, 200, {"workflow_id": wid, "terminated": True})
+        if action in ("pause", "unpause"):
+            body = self._body(environ, {"reason", "run_id"})
+            call = self.engine.pause if action == "pause" else self.engine.unpause
+            seq = call(wid, _str(body, "reason", ""), **_run_kw(body))
+            return _reply(start_response, 200, {"workflow_id": wid, "paused": action == "pause",
+                                                "seq": seq})
         assert name is not None
         if action == "signals":
             body = self._body(environ, {"payload", "idempotency_key", "run_id"})
@@ -386,7 +401,7 @@ class WSGIApp:
 
     def _start(self, environ: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
         _query(params, set())
-        body = self._body(environ, {"workflow", "args", "id"})
+        body = self._body(environ, {"workflow", "args", "id", "execution_timeout"})
         workflow = body.get("workflow")
         if not isinstance(workflow, str) or not workflow:
             raise _Reply("invalid_argument", "'workflow' must be the registered name of a "
@@ -398,8 +413,12 @@ class WSGIApp:
         if wid is not None and key is not None and wid != key:
             raise _Reply("invalid_argument", f"the body's id {wid!r} and the Idempotency-Key "
                          f"header {key!r} differ; send one, or the same in both")
+        bound: dict[str, float] = {}
+        if body.get("execution_timeout") is not None:
+            bound["execution_timeout"] = _field(execution_timeout_seconds, "execution_timeout",
+                                                body["execution_timeout"], "'execution_timeout'")
         try:
-            handle = self.engine.start(workflow, *args, id=wid or key)
+            handle = self.engine.start(workflow, *args, id=wid or key, **bound)
         except WorkflowArgumentsInvalid as exc:
             raise _Reply("invalid_argument", str(exc), field="args") from None
         return {"workflow_id": handle.workflow_id, "run_id": handle.run_id}

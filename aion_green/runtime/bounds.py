@@ -157,6 +157,16 @@ class Bounds:
         for key, fire_at in ctx._timers.items():
             self.epoch.timers.add(fire_at, ctx.workflow_id, key)
 
+    def paused_in_store(self, wid: str) -> bool:
+        """Hub greenlet (the timer sweep, before it fires a timer of a run
+        not live here: one being recovered, say): whether its history says
+        it is paused. A read per due timer of such a run, which is rare."""
+        reader = self.epoch.reader
+        try:
+            return paused_in(reader.call(reader.store.read, wid).result())
+        except Exception:  # the sweep's own read of the store failed just before
+            return False
+
     def is_paused(self, wid: str) -> bool:
         """Caller's thread: whether the run's history says it is paused now
         (read from the store, for ``describe``)."""

@@ -107,4 +107,6 @@ class TimerService:
         for wid, key, _fire_at in due:
             if wid in epoch.runs or epoch.residency.absent_here(wid):
                 continue  # live, or this engine's out of memory: its context fires it
+            if epoch.bounds.paused_in_store(wid):
+                continue  # fired at the unpause (runtime/bounds.py), by its context
             epoch.writer.call(epoch.store.fire_timer, wid, key, time.time())

@@ -14,7 +14,8 @@ PUBLIC = [
     "StepArgumentsChanged", "StepError", "StepInfo", "StepRunning", "StepTimeout", "StoreCorrupt",
     "StoreError", "StoreLost", "StoreUnavailable", "Timeout", "WorkflowArgumentsInvalid",
     "WorkflowCancelled", "WorkflowContext", "WorkflowContinuedAsNew", "WorkflowFailed", "WorkflowHandle",
-    "WorkflowIdConflict", "WorkflowNotFound", "WorkflowNotRegistered", "WorkflowNotRunning", "WorkflowTimedOut",
+    "WorkflowIdConflict", "WorkflowNotFound", "WorkflowNotRegistered", "WorkflowNotRunning",
+    "WorkflowTimedOut",
     "step_info", "workflow",
 ]
 

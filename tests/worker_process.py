@@ -1,10 +1,12 @@
 """``aion-green worker MODULE --http ... --json`` in a real process, for the
 CLI and HTTP tests: started, read ready, and stopped by a signal (killed if
 it does not stop within 30 s)."""
+import http.client
 import json
 import signal
 import subprocess
 import sys
+from urllib.parse import urlencode
 
 
 def worker_env():
@@ -39,3 +41,18 @@ class WorkerProcess:
                 self.proc.kill()
                 self.proc.communicate()
         return out, err
+
+    def call(self, method, path, query=None, body=None, token=None):
+        """One request with a plain HTTP client: ``(status, decoded JSON body)``."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            target = path + ("?" + urlencode(query) if query else "")
+            data = None if body is None else json.dumps(body).encode()
+            headers = {"Content-Type": "application/json"}
+            if token is not None:
+                headers["Authorization"] = f"Bearer {token}"
+            conn.request(method, target, body=data, headers=headers)
+            response = conn.getresponse()
+            return response.status, json.loads(response.read() or b"null")
+        finally:
+            conn.close()

@@ -213,7 +213,10 @@ def test_with_no_worker_the_command_line_queues_a_pause_for_the_next_one(tmp_pat
         assert lines(effects) in ([], ["one"])
         status, doc = call(served, "GET", "/v1/workflows/idle")
         assert doc["paused"] is True
-        call(served, "POST", "/v1/workflows/idle/unpause", body={})
+        # A command over the file while a worker drives it: posted to the
+        # worker's inbox, and confirmed once the worker recorded it.
+        unpaused = json.loads(cli(db, "unpause", "idle").stdout)
+        assert unpaused["queued"] is False and unpaused["seq"] > 0
         call(served, "POST", "/v1/workflows/idle/signals/go", body={"payload": 1})
         status, doc = call(served, "GET", "/v1/workflows/idle/result", {"timeout": 20})
         assert status == 200 and doc["result"] == 1

@@ -14,6 +14,7 @@ from aion_green.core.errors import (
     ConfigurationError,
     WorkflowCancelled,
     WorkflowFailed,
+    WorkflowTimedOut,
 )
 from aion_green.core.registry import workflow_name
 
@@ -123,6 +124,8 @@ def child_outcome(child_id: str, end: ev.Event) -> Any:
     error = dict(end.data.get("error") or {})
     if end.data.get("status") == ev.CANCELLED:
         raise WorkflowCancelled(child_id, error)
+    if end.data.get("status") == ev.TIMED_OUT:
+        raise WorkflowTimedOut(child_id, error)
     raise WorkflowFailed(child_id, error)
 
 

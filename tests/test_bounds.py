@@ -304,3 +304,19 @@ def test_terminate_and_the_execution_timeout_end_a_paused_run(make_engine):
     engine.terminate("paused-terminated", "no longer needed")
     with pytest.raises(aion.WorkflowCancelled):
         engine.result("paused-terminated", timeout=10)
+
+
+@aion.workflow(name="bounds.monthly")
+def monthly(ctx):
+    ctx.sleep(timedelta(days=30))
+    return ctx.step(mark, "a month later")
+
+
+def test_time_travel_fires_no_timer_of_a_paused_run_until_its_unpause(aion_engine, aion_time):
+    handle = aion_engine.start(monthly, id="monthly")
+    aion_time.settle()
+    aion_engine.pause("monthly")
+    aion_time.advance(timedelta(days=31))  # due, but paused: advance() does not wait for it
+    assert ev.TIMER_FIRED not in types(aion_engine, "monthly") and MARKS == []
+    aion_engine.unpause("monthly")
+    assert handle.result(timeout=10) == "a month later"

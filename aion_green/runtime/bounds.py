@@ -158,9 +158,10 @@ class Bounds:
             self.epoch.timers.add(fire_at, ctx.workflow_id, key)
 
     def paused_in_store(self, wid: str) -> bool:
-        """Hub greenlet (the timer sweep, before it fires a timer of a run
-        not live here: one being recovered, say): whether its history says
-        it is paused. A read per due timer of such a run, which is rare."""
+        """Any thread but the hub's callbacks (the timer sweep, before it
+        fires a timer of a run not live here: one being recovered, say; the
+        ``aion_time`` fixture): whether its history says it is paused. A
+        read per due timer of such a run, which is rare."""
         reader = self.epoch.reader
         try:
             return paused_in(reader.call(reader.store.read, wid).result())

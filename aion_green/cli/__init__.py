@@ -22,9 +22,17 @@ default ``$AION_GREEN_DB`` or ``./aion.db``) or the HTTP address of a worker
 started with ``--http`` (``http://HOST:PORT[/prefix]``, with ``--token`` or
 ``$AION_GREEN_TOKEN``). Arguments, payloads and answers are JSON values:
 ``5``, ``'"text"'``, ``'{"ok": true}'``. Every option may also come before
-the command: ``--db``, ``--token``, ``--json`` (one JSON document on stdout;
-errors also as ``{"error": TYPE, "message": ...}`` on stderr) and
-``--quiet`` (no progress on stderr).
+the command: ``--db``, ``--token``, ``--namespace``, ``--json`` (one JSON
+document on stdout; errors also as ``{"error": TYPE, "message": ...}`` on
+stderr) and ``--quiet`` (no progress on stderr).
+
+``--namespace NS`` (or ``$AION_GREEN_NAMESPACE``): the namespace of the runs
+and schedules a command names (``default`` if none; ids are unique per
+namespace). A worker's ``--token`` is repeatable, each ``SECRET`` (every
+namespace) or ``SECRET:ns1,ns2`` (those only), and ``$AION_GREEN_TOKEN``
+takes several separated by spaces; a command sends the first one's secret.
+A request for a namespace the token is not granted exits 2
+(``NamespaceDenied``), nothing done.
 
 ``worker`` imports the modules (their ``@aion.workflow`` functions are
 registered), drives runs until SIGTERM or SIGINT, then shuts down cleanly

@@ -135,16 +135,18 @@ def test_a_run_of_another_namespace_is_not_found_as_a_missing_id_is(make_engine)
     engine.start(echo, 1, id="hidden", namespace="secret-team")
     errors = []
     for ns in ("default", "other"):
-        for call in (lambda: engine.describe("hidden", namespace=ns),
-                     lambda: engine.history("hidden", namespace=ns),
-                     lambda: engine.result("hidden", timeout=0, namespace=ns),
-                     lambda: engine.signal("hidden", "go", 1, namespace=ns),
-                     lambda: engine.cancel("hidden", namespace=ns),
-                     lambda: engine.terminate("hidden", namespace=ns)):
+        for call in (lambda ns=ns: engine.describe("hidden", namespace=ns),
+                     lambda ns=ns: engine.history("hidden", namespace=ns),
+                     lambda ns=ns: engine.result("hidden", timeout=0, namespace=ns),
+                     lambda ns=ns: engine.signal("hidden", "go", 1, namespace=ns),
+                     lambda ns=ns: engine.cancel("hidden", namespace=ns),
+                     lambda ns=ns: engine.terminate("hidden", namespace=ns)):
             with pytest.raises(aion.WorkflowNotFound) as info:
                 call()
             errors.append(str(info.value))
             assert "secret-team" not in str(info.value) and "\x1f" not in str(info.value)
+    # The same answers in a namespace where the id never was.
+    assert errors[:6] == errors[6:]
     # Nothing was recorded in the hidden run by any of it.
     history = engine.history("hidden", namespace="secret-team")
     assert not {e.type for e in history} & {ev.MESSAGE_RECEIVED, ev.CANCEL_REQUESTED,

@@ -65,6 +65,13 @@ the current run's start. A bad date, an unknown parameter or a bad attribute
 name is a 400 ``invalid_argument`` whose ``field`` names it. (A workflow whose
 id is ``count`` is described with ``/v1/workflows?workflow_id=count``.)
 
+Namespaces: every route of runs and schedules takes ``?namespace=NS`` (a
+POST also ``"namespace"`` in its body); without one it is ``default``. Ids
+are unique per namespace, and a run of another namespace answers exactly as
+an id never seen (404). A token is ``SECRET`` (every namespace) or
+``SECRET:ns1,ns2`` (those only): a request for a namespace outside its grant
+is a 403 ``namespace_denied`` before anything is done, recorded or listed.
+
 Run identity: a workflow id names a chain of runs (``continue_as_new``
 begins the next one under the same id); without ``run_id`` a request is for
 the current run (``result`` waits for the chain's end). A signal, query,

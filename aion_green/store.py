@@ -54,6 +54,9 @@ class RunInfo:
     # core/bounds.py), else None; and, from Engine.describe(), whether it is paused.
     execution_deadline: Optional[float] = None
     paused: bool = False
+    # The namespace of the run (core/namespaces.py). A store's rows name runs
+    # by key; the engine's public operations answer with the id and this.
+    namespace: str = "default"
 
     @property
     def finished(self) -> bool:
@@ -115,12 +118,16 @@ class RunFilter(NamedTuple):
     time (seconds since the epoch), ``started_after <= t < started_before``;
     ``parent``: the workflow id of the parent run; ``attributes``: search
     attributes that must all match, name -> text form (a string as it is,
-    another scalar as its JSON text: ``core.events.attribute_text``)."""
+    another scalar as its JSON text: ``core.events.attribute_text``);
+    ``namespace``: the runs of one namespace, by their keys' form
+    (``core.namespaces``)."""
 
     parent: Optional[str] = None
     started_after: Optional[float] = None
     started_before: Optional[float] = None
     attributes: tuple[tuple[str, str], ...] = ()
+    # Only the runs of this namespace (None: every namespace's).
+    namespace: Optional[str] = None
 
 
 # What ``write_batch`` returns for one op: an append's new head seq or the

@@ -320,3 +320,24 @@ def test_time_travel_fires_no_timer_of_a_paused_run_until_its_unpause(aion_engin
     assert ev.TIMER_FIRED not in types(aion_engine, "monthly") and MARKS == []
     aion_engine.unpause("monthly")
     assert handle.result(timeout=10) == "a month later"
+
+
+def test_bounds_work_by_namespace_as_every_operation_does(make_engine):
+    """The same id in two namespaces names two runs: a pause and a deadline
+    reach the run of the namespace named, and an error names the id (not
+    the key the engine stores it under)."""
+    engine = make_engine(listener)
+    engine.start(listener, id="twin", namespace="blue", execution_timeout=1.0)
+    engine.start(listener, id="twin")
+    wait_until(lambda: MARKS == ["listening", "listening"], what="both first steps")
+    engine.pause("twin", namespace="blue")
+    assert engine.describe("twin", namespace="blue").paused
+    assert not engine.describe("twin").paused
+    with pytest.raises(aion.WorkflowTimedOut) as raised:
+        engine.result("twin", timeout=15, namespace="blue")
+    assert "'twin'" in str(raised.value) and "\x1f" not in str(raised.value)
+    assert engine.describe("twin").status == "running"
+    engine.signal("twin", "note", "default's")
+    assert engine.result("twin", timeout=10) == "default's"
+    with pytest.raises(aion.WorkflowNotRunning):
+        engine.unpause("twin", namespace="blue")

@@ -222,3 +222,15 @@ def test_with_no_worker_the_command_line_queues_a_pause_for_the_next_one(tmp_pat
         assert status == 200 and doc["result"] == 1
     finally:
         served.stop()
+
+
+def test_over_http_pause_and_the_timeout_name_their_namespace(worker):
+    status, doc = call(worker, "POST", "/v1/workflows", body={
+        "workflow": "hb.waiter", "id": "h-ns", "namespace": "blue", "execution_timeout": 60})
+    assert status == 200 and doc["namespace"] == "blue"
+    status, doc = call(worker, "POST", "/v1/workflows/h-ns/pause", body={"namespace": "blue"})
+    assert status == 200 and doc["paused"] is True
+    status, doc = call(worker, "GET", "/v1/workflows/h-ns", {"namespace": "blue"})
+    assert doc["paused"] is True and doc["execution_deadline"] > time.time()
+    status, doc = call(worker, "POST", "/v1/workflows/h-ns/pause", body={})
+    assert (status, doc["error"]["code"]) == (404, "not_found")  # not in the default namespace

@@ -36,6 +36,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from aion_green.core import events as ev
+from aion_green.core import namespaces
 from aion_green.core.bounds import (
     DEADLINE_TIMER,
     deadline_of,
@@ -78,7 +79,7 @@ class Bounds:
         """A run's history was loaded here: arm its deadline, if it has one."""
         deadline = deadline_of(ctx._cursor.event(1).data)
         if deadline is not None:
-            self.epoch.timers.add(deadline, ctx.workflow_id, DEADLINE_TIMER)
+            self.epoch.timers.add(deadline, ctx._key, DEADLINE_TIMER)
 
     def deadline_due(self, wid: str) -> None:
         """The timer service: the deadline armed for ``wid`` is due."""
@@ -110,7 +111,7 @@ class Bounds:
                 return
             log.info("workflow %r: its execution timeout passed; ending it", wid)
             ended = Future()
-            epoch.termination.end_here(wid, timed_out_event(wid, deadline, now),
+            epoch.termination.end_here(wid, timed_out_event(namespaces.local(wid), deadline, now),
                                        future_done(ended))
             try:
                 ended.result()
@@ -155,7 +156,7 @@ class Bounds:
         """Hub thread, as an unpause reaches a live run's cursor: its timers
         go back to the timer service (those due fire at once)."""
         for key, fire_at in ctx._timers.items():
-            self.epoch.timers.add(fire_at, ctx.workflow_id, key)
+            self.epoch.timers.add(fire_at, ctx._key, key)
 
     def paused_in_store(self, wid: str) -> bool:
         """Any thread but the hub's callbacks (the timer sweep, before it

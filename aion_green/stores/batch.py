@@ -8,6 +8,7 @@ import json
 from typing import Any, Optional, Sequence, Union
 
 from aion_green.core import events as ev
+from aion_green.core import namespaces
 from aion_green.core.errors import (
     FencedOut,
     SequenceConflict,
@@ -137,6 +138,14 @@ def run_filters(status: Optional[str], workflow_type: Optional[str], after_id: O
         if value is not None:
             clauses.append(clause)
             params.append(value)
+    if f.namespace == namespaces.DEFAULT:
+        # A key of the default namespace is the id, which holds no U+001F.
+        clauses.append(f"workflow_id NOT LIKE {mark}")
+        params.append(f"%{namespaces.SEPARATOR}%")
+    elif f.namespace is not None:
+        prefix = f"{f.namespace}{namespaces.SEPARATOR}"
+        clauses.append(f"substr(workflow_id, 1, {len(prefix)}) = {mark}")
+        params.append(prefix)
     for name, text in f.attributes:
         # One indexed lookup per attribute (name, text, workflow_id).
         clauses.append(f"workflow_id IN (SELECT workflow_id FROM {attributes_table} "

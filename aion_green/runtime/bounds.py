@@ -59,6 +59,9 @@ log = logging.getLogger("aion_green.engine")
 
 Done = Callable[[Any, Optional[BaseException]], None]
 
+# Seconds before a deadline whose end could not be recorded is tried again.
+_RETRY = 5.0
+
 
 def _kind(paused: bool) -> str:
     return "pause" if paused else "unpause"
@@ -117,8 +120,10 @@ class Bounds:
                 ended.result()
             except WorkflowNotRunning:
                 pass  # it ended first: first recorded wins
-        except Exception as exc:  # armed again by the next load of the run
-            log.warning("workflow %r: its execution timeout could not be recorded: %s", wid, exc)
+        except Exception as exc:  # (the store is away, say): tried again in a while
+            log.warning("workflow %r: its execution timeout could not be recorded (%s); trying "
+                        "again in %s s", wid, exc, _RETRY)
+            epoch.timers.add(time.time() + _RETRY, wid, DEADLINE_TIMER)
         finally:
             self._ending.discard(wid)
 

@@ -109,4 +109,10 @@ class TimerService:
                 continue  # live, or this engine's out of memory: its context fires it
             if epoch.bounds.paused_in_store(wid):
                 continue  # fired at the unpause (runtime/bounds.py), by its context
+            # Asked again: the read above let other greenlets run, and one may
+            # have begun driving the run (recovery); fired through the store
+            # under it, the run's next record found the history moved and
+            # the run was dropped (found by tests/test_state_machine.py).
+            if wid in epoch.runs or epoch.residency.absent_here(wid):
+                continue
             epoch.writer.call(epoch.store.fire_timer, wid, key, time.time())

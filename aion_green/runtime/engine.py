@@ -44,10 +44,11 @@ from aion_green.core.history import search_attributes
 from aion_green.core.registry import Registry, check_arguments, signature_from, workflow_name
 from aion_green.core.schedule import ScheduleInfo
 from aion_green.hub_thread import Future
-from aion_green.runtime import rewind, schedules, search
+from aion_green.runtime import retention, rewind, schedules, search
 from aion_green.runtime.epoch import Epoch
 from aion_green.runtime.health import Readiness, readiness
 from aion_green.runtime.metrics import EngineMetrics
+from aion_green.runtime.retention import retention_setting
 from aion_green.runtime.runs import _closed_while_waiting, outcome
 from aion_green.runtime.writer import future_done
 from aion_green.store import RunInfo, StepRunning
@@ -112,6 +113,7 @@ class Engine:
         max_resident: Optional[int] = None,
         passive: bool = False,
         step_grace: float = 10.0,
+        retention: Union[None, timedelta, float] = None,
     ) -> None:
         if step_workers < 1:
             raise ConfigurationError(f"step_workers={step_workers}: need at least one step thread")
@@ -138,6 +140,9 @@ class Engine:
         # drives, claims and fires nothing, and takes no driver lock.
         self._passive = passive
         self._registry = Registry(workflows)
+        # Finished runs older than this many seconds are purged by the
+        # engine that drives (runtime/retention.py); None keeps them for ever.
+        self.retention: Optional[float] = retention_setting(retention)
         # Its figures, for Prometheus (runtime/metrics.py); kept across epochs.
         self.metrics = EngineMetrics(self)
         self._lock = _allocate_lock()
@@ -169,6 +174,7 @@ class Engine:
                 log.info("engine used in a forked process (pid %s); starting afresh", pid)
             self._epoch = epoch = Epoch(self, pid)
             epoch.hub.call_soon(epoch.runner.on_hub_start)
+            epoch.hub.call_soon(retention.begin, self, epoch)
             epoch.hub.start()
             self._pid = pid
             _live_engines.add(self)
@@ -482,6 +488,16 @@ class Engine:
     def describe_schedule(self, schedule_id: str) -> ScheduleInfo:
         """One schedule (:class:`WorkflowNotFound` when the id names none)."""
         return schedules.describe_schedule(self, schedule_id)
+
+    def purge(self, older_than: Union[timedelta, float], *, limit: Optional[int] = None) -> int:
+        """Delete from the store the runs that ended more than ``older_than``
+        (a timedelta or seconds; 0: every finished run) ago, at most
+        ``limit`` of them (None: all), with everything of their ids; returns
+        how many. Never a running run; a chain of continue-as-new goes whole
+        with its last run; a child by its own end. A purged id is unknown
+        afterwards (:class:`WorkflowNotFound`) and may be started again. In
+        transactions of 500 runs (see :mod:`aion_green.runtime.retention`)."""
+        return retention.purge(self, older_than, limit)
 
     def handle(self, workflow_id: str) -> WorkflowHandle:
         return WorkflowHandle(self, workflow_id)

@@ -1,6 +1,6 @@
 """``aion-green`` command line (also ``python -m aion_green``).
 
-    aion-green [--db URL] worker MODULE [MODULE...] [--http HOST:PORT] [--token T]
+    aion-green [--db URL] worker MODULE [MODULE...] [--http HOST:PORT] [--token T] [--retention AGE]
     aion-green [--db URL] start TYPE [ARG_JSON...] [--id ID] [--wait [--timeout S]]
     aion-green [--db URL] signal ID NAME [PAYLOAD_JSON] [--key IDEMPOTENCY_KEY] [--run RUN_ID] [--timeout S]
     aion-green [--db URL] cancel ID [--reason R] [--run RUN_ID] [--timeout S]
@@ -16,6 +16,7 @@
     aion-green [--db URL] schedule create ID TYPE [ARG_JSON...] (--cron EXPR | --every S)
                                    [--start-at ISO] [--timezone Z] [--overlap P] [--catch-up P]
     aion-green [--db URL] schedule list [--all] | show ID | delete ID [--timeout S]
+    aion-green [--db URL] purge --older-than AGE [--limit N]
 
 ``--db`` is a store URL (``sqlite:///path.db``, ``postgresql://...``;
 default ``$AION_GREEN_DB`` or ``./aion.db``) or the HTTP address of a worker
@@ -46,6 +47,12 @@ workflow id that replays a run's events 2..SEQ and then runs on; ``resume``
 runs a failed or cancelled run again in place (its old run is archived),
 reusing its outcomes but what failed (:mod:`aion_green.runtime.rewind`); both work
 on the store URL, not through the HTTP API.
+
+``purge`` deletes the runs that ended more than AGE ago (``30d``, ``12h``,
+``90m``, ``45s``, or a number of seconds), with everything the store holds of
+them: never a running run (:mod:`aion_green.runtime.retention`). Over a store
+URL or through a worker's HTTP API; ``worker --retention AGE`` purges so on
+a timer.
 
 A workflow id names a chain of runs (``continue_as_new`` begins the next
 under the same id); ``start`` prints the run it created. ``--run RUN_ID``
@@ -202,6 +209,26 @@ def _seconds(text: str) -> float:
     return value
 
 
+_AGE_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def age(text: str) -> float:
+    """An age for ``purge --older-than`` and ``worker --retention``: a
+    number and a unit (``30d``, ``12h``, ``90m``, ``45s``) or seconds."""
+    number, unit = text.strip(), "s"
+    if number[-1:].lower() in _AGE_UNITS:
+        number, unit = number[:-1], number[-1].lower()
+    try:
+        value = float(number) * _AGE_UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an age; give a number and a unit: 30d (days), 12h (hours), "
+            "90m (minutes), 45s (seconds), or a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: an age is 0 or more (30d, 12h, 90m, 45s)")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -272,6 +299,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--http-read-timeout", type=_seconds, default=30.0, metavar="S",
                         help="close an HTTP connection that sends nothing for S seconds "
                              "(default 30; 0: never)")
+    worker.add_argument("--retention", type=age, metavar="AGE",
+                        help="purge the runs that ended more than AGE ago (30d, 12h, 90m, 45s), "
+                             "on a timer (default: keep every run)")
 
     start = command("start", "start a workflow run (idempotent by --id)")
     start.add_argument("workflow_type", metavar="TYPE", help="the workflow's registered name")
@@ -348,6 +378,13 @@ def _parser() -> argparse.ArgumentParser:
                         help="the last event kept (default: before the failure)")
     resume.add_argument("--wait", action="store_true", help="wait for the run's end")
     _timeout(resume, None, "with --wait")
+
+    purge = command("purge", "delete the runs that ended more than AGE ago, with their "
+                    "histories (never a running run)")
+    purge.add_argument("--older-than", dest="older_than", type=age, required=True, metavar="AGE",
+                       help="30d, 12h, 90m, 45s, or seconds")
+    purge.add_argument("--limit", type=_positive, metavar="N",
+                       help="purge at most N runs (default: every one that qualifies)")
 
     sched = command("schedule", "create, list, show or delete schedules (cron or interval "
                     "triggers that start workflows)")

@@ -517,8 +517,15 @@ def schedule(target: Target, args: argparse.Namespace, out: Any) -> int:
     return 0
 
 
+def purge(target: Target, args: argparse.Namespace, out: Any) -> int:
+    purged = target.api.purge(args.older_than, limit=args.limit)
+    out.emit({"purged": purged, "older_than": args.older_than},
+             f"purged {purged} run(s) that ended more than {args.older_than:g} s ago")
+    return 0
+
+
 HANDLERS: dict[str, Callable[[Target, argparse.Namespace, Any], int]] = {
     "start": start, "signal": signal, "cancel": cancel, "terminate": terminate, "query": query,
     "result": result, "list": listing, "count": count, "show": show, "fork": fork,
-    "resume": resume, "schedule": schedule,
+    "resume": resume, "schedule": schedule, "purge": purge,
 }

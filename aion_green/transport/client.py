@@ -126,6 +126,15 @@ class Client:
     def describe_schedule(self, schedule_id: str) -> ScheduleInfo:
         return schedule_from_json(self._call("GET", "/v1/schedules/" + quote(schedule_id, safe="")))
 
+    def purge(self, older_than: Union[timedelta, float], *, limit: Optional[int] = None) -> int:
+        """Delete the runs that ended more than ``older_than`` (a timedelta
+        or seconds) ago, at most ``limit``; how many (``Engine.purge``)."""
+        seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
+        body: dict[str, Any] = {"older_than": seconds}
+        if limit is not None:
+            body["limit"] = limit
+        return int(self._call("POST", "/v1/purge", body=body)["purged"])
+
     def handle(self, workflow_id: str) -> RemoteHandle:
         return RemoteHandle(self, workflow_id)
 

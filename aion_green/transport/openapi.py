@@ -211,6 +211,21 @@ ROUTES: tuple[Route, ...] = (
                                                    "terminated": {"type": "boolean"}}},
           errors=("not_found", "not_running", "invalid_argument"),
           example=({"reason": "stuck"}, {"workflow_id": "order-o-1", "terminated": True})),
+    Route("POST", "/v1/purge", "Purge finished runs",
+          "Retention on demand: delete the runs that ended more than `older_than` seconds ago, "
+          "at most `limit` of them (default: all), with everything the store holds of their "
+          "ids (histories, earlier runs of a chain, timers, search attributes). Never a running "
+          "run; a chain of continue-as-new goes with its last run; a child by its own end, but "
+          "not while its running parent waits to record that end. A purged id is then unknown "
+          "(404 `not_found`) and may be started again. The server's engine may also purge on a "
+          "timer (`aion-green worker --retention 30d`).",
+          body={"older_than": {"type": "number", "description": "The age in seconds, 0 or "
+                               "more: runs that ended before now minus this go."},
+                "limit": {"type": "integer", "description": "At most this many (1 or more)."}},
+          required=("older_than",),
+          answer={"type": "object", "properties": {"purged": _INT, "older_than": _NUM}},
+          errors=("invalid_argument",),
+          example=({"older_than": 2592000}, {"purged": 1204, "older_than": 2592000})),
     Route("GET", "/v1/schedules", "List schedules",
           "The schedules (active ones; `include_deleted=true` adds unscheduled ones), ordered by "
           "id, a page at a time, each with its spec and, where the server drives it, its next "

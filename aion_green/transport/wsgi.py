@@ -47,6 +47,10 @@ POST     /v1/workflows/ID/queries/NAME                ``{"args", "timeout", "run
 POST     /v1/workflows/ID/cancel                      ``{"reason", "run_id"}``
 POST     /v1/workflows/ID/terminate                   ``{"reason", "run_id"}``: ends it now, no
                                                       cleanup
+POST     /v1/purge                                retention on demand: ``{"older_than": S,
+                                                      "limit"}`` deletes the runs that ended
+                                                      more than S seconds ago (never a running
+                                                      one): ``{"purged": N, "older_than": S}``
 GET      /v1/schedules?limit=&after=&include_deleted= the schedules, a page: ``{"schedules",
                                                       "next"}``
 POST     /v1/schedules                                create: ``{"schedule_id", "workflow",
@@ -260,10 +264,12 @@ class WSGIApp:
         if segments[:2] == ["v1", "schedules"]:
             return self._schedules(method, segments[2:], _params(environ), environ,
                                    start_response)
+        if segments == ["v1", "purge"]:
+            return _reply(start_response, 200, self._purge(method, environ, _params(environ)))
         if len(segments) < 2 or segments[:2] != ["v1", "workflows"]:
             raise _Reply("not_found", f"no route {'/' + '/'.join(segments)!r}; the API lives "
-                         "under /v1/workflows and /v1/schedules (and /healthz, /health/live, "
-                         "/health/ready, /metrics)")
+                         "under /v1/workflows and /v1/schedules (and /v1/purge, /healthz, "
+                         "/health/live, /health/ready, /metrics)")
         params = _params(environ)
         rest = segments[2:]
         action: Optional[str] = None
@@ -476,6 +482,27 @@ class WSGIApp:
         except WorkflowArgumentsInvalid as exc:
             raise _Reply("invalid_argument", str(exc), field="args") from None
         return {"schedule_id": sid, "run_id": handle.run_id}
+
+    def _purge(self, method: str, environ: dict[str, Any],
+               params: dict[str, str]) -> dict[str, Any]:
+        """``POST /v1/purge``: retention on demand (runtime/retention.py)."""
+        if method != "POST":
+            raise _not_allowed(method, "POST")
+        _query(params, set())
+        body = self._body(environ, {"older_than", "limit"})
+        older_than = body.get("older_than")
+        if (isinstance(older_than, bool) or not isinstance(older_than, (int, float))
+                or not 0 <= older_than < float("inf")):
+            raise _Reply("invalid_argument", "'older_than' must be the age in seconds (0 or "
+                         "more) of the finished runs to purge: 2592000 for 30 days, got "
+                         f"{older_than!r}", field="older_than")
+        limit = body.get("limit")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or not 1 <= limit < 2 ** 63):
+            raise _Reply("invalid_argument", "'limit' must be a whole number from 1 up (or "
+                         f"absent: every run that qualifies), got {limit!r}", field="limit")
+        purged = self.engine.purge(older_than, limit=limit)
+        return {"purged": purged, "older_than": older_than}
 
     def _list(self, params: dict[str, str]) -> dict[str, Any]:
         query, filters = _filters(params, {"limit", "after"})

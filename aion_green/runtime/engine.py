@@ -478,6 +478,40 @@ class Engine:
         end: it fires no more. Runs it started go on."""
         schedules.unschedule(self, schedule_id, timeout)
 
+    def pause_schedule(self, schedule_id: str, note: str = "") -> None:
+        """Pause schedule ``schedule_id``: from its next wait it fires nothing
+        until resumed (a trigger still starts a run). Recorded in its
+        history (a control message) before this returns; ``note`` says why,
+        shown by :meth:`describe_schedule`."""
+        if not isinstance(note, str):
+            raise ConfigurationError(f"pause_schedule(note={note!r}): a note is a string")
+        schedules.control(self, schedule_id, "pause", note=note)
+
+    def resume_schedule(self, schedule_id: str) -> None:
+        """Resume a paused schedule: its fires missed while paused go by its
+        ``catch_up`` policy (see :mod:`aion_green.runtime.schedules`)."""
+        schedules.control(self, schedule_id, "resume")
+
+    def trigger_schedule(self, schedule_id: str) -> None:
+        """Fire schedule ``schedule_id`` once now (run ``"<id>@<now>"``),
+        under its ``overlap`` policy, paused or not."""
+        schedules.control(self, schedule_id, "trigger")
+
+    def update_schedule(self, schedule_id: str, *, cron: Optional[str] = schedules._UNSET,
+                        every: Union[None, timedelta, float] = schedules._UNSET,
+                        args: Optional[builtins.list[Any]] = schedules._UNSET,
+                        start_at: Optional[datetime] = schedules._UNSET,
+                        timezone: Optional[str] = schedules._UNSET,
+                        overlap: str = schedules._UNSET, catch_up: str = schedules._UNSET) -> None:
+        """Change a schedule's spec: only what is given changes (``cron``
+        replaces an interval and ``every`` a cron). Checked as
+        :meth:`schedule` checks a new one; the next fires follow the new
+        spec, from the update on."""
+        spec = schedules.update_spec(self, schedule_id, {
+            "cron": cron, "every": every, "args": args, "start_at": start_at,
+            "timezone": timezone, "overlap": overlap, "catch_up": catch_up})
+        schedules.control(self, schedule_id, "update", spec=spec)
+
     def schedules(self, *, include_deleted: bool = False, limit: int = 100,
                   after_id: Optional[str] = None) -> builtins.list[ScheduleInfo]:
         """The schedules of the store, ordered by id (active ones; with

@@ -66,6 +66,11 @@ _FILTERS = (
           "text (`attr.total=42` matches 42, not 42.0). Several: all must match."),
 )
 
+_SCHEDULE_ID = Param("id", "path", _STR, "The schedule id, percent-encoded UTF-8.", True)
+# A control request: no such schedule; a deleted one (or one whose current run
+# predates control: 400); bad input.
+_CONTROL_ERRORS = ("not_found", "not_running", "invalid_argument")
+
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", "Liveness", "`{\"ok\": true}` while the server answers; never "
           "authenticated.", answer={"type": "object", "properties": {"ok": {"type": "boolean"}}},
@@ -256,14 +261,16 @@ ROUTES: tuple[Route, ...] = (
           example=({"schedule_id": "nightly", "workflow": "shop.report", "cron": "0 2 * * *"},
                    {"schedule_id": "nightly", "run_id": "9a1b...07"})),
     Route("GET", "/v1/schedules/{id}", "Describe a schedule",
-          "One schedule: its spec, `active` or `deleted`, and its next fire time.",
+          "One schedule: its current spec, `active`, `paused` (with its `note`) or `deleted`, "
+          "and its next fire time.",
           params=(Param("id", "path", _STR, "The schedule id, percent-encoded UTF-8.", True),),
           answer={"$ref": "#/components/schemas/Schedule"}, errors=("not_found",),
           example=(None, {"schedule_id": "nightly", "workflow": "shop.report", "args": [],
                           "cron": "0 2 * * *", "every": None, "timezone": None,
                           "start_at": None, "overlap": "skip", "catch_up": "one",
                           "status": "active", "next_fire": "2031-03-02T02:00:00+00:00",
-                          "running": None, "pending": None, "run_id": "9a1b...07"})),
+                          "running": None, "pending": None, "run_id": "9a1b...07",
+                          "paused": False, "note": ""})),
     Route("DELETE", "/v1/schedules/{id}", "Delete a schedule",
           "Unschedule: the schedule fires no more (its cancel is recorded and it ends); the "
           "runs it started go on. Deleting a deleted schedule is fine.",
@@ -274,6 +281,48 @@ ROUTES: tuple[Route, ...] = (
                                                    "deleted": {"type": "boolean"}}},
           errors=("not_found", "timeout", "invalid_argument"),
           example=(None, {"schedule_id": "nightly", "deleted": True})),
+    Route("POST", "/v1/schedules/{id}/pause", "Pause a schedule",
+          "From its next wait the schedule fires nothing until resumed (a trigger still starts "
+          "a run); recorded in its history (a control message) before the answer. Describe "
+          "shows it `paused`, with the note.",
+          params=(_SCHEDULE_ID,), body={"note": {"type": "string", "description": "Why."}},
+          answer={"type": "object", "properties": {"schedule_id": _STR,
+                                                   "paused": {"type": "boolean"}}},
+          errors=_CONTROL_ERRORS,
+          example=({"note": "maintenance"}, {"schedule_id": "nightly", "paused": True})),
+    Route("POST", "/v1/schedules/{id}/resume", "Resume a schedule",
+          "The schedule fires again. The fires missed while it was paused go by its "
+          "`catch_up` policy, as after downtime: `one` starts the latest, `all` each, `skip` "
+          "none (but one on time).",
+          params=(_SCHEDULE_ID,), body={},
+          answer={"type": "object", "properties": {"schedule_id": _STR,
+                                                   "paused": {"type": "boolean"}}},
+          errors=_CONTROL_ERRORS,
+          example=({}, {"schedule_id": "nightly", "paused": False})),
+    Route("POST", "/v1/schedules/{id}/trigger", "Trigger a schedule now",
+          "One fire now, run `ID@<now>`, under the schedule's `overlap` policy (under `skip` "
+          "nothing starts while the run it tracks runs); paused or not.",
+          params=(_SCHEDULE_ID,), body={},
+          answer={"type": "object", "properties": {"schedule_id": _STR,
+                                                   "triggered": {"type": "boolean"}}},
+          errors=_CONTROL_ERRORS,
+          example=({}, {"schedule_id": "nightly", "triggered": True})),
+    Route("POST", "/v1/schedules/{id}/update", "Update a schedule",
+          "Change the schedule's spec: only the fields given change (`cron` replaces an "
+          "interval, `every` a cron). Checked as a new schedule is; its next fires follow the "
+          "new spec from the update on. An empty update is a 400.",
+          params=(_SCHEDULE_ID,),
+          body={"cron": {"type": "string"}, "every": {"type": "number", "description": "Seconds."},
+                "args": {"type": "array"},
+                "start_at": {"type": "string", "description": "ISO 8601 with a zone."},
+                "timezone": {"type": "string"},
+                "overlap": {"type": "string", "enum": ["skip", "buffer_one", "cancel_previous",
+                                                       "allow_all"]},
+                "catch_up": {"type": "string", "enum": ["all", "one", "skip"]}},
+          answer={"type": "object", "properties": {"schedule_id": _STR,
+                                                   "updated": {"type": "boolean"}}},
+          errors=_CONTROL_ERRORS,
+          example=({"cron": "30 3 * * *"}, {"schedule_id": "nightly", "updated": True})),
 )
 
 _ERROR_TEXT = {
@@ -380,7 +429,8 @@ def _schedule_schema() -> dict[str, Any]:
         "schedule_id": _STR, "workflow": _STR, "args": {"type": "array"}, "cron": nullable,
         "every": {"type": ["number", "null"]}, "timezone": nullable, "start_at": nullable,
         "overlap": _STR, "catch_up": _STR, "status": _STR, "next_fire": nullable,
-        "running": nullable, "pending": nullable, "run_id": nullable}}
+        "running": nullable, "pending": nullable, "run_id": nullable,
+        "paused": {"type": "boolean"}, "note": _STR}}
 
 
 def _event_schema() -> dict[str, Any]:

@@ -58,6 +58,12 @@ POST     /v1/schedules                                create: ``{"schedule_id", 
                                                       "timezone", "overlap", "catch_up"}``
 GET      /v1/schedules/ID                             one schedule, its next fire time
 DELETE   /v1/schedules/ID?timeout=S                   unschedule: it fires no more
+POST     /v1/schedules/ID/pause                       ``{"note"}``: it fires nothing until resumed
+POST     /v1/schedules/ID/resume                      fires missed meanwhile: its ``catch_up``
+POST     /v1/schedules/ID/trigger                     one fire now, under its ``overlap`` policy
+POST     /v1/schedules/ID/update                      ``{"cron" | "every", "args", "start_at",
+                                                      "timezone", "overlap", "catch_up"}``: only
+                                                      the fields given change
 =======  ===========================================  ==========================================
 
 Listing and search: a summary names its ``parent_id`` (None for a top-level
@@ -138,6 +144,9 @@ StartResponse = Callable[..., Any]
 _JSON = [("Content-Type", "application/json; charset=utf-8")]
 _ACTIONS = ("result", "history", "events", "cancel", "terminate")
 _NAMED = ("signals", "queries")
+# POST /v1/schedules/ID/ACTION, and the fields an update may change.
+_SCHEDULE_ACTIONS = ("pause", "resume", "trigger", "update")
+_SCHEDULE_SPEC = ("cron", "every", "args", "start_at", "timezone", "overlap", "catch_up")
 
 
 class _Reply(Exception):
@@ -433,6 +442,12 @@ class WSGIApp:
                 _query(params, set())
                 return _reply(start_response, 200, self._create_schedule(environ))
             raise _not_allowed(method, "GET, POST")
+        if len(rest) >= 2 and rest[-1] in _SCHEDULE_ACTIONS:
+            if method != "POST":
+                raise _not_allowed(method, "POST")
+            _query(params, set())
+            sid = _text("/".join(rest[:-1]), "the schedule id")
+            return _reply(start_response, 200, self._control_schedule(sid, rest[-1], environ))
         sid = "/".join(rest)
         _text(sid, "the schedule id")
         if method == "GET":
@@ -458,22 +473,8 @@ class WSGIApp:
         if not isinstance(workflow, str) or not workflow:
             raise _Reply("invalid_argument", "'workflow' must be the registered name of a "
                          f"workflow (a non-empty string), got {workflow!r}", field="workflow")
-        every = body.get("every")
-        if every is not None and (isinstance(every, bool) or not isinstance(every, (int, float))):
-            raise _Reply("invalid_argument", f"'every' is a number of seconds, got {every!r}",
-                         field="every")
-        start_at = _str(body, "start_at", None)
-        when = None
-        if start_at is not None:
-            try:
-                when = datetime.fromisoformat(start_at.replace("Z", "+00:00"))
-            except ValueError:
-                raise _Reply("invalid_argument", f"'start_at' must be an ISO 8601 time with a "
-                             f"zone (2031-03-01T02:00:00Z), got {start_at!r}",
-                             field="start_at") from None
-            if when.tzinfo is None:
-                raise _Reply("invalid_argument", f"'start_at' needs a zone (Z or +HH:MM), got "
-                             f"{start_at!r}", field="start_at")
+        every = _every(body)
+        when = _start_at(body)
         try:
             handle = self.engine.schedule(
                 sid, workflow, *_list(body, "args"), cron=_str(body, "cron", None), every=every,
@@ -482,6 +483,42 @@ class WSGIApp:
         except WorkflowArgumentsInvalid as exc:
             raise _Reply("invalid_argument", str(exc), field="args") from None
         return {"schedule_id": sid, "run_id": handle.run_id}
+
+    def _control_schedule(self, sid: str, action: str, environ: dict[str, Any]) -> dict[str, Any]:
+        """``POST /v1/schedules/ID/{pause,resume,trigger,update}``."""
+        if action == "pause":
+            note = _str(self._body(environ, {"note"}), "note", "")
+            self.engine.pause_schedule(sid, note=note)
+            return {"schedule_id": sid, "paused": True}
+        if action == "resume":
+            self._body(environ, set())
+            self.engine.resume_schedule(sid)
+            return {"schedule_id": sid, "paused": False}
+        if action == "trigger":
+            self._body(environ, set())
+            self.engine.trigger_schedule(sid)
+            return {"schedule_id": sid, "triggered": True}
+        body = self._body(environ, set(_SCHEDULE_SPEC))
+        changes: dict[str, Any] = {}
+        for key in _SCHEDULE_SPEC:
+            if key not in body:
+                continue
+            if key == "every":
+                changes[key] = _every(body)
+            elif key == "start_at":
+                changes[key] = _start_at(body)
+            elif key == "args":
+                changes[key] = _list(body, "args")
+            else:
+                changes[key] = _str(body, key, None)
+        if not changes:
+            raise _Reply("invalid_argument", "nothing to update: give one or more of "
+                         f"{', '.join(_SCHEDULE_SPEC)}")
+        try:
+            self.engine.update_schedule(sid, **changes)
+        except WorkflowArgumentsInvalid as exc:
+            raise _Reply("invalid_argument", str(exc), field="args") from None
+        return {"schedule_id": sid, "updated": True}
 
     def _purge(self, method: str, environ: dict[str, Any],
                params: dict[str, str]) -> dict[str, Any]:
@@ -843,6 +880,29 @@ def _body(environ: dict[str, Any], limit: int, allowed: set[str], max_depth: int
         raise _Reply("invalid_argument", f"unknown field(s) {', '.join(unknown)}; this route takes "
                      f"{', '.join(sorted(allowed))}")
     return body
+
+
+def _every(body: dict[str, Any]) -> Any:
+    every = body.get("every")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, (int, float))):
+        raise _Reply("invalid_argument", f"'every' is a number of seconds, got {every!r}",
+                     field="every")
+    return every
+
+
+def _start_at(body: dict[str, Any]) -> Optional[datetime]:
+    start_at = _str(body, "start_at", None)
+    if start_at is None:
+        return None
+    try:
+        when = datetime.fromisoformat(start_at.replace("Z", "+00:00"))
+    except ValueError:
+        raise _Reply("invalid_argument", f"'start_at' must be an ISO 8601 time with a "
+                     f"zone (2031-03-01T02:00:00Z), got {start_at!r}", field="start_at") from None
+    if when.tzinfo is None:
+        raise _Reply("invalid_argument", f"'start_at' needs a zone (Z or +HH:MM), got "
+                     f"{start_at!r}", field="start_at")
+    return when
 
 
 def _no_constant(name: str) -> Any:

@@ -6,6 +6,7 @@ follow the new spec; describe and list show the spec and the paused state;
 bad requests are refused before anything is recorded; and a schedule run
 recorded without control (the previous release's code) still replays. The
 HTTP API, the Client and the CLI are in tests/test_schedules_api.py."""
+import time
 from datetime import timedelta
 
 import pytest
@@ -168,3 +169,47 @@ def test_a_schedule_recorded_without_control_replays_and_is_refused_control(
     with pytest.raises(aion.ConfigurationError, match="without schedule control"):
         aion_engine.pause_schedule("legacy")
     assert len(aion_engine.history("legacy")) == before
+
+
+def test_a_control_message_its_run_did_not_take_before_continuing_is_taken_by_the_next(tmp_path):
+    """The failure window: a control message recorded in a schedule's run
+    after the run's last look, just before it continued as new. Messages do
+    not carry over a continuation; the next run reads the ones its
+    predecessor did not take (a recorded step) and takes them first."""
+    import uuid
+
+    from aion_green.store import Append
+    from aion_green.stores import open_store
+
+    url = f"sqlite:///{tmp_path / 'carry.db'}"
+    with aion.Engine(url, workflows=[job]) as engine:
+        engine.schedule("carried", job, "c", cron="0 0 1 1 *")
+        wait_until(lambda: any(e.type == ev.TIMER_STARTED for e in engine.history("carried")),
+                   what="the schedule to wait")
+        info = engine.describe("carried")
+        spec = engine.history("carried")[0]["args"][0]
+    store = open_store(url)
+    try:
+        now = time.time()
+        head = store.get_run("carried").head_seq
+        state = {"cursor": aion_iso(now), "anchor": None, "running": None, "pending": None,
+                 "paused": False, "note": "", "from_run": info.run_id, "taken": 0}
+        store.write_batch([Append("carried", head, [
+            ev.NewEvent(ev.MESSAGE_RECEIVED, now, {"name": schedules.CONTROL, "index": 0,
+                                                   "payload": {"op": "pause", "note": "late"}}),
+            ev.NewEvent(ev.WORKFLOW_CONTINUED_AS_NEW, now, {
+                "run_id": uuid.uuid4().hex, "args": [spec, state], "generation": 2})])])
+    finally:
+        store.close()
+    with aion.Engine(url, workflows=[job]) as engine:
+        wait_until(lambda: engine.describe_schedule("carried").paused, what="the carried pause")
+        assert engine.describe_schedule("carried").note == "late"
+        steps = [e for e in engine.history("carried", run_id=engine.history("carried")[0][
+            "continued_from"]) if e.type == ev.STEP_COMPLETED]
+        assert [s["result"] for s in steps] == [[{"op": "pause", "note": "late"}]]
+
+
+def aion_iso(at):
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(at, tz=timezone.utc).isoformat()

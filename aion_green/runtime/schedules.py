@@ -81,6 +81,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, Union
 
@@ -295,7 +296,16 @@ def control(engine: "Engine", schedule_id: str, op: str, **data: Any) -> int:
             f"as new (after at most {_WAKES_PER_RUN} fires), or delete it and create it again. "
             "Nothing was recorded")
     # (No run id: a later run of the chain has control whichever run was checked.)
-    return engine.signal(schedule_id, CONTROL, {"op": op, **data})
+    for attempt in range(20):
+        try:
+            return engine.signal(schedule_id, CONTROL, {"op": op, **data})
+        except WorkflowNotRunning:
+            # Sent while its run was continuing as new (nothing recorded):
+            # to the next run, unless the schedule itself has ended.
+            if attempt == 19 or engine.describe(schedule_id).finished:
+                raise
+            time.sleep(0.05)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _schedule_run(engine: "Engine", schedule_id: str) -> "RunInfo":
@@ -388,6 +398,14 @@ class _ScheduleRun:
         self.budget = _WAKES_PER_RUN
         self.paused: bool = bool(state.get("paused"))
         self.note: str = str(state.get("note") or "")
+        # Control messages the previous run did not take: one recorded
+        # while that run was continuing as new landed in its history after
+        # its last look (messages do not carry over a continuation). Read
+        # back by a step, so a replay takes the recorded answer.
+        self.carried: list[Any] = []
+        if self.control and state.get("from_run") is not None:
+            self.carried = ctx.step(_untaken_controls(ctx), ctx.workflow_id, state["from_run"],
+                                    int(state.get("taken") or 0), name="aion.schedule.carry")
         if state["running"] is not None:
             # Tracked by the previous run: adopt it (the same id, type and
             # arguments name the existing run; its end is watched here).
@@ -398,6 +416,11 @@ class _ScheduleRun:
 
     def run(self) -> NoReturn:
         ctx = self.ctx
+        if self.carried:
+            for payload in self.carried:
+                self._apply(payload, settle=False)
+            self.budget = 0
+            self._maybe_continue()
         while self.control:
             self._turn()
         while True:
@@ -466,8 +489,10 @@ class _ScheduleRun:
             return "control", winner.data.get("payload")
         return "ended", None
 
-    def _apply(self, payload: Any) -> None:
-        """A control message (see the module docstring)."""
+    def _apply(self, payload: Any, settle: bool = True) -> None:
+        """A control message (see the module docstring); ``settle``: then
+        continue as new (pause, resume, update) so that the next run's
+        start holds the new spec and state."""
         op = payload.get("op") if isinstance(payload, dict) else None
         ctx = self.ctx
         if op == "trigger":
@@ -500,8 +525,9 @@ class _ScheduleRun:
             log.warning("schedule %r: control message %r not understood; ignored",
                         ctx.workflow_id, payload)
             return
-        self.budget = 0  # continue as new: the next run begins with this spec and state
-        self._maybe_continue()
+        if settle:
+            self.budget = 0  # continue as new: the next run begins with this spec and state
+            self._maybe_continue()
 
     # -- without control (runs recorded before it) ----------------------------------------------
     def _ended_before(self, due: datetime) -> bool:
@@ -585,7 +611,8 @@ class _ScheduleRun:
                 "running": None if self.running is None else self.running.workflow_id,
                 "pending": None if self.pending is None else _iso(self.pending)}
             if self.control:
-                state.update(paused=self.paused, note=self.note)
+                state.update(paused=self.paused, note=self.note, from_run=ctx.run_id,
+                             taken=ctx._received.get(CONTROL, 0))
             ctx.continue_as_new(self.spec, state)
 
     def _describe(self) -> dict[str, Any]:
@@ -593,6 +620,21 @@ class _ScheduleRun:
                 "paused": self.paused,
                 "running": None if self.running is None else self.running.workflow_id,
                 "pending": None if self.pending is None else _iso(self.pending)}
+
+
+def _untaken_controls(ctx: "WorkflowContext") -> Callable[[str, str, int], list[Any]]:
+    """The step that reads, from the store, the control messages of run
+    ``run_id`` past the first ``taken`` (the ones it did not take)."""
+    epoch = ctx._host._epoch  # type: ignore[attr-defined]  # an EngineHost (runtime/host.py)
+
+    def untaken_controls(workflow_id: str, run_id: str, taken: int) -> list[Any]:
+        reader = epoch.reader
+        events = reader.call(reader.store.read, workflow_id, 0, None, run_id).result()
+        return [e.data.get("payload") for e in events
+                if e.type == ev.MESSAGE_RECEIVED and e.data.get("name") == CONTROL
+                and e.data.get("index", 0) >= taken]
+
+    return untaken_controls
 
 
 def _iso(at: datetime) -> str:

@@ -372,9 +372,6 @@ class _ScheduleRun:
     def __init__(self, ctx: "WorkflowContext", spec: dict[str, Any],
                  state: Optional[dict[str, Any]]) -> None:
         self.ctx = ctx
-        # First, before anything is recorded: a run recorded by a release
-        # without control replays (and goes on) without it.
-        self.control = ctx.patched(CONTROL_PATCH)
         self.spec = spec
         self.overlap: str = spec["overlap"]
         if state is None:
@@ -398,6 +395,11 @@ class _ScheduleRun:
         self.budget = _WAKES_PER_RUN
         self.paused: bool = bool(state.get("paused"))
         self.note: str = str(state.get("note") or "")
+        # Answered from here on, while the marker below is recorded.
+        ctx.set_query("schedule", self._describe)
+        # Before anything is recorded: a run recorded by a release without
+        # control replays (and goes on) without it.
+        self.control = ctx.patched(CONTROL_PATCH)
         # Control messages the previous run did not take: one recorded
         # while that run was continuing as new landed in its history after
         # its last look (messages do not carry over a continuation). Read
@@ -412,7 +414,6 @@ class _ScheduleRun:
             self.running = self._child(state["running"])
             if self.pending is not None and self.overlap == "cancel_previous":
                 self._cancel(self.running)  # asked again: recorded once in that run
-        ctx.set_query("schedule", self._describe)
 
     def run(self) -> NoReturn:
         ctx = self.ctx

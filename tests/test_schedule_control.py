@@ -82,7 +82,8 @@ def test_trigger_starts_a_run_now_even_paused_and_obeys_overlap(aion_engine, aio
     wait_until(lambda: controls(aion_engine, "manual") == ["pause", "trigger", "trigger"],
                what="the second trigger taken")
     assert list(runs_of(aion_engine, held)) == [first]
-    assert aion_engine.describe_schedule("manual").running == first
+    wait_until(lambda: aion_engine.describe_schedule("manual").running == first,
+               what="the schedule to name the run it tracks")
     aion_engine.signal(first, "go", 1)
     assert aion_engine.result(first, timeout=10) == 1
 

@@ -94,7 +94,8 @@ class BatchPlan:
 PURGEABLE = tuple(sorted(set(ev.STATUS_OF_TERMINAL.values()) - {ev.CONTINUED}))
 
 
-def purge_candidates(mark: str, runs: str, events: str, data_id: str, tail: str = "") -> str:
+def purge_candidates(mark: str, runs: str, events: str, data_id: str, tail: str = "",
+                     hint: str = "") -> str:
     """The query of the workflow ids retention may purge now, in a store's
     SQL (``mark`` its placeholder; ``runs``/``events`` its tables;
     ``data_id`` the expression of an event's ``data.id`` over an alias
@@ -106,11 +107,12 @@ def purge_candidates(mark: str, runs: str, events: str, data_id: str, tail: str 
     of its unfinished parent started it and has not yet recorded its end:
     purged then, the parent's replay would create the child again and run
     it anew (runtime/children.py re-creates a child that is missing).
-    ``tail``: the store's row locking (PostgreSQL's FOR UPDATE SKIP LOCKED)."""
+    ``tail``: the store's row locking (PostgreSQL's FOR UPDATE SKIP LOCKED);
+    ``hint``: its index hint for the runs (SQLite's INDEXED BY)."""
     statuses = ",".join(mark for _ in PURGEABLE)
     ends = ",".join(mark for _ in CHILD_ENDS)
     return (
-        f"SELECT r.workflow_id FROM {runs} r WHERE r.ended_at < {mark} "
+        f"SELECT r.workflow_id FROM {runs} r {hint} WHERE r.ended_at < {mark} "
         f"AND r.status IN ({statuses}) AND NOT EXISTS ("
         f"SELECT 1 FROM {runs} p JOIN {events} s ON s.workflow_id = p.workflow_id "
         f"WHERE p.workflow_id = r.parent_id AND p.status NOT IN ({statuses}) "

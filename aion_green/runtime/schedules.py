@@ -626,10 +626,10 @@ class _ScheduleRun:
 def _untaken_controls(ctx: "WorkflowContext") -> Callable[[str, str, int], list[Any]]:
     """The step that reads, from the store, the control messages of run
     ``run_id`` past the first ``taken`` (the ones it did not take)."""
-    epoch = ctx._host._epoch  # type: ignore[attr-defined]  # an EngineHost (runtime/host.py)
+    host = ctx._host  # (read when the step runs: a replay takes its recorded result)
 
     def untaken_controls(workflow_id: str, run_id: str, taken: int) -> list[Any]:
-        reader = epoch.reader
+        reader = host._epoch.reader  # type: ignore[attr-defined]  # an EngineHost (runtime/host.py)
         events = reader.call(reader.store.read, workflow_id, 0, None, run_id).result()
         return [e.data.get("payload") for e in events
                 if e.type == ev.MESSAGE_RECEIVED and e.data.get("name") == CONTROL

@@ -55,6 +55,10 @@ def test_a_paused_schedule_fires_nothing_and_catches_up_one_fire_on_resume(aion_
     wait_next_fire(aion_engine, "tick", t0 + timedelta(minutes=50))
     assert len(runs_of(aion_engine, job)) == 2
     assert controls(aion_engine, "tick") == ["pause", "resume"]
+    # Its history, control and continuations included, replays as recorded.
+    from aion_green.testing import check_replay
+
+    assert check_replay(aion_engine.url, ["tick"], workflows=[job]) >= 1
 
 
 def test_resume_with_catch_up_skip_starts_nothing_missed(aion_engine, aion_time):

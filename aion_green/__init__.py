@@ -15,6 +15,7 @@ from aion_green.core.errors import (
     EngineClosed,
     FencedOut,
     InternalError,
+    NamespaceDenied,
     NonDeterminismError,
     NonRetryableError,
     QueryFailed,
@@ -79,7 +80,8 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AionError", "Cancelled", "ChildHandle", "ChildSpec", "ConfigurationError", "Cron", "Engine",
-    "EngineClosed", "Event", "FencedOut", "IEventStore", "InternalError", "NonDeterminismError",
+    "EngineClosed", "Event", "FencedOut", "IEventStore", "InternalError", "NamespaceDenied",
+    "NonDeterminismError",
     "NonRetryableError", "QueryFailed", "RestartIntensityExceeded", "Retry", "RunInfo",
     "SCHEDULE_WORKFLOW", "SQLiteStore", "SequenceConflict", "SerializationError", "Step",
     "StepArgumentsChanged", "StepError", "StepInfo", "StepRunning", "StepTimeout",

@@ -50,6 +50,9 @@ class RunInfo:
     # Its search attributes (``ctx.upsert_search_attributes``): name -> a
     # str, int, float or bool.
     search_attributes: dict[str, Any] = field(default_factory=dict)
+    # The namespace of the run (core/namespaces.py). A store's rows name runs
+    # by key; the engine's public operations answer with the id and this.
+    namespace: str = "default"
 
     @property
     def finished(self) -> bool:
@@ -109,12 +112,16 @@ class RunFilter(NamedTuple):
     time (seconds since the epoch), ``started_after <= t < started_before``;
     ``parent``: the workflow id of the parent run; ``attributes``: search
     attributes that must all match, name -> text form (a string as it is,
-    another scalar as its JSON text: ``core.events.attribute_text``)."""
+    another scalar as its JSON text: ``core.events.attribute_text``);
+    ``namespace``: the runs of one namespace, by their keys' form
+    (``core.namespaces``)."""
 
     parent: Optional[str] = None
     started_after: Optional[float] = None
     started_before: Optional[float] = None
     attributes: tuple[tuple[str, str], ...] = ()
+    # Only the runs of this namespace (None: every namespace's).
+    namespace: Optional[str] = None
 
 
 # What ``write_batch`` returns for one op: an append's new head seq or the
@@ -231,7 +238,8 @@ class IEventStore(Interface):  # type: ignore[misc]  # zope.interface is untyped
     def last_run_mark() -> int:  # type: ignore[misc]  # noqa: N805
         """The mark of the newest run (0 for none)."""
 
-    def purge_finished(before: float, limit: int = 500) -> list[str]:  # noqa: N805
+    def purge_finished(before: float, limit: int = 500,  # noqa: N805
+                       namespace: Optional[str] = None) -> list[str]:
         """Delete, in one transaction, at most ``limit`` runs that ended
         (completed, failed, cancelled: never a running one, and a chain of
         continue-as-new only with its last run) before ``before`` (seconds
@@ -239,9 +247,9 @@ class IEventStore(Interface):  # type: ignore[misc]  # zope.interface is untyped
         ids: history, earlier runs' histories, timers, inbox requests,
         search attributes, the run row. A child goes by its own end, but
         not while its parent's current run waits for that end. Safe to run
-        in several engines at once. Returns the workflow ids purged, oldest
-        end first; an id purged is unknown afterwards, and may be started
-        again."""
+        in several engines at once. With ``namespace``, only the runs of
+        that namespace. Returns the keys purged, oldest end first; an id
+        purged is unknown afterwards, and may be started again."""
 
     def find_event(workflow_id: str, event_type: str,  # noqa: N805
                    dedup: Optional[str] = None) -> Optional[int]:

@@ -187,8 +187,8 @@ def test_a_purge_runs_in_batches_of_500_and_stops_at_its_limit(make_engine, stor
     batches = []
     purge_finished = engine._epoch.store.purge_finished
 
-    def counted(before, limit):
-        wids = purge_finished(before, limit)
+    def counted(before, limit, namespace=None):
+        wids = purge_finished(before, limit, namespace)
         batches.append((limit, len(wids)))
         return wids
 
@@ -364,3 +364,20 @@ def test_engines_purging_at_once_purge_each_run_once(make_engine, store):
         t.join(60)
     assert sum(counts) == 1500 and len(counts) == 3
     assert store.count_runs() == 0
+
+
+def test_a_purge_may_be_kept_to_one_namespace(make_engine, store):
+    engine = make_engine(*ALL)
+    for ns in ("default", "shop", "ops"):
+        engine.start(done, 1, id="same", namespace=ns).result(timeout=20)
+    assert engine.purge(0, namespace="shop") == 1
+    with pytest.raises(aion.WorkflowNotFound):
+        engine.describe("same", namespace="shop")
+    assert engine.describe("same").status == engine.describe("same", namespace="ops").status == \
+        ev.COMPLETED
+    assert engine.purge(0, namespace="default") == 1
+    assert engine.describe("same", namespace="ops").status == ev.COMPLETED
+    assert engine.purge(0) == 1  # every namespace
+    assert engine.count(namespace="ops") == 0
+    with pytest.raises(aion.ConfigurationError, match="namespace"):
+        engine.purge(0, namespace="no such/name")

@@ -78,11 +78,11 @@ def test_over_http_a_purge_deletes_finished_runs_and_they_answer_404(worker):
     assert call(worker, "POST", "/v1/workflows", {"workflow": "purge.waits", "id": "live"})[0] == 200
     assert store_rows(worker, "old-1")
     assert call(worker, "POST", "/v1/purge", {"older_than": 3600}) == (
-        200, {"purged": 0, "older_than": 3600})
+        200, {"purged": 0, "older_than": 3600, "namespace": None})
     assert call(worker, "POST", "/v1/purge", {"older_than": 0, "limit": 1}) == (
-        200, {"purged": 1, "older_than": 0})
+        200, {"purged": 1, "older_than": 0, "namespace": None})
     assert call(worker, "POST", "/v1/purge", {"older_than": 0.0}) == (
-        200, {"purged": 1, "older_than": 0.0})
+        200, {"purged": 1, "older_than": 0.0, "namespace": None})
     for wid in ("old-1", "old-2"):
         assert store_rows(worker, wid) == {}
         for path in (f"/v1/workflows/{wid}", f"/v1/workflows/{wid}/result?timeout=1",
@@ -201,3 +201,43 @@ def test_a_bad_retention_stops_the_worker_with_a_usage_error(tmp_path):
     proc = cli("--db", f"sqlite:///{tmp_path / 'x.db'}", "worker", "json", "--retention", "soon",
                rc=2)
     assert "--retention" in proc.stderr and "not an age" in proc.stderr
+
+
+def test_over_http_a_purge_of_every_namespace_wants_a_token_granting_every_one(tmp_path):
+    (tmp_path / "purgeflows.py").write_text(FLOWS)
+    db = f"sqlite:///{tmp_path / 'ns.db'}"
+    served = WorkerProcess(tmp_path, db, "purgeflows", "--token", TOKEN, "--token", "shop-only:shop")
+    served.db = db
+    try:
+        client = Client(served.http, token=TOKEN)
+        for ns in ("shop", "ops"):
+            client.start("purge.done", 1, id="n-1", namespace=ns)
+            client.result("n-1", timeout=30, namespace=ns)
+        shop = Client(served.http, token="shop-only", namespace="shop")
+        with pytest.raises(aion.NamespaceDenied):
+            shop.purge(0, namespace="ops")
+        conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+        conn.request("POST", "/v1/purge", body=json.dumps({"older_than": 0}), headers={
+            "Authorization": "Bearer shop-only", "Content-Type": "application/json"})
+        response = conn.getresponse()
+        doc = json.loads(response.read())
+        conn.close()
+        assert (response.status, doc["error"]["code"], doc["error"]["field"]) == (
+            403, "namespace_denied", "namespace")
+        assert client.count(namespace="shop") == client.count(namespace="ops") == 1
+        assert shop.purge(0) == 1  # the client's namespace: shop's runs only
+        assert client.count(namespace="shop") == 0 and client.count(namespace="ops") == 1
+        assert client.purge(0) == 1  # an all-namespaces token: every namespace
+        assert client.count(namespace="ops") == 0
+    finally:
+        served.stop()
+
+
+def test_the_command_line_purges_one_namespace_over_the_store(worker):
+    client = Client(worker.http, token=TOKEN)
+    for ns in ("shop", "default"):
+        client.start("purge.done", 1, id="cli-ns", namespace=ns)
+        client.result("cli-ns", timeout=30, namespace=ns)
+    out = cli("--db", worker.db, "--namespace", "shop", "--json", "purge", "--older-than", "0").stdout
+    assert json.loads(out)["purged"] == 1
+    assert client.count(namespace="shop") == 0 and client.describe("cli-ns").status == "completed"

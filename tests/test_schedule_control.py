@@ -218,3 +218,22 @@ def aion_iso(at):
     from datetime import datetime, timezone
 
     return datetime.fromtimestamp(at, tz=timezone.utc).isoformat()
+
+
+def test_schedules_are_controlled_within_their_namespace(aion_engine, aion_time):
+    aion_engine.schedule("ns-sched", job, "d", cron="0 0 1 1 *")
+    aion_engine.schedule("ns-sched", job, "s", cron="0 0 1 1 *", namespace="shop")
+    aion_engine.pause_schedule("ns-sched", note="shop only", namespace="shop")
+    wait_until(lambda: aion_engine.describe_schedule("ns-sched", namespace="shop").paused,
+               what="the pause in shop")
+    assert not aion_engine.describe_schedule("ns-sched").paused
+    aion_engine.update_schedule("ns-sched", args=["s2"], namespace="shop")
+    wait_until(lambda: aion_engine.describe_schedule("ns-sched", namespace="shop").args == ["s2"],
+               what="the update in shop")
+    assert aion_engine.describe_schedule("ns-sched").args == ["d"]
+    aion_engine.trigger_schedule("ns-sched", namespace="shop")
+    wait_until(lambda: aion_engine.list(workflow_type=job, namespace="shop"),
+               what="the triggered run in shop")
+    assert aion_engine.list(workflow_type=job) == []
+    with pytest.raises(aion.WorkflowNotFound):
+        aion_engine.resume_schedule("ns-sched", namespace="ops")

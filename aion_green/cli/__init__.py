@@ -26,9 +26,17 @@ default ``$AION_GREEN_DB`` or ``./aion.db``) or the HTTP address of a worker
 started with ``--http`` (``http://HOST:PORT[/prefix]``, with ``--token`` or
 ``$AION_GREEN_TOKEN``). Arguments, payloads and answers are JSON values:
 ``5``, ``'"text"'``, ``'{"ok": true}'``. Every option may also come before
-the command: ``--db``, ``--token``, ``--json`` (one JSON document on stdout;
-errors also as ``{"error": TYPE, "message": ...}`` on stderr) and
-``--quiet`` (no progress on stderr).
+the command: ``--db``, ``--token``, ``--namespace``, ``--json`` (one JSON
+document on stdout; errors also as ``{"error": TYPE, "message": ...}`` on
+stderr) and ``--quiet`` (no progress on stderr).
+
+``--namespace NS`` (or ``$AION_GREEN_NAMESPACE``): the namespace of the runs
+and schedules a command names (``default`` if none; ids are unique per
+namespace). A worker's ``--token`` is repeatable, each ``SECRET`` (every
+namespace) or ``SECRET:ns1,ns2`` (those only), and ``$AION_GREEN_TOKEN``
+takes several separated by spaces; a command sends the first one's secret.
+A request for a namespace the token is not granted exits 2
+(``NamespaceDenied``), nothing done.
 
 ``worker`` imports the modules (their ``@aion.workflow`` functions are
 registered), drives runs until SIGTERM or SIGINT, then shuts down cleanly
@@ -189,12 +197,43 @@ def _common(parser: argparse.ArgumentParser, top: bool) -> None:
     dflt: Callable[[Any], Any] = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
     parser.add_argument("--db", default=dflt(os.environ.get("AION_GREEN_DB")), metavar="URL",
                         help="store URL, or a worker's http://HOST:PORT (default: ./aion.db)")
-    parser.add_argument("--token", default=dflt(os.environ.get("AION_GREEN_TOKEN")),
-                        help="bearer token of the HTTP API")
+    parser.add_argument("--token", action=_Tokens, default=dflt(_env_tokens()),
+                        help="bearer token of the HTTP API; a worker takes several (repeat "
+                        "it), each SECRET (every namespace) or SECRET:ns1,ns2 (those only)")
+    parser.add_argument("--namespace", default=dflt(os.environ.get("AION_GREEN_NAMESPACE")),
+                        metavar="NS", help="the namespace of the runs a command names "
+                        "(default: \"default\")")
     parser.add_argument("--json", action="store_true", default=dflt(False),
                         help="print one JSON document on stdout")
     parser.add_argument("-q", "--quiet", action="store_true", default=dflt(False),
                         help="no progress on stderr")
+
+
+class _Tokens(argparse.Action):
+    """``--token``, repeatable: the first one given replaces the tokens of
+    ``AION_GREEN_TOKEN``, the next ones join it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: Optional[str] = None) -> None:
+        given = getattr(namespace, "_tokens_given", False)
+        tokens = list(getattr(namespace, self.dest, None) or []) if given else []
+        tokens.extend(str(values).split())
+        setattr(namespace, self.dest, tokens)
+        namespace._tokens_given = True
+
+
+def _env_tokens() -> Optional[list[str]]:
+    """``AION_GREEN_TOKEN``: one or more tokens separated by spaces."""
+    text = os.environ.get("AION_GREEN_TOKEN")
+    return text.split() if text and text.split() else None
+
+
+def client_token(tokens: Optional[list[str]]) -> Optional[str]:
+    """The secret a command sends: the first token's (its grant part, which
+    only a server reads, left off)."""
+    if not tokens:
+        return None
+    return tokens[0].partition(":")[0]
 
 
 def _timeout(parser: argparse.ArgumentParser, default: Optional[float], what: str) -> None:
@@ -480,7 +519,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return run_worker(args, out)
     target: Optional[Target] = None
     try:
-        target = Target(args.db, args.token)
+        target = Target(args.db, client_token(args.token), args.namespace)
         return int(HANDLERS[args.command](target, args, out))
     except KeyboardInterrupt:
         out.error("Interrupted", "interrupted; what was already recorded stays recorded")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import threading
 import time
@@ -22,6 +23,7 @@ from typing import Any, Callable, Optional
 
 from aion_green.cli.worker import is_http, sqlite_file
 from aion_green.core import events as ev
+from aion_green.core import namespaces
 from aion_green.core.errors import (
     ConfigurationError,
     QueryFailed,
@@ -45,19 +47,23 @@ class Target:
     :class:`~aion_green.transport.client.Client` of a worker's HTTP API.
     Both have the Engine's method names."""
 
-    def __init__(self, url: Optional[str], token: Optional[str]) -> None:
+    def __init__(self, url: Optional[str], token: Optional[str],
+                 namespace: Optional[str] = None) -> None:
         self.url = url
         self.remote = is_http(url)
         self.db_path = sqlite_file(url)
+        self.namespace = None if namespace is None else namespaces.check_namespace(
+            namespace, "--namespace")
         self.api: Any
         if self.remote:
             from aion_green.transport.client import Client
 
-            self.api = Client(str(url), token=token)
+            self.api = Client(str(url), token=token, namespace=self.namespace)
         else:
             from aion_green.runtime.engine import Engine
 
-            self.api = Engine(url, recover=False, passive=True)
+            engine = Engine(url, recover=False, passive=True)
+            self.api = engine if self.namespace is None else _InNamespace(engine, self.namespace)
 
     @property
     def where(self) -> str:
@@ -79,10 +85,32 @@ class Target:
         engine._ensure_started()
         text = ev.encode(data, "the request")
         epoch = engine._epoch
-        epoch.writer.call_or_refuse(epoch.store.post_inbox, workflow_id, kind, text, time.time())
+        key = namespaces.qualify(self.namespace, workflow_id)
+        epoch.writer.call_or_refuse(epoch.store.post_inbox, key, kind, text, time.time())
 
     def close(self) -> None:
         self.api.shutdown()
+
+
+class _InNamespace:
+    """An engine whose operations are all in one namespace (``--namespace``):
+    each call that takes ``namespace=`` gets it; the rest pass through."""
+
+    _NAMED = frozenset({
+        "start", "signal", "cancel", "terminate", "query", "result", "describe", "list", "count",
+        "count_by_status", "history", "fork", "resume", "schedule", "unschedule", "schedules",
+        "describe_schedule", "handle", "steps_running", "pause_schedule", "resume_schedule",
+        "trigger_schedule", "update_schedule", "purge"})
+
+    def __init__(self, engine: Any, namespace: str) -> None:
+        self._engine = engine
+        self._namespace = namespace
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._engine, name)
+        if name in self._NAMED:
+            return functools.partial(value, namespace=self._namespace)
+        return value
 
 
 # -- arguments -----------------------------------------------------------------------------

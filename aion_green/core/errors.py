@@ -54,6 +54,11 @@ class WorkflowNotFound(AionError):
     """The user's fault: no run with that workflow id exists in the store."""
 
 
+class NamespaceDenied(AionError):
+    """The caller's token is not granted the namespace it asked for (the
+    HTTP API's 403 ``namespace_denied``); nothing was done or shown."""
+
+
 class WorkflowNotRunning(AionError):
     """The user's fault: the run has finished, so a message to it would never
     be read; nothing was recorded."""

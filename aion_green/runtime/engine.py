@@ -23,13 +23,15 @@ import time
 import uuid
 import weakref
 from datetime import datetime, timedelta
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, TypeVar, Union, cast
 
 from gevent import monkey
 
 from aion_green.core import clock as _clock
 from aion_green.core import events as ev
+from aion_green.core import namespaces
 from aion_green.core.errors import (
+    AionError,
     ConfigurationError,
     EngineClosed,
     QueryFailed,
@@ -65,22 +67,74 @@ class WorkflowHandle:
     under the same id: ``engine.result(id, run_id=handle.run_id)`` asks for
     that run alone."""
 
-    def __init__(self, engine: "Engine", workflow_id: str, run_id: Optional[str] = None) -> None:
+    def __init__(self, engine: "Engine", workflow_id: str, run_id: Optional[str] = None,
+                 namespace: str = namespaces.DEFAULT) -> None:
         self.engine = engine
         self.workflow_id = workflow_id
         self.run_id = run_id
+        self.namespace = namespace
 
     def result(self, timeout: Optional[float] = None) -> Any:
-        return self.engine.result(self.workflow_id, timeout=timeout)
+        return self.engine.result(self.workflow_id, timeout=timeout, namespace=self.namespace)
 
     def describe(self) -> RunInfo:
-        return self.engine.describe(self.workflow_id)
+        return self.engine.describe(self.workflow_id, namespace=self.namespace)
 
     def history(self) -> list[ev.Event]:
-        return self.engine.history(self.workflow_id)
+        return self.engine.history(self.workflow_id, namespace=self.namespace)
 
     def __repr__(self) -> str:
-        return f"<WorkflowHandle {self.workflow_id!r}>"
+        where = "" if self.namespace == namespaces.DEFAULT else f" in {self.namespace!r}"
+        return f"<WorkflowHandle {self.workflow_id!r}{where}>"
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _in_namespace(method: _Method) -> _Method:
+    """An operation on one run, named by the caller as ``workflow_id`` in
+    ``namespace``: the body gets the run's key (core/namespaces.py) as
+    ``workflow_id``, and the caller gets ids back, in the answer and in the
+    messages of its errors. In the default namespace the key is the id, and
+    nothing is rewritten."""
+
+    @functools.wraps(method)
+    def operation(self: "Engine", workflow_id: Any, *args: Any, **kwargs: Any) -> Any:
+        namespace = kwargs.get("namespace")
+        key = namespaces.qualify(namespace, workflow_id)
+        if namespace is None or namespace == namespaces.DEFAULT:
+            return method(self, key, *args, **kwargs)
+        try:
+            answer = method(self, key, *args, **kwargs)
+        except AionError as exc:
+            raise _as_named(exc, key, workflow_id) from exc.__cause__
+        if isinstance(answer, RunInfo):
+            return _public_run(answer)
+        if isinstance(answer, builtins.list):
+            return [namespaces.present(e) if isinstance(e, ev.Event) else e for e in answer]
+        return answer
+
+    return cast(_Method, operation)
+
+
+def _public_run(info: RunInfo) -> RunInfo:
+    """A store's RunInfo (named by keys) as the caller names it."""
+    key = info.workflow_id
+    if namespaces.SEPARATOR not in key:
+        return info
+    return dataclasses.replace(
+        info, workflow_id=namespaces.local(key), namespace=namespaces.namespace_of(key),
+        parent_id=None if info.parent_id is None else namespaces.local(info.parent_id))
+
+
+def _as_named(exc: AionError, key: str, workflow_id: str) -> AionError:
+    """``exc`` with the run named by its id, not its key."""
+    if exc.args and isinstance(exc.args[0], str):
+        text = exc.args[0].replace(repr(key), repr(workflow_id)).replace(key, workflow_id)
+        exc.args = (text, *exc.args[1:])
+    if getattr(exc, "workflow_id", None) == key:
+        exc.workflow_id = workflow_id  # type: ignore[attr-defined]
+    return exc
 
 
 class Engine:
@@ -223,9 +277,13 @@ class Engine:
                         "recorded, and the next engine runs it again", info.step, info.name,
                         info.workflow_id, info.attempt, now - since, self.step_grace)
 
-    def steps_running(self, workflow_id: str) -> builtins.list[StepRunning]:
+    def steps_running(self, workflow_id: str, *,
+                      namespace: Optional[str] = None) -> builtins.list[StepRunning]:
         """The step attempts of ``workflow_id`` running in this engine now
         (a hung step shows here with its start time)."""
+        return self._steps_running(namespaces.qualify(namespace, workflow_id))
+
+    def _steps_running(self, workflow_id: str) -> builtins.list[StepRunning]:
         return sorted((StepRunning(info.step, info.name, info.attempt, since)
                        for info, (since, _, _) in list(self._epoch.in_flight.items())
                        if info.workflow_id == workflow_id), key=lambda s: (s.step, s.attempt))
@@ -293,14 +351,17 @@ class Engine:
 
     # -- public operations -------------------------------------------------------------------
     def start(self, fn: Union[str, Callable[..., Any]], *args: Any,
-              id: Optional[str] = None) -> WorkflowHandle:  # noqa: A002
-        """Start ``fn(ctx, *args)`` as workflow ``id`` (a new uuid if None).
+              id: Optional[str] = None, namespace: Optional[str] = None  # noqa: A002
+              ) -> WorkflowHandle:
+        """Start ``fn(ctx, *args)`` as workflow ``id`` (a new uuid if None) in
+        ``namespace`` (``"default"`` if None; ids are unique per namespace).
 
         Idempotent by id: an existing run with the same type and arguments
         is returned as it is; different ones raise :class:`WorkflowIdConflict`.
         """
-        if id is not None:
-            ev.check_key(id, "the workflow id")
+        ns = namespaces.DEFAULT if namespace is None else namespaces.check_namespace(namespace)
+        wid = uuid.uuid4().hex if id is None else namespaces.check_id(id)
+        key = namespaces.key(ns, wid)
         wname = self._registry.add(fn) if callable(fn) else ev.check_key(workflow_name(fn),
                                                                           "the workflow type")
         args_json = ev.encode(list(args), f"the arguments of workflow {wname}")
@@ -322,18 +383,19 @@ class Engine:
             # Before anything is recorded: a run whose arguments cannot bind
             # would fail inside with a TypeError (issue 16).
             check_arguments(wname, fn, args)
-        wid = id or uuid.uuid4().hex
-        created, info = epoch.routing.create_run(wid, wname, args_json)
+        created, info = epoch.routing.create_run(key, wname, args_json)
         if not created and (info.workflow_type != wname or info.args != json.loads(args_json)):
             raise WorkflowIdConflict(
                 f"workflow id {wid!r} already exists as {info.workflow_type}"
                 f"{tuple(info.args)!r}; it cannot be started again as {wname}"
                 f"{tuple(json.loads(args_json))!r}. Use another id for different work"
             )
-        return WorkflowHandle(self, wid, info.run_id)
+        return WorkflowHandle(self, wid, info.run_id, ns)
 
+    @_in_namespace
     def signal(self, workflow_id: str, name: str, payload: Any = None, *,
-               idempotency_key: Optional[str] = None, run_id: Optional[str] = None) -> int:
+               idempotency_key: Optional[str] = None, run_id: Optional[str] = None,
+               namespace: Optional[str] = None) -> int:
         """Send message ``name`` with a JSON ``payload`` to a workflow; it is
         recorded in the workflow's history (``MessageReceived``) before this
         returns, and kept until the workflow receives it. Returns its seq.
@@ -360,7 +422,9 @@ class Engine:
         epoch.routing.route_message(workflow_id, name, value, time.time(), dedup, future_done(future))
         return int(epoch.routing.await_recorded(future, f"message {name!r} to workflow {workflow_id!r}"))
 
-    def terminate(self, workflow_id: str, reason: str = "", *, run_id: Optional[str] = None) -> None:
+    @_in_namespace
+    def terminate(self, workflow_id: str, reason: str = "", *, run_id: Optional[str] = None,
+                  namespace: Optional[str] = None) -> None:
         """End a running run now, without cleanup: ``WorkflowCancelled``
         (error type ``Terminated``) is recorded before this returns, no code
         of the workflow runs again, and nothing of it is recorded after.
@@ -375,7 +439,9 @@ class Engine:
         self._require_current(workflow_id, run_id, "terminate")
         self._epoch.termination.terminate(workflow_id, reason)
 
-    def cancel(self, workflow_id: str, reason: str = "", *, run_id: Optional[str] = None) -> None:
+    @_in_namespace
+    def cancel(self, workflow_id: str, reason: str = "", *, run_id: Optional[str] = None,
+               namespace: Optional[str] = None) -> None:
         """Request cancellation: ``CancelRequested`` is recorded before this
         returns; the workflow sees :class:`aion.Cancelled` at its current or
         next wait, may clean up (even run steps), and ends
@@ -409,7 +475,7 @@ class Engine:
             epoch.routing.await_recorded(future, f"the cancel request of workflow {workflow_id!r}")
         except WorkflowNotRunning:
             # Asking again once the run ended on an earlier request is fine.
-            if any(e.type == ev.CANCEL_REQUESTED for e in self.history(workflow_id)):
+            if any(e.type == ev.CANCEL_REQUESTED for e in self._history(workflow_id)):
                 return
             raise
         if epoch.sharing.driving and workflow_id in epoch.unrunnable:
@@ -422,8 +488,9 @@ class Engine:
             except WorkflowNotRunning:
                 pass
 
+    @_in_namespace
     def query(self, workflow_id: str, name: str, *args: Any, timeout: float = 10.0,
-              run_id: Optional[str] = None) -> Any:
+              run_id: Optional[str] = None, namespace: Optional[str] = None) -> Any:
         """Ask a live run: ``handler(*args)`` of its ``ctx.set_query(name,
         handler)``, answered while it waits; never recorded. Raises
         :class:`QueryFailed` (the handler raised, the name is unknown, the run
@@ -459,7 +526,8 @@ class Engine:
     def schedule(self, schedule_id: str, fn: Union[str, Callable[..., Any]], *args: Any,
                  cron: Optional[str] = None, every: Union[None, timedelta, float] = None,
                  start_at: Optional[datetime] = None, timezone: Optional[str] = None,
-                 overlap: str = "skip", catch_up: str = "one") -> WorkflowHandle:
+                 overlap: str = "skip", catch_up: str = "one",
+                 namespace: Optional[str] = None) -> WorkflowHandle:
         """Start ``fn(ctx, *args)`` on a trigger, durably: at each fire time
         of ``cron`` (five fields, UTC unless ``timezone``) or ``every`` (a
         timedelta or seconds, from ``start_at`` or from now), as run
@@ -471,73 +539,82 @@ class Engine:
         The handle is the schedule's own run (type ``"aion.schedule"``)."""
         return schedules.schedule(self, schedule_id, fn, args, cron=cron, every=every,
                                   start_at=start_at, timezone=timezone, overlap=overlap,
-                                  catch_up=catch_up)
+                                  catch_up=catch_up, namespace=namespace)
 
-    def unschedule(self, schedule_id: str, timeout: Optional[float] = 30.0) -> None:
+    def unschedule(self, schedule_id: str, timeout: Optional[float] = 30.0, *,
+                   namespace: Optional[str] = None) -> None:
         """Cancel schedule ``schedule_id`` and wait (up to ``timeout``) for its
         end: it fires no more. Runs it started go on."""
-        schedules.unschedule(self, schedule_id, timeout)
+        schedules.unschedule(self, schedule_id, timeout, namespace)
 
-    def pause_schedule(self, schedule_id: str, note: str = "") -> None:
+    def pause_schedule(self, schedule_id: str, note: str = "", *,
+                       namespace: Optional[str] = None) -> None:
         """Pause schedule ``schedule_id``: from its next wait it fires nothing
         until resumed (a trigger still starts a run). Recorded in its
         history (a control message) before this returns; ``note`` says why,
         shown by :meth:`describe_schedule`."""
         if not isinstance(note, str):
             raise ConfigurationError(f"pause_schedule(note={note!r}): a note is a string")
-        schedules.control(self, schedule_id, "pause", note=note)
+        schedules.control(self, schedule_id, "pause", namespace, note=note)
 
-    def resume_schedule(self, schedule_id: str) -> None:
+    def resume_schedule(self, schedule_id: str, *, namespace: Optional[str] = None) -> None:
         """Resume a paused schedule: its fires missed while paused go by its
         ``catch_up`` policy (see :mod:`aion_green.runtime.schedules`)."""
-        schedules.control(self, schedule_id, "resume")
+        schedules.control(self, schedule_id, "resume", namespace)
 
-    def trigger_schedule(self, schedule_id: str) -> None:
+    def trigger_schedule(self, schedule_id: str, *, namespace: Optional[str] = None) -> None:
         """Fire schedule ``schedule_id`` once now (run ``"<id>@<now>"``),
         under its ``overlap`` policy, paused or not."""
-        schedules.control(self, schedule_id, "trigger")
+        schedules.control(self, schedule_id, "trigger", namespace)
 
     def update_schedule(self, schedule_id: str, *, cron: Optional[str] = schedules._UNSET,
                         every: Union[None, timedelta, float] = schedules._UNSET,
                         args: Optional[builtins.list[Any]] = schedules._UNSET,
                         start_at: Optional[datetime] = schedules._UNSET,
                         timezone: Optional[str] = schedules._UNSET,
-                        overlap: str = schedules._UNSET, catch_up: str = schedules._UNSET) -> None:
+                        overlap: str = schedules._UNSET, catch_up: str = schedules._UNSET,
+                        namespace: Optional[str] = None) -> None:
         """Change a schedule's spec: only what is given changes (``cron``
         replaces an interval and ``every`` a cron). Checked as
         :meth:`schedule` checks a new one; the next fires follow the new
         spec, from the update on."""
         spec = schedules.update_spec(self, schedule_id, {
             "cron": cron, "every": every, "args": args, "start_at": start_at,
-            "timezone": timezone, "overlap": overlap, "catch_up": catch_up})
-        schedules.control(self, schedule_id, "update", spec=spec)
+            "timezone": timezone, "overlap": overlap, "catch_up": catch_up}, namespace)
+        schedules.control(self, schedule_id, "update", namespace, spec=spec)
 
     def schedules(self, *, include_deleted: bool = False, limit: int = 100,
-                  after_id: Optional[str] = None) -> builtins.list[ScheduleInfo]:
+                  after_id: Optional[str] = None,
+                  namespace: Optional[str] = None) -> builtins.list[ScheduleInfo]:
         """The schedules of the store, ordered by id (active ones; with
         ``include_deleted``, unscheduled ones too), each with its spec and,
         where this engine drives it, its next fire time."""
-        return schedules.schedules(self, include_deleted, limit, after_id)
+        return schedules.schedules(self, include_deleted, limit, after_id, namespace)
 
-    def describe_schedule(self, schedule_id: str) -> ScheduleInfo:
+    def describe_schedule(self, schedule_id: str, *,
+                          namespace: Optional[str] = None) -> ScheduleInfo:
         """One schedule (:class:`WorkflowNotFound` when the id names none)."""
-        return schedules.describe_schedule(self, schedule_id)
+        return schedules.describe_schedule(self, schedule_id, namespace)
 
-    def purge(self, older_than: Union[timedelta, float], *, limit: Optional[int] = None) -> int:
+    def purge(self, older_than: Union[timedelta, float], *, limit: Optional[int] = None,
+              namespace: Optional[str] = None) -> int:
         """Delete from the store the runs that ended more than ``older_than``
         (a timedelta or seconds; 0: every finished run) ago, at most
-        ``limit`` of them (None: all), with everything of their ids; returns
-        how many. Never a running run; a chain of continue-as-new goes whole
-        with its last run; a child by its own end. A purged id is unknown
-        afterwards (:class:`WorkflowNotFound`) and may be started again. In
+        ``limit`` of them (None: all), of every namespace or of
+        ``namespace``, with everything of their ids; returns how many.
+        Never a running run; a chain of continue-as-new goes whole with its
+        last run; a child by its own end. A purged id is unknown afterwards
+        (:class:`WorkflowNotFound`) and may be started again. In
         transactions of 500 runs (see :mod:`aion_green.runtime.retention`)."""
-        return retention.purge(self, older_than, limit)
+        return retention.purge(self, older_than, limit, namespace)
 
-    def handle(self, workflow_id: str) -> WorkflowHandle:
-        return WorkflowHandle(self, workflow_id)
+    def handle(self, workflow_id: str, *, namespace: Optional[str] = None) -> WorkflowHandle:
+        ns = namespaces.DEFAULT if namespace is None else namespaces.check_namespace(namespace)
+        return WorkflowHandle(self, namespaces.check_id(workflow_id), namespace=ns)
 
+    @_in_namespace
     def result(self, workflow_id: str, timeout: Optional[float] = None, *,
-               run_id: Optional[str] = None) -> Any:
+               run_id: Optional[str] = None, namespace: Optional[str] = None) -> Any:
         """Wait for the workflow's end (the last run of a chain that
         continued as new); return its result or raise
         :class:`WorkflowFailed` (or :class:`Timeout` when ``timeout`` passes).
@@ -552,7 +629,7 @@ class Engine:
         self._ensure_started()
         if run_id is not None:
             return self._result_of_run(workflow_id, run_id, timeout)
-        return outcome(workflow_id, self._wait_end(workflow_id, timeout))
+        return outcome(namespaces.local(workflow_id), self._wait_end(workflow_id, timeout))
 
     def _wait_end(self, workflow_id: str, timeout: Optional[float]) -> RunInfo:
         """The RunInfo of the workflow's end, once recorded (the last run of
@@ -651,7 +728,9 @@ class Engine:
             f"{'continued as new' if earlier.status == ev.CONTINUED else 'ended'}; the current "
             f"run is {current.run_id!r}. Nothing was recorded")
 
-    def describe(self, workflow_id: str, *, run_id: Optional[str] = None) -> RunInfo:
+    @_in_namespace
+    def describe(self, workflow_id: str, *, run_id: Optional[str] = None,
+                 namespace: Optional[str] = None) -> RunInfo:
         """What the store knows of the run; for a running run that this
         engine cannot drive, ``unrunnable`` says why (its type unknown here,
         its history unreadable). With ``run_id``, that run of the workflow:
@@ -670,7 +749,7 @@ class Engine:
             why = self._unrunnable_on_postgres(info)
         if why is not None and not info.finished:
             info = dataclasses.replace(info, unrunnable=why)
-        running = self.steps_running(workflow_id) if epoch.in_flight else None
+        running = self._steps_running(workflow_id) if epoch.in_flight else None
         return dataclasses.replace(info, steps_running=tuple(running)) if running else info
 
     def list(self, status: Optional[str] = None,
@@ -679,35 +758,39 @@ class Engine:
              started_after: Optional[search.Moment] = None,
              started_before: Optional[search.Moment] = None,
              parent: Optional[str] = None,
-             attributes: Optional[Mapping[str, Any]] = None) -> builtins.list[RunInfo]:
+             attributes: Optional[Mapping[str, Any]] = None,
+             namespace: Optional[str] = None) -> builtins.list[RunInfo]:
         """Runs ordered by id, a page of at most ``limit`` (``after_id``: the
         last id of the previous page), filtered by status (one of
         running/completed/failed/cancelled/continued), workflow type, the
         current run's start (``started_after <= start < started_before``, an
         aware datetime or seconds since the epoch), ``parent`` (the workflow
         id that started them as children) and search ``attributes`` (name ->
-        value, all must match by text form: see :mod:`aion_green.runtime.search`).
-        Each :class:`RunInfo` names its ``parent_id`` and its ``search_attributes``."""
+        value, all must match by text form: see :mod:`aion_green.runtime.search`),
+        in ``namespace`` (``"default"`` if None). Each :class:`RunInfo` names
+        its ``parent_id`` and its ``search_attributes``."""
         _count(limit, "list(limit=...)", 1)
+        ns = namespaces.DEFAULT if namespace is None else namespaces.check_namespace(namespace)
         if after_id is not None:
-            ev.check_key(after_id, "list(after_id=...)")
+            after_id = namespaces.key(ns, namespaces.check_id(after_id, "list(after_id=...)"))
         status, wtype = _status_and_type(status, workflow_type)
-        filters = search.run_filter(started_after, started_before, parent, attributes, "list")
+        filters = search.run_filter(started_after, started_before, parent, attributes, "list", ns)
         self._ensure_started()
-        if filters is None:  # (the reader's store: a positional call, as recovery makes)
-            return self._call_store(self._epoch.store.list_runs, status, wtype, limit, after_id)
-        return self._call_store(self._epoch.store.list_runs, status, wtype, limit, after_id,
+        runs = self._call_store(self._epoch.store.list_runs, status, wtype, limit, after_id,
                                 filters=filters)
+        return runs if ns == namespaces.DEFAULT else [_public_run(r) for r in runs]
 
     def count(self, status: Optional[str] = None,
               workflow_type: Union[None, str, Callable[..., Any]] = None, *,
               started_after: Optional[search.Moment] = None,
               started_before: Optional[search.Moment] = None,
               parent: Optional[str] = None,
-              attributes: Optional[Mapping[str, Any]] = None) -> int:
+              attributes: Optional[Mapping[str, Any]] = None,
+              namespace: Optional[str] = None) -> int:
         """How many runs :meth:`list` with the same filters finds, over all its pages."""
         status, wtype = _status_and_type(status, workflow_type)
-        filters = search.run_filter(started_after, started_before, parent, attributes, "count")
+        filters = search.run_filter(started_after, started_before, parent, attributes, "count",
+                                    namespace)
         self._ensure_started()
         return int(self._call_store(self._epoch.store.count_runs, status, wtype, filters=filters))
 
@@ -715,21 +798,28 @@ class Engine:
                         started_after: Optional[search.Moment] = None,
                         started_before: Optional[search.Moment] = None,
                         parent: Optional[str] = None,
-                        attributes: Optional[Mapping[str, Any]] = None) -> dict[str, int]:
+                        attributes: Optional[Mapping[str, Any]] = None,
+                        namespace: Optional[str] = None) -> dict[str, int]:
         """:meth:`count` per status: ``{"running": 3, "completed": 10, ...}``,
         every status named (0 for none)."""
         _, wtype = _status_and_type(None, workflow_type)
         filters = search.run_filter(started_after, started_before, parent, attributes,
-                                    "count_by_status")
+                                    "count_by_status", namespace)
         self._ensure_started()
         return dict(self._call_store(self._epoch.store.count_runs_by_status, wtype,
                                      filters=filters))
 
+    @_in_namespace
     def history(self, workflow_id: str, after_seq: int = 0,
-                run_id: Optional[str] = None, limit: Optional[int] = None) -> builtins.list[ev.Event]:
+                run_id: Optional[str] = None, limit: Optional[int] = None, *,
+                namespace: Optional[str] = None) -> builtins.list[ev.Event]:
         """The events of the workflow's current run, or of run ``run_id`` (an
         earlier run that continued as new: its ``WorkflowStarted`` names the
         one before, in ``continued_from``)."""
+        return self._history(workflow_id, after_seq, run_id, limit)
+
+    def _history(self, workflow_id: str, after_seq: int = 0, run_id: Optional[str] = None,
+                 limit: Optional[int] = None) -> builtins.list[ev.Event]:
         ev.check_key(workflow_id, "the workflow id")
         _count(after_seq, "history(after_seq=...)", 0)
         if limit is not None:
@@ -744,16 +834,27 @@ class Engine:
                 f"no workflow with id {workflow_id!r}{which} in {self._store_name()}")
         return events
 
+    @_in_namespace
     def fork(self, workflow_id: str, from_seq: int, *, id: Optional[str] = None,  # noqa: A002
-             run_id: Optional[str] = None) -> WorkflowHandle:
-        """A new workflow ``id`` that replays events 2..``from_seq`` of a run of
-        ``workflow_id`` (unchanged), then goes live (:mod:`aion_green.runtime.rewind`)."""
-        return rewind.fork(self, workflow_id, from_seq, id, run_id)
+             run_id: Optional[str] = None, namespace: Optional[str] = None) -> WorkflowHandle:
+        """A new workflow ``id`` (in the same namespace) that replays events
+        2..``from_seq`` of a run of ``workflow_id`` (unchanged), then goes
+        live (:mod:`aion_green.runtime.rewind`)."""
+        new_id = None if id is None else namespaces.within(namespaces.namespace_of(workflow_id), id)
+        return self._public_handle(rewind.fork(self, workflow_id, from_seq, new_id, run_id))
 
-    def resume(self, workflow_id: str, from_seq: Optional[int] = None) -> WorkflowHandle:
+    @_in_namespace
+    def resume(self, workflow_id: str, from_seq: Optional[int] = None, *,
+               namespace: Optional[str] = None) -> WorkflowHandle:
         """A failed or cancelled run, archived, begins anew in place from its
         events 2..``from_seq`` (default: :mod:`aion_green.runtime.rewind`)."""
-        return rewind.resume(self, workflow_id, from_seq)
+        return self._public_handle(rewind.resume(self, workflow_id, from_seq))
+
+    def _public_handle(self, handle: WorkflowHandle) -> WorkflowHandle:
+        """A handle the runtime made with a key, as the caller names it."""
+        key = handle.workflow_id
+        return WorkflowHandle(self, namespaces.local(key), handle.run_id,
+                              namespaces.namespace_of(key))
 
     def _store_name(self) -> str:
         return getattr(self._epoch.store, "path", None) or str(self.url)

@@ -14,6 +14,7 @@ store's ``purge_finished`` (see :class:`~aion_green.store.IEventStore`):
 - a child goes by its own end time, not with its parent; but not while its
   parent's current run waits to record that end (a parent replayed without
   its child would create the child anew);
+- every namespace's runs, or those of one (``namespace=``);
 - everything of a purged id goes: its histories, timers, inbox requests,
   search attributes and run row. Afterwards the id is unknown
   (``WorkflowNotFound``, HTTP 404 ``not_found``), and can be started again.
@@ -41,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 import gevent
 
+from aion_green.core import namespaces
 from aion_green.core.clock import seconds_of
 from aion_green.core.errors import AionError, ConfigurationError, EngineClosed
 
@@ -87,9 +89,12 @@ def purge_every(retention: float) -> float:
     return max(_LEAST_EVERY, min(retention / 10.0, _MOST_EVERY))
 
 
-def purge(engine: "Engine", older_than: Any, limit: Optional[int]) -> int:
+def purge(engine: "Engine", older_than: Any, limit: Optional[int],
+          namespace: Optional[str] = None) -> int:
     """``engine.purge`` (see there): the caller's thread."""
     seconds = age_seconds(older_than, "purge(older_than=...)")
+    if namespace is not None:
+        namespaces.check_namespace(namespace, "purge(namespace=...)")
     if limit is not None and (type(limit) is not int or not 1 <= limit < 2 ** 63):
         raise ConfigurationError(f"purge(limit={limit!r}): a whole number from 1 up, or None "
                                  "for every run that qualifies")
@@ -99,7 +104,7 @@ def purge(engine: "Engine", older_than: Any, limit: Optional[int]) -> int:
     purged = 0
     while limit is None or purged < limit:
         batch = BATCH if limit is None else min(BATCH, limit - purged)
-        wids = epoch.writer.call_or_refuse(epoch.store.purge_finished, before, batch)
+        wids = epoch.writer.call_or_refuse(epoch.store.purge_finished, before, batch, namespace)
         _forget(engine, epoch, wids)
         purged += len(wids)
         if len(wids) < batch:

@@ -470,7 +470,7 @@ class Runner:
             self.epoch.residency.on_run_gone()
 
     def _execute(self, ctx: WorkflowContext, fn: Callable[..., Any], info: RunInfo) -> Optional[RunInfo]:
-        wid = ctx.workflow_id
+        wid = ctx._key
         # From the run's own WorkflowStarted: a run that continued as new
         # got its own arguments (the store's RunInfo keeps the first run's).
         args = ctx._cursor.event(1).data.get("args", info.args)

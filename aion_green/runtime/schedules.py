@@ -136,7 +136,7 @@ def schedule_info(engine: "Engine", info: "RunInfo", wait: float = 2.0) -> Sched
     live: dict[str, Any] = {}
     if info.status == ev.RUNNING and wait > 0:
         try:
-            live = engine.query(info.workflow_id, "schedule", timeout=wait)
+            live = engine.query(info.workflow_id, "schedule", timeout=wait, namespace=info.namespace)
         except (AionError, TypeError):  # not driven here, or not answering now
             live = {}
     return ScheduleInfo(info.workflow_id, spec.get("workflow", ""), list(spec.get("args") or []),
@@ -154,7 +154,7 @@ def current_spec(engine: "Engine", info: "RunInfo") -> tuple[dict[str, Any], dic
     args = info.args
     if info.run_id and info.head_seq:
         try:
-            started = engine.history(info.workflow_id, limit=1)
+            started = engine.history(info.workflow_id, limit=1, namespace=info.namespace)
         except WorkflowNotFound:
             started = []
         if started and started[0].data.get("run_id") == info.run_id:
@@ -165,20 +165,21 @@ def current_spec(engine: "Engine", info: "RunInfo") -> tuple[dict[str, Any], dic
 
 
 def schedules(engine: "Engine", include_deleted: bool, limit: int,
-              after_id: Optional[str]) -> list[ScheduleInfo]:
+              after_id: Optional[str], namespace: Optional[str] = None) -> list[ScheduleInfo]:
     """``engine.schedules`` (see there)."""
     status = None if include_deleted else ev.RUNNING
     runs = engine.list(status=status, workflow_type=SCHEDULE_WORKFLOW, limit=limit,
-                       after_id=after_id)
+                       after_id=after_id, namespace=namespace)
     # One budget for the page: a page of schedules that do not answer (a
     # blocked hub, say) took 2 s each, 200 s for a page of 100.
     deadline = _clock.monotonic() + 2.0
     return [schedule_info(engine, info, max(0.0, deadline - _clock.monotonic())) for info in runs]
 
 
-def describe_schedule(engine: "Engine", schedule_id: str) -> ScheduleInfo:
+def describe_schedule(engine: "Engine", schedule_id: str,
+                      namespace: Optional[str] = None) -> ScheduleInfo:
     """``engine.describe_schedule`` (see there)."""
-    info = engine.describe(schedule_id)
+    info = engine.describe(schedule_id, namespace=namespace)
     if info.workflow_type != SCHEDULE_WORKFLOW:
         raise WorkflowNotFound(f"no schedule with id {schedule_id!r}: it names a run of "
                                f"{info.workflow_type}")
@@ -226,6 +227,7 @@ def schedule(engine: "Engine", schedule_id: str, fn: Union[str, Callable[..., An
     """``engine.schedule`` (see there)."""
     if not isinstance(schedule_id, str) or not schedule_id:
         raise ConfigurationError(f"a schedule id must be a non-empty string, got {schedule_id!r}")
+    namespace = options.pop("namespace", None)
     wname = engine._registry.add(fn) if callable(fn) else workflow_name(fn)
     spec = make_spec(wname, args, **options)
     if not callable(fn) and (engine._registry.has_own()
@@ -236,9 +238,9 @@ def schedule(engine: "Engine", schedule_id: str, fn: Union[str, Callable[..., An
         # Every fire would start a run that fails with a TypeError (issue 16).
         check_arguments(wname, target, args)
     try:
-        handle = engine.start(SCHEDULE_WORKFLOW, spec, None, id=schedule_id)
+        handle = engine.start(SCHEDULE_WORKFLOW, spec, None, id=schedule_id, namespace=namespace)
     except WorkflowIdConflict:
-        info = engine.describe(schedule_id)
+        info = engine.describe(schedule_id, namespace=namespace)
         if info.workflow_type != SCHEDULE_WORKFLOW:
             raise WorkflowIdConflict(f"id {schedule_id!r} names a run of {info.workflow_type}, not a "
                                      "schedule; give the schedule another id") from None
@@ -253,17 +255,18 @@ def schedule(engine: "Engine", schedule_id: str, fn: Union[str, Callable[..., An
     return handle
 
 
-def unschedule(engine: "Engine", schedule_id: str, timeout: Optional[float]) -> None:
+def unschedule(engine: "Engine", schedule_id: str, timeout: Optional[float],
+               namespace: Optional[str] = None) -> None:
     """``engine.unschedule`` (see there)."""
-    info = engine.describe(schedule_id)
+    info = engine.describe(schedule_id, namespace=namespace)
     if info.workflow_type != SCHEDULE_WORKFLOW:
         raise ConfigurationError(f"{schedule_id!r} is a run of {info.workflow_type}, not a schedule; "
                                  "use engine.cancel() to cancel a workflow")
     if info.status == ev.CANCELLED:
         return  # deleted already: nothing to do
-    engine.cancel(schedule_id, "unscheduled")
+    engine.cancel(schedule_id, "unscheduled", namespace=namespace)
     try:
-        engine.result(schedule_id, timeout=timeout)
+        engine.result(schedule_id, timeout=timeout, namespace=namespace)
     except WorkflowFailed:  # cancelled, as asked (or failed before): it fires no more
         pass
     except Timeout:
@@ -274,19 +277,20 @@ def unschedule(engine: "Engine", schedule_id: str, timeout: Optional[float]) -> 
 _UNSET: Any = object()
 
 
-def control(engine: "Engine", schedule_id: str, op: str, **data: Any) -> int:
+def control(engine: "Engine", schedule_id: str, op: str, namespace: Optional[str] = None,
+            **data: Any) -> int:
     """Record control message ``op`` for schedule ``schedule_id``; its seq.
     Refused, nothing recorded, for an id that names no schedule
     (:class:`WorkflowNotFound`), a deleted one (:class:`WorkflowNotRunning`)
     or a schedule run that predates control (:class:`ConfigurationError`)."""
-    info = _schedule_run(engine, schedule_id)
+    info = _schedule_run(engine, schedule_id, namespace)
     if info.finished:
         raise WorkflowNotRunning(f"schedule {schedule_id!r} is deleted ({info.status}); "
                                  f"nothing to {op}: create a schedule under a new id")
     # A run with control records its marker before any command; one without
     # it has recorded a timer or a child first. (Arrivals, a message say, may
     # come before either.)
-    history = engine.history(schedule_id, run_id=info.run_id)
+    history = engine.history(schedule_id, run_id=info.run_id, namespace=namespace)
     marked = any(e.type == ev.PATCH_MARKER and e.data.get("patch") == CONTROL_PATCH
                  for e in history)
     if not marked and any(e.type in (ev.TIMER_STARTED, ev.CHILD_STARTED) for e in history):
@@ -298,27 +302,29 @@ def control(engine: "Engine", schedule_id: str, op: str, **data: Any) -> int:
     # (No run id: a later run of the chain has control whichever run was checked.)
     for attempt in range(20):
         try:
-            return engine.signal(schedule_id, CONTROL, {"op": op, **data})
+            return engine.signal(schedule_id, CONTROL, {"op": op, **data}, namespace=namespace)
         except WorkflowNotRunning:
             # Sent while its run was continuing as new (nothing recorded):
             # to the next run, unless the schedule itself has ended.
-            if attempt == 19 or engine.describe(schedule_id).finished:
+            if attempt == 19 or engine.describe(schedule_id, namespace=namespace).finished:
                 raise
             time.sleep(0.05)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _schedule_run(engine: "Engine", schedule_id: str) -> "RunInfo":
+def _schedule_run(engine: "Engine", schedule_id: str,
+                  namespace: Optional[str] = None) -> "RunInfo":
     if not isinstance(schedule_id, str) or not schedule_id:
         raise ConfigurationError(f"a schedule id must be a non-empty string, got {schedule_id!r}")
-    info = engine.describe(schedule_id)
+    info = engine.describe(schedule_id, namespace=namespace)
     if info.workflow_type != SCHEDULE_WORKFLOW:
         raise WorkflowNotFound(f"no schedule with id {schedule_id!r}: it names a run of "
                                f"{info.workflow_type}")
     return info
 
 
-def update_spec(engine: "Engine", schedule_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+def update_spec(engine: "Engine", schedule_id: str, changes: dict[str, Any],
+                namespace: Optional[str] = None) -> dict[str, Any]:
     """The spec of ``schedule_id`` with ``changes`` (the arguments given to
     ``update_schedule``; ``_UNSET`` for those not given), checked as
     ``schedule()`` checks a new one."""
@@ -330,7 +336,7 @@ def update_spec(engine: "Engine", schedule_id: str, changes: dict[str, Any]) -> 
     if "cron" in given and "every" in given and given["cron"] is not None and given["every"] is not None:
         raise ConfigurationError("a schedule needs exactly one trigger: give cron= or every=, "
                                  "not both")
-    spec, _ = current_spec(engine, _schedule_run(engine, schedule_id))
+    spec, _ = current_spec(engine, _schedule_run(engine, schedule_id, namespace))
     cron, every, timezone_ = spec.get("cron"), spec.get("every"), spec.get("timezone")
     if given.get("cron") is not None:  # the trigger changes kind: the other one goes
         every = None
@@ -406,7 +412,7 @@ class _ScheduleRun:
         # back by a step, so a replay takes the recorded answer.
         self.carried: list[Any] = []
         if self.control and state.get("from_run") is not None:
-            self.carried = ctx.step(_untaken_controls(ctx), ctx.workflow_id, state["from_run"],
+            self.carried = ctx.step(_untaken_controls(ctx), ctx._key, state["from_run"],
                                     int(state.get("taken") or 0), name="aion.schedule.carry")
         if state["running"] is not None:
             # Tracked by the previous run: adopt it (the same id, type and
@@ -464,9 +470,9 @@ class _ScheduleRun:
         index = ctx._received.get(CONTROL, 0)
         message_key = ("message", CONTROL, index)
         running = self.running
-        end_key = None if running is None else ("child", running.workflow_id)
+        end_key = None if running is None else ("child", running._key)
         if running is not None:
-            watch_again(ctx, running.workflow_id)
+            watch_again(ctx, running._key)
 
         def first() -> Optional[ev.Event]:
             found = [e for e in (arrivals.get(message_key),
@@ -476,7 +482,7 @@ class _ScheduleRun:
 
         def abandon() -> None:
             if running is not None:
-                ctx._host.abort_watch(ctx._parent_key, running.workflow_id)
+                ctx._host.abort_watch(ctx._parent_key, running._key)
 
         try:
             with contextlib.nullcontext() if due is None else ctx.timeout(due):
@@ -592,7 +598,7 @@ class _ScheduleRun:
         """Ask the tracked run to cancel. Not recorded here (a side effect,
         asked anew on replay; the child records the request once), as a
         supervisor ends its children."""
-        ctx, child_id = self.ctx, child.workflow_id
+        ctx, child_id = self.ctx, child._key
 
         def done(_seq: Any, error: Optional[BaseException]) -> None:
             if error is not None:

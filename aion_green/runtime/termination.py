@@ -139,7 +139,7 @@ class Termination:
             future.result()
         except WorkflowNotRunning:
             # Asking again once the run ended on an earlier request is fine.
-            last = self.engine.history(workflow_id)[-1]
+            last = self.engine._history(workflow_id)[-1]
             if last.type == ev.WORKFLOW_CANCELLED and (last.data.get("error") or {}).get("terminated"):
                 return
             raise

@@ -16,6 +16,7 @@ from aion_green.store import RunInfo
 ERRORS: dict[str, tuple[int, type[errors.AionError]]] = {
     "invalid_argument": (400, errors.ConfigurationError),
     "unauthenticated": (401, errors.ConfigurationError),
+    "namespace_denied": (403, errors.NamespaceDenied),
     "not_found": (404, errors.WorkflowNotFound),
     "method_not_allowed": (405, errors.ConfigurationError),
     "request_timeout": (408, errors.Timeout),
@@ -48,6 +49,8 @@ def code_of(error: BaseException) -> str:
         return "not_running"
     if isinstance(error, errors.QueryFailed):
         return "query_failed"
+    if isinstance(error, errors.NamespaceDenied):
+        return "namespace_denied"
     if isinstance(error, errors.Timeout):
         return "timeout"
     if isinstance(error, (errors.StoreUnavailable, errors.EngineClosed)):
@@ -68,7 +71,7 @@ def public_error(error: Any) -> Any:
 
 
 def run_to_json(info: RunInfo) -> dict[str, Any]:
-    doc = {"workflow_id": info.workflow_id, "run_id": info.run_id,
+    doc = {"workflow_id": info.workflow_id, "namespace": info.namespace, "run_id": info.run_id,
            "workflow_type": info.workflow_type, "status": info.status, "args": info.args,
            "result": info.result, "error": public_error(info.error), "head_seq": info.head_seq,
            "created_at": info.created_at, "updated_at": info.updated_at}
@@ -99,7 +102,8 @@ def run_from_json(obj: dict[str, Any]) -> RunInfo:
                    obj["args"], obj.get("result"), obj.get("error"), obj["head_seq"],
                    obj["created_at"], obj["updated_at"], unrunnable=obj.get("unrunnable"),
                    next_run_id=obj.get("next_run_id"), parent_id=obj.get("parent_id"),
-                   search_attributes=obj.get("search_attributes") or {})
+                   search_attributes=obj.get("search_attributes") or {},
+                   namespace=obj.get("namespace") or "default")
 
 
 def event_to_json(event: Event) -> dict[str, Any]:

@@ -113,10 +113,11 @@ ROUTES: tuple[Route, ...] = (
                 "args": {"type": "array", "description": "Its arguments, JSON values."},
                 "id": {"type": "string", "description": "The workflow id (default: a new uuid)."}},
           required=("workflow",),
-          answer={"type": "object", "properties": {"workflow_id": _STR, "run_id": _STR}},
+          answer={"type": "object", "properties": {"workflow_id": _STR, "run_id": _STR,
+                                                   "namespace": _STR}},
           errors=("invalid_argument", "already_exists", "too_large"),
           example=({"workflow": "shop.checkout", "args": ["o-1"], "id": "order-o-1"},
-                   {"workflow_id": "order-o-1", "run_id": "5f0c...e1"})),
+                   {"workflow_id": "order-o-1", "run_id": "5f0c...e1", "namespace": "default"})),
     Route("GET", "/v1/workflows", "List runs",
           "The current run of each workflow, ordered by id, a page at a time, filtered (all "
           "filters ANDed). Each summary names its `parent_id` and its `search_attributes`. A "
@@ -222,15 +223,19 @@ ROUTES: tuple[Route, ...] = (
           "ids (histories, earlier runs of a chain, timers, search attributes). Never a running "
           "run; a chain of continue-as-new goes with its last run; a child by its own end, but "
           "not while its running parent waits to record that end. A purged id is then unknown "
-          "(404 `not_found`) and may be started again. The server's engine may also purge on a "
-          "timer (`aion-green worker --retention 30d`).",
+          "(404 `not_found`) and may be started again. Without `namespace`, every namespace's "
+          "runs, which needs a token that grants every namespace (else 403 "
+          "`namespace_denied`); with it, that namespace's only. The server's engine may also "
+          "purge on a timer (`aion-green worker --retention 30d`).",
           body={"older_than": {"type": "number", "description": "The age in seconds, 0 or "
                                "more: runs that ended before now minus this go."},
                 "limit": {"type": "integer", "description": "At most this many (1 or more)."}},
           required=("older_than",),
-          answer={"type": "object", "properties": {"purged": _INT, "older_than": _NUM}},
+          answer={"type": "object", "properties": {"purged": _INT, "older_than": _NUM,
+                                                   "namespace": {"type": ["string", "null"]}}},
           errors=("invalid_argument",),
-          example=({"older_than": 2592000}, {"purged": 1204, "older_than": 2592000})),
+          example=({"older_than": 2592000}, {"purged": 1204, "older_than": 2592000,
+                                             "namespace": None})),
     Route("GET", "/v1/schedules", "List schedules",
           "The schedules (active ones; `include_deleted=true` adds unscheduled ones), ordered by "
           "id, a page at a time, each with its spec and, where the server drives it, its next "
@@ -325,9 +330,30 @@ ROUTES: tuple[Route, ...] = (
           example=({"cron": "30 3 * * *"}, {"schedule_id": "nightly", "updated": True})),
 )
 
+# Every route of runs and schedules is in one namespace (WSGIApp._namespace).
+_NAMESPACED = ("/v1/workflows", "/v1/schedules", "/v1/events", "/v1/purge")
+_NS = Param("namespace", "query", _STR, "The namespace (default `default`); ids are unique "
+            "per namespace, and a run of another namespace answers as an id never seen (404). "
+            "A POST may name it in its body instead. A token not granted it: 403 "
+            "`namespace_denied`, nothing done.")
+
+
+def _in_namespaces(route: Route) -> Route:
+    if not route.path.startswith(_NAMESPACED):
+        return route
+    body = None if route.body is None else {**route.body, "namespace": {
+        "type": "string", "description": "The namespace (as `?namespace=`; default `default`)."}}
+    return route._replace(params=route.params + (_NS,), body=body,
+                          errors=route.errors + ("namespace_denied",))
+
+
+ROUTES = tuple(_in_namespaces(route) for route in ROUTES)
+
 _ERROR_TEXT = {
     "invalid_argument": "Bad input: the message names the field; nothing was recorded.",
     "unauthenticated": "No or a wrong bearer token.",
+    "namespace_denied": "The token is not granted the namespace asked for: nothing was "
+                        "done, nothing listed.",
     "not_found": "No such workflow, or no such run of it (or no such route).",
     "method_not_allowed": "The route takes another method.",
     "request_timeout": "The request's body did not arrive in time.",
@@ -411,7 +437,7 @@ def _operation_id(route: Route) -> str:
 
 def _run_schema() -> dict[str, Any]:
     return {"type": "object", "properties": {
-        "workflow_id": _STR, "run_id": _STR, "workflow_type": _STR,
+        "workflow_id": _STR, "namespace": _STR, "run_id": _STR, "workflow_type": _STR,
         "status": {"type": "string",
                    "enum": ["running", "completed", "failed", "cancelled", "continued"]},
         "args": {"type": "array"}, "result": _ANY, "error": _ANY, "head_seq": _INT,
@@ -450,6 +476,16 @@ def markdown() -> str:
              "Ids are percent-encoded UTF-8 path segments; every route of one run also takes "
              "its id as `?workflow_id=ID` (signals and queries with `&name=NAME`) on "
              "`/v1/workflows/ACTION`, which every WSGI server hands over intact.", "",
+             "## Namespaces and grants", "",
+             "Every run belongs to a namespace: `default` unless a request names one "
+             "(`?namespace=NS` on any route of runs and schedules, or `namespace` in a POST "
+             "body). Ids are unique per namespace; a run's children, the messages it sends and "
+             "the runs a schedule starts stay in its namespace. A run of another namespace is "
+             "invisible: the answer is the one for an id never seen (404 `not_found`).", "",
+             "A server's token is `SECRET` (every namespace) or `SECRET:ns1,ns2` (those "
+             "only); `aion-green worker --token` is repeatable, and `AION_GREEN_TOKEN` takes "
+             "several separated by spaces. A request for a namespace its token is not granted "
+             "is a 403 `namespace_denied`: nothing is done, recorded or listed.", "",
              "## Errors", "",
              "Every error is one JSON body, `{\"error\": {\"code\", \"message\", ...}}`:", "",
              "| code | status | meaning |", "|---|---|---|"]

@@ -539,7 +539,8 @@ class PostgresStore:
     def last_run_mark(self) -> int:
         return int(self._query("SELECT coalesce(max(mark), 0) FROM aion_runs")[0][0])
 
-    def purge_finished(self, before: float, limit: int = 500) -> list[str]:
+    def purge_finished(self, before: float, limit: int = 500,
+                       namespace: Optional[str] = None) -> list[str]:
         with self._tx() as cur:
             # Row locks, skipping runs another engine's purge holds: engines
             # that purge at the same moment take disjoint runs, and wait for
@@ -549,8 +550,8 @@ class PostgresStore:
             data_id = (f"(CASE WHEN {_UNCASTABLE.replace('data', '{a}.data', 1)} THEN NULL "
                        "ELSE {a}.data::jsonb ->> 'id' END)")
             cur.execute(purge_candidates("%s", "aion_runs", "aion_events", data_id,
-                                         "FOR UPDATE OF r SKIP LOCKED"),
-                        purge_parameters(before, limit))
+                                         "FOR UPDATE OF r SKIP LOCKED", namespace=namespace),
+                        purge_parameters(before, limit, namespace))
             wids = [row[0] for row in cur.fetchall()]
             if wids:
                 for table in _PER_RUN_TABLES:

@@ -444,15 +444,16 @@ class SQLiteStore:
             raise _translate(exc, self.path) from None
         return int(mark)
 
-    def purge_finished(self, before: float, limit: int = 500) -> list[str]:
+    def purge_finished(self, before: float, limit: int = 500,
+                       namespace: Optional[str] = None) -> list[str]:
         with self._write() as conn:
             wids = [row[0] for row in conn.execute(
                 # By end time: the oldest ends first, and a purge reads the
                 # runs it deletes, not every finished run (without ANALYZE
                 # statistics SQLite chose the status index and sorted them all).
                 purge_candidates("?", "runs", "events", "json_extract({a}.data, '$.id')",
-                                 hint="INDEXED BY runs_by_end"),
-                purge_parameters(before, limit)).fetchall()]
+                                 hint="INDEXED BY runs_by_end", namespace=namespace),
+                purge_parameters(before, limit, namespace)).fetchall()]
             if wids:
                 # One statement per table (the inbox has no index by run: one
                 # scan of it, not one per run).

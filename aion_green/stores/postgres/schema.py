@@ -98,6 +98,17 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (workflow_id, name))""",
         "CREATE INDEX aion_search_attributes_by_value ON aion_search_attributes(name, text, workflow_id)",
     ),
+    (
+        # Retention (issue 18): each run's end time, which retention
+        # measures, set with its status by the append of its end (the run's
+        # updated_at then) and backfilled here for the runs already finished.
+        # Its own column, not updated_at: an index on updated_at, which
+        # every append moves, would make every append's update a non-HOT one.
+        # (Marks come from a sequence here: a purge never brings one back.)
+        "ALTER TABLE aion_runs ADD COLUMN ended_at DOUBLE PRECISION",
+        "UPDATE aion_runs SET ended_at = updated_at WHERE status <> 'running'",
+        "CREATE INDEX aion_runs_by_end ON aion_runs(ended_at) WHERE ended_at IS NOT NULL",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 _RUN_COLUMNS = ("workflow_id, run_id, workflow_type, status, args, result, error, head_seq, "

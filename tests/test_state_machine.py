@@ -466,8 +466,13 @@ class EngineMachine(RuleBasedStateMachine):
         twice = {key: n for key, n in counted.items() if n > 1}
         assert not twice, f"steps ran more than once: {twice}"
         for wid, run in self.runs.items():
-            history = engine.history(wid)
-            info = engine.describe(wid)
+            # A snapshot: a run the last rule set going may record while this
+            # reads; the history read on both sides of describe() is the same.
+            for _ in range(100):
+                history = engine.history(wid)
+                info = engine.describe(wid)
+                if len(engine.history(wid)) == len(history):
+                    break
             where = f"{wid} ({run.kind}, {run.hours} h): {[(e.seq, e.type) for e in history]}"
             # No gap, no duplicate; one start, at most one end, last.
             assert [e.seq for e in history] == list(range(1, len(history) + 1)), where

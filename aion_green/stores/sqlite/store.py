@@ -21,6 +21,8 @@ from aion_green.store import (
     Append,
     BatchOutcome,
     CreateRun,
+    EventFilter,
+    GlobalEvent,
     IEventStore,
     InboxRow,
     NewRun,
@@ -36,6 +38,7 @@ from aion_green.stores.batch import (
     require_running,
     run_filters,
 )
+from aion_green.stores.global_events import events_query, page
 from aion_green.stores.cut import Copy, opt_run, plan_copy, require_resumable, resume_point
 from aion_green.stores.sqlite.file import FileIdentity, canonical_path, refuse_hard_links
 from aion_green.stores.sqlite.schema import (
@@ -230,9 +233,13 @@ class SQLiteStore:
                 # A finished run has no pending timer.
                 conn.executemany("DELETE FROM timers WHERE workflow_id=?",
                                  [f[3:] for f in plan.finals])
-            conn.executemany(
-                "INSERT INTO events(workflow_id, seq, type, at, data) VALUES (?,?,?,?,?)", plan.rows
-            )
+            if plan.rows:
+                # The batch's global positions (stores/global_events.py), in one step.
+                conn.execute("UPDATE event_positions SET n = n + ?", (len(plan.rows),))
+                (last,) = conn.execute("SELECT n FROM event_positions").fetchone()
+                conn.executemany(
+                    "INSERT INTO events(workflow_id, seq, type, at, data, pos) VALUES (?,?,?,?,?,?)",
+                    [(*row, pos) for pos, row in enumerate(plan.rows, last - len(plan.rows) + 1)])
             if plan.attributes:
                 upserts, removed = attribute_rows(plan.attributes)
                 conn.executemany("INSERT OR REPLACE INTO search_attributes(workflow_id, name, value, "
@@ -260,8 +267,8 @@ class SQLiteStore:
         (old_run_id, wtype) = conn.execute(
             "SELECT run_id, workflow_type FROM runs WHERE workflow_id=?", (wid,)).fetchone()
         conn.execute(
-            "INSERT INTO archived_events(workflow_id, run_id, seq, type, at, data) "
-            "SELECT workflow_id, ?, seq, type, at, data FROM events WHERE workflow_id=?",
+            "INSERT INTO archived_events(workflow_id, run_id, seq, type, at, data, pos) "
+            "SELECT workflow_id, ?, seq, type, at, data, pos FROM events WHERE workflow_id=?",
             (old_run_id, wid))
         conn.execute("DELETE FROM events WHERE workflow_id=?", (wid,))
         started = next_run_started(wtype, old_run_id, data)
@@ -525,6 +532,25 @@ class SQLiteStore:
                 return data
             return self._insert_at_head(conn, workflow_id, head, event_type, at, data)
 
+    # -- the store-wide event stream (stores/global_events.py) ---------------------------
+    def event_head(self) -> int:
+        self._file.check(commit=False)
+        try:
+            (head,) = self._conn.execute("SELECT n FROM event_positions").fetchone()
+        except _FAULTS as exc:
+            raise _translate(exc, self.path) from None
+        return int(head)
+
+    def read_events(self, after: int, limit: int,
+                    filters: EventFilter = EventFilter()) -> tuple[list[GlobalEvent], int]:
+        head = self.event_head()  # first: every event at or below it is committed
+        sql, params = events_query(filters, after, head, limit, "?", events="events",
+                                   archive="archived_events", runs="runs")
+        try:
+            return page(self._conn.execute(sql, params).fetchall(), limit, max(head, after))
+        except _FAULTS as exc:
+            raise _translate(exc, self.path) from None
+
     def close(self) -> None:
         # (Typed as open: a call after close() is a bug, and fails on the None.)
         conn, self._conn = self._conn, None  # type: ignore[assignment]
@@ -559,8 +585,8 @@ class SQLiteStore:
             cut = resume_point(workflow_id, history) if from_seq is None else from_seq
             copy = plan_copy("resume", workflow_id, history, cut, run_id, at, self.path)
             conn.execute(
-                "INSERT INTO archived_events(workflow_id, run_id, seq, type, at, data) "
-                "SELECT workflow_id, ?, seq, type, at, data FROM events WHERE workflow_id=?",
+                "INSERT INTO archived_events(workflow_id, run_id, seq, type, at, data, pos) "
+                "SELECT workflow_id, ?, seq, type, at, data, pos FROM events WHERE workflow_id=?",
                 (info.run_id, workflow_id))
             conn.execute("DELETE FROM events WHERE workflow_id=?", (workflow_id,))
             # A new rowid: the driving process notices resumed runs as it

@@ -60,8 +60,8 @@ from aion_green.stores.batch import (
     require_running,
     run_filters,
 )
-from aion_green.stores.global_events import events_query, page
 from aion_green.stores.cut import Copy, opt_run, plan_copy, require_resumable, resume_point
+from aion_green.stores.global_events import events_query, page
 from aion_green.stores.postgres.schema import (
     _DRIVER_LOCK,
     _MIGRATION_LOCK,

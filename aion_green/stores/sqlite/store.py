@@ -38,8 +38,8 @@ from aion_green.stores.batch import (
     require_running,
     run_filters,
 )
-from aion_green.stores.global_events import events_query, page
 from aion_green.stores.cut import Copy, opt_run, plan_copy, require_resumable, resume_point
+from aion_green.stores.global_events import events_query, page
 from aion_green.stores.sqlite.file import FileIdentity, canonical_path, refuse_hard_links
 from aion_green.stores.sqlite.schema import (
     _FAULTS,

@@ -22,18 +22,19 @@ import http.client
 import json
 import time
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterator, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Union
 from urllib.parse import quote, urlencode, urlsplit
 
 from aion_green.core import errors
 from aion_green.core.events import TERMINAL_TYPES, Event, attribute_text
 from aion_green.core.registry import workflow_name
 from aion_green.core.schedule import ScheduleInfo
-from aion_green.store import RunInfo
+from aion_green.store import EventPage, GlobalEvent, RunInfo
 from aion_green.transport.codec import (
     ERRORS,
     event_from_json,
     format_time,
+    global_event_from_json,
     run_from_json,
     schedule_from_json,
 )
@@ -41,6 +42,8 @@ from aion_green.transport.codec import (
 _FIRST_BACKOFF = 0.05
 # A time filter: an aware datetime or seconds since the epoch.
 Moment = Union[datetime, float, int]
+# Event types or run statuses to filter by: one name, or several.
+Names = Union[None, str, Iterable[str]]
 
 
 class RemoteHandle:
@@ -277,6 +280,59 @@ class Client:
                 time.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
 
+    def event_page(self, after: Optional[int] = None, *, types: Names = None,
+                   statuses: Names = None, limit: int = 100) -> EventPage:
+        """A page of every run's events in commit order, as
+        :meth:`aion.Engine.events` gives it (``GET /v1/events/page``)."""
+        query: dict[str, Any] = {"limit": limit, **_global_filters(types, statuses)}
+        if after is not None:
+            query["after"] = after
+        page = self._call("GET", "/v1/events/page", query)
+        return EventPage([global_event_from_json(e) for e in page["events"]], page["next"])
+
+    def global_events(self, after: Optional[int] = None, *, types: Names = None,
+                      statuses: Names = None, follow: bool = True,
+                      give_up_after: float = 60.0) -> Iterator[GlobalEvent]:
+        """Every run's events after the global cursor ``after`` (0: from the
+        first; None: those recorded from now on), in commit order, filtered
+        by event ``types`` and the current ``statuses`` of their runs. With
+        ``follow``, a stream (``GET /v1/events``) that never ends by itself:
+        a cut connection resumes at the last cursor the server sent (no gap,
+        no duplicate), backing off; after ``give_up_after`` seconds without
+        an answer it raises :class:`aion.StoreUnavailable`. Without, pages
+        until the events recorded so far are read."""
+        filters = _global_filters(types, statuses)
+        if not follow:
+            cursor = self.event_page(after, types=types, statuses=statuses, limit=1000)
+            while True:
+                yield from cursor.events
+                if not cursor.events:
+                    return
+                cursor = self.event_page(cursor.next, types=types, statuses=statuses, limit=1000)
+        position = after
+        delay, heard = _FIRST_BACKOFF, time.monotonic()
+        while True:
+            query = dict(filters) if position is None else {**filters, "after": position}
+            try:
+                for kind, frame_id, payload in self._global_stream(query):
+                    delay, heard = _FIRST_BACKOFF, time.monotonic()
+                    if frame_id >= 0:
+                        position = frame_id
+                    if kind != "cursor":
+                        yield global_event_from_json(payload)
+                raise http.client.IncompleteRead(b"", None)  # (a stream ends only by a cut)
+            except (OSError, http.client.HTTPException, errors.StoreUnavailable,
+                    errors.EngineClosed) as exc:
+                silent = time.monotonic() - heard
+                if silent + delay > give_up_after:
+                    raise errors.StoreUnavailable(
+                        f"the event stream of the aion_green API at {self.url} got no answer "
+                        f"for {silent:.1f} s ({exc}); gave up after {give_up_after} s: is the "
+                        f"server running? Call global_events(after={position}) again to "
+                        "resume") from None
+                time.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+
     def shutdown(self) -> None:
         """Nothing to stop: the engine lives in the server."""
 
@@ -337,25 +393,45 @@ class Client:
             conn.request("GET", self._prefix + path + "?" + urlencode(query),
                          headers=headers)
             response = conn.getresponse()
-            if response.status >= 400:
-                raise _error_from(response.status, json.loads(response.read() or b"{}"))
-            kind = "message"
-            data: list[str] = []
-            while True:
-                line = response.readline()
-                if not line:
-                    raise http.client.IncompleteRead(b"", None)  # cut before the run's end
-                text = line.decode("utf-8").rstrip("\r\n")
-                if not text:
-                    if data:
-                        yield kind, json.loads("\n".join(data))
-                    kind, data = "message", []
-                elif text.startswith("event:"):
-                    kind = text[6:].strip()
-                elif text.startswith("data:"):
-                    data.append(text[5:].strip())
+            for kind, _, payload in _frames(response):
+                yield kind, payload
         finally:
             conn.close()
+
+    def _global_stream(self, query: dict[str, Any]) -> Iterator[tuple[str, int, Any]]:
+        conn = self._connection(None)
+        try:
+            headers = self._headers(None)
+            headers["Accept"] = "text/event-stream"
+            conn.request("GET", self._prefix + "/v1/events?" + urlencode(query), headers=headers)
+            yield from _frames(conn.getresponse())
+        finally:
+            conn.close()
+
+
+def _frames(response: http.client.HTTPResponse) -> Iterator[tuple[str, int, Any]]:
+    """The server-sent events of a stream's answer: ``(event, id, data)``
+    (id -1 when a frame names none); an error answer raises its error, a cut
+    stream ``IncompleteRead``."""
+    if response.status >= 400:
+        raise _error_from(response.status, json.loads(response.read() or b"{}"))
+    kind, frame_id = "message", -1
+    data: list[str] = []
+    while True:
+        line = response.readline()
+        if not line:
+            raise http.client.IncompleteRead(b"", None)  # cut before the stream's end
+        text = line.decode("utf-8").rstrip("\r\n")
+        if not text:
+            if data:
+                yield kind, frame_id, json.loads("\n".join(data))
+            kind, frame_id, data = "message", -1, []
+        elif text.startswith("event:"):
+            kind = text[6:].strip()
+        elif text.startswith("id:"):
+            frame_id = int(text[3:].strip())
+        elif text.startswith("data:"):
+            data.append(text[5:].strip())
 
 
 def _route(workflow_id: str, action: Optional[str] = None, name: Optional[str] = None,
@@ -392,6 +468,15 @@ def _filter_query(status: Optional[str], workflow_type: Union[None, str, Callabl
                 f"attributes={{{name!r}: {value!r}}}: a filter matches a value (str, int, "
                 "float, bool)")
         query[f"attr.{name}"] = attribute_text(value)
+    return query
+
+
+def _global_filters(types: Names, statuses: Names) -> dict[str, str]:
+    """The query string of the store-wide stream's filters (comma-separated)."""
+    query = {}
+    for key, names in (("type", types), ("status", statuses)):
+        if names is not None:
+            query[key] = names if isinstance(names, str) else ",".join(names)
     return query
 
 

@@ -122,6 +122,7 @@ from aion_green.transport.codec import (
     ERRORS,
     code_of,
     event_to_json,
+    global_event_to_json,
     parse_time,
     public_error,
     run_to_json,
@@ -257,12 +258,15 @@ class WSGIApp:
 
     def _route(self, method: str, segments: list[str], environ: dict[str, Any],
                start_response: StartResponse) -> Iterable[bytes]:
+        if segments[:2] == ["v1", "events"] and len(segments) <= 3:
+            return self._global_events(method, segments[2:], _params(environ), environ,
+                                       start_response)
         if segments[:2] == ["v1", "schedules"]:
             return self._schedules(method, segments[2:], _params(environ), environ,
                                    start_response)
         if len(segments) < 2 or segments[:2] != ["v1", "workflows"]:
             raise _Reply("not_found", f"no route {'/' + '/'.join(segments)!r}; the API lives "
-                         "under /v1/workflows and /v1/schedules (and /healthz, /health/live, "
+                         "under /v1/workflows, /v1/schedules and /v1/events (and /healthz, /health/live, "
                          "/health/ready, /metrics)")
         params = _params(environ)
         rest = segments[2:]
@@ -598,7 +602,107 @@ class WSGIApp:
                 return  # the answer has begun: a cut, which the client resumes after `after`
 
 
+    # -- the store-wide event stream (runtime/global_events.py) ----------------------------
+    def _global_events(self, method: str, rest: list[str], params: dict[str, str],
+                       environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """``GET /v1/events`` (a stream) and ``GET /v1/events/page``."""
+        if rest not in ([], ["page"]):
+            raise _Reply("not_found", f"no route /v1/events/{'/'.join(rest)}; the store-wide "
+                         "events are GET /v1/events (a stream) and GET /v1/events/page")
+        if method != "GET":
+            raise _not_allowed(method, "GET")
+        paged = rest == ["page"]
+        query = _query(params, {"after", "type", "status"} | ({"limit"} if paged else set()))
+        filters = {"types": _names(query, "type", ev.EVENT_TYPES),
+                   "statuses": _names(query, "status", ev.STATUSES)}
+        head = self.engine.event_head()
+        last_id = None if paged else _header(environ, "HTTP_LAST_EVENT_ID")
+        if last_id:  # a reconnect resumes after the last frame it saw
+            after, what = _position(last_id, "Last-Event-ID"), "Last-Event-ID"
+        elif "after" in query:  # after=0: from the first event
+            after, what = _position(query["after"], "after"), "after"
+        else:  # no cursor: the events recorded from now on
+            after, what = head, ""
+        if what and not 0 <= after <= head:
+            raise _Reply("invalid_argument", f"{what}={after}: a cursor is a global event "
+                         f"position, 0 to the last recorded ({head}); 0 streams from the first "
+                         "event, no cursor from now on", field=what)
+        if paged:
+            limit = _int(query, "limit", 100)
+            if not 1 <= limit <= self.page:
+                raise _Reply("invalid_argument", f"limit={limit}: ask for 1 to {self.page} "
+                             "events per page (follow 'next' for the rest)", field="limit")
+            found = self.engine.events(after, limit=limit, **filters)
+            return _reply(start_response, 200, {"events": [global_event_to_json(e)
+                                                           for e in found.events],
+                                                "next": found.next})
+        first = self.engine.events(after, limit=self.page, **filters)
+        start_response("200 OK", [("Content-Type", "text/event-stream; charset=utf-8"),
+                                  ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")])
+        return self._global_frames(after, first.events, first.next, filters)
+
+    def _global_frames(self, after: int, batch: list[Any], cursor: int,
+                       filters: dict[str, Any]) -> Iterator[bytes]:
+        # The cursor rides on a first frame, and on keep-alives when filters
+        # skipped events: a client that reconnects with the last id it saw
+        # resumes there, not from a new "now" (which would lose the events
+        # recorded while it was away).
+        yield _cursor_frame(after, retry=True)
+        pause, idle, sent = 0.02, 0.0, after
+        while not self.draining:
+            for event in batch:
+                sent = event.position
+                yield (f"id: {event.position}\nevent: {event.type}\n"
+                       f"data: {json.dumps(global_event_to_json(event))}\n\n").encode()
+            if batch:
+                pause, idle = 0.02, 0.0
+            else:
+                _pause(pause)
+                idle += pause
+                pause = min(pause * 2, self.stream_poll)
+                if idle >= self.heartbeat:
+                    idle = 0.0
+                    yield _cursor_frame(cursor) if cursor != sent else b": keep-alive\n\n"
+                    sent = cursor
+            try:
+                found = self.engine.events(cursor, limit=self.page, **filters)
+            except (EngineClosed, StoreUnavailable):
+                return  # a cut, which the client resumes after the last id it saw
+            batch, cursor = found.events, found.next
+
+
 _DOCUMENT: list[dict[str, Any]] = []
+
+
+def _cursor_frame(position: int, retry: bool = False) -> bytes:
+    """A frame that only moves the client's cursor (its Last-Event-ID)."""
+    return (("retry: 1000\n" if retry else "")
+            + f"id: {position}\nevent: cursor\ndata: {json.dumps({'next': position})}\n\n").encode()
+
+
+def _position(text: str, field: str) -> int:
+    try:
+        return int(text.strip()) if len(text.strip()) <= 18 else int("x")
+    except ValueError:
+        raise _Reply("invalid_argument", f"{field}={text[:30]!r}: a cursor is a whole number "
+                     "(a global event position)", field=field) from None
+
+
+def _names(query: dict[str, str], key: str, valid: Any) -> Optional[list[str]]:
+    """A comma-separated filter (``type=StepCompleted,TimerFired``), each
+    name checked: a 400 naming the field and the valid choices."""
+    if key not in query:
+        return None
+    names = [name.strip() for name in query[key].split(",") if name.strip()]
+    for name in names:
+        if name not in valid:
+            raise _Reply("invalid_argument", f"{key}={query[key]!r}: unknown {name!r}; choose "
+                         f"among {', '.join(sorted(valid))} (several separated by commas)",
+                         field=key)
+    if not names:
+        raise _Reply("invalid_argument", f"{key}= names nothing; leave it out, or name one or "
+                     f"more of {', '.join(sorted(valid))}", field=key)
+    return names
 
 
 def _openapi() -> dict[str, Any]:

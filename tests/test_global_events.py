@@ -405,13 +405,22 @@ def test_the_cli_prints_the_events_and_follows(worker, tmp_path):
     start(worker, "gev.steps", 3, wid="cli-1")
     client = Client(f"http://127.0.0.1:{worker.port}", token=TOKEN)
     client.result("cli-1", timeout=20)
-    base = [sys.executable, "-m", "aion_green", "--url", f"http://127.0.0.1:{worker.port}",
+    base = [sys.executable, "-m", "aion_green", "--db", f"http://127.0.0.1:{worker.port}",
             "--token", TOKEN, "events"]
     out = subprocess.run([*base, "--after", "0", "--type", "StepCompleted", "--json"],
                          env=worker_env(), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert [e["data"]["result"] for e in lines if e["workflow_id"] == "cli-1"] == [6, 12]
+    local = subprocess.run([sys.executable, "-m", "aion_green", "--db",
+                            f"sqlite:///{worker.directory / 'gev.db'}", "events", "--json",
+                            "--type", "StepCompleted,WorkflowCompleted"],
+                           env=worker_env(), capture_output=True, text=True, timeout=60)
+    assert local.returncode == 0, local.stderr
+    assert [json.loads(line) for line in local.stdout.splitlines()] == [
+        e for e in (json.loads(line) for line in subprocess.run(
+            [*base, "--json", "--type", "StepCompleted", "--type", "WorkflowCompleted"],
+            env=worker_env(), capture_output=True, text=True, timeout=60).stdout.splitlines())]
     bad = subprocess.run([*base, "--after", "-1"], env=worker_env(), capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode != 0 and "after" in bad.stderr

@@ -349,6 +349,10 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("--wait", action="store_true", help="wait for the run's end")
     _timeout(resume, None, "with --wait")
 
+    from aion_green.cli import events
+
+    events.add_parser(command)
+
     sched = command("schedule", "create, list, show or delete schedules (cron or interval "
                     "triggers that start workflows)")
     ssub = sched.add_subparsers(dest="schedule_command", required=True, metavar="ACTION")
@@ -386,6 +390,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from aion_green.cli.events import events as events_command
     from aion_green.cli.ops import HANDLERS, Target
     from aion_green.cli.worker import run_worker
 
@@ -405,7 +410,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     target: Optional[Target] = None
     try:
         target = Target(args.db, args.token)
-        return int(HANDLERS[args.command](target, args, out))
+        return int({**HANDLERS, "events": events_command}[args.command](target, args, out))
     except KeyboardInterrupt:
         out.error("Interrupted", "interrupted; what was already recorded stays recorded")
         return EXIT_INTERRUPTED

@@ -47,6 +47,16 @@ POST     /v1/workflows/ID/queries/NAME                ``{"args", "timeout", "run
 POST     /v1/workflows/ID/cancel                      ``{"reason", "run_id"}``
 POST     /v1/workflows/ID/terminate                   ``{"reason", "run_id"}``: ends it now, no
                                                       cleanup
+GET      /v1/events?after=&type=&status=              every run's events as one stream (server-
+                                                      sent events), in commit order: each frame's
+                                                      ``id`` is the event's global position; no
+                                                      cursor, those recorded from now on;
+                                                      ``after=0`` from the first; ``Last-Event-
+                                                      ID`` resumes; a cursor below 0 or past the
+                                                      head is a 400; ``type``/``status``: comma-
+                                                      separated event types, run statuses (the
+                                                      run's now)
+GET      /v1/events/page?after=&type=&status=&limit=  the same, a page: ``{"events", "next"}``
 GET      /v1/schedules?limit=&after=&include_deleted= the schedules, a page: ``{"schedules",
                                                       "next"}``
 POST     /v1/schedules                                create: ``{"schedule_id", "workflow",

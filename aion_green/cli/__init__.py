@@ -272,6 +272,10 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--http-read-timeout", type=_seconds, default=30.0, metavar="S",
                         help="close an HTTP connection that sends nothing for S seconds "
                              "(default 30; 0: never)")
+    worker.add_argument("--grace", type=_seconds, default=30.0, metavar="S",
+                        help="on SIGTERM, answer new requests 503 (Retry-After) and give the "
+                             "requests and steps in flight up to S seconds to finish before "
+                             "stopping (default 30)")
 
     start = command("start", "start a workflow run (idempotent by --id)")
     start.add_argument("workflow_type", metavar="TYPE", help="the workflow's registered name")

@@ -145,13 +145,13 @@ def _settle(engine: Any, server: Any, grace: float) -> None:
 
     from aion_green.core.clock import monotonic
 
-    epoch = getattr(engine, "_epoch", None)
+    in_flight = getattr(getattr(engine, "_epoch", None), "in_flight", {})
     # (list() first: a step thread may change the dict meanwhile; list is one C call)
-    running = set(list(epoch.in_flight)) if epoch is not None else set()
+    running = set(list(in_flight))
     deadline = monotonic() + grace
     while running and monotonic() < deadline:
         gevent.sleep(0.05)
-        running &= set(list(epoch.in_flight))
+        running &= set(list(in_flight))
     deadline = min(deadline, monotonic() + 1.0)
     while server is not None and server.answering() and monotonic() < deadline:
         gevent.sleep(0.05)

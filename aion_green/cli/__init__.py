@@ -353,9 +353,10 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("--wait", action="store_true", help="wait for the run's end")
     _timeout(resume, None, "with --wait")
 
-    from aion_green.cli import events
+    from aion_green.cli import events, health
 
     events.add_parser(command)
+    health.add_parsers(command)
 
     sched = command("schedule", "create, list, show or delete schedules (cron or interval "
                     "triggers that start workflows)")
@@ -395,6 +396,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     from aion_green.cli.events import events as events_command
+    from aion_green.cli.health import health as health_command
+    from aion_green.cli.health import metrics as metrics_command
     from aion_green.cli.ops import HANDLERS, Target
     from aion_green.cli.worker import run_worker
 
@@ -414,7 +417,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     target: Optional[Target] = None
     try:
         target = Target(args.db, args.token)
-        return int({**HANDLERS, "events": events_command}[args.command](target, args, out))
+        handlers = {**HANDLERS, "events": events_command, "health": health_command,
+                    "metrics": metrics_command}
+        return int(handlers[args.command](target, args, out))
     except KeyboardInterrupt:
         out.error("Interrupted", "interrupted; what was already recorded stays recorded")
         return EXIT_INTERRUPTED

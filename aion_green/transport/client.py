@@ -333,6 +333,52 @@ class Client:
                 time.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
 
+    # -- operations ------------------------------------------------------------------------
+    def health(self) -> bool:
+        """Whether the server's process serves (``GET /health/live``): True,
+        or :class:`aion.StoreUnavailable` when it does not answer."""
+        status, _, body = self._plain("/health/live", "application/json")
+        return status == 200 and json.loads(body or b"{}").get("ok") is True
+
+    def ready(self) -> dict[str, Any]:
+        """Whether the server's engine can take work (``GET /health/ready``):
+        ``{"ok": True, "driving", "checks"}``, or ``{"ok": False, "checks",
+        "message"}`` naming what is not ready (a draining server, a store
+        that does not answer, a lost lease). :class:`aion.StoreUnavailable`
+        when the server does not answer at all."""
+        status, _, body = self._plain("/health/ready", "application/json")
+        reply = json.loads(body or b"{}")
+        if status == 200:
+            return dict(reply)
+        error = reply.get("error") if isinstance(reply, dict) else None
+        if status != 503 or not isinstance(error, dict):
+            raise _error_from(status, reply)
+        return {"ok": False, "checks": error.get("checks", {}), "message": error.get("message")}
+
+    def metrics(self, openmetrics: bool = False) -> str:
+        """The server's metrics (``GET /metrics``) in Prometheus's text
+        format (OpenMetrics with ``openmetrics``)."""
+        accept = "application/openmetrics-text; version=1.0.0" if openmetrics else "text/plain"
+        status, _, body = self._plain("/metrics", accept)
+        if status >= 400:
+            raise _error_from(status, json.loads(body or b"{}"))
+        return body.decode("utf-8")
+
+    def _plain(self, path: str, accept: str) -> tuple[int, dict[str, str], bytes]:
+        """One GET whose answer may not be JSON: ``(status, headers, body)``."""
+        conn = self._connection(None)
+        try:
+            headers = self._headers(None)
+            headers["Accept"] = accept
+            conn.request("GET", self._prefix + path, headers=headers)
+            response = conn.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        except OSError as exc:
+            raise errors.StoreUnavailable(f"the aion_green API at {self.url} did not answer "
+                                          f"({exc}); is the server running?") from None
+        finally:
+            conn.close()
+
     def shutdown(self) -> None:
         """Nothing to stop: the engine lives in the server."""
 

@@ -121,6 +121,19 @@ def test_bad_arguments_name_themselves_and_list_the_choices(make_engine):
 
 
 # -- schema migration: histories written before get positions ---------------------------------
+def _numbered_in_time_order(store):
+    """The migrated store of the two tests below: run "a" continued as new
+    (ra1 archived, ra2 current), "b" completed; every event numbered by its
+    time (archived first on a tie), and new events numbered after them."""
+    events, cursor = store.read_events(0, 100)
+    assert [(e.position, e.workflow_id, e.run_id, e.seq) for e in events] == [
+        (1, "a", "ra1", 1), (2, "b", "rb", 1), (3, "b", "rb", 2), (4, "a", "ra1", 2),
+        (5, "a", "ra2", 1)]
+    assert cursor == store.event_head() == 5
+    store.write_batch([Append("a", 1, [ev.NewEvent(ev.STEP_COMPLETED, 40.0, {"step": 1})])])
+    assert [(e.position, e.seq) for e in store.read_events(5, 100)[0]] == [(6, 2)]
+
+
 def test_a_sqlite_file_of_schema_6_numbers_its_events_in_time_order(tmp_path):
     from aion_green.stores.sqlite.schema import _MIGRATIONS, SCHEMA_VERSION
     from aion_green.stores.sqlite.store import SQLiteStore
@@ -144,13 +157,7 @@ def test_a_sqlite_file_of_schema_6_numbers_its_events_in_time_order(tmp_path):
     conn.close()
     store = SQLiteStore(str(path))
     try:
-        events, cursor = store.read_events(0, 100)
-        assert [(e.position, e.workflow_id, e.run_id, e.seq) for e in events] == [
-            (1, "a", "ra1", 1), (2, "b", "rb", 1), (3, "b", "rb", 2), (4, "a", "ra1", 2),
-            (5, "a", "ra2", 1)]
-        assert cursor == store.event_head() == 5
-        store.write_batch([Append("a", 1, [ev.NewEvent(ev.STEP_COMPLETED, 40.0, {"step": 1})])])
-        assert [(e.position, e.seq) for e in store.read_events(5, 100)[0]] == [(6, 2)]
+        _numbered_in_time_order(store)
         assert store._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     finally:
         store.close()
@@ -178,13 +185,7 @@ def test_a_postgres_schema_of_version_4_numbers_its_events_in_time_order(pg_url)
                      "('a', 'ra1', 2, 'WorkflowContinuedAsNew', 30, '{}')")
     store = PostgresStore(pg_url)
     try:
-        events, cursor = store.read_events(0, 100)
-        assert [(e.position, e.workflow_id, e.run_id, e.seq) for e in events] == [
-            (1, "a", "ra1", 1), (2, "b", "rb", 1), (3, "b", "rb", 2), (4, "a", "ra1", 2),
-            (5, "a", "ra2", 1)]
-        assert cursor == store.event_head() == 5
-        store.write_batch([Append("a", 1, [ev.NewEvent(ev.STEP_COMPLETED, 40.0, {"step": 1})])])
-        assert [(e.position, e.seq) for e in store.read_events(5, 100)[0]] == [(6, 2)]
+        _numbered_in_time_order(store)
         assert store._query("SELECT version FROM aion_schema") == [(SCHEMA_VERSION,)]
         assert SCHEMA_VERSION == 5
     finally:

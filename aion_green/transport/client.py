@@ -270,15 +270,9 @@ class Client:
                     raise
                 # A dead port refuses at once: without a pause, 72,000
                 # attempts in 3 s (issue 16). A worker draining answers 503.
-                silent = time.monotonic() - heard
-                if silent + delay > give_up_after:
-                    raise errors.StoreUnavailable(
-                        f"the event stream of workflow {workflow_id!r} from the aion_green API at "
-                        f"{self.url} got no answer for {silent:.1f} s ({exc}); gave up after "
-                        f"{give_up_after} s: is the server running? Call events(after_seq="
-                        f"{after_seq}) again to resume") from None
-                time.sleep(delay)
-                delay = min(delay * 2, self.max_backoff)
+                delay = self._back_off(delay, heard, give_up_after, exc,
+                                       f"the event stream of workflow {workflow_id!r}",
+                                       f"events(after_seq={after_seq})")
 
     def event_page(self, after: Optional[int] = None, *, types: Names = None,
                    statuses: Names = None, limit: int = 100) -> EventPage:
@@ -323,15 +317,22 @@ class Client:
                 raise http.client.IncompleteRead(b"", None)  # (a stream ends only by a cut)
             except (OSError, http.client.HTTPException, errors.StoreUnavailable,
                     errors.EngineClosed) as exc:
-                silent = time.monotonic() - heard
-                if silent + delay > give_up_after:
-                    raise errors.StoreUnavailable(
-                        f"the event stream of the aion_green API at {self.url} got no answer "
-                        f"for {silent:.1f} s ({exc}); gave up after {give_up_after} s: is the "
-                        f"server running? Call global_events(after={position}) again to "
-                        "resume") from None
-                time.sleep(delay)
-                delay = min(delay * 2, self.max_backoff)
+                delay = self._back_off(delay, heard, give_up_after, exc, "the event stream",
+                                       f"global_events(after={position})")
+
+    def _back_off(self, delay: float, heard: float, give_up_after: float, exc: BaseException,
+                  stream: str, resume: str) -> float:
+        """A stream's pause before it reconnects (the next one doubles, at
+        most ``max_backoff``); :class:`StoreUnavailable` once the server has
+        not answered for ``give_up_after`` seconds."""
+        silent = time.monotonic() - heard
+        if silent + delay > give_up_after:
+            raise errors.StoreUnavailable(
+                f"{stream} from the aion_green API at {self.url} got no answer for "
+                f"{silent:.1f} s ({exc}); gave up after {give_up_after} s: is the server running? "
+                f"Call {resume} again to resume") from None
+        time.sleep(delay)
+        return min(delay * 2, self.max_backoff)
 
     # -- operations ------------------------------------------------------------------------
     def health(self) -> bool:

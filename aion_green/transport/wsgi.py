@@ -583,7 +583,7 @@ class WSGIApp:
         # The run id rides on the first frame, so a client resumes this run
         # (the workflow id may later name a run that continued as new).
         yield f"retry: 1000\nevent: run\ndata: {json.dumps({'run_id': run_id})}\n\n".encode()
-        pause, idle, ended = 0.02, 0.0, False
+        naps, ended = _Naps(self.stream_poll, self.heartbeat), False
         while not self.draining:
             for event in batch:
                 after = event.seq
@@ -593,17 +593,12 @@ class WSGIApp:
                     yield _END
                     return
             if batch:
-                pause, idle = 0.02, 0.0
+                naps.news()
             elif ended:  # a cursor at or past the end of a finished run
                 yield _END
                 return
-            else:
-                _pause(pause)
-                idle += pause
-                pause = min(pause * 2, self.stream_poll)
-                if idle >= self.heartbeat:
-                    idle = 0.0
-                    yield b": keep-alive\n\n"
+            elif naps.nap():
+                yield b": keep-alive\n\n"
             try:
                 ended = len(batch) < self.page and self._ended(wid, run_id)
                 # A page at a time: a stream holds one page of a big run, not its history.
@@ -658,22 +653,17 @@ class WSGIApp:
         # resumes there, not from a new "now" (which would lose the events
         # recorded while it was away).
         yield _cursor_frame(after, retry=True)
-        pause, idle, sent = 0.02, 0.0, after
+        naps, sent = _Naps(self.stream_poll, self.heartbeat), after
         while not self.draining:
             for event in batch:
                 sent = event.position
                 yield (f"id: {event.position}\nevent: {event.type}\n"
                        f"data: {json.dumps(global_event_to_json(event))}\n\n").encode()
             if batch:
-                pause, idle = 0.02, 0.0
-            else:
-                _pause(pause)
-                idle += pause
-                pause = min(pause * 2, self.stream_poll)
-                if idle >= self.heartbeat:
-                    idle = 0.0
-                    yield _cursor_frame(cursor) if cursor != sent else b": keep-alive\n\n"
-                    sent = cursor
+                naps.news()
+            elif naps.nap():
+                yield _cursor_frame(cursor) if cursor != sent else b": keep-alive\n\n"
+                sent = cursor
             try:
                 found = self.engine.events(cursor, limit=self.page, **filters)
             except (EngineClosed, StoreUnavailable):
@@ -726,6 +716,28 @@ def _openapi() -> dict[str, Any]:
 # The last frame of a stream: the run has ended and nothing follows (a
 # client stops here rather than reconnect, e.g. with a cursor past the end).
 _END = b"event: end\ndata: {}\n\n"
+
+
+class _Naps:
+    """The pauses of a stream between two reads: short after news, doubling
+    up to ``most`` while nothing comes; :meth:`nap` says when a keep-alive
+    is due (every ``heartbeat`` seconds of quiet)."""
+
+    def __init__(self, most: float, heartbeat: float) -> None:
+        self.most, self.heartbeat = most, heartbeat
+        self.pause, self.idle = 0.02, 0.0
+
+    def news(self) -> None:
+        self.pause, self.idle = 0.02, 0.0
+
+    def nap(self) -> bool:
+        _pause(self.pause)
+        self.idle += self.pause
+        self.pause = min(self.pause * 2, self.most)
+        if self.idle < self.heartbeat:
+            return False
+        self.idle = 0.0
+        return True
 
 
 def _pause(seconds: float) -> None:

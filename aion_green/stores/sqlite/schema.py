@@ -119,12 +119,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # -- schema 7: the store-wide event stream (issue 18, GET /v1/events) --
         # Every event gets a global position, its cursor in the stream, from
         # a one-row counter that only grows (a purge of old runs leaves gaps,
-        # never a position given twice). The group commit takes a batch's
-        # positions at once (SQLiteStore.write_batch); the trigger gives one
-        # to any other insert that names none (timers fired, messages and
-        # cancels of runs no engine drives here, forks, resumes). Archived
-        # events keep theirs. Rows written before this version are numbered
-        # here, in the order of their time.
+        # never a position given twice). Every insert takes its positions
+        # from it (store.py _positions; the group commit a batch's at once);
+        # archived events keep theirs. Rows written before this version are
+        # numbered here, in the order of their time.
         "ALTER TABLE events ADD COLUMN pos INTEGER",
         "ALTER TABLE archived_events ADD COLUMN pos INTEGER",
         "CREATE TABLE event_positions(n INTEGER NOT NULL)",
@@ -145,11 +143,6 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP TABLE temp.event_order",
         "CREATE INDEX events_by_pos ON events(pos)",
         "CREATE INDEX archived_events_by_pos ON archived_events(pos)",
-        """CREATE TRIGGER events_position AFTER INSERT ON events WHEN NEW.pos IS NULL BEGIN
-            UPDATE event_positions SET n = n + 1;
-            UPDATE events SET pos = (SELECT n FROM event_positions)
-                WHERE workflow_id = NEW.workflow_id AND seq = NEW.seq;
-        END""",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)

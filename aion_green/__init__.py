@@ -15,6 +15,7 @@ from aion_green.core.errors import (
     EngineClosed,
     FencedOut,
     InternalError,
+    NamespaceDenied,
     NonDeterminismError,
     NonRetryableError,
     QueryFailed,
@@ -37,6 +38,7 @@ from aion_green.core.errors import (
     WorkflowNotFound,
     WorkflowNotRegistered,
     WorkflowNotRunning,
+    WorkflowTimedOut,
 )
 from aion_green.core.events import Event
 from aion_green.core.registry import workflow
@@ -79,13 +81,14 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AionError", "Cancelled", "ChildHandle", "ChildSpec", "ConfigurationError", "Cron", "Engine",
-    "EngineClosed", "Event", "FencedOut", "IEventStore", "InternalError", "NonDeterminismError",
+    "EngineClosed", "Event", "FencedOut", "IEventStore", "InternalError", "NamespaceDenied",
+    "NonDeterminismError",
     "NonRetryableError", "QueryFailed", "RestartIntensityExceeded", "Retry", "RunInfo",
     "SCHEDULE_WORKFLOW", "SQLiteStore", "SequenceConflict", "SerializationError", "Step",
     "StepArgumentsChanged", "StepError", "StepInfo", "StepRunning", "StepTimeout",
     "StoreCorrupt", "StoreError", "StoreLost", "StoreUnavailable", "Timeout",
     "WorkflowArgumentsInvalid", "WorkflowCancelled", "WorkflowContinuedAsNew",
     "WorkflowContext", "WorkflowFailed", "WorkflowHandle", "WorkflowIdConflict", "WorkflowNotFound",
-    "WorkflowNotRegistered", "WorkflowNotRunning", "step_info", "workflow",
+    "WorkflowNotRegistered", "WorkflowNotRunning", "WorkflowTimedOut", "step_info", "workflow",
 ]
 __version__ = "0.1.0"

@@ -8,6 +8,7 @@ from aion_green.core.errors import (  # noqa: F401
     EngineClosed,
     FencedOut,
     InternalError,
+    NamespaceDenied,
     NonDeterminismError,
     NonRetryableError,
     QueryFailed,
@@ -30,6 +31,7 @@ from aion_green.core.errors import (  # noqa: F401
     WorkflowNotFound,
     WorkflowNotRegistered,
     WorkflowNotRunning,
+    WorkflowTimedOut,
     error_message,
 )
 
@@ -41,6 +43,7 @@ __all__ = [
     "WorkflowNotRegistered",
     "WorkflowNotFound",
     "WorkflowNotRunning",
+    "NamespaceDenied",
     "WorkflowIdConflict",
     "EngineClosed",
     "Timeout",
@@ -59,6 +62,7 @@ __all__ = [
     "Cancelled",
     "WorkflowCancelled",
     "WorkflowContinuedAsNew",
+    "WorkflowTimedOut",
     "RestartIntensityExceeded",
     "QueryFailed",
     "InternalError",

@@ -50,6 +50,13 @@ class RunInfo:
     # Its search attributes (``ctx.upsert_search_attributes``): name -> a
     # str, int, float or bool.
     search_attributes: dict[str, Any] = field(default_factory=dict)
+    # Its execution deadline (wall clock; ``Engine.start(..., execution_timeout=)``,
+    # core/bounds.py), else None; and, from Engine.describe(), whether it is paused.
+    execution_deadline: Optional[float] = None
+    paused: bool = False
+    # The namespace of the run (core/namespaces.py). A store's rows name runs
+    # by key; the engine's public operations answer with the id and this.
+    namespace: str = "default"
 
     @property
     def finished(self) -> bool:
@@ -101,6 +108,8 @@ class CreateRun(NamedTuple):
     lease_until: float = 0.0
     # The workflow id of the parent run, for a child workflow.
     parent_id: Optional[str] = None
+    # Its execution deadline (wall clock), recorded in its WorkflowStarted.
+    execution_deadline: Optional[float] = None
 
 
 class RunFilter(NamedTuple):
@@ -109,18 +118,24 @@ class RunFilter(NamedTuple):
     time (seconds since the epoch), ``started_after <= t < started_before``;
     ``parent``: the workflow id of the parent run; ``attributes``: search
     attributes that must all match, name -> text form (a string as it is,
-    another scalar as its JSON text: ``core.events.attribute_text``)."""
+    another scalar as its JSON text: ``core.events.attribute_text``);
+    ``namespace``: the runs of one namespace, by their keys' form
+    (``core.namespaces``)."""
 
     parent: Optional[str] = None
     started_after: Optional[float] = None
     started_before: Optional[float] = None
     attributes: tuple[tuple[str, str], ...] = ()
+    # Only the runs of this namespace (None: every namespace's).
+    namespace: Optional[str] = None
 
 
 class GlobalEvent(NamedTuple):
     """One event of the store-wide stream (``read_events``): its global
     ``position`` (the cursor), the workflow id and run id it belongs to, its
-    per-run ``seq``, ``type``, time ``at`` and decoded ``data``."""
+    per-run ``seq``, ``type``, time ``at`` and decoded ``data``; and the
+    run's ``namespace`` (a store names runs by key: there the workflow id is
+    the key, and the engine shows the id and the namespace)."""
 
     position: int
     workflow_id: str
@@ -129,6 +144,7 @@ class GlobalEvent(NamedTuple):
     type: str
     at: float
     data: dict[str, Any]
+    namespace: str = "default"
 
 
 class EventPage(NamedTuple):
@@ -144,11 +160,13 @@ class EventFilter(NamedTuple):
     ``types``: event types (``core.events.EVENT_TYPES``); ``statuses``: run
     statuses (``core.events.STATUSES``) of the run each event belongs to, as
     that run is when the page is read (an earlier run of a chain has the
-    status its last event gives: ``continued`` after a continue-as-new).
-    (A namespace filter joins here when runs get namespaces.)"""
+    status its last event gives: ``continued`` after a continue-as-new);
+    ``namespace``: the runs of one namespace, by their keys' form (None:
+    every namespace's)."""
 
     types: tuple[str, ...] = ()
     statuses: tuple[str, ...] = ()
+    namespace: Optional[str] = None
 
 
 # What ``write_batch`` returns for one op: an append's new head seq or the

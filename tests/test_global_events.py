@@ -120,6 +120,21 @@ def test_bad_arguments_name_themselves_and_list_the_choices(make_engine):
         assert words in str(failure.value), kwargs
 
 
+def test_a_namespace_s_stream_holds_its_runs_alone_shown_by_their_ids(make_engine):
+    engine = make_engine(steps, chain)
+    engine.start(steps, 1, id="same").result(timeout=20)
+    engine.start(steps, 2, id="same", namespace="shop").result(timeout=20)
+    engine.start(chain, 1, id="c", namespace="shop").result(timeout=20)
+    shop = everything(engine, namespace="shop")
+    assert {(e.namespace, e.workflow_id) for e in shop} == {("shop", "same"), ("shop", "c")}
+    assert [e.data["result"] for e in shop if e.type == ev.STEP_COMPLETED] == [4, 8]
+    default = everything(engine)
+    assert {(e.namespace, e.workflow_id) for e in default} == {("default", "same")}
+    assert [e.data["result"] for e in default if e.type == ev.STEP_COMPLETED] == [2, 4]
+    with pytest.raises(aion.ConfigurationError, match="namespace"):
+        engine.events(0, namespace="bad/name")
+
+
 # -- schema migration: histories written before get positions ---------------------------------
 def _numbered_in_time_order(store):
     """The migrated store of the two tests below: run "a" continued as new
@@ -274,12 +289,15 @@ def test_a_reader_following_the_cursor_misses_nothing_while_two_engines_commit(p
 
 
 # -- HTTP against a real worker process -------------------------------------------------------
+TEAM = "gev-team-token"  # granted the namespace "team" alone
+
+
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory):
     directory = tmp_path_factory.mktemp("gev")
     (directory / "gevflows.py").write_text(FLOWS)
     served = WorkerProcess(directory, f"sqlite:///{directory / 'gev.db'}", "gevflows",
-                           "--token", TOKEN)
+                           "--token", TOKEN, "--token", f"{TEAM}:team")
     yield served
     served.stop()
 
@@ -435,3 +453,27 @@ def test_the_cli_prints_the_events_and_follows(worker, tmp_path):
     finally:
         follower.terminate()
         follower.communicate(timeout=30)
+
+
+def test_over_http_a_stream_is_of_one_namespace_and_its_grant_holds(worker):
+    status, _ = call(worker, "POST", "/v1/workflows", token=TEAM, query={"namespace": "team"},
+                     body={"workflow": "gev.steps", "args": [7], "id": "ns-1"})
+    assert status == 200
+    start(worker, "gev.steps", 8, wid="ns-1")  # the same id in the default namespace
+    team = Client(f"http://127.0.0.1:{worker.port}", token=TEAM, namespace="team")
+    assert team.result("ns-1", timeout=20) == 28
+    Client(f"http://127.0.0.1:{worker.port}", token=TOKEN).result("ns-1", timeout=20)
+    seen = list(team.global_events(0, follow=False))
+    assert {(e.namespace, e.workflow_id) for e in seen} == {("team", "ns-1")}
+    assert [e.data["result"] for e in seen if e.type == "StepCompleted"] == [14, 28]
+    got = frames(worker.port, "/v1/events?after=0&namespace=team&type=StepCompleted", 3,
+                 headers={"Authorization": f"Bearer {TEAM}"})
+    assert [(d["namespace"], d["workflow_id"], d["data"]["result"]) for _, _, d in got[1:]] == [
+        ("team", "ns-1", 14), ("team", "ns-1", 28)]
+    # The default namespace's stream has none of them; a token not granted it: 403.
+    status, page = call(worker, "GET", "/v1/events/page", token=TOKEN, query={"after": 0})
+    assert status == 200 and all(e["namespace"] == "default" for e in page["events"])
+    for target in ("/v1/events/page?after=0", "/v1/events?after=0",
+                   "/v1/events/page?after=0&namespace=other"):
+        status, _, body = request(worker.port, "GET", target, token=TEAM)
+        assert status == 403 and body["error"]["code"] == "namespace_denied", (target, body)

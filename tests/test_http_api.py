@@ -137,7 +137,7 @@ def test_good_input_on_every_endpoint(api):
     engine, app = api
     status, _, reply = call(app, "POST", "/v1/workflows", {"workflow": "api.greet", "args": ["ann"]},
                             headers={"HTTP_IDEMPOTENCY_KEY": "order-1"})
-    assert (status, reply) == (200, {"workflow_id": "order-1",
+    assert (status, reply) == (200, {"workflow_id": "order-1", "namespace": "default",
                                      "run_id": engine.describe("order-1").run_id})
     # The same key again is the same run (idempotent), not a second one.
     assert call(app, "POST", "/v1/workflows", {"workflow": "api.greet", "args": ["ann"]},
@@ -275,8 +275,8 @@ def test_the_client_stream_reconnects_through_cuts(served, monkeypatch):
     cuts = []
     original = Client._stream
 
-    def cutting(self, workflow_id, after_seq, run_id):
-        stream = original(self, workflow_id, after_seq, run_id)
+    def cutting(self, workflow_id, after_seq, run_id, namespace=None):
+        stream = original(self, workflow_id, after_seq, run_id, namespace)
         for n, item in enumerate(stream):
             yield item
             if n == 1 and len(cuts) < 3:  # one event after the run frame, then cut

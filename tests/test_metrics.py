@@ -190,7 +190,8 @@ def test_metrics_after_known_work_show_the_steps_runs_and_histograms(worker):
     assert seen[("aion_step_duration_seconds_bucket", (("le", "+Inf"),))] == 14
     assert 0 < seen[("aion_step_duration_seconds_sum", ())] < 14 * 5
     runs = {labels[0][1]: value for (name, labels), value in seen.items() if name == "aion_runs"}
-    assert runs == {"running": 2, "completed": 4, "failed": 1, "cancelled": 0, "continued": 0}
+    assert runs == {"running": 2, "completed": 4, "failed": 1, "cancelled": 0, "continued": 0,
+                    "timed_out": 0}
     # Every record went through a group commit: 7 creations, 12 + 2 steps,
     # 5 ends, the nap's timer and the rest; each commit has a duration.
     commits = seen[("aion_commit_batch_size_count", ())]

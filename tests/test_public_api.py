@@ -8,13 +8,15 @@ import aion_green as aion
 
 PUBLIC = [
     "AionError", "Cancelled", "ChildHandle", "ChildSpec", "ConfigurationError", "Cron", "Engine",
-    "EngineClosed", "Event", "FencedOut", "IEventStore", "InternalError", "NonDeterminismError",
+    "EngineClosed", "Event", "FencedOut", "IEventStore", "InternalError", "NamespaceDenied",
+    "NonDeterminismError",
     "NonRetryableError", "QueryFailed", "RestartIntensityExceeded", "Retry", "RunInfo",
     "SCHEDULE_WORKFLOW", "SQLiteStore", "SequenceConflict", "SerializationError", "Step",
     "StepArgumentsChanged", "StepError", "StepInfo", "StepRunning", "StepTimeout", "StoreCorrupt",
     "StoreError", "StoreLost", "StoreUnavailable", "Timeout", "WorkflowArgumentsInvalid",
     "WorkflowCancelled", "WorkflowContext", "WorkflowContinuedAsNew", "WorkflowFailed", "WorkflowHandle",
     "WorkflowIdConflict", "WorkflowNotFound", "WorkflowNotRegistered", "WorkflowNotRunning",
+    "WorkflowTimedOut",
     "step_info", "workflow",
 ]
 

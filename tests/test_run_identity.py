@@ -155,7 +155,7 @@ call = functools.partial(worker_call, token=TOKEN)
 def test_over_http_the_start_answers_its_run_and_an_earlier_run_answers_for_itself(worker):
     status, started = call(worker, "POST", "/v1/workflows",
                            body={"workflow": "ids.chain", "args": [1], "id": "w-1"})
-    assert status == 200 and set(started) == {"workflow_id", "run_id"}
+    assert status == 200 and set(started) == {"workflow_id", "run_id", "namespace"}
     first = started["run_id"]
 
     def second():

@@ -113,7 +113,8 @@ def test_upserted_attributes_are_described_listed_and_matched_by_text_form(make_
     assert engine.count() == 3
     assert engine.count(attributes={"total": "42"}) == 1
     assert engine.count_by_status() == {"running": 0, "completed": 3, "failed": 0,
-                                        "cancelled": 0, "continued": 0}
+                                        "cancelled": 0, "continued": 0,
+                                        "timed_out": 0}
 
 
 def test_a_removed_attribute_is_gone_and_booleans_and_floats_match_by_their_json(make_engine):
@@ -193,7 +194,8 @@ def test_filters_combine_and_pages_follow_them(make_engine):
     assert ids(engine.list(workflow_type=order, attributes={"customer": "c-0"}, limit=3,
                            after_id="r-03")) == ["r-06", "r-09"]
     assert engine.count_by_status(attributes={"customer": "c-0"}) == {
-        "running": 1, "completed": 4, "failed": 0, "cancelled": 0, "continued": 0}
+        "running": 1, "completed": 4, "failed": 0, "cancelled": 0, "continued": 0,
+        "timed_out": 0}
     engine.signal("r-99", "go", 0)
     engine.result("r-99", timeout=20)
 
@@ -420,7 +422,8 @@ def test_over_http_counts_with_the_same_filters_and_per_status(worker):
         200, {"count": 2})
     status, doc = call(worker, "/v1/workflows/count", {"by": "status"})
     assert status == 200 and doc == {"counts": {"running": 1, "completed": 5, "failed": 0,
-                                                "cancelled": 0, "continued": 0}}
+                                                "cancelled": 0, "continued": 0,
+                                                "timed_out": 0}}
     status, doc = call(worker, "/v1/workflows/count", {"by": "status", "type": "search.item"})
     assert doc["counts"]["completed"] == 2 and doc["counts"]["running"] == 0
 
@@ -456,7 +459,8 @@ def test_the_client_mirrors_the_engine(worker):
     assert client.count(started_before=middle) == 5
     assert client.count(workflow_type="search.order", attributes={"customer": "c-1"}) == 2
     assert client.count_by_status(parent="h-1") == {"running": 0, "completed": 2, "failed": 0,
-                                                    "cancelled": 0, "continued": 0}
+                                                    "cancelled": 0, "continued": 0,
+                                                    "timed_out": 0}
     assert client.describe("h-4").search_attributes == {"customer": "c-3", "tier": "gold"}
     with pytest.raises(aion.ConfigurationError, match="naive"):
         client.list(started_after=datetime(2024, 1, 1))
@@ -486,7 +490,8 @@ def test_the_command_line_lists_and_counts_with_filters(worker, where):
     assert cli_ids("--started-before", after, "--type", "search.order") == ["h-1", "h-2", "h-3"]
     assert json.loads(cli(*base, "count", "--attr", "customer=c-1").stdout) == {"count": 2}
     assert json.loads(cli(*base, "count", "--by-status", "--parent", "h-1").stdout) == {
-        "counts": {"running": 0, "completed": 2, "failed": 0, "cancelled": 0, "continued": 0}}
+        "counts": {"running": 0, "completed": 2, "failed": 0, "cancelled": 0, "continued": 0,
+                   "timed_out": 0}}
     text = cli("--db", db, "--token", TOKEN, "count", "--by-status").stdout
     assert "running" in text and "completed" in text and " 5" in text
     # Bad input: usage errors (exit 2) naming the option.

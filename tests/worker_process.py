@@ -42,6 +42,10 @@ class WorkerProcess:
                 self.proc.communicate()
         return out, err
 
+    def call(self, method, path, query=None, body=None, token=None):
+        """One request with a plain HTTP client: ``(status, decoded JSON body)``."""
+        return call(self, method, path, query, body, token)
+
 
 def request(port, method, path, query=None, body=None, token=None, headers=None, timeout=30):
     """One plain HTTP request (http.client, as a client in another language

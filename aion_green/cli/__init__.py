@@ -1,10 +1,13 @@
 """``aion-green`` command line (also ``python -m aion_green``).
 
     aion-green [--db URL] worker MODULE [MODULE...] [--http HOST:PORT] [--token T]
-    aion-green [--db URL] start TYPE [ARG_JSON...] [--id ID] [--wait [--timeout S]]
+    aion-green [--db URL] start TYPE [ARG_JSON...] [--id ID] [--execution-timeout D]
+                                [--wait [--timeout S]]
     aion-green [--db URL] signal ID NAME [PAYLOAD_JSON] [--key IDEMPOTENCY_KEY] [--run RUN_ID] [--timeout S]
     aion-green [--db URL] cancel ID [--reason R] [--run RUN_ID] [--timeout S]
     aion-green [--db URL] terminate ID [--reason R] [--run RUN_ID] [--timeout S]
+    aion-green [--db URL] pause ID [--reason R] [--run RUN_ID] [--timeout S]
+    aion-green [--db URL] unpause ID [--reason R] [--run RUN_ID] [--timeout S]
     aion-green [--db URL] query ID NAME [ARG_JSON...] [--run RUN_ID] [--timeout S]
     aion-green [--db URL] result ID [--run RUN_ID] [--timeout S]
     aion-green [--db URL] list [--status S] [--type T] [--started-after T] [--started-before T]
@@ -22,9 +25,17 @@ default ``$AION_GREEN_DB`` or ``./aion.db``) or the HTTP address of a worker
 started with ``--http`` (``http://HOST:PORT[/prefix]``, with ``--token`` or
 ``$AION_GREEN_TOKEN``). Arguments, payloads and answers are JSON values:
 ``5``, ``'"text"'``, ``'{"ok": true}'``. Every option may also come before
-the command: ``--db``, ``--token``, ``--json`` (one JSON document on stdout;
-errors also as ``{"error": TYPE, "message": ...}`` on stderr) and
-``--quiet`` (no progress on stderr).
+the command: ``--db``, ``--token``, ``--namespace``, ``--json`` (one JSON
+document on stdout; errors also as ``{"error": TYPE, "message": ...}`` on
+stderr) and ``--quiet`` (no progress on stderr).
+
+``--namespace NS`` (or ``$AION_GREEN_NAMESPACE``): the namespace of the runs
+and schedules a command names (``default`` if none; ids are unique per
+namespace). A worker's ``--token`` is repeatable, each ``SECRET`` (every
+namespace) or ``SECRET:ns1,ns2`` (those only), and ``$AION_GREEN_TOKEN``
+takes several separated by spaces; a command sends the first one's secret.
+A request for a namespace the token is not granted exits 2
+(``NamespaceDenied``), nothing done.
 
 ``worker`` imports the modules (their ``@aion.workflow`` functions are
 registered), drives runs until SIGTERM or SIGINT, then shuts down cleanly
@@ -46,6 +57,13 @@ workflow id that replays a run's events 2..SEQ and then runs on; ``resume``
 runs a failed or cancelled run again in place (its old run is archived),
 reusing its outcomes but what failed (:mod:`aion_green.runtime.rewind`); both work
 on the store URL, not through the HTTP API.
+
+``start --execution-timeout D`` bounds the workflow's whole work (every run
+of its chain): ``D`` is seconds, or a number with a unit (``90s``, ``15m``,
+``2h``, ``7d``); past it the run ends with status ``timed_out``. ``pause``
+holds a run (no step, timer or message until ``unpause``; its status stays
+``running`` and ``show`` says ``paused``); with no worker driving a SQLite
+file, a pause or unpause is queued as a cancel is.
 
 A workflow id names a chain of runs (``continue_as_new`` begins the next
 under the same id); ``start`` prints the run it created. ``--run RUN_ID``
@@ -179,12 +197,43 @@ def _common(parser: argparse.ArgumentParser, top: bool) -> None:
     dflt: Callable[[Any], Any] = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
     parser.add_argument("--db", default=dflt(os.environ.get("AION_GREEN_DB")), metavar="URL",
                         help="store URL, or a worker's http://HOST:PORT (default: ./aion.db)")
-    parser.add_argument("--token", default=dflt(os.environ.get("AION_GREEN_TOKEN")),
-                        help="bearer token of the HTTP API")
+    parser.add_argument("--token", action=_Tokens, default=dflt(_env_tokens()),
+                        help="bearer token of the HTTP API; a worker takes several (repeat "
+                        "it), each SECRET (every namespace) or SECRET:ns1,ns2 (those only)")
+    parser.add_argument("--namespace", default=dflt(os.environ.get("AION_GREEN_NAMESPACE")),
+                        metavar="NS", help="the namespace of the runs a command names "
+                        "(default: \"default\")")
     parser.add_argument("--json", action="store_true", default=dflt(False),
                         help="print one JSON document on stdout")
     parser.add_argument("-q", "--quiet", action="store_true", default=dflt(False),
                         help="no progress on stderr")
+
+
+class _Tokens(argparse.Action):
+    """``--token``, repeatable: the first one given replaces the tokens of
+    ``AION_GREEN_TOKEN``, the next ones join it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: Optional[str] = None) -> None:
+        given = getattr(namespace, "_tokens_given", False)
+        tokens = list(getattr(namespace, self.dest, None) or []) if given else []
+        tokens.extend(str(values).split())
+        setattr(namespace, self.dest, tokens)
+        namespace._tokens_given = True
+
+
+def _env_tokens() -> Optional[list[str]]:
+    """``AION_GREEN_TOKEN``: one or more tokens separated by spaces."""
+    text = os.environ.get("AION_GREEN_TOKEN")
+    return text.split() if text and text.split() else None
+
+
+def client_token(tokens: Optional[list[str]]) -> Optional[str]:
+    """The secret a command sends: the first token's (its grant part, which
+    only a server reads, left off)."""
+    if not tokens:
+        return None
+    return tokens[0].partition(":")[0]
 
 
 def _timeout(parser: argparse.ArgumentParser, default: Optional[float], what: str) -> None:
@@ -199,6 +248,23 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds >= 0")
+    return value
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(text: str) -> float:
+    """``--execution-timeout``: seconds, or a number with a unit (s, m, h, d), above 0."""
+    number, unit = (text[:-1], _UNITS[text[-1]]) if text[-1:] in _UNITS else (text, 1.0)
+    try:
+        value = float(number) * unit
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration; give seconds (90) or a number with a unit: 90s, 15m, "
+            "2h, 7d") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: an execution timeout is above zero")
     return value
 
 
@@ -281,6 +347,9 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("workflow_type", metavar="TYPE", help="the workflow's registered name")
     start.add_argument("args", nargs="*", metavar="ARG_JSON", help="its arguments, each a JSON value")
     start.add_argument("--id", dest="workflow_id", metavar="ID", help="the workflow id (default: a new uuid)")
+    start.add_argument("--execution-timeout", type=_duration, metavar="D",
+                       help="end the workflow (status timed_out) if it has not finished after D: "
+                            "seconds, or 90s, 15m, 2h, 7d; spans continue-as-new")
     start.add_argument("--wait", action="store_true",
                        help="wait for the end, show the events as they are recorded, exit by outcome")
     _timeout(start, None, "with --wait")
@@ -305,6 +374,15 @@ def _parser() -> argparse.ArgumentParser:
     terminate.add_argument("--reason", default="")
     terminate.add_argument("--run", dest="run_id", metavar="RUN_ID", help=_RUN_HELP)
     _timeout(terminate, 30.0, "until it is recorded; default 30")
+
+    for name, help in (("pause", "pause a run: no step, timer or message until unpause"),
+                       ("unpause", "let a paused run go on (due timers fire, kept messages "
+                                   "are delivered)")):
+        pausing = command(name, help)
+        pausing.add_argument("workflow_id", metavar="ID")
+        pausing.add_argument("--reason", default="")
+        pausing.add_argument("--run", dest="run_id", metavar="RUN_ID", help=_RUN_HELP)
+        _timeout(pausing, 30.0, "until the worker recorded it; default 30")
 
     query = command("query", "ask a live run (through the worker's HTTP API)")
     query.add_argument("workflow_id", metavar="ID")
@@ -416,7 +494,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return run_worker(args, out)
     target: Optional[Target] = None
     try:
-        target = Target(args.db, args.token)
+        target = Target(args.db, client_token(args.token), args.namespace)
         handlers = {**HANDLERS, "events": events_command, "health": health_command,
                     "metrics": metrics_command}
         return int(handlers[args.command](target, args, out))

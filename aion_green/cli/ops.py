@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import threading
 import time
+import uuid
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
 from aion_green.cli.worker import is_http, sqlite_file
 from aion_green.core import events as ev
+from aion_green.core import namespaces
 from aion_green.core.errors import (
     ConfigurationError,
     QueryFailed,
@@ -31,6 +34,7 @@ from aion_green.core.errors import (
     WorkflowFailed,
     WorkflowNotRegistered,
     WorkflowNotRunning,
+    WorkflowTimedOut,
 )
 from aion_green.runtime.sharing import Driver, probe_driver
 from aion_green.store import RunInfo
@@ -45,19 +49,23 @@ class Target:
     :class:`~aion_green.transport.client.Client` of a worker's HTTP API.
     Both have the Engine's method names."""
 
-    def __init__(self, url: Optional[str], token: Optional[str]) -> None:
+    def __init__(self, url: Optional[str], token: Optional[str],
+                 namespace: Optional[str] = None) -> None:
         self.url = url
         self.remote = is_http(url)
         self.db_path = sqlite_file(url)
+        self.namespace = None if namespace is None else namespaces.check_namespace(
+            namespace, "--namespace")
         self.api: Any
         if self.remote:
             from aion_green.transport.client import Client
 
-            self.api = Client(str(url), token=token)
+            self.api = Client(str(url), token=token, namespace=self.namespace)
         else:
             from aion_green.runtime.engine import Engine
 
-            self.api = Engine(url, recover=False, passive=True)
+            engine = Engine(url, recover=False, passive=True)
+            self.api = engine if self.namespace is None else _InNamespace(engine, self.namespace)
 
     @property
     def where(self) -> str:
@@ -79,10 +87,31 @@ class Target:
         engine._ensure_started()
         text = ev.encode(data, "the request")
         epoch = engine._epoch
-        epoch.writer.call_or_refuse(epoch.store.post_inbox, workflow_id, kind, text, time.time())
+        key = namespaces.qualify(self.namespace, workflow_id)
+        epoch.writer.call_or_refuse(epoch.store.post_inbox, key, kind, text, time.time())
 
     def close(self) -> None:
         self.api.shutdown()
+
+
+class _InNamespace:
+    """An engine whose operations are all in one namespace (``--namespace``):
+    each call that takes ``namespace=`` gets it; the rest pass through."""
+
+    _NAMED = frozenset({
+        "start", "signal", "cancel", "terminate", "query", "result", "describe", "list", "count",
+        "count_by_status", "history", "fork", "resume", "schedule", "unschedule", "schedules",
+        "describe_schedule", "handle", "steps_running", "events"})
+
+    def __init__(self, engine: Any, namespace: str) -> None:
+        self._engine = engine
+        self._namespace = namespace
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._engine, name)
+        if name in self._NAMED:
+            return functools.partial(value, namespace=self._namespace)
+        return value
 
 
 # -- arguments -----------------------------------------------------------------------------
@@ -150,7 +179,8 @@ def _raise_outcome(info: RunInfo) -> None:
     if info.status == ev.COMPLETED:
         return
     error = info.error or {"type": info.status, "message": info.status}
-    cls = WorkflowCancelled if info.status == ev.CANCELLED else WorkflowFailed
+    cls = {ev.CANCELLED: WorkflowCancelled, ev.TIMED_OUT: WorkflowTimedOut}.get(
+        info.status, WorkflowFailed)
     raise cls(info.workflow_id, error)
 
 
@@ -217,7 +247,8 @@ def start(target: Target, args: argparse.Namespace, out: Any) -> int:
             f"workflow type {wtype!r} is not registered with {driver.name}, which drives "
             f"{target.where} (it knows: {', '.join(driver.types) or 'none'}); check the name, or "
             "run a worker that imports the module defining it. Nothing was recorded")
-    handle = target.api.start(wtype, *values, id=args.workflow_id)
+    bound = {} if args.execution_timeout is None else {"execution_timeout": args.execution_timeout}
+    handle = target.api.start(wtype, *values, id=args.workflow_id, **bound)
     wid = handle.workflow_id
     queued = driver is not None and not driver.held
     if queued:
@@ -324,6 +355,26 @@ def terminate(target: Target, args: argparse.Namespace, out: Any) -> int:
     return 0
 
 
+def pause(target: Target, args: argparse.Namespace, out: Any) -> int:
+    """``pause`` and ``unpause`` (``args.command`` says which)."""
+    wid, paused = args.workflow_id, args.command == "pause"
+    driver = target.driver()
+    if driver is not None and not driver.held:
+        _require_run(target, wid, args.run_id, f"the {args.command}")
+        target.queue(wid, args.command, {"reason": args.reason,
+                                         "dedup": f"{args.command}/{uuid.uuid4().hex}"})
+        out.emit({"workflow_id": wid, "paused": paused, "seq": None, "queued": True},
+                 f"{args.command} of {wid} queued: no worker drives {target.where} now; it is "
+                 "recorded when one starts")
+        return 0
+    call = target.api.pause if paused else target.api.unpause
+    seq = _within(args.timeout, _late(f"the {args.command} of {wid}", args.timeout), call, wid,
+                  args.reason, **_run_kw(args))
+    out.emit({"workflow_id": wid, "paused": paused, "seq": seq, "queued": False},
+             f"{wid} {'paused' if paused else 'unpaused'} (recorded at seq {seq})")
+    return 0
+
+
 def query(target: Target, args: argparse.Namespace, out: Any) -> int:
     wid, name = args.workflow_id, args.name
     values = _json_values(args.args, "argument")
@@ -409,7 +460,10 @@ def show(target: Target, args: argparse.Namespace, out: Any) -> int:
             f"workflow type {info.workflow_type!r} is not registered with {driver.name}, which "
             f"drives {target.where}; run a worker that knows it, or end the run with "
             f"`aion-green terminate {wid}`"))
-    out.line(f"{info.workflow_id}  {info.workflow_type}{tuple(info.args)!r}  {info.status}")
+    out.line(f"{info.workflow_id}  {info.workflow_type}{tuple(info.args)!r}  {info.status}"
+             + ("  (paused)" if info.paused else ""))
+    if info.execution_deadline is not None and not info.finished:
+        out.line(f"execution deadline: {ev.Event(0, '', info.execution_deadline).time.isoformat()}")
     if info.unrunnable is not None:
         out.line(f"not running: {info.unrunnable}")
     if args.run_id is None or args.run_id == info.run_id:
@@ -519,6 +573,7 @@ def schedule(target: Target, args: argparse.Namespace, out: Any) -> int:
 
 HANDLERS: dict[str, Callable[[Target, argparse.Namespace, Any], int]] = {
     "start": start, "signal": signal, "cancel": cancel, "terminate": terminate, "query": query,
+    "pause": pause, "unpause": pause,
     "result": result, "list": listing, "count": count, "show": show, "fork": fork,
     "resume": resume, "schedule": schedule,
 }

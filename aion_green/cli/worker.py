@@ -71,6 +71,10 @@ def run_worker(args: argparse.Namespace, out: Any) -> int:
             raise ConfigurationError(f"--db {db}: a worker drives a store; give its URL "
                                      "(sqlite:///path.db or postgresql://...), not an HTTP address")
         address = None if args.http is None else _address(args.http)
+        if token is not None:
+            from aion_green.transport.wsgi import parse_tokens
+
+            parse_tokens(token)  # a malformed one is refused before anything starts
     except ConfigurationError as exc:
         out.error(type(exc).__name__, str(exc))
         return 2

@@ -54,6 +54,11 @@ class WorkflowNotFound(AionError):
     """The user's fault: no run with that workflow id exists in the store."""
 
 
+class NamespaceDenied(AionError):
+    """The caller's token is not granted the namespace it asked for (the
+    HTTP API's 403 ``namespace_denied``); nothing was done or shown."""
+
+
 class WorkflowNotRunning(AionError):
     """The user's fault: the run has finished, so a message to it would never
     be read; nothing was recorded."""
@@ -205,6 +210,21 @@ class WorkflowFailed(AionError):
         self.message = error.get("message", "")
         self.error = error
         super().__init__(f"workflow {workflow_id!r} failed: {self.error_type}: {self.message}")
+
+
+class WorkflowTimedOut(WorkflowFailed):
+    """The run's execution timeout (``Engine.start(..., execution_timeout=)``)
+    passed before it ended: it was ended there, with no cleanup (status
+    ``timed_out``); raised by ``handle.result()``. ``deadline`` is the
+    wall-clock time (seconds since the epoch) it had to end by. Not the
+    workflow's fault alone: the bound was the caller's."""
+
+    def __init__(self, workflow_id: str, error: dict[str, Any]) -> None:
+        super().__init__(workflow_id, error)
+        self.deadline = error.get("execution_deadline")
+        # Its message says it all ("workflow 'x' did not finish within its
+        # execution timeout..."), without "failed: TimedOut:" before it.
+        self.args = (self.message or f"workflow {workflow_id!r} timed out",)
 
 
 class WorkflowContinuedAsNew(AionError):

@@ -20,6 +20,12 @@ WORKFLOW_FAILED = "WorkflowFailed"
 WORKFLOW_CANCELLED = "WorkflowCancelled"
 WORKFLOW_CONTINUED_AS_NEW = "WorkflowContinuedAsNew"
 CANCEL_REQUESTED = "CancelRequested"
+# Bounds (core/bounds.py): the run's execution timeout passed (terminal, data
+# {"error": {...}, "execution_deadline"}); an operator paused or unpaused it
+# (data {"reason"}; arrivals, never commands of the workflow).
+WORKFLOW_TIMED_OUT = "WorkflowTimedOut"
+WORKFLOW_PAUSED = "WorkflowPaused"
+WORKFLOW_UNPAUSED = "WorkflowUnpaused"
 # Step family.
 STEP_COMPLETED = "StepCompleted"
 STEP_FAILED = "StepFailed"
@@ -44,7 +50,8 @@ SEARCH_ATTRIBUTES_UPSERTED = "SearchAttributesUpserted"
 
 CANCEL_REQUESTED_TYPES = frozenset({CANCEL_REQUESTED})
 TERMINAL_TYPES = frozenset(
-    {WORKFLOW_COMPLETED, WORKFLOW_FAILED, WORKFLOW_CANCELLED, WORKFLOW_CONTINUED_AS_NEW}
+    {WORKFLOW_COMPLETED, WORKFLOW_FAILED, WORKFLOW_CANCELLED, WORKFLOW_CONTINUED_AS_NEW,
+     WORKFLOW_TIMED_OUT}
 )
 EVENT_TYPES = frozenset(
     {
@@ -67,6 +74,9 @@ EVENT_TYPES = frozenset(
         CHILD_RESTARTED,
         PATCH_MARKER,
         SEARCH_ATTRIBUTES_UPSERTED,
+        WORKFLOW_TIMED_OUT,
+        WORKFLOW_PAUSED,
+        WORKFLOW_UNPAUSED,
     }
 )
 
@@ -76,13 +86,15 @@ COMPLETED = "completed"
 FAILED = "failed"
 CANCELLED = "cancelled"
 CONTINUED = "continued"
+TIMED_OUT = "timed_out"
 STATUS_OF_TERMINAL = {
     WORKFLOW_COMPLETED: COMPLETED,
     WORKFLOW_FAILED: FAILED,
     WORKFLOW_CANCELLED: CANCELLED,
     WORKFLOW_CONTINUED_AS_NEW: CONTINUED,
+    WORKFLOW_TIMED_OUT: TIMED_OUT,
 }
-STATUSES = (RUNNING, COMPLETED, FAILED, CANCELLED, CONTINUED)
+STATUSES = (RUNNING, COMPLETED, FAILED, CANCELLED, CONTINUED, TIMED_OUT)
 
 
 class Event:

@@ -14,8 +14,11 @@ ArrivalKey = tuple[object, ...]
 
 
 # Event types that arrive from outside the workflow (matched by key).
+# A pause or unpause (core/bounds.py) has no key: no wait is for it, but
+# every wait reads the run's paused state from the cursor.
 ARRIVAL_TYPES: frozenset[str] = frozenset({ev.TIMER_FIRED, ev.MESSAGE_RECEIVED, ev.CANCEL_REQUESTED,
-                                           ev.CHILD_COMPLETED, ev.CHILD_FAILED})
+                                           ev.CHILD_COMPLETED, ev.CHILD_FAILED,
+                                           ev.WORKFLOW_PAUSED, ev.WORKFLOW_UNPAUSED})
 
 
 CHILD_END_TYPES: frozenset[str] = frozenset({ev.CHILD_COMPLETED, ev.CHILD_FAILED})

@@ -14,6 +14,7 @@ formatter reads them as attributes of the record:
                        ``run.unrunnable``, ``step.completed``, ``step.failed``,
                        ``recovery``
 ``aion_workflow_id``   the workflow id
+``aion_namespace``     its namespace (``default`` unless named)
 ``aion_run_id``        the run id (a new one after continue_as_new)
 ``aion_workflow_type`` the registered name of the workflow function
 ``aion_status``        ``run.ended``: completed, failed, cancelled or continued
@@ -46,6 +47,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Optional, Protocol
 
+from aion_green.core import namespaces
 from aion_green.core.events import Event
 
 log = logging.getLogger("aion_green.runs")
@@ -127,8 +129,9 @@ class StepAttempt(Protocol):
 
 def run_fields(ctx: NamedRun) -> dict[str, Any]:
     """The fields that name a run, from its :class:`WorkflowContext`."""
-    return {"aion_workflow_id": ctx.workflow_id, "aion_run_id": ctx.run_id,
-            "aion_workflow_type": ctx.workflow_type}
+    return {"aion_workflow_id": ctx.workflow_id,
+            "aion_namespace": getattr(ctx, "namespace", namespaces.DEFAULT),
+            "aion_run_id": ctx.run_id, "aion_workflow_type": ctx.workflow_type}
 
 
 def run_began(ctx: NamedRun, replayed: int) -> None:
@@ -180,7 +183,8 @@ def run_problem(wid: str, event: str, ctx: Optional[NamedRun] = None, error: Opt
                 **more: Any) -> dict[str, Any]:
     """The ``extra`` of a record about a run the driver could not go on
     with (dropped, aborted, crashed, unrunnable)."""
-    extra = run_fields(ctx) if ctx is not None else {"aion_workflow_id": wid}
+    extra = run_fields(ctx) if ctx is not None else {
+        "aion_workflow_id": namespaces.local(wid), "aion_namespace": namespaces.namespace_of(wid)}
     extra["aion_event"] = event
     if error is not None:
         extra["aion_error_type"] = type(error).__name__
@@ -190,6 +194,7 @@ def run_problem(wid: str, event: str, ctx: Optional[NamedRun] = None, error: Opt
 
 def step_fields(info: StepAttempt, event: str) -> dict[str, Any]:
     """The ``extra`` of a step record, from its :class:`StepInfo`."""
-    return {"aion_event": event, "aion_workflow_id": info.workflow_id,
+    return {"aion_event": event, "aion_workflow_id": namespaces.local(info.workflow_id),
+            "aion_namespace": namespaces.namespace_of(info.workflow_id),
             "aion_run_id": info.run_id, "aion_step": info.step, "aion_step_name": info.name,
             "aion_attempt": info.attempt}

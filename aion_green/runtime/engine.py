@@ -23,13 +23,16 @@ import time
 import uuid
 import weakref
 from datetime import datetime, timedelta
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, TypeVar, Union, cast
 
 from gevent import monkey
 
 from aion_green.core import clock as _clock
 from aion_green.core import events as ev
+from aion_green.core import namespaces
+from aion_green.core.bounds import deadline_of, execution_timeout_seconds, paused_in
 from aion_green.core.errors import (
+    AionError,
     ConfigurationError,
     EngineClosed,
     QueryFailed,
@@ -64,22 +67,74 @@ class WorkflowHandle:
     under the same id: ``engine.result(id, run_id=handle.run_id)`` asks for
     that run alone."""
 
-    def __init__(self, engine: "Engine", workflow_id: str, run_id: Optional[str] = None) -> None:
+    def __init__(self, engine: "Engine", workflow_id: str, run_id: Optional[str] = None,
+                 namespace: str = namespaces.DEFAULT) -> None:
         self.engine = engine
         self.workflow_id = workflow_id
         self.run_id = run_id
+        self.namespace = namespace
 
     def result(self, timeout: Optional[float] = None) -> Any:
-        return self.engine.result(self.workflow_id, timeout=timeout)
+        return self.engine.result(self.workflow_id, timeout=timeout, namespace=self.namespace)
 
     def describe(self) -> RunInfo:
-        return self.engine.describe(self.workflow_id)
+        return self.engine.describe(self.workflow_id, namespace=self.namespace)
 
     def history(self) -> list[ev.Event]:
-        return self.engine.history(self.workflow_id)
+        return self.engine.history(self.workflow_id, namespace=self.namespace)
 
     def __repr__(self) -> str:
-        return f"<WorkflowHandle {self.workflow_id!r}>"
+        where = "" if self.namespace == namespaces.DEFAULT else f" in {self.namespace!r}"
+        return f"<WorkflowHandle {self.workflow_id!r}{where}>"
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _in_namespace(method: _Method) -> _Method:
+    """An operation on one run, named by the caller as ``workflow_id`` in
+    ``namespace``: the body gets the run's key (core/namespaces.py) as
+    ``workflow_id``, and the caller gets ids back, in the answer and in the
+    messages of its errors. In the default namespace the key is the id, and
+    nothing is rewritten."""
+
+    @functools.wraps(method)
+    def operation(self: "Engine", workflow_id: Any, *args: Any, **kwargs: Any) -> Any:
+        namespace = kwargs.get("namespace")
+        key = namespaces.qualify(namespace, workflow_id)
+        if namespace is None or namespace == namespaces.DEFAULT:
+            return method(self, key, *args, **kwargs)
+        try:
+            answer = method(self, key, *args, **kwargs)
+        except AionError as exc:
+            raise _as_named(exc, key, workflow_id) from exc.__cause__
+        if isinstance(answer, RunInfo):
+            return _public_run(answer)
+        if isinstance(answer, builtins.list):
+            return [namespaces.present(e) if isinstance(e, ev.Event) else e for e in answer]
+        return answer
+
+    return cast(_Method, operation)
+
+
+def _public_run(info: RunInfo) -> RunInfo:
+    """A store's RunInfo (named by keys) as the caller names it."""
+    key = info.workflow_id
+    if namespaces.SEPARATOR not in key:
+        return info
+    return dataclasses.replace(
+        info, workflow_id=namespaces.local(key), namespace=namespaces.namespace_of(key),
+        parent_id=None if info.parent_id is None else namespaces.local(info.parent_id))
+
+
+def _as_named(exc: AionError, key: str, workflow_id: str) -> AionError:
+    """``exc`` with the run named by its id, not its key."""
+    if exc.args and isinstance(exc.args[0], str):
+        text = exc.args[0].replace(repr(key), repr(workflow_id)).replace(key, workflow_id)
+        exc.args = (text, *exc.args[1:])
+    if getattr(exc, "workflow_id", None) == key:
+        exc.workflow_id = workflow_id  # type: ignore[attr-defined]
+    return exc
 
 
 class Engine:
@@ -217,9 +272,13 @@ class Engine:
                         "recorded, and the next engine runs it again", info.step, info.name,
                         info.workflow_id, info.attempt, now - since, self.step_grace)
 
-    def steps_running(self, workflow_id: str) -> builtins.list[StepRunning]:
+    def steps_running(self, workflow_id: str, *,
+                      namespace: Optional[str] = None) -> builtins.list[StepRunning]:
         """The step attempts of ``workflow_id`` running in this engine now
         (a hung step shows here with its start time)."""
+        return self._steps_running(namespaces.qualify(namespace, workflow_id))
+
+    def _steps_running(self, workflow_id: str) -> builtins.list[StepRunning]:
         return sorted((StepRunning(info.step, info.name, info.attempt, since)
                        for info, (since, _, _) in list(self._epoch.in_flight.items())
                        if info.workflow_id == workflow_id), key=lambda s: (s.step, s.attempt))
@@ -287,14 +346,25 @@ class Engine:
 
     # -- public operations -------------------------------------------------------------------
     def start(self, fn: Union[str, Callable[..., Any]], *args: Any,
-              id: Optional[str] = None) -> WorkflowHandle:  # noqa: A002
-        """Start ``fn(ctx, *args)`` as workflow ``id`` (a new uuid if None).
+              id: Optional[str] = None, namespace: Optional[str] = None,  # noqa: A002
+              execution_timeout: Union[None, float, timedelta] = None) -> WorkflowHandle:
+        """Start ``fn(ctx, *args)`` as workflow ``id`` (a new uuid if None) in
+        ``namespace`` (``"default"`` if None; ids are unique per namespace).
 
         Idempotent by id: an existing run with the same type and arguments
         is returned as it is; different ones raise :class:`WorkflowIdConflict`.
+
+        ``execution_timeout`` (seconds or a timedelta) bounds the workflow's
+        whole work, over every run of a chain that continues as new: once it
+        passes, the run ends with status ``timed_out`` (no cleanup) and
+        ``result()`` raises :class:`WorkflowTimedOut`. It is recorded, so it
+        holds across restarts (:mod:`aion_green.runtime.bounds`).
         """
-        if id is not None:
-            ev.check_key(id, "the workflow id")
+        timeout_s = (None if execution_timeout is None
+                     else execution_timeout_seconds(execution_timeout, "start(execution_timeout=...)"))
+        ns = namespaces.DEFAULT if namespace is None else namespaces.check_namespace(namespace)
+        wid = uuid.uuid4().hex if id is None else namespaces.check_id(id)
+        key = namespaces.key(ns, wid)
         wname = self._registry.add(fn) if callable(fn) else ev.check_key(workflow_name(fn),
                                                                           "the workflow type")
         args_json = ev.encode(list(args), f"the arguments of workflow {wname}")
@@ -316,18 +386,20 @@ class Engine:
             # Before anything is recorded: a run whose arguments cannot bind
             # would fail inside with a TypeError (issue 16).
             check_arguments(wname, fn, args)
-        wid = id or uuid.uuid4().hex
-        created, info = epoch.routing.create_run(wid, wname, args_json)
+        created, info = epoch.routing.create_run(key, wname, args_json,
+                                                 execution_timeout=timeout_s)
         if not created and (info.workflow_type != wname or info.args != json.loads(args_json)):
             raise WorkflowIdConflict(
                 f"workflow id {wid!r} already exists as {info.workflow_type}"
                 f"{tuple(info.args)!r}; it cannot be started again as {wname}"
                 f"{tuple(json.loads(args_json))!r}. Use another id for different work"
             )
-        return WorkflowHandle(self, wid, info.run_id)
+        return WorkflowHandle(self, wid, info.run_id, ns)
 
+    @_in_namespace
     def signal(self, workflow_id: str, name: str, payload: Any = None, *,
-               idempotency_key: Optional[str] = None, run_id: Optional[str] = None) -> int:
+               idempotency_key: Optional[str] = None, run_id: Optional[str] = None,
+               namespace: Optional[str] = None) -> int:
         """Send message ``name`` with a JSON ``payload`` to a workflow; it is
         recorded in the workflow's history (``MessageReceived``) before this
         returns, and kept until the workflow receives it. Returns its seq.
@@ -354,7 +426,9 @@ class Engine:
         epoch.routing.route_message(workflow_id, name, value, time.time(), dedup, future_done(future))
         return int(epoch.routing.await_recorded(future, f"message {name!r} to workflow {workflow_id!r}"))
 
-    def terminate(self, workflow_id: str, reason: str = "", *, run_id: Optional[str] = None) -> None:
+    @_in_namespace
+    def terminate(self, workflow_id: str, reason: str = "", *, run_id: Optional[str] = None,
+                  namespace: Optional[str] = None) -> None:
         """End a running run now, without cleanup: ``WorkflowCancelled``
         (error type ``Terminated``) is recorded before this returns, no code
         of the workflow runs again, and nothing of it is recorded after.
@@ -369,7 +443,40 @@ class Engine:
         self._require_current(workflow_id, run_id, "terminate")
         self._epoch.termination.terminate(workflow_id, reason)
 
-    def cancel(self, workflow_id: str, reason: str = "", *, run_id: Optional[str] = None) -> None:
+    @_in_namespace
+    def pause(self, workflow_id: str, reason: str = "", *, run_id: Optional[str] = None,
+              namespace: Optional[str] = None) -> int:
+        """Pause a running run: ``WorkflowPaused`` is recorded before this
+        returns (its seq). Until :meth:`unpause`, the run starts no step and
+        fires no timer, and none of its waits returns: messages sent to it
+        are recorded and kept for it. A step already running finishes and
+        is recorded. The pause holds across restarts; terminate and the
+        execution timeout still end a paused run. A finished run refuses
+        with :class:`WorkflowNotRunning`. See :mod:`aion_green.runtime.bounds`."""
+        return self._pause(workflow_id, True, reason, run_id)
+
+    @_in_namespace
+    def unpause(self, workflow_id: str, reason: str = "", *, run_id: Optional[str] = None,
+                namespace: Optional[str] = None) -> int:
+        """Let a paused run go on: ``WorkflowUnpaused`` is recorded before
+        this returns (its seq); timers that came due meanwhile fire now, and
+        messages recorded meanwhile are delivered. (``resume`` is the
+        rewind of a failed run: :meth:`resume`.)"""
+        return self._pause(workflow_id, False, reason, run_id)
+
+    def _pause(self, workflow_id: str, paused: bool, reason: str, run_id: Optional[str]) -> int:
+        what = "pause" if paused else "unpause"
+        ev.check_key(workflow_id, "the workflow id")
+        if not isinstance(reason, str):
+            raise ConfigurationError(f"{what}(reason=...): a reason is a string, got "
+                                     f"{type(reason).__name__}")
+        self._ensure_started()
+        self._require_current(workflow_id, run_id, f"the {what}")
+        return self._epoch.bounds.request(workflow_id, paused, reason)
+
+    @_in_namespace
+    def cancel(self, workflow_id: str, reason: str = "", *, run_id: Optional[str] = None,
+               namespace: Optional[str] = None) -> None:
         """Request cancellation: ``CancelRequested`` is recorded before this
         returns; the workflow sees :class:`aion.Cancelled` at its current or
         next wait, may clean up (even run steps), and ends
@@ -403,7 +510,7 @@ class Engine:
             epoch.routing.await_recorded(future, f"the cancel request of workflow {workflow_id!r}")
         except WorkflowNotRunning:
             # Asking again once the run ended on an earlier request is fine.
-            if any(e.type == ev.CANCEL_REQUESTED for e in self.history(workflow_id)):
+            if any(e.type == ev.CANCEL_REQUESTED for e in self._history(workflow_id)):
                 return
             raise
         if epoch.sharing.driving and workflow_id in epoch.unrunnable:
@@ -416,8 +523,9 @@ class Engine:
             except WorkflowNotRunning:
                 pass
 
+    @_in_namespace
     def query(self, workflow_id: str, name: str, *args: Any, timeout: float = 10.0,
-              run_id: Optional[str] = None) -> Any:
+              run_id: Optional[str] = None, namespace: Optional[str] = None) -> Any:
         """Ask a live run: ``handler(*args)`` of its ``ctx.set_query(name,
         handler)``, answered while it waits; never recorded. Raises
         :class:`QueryFailed` (the handler raised, the name is unknown, the run
@@ -453,7 +561,8 @@ class Engine:
     def schedule(self, schedule_id: str, fn: Union[str, Callable[..., Any]], *args: Any,
                  cron: Optional[str] = None, every: Union[None, timedelta, float] = None,
                  start_at: Optional[datetime] = None, timezone: Optional[str] = None,
-                 overlap: str = "skip", catch_up: str = "one") -> WorkflowHandle:
+                 overlap: str = "skip", catch_up: str = "one",
+                 namespace: Optional[str] = None) -> WorkflowHandle:
         """Start ``fn(ctx, *args)`` on a trigger, durably: at each fire time
         of ``cron`` (five fields, UTC unless ``timezone``) or ``every`` (a
         timedelta or seconds, from ``start_at`` or from now), as run
@@ -465,29 +574,34 @@ class Engine:
         The handle is the schedule's own run (type ``"aion.schedule"``)."""
         return schedules.schedule(self, schedule_id, fn, args, cron=cron, every=every,
                                   start_at=start_at, timezone=timezone, overlap=overlap,
-                                  catch_up=catch_up)
+                                  catch_up=catch_up, namespace=namespace)
 
-    def unschedule(self, schedule_id: str, timeout: Optional[float] = 30.0) -> None:
+    def unschedule(self, schedule_id: str, timeout: Optional[float] = 30.0, *,
+                   namespace: Optional[str] = None) -> None:
         """Cancel schedule ``schedule_id`` and wait (up to ``timeout``) for its
         end: it fires no more. Runs it started go on."""
-        schedules.unschedule(self, schedule_id, timeout)
+        schedules.unschedule(self, schedule_id, timeout, namespace)
 
     def schedules(self, *, include_deleted: bool = False, limit: int = 100,
-                  after_id: Optional[str] = None) -> builtins.list[ScheduleInfo]:
+                  after_id: Optional[str] = None,
+                  namespace: Optional[str] = None) -> builtins.list[ScheduleInfo]:
         """The schedules of the store, ordered by id (active ones; with
         ``include_deleted``, unscheduled ones too), each with its spec and,
         where this engine drives it, its next fire time."""
-        return schedules.schedules(self, include_deleted, limit, after_id)
+        return schedules.schedules(self, include_deleted, limit, after_id, namespace)
 
-    def describe_schedule(self, schedule_id: str) -> ScheduleInfo:
+    def describe_schedule(self, schedule_id: str, *,
+                          namespace: Optional[str] = None) -> ScheduleInfo:
         """One schedule (:class:`WorkflowNotFound` when the id names none)."""
-        return schedules.describe_schedule(self, schedule_id)
+        return schedules.describe_schedule(self, schedule_id, namespace)
 
-    def handle(self, workflow_id: str) -> WorkflowHandle:
-        return WorkflowHandle(self, workflow_id)
+    def handle(self, workflow_id: str, *, namespace: Optional[str] = None) -> WorkflowHandle:
+        ns = namespaces.DEFAULT if namespace is None else namespaces.check_namespace(namespace)
+        return WorkflowHandle(self, namespaces.check_id(workflow_id), namespace=ns)
 
+    @_in_namespace
     def result(self, workflow_id: str, timeout: Optional[float] = None, *,
-               run_id: Optional[str] = None) -> Any:
+               run_id: Optional[str] = None, namespace: Optional[str] = None) -> Any:
         """Wait for the workflow's end (the last run of a chain that
         continued as new); return its result or raise
         :class:`WorkflowFailed` (or :class:`Timeout` when ``timeout`` passes).
@@ -502,7 +616,7 @@ class Engine:
         self._ensure_started()
         if run_id is not None:
             return self._result_of_run(workflow_id, run_id, timeout)
-        return outcome(workflow_id, self._wait_end(workflow_id, timeout))
+        return outcome(namespaces.local(workflow_id), self._wait_end(workflow_id, timeout))
 
     def _wait_end(self, workflow_id: str, timeout: Optional[float]) -> RunInfo:
         """The RunInfo of the workflow's end, once recorded (the last run of
@@ -580,7 +694,7 @@ class Engine:
             workflow_id, run_id, first.data.get("workflow_type", info.workflow_type), status,
             first.data.get("args", []),
             last.data.get("result") if status == ev.COMPLETED else None,
-            last.data.get("error") if status in (ev.FAILED, ev.CANCELLED) else None,
+            last.data.get("error") if status in (ev.FAILED, ev.CANCELLED, ev.TIMED_OUT) else None,
             last.seq, first.at, last.at,
             next_run_id=last.data.get("run_id") if status == ev.CONTINUED else None,
             parent_id=info.parent_id, search_attributes=search_attributes(events))
@@ -601,7 +715,9 @@ class Engine:
             f"{'continued as new' if earlier.status == ev.CONTINUED else 'ended'}; the current "
             f"run is {current.run_id!r}. Nothing was recorded")
 
-    def describe(self, workflow_id: str, *, run_id: Optional[str] = None) -> RunInfo:
+    @_in_namespace
+    def describe(self, workflow_id: str, *, run_id: Optional[str] = None,
+                 namespace: Optional[str] = None) -> RunInfo:
         """What the store knows of the run; for a running run that this
         engine cannot drive, ``unrunnable`` says why (its type unknown here,
         its history unreadable). With ``run_id``, that run of the workflow:
@@ -615,13 +731,24 @@ class Engine:
         info = self._run_of(workflow_id, run_id)
         if run_id is not None and info.finished:
             return info
+        info = self._bounds_of(info)
         why = epoch.unrunnable.get(workflow_id)
         if why is None and epoch.leased and not info.finished:
             why = self._unrunnable_on_postgres(info)
         if why is not None and not info.finished:
             info = dataclasses.replace(info, unrunnable=why)
-        running = self.steps_running(workflow_id) if epoch.in_flight else None
+        running = self._steps_running(workflow_id) if epoch.in_flight else None
         return dataclasses.replace(info, steps_running=tuple(running)) if running else info
+
+    def _bounds_of(self, info: RunInfo) -> RunInfo:
+        """``info`` with its execution deadline and, running, whether it is
+        paused: both read from its history (runtime/bounds.py)."""
+        events = self._call_store(self._epoch.store.read, info.workflow_id, 0,
+                                  None if not info.finished else 1)
+        if not events:
+            return info
+        return dataclasses.replace(info, execution_deadline=deadline_of(events[0].data),
+                                   paused=not info.finished and paused_in(events))
 
     def list(self, status: Optional[str] = None,
              workflow_type: Union[None, str, Callable[..., Any]] = None,
@@ -629,35 +756,39 @@ class Engine:
              started_after: Optional[search.Moment] = None,
              started_before: Optional[search.Moment] = None,
              parent: Optional[str] = None,
-             attributes: Optional[Mapping[str, Any]] = None) -> builtins.list[RunInfo]:
+             attributes: Optional[Mapping[str, Any]] = None,
+             namespace: Optional[str] = None) -> builtins.list[RunInfo]:
         """Runs ordered by id, a page of at most ``limit`` (``after_id``: the
         last id of the previous page), filtered by status (one of
         running/completed/failed/cancelled/continued), workflow type, the
         current run's start (``started_after <= start < started_before``, an
         aware datetime or seconds since the epoch), ``parent`` (the workflow
         id that started them as children) and search ``attributes`` (name ->
-        value, all must match by text form: see :mod:`aion_green.runtime.search`).
-        Each :class:`RunInfo` names its ``parent_id`` and its ``search_attributes``."""
+        value, all must match by text form: see :mod:`aion_green.runtime.search`),
+        in ``namespace`` (``"default"`` if None). Each :class:`RunInfo` names
+        its ``parent_id`` and its ``search_attributes``."""
         _count(limit, "list(limit=...)", 1)
+        ns = namespaces.DEFAULT if namespace is None else namespaces.check_namespace(namespace)
         if after_id is not None:
-            ev.check_key(after_id, "list(after_id=...)")
+            after_id = namespaces.key(ns, namespaces.check_id(after_id, "list(after_id=...)"))
         status, wtype = _status_and_type(status, workflow_type)
-        filters = search.run_filter(started_after, started_before, parent, attributes, "list")
+        filters = search.run_filter(started_after, started_before, parent, attributes, "list", ns)
         self._ensure_started()
-        if filters is None:  # (the reader's store: a positional call, as recovery makes)
-            return self._call_store(self._epoch.store.list_runs, status, wtype, limit, after_id)
-        return self._call_store(self._epoch.store.list_runs, status, wtype, limit, after_id,
+        runs = self._call_store(self._epoch.store.list_runs, status, wtype, limit, after_id,
                                 filters=filters)
+        return runs if ns == namespaces.DEFAULT else [_public_run(r) for r in runs]
 
     def count(self, status: Optional[str] = None,
               workflow_type: Union[None, str, Callable[..., Any]] = None, *,
               started_after: Optional[search.Moment] = None,
               started_before: Optional[search.Moment] = None,
               parent: Optional[str] = None,
-              attributes: Optional[Mapping[str, Any]] = None) -> int:
+              attributes: Optional[Mapping[str, Any]] = None,
+              namespace: Optional[str] = None) -> int:
         """How many runs :meth:`list` with the same filters finds, over all its pages."""
         status, wtype = _status_and_type(status, workflow_type)
-        filters = search.run_filter(started_after, started_before, parent, attributes, "count")
+        filters = search.run_filter(started_after, started_before, parent, attributes, "count",
+                                    namespace)
         self._ensure_started()
         return int(self._call_store(self._epoch.store.count_runs, status, wtype, filters=filters))
 
@@ -665,21 +796,28 @@ class Engine:
                         started_after: Optional[search.Moment] = None,
                         started_before: Optional[search.Moment] = None,
                         parent: Optional[str] = None,
-                        attributes: Optional[Mapping[str, Any]] = None) -> dict[str, int]:
+                        attributes: Optional[Mapping[str, Any]] = None,
+                        namespace: Optional[str] = None) -> dict[str, int]:
         """:meth:`count` per status: ``{"running": 3, "completed": 10, ...}``,
         every status named (0 for none)."""
         _, wtype = _status_and_type(None, workflow_type)
         filters = search.run_filter(started_after, started_before, parent, attributes,
-                                    "count_by_status")
+                                    "count_by_status", namespace)
         self._ensure_started()
         return dict(self._call_store(self._epoch.store.count_runs_by_status, wtype,
                                      filters=filters))
 
+    @_in_namespace
     def history(self, workflow_id: str, after_seq: int = 0,
-                run_id: Optional[str] = None, limit: Optional[int] = None) -> builtins.list[ev.Event]:
+                run_id: Optional[str] = None, limit: Optional[int] = None, *,
+                namespace: Optional[str] = None) -> builtins.list[ev.Event]:
         """The events of the workflow's current run, or of run ``run_id`` (an
         earlier run that continued as new: its ``WorkflowStarted`` names the
         one before, in ``continued_from``)."""
+        return self._history(workflow_id, after_seq, run_id, limit)
+
+    def _history(self, workflow_id: str, after_seq: int = 0, run_id: Optional[str] = None,
+                 limit: Optional[int] = None) -> builtins.list[ev.Event]:
         ev.check_key(workflow_id, "the workflow id")
         _count(after_seq, "history(after_seq=...)", 0)
         if limit is not None:
@@ -696,28 +834,40 @@ class Engine:
 
     def events(self, after: Optional[int] = None, *,
                types: global_events.Names = None, statuses: global_events.Names = None,
-               limit: int = 100) -> EventPage:
-        """A page of every run's events in commit order, the store-wide
-        stream (:mod:`aion_green.runtime.global_events`): the events after
-        the global cursor ``after`` (0: from the first; None: none yet,
-        only the cursor of now), filtered by event ``types`` and by the
-        current ``statuses`` of their runs. Follow ``page.next``."""
-        return global_events.read_page(self, after, types, statuses, limit)
+               limit: int = 100, namespace: Optional[str] = None) -> EventPage:
+        """A page of the events of every run of ``namespace`` (``"default"``
+        if None) in commit order, the store-wide stream
+        (:mod:`aion_green.runtime.global_events`): the events after the
+        global cursor ``after`` (0: from the first; None: none yet, only the
+        cursor of now), filtered by event ``types`` and by the current
+        ``statuses`` of their runs. Follow ``page.next``."""
+        return global_events.read_page(self, after, types, statuses, limit, namespace)
 
     def event_head(self) -> int:
         """The global position of the last recorded event (0 before any)."""
         return global_events.event_head(self)
 
+    @_in_namespace
     def fork(self, workflow_id: str, from_seq: int, *, id: Optional[str] = None,  # noqa: A002
-             run_id: Optional[str] = None) -> WorkflowHandle:
-        """A new workflow ``id`` that replays events 2..``from_seq`` of a run of
-        ``workflow_id`` (unchanged), then goes live (:mod:`aion_green.runtime.rewind`)."""
-        return rewind.fork(self, workflow_id, from_seq, id, run_id)
+             run_id: Optional[str] = None, namespace: Optional[str] = None) -> WorkflowHandle:
+        """A new workflow ``id`` (in the same namespace) that replays events
+        2..``from_seq`` of a run of ``workflow_id`` (unchanged), then goes
+        live (:mod:`aion_green.runtime.rewind`)."""
+        new_id = None if id is None else namespaces.within(namespaces.namespace_of(workflow_id), id)
+        return self._public_handle(rewind.fork(self, workflow_id, from_seq, new_id, run_id))
 
-    def resume(self, workflow_id: str, from_seq: Optional[int] = None) -> WorkflowHandle:
+    @_in_namespace
+    def resume(self, workflow_id: str, from_seq: Optional[int] = None, *,
+               namespace: Optional[str] = None) -> WorkflowHandle:
         """A failed or cancelled run, archived, begins anew in place from its
         events 2..``from_seq`` (default: :mod:`aion_green.runtime.rewind`)."""
-        return rewind.resume(self, workflow_id, from_seq)
+        return self._public_handle(rewind.resume(self, workflow_id, from_seq))
+
+    def _public_handle(self, handle: WorkflowHandle) -> WorkflowHandle:
+        """A handle the runtime made with a key, as the caller names it."""
+        key = handle.workflow_id
+        return WorkflowHandle(self, namespaces.local(key), handle.run_id,
+                              namespaces.namespace_of(key))
 
     def _store_name(self) -> str:
         return getattr(self._epoch.store, "path", None) or str(self.url)

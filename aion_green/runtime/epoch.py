@@ -20,6 +20,7 @@ The parts each own one concept and reach the others through the epoch:
 ``queries``     ``engine.query`` answered by the live run
 ``residency``   a cap on the runs held in memory: eviction and admission
 ``termination`` ``engine.terminate`` and runs no engine here can run
+``bounds``      execution deadlines; pause and unpause
 ==============  =================================================================
 
 Thread contract: the fields are set once, on the caller's thread that starts
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 from gevent import monkey
 
 from aion_green.hub_thread import Future, HubThread
+from aion_green.runtime.bounds import Bounds
 from aion_green.runtime.children import Children
 from aion_green.runtime.host import EngineHost
 from aion_green.runtime.leases import Leases
@@ -172,6 +174,7 @@ class Epoch:
         self.residency = Residency(engine, self, engine.max_resident is not None
                                    and not self.leased and not engine._passive)
         self.termination = Termination(engine, self)
+        self.bounds = Bounds(engine, self)
         # -- services on the hub.
         self.timers = TimerService(self)
         self.child_tasks = ChildTaskRegistry(self.hub)

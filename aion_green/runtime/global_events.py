@@ -14,8 +14,9 @@ may have gaps (a purge removes old runs' events), never repeats. Filters:
   read while it runs is ``running``, read after its end ``completed``. An
   earlier run of a chain has the status its last event gives
   (``continued`` after a continue-as-new);
-- (a ``namespace`` filter joins here when runs get namespaces: one more
-  field of ``EventFilter``, checked in :func:`event_filter`).
+- ``namespace``: the runs of one namespace (``"default"`` if None); the
+  events come with their run's id (not its key) and namespace, and their
+  data shows ids where the history holds keys (``namespaces.present``).
 
 Thread contract: pure functions, any thread; reads go through the engine's
 reader thread.
@@ -25,8 +26,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterable, Optional, Union
 
 from aion_green.core import events as ev
+from aion_green.core import namespaces
 from aion_green.core.errors import ConfigurationError
-from aion_green.store import EventFilter, EventPage
+from aion_green.store import EventFilter, EventPage, GlobalEvent
 
 if TYPE_CHECKING:  # pragma: no cover
     from aion_green.runtime.engine import Engine
@@ -49,11 +51,13 @@ def _names(value: Names, valid: Iterable[str], what: str) -> tuple[str, ...]:
     return tuple(sorted(set(names)))
 
 
-def event_filter(types: Names, statuses: Names) -> EventFilter:
+def event_filter(types: Names, statuses: Names, namespace: Optional[str]) -> EventFilter:
     """The store's filter; a :class:`ConfigurationError` naming a bad one
     and listing the valid choices."""
+    ns = namespaces.DEFAULT if namespace is None else namespaces.check_namespace(
+        namespace, "events(namespace=...)")
     return EventFilter(_names(types, ev.EVENT_TYPES, "events(types=...)"),
-                       _names(statuses, ev.STATUSES, "events(statuses=...)"))
+                       _names(statuses, ev.STATUSES, "events(statuses=...)"), ns)
 
 
 def check_cursor(after: object, head: int, what: str = "events(after=...)") -> int:
@@ -67,9 +71,9 @@ def check_cursor(after: object, head: int, what: str = "events(after=...)") -> i
 
 
 def read_page(engine: "Engine", after: Optional[int], types: Names, statuses: Names,
-              limit: int) -> EventPage:
+              limit: int, namespace: Optional[str] = None) -> EventPage:
     """``Engine.events``."""
-    filters = event_filter(types, statuses)
+    filters = event_filter(types, statuses, namespace)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
         raise ConfigurationError(f"events(limit=...): got {limit!r}; ask for 1 to {MAX_PAGE} "
                                  "events per page and follow 'next' for the rest")
@@ -78,7 +82,14 @@ def read_page(engine: "Engine", after: Optional[int], types: Names, statuses: Na
         return EventPage([], head)
     check_cursor(after, head)
     events, cursor = engine._call_store(engine._epoch.store.read_events, after, limit, filters)
-    return EventPage(events, cursor)
+    return EventPage([_public(e) for e in events], cursor)
+
+
+def _public(event: GlobalEvent) -> GlobalEvent:
+    """A store's event (its run named by key) as a caller names it."""
+    shown = namespaces.present(ev.Event(event.seq, event.type, event.at, event.data))
+    return event._replace(workflow_id=namespaces.local(event.workflow_id), data=shown.data,
+                          namespace=namespaces.namespace_of(event.workflow_id))
 
 
 def event_head(engine: "Engine") -> int:

@@ -136,7 +136,7 @@ class Leases:
         while True:
             gevent.sleep(self.engine.lease / 3)
             self._publish_types()
-            mine = [ctx.workflow_id for ctx in self.epoch.runs.contexts()]
+            mine = [ctx._key for ctx in self.epoch.runs.contexts()]
             if not mine:
                 continue
             try:

@@ -121,12 +121,12 @@ class Residency:
     # -- parking and waking ------------------------------------------------------------------
     def on_park(self, ctx: WorkflowContext) -> None:
         """The run's greenlet: it parks (a candidate for eviction)."""
-        self._parked_runs[ctx.workflow_id] = None
+        self._parked_runs[ctx._key] = None
         if self.admission:
             self._ask_room()
 
     def on_unpark(self, ctx: WorkflowContext) -> None:
-        self._parked_runs.pop(ctx.workflow_id, None)
+        self._parked_runs.pop(ctx._key, None)
 
     def on_evicted(self, info: RunInfo) -> None:
         """``_drive``: the run's greenlet unwound for eviction."""

@@ -133,12 +133,15 @@ class Routing:
         return future.result()
 
     def create_run(self, wid: str, wname: str, args_json: str,
-                   parent_id: Optional[str] = None) -> tuple[bool, RunInfo]:
+                   parent_id: Optional[str] = None,
+                   execution_timeout: Optional[float] = None) -> tuple[bool, RunInfo]:
         """Any thread but the hub's callbacks (a hub greenlet is fine):
         create the run (idempotent by id) and drive it here; an existing
         unfinished run of the same type and arguments is driven here too
         (say its type was unknown at recovery). ``parent_id``: the workflow
-        id of the run that started it as a child. Returns ``(created, info)``."""
+        id of the run that started it as a child; ``execution_timeout``: seconds
+        from now to its execution deadline (runtime/bounds.py). Returns
+        ``(created, info)``."""
         # Register the run's recorder before its creation is queued: a signal
         # sent from now on waits in it and follows WorkflowStarted, instead of
         # racing to the store ahead of a run that has no history yet.
@@ -156,7 +159,7 @@ class Routing:
         try:
             self.epoch.writer.submit_create(
                 CreateRun(wid, wname, args_json, uuid.uuid4().hex, now, owner, lease_until,
-                          parent_id),
+                          parent_id, None if execution_timeout is None else now + execution_timeout),
                 future_done(future))
             created, info = future.result()
         except BaseException:

@@ -24,6 +24,7 @@ from gevent import GreenletExit, monkey
 
 from aion_green.core import events as ev
 from aion_green.core import logs
+from aion_green.core.bounds import deadline_of
 from aion_green.core.errors import (
     Cancelled,
     EngineClosed,
@@ -36,6 +37,7 @@ from aion_green.core.errors import (
     WorkflowFailed,
     WorkflowNotFound,
     WorkflowNotRegistered,
+    WorkflowTimedOut,
     error_message,
 )
 from aion_green.core.history import message_state, open_children, pending_timers
@@ -74,6 +76,8 @@ def outcome(workflow_id: str, info: RunInfo) -> Any:
     error = info.error or {"type": info.status, "message": info.status}
     if info.status == ev.CANCELLED:
         raise WorkflowCancelled(workflow_id, error)
+    if info.status == ev.TIMED_OUT:
+        raise WorkflowTimedOut(workflow_id, error)
     raise WorkflowFailed(workflow_id, error)
 
 
@@ -232,6 +236,8 @@ class Runner:
         if len(events) == 1:  # the hot path (a step's record): ctx._on_recorded, inlined
             (e,) = events
             ctx._cursor.add_one(ev.Event(head, e.type, e.at, e.data))
+            if e.type == ev.WORKFLOW_UNPAUSED:
+                self.epoch.bounds.released(ctx)
             if ctx._parked:
                 ctx._parked = False
                 ctx._bell.switch(None)
@@ -378,8 +384,11 @@ class Runner:
             if recovering or info.head_seq > 1:
                 history = self.epoch.writer.call(self.epoch.store.read, wid).result()
             else:
-                history = [ev.Event(1, ev.WORKFLOW_STARTED, info.created_at, {
-                    "workflow_type": info.workflow_type, "run_id": info.run_id, "args": info.args})]
+                started: dict[str, Any] = {"workflow_type": info.workflow_type,
+                                           "run_id": info.run_id, "args": info.args}
+                if info.execution_deadline is not None:  # as the store wrote it (core/bounds.py)
+                    started["execution_deadline"] = info.execution_deadline
+                history = [ev.Event(1, ev.WORKFLOW_STARTED, info.created_at, started)]
             if history and history[-1].type in ev.TERMINAL_TYPES:
                 final = self.epoch.writer.call(self.epoch.store.get_run, wid).result()
                 self.complete_waiters(wid, final)
@@ -397,6 +406,7 @@ class Runner:
             for key, fire_at in pending_timers(history).items():
                 ctx._timers[key] = fire_at
                 self.epoch.timers.add(fire_at, wid, key)
+            self.epoch.bounds.loaded(ctx)
             if recovering:
                 # The sweep: every child this run started and whose end is
                 # not recorded gets (again) created if missing, and watched.
@@ -470,7 +480,7 @@ class Runner:
             self.epoch.residency.on_run_gone()
 
     def _execute(self, ctx: WorkflowContext, fn: Callable[..., Any], info: RunInfo) -> Optional[RunInfo]:
-        wid = ctx.workflow_id
+        wid = ctx._key
         # From the run's own WorkflowStarted: a run that continued as new
         # got its own arguments (the store's RunInfo keeps the first run's).
         args = ctx._cursor.event(1).data.get("args", info.args)
@@ -509,6 +519,9 @@ class Runner:
                     "generation": ctx.generation + 1}
             if ctx._search_attributes:  # the chain keeps them (workflows/search.py)
                 data["search_attributes"] = ctx._search_attributes
+            deadline = deadline_of(ctx._cursor.event(1).data)
+            if deadline is not None:  # and its execution deadline (core/bounds.py)
+                data["execution_deadline"] = deadline
         except Cancelled as cancelled:
             event_type, status, result = ev.WORKFLOW_CANCELLED, ev.CANCELLED, None
             data = {"error": {"type": "Cancelled", "message": cancelled.reason or "cancelled",

@@ -101,7 +101,7 @@ def schedule_info(engine: "Engine", info: "RunInfo", wait: float = 2.0) -> Sched
     live: dict[str, Any] = {}
     if info.status == ev.RUNNING and wait > 0:
         try:
-            live = engine.query(info.workflow_id, "schedule", timeout=wait)
+            live = engine.query(info.workflow_id, "schedule", timeout=wait, namespace=info.namespace)
         except (AionError, TypeError):  # not driven here, or not answering now
             live = {}
     return ScheduleInfo(info.workflow_id, spec.get("workflow", ""), list(spec.get("args") or []),
@@ -112,20 +112,21 @@ def schedule_info(engine: "Engine", info: "RunInfo", wait: float = 2.0) -> Sched
 
 
 def schedules(engine: "Engine", include_deleted: bool, limit: int,
-              after_id: Optional[str]) -> list[ScheduleInfo]:
+              after_id: Optional[str], namespace: Optional[str] = None) -> list[ScheduleInfo]:
     """``engine.schedules`` (see there)."""
     status = None if include_deleted else ev.RUNNING
     runs = engine.list(status=status, workflow_type=SCHEDULE_WORKFLOW, limit=limit,
-                       after_id=after_id)
+                       after_id=after_id, namespace=namespace)
     # One budget for the page: a page of schedules that do not answer (a
     # blocked hub, say) took 2 s each, 200 s for a page of 100.
     deadline = _clock.monotonic() + 2.0
     return [schedule_info(engine, info, max(0.0, deadline - _clock.monotonic())) for info in runs]
 
 
-def describe_schedule(engine: "Engine", schedule_id: str) -> ScheduleInfo:
+def describe_schedule(engine: "Engine", schedule_id: str,
+                      namespace: Optional[str] = None) -> ScheduleInfo:
     """``engine.describe_schedule`` (see there)."""
-    info = engine.describe(schedule_id)
+    info = engine.describe(schedule_id, namespace=namespace)
     if info.workflow_type != SCHEDULE_WORKFLOW:
         raise WorkflowNotFound(f"no schedule with id {schedule_id!r}: it names a run of "
                                f"{info.workflow_type}")
@@ -173,6 +174,7 @@ def schedule(engine: "Engine", schedule_id: str, fn: Union[str, Callable[..., An
     """``engine.schedule`` (see there)."""
     if not isinstance(schedule_id, str) or not schedule_id:
         raise ConfigurationError(f"a schedule id must be a non-empty string, got {schedule_id!r}")
+    namespace = options.pop("namespace", None)
     wname = engine._registry.add(fn) if callable(fn) else workflow_name(fn)
     spec = make_spec(wname, args, **options)
     if not callable(fn) and (engine._registry.has_own()
@@ -183,9 +185,9 @@ def schedule(engine: "Engine", schedule_id: str, fn: Union[str, Callable[..., An
         # Every fire would start a run that fails with a TypeError (issue 16).
         check_arguments(wname, target, args)
     try:
-        handle = engine.start(SCHEDULE_WORKFLOW, spec, None, id=schedule_id)
+        handle = engine.start(SCHEDULE_WORKFLOW, spec, None, id=schedule_id, namespace=namespace)
     except WorkflowIdConflict:
-        info = engine.describe(schedule_id)
+        info = engine.describe(schedule_id, namespace=namespace)
         if info.workflow_type != SCHEDULE_WORKFLOW:
             raise WorkflowIdConflict(f"id {schedule_id!r} names a run of {info.workflow_type}, not a "
                                      "schedule; give the schedule another id") from None
@@ -200,17 +202,18 @@ def schedule(engine: "Engine", schedule_id: str, fn: Union[str, Callable[..., An
     return handle
 
 
-def unschedule(engine: "Engine", schedule_id: str, timeout: Optional[float]) -> None:
+def unschedule(engine: "Engine", schedule_id: str, timeout: Optional[float],
+               namespace: Optional[str] = None) -> None:
     """``engine.unschedule`` (see there)."""
-    info = engine.describe(schedule_id)
+    info = engine.describe(schedule_id, namespace=namespace)
     if info.workflow_type != SCHEDULE_WORKFLOW:
         raise ConfigurationError(f"{schedule_id!r} is a run of {info.workflow_type}, not a schedule; "
                                  "use engine.cancel() to cancel a workflow")
     if info.status == ev.CANCELLED:
         return  # deleted already: nothing to do
-    engine.cancel(schedule_id, "unscheduled")
+    engine.cancel(schedule_id, "unscheduled", namespace=namespace)
     try:
-        engine.result(schedule_id, timeout=timeout)
+        engine.result(schedule_id, timeout=timeout, namespace=namespace)
     except WorkflowFailed:  # cancelled, as asked (or failed before): it fires no more
         pass
     except Timeout:
@@ -343,7 +346,7 @@ class _ScheduleRun:
         """Ask the tracked run to cancel. Not recorded here (a side effect,
         asked anew on replay; the child records the request once), as a
         supervisor ends its children."""
-        ctx, child_id = self.ctx, child.workflow_id
+        ctx, child_id = self.ctx, child._key
 
         def done(_seq: Any, error: Optional[BaseException]) -> None:
             if error is not None:

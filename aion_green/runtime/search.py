@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any, Mapping, Optional, Union
 
 from aion_green.core import events as ev
+from aion_green.core import namespaces
 from aion_green.core.errors import ConfigurationError
 from aion_green.store import RunFilter
 
@@ -50,16 +51,16 @@ def moment(value: object, what: str) -> float:
 
 def run_filter(started_after: Optional[Moment], started_before: Optional[Moment],
                parent: Optional[str], attributes: Optional[Mapping[str, Any]],
-               call: str) -> Optional[RunFilter]:
+               call: str, namespace: Optional[str] = None) -> RunFilter:
     """The store's filter for these arguments of ``call`` (``list``,
-    ``count``...); None when none is given. Bad input is a
+    ``count``...), in ``namespace`` (the default if None). Bad input is a
     :class:`ConfigurationError` naming the argument; nothing is read."""
-    if started_after is None and started_before is None and parent is None and not attributes:
-        return None
+    ns = (namespaces.DEFAULT if namespace is None
+          else namespaces.check_namespace(namespace, f"{call}(namespace=...)"))
     after = None if started_after is None else moment(started_after, f"{call}(started_after=...)")
     before = None if started_before is None else moment(started_before, f"{call}(started_before=...)")
     if parent is not None:
-        ev.check_key(parent, f"{call}(parent=...)")
+        parent = namespaces.key(ns, namespaces.check_id(parent, f"{call}(parent=...)"))
     matched: list[tuple[str, str]] = []
     if attributes:
         if not isinstance(attributes, Mapping):
@@ -72,4 +73,4 @@ def run_filter(started_after: Optional[Moment], started_before: Optional[Moment]
                                          "None; a filter matches a value (str, int, float, bool)")
             ev.check_attribute_value(value, f"{call}(attributes=...): the attribute {name!r}")
             matched.append((name, ev.attribute_text(value)))
-    return RunFilter(parent, after, before, tuple(sorted(matched)))
+    return RunFilter(parent, after, before, tuple(sorted(matched)), ns)

@@ -268,6 +268,8 @@ class Sharing:
                     end = terminated_event(data.get("reason", ""), at)
                     self.epoch.hub.spawn(self.epoch.termination.end_here, wid, end, done,
                                     name=f"terminate:{wid}")
+                elif kind in ("pause", "unpause"):
+                    self.epoch.bounds.route(wid, kind == "pause", data, at, done)
                 else:
                     log.error("inbox entry %d for %r has an unknown kind %r; dropped", row_id, wid, kind)
                     handled.append(row_id)

@@ -89,18 +89,20 @@ def unrunnable_cancelled_event(reason: str, why: str, at: float) -> ev.NewEvent:
         "type": "Cancelled", "message": message, "reason": reason, "unrunnable": True}})
 
 
-def append_end(store: Any, workflow_id: str, event: ev.NewEvent) -> int:
-    """Writer thread: append ``event`` (terminal) at the head of a running
-    run, whoever else writes it; its seq. Raises :class:`WorkflowNotFound`
-    or :class:`WorkflowNotRunning` (then nothing is written)."""
+def append_end(store: Any, workflow_id: str, event: ev.NewEvent,
+               why_not: str = "there is nothing left to end") -> int:
+    """Writer thread: append ``event`` (terminal, or a pause: runtime/bounds.py)
+    at the head of a running run, whoever else writes it; its seq. Raises
+    :class:`WorkflowNotFound` or :class:`WorkflowNotRunning` (saying
+    ``why_not``; then nothing is written)."""
     for _ in range(50):
         info = store.get_run(workflow_id)
         if info is None:
             raise WorkflowNotFound(f"no workflow with id {workflow_id!r}; nothing was recorded")
         if info.finished:
             raise WorkflowNotRunning(
-                f"workflow {workflow_id!r} has {info.status}; there is nothing left to end, "
-                "so nothing was recorded")
+                f"workflow {workflow_id!r} has {info.status}; {why_not}, so nothing was "
+                "recorded")
         (outcome,) = store.write_batch([Append(workflow_id, info.head_seq, [event])])
         if not isinstance(outcome, BaseException):
             return int(outcome)
@@ -139,7 +141,7 @@ class Termination:
             future.result()
         except WorkflowNotRunning:
             # Asking again once the run ended on an earlier request is fine.
-            last = self.engine.history(workflow_id)[-1]
+            last = self.engine._history(workflow_id)[-1]
             if last.type == ev.WORKFLOW_CANCELLED and (last.data.get("error") or {}).get("terminated"):
                 return
             raise

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import gevent.event
 
+from aion_green.core.bounds import DEADLINE_TIMER
+
 if TYPE_CHECKING:  # pragma: no cover
     from aion_green.runtime.epoch import Epoch
 
@@ -75,8 +77,13 @@ class TimerService:
             heap = self._heap
             while heap and heap[0][0] <= now:
                 _, _, wid, key = heapq.heappop(heap)
+                if key == DEADLINE_TIMER:
+                    epoch.bounds.deadline_due(wid)
+                    continue
                 ctx = epoch.runs.get(wid)
                 if ctx is not None:
+                    if ctx._cursor.paused:
+                        continue  # fired at the unpause (runtime/bounds.py arms it again)
                     ctx._timer_due(key, now)
                 elif wid not in epoch.runs and epoch.residency.on:
                     epoch.residency.wake(wid)  # evicted: replayed, it fires the timer itself
@@ -100,4 +107,12 @@ class TimerService:
         for wid, key, _fire_at in due:
             if wid in epoch.runs or epoch.residency.absent_here(wid):
                 continue  # live, or this engine's out of memory: its context fires it
+            if epoch.bounds.paused_in_store(wid):
+                continue  # fired at the unpause (runtime/bounds.py), by its context
+            # Asked again: the read above let other greenlets run, and one may
+            # have begun driving the run (recovery); fired through the store
+            # under it, the run's next record found the history moved and
+            # the run was dropped (found by tests/test_state_machine.py).
+            if wid in epoch.runs or epoch.residency.absent_here(wid):
+                continue
             epoch.writer.call(epoch.store.fire_timer, wid, key, time.time())

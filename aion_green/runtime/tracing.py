@@ -85,7 +85,8 @@ def start_run(ctx: Any, replayed: int) -> Any:
     if active is None:
         return None
     span = active.start_span(f"workflow {ctx.workflow_type}", attributes={
-        "aion.workflow.id": ctx.workflow_id, "aion.workflow.run_id": ctx.run_id,
+        "aion.workflow.id": ctx.workflow_id, "aion.workflow.namespace": ctx.namespace,
+        "aion.workflow.run_id": ctx.run_id,
         "aion.workflow.type": ctx.workflow_type, "aion.resumed": bool(replayed),
         "aion.replayed_events": replayed})
     ctx._trace = _api.set_span_in_context(span)

@@ -8,6 +8,7 @@ import json
 from typing import Any, Optional, Sequence, Union
 
 from aion_green.core import events as ev
+from aion_green.core import namespaces
 from aion_green.core.errors import (
     FencedOut,
     SequenceConflict,
@@ -16,7 +17,9 @@ from aion_green.core.errors import (
     WorkflowNotRunning,
 )
 from aion_green.core.history import search_attributes
-from aion_green.store import Append, RunFilter
+from aion_green.store import Append, CreateRun, RunFilter
+
+_encode_str = json.encoder.encode_basestring_ascii  # what json.dumps uses for a str
 
 _TIMER_ENDS = frozenset({ev.TIMER_FIRED, ev.TIMER_CANCELLED})
 
@@ -135,6 +138,10 @@ def run_filters(status: Optional[str], workflow_type: Optional[str], after_id: O
         if value is not None:
             clauses.append(clause)
             params.append(value)
+    if f.namespace is not None:
+        clause, value = namespace_clause(f.namespace, mark)
+        clauses.append(clause)
+        params.append(value)
     for name, text in f.attributes:
         # One indexed lookup per attribute (name, text, workflow_id).
         clauses.append(f"workflow_id IN (SELECT workflow_id FROM {attributes_table} "
@@ -146,9 +153,29 @@ def run_filters(status: Optional[str], workflow_type: Optional[str], after_id: O
 _NO_FILTER = RunFilter()
 
 
+def namespace_clause(namespace: str, mark: str, column: str = "workflow_id") -> tuple[str, str]:
+    """The condition (and its one parameter) that ``column``, a run's key,
+    is in ``namespace`` (core/namespaces.py)."""
+    if namespace == namespaces.DEFAULT:
+        # A key of the default namespace is the id, which holds no U+001F.
+        return f"{column} NOT LIKE {mark}", f"%{namespaces.SEPARATOR}%"
+    prefix = f"{namespace}{namespaces.SEPARATOR}"
+    return f"substr({column}, 1, {len(prefix)}) = {mark}", prefix
+
+
 def inbox_why_not(kind: str) -> str:
     return ("there is nothing left to cancel" if kind == "cancel"
             else "a message to it would never be read")
+
+
+def started_json(op: CreateRun) -> str:
+    """The JSON data of a created run's ``WorkflowStarted``, as both stores
+    write it (encoded by hand: this runs once per start)."""
+    data = (f'{{"workflow_type":{_encode_str(op.workflow_type)},'
+            f'"run_id":{_encode_str(op.run_id)},"args":{op.args_json}')
+    if op.execution_deadline is not None:
+        data += f',"execution_deadline":{float(op.execution_deadline)!r}'
+    return data + "}"
 
 
 def next_run_started(wtype: str, old_run_id: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -157,4 +184,6 @@ def next_run_started(wtype: str, old_run_id: str, data: dict[str, Any]) -> dict[
                "continued_from": old_run_id, "generation": data.get("generation", 2)}
     if data.get("search_attributes"):
         started["search_attributes"] = data["search_attributes"]
+    if data.get("execution_deadline") is not None:  # the chain keeps it (core/bounds.py)
+        started["execution_deadline"] = data["execution_deadline"]
     return started

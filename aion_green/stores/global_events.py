@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from aion_green.core import events as ev
 from aion_green.store import EventFilter, GlobalEvent
+from aion_green.stores.batch import namespace_clause
 
 # The status of an earlier run of a chain: what its last archived event says
 # (as ``describe(run_id=...)`` answers; a run archived by a resume ended
@@ -55,7 +56,12 @@ def events_query(filters: EventFilter, after: int, head: int, limit: int, mark: 
         earlier += f" AND {_ARCHIVED_STATUS.format(archive=archive)} IN ({marks})"
         current_params += filters.statuses
         earlier_params += filters.statuses
-    # (A namespace filter is one more condition on each side, on the workflow id.)
+    if filters.namespace is not None:
+        clause, value = namespace_clause(filters.namespace, mark, "e.workflow_id")
+        current += f" AND {clause}"
+        earlier += f" AND {clause.replace('e.workflow_id', 'a.workflow_id')}"
+        current_params.append(value)
+        earlier_params.append(value)
     sql = (
         f"SELECT e.pos, e.workflow_id, r.run_id, e.seq, e.type, e.at, e.data FROM {events} e "
         f"JOIN {runs} r ON r.workflow_id = e.workflow_id WHERE {current} "

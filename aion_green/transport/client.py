@@ -51,29 +51,34 @@ class RemoteHandle:
     ``run_id`` is the run ``start`` created or found; the methods follow the
     workflow to its last run)."""
 
-    def __init__(self, client: "Client", workflow_id: str, run_id: Optional[str] = None) -> None:
+    def __init__(self, client: "Client", workflow_id: str, run_id: Optional[str] = None,
+                 namespace: Optional[str] = None) -> None:
         self.engine = client
         self.workflow_id = workflow_id
         self.run_id = run_id
+        self.namespace = namespace or client.namespace or "default"
 
     def result(self, timeout: Optional[float] = None) -> Any:
-        return self.engine.result(self.workflow_id, timeout=timeout)
+        return self.engine.result(self.workflow_id, timeout=timeout, namespace=self.namespace)
 
     def describe(self) -> RunInfo:
-        return self.engine.describe(self.workflow_id)
+        return self.engine.describe(self.workflow_id, namespace=self.namespace)
 
     def history(self) -> list[Event]:
-        return self.engine.history(self.workflow_id)
+        return self.engine.history(self.workflow_id, namespace=self.namespace)
 
     def __repr__(self) -> str:
         return f"<RemoteHandle {self.workflow_id!r} via {self.engine.url}>"
 
 
 class Client:
-    """The engine's operations through its HTTP API at ``url``."""
+    """The engine's operations through its HTTP API at ``url``. ``namespace``:
+    the namespace of every request that names none (the server's
+    ``"default"`` if None); each operation also takes ``namespace=``."""
 
     def __init__(self, url: str, token: Optional[str] = None, timeout: float = 70.0,
-                 wait_slice: float = 30.0, max_backoff: float = 5.0) -> None:
+                 wait_slice: float = 30.0, max_backoff: float = 5.0,
+                 namespace: Optional[str] = None) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise errors.ConfigurationError(f"Client({url!r}): give the API's base URL, "
@@ -84,6 +89,7 @@ class Client:
         self._port = parts.port
         self._prefix = parts.path.rstrip("/")
         self.token = token
+        self.namespace = namespace
         self.timeout = timeout
         # A long wait (result) is asked for in slices of this many seconds.
         self.wait_slice = wait_slice
@@ -93,71 +99,102 @@ class Client:
 
     # -- the engine's operations ---------------------------------------------------------------
     def start(self, fn: Union[str, Callable[..., Any]], *args: Any,
-              id: Optional[str] = None) -> RemoteHandle:  # noqa: A002
+              id: Optional[str] = None, namespace: Optional[str] = None,  # noqa: A002
+              execution_timeout: Union[None, float, timedelta] = None) -> RemoteHandle:
+        """``Engine.start`` through the API (``execution_timeout`` in seconds
+        or a timedelta)."""
         body: dict[str, Any] = {"workflow": workflow_name(fn), "args": list(args)}
         if id is not None:
             body["id"] = id
-        reply = self._call("POST", "/v1/workflows", body=body)
-        return RemoteHandle(self, reply["workflow_id"], reply.get("run_id"))
+        if execution_timeout is not None:
+            body["execution_timeout"] = (execution_timeout.total_seconds()
+                                         if isinstance(execution_timeout, timedelta)
+                                         else execution_timeout)
+        reply = self._call("POST", "/v1/workflows", body=body, namespace=namespace)
+        return RemoteHandle(self, reply["workflow_id"], reply.get("run_id"),
+                            reply.get("namespace") or namespace)
 
     def schedule(self, schedule_id: str, fn: Union[str, Callable[..., Any]], *args: Any,
                  cron: Optional[str] = None, every: Union[None, timedelta, float] = None,
                  start_at: Optional[datetime] = None, timezone: Optional[str] = None,
-                 overlap: str = "skip", catch_up: str = "one") -> RemoteHandle:
+                 overlap: str = "skip", catch_up: str = "one",
+                 namespace: Optional[str] = None) -> RemoteHandle:
         """``Engine.schedule`` through the API (``every`` in seconds or a timedelta)."""
         seconds = every.total_seconds() if isinstance(every, timedelta) else every
         body: dict[str, Any] = {"schedule_id": schedule_id, "workflow": workflow_name(fn),
                                 "args": list(args), "cron": cron, "every": seconds,
                                 "start_at": None if start_at is None else start_at.isoformat(),
                                 "timezone": timezone, "overlap": overlap, "catch_up": catch_up}
-        reply = self._call("POST", "/v1/schedules", body=body)
-        return RemoteHandle(self, reply["schedule_id"], reply.get("run_id"))
+        reply = self._call("POST", "/v1/schedules", body=body, namespace=namespace)
+        return RemoteHandle(self, reply["schedule_id"], reply.get("run_id"), namespace)
 
-    def unschedule(self, schedule_id: str, timeout: Optional[float] = 30.0) -> None:
+    def unschedule(self, schedule_id: str, timeout: Optional[float] = 30.0, *,
+                   namespace: Optional[str] = None) -> None:
         query = {} if timeout is None else {"timeout": timeout}
         self._call("DELETE", "/v1/schedules/" + quote(schedule_id, safe=""), query,
-                   read_timeout=(timeout or 0) + self.timeout)
+                   read_timeout=(timeout or 0) + self.timeout, namespace=namespace)
 
     def schedules(self, *, include_deleted: bool = False, limit: int = 100,
-                  after_id: Optional[str] = None) -> builtins.list[ScheduleInfo]:
+                  after_id: Optional[str] = None,
+                  namespace: Optional[str] = None) -> builtins.list[ScheduleInfo]:
         query: dict[str, Any] = {"limit": limit, "include_deleted": str(include_deleted).lower()}
         if after_id is not None:
             query["after"] = after_id
-        reply = self._call("GET", "/v1/schedules", query)
+        reply = self._call("GET", "/v1/schedules", query, namespace=namespace)
         return [schedule_from_json(s) for s in reply["schedules"]]
 
-    def describe_schedule(self, schedule_id: str) -> ScheduleInfo:
-        return schedule_from_json(self._call("GET", "/v1/schedules/" + quote(schedule_id, safe="")))
+    def describe_schedule(self, schedule_id: str, *,
+                          namespace: Optional[str] = None) -> ScheduleInfo:
+        return schedule_from_json(self._call("GET", "/v1/schedules/" + quote(schedule_id, safe=""),
+                                             namespace=namespace))
 
-    def handle(self, workflow_id: str) -> RemoteHandle:
-        return RemoteHandle(self, workflow_id)
+    def handle(self, workflow_id: str, *, namespace: Optional[str] = None) -> RemoteHandle:
+        return RemoteHandle(self, workflow_id, None, namespace)
 
     def signal(self, workflow_id: str, name: str, payload: Any = None, *,
-               idempotency_key: Optional[str] = None, run_id: Optional[str] = None) -> int:
+               idempotency_key: Optional[str] = None, run_id: Optional[str] = None,
+               namespace: Optional[str] = None) -> int:
         body: dict[str, Any] = {"payload": payload}
         if idempotency_key is not None:
             body["idempotency_key"] = idempotency_key
         _name_run(body, run_id)
-        return int(self._call("POST", *_route(workflow_id, "signals", name), body=body)["seq"])
+        return int(self._call("POST", *_route(workflow_id, "signals", name), body=body,
+                              namespace=namespace)["seq"])
 
-    def cancel(self, workflow_id: str, reason: str = "", *, run_id: Optional[str] = None) -> None:
+    def cancel(self, workflow_id: str, reason: str = "", *, run_id: Optional[str] = None,
+               namespace: Optional[str] = None) -> None:
         self._call("POST", *_route(workflow_id, "cancel"),
-                   body=_name_run({"reason": reason}, run_id))
+                   body=_name_run({"reason": reason}, run_id), namespace=namespace)
 
     def terminate(self, workflow_id: str, reason: str = "", *,
-                  run_id: Optional[str] = None) -> None:
+                  run_id: Optional[str] = None, namespace: Optional[str] = None) -> None:
         """End the run now, without cleanup (``Engine.terminate``)."""
         self._call("POST", *_route(workflow_id, "terminate"),
-                   body=_name_run({"reason": reason}, run_id))
+                   body=_name_run({"reason": reason}, run_id), namespace=namespace)
+
+    def pause(self, workflow_id: str, reason: str = "", *, run_id: Optional[str] = None,
+              namespace: Optional[str] = None) -> int:
+        """``Engine.pause``: no step, timer or message until unpaused; the seq recorded."""
+        return int(self._call("POST", *_route(workflow_id, "pause"),
+                              body=_name_run({"reason": reason}, run_id),
+                              namespace=namespace)["seq"])
+
+    def unpause(self, workflow_id: str, reason: str = "", *, run_id: Optional[str] = None,
+                namespace: Optional[str] = None) -> int:
+        """``Engine.unpause``: the run goes on; the seq recorded."""
+        return int(self._call("POST", *_route(workflow_id, "unpause"),
+                              body=_name_run({"reason": reason}, run_id),
+                              namespace=namespace)["seq"])
 
     def query(self, workflow_id: str, name: str, *args: Any, timeout: float = 10.0,
-              run_id: Optional[str] = None) -> Any:
+              run_id: Optional[str] = None, namespace: Optional[str] = None) -> Any:
         return self._call("POST", *_route(workflow_id, "queries", name),
                           body=_name_run({"args": list(args), "timeout": timeout}, run_id),
-                          read_timeout=timeout + self.timeout)["answer"]
+                          read_timeout=timeout + self.timeout, namespace=namespace)["answer"]
 
     def result(self, workflow_id: str, timeout: Optional[float] = None,
-               give_up_after: float = 60.0, *, run_id: Optional[str] = None) -> Any:
+               give_up_after: float = 60.0, *, run_id: Optional[str] = None,
+               namespace: Optional[str] = None) -> Any:
         """Wait for the run's end, asking the server in slices. A server that
         is stopping (503) or gone is asked again, backing off, until the
         timeout, or for ``give_up_after`` seconds without an answer."""
@@ -169,7 +206,8 @@ class Client:
             try:
                 path, query = _route(workflow_id, "result", timeout=ask)
                 _name_run(query, run_id)
-                reply = self._call("GET", path, query, read_timeout=ask + self.timeout)
+                reply = self._call("GET", path, query, read_timeout=ask + self.timeout,
+                                   namespace=namespace)
                 return reply["result"]
             except errors.Timeout:
                 delay, heard = _FIRST_BACKOFF, time.monotonic()
@@ -186,46 +224,53 @@ class Client:
                 time.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
 
-    def describe(self, workflow_id: str, *, run_id: Optional[str] = None) -> RunInfo:
+    def describe(self, workflow_id: str, *, run_id: Optional[str] = None,
+                 namespace: Optional[str] = None) -> RunInfo:
         path, query = _route(workflow_id)
-        return run_from_json(self._call("GET", path, _name_run(query, run_id)))
+        return run_from_json(self._call("GET", path, _name_run(query, run_id),
+                                        namespace=namespace))
 
     def list(self, status: Optional[str] = None,
              workflow_type: Union[None, str, Callable[..., Any]] = None,
              limit: int = 100, after_id: Optional[str] = None, *,
              started_after: Optional[Moment] = None, started_before: Optional[Moment] = None,
              parent: Optional[str] = None,
-             attributes: Optional[Mapping[str, Any]] = None) -> builtins.list[RunInfo]:
+             attributes: Optional[Mapping[str, Any]] = None,
+             namespace: Optional[str] = None) -> builtins.list[RunInfo]:
         """A page of runs, as ``Engine.list`` (the same filters)."""
         query = _filter_query(status, workflow_type, started_after, started_before, parent,
                               attributes)
         query["limit"] = limit
         if after_id is not None:
             query["after"] = after_id
-        return [run_from_json(r) for r in self._call("GET", "/v1/workflows", query)["runs"]]
+        return [run_from_json(r)
+                for r in self._call("GET", "/v1/workflows", query, namespace=namespace)["runs"]]
 
     def count(self, status: Optional[str] = None,
               workflow_type: Union[None, str, Callable[..., Any]] = None, *,
               started_after: Optional[Moment] = None, started_before: Optional[Moment] = None,
-              parent: Optional[str] = None, attributes: Optional[Mapping[str, Any]] = None) -> int:
+              parent: Optional[str] = None, attributes: Optional[Mapping[str, Any]] = None,
+              namespace: Optional[str] = None) -> int:
         """How many runs ``list`` with these filters finds (``Engine.count``)."""
         query = _filter_query(status, workflow_type, started_after, started_before, parent,
                               attributes)
-        return int(self._call("GET", "/v1/workflows/count", query)["count"])
+        return int(self._call("GET", "/v1/workflows/count", query, namespace=namespace)["count"])
 
     def count_by_status(self, workflow_type: Union[None, str, Callable[..., Any]] = None, *,
                         started_after: Optional[Moment] = None,
                         started_before: Optional[Moment] = None, parent: Optional[str] = None,
-                        attributes: Optional[Mapping[str, Any]] = None) -> dict[str, int]:
+                        attributes: Optional[Mapping[str, Any]] = None,
+                        namespace: Optional[str] = None) -> dict[str, int]:
         """Those counts per status (``Engine.count_by_status``)."""
         query = _filter_query(None, workflow_type, started_after, started_before, parent,
                               attributes)
         query["by"] = "status"
-        counts = self._call("GET", "/v1/workflows/count", query)["counts"]
+        counts = self._call("GET", "/v1/workflows/count", query, namespace=namespace)["counts"]
         return {str(status): int(n) for status, n in counts.items()}
 
     def history(self, workflow_id: str, after_seq: int = 0,
-                run_id: Optional[str] = None) -> builtins.list[Event]:
+                run_id: Optional[str] = None, *,
+                namespace: Optional[str] = None) -> builtins.list[Event]:
         """The events after ``after_seq``, all of them: read a page at a time
         (the server caps what one request holds)."""
         query: dict[str, Any] = {"after": after_seq}
@@ -233,14 +278,16 @@ class Client:
             query["run_id"] = run_id
         events: builtins.list[Event] = []
         while True:
-            page = self._call("GET", *_route(workflow_id, "history", **query))
+            page = self._call("GET", *_route(workflow_id, "history", **query),
+                              namespace=namespace)
             events.extend(event_from_json(e) for e in page["events"])
             if page.get("next") is None:
                 return events
             query["after"] = page["next"]
 
     def events(self, workflow_id: str, after_seq: Optional[int] = 0, reconnect: bool = True,
-               give_up_after: float = 60.0) -> Iterator[Event]:
+               give_up_after: float = 60.0, *,
+               namespace: Optional[str] = None) -> Iterator[Event]:
         """The run's events after seq ``after_seq`` (0: from the first; None:
         those recorded from now on) as they are recorded, until its end; with
         ``reconnect``, a cut connection resumes after the last event seen
@@ -251,7 +298,7 @@ class Client:
         delay, heard = _FIRST_BACKOFF, time.monotonic()
         while True:
             try:
-                for kind, payload in self._stream(workflow_id, after_seq, run_id):
+                for kind, payload in self._stream(workflow_id, after_seq, run_id, namespace):
                     delay, heard = _FIRST_BACKOFF, time.monotonic()
                     if kind == "run":
                         run_id = payload["run_id"]
@@ -275,18 +322,20 @@ class Client:
                                        f"events(after_seq={after_seq})")
 
     def event_page(self, after: Optional[int] = None, *, types: Names = None,
-                   statuses: Names = None, limit: int = 100) -> EventPage:
+                   statuses: Names = None, limit: int = 100,
+                   namespace: Optional[str] = None) -> EventPage:
         """A page of every run's events in commit order, as
         :meth:`aion.Engine.events` gives it (``GET /v1/events/page``)."""
         query: dict[str, Any] = {"limit": limit, **_global_filters(types, statuses)}
         if after is not None:
             query["after"] = after
-        page = self._call("GET", "/v1/events/page", query)
+        page = self._call("GET", "/v1/events/page", query, namespace=namespace)
         return EventPage([global_event_from_json(e) for e in page["events"]], page["next"])
 
     def global_events(self, after: Optional[int] = None, *, types: Names = None,
                       statuses: Names = None, follow: bool = True,
-                      give_up_after: float = 60.0) -> Iterator[GlobalEvent]:
+                      give_up_after: float = 60.0,
+                      namespace: Optional[str] = None) -> Iterator[GlobalEvent]:
         """Every run's events after the global cursor ``after`` (0: from the
         first; None: those recorded from now on), in commit order, filtered
         by event ``types`` and the current ``statuses`` of their runs. With
@@ -295,14 +344,16 @@ class Client:
         no duplicate), backing off; after ``give_up_after`` seconds without
         an answer it raises :class:`aion.StoreUnavailable`. Without, pages
         until the events recorded so far are read."""
-        filters = _global_filters(types, statuses)
+        filters = self._in_namespace(_global_filters(types, statuses), namespace) or {}
         if not follow:
-            cursor = self.event_page(after, types=types, statuses=statuses, limit=1000)
+            cursor = self.event_page(after, types=types, statuses=statuses, limit=1000,
+                                     namespace=namespace)
             while True:
                 yield from cursor.events
                 if not cursor.events:
                     return
-                cursor = self.event_page(cursor.next, types=types, statuses=statuses, limit=1000)
+                cursor = self.event_page(cursor.next, types=types, statuses=statuses, limit=1000,
+                                         namespace=namespace)
         position = after
         delay, heard = _FIRST_BACKOFF, time.monotonic()
         while True:
@@ -403,7 +454,9 @@ class Client:
         return headers
 
     def _call(self, method: str, path: str, query: Optional[dict[str, Any]] = None,
-              body: Any = None, read_timeout: Optional[float] = None) -> Any:
+              body: Any = None, read_timeout: Optional[float] = None,
+              namespace: Optional[str] = None) -> Any:
+        query = self._in_namespace(query, namespace)
         data = None if body is None else json.dumps(body, allow_nan=False).encode()
         target = self._prefix + path + ("?" + urlencode(query) if query else "")
         conn = self._connection(read_timeout)
@@ -427,12 +480,23 @@ class Client:
             raise _error_from(response.status, reply)
         return reply
 
+    def _in_namespace(self, query: Optional[dict[str, Any]],
+                      namespace: Optional[str]) -> Optional[dict[str, Any]]:
+        """``query`` naming the request's namespace (every route takes
+        ``?namespace=``), when the call or the client names one."""
+        namespace = namespace or self.namespace
+        if namespace is None:
+            return query
+        return {**(query or {}), "namespace": namespace}
+
     def _stream(self, workflow_id: str, after_seq: Optional[int],
-                run_id: Optional[str]) -> Iterator[tuple[str, Any]]:
+                run_id: Optional[str], namespace: Optional[str] = None
+                ) -> Iterator[tuple[str, Any]]:
         query: dict[str, Any] = {} if after_seq is None else {"after": after_seq}
         if run_id is not None:
             query["run_id"] = run_id
         path, query = _route(workflow_id, "events", **query)
+        query = self._in_namespace(query, namespace) or query
         conn = self._connection(None)
         try:
             headers = self._headers(None)
@@ -534,6 +598,12 @@ def _name_run(fields: dict[str, Any], run_id: Optional[str]) -> dict[str, Any]:
     return fields
 
 
+# The codes of a run's failed end, and the error result() raises for each.
+_FAILED: dict[str, type[errors.WorkflowFailed]] = {
+    "workflow_failed": errors.WorkflowFailed, "cancelled": errors.WorkflowCancelled,
+    "timed_out": errors.WorkflowTimedOut}
+
+
 def _error_from(status: int, reply: Any) -> errors.AionError:
     error = reply.get("error") if isinstance(reply, dict) else None
     if not isinstance(error, dict):
@@ -542,9 +612,8 @@ def _error_from(status: int, reply: Any) -> errors.AionError:
     if code == "continued_as_new":
         return errors.WorkflowContinuedAsNew(error.get("workflow_id", ""), error.get("run_id", ""),
                                              error.get("next_run_id"))
-    if code in ("workflow_failed", "cancelled"):
-        cls = errors.WorkflowCancelled if code == "cancelled" else errors.WorkflowFailed
-        return cls(error.get("workflow_id", ""), error.get("detail") or {})
+    if code in _FAILED:
+        return _FAILED[code](error.get("workflow_id", ""), error.get("detail") or {})
     cls_ = ERRORS.get(code, (status, errors.AionError))[1]
     named = getattr(errors, str(error.get("type")), None)
     if (isinstance(named, type) and issubclass(named, errors.AionError)

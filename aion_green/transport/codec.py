@@ -16,6 +16,7 @@ from aion_green.store import GlobalEvent, RunInfo
 ERRORS: dict[str, tuple[int, type[errors.AionError]]] = {
     "invalid_argument": (400, errors.ConfigurationError),
     "unauthenticated": (401, errors.ConfigurationError),
+    "namespace_denied": (403, errors.NamespaceDenied),
     "not_found": (404, errors.WorkflowNotFound),
     "method_not_allowed": (405, errors.ConfigurationError),
     "request_timeout": (408, errors.Timeout),
@@ -23,6 +24,7 @@ ERRORS: dict[str, tuple[int, type[errors.AionError]]] = {
     "not_running": (409, errors.WorkflowNotRunning),
     "workflow_failed": (409, errors.WorkflowFailed),
     "cancelled": (409, errors.WorkflowCancelled),
+    "timed_out": (409, errors.WorkflowTimedOut),
     "continued_as_new": (409, errors.WorkflowContinuedAsNew),
     "too_large": (413, errors.ConfigurationError),
     "query_failed": (422, errors.QueryFailed),
@@ -38,6 +40,8 @@ def code_of(error: BaseException) -> str:
         return "continued_as_new"
     if isinstance(error, errors.WorkflowCancelled):
         return "cancelled"
+    if isinstance(error, errors.WorkflowTimedOut):
+        return "timed_out"
     if isinstance(error, errors.WorkflowFailed):
         return "workflow_failed"
     if isinstance(error, errors.WorkflowNotFound):
@@ -48,6 +52,8 @@ def code_of(error: BaseException) -> str:
         return "not_running"
     if isinstance(error, errors.QueryFailed):
         return "query_failed"
+    if isinstance(error, errors.NamespaceDenied):
+        return "namespace_denied"
     if isinstance(error, errors.Timeout):
         return "timeout"
     if isinstance(error, (errors.StoreUnavailable, errors.EngineClosed)):
@@ -68,7 +74,7 @@ def public_error(error: Any) -> Any:
 
 
 def run_to_json(info: RunInfo) -> dict[str, Any]:
-    doc = {"workflow_id": info.workflow_id, "run_id": info.run_id,
+    doc = {"workflow_id": info.workflow_id, "namespace": info.namespace, "run_id": info.run_id,
            "workflow_type": info.workflow_type, "status": info.status, "args": info.args,
            "result": info.result, "error": public_error(info.error), "head_seq": info.head_seq,
            "created_at": info.created_at, "updated_at": info.updated_at}
@@ -78,6 +84,10 @@ def run_to_json(info: RunInfo) -> dict[str, Any]:
         doc["unrunnable"] = info.unrunnable
     if info.next_run_id is not None:
         doc["next_run_id"] = info.next_run_id
+    if info.execution_deadline is not None:
+        doc["execution_deadline"] = info.execution_deadline
+    if info.paused:
+        doc["paused"] = True
     if info.steps_running:
         doc["steps_running"] = [{"step": s.step, "name": s.name, "attempt": s.attempt,
                                  "since": s.since} for s in info.steps_running]
@@ -99,7 +109,10 @@ def run_from_json(obj: dict[str, Any]) -> RunInfo:
                    obj["args"], obj.get("result"), obj.get("error"), obj["head_seq"],
                    obj["created_at"], obj["updated_at"], unrunnable=obj.get("unrunnable"),
                    next_run_id=obj.get("next_run_id"), parent_id=obj.get("parent_id"),
-                   search_attributes=obj.get("search_attributes") or {})
+                   search_attributes=obj.get("search_attributes") or {},
+                   execution_deadline=obj.get("execution_deadline"),
+                   paused=bool(obj.get("paused")),
+                   namespace=obj.get("namespace") or "default")
 
 
 def event_to_json(event: Event) -> dict[str, Any]:
@@ -119,13 +132,14 @@ def global_event_to_json(event: GlobalEvent) -> dict[str, Any]:
     and the event as ``event_to_json`` shows it (``seq``, ``type``, ``at``,
     ``data``)."""
     shown = event_to_json(Event(event.seq, event.type, event.at, event.data))
-    return {"position": event.position, "workflow_id": event.workflow_id,
-            "run_id": event.run_id, **shown}
+    return {"position": event.position, "namespace": event.namespace,
+            "workflow_id": event.workflow_id, "run_id": event.run_id, **shown}
 
 
 def global_event_from_json(obj: dict[str, Any]) -> GlobalEvent:
     return GlobalEvent(obj["position"], obj["workflow_id"], obj["run_id"], obj["seq"],
-                       obj["type"], obj["at"], obj.get("data") or {})
+                       obj["type"], obj["at"], obj.get("data") or {},
+                       obj.get("namespace") or "default")
 
 
 # -- times in query strings ---------------------------------------------------------------------

@@ -54,7 +54,8 @@ _REF_EVENT = {"$ref": "#/components/schemas/Event"}
 _COMMON = ("unauthenticated", "unavailable", "internal")
 # The filters of the list and count routes.
 _FILTERS = (
-    Param("status", "query", _STR, "running, completed, failed, cancelled or continued."),
+    Param("status", "query", _STR, "running, completed, failed, cancelled, continued or "
+          "timed_out."),
     Param("type", "query", _STR, "A workflow type."),
     Param("started_after", "query", _STR, "Runs whose current run started at or after this "
           "time: ISO-8601 (`2024-05-01`, `2024-05-01T12:00:00Z`; no offset: UTC)."),
@@ -115,12 +116,16 @@ ROUTES: tuple[Route, ...] = (
                         "`id`; send one, or the same in both)."),),
           body={"workflow": {"type": "string", "description": "The registered type name."},
                 "args": {"type": "array", "description": "Its arguments, JSON values."},
-                "id": {"type": "string", "description": "The workflow id (default: a new uuid)."}},
+                "id": {"type": "string", "description": "The workflow id (default: a new uuid)."},
+                "execution_timeout": {"type": "number", "description": "Seconds (above 0) the "
+                                      "workflow may run, over every run of its chain; past "
+                                      "them it ends with status `timed_out`."}},
           required=("workflow",),
-          answer={"type": "object", "properties": {"workflow_id": _STR, "run_id": _STR}},
+          answer={"type": "object", "properties": {"workflow_id": _STR, "run_id": _STR,
+                                                   "namespace": _STR}},
           errors=("invalid_argument", "already_exists", "too_large"),
           example=({"workflow": "shop.checkout", "args": ["o-1"], "id": "order-o-1"},
-                   {"workflow_id": "order-o-1", "run_id": "5f0c...e1"})),
+                   {"workflow_id": "order-o-1", "run_id": "5f0c...e1", "namespace": "default"})),
     Route("GET", "/v1/workflows", "List runs",
           "The current run of each workflow, ordered by id, a page at a time, filtered (all "
           "filters ANDed). Each summary names its `parent_id` and its `search_attributes`. A "
@@ -160,8 +165,8 @@ ROUTES: tuple[Route, ...] = (
                   _RUN_Q),
           answer={"type": "object", "properties": {"workflow_id": _STR, "status": _STR,
                                                    "result": _ANY, "run_id": _STR}},
-          errors=("not_found", "workflow_failed", "cancelled", "continued_as_new", "timeout",
-                  "invalid_argument"),
+          errors=("not_found", "workflow_failed", "cancelled", "timed_out", "continued_as_new",
+                  "timeout", "invalid_argument"),
           example=("?timeout=30", {"workflow_id": "order-o-1", "status": "completed",
                                    "result": {"tracking": "t-9"}})),
     Route("GET", "/v1/workflows/{id}/history", "Read a history",
@@ -189,8 +194,9 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/events", "Stream every run's events",
           "Server-sent events of every run's events in commit order, for dashboards and "
           "exporters. Each event is one frame: `id:` its global position (the cursor), "
-          "`event:` its type, `data:` a GlobalEvent (workflow id, run id, per-run seq, type, "
-          "time, data). A `cursor` frame (`id:` and `{\"next\": N}`) opens the stream, and "
+          "`event:` its type, `data:` a GlobalEvent (namespace, workflow id, run id, per-run "
+          "seq, type, time, data): the events of the runs of one namespace. A `cursor` "
+          "frame (`id:` and `{\"next\": N}`) opens the stream, and "
           "keep-alives carry the cursor when filters skipped events, so a client that "
           "reconnects with the last id it saw misses nothing. No cursor: the events recorded "
           "from now on (a live tail); `after=0`: from the first; `Last-Event-ID` resumes after "
@@ -216,7 +222,8 @@ ROUTES: tuple[Route, ...] = (
               "next": _INT}},
           errors=("invalid_argument",),
           example=("?after=0&limit=1", {"events": [
-              {"position": 1, "workflow_id": "order-o-1", "run_id": "5f0c...e1", "seq": 1,
+              {"position": 1, "namespace": "default", "workflow_id": "order-o-1",
+               "run_id": "5f0c...e1", "seq": 1,
                "type": "WorkflowStarted", "at": 1764720000.0, "data": {}}], "next": 1})),
     Route("POST", "/v1/workflows/{id}/signals/{name}", "Send a message",
           "Record message `name` in the run's history (kept until the workflow receives it). "
@@ -252,6 +259,25 @@ ROUTES: tuple[Route, ...] = (
                                                    "terminated": {"type": "boolean"}}},
           errors=("not_found", "not_running", "invalid_argument"),
           example=({"reason": "stuck"}, {"workflow_id": "order-o-1", "terminated": True})),
+    Route("POST", "/v1/workflows/{id}/pause", "Pause a run",
+          "Record `WorkflowPaused`: until it is unpaused the run starts no step, fires no "
+          "timer and takes no message (messages are recorded and kept for it); a step already "
+          "running finishes. Its status stays `running`, and describe shows `paused: true`. "
+          "The pause holds across restarts; terminate and the execution timeout still end it.",
+          params=(_ID,), body={"reason": {"type": "string"}, **_RUN_B},
+          answer={"type": "object", "properties": {"workflow_id": _STR, "paused": {
+              "type": "boolean"}, "seq": _INT}},
+          errors=("not_found", "not_running", "invalid_argument"),
+          example=({"reason": "supplier outage"}, {"workflow_id": "order-o-1", "paused": True,
+                                                   "seq": 8})),
+    Route("POST", "/v1/workflows/{id}/unpause", "Unpause a run",
+          "Record `WorkflowUnpaused`: the run goes on; timers that came due while it was "
+          "paused fire now, and messages recorded meanwhile are delivered.",
+          params=(_ID,), body={"reason": {"type": "string"}, **_RUN_B},
+          answer={"type": "object", "properties": {"workflow_id": _STR, "paused": {
+              "type": "boolean"}, "seq": _INT}},
+          errors=("not_found", "not_running", "invalid_argument"),
+          example=({}, {"workflow_id": "order-o-1", "paused": False, "seq": 9})),
     Route("GET", "/v1/schedules", "List schedules",
           "The schedules (active ones; `include_deleted=true` adds unscheduled ones), ordered by "
           "id, a page at a time, each with its spec and, where the server drives it, its next "
@@ -302,9 +328,30 @@ ROUTES: tuple[Route, ...] = (
           example=(None, {"schedule_id": "nightly", "deleted": True})),
 )
 
+# Every route of runs and schedules is in one namespace (WSGIApp._namespace).
+_NAMESPACED = ("/v1/workflows", "/v1/schedules", "/v1/events", "/v1/purge")
+_NS = Param("namespace", "query", _STR, "The namespace (default `default`); ids are unique "
+            "per namespace, and a run of another namespace answers as an id never seen (404). "
+            "A POST may name it in its body instead. A token not granted it: 403 "
+            "`namespace_denied`, nothing done.")
+
+
+def _in_namespaces(route: Route) -> Route:
+    if not route.path.startswith(_NAMESPACED):
+        return route
+    body = None if route.body is None else {**route.body, "namespace": {
+        "type": "string", "description": "The namespace (as `?namespace=`; default `default`)."}}
+    return route._replace(params=route.params + (_NS,), body=body,
+                          errors=route.errors + ("namespace_denied",))
+
+
+ROUTES = tuple(_in_namespaces(route) for route in ROUTES)
+
 _ERROR_TEXT = {
     "invalid_argument": "Bad input: the message names the field; nothing was recorded.",
     "unauthenticated": "No or a wrong bearer token.",
+    "namespace_denied": "The token is not granted the namespace asked for: nothing was "
+                        "done, nothing listed.",
     "not_found": "No such workflow, or no such run of it (or no such route).",
     "method_not_allowed": "The route takes another method.",
     "request_timeout": "The request's body did not arrive in time.",
@@ -313,6 +360,7 @@ _ERROR_TEXT = {
                    "current one: nothing was recorded.",
     "workflow_failed": "The run failed: `detail` holds its error type and message.",
     "cancelled": "The run was cancelled (or terminated).",
+    "timed_out": "The run's execution timeout passed: it ended with status `timed_out`.",
     "continued_as_new": "That run continued as new: `next_run_id` names the run it became.",
     "too_large": "The body is over the server's limit.",
     "query_failed": "The query handler raised, the name is unknown, or no live run answers.",
@@ -388,16 +436,21 @@ def _operation_id(route: Route) -> str:
 
 def _run_schema() -> dict[str, Any]:
     return {"type": "object", "properties": {
-        "workflow_id": _STR, "run_id": _STR, "workflow_type": _STR,
+        "workflow_id": _STR, "namespace": _STR, "run_id": _STR, "workflow_type": _STR,
         "status": {"type": "string",
-                   "enum": ["running", "completed", "failed", "cancelled", "continued"]},
+                   "enum": ["running", "completed", "failed", "cancelled", "continued",
+                            "timed_out"]},
         "args": {"type": "array"}, "result": _ANY, "error": _ANY, "head_seq": _INT,
         "created_at": _NUM, "updated_at": _NUM, "unrunnable": _STR, "next_run_id": _STR,
         "steps_running": {"type": "array"},
         "parent_id": {"type": ["string", "null"],
                       "description": "The workflow id that started this run as a child."},
         "search_attributes": {"type": "object", "description": "name -> str, int, float or "
-                              "bool (ctx.upsert_search_attributes)."}}}
+                              "bool (ctx.upsert_search_attributes)."},
+        "execution_deadline": {"type": "number", "description": "When the run's execution "
+                               "timeout passes (seconds since the epoch); absent without one."},
+        "paused": {"type": "boolean", "description": "Present (true) while the run is "
+                   "paused; its status stays `running`."}}}
 
 
 def _schedule_schema() -> dict[str, Any]:
@@ -417,7 +470,7 @@ def _event_schema() -> dict[str, Any]:
 def _global_event_schema() -> dict[str, Any]:
     return {"type": "object", "properties": {
         "position": {"type": "integer", "description": "The global cursor."},
-        "workflow_id": _STR, "run_id": _STR, "seq": _INT, "type": _STR, "at": _NUM,
+        "namespace": _STR, "workflow_id": _STR, "run_id": _STR, "seq": _INT, "type": _STR, "at": _NUM,
         "data": {"type": "object"}}}
 
 
@@ -433,6 +486,16 @@ def markdown() -> str:
              "Ids are percent-encoded UTF-8 path segments; every route of one run also takes "
              "its id as `?workflow_id=ID` (signals and queries with `&name=NAME`) on "
              "`/v1/workflows/ACTION`, which every WSGI server hands over intact.", "",
+             "## Namespaces and grants", "",
+             "Every run belongs to a namespace: `default` unless a request names one "
+             "(`?namespace=NS` on any route of runs and schedules, or `namespace` in a POST "
+             "body). Ids are unique per namespace; a run's children, the messages it sends and "
+             "the runs a schedule starts stay in its namespace. A run of another namespace is "
+             "invisible: the answer is the one for an id never seen (404 `not_found`).", "",
+             "A server's token is `SECRET` (every namespace) or `SECRET:ns1,ns2` (those "
+             "only); `aion-green worker --token` is repeatable, and `AION_GREEN_TOKEN` takes "
+             "several separated by spaces. A request for a namespace its token is not granted "
+             "is a 403 `namespace_denied`: nothing is done, recorded or listed.", "",
              "## Errors", "",
              "Every error is one JSON body, `{\"error\": {\"code\", \"message\", ...}}`:", "",
              "| code | status | meaning |", "|---|---|---|"]

@@ -20,7 +20,7 @@ worker's main thread).
 from __future__ import annotations
 
 import socket
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Union
 
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
@@ -76,7 +76,7 @@ class Server:
     request that waits on the engine (a result, a stream), which writes.
     """
 
-    def __init__(self, engine: Any, address: tuple[str, int], token: Optional[str],
+    def __init__(self, engine: Any, address: tuple[str, int], token: Union[None, str, Sequence[str]],
                  max_connections: int = 1000, read_timeout: float = 30.0) -> None:
         self.app = WSGIApp(engine, token=token)
         self.pool = Pool(max_connections)

@@ -20,7 +20,9 @@ GET      /health/ready                                200 ``{"ok", "driving", "c
 GET      /metrics                                     Prometheus text (OpenMetrics if the Accept
                                                       header asks); wants the token when one is
                                                       set; 503 without ``prometheus_client``
-POST     /v1/workflows                                start: ``{"workflow", "args", "id"}``; the
+POST     /v1/workflows                                start: ``{"workflow", "args", "id",
+                                                      "execution_timeout"}`` (seconds; past them
+                                                      the run ends ``timed_out``); the
                                                       ``Idempotency-Key`` header may give the id;
                                                       answers ``{"workflow_id", "run_id"}``
 GET      /v1/workflows?status=&type=&limit=&after=    list, a page: ``{"runs", "next"}``; also
@@ -47,10 +49,16 @@ POST     /v1/workflows/ID/queries/NAME                ``{"args", "timeout", "run
 POST     /v1/workflows/ID/cancel                      ``{"reason", "run_id"}``
 POST     /v1/workflows/ID/terminate                   ``{"reason", "run_id"}``: ends it now, no
                                                       cleanup
-GET      /v1/events?after=&type=&status=              every run's events as one stream (server-
-                                                      sent events), in commit order: each frame's
-                                                      ``id`` is the event's global position; no
-                                                      cursor, those recorded from now on;
+POST     /v1/workflows/ID/pause                       ``{"reason", "run_id"}``: no step, timer or
+                                                      message until unpaused (``{"workflow_id",
+                                                      "paused", "seq"}``); describe: ``paused``
+POST     /v1/workflows/ID/unpause                     ``{"reason", "run_id"}``: it goes on; due
+                                                      timers fire, kept messages are delivered
+GET      /v1/events?after=&type=&status=              every run's events (of the namespace) as one
+                                                      stream (server-sent events), in commit
+                                                      order: each frame's ``id`` is the event's
+                                                      global position; no cursor, those
+                                                      recorded from now on;
                                                       ``after=0`` from the first; ``Last-Event-
                                                       ID`` resumes; a cursor below 0 or past the
                                                       head is a 400; ``type``/``status``: comma-
@@ -74,6 +82,13 @@ boolean as its JSON text (``attr.total=42`` matches 42, not 42.0;
 the current run's start. A bad date, an unknown parameter or a bad attribute
 name is a 400 ``invalid_argument`` whose ``field`` names it. (A workflow whose
 id is ``count`` is described with ``/v1/workflows?workflow_id=count``.)
+
+Namespaces: every route of runs and schedules takes ``?namespace=NS`` (a
+POST also ``"namespace"`` in its body); without one it is ``default``. Ids
+are unique per namespace, and a run of another namespace answers exactly as
+an id never seen (404). A token is ``SECRET`` (every namespace) or
+``SECRET:ns1,ns2`` (those only): a request for a namespace outside its grant
+is a 403 ``namespace_denied`` before anything is done, recorded or listed.
 
 Run identity: a workflow id names a chain of runs (``continue_as_new``
 begins the next one under the same id); without ``run_id`` a request is for
@@ -111,13 +126,15 @@ import json
 import logging
 import time
 from datetime import datetime
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 from urllib.parse import parse_qs, unquote_to_bytes
 
 import gevent
 from greenlet import getcurrent
 
 from aion_green.core import events as ev
+from aion_green.core import namespaces
+from aion_green.core.bounds import execution_timeout_seconds
 from aion_green.core.errors import (
     AionError,
     ConfigurationError,
@@ -143,7 +160,10 @@ log = logging.getLogger("aion_green.transport")
 
 StartResponse = Callable[..., Any]
 _JSON = [("Content-Type", "application/json; charset=utf-8")]
-_ACTIONS = ("result", "history", "events", "cancel", "terminate")
+_ACTIONS = ("result", "history", "events", "cancel", "terminate", "pause", "unpause")
+_POSTS = ("cancel", "terminate", "pause", "unpause", "signals", "queries")
+# The environ key of the namespaces the request's token grants (None: all).
+_GRANTS = "aion_green.grants"
 _NAMED = ("signals", "queries")
 
 
@@ -162,7 +182,10 @@ class WSGIApp:
 
     ``token``: when set, every route but ``/healthz``, ``/health/live``,
     ``/health/ready`` and ``/v1/openapi.json`` wants
-    ``Authorization: Bearer <token>``. ``max_body``: the largest request
+    ``Authorization: Bearer <token>``. A token is ``SECRET`` (every
+    namespace) or ``SECRET:ns1,ns2`` (those namespaces only); give several
+    as a list, or in one string separated by spaces (as
+    ``AION_GREEN_TOKEN`` does). A secret holds no ":" and no space. ``max_body``: the largest request
     body accepted, in bytes. ``max_wait``: the longest a request waits (for
     a result, a query); a client waits longer by asking again.
     ``stream_poll``: the longest pause between two looks at a streamed run.
@@ -176,13 +199,16 @@ class WSGIApp:
     answer before it says not ready.
     """
 
-    def __init__(self, engine: Any, token: Optional[str] = None, max_body: int = 1 << 20,
+    def __init__(self, engine: Any, token: Union[None, str, Sequence[str]] = None,
+                 max_body: int = 1 << 20,
                  max_wait: float = 60.0, stream_poll: float = 0.5,
                  heartbeat: float = 15.0, max_depth: int = 64, max_digits: int = 64,
                  page: int = 1000, ready_timeout: float = 1.0) -> None:
         self.engine = engine
         self.ready_timeout = ready_timeout
         self.token = token
+        # (secret, the namespaces it grants, None for all); None: no token asked.
+        self._tokens = parse_tokens(token)
         self.max_body = max_body
         self.max_depth = max_depth
         self.max_digits = max_digits
@@ -257,14 +283,41 @@ class WSGIApp:
             return ""
 
     def _authenticate(self, environ: dict[str, Any]) -> None:
-        if self.token is None:
+        """Check the bearer token, and keep the namespaces it grants in the
+        request's environ (for :meth:`_namespace`)."""
+        if self._tokens is None:
             return
         header = environ.get("HTTP_AUTHORIZATION", "")
         scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
-                                                                 self.token.encode()):
+        presented = given.strip().encode()
+        grants: Union[None, frozenset[str], bool] = False
+        for secret, granted in self._tokens:  # every one compared: the time tells nothing
+            if hmac.compare_digest(presented, secret) and grants is False:
+                grants = granted
+        if scheme.lower() != "bearer" or grants is False:
             raise _Reply("unauthenticated", "this API wants an 'Authorization: Bearer <token>' "
                          "header with the server's token" + ("" if header else "; none was sent"))
+        environ[_GRANTS] = grants
+
+    def _namespace(self, environ: dict[str, Any], params: dict[str, str],
+                   body: Optional[dict[str, Any]] = None) -> str:
+        """The namespace a request names (``?namespace=``, or ``namespace``
+        in its body; ``"default"`` if neither), once its token's grant
+        allows it: else a 403 ``namespace_denied``, before anything is done."""
+        given: Any = params.get("namespace")
+        if body is not None and "namespace" in body:
+            if given is not None and body["namespace"] != given:
+                raise _Reply("invalid_argument", f"the body's namespace {body['namespace']!r} and "
+                             f"the query's {given!r} differ; send one, or the same in both",
+                             field="namespace")
+            given = body["namespace"]
+        ns = (namespaces.DEFAULT if given is None
+              else _field(namespaces.check_namespace, "namespace", given, "'namespace'"))
+        grants = environ.get(_GRANTS)
+        if grants is not None and ns not in grants:
+            raise _Reply("namespace_denied", f"this token is not granted namespace {ns!r}; "
+                         "nothing was done. Ask with a token that grants it", field="namespace")
+        return ns
 
     def _route(self, method: str, segments: list[str], environ: dict[str, Any],
                start_response: StartResponse) -> Iterable[bytes]:
@@ -304,12 +357,14 @@ class WSGIApp:
             if method == "POST":
                 return _reply(start_response, 200, self._start(environ, params))
             if method == "GET":
-                return _reply(start_response, 200, self._list(params))
+                return _reply(start_response, 200,
+                              self._list(params, self._namespace(environ, params)))
             raise _not_allowed(method, "GET, POST")
         elif rest == ["count"]:
             if method != "GET":
                 raise _not_allowed(method, "GET")
-            return _reply(start_response, 200, self._count(params))
+            return _reply(start_response, 200,
+                          self._count(params, self._namespace(environ, params)))
         else:
             # Matched from the right: behind a server that hands over only the
             # decoded path, an id's "/" splits it into several segments.
@@ -320,43 +375,57 @@ class WSGIApp:
             wid = "/".join(rest)
         if not wid:
             raise _Reply("invalid_argument", "the workflow id is empty")
-        expected = "POST" if action in ("cancel", "terminate", "signals", "queries") else "GET"
+        expected = "POST" if action in _POSTS else "GET"
         if method != expected:
             raise _not_allowed(method, expected)
         named = {"workflow_id", "name"} if by_query else set()
+        if method == "GET":
+            ns = self._namespace(environ, params)
         if action is None:
             query = _query(params, named | {"run_id"})
             return _reply(start_response, 200, run_to_json(
-                self.engine.describe(wid, run_id=_run_id(query.get("run_id")))))
+                self.engine.describe(wid, run_id=_run_id(query.get("run_id")), namespace=ns)))
         if action == "result":
             return _reply(start_response, 200,
-                          self._result(wid, _query(params, named | {"timeout", "run_id"})))
+                          self._result(wid, _query(params, named | {"timeout", "run_id"}), ns))
         if action == "history":
-            return _reply(start_response, 200,
-                          self._history(wid, _query(params, named | {"after", "run_id", "limit"})))
+            return _reply(start_response, 200, self._history(
+                wid, _query(params, named | {"after", "run_id", "limit"}), ns))
         if action == "events":
             return self._stream(wid, _query(params, named | {"after", "run_id"}), environ,
-                                start_response)
+                                start_response, ns)
         _query(params, named)
         if action == "cancel":
             body = self._body(environ, {"reason", "run_id"})
-            self.engine.cancel(wid, _str(body, "reason", ""), **_run_kw(body))
+            ns = self._namespace(environ, params, body)
+            self.engine.cancel(wid, _str(body, "reason", ""), **_run_kw(body), namespace=ns)
             return _reply(start_response, 200, {"workflow_id": wid, "cancel_requested": True})
         if action == "terminate":
             body = self._body(environ, {"reason", "run_id"})
-            self.engine.terminate(wid, _str(body, "reason", ""), **_run_kw(body))
+            ns = self._namespace(environ, params, body)
+            self.engine.terminate(wid, _str(body, "reason", ""), **_run_kw(body), namespace=ns)
             return _reply(start_response, 200, {"workflow_id": wid, "terminated": True})
+        if action in ("pause", "unpause"):
+            body = self._body(environ, {"reason", "run_id"})
+            ns = self._namespace(environ, params, body)
+            call = self.engine.pause if action == "pause" else self.engine.unpause
+            seq = call(wid, _str(body, "reason", ""), **_run_kw(body), namespace=ns)
+            return _reply(start_response, 200, {"workflow_id": wid, "paused": action == "pause",
+                                                "seq": seq})
         assert name is not None
         if action == "signals":
             body = self._body(environ, {"payload", "idempotency_key", "run_id"})
+            ns = self._namespace(environ, params, body)
             key = _str(body, "idempotency_key", None) or _header(environ, "HTTP_IDEMPOTENCY_KEY")
             seq = self.engine.signal(wid, name, body.get("payload"), idempotency_key=key,
-                                     **_run_kw(body))
+                                     **_run_kw(body), namespace=ns)
             return _reply(start_response, 200, {"workflow_id": wid, "seq": seq})
         body = self._body(environ, {"args", "timeout", "run_id"})
+        ns = self._namespace(environ, params, body)
         args = _list(body, "args")
         timeout = min(_number(body, "timeout", 10.0), self.max_wait)
-        answer = self.engine.query(wid, name, *args, timeout=timeout, **_run_kw(body))
+        answer = self.engine.query(wid, name, *args, timeout=timeout, **_run_kw(body),
+                                   namespace=ns)
         return _reply(start_response, 200, {"workflow_id": wid, "answer": answer})
 
     # -- operations ------------------------------------------------------------------------
@@ -396,11 +465,12 @@ class WSGIApp:
 
     # -- handlers --------------------------------------------------------------------------
     def _body(self, environ: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
-        return _body(environ, self.max_body, allowed, self.max_depth, self.max_digits)
+        return _body(environ, self.max_body, allowed | {"namespace"}, self.max_depth,
+                     self.max_digits)
 
     def _start(self, environ: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
         _query(params, set())
-        body = self._body(environ, {"workflow", "args", "id"})
+        body = self._body(environ, {"workflow", "args", "id", "execution_timeout"})
         workflow = body.get("workflow")
         if not isinstance(workflow, str) or not workflow:
             raise _Reply("invalid_argument", "'workflow' must be the registered name of a "
@@ -412,15 +482,22 @@ class WSGIApp:
         if wid is not None and key is not None and wid != key:
             raise _Reply("invalid_argument", f"the body's id {wid!r} and the Idempotency-Key "
                          f"header {key!r} differ; send one, or the same in both")
+        bound: dict[str, float] = {}
+        if body.get("execution_timeout") is not None:
+            bound["execution_timeout"] = _field(execution_timeout_seconds, "execution_timeout",
+                                                body["execution_timeout"], "'execution_timeout'")
+        ns = self._namespace(environ, params, body)
         try:
-            handle = self.engine.start(workflow, *args, id=wid or key)
+            handle = self.engine.start(workflow, *args, id=wid or key, namespace=ns, **bound)
         except WorkflowArgumentsInvalid as exc:
             raise _Reply("invalid_argument", str(exc), field="args") from None
-        return {"workflow_id": handle.workflow_id, "run_id": handle.run_id}
+        return {"workflow_id": handle.workflow_id, "run_id": handle.run_id, "namespace": ns}
 
     def _schedules(self, method: str, rest: list[str], params: dict[str, str],
                    environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """``/v1/schedules[/ID]``: list and create; show and delete one."""
+        if method in ("GET", "DELETE"):
+            ns = self._namespace(environ, params)
         if not rest:
             if method == "GET":
                 query = _query(params, {"limit", "after", "include_deleted"})
@@ -433,31 +510,32 @@ class WSGIApp:
                     raise _Reply("invalid_argument", f"include_deleted={deleted!r}: true or false",
                                  field="include_deleted")
                 found = self.engine.schedules(include_deleted=deleted == "true", limit=limit,
-                                              after_id=query.get("after"))
+                                              after_id=query.get("after"), namespace=ns)
                 next_after = found[-1].schedule_id if len(found) == limit else None
                 return _reply(start_response, 200, {
                     "schedules": [schedule_to_json(s) for s in found], "next": next_after})
             if method == "POST":
                 _query(params, set())
-                return _reply(start_response, 200, self._create_schedule(environ))
+                return _reply(start_response, 200, self._create_schedule(environ, params))
             raise _not_allowed(method, "GET, POST")
         sid = "/".join(rest)
         _text(sid, "the schedule id")
         if method == "GET":
             _query(params, set())
             return _reply(start_response, 200,
-                          schedule_to_json(self.engine.describe_schedule(sid)))
+                          schedule_to_json(self.engine.describe_schedule(sid, namespace=ns)))
         if method == "DELETE":
             query = _query(params, {"timeout"})
             timeout = min(_number(query, "timeout", 30.0), self.max_wait)
-            self.engine.describe_schedule(sid)  # a 404 for an id that names no schedule
-            self.engine.unschedule(sid, timeout=timeout)
+            self.engine.describe_schedule(sid, namespace=ns)  # a 404 for an id that names none
+            self.engine.unschedule(sid, timeout=timeout, namespace=ns)
             return _reply(start_response, 200, {"schedule_id": sid, "deleted": True})
         raise _not_allowed(method, "GET, DELETE")
 
-    def _create_schedule(self, environ: dict[str, Any]) -> dict[str, Any]:
+    def _create_schedule(self, environ: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
         body = self._body(environ, {"schedule_id", "workflow", "args", "cron", "every",
                                     "start_at", "timezone", "overlap", "catch_up"})
+        ns = self._namespace(environ, params, body)
         sid = _str(body, "schedule_id", None)
         if not sid:
             raise _Reply("invalid_argument", "'schedule_id' must name the schedule (a non-empty "
@@ -486,12 +564,13 @@ class WSGIApp:
             handle = self.engine.schedule(
                 sid, workflow, *_list(body, "args"), cron=_str(body, "cron", None), every=every,
                 start_at=when, timezone=_str(body, "timezone", None),
-                overlap=_str(body, "overlap", "skip"), catch_up=_str(body, "catch_up", "one"))
+                overlap=_str(body, "overlap", "skip"), catch_up=_str(body, "catch_up", "one"),
+                namespace=ns)
         except WorkflowArgumentsInvalid as exc:
             raise _Reply("invalid_argument", str(exc), field="args") from None
         return {"schedule_id": sid, "run_id": handle.run_id}
 
-    def _list(self, params: dict[str, str]) -> dict[str, Any]:
+    def _list(self, params: dict[str, str], ns: str) -> dict[str, Any]:
         query, filters = _filters(params, {"limit", "after"})
         limit = _int(query, "limit", 100)
         if not 1 <= limit <= 1000:
@@ -500,15 +579,15 @@ class WSGIApp:
         after = query.get("after")
         if after is not None:
             _field(ev.check_key, "after", after, "'after' (the last id of the previous page)")
-        runs = self.engine.list(limit=limit, after_id=after, **filters)
+        runs = self.engine.list(limit=limit, after_id=after, namespace=ns, **filters)
         next_after = runs[-1].workflow_id if len(runs) == limit else None
         return {"runs": [run_to_json(r) for r in runs], "next": next_after}
 
-    def _count(self, params: dict[str, str]) -> dict[str, Any]:
+    def _count(self, params: dict[str, str], ns: str) -> dict[str, Any]:
         query, filters = _filters(params, {"by"})
         by = query.get("by")
         if by is None:
-            return {"count": self.engine.count(**filters)}
+            return {"count": self.engine.count(namespace=ns, **filters)}
         if by != "status":
             raise _Reply("invalid_argument", f"by={by!r}: counts are grouped by=status only",
                          field="by")
@@ -516,52 +595,52 @@ class WSGIApp:
             raise _Reply("invalid_argument", "by=status counts every status: leave out 'status'",
                          field="status")
         filters.pop("status", None)
-        return {"counts": self.engine.count_by_status(**filters)}
+        return {"counts": self.engine.count_by_status(namespace=ns, **filters)}
 
-    def _result(self, wid: str, query: dict[str, str]) -> dict[str, Any]:
+    def _result(self, wid: str, query: dict[str, str], ns: str) -> dict[str, Any]:
         timeout = min(_number(query, "timeout", self.max_wait), self.max_wait)
         run_id = _run_id(query.get("run_id"))
         if run_id is None:
-            result = self.engine.result(wid, timeout=timeout)
+            result = self.engine.result(wid, timeout=timeout, namespace=ns)
             return {"workflow_id": wid, "status": ev.COMPLETED, "result": result}
-        result = self.engine.result(wid, timeout=timeout, run_id=run_id)
+        result = self.engine.result(wid, timeout=timeout, run_id=run_id, namespace=ns)
         return {"workflow_id": wid, "run_id": run_id, "status": ev.COMPLETED, "result": result}
 
-    def _history(self, wid: str, query: dict[str, str]) -> dict[str, Any]:
+    def _history(self, wid: str, query: dict[str, str], ns: str) -> dict[str, Any]:
         after = _int(query, "after", 0)
         limit = _int(query, "limit", self.page)
         if not 1 <= limit <= self.page:
             raise _Reply("invalid_argument", f"limit={limit}: ask for 1 to {self.page} events "
                          "per page (follow 'next' for the rest)")
         run_id = query.get("run_id")
-        events = self.engine.history(wid, after, run_id, limit)
+        events = self.engine.history(wid, after, run_id, limit, namespace=ns)
         if not events and after:
-            self._run_of(wid, run_id)  # an unknown run is a 404, past its end too
+            self._run_of(wid, run_id, ns)  # an unknown run is a 404, past its end too
         # A page at a time (issue 16: one request of a big run held its whole history).
         next_after = events[-1].seq if len(events) == limit else None
         return {"events": [event_to_json(e) for e in events], "next": next_after}
 
-    def _run_of(self, wid: str, run_id: Optional[str]) -> str:
+    def _run_of(self, wid: str, run_id: Optional[str], ns: str) -> str:
         """The run id a request names (the current run's by default); a
         WorkflowNotFound for an unknown workflow or run."""
-        info = self.engine.describe(wid)
+        info = self.engine.describe(wid, namespace=ns)
         if run_id is None or run_id == info.run_id:
             return info.run_id
-        self.engine.history(wid, 0, run_id, 1)  # an earlier run of the id, or not found
+        self.engine.history(wid, 0, run_id, 1, namespace=ns)  # an earlier run, or not found
         return run_id
 
-    def _ended(self, wid: str, run_id: str) -> bool:
+    def _ended(self, wid: str, run_id: str, ns: str) -> bool:
         # The status commits with the terminal event (store.py): read it
         # before the history, and an empty read after it means no more events.
-        info = self.engine.describe(wid)
+        info = self.engine.describe(wid, namespace=ns)
         return info.run_id != run_id or info.status != ev.RUNNING
 
     def _stream(self, wid: str, query: dict[str, str], environ: dict[str, Any],
-                start_response: StartResponse) -> Iterable[bytes]:
+                start_response: StartResponse, ns: str) -> Iterable[bytes]:
         # Before answering: an unknown workflow or run is a 404 in every form
         # of the request, not a stream that waits forever (issue 16).
-        run_id = self._run_of(wid, query.get("run_id") or None)
-        head = self.engine.describe(wid, run_id=run_id).head_seq
+        run_id = self._run_of(wid, query.get("run_id") or None, ns)
+        head = self.engine.describe(wid, run_id=run_id, namespace=ns).head_seq
         last_id = environ.get("HTTP_LAST_EVENT_ID")
         if last_id:  # a reconnect resumes after the last event it saw
             after = _int({"Last-Event-ID": last_id}, "Last-Event-ID", 0)
@@ -574,12 +653,13 @@ class WSGIApp:
             raise _Reply("invalid_argument", f"{what}={after}: a cursor is a seq of this run, 0 "
                          f"to its last recorded event ({head}); 0 streams from the first event, "
                          "no cursor from now on", field=what)
-        first = self.engine.history(wid, after, run_id, self.page)
+        first = self.engine.history(wid, after, run_id, self.page, namespace=ns)
         start_response("200 OK", [("Content-Type", "text/event-stream; charset=utf-8"),
                                   ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")])
-        return self._events(wid, run_id, after, first)
+        return self._events(wid, run_id, after, first, ns)
 
-    def _events(self, wid: str, run_id: str, after: int, batch: list[ev.Event]) -> Iterator[bytes]:
+    def _events(self, wid: str, run_id: str, after: int, batch: list[ev.Event],
+                ns: str) -> Iterator[bytes]:
         # The run id rides on the first frame, so a client resumes this run
         # (the workflow id may later name a run that continued as new).
         yield f"retry: 1000\nevent: run\ndata: {json.dumps({'run_id': run_id})}\n\n".encode()
@@ -600,9 +680,9 @@ class WSGIApp:
             elif naps.nap():
                 yield b": keep-alive\n\n"
             try:
-                ended = len(batch) < self.page and self._ended(wid, run_id)
+                ended = len(batch) < self.page and self._ended(wid, run_id, ns)
                 # A page at a time: a stream holds one page of a big run, not its history.
-                batch = self.engine.history(wid, after, run_id, self.page)
+                batch = self.engine.history(wid, after, run_id, self.page, namespace=ns)
             except (EngineClosed, StoreUnavailable):
                 return  # the answer has begun: a cut, which the client resumes after `after`
 
@@ -617,9 +697,11 @@ class WSGIApp:
         if method != "GET":
             raise _not_allowed(method, "GET")
         paged = rest == ["page"]
-        query = _query(params, {"after", "type", "status"} | ({"limit"} if paged else set()))
+        query = _query(params, {"after", "type", "status", "namespace"}
+                       | ({"limit"} if paged else set()))
         filters = {"types": _names(query, "type", ev.EVENT_TYPES),
-                   "statuses": _names(query, "status", ev.STATUSES)}
+                   "statuses": _names(query, "status", ev.STATUSES),
+                   "namespace": self._namespace(environ, query)}
         head = self.engine.event_head()
         last_id = None if paged else _header(environ, "HTTP_LAST_EVENT_ID")
         if last_id:  # a reconnect resumes after the last frame it saw
@@ -669,6 +751,33 @@ class WSGIApp:
             except (EngineClosed, StoreUnavailable):
                 return  # a cut, which the client resumes after the last id it saw
             batch, cursor = found.events, found.next
+def parse_tokens(token: Union[None, str, Sequence[str]]
+                 ) -> Optional[list[tuple[bytes, Optional[frozenset[str]]]]]:
+    """The tokens a server takes, each ``(secret, the namespaces it grants or
+    None for all)``, from ``SECRET`` and ``SECRET:ns1,ns2`` forms (a list, or
+    one string separated by spaces); None when no token is set. A malformed
+    one is a :class:`ConfigurationError` that never shows the secret."""
+    if token is None:
+        return None
+    items = token.split() if isinstance(token, str) else [t for one in token for t in one.split()]
+    if not items:
+        raise ConfigurationError("the token is empty: give SECRET or SECRET:ns1,ns2 (or none "
+                                 "at all, for an API open to anybody who reaches it)")
+    tokens: list[tuple[bytes, Optional[frozenset[str]]]] = []
+    for number, item in enumerate(items, 1):
+        secret, colon, names = item.partition(":")
+        if not secret:
+            raise ConfigurationError(f"token {number} of {len(items)} has no secret before its "
+                                     "':'; the form is SECRET or SECRET:ns1,ns2")
+        granted: Optional[frozenset[str]] = None
+        if colon:
+            listed = [n for n in names.split(",")]
+            for name in listed:
+                namespaces.check_namespace(name, f"token {number} of {len(items)}: a namespace "
+                                           "it grants")
+            granted = frozenset(listed)
+        tokens.append((secret.encode(), granted))
+    return tokens
 
 
 _DOCUMENT: list[dict[str, Any]] = []
@@ -810,6 +919,7 @@ def _params(environ: dict[str, Any]) -> dict[str, str]:
 
 
 def _query(params: dict[str, str], allowed: set[str]) -> dict[str, str]:
+    allowed = allowed | {"namespace"}  # every route takes one (WSGIApp._namespace)
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise _Reply("invalid_argument", f"unknown query parameter(s) {', '.join(unknown)}; "

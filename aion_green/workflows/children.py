@@ -10,10 +10,12 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from aion_green.core import events as ev
+from aion_green.core import namespaces
 from aion_green.core.errors import (
     ConfigurationError,
     WorkflowCancelled,
     WorkflowFailed,
+    WorkflowTimedOut,
 )
 from aion_green.core.registry import workflow_name
 
@@ -32,8 +34,13 @@ class ChildHandle:
                  workflow_type: str) -> None:
         self._ctx = ctx
         self.ordinal = ordinal
-        self.workflow_id = workflow_id
+        self._key = workflow_id  # its key (core/namespaces.py): the parent's namespace
         self.workflow_type = workflow_type
+
+    @property
+    def workflow_id(self) -> str:
+        """The child's workflow id (in the parent's namespace)."""
+        return namespaces.local(self._key)
 
     def result(self) -> Any:
         """Wait for the child's end (recorded in the parent's history first);
@@ -56,7 +63,8 @@ def start_child(ctx: "WorkflowContext", fn: Union[str, Callable[..., Any]], args
     host = ctx._host
     if child_id is not None:
         try:
-            ev.check_key(child_id, "ctx.start_child(..., id=...): the child's id")
+            child_id = namespaces.within(ctx.namespace, child_id,
+                                         "ctx.start_child(..., id=...): the child's id")
         except ConfigurationError as exc:
             raise ValueError(str(exc)) from None
     if callable(fn):
@@ -106,14 +114,14 @@ def child_result(ctx: "WorkflowContext", child: ChildHandle) -> Any:
         raise ValueError(f"{child!r} belongs to another workflow run; "
                          "a child handle is only used by the run that started it")
     ctx._check()
-    child_id = child.workflow_id
+    child_id = child._key
     arrivals = ctx._cursor.arrivals
     end_key = ("child", child_id)
     watch_again(ctx, child_id)
     end = ctx._race(lambda: arrivals.get(end_key),
                     lambda: ctx._host.abort_watch(ctx._parent_key, child_id))
     ctx._cursor.consume_arrival(end)
-    return child_outcome(child_id, end)
+    return child_outcome(child.workflow_id, end)
 
 
 def child_outcome(child_id: str, end: ev.Event) -> Any:
@@ -123,6 +131,8 @@ def child_outcome(child_id: str, end: ev.Event) -> Any:
     error = dict(end.data.get("error") or {})
     if end.data.get("status") == ev.CANCELLED:
         raise WorkflowCancelled(child_id, error)
+    if end.data.get("status") == ev.TIMED_OUT:
+        raise WorkflowTimedOut(child_id, error)
     raise WorkflowFailed(child_id, error)
 
 

@@ -33,6 +33,7 @@ from greenlet import GreenletExit
 
 from aion_green.core import clock as _clock
 from aion_green.core import events as ev
+from aion_green.core import namespaces
 from aion_green.core.errors import (
     AionError,
     Cancelled,
@@ -108,10 +109,15 @@ class WorkflowContext:
                  workflow_type: str, history: Sequence[ev.Event], recorder: RunLog) -> None:
         # The engine, as far as this run may reach it (workflows/host.py).
         self._host = host
-        self.workflow_id = workflow_id
+        # The run's key (its id within its namespace: core/namespaces.py),
+        # which names it to the engine; the id and namespace, which name it
+        # to the workflow's code.
+        self._key = workflow_id
+        self.namespace = namespaces.namespace_of(workflow_id)
+        self.workflow_id = namespaces.local(workflow_id)
         self.run_id = run_id
         self.workflow_type = workflow_type
-        self._cursor = HistoryCursor(workflow_id, history)
+        self._cursor = HistoryCursor(self.workflow_id, history)
         # The run's number within its workflow id (continue_as_new adds one).
         self.generation: int = int(history[0].data.get("generation", 1))
         self._run_key = run_key(workflow_id, self.generation)
@@ -184,7 +190,7 @@ class WorkflowContext:
             # A forked or resumed run goes on from its source's generator
             # (rewind.py): the records it copied may hold values drawn from it.
             basis = (self._cursor.event(1).data.get("random_seed")
-                     or f"{self.workflow_id}\x00{self.run_id}")
+                     or f"{self._key}\x00{self.run_id}")
             seed = hashlib.sha256(basis.encode()).digest()
             self._rng = _random.Random(int.from_bytes(seed[:16], "big"))
         return self._rng
@@ -228,7 +234,7 @@ class WorkflowContext:
                 ev.TIMER_STARTED, time.time(), {"timer": key, "fire_at": deadline()}))
         if ("timer", key) not in self._cursor.arrivals and key not in self._timers:
             self._timers[key] = recorded.data["fire_at"]
-            self._host.arm_timer(recorded.data["fire_at"], self.workflow_id, key)
+            self._host.arm_timer(recorded.data["fire_at"], self._key, key)
         return key
 
     def _timer_due(self, key: str, now: float) -> None:
@@ -451,6 +457,14 @@ class WorkflowContext:
             if found is not None:
                 return found
             self._park()
+
+    def _hold(self) -> None:
+        """Before a step goes live: park while the run is paused (an
+        unpause, or the run's end, rings the bell)."""
+        self._wait(self._unheld)
+
+    def _unheld(self) -> Optional[bool]:
+        return None if self._cursor.paused else True
 
     def _next_command(self) -> ev.Event:
         """A step's wait for its record: ``_race(cursor.next_command)``, raced

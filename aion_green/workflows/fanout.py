@@ -121,7 +121,7 @@ def fan_out(ctx: "WorkflowContext", items: Sequence[Union[Step, ChildHandle]],
                     _start(ctx, branch)
                 else:
                     assert branch.child is not None
-                    watch_again(ctx, branch.child.workflow_id)
+                    watch_again(ctx, branch.child._key)
 
     def abandon() -> None:
         for branch in branches:
@@ -155,7 +155,7 @@ def _branches(ctx: "WorkflowContext", items: list[Union[Step, ChildHandle]], wha
     branches = []
     for index, item in enumerate(items):
         if isinstance(item, ChildHandle):
-            branches.append(_Branch(index, None, item, 0, item.workflow_id))
+            branches.append(_Branch(index, None, item, 0, item._key))
         else:
             ctx._step_ordinal += 1
             branches.append(_Branch(index, item, None, ctx._step_ordinal,
@@ -167,7 +167,7 @@ def _consume(ctx: "WorkflowContext", branch: _Branch) -> None:
     """Take the records of ``branch`` that are there (no side effect)."""
     cursor = ctx._cursor
     if branch.child is not None:
-        branch.end = cursor.arrivals.get(("child", branch.child.workflow_id))
+        branch.end = cursor.arrivals.get(("child", branch.child._key))
         return
     assert branch.step is not None
     while True:
@@ -217,7 +217,7 @@ def _submit(ctx: "WorkflowContext", branch: _Branch) -> None:
         return
     step = branch.step
     assert step is not None
-    info = StepInfo(ctx.workflow_id, ctx.run_id, branch.ordinal, branch.name, branch.attempt + 1,
+    info = StepInfo(ctx._key, ctx.run_id, branch.ordinal, branch.name, branch.attempt + 1,
                     ctx.generation)
     ctx._host.run_step(ctx._recorder, step.fn, step.args, info, step.retry or NO_RETRY,
                        step.timeout)
@@ -230,7 +230,7 @@ def _drop(ctx: "WorkflowContext", branch: _Branch, cancel_child: bool) -> None:
     branch.dropped = True
     if branch.child is None or branch.end is not None:
         return
-    host, child_id = ctx._host, branch.child.workflow_id
+    host, child_id = ctx._host, branch.child._key
     host.abort_watch(ctx._parent_key, child_id)
     if cancel_child:
         def done(_seq: Optional[int], error: Optional[BaseException]) -> None:
@@ -244,7 +244,7 @@ def _outcome(ctx: "WorkflowContext", branch: _Branch) -> Any:
     end = branch.end
     assert end is not None
     if branch.child is not None:
-        return child_outcome(branch.child.workflow_id, end)
+        return child_outcome(branch.child._key, end)
     if end.type == ev.STEP_COMPLETED:
         return end.data.get("result")
     raise ctx._step_error(branch.ordinal, branch.name, end.data, branch.attempt)

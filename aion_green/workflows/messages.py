@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from aion_green.core import clock as _clock
 from aion_green.core import events as ev
+from aion_green.core import namespaces
 from aion_green.core.errors import AionError, Timeout
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -67,7 +68,7 @@ def send(ctx: "WorkflowContext", workflow_id: str, name: str, payload: Any = Non
     target that does not exist or has finished is logged, not raised (a
     replay must take the same path whatever the target has become)."""
     ctx._check()
-    ev.check_key(workflow_id, "ctx.send: the target workflow id")
+    workflow_id = namespaces.within(ctx.namespace, workflow_id, "ctx.send: the target workflow id")
     ev.check_key(name, "ctx.send: the message name")
     ctx._send_ordinal += 1
     dedup = f"{ctx._run_key}/send-{ctx._send_ordinal}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterable, Optional, Sequence
 
 from aion_green.core import events as ev
+from aion_green.core.bounds import PAUSE_TYPES
 from aion_green.core.errors import NonDeterminismError
 from aion_green.core.history import ARRIVAL_TYPES, CANCEL_KEY, ArrivalKey, arrival_key
 
@@ -68,6 +69,10 @@ class HistoryCursor:
         # Every step record by (ordinal, attempt), for keyed lookups: built
         # at the first lookup (a run with no fan-out never needs it).
         self._step_records: Optional[dict[tuple[int, int], ev.Event]] = None
+        # Invariant: the type of the last WorkflowPaused/WorkflowUnpaused
+        # added is WorkflowPaused (core/bounds.py). Read at the head, not at
+        # the replay position: it holds back only what goes live.
+        self.paused = False
         self.add(history)
 
     def key_step(self, ordinal: int) -> None:
@@ -85,6 +90,12 @@ class HistoryCursor:
     def replaying(self) -> bool:
         return self.next_command() is not None
 
+    def held(self) -> bool:
+        """Paused, with no recorded command left to replay: what would come
+        next goes live, and waits for the unpause (a replay of what was
+        recorded before is never held)."""
+        return self.paused and self.next_command() is None
+
     def add(self, events: Iterable[ev.Event]) -> None:
         """Events recorded (loaded, or appended live), in seq order."""
         for event in events:
@@ -96,6 +107,8 @@ class HistoryCursor:
             key = arrival_key(event)
             if key is not None:
                 self.arrivals.setdefault(key, event)
+            elif event.type in PAUSE_TYPES:
+                self.paused = event.type == ev.WORKFLOW_PAUSED
         elif self._step_records is not None and event.type in _STEP_TYPES:
             _index_step(self._step_records, event)
 
@@ -182,6 +195,11 @@ class FirstRecorded:
 
     def __call__(self) -> Optional[ev.Event]:
         ctx = self.ctx
+        if ctx._cursor.held():
+            # Paused: what this wait is for waits too (a message is kept,
+            # recorded, for the unpause); nothing goes live.
+            self.mine = None
+            return None
         best = self.mine = self.own()
         arrivals = ctx._cursor.arrivals
         if ctx._cancel_pending:

@@ -280,7 +280,9 @@ def workflow_step(ctx: "WorkflowContext", fn: Callable[..., Any], *args: Any,
             if backoff_due:
                 gevent.sleep(backoff_due)
                 backoff_due = 0.0
-            info = _tuple_new(StepInfo, (ctx.workflow_id, ctx.run_id, ordinal, sname,
+            if cursor.paused:  # no step starts while the run is paused (core/bounds.py)
+                ctx._hold()
+            info = _tuple_new(StepInfo, (ctx._key, ctx.run_id, ordinal, sname,
                                          attempt + 1, ctx.generation))
             if limit is None:
                 ctx._host.run_step(ctx._recorder, fn, args, info, policy)

@@ -197,7 +197,7 @@ class _Supervisor:
         if recorded is None:
             assert cause.child is not None
             ctx._record(ev.NewEvent(ev.CHILD_RESTARTED, time.time(), {
-                **key, "strategy": self.strategy, "after": cause.child.workflow_id,
+                **key, "strategy": self.strategy, "after": cause.child._key,
                 "reason": status}))
         self._start(member)
 
@@ -216,21 +216,21 @@ class _Supervisor:
         running = [s for s in self.slots if s.running]
         for slot in running:
             assert slot.child is not None
-            watch_again(ctx, slot.child.workflow_id)
+            watch_again(ctx, slot.child._key)
 
         def first() -> Optional[ev.Event]:
-            ends = [e for e in (arrivals.get(("child", s.child.workflow_id)) for s in running
+            ends = [e for e in (arrivals.get(("child", s.child._key)) for s in running
                                 if s.child is not None) if e is not None]
             return min(ends, key=lambda e: e.seq) if ends else None
 
         def abandon() -> None:
             for slot in running:
                 assert slot.child is not None
-                ctx._host.abort_watch(ctx._parent_key, slot.child.workflow_id)
+                ctx._host.abort_watch(ctx._parent_key, slot.child._key)
 
         end = ctx._race(first, abandon)
         ctx._cursor.consume_arrival(end)
-        slot = next(s for s in running if s.child is not None and s.child.workflow_id == end.data["id"])
+        slot = next(s for s in running if s.child is not None and s.child._key == end.data["id"])
         slot.end = end
         return slot
 
@@ -248,7 +248,7 @@ class _Supervisor:
         for slot in reversed(slots):
             child = slot.child
             assert child is not None
-            host, child_id = ctx._host, child.workflow_id
+            host, child_id = ctx._host, child._key
             if ("child", child_id) not in arrivals:  # not recorded here: a side effect, asked anew
                 host.route_cancel(child_id, f"ended by its supervisor in {ctx.workflow_id!r}",
                                      _ignore_refusal(child_id))

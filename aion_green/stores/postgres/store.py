@@ -59,6 +59,7 @@ from aion_green.stores.batch import (
     next_run_started,
     require_running,
     run_filters,
+    started_json,
 )
 from aion_green.stores.cut import Copy, opt_run, plan_copy, require_resumable, resume_point
 from aion_green.stores.global_events import events_query, page
@@ -359,12 +360,10 @@ class PostgresStore:
         if inserted is None:
             cur.execute(f"SELECT {_RUN_COLUMNS} FROM aion_runs WHERE workflow_id=%s", (op.workflow_id,))
             return False, _run_info(_one(cur))
-        data = (f'{{"workflow_type":{json.dumps(op.workflow_type)},'
-                f'"run_id":{json.dumps(op.run_id)},"args":{op.args_json}}}')
-        rows.append((op.workflow_id, 1, ev.WORKFLOW_STARTED, op.at, data))
+        rows.append((op.workflow_id, 1, ev.WORKFLOW_STARTED, op.at, started_json(op)))
         return True, RunInfo(op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING,
                              json.loads(op.args_json), None, None, 1, op.at, op.at, int(inserted[0]),
-                             parent_id=op.parent_id)
+                             parent_id=op.parent_id, execution_deadline=op.execution_deadline)
 
     def _roll_over(self, cur: _Cursor, wid: str, data: dict[str, Any], at: float) -> None:
         cur.execute("SELECT run_id, workflow_type FROM aion_runs WHERE workflow_id=%s", (wid,))

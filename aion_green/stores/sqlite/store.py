@@ -37,6 +37,7 @@ from aion_green.stores.batch import (
     next_run_started,
     require_running,
     run_filters,
+    started_json,
 )
 from aion_green.stores.cut import Copy, opt_run, plan_copy, require_resumable, resume_point
 from aion_green.stores.global_events import events_query, page
@@ -53,7 +54,6 @@ from aion_green.stores.sqlite.schema import (
 )
 
 _KNOWN_HEADS_MAX = 100_000
-_encode_str = json.encoder.encode_basestring_ascii  # json.dumps of a str, without its overhead
 
 
 def _positions(conn: sqlite3.Connection, count: int) -> int:
@@ -309,12 +309,11 @@ class SQLiteStore:
             existing = self._get_run(op.workflow_id)
             assert existing is not None
             return False, existing
-        data = (f'{{"workflow_type":{_encode_str(op.workflow_type)},'
-                f'"run_id":{_encode_str(op.run_id)},"args":{op.args_json}}}')
-        rows.append((op.workflow_id, 1, ev.WORKFLOW_STARTED, op.at, data))
+        rows.append((op.workflow_id, 1, ev.WORKFLOW_STARTED, op.at, started_json(op)))
         return True, RunInfo(
             op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING, json.loads(op.args_json),
             None, None, 1, op.at, op.at, parent_id=op.parent_id,
+            execution_deadline=op.execution_deadline,
         )
 
     # -- reads -------------------------------------------------------------------------------

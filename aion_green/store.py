@@ -283,6 +283,19 @@ class IEventStore(Interface):  # type: ignore[misc]  # zope.interface is untyped
     def last_run_mark() -> int:  # type: ignore[misc]  # noqa: N805
         """The mark of the newest run (0 for none)."""
 
+    def purge_finished(before: float, limit: int = 500,  # noqa: N805
+                       namespace: Optional[str] = None) -> list[str]:
+        """Delete, in one transaction, at most ``limit`` runs that ended
+        (completed, failed, cancelled: never a running one, and a chain of
+        continue-as-new only with its last run) before ``before`` (seconds
+        since the epoch), with everything the store holds of their workflow
+        ids: history, earlier runs' histories, timers, inbox requests,
+        search attributes, the run row. A child goes by its own end, but
+        not while its parent's current run waits for that end. Safe to run
+        in several engines at once. With ``namespace``, only the runs of
+        that namespace. Returns the keys purged, oldest end first; an id
+        purged is unknown afterwards, and may be started again."""
+
     def find_event(workflow_id: str, event_type: str,  # noqa: N805
                    dedup: Optional[str] = None) -> Optional[int]:
         """The seq of the first event of that type in the run's current

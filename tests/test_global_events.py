@@ -135,6 +135,25 @@ def test_a_namespace_s_stream_holds_its_runs_alone_shown_by_their_ids(make_engin
         engine.events(0, namespace="bad/name")
 
 
+def test_a_purge_leaves_a_gap_the_cursor_steps_over_and_positions_go_on_above_it(make_engine):
+    """Retention deletes old runs' events (the chain's archived ones too):
+    the stream has a gap there, no position is given again, and a reader
+    whose cursor was inside the gap reads on from it."""
+    engine = make_engine(steps, chain)
+    engine.start(chain, 1, id="old").result(timeout=20)
+    middle = engine.event_head()
+    engine.start(steps, 1, id="kept").result(timeout=20)
+    kept = everything(engine, middle)
+    head = engine.event_head()
+    assert engine.purge(0, limit=1) == 1 and engine.count() == 1  # "old": the oldest end
+    assert engine.event_head() == head
+    assert [(e.position, e.workflow_id) for e in everything(engine)] == [
+        (e.position, e.workflow_id) for e in kept]
+    assert engine.events(middle - 1).events[0].position == kept[0].position
+    engine.start(steps, 2, id="new").result(timeout=20)
+    assert min(e.position for e in everything(engine, head)) == head + 1
+
+
 # -- schema migration: histories written before get positions ---------------------------------
 def _numbered_in_time_order(store):
     """The migrated store of the two tests below: run "a" continued as new
@@ -149,15 +168,15 @@ def _numbered_in_time_order(store):
     assert [(e.position, e.seq) for e in store.read_events(5, 100)[0]] == [(6, 2)]
 
 
-def test_a_sqlite_file_of_schema_6_numbers_its_events_in_time_order(tmp_path):
+def test_a_sqlite_file_of_schema_7_numbers_its_events_in_time_order(tmp_path):
     from aion_green.stores.sqlite.schema import _MIGRATIONS, SCHEMA_VERSION
     from aion_green.stores.sqlite.store import SQLiteStore
 
-    path = tmp_path / "v6.db"
+    path = tmp_path / "v7.db"
     conn = sqlite3.connect(path, isolation_level=None)
-    for statement in (s for step in _MIGRATIONS[:6] for s in step):
+    for statement in (s for step in _MIGRATIONS[:7] for s in step):
         conn.execute(statement)
-    conn.execute("PRAGMA user_version=6")
+    conn.execute("PRAGMA user_version=7")
     conn.executemany("INSERT INTO runs(workflow_id, run_id, workflow_type, status, args, "
                      "created_at) VALUES (?,?,?,?,?,?)",
                      [("a", "ra2", "m.wf", "running", "[]", 30.0),
@@ -173,22 +192,22 @@ def test_a_sqlite_file_of_schema_6_numbers_its_events_in_time_order(tmp_path):
     store = SQLiteStore(str(path))
     try:
         _numbered_in_time_order(store)
-        assert store._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+        assert store._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
     finally:
         store.close()
 
 
-def test_a_postgres_schema_of_version_4_numbers_its_events_in_time_order(pg_url):
+def test_a_postgres_schema_of_version_5_numbers_its_events_in_time_order(pg_url):
     import psycopg
 
     from aion_green.stores.postgres.schema import _MIGRATIONS, SCHEMA_VERSION
     from aion_green.stores.postgres.store import PostgresStore
 
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        for statement in (s for step in _MIGRATIONS[:4] for s in step):
+        for statement in (s for step in _MIGRATIONS[:5] for s in step):
             conn.execute(statement)
         conn.execute("CREATE TABLE aion_schema(version INTEGER NOT NULL)")
-        conn.execute("INSERT INTO aion_schema VALUES (4)")
+        conn.execute("INSERT INTO aion_schema VALUES (5)")
         conn.execute("INSERT INTO aion_runs(workflow_id, run_id, workflow_type, status, args, "
                      "head_seq, created_at, updated_at) VALUES "
                      "('a', 'ra2', 'm.wf', 'running', '[]', 1, 30, 30), "
@@ -202,7 +221,7 @@ def test_a_postgres_schema_of_version_4_numbers_its_events_in_time_order(pg_url)
     try:
         _numbered_in_time_order(store)
         assert store._query("SELECT version FROM aion_schema") == [(SCHEMA_VERSION,)]
-        assert SCHEMA_VERSION == 5
+        assert SCHEMA_VERSION == 6
     finally:
         store.close()
 

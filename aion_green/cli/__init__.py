@@ -1,6 +1,6 @@
 """``aion-green`` command line (also ``python -m aion_green``).
 
-    aion-green [--db URL] worker MODULE [MODULE...] [--http HOST:PORT] [--token T]
+    aion-green [--db URL] worker MODULE [MODULE...] [--http HOST:PORT] [--token T] [--retention AGE]
     aion-green [--db URL] start TYPE [ARG_JSON...] [--id ID] [--execution-timeout D]
                                 [--wait [--timeout S]]
     aion-green [--db URL] signal ID NAME [PAYLOAD_JSON] [--key IDEMPOTENCY_KEY] [--run RUN_ID] [--timeout S]
@@ -19,6 +19,10 @@
     aion-green [--db URL] schedule create ID TYPE [ARG_JSON...] (--cron EXPR | --every S)
                                    [--start-at ISO] [--timezone Z] [--overlap P] [--catch-up P]
     aion-green [--db URL] schedule list [--all] | show ID | delete ID [--timeout S]
+    aion-green [--db URL] schedule pause ID [--note N] | resume ID | trigger ID
+    aion-green [--db URL] schedule update ID [--cron EXPR | --every S] [--args ARG_JSON...]
+                                   [--start-at ISO] [--timezone Z] [--overlap P] [--catch-up P]
+    aion-green [--db URL] purge --older-than AGE [--limit N]
 
 ``--db`` is a store URL (``sqlite:///path.db``, ``postgresql://...``;
 default ``$AION_GREEN_DB`` or ``./aion.db``) or the HTTP address of a worker
@@ -64,6 +68,12 @@ of its chain): ``D`` is seconds, or a number with a unit (``90s``, ``15m``,
 holds a run (no step, timer or message until ``unpause``; its status stays
 ``running`` and ``show`` says ``paused``); with no worker driving a SQLite
 file, a pause or unpause is queued as a cancel is.
+
+``purge`` deletes the runs that ended more than AGE ago (``30d``, ``12h``,
+``90m``, ``45s``, or a number of seconds), with everything the store holds of
+them: never a running run (:mod:`aion_green.runtime.retention`). Over a store
+URL or through a worker's HTTP API; ``worker --retention AGE`` purges so on
+a timer.
 
 A workflow id names a chain of runs (``continue_as_new`` begins the next
 under the same id); ``start`` prints the run it created. ``--run RUN_ID``
@@ -251,19 +261,30 @@ def _seconds(text: str) -> float:
     return value
 
 
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_AGE_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def age(text: str) -> float:
+    """An age for ``purge --older-than`` and ``worker --retention``: a
+    number and a unit (``30d``, ``12h``, ``90m``, ``45s``) or seconds."""
+    number, unit = text.strip(), "s"
+    if number[-1:].lower() in _AGE_UNITS:
+        number, unit = number[:-1], number[-1].lower()
+    try:
+        value = float(number) * _AGE_UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an age; give a number and a unit: 30d (days), 12h (hours), "
+            "90m (minutes), 45s (seconds), or a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: an age is 0 or more (30d, 12h, 90m, 45s)")
+    return value
 
 
 def _duration(text: str) -> float:
-    """``--execution-timeout``: seconds, or a number with a unit (s, m, h, d), above 0."""
-    number, unit = (text[:-1], _UNITS[text[-1]]) if text[-1:] in _UNITS else (text, 1.0)
-    try:
-        value = float(number) * unit
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a duration; give seconds (90) or a number with a unit: 90s, 15m, "
-            "2h, 7d") from None
-    if not 0 < value < float("inf"):
+    """``--execution-timeout``: an age (90, 90s, 15m, 2h, 7d) above 0."""
+    value = age(text)
+    if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r}: an execution timeout is above zero")
     return value
 
@@ -342,6 +363,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="on SIGTERM, answer new requests 503 (Retry-After) and give the "
                              "requests and steps in flight up to S seconds to finish before "
                              "stopping (default 30)")
+    worker.add_argument("--retention", type=age, metavar="AGE",
+                        help="purge the runs that ended more than AGE ago (30d, 12h, 90m, 45s), "
+                             "on a timer (default: keep every run)")
 
     start = command("start", "start a workflow run (idempotent by --id)")
     start.add_argument("workflow_type", metavar="TYPE", help="the workflow's registered name")
@@ -436,7 +460,15 @@ def _parser() -> argparse.ArgumentParser:
     events.add_parser(command)
     health.add_parsers(command)
 
-    sched = command("schedule", "create, list, show or delete schedules (cron or interval "
+    purge = command("purge", "delete the runs that ended more than AGE ago, with their "
+                    "histories (never a running run)")
+    purge.add_argument("--older-than", dest="older_than", type=age, required=True, metavar="AGE",
+                       help="30d, 12h, 90m, 45s, or seconds")
+    purge.add_argument("--limit", type=_positive, metavar="N",
+                       help="purge at most N runs (default: every one that qualifies)")
+
+    sched = command("schedule", "create, list, show, update, pause, resume, trigger or delete "
+                    "schedules (cron or interval "
                     "triggers that start workflows)")
     ssub = sched.add_subparsers(dest="schedule_command", required=True, metavar="ACTION")
 
@@ -469,7 +501,42 @@ def _parser() -> argparse.ArgumentParser:
     sdelete = action("delete", "unschedule: it fires no more (the runs it started go on)")
     sdelete.add_argument("schedule_id", metavar="ID")
     _timeout(sdelete, 30.0, "waiting for the schedule's end")
+    spause = action("pause", "pause a schedule: it fires nothing until resumed")
+    spause.add_argument("schedule_id", metavar="ID")
+    spause.add_argument("--note", default="", help="why (shown by `schedule show`)")
+    sresume = action("resume", "resume a paused schedule (missed fires: its catch-up policy)")
+    sresume.add_argument("schedule_id", metavar="ID")
+    strigger = action("trigger", "fire a schedule once now (under its overlap policy)")
+    strigger.add_argument("schedule_id", metavar="ID")
+    supdate = action("update", "change a schedule's spec: only the options given change")
+    supdate.add_argument("schedule_id", metavar="ID")
+    change = supdate.add_mutually_exclusive_group()
+    change.add_argument("--cron", metavar="EXPR", help="a new cron (replaces an interval)")
+    change.add_argument("--every", type=_seconds, metavar="S",
+                        help="a new interval in seconds (replaces a cron)")
+    supdate.add_argument("--args", nargs="*", metavar="ARG_JSON",
+                         help="new arguments, JSON (none: no arguments)")
+    supdate.add_argument("--start-at", dest="start_at", type=_aware, metavar="ISO",
+                         help="first fire at or after this time (2031-03-01T02:00:00Z)")
+    supdate.add_argument("--timezone", metavar="ZONE", help="the cron's zone")
+    supdate.add_argument("--overlap", choices=("skip", "buffer_one", "cancel_previous",
+                                               "allow_all"))
+    supdate.add_argument("--catch-up", dest="catch_up", choices=("all", "one", "skip"))
     return parser
+
+
+def _aware(text: str) -> str:
+    """An ISO 8601 time with a zone (kept as text; parsed by the command)."""
+    from datetime import datetime
+
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time "
+                                         "(2031-03-01T02:00:00Z)") from None
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no zone; add Z or +HH:MM")
+    return text
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -101,7 +101,8 @@ class _InNamespace:
     _NAMED = frozenset({
         "start", "signal", "cancel", "terminate", "query", "result", "describe", "list", "count",
         "count_by_status", "history", "fork", "resume", "schedule", "unschedule", "schedules",
-        "describe_schedule", "handle", "steps_running", "events"})
+        "describe_schedule", "handle", "steps_running", "pause_schedule", "resume_schedule",
+        "trigger_schedule", "update_schedule", "purge", "events"})
 
     def __init__(self, engine: Any, namespace: str) -> None:
         self._engine = engine
@@ -564,6 +565,8 @@ def schedule(target: Target, args: argparse.Namespace, out: Any) -> int:
         doc = schedule_to_json(info)
         out.emit(doc, "\n".join(f"{k}: {json.dumps(v)}" for k, v in doc.items()))
         return 0
+    if action in _CONTROLS:
+        return _control_schedule(target, action, args, out)
     target.api.describe_schedule(args.schedule_id)  # exit 1 when the id names no schedule
     target.api.unschedule(args.schedule_id, timeout=args.timeout)
     out.emit({"schedule_id": args.schedule_id, "deleted": True},
@@ -571,9 +574,49 @@ def schedule(target: Target, args: argparse.Namespace, out: Any) -> int:
     return 0
 
 
+_CONTROLS = ("pause", "resume", "trigger", "update")
+
+
+def _control_schedule(target: Target, action: str, args: argparse.Namespace, out: Any) -> int:
+    """``schedule pause|resume|trigger|update ID``: recorded in the schedule's
+    history once this returns (the schedule takes it at its next wait)."""
+    sid = args.schedule_id
+    if action == "pause":
+        target.api.pause_schedule(sid, note=args.note)
+        out.emit({"schedule_id": sid, "paused": True}, f"schedule {sid} paused")
+    elif action == "resume":
+        target.api.resume_schedule(sid)
+        out.emit({"schedule_id": sid, "paused": False}, f"schedule {sid} resumed")
+    elif action == "trigger":
+        target.api.trigger_schedule(sid)
+        out.emit({"schedule_id": sid, "triggered": True}, f"schedule {sid} triggered")
+    else:
+        changes: dict[str, Any] = {key: getattr(args, key) for key in
+                                   ("cron", "every", "timezone", "overlap", "catch_up")
+                                   if getattr(args, key) is not None}
+        if args.start_at is not None:
+            changes["start_at"] = datetime.fromisoformat(args.start_at.replace("Z", "+00:00"))
+        if args.args is not None:
+            changes["args"] = _json_values(args.args, "argument")
+        if not changes:
+            raise ConfigurationError(
+                f"schedule update {sid}: nothing to change; give --cron, --every, --args, "
+                "--start-at, --timezone, --overlap or --catch-up")
+        target.api.update_schedule(sid, **changes)
+        out.emit({"schedule_id": sid, "updated": True}, f"schedule {sid} updated")
+    return 0
+
+
+def purge(target: Target, args: argparse.Namespace, out: Any) -> int:
+    purged = target.api.purge(args.older_than, limit=args.limit)
+    out.emit({"purged": purged, "older_than": args.older_than},
+             f"purged {purged} run(s) that ended more than {args.older_than:g} s ago")
+    return 0
+
+
 HANDLERS: dict[str, Callable[[Target, argparse.Namespace, Any], int]] = {
     "start": start, "signal": signal, "cancel": cancel, "terminate": terminate, "query": query,
     "pause": pause, "unpause": pause,
     "result": result, "list": listing, "count": count, "show": show, "fork": fork,
-    "resume": resume, "schedule": schedule,
+    "resume": resume, "schedule": schedule, "purge": purge,
 }

@@ -90,7 +90,7 @@ def run_worker(args: argparse.Namespace, out: Any) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda number, frame: stop.append(number))
     db_path = sqlite_file(db)
-    engine = Engine(db)
+    engine = Engine(db, retention=getattr(args, "retention", None))
     server: Any = None
     try:
         engine.list(limit=1)  # start it: it resumes what it may drive

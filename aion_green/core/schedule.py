@@ -10,7 +10,8 @@ class ScheduleInfo(NamedTuple):
     show it: its spec, whether it is active (its run goes on) or deleted
     (unscheduled: cancelled), and, asked of the live schedule, its next fire
     time, the run it tracks and the fire that waits (None where no engine
-    here drives it)."""
+    here drives it). The spec is the current one (``engine.update_schedule``
+    changes it), and a paused schedule says so, with its note."""
 
     schedule_id: str
     workflow: str
@@ -21,8 +22,12 @@ class ScheduleInfo(NamedTuple):
     start_at: Optional[str]  # ISO 8601
     overlap: str
     catch_up: str
-    status: str  # "active" or "deleted" (or "failed", should its run fail)
+    status: str  # "active", "paused" or "deleted" (or "failed", should its run fail)
     next_fire: Optional[str] = None  # ISO 8601
     running: Optional[str] = None  # the workflow id of the run it tracks
     pending: Optional[str] = None  # a fire held back (overlap buffer_one / cancel_previous)
     run_id: Optional[str] = None
+    # Paused (engine.pause_schedule): it fires nothing until resumed; the
+    # note given with the pause.
+    paused: bool = False
+    note: str = ""

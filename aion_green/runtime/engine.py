@@ -47,10 +47,11 @@ from aion_green.core.history import search_attributes
 from aion_green.core.registry import Registry, check_arguments, signature_from, workflow_name
 from aion_green.core.schedule import ScheduleInfo
 from aion_green.hub_thread import Future
-from aion_green.runtime import global_events, rewind, schedules, search
+from aion_green.runtime import global_events, retention, rewind, schedules, search
 from aion_green.runtime.epoch import Epoch
 from aion_green.runtime.health import Readiness, readiness
 from aion_green.runtime.metrics import EngineMetrics
+from aion_green.runtime.retention import retention_setting
 from aion_green.runtime.runs import _closed_while_waiting, outcome
 from aion_green.runtime.writer import future_done
 from aion_green.store import EventPage, RunInfo, StepRunning
@@ -167,6 +168,7 @@ class Engine:
         max_resident: Optional[int] = None,
         passive: bool = False,
         step_grace: float = 10.0,
+        retention: Union[None, timedelta, float] = None,
     ) -> None:
         if step_workers < 1:
             raise ConfigurationError(f"step_workers={step_workers}: need at least one step thread")
@@ -193,6 +195,9 @@ class Engine:
         # drives, claims and fires nothing, and takes no driver lock.
         self._passive = passive
         self._registry = Registry(workflows)
+        # Finished runs older than this many seconds are purged by the
+        # engine that drives (runtime/retention.py); None keeps them for ever.
+        self.retention: Optional[float] = retention_setting(retention)
         # Its figures, for Prometheus (runtime/metrics.py); kept across epochs.
         self.metrics = EngineMetrics(self)
         self._lock = _allocate_lock()
@@ -224,6 +229,7 @@ class Engine:
                 log.info("engine used in a forked process (pid %s); starting afresh", pid)
             self._epoch = epoch = Epoch(self, pid)
             epoch.hub.call_soon(epoch.runner.on_hub_start)
+            epoch.hub.call_soon(retention.begin, self, epoch)
             epoch.hub.start()
             self._pid = pid
             _live_engines.add(self)
@@ -582,6 +588,42 @@ class Engine:
         end: it fires no more. Runs it started go on."""
         schedules.unschedule(self, schedule_id, timeout, namespace)
 
+    def pause_schedule(self, schedule_id: str, note: str = "", *,
+                       namespace: Optional[str] = None) -> None:
+        """Pause schedule ``schedule_id``: from its next wait it fires nothing
+        until resumed (a trigger still starts a run). Recorded in its
+        history (a control message) before this returns; ``note`` says why,
+        shown by :meth:`describe_schedule`."""
+        if not isinstance(note, str):
+            raise ConfigurationError(f"pause_schedule(note={note!r}): a note is a string")
+        schedules.control(self, schedule_id, "pause", namespace, note=note)
+
+    def resume_schedule(self, schedule_id: str, *, namespace: Optional[str] = None) -> None:
+        """Resume a paused schedule: its fires missed while paused go by its
+        ``catch_up`` policy (see :mod:`aion_green.runtime.schedules`)."""
+        schedules.control(self, schedule_id, "resume", namespace)
+
+    def trigger_schedule(self, schedule_id: str, *, namespace: Optional[str] = None) -> None:
+        """Fire schedule ``schedule_id`` once now (run ``"<id>@<now>"``),
+        under its ``overlap`` policy, paused or not."""
+        schedules.control(self, schedule_id, "trigger", namespace)
+
+    def update_schedule(self, schedule_id: str, *, cron: Optional[str] = schedules._UNSET,
+                        every: Union[None, timedelta, float] = schedules._UNSET,
+                        args: Optional[builtins.list[Any]] = schedules._UNSET,
+                        start_at: Optional[datetime] = schedules._UNSET,
+                        timezone: Optional[str] = schedules._UNSET,
+                        overlap: str = schedules._UNSET, catch_up: str = schedules._UNSET,
+                        namespace: Optional[str] = None) -> None:
+        """Change a schedule's spec: only what is given changes (``cron``
+        replaces an interval and ``every`` a cron). Checked as
+        :meth:`schedule` checks a new one; the next fires follow the new
+        spec, from the update on."""
+        spec = schedules.update_spec(self, schedule_id, {
+            "cron": cron, "every": every, "args": args, "start_at": start_at,
+            "timezone": timezone, "overlap": overlap, "catch_up": catch_up}, namespace)
+        schedules.control(self, schedule_id, "update", namespace, spec=spec)
+
     def schedules(self, *, include_deleted: bool = False, limit: int = 100,
                   after_id: Optional[str] = None,
                   namespace: Optional[str] = None) -> builtins.list[ScheduleInfo]:
@@ -594,6 +636,18 @@ class Engine:
                           namespace: Optional[str] = None) -> ScheduleInfo:
         """One schedule (:class:`WorkflowNotFound` when the id names none)."""
         return schedules.describe_schedule(self, schedule_id, namespace)
+
+    def purge(self, older_than: Union[timedelta, float], *, limit: Optional[int] = None,
+              namespace: Optional[str] = None) -> int:
+        """Delete from the store the runs that ended more than ``older_than``
+        (a timedelta or seconds; 0: every finished run) ago, at most
+        ``limit`` of them (None: all), of every namespace or of
+        ``namespace``, with everything of their ids; returns how many.
+        Never a running run; a chain of continue-as-new goes whole with its
+        last run; a child by its own end. A purged id is unknown afterwards
+        (:class:`WorkflowNotFound`) and may be started again. In
+        transactions of 500 runs (see :mod:`aion_green.runtime.retention`)."""
+        return retention.purge(self, older_than, limit, namespace)
 
     def handle(self, workflow_id: str, *, namespace: Optional[str] = None) -> WorkflowHandle:
         ns = namespaces.DEFAULT if namespace is None else namespaces.check_namespace(namespace)

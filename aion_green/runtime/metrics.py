@@ -25,6 +25,8 @@ one process, as in the test suite, never collide), and
                                               file's driver lock; PostgreSQL, its own lease
                                               (its entry among the engines) is current
 ``aion_leased_runs``                gauge     PostgreSQL only: running runs leased to it
+``aion_runs_purged_total``          counter   finished runs this engine purged (retention,
+                                              ``engine.purge``)
 ==================================  ========  ===============================================
 
 The gauges describe a started engine (none before its first use, nor once
@@ -167,6 +169,9 @@ class EngineMetrics:
         self._counting: Optional[Future] = None
         self._lock = _allocate_lock()
         self._registry: Any = None
+        # Runs purged by this engine (runtime/retention.py): written under
+        # _lock by whichever thread purged (a caller's, the hub's).
+        self.runs_purged = 0
 
     # -- writers ------------------------------------------------------------------------------
     def here(self) -> StepFigures:
@@ -176,6 +181,11 @@ class EngineMetrics:
         if figures is None:
             figures = self.steps.setdefault(ident, StepFigures())
         return figures
+
+    def count_purged(self, n: int) -> None:
+        """Any thread: ``n`` more runs purged."""
+        with self._lock:
+            self.runs_purged += n
 
     def watch_hub(self) -> None:
         """The hub's lag probe (a greenlet on the hub, killed with it): a
@@ -319,6 +329,8 @@ class EngineMetrics:
         yield _histogram(HistogramMetricFamily, "aion_step_duration_seconds",
                          "Step attempts, from their start to their outcome.",
                          completed + failed, STEP_SECONDS)
+        yield CounterMetricFamily("aion_runs_purged", "Finished runs this engine purged "
+                                  "(retention, engine.purge).", value=self.runs_purged)
         yield _histogram(HistogramMetricFamily, "aion_commit_batch_size",
                          "Records (appends and creations) written by one group commit.",
                          [self.commits.sizes], BATCH_SIZES)

@@ -36,6 +36,9 @@ class BatchPlan:
         self.finals: list[tuple[str, Optional[str], Optional[str], str]] = []
         self.timers_started: list[tuple[str, str, float]] = []
         self.timers_ended: list[tuple[str, str]] = []
+        # (end time, wid) of each run that ended (not continued as new): the
+        # age retention measures (SQLite keeps it in runs.ended_at).
+        self.ends: list[tuple[float, str]] = []
         # Runs that continued as new: (wid, the continued event's data, at).
         self.rollovers: list[tuple[str, dict[str, Any], float]] = []
         # Search attributes upserted: (wid, name) -> value (None: removed),
@@ -80,12 +83,59 @@ class BatchPlan:
                     None if error is None else json.dumps(error),
                     wid,
                 ))
+                self.ends.append((event.at, wid))
             elif event.type == ev.SEARCH_ATTRIBUTES_UPSERTED:
                 for name, value in event.data["attributes"].items():
                     self.attributes[(wid, name)] = value
         heads[wid] = seq
         self.moved[wid] = (seq, op.events[-1].at, wid)
         return seq
+
+
+# The statuses of runs that retention may purge: every end but a
+# continuation (a chain goes only with its last run, which holds its id).
+PURGEABLE = tuple(sorted(set(ev.STATUS_OF_TERMINAL.values()) - {ev.CONTINUED}))
+
+
+def purge_candidates(mark: str, runs: str, events: str, data_id: str, tail: str = "",
+                     hint: str = "", namespace: Optional[str] = None) -> str:
+    """The query of the workflow ids retention may purge now, in a store's
+    SQL (``mark`` its placeholder; ``runs``/``events`` its tables;
+    ``data_id`` the expression of an event's ``data.id`` over an alias
+    ``{a}``), its parameters :func:`purge_parameters`.
+
+    A run qualifies once it ended (a status of :data:`PURGEABLE`: never a
+    running or paused one, and a chain only with its last run) before
+    ``before``. A child goes by its own end, except while the current run
+    of its unfinished parent started it and has not yet recorded its end:
+    purged then, the parent's replay would create the child again and run
+    it anew (runtime/children.py re-creates a child that is missing).
+    ``tail``: the store's row locking (PostgreSQL's FOR UPDATE SKIP LOCKED);
+    ``hint``: its index hint for the runs (SQLite's INDEXED BY);
+    ``namespace``: only the runs of that namespace (None: every one)."""
+    statuses = ",".join(mark for _ in PURGEABLE)
+    within = "" if namespace is None else f"AND {namespace_clause(namespace, mark, 'r.workflow_id')[0]} "
+    ends = ",".join(mark for _ in CHILD_ENDS)
+    return (
+        f"SELECT r.workflow_id FROM {runs} r {hint} WHERE r.ended_at < {mark} "
+        f"AND r.status IN ({statuses}) {within}AND NOT EXISTS ("
+        f"SELECT 1 FROM {runs} p JOIN {events} s ON s.workflow_id = p.workflow_id "
+        f"WHERE p.workflow_id = r.parent_id AND p.status NOT IN ({statuses}) "
+        f"AND s.type = {mark} AND {data_id.format(a='s')} = r.workflow_id "
+        f"AND NOT EXISTS (SELECT 1 FROM {events} x WHERE x.workflow_id = p.workflow_id "
+        f"AND x.type IN ({ends}) AND {data_id.format(a='x')} = r.workflow_id)) "
+        f"ORDER BY r.ended_at LIMIT {mark} {tail}"
+    )
+
+
+CHILD_ENDS = (ev.CHILD_COMPLETED, ev.CHILD_FAILED)
+
+
+def purge_parameters(before: float, limit: int,
+                     namespace: Optional[str] = None) -> tuple[object, ...]:
+    """The parameters of :func:`purge_candidates`, in order."""
+    within = () if namespace is None else (namespace_clause(namespace, "")[1],)
+    return (before, *PURGEABLE, *within, *PURGEABLE, ev.CHILD_STARTED, *CHILD_ENDS, limit)
 
 
 def require_running(workflow_id: str, status: Optional[str], store: str, why_not: str) -> None:
@@ -121,6 +171,16 @@ def copied_attributes(workflow_id: str, started: dict[str, Any],
     return attribute_rows({(workflow_id, name): value for name, value in held.items()})[0]
 
 
+def namespace_clause(namespace: str, mark: str, column: str = "workflow_id") -> tuple[str, str]:
+    """The condition (and its parameter) that ``column``, a run's key, is in
+    ``namespace`` (core/namespaces.py)."""
+    if namespace == namespaces.DEFAULT:
+        # A key of the default namespace is the id, which holds no U+001F.
+        return f"{column} NOT LIKE {mark}", f"%{namespaces.SEPARATOR}%"
+    prefix = f"{namespace}{namespaces.SEPARATOR}"
+    return f"substr({column}, 1, {len(prefix)}) = {mark}", prefix
+
+
 def run_filters(status: Optional[str], workflow_type: Optional[str], after_id: Optional[str],
                 mark: str, after: str, filters: Optional[RunFilter] = None,
                 attributes_table: str = "") -> tuple[str, list[object]]:
@@ -139,9 +199,9 @@ def run_filters(status: Optional[str], workflow_type: Optional[str], after_id: O
             clauses.append(clause)
             params.append(value)
     if f.namespace is not None:
-        clause, value = namespace_clause(f.namespace, mark)
+        clause, param = namespace_clause(f.namespace, mark)
         clauses.append(clause)
-        params.append(value)
+        params.append(param)
     for name, text in f.attributes:
         # One indexed lookup per attribute (name, text, workflow_id).
         clauses.append(f"workflow_id IN (SELECT workflow_id FROM {attributes_table} "
@@ -151,16 +211,6 @@ def run_filters(status: Optional[str], workflow_type: Optional[str], after_id: O
 
 
 _NO_FILTER = RunFilter()
-
-
-def namespace_clause(namespace: str, mark: str, column: str = "workflow_id") -> tuple[str, str]:
-    """The condition (and its one parameter) that ``column``, a run's key,
-    is in ``namespace`` (core/namespaces.py)."""
-    if namespace == namespaces.DEFAULT:
-        # A key of the default namespace is the id, which holds no U+001F.
-        return f"{column} NOT LIKE {mark}", f"%{namespaces.SEPARATOR}%"
-    prefix = f"{namespace}{namespaces.SEPARATOR}"
-    return f"substr({column}, 1, {len(prefix)}) = {mark}", prefix
 
 
 def inbox_why_not(kind: str) -> str:

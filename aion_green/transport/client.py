@@ -148,6 +148,50 @@ class Client:
         return schedule_from_json(self._call("GET", "/v1/schedules/" + quote(schedule_id, safe=""),
                                              namespace=namespace))
 
+    def pause_schedule(self, schedule_id: str, note: str = "", *,
+                       namespace: Optional[str] = None) -> None:
+        self._call("POST", _schedule_route(schedule_id, "pause"), body={"note": note},
+                   namespace=namespace)
+
+    def resume_schedule(self, schedule_id: str, *, namespace: Optional[str] = None) -> None:
+        self._call("POST", _schedule_route(schedule_id, "resume"), body={}, namespace=namespace)
+
+    def trigger_schedule(self, schedule_id: str, *, namespace: Optional[str] = None) -> None:
+        self._call("POST", _schedule_route(schedule_id, "trigger"), body={}, namespace=namespace)
+
+    def update_schedule(self, schedule_id: str, *, namespace: Optional[str] = None,
+                        **changes: Any) -> None:
+        """``Engine.update_schedule`` through the API: the same keywords
+        (``cron``, ``every`` in seconds or a timedelta, ``args``,
+        ``start_at`` an aware datetime, ``timezone``, ``overlap``,
+        ``catch_up``); only those given change."""
+        unknown = set(changes) - {"cron", "every", "args", "start_at", "timezone", "overlap",
+                                  "catch_up"}
+        if unknown:
+            raise errors.ConfigurationError(
+                f"update_schedule: unknown argument(s) {', '.join(sorted(unknown))}; give cron, "
+                "every, args, start_at, timezone, overlap or catch_up")
+        body = dict(changes)
+        if isinstance(body.get("every"), timedelta):
+            body["every"] = body["every"].total_seconds()
+        if isinstance(body.get("start_at"), datetime):
+            body["start_at"] = body["start_at"].isoformat()
+        if "args" in body:
+            body["args"] = list(body["args"])
+        self._call("POST", _schedule_route(schedule_id, "update"), body=body, namespace=namespace)
+
+    def purge(self, older_than: Union[timedelta, float], *, limit: Optional[int] = None,
+              namespace: Optional[str] = None) -> int:
+        """Delete the runs that ended more than ``older_than`` (a timedelta
+        or seconds) ago, at most ``limit``, of every namespace (a client
+        made with a namespace: of that one) or of ``namespace``; how many
+        (``Engine.purge``)."""
+        seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
+        body: dict[str, Any] = {"older_than": seconds}
+        if limit is not None:
+            body["limit"] = limit
+        return int(self._call("POST", "/v1/purge", body=body, namespace=namespace)["purged"])
+
     def handle(self, workflow_id: str, *, namespace: Optional[str] = None) -> RemoteHandle:
         return RemoteHandle(self, workflow_id, None, namespace)
 
@@ -554,6 +598,10 @@ def _route(workflow_id: str, action: Optional[str] = None, name: Optional[str] =
     if name is not None:
         query["name"] = name
     return "/v1/workflows" + ("" if action is None else "/" + action), query
+
+
+def _schedule_route(schedule_id: str, action: str) -> str:
+    return "/v1/schedules/" + quote(schedule_id, safe="") + "/" + action
 
 
 def _filter_query(status: Optional[str], workflow_type: Union[None, str, Callable[..., Any]],

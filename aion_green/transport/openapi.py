@@ -75,6 +75,10 @@ _GLOBAL = (
           "when read (not when recorded), comma-separated: running, completed, failed, "
           "cancelled, continued (an earlier run of a chain)."),
 )
+_SCHEDULE_ID = Param("id", "path", _STR, "The schedule id, percent-encoded UTF-8.", True)
+# A control request: no such schedule; a deleted one (or one whose current run
+# predates control: 400); bad input.
+_CONTROL_ERRORS = ("not_found", "not_running", "invalid_argument")
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", "Liveness", "`{\"ok\": true}` while the server answers; never "
@@ -278,6 +282,25 @@ ROUTES: tuple[Route, ...] = (
               "type": "boolean"}, "seq": _INT}},
           errors=("not_found", "not_running", "invalid_argument"),
           example=({}, {"workflow_id": "order-o-1", "paused": False, "seq": 9})),
+    Route("POST", "/v1/purge", "Purge finished runs",
+          "Retention on demand: delete the runs that ended more than `older_than` seconds ago, "
+          "at most `limit` of them (default: all), with everything the store holds of their "
+          "ids (histories, earlier runs of a chain, timers, search attributes). Never a running "
+          "run; a chain of continue-as-new goes with its last run; a child by its own end, but "
+          "not while its running parent waits to record that end. A purged id is then unknown "
+          "(404 `not_found`) and may be started again. Without `namespace`, every namespace's "
+          "runs, which needs a token that grants every namespace (else 403 "
+          "`namespace_denied`); with it, that namespace's only. The server's engine may also "
+          "purge on a timer (`aion-green worker --retention 30d`).",
+          body={"older_than": {"type": "number", "description": "The age in seconds, 0 or "
+                               "more: runs that ended before now minus this go."},
+                "limit": {"type": "integer", "description": "At most this many (1 or more)."}},
+          required=("older_than",),
+          answer={"type": "object", "properties": {"purged": _INT, "older_than": _NUM,
+                                                   "namespace": {"type": ["string", "null"]}}},
+          errors=("invalid_argument",),
+          example=({"older_than": 2592000}, {"purged": 1204, "older_than": 2592000,
+                                             "namespace": None})),
     Route("GET", "/v1/schedules", "List schedules",
           "The schedules (active ones; `include_deleted=true` adds unscheduled ones), ordered by "
           "id, a page at a time, each with its spec and, where the server drives it, its next "
@@ -308,14 +331,16 @@ ROUTES: tuple[Route, ...] = (
           example=({"schedule_id": "nightly", "workflow": "shop.report", "cron": "0 2 * * *"},
                    {"schedule_id": "nightly", "run_id": "9a1b...07"})),
     Route("GET", "/v1/schedules/{id}", "Describe a schedule",
-          "One schedule: its spec, `active` or `deleted`, and its next fire time.",
+          "One schedule: its current spec, `active`, `paused` (with its `note`) or `deleted`, "
+          "and its next fire time.",
           params=(Param("id", "path", _STR, "The schedule id, percent-encoded UTF-8.", True),),
           answer={"$ref": "#/components/schemas/Schedule"}, errors=("not_found",),
           example=(None, {"schedule_id": "nightly", "workflow": "shop.report", "args": [],
                           "cron": "0 2 * * *", "every": None, "timezone": None,
                           "start_at": None, "overlap": "skip", "catch_up": "one",
                           "status": "active", "next_fire": "2031-03-02T02:00:00+00:00",
-                          "running": None, "pending": None, "run_id": "9a1b...07"})),
+                          "running": None, "pending": None, "run_id": "9a1b...07",
+                          "paused": False, "note": ""})),
     Route("DELETE", "/v1/schedules/{id}", "Delete a schedule",
           "Unschedule: the schedule fires no more (its cancel is recorded and it ends); the "
           "runs it started go on. Deleting a deleted schedule is fine.",
@@ -326,6 +351,48 @@ ROUTES: tuple[Route, ...] = (
                                                    "deleted": {"type": "boolean"}}},
           errors=("not_found", "timeout", "invalid_argument"),
           example=(None, {"schedule_id": "nightly", "deleted": True})),
+    Route("POST", "/v1/schedules/{id}/pause", "Pause a schedule",
+          "From its next wait the schedule fires nothing until resumed (a trigger still starts "
+          "a run); recorded in its history (a control message) before the answer. Describe "
+          "shows it `paused`, with the note.",
+          params=(_SCHEDULE_ID,), body={"note": {"type": "string", "description": "Why."}},
+          answer={"type": "object", "properties": {"schedule_id": _STR,
+                                                   "paused": {"type": "boolean"}}},
+          errors=_CONTROL_ERRORS,
+          example=({"note": "maintenance"}, {"schedule_id": "nightly", "paused": True})),
+    Route("POST", "/v1/schedules/{id}/resume", "Resume a schedule",
+          "The schedule fires again. The fires missed while it was paused go by its "
+          "`catch_up` policy, as after downtime: `one` starts the latest, `all` each, `skip` "
+          "none (but one on time).",
+          params=(_SCHEDULE_ID,), body={},
+          answer={"type": "object", "properties": {"schedule_id": _STR,
+                                                   "paused": {"type": "boolean"}}},
+          errors=_CONTROL_ERRORS,
+          example=({}, {"schedule_id": "nightly", "paused": False})),
+    Route("POST", "/v1/schedules/{id}/trigger", "Trigger a schedule now",
+          "One fire now, run `ID@<now>`, under the schedule's `overlap` policy (under `skip` "
+          "nothing starts while the run it tracks runs); paused or not.",
+          params=(_SCHEDULE_ID,), body={},
+          answer={"type": "object", "properties": {"schedule_id": _STR,
+                                                   "triggered": {"type": "boolean"}}},
+          errors=_CONTROL_ERRORS,
+          example=({}, {"schedule_id": "nightly", "triggered": True})),
+    Route("POST", "/v1/schedules/{id}/update", "Update a schedule",
+          "Change the schedule's spec: only the fields given change (`cron` replaces an "
+          "interval, `every` a cron). Checked as a new schedule is; its next fires follow the "
+          "new spec from the update on. An empty update is a 400.",
+          params=(_SCHEDULE_ID,),
+          body={"cron": {"type": "string"}, "every": {"type": "number", "description": "Seconds."},
+                "args": {"type": "array"},
+                "start_at": {"type": "string", "description": "ISO 8601 with a zone."},
+                "timezone": {"type": "string"},
+                "overlap": {"type": "string", "enum": ["skip", "buffer_one", "cancel_previous",
+                                                       "allow_all"]},
+                "catch_up": {"type": "string", "enum": ["all", "one", "skip"]}},
+          answer={"type": "object", "properties": {"schedule_id": _STR,
+                                                   "updated": {"type": "boolean"}}},
+          errors=_CONTROL_ERRORS,
+          example=({"cron": "30 3 * * *"}, {"schedule_id": "nightly", "updated": True})),
 )
 
 # Every route of runs and schedules is in one namespace (WSGIApp._namespace).
@@ -459,7 +526,8 @@ def _schedule_schema() -> dict[str, Any]:
         "schedule_id": _STR, "workflow": _STR, "args": {"type": "array"}, "cron": nullable,
         "every": {"type": ["number", "null"]}, "timezone": nullable, "start_at": nullable,
         "overlap": _STR, "catch_up": _STR, "status": _STR, "next_fire": nullable,
-        "running": nullable, "pending": nullable, "run_id": nullable}}
+        "running": nullable, "pending": nullable, "run_id": nullable,
+        "paused": {"type": "boolean"}, "note": _STR}}
 
 
 def _event_schema() -> dict[str, Any]:

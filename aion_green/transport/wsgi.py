@@ -65,6 +65,12 @@ GET      /v1/events?after=&type=&status=              every run's events (of the
                                                       separated event types, run statuses (the
                                                       run's now)
 GET      /v1/events/page?after=&type=&status=&limit=  the same, a page: ``{"events", "next"}``
+POST     /v1/purge                                    retention on demand: ``{"older_than": S,
+                                                      "limit"}`` deletes the runs that ended
+                                                      more than S seconds ago (never a running
+                                                      one) of every namespace (a token granting
+                                                      all) or of ``namespace``: ``{"purged": N,
+                                                      "older_than": S, "namespace"}``
 GET      /v1/schedules?limit=&after=&include_deleted= the schedules, a page: ``{"schedules",
                                                       "next"}``
 POST     /v1/schedules                                create: ``{"schedule_id", "workflow",
@@ -72,6 +78,12 @@ POST     /v1/schedules                                create: ``{"schedule_id", 
                                                       "timezone", "overlap", "catch_up"}``
 GET      /v1/schedules/ID                             one schedule, its next fire time
 DELETE   /v1/schedules/ID?timeout=S                   unschedule: it fires no more
+POST     /v1/schedules/ID/pause                       ``{"note"}``: it fires nothing until resumed
+POST     /v1/schedules/ID/resume                      fires missed meanwhile: its ``catch_up``
+POST     /v1/schedules/ID/trigger                     one fire now, under its ``overlap`` policy
+POST     /v1/schedules/ID/update                      ``{"cron" | "every", "args", "start_at",
+                                                      "timezone", "overlap", "catch_up"}``: only
+                                                      the fields given change
 =======  ===========================================  ==========================================
 
 Listing and search: a summary names its ``parent_id`` (None for a top-level
@@ -165,6 +177,9 @@ _POSTS = ("cancel", "terminate", "pause", "unpause", "signals", "queries")
 # The environ key of the namespaces the request's token grants (None: all).
 _GRANTS = "aion_green.grants"
 _NAMED = ("signals", "queries")
+# POST /v1/schedules/ID/ACTION, and the fields an update may change.
+_SCHEDULE_ACTIONS = ("pause", "resume", "trigger", "update")
+_SCHEDULE_SPEC = ("cron", "every", "args", "start_at", "timezone", "overlap", "catch_up")
 
 
 class _Reply(Exception):
@@ -327,10 +342,12 @@ class WSGIApp:
         if segments[:2] == ["v1", "schedules"]:
             return self._schedules(method, segments[2:], _params(environ), environ,
                                    start_response)
+        if segments == ["v1", "purge"]:
+            return _reply(start_response, 200, self._purge(method, environ, _params(environ)))
         if len(segments) < 2 or segments[:2] != ["v1", "workflows"]:
             raise _Reply("not_found", f"no route {'/' + '/'.join(segments)!r}; the API lives "
-                         "under /v1/workflows, /v1/schedules and /v1/events (and /healthz, /health/live, "
-                         "/health/ready, /metrics)")
+                         "under /v1/workflows, /v1/schedules and /v1/events (and /v1/purge, "
+                         "/healthz, /health/live, /health/ready, /metrics)")
         params = _params(environ)
         rest = segments[2:]
         action: Optional[str] = None
@@ -518,6 +535,13 @@ class WSGIApp:
                 _query(params, set())
                 return _reply(start_response, 200, self._create_schedule(environ, params))
             raise _not_allowed(method, "GET, POST")
+        if len(rest) >= 2 and rest[-1] in _SCHEDULE_ACTIONS:
+            if method != "POST":
+                raise _not_allowed(method, "POST")
+            _query(params, {"namespace"})
+            sid = _text("/".join(rest[:-1]), "the schedule id")
+            return _reply(start_response, 200,
+                          self._control_schedule(sid, rest[-1], environ, params))
         sid = "/".join(rest)
         _text(sid, "the schedule id")
         if method == "GET":
@@ -544,22 +568,8 @@ class WSGIApp:
         if not isinstance(workflow, str) or not workflow:
             raise _Reply("invalid_argument", "'workflow' must be the registered name of a "
                          f"workflow (a non-empty string), got {workflow!r}", field="workflow")
-        every = body.get("every")
-        if every is not None and (isinstance(every, bool) or not isinstance(every, (int, float))):
-            raise _Reply("invalid_argument", f"'every' is a number of seconds, got {every!r}",
-                         field="every")
-        start_at = _str(body, "start_at", None)
-        when = None
-        if start_at is not None:
-            try:
-                when = datetime.fromisoformat(start_at.replace("Z", "+00:00"))
-            except ValueError:
-                raise _Reply("invalid_argument", f"'start_at' must be an ISO 8601 time with a "
-                             f"zone (2031-03-01T02:00:00Z), got {start_at!r}",
-                             field="start_at") from None
-            if when.tzinfo is None:
-                raise _Reply("invalid_argument", f"'start_at' needs a zone (Z or +HH:MM), got "
-                             f"{start_at!r}", field="start_at")
+        every = _every(body)
+        when = _start_at(body)
         try:
             handle = self.engine.schedule(
                 sid, workflow, *_list(body, "args"), cron=_str(body, "cron", None), every=every,
@@ -569,6 +579,70 @@ class WSGIApp:
         except WorkflowArgumentsInvalid as exc:
             raise _Reply("invalid_argument", str(exc), field="args") from None
         return {"schedule_id": sid, "run_id": handle.run_id}
+
+    def _control_schedule(self, sid: str, action: str, environ: dict[str, Any],
+                          params: dict[str, str]) -> dict[str, Any]:
+        """``POST /v1/schedules/ID/{pause,resume,trigger,update}``."""
+        body = self._body(environ, {"note"} if action == "pause" else
+                          set(_SCHEDULE_SPEC) if action == "update" else set())
+        ns = self._namespace(environ, params, body)
+        if action == "pause":
+            self.engine.pause_schedule(sid, note=_str(body, "note", ""), namespace=ns)
+            return {"schedule_id": sid, "paused": True}
+        if action == "resume":
+            self.engine.resume_schedule(sid, namespace=ns)
+            return {"schedule_id": sid, "paused": False}
+        if action == "trigger":
+            self.engine.trigger_schedule(sid, namespace=ns)
+            return {"schedule_id": sid, "triggered": True}
+        changes: dict[str, Any] = {}
+        for key in _SCHEDULE_SPEC:
+            if key not in body:
+                continue
+            if key == "every":
+                changes[key] = _every(body)
+            elif key == "start_at":
+                changes[key] = _start_at(body)
+            elif key == "args":
+                changes[key] = _list(body, "args")
+            else:
+                changes[key] = _str(body, key, None)
+        if not changes:
+            raise _Reply("invalid_argument", "nothing to update: give one or more of "
+                         f"{', '.join(_SCHEDULE_SPEC)}")
+        try:
+            self.engine.update_schedule(sid, **changes, namespace=ns)
+        except WorkflowArgumentsInvalid as exc:
+            raise _Reply("invalid_argument", str(exc), field="args") from None
+        return {"schedule_id": sid, "updated": True}
+
+    def _purge(self, method: str, environ: dict[str, Any],
+               params: dict[str, str]) -> dict[str, Any]:
+        """``POST /v1/purge``: retention on demand (runtime/retention.py)."""
+        if method != "POST":
+            raise _not_allowed(method, "POST")
+        _query(params, {"namespace"})
+        body = self._body(environ, {"older_than", "limit"})
+        ns: Optional[str] = None
+        if "namespace" in params or "namespace" in body:
+            ns = self._namespace(environ, params, body)
+        elif environ.get(_GRANTS) is not None:
+            raise _Reply("namespace_denied", "a purge of every namespace needs a token that "
+                         "grants every namespace; nothing was purged. Name the namespace to "
+                         "purge (\"namespace\" in the body, or ?namespace=)", field="namespace")
+        older_than = body.get("older_than")
+        if (isinstance(older_than, bool) or not isinstance(older_than, (int, float))
+                or not 0 <= older_than < float("inf")):
+            raise _Reply("invalid_argument", "'older_than' must be the age in seconds (0 or "
+                         "more) of the finished runs to purge: 2592000 for 30 days, got "
+                         f"{older_than!r}", field="older_than")
+        limit = body.get("limit")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or not 1 <= limit < 2 ** 63):
+            raise _Reply("invalid_argument", "'limit' must be a whole number from 1 up (or "
+                         f"absent: every run that qualifies), got {limit!r}", field="limit")
+        purged = self.engine.purge(older_than, limit=limit, namespace=ns)
+        return {"purged": purged, "older_than": older_than, "namespace": ns}
 
     def _list(self, params: dict[str, str], ns: str) -> dict[str, Any]:
         query, filters = _filters(params, {"limit", "after"})
@@ -1052,6 +1126,29 @@ def _body(environ: dict[str, Any], limit: int, allowed: set[str], max_depth: int
         raise _Reply("invalid_argument", f"unknown field(s) {', '.join(unknown)}; this route takes "
                      f"{', '.join(sorted(allowed))}")
     return body
+
+
+def _every(body: dict[str, Any]) -> Any:
+    every = body.get("every")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, (int, float))):
+        raise _Reply("invalid_argument", f"'every' is a number of seconds, got {every!r}",
+                     field="every")
+    return every
+
+
+def _start_at(body: dict[str, Any]) -> Optional[datetime]:
+    start_at = _str(body, "start_at", None)
+    if start_at is None:
+        return None
+    try:
+        when = datetime.fromisoformat(start_at.replace("Z", "+00:00"))
+    except ValueError:
+        raise _Reply("invalid_argument", f"'start_at' must be an ISO 8601 time with a "
+                     f"zone (2031-03-01T02:00:00Z), got {start_at!r}", field="start_at") from None
+    if when.tzinfo is None:
+        raise _Reply("invalid_argument", f"'start_at' needs a zone (Z or +HH:MM), got "
+                     f"{start_at!r}", field="start_at")
+    return when
 
 
 def _no_constant(name: str) -> Any:

@@ -99,7 +99,18 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX aion_search_attributes_by_value ON aion_search_attributes(name, text, workflow_id)",
     ),
     (
-        # -- schema 5: the store-wide event stream (issue 18, GET /v1/events) --
+        # Retention (issue 18): each run's end time, which retention
+        # measures, set with its status by the append of its end (the run's
+        # updated_at then) and backfilled here for the runs already finished.
+        # Its own column, not updated_at: an index on updated_at, which
+        # every append moves, would make every append's update a non-HOT one.
+        # (Marks come from a sequence here: a purge never brings one back.)
+        "ALTER TABLE aion_runs ADD COLUMN ended_at DOUBLE PRECISION",
+        "UPDATE aion_runs SET ended_at = updated_at WHERE status <> 'running'",
+        "CREATE INDEX aion_runs_by_end ON aion_runs(ended_at) WHERE ended_at IS NOT NULL",
+    ),
+    (
+        # -- schema 6: the store-wide event stream (issue 18, GET /v1/events) --
         # Every event gets a global position, its cursor in the stream, from
         # a one-row counter. A transaction takes its positions with
         # UPDATE ... SET n = n + k, which keeps the counter's row locked until

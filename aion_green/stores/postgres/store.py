@@ -57,6 +57,8 @@ from aion_green.stores.batch import (
     copied_attributes,
     inbox_why_not,
     next_run_started,
+    purge_candidates,
+    purge_parameters,
     require_running,
     run_filters,
     started_json,
@@ -117,6 +119,10 @@ def _one(cur: _Cursor) -> TupleRow:
 
 
 _READ = "SELECT seq, type, at, data FROM aion_events WHERE workflow_id=%s ORDER BY seq"
+# Every table that holds rows of a workflow id: a purge empties each of them
+# (tests/test_retention.py checks this list against the database's tables).
+_PER_RUN_TABLES = ("aion_events", "aion_archived_events", "aion_timers", "aion_inbox",
+                   "aion_search_attributes", "aion_runs")
 
 _READ_RUN = ("SELECT seq, type, at, data FROM aion_events WHERE workflow_id=%s "
              "AND %s = (SELECT run_id FROM aion_runs WHERE workflow_id=%s) "
@@ -312,8 +318,9 @@ class PostgresStore:
                 cur.executemany("DELETE FROM aion_timers WHERE workflow_id=%s AND timer_key=%s",
                                 plan.timers_ended)
             if plan.finals:
-                cur.executemany("UPDATE aion_runs SET status=%s, result=%s, error=%s WHERE workflow_id=%s",
-                                plan.finals)
+                # (ended_at: the time of the run's last event, just set above.)
+                cur.executemany("UPDATE aion_runs SET status=%s, result=%s, error=%s, "
+                                "ended_at=updated_at WHERE workflow_id=%s", plan.finals)
                 cur.executemany("DELETE FROM aion_timers WHERE workflow_id=%s",
                                 [f[3:] for f in plan.finals])
             if plan.attributes:
@@ -376,7 +383,7 @@ class PostgresStore:
         cur.execute("INSERT INTO aion_events(workflow_id, seq, type, at, data) VALUES (%s,1,%s,%s,%s)",
                     (wid, ev.WORKFLOW_STARTED, at, json.dumps(next_run_started(wtype, old_run_id, data))))
         cur.execute("UPDATE aion_runs SET run_id=%s, status=%s, result=NULL, error=NULL, head_seq=1, "
-                    "created_at=%s, updated_at=%s WHERE workflow_id=%s",
+                    "created_at=%s, updated_at=%s, ended_at=NULL WHERE workflow_id=%s",
                     (data["run_id"], ev.RUNNING, at, at, wid))
 
     def _append_at_head(self, workflow_id: str, event_type: str, at: float,
@@ -543,6 +550,25 @@ class PostgresStore:
     def last_run_mark(self) -> int:
         return int(self._query("SELECT coalesce(max(mark), 0) FROM aion_runs")[0][0])
 
+    def purge_finished(self, before: float, limit: int = 500,
+                       namespace: Optional[str] = None) -> list[str]:
+        with self._tx() as cur:
+            # Row locks, skipping runs another engine's purge holds: engines
+            # that purge at the same moment take disjoint runs, and wait for
+            # no one. The deletes below cover exactly the runs locked here.
+            # (A child event whose data does not cast, see _UNCASTABLE, is
+            # read as naming no child: such a child waits for its parent.)
+            data_id = (f"(CASE WHEN {_UNCASTABLE.replace('data', '{a}.data', 1)} THEN NULL "
+                       "ELSE {a}.data::jsonb ->> 'id' END)")
+            cur.execute(purge_candidates("%s", "aion_runs", "aion_events", data_id,
+                                         "FOR UPDATE OF r SKIP LOCKED", namespace=namespace),
+                        purge_parameters(before, limit, namespace))
+            wids = [row[0] for row in cur.fetchall()]
+            if wids:
+                for table in _PER_RUN_TABLES:
+                    cur.execute(f"DELETE FROM {table} WHERE workflow_id = ANY(%s)", (wids,))
+        return wids
+
     def find_event(self, workflow_id: str, event_type: str, dedup: Optional[str] = None) -> Optional[int]:
         if dedup is None:
             rows = self._query("SELECT seq FROM aion_events WHERE workflow_id=%s AND type=%s "
@@ -694,7 +720,7 @@ class PostgresStore:
             cur.execute("DELETE FROM aion_events WHERE workflow_id=%s", (workflow_id,))
             cur.execute(
                 "UPDATE aion_runs SET run_id=%s, status=%s, result=NULL, error=NULL, head_seq=%s, "
-                "created_at=%s, updated_at=%s, owner=NULL, lease_until=0, "
+                "created_at=%s, updated_at=%s, ended_at=NULL, owner=NULL, lease_until=0, "
                 "fence=nextval('aion_fence_seq'), "
                 "mark=nextval(pg_get_serial_sequence('aion_runs', 'mark')) "
                 "WHERE workflow_id=%s RETURNING fence",

@@ -116,7 +116,38 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX search_attributes_by_value ON search_attributes(name, text, workflow_id)",
     ),
     (
-        # -- schema 7: the store-wide event stream (issue 18, GET /v1/events) --
+        # Retention (issue 18). Runs are purged, and a purge may delete the
+        # newest rows: SQLite then gives a later run a rowid that was used
+        # before, and a driver that remembers the last mark it saw
+        # (new_runs(), sharing.py's _watch) would never see that run. The
+        # mark becomes an AUTOINCREMENT key, never reused (sqlite_sequence
+        # keeps the largest ever given). And each run's end time, which
+        # retention measures, indexed; set by the append of its end,
+        # backfilled here from the last event of the runs already finished.
+        """CREATE TABLE runs_v7(
+            mark INTEGER PRIMARY KEY AUTOINCREMENT,
+            workflow_id TEXT NOT NULL UNIQUE,
+            run_id TEXT NOT NULL,
+            workflow_type TEXT NOT NULL,
+            status TEXT NOT NULL,
+            args TEXT NOT NULL,
+            result TEXT,
+            error TEXT,
+            created_at REAL NOT NULL,
+            parent_id TEXT,
+            ended_at REAL)""",
+        "INSERT INTO runs_v7(mark, workflow_id, run_id, workflow_type, status, args, result, error, "
+        "created_at, parent_id, ended_at) SELECT rowid, workflow_id, run_id, workflow_type, status, "
+        "args, result, error, created_at, parent_id, CASE WHEN status <> 'running' THEN "
+        "(SELECT max(at) FROM events e WHERE e.workflow_id = runs.workflow_id) END FROM runs",
+        "DROP TABLE runs",
+        "ALTER TABLE runs_v7 RENAME TO runs",
+        "CREATE INDEX runs_by_status ON runs(status, workflow_id)",
+        "CREATE INDEX runs_by_parent ON runs(parent_id, workflow_id) WHERE parent_id IS NOT NULL",
+        "CREATE INDEX runs_by_end ON runs(ended_at) WHERE ended_at IS NOT NULL",
+    ),
+    (
+        # -- schema 8: the store-wide event stream (issue 18, GET /v1/events) --
         # Every event gets a global position, its cursor in the stream, from
         # a one-row counter that only grows (a purge of old runs leaves gaps,
         # never a position given twice). Every insert takes its positions

@@ -35,6 +35,8 @@ from aion_green.stores.batch import (
     copied_attributes,
     inbox_why_not,
     next_run_started,
+    purge_candidates,
+    purge_parameters,
     require_running,
     run_filters,
     started_json,
@@ -54,6 +56,9 @@ from aion_green.stores.sqlite.schema import (
 )
 
 _KNOWN_HEADS_MAX = 100_000
+# Every table that holds rows of a workflow id: a purge empties each of them
+# (tests/test_retention.py checks this list against the file's tables).
+_PER_RUN_TABLES = ("events", "archived_events", "timers", "inbox", "search_attributes", "runs")
 
 
 def _positions(conn: sqlite3.Connection, count: int) -> int:
@@ -243,6 +248,8 @@ class SQLiteStore:
                 # A finished run has no pending timer.
                 conn.executemany("DELETE FROM timers WHERE workflow_id=?",
                                  [f[3:] for f in plan.finals])
+                if plan.ends:
+                    conn.executemany("UPDATE runs SET ended_at=? WHERE workflow_id=?", plan.ends)
             if plan.rows:
                 first = _positions(conn, len(plan.rows))
                 conn.executemany(
@@ -451,6 +458,24 @@ class SQLiteStore:
             raise _translate(exc, self.path) from None
         return int(mark)
 
+    def purge_finished(self, before: float, limit: int = 500,
+                       namespace: Optional[str] = None) -> list[str]:
+        with self._write() as conn:
+            wids = [row[0] for row in conn.execute(
+                # By end time: the oldest ends first, and a purge reads the
+                # runs it deletes, not every finished run (without ANALYZE
+                # statistics SQLite chose the status index and sorted them all).
+                purge_candidates("?", "runs", "events", "json_extract({a}.data, '$.id')",
+                                 hint="INDEXED BY runs_by_end", namespace=namespace),
+                purge_parameters(before, limit, namespace)).fetchall()]
+            if wids:
+                # One statement per table (the inbox has no index by run: one
+                # scan of it, not one per run).
+                marks = ",".join("?" * len(wids))
+                for table in _PER_RUN_TABLES:
+                    conn.execute(f"DELETE FROM {table} WHERE workflow_id IN ({marks})", wids)
+        return wids
+
     def find_event(self, workflow_id: str, event_type: str, dedup: Optional[str] = None) -> Optional[int]:
         if dedup is None:
             sql = "SELECT seq FROM events WHERE workflow_id=? AND type=? ORDER BY seq LIMIT 1"
@@ -596,12 +621,18 @@ class SQLiteStore:
                 "SELECT workflow_id, ?, seq, type, at, data, pos FROM events WHERE workflow_id=?",
                 (info.run_id, workflow_id))
             conn.execute("DELETE FROM events WHERE workflow_id=?", (workflow_id,))
-            # A new rowid: the driving process notices resumed runs as it
-            # notices created ones (new_runs, sharing.py's _watch).
+            # A new mark: the driving process notices resumed runs as it
+            # notices created ones (new_runs, sharing.py's _watch). Taken
+            # from the AUTOINCREMENT sequence, as an insert would, so that
+            # no later run gets it again (see the schema's version 7).
+            (mark,) = conn.execute(
+                "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name='runs'), 0), "
+                "coalesce((SELECT max(mark) FROM runs), 0)) + 1").fetchone()
+            conn.execute("UPDATE sqlite_sequence SET seq=? WHERE name='runs'", (mark,))
             conn.execute(
                 "UPDATE runs SET run_id=?, status=?, result=NULL, error=NULL, created_at=?, "
-                "rowid=(SELECT max(rowid) + 1 FROM runs) WHERE workflow_id=?",
-                (run_id, ev.RUNNING, at, workflow_id))
+                "ended_at=NULL, mark=? WHERE workflow_id=?",
+                (run_id, ev.RUNNING, at, mark, workflow_id))
             self._write_copy(conn, workflow_id, copy)
         return dataclasses.replace(info, run_id=run_id, status=ev.RUNNING, result=None, error=None,
                                    head_seq=copy.head, created_at=at, updated_at=at)

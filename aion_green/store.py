@@ -130,6 +130,45 @@ class RunFilter(NamedTuple):
     namespace: Optional[str] = None
 
 
+class GlobalEvent(NamedTuple):
+    """One event of the store-wide stream (``read_events``): its global
+    ``position`` (the cursor), the workflow id and run id it belongs to, its
+    per-run ``seq``, ``type``, time ``at`` and decoded ``data``; and the
+    run's ``namespace`` (a store names runs by key: there the workflow id is
+    the key, and the engine shows the id and the namespace)."""
+
+    position: int
+    workflow_id: str
+    run_id: str
+    seq: int
+    type: str
+    at: float
+    data: dict[str, Any]
+    namespace: str = "default"
+
+
+class EventPage(NamedTuple):
+    """A page of the store-wide stream (``Engine.events``): its events, in
+    position order, and ``next``, the cursor to ask for the next page with."""
+
+    events: list[GlobalEvent]
+    next: int
+
+
+class EventFilter(NamedTuple):
+    """Filters of ``read_events``, ANDed; an empty one matches every event.
+    ``types``: event types (``core.events.EVENT_TYPES``); ``statuses``: run
+    statuses (``core.events.STATUSES``) of the run each event belongs to, as
+    that run is when the page is read (an earlier run of a chain has the
+    status its last event gives: ``continued`` after a continue-as-new);
+    ``namespace``: the runs of one namespace, by their keys' form (None:
+    every namespace's)."""
+
+    types: tuple[str, ...] = ()
+    statuses: tuple[str, ...] = ()
+    namespace: Optional[str] = None
+
+
 # What ``write_batch`` returns for one op: an append's new head seq or the
 # error that refused it; a create's ``(created, RunInfo)``.
 BatchOutcome = Union[int, StoreError, tuple[bool, RunInfo]]
@@ -287,12 +326,29 @@ class IEventStore(Interface):  # type: ignore[misc]  # zope.interface is untyped
         :class:`WorkflowNotFound` or :class:`ConfigurationError` (a run not
         failed or cancelled, a cut out of range)."""
 
+    # The store-wide event stream (issue 18: GET /v1/events). Every event,
+    # of every run, archived ones included, has a global position.
+    # Invariant: positions are given in commit order (a transaction takes
+    # its positions under one counter, held until it commits), so a reader
+    # that has seen position N never later finds a new event below N;
+    # positions may have gaps (a purged run's events), never duplicates.
+    def event_head() -> int:  # type: ignore[misc]  # noqa: N805
+        """The position of the last committed event (0 before any)."""
+
+    def read_events(after: int, limit: int,  # noqa: N805
+                    filters: EventFilter = EventFilter()) -> tuple[list[GlobalEvent], int]:
+        """Events with a position above ``after`` that ``filters`` match, in
+        position order, at most ``limit``; and the cursor to read on from:
+        the last position returned when the page is full, else the head as
+        the read found it (so a filter that matches nothing still moves
+        the cursor on)."""
+
     def close() -> None:  # type: ignore[misc]  # noqa: N805
         """Release the store's resources. Idempotent."""
 
 
-__all__ = ["Append", "CreateRun", "IEventStore", "RunFilter", "RunInfo", "SQLiteStore", "StepRunning",
-           "open_store", "sqlite_path_from_url"]
+__all__ = ["Append", "CreateRun", "EventFilter", "EventPage", "GlobalEvent", "IEventStore", "RunFilter",
+           "RunInfo", "SQLiteStore", "StepRunning", "open_store", "sqlite_path_from_url"]
 
 # The SQLite store lives in its own module and is part of this contract's
 # public face (``aion_green.store.SQLiteStore``), loaded on first use: the

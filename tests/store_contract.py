@@ -17,7 +17,7 @@ from aion_green.core.errors import (
     WorkflowNotFound,
     WorkflowNotRunning,
 )
-from aion_green.store import Append, CreateRun, IEventStore
+from aion_green.store import Append, CreateRun, EventFilter, IEventStore
 
 
 def step_event(step, result, at=1000.0):
@@ -341,3 +341,77 @@ class StoreContract:
     def test_close_is_idempotent(self, store):
         store.close()
         store.close()
+
+    # -- the store-wide event stream (issue 18: GET /v1/events) --------------------------------
+    def test_every_event_has_a_global_position_archived_ones_included(self, store):
+        """Appends, the store's own appends (a message, a timer's firing),
+        and a continue-as-new, which archives a run: each event once, in the
+        order committed, the archived ones under their own run id."""
+        assert store.event_head() == 0 and store.read_events(0, 100) == ([], 0)
+        self.create(store, "a")
+        self.create(store, "b")
+        store.write_batch([Append("a", 1, [step_event(1, "x"), ev.NewEvent(
+            ev.TIMER_STARTED, 1001.0, {"timer": "t", "fire_at": 5.0})])])
+        store.deliver_message("b", "m", '"hi"', 1002.0)
+        store.fire_timer("a", "t", 1003.0)
+        store.write_batch([Append("a", 4, [ev.NewEvent(
+            ev.WORKFLOW_CONTINUED_AS_NEW, 1004.0, {"args": [], "run_id": "run-2", "generation": 2})])])
+        events, cursor = store.read_events(0, 100)
+        assert [(e.workflow_id, e.run_id, e.seq, e.type) for e in events] == [
+            ("a", "run-a", 1, ev.WORKFLOW_STARTED), ("b", "run-b", 1, ev.WORKFLOW_STARTED),
+            ("a", "run-a", 2, ev.STEP_COMPLETED), ("a", "run-a", 3, ev.TIMER_STARTED),
+            ("b", "run-b", 2, ev.MESSAGE_RECEIVED), ("a", "run-a", 4, ev.TIMER_FIRED),
+            ("a", "run-a", 5, ev.WORKFLOW_CONTINUED_AS_NEW), ("a", "run-2", 1, ev.WORKFLOW_STARTED)]
+        positions = [e.position for e in events]
+        assert positions == sorted(set(positions)) and cursor == positions[-1] == store.event_head()
+        assert events[4].data == {"name": "m", "index": 0, "payload": "hi"} and events[4].at == 1002.0
+        assert store.read_events(cursor, 100) == ([], cursor)
+
+    def test_global_pages_follow_the_cursor_and_filters_move_it_on(self, store):
+        self.create(store, "a")
+        self.create(store, "b")
+        store.write_batch([Append("a", 1, [step_event(1, "x"), ev.NewEvent(
+            ev.WORKFLOW_COMPLETED, 1001.0, {"result": 1})])])
+        store.write_batch([Append("a", 2, [ev.NewEvent(  # refused: nothing written, no position
+            ev.WORKFLOW_COMPLETED, 1001.0, {"result": 1})]), Append("b", 1, [step_event(1, "y")])])
+        seen, cursor = [], 0
+        while True:
+            page, cursor = store.read_events(cursor, 2)
+            seen += page
+            if len(page) < 2:
+                break
+        assert [(e.workflow_id, e.seq) for e in seen] == [("a", 1), ("b", 1), ("a", 2), ("a", 3),
+                                                         ("b", 2)]
+        head = store.event_head()
+        assert cursor == head
+        steps, after = store.read_events(0, 100, EventFilter(types=(ev.STEP_COMPLETED,)))
+        assert [(e.workflow_id, e.data["result"]) for e in steps] == [("a", "x"), ("b", "y")]
+        assert after == head
+        done, _ = store.read_events(0, 100, EventFilter(statuses=(ev.COMPLETED,)))
+        assert {e.workflow_id for e in done} == {"a"} and len(done) == 3
+        both, _ = store.read_events(0, 100, EventFilter((ev.STEP_COMPLETED,), (ev.RUNNING,)))
+        assert [e.workflow_id for e in both] == ["b"]
+        assert store.read_events(0, 100, EventFilter(types=(ev.TIMER_FIRED,))) == ([], head)
+
+    def test_an_earlier_run_of_a_chain_has_the_status_its_last_event_gives(self, store):
+        self.create(store, "a")
+        store.write_batch([Append("a", 1, [ev.NewEvent(
+            ev.WORKFLOW_CONTINUED_AS_NEW, 1001.0, {"args": [], "run_id": "run-2", "generation": 2})])])
+        continued, _ = store.read_events(0, 100, EventFilter(statuses=(ev.CONTINUED,)))
+        assert [(e.run_id, e.seq) for e in continued] == [("run-a", 1), ("run-a", 2)]
+        running, _ = store.read_events(0, 100, EventFilter(statuses=(ev.RUNNING,)))
+        assert [(e.run_id, e.seq) for e in running] == [("run-2", 1)]
+
+    def test_forks_and_resumes_get_new_positions_and_the_old_run_keeps_its_own(self, store):
+        self.create(store, "a")
+        store.write_batch([Append("a", 1, [step_event(1, "x"), ev.NewEvent(
+            ev.WORKFLOW_FAILED, 1001.0, {"error": {"type": "E", "message": "m"}})])])
+        before, head = store.read_events(0, 100)
+        store.fork_run("a", 2, "f", "run-f", 1002.0)
+        store.restart_run("a", 2, "run-a2", 1003.0)
+        after, _ = store.read_events(head, 100)
+        assert sorted((e.workflow_id, e.run_id, e.seq) for e in after) == [
+            ("a", "run-a2", 1), ("a", "run-a2", 2), ("f", "run-f", 1), ("f", "run-f", 2)]
+        again, _ = store.read_events(0, head)
+        assert [(e.position, e.run_id, e.seq) for e in again] == [
+            (e.position, e.run_id, e.seq) for e in before]

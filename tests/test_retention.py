@@ -311,7 +311,7 @@ def test_a_file_of_the_previous_schema_keeps_its_marks_and_gets_its_end_times(tm
                                                                         (9, "old-running")]
         assert store._conn.execute("SELECT workflow_id, ended_at FROM runs ORDER BY mark").fetchall(
         ) == [("old-done", 11.0), ("old-running", None)]
-        assert store._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+        assert store._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 7
         assert store.purge_finished(12.0) == ["old-done"]
         store.create_run("new", "t", "[]", "rn", 30.0)
         assert [r.mark for r in store.new_runs(9)] == [10]
@@ -341,7 +341,7 @@ def test_a_postgres_schema_of_the_previous_version_gets_its_end_times(pg_url):
         assert store._query("SELECT workflow_id, ended_at FROM aion_runs ORDER BY workflow_id") == [
             ("old-a", 11.0), ("old-b", None)]
         assert store._query("SELECT version FROM aion_schema") == [(SCHEMA_VERSION,)]
-        assert SCHEMA_VERSION == 5
+        assert SCHEMA_VERSION >= 5
         assert store.purge_finished(12.0) == ["old-a"]
     finally:
         store.close()

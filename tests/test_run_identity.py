@@ -5,15 +5,15 @@ caller names, an earlier one included (status ``continued``); a signal,
 query, cancel or terminate naming a run that is not the current one is
 refused before anything is recorded. In Python, and over HTTP against a real
 ``aion-green worker --http`` process with a plain HTTP client."""
-import http.client
+import functools
 import json
 import threading
 import time
-from urllib.parse import urlencode
 
 import pytest
 from conftest import run_python, wait_until
 from worker_process import WorkerProcess
+from worker_process import call as worker_call
 
 import aion_green as aion
 from aion_green.core import events as ev
@@ -149,17 +149,7 @@ def worker(tmp_path_factory):
     served.stop()
 
 
-def call(worker, method, path, query=None, body=None):
-    conn = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=30)
-    try:
-        target = path + ("?" + urlencode(query) if query else "")
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-        conn.request(method, target, body=data, headers=headers)
-        response = conn.getresponse()
-        return response.status, json.loads(response.read() or b"null")
-    finally:
-        conn.close()
+call = functools.partial(worker_call, token=TOKEN)
 
 
 def test_over_http_the_start_answers_its_run_and_an_earlier_run_answers_for_itself(worker):

@@ -1,13 +1,14 @@
 """Schedules over HTTP, the Client and the CLI (issue 18): list, create,
 show, delete, against a real ``aion-green worker --http`` process."""
-import http.client
+import functools
 import json
 import time
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import pytest
 from conftest import run_python, wait_until
 from worker_process import WorkerProcess
+from worker_process import call as worker_call
 
 import aion_green as aion
 from aion_green.transport.client import Client
@@ -39,17 +40,7 @@ def worker(tmp_path_factory):
     served.stop()
 
 
-def call(worker, method, path, query=None, body=None):
-    conn = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=60)
-    try:
-        target = path + ("?" + urlencode(query) if query else "")
-        data = None if body is None else json.dumps(body).encode()
-        conn.request(method, target, body=data, headers={"Authorization": f"Bearer {TOKEN}",
-                                                         "Content-Type": "application/json"})
-        response = conn.getresponse()
-        return response.status, json.loads(response.read() or b"null")
-    finally:
-        conn.close()
+call = functools.partial(worker_call, token=TOKEN, timeout=60)
 
 
 def test_a_schedule_is_created_listed_shown_fires_and_is_deleted_over_http(worker):

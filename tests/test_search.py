@@ -6,16 +6,15 @@ filterable. In Python against the suite's store (SQLite, or PostgreSQL with
 ``AION_TEST_STORE=postgres``), over HTTP against a real ``aion-green worker
 --http`` process with a plain HTTP client and the ``Client``, through the
 command line, and over a database created by the previous schema."""
-import http.client
 import json
 import sqlite3
 import time
 from datetime import datetime, timedelta, timezone
-from urllib.parse import urlencode
 
 import pytest
 from conftest import run_python, wait_until
 from worker_process import WorkerProcess
+from worker_process import call as worker_call
 
 import aion_green as aion
 from aion_green.core import events as ev
@@ -387,14 +386,7 @@ def worker(tmp_path_factory):
 
 
 def call(worker, path, query=None):
-    conn = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=30)
-    try:
-        conn.request("GET", path + ("?" + urlencode(query) if query else ""),
-                     headers={"Authorization": f"Bearer {TOKEN}"})
-        response = conn.getresponse()
-        return response.status, json.loads(response.read() or b"null")
-    finally:
-        conn.close()
+    return worker_call(worker, "GET", path, query, token=TOKEN)
 
 
 def listed(worker, **query):

@@ -1,6 +1,6 @@
 """``aion-green worker MODULE --http ... --json`` in a real process, for the
 CLI and HTTP tests: started, read ready, and stopped by a signal (killed if
-it does not stop within 30 s)."""
+it does not stop within 30 s); and one plain HTTP request to it."""
 import http.client
 import json
 import signal
@@ -44,15 +44,35 @@ class WorkerProcess:
 
     def call(self, method, path, query=None, body=None, token=None):
         """One request with a plain HTTP client: ``(status, decoded JSON body)``."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        return call(self, method, path, query, body, token)
+
+
+def request(port, method, path, query=None, body=None, token=None, headers=None, timeout=30):
+    """One plain HTTP request (http.client, as a client in another language
+    would send it): ``(status, headers, body)``, the body parsed as JSON when
+    it is JSON, else its bytes."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        sent = dict(headers or {})
+        if token is not None:
+            sent["Authorization"] = f"Bearer {token}"
+        data = None if body is None else json.dumps(body).encode()
+        if data is not None:
+            sent["Content-Type"] = "application/json"
+        conn.request(method, path + ("?" + urlencode(query) if query else ""), body=data,
+                     headers=sent)
+        response = conn.getresponse()
+        raw = response.read()
         try:
-            target = path + ("?" + urlencode(query) if query else "")
-            data = None if body is None else json.dumps(body).encode()
-            headers = {"Content-Type": "application/json"}
-            if token is not None:
-                headers["Authorization"] = f"Bearer {token}"
-            conn.request(method, target, body=data, headers=headers)
-            response = conn.getresponse()
-            return response.status, json.loads(response.read() or b"null")
-        finally:
-            conn.close()
+            parsed = json.loads(raw) if raw else None
+        except ValueError:
+            parsed = raw
+        return response.status, dict(response.getheaders()), parsed
+    finally:
+        conn.close()
+
+
+def call(worker, method, path, query=None, body=None, token=None, timeout=30):
+    """:func:`request` to a :class:`WorkerProcess`: ``(status, JSON body)``."""
+    status, _, parsed = request(worker.port, method, path, query, body, token, timeout=timeout)
+    return status, parsed

@@ -359,6 +359,10 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--http-read-timeout", type=_seconds, default=30.0, metavar="S",
                         help="close an HTTP connection that sends nothing for S seconds "
                              "(default 30; 0: never)")
+    worker.add_argument("--grace", type=_seconds, default=30.0, metavar="S",
+                        help="on SIGTERM, answer new requests 503 (Retry-After) and give the "
+                             "requests and steps in flight up to S seconds to finish before "
+                             "stopping (default 30)")
     worker.add_argument("--retention", type=age, metavar="AGE",
                         help="purge the runs that ended more than AGE ago (30d, 12h, 90m, 45s), "
                              "on a timer (default: keep every run)")
@@ -451,6 +455,11 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("--wait", action="store_true", help="wait for the run's end")
     _timeout(resume, None, "with --wait")
 
+    from aion_green.cli import events, health
+
+    events.add_parser(command)
+    health.add_parsers(command)
+
     purge = command("purge", "delete the runs that ended more than AGE ago, with their "
                     "histories (never a running run)")
     purge.add_argument("--older-than", dest="older_than", type=age, required=True, metavar="AGE",
@@ -531,6 +540,9 @@ def _aware(text: str) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from aion_green.cli.events import events as events_command
+    from aion_green.cli.health import health as health_command
+    from aion_green.cli.health import metrics as metrics_command
     from aion_green.cli.ops import HANDLERS, Target
     from aion_green.cli.worker import run_worker
 
@@ -550,7 +562,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     target: Optional[Target] = None
     try:
         target = Target(args.db, client_token(args.token), args.namespace)
-        return int(HANDLERS[args.command](target, args, out))
+        handlers = {**HANDLERS, "events": events_command, "health": health_command,
+                    "metrics": metrics_command}
+        return int(handlers[args.command](target, args, out))
     except KeyboardInterrupt:
         out.error("Interrupted", "interrupted; what was already recorded stays recorded")
         return EXIT_INTERRUPTED

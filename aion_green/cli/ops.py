@@ -102,7 +102,7 @@ class _InNamespace:
         "start", "signal", "cancel", "terminate", "query", "result", "describe", "list", "count",
         "count_by_status", "history", "fork", "resume", "schedule", "unschedule", "schedules",
         "describe_schedule", "handle", "steps_running", "pause_schedule", "resume_schedule",
-        "trigger_schedule", "update_schedule", "purge"})
+        "trigger_schedule", "update_schedule", "purge", "events"})
 
     def __init__(self, engine: Any, namespace: str) -> None:
         self._engine = engine

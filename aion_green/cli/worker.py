@@ -120,13 +120,14 @@ def run_worker(args: argparse.Namespace, out: Any) -> int:
         out.error(type(exc).__name__, f"worker: {exc}")
         return 2
     finally:
+        # The drain (issue 18): new requests answer 503 with Retry-After
+        # while the requests being answered and the steps running finish,
+        # for at most --grace seconds; then the engine's shutdown wakes the
+        # long polls still waiting (a result) with EngineClosed, which they
+        # answer as 503 too. Before, the process exited under them (issue 16).
         if server is not None:
-            # No new connections; what is in flight gets a moment to finish,
-            # then the engine's shutdown wakes the long polls (a result
-            # wait) with EngineClosed, which they answer as 503 with
-            # Retry-After. Before, the process exited under them (issue 16).
             server.drain()
-            server.settle(timeout=1.0)
+        _settle(engine, server, getattr(args, "grace", 30.0))
         engine.shutdown()
         if server is not None:
             server.stop(timeout=5.0)
@@ -134,6 +135,30 @@ def run_worker(args: argparse.Namespace, out: Any) -> int:
             remove_worker_file(db_path)
     _say(out, f"aion-green worker {os.getpid()}: stopped")
     return 0
+
+
+def _settle(engine: Any, server: Any, grace: float) -> None:
+    """Wait up to ``grace`` seconds for the step attempts running now to end
+    (their records land; steps started meanwhile are left to the engine's
+    shutdown and its ``step_grace``), then up to 1 s more, within the grace,
+    for the requests being answered: those that waited on these steps' runs
+    answer now. A request still waiting then (a result of a run that waits
+    for a message) is answered 503 by the engine's shutdown: a long poll
+    does not hold the worker for the whole grace."""
+    import gevent
+
+    from aion_green.core.clock import monotonic
+
+    in_flight = getattr(getattr(engine, "_epoch", None), "in_flight", {})
+    # (list() first: a step thread may change the dict meanwhile; list is one C call)
+    running = set(list(in_flight))
+    deadline = monotonic() + grace
+    while running and monotonic() < deadline:
+        gevent.sleep(0.05)
+        running &= set(list(in_flight))
+    deadline = min(deadline, monotonic() + 1.0)
+    while server is not None and server.answering() and monotonic() < deadline:
+        gevent.sleep(0.05)
 
 
 def _say(out: Any, text: str) -> None:

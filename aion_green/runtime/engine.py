@@ -47,14 +47,14 @@ from aion_green.core.history import search_attributes
 from aion_green.core.registry import Registry, check_arguments, signature_from, workflow_name
 from aion_green.core.schedule import ScheduleInfo
 from aion_green.hub_thread import Future
-from aion_green.runtime import retention, rewind, schedules, search
+from aion_green.runtime import global_events, retention, rewind, schedules, search
 from aion_green.runtime.epoch import Epoch
 from aion_green.runtime.health import Readiness, readiness
 from aion_green.runtime.metrics import EngineMetrics
 from aion_green.runtime.retention import retention_setting
 from aion_green.runtime.runs import _closed_while_waiting, outcome
 from aion_green.runtime.writer import future_done
-from aion_green.store import RunInfo, StepRunning
+from aion_green.store import EventPage, RunInfo, StepRunning
 
 log = logging.getLogger("aion_green.engine")
 
@@ -885,6 +885,21 @@ class Engine:
             raise WorkflowNotFound(
                 f"no workflow with id {workflow_id!r}{which} in {self._store_name()}")
         return events
+
+    def events(self, after: Optional[int] = None, *,
+               types: global_events.Names = None, statuses: global_events.Names = None,
+               limit: int = 100, namespace: Optional[str] = None) -> EventPage:
+        """A page of the events of every run of ``namespace`` (``"default"``
+        if None) in commit order, the store-wide stream
+        (:mod:`aion_green.runtime.global_events`): the events after the
+        global cursor ``after`` (0: from the first; None: none yet, only the
+        cursor of now), filtered by event ``types`` and by the current
+        ``statuses`` of their runs. Follow ``page.next``."""
+        return global_events.read_page(self, after, types, statuses, limit, namespace)
+
+    def event_head(self) -> int:
+        """The global position of the last recorded event (0 before any)."""
+        return global_events.event_head(self)
 
     @_in_namespace
     def fork(self, workflow_id: str, from_seq: int, *, id: Optional[str] = None,  # noqa: A002

@@ -22,18 +22,19 @@ import http.client
 import json
 import time
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterator, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Union
 from urllib.parse import quote, urlencode, urlsplit
 
 from aion_green.core import errors
 from aion_green.core.events import TERMINAL_TYPES, Event, attribute_text
 from aion_green.core.registry import workflow_name
 from aion_green.core.schedule import ScheduleInfo
-from aion_green.store import RunInfo
+from aion_green.store import EventPage, GlobalEvent, RunInfo
 from aion_green.transport.codec import (
     ERRORS,
     event_from_json,
     format_time,
+    global_event_from_json,
     run_from_json,
     schedule_from_json,
 )
@@ -41,6 +42,8 @@ from aion_green.transport.codec import (
 _FIRST_BACKOFF = 0.05
 # A time filter: an aware datetime or seconds since the epoch.
 Moment = Union[datetime, float, int]
+# Event types or run statuses to filter by: one name, or several.
+Names = Union[None, str, Iterable[str]]
 
 
 class RemoteHandle:
@@ -358,15 +361,119 @@ class Client:
                     raise
                 # A dead port refuses at once: without a pause, 72,000
                 # attempts in 3 s (issue 16). A worker draining answers 503.
-                silent = time.monotonic() - heard
-                if silent + delay > give_up_after:
-                    raise errors.StoreUnavailable(
-                        f"the event stream of workflow {workflow_id!r} from the aion_green API at "
-                        f"{self.url} got no answer for {silent:.1f} s ({exc}); gave up after "
-                        f"{give_up_after} s: is the server running? Call events(after_seq="
-                        f"{after_seq}) again to resume") from None
-                time.sleep(delay)
-                delay = min(delay * 2, self.max_backoff)
+                delay = self._back_off(delay, heard, give_up_after, exc,
+                                       f"the event stream of workflow {workflow_id!r}",
+                                       f"events(after_seq={after_seq})")
+
+    def event_page(self, after: Optional[int] = None, *, types: Names = None,
+                   statuses: Names = None, limit: int = 100,
+                   namespace: Optional[str] = None) -> EventPage:
+        """A page of every run's events in commit order, as
+        :meth:`aion.Engine.events` gives it (``GET /v1/events/page``)."""
+        query: dict[str, Any] = {"limit": limit, **_global_filters(types, statuses)}
+        if after is not None:
+            query["after"] = after
+        page = self._call("GET", "/v1/events/page", query, namespace=namespace)
+        return EventPage([global_event_from_json(e) for e in page["events"]], page["next"])
+
+    def global_events(self, after: Optional[int] = None, *, types: Names = None,
+                      statuses: Names = None, follow: bool = True,
+                      give_up_after: float = 60.0,
+                      namespace: Optional[str] = None) -> Iterator[GlobalEvent]:
+        """Every run's events after the global cursor ``after`` (0: from the
+        first; None: those recorded from now on), in commit order, filtered
+        by event ``types`` and the current ``statuses`` of their runs. With
+        ``follow``, a stream (``GET /v1/events``) that never ends by itself:
+        a cut connection resumes at the last cursor the server sent (no gap,
+        no duplicate), backing off; after ``give_up_after`` seconds without
+        an answer it raises :class:`aion.StoreUnavailable`. Without, pages
+        until the events recorded so far are read."""
+        filters = self._in_namespace(_global_filters(types, statuses), namespace) or {}
+        if not follow:
+            cursor = self.event_page(after, types=types, statuses=statuses, limit=1000,
+                                     namespace=namespace)
+            while True:
+                yield from cursor.events
+                if not cursor.events:
+                    return
+                cursor = self.event_page(cursor.next, types=types, statuses=statuses, limit=1000,
+                                         namespace=namespace)
+        position = after
+        delay, heard = _FIRST_BACKOFF, time.monotonic()
+        while True:
+            query = dict(filters) if position is None else {**filters, "after": position}
+            try:
+                for kind, frame_id, payload in self._global_stream(query):
+                    delay, heard = _FIRST_BACKOFF, time.monotonic()
+                    if frame_id >= 0:
+                        position = frame_id
+                    if kind != "cursor":
+                        yield global_event_from_json(payload)
+                raise http.client.IncompleteRead(b"", None)  # (a stream ends only by a cut)
+            except (OSError, http.client.HTTPException, errors.StoreUnavailable,
+                    errors.EngineClosed) as exc:
+                delay = self._back_off(delay, heard, give_up_after, exc, "the event stream",
+                                       f"global_events(after={position})")
+
+    def _back_off(self, delay: float, heard: float, give_up_after: float, exc: BaseException,
+                  stream: str, resume: str) -> float:
+        """A stream's pause before it reconnects (the next one doubles, at
+        most ``max_backoff``); :class:`StoreUnavailable` once the server has
+        not answered for ``give_up_after`` seconds."""
+        silent = time.monotonic() - heard
+        if silent + delay > give_up_after:
+            raise errors.StoreUnavailable(
+                f"{stream} from the aion_green API at {self.url} got no answer for "
+                f"{silent:.1f} s ({exc}); gave up after {give_up_after} s: is the server running? "
+                f"Call {resume} again to resume") from None
+        time.sleep(delay)
+        return min(delay * 2, self.max_backoff)
+
+    # -- operations ------------------------------------------------------------------------
+    def health(self) -> bool:
+        """Whether the server's process serves (``GET /health/live``): True,
+        or :class:`aion.StoreUnavailable` when it does not answer."""
+        status, _, body = self._plain("/health/live", "application/json")
+        return status == 200 and json.loads(body or b"{}").get("ok") is True
+
+    def ready(self) -> dict[str, Any]:
+        """Whether the server's engine can take work (``GET /health/ready``):
+        ``{"ok": True, "driving", "checks"}``, or ``{"ok": False, "checks",
+        "message"}`` naming what is not ready (a draining server, a store
+        that does not answer, a lost lease). :class:`aion.StoreUnavailable`
+        when the server does not answer at all."""
+        status, _, body = self._plain("/health/ready", "application/json")
+        reply = json.loads(body or b"{}")
+        if status == 200:
+            return dict(reply)
+        error = reply.get("error") if isinstance(reply, dict) else None
+        if status != 503 or not isinstance(error, dict):
+            raise _error_from(status, reply)
+        return {"ok": False, "checks": error.get("checks", {}), "message": error.get("message")}
+
+    def metrics(self, openmetrics: bool = False) -> str:
+        """The server's metrics (``GET /metrics``) in Prometheus's text
+        format (OpenMetrics with ``openmetrics``)."""
+        accept = "application/openmetrics-text; version=1.0.0" if openmetrics else "text/plain"
+        status, _, body = self._plain("/metrics", accept)
+        if status >= 400:
+            raise _error_from(status, json.loads(body or b"{}"))
+        return body.decode("utf-8")
+
+    def _plain(self, path: str, accept: str) -> tuple[int, dict[str, str], bytes]:
+        """One GET whose answer may not be JSON: ``(status, headers, body)``."""
+        conn = self._connection(None)
+        try:
+            headers = self._headers(None)
+            headers["Accept"] = accept
+            conn.request("GET", self._prefix + path, headers=headers)
+            response = conn.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        except OSError as exc:
+            raise errors.StoreUnavailable(f"the aion_green API at {self.url} did not answer "
+                                          f"({exc}); is the server running?") from None
+        finally:
+            conn.close()
 
     def shutdown(self) -> None:
         """Nothing to stop: the engine lives in the server."""
@@ -441,25 +548,45 @@ class Client:
             conn.request("GET", self._prefix + path + "?" + urlencode(query),
                          headers=headers)
             response = conn.getresponse()
-            if response.status >= 400:
-                raise _error_from(response.status, json.loads(response.read() or b"{}"))
-            kind = "message"
-            data: list[str] = []
-            while True:
-                line = response.readline()
-                if not line:
-                    raise http.client.IncompleteRead(b"", None)  # cut before the run's end
-                text = line.decode("utf-8").rstrip("\r\n")
-                if not text:
-                    if data:
-                        yield kind, json.loads("\n".join(data))
-                    kind, data = "message", []
-                elif text.startswith("event:"):
-                    kind = text[6:].strip()
-                elif text.startswith("data:"):
-                    data.append(text[5:].strip())
+            for kind, _, payload in _frames(response):
+                yield kind, payload
         finally:
             conn.close()
+
+    def _global_stream(self, query: dict[str, Any]) -> Iterator[tuple[str, int, Any]]:
+        conn = self._connection(None)
+        try:
+            headers = self._headers(None)
+            headers["Accept"] = "text/event-stream"
+            conn.request("GET", self._prefix + "/v1/events?" + urlencode(query), headers=headers)
+            yield from _frames(conn.getresponse())
+        finally:
+            conn.close()
+
+
+def _frames(response: http.client.HTTPResponse) -> Iterator[tuple[str, int, Any]]:
+    """The server-sent events of a stream's answer: ``(event, id, data)``
+    (id -1 when a frame names none); an error answer raises its error, a cut
+    stream ``IncompleteRead``."""
+    if response.status >= 400:
+        raise _error_from(response.status, json.loads(response.read() or b"{}"))
+    kind, frame_id = "message", -1
+    data: list[str] = []
+    while True:
+        line = response.readline()
+        if not line:
+            raise http.client.IncompleteRead(b"", None)  # cut before the stream's end
+        text = line.decode("utf-8").rstrip("\r\n")
+        if not text:
+            if data:
+                yield kind, frame_id, json.loads("\n".join(data))
+            kind, frame_id, data = "message", -1, []
+        elif text.startswith("event:"):
+            kind = text[6:].strip()
+        elif text.startswith("id:"):
+            frame_id = int(text[3:].strip())
+        elif text.startswith("data:"):
+            data.append(text[5:].strip())
 
 
 def _route(workflow_id: str, action: Optional[str] = None, name: Optional[str] = None,
@@ -500,6 +627,15 @@ def _filter_query(status: Optional[str], workflow_type: Union[None, str, Callabl
                 f"attributes={{{name!r}: {value!r}}}: a filter matches a value (str, int, "
                 "float, bool)")
         query[f"attr.{name}"] = attribute_text(value)
+    return query
+
+
+def _global_filters(types: Names, statuses: Names) -> dict[str, str]:
+    """The query string of the store-wide stream's filters (comma-separated)."""
+    query = {}
+    for key, names in (("type", types), ("status", statuses)):
+        if names is not None:
+            query[key] = names if isinstance(names, str) else ",".join(names)
     return query
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from aion_green.core import errors
 from aion_green.core.events import Event
 from aion_green.core.schedule import ScheduleInfo
-from aion_green.store import RunInfo
+from aion_green.store import GlobalEvent, RunInfo
 
 # code -> (HTTP status, the error class a client raises for it)
 ERRORS: dict[str, tuple[int, type[errors.AionError]]] = {
@@ -124,6 +124,22 @@ def event_to_json(event: Event) -> dict[str, Any]:
 
 def event_from_json(obj: dict[str, Any]) -> Event:
     return Event(obj["seq"], obj["type"], obj["at"], obj.get("data") or {})
+
+
+def global_event_to_json(event: GlobalEvent) -> dict[str, Any]:
+    """An event of the store-wide stream (``GET /v1/events``): where it is
+    (``position``, the global cursor), whose (``workflow_id``, ``run_id``)
+    and the event as ``event_to_json`` shows it (``seq``, ``type``, ``at``,
+    ``data``)."""
+    shown = event_to_json(Event(event.seq, event.type, event.at, event.data))
+    return {"position": event.position, "namespace": event.namespace,
+            "workflow_id": event.workflow_id, "run_id": event.run_id, **shown}
+
+
+def global_event_from_json(obj: dict[str, Any]) -> GlobalEvent:
+    return GlobalEvent(obj["position"], obj["workflow_id"], obj["run_id"], obj["seq"],
+                       obj["type"], obj["at"], obj.get("data") or {},
+                       obj.get("namespace") or "default")
 
 
 # -- times in query strings ---------------------------------------------------------------------

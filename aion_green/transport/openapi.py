@@ -67,6 +67,14 @@ _FILTERS = (
           "text (`attr.total=42` matches 42, not 42.0). Several: all must match."),
 )
 
+# The filters and cursor of the store-wide event routes.
+_GLOBAL = (
+    Param("after", "query", _INT, "The events after this global position (0: from the first)."),
+    Param("type", "query", _STR, "Event types, comma-separated (`StepCompleted,TimerFired`)."),
+    Param("status", "query", _STR, "Statuses of the runs the events belong to, as they are "
+          "when read (not when recorded), comma-separated: running, completed, failed, "
+          "cancelled, continued (an earlier run of a chain)."),
+)
 _SCHEDULE_ID = Param("id", "path", _STR, "The schedule id, percent-encoded UTF-8.", True)
 # A control request: no such schedule; a deleted one (or one whose current run
 # predates control: 400); bad input.
@@ -187,6 +195,40 @@ ROUTES: tuple[Route, ...] = (
           errors=("not_found", "invalid_argument"), stream=True,
           example=("?after=0", "event: run\ndata: {\"run_id\": \"5f0c...e1\"}\n\n"
                                "id: 1\nevent: WorkflowStarted\ndata: {...}\n\n...")),
+    Route("GET", "/v1/events", "Stream every run's events",
+          "Server-sent events of every run's events in commit order, for dashboards and "
+          "exporters. Each event is one frame: `id:` its global position (the cursor), "
+          "`event:` its type, `data:` a GlobalEvent (namespace, workflow id, run id, per-run "
+          "seq, type, time, data): the events of the runs of one namespace. A `cursor` "
+          "frame (`id:` and `{\"next\": N}`) opens the stream, and "
+          "keep-alives carry the cursor when filters skipped events, so a client that "
+          "reconnects with the last id it saw misses nothing. No cursor: the events recorded "
+          "from now on (a live tail); `after=0`: from the first; `Last-Event-ID` resumes after "
+          "that position. A cursor below 0 or past the last recorded position is a 400 whose "
+          "`field` names `after` or `Last-Event-ID`. Positions are given in commit order "
+          "(an event never appears below a position a reader has seen) and may have gaps "
+          "(runs removed by retention). The stream ends only when the server stops.",
+          params=(*_GLOBAL, Param("Last-Event-ID", "header", _INT,
+                                  "Resume after this global position.")),
+          errors=("invalid_argument",), stream=True,
+          example=("?after=0&type=StepCompleted", "retry: 1000\nid: 0\nevent: cursor\n"
+                   "data: {\"next\": 0}\n\nid: 2\nevent: StepCompleted\ndata: "
+                   "{\"position\": 2, \"workflow_id\": \"order-o-1\", \"run_id\": "
+                   "\"5f0c...e1\", \"seq\": 2, \"type\": \"StepCompleted\", ...}\n\n...")),
+    Route("GET", "/v1/events/page", "Read every run's events, a page",
+          "The events of `GET /v1/events` as one JSON page: those after `after` (no `after`: "
+          "none, and `next` is the cursor of now), at most `limit`; follow `next`, which moves "
+          "past events the filters skipped.",
+          params=(*_GLOBAL, Param("limit", "query", _INT, "1 to the server's page (1000; "
+                                  "default 100).")),
+          answer={"type": "object", "properties": {
+              "events": {"type": "array", "items": {"$ref": "#/components/schemas/GlobalEvent"}},
+              "next": _INT}},
+          errors=("invalid_argument",),
+          example=("?after=0&limit=1", {"events": [
+              {"position": 1, "namespace": "default", "workflow_id": "order-o-1",
+               "run_id": "5f0c...e1", "seq": 1,
+               "type": "WorkflowStarted", "at": 1764720000.0, "data": {}}], "next": 1})),
     Route("POST", "/v1/workflows/{id}/signals/{name}", "Send a message",
           "Record message `name` in the run's history (kept until the workflow receives it). "
           "With an idempotency key a retried signal is recorded once.",
@@ -449,7 +491,7 @@ def document() -> dict[str, Any]:
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {"Error": _error_schema(), "Run": _run_schema(), "Event": _event_schema(),
-                        "Schedule": _schedule_schema()}},
+                        "Schedule": _schedule_schema(), "GlobalEvent": _global_event_schema()}},
         "security": [{"bearer": []}],
     }
 
@@ -491,6 +533,13 @@ def _schedule_schema() -> dict[str, Any]:
 def _event_schema() -> dict[str, Any]:
     return {"type": "object", "properties": {"seq": _INT, "type": _STR, "at": _NUM,
                                              "data": {"type": "object"}}}
+
+
+def _global_event_schema() -> dict[str, Any]:
+    return {"type": "object", "properties": {
+        "position": {"type": "integer", "description": "The global cursor."},
+        "namespace": _STR, "workflow_id": _STR, "run_id": _STR, "seq": _INT, "type": _STR, "at": _NUM,
+        "data": {"type": "object"}}}
 
 
 def markdown() -> str:

@@ -9,9 +9,10 @@ What a plain ``WSGIServer`` lacks, added here (issue 16):
   server stops accepting, and the kernel's backlog holds the rest), and a
   read timeout on each connection, so idle or half-open connections (3,000
   were all kept) are closed instead of held;
-- a drain: on SIGINT/SIGTERM, requests in flight (long polls waiting for a
-  result) answer 503 with ``Retry-After`` instead of being dropped when the
-  process exits, and event streams end so that clients resume elsewhere.
+- a drain: on SIGINT/SIGTERM, new requests answer 503 with ``Retry-After``
+  while the requests in flight finish (``aion-green worker --grace``; those
+  still waiting at its end answer 503 too, instead of being dropped when the
+  process exits), and event streams end so that clients resume elsewhere.
 
 Thread contract: every method runs on the thread whose hub serves (the
 worker's main thread).
@@ -35,6 +36,18 @@ class _Handler(WSGIHandler):
         env["RAW_URI"] = self.path
         return env
 
+    def handle_one_response(self) -> Any:
+        # Requests being answered (a connection idle between two requests is
+        # not one): what a drain waits for.
+        server = self.server
+        server.answering += 1
+        try:
+            return super().handle_one_response()
+        finally:
+            server.answering -= 1
+            if server.application.draining:  # no next request on this connection
+                self.close_connection = True
+
     def _handle_client_error(self, ex: BaseException) -> Any:
         if isinstance(ex, OSError):  # the read timeout, or the peer went away: just close
             return None
@@ -43,6 +56,8 @@ class _Handler(WSGIHandler):
 
 class _Server(WSGIServer):
     read_timeout: Optional[float] = None
+    # Requests being answered now (see _Handler.handle_one_response).
+    answering = 0
 
     def handle(self, sock: socket.socket, address: Any) -> None:
         # A timeout on each read (and write) of the connection: a client that
@@ -74,18 +89,19 @@ class Server:
         return int(self.server.server_port)
 
     def drain(self) -> None:
-        """Stop accepting; what is served from now on answers 503 with
-        ``Retry-After``, and event streams end."""
+        """Every request from now on answers 503 with ``Retry-After`` (the
+        server still accepts: a client is told to go elsewhere, rather than
+        refused), each connection closes after its answer, and event streams
+        end. Requests already being answered go on."""
         self.app.drain()
-        self.server.close()
 
-    def settle(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the requests in flight; True
-        once none is left."""
-        return bool(self.pool.join(timeout=timeout))
+    def answering(self) -> int:
+        """How many requests are being answered now."""
+        return int(self.server.answering)
 
     def stop(self, timeout: float) -> None:
-        """Give the requests in flight ``timeout`` seconds to answer, then
-        cut the rest."""
+        """Stop accepting; give the requests in flight ``timeout`` seconds to
+        answer, then cut the rest."""
+        self.server.close()
         self.pool.join(timeout=timeout)
         self.pool.kill(block=True, timeout=1)

@@ -54,6 +54,17 @@ POST     /v1/workflows/ID/pause                       ``{"reason", "run_id"}``: 
                                                       "paused", "seq"}``); describe: ``paused``
 POST     /v1/workflows/ID/unpause                     ``{"reason", "run_id"}``: it goes on; due
                                                       timers fire, kept messages are delivered
+GET      /v1/events?after=&type=&status=              every run's events (of the namespace) as one
+                                                      stream (server-sent events), in commit
+                                                      order: each frame's ``id`` is the event's
+                                                      global position; no cursor, those
+                                                      recorded from now on;
+                                                      ``after=0`` from the first; ``Last-Event-
+                                                      ID`` resumes; a cursor below 0 or past the
+                                                      head is a 400; ``type``/``status``: comma-
+                                                      separated event types, run statuses (the
+                                                      run's now)
+GET      /v1/events/page?after=&type=&status=&limit=  the same, a page: ``{"events", "next"}``
 POST     /v1/purge                                    retention on demand: ``{"older_than": S,
                                                       "limit"}`` deletes the runs that ended
                                                       more than S seconds ago (never a running
@@ -150,6 +161,7 @@ from aion_green.transport.codec import (
     ERRORS,
     code_of,
     event_to_json,
+    global_event_to_json,
     parse_time,
     public_error,
     run_to_json,
@@ -324,6 +336,9 @@ class WSGIApp:
 
     def _route(self, method: str, segments: list[str], environ: dict[str, Any],
                start_response: StartResponse) -> Iterable[bytes]:
+        if segments[:2] == ["v1", "events"] and len(segments) <= 3:
+            return self._global_events(method, segments[2:], _params(environ), environ,
+                                       start_response)
         if segments[:2] == ["v1", "schedules"]:
             return self._schedules(method, segments[2:], _params(environ), environ,
                                    start_response)
@@ -331,8 +346,8 @@ class WSGIApp:
             return _reply(start_response, 200, self._purge(method, environ, _params(environ)))
         if len(segments) < 2 or segments[:2] != ["v1", "workflows"]:
             raise _Reply("not_found", f"no route {'/' + '/'.join(segments)!r}; the API lives "
-                         "under /v1/workflows and /v1/schedules (and /v1/purge, /healthz, "
-                         "/health/live, /health/ready, /metrics)")
+                         "under /v1/workflows, /v1/schedules and /v1/events (and /v1/purge, "
+                         "/healthz, /health/live, /health/ready, /metrics)")
         params = _params(environ)
         rest = segments[2:]
         action: Optional[str] = None
@@ -722,7 +737,7 @@ class WSGIApp:
         # The run id rides on the first frame, so a client resumes this run
         # (the workflow id may later name a run that continued as new).
         yield f"retry: 1000\nevent: run\ndata: {json.dumps({'run_id': run_id})}\n\n".encode()
-        pause, idle, ended = 0.02, 0.0, False
+        naps, ended = _Naps(self.stream_poll, self.heartbeat), False
         while not self.draining:
             for event in batch:
                 after = event.seq
@@ -732,17 +747,12 @@ class WSGIApp:
                     yield _END
                     return
             if batch:
-                pause, idle = 0.02, 0.0
+                naps.news()
             elif ended:  # a cursor at or past the end of a finished run
                 yield _END
                 return
-            else:
-                _pause(pause)
-                idle += pause
-                pause = min(pause * 2, self.stream_poll)
-                if idle >= self.heartbeat:
-                    idle = 0.0
-                    yield b": keep-alive\n\n"
+            elif naps.nap():
+                yield b": keep-alive\n\n"
             try:
                 ended = len(batch) < self.page and self._ended(wid, run_id, ns)
                 # A page at a time: a stream holds one page of a big run, not its history.
@@ -751,6 +761,70 @@ class WSGIApp:
                 return  # the answer has begun: a cut, which the client resumes after `after`
 
 
+    # -- the store-wide event stream (runtime/global_events.py) ----------------------------
+    def _global_events(self, method: str, rest: list[str], params: dict[str, str],
+                       environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """``GET /v1/events`` (a stream) and ``GET /v1/events/page``."""
+        if rest not in ([], ["page"]):
+            raise _Reply("not_found", f"no route /v1/events/{'/'.join(rest)}; the store-wide "
+                         "events are GET /v1/events (a stream) and GET /v1/events/page")
+        if method != "GET":
+            raise _not_allowed(method, "GET")
+        paged = rest == ["page"]
+        query = _query(params, {"after", "type", "status", "namespace"}
+                       | ({"limit"} if paged else set()))
+        filters = {"types": _names(query, "type", ev.EVENT_TYPES),
+                   "statuses": _names(query, "status", ev.STATUSES),
+                   "namespace": self._namespace(environ, query)}
+        head = self.engine.event_head()
+        last_id = None if paged else _header(environ, "HTTP_LAST_EVENT_ID")
+        if last_id:  # a reconnect resumes after the last frame it saw
+            after, what = _position(last_id, "Last-Event-ID"), "Last-Event-ID"
+        elif "after" in query:  # after=0: from the first event
+            after, what = _position(query["after"], "after"), "after"
+        else:  # no cursor: the events recorded from now on
+            after, what = head, ""
+        if what and not 0 <= after <= head:
+            raise _Reply("invalid_argument", f"{what}={after}: a cursor is a global event "
+                         f"position, 0 to the last recorded ({head}); 0 streams from the first "
+                         "event, no cursor from now on", field=what)
+        if paged:
+            limit = _int(query, "limit", 100)
+            if not 1 <= limit <= self.page:
+                raise _Reply("invalid_argument", f"limit={limit}: ask for 1 to {self.page} "
+                             "events per page (follow 'next' for the rest)", field="limit")
+            found = self.engine.events(after, limit=limit, **filters)
+            return _reply(start_response, 200, {"events": [global_event_to_json(e)
+                                                           for e in found.events],
+                                                "next": found.next})
+        first = self.engine.events(after, limit=self.page, **filters)
+        start_response("200 OK", [("Content-Type", "text/event-stream; charset=utf-8"),
+                                  ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")])
+        return self._global_frames(after, first.events, first.next, filters)
+
+    def _global_frames(self, after: int, batch: list[Any], cursor: int,
+                       filters: dict[str, Any]) -> Iterator[bytes]:
+        # The cursor rides on a first frame, and on keep-alives when filters
+        # skipped events: a client that reconnects with the last id it saw
+        # resumes there, not from a new "now" (which would lose the events
+        # recorded while it was away).
+        yield _cursor_frame(after, retry=True)
+        naps, sent = _Naps(self.stream_poll, self.heartbeat), after
+        while not self.draining:
+            for event in batch:
+                sent = event.position
+                yield (f"id: {event.position}\nevent: {event.type}\n"
+                       f"data: {json.dumps(global_event_to_json(event))}\n\n").encode()
+            if batch:
+                naps.news()
+            elif naps.nap():
+                yield _cursor_frame(cursor) if cursor != sent else b": keep-alive\n\n"
+                sent = cursor
+            try:
+                found = self.engine.events(cursor, limit=self.page, **filters)
+            except (EngineClosed, StoreUnavailable):
+                return  # a cut, which the client resumes after the last id it saw
+            batch, cursor = found.events, found.next
 def parse_tokens(token: Union[None, str, Sequence[str]]
                  ) -> Optional[list[tuple[bytes, Optional[frozenset[str]]]]]:
     """The tokens a server takes, each ``(secret, the namespaces it grants or
@@ -783,6 +857,37 @@ def parse_tokens(token: Union[None, str, Sequence[str]]
 _DOCUMENT: list[dict[str, Any]] = []
 
 
+def _cursor_frame(position: int, retry: bool = False) -> bytes:
+    """A frame that only moves the client's cursor (its Last-Event-ID)."""
+    return (("retry: 1000\n" if retry else "")
+            + f"id: {position}\nevent: cursor\ndata: {json.dumps({'next': position})}\n\n").encode()
+
+
+def _position(text: str, field: str) -> int:
+    try:
+        return int(text.strip()) if len(text.strip()) <= 18 else int("x")
+    except ValueError:
+        raise _Reply("invalid_argument", f"{field}={text[:30]!r}: a cursor is a whole number "
+                     "(a global event position)", field=field) from None
+
+
+def _names(query: dict[str, str], key: str, valid: Any) -> Optional[list[str]]:
+    """A comma-separated filter (``type=StepCompleted,TimerFired``), each
+    name checked: a 400 naming the field and the valid choices."""
+    if key not in query:
+        return None
+    names = [name.strip() for name in query[key].split(",") if name.strip()]
+    for name in names:
+        if name not in valid:
+            raise _Reply("invalid_argument", f"{key}={query[key]!r}: unknown {name!r}; choose "
+                         f"among {', '.join(sorted(valid))} (several separated by commas)",
+                         field=key)
+    if not names:
+        raise _Reply("invalid_argument", f"{key}= names nothing; leave it out, or name one or "
+                     f"more of {', '.join(sorted(valid))}", field=key)
+    return names
+
+
 def _openapi() -> dict[str, Any]:
     if not _DOCUMENT:  # built once per process (a benign race: two equal builds)
         from aion_green.transport.openapi import document
@@ -794,6 +899,28 @@ def _openapi() -> dict[str, Any]:
 # The last frame of a stream: the run has ended and nothing follows (a
 # client stops here rather than reconnect, e.g. with a cursor past the end).
 _END = b"event: end\ndata: {}\n\n"
+
+
+class _Naps:
+    """The pauses of a stream between two reads: short after news, doubling
+    up to ``most`` while nothing comes; :meth:`nap` says when a keep-alive
+    is due (every ``heartbeat`` seconds of quiet)."""
+
+    def __init__(self, most: float, heartbeat: float) -> None:
+        self.most, self.heartbeat = most, heartbeat
+        self.pause, self.idle = 0.02, 0.0
+
+    def news(self) -> None:
+        self.pause, self.idle = 0.02, 0.0
+
+    def nap(self) -> bool:
+        _pause(self.pause)
+        self.idle += self.pause
+        self.pause = min(self.pause * 2, self.most)
+        if self.idle < self.heartbeat:
+            return False
+        self.idle = 0.0
+        return True
 
 
 def _pause(seconds: float) -> None:

@@ -109,6 +109,42 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "UPDATE aion_runs SET ended_at = updated_at WHERE status <> 'running'",
         "CREATE INDEX aion_runs_by_end ON aion_runs(ended_at) WHERE ended_at IS NOT NULL",
     ),
+    (
+        # -- schema 6: the store-wide event stream (issue 18, GET /v1/events) --
+        # Every event gets a global position, its cursor in the stream, from
+        # a one-row counter. A transaction takes its positions with
+        # UPDATE ... SET n = n + k, which keeps the counter's row locked until
+        # it commits: positions are given in commit order even with several
+        # engines writing at once (a sequence gives them at insert, and
+        # transactions commit out of that order: a reader would skip an
+        # event committed late below its cursor). The group commit takes a
+        # batch's positions at once (PostgresStore.write_batch); the trigger
+        # gives one to any other insert that names none. Archived events
+        # keep theirs. Rows written before this version are numbered here,
+        # in the order of their time.
+        "ALTER TABLE aion_events ADD COLUMN pos BIGINT",
+        "ALTER TABLE aion_archived_events ADD COLUMN pos BIGINT",
+        "CREATE TABLE aion_event_positions(n BIGINT NOT NULL)",
+        "CREATE TEMP TABLE aion_event_order ON COMMIT DROP AS SELECT archived, workflow_id, "
+        "run_id, seq, row_number() OVER (ORDER BY at, archived DESC, workflow_id, run_id, seq) "
+        "AS pos FROM (SELECT 0 AS archived, workflow_id, '' AS run_id, seq, at FROM aion_events "
+        "UNION ALL SELECT 1, workflow_id, run_id, seq, at FROM aion_archived_events) AS every_event",
+        "UPDATE aion_events e SET pos = o.pos FROM aion_event_order o WHERE o.archived = 0 "
+        "AND o.workflow_id = e.workflow_id AND o.seq = e.seq",
+        "UPDATE aion_archived_events a SET pos = o.pos FROM aion_event_order o "
+        "WHERE o.archived = 1 AND o.workflow_id = a.workflow_id AND o.run_id = a.run_id "
+        "AND o.seq = a.seq",
+        "INSERT INTO aion_event_positions(n) SELECT count(*) FROM aion_event_order",
+        "CREATE INDEX aion_events_by_pos ON aion_events(pos)",
+        "CREATE INDEX aion_archived_events_by_pos ON aion_archived_events(pos)",
+        """CREATE FUNCTION aion_event_position() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE aion_event_positions SET n = n + 1 RETURNING n INTO NEW.pos;
+            RETURN NEW;
+        END $$""",
+        "CREATE TRIGGER aion_events_position BEFORE INSERT ON aion_events FOR EACH ROW "
+        "WHEN (NEW.pos IS NULL) EXECUTE FUNCTION aion_event_position()",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 _RUN_COLUMNS = ("workflow_id, run_id, workflow_type, status, args, result, error, head_seq, "

@@ -43,6 +43,8 @@ from aion_green.store import (
     Append,
     BatchOutcome,
     CreateRun,
+    EventFilter,
+    GlobalEvent,
     IEventStore,
     InboxRow,
     NewRun,
@@ -62,6 +64,7 @@ from aion_green.stores.batch import (
     started_json,
 )
 from aion_green.stores.cut import Copy, opt_run, plan_copy, require_resumable, resume_point
+from aion_green.stores.global_events import events_query, page
 from aion_green.stores.postgres.schema import (
     _DRIVER_LOCK,
     _MIGRATION_LOCK,
@@ -320,9 +323,6 @@ class PostgresStore:
                                 "ended_at=updated_at WHERE workflow_id=%s", plan.finals)
                 cur.executemany("DELETE FROM aion_timers WHERE workflow_id=%s",
                                 [f[3:] for f in plan.finals])
-            if plan.rows:
-                cur.executemany("INSERT INTO aion_events(workflow_id, seq, type, at, data) "
-                                "VALUES (%s,%s,%s,%s,%s)", plan.rows)
             if plan.attributes:
                 upserts, removed = attribute_rows(plan.attributes)
                 if upserts:
@@ -333,6 +333,17 @@ class PostgresStore:
                 if removed:
                     cur.executemany("DELETE FROM aion_search_attributes WHERE workflow_id=%s "
                                     "AND name=%s", removed)
+            if plan.rows:
+                # The batch's global positions (stores/global_events.py): the
+                # counter's row stays locked until the commit, so positions
+                # are in commit order across engines. Taken last, so the lock
+                # is held for the inserts and the commit alone.
+                cur.execute("UPDATE aion_event_positions SET n = n + %s RETURNING n",
+                            (len(plan.rows),))
+                first = int(_one(cur)[0]) - len(plan.rows) + 1
+                cur.executemany("INSERT INTO aion_events(workflow_id, seq, type, at, data, pos) "
+                                "VALUES (%s,%s,%s,%s,%s,%s)",
+                                [(*row, pos) for pos, row in enumerate(plan.rows, first)])
             for wid, data, at in plan.rollovers:
                 self._roll_over(cur, wid, data, at)
             # Doorbells, delivered at the commit: runs to claim, runs ended.
@@ -364,8 +375,9 @@ class PostgresStore:
     def _roll_over(self, cur: _Cursor, wid: str, data: dict[str, Any], at: float) -> None:
         cur.execute("SELECT run_id, workflow_type FROM aion_runs WHERE workflow_id=%s", (wid,))
         old_run_id, wtype = _one(cur)
-        cur.execute("INSERT INTO aion_archived_events(workflow_id, run_id, seq, type, at, data) "
-                    "SELECT workflow_id, %s, seq, type, at, data FROM aion_events WHERE workflow_id=%s",
+        cur.execute("INSERT INTO aion_archived_events(workflow_id, run_id, seq, type, at, "
+                    "data, pos) SELECT workflow_id, %s, seq, type, at, data, pos "
+                    "FROM aion_events WHERE workflow_id=%s",
                     (old_run_id, wid))
         cur.execute("DELETE FROM aion_events WHERE workflow_id=%s", (wid,))
         cur.execute("INSERT INTO aion_events(workflow_id, seq, type, at, data) VALUES (%s,1,%s,%s,%s)",
@@ -654,6 +666,17 @@ class PostgresStore:
             except psycopg.Error:
                 _time.sleep(0.5)
 
+    # -- the store-wide event stream (stores/global_events.py) ---------------------------
+    def event_head(self) -> int:
+        return int(self._query("SELECT n FROM aion_event_positions")[0][0])
+
+    def read_events(self, after: int, limit: int,
+                    filters: EventFilter = EventFilter()) -> tuple[list[GlobalEvent], int]:
+        head = self.event_head()  # first: every event at or below it is committed
+        sql, params = events_query(filters, after, head, limit, "%s", events="aion_events",
+                                   archive="aion_archived_events", runs="aion_runs")
+        return page(self._query(sql, params), limit, max(head, after))
+
     def close(self) -> None:
         self._drop()
 
@@ -691,9 +714,9 @@ class PostgresStore:
             require_resumable(info, self.path)
             cut = resume_point(workflow_id, history) if from_seq is None else from_seq
             copy = plan_copy("resume", workflow_id, history, cut, run_id, at, self.path)
-            cur.execute("INSERT INTO aion_archived_events(workflow_id, run_id, seq, type, at, data) "
-                        "SELECT workflow_id, %s, seq, type, at, data FROM aion_events "
-                        "WHERE workflow_id=%s", (info.run_id, workflow_id))
+            cur.execute("INSERT INTO aion_archived_events(workflow_id, run_id, seq, type, at, "
+                        "data, pos) SELECT workflow_id, %s, seq, type, at, data, pos "
+                        "FROM aion_events WHERE workflow_id=%s", (info.run_id, workflow_id))
             cur.execute("DELETE FROM aion_events WHERE workflow_id=%s", (workflow_id,))
             cur.execute(
                 "UPDATE aion_runs SET run_id=%s, status=%s, result=NULL, error=NULL, head_seq=%s, "

@@ -146,6 +146,35 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX runs_by_parent ON runs(parent_id, workflow_id) WHERE parent_id IS NOT NULL",
         "CREATE INDEX runs_by_end ON runs(ended_at) WHERE ended_at IS NOT NULL",
     ),
+    (
+        # -- schema 8: the store-wide event stream (issue 18, GET /v1/events) --
+        # Every event gets a global position, its cursor in the stream, from
+        # a one-row counter that only grows (a purge of old runs leaves gaps,
+        # never a position given twice). Every insert takes its positions
+        # from it (store.py _positions; the group commit a batch's at once);
+        # archived events keep theirs. Rows written before this version are
+        # numbered here, in the order of their time.
+        "ALTER TABLE events ADD COLUMN pos INTEGER",
+        "ALTER TABLE archived_events ADD COLUMN pos INTEGER",
+        "CREATE TABLE event_positions(n INTEGER NOT NULL)",
+        """CREATE TEMP TABLE event_order(
+            archived INTEGER NOT NULL, workflow_id TEXT NOT NULL, run_id TEXT NOT NULL,
+            seq INTEGER NOT NULL, pos INTEGER NOT NULL,
+            PRIMARY KEY (archived, workflow_id, run_id, seq))""",
+        "INSERT INTO temp.event_order SELECT archived, workflow_id, run_id, seq, "
+        "row_number() OVER (ORDER BY at, archived DESC, workflow_id, run_id, seq) FROM "
+        "(SELECT 0 AS archived, workflow_id, '' AS run_id, seq, at FROM events UNION ALL "
+        "SELECT 1, workflow_id, run_id, seq, at FROM archived_events)",
+        "UPDATE events SET pos = (SELECT o.pos FROM temp.event_order o WHERE o.archived = 0 "
+        "AND o.workflow_id = events.workflow_id AND o.run_id = '' AND o.seq = events.seq)",
+        "UPDATE archived_events SET pos = (SELECT o.pos FROM temp.event_order o "
+        "WHERE o.archived = 1 AND o.workflow_id = archived_events.workflow_id "
+        "AND o.run_id = archived_events.run_id AND o.seq = archived_events.seq)",
+        "INSERT INTO event_positions(n) SELECT count(*) FROM temp.event_order",
+        "DROP TABLE temp.event_order",
+        "CREATE INDEX events_by_pos ON events(pos)",
+        "CREATE INDEX archived_events_by_pos ON archived_events(pos)",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 # The columns a run's row is written with.

@@ -60,7 +60,7 @@ all must match; VALUE is matched against the attribute's text form, see
 workflow id that replays a run's events 2..SEQ and then runs on; ``resume``
 runs a failed or cancelled run again in place (its old run is archived),
 reusing its outcomes but what failed (:mod:`aion_green.runtime.rewind`); both work
-on the store URL, not through the HTTP API.
+over a store URL and through a worker's HTTP API.
 
 ``start --execution-timeout D`` bounds the workflow's whole work (every run
 of its chain): ``D`` is seconds, or a number with a unit (``90s``, ``15m``,

@@ -496,22 +496,13 @@ def show(target: Target, args: argparse.Namespace, out: Any) -> int:
 
 
 def fork(target: Target, args: argparse.Namespace, out: Any) -> int:
-    _on_the_store(target, "fork")
     handle = target.api.fork(args.workflow_id, args.from_seq, id=args.new_id, run_id=args.run_id)
     return _rewound(target, handle.workflow_id, f"forked from {args.workflow_id}", args, out)
 
 
 def resume(target: Target, args: argparse.Namespace, out: Any) -> int:
-    _on_the_store(target, "resume")
     handle = target.api.resume(args.workflow_id, args.from_seq)
     return _rewound(target, handle.workflow_id, "resumed", args, out)
-
-
-def _on_the_store(target: Target, what: str) -> None:
-    if target.remote:
-        raise ConfigurationError(
-            f"{what} works on the store itself: pass its URL with --db (sqlite:///PATH or "
-            "postgresql://...), not the HTTP API; nothing was written")
 
 
 def _rewound(target: Target, wid: str, how: str, args: argparse.Namespace, out: Any) -> int:

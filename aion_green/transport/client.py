@@ -195,6 +195,26 @@ class Client:
     def handle(self, workflow_id: str, *, namespace: Optional[str] = None) -> RemoteHandle:
         return RemoteHandle(self, workflow_id, None, namespace)
 
+    def fork(self, workflow_id: str, from_seq: int, *, id: Optional[str] = None,  # noqa: A002
+             run_id: Optional[str] = None, namespace: Optional[str] = None) -> RemoteHandle:
+        """``Engine.fork`` through the API: a new workflow id that replays the
+        run's events 2..``from_seq``, then runs on."""
+        body: dict[str, Any] = {"from_seq": from_seq}
+        if id is not None:
+            body["id"] = id
+        reply = self._call("POST", *_route(workflow_id, "fork"), body=_name_run(body, run_id),
+                           namespace=namespace)
+        return RemoteHandle(self, reply["workflow_id"], reply.get("run_id"), reply.get("namespace"))
+
+    def resume(self, workflow_id: str, from_seq: Optional[int] = None, *,
+               namespace: Optional[str] = None) -> RemoteHandle:
+        """``Engine.resume`` through the API: a failed or cancelled run again
+        in place (its old run archived)."""
+        body = {} if from_seq is None else {"from_seq": from_seq}
+        reply = self._call("POST", *_route(workflow_id, "resume"), body=body,
+                           namespace=namespace)
+        return RemoteHandle(self, reply["workflow_id"], reply.get("run_id"), reply.get("namespace"))
+
     def signal(self, workflow_id: str, name: str, payload: Any = None, *,
                idempotency_key: Optional[str] = None, run_id: Optional[str] = None,
                namespace: Optional[str] = None) -> int:

@@ -301,6 +301,37 @@ ROUTES: tuple[Route, ...] = (
           errors=("invalid_argument",),
           example=({"older_than": 2592000}, {"purged": 1204, "older_than": 2592000,
                                              "namespace": None})),
+    Route("POST", "/v1/workflows/{id}/fork", "Fork a run",
+          "A new workflow id (in the same namespace) whose history is a fresh "
+          "`WorkflowStarted` (`forked_from`) and copies of the run's events 2..`from_seq`: "
+          "replayed (no step, send or child start runs again), then it runs on live. The "
+          "source, running or finished, is not changed. A cut that would split a record from "
+          "its outcome is a 400 saying why; nothing is written.",
+          params=(_ID,),
+          body={"from_seq": {"type": "integer", "description": "The last event to reuse (from 1)."},
+                "id": {"type": "string", "description": "The new workflow id (default: "
+                       "`<id>/fork-<8 hex>`)."}, **_RUN_B},
+          required=("from_seq",),
+          answer={"type": "object", "properties": {"workflow_id": _STR, "run_id": _STR,
+                                                   "namespace": _STR, "from": _STR}},
+          errors=("not_found", "already_exists", "invalid_argument"),
+          example=({"from_seq": 6, "id": "order-o-1-retry"},
+                   {"workflow_id": "order-o-1-retry", "run_id": "77aa...03",
+                    "namespace": "default", "from": "order-o-1"})),
+    Route("POST", "/v1/workflows/{id}/resume", "Resume a failed or cancelled run",
+          "Run a run that ended failed or cancelled again in place: its history is archived "
+          "(read it with `run_id`) and a new run of the same id replays its events "
+          "2..`from_seq` (default: before what failed, or before the cancel request), then runs "
+          "on. Not `unpause`: a paused run is running. A running or completed run is a 400 "
+          "saying what to do instead; nothing is written.",
+          params=(_ID,),
+          body={"from_seq": {"type": "integer", "description": "The last event to reuse "
+                             "(default: the resume point)."}},
+          answer={"type": "object", "properties": {"workflow_id": _STR, "run_id": _STR,
+                                                   "namespace": _STR, "from": _STR}},
+          errors=("not_found", "invalid_argument"),
+          example=({}, {"workflow_id": "order-o-1", "run_id": "c3d4...9f",
+                        "namespace": "default", "from": "order-o-1"})),
     Route("GET", "/v1/schedules", "List schedules",
           "The schedules (active ones; `include_deleted=true` adds unscheduled ones), ordered by "
           "id, a page at a time, each with its spec and, where the server drives it, its next "

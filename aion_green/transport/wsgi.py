@@ -54,6 +54,11 @@ POST     /v1/workflows/ID/pause                       ``{"reason", "run_id"}``: 
                                                       "paused", "seq"}``); describe: ``paused``
 POST     /v1/workflows/ID/unpause                     ``{"reason", "run_id"}``: it goes on; due
                                                       timers fire, kept messages are delivered
+POST     /v1/workflows/ID/fork                        ``{"from_seq", "id", "run_id"}``: a new id
+                                                      that replays events 2..from_seq, then runs
+                                                      on: ``{"workflow_id", "run_id", ...}``
+POST     /v1/workflows/ID/resume                      ``{"from_seq"}``: a failed or cancelled run
+                                                      again in place (not ``unpause``)
 GET      /v1/events?after=&type=&status=              every run's events (of the namespace) as one
                                                       stream (server-sent events), in commit
                                                       order: each frame's ``id`` is the event's
@@ -172,8 +177,9 @@ log = logging.getLogger("aion_green.transport")
 
 StartResponse = Callable[..., Any]
 _JSON = [("Content-Type", "application/json; charset=utf-8")]
-_ACTIONS = ("result", "history", "events", "cancel", "terminate", "pause", "unpause")
-_POSTS = ("cancel", "terminate", "pause", "unpause", "signals", "queries")
+_ACTIONS = ("result", "history", "events", "cancel", "terminate", "pause", "unpause", "fork",
+            "resume")
+_POSTS = ("cancel", "terminate", "pause", "unpause", "fork", "resume", "signals", "queries")
 # The environ key of the namespaces the request's token grants (None: all).
 _GRANTS = "aion_green.grants"
 _NAMED = ("signals", "queries")
@@ -429,6 +435,8 @@ class WSGIApp:
             seq = call(wid, _str(body, "reason", ""), **_run_kw(body), namespace=ns)
             return _reply(start_response, 200, {"workflow_id": wid, "paused": action == "pause",
                                                 "seq": seq})
+        if action in ("fork", "resume"):
+            return _reply(start_response, 200, self._rewind(action, wid, environ, params))
         assert name is not None
         if action == "signals":
             body = self._body(environ, {"payload", "idempotency_key", "run_id"})
@@ -509,6 +517,29 @@ class WSGIApp:
         except WorkflowArgumentsInvalid as exc:
             raise _Reply("invalid_argument", str(exc), field="args") from None
         return {"workflow_id": handle.workflow_id, "run_id": handle.run_id, "namespace": ns}
+
+    def _rewind(self, action: str, wid: str, environ: dict[str, Any],
+                params: dict[str, str]) -> dict[str, Any]:
+        """``fork`` (a new id that reuses the run's outcomes up to
+        ``from_seq``) and ``resume`` (a failed or cancelled run again in
+        place): :mod:`aion_green.runtime.rewind`."""
+        allowed = {"from_seq", "id", "run_id"} if action == "fork" else {"from_seq"}
+        body = self._body(environ, allowed)
+        ns = self._namespace(environ, params, body)
+        from_seq = body.get("from_seq")
+        if (from_seq is not None or action == "fork") and (
+                type(from_seq) is not int or not 1 <= from_seq < 2 ** 63):
+            raise _Reply("invalid_argument", f"'from_seq' must be the seq of an event of the "
+                         f"run (a whole number from 1), got {from_seq!r}"
+                         + ("" if action == "fork" else "; leave it out for the default point"),
+                         field="from_seq")
+        if action == "fork":
+            handle = self.engine.fork(wid, from_seq, id=_str(body, "id", None), **_run_kw(body),
+                                      namespace=ns)
+        else:
+            handle = self.engine.resume(wid, from_seq, namespace=ns)
+        return {"workflow_id": handle.workflow_id, "run_id": handle.run_id, "namespace": ns,
+                "from": wid}
 
     def _schedules(self, method: str, rest: list[str], params: dict[str, str],
                    environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:

@@ -10,6 +10,7 @@ import json
 from urllib.parse import urlencode
 
 import pytest
+import worker_process
 from conftest import run_python, wait_until
 from worker_process import WorkerProcess
 
@@ -197,7 +198,8 @@ def worker(tmp_path_factory):
 
 
 def call(worker, method, path, query=None, body=None, token=ALL):
-    """A plain HTTP request: (status, the raw body)."""
+    """A plain HTTP request: (status, the raw bytes of its body), to compare
+    answers byte for byte."""
     conn = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=30)
     try:
         target = path + ("?" + urlencode(query) if query else "")
@@ -210,9 +212,9 @@ def call(worker, method, path, query=None, body=None, token=ALL):
         conn.close()
 
 
-def jcall(*args, **kwargs):
-    status, raw = call(*args, **kwargs)
-    return status, json.loads(raw or b"null")
+def jcall(worker, method, path, query=None, body=None, token=ALL):
+    """:func:`worker_process.call` with this file's token: (status, JSON)."""
+    return worker_process.call(worker, method, path, query, body, token)
 
 
 def test_over_http_ids_are_per_namespace_and_grants_hold(worker):

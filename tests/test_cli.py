@@ -385,10 +385,13 @@ def test_resume_and_fork_reuse_recorded_outcomes(worker):
     cli(worker.url, "fork", "nope", "--from", "2", rc=1)
     far = cli(worker.url, "fork", "fl-1", "--from", "99", rc=2)
     assert "99" in far.stderr
-    remote = cli(worker.http, "fork", "fl-1", "--from", "2", rc=2)
-    assert "--db" in remote.stderr
+    # Through the worker's HTTP API as well (POST /v1/workflows/ID/fork).
+    remote = json.loads(cli(worker.http, "fork", "fl-1", "--from", "2", "--id", "fl-http",
+                            "--wait", "--json").stdout)
+    assert remote["result"] == ["one", "ok"]
+    assert effects.read_text().splitlines() == ["one"]
     listed = json.loads(cli(worker.url, "list", "--type", "cliops.flaky", "--json").stdout)
-    assert sorted(run["workflow_id"] for run in listed) == ["fl-1", "fl-fork"]
+    assert sorted(run["workflow_id"] for run in listed) == ["fl-1", "fl-fork", "fl-http"]
 
 
 def test_a_start_whose_arguments_do_not_fit_is_refused_through_the_store_and_the_api(worker):

@@ -120,7 +120,7 @@ class RunFilter(NamedTuple):
     attributes that must all match, name -> text form (a string as it is,
     another scalar as its JSON text: ``core.events.attribute_text``);
     ``namespace``: the runs of one namespace, by their keys' form
-    (``core.namespaces``)."""
+    (``core.namespaces``); ``id_prefix``: the runs whose key begins so."""
 
     parent: Optional[str] = None
     started_after: Optional[float] = None
@@ -128,6 +128,8 @@ class RunFilter(NamedTuple):
     attributes: tuple[tuple[str, str], ...] = ()
     # Only the runs of this namespace (None: every namespace's).
     namespace: Optional[str] = None
+    # Only the runs whose key begins with this (an id prefix, in key form).
+    id_prefix: Optional[str] = None
 
 
 class GlobalEvent(NamedTuple):

@@ -200,6 +200,24 @@ def test_filters_combine_and_pages_follow_them(make_engine):
     engine.result("r-99", timeout=20)
 
 
+def test_an_id_prefix_filters_lists_and_counts_literally_per_namespace(make_engine):
+    engine = make_engine(*ALL)
+    for wid in ("a-1", "a-2", "ab", "b-1", "a%", "a_x", "ä-1"):
+        engine.start(order, "c", 1, id=wid).result(timeout=20)
+    engine.start(order, "c", 1, id="a-9", namespace="other").result(timeout=20)
+    assert ids(engine.list(id_prefix="a-")) == ["a-1", "a-2"]
+    # LIKE's wildcards are plain characters here.
+    assert ids(engine.list(id_prefix="a%")) == ["a%"]
+    assert ids(engine.list(id_prefix="a_")) == ["a_x"]
+    assert ids(engine.list(id_prefix="ä")) == ["ä-1"]
+    assert engine.count(id_prefix="a") == 5
+    assert engine.count_by_status(id_prefix="b")["completed"] == 1
+    assert ids(engine.list(id_prefix="a-", namespace="other")) == ["a-9"]
+    assert ids(engine.list(id_prefix="a", limit=2, after_id="a-2")) == ["a_x", "ab"]
+    with pytest.raises(aion.ConfigurationError, match="id_prefix"):
+        engine.list(id_prefix="")
+
+
 def test_bad_attributes_are_refused_at_the_call_and_nothing_is_recorded(make_engine):
     engine = make_engine(*ALL)
     for kind, says in (("list", "type list"), ("dict", "type dict"), ("set", "type set"),
@@ -413,6 +431,9 @@ def test_over_http_lists_filter_and_summaries_name_parent_and_attributes(worker)
     assert listed(worker, started_before=after, status="completed", limit=2,
                   after="h-1/item-0") == ["h-1/item-1", "h-2"]
     assert listed(worker, status="running", **{"attr.customer": "c-3"}) == ["h-4"]
+    assert listed(worker, id_prefix="h-1") == ["h-1", "h-1/item-0", "h-1/item-1"]
+    assert listed(worker, id_prefix="h-1/") == ["h-1/item-0", "h-1/item-1"]
+    assert call(worker, "/v1/workflows/count", {"id_prefix": "h-"}) == (200, {"count": 6})
 
 
 def test_over_http_counts_with_the_same_filters_and_per_status(worker):
@@ -439,6 +460,7 @@ def test_over_http_counts_with_the_same_filters_and_per_status(worker):
     ("/v1/workflows", {"attr.customer": "x" * 1001}, "attr.customer"),
     ("/v1/workflows", {"status": "lost"}, "status"),
     ("/v1/workflows", {"parent": ""}, "parent"),
+    ("/v1/workflows", {"id_prefix": ""}, "id_prefix"),
     ("/v1/workflows", {"limit": "0"}, "limit"),
 ])
 def test_over_http_a_bad_filter_is_a_400_naming_its_field(worker, path, query, field):
@@ -462,6 +484,9 @@ def test_the_client_mirrors_the_engine(worker):
                                                     "cancelled": 0, "continued": 0,
                                                     "timed_out": 0}
     assert client.describe("h-4").search_attributes == {"customer": "c-3", "tier": "gold"}
+    assert ids(client.list(id_prefix="h-1/")) == ["h-1/item-0", "h-1/item-1"]
+    assert client.count(id_prefix="h-1") == 3
+    assert client.count_by_status(id_prefix="h-4")["running"] == 1
     with pytest.raises(aion.ConfigurationError, match="naive"):
         client.list(started_after=datetime(2024, 1, 1))
     with pytest.raises(aion.ConfigurationError, match="a filter matches a value"):
@@ -483,6 +508,7 @@ def test_the_command_line_lists_and_counts_with_filters(worker, where):
         return [r["workflow_id"] for r in json.loads(cli(*base, "list", *args).stdout)]
 
     assert cli_ids("--parent", "h-1") == ["h-1/item-0", "h-1/item-1"]
+    assert cli_ids("--prefix", "h-1/") == ["h-1/item-0", "h-1/item-1"]
     assert cli_ids("--attr", "customer=c-1") == ["h-1", "h-3"]
     assert cli_ids("--attr", "customer=c-1", "--attr", "total=42") == ["h-1"]
     after = datetime.fromtimestamp(worker.middle, tz=timezone.utc).isoformat()

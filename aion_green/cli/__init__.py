@@ -11,7 +11,7 @@
     aion-green [--db URL] query ID NAME [ARG_JSON...] [--run RUN_ID] [--timeout S]
     aion-green [--db URL] result ID [--run RUN_ID] [--timeout S]
     aion-green [--db URL] list [--status S] [--type T] [--started-after T] [--started-before T]
-                               [--parent ID] [--attr NAME=VALUE]... [--limit N] [--after ID]
+                               [--parent ID] [--prefix TEXT] [--attr NAME=VALUE]... [--limit N] [--after ID]
     aion-green [--db URL] count [the filters of list] [--by-status]
     aion-green [--db URL] show ID [--run RUN_ID] [--follow [--timeout S]]
     aion-green [--db URL] fork ID --from SEQ [--id NEW_ID] [--run RUN_ID] [--wait]
@@ -308,6 +308,8 @@ def _filter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--started-before", type=_moment("--started-before"), metavar="TIME",
                         help="runs started before TIME (ISO-8601; no offset: UTC)")
     parser.add_argument("--parent", metavar="ID", help="the runs workflow ID started as children")
+    parser.add_argument("--prefix", dest="id_prefix", metavar="TEXT",
+                        help="the runs whose workflow id begins with TEXT")
     parser.add_argument("--attr", dest="attributes", action="append", type=_attribute,
                         default=[], metavar="NAME=VALUE",
                         help="a search attribute to match (repeatable: all must match)")

@@ -413,7 +413,8 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
     """The filter arguments of ``list`` and ``count`` for the engine or the client."""
     filters: dict[str, Any] = {"workflow_type": args.workflow_type,
                                "started_after": args.started_after,
-                               "started_before": args.started_before, "parent": args.parent}
+                               "started_before": args.started_before, "parent": args.parent,
+                               "id_prefix": args.id_prefix}
     if args.attributes:
         filters["attributes"] = dict(args.attributes)
     return filters

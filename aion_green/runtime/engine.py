@@ -811,22 +811,25 @@ class Engine:
              started_before: Optional[search.Moment] = None,
              parent: Optional[str] = None,
              attributes: Optional[Mapping[str, Any]] = None,
-             namespace: Optional[str] = None) -> builtins.list[RunInfo]:
+             namespace: Optional[str] = None,
+             id_prefix: Optional[str] = None) -> builtins.list[RunInfo]:
         """Runs ordered by id, a page of at most ``limit`` (``after_id``: the
         last id of the previous page), filtered by status (one of
         running/completed/failed/cancelled/continued), workflow type, the
         current run's start (``started_after <= start < started_before``, an
         aware datetime or seconds since the epoch), ``parent`` (the workflow
         id that started them as children) and search ``attributes`` (name ->
-        value, all must match by text form: see :mod:`aion_green.runtime.search`),
-        in ``namespace`` (``"default"`` if None). Each :class:`RunInfo` names
-        its ``parent_id`` and its ``search_attributes``."""
+        value, all must match by text form: see :mod:`aion_green.runtime.search`)
+        and ``id_prefix`` (the ids that begin with it), in ``namespace``
+        (``"default"`` if None). Each :class:`RunInfo` names its ``parent_id``
+        and its ``search_attributes``."""
         _count(limit, "list(limit=...)", 1)
         ns = namespaces.DEFAULT if namespace is None else namespaces.check_namespace(namespace)
         if after_id is not None:
             after_id = namespaces.key(ns, namespaces.check_id(after_id, "list(after_id=...)"))
         status, wtype = _status_and_type(status, workflow_type)
-        filters = search.run_filter(started_after, started_before, parent, attributes, "list", ns)
+        filters = search.run_filter(started_after, started_before, parent, attributes, "list", ns,
+                                    id_prefix)
         self._ensure_started()
         runs = self._call_store(self._epoch.store.list_runs, status, wtype, limit, after_id,
                                 filters=filters)
@@ -838,11 +841,11 @@ class Engine:
               started_before: Optional[search.Moment] = None,
               parent: Optional[str] = None,
               attributes: Optional[Mapping[str, Any]] = None,
-              namespace: Optional[str] = None) -> int:
+              namespace: Optional[str] = None, id_prefix: Optional[str] = None) -> int:
         """How many runs :meth:`list` with the same filters finds, over all its pages."""
         status, wtype = _status_and_type(status, workflow_type)
         filters = search.run_filter(started_after, started_before, parent, attributes, "count",
-                                    namespace)
+                                    namespace, id_prefix)
         self._ensure_started()
         return int(self._call_store(self._epoch.store.count_runs, status, wtype, filters=filters))
 
@@ -851,12 +854,13 @@ class Engine:
                         started_before: Optional[search.Moment] = None,
                         parent: Optional[str] = None,
                         attributes: Optional[Mapping[str, Any]] = None,
-                        namespace: Optional[str] = None) -> dict[str, int]:
+                        namespace: Optional[str] = None,
+                        id_prefix: Optional[str] = None) -> dict[str, int]:
         """:meth:`count` per status: ``{"running": 3, "completed": 10, ...}``,
         every status named (0 for none)."""
         _, wtype = _status_and_type(None, workflow_type)
         filters = search.run_filter(started_after, started_before, parent, attributes,
-                                    "count_by_status", namespace)
+                                    "count_by_status", namespace, id_prefix)
         self._ensure_started()
         return dict(self._call_store(self._epoch.store.count_runs_by_status, wtype,
                                      filters=filters))

@@ -51,7 +51,8 @@ def moment(value: object, what: str) -> float:
 
 def run_filter(started_after: Optional[Moment], started_before: Optional[Moment],
                parent: Optional[str], attributes: Optional[Mapping[str, Any]],
-               call: str, namespace: Optional[str] = None) -> RunFilter:
+               call: str, namespace: Optional[str] = None,
+               id_prefix: Optional[str] = None) -> RunFilter:
     """The store's filter for these arguments of ``call`` (``list``,
     ``count``...), in ``namespace`` (the default if None). Bad input is a
     :class:`ConfigurationError` naming the argument; nothing is read."""
@@ -73,4 +74,7 @@ def run_filter(started_after: Optional[Moment], started_before: Optional[Moment]
                                          "None; a filter matches a value (str, int, float, bool)")
             ev.check_attribute_value(value, f"{call}(attributes=...): the attribute {name!r}")
             matched.append((name, ev.attribute_text(value)))
-    return RunFilter(parent, after, before, tuple(sorted(matched)), ns)
+    prefix = None
+    if id_prefix is not None:
+        prefix = namespaces.key(ns, namespaces.check_id(id_prefix, f"{call}(id_prefix=...)"))
+    return RunFilter(parent, after, before, tuple(sorted(matched)), ns, prefix)

@@ -202,6 +202,10 @@ def run_filters(status: Optional[str], workflow_type: Optional[str], after_id: O
         clause, param = namespace_clause(f.namespace, mark)
         clauses.append(clause)
         params.append(param)
+    if f.id_prefix is not None:
+        # Characters on both stores (SQLite's substr of TEXT, PostgreSQL's).
+        clauses.append(f"substr(workflow_id, 1, {len(f.id_prefix)})={mark}")
+        params.append(f.id_prefix)
     for name, text in f.attributes:
         # One indexed lookup per attribute (name, text, workflow_id).
         clauses.append(f"workflow_id IN (SELECT workflow_id FROM {attributes_table} "

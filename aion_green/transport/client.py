@@ -300,10 +300,11 @@ class Client:
              started_after: Optional[Moment] = None, started_before: Optional[Moment] = None,
              parent: Optional[str] = None,
              attributes: Optional[Mapping[str, Any]] = None,
-             namespace: Optional[str] = None) -> builtins.list[RunInfo]:
+             namespace: Optional[str] = None,
+             id_prefix: Optional[str] = None) -> builtins.list[RunInfo]:
         """A page of runs, as ``Engine.list`` (the same filters)."""
         query = _filter_query(status, workflow_type, started_after, started_before, parent,
-                              attributes)
+                              attributes, id_prefix)
         query["limit"] = limit
         if after_id is not None:
             query["after"] = after_id
@@ -314,20 +315,21 @@ class Client:
               workflow_type: Union[None, str, Callable[..., Any]] = None, *,
               started_after: Optional[Moment] = None, started_before: Optional[Moment] = None,
               parent: Optional[str] = None, attributes: Optional[Mapping[str, Any]] = None,
-              namespace: Optional[str] = None) -> int:
+              namespace: Optional[str] = None, id_prefix: Optional[str] = None) -> int:
         """How many runs ``list`` with these filters finds (``Engine.count``)."""
         query = _filter_query(status, workflow_type, started_after, started_before, parent,
-                              attributes)
+                              attributes, id_prefix)
         return int(self._call("GET", "/v1/workflows/count", query, namespace=namespace)["count"])
 
     def count_by_status(self, workflow_type: Union[None, str, Callable[..., Any]] = None, *,
                         started_after: Optional[Moment] = None,
                         started_before: Optional[Moment] = None, parent: Optional[str] = None,
                         attributes: Optional[Mapping[str, Any]] = None,
-                        namespace: Optional[str] = None) -> dict[str, int]:
+                        namespace: Optional[str] = None,
+                        id_prefix: Optional[str] = None) -> dict[str, int]:
         """Those counts per status (``Engine.count_by_status``)."""
         query = _filter_query(None, workflow_type, started_after, started_before, parent,
-                              attributes)
+                              attributes, id_prefix)
         query["by"] = "status"
         counts = self._call("GET", "/v1/workflows/count", query, namespace=namespace)["counts"]
         return {str(status): int(n) for status, n in counts.items()}
@@ -626,7 +628,8 @@ def _schedule_route(schedule_id: str, action: str) -> str:
 
 def _filter_query(status: Optional[str], workflow_type: Union[None, str, Callable[..., Any]],
                   started_after: Optional[Moment], started_before: Optional[Moment],
-                  parent: Optional[str], attributes: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+                  parent: Optional[str], attributes: Optional[Mapping[str, Any]],
+                  id_prefix: Optional[str] = None) -> dict[str, Any]:
     """The query string of the list and count routes' filters. Attribute
     values go as their text form, which the server matches (as the engine
     does: ``aion_green.runtime.search``)."""
@@ -641,6 +644,8 @@ def _filter_query(status: Optional[str], workflow_type: Union[None, str, Callabl
         query["started_before"] = format_time(started_before, "started_before")
     if parent is not None:
         query["parent"] = parent
+    if id_prefix is not None:
+        query["id_prefix"] = id_prefix
     for name, value in (attributes or {}).items():
         if value is None or type(value) not in (str, int, float, bool):
             raise errors.ConfigurationError(

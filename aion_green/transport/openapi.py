@@ -62,6 +62,7 @@ _FILTERS = (
     Param("started_before", "query", _STR, "Runs whose current run started before this time "
           "(ISO-8601)."),
     Param("parent", "query", _STR, "The runs this workflow id started as children."),
+    Param("id_prefix", "query", _STR, "The runs whose workflow id begins with this."),
     Param("attr.NAME", "query", _STR, "A search attribute (`ctx.upsert_search_attributes`) "
           "to match, by its text form: a string as it is, a number or boolean as its JSON "
           "text (`attr.total=42` matches 42, not 42.0). Several: all must match."),

@@ -27,8 +27,9 @@ POST     /v1/workflows                                start: ``{"workflow", "arg
                                                       answers ``{"workflow_id", "run_id"}``
 GET      /v1/workflows?status=&type=&limit=&after=    list, a page: ``{"runs", "next"}``; also
          &started_after=&started_before=&parent=      filtered by the run's start (ISO-8601; no
-         &attr.NAME=VALUE                             offset: UTC), the parent's workflow id and
-                                                      search attributes (several: all must match)
+         &id_prefix=&attr.NAME=VALUE                  offset: UTC), the parent's workflow id, the
+                                                      id's beginning and search attributes
+                                                      (several: all must match)
 GET      /v1/workflows/count?<the list's filters>     ``{"count": N}``; with ``&by=status``:
                                                       ``{"counts": {"running": N, ...}}`` (every
                                                       status)
@@ -1033,7 +1034,7 @@ def _query(params: dict[str, str], allowed: set[str]) -> dict[str, str]:
 
 
 # The filters of the list and count routes (besides the attr.NAME ones).
-_FILTERS = {"status", "type", "started_after", "started_before", "parent"}
+_FILTERS = {"status", "type", "started_after", "started_before", "parent", "id_prefix"}
 _ATTR = "attr."
 
 
@@ -1056,6 +1057,8 @@ def _filters(params: dict[str, str], allowed: set[str]) -> tuple[dict[str, str],
             filters[key] = _field(parse_time, key, query[key], key)
     if "parent" in query:
         filters["parent"] = _field(ev.check_key, "parent", query["parent"], "'parent'")
+    if "id_prefix" in query:
+        filters["id_prefix"] = _field(ev.check_key, "id_prefix", query["id_prefix"], "'id_prefix'")
     attributes: dict[str, str] = {}
     for key, value in attrs.items():
         name = key[len(_ATTR):]

@@ -649,6 +649,11 @@ class Engine:
         transactions of 500 runs (see :mod:`aion_green.runtime.retention`)."""
         return retention.purge(self, older_than, limit, namespace)
 
+    def workflow_types(self) -> builtins.list[str]:
+        """The names of the workflow types this engine can run (given to it,
+        or decorated with ``@aion.workflow`` in this process), sorted."""
+        return sorted(self._registry.names())
+
     def handle(self, workflow_id: str, *, namespace: Optional[str] = None) -> WorkflowHandle:
         ns = namespaces.DEFAULT if namespace is None else namespaces.check_namespace(namespace)
         return WorkflowHandle(self, namespaces.check_id(workflow_id), namespace=ns)

@@ -173,6 +173,7 @@ from aion_green.transport.codec import (
     run_to_json,
     schedule_to_json,
 )
+from aion_green.transport.console.app import Console, Denied
 
 log = logging.getLogger("aion_green.transport")
 
@@ -240,6 +241,8 @@ class WSGIApp:
         self.max_wait = max_wait
         self.stream_poll = stream_poll
         self.heartbeat = heartbeat
+        # The web console at /ui/ (console/app.py), with these tokens.
+        self.console = Console(self)
 
     def drain(self) -> None:
         """The server is stopping: answer every request from now on with 503
@@ -266,7 +269,18 @@ class WSGIApp:
                 if method != "GET":
                     raise _not_allowed(method, "GET")
                 return _reply(start_response, 200, _openapi())
-            self._authenticate(environ)
+            if segments[:1] == ["ui"]:
+                if segments[1:2] != ["api"]:
+                    return self.console(environ, start_response, segments[1:])
+                # The console's own calls: its session cookie and CSRF token
+                # instead of a bearer header (console/sessions.py).
+                try:
+                    environ[_GRANTS] = self.console.api_grants(environ, method)
+                except Denied as denied:
+                    raise _Reply("unauthenticated", str(denied)) from None
+                segments = segments[2:]
+            else:
+                self._authenticate(environ)
             if segments == ["metrics"]:
                 return self._metrics(method, environ, start_response)
             return self._route(method, segments, environ, start_response)

@@ -157,7 +157,12 @@ class Console:
 
     @staticmethod
     def _namespace(params: dict[str, str], session: Session) -> str:
-        given = params.get("namespace") or namespaces.DEFAULT
+        given = params.get("namespace")
+        if not given:
+            # A sign-in granted some namespaces, not the default: the first of them.
+            granted = session.grants
+            given = (namespaces.DEFAULT if granted is None or namespaces.DEFAULT in granted
+                     else sorted(granted)[0])
         try:
             ns = namespaces.check_namespace(given, "the namespace")
         except AionError as exc:
@@ -255,8 +260,10 @@ def _redirect(start_response: StartResponse, target: str,
 def _safe_next(target: Optional[str], base: str) -> str:
     """Where to go after signing in: a page of this console only (never
     another site: ``//evil.example`` or ``https://...``)."""
+    path = (target or "").split("?", 1)[0]
     if (not target or not target.startswith(base + "/") or "//" in target
-            or "\\" in target or any(ord(c) < 32 for c in target)):
+            or "\\" in target or any(ord(c) < 32 for c in target)
+            or any(part in (".", "..") for part in path.split("/"))):
         return f"{base}/runs"
     return target
 

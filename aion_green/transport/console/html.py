@@ -168,7 +168,7 @@ def field(label: str, control: Markup, hint: str = "") -> Markup:
                tag("small", hint) if hint else None, cls="field")
 
 
-def options(values: Iterable[str], selected: Optional[str], blank: str = "") -> Markup:
+def options(values: Iterable[str], selected: Optional[str], blank: Optional[str] = "") -> Markup:
     out = [tag("option", blank or "any", value="")] if blank is not None else []
     out += [tag("option", v, value=v, selected=v == selected) for v in values]
     return join(*out)

@@ -103,9 +103,10 @@ def _filters(r: Request) -> tuple[dict[str, Any], dict[str, Any]]:
     engine: dict[str, Any] = {"workflow_type": keep["type"], "id_prefix": keep["prefix"],
                               "parent": keep["parent"], "namespace": r.namespace}
     for key in ("started_after", "started_before"):
-        if keep[key]:
+        given = keep[key]
+        if given:
             try:
-                engine[key] = parse_time(keep[key], key)
+                engine[key] = parse_time(given, key)
             except AionError as exc:
                 raise Problem(400, "Bad filter", str(exc)) from None
     if keep["attrs"]:
@@ -334,7 +335,8 @@ def _timeline(r: Request, wid: str, info: Any) -> Markup:
             "size": None if size == PAGE else size}
     note = None
     if failures:
-        picked, scanned = [], 0
+        picked: list[Any] = []
+        scanned = 0
         after = 0
         while scanned < _SCAN_LIMIT:
             events = r.engine.history(wid, after, info.run_id, _SCAN, namespace=r.namespace)

@@ -733,7 +733,8 @@ def engines(r: Request) -> tuple[str, Markup]:
                   tag("div", cls="chart", data_metric=name, data_label=label_name),
                   cls="metric") for name, label, label_name in _CHARTS]
     return "Engines", join(
-        tag("h2", "This engine"), table(["", ""], rows, id="engine"),
+        tag("h2", "This engine"), tag("div", definition([(str(k), v) for k, v in rows]),
+                                      cls="summary", id="engine"),
         tag("h2", "Engines sharing the store"),
         table(["engine", "", "seen until (UTC)", "runs leased", "workflow types"], live, id="engines")
         if live else tag("p", "One engine drives this store (SQLite: the file's driver lock); "

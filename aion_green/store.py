@@ -73,6 +73,20 @@ class StepRunning(NamedTuple):
     since: float
 
 
+class EngineInfo(NamedTuple):
+    """An engine at work on a store (``Engine.engines()``): its id, whether
+    it is the engine asked, until when its word holds (PostgreSQL: its
+    entry among the engines; None on SQLite, whose driver holds the file's
+    lock), how many running runs it leases now (None on SQLite), and the
+    workflow types it runs."""
+
+    engine_id: str
+    here: bool
+    seen_until: Optional[float]
+    leased_runs: Optional[int]
+    workflow_types: tuple[str, ...]
+
+
 class Append(NamedTuple):
     """One history append: ``events`` extend the history whose head is
     ``expected_seq``."""

@@ -54,7 +54,7 @@ from aion_green.runtime.metrics import EngineMetrics
 from aion_green.runtime.retention import retention_setting
 from aion_green.runtime.runs import _closed_while_waiting, outcome
 from aion_green.runtime.writer import future_done
-from aion_green.store import EventPage, RunInfo, StepRunning
+from aion_green.store import EngineInfo, EventPage, RunInfo, StepRunning
 
 log = logging.getLogger("aion_green.engine")
 
@@ -648,6 +648,18 @@ class Engine:
         (:class:`WorkflowNotFound`) and may be started again. In
         transactions of 500 runs (see :mod:`aion_green.runtime.retention`)."""
         return retention.purge(self, older_than, limit, namespace)
+
+    def engines(self) -> builtins.list[EngineInfo]:
+        """The engines at work on this store: on PostgreSQL every engine
+        whose entry is current, with the running runs each leases; on
+        SQLite this engine alone (the file's driver, or its client)."""
+        self._ensure_started()
+        store = self._epoch.store
+        if not hasattr(store, "engines_at_work"):
+            return [EngineInfo(self.engine_id, True, None, None, tuple(self.workflow_types()))]
+        rows = self._call_store(store.engines_at_work, time.time())
+        return [EngineInfo(engine_id, engine_id == self.engine_id, until, leased, tuple(types))
+                for engine_id, until, types, leased in rows]
 
     def workflow_types(self) -> builtins.list[str]:
         """The names of the workflow types this engine can run (given to it,

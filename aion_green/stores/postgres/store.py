@@ -628,6 +628,18 @@ class PostgresStore:
                            (now,))
         return {engine_id: json.loads(types) for engine_id, types in rows}
 
+    def engines_at_work(self, now: float) -> list[tuple[str, float, list[str], int]]:
+        """The engines whose word is still good at ``now``, each with until
+        when, its workflow types and how many running runs it leases now
+        (the console's engines page)."""
+        rows = self._query(
+            "SELECT e.engine_id, e.seen_until, e.workflow_types, (SELECT count(*) FROM aion_runs r "
+            "WHERE r.owner = e.engine_id AND r.status = %s AND r.lease_until >= %s) "
+            "FROM aion_engines e WHERE e.seen_until >= %s ORDER BY e.engine_id",
+            (ev.RUNNING, now, now))
+        return [(engine_id, float(until), sorted(json.loads(types)), int(leased))
+                for engine_id, until, types, leased in rows]
+
     def release_leases(self, owner: str, workflow_ids: Optional[Sequence[str]] = None) -> None:
         """Give back the runs this owner holds (all of them at a clean
         shutdown, or ``workflow_ids``): others may claim them at once."""

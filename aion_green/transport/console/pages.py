@@ -724,11 +724,12 @@ def engines(r: Request) -> tuple[str, Markup]:
     if unrunnable:
         rows.append(["runs it cannot drive", len(unrunnable)])
     live = []
-    if hasattr(engine, "engines"):
-        for other in engine.engines():
+    found = engine.engines() if hasattr(engine, "engines") else []
+    if any(other.seen_until is not None for other in found):  # PostgreSQL's engines and leases
+        for other in found:
             live.append([tag("code", other.engine_id), "this engine" if other.here else "",
                          when(other.seen_until), other.leased_runs,
-                         ", ".join(other.workflow_types)])
+                         ", ".join(t for t in other.workflow_types if not t.startswith("aion."))])
     charts = [tag("figure", tag("figcaption", label),
                   tag("div", cls="chart", data_metric=name, data_label=label_name),
                   cls="metric") for name, label, label_name in _CHARTS]

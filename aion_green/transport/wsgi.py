@@ -8,6 +8,9 @@ Mount it in any WSGI server, or inside Flask with werkzeug's
 Routes (ids are percent-encoded UTF-8 path segments; a workflow id may hold "/"):
 
 =======  ===========================================  ==========================================
+GET      /ui/...                                      the web console (``console/app.py``): HTML
+                                                      pages, signed in by a session cookie; its
+                                                      actions call this API under ``/ui/api``
 GET      /healthz                                     ``{"ok": true}``, never authenticated
 GET      /v1/openapi.json                             this table as OpenAPI 3.1 (never
                                                       authenticated; docs/http-api.md)

@@ -67,3 +67,33 @@ def many(ctx, steps, fail_every=0):
         else:
             ctx.step(add, i, 1)
     return steps
+
+
+@aion.workflow(name="console.chain")
+def chain(ctx, n):
+    """Continues as new ``n`` times, then returns."""
+    ctx.step(add, n, 0)
+    if n:
+        ctx.continue_as_new(n - 1)
+    return "end of chain"
+
+
+@aion.workflow(name="console.flaky")
+def flaky(ctx):
+    """Fails in its first incarnation (a restart adds "-r1" to its id)."""
+    if not ctx.workflow_id.endswith("-r1"):
+        raise ValueError("first incarnation fails")
+    return "second time lucky"
+
+
+@aion.workflow(name="console.supervisor")
+def supervisor(ctx):
+    return ctx.supervise([aion.ChildSpec(flaky, restart="transient"),
+                          aion.ChildSpec(kid, 0, restart="transient")], intensity=3)
+
+
+@aion.workflow(name="console.hangs")
+def hangs(ctx, seconds):
+    """One quick step, then a step that takes ``seconds``."""
+    ctx.step(add, 1, 1)
+    return ctx.step(nap, seconds)

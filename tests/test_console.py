@@ -35,8 +35,14 @@ def worker(tmp_path_factory):
         api.post("/v1/workflows", {"workflow": "console.parent", "id": "p-1"})
         api.post("/v1/workflows", {"workflow": "console.order", "args": [2], "id": "a-1",
                                    "namespace": "team-a"})
-        wait_until(lambda: api.get("/v1/workflows/count", status="running")["count"] == 1
-                   and api.get("/v1/workflows/count", status="completed")["count"] >= 3,
+        api.post("/v1/workflows", {"workflow": "console.chain", "args": [2], "id": "ch"})
+        api.post("/v1/workflows", {"workflow": "console.supervisor", "id": "sup"})
+        api.post("/v1/schedules", {"schedule_id": "nightly <b>", "workflow": "console.kid",
+                                   "args": [0], "cron": "0 3 * * *", "timezone": "UTC"})
+        # Running: o-1 and the schedule's own run.
+        wait_until(lambda: api.get("/v1/workflows/count", status="running")["count"] == 2
+                   and all(api.get(f"/v1/workflows/{w}")["status"] == "completed"
+                           for w in ("p-1", "ch", "sup")),
                    what="the runs to settle")
         yield served
     finally:
@@ -155,7 +161,7 @@ def test_sign_in_goes_back_to_console_pages_only(worker, target):
 
 def test_the_session_drives_the_api_under_ui_and_changes_need_the_csrf_token(worker):
     browser = Browser(worker.port).sign_in(TOKEN)
-    status, _, doc = browser.page("/ui/api/v1/workflows", status="running")
+    status, _, doc = browser.page("/ui/api/v1/workflows", status="running", type="console.order")
     assert status == 200 and [r["workflow_id"] for r in doc["runs"]] == ["o-1"]
     before = Api(worker.port, TOKEN).get("/v1/workflows/o-1")["head_seq"]
     # A change without the CSRF token: refused, nothing recorded.
@@ -249,7 +255,7 @@ def test_the_runs_list_filters_counts_and_pages_with_the_filters_in_its_links(wo
     status, _, text = browser.page("/ui/runs")
     assert status == 200
     counts = dict(re.findall(r'data-count="(\w+)".*?<b>(\d+)</b>', text))
-    assert counts["running"] == "1" and counts["failed"] == "2" and int(counts["completed"]) >= 3
+    assert counts["running"] == "2" and counts["failed"] == "3" and int(counts["completed"]) >= 7
     status, _, text = browser.page("/ui/runs", prefix="p-1/", status="completed")
     assert listed(text) == ["p-1/kid-0", "p-1/kid-2"]
     status, _, text = browser.page("/ui/runs", prefix="p-1/", limit="1")
@@ -351,3 +357,69 @@ def test_the_console_mounts_with_the_api_inside_a_flask_app(make_engine):
     assert "Path=/aion/ui" in page.headers["Set-Cookie"]
     assert client.get("/aion/ui/static/console.js").status_code == 200
     assert client.get("/aion/ui/api/v1/workflows").json["runs"][0]["workflow_id"] == "m-1"
+
+
+def test_a_run_of_a_chain_names_the_runs_before_and_after_it(worker):
+    browser = Browser(worker.port).sign_in(TOKEN)
+    status, _, text = browser.page("/ui/run", id="ch")
+    assert status == 200 and 'data-status="completed"' in text
+    chain = text.split('id="chain"')[1].split("</ol>")[0]
+    earlier = re.findall(r'run_id=([0-9a-f]+)', chain)
+    assert len(earlier) == 2 and "(this run)" in chain
+    # An earlier run: continued, naming the next.
+    status, _, text = browser.page("/ui/run", id="ch", run_id=earlier[0])
+    assert status == 200 and 'data-status="continued"' in text
+    assert re.findall(r'run_id=([0-9a-f]+)', text.split('id="chain"')[1].split("</ol>")[0])
+
+
+def test_the_tree_counts_a_supervisors_restarts(worker):
+    browser = Browser(worker.port).sign_in(TOKEN)
+    status, _, text = browser.page("/ui/tree", id="sup")
+    assert status == 200
+    nodes = re.findall(r'data-id="([^"]+)" data-status="(\w+)"', text)
+    assert nodes == [("sup", "completed"), ("sup/sup-1/0", "failed"),
+                     ("sup/sup-1/0-r1", "completed"), ("sup/sup-1/1", "completed")]
+    assert "1 restart<" in text
+
+
+def test_schedules_show_their_next_fire_and_their_controls_work(worker):
+    browser = Browser(worker.port).sign_in(TOKEN)
+    status, _, text = browser.page("/ui/schedules")
+    assert status == 200 and "nightly &lt;b&gt;" in text and "0 3 * * *" in text
+    assert re.search(r"\d{4}-\d\d-\d\dT03:00:00", text)  # its next fire
+    path = re.search(r'data-path="([^"]+/pause)"', text).group(1).replace("&amp;", "&")
+    assert path == "/ui/api/v1/schedules/nightly%20%3Cb%3E/pause"
+    status, _, doc = browser.act(path, {})
+    assert status == 200 and doc["paused"] is True
+    # (The schedule's run takes the pause as a message: a moment later.)
+    wait_until(lambda: "s-paused" in browser.page("/ui/schedules")[2], what="the pause")
+    status, _, text = browser.page("/ui/schedules")
+    assert 'data-path="/ui/api/v1/schedules/nightly%20%3Cb%3E/resume"' in text
+    status, _, doc = browser.act("/ui/api/v1/schedules/nightly%20%3Cb%3E/resume", {})
+    assert status == 200 and doc["paused"] is False
+
+
+def test_triage_ranks_a_step_stuck_far_longer_than_usual(tmp_path):
+    served = start_worker(tmp_path, "--grace", "1")
+    try:
+        api = Api(served.port, None)
+        api.post("/v1/workflows", {"workflow": "console.hangs", "args": [0.01], "id": "quick"})
+        api.get("/v1/workflows/quick/result", timeout="30")
+        api.post("/v1/workflows", {"workflow": "console.hangs", "args": [120], "id": "hung"})
+        api.post("/v1/workflows", {"workflow": "console.fails", "id": "bad"})
+        wait_until(lambda: api.get("/v1/workflows/hung")["head_seq"] >= 2
+                   and api.get("/v1/workflows/bad")["status"] == "failed", what="the runs")
+        browser = Browser(served.port)
+        status, _, text = browser.page("/ui/triage", min="1")
+        assert status == 200 and "No stuck run" in text  # nap has not run long yet
+        time.sleep(1.5)
+        status, _, text = browser.page("/ui/triage", min="1")
+        stuck = text.split('id="stuck"')[1]
+        assert ">hung</a>" in stuck and "step nap running for" in stuck and "usually" in stuck
+        failed = text.split('id="failed"')[1].split("</table>")[0]
+        assert ">bad</a>" in failed and "boom" in failed and "no &lt;b&gt;luck" in failed
+        # Without the low bar, a step of 1.5 s is not stuck (a minute at least).
+        status, _, text = browser.page("/ui/triage")
+        assert "No stuck run" in text
+    finally:
+        served.stop()

@@ -591,42 +591,36 @@ def triage(r: Request) -> tuple[str, Markup]:
                       id="failed") if rows else tag("p", "No failed run.", cls="empty"))
 
     running = r.engine.list(status=ev.RUNNING, limit=300, namespace=r.namespace)
-    durations: dict[str, list[float]] = {}
-    waits = []
+    usual_of: dict[tuple[str, str], Optional[float]] = {}
+    stuck = []
     for info in running:
-        events = _tail(r, info.workflow_id, info, 50)
-        previous = None
-        for event in events:
-            if event.type == ev.STEP_COMPLETED and previous is not None:
-                durations.setdefault(event.data.get("name", ""), []).append(event.at - previous)
-            previous = event.at
         steps = (r.engine.steps_running(info.workflow_id, namespace=r.namespace)
                  if hasattr(r.engine, "steps_running") else [])
         for step in steps:
-            waits.append((info, "step", step.name, now - step.since, None))
+            age = now - step.since
+            if age <= least:
+                continue
+            key = (info.workflow_type, step.name)
+            if key not in usual_of:
+                usual_of[key] = _usual(r, *key)
+            usual = usual_of[key]
+            if usual is not None and age <= 10 * usual:
+                continue
+            why = (f"step {step.name} running for {span(age)}"
+                   + (f", usually {span(usual)}" if usual is not None else ""))
+            stuck.append((age / max(usual or least, 1e-3), info, why))
+        if info.paused:
+            continue
         open_timers: dict[Any, Any] = {}
-        for event in events:
+        for event in _tail(r, info.workflow_id, info, 50):
             if event.type == ev.TIMER_STARTED:
                 open_timers[event.data.get("timer")] = event
             elif event.type in (ev.TIMER_FIRED, ev.TIMER_CANCELLED):
                 open_timers.pop(event.data.get("timer"), None)
         for name, event in open_timers.items():
-            fire_at = event.data.get("fire_at") or now
-            if now > fire_at + 30 and not info.paused:
-                waits.append((info, "timer", name, now - fire_at, None))
-    stuck = []
-    for info, kind, name, age, _ in waits:
-        if kind == "step":
-            usual = statistics.median(durations[name]) if durations.get(name) else None
-            bar = max(float(least), 10 * usual if usual else 0.0)
-            if age <= bar:
-                continue
-            why = (f"step {name} running for {span(age)}"
-                   + (f", usually {span(usual)}" if usual else ""))
-            score = age / max(usual or least, 1e-3)
-        else:
-            why, score = f"timer {name} overdue by {span(age)}", age / 30
-        stuck.append((score, info, why))
+            late = now - (event.data.get("fire_at") or now)
+            if late > 30:
+                stuck.append((late / 30, info, f"timer {name} overdue by {span(late)}"))
     stuck.sort(key=lambda s: s[0], reverse=True)
     stuck_rows = [[status_badge(info.status, info.paused), r.run_link(info.workflow_id),
                    info.workflow_type, when(info.created_at), why] for _, info, why in stuck[:50]]
@@ -638,6 +632,21 @@ def triage(r: Request) -> tuple[str, Markup]:
         tag("p", f"Of {len(running)} running runs: a step in flight more than ten times its usual "
             f"duration (and over {least} s), or a timer overdue by over 30 s.", cls="note"),
         stuck_table)
+
+
+def _usual(r: Request, workflow_type: str, name: str) -> Optional[float]:
+    """The median time step ``name`` took in the last events of up to 20
+    completed runs of ``workflow_type`` (from the event before its
+    outcome: a step's start is not recorded), or None if none took it."""
+    took: list[float] = []
+    for info in r.engine.list(status=ev.COMPLETED, workflow_type=workflow_type, limit=20,
+                              namespace=r.namespace):
+        previous = None
+        for event in _tail(r, info.workflow_id, info, 200):
+            if event.type == ev.STEP_COMPLETED and event.data.get("name") == name and previous:
+                took.append(event.at - previous)
+            previous = event.at
+    return statistics.median(took) if took else None
 
 
 def _failing_step(r: Request, info: Any) -> Markup:

@@ -75,7 +75,12 @@ def worker(tmp_path_factory):
         api.post("/v1/workflows", {"workflow": "console.order", "args": [2], "id": "o-2"})
         api.post("/v1/workflows", {"workflow": "console.fails", "id": EVIL})
         api.post("/v1/workflows", {"workflow": "console.parent", "id": "p-1"})
-        wait_until(lambda: api.get("/v1/workflows/count", status="running")["count"] == 2
+        for wid in ("b-1", "b-2"):
+            api.post("/v1/workflows", {"workflow": "console.order", "args": [3], "id": wid})
+        api.post("/v1/schedules", {"schedule_id": "hourly", "workflow": "console.kid",
+                                   "args": [0], "every": 3600})
+        # Running: o-1, o-2, b-1, b-2 and the schedule's own run.
+        wait_until(lambda: api.get("/v1/workflows/count", status="running")["count"] == 5
                    and api.get("/v1/workflows/count", status="completed")["count"] >= 3,
                    what="the runs to settle")
         served.api = api
@@ -253,6 +258,45 @@ def test_start_a_workflow_and_watch_the_engine(chrome, worker, screens):
     driver.get(f"{worker.base}/ui/triage")
     assert EVIL in by_css(driver, "#failed").text
     driver.save_screenshot(str(screens / "triage.png"))
+
+
+def test_select_many_and_cancel_them_fork_a_run_and_pause_a_schedule(chrome, worker, screens):
+    driver = chrome
+    driver.get(f"{worker.base}/ui/runs?prefix=b-")
+    assert listed(driver) == ["b-1", "b-2"]
+    by_css(driver, "#select-all").click()
+    by_css(driver, 'button[data-bulk="cancel"]').click()
+    accept_confirm(driver)
+    wait_for(driver, lambda d: all(worker.api.get(f"/v1/workflows/{w}")["status"] == "cancelled"
+                                   for w in ("b-1", "b-2")), "both to be cancelled")
+    wait_for(driver, lambda d: [b.get_attribute("data-status") for b in all_css(d, "#runs .badge")]
+             == ["cancelled", "cancelled"], "the list to show them cancelled")
+    # Fork p-1 from its second event: a new run, its page opened.
+    driver.get(f"{worker.base}/ui/run?id=p-1")
+    form = by_css(driver, "#act-fork")
+    seq = form.find_element("css selector", 'input[name="from_seq"]')
+    seq.send_keys("2")  # inside a child's life: refused, and the API's reason shown
+    form.find_element("css selector", 'input[name="new_id"]').send_keys("p-1-fork")
+    form.find_element("css selector", "button").click()
+    accept_confirm(driver)
+    wait_for(driver, lambda d: "a fork cannot share it" in form.find_element(
+        "css selector", "output").text, "the refusal")
+    assert "400 invalid_argument" in form.find_element("css selector", "output").text
+    seq.clear()
+    seq.send_keys("1")
+    form.find_element("css selector", "button").click()
+    accept_confirm(driver)
+    wait_for(driver, lambda d: "id=p-1-fork" in d.current_url, "the fork's page")
+    assert worker.api.get("/v1/workflows/p-1-fork/result", timeout="30")["result"] == [0, None, 2]
+    # A schedule: pause it, and the page offers to resume it.
+    driver.get(f"{worker.base}/ui/schedules")
+    assert "every 1 h 0 min" in by_css(driver, "#schedules").text
+    by_css(driver, "#sched-pause button").click()
+    accept_confirm(driver)
+    wait_for(driver, lambda d: worker.api.get("/v1/schedules/hourly")["paused"], "the pause")
+    driver.get(f"{worker.base}/ui/schedules")
+    assert all_css(driver, "#sched-resume") and "paused" in by_css(driver, "#schedules").text
+    driver.save_screenshot(str(screens / "schedules.png"))
 
 
 def test_a_narrow_window_and_signing_out(chrome, worker, screens):

@@ -238,6 +238,11 @@ class IEventStore(Interface):  # type: ignore[misc]  # zope.interface is untyped
         """Events of the current run's history with ``seq > after_seq``, in
         order; with ``run_id``, of that run (current or continued as new)."""
 
+    def last_of_types(workflow_id: str, types: Sequence[str]) -> Optional[str]:  # noqa: N805
+        """The type of the last event of the current run's history whose type
+        is one of ``types``, or None: read without decoding the history
+        (whether a run is paused, for ``describe``)."""
+
     def get_run(workflow_id: str) -> Optional[RunInfo]:  # noqa: N805
         """The :class:`RunInfo` of a workflow id, or None."""
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from datetime import timedelta
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 from aion_green.core import events as ev
 from aion_green.core.errors import ConfigurationError
@@ -72,12 +72,3 @@ def pause_event(paused: bool, reason: str, at: float, dedup: Optional[str] = Non
     if dedup is not None:
         data["dedup"] = dedup
     return ev.NewEvent(ev.WORKFLOW_PAUSED if paused else ev.WORKFLOW_UNPAUSED, at, data)
-
-
-def paused_in(events: Iterable[ev.Event]) -> bool:
-    """Whether the last pause or unpause of ``events`` is a pause."""
-    paused = False
-    for event in events:
-        if event.type in PAUSE_TYPES:
-            paused = event.type == ev.WORKFLOW_PAUSED
-    return paused

@@ -39,9 +39,9 @@ from aion_green.core import events as ev
 from aion_green.core import namespaces
 from aion_green.core.bounds import (
     DEADLINE_TIMER,
+    PAUSE_TYPES,
     deadline_of,
     pause_event,
-    paused_in,
     timed_out_event,
 )
 from aion_green.core.errors import WorkflowNotRunning
@@ -170,12 +170,7 @@ class Bounds:
         read per due timer of such a run, which is rare."""
         reader = self.epoch.reader
         try:
-            return paused_in(reader.call(reader.store.read, wid).result())
+            last = reader.call(reader.store.last_of_types, wid, tuple(PAUSE_TYPES)).result()
         except Exception:  # the sweep's own read of the store failed just before
             return False
-
-    def is_paused(self, wid: str) -> bool:
-        """Caller's thread: whether the run's history says it is paused now
-        (read from the store, for ``describe``)."""
-        events = self.engine._call_store(self.epoch.store.read, wid)
-        return paused_in(events)
+        return bool(last == ev.WORKFLOW_PAUSED)

@@ -30,7 +30,7 @@ from gevent import monkey
 from aion_green.core import clock as _clock
 from aion_green.core import events as ev
 from aion_green.core import namespaces
-from aion_green.core.bounds import deadline_of, execution_timeout_seconds, paused_in
+from aion_green.core.bounds import PAUSE_TYPES, deadline_of, execution_timeout_seconds
 from aion_green.core.errors import (
     AionError,
     ConfigurationError,
@@ -814,12 +814,14 @@ class Engine:
     def _bounds_of(self, info: RunInfo) -> RunInfo:
         """``info`` with its execution deadline and, running, whether it is
         paused: both read from its history (runtime/bounds.py)."""
-        events = self._call_store(self._epoch.store.read, info.workflow_id, 0,
-                                  None if not info.finished else 1)
+        store = self._epoch.store
+        events = self._call_store(store.read, info.workflow_id, 0, 1)
         if not events:
             return info
+        paused = not info.finished and self._call_store(
+            store.last_of_types, info.workflow_id, tuple(PAUSE_TYPES)) == ev.WORKFLOW_PAUSED
         return dataclasses.replace(info, execution_deadline=deadline_of(events[0].data),
-                                   paused=not info.finished and paused_in(events))
+                                   paused=paused)
 
     def list(self, status: Optional[str] = None,
              workflow_type: Union[None, str, Callable[..., Any]] = None,

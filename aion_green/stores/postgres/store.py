@@ -476,6 +476,11 @@ class PostgresStore:
             params += (limit,)
         return [ev.Event(seq, typ, at, json.loads(data)) for seq, typ, at, data in self._query(sql, params)]
 
+    def last_of_types(self, workflow_id: str, types: Sequence[str]) -> Optional[str]:
+        rows = self._query("SELECT type FROM aion_events WHERE workflow_id=%s AND type = ANY(%s) "
+                           "ORDER BY seq DESC LIMIT 1", (workflow_id, list(types)))
+        return str(rows[0][0]) if rows else None
+
     def get_run(self, workflow_id: str) -> Optional[RunInfo]:
         rows = self._query(f"SELECT {_RUN_COLUMNS} FROM aion_runs WHERE workflow_id=%s", (workflow_id,))
         return self._with_attributes([_run_info(rows[0])])[0] if rows else None

@@ -344,6 +344,17 @@ class SQLiteStore:
         except _FAULTS as exc:
             raise _translate(exc, self.path) from None
 
+    def last_of_types(self, workflow_id: str, types: Sequence[str]) -> Optional[str]:
+        self._file.check(commit=False)
+        marks = ",".join("?" * len(types))
+        try:
+            row = self._conn.execute(
+                f"SELECT type FROM events WHERE workflow_id=? AND type IN ({marks}) "
+                "ORDER BY seq DESC LIMIT 1", (workflow_id, *types)).fetchone()
+        except _FAULTS as exc:
+            raise _translate(exc, self.path) from None
+        return None if row is None else str(row[0])
+
     def get_run(self, workflow_id: str) -> Optional[RunInfo]:
         self._file.check(commit=False)
         try:

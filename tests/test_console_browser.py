@@ -75,13 +75,14 @@ def worker(tmp_path_factory):
         api.post("/v1/workflows", {"workflow": "console.order", "args": [2], "id": "o-2"})
         api.post("/v1/workflows", {"workflow": "console.fails", "id": EVIL})
         api.post("/v1/workflows", {"workflow": "console.parent", "id": "p-1"})
+        api.post("/v1/workflows", {"workflow": "console.many", "args": [450, 100], "id": "long"})
         for wid in ("b-1", "b-2"):
             api.post("/v1/workflows", {"workflow": "console.order", "args": [3], "id": wid})
         api.post("/v1/schedules", {"schedule_id": "hourly", "workflow": "console.kid",
                                    "args": [0], "every": 3600})
         # Running: o-1, o-2, b-1, b-2 and the schedule's own run.
         wait_until(lambda: api.get("/v1/workflows/count", status="running")["count"] == 5
-                   and api.get("/v1/workflows/count", status="completed")["count"] >= 3,
+                   and api.get("/v1/workflows/count", status="completed")["count"] >= 4,
                    what="the runs to settle")
         served.api = api
         served.base = f"http://127.0.0.1:{served.port}"
@@ -297,6 +298,24 @@ def test_select_many_and_cancel_them_fork_a_run_and_pause_a_schedule(chrome, wor
     driver.get(f"{worker.base}/ui/schedules")
     assert all_css(driver, "#sched-resume") and "paused" in by_css(driver, "#schedules").text
     driver.save_screenshot(str(screens / "schedules.png"))
+
+
+def test_a_long_history_pages_in_as_it_scrolls_and_filters_to_failures(chrome, worker, screens):
+    driver = chrome
+    head = worker.api.get("/v1/workflows/long")["head_seq"]
+    driver.get(f"{worker.base}/ui/run?id=long")
+    seqs = lambda d: [int(r.get_attribute("data-seq")) for r in all_css(d, "#timeline tr")]  # noqa: E731
+    assert seqs(driver) == list(range(head, head - 100, -1))
+    while all_css(driver, "#older"):
+        count = len(seqs(driver))
+        driver.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+        wait_for(driver, lambda d, seen=count: len(seqs(d)) > seen or not all_css(d, "#older"),
+                 "the next older page")
+    assert seqs(driver) == list(range(head, 0, -1))  # every event once, newest first
+    by_css(driver, "#failures-only").click()
+    wait_for(driver, lambda d: "only=failures" in d.current_url, "the failures")
+    kinds = {r.get_attribute("data-type") for r in all_css(driver, "#timeline tr")}
+    assert kinds == {"StepFailed"} and len(seqs(driver)) == 5
 
 
 def test_a_narrow_window_and_signing_out(chrome, worker, screens):

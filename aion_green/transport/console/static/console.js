@@ -197,6 +197,39 @@
     });
   }
 
+  // -- more history on scroll: the next older page, appended ----------------------------------
+  const older = document.getElementById("older");
+  if (older && timeline && window.IntersectionObserver && window.DOMParser) {
+    let loading = false;
+    const observer = new IntersectionObserver(async (entries) => {
+      if (loading || !entries.some((entry) => entry.isIntersecting)) return;
+      loading = true;
+      try {
+        const response = await fetch(older.getAttribute("href"), { credentials: "same-origin" });
+        if (!response.ok) throw new Error(`${response.status}`);
+        const page = new DOMParser().parseFromString(await response.text(), "text/html");
+        for (const row of page.querySelectorAll("#timeline tr")) {
+          if (!timeline.querySelector(`tr[data-seq="${row.dataset.seq}"]`)) {
+            timeline.appendChild(document.importNode(row, true));
+          }
+        }
+        const next = page.getElementById("older");
+        if (next) {
+          older.setAttribute("href", next.getAttribute("href"));
+        } else {
+          observer.disconnect();
+          older.remove();
+        }
+      } catch (e) {
+        older.textContent = `older events (could not load: ${e.message})`;
+        observer.disconnect();
+      } finally {
+        loading = false;
+      }
+    }, { rootMargin: "200px" });
+    observer.observe(older);
+  }
+
   // -- metric charts on the engines page ----------------------------------------------------
   const charts = document.getElementById("charts");
   if (charts && charts.dataset.source) {

@@ -423,3 +423,38 @@ def test_triage_ranks_a_step_stuck_far_longer_than_usual(tmp_path):
         assert "No stuck run" in text
     finally:
         served.stop()
+
+
+def test_pause_unpause_terminate_and_resume_from_the_console(tmp_path):
+    served = start_worker(tmp_path)
+    try:
+        api = Api(served.port, None)
+        api.post("/v1/workflows", {"workflow": "console.order", "args": [5], "id": "r-1"})
+        wait_until(lambda: api.get("/v1/workflows/r-1")["head_seq"] >= 4, what="r-1 to wait")
+        browser = Browser(served.port)
+        status, _, text = browser.page("/ui/run", id="r-1")
+        assert 'id="act-pause"' in text and 'id="act-unpause"' not in text
+        status, _, doc = browser.act("/ui/api/v1/workflows/pause", {"reason": "look first"},
+                                     workflow_id="r-1")
+        assert status == 200 and doc["paused"] is True
+        status, _, text = browser.page("/ui/run", id="r-1")
+        assert "running (paused)" in text and 'id="act-unpause"' in text
+        assert 'data-type="WorkflowPaused"' in text and "look first" in text
+        status, _, doc = browser.act("/ui/api/v1/workflows/unpause", {}, workflow_id="r-1")
+        assert status == 200 and doc["paused"] is False
+        status, _, doc = browser.act("/ui/api/v1/workflows/terminate", {"reason": "enough"},
+                                     workflow_id="r-1")
+        assert status == 200 and doc["terminated"] is True
+        wait_until(lambda: api.get("/v1/workflows/r-1")["status"] == "cancelled",
+                   what="r-1 to end")
+        status, _, text = browser.page("/ui/run", id="r-1")
+        assert 'id="act-resume"' in text and 'id="act-terminate"' not in text
+        status, _, doc = browser.act("/ui/api/v1/workflows/resume", {}, workflow_id="r-1")
+        assert status == 200, doc
+        wait_until(lambda: api.get("/v1/workflows/r-1")["status"] == "running",
+                   what="r-1 to run again")
+        api.post("/v1/workflows/signals", {"payload": "again"}, workflow_id="r-1", name="go")
+        assert api.get("/v1/workflows/r-1/result", timeout="30")["result"] == {
+            "n": 5, "got": "again"}
+    finally:
+        served.stop()

@@ -97,3 +97,9 @@ def hangs(ctx, seconds):
     """One quick step, then a step that takes ``seconds``."""
     ctx.step(add, 1, 1)
     return ctx.step(nap, seconds)
+
+
+@aion.workflow(name="console.sleeper")
+def sleeper(ctx, seconds):
+    ctx.sleep(seconds)
+    return seconds

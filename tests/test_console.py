@@ -405,6 +405,11 @@ def test_triage_ranks_a_step_stuck_far_longer_than_usual(tmp_path):
         api = Api(served.port, None)
         api.post("/v1/workflows", {"workflow": "console.hangs", "args": [0.01], "id": "quick"})
         api.get("/v1/workflows/quick/result", timeout="30")
+        for i in range(3):
+            api.post("/v1/workflows", {"workflow": "console.sleeper", "args": [0.05],
+                                       "id": f"nap-{i}"})
+            api.get(f"/v1/workflows/nap-{i}/result", timeout="30")
+        api.post("/v1/workflows", {"workflow": "console.sleeper", "args": [3600], "id": "sleepy"})
         api.post("/v1/workflows", {"workflow": "console.hangs", "args": [120], "id": "hung"})
         api.post("/v1/workflows", {"workflow": "console.fails", "id": "bad"})
         wait_until(lambda: api.get("/v1/workflows/hung")["head_seq"] >= 2
@@ -416,6 +421,7 @@ def test_triage_ranks_a_step_stuck_far_longer_than_usual(tmp_path):
         status, _, text = browser.page("/ui/triage", min="1")
         stuck = text.split('id="stuck"')[1]
         assert ">hung</a>" in stuck and "step nap running for" in stuck and "usually" in stuck
+        assert ">sleepy</a>" in stuck and "timer t1 waited on for" in stuck
         failed = text.split('id="failed"')[1].split("</table>")[0]
         assert ">bad</a>" in failed and "boom" in failed and "no &lt;b&gt;luck" in failed
         # Without the low bar, a step of 1.5 s is not stuck (a minute at least).

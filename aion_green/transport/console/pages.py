@@ -570,9 +570,11 @@ def _restarts(r: Request, info: Any) -> int:
 # -- triage ------------------------------------------------------------------------------------------
 def triage(r: Request) -> tuple[str, Markup]:
     """Failed runs (the latest failures first), then stuck runs: a step in
-    flight far longer than that step usually takes (10 times its median
-    recorded duration, and at least ``min`` seconds, 60 by default), or a
-    timer overdue by more than 30 seconds."""
+    flight, or a timer waited on, far longer than usual for the run's type
+    (10 times the median in completed runs of the type, and at least
+    ``min`` seconds, 60 by default), or a timer overdue by more than 30
+    seconds. Steps in flight are this engine's (on PostgreSQL, another
+    engine's steps show by their timers and ages only)."""
     now = time.time()
     least = r.number("min", 60, 1, 10 ** 7)
     failed = []
@@ -621,6 +623,18 @@ def triage(r: Request) -> tuple[str, Markup]:
             late = now - (event.data.get("fire_at") or now)
             if late > 30:
                 stuck.append((late / 30, info, f"timer {name} overdue by {span(late)}"))
+                continue
+            age = now - event.at
+            if age <= least:
+                continue
+            key = (info.workflow_type, _TIMER)
+            if key not in usual_of:
+                usual_of[key] = _usual(r, *key)
+            usual = usual_of[key]
+            if usual is not None and age > 10 * usual:
+                stuck.append((age / max(usual, 1e-3), info, f"timer {name} waited on for "
+                              f"{span(age)}, usually {span(usual)} (it fires at "
+                              f"{when(event.data.get('fire_at'))})"))
     stuck.sort(key=lambda s: s[0], reverse=True)
     stuck_rows = [[status_badge(info.status, info.paused), r.run_link(info.workflow_id),
                    info.workflow_type, when(info.created_at), why] for _, info, why in stuck[:50]]
@@ -629,21 +643,33 @@ def triage(r: Request) -> tuple[str, Markup]:
     return "Triage", join(
         tag("h2", f"Failed ({len(failed)}{'+' if len(failed) >= 500 else ''})"), failures,
         tag("h2", f"Stuck ({len(stuck)})"),
-        tag("p", f"Of {len(running)} running runs: a step in flight more than ten times its usual "
-            f"duration (and over {least} s), or a timer overdue by over 30 s.", cls="note"),
+        tag("p", f"Of {len(running)} running runs: a step in flight or a timer waited on more "
+            f"than ten times as long as usual for the type (and over {least} s), or a timer "
+            "overdue by over 30 s.", cls="note"),
         stuck_table)
 
 
+_TIMER = "\x00timer"  # the key of timer waits among step names (no step is named so)
+
+
 def _usual(r: Request, workflow_type: str, name: str) -> Optional[float]:
-    """The median time step ``name`` took in the last events of up to 20
-    completed runs of ``workflow_type`` (from the event before its
-    outcome: a step's start is not recorded), or None if none took it."""
+    """The median time step ``name`` took (or, for ``_TIMER``, a timer was
+    waited on, from its start to its fire) in the last events of up to 20
+    completed runs of ``workflow_type``, or None if none did. A step's
+    time runs from the event before its outcome (its start is not
+    recorded)."""
     took: list[float] = []
     for info in r.engine.list(status=ev.COMPLETED, workflow_type=workflow_type, limit=20,
                               namespace=r.namespace):
         previous = None
+        timers: dict[Any, float] = {}
         for event in _tail(r, info.workflow_id, info, 200):
-            if event.type == ev.STEP_COMPLETED and event.data.get("name") == name and previous:
+            if name == _TIMER:
+                if event.type == ev.TIMER_STARTED:
+                    timers[event.data.get("timer")] = event.at
+                elif event.type == ev.TIMER_FIRED and event.data.get("timer") in timers:
+                    took.append(event.at - timers.pop(event.data.get("timer")))
+            elif event.type == ev.STEP_COMPLETED and event.data.get("name") == name and previous:
                 took.append(event.at - previous)
             previous = event.at
     return statistics.median(took) if took else None

@@ -10,7 +10,10 @@ Fixtures:
   test's start; ``aion_time.advance(timedelta(days=30))`` moves it and fires
   every durable timer that came due (recorded, as in production) before it
   returns, so a month-long sleep takes milliseconds. ``aion_time.now()`` is
-  the frozen wall clock.
+  the frozen wall clock. ``time.monotonic`` and ``time.perf_counter`` keep
+  running (a test's own timeouts, and the waits of the libraries it uses,
+  measure real time); mark a test ``@pytest.mark.aion_time(freeze_monotonic=True)``
+  to freeze them too.
 
 Helper:
 
@@ -87,6 +90,7 @@ class TimeTravel:
         from aion_green.core import clock as _clock
 
         engine = self.engine
+        engine._ensure_started()  # (a test may move the clock before its first run)
         began = _clock.monotonic()
         deadline = began + timeout
         while True:
@@ -147,12 +151,44 @@ def aion_engine(tmp_path: Any) -> Iterator["Engine"]:
         engine.shutdown()
 
 
+def pytest_configure(config: Any) -> None:
+    config.addinivalue_line(
+        "markers", "aion_time(freeze_monotonic=False): the aion_time fixture's options; "
+        "freeze_monotonic=True freezes time.monotonic and time.perf_counter with the wall clock")
+
+
 @pytest.fixture
-def aion_time(aion_engine: "Engine") -> Iterator[TimeTravel]:
+def aion_time(aion_engine: "Engine", request: Any) -> Iterator[TimeTravel]:
     from freezegun import freeze_time
 
-    with freeze_time(datetime.now(tz=timezone.utc)) as frozen:
+    marker = request.node.get_closest_marker("aion_time")
+    freeze_monotonic = bool(marker is not None and marker.kwargs.get("freeze_monotonic"))
+    freezer = freeze_time(datetime.now(tz=timezone.utc))
+    frozen = freezer.start()
+    try:
+        if not freeze_monotonic:
+            _thaw_monotonic(freezer)
         yield TimeTravel(aion_engine, frozen)
+    finally:
+        freezer.stop()
+
+
+def _thaw_monotonic(freezer: Any) -> None:
+    """Give ``time.monotonic``, ``time.perf_counter`` (and their ``_ns``
+    forms) back their real functions while the wall clock stays frozen,
+    wherever freezegun put its fakes: in ``time`` and in every module that
+    imported them by name. (Its ``stop()`` puts the reals back as usual.)"""
+    from freezegun import api
+
+    reals = {name: getattr(api, f"real_{name}") for name in
+             ("monotonic", "perf_counter", "monotonic_ns", "perf_counter_ns")
+             if hasattr(api, f"real_{name}") and hasattr(time, name)}
+    for name, real in reals.items():
+        setattr(time, name, real)
+    kept = {id(real) for real in reals.values()}
+    for module, attribute, original in freezer.undo_changes:
+        if id(original) in kept:
+            setattr(module, attribute, original)
 
 
 # -- the replay checker -------------------------------------------------------------------

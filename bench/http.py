@@ -41,7 +41,7 @@ def free_port():
 
 def start_server(workers, directory):
     port = free_port()
-    env = dict(os.environ, AION_DB=f"sqlite:///{os.path.join(directory, 'bench.db')}",
+    env = dict(os.environ, AION_GREEN_DB=f"sqlite:///{os.path.join(directory, 'bench.db')}",
                PYTHONPATH=ROOT)
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", str(workers), "-b",

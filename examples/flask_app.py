@@ -2,7 +2,7 @@
 
 Run it under gunicorn's gevent worker, with or without ``--preload``::
 
-    AION_DB=sqlite:///shop.db gunicorn -k gevent -w 2 -b 127.0.0.1:8000 examples.flask_app:app
+    AION_GREEN_DB=sqlite:///shop.db gunicorn -k gevent -w 2 -b 127.0.0.1:8000 examples.flask_app:app
 
 Every worker gets its own engine, started on its first request (never at
 import, so an engine built in gunicorn's master before the fork is started
@@ -57,7 +57,7 @@ def checkout(ctx, order_id):
 
 
 # Built at import, started lazily: safe under gunicorn --preload.
-engine = aion.Engine(os.environ.get("AION_DB", "sqlite:///shop.db"), workflows=[ship, stamp, checkout])
+engine = aion.Engine(os.environ.get("AION_GREEN_DB", "sqlite:///shop.db"), workflows=[ship, stamp, checkout])
 app = Flask(__name__)
 
 

@@ -42,7 +42,7 @@ def shop(request, tmp_path):
     preload = request.param
     port = free_port()
     db = tmp_path / "shop.db"
-    env = dict(os.environ, AION_DB=f"sqlite:///{db}", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, AION_GREEN_DB=f"sqlite:///{db}", PYTHONPATH=str(ROOT))
     env.pop("AION_GEVENT_PATCH", None)
     args = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2", "-b", f"127.0.0.1:{port}",
             "--no-control-socket", "--graceful-timeout", "5", "--chdir", str(ROOT),

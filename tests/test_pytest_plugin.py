@@ -37,6 +37,49 @@ USER_TESTS = textwrap.dedent('''
 ''')
 
 
+MONOTONIC_TESTS = textwrap.dedent('''
+    import time
+    from datetime import timedelta
+
+    import pytest
+    from time import monotonic as imported_monotonic
+
+
+    def test_the_monotonic_clocks_keep_running(aion_time):
+        wall, mono, perf, by_name = (time.time(), time.monotonic(), time.perf_counter(),
+                                     imported_monotonic())
+        time.sleep(0.05)
+        assert time.time() == wall                      # the wall clock is frozen
+        assert time.monotonic() - mono >= 0.04          # these run
+        assert time.perf_counter() - perf >= 0.04
+        assert imported_monotonic() - by_name >= 0.04   # imported by name too
+        aion_time.advance(timedelta(hours=1))
+        assert time.time() - wall >= 3600
+        assert time.monotonic() - mono < 600
+
+
+    @pytest.mark.aion_time(freeze_monotonic=True)
+    def test_asked_they_freeze_with_the_wall_clock(aion_time):
+        mono = time.monotonic()
+        time.sleep(0.05)
+        assert time.monotonic() == mono
+        aion_time.advance(timedelta(hours=1))
+        assert time.monotonic() - mono >= 3600
+
+
+    def test_after_the_fixture_every_clock_is_real_again():
+        wall = time.time()
+        time.sleep(0.02)
+        assert time.time() > wall
+''')
+
+
+def test_aion_time_leaves_the_monotonic_clocks_running_unless_asked(pytester):
+    pytester.makepyfile(test_clocks=MONOTONIC_TESTS)
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", "-p", "no:randomly")
+    result.assert_outcomes(passed=3)
+
+
 def test_the_plugin_gives_a_users_suite_an_engine_and_time_travel(pytester):
     pytester.makepyfile(test_user=USER_TESTS)
     result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")

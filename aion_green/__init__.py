@@ -51,7 +51,7 @@ _LAZY = {
     "SCHEDULE_WORKFLOW": "runtime.schedules", "Retry": "workflows.steps",
     "StepInfo": "workflows.steps", "step_info": "workflows.steps",
     "SQLiteStore": "stores.sqlite.store", "ChildSpec": "workflows.supervision",
-    "Cron": "runtime.triggers",
+    "Cron": "runtime.triggers", "step": "workflows.declared", "WorkflowInfo": "workflows.context",
 }
 
 if TYPE_CHECKING:  # pragma: no cover - what the type checkers see
@@ -60,7 +60,8 @@ if TYPE_CHECKING:  # pragma: no cover - what the type checkers see
     from aion_green.runtime.triggers import Cron
     from aion_green.stores.sqlite.store import SQLiteStore
     from aion_green.workflows.children import ChildHandle
-    from aion_green.workflows.context import WorkflowContext
+    from aion_green.workflows.context import WorkflowContext, WorkflowInfo
+    from aion_green.workflows.declared import step
     from aion_green.workflows.fanout import Step
     from aion_green.workflows.steps import Retry, StepInfo, step_info
     from aion_green.workflows.supervision import ChildSpec
@@ -88,7 +89,8 @@ __all__ = [
     "StepArgumentsChanged", "StepError", "StepInfo", "StepRunning", "StepTimeout",
     "StoreCorrupt", "StoreError", "StoreLost", "StoreUnavailable", "Timeout",
     "WorkflowArgumentsInvalid", "WorkflowCancelled", "WorkflowContinuedAsNew",
-    "WorkflowContext", "WorkflowFailed", "WorkflowHandle", "WorkflowIdConflict", "WorkflowNotFound",
-    "WorkflowNotRegistered", "WorkflowNotRunning", "WorkflowTimedOut", "step_info", "workflow",
+    "WorkflowContext", "WorkflowFailed", "WorkflowHandle", "WorkflowIdConflict", "WorkflowInfo",
+    "WorkflowNotFound",
+    "WorkflowNotRegistered", "WorkflowNotRunning", "WorkflowTimedOut", "step", "step_info", "workflow",
 ]
 __version__ = "0.1.0"

@@ -247,6 +247,8 @@ def _replay_one(engine: "Engine", fn: Any, info: Any, history: list[Any]) -> Opt
     world (a step, a record, creating a child, sending a message, a cancel)
     is refused or skipped; the replay ends where the history ends."""
     from aion_green.core.errors import NonDeterminismError
+    from aion_green.core import namespaces
+    from aion_green.workflows import declared
     from aion_green.workflows.context import WorkflowContext
 
     recorded = history[:-1] if history and history[-1].type in _TERMINAL else history
@@ -256,6 +258,8 @@ def _replay_one(engine: "Engine", fn: Any, info: Any, history: list[Any]) -> Opt
         ctx = WorkflowContext(host, info.workflow_id, info.run_id, info.workflow_type,
                               recorded, _NoRecorder())
         host.ctx = ctx
+        declared.enter(ctx)  # its @aion.step calls replay as steps
+        ctx._parent_id = None if info.parent_id is None else namespaces.local(info.parent_id)
         ctx._wait = _no_wait  # type: ignore[method-assign]
         ctx._record = _refuse  # type: ignore[method-assign]
         args = recorded[0].data.get("args", info.args)

@@ -23,7 +23,7 @@ import gevent
 from gevent import GreenletExit, monkey
 
 from aion_green.core import events as ev
-from aion_green.core import logs
+from aion_green.core import logs, namespaces
 from aion_green.core.bounds import deadline_of
 from aion_green.core.errors import (
     Cancelled,
@@ -49,6 +49,7 @@ from aion_green.runtime.residency import RunEvicted
 from aion_green.runtime.routing import _Reroute
 from aion_green.runtime.termination import RunTerminated
 from aion_green.store import RunInfo
+from aion_green.workflows import declared
 from aion_green.workflows.context import ContinueAsNew, RunAborted, RunLost, WorkflowContext
 from aion_green.workflows.host import RunLog
 from aion_green.workflows.steps import Retry, StepInfo, attempt_event, error_data, failed_event
@@ -401,6 +402,8 @@ class Runner:
                                   recorder)
             self.epoch.runs.attach(wid, ctx)
             ctx._greenlet = gevent.getcurrent()
+            declared.enter(ctx)  # @aion.step functions called here run as its steps
+            ctx._parent_id = None if info.parent_id is None else namespaces.local(info.parent_id)
             for early in self.epoch.early.pop(wid, ()):
                 self.deliver(wid, *early)
             for key, fire_at in pending_timers(history).items():

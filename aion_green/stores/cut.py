@@ -125,6 +125,7 @@ def plan_copy(mode: str, source_id: str, history: Sequence[ev.Event], from_seq: 
             if kept in source:
                 started[kept] = source[kept]
         started["resumed_from"] = origin
+        started["attempt"] = int(source.get("attempt", 1)) + 1  # ctx.info.attempt
     # ctx.random() and ctx.uuid4() go on from the source's generator: the
     # copied records may hold values drawn from it.
     started["random_seed"] = source.get("random_seed") or f"{source_id}\x00{source_run}"

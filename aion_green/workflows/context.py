@@ -20,6 +20,7 @@ from typing import (
     Any,
     Callable,
     Iterator,
+    NamedTuple,
     NoReturn,
     Optional,
     Sequence,
@@ -102,6 +103,24 @@ class RunAborted(BaseException):
 _NONE: frozenset[str] = frozenset()
 
 
+class WorkflowInfo(NamedTuple):
+    """``ctx.info``: who this run is. ``attempt`` counts the times the run
+    began in place: 1, plus one per ``engine.resume`` of it after it failed
+    or was cancelled; ``generation`` its number in its chain (1, plus one
+    per ``continue_as_new``); ``parent_id`` the workflow id of the run that
+    started it (a child's), else None; ``started_at`` the time its
+    ``WorkflowStarted`` was recorded (aware, UTC: the same on replay)."""
+
+    workflow_id: str
+    run_id: str
+    namespace: str
+    workflow_type: str
+    attempt: int
+    generation: int
+    parent_id: Optional[str]
+    started_at: datetime
+
+
 class WorkflowContext:
     """The workflow's handle on the engine (``ctx``)."""
 
@@ -120,6 +139,8 @@ class WorkflowContext:
         self._cursor = HistoryCursor(self.workflow_id, history)
         # The run's number within its workflow id (continue_as_new adds one).
         self.generation: int = int(history[0].data.get("generation", 1))
+        self._started = history[0]
+        self._parent_id: Optional[str] = None  # set by the engine as the run begins
         self._run_key = run_key(workflow_id, self.generation)
         self._parent_key = (workflow_id, run_id)  # names this run to its child tasks
         self._recorder = recorder
@@ -419,6 +440,15 @@ class WorkflowContext:
             self._scopes = tuple(k for k in self._scopes if k != key)
             if not expired:
                 self._cancel_timer(key)
+
+    @property
+    def info(self) -> WorkflowInfo:
+        """Who this run is: :class:`WorkflowInfo` (from its history: the
+        same on replay)."""
+        started = self._started
+        return WorkflowInfo(self.workflow_id, self.run_id, self.namespace, self.workflow_type,
+                            int(started.data.get("attempt", 1)), self.generation,
+                            self._parent_id, started.time)
 
     def set_query(self, name: str, handler: Callable[..., Any]) -> None:
         """Answer ``engine.query(id, name, *args)`` with ``handler(*args)``,

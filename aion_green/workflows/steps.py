@@ -30,6 +30,7 @@ from aion_green.core.errors import (
 from aion_green.core.events import STEP_COMPLETED, STEP_FAILED, Event, NewEvent, encode_decoded
 from aion_green.core.history import run_key
 from aion_green.core.logs import step_fields
+from aion_green.workflows.declared import DeclaredStep
 
 if TYPE_CHECKING:  # pragma: no cover
     from aion_green.workflows.context import WorkflowContext
@@ -123,8 +124,29 @@ def step_info() -> StepInfo:
     return info
 
 
+def check_timeout(timeout: Seconds, what: str) -> float:
+    """A step attempt's timeout in seconds: positive, else a ValueError naming ``what``."""
+    limit = _clock.seconds_of(timeout, what)
+    if not limit > 0:
+        raise ValueError(f"{what}: a step's timeout is a positive number of seconds or a "
+                         "timedelta")
+    return limit
+
+
 def step_name(fn: Callable[..., Any]) -> str:
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    """The name a step's records give it: the function's qualified name
+    (``charge``, ``Billing.charge``); through ``functools.partial`` and
+    ``@aion.step``, the function's; an object that is called, its class's.
+    Never a ``repr`` (it would hold an address, another on every run)."""
+    while True:
+        if isinstance(fn, functools.partial):
+            fn = fn.func
+        elif type(fn) is DeclaredStep:
+            fn = fn.fn
+        else:
+            break
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    return name if isinstance(name, str) else type(fn).__qualname__
 
 
 def error_data(error: BaseException) -> dict[str, Any]:
@@ -258,11 +280,13 @@ def workflow_step(ctx: "WorkflowContext", fn: Callable[..., Any], *args: Any,
     policy allows.)"""
     if ctx._divergence is not None or ctx._failure is not None or ctx._host.closing:
         ctx._check()  # raises
+    if type(fn) is DeclaredStep:  # @aion.step: its options, where the call gives none
+        declared, fn = fn, fn.fn
+        retry = declared.retry if retry is None else retry
+        timeout = declared.timeout if timeout is None else timeout
+        name = name or declared.name
     policy = retry or NO_RETRY
-    limit = None if timeout is None else _clock.seconds_of(timeout, f"ctx.step(..., timeout={timeout!r})")
-    if limit is not None and not limit > 0:
-        raise ValueError(f"ctx.step(..., timeout={timeout!r}): a step's timeout is a positive "
-                         "number of seconds or a timedelta")
+    limit = None if timeout is None else check_timeout(timeout, f"ctx.step(..., timeout={timeout!r})")
     ctx._step_ordinal += 1
     ordinal = ctx._step_ordinal
     sname = name or getattr(fn, "__qualname__", None) or step_name(fn)

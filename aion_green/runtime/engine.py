@@ -57,7 +57,7 @@ from aion_green.core.errors import (
 )
 from aion_green.core.history import search_attributes
 from aion_green.core.registry import Registry, check_arguments, signature_from, workflow_name
-from aion_green.core.schedule import ScheduleInfo
+from aion_green.core.schedule import CatchUp, Overlap, ScheduleInfo
 from aion_green.hub_thread import Future
 from aion_green.runtime import global_events, retention, rewind, schedules, search
 from aion_green.runtime.epoch import Epoch
@@ -599,10 +599,22 @@ class Engine:
         if epoch.sharing.driving:
             epoch.timers.poke()
 
-    def schedule(self, schedule_id: str, fn: Union[str, Callable[..., Any]], *args: Any,
-                 cron: Optional[str] = None, every: Union[None, timedelta, float] = None,
-                 start_at: Optional[datetime] = None, timezone: Optional[str] = None,
-                 overlap: str = "skip", catch_up: str = "one",
+    @overload
+    def schedule(self, schedule_id: str, fn: Callable[[WorkflowContext, Unpack[_Ts]], object],
+                 *args: Unpack[_Ts], cron: Optional[str] = None,
+                 every: Union[None, timedelta, float] = None, start_at: Optional[datetime] = None,
+                 timezone: Optional[str] = None, overlap: Overlap = "skip", catch_up: CatchUp = "one",
+                 namespace: Optional[str] = None) -> WorkflowHandle[Any]: ...
+    @overload
+    def schedule(self, schedule_id: str, fn: str, *args: Any, cron: Optional[str] = None,
+                 every: Union[None, timedelta, float] = None, start_at: Optional[datetime] = None,
+                 timezone: Optional[str] = None, overlap: Overlap = "skip", catch_up: CatchUp = "one",
+                 namespace: Optional[str] = None) -> WorkflowHandle[Any]: ...
+
+    def schedule(self, schedule_id: str, fn: Union[str, Callable[[WorkflowContext, Unpack[_Ts]], object]],
+                 *args: Unpack[_Ts], cron: Optional[str] = None,
+                 every: Union[None, timedelta, float] = None, start_at: Optional[datetime] = None,
+                 timezone: Optional[str] = None, overlap: Overlap = "skip", catch_up: CatchUp = "one",
                  namespace: Optional[str] = None) -> WorkflowHandle[Any]:
         """Start ``fn(ctx, *args)`` on a trigger, durably: at each fire time
         of ``cron`` (five fields, UTC unless ``timezone``) or ``every`` (a
@@ -648,7 +660,7 @@ class Engine:
                         args: Optional[builtins.list[Any]] = schedules._UNSET,
                         start_at: Optional[datetime] = schedules._UNSET,
                         timezone: Optional[str] = schedules._UNSET,
-                        overlap: str = schedules._UNSET, catch_up: str = schedules._UNSET,
+                        overlap: Overlap = schedules._UNSET, catch_up: CatchUp = schedules._UNSET,
                         namespace: Optional[str] = None) -> None:
         """Change a schedule's spec: only what is given changes (``cron``
         replaces an interval and ``every`` a cron). Checked as

@@ -40,7 +40,7 @@ from urllib.parse import quote, urlencode, urlsplit
 from aion_green.core import errors
 from aion_green.core.events import TERMINAL_TYPES, Event, attribute_text
 from aion_green.core.registry import workflow_name
-from aion_green.core.schedule import ScheduleInfo
+from aion_green.core.schedule import CatchUp, Overlap, ScheduleInfo
 from aion_green.store import EventPage, GlobalEvent, RunInfo
 from aion_green.transport.codec import (
     ERRORS,
@@ -146,10 +146,22 @@ class Client:
         return RemoteHandle(self, reply["workflow_id"], reply.get("run_id"),
                             reply.get("namespace") or namespace)
 
-    def schedule(self, schedule_id: str, fn: Union[str, Callable[..., Any]], *args: Any,
-                 cron: Optional[str] = None, every: Union[None, timedelta, float] = None,
-                 start_at: Optional[datetime] = None, timezone: Optional[str] = None,
-                 overlap: str = "skip", catch_up: str = "one",
+    @overload
+    def schedule(self, schedule_id: str, fn: Callable[[WorkflowContext, Unpack[_Ts]], object],
+                 *args: Unpack[_Ts], cron: Optional[str] = None,
+                 every: Union[None, timedelta, float] = None, start_at: Optional[datetime] = None,
+                 timezone: Optional[str] = None, overlap: Overlap = "skip", catch_up: CatchUp = "one",
+                 namespace: Optional[str] = None) -> RemoteHandle[Any]: ...
+    @overload
+    def schedule(self, schedule_id: str, fn: str, *args: Any, cron: Optional[str] = None,
+                 every: Union[None, timedelta, float] = None, start_at: Optional[datetime] = None,
+                 timezone: Optional[str] = None, overlap: Overlap = "skip", catch_up: CatchUp = "one",
+                 namespace: Optional[str] = None) -> RemoteHandle[Any]: ...
+
+    def schedule(self, schedule_id: str, fn: Union[str, Callable[[WorkflowContext, Unpack[_Ts]], object]],
+                 *args: Unpack[_Ts], cron: Optional[str] = None,
+                 every: Union[None, timedelta, float] = None, start_at: Optional[datetime] = None,
+                 timezone: Optional[str] = None, overlap: Overlap = "skip", catch_up: CatchUp = "one",
                  namespace: Optional[str] = None) -> RemoteHandle[Any]:
         """``Engine.schedule`` through the API (``every`` in seconds or a timedelta)."""
         seconds = every.total_seconds() if isinstance(every, timedelta) else every

@@ -148,6 +148,7 @@ def in_a_step() -> int:
 
 
 def engine_api(tmp: Path) -> None:
+    aion.Retyr(max_attempts=3)  # type: ignore[attr-defined]  # (the lazy names hide no typo)
     assert_type(checkout.__name__, str)  # the decorator keeps the function as it is
     with aion.Engine(f"sqlite:///{tmp / 'orders.db'}", workflows=[checkout, ship, audit],
                      step_workers=4, max_resident=1000) as engine:
@@ -180,6 +181,15 @@ def engine_api(tmp: Path) -> None:
         assert_type(events[0].seq, int)
         assert_type(events[0].type, str)
         engine.poke()
+
+        # Schedules: the arguments checked as for start; the policies are literals.
+        assert_type(engine.schedule("nightly", checkout, "o-1", cron="0 3 * * *",
+                                    overlap="buffer_one", catch_up="skip"), aion.WorkflowHandle[Any])
+        engine.schedule("hourly", "audit", every=timedelta(hours=1))
+        engine.schedule("nightly", checkout, 1, cron="0 3 * * *")  # type: ignore[arg-type]
+        engine.schedule("nightly", checkout, "o-1", overlap="queue")  # type: ignore[call-overload]
+        engine.update_schedule("nightly", catch_up="all")
+        engine.update_schedule("nightly", catch_up="most")  # type: ignore[arg-type]
         print(count)
 
 
@@ -221,6 +231,8 @@ def client_api() -> None:
     assert_type(client.history("order-o-1"), list[aion.Event])
     assert_type(client.signal("order-o-1", "approval", {"ok": True}), int)
     client.start(checkout, 1)  # type: ignore[arg-type]
+    client.schedule("nightly", checkout, "o-1", cron="0 3 * * *", overlap="allow_all")
+    client.schedule("nightly", checkout, cron="0 3 * * *")  # type: ignore[arg-type, call-arg]
     wrong: int = client.start(checkout, "o-1").result()  # type: ignore[assignment]
     print(wrong)
 

@@ -67,13 +67,16 @@ if TYPE_CHECKING:  # pragma: no cover - what the type checkers see
     from aion_green.workflows.supervision import ChildSpec
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'aion_green' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value  # the next lookup finds it directly
-    return value
+if not TYPE_CHECKING:
+    # Hidden from type checkers: a module __getattr__ would make any name,
+    # a typo too (``aion.Retyr``), an ``Any`` there; they see the imports above.
+    def __getattr__(name: str) -> Any:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'aion_green' has no attribute {name!r}")
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+        globals()[name] = value  # the next lookup finds it directly
+        return value
 
 
 def __dir__() -> list[str]:

@@ -53,7 +53,7 @@ _HUB_THREADS: dict[int, "HubThread"] = {}
 
 # -- waiters ----------------------------------------------------------------------
 
-class _EngineGreenlet(Greenlet):
+class _EngineGreenlet(Greenlet):  # type: ignore[misc]  # gevent ships no type information
     """The engine's greenlets skip gevent's record of the spawning stack
     (always the hub's command drain here, so it tells nothing) and its
     cost: about a microsecond per spawn, one spawn per run."""

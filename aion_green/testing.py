@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, Union
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, Union
 
 import pytest
 
@@ -141,7 +142,7 @@ def _native_sleep(seconds: float) -> None:
 
 
 @pytest.fixture
-def aion_engine(tmp_path: Any) -> Iterator["Engine"]:
+def aion_engine(tmp_path: Path) -> Iterator["Engine"]:
     from aion_green.runtime.engine import Engine
 
     engine = Engine(f"sqlite:///{tmp_path / 'aion-test.db'}")
@@ -197,7 +198,7 @@ class _ReplayDone(BaseException):
 
 
 def check_replay(url: Optional[str] = None, workflow_ids: Optional[Sequence[str]] = None,
-                 workflows: Sequence[Any] = (), limit: int = 10_000) -> int:
+                 workflows: Sequence[Callable[..., Any]] = (), limit: int = 10_000) -> int:
     """Replay the stored histories of the store at ``url`` (every run, or
     those of ``workflow_ids``) against this process's workflow code; nothing
     runs and nothing is written. Returns how many histories were checked;

@@ -206,8 +206,8 @@ class WorkflowFailed(AionError):
 
     def __init__(self, workflow_id: str, error: dict[str, Any]) -> None:
         self.workflow_id = workflow_id
-        self.error_type = error.get("type", "Exception")
-        self.message = error.get("message", "")
+        self.error_type: str = error.get("type", "Exception")
+        self.message: str = error.get("message", "")
         self.error = error
         super().__init__(f"workflow {workflow_id!r} failed: {self.error_type}: {self.message}")
 
@@ -221,7 +221,7 @@ class WorkflowTimedOut(WorkflowFailed):
 
     def __init__(self, workflow_id: str, error: dict[str, Any]) -> None:
         super().__init__(workflow_id, error)
-        self.deadline = error.get("execution_deadline")
+        self.deadline: Optional[float] = error.get("execution_deadline")
         # Its message says it all ("workflow 'x' did not finish within its
         # execution timeout..."), without "failed: TimedOut:" before it.
         self.args = (self.message or f"workflow {workflow_id!r} timed out",)

@@ -2,7 +2,11 @@
 (the schedules themselves run in :mod:`aion_green.runtime.schedules`)."""
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, Literal, NamedTuple, Optional
+
+# A schedule's policies (runtime/schedules.py, OVERLAP and CATCH_UP), for type checkers.
+Overlap = Literal["skip", "buffer_one", "cancel_previous", "allow_all"]
+CatchUp = Literal["all", "one", "skip"]
 
 
 class ScheduleInfo(NamedTuple):

@@ -23,7 +23,19 @@ import time
 import uuid
 import weakref
 from datetime import datetime, timedelta
-from typing import Any, Callable, Mapping, Optional, TypeVar, Union, cast
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Generic,
+    Iterable,
+    Mapping,
+    Optional,
+    TypeVar,
+    Union,
+    cast,
+    overload,
+)
 
 from gevent import monkey
 
@@ -45,7 +57,7 @@ from aion_green.core.errors import (
 )
 from aion_green.core.history import search_attributes
 from aion_green.core.registry import Registry, check_arguments, signature_from, workflow_name
-from aion_green.core.schedule import ScheduleInfo
+from aion_green.core.schedule import CatchUp, Overlap, ScheduleInfo
 from aion_green.hub_thread import Future
 from aion_green.runtime import global_events, retention, rewind, schedules, search
 from aion_green.runtime.epoch import Epoch
@@ -56,17 +68,27 @@ from aion_green.runtime.runs import _closed_while_waiting, outcome
 from aion_green.runtime.writer import future_done
 from aion_green.store import EngineInfo, EventPage, RunInfo, StepRunning
 
+if TYPE_CHECKING:  # pragma: no cover
+    from typing_extensions import TypeVarTuple, Unpack  # see workflows/steps.py
+
+    from aion_green.workflows.context import WorkflowContext
+
+    _Ts = TypeVarTuple("_Ts")
+
 log = logging.getLogger("aion_green.engine")
+
+_R = TypeVar("_R")
 
 _allocate_lock = monkey.get_original("_thread", "allocate_lock")
 
 
-class WorkflowHandle:
+class WorkflowHandle(Generic[_R]):
     """A started (or existing) workflow, by id. ``run_id`` is the run that
     ``start`` created or found (None from ``handle(id)``); the methods follow
     the workflow to its last run, as a chain that continued as new goes on
     under the same id: ``engine.result(id, run_id=handle.run_id)`` asks for
-    that run alone."""
+    that run alone. ``_R`` is what the workflow function returns (``Any``
+    for a handle by id or by name)."""
 
     def __init__(self, engine: "Engine", workflow_id: str, run_id: Optional[str] = None,
                  namespace: str = namespaces.DEFAULT) -> None:
@@ -75,8 +97,11 @@ class WorkflowHandle:
         self.run_id = run_id
         self.namespace = namespace
 
-    def result(self, timeout: Optional[float] = None) -> Any:
-        return self.engine.result(self.workflow_id, timeout=timeout, namespace=self.namespace)
+    def result(self, timeout: Optional[float] = None) -> _R:
+        """``engine.result`` of this workflow: its result (through JSON), or
+        :class:`WorkflowFailed`, or :class:`Timeout` once ``timeout`` passes."""
+        result: _R = self.engine.result(self.workflow_id, timeout=timeout, namespace=self.namespace)
+        return result
 
     def describe(self) -> RunInfo:
         return self.engine.describe(self.workflow_id, namespace=self.namespace)
@@ -157,7 +182,7 @@ class Engine:
     def __init__(
         self,
         url: Optional[str] = None,
-        workflows: Any = (),
+        workflows: Iterable[Callable[..., Any]] = (),
         *,
         durable: bool = True,
         step_workers: int = 32,
@@ -351,9 +376,18 @@ class Engine:
             pass
 
     # -- public operations -------------------------------------------------------------------
-    def start(self, fn: Union[str, Callable[..., Any]], *args: Any,
+    @overload
+    def start(self, fn: Callable[[WorkflowContext, Unpack[_Ts]], _R], *args: Unpack[_Ts],
               id: Optional[str] = None, namespace: Optional[str] = None,  # noqa: A002
-              execution_timeout: Union[None, float, timedelta] = None) -> WorkflowHandle:
+              execution_timeout: Union[None, float, timedelta] = None) -> WorkflowHandle[_R]: ...
+    @overload
+    def start(self, fn: str, *args: Any,
+              id: Optional[str] = None, namespace: Optional[str] = None,  # noqa: A002
+              execution_timeout: Union[None, float, timedelta] = None) -> WorkflowHandle[Any]: ...
+
+    def start(self, fn: Union[str, Callable[[WorkflowContext, Unpack[_Ts]], _R]], *args: Unpack[_Ts],
+              id: Optional[str] = None, namespace: Optional[str] = None,  # noqa: A002
+              execution_timeout: Union[None, float, timedelta] = None) -> WorkflowHandle[Any]:
         """Start ``fn(ctx, *args)`` as workflow ``id`` (a new uuid if None) in
         ``namespace`` (``"default"`` if None; ids are unique per namespace).
 
@@ -376,22 +410,23 @@ class Engine:
         args_json = ev.encode(list(args), f"the arguments of workflow {wname}")
         self._ensure_started()
         epoch = self._epoch
-        if not callable(fn) and (self._registry.has_own() or (epoch.sharing.driving and not epoch.leased)):
+        found: Union[str, Callable[..., Any]] = fn  # the function, once a name is looked up
+        if not callable(found) and (self._registry.has_own() or (epoch.sharing.driving and not epoch.leased)):
             # Fail early for an unknown name (a typo) in an engine that runs
             # workflows. A process given none (one that only starts and
             # signals) may start what only other engines know: runs leased
             # on PostgreSQL, or a client of another process's SQLite engine.
-            fn = self._registry.get(wname)
-        elif not callable(fn):
-            fn = self._registry.find(wname) or fn
-            if not callable(fn) and not epoch.sharing.driving:
+            found = self._registry.get(wname)
+        elif not callable(found):
+            found = self._registry.find(wname) or found
+            if not callable(found) and not epoch.sharing.driving:
                 self._check_published(wname, args)
-            elif not callable(fn) and epoch.leased:
+            elif not callable(found) and epoch.leased:
                 self._check_live_engines(wname, args)
-        if callable(fn):
+        if callable(found):
             # Before anything is recorded: a run whose arguments cannot bind
             # would fail inside with a TypeError (issue 16).
-            check_arguments(wname, fn, args)
+            check_arguments(wname, found, args)
         created, info = epoch.routing.create_run(key, wname, args_json,
                                                  execution_timeout=timeout_s)
         if not created and (info.workflow_type != wname or info.args != json.loads(args_json)):
@@ -564,11 +599,23 @@ class Engine:
         if epoch.sharing.driving:
             epoch.timers.poke()
 
-    def schedule(self, schedule_id: str, fn: Union[str, Callable[..., Any]], *args: Any,
-                 cron: Optional[str] = None, every: Union[None, timedelta, float] = None,
-                 start_at: Optional[datetime] = None, timezone: Optional[str] = None,
-                 overlap: str = "skip", catch_up: str = "one",
-                 namespace: Optional[str] = None) -> WorkflowHandle:
+    @overload
+    def schedule(self, schedule_id: str, fn: Callable[[WorkflowContext, Unpack[_Ts]], object],
+                 *args: Unpack[_Ts], cron: Optional[str] = None,
+                 every: Union[None, timedelta, float] = None, start_at: Optional[datetime] = None,
+                 timezone: Optional[str] = None, overlap: Overlap = "skip", catch_up: CatchUp = "one",
+                 namespace: Optional[str] = None) -> WorkflowHandle[Any]: ...
+    @overload
+    def schedule(self, schedule_id: str, fn: str, *args: Any, cron: Optional[str] = None,
+                 every: Union[None, timedelta, float] = None, start_at: Optional[datetime] = None,
+                 timezone: Optional[str] = None, overlap: Overlap = "skip", catch_up: CatchUp = "one",
+                 namespace: Optional[str] = None) -> WorkflowHandle[Any]: ...
+
+    def schedule(self, schedule_id: str, fn: Union[str, Callable[[WorkflowContext, Unpack[_Ts]], object]],
+                 *args: Unpack[_Ts], cron: Optional[str] = None,
+                 every: Union[None, timedelta, float] = None, start_at: Optional[datetime] = None,
+                 timezone: Optional[str] = None, overlap: Overlap = "skip", catch_up: CatchUp = "one",
+                 namespace: Optional[str] = None) -> WorkflowHandle[Any]:
         """Start ``fn(ctx, *args)`` on a trigger, durably: at each fire time
         of ``cron`` (five fields, UTC unless ``timezone``) or ``every`` (a
         timedelta or seconds, from ``start_at`` or from now), as run
@@ -613,7 +660,7 @@ class Engine:
                         args: Optional[builtins.list[Any]] = schedules._UNSET,
                         start_at: Optional[datetime] = schedules._UNSET,
                         timezone: Optional[str] = schedules._UNSET,
-                        overlap: str = schedules._UNSET, catch_up: str = schedules._UNSET,
+                        overlap: Overlap = schedules._UNSET, catch_up: CatchUp = schedules._UNSET,
                         namespace: Optional[str] = None) -> None:
         """Change a schedule's spec: only what is given changes (``cron``
         replaces an interval and ``every`` a cron). Checked as
@@ -666,7 +713,7 @@ class Engine:
         or decorated with ``@aion.workflow`` in this process), sorted."""
         return sorted(self._registry.names())
 
-    def handle(self, workflow_id: str, *, namespace: Optional[str] = None) -> WorkflowHandle:
+    def handle(self, workflow_id: str, *, namespace: Optional[str] = None) -> WorkflowHandle[Any]:
         ns = namespaces.DEFAULT if namespace is None else namespaces.check_namespace(namespace)
         return WorkflowHandle(self, namespaces.check_id(workflow_id), namespace=ns)
 
@@ -749,7 +796,7 @@ class Engine:
         """Run ``run_id`` of the workflow (None: its current run): the run
         row, or an earlier run of its chain read back from its archived
         history. :class:`WorkflowNotFound` for an unknown id or run."""
-        info = self._call_store(self._epoch.store.get_run, workflow_id)
+        info: Optional[RunInfo] = self._call_store(self._epoch.store.get_run, workflow_id)
         if info is None:
             raise WorkflowNotFound(f"no workflow with id {workflow_id!r} in {self._store_name()}")
         if run_id is None or run_id == info.run_id:
@@ -902,7 +949,8 @@ class Engine:
         if run_id is not None:
             ev.check_key(run_id, "history(run_id=...)")
         self._ensure_started()
-        events = self._call_store(self._epoch.store.read, workflow_id, after_seq, limit, run_id)
+        events: builtins.list[ev.Event] = self._call_store(self._epoch.store.read, workflow_id,
+                                                           after_seq, limit, run_id)
         if not events and after_seq == 0:
             which = "" if run_id is None else f" with a run {run_id!r}"
             raise WorkflowNotFound(
@@ -926,7 +974,7 @@ class Engine:
 
     @_in_namespace
     def fork(self, workflow_id: str, from_seq: int, *, id: Optional[str] = None,  # noqa: A002
-             run_id: Optional[str] = None, namespace: Optional[str] = None) -> WorkflowHandle:
+             run_id: Optional[str] = None, namespace: Optional[str] = None) -> WorkflowHandle[Any]:
         """A new workflow ``id`` (in the same namespace) that replays events
         2..``from_seq`` of a run of ``workflow_id`` (unchanged), then goes
         live (:mod:`aion_green.runtime.rewind`)."""
@@ -935,12 +983,12 @@ class Engine:
 
     @_in_namespace
     def resume(self, workflow_id: str, from_seq: Optional[int] = None, *,
-               namespace: Optional[str] = None) -> WorkflowHandle:
+               namespace: Optional[str] = None) -> WorkflowHandle[Any]:
         """A failed or cancelled run, archived, begins anew in place from its
         events 2..``from_seq`` (default: :mod:`aion_green.runtime.rewind`)."""
         return self._public_handle(rewind.resume(self, workflow_id, from_seq))
 
-    def _public_handle(self, handle: WorkflowHandle) -> WorkflowHandle:
+    def _public_handle(self, handle: WorkflowHandle[Any]) -> WorkflowHandle[Any]:
         """A handle the runtime made with a key, as the caller names it."""
         key = handle.workflow_id
         return WorkflowHandle(self, namespaces.local(key), handle.run_id,

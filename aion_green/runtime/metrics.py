@@ -388,7 +388,7 @@ def _histogram(family: Any, name: str, doc: str, tallies: list[Tally],
     total = 0
     for i, bound in enumerate((*bounds, float("inf"))):
         total += sum(t.counts[i] for t in tallies)
-        buckets.append((floatToGoString(bound), total))
+        buckets.append((floatToGoString(bound), total))  # type: ignore[no-untyped-call]
     return family(name, doc, buckets=buckets, sum_value=sum(t.sum for t in tallies))
 
 

@@ -53,7 +53,7 @@ _FREE_WAIT = 5.0
 
 
 def fork(engine: "Engine", workflow_id: str, from_seq: int, new_id: Optional[str],
-         run_id: Optional[str]) -> "WorkflowHandle":
+         run_id: Optional[str]) -> "WorkflowHandle[Any]":
     """``Engine.fork`` (see there)."""
     from aion_green.runtime.engine import WorkflowHandle
 
@@ -69,7 +69,7 @@ def fork(engine: "Engine", workflow_id: str, from_seq: int, new_id: Optional[str
     return WorkflowHandle(engine, wid)
 
 
-def resume(engine: "Engine", workflow_id: str, from_seq: Optional[int]) -> "WorkflowHandle":
+def resume(engine: "Engine", workflow_id: str, from_seq: Optional[int]) -> "WorkflowHandle[Any]":
     """``Engine.resume`` (see there)."""
     from aion_green.runtime.engine import WorkflowHandle
 

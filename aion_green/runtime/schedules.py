@@ -223,7 +223,7 @@ def make_spec(wname: str, args: tuple[Any, ...], *, cron: Optional[str], every: 
 
 
 def schedule(engine: "Engine", schedule_id: str, fn: Union[str, Callable[..., Any]],
-             args: tuple[Any, ...], **options: Any) -> "WorkflowHandle":
+             args: tuple[Any, ...], **options: Any) -> "WorkflowHandle[Any]":
     """``engine.schedule`` (see there)."""
     if not isinstance(schedule_id, str) or not schedule_id:
         raise ConfigurationError(f"a schedule id must be a non-empty string, got {schedule_id!r}")
@@ -397,7 +397,7 @@ class _ScheduleRun:
         self.anchor: Optional[str] = state["anchor"]
         self.cursor: datetime = _parse(state["cursor"])  # type: ignore[assignment]
         self.pending: Optional[datetime] = _parse(state["pending"])
-        self.running: Optional[ChildHandle] = None
+        self.running: Optional[ChildHandle[Any]] = None
         self.budget = _WAKES_PER_RUN
         self.paused: bool = bool(state.get("paused"))
         self.note: str = str(state.get("note") or "")
@@ -587,14 +587,14 @@ class _ScheduleRun:
             log.info("schedule %r: the fire at %s is dropped (overlap=%r; %r runs)",
                      self.ctx.workflow_id, _iso(fire), self.overlap, self.running.workflow_id)
 
-    def _start(self, fire: datetime) -> ChildHandle:
+    def _start(self, fire: datetime) -> ChildHandle[Any]:
         self.budget -= 1
         return self._child(f"{self.ctx.workflow_id}@{_fire_id(fire)}")
 
-    def _child(self, child_id: str) -> ChildHandle:
+    def _child(self, child_id: str) -> ChildHandle[Any]:
         return self.ctx.start_child(self.spec["workflow"], *self.spec["args"], id=child_id)
 
-    def _cancel(self, child: ChildHandle) -> None:
+    def _cancel(self, child: ChildHandle[Any]) -> None:
         """Ask the tracked run to cancel. Not recorded here (a side effect,
         asked anew on replay; the child records the request once), as a
         supervisor ends its children."""

@@ -22,13 +22,25 @@ import http.client
 import json
 import time
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Generic,
+    Iterable,
+    Iterator,
+    Mapping,
+    Optional,
+    TypeVar,
+    Union,
+    overload,
+)
 from urllib.parse import quote, urlencode, urlsplit
 
 from aion_green.core import errors
 from aion_green.core.events import TERMINAL_TYPES, Event, attribute_text
 from aion_green.core.registry import workflow_name
-from aion_green.core.schedule import ScheduleInfo
+from aion_green.core.schedule import CatchUp, Overlap, ScheduleInfo
 from aion_green.store import EventPage, GlobalEvent, RunInfo
 from aion_green.transport.codec import (
     ERRORS,
@@ -39,6 +51,14 @@ from aion_green.transport.codec import (
     schedule_from_json,
 )
 
+if TYPE_CHECKING:  # pragma: no cover - for type checkers: the client loads no workflow code
+    from typing_extensions import TypeVarTuple, Unpack  # see workflows/steps.py
+
+    from aion_green.workflows.context import WorkflowContext
+
+    _Ts = TypeVarTuple("_Ts")
+
+_R = TypeVar("_R")
 _FIRST_BACKOFF = 0.05
 # A time filter: an aware datetime or seconds since the epoch.
 Moment = Union[datetime, float, int]
@@ -46,10 +66,11 @@ Moment = Union[datetime, float, int]
 Names = Union[None, str, Iterable[str]]
 
 
-class RemoteHandle:
+class RemoteHandle(Generic[_R]):
     """A workflow reached through the API, by id (as ``WorkflowHandle``:
     ``run_id`` is the run ``start`` created or found; the methods follow the
-    workflow to its last run)."""
+    workflow to its last run; ``_R`` is what the workflow function returns,
+    ``Any`` for a handle by id or by name)."""
 
     def __init__(self, client: "Client", workflow_id: str, run_id: Optional[str] = None,
                  namespace: Optional[str] = None) -> None:
@@ -58,8 +79,10 @@ class RemoteHandle:
         self.run_id = run_id
         self.namespace = namespace or client.namespace or "default"
 
-    def result(self, timeout: Optional[float] = None) -> Any:
-        return self.engine.result(self.workflow_id, timeout=timeout, namespace=self.namespace)
+    def result(self, timeout: Optional[float] = None) -> _R:
+        """``Client.result`` of this workflow (its result, through JSON)."""
+        result: _R = self.engine.result(self.workflow_id, timeout=timeout, namespace=self.namespace)
+        return result
 
     def describe(self) -> RunInfo:
         return self.engine.describe(self.workflow_id, namespace=self.namespace)
@@ -98,9 +121,18 @@ class Client:
         self.max_backoff = max_backoff
 
     # -- the engine's operations ---------------------------------------------------------------
-    def start(self, fn: Union[str, Callable[..., Any]], *args: Any,
+    @overload
+    def start(self, fn: Callable[[WorkflowContext, Unpack[_Ts]], _R], *args: Unpack[_Ts],
               id: Optional[str] = None, namespace: Optional[str] = None,  # noqa: A002
-              execution_timeout: Union[None, float, timedelta] = None) -> RemoteHandle:
+              execution_timeout: Union[None, float, timedelta] = None) -> RemoteHandle[_R]: ...
+    @overload
+    def start(self, fn: str, *args: Any,
+              id: Optional[str] = None, namespace: Optional[str] = None,  # noqa: A002
+              execution_timeout: Union[None, float, timedelta] = None) -> RemoteHandle[Any]: ...
+
+    def start(self, fn: Union[str, Callable[[WorkflowContext, Unpack[_Ts]], _R]], *args: Unpack[_Ts],
+              id: Optional[str] = None, namespace: Optional[str] = None,  # noqa: A002
+              execution_timeout: Union[None, float, timedelta] = None) -> RemoteHandle[Any]:
         """``Engine.start`` through the API (``execution_timeout`` in seconds
         or a timedelta)."""
         body: dict[str, Any] = {"workflow": workflow_name(fn), "args": list(args)}
@@ -114,11 +146,23 @@ class Client:
         return RemoteHandle(self, reply["workflow_id"], reply.get("run_id"),
                             reply.get("namespace") or namespace)
 
-    def schedule(self, schedule_id: str, fn: Union[str, Callable[..., Any]], *args: Any,
-                 cron: Optional[str] = None, every: Union[None, timedelta, float] = None,
-                 start_at: Optional[datetime] = None, timezone: Optional[str] = None,
-                 overlap: str = "skip", catch_up: str = "one",
-                 namespace: Optional[str] = None) -> RemoteHandle:
+    @overload
+    def schedule(self, schedule_id: str, fn: Callable[[WorkflowContext, Unpack[_Ts]], object],
+                 *args: Unpack[_Ts], cron: Optional[str] = None,
+                 every: Union[None, timedelta, float] = None, start_at: Optional[datetime] = None,
+                 timezone: Optional[str] = None, overlap: Overlap = "skip", catch_up: CatchUp = "one",
+                 namespace: Optional[str] = None) -> RemoteHandle[Any]: ...
+    @overload
+    def schedule(self, schedule_id: str, fn: str, *args: Any, cron: Optional[str] = None,
+                 every: Union[None, timedelta, float] = None, start_at: Optional[datetime] = None,
+                 timezone: Optional[str] = None, overlap: Overlap = "skip", catch_up: CatchUp = "one",
+                 namespace: Optional[str] = None) -> RemoteHandle[Any]: ...
+
+    def schedule(self, schedule_id: str, fn: Union[str, Callable[[WorkflowContext, Unpack[_Ts]], object]],
+                 *args: Unpack[_Ts], cron: Optional[str] = None,
+                 every: Union[None, timedelta, float] = None, start_at: Optional[datetime] = None,
+                 timezone: Optional[str] = None, overlap: Overlap = "skip", catch_up: CatchUp = "one",
+                 namespace: Optional[str] = None) -> RemoteHandle[Any]:
         """``Engine.schedule`` through the API (``every`` in seconds or a timedelta)."""
         seconds = every.total_seconds() if isinstance(every, timedelta) else every
         body: dict[str, Any] = {"schedule_id": schedule_id, "workflow": workflow_name(fn),
@@ -192,11 +236,11 @@ class Client:
             body["limit"] = limit
         return int(self._call("POST", "/v1/purge", body=body, namespace=namespace)["purged"])
 
-    def handle(self, workflow_id: str, *, namespace: Optional[str] = None) -> RemoteHandle:
+    def handle(self, workflow_id: str, *, namespace: Optional[str] = None) -> RemoteHandle[Any]:
         return RemoteHandle(self, workflow_id, None, namespace)
 
     def fork(self, workflow_id: str, from_seq: int, *, id: Optional[str] = None,  # noqa: A002
-             run_id: Optional[str] = None, namespace: Optional[str] = None) -> RemoteHandle:
+             run_id: Optional[str] = None, namespace: Optional[str] = None) -> RemoteHandle[Any]:
         """``Engine.fork`` through the API: a new workflow id that replays the
         run's events 2..``from_seq``, then runs on."""
         body: dict[str, Any] = {"from_seq": from_seq}
@@ -207,7 +251,7 @@ class Client:
         return RemoteHandle(self, reply["workflow_id"], reply.get("run_id"), reply.get("namespace"))
 
     def resume(self, workflow_id: str, from_seq: Optional[int] = None, *,
-               namespace: Optional[str] = None) -> RemoteHandle:
+               namespace: Optional[str] = None) -> RemoteHandle[Any]:
         """``Engine.resume`` through the API: a failed or cancelled run again
         in place (its old run archived)."""
         body = {} if from_seq is None else {"from_seq": from_seq}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, TypeVar, Union
 
 from aion_green.core import events as ev
 from aion_green.core import namespaces
@@ -26,9 +26,12 @@ log = logging.getLogger("aion_green.children")
 
 ParentKey = tuple[str, str]  # (workflow id, run id) of a parent run
 
+_R = TypeVar("_R")
 
-class ChildHandle:
-    """A child workflow started by ``ctx.start_child``."""
+
+class ChildHandle(Generic[_R]):
+    """A child workflow started by ``ctx.start_child``; ``_R`` is what the
+    child's function returns (``Any`` for a child started by name)."""
 
     def __init__(self, ctx: "WorkflowContext", ordinal: int, workflow_id: str,
                  workflow_type: str) -> None:
@@ -42,12 +45,13 @@ class ChildHandle:
         """The child's workflow id (in the parent's namespace)."""
         return namespaces.local(self._key)
 
-    def result(self) -> Any:
+    def result(self) -> _R:
         """Wait for the child's end (recorded in the parent's history first);
         its result, or :class:`aion.WorkflowFailed` /
         :class:`aion.WorkflowCancelled` naming the child. Inside a
         ``ctx.timeout`` block the wait may be abandoned: the child goes on."""
-        return child_result(self._ctx, self)
+        result: _R = child_result(self._ctx, self)  # the child's result, through JSON
+        return result
 
     def __repr__(self) -> str:
         return f"<ChildHandle {self.workflow_id!r} ({self.workflow_type})>"
@@ -57,7 +61,7 @@ _CHILD_STARTED = frozenset({ev.CHILD_STARTED})
 
 
 def start_child(ctx: "WorkflowContext", fn: Union[str, Callable[..., Any]], args: tuple[Any, ...],
-                child_id: Optional[str]) -> ChildHandle:
+                child_id: Optional[str]) -> ChildHandle[Any]:
     """``ctx.start_child`` (see there)."""
     ctx._check()
     host = ctx._host
@@ -108,7 +112,7 @@ def watch_again(ctx: "WorkflowContext", child_id: str) -> None:
         ctx._host.watch_child(ctx._parent_key, child_id)
 
 
-def child_result(ctx: "WorkflowContext", child: ChildHandle) -> Any:
+def child_result(ctx: "WorkflowContext", child: ChildHandle[Any]) -> Any:
     """``child.result()`` (see there)."""
     if child._ctx is not ctx:
         raise ValueError(f"{child!r} belongs to another workflow run; "

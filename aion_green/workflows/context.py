@@ -26,6 +26,7 @@ from typing import (
     Sequence,
     TypeVar,
     Union,
+    overload,
 )
 
 import gevent
@@ -53,11 +54,16 @@ from aion_green.workflows.host import Host, RunLog
 from aion_green.workflows.replay import FirstRecorded, HistoryCursor, reached
 
 if TYPE_CHECKING:  # pragma: no cover
-    from aion_green.workflows.supervision import ChildSpec
+    from typing_extensions import TypeVarTuple, Unpack  # see steps.py
+
+    from aion_green.workflows.supervision import ChildSpec, Strategy
+
+    _Ts = TypeVarTuple("_Ts")
 
 log = logging.getLogger("aion_green.context")
 
 _T = TypeVar("_T")
+_R = TypeVar("_R")
 
 _TIMER_STARTED = frozenset({ev.TIMER_STARTED})
 _TIMER_CANCELLED = frozenset({ev.TIMER_CANCELLED})
@@ -285,8 +291,15 @@ class WorkflowContext:
         messages.send(self, workflow_id, name, payload)
 
     # -- children and fan-out ------------------------------------------------------------
-    def start_child(self, fn: Union[str, Callable[..., Any]], *args: Any,
-                    id: Optional[str] = None) -> ChildHandle:  # noqa: A002
+    @overload
+    def start_child(self, fn: Callable[[WorkflowContext, Unpack[_Ts]], _R], *args: Unpack[_Ts],
+                    id: Optional[str] = None) -> ChildHandle[_R]: ...  # noqa: A002
+    @overload
+    def start_child(self, fn: str, *args: Any,
+                    id: Optional[str] = None) -> ChildHandle[Any]: ...  # noqa: A002
+
+    def start_child(self, fn: Union[str, Callable[[WorkflowContext, Unpack[_Ts]], _R]],
+                    *args: Unpack[_Ts], id: Optional[str] = None) -> ChildHandle[Any]:  # noqa: A002
         """Start workflow ``fn(ctx, *args)`` as a child of this run and
         return its handle (``child.result()`` waits for its end). The start
         is recorded (``ChildStarted``, with the child's id: ``id``, or
@@ -307,7 +320,7 @@ class WorkflowContext:
             ready = self._children_ready = set()
         ready.add(child_id)
 
-    def parallel(self, items: Sequence[Union[Step, ChildHandle]]) -> list[Any]:
+    def parallel(self, items: Sequence[Union[Step[Any], ChildHandle[Any]]]) -> list[Any]:
         """Run the steps (``aion.Step(fn, *args, retry=...)``) at once and
         wait for them and for the children (handles from ``start_child``);
         their results in the order of ``items``. Once all have ended, the
@@ -315,14 +328,14 @@ class WorkflowContext:
         :class:`aion.WorkflowFailed` for a child)."""
         return fanout.fan_out(self, items, first=False)
 
-    def race(self, items: Sequence[Union[Step, ChildHandle]]) -> tuple[int, Any]:
+    def race(self, items: Sequence[Union[Step[Any], ChildHandle[Any]]]) -> tuple[int, Any]:
         """Like :meth:`parallel`, but the first end recorded wins: returns
         ``(index, result)`` of the winner (or raises its error). The losers
         are dropped: a running step is not awaited (its late record is
         passed over), a losing child is cancelled."""
         return fanout.fan_out(self, items, first=True)
 
-    def supervise(self, children: Sequence["ChildSpec"], strategy: str = "one_for_one",
+    def supervise(self, children: Sequence[ChildSpec], strategy: Strategy = "one_for_one",
                   intensity: int = 1, period: Union[timedelta, float] = timedelta(seconds=5)) -> list[Any]:
         """Supervise child workflows as an OTP supervisor does (see
         :mod:`aion_green.supervision`): start ``children`` (``aion.ChildSpec``)

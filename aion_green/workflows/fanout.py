@@ -21,7 +21,18 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence, Union, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Generic,
+    Literal,
+    Optional,
+    Sequence,
+    TypeVar,
+    Union,
+    overload,
+)
 
 import gevent
 
@@ -32,23 +43,31 @@ from aion_green.workflows.children import ChildHandle, child_outcome, watch_agai
 from aion_green.workflows.steps import NO_RETRY, Retry, StepInfo, check_args, step_name
 
 if TYPE_CHECKING:  # pragma: no cover
+    from typing_extensions import TypeVarTuple, Unpack  # see steps.py
+
     from aion_green.workflows.context import WorkflowContext
+
+    _Ts = TypeVarTuple("_Ts")
+
+_R = TypeVar("_R")
 
 log = logging.getLogger("aion_green.fanout")
 
 
-class Step:
+class Step(Generic[_R]):
     """A step for ``ctx.parallel``/``ctx.race``: ``aion.Step(fn, *args,
-    retry=aion.Retry(...), name=...)``, as ``ctx.step`` would take it."""
+    retry=aion.Retry(...), name=...)``, as ``ctx.step`` would take it
+    (``args`` checked against ``fn``'s parameters; ``_R`` is what ``fn``
+    returns)."""
 
     __slots__ = ("fn", "args", "retry", "name", "timeout")
 
-    def __init__(self, fn: Callable[..., Any], *args: Any, retry: Optional[Retry] = None,
+    def __init__(self, fn: Callable[[Unpack[_Ts]], _R], *args: Unpack[_Ts], retry: Optional[Retry] = None,
                  name: Optional[str] = None, timeout: Union[None, float, timedelta] = None) -> None:
         if not callable(fn):
             raise TypeError(f"aion.Step({fn!r}, ...): the step must be a function")
-        self.fn = fn
-        self.args = args
+        self.fn: Callable[..., _R] = fn
+        self.args: tuple[Any, ...] = args
         self.retry = retry
         self.name = name
         self.timeout = None if timeout is None else _clock.seconds_of(
@@ -67,7 +86,7 @@ class _Branch:
     __slots__ = ("index", "step", "child", "ordinal", "name", "attempt", "running", "retry_due",
                  "dropped", "end", "digest")
 
-    def __init__(self, index: int, step: Optional[Step], child: Optional[ChildHandle],
+    def __init__(self, index: int, step: Optional[Step[Any]], child: Optional[ChildHandle[Any]],
                  ordinal: int, name: str) -> None:
         self.index = index
         self.step = step
@@ -83,14 +102,14 @@ class _Branch:
 
 
 @overload
-def fan_out(ctx: "WorkflowContext", items: Sequence[Union[Step, ChildHandle]],
+def fan_out(ctx: "WorkflowContext", items: Sequence[Union[Step[Any], ChildHandle[Any]]],
             first: Literal[False]) -> list[Any]: ...
 @overload
-def fan_out(ctx: "WorkflowContext", items: Sequence[Union[Step, ChildHandle]],
+def fan_out(ctx: "WorkflowContext", items: Sequence[Union[Step[Any], ChildHandle[Any]]],
             first: Literal[True]) -> tuple[int, Any]: ...
 
 
-def fan_out(ctx: "WorkflowContext", items: Sequence[Union[Step, ChildHandle]],
+def fan_out(ctx: "WorkflowContext", items: Sequence[Union[Step[Any], ChildHandle[Any]]],
             first: bool) -> Union[list[Any], tuple[int, Any]]:
     """``ctx.parallel`` (``first=False``) and ``ctx.race`` (``first=True``)."""
     ctx._check()
@@ -144,7 +163,8 @@ def fan_out(ctx: "WorkflowContext", items: Sequence[Union[Step, ChildHandle]],
 _SUCCESS = frozenset({ev.STEP_COMPLETED, ev.CHILD_COMPLETED})
 
 
-def _branches(ctx: "WorkflowContext", items: list[Union[Step, ChildHandle]], what: str) -> list[_Branch]:
+def _branches(ctx: "WorkflowContext", items: list[Union[Step[Any], ChildHandle[Any]]],
+              what: str) -> list[_Branch]:
     for index, item in enumerate(items):
         if isinstance(item, ChildHandle):
             if item._ctx is not ctx:

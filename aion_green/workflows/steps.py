@@ -15,7 +15,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, TypeVar, Union
 
 import gevent
 from gevent import monkey
@@ -33,7 +33,16 @@ from aion_green.core.logs import step_fields
 from aion_green.workflows.declared import DeclaredStep
 
 if TYPE_CHECKING:  # pragma: no cover
+    # For type checkers only (PEP 646 arrived in ``typing`` with 3.11, and
+    # typing_extensions is not a dependency): ``ctx.step(fn, *args)`` checks
+    # ``args`` against ``fn``'s parameters and returns what ``fn`` returns.
+    from typing_extensions import TypeVarTuple, Unpack
+
     from aion_green.workflows.context import WorkflowContext
+
+    _Ts = TypeVarTuple("_Ts")
+
+_R = TypeVar("_R")
 
 log = logging.getLogger("aion_green.steps")
 _encode_str = json.encoder.encode_basestring_ascii
@@ -265,9 +274,9 @@ def _describe(ordinal: int, name: str) -> str:
     return f"step {ordinal} ({name})"
 
 
-def workflow_step(ctx: "WorkflowContext", fn: Callable[..., Any], *args: Any,
+def workflow_step(ctx: "WorkflowContext", fn: Callable[[Unpack[_Ts]], _R], *args: Unpack[_Ts],
                   retry: Optional[Retry] = None, name: Optional[str] = None,
-                  timeout: Optional[Seconds] = None) -> Any:
+                  timeout: Optional[Seconds] = None) -> _R:
     """Run ``fn(*args)`` once, durably, on the step pool, and return its
     (JSON) result. On replay the recorded result is returned and ``fn``
     does not run. A step that fails for good raises :class:`StepError`.
@@ -334,7 +343,10 @@ def workflow_step(ctx: "WorkflowContext", fn: Callable[..., Any], *args: Any,
             digest = check_args(ctx, recorded, ordinal, sname, args, digest)
         attempt = data.get("attempt", attempt + 1)
         if recorded.type == STEP_COMPLETED:
-            return data.get("result")
+            # Typed as fn's result: it is that result through JSON (a tuple
+            # comes back a list), the same live and on replay. No cast(): a
+            # call per step on the hot path.
+            return data.get("result")  # type: ignore[return-value]
         if not data.get("retryable"):
             raise ctx._step_error(ordinal, sname, data, attempt)
         backoff_due = policy.delay(attempt)

@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence, Union, overload
 
 from aion_green.core import events as ev
 from aion_green.core.errors import Cancelled, RestartIntensityExceeded, Timeout
@@ -46,12 +46,19 @@ from aion_green.workflows.context import _ScopeExpired
 from aion_green.workflows.host import Done
 
 if TYPE_CHECKING:  # pragma: no cover
+    from typing_extensions import TypeVarTuple, Unpack  # see steps.py
+
     from aion_green.workflows.context import WorkflowContext
+
+    _Ts = TypeVarTuple("_Ts")
 
 log = logging.getLogger("aion_green.supervision")
 
 RESTART_TYPES = ("permanent", "transient", "temporary")
 STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
+# The same, for type checkers.
+Restart = Literal["permanent", "transient", "temporary"]
+Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 _RESTARTED = frozenset({ev.CHILD_RESTARTED})
 
 
@@ -64,15 +71,25 @@ class ChildSpec:
 
     __slots__ = ("fn", "args", "restart", "id", "shutdown")
 
-    def __init__(self, fn: Union[str, Callable[..., Any]], *args: Any, restart: str = "permanent",
+    @overload
+    def __init__(self, fn: Callable[[WorkflowContext, Unpack[_Ts]], object], *args: Unpack[_Ts],
+                 restart: Restart = "permanent", id: Optional[str] = None,  # noqa: A002
+                 shutdown: Union[timedelta, float] = ...) -> None: ...
+    @overload
+    def __init__(self, fn: str, *args: Any, restart: Restart = "permanent",
+                 id: Optional[str] = None,  # noqa: A002
+                 shutdown: Union[timedelta, float] = ...) -> None: ...
+
+    def __init__(self, fn: Union[str, Callable[[WorkflowContext, Unpack[_Ts]], object]],
+                 *args: Unpack[_Ts], restart: Restart = "permanent",
                  id: Optional[str] = None,  # noqa: A002
                  shutdown: Union[timedelta, float] = timedelta(seconds=5)) -> None:
         if restart not in RESTART_TYPES:
             raise ValueError(f"ChildSpec(restart={restart!r}): choose one of {', '.join(RESTART_TYPES)}")
         if id is not None and (not isinstance(id, str) or not id):
             raise ValueError(f"ChildSpec(id={id!r}): a child id must be a non-empty string")
-        self.fn = fn
-        self.args = args
+        self.fn: Union[str, Callable[..., Any]] = fn
+        self.args: tuple[Any, ...] = args
         self.restart = restart
         self.id = id
         self.shutdown = shutdown.total_seconds() if isinstance(shutdown, timedelta) else float(shutdown)
@@ -91,7 +108,7 @@ class _Slot:
         self.index = index
         self.spec = spec
         self.incarnation = 0
-        self.child: Optional[ChildHandle] = None
+        self.child: Optional[ChildHandle[Any]] = None
         self.end: Optional[ev.Event] = None  # the recorded end of the current child
         self.left = False  # asked to end, did not within its shutdown: left behind
 
@@ -100,7 +117,7 @@ class _Slot:
         return self.child is not None and self.end is None and not self.left
 
 
-def supervise(ctx: "WorkflowContext", specs: Sequence[ChildSpec], strategy: str, intensity: int,
+def supervise(ctx: "WorkflowContext", specs: Sequence[ChildSpec], strategy: Strategy, intensity: int,
               period: Union[timedelta, float]) -> list[Any]:
     """``ctx.supervise`` (see there)."""
     ctx._check()

@@ -247,8 +247,8 @@ def _replay_one(engine: "Engine", fn: Any, info: Any, history: list[Any]) -> Opt
     """Replay one history on the engine's hub. Whatever would act on the
     world (a step, a record, creating a child, sending a message, a cancel)
     is refused or skipped; the replay ends where the history ends."""
-    from aion_green.core.errors import NonDeterminismError
     from aion_green.core import namespaces
+    from aion_green.core.errors import NonDeterminismError
     from aion_green.workflows import declared
     from aion_green.workflows.context import WorkflowContext
 

@@ -55,7 +55,7 @@ class DeclaredStep(Generic[_R]):
         ctx = current()
         if ctx is None:
             return self.fn(*args)
-        return ctx.step(self, *args)  # type: ignore[no-any-return]
+        return ctx.step(self, *args)
 
     def __repr__(self) -> str:
         return f"<step {getattr(self.fn, '__qualname__', self.fn)!r}>"

@@ -290,7 +290,8 @@ def workflow_step(ctx: "WorkflowContext", fn: Callable[[Unpack[_Ts]], _R], *args
     if ctx._divergence is not None or ctx._failure is not None or ctx._host.closing:
         ctx._check()  # raises
     if type(fn) is DeclaredStep:  # @aion.step: its options, where the call gives none
-        declared, fn = fn, fn.fn
+        declared = fn
+        fn = declared.fn  # type: ignore[assignment]  # (the declared function's own type)
         retry = declared.retry if retry is None else retry
         timeout = declared.timeout if timeout is None else timeout
         name = name or declared.name

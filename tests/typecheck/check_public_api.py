@@ -247,3 +247,32 @@ def test_checkout(aion_engine: aion.Engine, aion_time: testing.TimeTravel) -> No
     assert_type(handle.result(timeout=10), dict[str, str])
     assert_type(testing.check_replay("sqlite:///orders.db", workflows=[checkout]), int)
 
+
+
+# -- @aion.step and ctx.info ------------------------------------------------------------------
+
+
+@aion.step(retry=aion.Retry(max_attempts=3), timeout=30)
+def declared_price(order_id: str) -> int:
+    return 100
+
+
+@aion.step
+def declared_plain(order_id: str) -> str:
+    return order_id
+
+
+@aion.workflow
+def uses_declared(ctx: aion.WorkflowContext, order_id: str) -> int:
+    assert_type(declared_price(order_id), int)
+    assert_type(declared_plain(order_id), str)
+    assert_type(ctx.step(declared_price, order_id), int)
+    info = ctx.info
+    assert_type(info, aion.WorkflowInfo)
+    assert_type(info.attempt, int)
+    assert_type(info.parent_id, "str | None")
+    assert_type(info.started_at, datetime)
+    return declared_price(order_id)
+
+
+aion.step(retry=3)  # type: ignore[call-overload]

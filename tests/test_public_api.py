@@ -16,8 +16,8 @@ PUBLIC = [
     "StoreError", "StoreLost", "StoreUnavailable", "Timeout", "WorkflowArgumentsInvalid",
     "WorkflowCancelled", "WorkflowContext", "WorkflowContinuedAsNew", "WorkflowFailed", "WorkflowHandle",
     "WorkflowIdConflict", "WorkflowNotFound", "WorkflowNotRegistered", "WorkflowNotRunning",
-    "WorkflowTimedOut",
-    "step_info", "workflow",
+    "WorkflowTimedOut", "WorkflowInfo",
+    "step", "step_info", "workflow",
 ]
 
 

@@ -53,6 +53,7 @@ class TimeTravel:
         self._frozen = frozen
 
     def now(self) -> datetime:
+        """The frozen wall clock, as an aware datetime (UTC)."""
         return datetime.fromtimestamp(time.time(), tz=timezone.utc)
 
     def advance(self, delta: Union[timedelta, float], settle: float = 5.0) -> None:
@@ -143,6 +144,9 @@ def _native_sleep(seconds: float) -> None:
 
 @pytest.fixture
 def aion_engine(tmp_path: Path) -> Iterator["Engine"]:
+    """An :class:`~aion_green.Engine` on a SQLite file in the test's
+    temporary directory, knowing every ``@aion.workflow`` the process
+    imported; shut down after the test."""
     from aion_green.runtime.engine import Engine
 
     engine = Engine(f"sqlite:///{tmp_path / 'aion-test.db'}")
@@ -160,6 +164,10 @@ def pytest_configure(config: Any) -> None:
 
 @pytest.fixture
 def aion_time(aion_engine: "Engine", request: Any) -> Iterator[TimeTravel]:
+    """Time travel over ``aion_engine``: the wall clock frozen at the
+    test's start, moved by :meth:`TimeTravel.advance`. Mark the test
+    ``@pytest.mark.aion_time(freeze_monotonic=True)`` to freeze
+    ``time.monotonic`` and ``time.perf_counter`` too."""
     from freezegun import freeze_time
 
     marker = request.node.get_closest_marker("aion_time")

@@ -173,6 +173,20 @@ class Engine:
     that only looks (tools, the CLI, the replay checker): it drives, claims
     and fires nothing and takes no driver lock, but can start, signal and
     cancel for the engine that drives.
+
+    The settings: ``url`` of the store (``sqlite:///path.db`` or
+    ``postgresql://...``); ``workflows``, the ``@aion.workflow`` functions
+    it drives (besides every one the process decorated); ``durable``
+    (False: no fsync per commit, the WAL stays); ``step_workers``, the size
+    of the step thread pool; ``kill_timeout``, how long shutdown waits for
+    each killed run to unwind; ``recover`` (False: resume no unfinished run
+    at start); ``busy_timeout``, how long to wait for a locked SQLite file
+    or a PostgreSQL connection; ``lease``, the seconds a run stays leased
+    to this engine unrenewed (PostgreSQL); ``max_resident``, the most runs
+    held in memory (parked ones beyond it are evicted and replayed on
+    their wake; over PostgreSQL, the most runs leased); ``step_grace``, how
+    long shutdown waits for running steps to be recorded; ``retention``,
+    the age (a timedelta or seconds) past which finished runs are purged.
     """
 
     # The state of this engine's life in this process, from its start (on

@@ -154,6 +154,75 @@ def test_heads_a_store_remembers_are_checked_against_other_writers(tmp_path):
         other.close()
 
 
+def test_positions_a_store_remembers_are_checked_against_other_writers(tmp_path):
+    """A group commit writes the counter of global positions without reading
+    it while no one else has written since its last batch; a write by
+    another connection, a write of its own outside a batch, a continuation
+    (which takes positions of its own), a failed batch: after each, the next
+    batch reads the counter again. No position is given twice, and the
+    counter is the highest one."""
+    from store_contract import step_event
+
+    path = str(tmp_path / "positions.db")
+    mine, other = SQLiteStore(path), SQLiteStore(path)
+    try:
+        mine.write_batch([CreateRun("w", "t", "[]", "r", 1.0), CreateRun("v", "t", "[]", "r", 1.0)])
+        assert mine.write_batch([Append("w", 1, (step_event(1, "a"),))]) == [2]
+        assert mine._known_position == other.event_head() == 3  # not read back next time
+        assert other.write_batch([Append("w", 2, (step_event(2, "b"),))]) == [3]
+        assert mine.write_batch([Append("v", 1, (step_event(1, "x"),))]) == [2]
+        assert mine.deliver_message("w", "m", "1", 2.0) == 4
+        assert mine._known_position is None
+        assert mine.write_batch([Append("v", 2, (step_event(2, "y"),))]) == [3]
+        more = ev.NewEvent(ev.WORKFLOW_CONTINUED_AS_NEW, 3.0,
+                           {"run_id": "r2", "args": [], "generation": 1})
+        assert mine.write_batch([Append("v", 3, (more,))]) == [4]
+        assert mine._known_position is None  # the next run's WorkflowStarted took one more
+        assert mine.write_batch([Append("w", 4, (step_event(3, "c"),))]) == [5]
+        assert mine._known_position == other.event_head() == 10
+        # A batch that fails after taking its positions (a full disk) is rolled back.
+        (pages,) = mine._conn.execute("PRAGMA page_count").fetchone()
+        mine._conn.execute(f"PRAGMA max_page_count={pages}")
+        big = ev.NewEvent(ev.STEP_COMPLETED, 4.0,
+                          {"step": 4, "name": "s", "attempt": 1, "result": "x" * 20000})
+        with pytest.raises(aion.StoreUnavailable):
+            mine.write_batch([Append("w", 5, (big,))])
+        assert mine._known_position is None
+        mine._conn.execute("PRAGMA max_page_count=1073741823")
+        assert mine.write_batch([Append("w", 5, (step_event(4, "d"),))]) == [6]
+        assert mine._known_position == other.event_head() == 11
+        events, head = other.read_events(0, 100)
+        positions = [e.position for e in events]
+        assert len(set(positions)) == len(positions) and max(positions) == head == other.event_head()
+    finally:
+        mine.close()
+        other.close()
+
+
+def test_a_run_s_end_time_is_written_with_its_status_and_a_continuation_has_none(tmp_path):
+    """runs.ended_at (what retention measures age by) is the time of the
+    run's terminal event, set in the statement that sets its status; a run
+    that continued as new has not ended, and its chain's next run has no end
+    time until it ends."""
+    store = SQLiteStore(str(tmp_path / "ends.db"))
+
+    def ended_at(wid):
+        return store._conn.execute("SELECT ended_at FROM runs WHERE workflow_id=?", (wid,)).fetchone()[0]
+
+    try:
+        store.write_batch([CreateRun("c", "t", "[]", "r", 1.0), CreateRun("f", "t", "[]", "r", 1.0)])
+        more = ev.NewEvent(ev.WORKFLOW_CONTINUED_AS_NEW, 2.0, {"run_id": "r2", "args": [], "generation": 1})
+        failed = ev.NewEvent(ev.WORKFLOW_FAILED, 3.0, {"error": {"type": "E", "message": "m"}})
+        assert store.write_batch([Append("c", 1, (more,)), Append("f", 1, (failed,))]) == [2, 2]
+        assert (ended_at("c"), ended_at("f")) == (None, 3.0)
+        assert store.get_run("f").status == ev.FAILED
+        done = ev.NewEvent(ev.WORKFLOW_COMPLETED, 4.0, {"result": 1})
+        assert store.write_batch([Append("c", 1, (done,))]) == [2]
+        assert ended_at("c") == 4.0 and store.get_run("c").status == ev.COMPLETED
+    finally:
+        store.close()
+
+
 def test_a_file_of_schema_4_is_upgraded_with_its_runs_and_their_heads(tmp_path):
     """Schema 5 reads a run's head from its events (schema 4 kept it in
     runs.head_seq and updated it on every append). A file written by an

@@ -8,6 +8,7 @@ needs them, so a process that imports only the HTTP client
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from aion_green import payloads  # the public module: aion.payloads.register(...)
 from aion_green.core.errors import (
     AionError,
     Cancelled,
@@ -94,6 +95,7 @@ __all__ = [
     "WorkflowArgumentsInvalid", "WorkflowCancelled", "WorkflowContinuedAsNew",
     "WorkflowContext", "WorkflowFailed", "WorkflowHandle", "WorkflowIdConflict", "WorkflowInfo",
     "WorkflowNotFound",
-    "WorkflowNotRegistered", "WorkflowNotRunning", "WorkflowTimedOut", "step", "step_info", "workflow",
+    "WorkflowNotRegistered", "WorkflowNotRunning", "WorkflowTimedOut", "payloads", "step",
+    "step_info", "workflow",
 ]
 __version__ = "0.1.0"

@@ -255,7 +255,7 @@ def _replay_one(engine: "Engine", fn: Any, info: Any, history: list[Any]) -> Opt
     """Replay one history on the engine's hub. Whatever would act on the
     world (a step, a record, creating a child, sending a message, a cancel)
     is refused or skipped; the replay ends where the history ends."""
-    from aion_green.core import namespaces
+    from aion_green.core import namespaces, payloads
     from aion_green.core.errors import NonDeterminismError
     from aion_green.workflows import declared
     from aion_green.workflows.context import WorkflowContext
@@ -272,6 +272,7 @@ def _replay_one(engine: "Engine", fn: Any, info: Any, history: list[Any]) -> Opt
         ctx._wait = _no_wait  # type: ignore[method-assign]
         ctx._record = _refuse  # type: ignore[method-assign]
         args = recorded[0].data.get("args", info.args)
+        args = payloads.decode_args(args, payloads.parameter_hints(fn, skip=1))  # as the run saw them
         try:
             fn(ctx, *args)
         except _ReplayDone:

@@ -17,7 +17,7 @@ PUBLIC = [
     "WorkflowCancelled", "WorkflowContext", "WorkflowContinuedAsNew", "WorkflowFailed", "WorkflowHandle",
     "WorkflowIdConflict", "WorkflowNotFound", "WorkflowNotRegistered", "WorkflowNotRunning",
     "WorkflowTimedOut", "WorkflowInfo",
-    "step", "step_info", "workflow",
+    "payloads", "step", "step_info", "workflow",
 ]
 
 

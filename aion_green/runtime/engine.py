@@ -41,7 +41,7 @@ from gevent import monkey
 
 from aion_green.core import clock as _clock
 from aion_green.core import events as ev
-from aion_green.core import namespaces
+from aion_green.core import namespaces, payloads
 from aion_green.core.bounds import PAUSE_TYPES, deadline_of, execution_timeout_seconds
 from aion_green.core.errors import (
     AionError,
@@ -91,16 +91,21 @@ class WorkflowHandle(Generic[_R]):
     for a handle by id or by name)."""
 
     def __init__(self, engine: "Engine", workflow_id: str, run_id: Optional[str] = None,
-                 namespace: str = namespaces.DEFAULT) -> None:
+                 namespace: str = namespaces.DEFAULT, result_hint: Any = None) -> None:
         self.engine = engine
         self.workflow_id = workflow_id
         self.run_id = run_id
         self.namespace = namespace
+        self._result_hint = result_hint  # the workflow function's declared result type
 
     def result(self, timeout: Optional[float] = None) -> _R:
-        """``engine.result`` of this workflow: its result (through JSON), or
+        """``engine.result`` of this workflow: its result, as the workflow
+        function declares it when the handle was made from the function
+        (:mod:`aion_green.payloads`; else its JSON value), or
         :class:`WorkflowFailed`, or :class:`Timeout` once ``timeout`` passes."""
-        result: _R = self.engine.result(self.workflow_id, timeout=timeout, namespace=self.namespace)
+        result: _R = payloads.decode(
+            self.engine.result(self.workflow_id, timeout=timeout, namespace=self.namespace),
+            self._result_hint)
         return result
 
     def describe(self) -> RunInfo:
@@ -141,6 +146,17 @@ def _in_namespace(method: _Method) -> _Method:
         return answer
 
     return cast(_Method, operation)
+
+
+def _opened(info: RunInfo) -> RunInfo:
+    """``info`` with its arguments and result out of their codec's
+    envelopes (core/payloads.py), for the caller; as it is when none is in one."""
+    sealed = (type(info.result) is dict and payloads.ENVELOPE in info.result) or any(
+        type(a) is dict and payloads.ENVELOPE in a for a in info.args or ())
+    if not sealed:
+        return info
+    return dataclasses.replace(info, args=[payloads.decode(a) for a in info.args],
+                               result=payloads.decode(info.result))
 
 
 def _public_run(info: RunInfo) -> RunInfo:
@@ -421,7 +437,8 @@ class Engine:
         key = namespaces.key(ns, wid)
         wname = self._registry.add(fn) if callable(fn) else ev.check_key(workflow_name(fn),
                                                                           "the workflow type")
-        args_json = ev.encode(list(args), f"the arguments of workflow {wname}")
+        args_json = ev.encode(payloads.encode_args(args, f"the arguments of workflow {wname}"),
+                              f"the arguments of workflow {wname}")
         self._ensure_started()
         epoch = self._epoch
         found: Union[str, Callable[..., Any]] = fn  # the function, once a name is looked up
@@ -443,13 +460,14 @@ class Engine:
             check_arguments(wname, found, args)
         created, info = epoch.routing.create_run(key, wname, args_json,
                                                  execution_timeout=timeout_s)
-        if not created and (info.workflow_type != wname or info.args != json.loads(args_json)):
+        if not created and (info.workflow_type != wname or not _same_args(info.args, args_json)):
             raise WorkflowIdConflict(
                 f"workflow id {wid!r} already exists as {info.workflow_type}"
                 f"{tuple(info.args)!r}; it cannot be started again as {wname}"
                 f"{tuple(json.loads(args_json))!r}. Use another id for different work"
             )
-        return WorkflowHandle(self, wid, info.run_id, ns)
+        return WorkflowHandle(self, wid, info.run_id, ns,
+                              payloads.return_hint(found) if callable(found) else None)
 
     @_in_namespace
     def signal(self, workflow_id: str, name: str, payload: Any = None, *,
@@ -467,7 +485,7 @@ class Engine:
         ev.check_key(name, "the message name")
         if idempotency_key is not None:
             ev.check_key(idempotency_key, "the idempotency key")
-        value = ev.roundtrip(payload, f"the payload of message {name!r}")
+        value = payloads.encode(payload, f"the payload of message {name!r}")[0]
         self._ensure_started()
         epoch = self._epoch
         self._require_current(workflow_id, run_id, f"message {name!r}")
@@ -860,7 +878,7 @@ class Engine:
             ev.check_key(run_id, "describe(run_id=...)")
         self._ensure_started()
         epoch = self._epoch
-        info = self._run_of(workflow_id, run_id)
+        info = _opened(self._run_of(workflow_id, run_id))
         if run_id is not None and info.finished:
             return info
         info = self._bounds_of(info)
@@ -913,6 +931,7 @@ class Engine:
         self._ensure_started()
         runs = self._call_store(self._epoch.store.list_runs, status, wtype, limit, after_id,
                                 filters=filters)
+        runs = [_opened(r) for r in runs]
         return runs if ns == namespaces.DEFAULT else [_public_run(r) for r in runs]
 
     def count(self, status: Optional[str] = None,
@@ -1115,3 +1134,15 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _same_args(recorded: Any, args_json: str) -> bool:
+    """Whether a start's arguments are those recorded: compared as values,
+    out of their codec's envelopes (an encrypting codec seals the same value
+    differently each time)."""
+    given = json.loads(args_json)
+    if recorded == given:
+        return True
+    if not isinstance(recorded, list) or len(recorded) != len(given):
+        return False
+    return all(payloads.decode(a) == payloads.decode(b) for a, b in zip(recorded, given))

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 
 from aion_green.core import clock as _clock
-from aion_green.core import events as ev
+from aion_green.core import payloads
 from aion_green.core.errors import QueryFailed, WorkflowNotFound, WorkflowNotRunning, error_message
 from aion_green.hub_thread import Future
 from aion_green.workflows.context import WorkflowContext
@@ -56,7 +56,7 @@ class Queries:
                 "a query exists once the workflow called ctx.set_query for it"))
             return
         try:
-            answer = ev.roundtrip(handler(*args), f"the answer of query {name!r}")
+            answer = payloads.jsonable(handler(*args), f"the answer of query {name!r}")
         except BaseException as exc:  # noqa: B036
             # Even SystemExit: raised here, on the hub thread, it ended the
             # hub and every run of the engine with it (issue 16).

@@ -23,7 +23,7 @@ import gevent
 from gevent import GreenletExit, monkey
 
 from aion_green.core import events as ev
-from aion_green.core import logs, namespaces
+from aion_green.core import logs, namespaces, payloads
 from aion_green.core.bounds import deadline_of
 from aion_green.core.errors import (
     Cancelled,
@@ -73,7 +73,7 @@ def outcome(workflow_id: str, info: RunInfo) -> Any:
     """What ``result()`` gives for a finished run: its result, or the error
     it ended with raised as :class:`WorkflowFailed` / :class:`WorkflowCancelled`."""
     if info.status == ev.COMPLETED:
-        return info.result
+        return payloads.decode(info.result)  # out of its codec's envelope, if in one
     error = info.error or {"type": info.status, "message": info.status}
     if info.status == ev.CANCELLED:
         raise WorkflowCancelled(workflow_id, error)
@@ -487,6 +487,8 @@ class Runner:
         # From the run's own WorkflowStarted: a run that continued as new
         # got its own arguments (the store's RunInfo keeps the first run's).
         args = ctx._cursor.event(1).data.get("args", info.args)
+        if args:  # as its parameters declare them (core/payloads.py)
+            args = payloads.decode_args(args, payloads.parameter_hints(fn, skip=1))
         data: dict[str, Any]
         try:
             try:
@@ -512,7 +514,7 @@ class Runner:
                 ctx._finish_check(f"the workflow to raise {type(exc).__name__}")
                 raise
             ctx._finish_check("the workflow to return")
-            result, result_text = ev.encode_decoded(result, f"the result of workflow {wid!r}")
+            result, result_text = payloads.encode(result, f"the result of workflow {wid!r}")
             event_type, data, status = ev.WORKFLOW_COMPLETED, {"result": result}, ev.COMPLETED
         except (GreenletExit, RunLost, RunAborted, RunEvicted):
             raise

@@ -87,6 +87,7 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, Union
 
 from aion_green.core import clock as _clock
 from aion_green.core import events as ev
+from aion_green.core import payloads
 from aion_green.core.errors import (
     AionError,
     ConfigurationError,
@@ -216,7 +217,7 @@ def make_spec(wname: str, args: tuple[Any, ...], *, cron: Optional[str], every: 
             seconds = float(every)
         if seconds is None or not seconds > 0:
             raise ConfigurationError(f"every={every!r}: give a positive timedelta or number of seconds")
-    args_value = ev.roundtrip(list(args), f"the arguments of scheduled workflow {wname}")
+    args_value = payloads.encode_args(args, f"the arguments of scheduled workflow {wname}")
     return {"workflow": wname, "args": args_value, "cron": cron, "timezone": timezone, "every": seconds,
             "start_at": None if start_at is None else _iso(start_at),
             "overlap": overlap, "catch_up": catch_up}

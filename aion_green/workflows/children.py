@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, TypeVar, Union
 
 from aion_green.core import events as ev
-from aion_green.core import namespaces
+from aion_green.core import namespaces, payloads
 from aion_green.core.errors import (
     ConfigurationError,
     WorkflowCancelled,
@@ -34,8 +34,9 @@ class ChildHandle(Generic[_R]):
     child's function returns (``Any`` for a child started by name)."""
 
     def __init__(self, ctx: "WorkflowContext", ordinal: int, workflow_id: str,
-                 workflow_type: str) -> None:
+                 workflow_type: str, result_hint: Any = None) -> None:
         self._ctx = ctx
+        self._result_hint = result_hint  # the child function's declared result type
         self.ordinal = ordinal
         self._key = workflow_id  # its key (core/namespaces.py): the parent's namespace
         self.workflow_type = workflow_type
@@ -50,7 +51,9 @@ class ChildHandle(Generic[_R]):
         its result, or :class:`aion.WorkflowFailed` /
         :class:`aion.WorkflowCancelled` naming the child. Inside a
         ``ctx.timeout`` block the wait may be abandoned: the child goes on."""
-        result: _R = child_result(self._ctx, self)  # the child's result, through JSON
+        # As the child's function declares it, when the parent named it by
+        # its function (core/payloads.py); else its JSON value.
+        result: _R = payloads.decode(child_result(self._ctx, self), self._result_hint)
         return result
 
     def __repr__(self) -> str:
@@ -76,7 +79,7 @@ def start_child(ctx: "WorkflowContext", fn: Union[str, Callable[..., Any]], args
     else:
         wname = workflow_name(fn)
         host.require_registered(wname)  # fail early for an unknown name
-    args_value = ev.roundtrip(list(args), f"the arguments of child workflow {wname}")
+    args_value = payloads.encode_args(args, f"the arguments of child workflow {wname}")
     ctx._child_ordinal += 1
     ordinal = ctx._child_ordinal
     key: dict[str, Any] = {"child": ordinal, "workflow_type": wname}
@@ -84,7 +87,7 @@ def start_child(ctx: "WorkflowContext", fn: Union[str, Callable[..., Any]], args
         key["id"] = child_id
     recorded = ctx._take(_CHILD_STARTED, key, lambda: f"start child {ordinal} ({wname})")
     if recorded is None:
-        data = {"child": ordinal, "id": child_id or f"{ctx._run_key}/child-{ordinal}",
+        data: dict[str, Any] = {"child": ordinal, "id": child_id or f"{ctx._run_key}/child-{ordinal}",
                 "workflow_type": wname, "args": args_value}
         # The creation is queued right behind the record, so it commits in
         # the same transaction or a later one, never before: one commit per
@@ -102,7 +105,8 @@ def start_child(ctx: "WorkflowContext", fn: Union[str, Callable[..., Any]], args
         # repaired when the parent's history is loaded again).
         host.ensure_child(ctx._parent_key, data)
         ctx._wait(lambda: (chosen in ctx._children_ready or end_key in arrivals) or None)
-    return ChildHandle(ctx, ordinal, chosen, wname)
+    return ChildHandle(ctx, ordinal, chosen, wname,
+                       payloads.return_hint(fn) if callable(fn) else None)
 
 
 def watch_again(ctx: "WorkflowContext", child_id: str) -> None:

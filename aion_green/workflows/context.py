@@ -35,7 +35,7 @@ from greenlet import GreenletExit
 
 from aion_green.core import clock as _clock
 from aion_green.core import events as ev
-from aion_green.core import namespaces
+from aion_green.core import namespaces, payloads
 from aion_green.core.errors import (
     AionError,
     Cancelled,
@@ -277,13 +277,23 @@ class WorkflowContext:
             log.debug("timer %s of %r not fired: %s", key, self.workflow_id, exc)
 
     # -- messages ------------------------------------------------------------------------
-    def receive(self, name: str, timeout: Union[timedelta, float, int, None] = None) -> Any:
+    @overload
+    def receive(self, name: str, timeout: Union[timedelta, float, int, None] = None) -> Any: ...
+
+    @overload
+    def receive(self, name: str, timeout: Union[timedelta, float, int, None] = None, *,
+                as_type: type[_T]) -> _T: ...
+
+    def receive(self, name: str, timeout: Union[timedelta, float, int, None] = None, *,
+                as_type: Any = None) -> Any:
         """The next message ``name`` (its payload), in the order they were
         recorded; one recorded before this call was kept for it. With
         ``timeout``, raises :class:`aion.Timeout` if the deadline's firing is
         recorded first (the message, if it comes later, is kept for the next
-        receive)."""
-        return messages.receive(self, name, timeout)
+        receive). ``as_type``: the payload as that type (``datetime``, a
+        dataclass, ``list[Order]``...: :mod:`aion_green.payloads`), else its
+        JSON value."""
+        return messages.receive(self, name, timeout, as_type)
 
     def send(self, workflow_id: str, name: str, payload: Any = None) -> None:
         """Send message ``name`` to another workflow, exactly once (see
@@ -381,7 +391,7 @@ class WorkflowContext:
         the new run derives (step keys, child ids) are its own. Messages
         recorded here and not yet received do not carry over."""
         self._check()
-        raise ContinueAsNew(ev.roundtrip(list(args), f"the arguments of {self.workflow_type}"))
+        raise ContinueAsNew(payloads.encode_args(args, f"the arguments of {self.workflow_type}"))
 
     def _cancel_timer(self, key: str) -> None:
         """Record TimerCancelled (always, even if a firing raced it in: the

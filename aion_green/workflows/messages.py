@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from aion_green.core import clock as _clock
 from aion_green.core import events as ev
-from aion_green.core import namespaces
+from aion_green.core import namespaces, payloads
 from aion_green.core.errors import AionError, Timeout
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -28,7 +28,8 @@ log = logging.getLogger("aion_green.context")
 _MESSAGE_SENT = frozenset({ev.MESSAGE_SENT})
 
 
-def receive(ctx: "WorkflowContext", name: str, timeout: Union[timedelta, float, int, None] = None) -> Any:
+def receive(ctx: "WorkflowContext", name: str, timeout: Union[timedelta, float, int, None] = None,
+            as_type: Any = None) -> Any:
     """The next message ``name`` (its payload), in the order they were
     recorded; one recorded before this call was kept for it. With
     ``timeout``, raises :class:`aion.Timeout` if the deadline's firing is
@@ -57,7 +58,7 @@ def receive(ctx: "WorkflowContext", name: str, timeout: Union[timedelta, float, 
         ctx._received[name] = index + 1
         if timer is not None:
             ctx._cancel_timer(timer)
-        return message.data.get("payload")
+        return payloads.decode(message.data.get("payload"), as_type)
     raise Timeout(f"workflow {ctx.workflow_id!r}: no message {name!r} within {timeout}")
 
 
@@ -72,7 +73,7 @@ def send(ctx: "WorkflowContext", workflow_id: str, name: str, payload: Any = Non
     ev.check_key(name, "ctx.send: the message name")
     ctx._send_ordinal += 1
     dedup = f"{ctx._run_key}/send-{ctx._send_ordinal}"
-    value = ev.roundtrip(payload, f"the payload of message {name!r}")
+    value = payloads.encode(payload, f"the payload of message {name!r}")[0]
     recorded = ctx._take(_MESSAGE_SENT, {"to": workflow_id, "name": name},
                          lambda: f"send {name!r} to {workflow_id!r}")
     replayed = recorded is not None

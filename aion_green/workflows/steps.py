@@ -21,13 +21,14 @@ import gevent
 from gevent import monkey
 
 from aion_green.core import clock as _clock
+from aion_green.core import payloads
 from aion_green.core.errors import (
     NonRetryableError,
     SerializationError,
     StepArgumentsChanged,
     error_message,
 )
-from aion_green.core.events import STEP_COMPLETED, STEP_FAILED, Event, NewEvent, encode_decoded
+from aion_green.core.events import STEP_COMPLETED, STEP_FAILED, Event, NewEvent
 from aion_green.core.history import run_key
 from aion_green.core.logs import step_fields
 from aion_green.workflows.declared import DeclaredStep
@@ -222,7 +223,7 @@ def attempt_event(fn: Callable[..., Any], args: tuple[Any, ...], info: StepInfo,
     _local.info = info
     try:
         value = fn(*args)
-        value, text = encode_decoded(value, functools.partial(_result_name, info))
+        value, text = payloads.encode(value, functools.partial(_result_name, info))
     except BaseException as exc:  # noqa: B036
         # Even SystemExit or KeyboardInterrupt: raised in a pool thread they
         # stop nothing but this attempt, which is recorded like any failure.
@@ -344,10 +345,14 @@ def workflow_step(ctx: "WorkflowContext", fn: Callable[[Unpack[_Ts]], _R], *args
             digest = check_args(ctx, recorded, ordinal, sname, args, digest)
         attempt = data.get("attempt", attempt + 1)
         if recorded.type == STEP_COMPLETED:
-            # Typed as fn's result: it is that result through JSON (a tuple
-            # comes back a list), the same live and on replay. No cast(): a
-            # call per step on the hot path.
-            return data.get("result")  # type: ignore[return-value]
+            # fn's result as its return annotation declares it, decoded from
+            # the record (core/payloads.py): the same live and on replay. A
+            # JSON value of an undeclared or JSON type is returned as it is.
+            result = data.get("result")
+            hint = payloads.return_hint(fn)
+            if hint is None and type(result) is not dict:
+                return result  # type: ignore[return-value]
+            return payloads.decode(result, hint)  # type: ignore[no-any-return]
         if not data.get("retryable"):
             raise ctx._step_error(ordinal, sname, data, attempt)
         backoff_due = policy.delay(attempt)

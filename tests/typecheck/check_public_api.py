@@ -276,3 +276,15 @@ def uses_declared(ctx: aion.WorkflowContext, order_id: str) -> int:
 
 
 aion.step(retry=3)  # type: ignore[call-overload]
+
+
+@aion.workflow
+def receives_typed(ctx: aion.WorkflowContext) -> datetime:
+    when = ctx.receive("at", as_type=datetime)
+    assert_type(when, datetime)
+    assert_type(ctx.receive("any"), Any)
+    return when
+
+
+aion.payloads.register(uuid.UUID, to_json=str, from_json=uuid.UUID)
+aion.payloads.configure(codec=aion.payloads.ZlibCodec(), max_bytes=1 << 20)

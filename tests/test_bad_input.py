@@ -28,7 +28,7 @@ def echo(ctx, value):
 def test_non_json_argument_is_refused_and_nothing_is_recorded(make_engine):
     engine = make_engine(echo)
     with pytest.raises(aion.SerializationError, match="arguments of workflow test_bad_input.echo"):
-        engine.start(echo, {1, 2}, id="bad-arg")
+        engine.start(echo, {"x": object()}, id="bad-arg")
     assert engine.list() == []
     with pytest.raises(aion.WorkflowNotFound):
         engine.describe("bad-arg")
@@ -46,7 +46,7 @@ def test_non_json_step_result_fails_the_step_and_keeps_earlier_records(make_engi
     engine = make_engine(leaky)
     out = engine.start(leaky, id="leaky").result(10)
     assert out["type"] == "aion_green.errors.SerializationError"
-    assert "not JSON-serialisable" in out["message"] and "not_json" in out["message"]
+    assert "cannot be recorded" in out["message"] and "not_json" in out["message"]
     history = engine.history("leaky")
     assert history[1]["result"] == "kept"
     assert (history[2].type, history[2]["retryable"]) == (ev.STEP_FAILED, False)  # no retry of a bug
@@ -59,7 +59,7 @@ def test_non_json_workflow_result_fails_the_run_clearly(make_engine):
         return object()
 
     engine = make_engine(returns_object)
-    with pytest.raises(aion.WorkflowFailed, match="not JSON-serialisable"):
+    with pytest.raises(aion.WorkflowFailed, match="cannot be recorded"):
         engine.start(returns_object, id="obj").result(10)
     assert engine.describe("obj").error["kind"] == "serialization"
     assert engine.history("obj")[1]["result"] == 1

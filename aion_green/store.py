@@ -11,6 +11,7 @@ freeze every workflow.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Sequence, Union
 
 from zope.interface import Attribute, Interface
@@ -62,6 +63,32 @@ class RunInfo:
     def finished(self) -> bool:
         return self.status != ev.RUNNING
 
+    # The times as aware datetimes (UTC), for the caller; the fields above
+    # keep them as seconds since the epoch, as the store holds them.
+    @property
+    def started(self) -> datetime:
+        """When the current run began (``created_at``)."""
+        return _utc(self.created_at)
+
+    @property
+    def updated(self) -> datetime:
+        """When the run last changed; a finished run's end (``updated_at``)."""
+        return _utc(self.updated_at)
+
+    @property
+    def ended(self) -> Optional[datetime]:
+        """When a finished run ended; None while it runs."""
+        return None if self.status == ev.RUNNING else _utc(self.updated_at)
+
+    @property
+    def deadline(self) -> Optional[datetime]:
+        """Its execution deadline (``execution_deadline``), or None."""
+        return None if self.execution_deadline is None else _utc(self.execution_deadline)
+
+
+def _utc(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc)
+
 
 class StepRunning(NamedTuple):
     """A step attempt running now: its ordinal, name, attempt (from 1) and
@@ -71,6 +98,11 @@ class StepRunning(NamedTuple):
     name: str
     attempt: int
     since: float
+
+    @property
+    def started(self) -> datetime:
+        """When the attempt began, an aware datetime (UTC)."""
+        return _utc(self.since)
 
 
 class EngineInfo(NamedTuple):
@@ -161,6 +193,11 @@ class GlobalEvent(NamedTuple):
     at: float
     data: dict[str, Any]
     namespace: str = "default"
+
+    @property
+    def time(self) -> datetime:
+        """When it was recorded, an aware datetime (UTC), as ``Event.time``."""
+        return _utc(self.at)
 
 
 class EventPage(NamedTuple):

@@ -186,3 +186,34 @@ def test_a_resumed_run_is_its_next_attempt(make_engine):
     engine.resume("f-1")
     wait_until(lambda: engine.describe("f-1").status == "completed", what="the resumed run")
     assert engine.result("f-1", timeout=10) == 2
+
+
+@aion.workflow(name="declared.naps")
+def naps(ctx):
+    def slow():
+        import time as _time
+        _time.sleep(0.3)
+        return 1
+    return ctx.step(slow)
+
+
+def test_the_python_api_gives_times_as_aware_datetimes(make_engine):
+    engine = make_engine(naps, info)
+    before = datetime.now(timezone.utc)
+    handle = engine.start(naps, id="t-1")
+    wait_until(lambda: engine.describe("t-1").steps_running, what="the step to run")
+    running = engine.describe("t-1")
+    assert running.started.tzinfo is timezone.utc and before.replace(microsecond=0) <= running.started
+    assert running.ended is None and running.deadline is None
+    assert running.steps_running[0].started >= running.started
+    handle.result(timeout=30)
+    done = engine.describe("t-1")
+    assert done.ended == done.updated and done.ended >= done.started
+    assert engine.list()[0].started == done.started
+    page = engine.events(0)
+    assert all(e.time.tzinfo is timezone.utc for e in page.events)
+    assert page.events[0].time == datetime.fromtimestamp(page.events[0].at, tz=timezone.utc)
+    timed = engine.start(info, None, id="t-2", execution_timeout=60)
+    assert timed.describe().deadline > datetime.now(timezone.utc)
+    engine.signal("t-2", "go", 1)
+    timed.result(timeout=30)

@@ -2,6 +2,7 @@
 (the schedules themselves run in :mod:`aion_green.runtime.schedules`)."""
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal, NamedTuple, Optional
 
 # A schedule's policies (runtime/schedules.py, OVERLAP and CATCH_UP), for type checkers.
@@ -35,3 +36,9 @@ class ScheduleInfo(NamedTuple):
     # note given with the pause.
     paused: bool = False
     note: str = ""
+
+    @property
+    def next_fire_time(self) -> Optional[datetime]:
+        """``next_fire`` as an aware datetime (None if none is known)."""
+        return None if self.next_fire is None else datetime.fromisoformat(
+            self.next_fire.replace("Z", "+00:00"))

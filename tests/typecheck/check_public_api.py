@@ -288,3 +288,11 @@ def receives_typed(ctx: aion.WorkflowContext) -> datetime:
 
 aion.payloads.register(uuid.UUID, to_json=str, from_json=uuid.UUID)
 aion.payloads.configure(codec=aion.payloads.ZlibCodec(), max_bytes=1 << 20)
+
+
+def times(engine: aion.Engine) -> None:
+    run = engine.describe("x")
+    assert_type(run.started, datetime)
+    assert_type(run.ended, "datetime | None")
+    assert_type(run.steps_running[0].started, datetime)
+    assert_type(engine.events(0).events[0].time, datetime)

@@ -290,3 +290,37 @@ def test_a_query_answers_in_json_form(make_engine):
                                             "paid": "1.50"}
     engine.signal("q-1", "stop", None)
     engine.result("q-1", timeout=30)
+
+
+def test_pydantic_models_round_trip(make_engine):
+    import pydantic
+
+    class Address(pydantic.BaseModel):
+        city: str
+        since: date
+
+    class Customer(pydantic.BaseModel):
+        id: UUID
+        name: str
+        address: Address
+        balance: Decimal
+
+    def move(customer: Customer) -> Customer:
+        return customer.model_copy(update={"address": Address(city="Lyon", since=date(2026, 12, 1))})
+
+    @aion.workflow(name="payloads.pydantic")
+    def relocate(ctx, customer: Customer) -> Customer:
+        assert isinstance(customer, Customer) and isinstance(customer.address.since, date)
+        moved = ctx.step(move, customer)
+        assert isinstance(moved, Customer)
+        return moved
+
+    engine = make_engine(relocate)
+    ana = Customer(id=uuid4(), name="Ana", address=Address(city="Oslo", since=date(2020, 1, 1)),
+                   balance=Decimal("10.50"))
+    moved = engine.start(relocate, ana, id="c-1").result(timeout=30)
+    assert isinstance(moved, Customer) and moved.address.city == "Lyon"
+    assert moved.balance == Decimal("10.50") and moved.id == ana.id
+    recorded = engine.history("c-1")[0].data["args"][0]
+    assert recorded["address"] == {"city": "Oslo", "since": "2020-01-01"}
+    assert recorded["balance"] == "10.50"

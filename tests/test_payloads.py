@@ -108,6 +108,13 @@ def returns_order(ctx, order: Order) -> Order:
     return order
 
 
+@aion.workflow(name="payloads.inspect")
+def inspect_order(ctx, order: Order) -> list:
+    """What the workflow's code received, by type."""
+    return [type(order).__name__, type(order.placed).__name__, str(order.placed.utcoffset()),
+            str(order.lines[0].price + Decimal("0.01")), order.tier.name]
+
+
 @aion.workflow(name="payloads.parent")
 def parent(ctx) -> list:
     child = ctx.start_child(returns_order, ORDER, id=f"{ctx.workflow_id}/child")
@@ -324,3 +331,27 @@ def test_pydantic_models_round_trip(make_engine):
     recorded = engine.history("c-1")[0].data["args"][0]
     assert recorded["address"] == {"city": "Oslo", "since": "2020-01-01"}
     assert recorded["balance"] == "10.50"
+
+
+def test_a_client_in_another_language_sends_and_reads_plain_json(make_engine):
+    """Over HTTP: arguments as JSON (an ISO 8601 string for a datetime, a
+    string for a Decimal) reach the workflow as its declared types; its
+    typed result answers as JSON."""
+    from werkzeug.test import Client
+
+    from aion_green.transport.wsgi import WSGIApp
+
+    engine = make_engine(returns_order, inspect_order)
+    http = Client(WSGIApp(engine))
+    order = {"id": str(ORDER.id), "placed": "2026-12-04T10:30:00+02:00", "due": "2026-12-24",
+             "tier": "gold", "lines": [{"sku": "a-1", "price": "19.99"}], "note": None}
+    reply = http.post("/v1/workflows", json={"workflow": "payloads.returns_order",
+                                             "args": [order], "id": "h-1"})
+    assert reply.status_code == 200, reply.json
+    result = http.get("/v1/workflows/h-1/result", query_string={"timeout": "30"}).json
+    assert result["result"] == order
+    reply = http.post("/v1/workflows", json={"workflow": "payloads.inspect", "args": [order],
+                                             "id": "h-2"})
+    assert reply.status_code == 200, reply.json
+    result = http.get("/v1/workflows/h-2/result", query_string={"timeout": "30"}).json
+    assert result["result"] == ["Order", "datetime", "2:00:00", "20.00", "GOLD"]

@@ -200,7 +200,12 @@ class Engine:
     or a PostgreSQL connection; ``lease``, the seconds a run stays leased
     to this engine unrenewed (PostgreSQL); ``max_resident``, the most runs
     held in memory (parked ones beyond it are evicted and replayed on
-    their wake; over PostgreSQL, the most runs leased); ``step_grace``, how
+    their wake; over PostgreSQL, the most runs leased); ``evict_after``: a
+    run parked on waits none of which is due within that many seconds (a
+    timer further away; a message or a child waited on that long) leaves
+    memory and is replayed on its wake, so parked runs cost memory only
+    while they are likely to wake soon (SQLite; None keeps them all,
+    unless ``max_resident``); ``step_grace``, how
     long shutdown waits for running steps to be recorded; ``retention``,
     the age (a timedelta or seconds) past which finished runs are purged.
     """
@@ -221,6 +226,7 @@ class Engine:
         busy_timeout: float = 5.0,
         lease: float = 10.0,
         max_resident: Optional[int] = None,
+        evict_after: Union[None, timedelta, float] = 5.0,
         passive: bool = False,
         step_grace: float = 10.0,
         retention: Union[None, timedelta, float] = None,
@@ -246,6 +252,17 @@ class Engine:
         self.engine_id = uuid.uuid4().hex
         self.lease = lease
         self.max_resident = max_resident
+        # A parked run leaves memory once nothing it waits on is due within
+        # this many seconds (runtime/residency.py); None: only the cap evicts.
+        self.evict_after: Optional[float] = None
+        if evict_after is not None:
+            seconds = (evict_after.total_seconds() if isinstance(evict_after, timedelta)
+                       else evict_after)
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+                raise ConfigurationError(f"evict_after={evict_after!r}: a positive number of "
+                                         "seconds (or a timedelta), or None to keep parked runs "
+                                         "in memory")
+            self.evict_after = float(seconds)
         # A passive engine (the replay checker) reads and replays only: it
         # drives, claims and fires nothing, and takes no driver lock.
         self._passive = passive

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Optional, cast
 import gevent
 
 from aion_green.core import events as ev
+from aion_green.core.clock import monotonic as _monotonic
 from aion_green.runtime.recorder import Recorder
 from aion_green.store import RunInfo
 from aion_green.workflows.context import WorkflowContext
@@ -64,8 +65,14 @@ class Residency:
         # Runs waiting for a place: id -> (info, recovering, recorder).
         self.admission: "collections.OrderedDict[str, tuple[Any, bool, Any]]" = (
             collections.OrderedDict())
-        # Candidates for eviction, longest parked first.
-        self._parked_runs: "collections.OrderedDict[str, None]" = collections.OrderedDict()
+        # Candidates for eviction, longest parked first: id -> when it parked
+        # (monotonic clock).
+        self._parked_runs: "collections.OrderedDict[str, float]" = collections.OrderedDict()
+        # Eviction without a cap (Engine(evict_after=...)): a greenlet sweeps
+        # the parked runs while there are any.
+        self.idle: Optional[float] = engine.evict_after
+        self._sweeping = False
+        self._more = False
         # Runs brought back to take a record (a child's end) through their
         # recorder: kept in memory until it is taken.
         self._pinned: "collections.Counter[str]" = collections.Counter()
@@ -121,9 +128,61 @@ class Residency:
     # -- parking and waking ------------------------------------------------------------------
     def on_park(self, ctx: WorkflowContext) -> None:
         """The run's greenlet: it parks (a candidate for eviction)."""
-        self._parked_runs[ctx._key] = None
+        self._parked_runs[ctx._key] = _monotonic()
         if self.admission:
             self._ask_room()
+        if self.idle is not None and not self._sweeping and self.on:
+            self._sweeping = True
+            self.epoch.hub.spawn(self._sweeper, name="aion-residency-sweep")
+
+    # -- eviction without a cap ---------------------------------------------------------------
+    def _sweeper(self) -> None:
+        """A greenlet of the hub, while runs are parked: every second (or
+        sooner, while a sweep left work), has the hub greenlet evict the
+        runs unlikely to wake soon (a run's doorbell rings from there only)."""
+        try:
+            pause = min(1.0, (self.idle or 1.0) / 2)
+            while self._parked_runs and not self.epoch.hub.closing:
+                gevent.sleep(pause)
+                self._more = False
+                self.epoch.hub.call_soon(self._sweep)
+                gevent.sleep(0)  # (the call runs before this greenlet goes on)
+                pause = 0.02 if self._more else min(1.0, (self.idle or 1.0) / 2)
+        finally:
+            self._sweeping = False
+
+    def _sweep(self, budget: int = 2000) -> bool:
+        """Evict (at most ``budget``) parked runs that wait on nothing due
+        within ``idle`` seconds: a run whose timers all fire later, at
+        once; a run waiting on a message or a child (no timer), once it has
+        waited ``idle`` seconds. True if more are left for the next sweep."""
+        idle = self.idle
+        assert idle is not None
+        now, now_m = time.time(), _monotonic()
+        horizon = now + idle
+        runs, pinned, parked = self.epoch.runs, self._pinned, self._parked_runs
+        chosen: list[WorkflowContext] = []
+        for wid, since in list(parked.items()):
+            ctx = runs.get(wid)
+            if ctx is None:
+                parked.pop(wid, None)
+                continue
+            timers = ctx._timers
+            if timers:
+                if min(timers.values()) <= horizon:
+                    continue  # it wakes soon
+            elif now_m - since < idle:
+                continue
+            if wid in pinned or not _evictable(ctx):
+                continue
+            chosen.append(ctx)
+            if len(chosen) >= budget:
+                break
+        for ctx in chosen:
+            parked.pop(ctx._key, None)
+            self._evict(ctx)
+        self._more = len(chosen) >= budget
+        return self._more
 
     def on_unpark(self, ctx: WorkflowContext) -> None:
         self._parked_runs.pop(ctx._key, None)

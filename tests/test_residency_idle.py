@@ -1,0 +1,90 @@
+"""Memory without a knob (issue 21): by default a parked run leaves memory
+once nothing it waits on is due soon (``Engine(evict_after=5.0)``): a run
+whose timers all fire later than that at once, a run waiting on a message
+or a child once it has waited that long; it wakes on time by replay, and
+nothing recorded runs twice. A run about to wake stays."""
+import time
+
+import pytest
+from conftest import SQLITE_ONLY, wait_until
+from test_residency import _effects, listener, napper
+
+import aion_green as aion
+from aion_green.core import events as ev
+
+pytestmark = SQLITE_ONLY  # PostgreSQL caps what an engine leases instead
+
+
+@aion.workflow(name="tests.idle_ticker")
+def ticker(ctx, ticks):
+    for _ in range(ticks):
+        ctx.sleep(0.1)
+    return ticks
+
+
+@pytest.fixture(autouse=True)
+def _clear_effects():
+    _effects.clear()
+    yield
+    _effects.clear()
+
+
+def resident(engine):
+    return len(engine._epoch.runs)
+
+
+def test_runs_parked_on_far_timers_leave_memory_at_once_and_wake_on_time(make_engine):
+    engine = make_engine(napper, evict_after=1.0)
+    handles = [engine.start(napper, n, 4.0, id=f"far-{n}") for n in range(40)]
+    wait_until(lambda: engine.evictions >= 40, timeout=15, what="the far sleepers to leave memory")
+    assert resident(engine) == 0
+    started = time.monotonic()
+    assert [h.result(timeout=30) for h in handles] == [
+        [f"{n}:before", f"{n}:after"] for n in range(40)]
+    assert time.monotonic() - started < 10
+    assert sorted(_effects) == sorted([f"{n}:{w}" for n in range(40) for w in ("before", "after")])
+    # Each woke on time: its TimerFired recorded within a second of its deadline.
+    for n in range(40):
+        history = engine.history(f"far-{n}")
+        set_at = next(e for e in history if e.type == ev.TIMER_STARTED).data["fire_at"]
+        fired = next(e for e in history if e.type == ev.TIMER_FIRED).at
+        assert 0 <= fired - set_at < 1.0, (n, fired - set_at)
+
+
+def test_runs_waiting_on_messages_leave_memory_once_they_waited_long_enough(make_engine):
+    engine = make_engine(listener, evict_after=0.5)
+    for n in range(20):
+        engine.start(listener, n, id=f"msg-{n}")
+    wait_until(lambda: len(_effects) == 20, what="every listener to be ready")
+    wait_until(lambda: engine.evictions >= 20, timeout=10, what="the listeners to leave memory")
+    assert resident(engine) == 0
+    assert engine.query("msg-3", "n") == 3  # a query brings one back to answer
+    for n in range(20):
+        engine.signal(f"msg-{n}", "go", "now")
+    assert [engine.result(f"msg-{n}", timeout=30) for n in range(20)] == [
+        f"{n}:now" for n in range(20)]
+    assert sorted(_effects) == sorted([f"{n}:ready" for n in range(20)]
+                                      + [f"{n}:now" for n in range(20)])
+
+
+def test_a_run_about_to_wake_stays_in_memory(make_engine):
+    engine = make_engine(ticker, evict_after=0.5)
+    assert engine.start(ticker, 20, id="tick").result(timeout=30) == 20
+    assert engine.evictions == 0
+
+
+def test_without_it_parked_runs_stay(make_engine):
+    engine = make_engine(listener, evict_after=None)
+    engine.start(listener, 1, id="stay")
+    wait_until(lambda: _effects == ["1:ready"], what="the listener to be ready")
+    time.sleep(1.5)
+    assert engine.evictions == 0 and resident(engine) == 1
+    engine.signal("stay", "go", "x")
+    assert engine.result("stay", timeout=30) == "1:x"
+
+
+def test_the_default_is_five_seconds_and_bad_values_are_refused():
+    assert aion.Engine("sqlite:///:memory:").evict_after == 5.0
+    for bad in (0, -1, "soon", True):
+        with pytest.raises(aion.ConfigurationError, match="evict_after"):
+            aion.Engine("sqlite:///:memory:", evict_after=bad)

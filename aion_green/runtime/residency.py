@@ -71,8 +71,12 @@ class Residency:
         # Eviction without a cap (Engine(evict_after=...)): a greenlet sweeps
         # the parked runs while there are any.
         self.idle: Optional[float] = engine.evict_after
+        # (parked at, id): parked on far timers only, to evict at once; and
+        # the others, in the order they parked, to evict once parked ``idle``.
+        self._far: "collections.deque[tuple[float, str]]" = collections.deque()
+        self._far_asked = False
+        self._idle_queue: "collections.deque[tuple[float, str]]" = collections.deque()
         self._sweeping = False
-        self._more = False
         # Runs brought back to take a record (a child's end) through their
         # recorder: kept in memory until it is taken.
         self._pinned: "collections.Counter[str]" = collections.Counter()
@@ -128,61 +132,94 @@ class Residency:
     # -- parking and waking ------------------------------------------------------------------
     def on_park(self, ctx: WorkflowContext) -> None:
         """The run's greenlet: it parks (a candidate for eviction)."""
-        self._parked_runs[ctx._key] = _monotonic()
+        wid = ctx._key
+        parked_at = _monotonic()
+        self._parked_runs[wid] = parked_at
         if self.admission:
             self._ask_room()
-        if self.idle is not None and not self._sweeping and self.on:
+        idle = self.idle
+        if idle is None:
+            return
+        timers = ctx._timers
+        if timers and min(timers.values()) > time.time() + idle:
+            # Nothing it waits on is due within the horizon: out at once
+            # (from the hub greenlet, once this greenlet has parked).
+            self._far.append((parked_at, wid))
+            if not self._far_asked:
+                self._far_asked = True
+                self.epoch.hub.call_soon(self._evict_far)
+            return
+        self._queue_idle(parked_at, wid)
+
+    def _queue_idle(self, parked_at: float, wid: str) -> None:
+        self._idle_queue.append((parked_at, wid))
+        if not self._sweeping:
             self._sweeping = True
             self.epoch.hub.spawn(self._sweeper, name="aion-residency-sweep")
 
-    # -- eviction without a cap ---------------------------------------------------------------
+    # -- eviction without a cap (Engine(evict_after=...)) --------------------------------------
+    def _still_parked(self, parked_at: float, wid: str) -> Optional[WorkflowContext]:
+        """The run, if it is parked still, since ``parked_at`` (not woken and
+        parked again since), evictable and not pinned; else None."""
+        if self._parked_runs.get(wid) != parked_at or wid in self._pinned:
+            return None
+        ctx = self.epoch.runs.get(wid)
+        return ctx if ctx is not None and _evictable(ctx) else None
+
+    def _evict_far(self) -> None:
+        """Hub greenlet: evict the runs that parked on timers all beyond the
+        horizon (a batch at a time, so the hub stays responsive)."""
+        far, horizon = self._far, time.time() + (self.idle or 0.0)
+        for _ in range(min(len(far), _BATCH)):
+            parked_at, wid = far.popleft()
+            ctx = self._still_parked(parked_at, wid)
+            if ctx is not None and all(f > horizon for f in ctx._timers.values()):
+                self._parked_runs.pop(wid, None)
+                self._evict(ctx)
+            elif ctx is None and self._parked_runs.get(wid) == parked_at:
+                # Parked still, but not evictable yet (a record of its on its
+                # way, a query pinning it): the sweeper looks again.
+                self._queue_idle(parked_at, wid)
+        if far:
+            self.epoch.hub.call_soon(self._evict_far)
+        else:
+            self._far_asked = False
+
     def _sweeper(self) -> None:
-        """A greenlet of the hub, while runs are parked: every second (or
-        sooner, while a sweep left work), has the hub greenlet evict the
-        runs unlikely to wake soon (a run's doorbell rings from there only)."""
+        """A greenlet of the hub while runs wait without a far timer: every
+        half of ``idle`` (at most a second), has the hub greenlet evict those
+        parked ``idle`` seconds with nothing due soon (a run's doorbell rings
+        from the hub greenlet only)."""
         try:
-            pause = min(1.0, (self.idle or 1.0) / 2)
-            while self._parked_runs and not self.epoch.hub.closing:
-                gevent.sleep(pause)
-                self._more = False
+            while self._idle_queue and not self.epoch.hub.closing:
+                gevent.sleep(min(1.0, (self.idle or 1.0) / 2))
                 self.epoch.hub.call_soon(self._sweep)
-                gevent.sleep(0)  # (the call runs before this greenlet goes on)
-                pause = 0.02 if self._more else min(1.0, (self.idle or 1.0) / 2)
         finally:
             self._sweeping = False
 
-    def _sweep(self, budget: int = 2000) -> bool:
-        """Evict (at most ``budget``) parked runs that wait on nothing due
-        within ``idle`` seconds: a run whose timers all fire later, at
-        once; a run waiting on a message or a child (no timer), once it has
-        waited ``idle`` seconds. True if more are left for the next sweep."""
+    def _sweep(self) -> None:
+        """Hub greenlet: the runs parked longest first, while they have been
+        parked ``idle`` seconds: evicted, or, with a timer due soon, looked
+        at again ``idle`` seconds later."""
         idle = self.idle
         assert idle is not None
-        now, now_m = time.time(), _monotonic()
-        horizon = now + idle
-        runs, pinned, parked = self.epoch.runs, self._pinned, self._parked_runs
-        chosen: list[WorkflowContext] = []
-        for wid, since in list(parked.items()):
-            ctx = runs.get(wid)
-            if ctx is None:
-                parked.pop(wid, None)
-                continue
-            timers = ctx._timers
-            if timers:
-                if min(timers.values()) <= horizon:
-                    continue  # it wakes soon
-            elif now_m - since < idle:
-                continue
-            if wid in pinned or not _evictable(ctx):
-                continue
-            chosen.append(ctx)
-            if len(chosen) >= budget:
+        now_m = _monotonic()
+        horizon = time.time() + idle
+        queue = self._idle_queue
+        for _ in range(min(len(queue), _BATCH * 5)):
+            parked_at, wid = queue[0]
+            if now_m - parked_at < idle:
                 break
-        for ctx in chosen:
-            parked.pop(ctx._key, None)
+            queue.popleft()
+            ctx = self._still_parked(parked_at, wid)
+            if ctx is None:
+                continue
+            if ctx._timers and min(ctx._timers.values()) <= horizon:
+                queue.append((parked_at + idle, wid))  # it wakes soon: later
+                self._parked_runs[wid] = parked_at + idle
+                continue
+            self._parked_runs.pop(wid, None)
             self._evict(ctx)
-        self._more = len(chosen) >= budget
-        return self._more
 
     def on_unpark(self, ctx: WorkflowContext) -> None:
         self._parked_runs.pop(ctx._key, None)
@@ -248,6 +285,10 @@ class Residency:
         (or failed to): the run may leave memory once that is recorded."""
         if ctx is not None:
             ctx._busy -= 1
+
+
+# The most runs evicted by one call on the hub greenlet.
+_BATCH = 2000
 
 
 def _evictable(ctx: WorkflowContext) -> bool:

@@ -11,6 +11,12 @@ bench/steps.py holds the engine's figures against, measured in the same run.
                  one INSERT of an event-sized row, COMMIT: one durable commit
   batched        rows per second inserted in one transaction (executemany of
                  event-sized rows, one COMMIT), on the same kind of connection
+  events commit  diagnostic: one INSERT into the engine's own `events` table
+                 (its primary key and its index on the global position) per
+                 durable commit, the position given (no counter)
+  + counter      diagnostic: the same, plus the position taken from the
+                 one-row counter as the store does (UPDATE and SELECT of
+                 event_positions in the transaction)
   store commit   the engine's own store, without the engine: one
                  SQLiteStore.write_batch([Append]) of one StepCompleted-sized
                  event per durable commit, from one thread (the SQL a
@@ -133,6 +139,38 @@ def batched_rows_per_s(n=20000, base=None):
             store.close()
 
 
+def _events_commits(n, base, counter):
+    with _TempDir(base) as d:
+        store, conn = _engine_connection(os.path.join(d, "events.db"))  # the engine's schema
+        try:
+            at = time.time()
+            for i in range(n + 50):
+                if i == 50:  # the first 50 warm the file and the WAL
+                    t0 = time.perf_counter()
+                conn.execute("BEGIN IMMEDIATE")
+                if counter:  # as stores/sqlite/store.py's _positions
+                    conn.execute("UPDATE event_positions SET n = n + ?", (1,))
+                    (pos,) = conn.execute("SELECT n FROM event_positions").fetchone()
+                else:
+                    pos = i + 1
+                conn.execute("INSERT INTO events(workflow_id, seq, type, at, data, pos) VALUES (?,?,?,?,?,?)",
+                             ("w", i + 1, "StepCompleted", at, _DATA, pos))
+                conn.execute("COMMIT")
+            return n / (time.perf_counter() - t0)
+        finally:
+            store.close()
+
+
+def events_commits_per_s(n=2000, base=None):
+    """One row into the engine's events table per durable commit, no counter."""
+    return _events_commits(n, base, counter=False)
+
+
+def counter_commits_per_s(n=2000, base=None):
+    """The same, with the position drawn from the store's counter row."""
+    return _events_commits(n, base, counter=True)
+
+
 def store_commits_per_s(n=2000, base=None):
     """The engine's store alone: write_batch([Append of one event]) per
     durable commit, from this thread (no hand-off)."""
@@ -160,10 +198,13 @@ def store_commits_per_s(n=2000, base=None):
 
 CEILINGS = {
     # name: (function, size argument name, unit, what it bounds)
-    "fdatasync": (fdatasync_per_s, "commits", "fdatasync/s", "the disk"),
-    "single_commit": (single_commits_per_s, "commits", "commits/s", "sequential steps, starts from one thread"),
-    "batched": (batched_rows_per_s, "rows", "rows/s", "concurrent steps"),
-    "store_commit": (store_commits_per_s, "commits", "commits/s", "(the engine's store alone, diagnostic)"),
+    "fdatasync": (fdatasync_per_s, "commits", "fdatasync/s", "bounds the disk"),
+    "single_commit": (single_commits_per_s, "commits", "commits/s",
+                      "bounds sequential steps, starts from one thread"),
+    "batched": (batched_rows_per_s, "rows", "rows/s", "bounds concurrent steps"),
+    "events_commit": (events_commits_per_s, "commits", "commits/s", "(diagnostic: the events table's keys)"),
+    "counter_commit": (counter_commits_per_s, "commits", "commits/s", "(diagnostic: + the position counter)"),
+    "store_commit": (store_commits_per_s, "commits", "commits/s", "(diagnostic: the engine's store alone)"),
 }
 
 
@@ -198,7 +239,7 @@ def main():
     print(f"ceilings, median of {args.repeat} runs (spread):")
     for name, values in runs.items():
         _, _, unit, bounds = CEILINGS[name]
-        print(f"  {name:14} {statistics.median(values):>10,.0f} {unit:12} ({spread(values)})  bounds {bounds}")
+        print(f"  {name:14} {statistics.median(values):>10,.0f} {unit:12} ({spread(values)})  {bounds}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(runs, f, indent=1)

@@ -212,7 +212,8 @@ def _install_hop_marks():
     from aion_green.stores.sqlite.store import SQLiteStore
 
     marks = {s: {} for s in HOP_STAGES}
-    marks.update(commit_end={}, _threads={"hub": set(), "pool": set(), "writer": set()}, _on=[False])
+    marks.update(commit_end={}, _threads={"hub": set(), "pool": set(), "writer": set()}, _on=[False],
+                 _batches=[], _count=[False])
 
     submit = StepPool.submit
 
@@ -235,6 +236,9 @@ def _install_hop_marks():
         t0 = _now()
         out = _wb(self, ops)
         t1 = _now()
+        if marks["_count"][0]:  # (starts) every commit: when, how long, what it carried
+            creates = sum(1 for op in ops if not hasattr(op, "events"))
+            marks["_batches"].append((t0, t1, len(ops), creates))
         if marks["_on"][0]:
             c0, c1 = marks.get("_last_commit", (t0, t0))
             for op in ops:
@@ -287,6 +291,10 @@ def hop_profile(n=1000, durable=True):
         threads["pool"].add(_get_ident())
         return i
 
+    @aion.workflow(name="bench.hops_one")
+    def hops_one(ctx):
+        return ctx.step(trivial, 1)
+
     @aion.workflow(name="bench.hops")
     def hops(ctx, n):
         threads["hub"].add(_get_ident())
@@ -300,7 +308,7 @@ def hop_profile(n=1000, durable=True):
     tmp = tempfile.mkdtemp(prefix="aion-bench-hops-")
     try:
         url = f"sqlite:///{os.path.join(tmp, 'bench.db')}"
-        with aion.Engine(url, workflows=[hops], durable=durable) as engine:
+        with aion.Engine(url, workflows=[hops, hops_one], durable=durable) as engine:
             engine.start(hops, 50, id="hops-warm").result(60)
             for stage in HOP_STAGES:
                 marks[stage].clear()
@@ -311,6 +319,14 @@ def hop_profile(n=1000, durable=True):
             wall = _now() - t0
             marks["_on"][0] = False
             cpu = {role: (_thread_cpu(ids) - cpu0[role]) / n for role, ids in threads.items()}
+            # (c)'s starts from one thread: what the writer commits meanwhile.
+            marks["_count"][0] = True
+            t0 = _now()
+            handles = [engine.start(hops_one, id=f"hc-{i}") for i in range(n)]
+            for handle in handles:
+                handle.result(120)
+            starts_wall = _now() - t0
+            marks["_count"][0] = False
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     marks["next_body"] = {i - 1: t for i, t in marks["body"].items()}
@@ -319,12 +335,25 @@ def hop_profile(n=1000, durable=True):
         per_hop[label] = [marks[b][i] - marks[a][i] for i in range(2, n + 1)
                           if i in marks[a] and i in marks[b]]
     per_step = [marks["body"][i + 1] - marks["body"][i] for i in range(2, n + 1)]
-    return per_hop, per_step, cpu, wall / n
+    batches = marks["_batches"]
+    starts = {"wall": starts_wall, "commits": len(batches), "busy": sum(b[1] - b[0] for b in batches),
+              "ops": sum(b[2] for b in batches), "creates": sum(b[3] for b in batches),
+              "commit_median": statistics.median(b[1] - b[0] for b in batches) if batches else 0.0, "n": n}
+    return per_hop, per_step, cpu, wall / n, starts
 
 
 def _pct(values, q):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def print_starts(st):
+    n = st["n"]
+    print(f"\n(c) {n:,} single-step workflows started back to back, the writer meanwhile (same wrappers): "
+          f"{n / st['wall']:,.0f} workflows/s; {st['commits']:,} commits ({st['commits'] / n:.2f} per start), "
+          f"{st['ops'] / max(1, st['commits']):.1f} records each ({st['creates'] / max(1, st['commits']):.2f} "
+          f"creations), median {st['commit_median'] * 1e6:.0f} us per write_batch; the writer in write_batch "
+          f"{st['busy'] / st['wall']:.0%} of the wall time")
 
 
 def print_hops(per_hop, per_step, cpu, wall_per_step):
@@ -415,8 +444,10 @@ def main():
     print("rounds (a, b, c, d seconds):",
           ", ".join(f"({r['a']:.2f}, {r['b']:.2f}, {r['c']:.2f}, {r['d']:.2f})" for r in runs))
     if args.hops:
-        per_hop, per_step, cpu, wall = hop_profile(durable=durable)
+        per_hop, per_step, cpu, wall, starts = hop_profile(durable=durable)
         print_hops(per_hop, per_step, cpu, wall)
+        print_starts(starts)
+        out["hop_starts"] = starts
         out["hops"] = {k: statistics.median(v) for k, v in per_hop.items()}
         out["hops_p90"] = {k: _pct(v, 0.9) for k, v in per_hop.items()}
         out["hop_step"] = statistics.median(per_step)

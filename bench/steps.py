@@ -31,7 +31,10 @@ README's "Throughput and the garbage collector"). ``--patched`` calls
 wrappers this script installs (StepPool.submit, the step itself,
 StoreWriter.submit_append, SQLiteStore.write_batch and its COMMIT,
 Runner.deliver, the workflow's body): the median and p90 of each hop, and
-each thread's CPU time per step (its own CPU clock).
+each thread's CPU time per step (its own CPU clock). Then, with the same
+wrappers, (c)'s starts (how many commits the writer makes per start, how
+big, how long, how busy it is) and (b)'s burst (CPU per step of the hub
+thread, the step pool, the store writer and the rest).
 
     python bench/steps.py [--repeat 5] [--no-durable] [--gc-threshold N] [--patched]
                           [--hops] [--json FILE]
@@ -295,6 +298,19 @@ def hop_profile(n=1000, durable=True):
     def hops_one(ctx):
         return ctx.step(trivial, 1)
 
+    pool_ids = threads["pool"]
+
+    def pool_step(i):
+        pool_ids.add(_get_ident())
+        return i
+
+    @aion.workflow(name="bench.hops_ten")
+    def hops_ten(ctx):
+        threads["hub"].add(_get_ident())
+        for i in range(10):
+            ctx.step(pool_step, i)
+        return 10
+
     @aion.workflow(name="bench.hops")
     def hops(ctx, n):
         threads["hub"].add(_get_ident())
@@ -308,7 +324,7 @@ def hop_profile(n=1000, durable=True):
     tmp = tempfile.mkdtemp(prefix="aion-bench-hops-")
     try:
         url = f"sqlite:///{os.path.join(tmp, 'bench.db')}"
-        with aion.Engine(url, workflows=[hops, hops_one], durable=durable) as engine:
+        with aion.Engine(url, workflows=[hops, hops_one, hops_ten], durable=durable) as engine:
             engine.start(hops, 50, id="hops-warm").result(60)
             for stage in HOP_STAGES:
                 marks[stage].clear()
@@ -327,6 +343,20 @@ def hop_profile(n=1000, durable=True):
                 handle.result(120)
             starts_wall = _now() - t0
             marks["_count"][0] = False
+            # (b): each thread's CPU per step while 1,000 x 10 steps run
+            # (a cold burst first, as measure() does).
+            for burst in ("hb-cold", "hb"):
+                handles = []
+                cpu0 = {role: _thread_cpu(ids) for role, ids in threads.items()}
+                t0, p0 = _now(), time.process_time()
+                in_threads(50, lambda i, h=handles, prefix=burst: h.append(engine.start(hops_ten, id=f"{prefix}-{i}")),
+                           list(range(1000)))
+                for handle in handles:
+                    handle.result(120)
+                b_wall, b_cpu = _now() - t0, time.process_time() - p0
+            concurrent = {role: (_thread_cpu(ids) - cpu0[role]) / 10000 for role, ids in threads.items()}
+            concurrent["process"] = b_cpu / 10000
+            concurrent["wall"] = b_wall / 10000
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     marks["next_body"] = {i - 1: t for i, t in marks["body"].items()}
@@ -339,7 +369,7 @@ def hop_profile(n=1000, durable=True):
     starts = {"wall": starts_wall, "commits": len(batches), "busy": sum(b[1] - b[0] for b in batches),
               "ops": sum(b[2] for b in batches), "creates": sum(b[3] for b in batches),
               "commit_median": statistics.median(b[1] - b[0] for b in batches) if batches else 0.0, "n": n}
-    return per_hop, per_step, cpu, wall / n, starts
+    return per_hop, per_step, cpu, wall / n, starts, concurrent
 
 
 def _pct(values, q):
@@ -354,6 +384,14 @@ def print_starts(st):
           f"{st['ops'] / max(1, st['commits']):.1f} records each ({st['creates'] / max(1, st['commits']):.2f} "
           f"creations), median {st['commit_median'] * 1e6:.0f} us per write_batch; the writer in write_batch "
           f"{st['busy'] / st['wall']:.0%} of the wall time")
+
+
+def print_concurrent(c):
+    other = c["process"] - c["hub"] - c["pool"] - c["writer"]
+    print(f"\n(b) 1,000 x 10 steps from 50 threads, CPU per step by thread (same wrappers): "
+          f"{1 / c['wall']:,.0f} steps/s, wall {c['wall'] * 1e6:.0f} us/step, process CPU "
+          f"{c['process'] * 1e6:.0f} us/step = hub {c['hub'] * 1e6:.1f} + step pool {c['pool'] * 1e6:.1f} + "
+          f"store writer {c['writer'] * 1e6:.1f} + the 50 client threads and the rest {other * 1e6:.1f} us")
 
 
 def print_hops(per_hop, per_step, cpu, wall_per_step):
@@ -444,10 +482,12 @@ def main():
     print("rounds (a, b, c, d seconds):",
           ", ".join(f"({r['a']:.2f}, {r['b']:.2f}, {r['c']:.2f}, {r['d']:.2f})" for r in runs))
     if args.hops:
-        per_hop, per_step, cpu, wall, starts = hop_profile(durable=durable)
+        per_hop, per_step, cpu, wall, starts, concurrent = hop_profile(durable=durable)
         print_hops(per_hop, per_step, cpu, wall)
         print_starts(starts)
+        print_concurrent(concurrent)
         out["hop_starts"] = starts
+        out["hop_concurrent"] = concurrent
         out["hops"] = {k: statistics.median(v) for k, v in per_hop.items()}
         out["hops_p90"] = {k: _pct(v, 0.9) for k, v in per_hop.items()}
         out["hop_step"] = statistics.median(per_step)

@@ -25,11 +25,11 @@ def fractions(steps):
     s = statistics.median(1000 / r["c"] for r in runs)
     d = statistics.median(1000 / r["d"] for r in runs)
     return [
-        ("(a) sequential steps\n/ single commits", a / c["single_commit"], 0.80),
-        ("(a) / the store's\nown commits", a / c["store_commit"], None),
-        ("(c) starts, 1 thread\n/ single commits", s / c["single_commit"], 3000 / c["single_commit"]),
-        ("(b) concurrent steps\n/ batched rows", b / c["batched"], 40000 / c["batched"]),
-        ("(d) starts, 50 threads\n(3 rows) / batched rows", 3 * d / c["batched"], 9000 / c["batched"]),
+        ("(a) sequential\nsteps / single\ncommits", a / c["single_commit"], 0.80),
+        ("(a) / the\nstore's own\ncommits", a / c["store_commit"], None),
+        ("(c) starts,\n1 thread / single\ncommits", s / c["single_commit"], 3000 / c["single_commit"]),
+        ("(b) concurrent\nsteps / batched\nrows", b / c["batched"], 40000 / c["batched"]),
+        ("(d) starts, 50\nthreads (3 rows)\n/ batched rows", 3 * d / c["batched"], 9000 / c["batched"]),
     ]
 
 
@@ -41,10 +41,10 @@ def ratios(compare):
         vals = [r[key] for r in (entry or {"runs": []})["runs"] if key in r]
         return statistics.median(vals) if vals else None
 
-    rows = [("sequential, 1 x 1,000", "sequential", 1000, "steps_per_s"),
-            ("chains of 10, one at a time", "chain", 100, "steps_per_s"),
-            ("1,000 x 10, concurrent", "concurrent", 1000, "steps_per_s"),
-            ("1,000 single-step starts", "starts", 1000, "workflows_per_s")]
+    rows = [("sequential,\n1 x 1,000", "sequential", 1000, "steps_per_s"),
+            ("chains of 10,\none at a time", "chain", 100, "steps_per_s"),
+            ("1,000 x 10,\nconcurrent", "concurrent", 1000, "steps_per_s"),
+            ("1,000 single-step\nstarts", "starts", 1000, "workflows_per_s")]
     out = []
     for label, scenario, n, key in rows:
         a = med("aion", scenario, n, key)
@@ -74,7 +74,7 @@ def main():
     with open(args.compare) as f:
         vs = ratios(json.load(f))
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=100)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2), dpi=100)
     width = 0.38 if patched else 0.6
     xs = range(len(plain))
     left.bar([x - (width / 2 if patched else 0) for x in xs], [p[1] * 100 for p in plain], width,
@@ -85,6 +85,10 @@ def main():
     for x, (_, frac, bar) in zip(xs, plain):
         left.annotate(f"{frac:.0%}" if frac >= 0.01 else f"{frac:.1%}", (x - (width / 2 if patched else 0),
                       frac * 100), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
+        if patched:
+            pf = patched[x][1]
+            left.annotate(f"{pf:.0%}" if pf >= 0.01 else f"{pf:.1%}", (x + width / 2, pf * 100),
+                          textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
         if bar is not None:
             left.hlines(bar * 100, x - 0.45, x + 0.45, colors="#c0392b", linestyles="dashed")
     left.set_xticks(list(xs))

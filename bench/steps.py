@@ -479,6 +479,17 @@ def main():
         print(f"(d) {figures['d']:,.0f} workflows/s = {figures['d'] * 3 / batched:.1%} of the batched ceiling "
               f"(3 events each); bar >= {BAR_STARTS:,}/s: {verdict}")
         out["ceiling_medians"] = cm
+        # The same fractions round by round (engine and ceiling a second
+        # apart): steadier than the ratio of two medians on a loaded machine.
+        per_round = {
+            "(a) / single commit": [1000 / r["a"] / c for r, c in zip(runs, ceils["single_commit"])],
+            "(a) / the store's own commit": [1000 / r["a"] / c for r, c in zip(runs, ceils["store_commit"])],
+            "(c) / single commit": [1000 / r["c"] / c for r, c in zip(runs, ceils["single_commit"])],
+            "(b) / batched": [10000 / r["b"] / c for r, c in zip(runs, ceils["batched"])],
+        }
+        print("per round, median (spread): " + "; ".join(
+            f"{k} {statistics.median(v):.1%} ({min(v):.1%}-{max(v):.1%})" for k, v in per_round.items()))
+        out["per_round_fractions"] = per_round
     print("rounds (a, b, c, d seconds):",
           ", ".join(f"({r['a']:.2f}, {r['b']:.2f}, {r['c']:.2f}, {r['d']:.2f})" for r in runs))
     if args.hops:

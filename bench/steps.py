@@ -20,6 +20,10 @@ the same run (bench/ceiling.py).
 
 Each round measures the engine (a fresh file) and then the ceilings, on the
 same disk; the figures are the medians of --repeat rounds, with the spread.
+(a) and (c) are also each measured between two runs of the single-commit
+ceiling (1,000 commits before, 1,000 after): on a shared machine whose disk
+is loaded by others, that pairing is the fraction to quote (printed as
+"per round").
 For (b) it also prints the share of the wall time spent in CPython's cyclic
 garbage collector. ``--gc-threshold N`` runs with
 ``gc.set_threshold(N, 10, 10)``, as a tuned deployment would (see the
@@ -125,15 +129,34 @@ def _on_gc(phase, info):
         gc_time.append(_now() - _gc_began[0])
 
 
-def measure(durable):
+def _paired_single(fn, paired):
+    """fn()'s seconds, between two runs of the single-commit ceiling (1,000
+    commits each, on the same disk, the engine idle): the load of that
+    moment falls on the figure and on its ceiling alike. The ceiling's
+    rate is the mean of the two."""
+    if not paired:
+        return fn(), None
+    before = ceiling.single_commits_per_s(1000)
+    seconds = fn()
+    after = ceiling.single_commits_per_s(1000)
+    return seconds, (before + after) / 2
+
+
+def _timed(fn):
+    def run():
+        t0 = _now()
+        fn()
+        return _now() - t0
+    return run
+
+
+def measure(durable, paired=True):
     tmp = tempfile.mkdtemp(prefix="aion-bench-")
     try:
         url = f"sqlite:///{os.path.join(tmp, 'bench.db')}"
         with aion.Engine(url, workflows=[sequential, ten, one], durable=durable) as engine:
             engine.start(one, id="warm-up").result(30)
-            t0 = _now()
-            engine.start(sequential, 1000, id="a").result(120)
-            a = _now() - t0
+            a, single_a = _paired_single(_timed(lambda: engine.start(sequential, 1000, id="a").result(120)), paired)
 
             # (b) twice: the first burst in a fresh engine (cold: the step
             # pool's threads start, caches fill), then the one measured.
@@ -150,11 +173,12 @@ def measure(durable):
             b_cold = bursts[0][0]
             b, b_cpu, b_gc = bursts[1]
 
-            t0 = _now()
-            handles = [engine.start(one, id=f"c-{i}") for i in range(1000)]
-            for handle in handles:
-                handle.result(120)
-            c = _now() - t0
+            def starts():
+                handles = [engine.start(one, id=f"c-{i}") for i in range(1000)]
+                for handle in handles:
+                    handle.result(120)
+
+            c, single_c = _paired_single(_timed(starts), paired)
 
             handles = []
             t0 = _now()
@@ -162,7 +186,8 @@ def measure(durable):
             for handle in handles:
                 handle.result(120)
             d = _now() - t0
-        return {"a": a, "b": b, "c": c, "d": d, "b_cpu": b_cpu, "b_gc": b_gc, "b_cold": b_cold}
+        return {"a": a, "b": b, "c": c, "d": d, "b_cpu": b_cpu, "b_gc": b_gc, "b_cold": b_cold,
+                "single_a": single_a, "single_c": single_c}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -426,7 +451,7 @@ def main():
     gc.callbacks.append(_on_gc)
     runs, ceils = [], {name: [] for name in ceiling.CEILINGS}
     for _ in range(args.repeat):
-        runs.append(measure(durable))
+        runs.append(measure(durable, paired=not args.no_ceiling))
         if not args.no_ceiling:
             for name, values in ceiling.measure(1).items():
                 ceils[name] += values
@@ -482,6 +507,8 @@ def main():
         # The same fractions round by round (engine and ceiling a second
         # apart): steadier than the ratio of two medians on a loaded machine.
         per_round = {
+            "(a) / single commit just before and after it": [1000 / r["a"] / r["single_a"] for r in runs],
+            "(c) / the same": [1000 / r["c"] / r["single_c"] for r in runs],
             "(a) / single commit": [1000 / r["a"] / c for r, c in zip(runs, ceils["single_commit"])],
             "(a) / the store's own commit": [1000 / r["a"] / c for r, c in zip(runs, ceils["store_commit"])],
             "(c) / single commit": [1000 / r["c"] / c for r, c in zip(runs, ceils["single_commit"])],

@@ -202,16 +202,22 @@ class _Counter:
         return len(self._ticks)
 
 
-_REDIS = []
+_REDIS = {}
 
 
 def _redis():
-    """This process's Redis client (created on first use: a prefork child
-    makes its own)."""
-    if not _REDIS:
+    """This native thread's Redis client (created on first use, so a
+    prefork child makes its own). One per native thread: under patch_all a
+    socket belongs to the hub of the thread that made it, and a step pool
+    thread that used another thread's connection failed with "Cannot switch
+    to a different thread"."""
+    from gevent import monkey
+    ident = monkey.get_original("_thread", "get_ident")()
+    client = _REDIS.get(ident)
+    if client is None:
         import redis
-        _REDIS.append(redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB))
-    return _REDIS[0]
+        client = _REDIS[ident] = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
+    return client
 
 
 def _redis_cleanup():
@@ -678,6 +684,14 @@ def child_main(spec):
     if spec["patched"]:
         from gevent import monkey
         monkey.patch_all()
+        if spec["scenario"].startswith("kill"):
+            # The first Redis connection resolves gevent's resolver and
+            # thread pool settings, which import modules lazily; under
+            # patch_all importlib's lock is a gevent lock, and the main
+            # thread and the step pool's threads (each with a hub of its
+            # own) importing them at once ended in LoopExit and a SIGSEGV.
+            # Resolve them here first, in one thread.
+            _redis().ping()
     sys.path.insert(0, ROOT)
     if spec["engine"] in ("celery", "celery_gevent"):
         celery_child(spec)

@@ -1170,6 +1170,12 @@ def main():
         pass
     if any(e.startswith("celery") for e in engines):
         try:
+            _redis().ping()
+        except Exception as exc:
+            print(f"Redis at {REDIS_HOST}:{REDIS_PORT} does not answer ({exc!r}): no Celery runs", flush=True)
+            engines = tuple(e for e in engines if not e.startswith("celery"))
+    if any(e.startswith("celery") for e in engines):
+        try:
             cfg = {k: v for key in ("appendonly", "appendfsync", "save")
                    for k, v in _redis().config_get(key).items()}
             versions.append(f"Redis {_redis().info('server')['redis_version']} on {REDIS_HOST}:{REDIS_PORT} "

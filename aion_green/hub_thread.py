@@ -252,6 +252,12 @@ def _resolve_hub_settings() -> None:
     hang for good (found by the crash campaign of issue 8, seed 2 patched)."""
     gevent.config.loop  # noqa: B018 - reading a setting imports and caches it
     gevent.config.format_context  # noqa: B018
+    # The same for what a thread's first network call makes its hub import:
+    # the resolver and thread-pool classes (issue 21's kill test: 32 step
+    # threads opening their first connections at once crashed a patched
+    # process; BENCHMARKS.md, "A hazard on our side").
+    gevent.config.resolver  # noqa: B018
+    gevent.config.threadpool  # noqa: B018
 
 
 # Commands run per turn of the hub's loop; each is a few microseconds (a

@@ -318,8 +318,10 @@ class Sharing:
             for row in rows:
                 wid = row.workflow_id
                 if (row.status == ev.RUNNING and wid not in self.epoch.runs
-                        and wid not in self.epoch.recorders):
-                    # Another process created it (this engine's own are known).
+                        and wid not in self.epoch.recorders
+                        and not self.epoch.residency.absent_here(wid)):
+                    # Another process created it (this engine's own are known,
+                    # in memory or evicted: runtime/residency.py).
                     try:
                         info = reader.call(reader.store.get_run, wid).result()
                     except AionError as exc:  # look at this row again later
@@ -327,7 +329,8 @@ class Sharing:
                         gevent.sleep(_IDLE_PAUSE)
                         break
                     if (info is not None and info.status == ev.RUNNING
-                            and wid not in self.epoch.runs and wid not in self.epoch.recorders):
+                            and wid not in self.epoch.runs and wid not in self.epoch.recorders
+                            and not self.epoch.residency.absent_here(wid)):
                         self.epoch.runner.spawn_run(wid, info)
                 mark = row.mark
             pause = _BUSY_PAUSE if rows else min(pause * 2, _IDLE_PAUSE)

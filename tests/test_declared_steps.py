@@ -217,3 +217,28 @@ def test_the_python_api_gives_times_as_aware_datetimes(make_engine):
     assert timed.describe().deadline > datetime.now(timezone.utc)
     engine.signal("t-2", "go", 1)
     timed.result(timeout=30)
+
+
+CONTEXTS = []
+
+
+@aion.workflow(name="declared.remembers")
+def remembers(ctx, n):
+    import weakref
+
+    CONTEXTS.append(weakref.ref(ctx))
+    return plain_step(n)  # a declared step: the run's greenlet is known by the table
+
+
+def test_a_finished_run_leaves_nothing_behind(make_engine):
+    """The table that knows each run's greenlet (for @aion.step) holds
+    neither the greenlet nor the context: both go when the run ends (they
+    did not, and every run's frames stayed in memory)."""
+    import gc
+
+    CONTEXTS.clear()
+    engine = make_engine(remembers)
+    for n in range(50):
+        assert engine.start(remembers, n, id=f"gone-{n}").result(timeout=30) == n * 2
+    wait_until(lambda: gc.collect() >= 0 and not any(ref() for ref in CONTEXTS),
+               what="every finished run's context to be freed")

@@ -155,6 +155,7 @@ class StepPool:
             except BaseException:  # pragma: no cover - tasks catch their own errors
                 log.exception("a step task failed; this is a bug in aion_green")
             del current[ident]
+            task = None  # (not held while this thread waits: it holds the run's recorder)
             self._finished_n = next(finished)
             if self._detached and ident in self._detached:
                 self._leave(ident, detached=True)  # replaced while its task ran

@@ -26,18 +26,21 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _R = TypeVar("_R")
 
-# The greenlet of each live run -> its context (weak: a greenlet that ended is gone).
-_RUNS: "weakref.WeakKeyDictionary[Any, WorkflowContext]" = weakref.WeakKeyDictionary()
+# The greenlet of each live run -> its context, both weakly: the context
+# holds its greenlet, so a strong value would keep every run's greenlet,
+# frames and context alive for ever (a weak-keyed table's values are strong).
+_RUNS: "weakref.WeakKeyDictionary[Any, weakref.ref[WorkflowContext]]" = weakref.WeakKeyDictionary()
 
 
 def enter(ctx: "WorkflowContext") -> None:
     """The run's greenlet, as it begins: it is ``ctx``'s."""
-    _RUNS[getcurrent()] = ctx
+    _RUNS[getcurrent()] = weakref.ref(ctx)
 
 
 def current() -> Optional["WorkflowContext"]:
     """The context of the run whose greenlet calls, or None."""
-    return _RUNS.get(getcurrent())
+    ref = _RUNS.get(getcurrent())
+    return None if ref is None else ref()
 
 
 class DeclaredStep(Generic[_R]):

@@ -91,3 +91,20 @@ def test_the_default_is_five_seconds_and_bad_values_are_refused():
     for bad in (0, -1, "soon", True):
         with pytest.raises(aion.ConfigurationError, match="evict_after"):
             aion.Engine("sqlite:///:memory:", evict_after=bad)
+
+
+def test_evicted_runs_due_at_once_come_back_a_bounded_number_at_a_time(make_engine, monkeypatch):
+    from aion_green.runtime import residency
+
+    monkeypatch.setattr(residency, "WAKE_CAP", 5)
+    engine = make_engine(napper, evict_after=0.3)
+    handles = [engine.start(napper, n, 2.0, id=f"due-{n}") for n in range(30)]
+    wait_until(lambda: resident(engine) == 0, timeout=15, what="the sleepers to leave memory")
+    peak_before = engine.resident_peak
+    engine._epoch.residency.resident_peak = 0
+    assert [h.result(timeout=60) for h in handles] == [
+        [f"{n}:before", f"{n}:after"] for n in range(30)]
+    # All 30 timers came due together; at most the cap (and the runs it let
+    # in before the count caught up: none here) were replayed at once.
+    assert engine.resident_peak <= 5, (engine.resident_peak, peak_before)
+    assert sorted(_effects) == sorted([f"{n}:{w}" for n in range(30) for w in ("before", "after")])

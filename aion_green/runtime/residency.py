@@ -122,8 +122,12 @@ class Residency:
         self.evictions += 1
 
     def _admit_next(self) -> None:
-        """Let queued runs in while there is room."""
+        """Let queued runs in while there is room: under ``max_resident``;
+        without it, evicted runs woken come back at most ``WAKE_CAP`` at a
+        time (200,000 timers due at once would otherwise replay all at once)."""
         cap = self.engine.max_resident
+        if cap is None and self.idle is not None:
+            cap = WAKE_CAP
         queue = self.admission
         while queue and (cap is None or len(self.epoch.runs) < cap) and not self.epoch.hub.closing:
             wid, (info, recovering, recorder) = queue.popitem(last=False)
@@ -135,7 +139,7 @@ class Residency:
         wid = ctx._key
         parked_at = _monotonic()
         self._parked_runs[wid] = parked_at
-        if self.admission:
+        if self.admission and self.engine.max_resident is not None:
             self._ask_room()
         idle = self.idle
         if idle is None:
@@ -245,7 +249,7 @@ class Residency:
                            created_at, fence)
             self.admission[wid] = (info, True, None)
             self._admit_next()
-            if wid in self.admission:
+            if wid in self.admission and self.engine.max_resident is not None:
                 self._ask_room()
 
     def absent_here(self, wid: str) -> bool:
@@ -289,6 +293,9 @@ class Residency:
 
 # The most runs evicted by one call on the hub greenlet.
 _BATCH = 2000
+# Without max_resident: the most runs in memory before evicted runs that
+# wake wait their turn (they run as others end or leave memory).
+WAKE_CAP = 10_000
 
 
 def _evictable(ctx: WorkflowContext) -> bool:

@@ -1,8 +1,8 @@
 """Residency: peak RSS and wall time for N workflows parked on a timer (or
-on a message), with the engine's defaults (a parked run leaves memory once
-nothing it waits on is due within ``evict_after``, 5 s), with eviction off
-(``evict_after=None``: every parked run stays), and with a cap on resident
-runs (``Engine(max_resident=...)``).
+on a message), with ``Engine(evict_after=5.0)`` (a parked run leaves memory
+once nothing it waits on is due within 5 s), with eviction off (the
+default: every parked run stays), and with a cap on resident runs
+(``Engine(max_resident=...)``).
 
 Each configuration runs in its own process (peak RSS is per process): N
 workflows are started by a pool of threads (group commit); each sleeps
@@ -12,8 +12,8 @@ everywhere) and every timer comes due at once. Printed per configuration:
 time to start and park them all, time for all to fire and end (drain), RSS
 when all are parked and at the end, runs evicted, most resident at once.
 
-    python bench/residency.py                     # 10k and 100k: default, off, cap 10k
-    python bench/residency.py --sizes 200000 --configs default --wait message
+    python bench/residency.py                     # 10k and 100k: evict, off, cap 10k
+    python bench/residency.py --sizes 200000 --configs evict --wait message
     python bench/residency.py --sizes 1000000 --configs cap
 """
 from __future__ import annotations
@@ -101,13 +101,13 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--cap", type=int, default=10_000)
     parser.add_argument("--starters", type=int, default=16, help="threads that start runs")
-    parser.add_argument("--configs", default="default,off,cap",
-                        help="default (the engine's defaults), off (evict_after=None: every "
+    parser.add_argument("--configs", default="evict,off,cap",
+                        help="evict (evict_after=5.0), off (evict_after=None, the default: every "
                              "parked run stays; 1,000,000 needs ~15 GiB), cap (max_resident)")
     parser.add_argument("--wait", choices=("timer", "message"), default="timer",
                         help="what the runs park on: a timer a day away, or a message")
     args = parser.parse_args()
-    configs = {"default": (None, {}), "off": (None, {"evict_after": None}),
+    configs = {"evict": (None, {"evict_after": 5.0}), "off": (None, {"evict_after": None}),
                "cap": (args.cap, {"evict_after": None})}
     print(f"parked on a {args.wait}")
     print(f"{'runs':>9} {'config':>9} {'start+park s':>12} {'starts/s':>9} {'drain s':>8} "

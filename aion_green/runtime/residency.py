@@ -76,6 +76,8 @@ class Residency:
         self._far: "collections.deque[tuple[float, str]]" = collections.deque()
         self._far_asked = False
         self._idle_queue: "collections.deque[tuple[float, str]]" = collections.deque()
+        # Evicted runs brought back: id -> when (monotonic), until they park.
+        self._woken: dict[str, float] = {}
         self._sweeping = False
         # Runs brought back to take a record (a child's end) through their
         # recorder: kept in memory until it is taken.
@@ -145,6 +147,12 @@ class Residency:
         if idle is None:
             return
         timers = ctx._timers
+        woken = self._woken.pop(wid, None)
+        if woken is not None and parked_at - woken < idle:
+            # Brought back a moment ago (a query, a message): it stays at
+            # least ``idle`` seconds, or a query waiting for it could starve.
+            self._queue_idle(parked_at, wid)
+            return
         if timers and min(timers.values()) > time.time() + idle:
             # Nothing it waits on is due within the horizon: out at once
             # (from the hub greenlet, once this greenlet has parked).
@@ -243,6 +251,8 @@ class Residency:
         a query asks it): bring it back."""
         kept = self._evicted.pop(wid, None)
         if kept is not None:
+            if self.idle is not None:
+                self._woken[wid] = _monotonic()
             run_id, wtype, args, created_at, fence = kept
             # Its history is read when it is driven again: head_seq > 1 says so.
             info = RunInfo(wid, run_id, wtype, ev.RUNNING, args, None, None, 2, created_at,

@@ -182,7 +182,7 @@ def test_a_query_during_the_hand_off_to_the_next_run_waits_for_it(make_engine):
     engine.start(hops, rounds, id="hops")
     answers = []
     for n in range(rounds, 0, -1):
-        wait_until(lambda: engine.query("hops", "n") == n, what=f"run {rounds - n + 1}")
+        wait_until(lambda n=n: engine.query("hops", "n") == n, what=f"run {rounds - n + 1}")
         engine.signal("hops", "hop", None)
         # Ask at once and again until the next run answers: each answer is
         # this run's or the next one's, never a refusal.

@@ -1,7 +1,8 @@
 """Residency at scale: 200,000 runs parked on timers in one process under a
 cap of 10,000 resident runs. Its own process (peak RSS is per process);
-marked ``heavy``: the plain tox environment runs it, the patched one skips
-the run-time cost (patching changes nothing of what is measured here)."""
+marked ``heavy``: one tox environment runs it (py313-newest-plain), the others
+skip the run-time cost (neither patching nor the Python or gevent release
+changes much of what is measured here)."""
 import json
 import sqlite3
 

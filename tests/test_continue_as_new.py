@@ -161,3 +161,34 @@ def test_sigkill_inside_a_continued_run_resumes_to_the_control_result(tmp_path):
     # Runs 1-6 recorded their step once; run 7's step was in flight at the kill.
     assert keys == ["c/step-1"] + [f"c/run-{n}/step-1" for n in range(2, 8)] + [
         f"c/run-{n}/step-1" for n in range(7, 13)]
+
+
+def test_a_query_during_the_hand_off_to_the_next_run_waits_for_it(make_engine):
+    """Failure window: the run's WorkflowContinuedAsNew is committed (describe
+    names the next run) and its greenlet has let go of the id, while the next
+    run is not yet claimed here. A query that reached the hub then was told
+    "not running in this engine" (QueryFailed) instead of being answered by
+    the next run (seen under load on 2 cores, tests/test_run_identity.py)."""
+    @aion.workflow(name="test_continue_as_new.hops")
+    def hops(ctx, n):
+        ctx.set_query("n", lambda: n)
+        if n > 0:
+            ctx.receive("hop", timeout=60)
+            ctx.continue_as_new(n - 1)
+        return ctx.receive("end", timeout=60)
+
+    engine = make_engine(hops)
+    rounds = 40
+    engine.start(hops, rounds, id="hops")
+    answers = []
+    for n in range(rounds, 0, -1):
+        wait_until(lambda n=n: engine.query("hops", "n") == n, what=f"run {rounds - n + 1}")
+        engine.signal("hops", "hop", None)
+        # Ask at once and again until the next run answers: each answer is
+        # this run's or the next one's, never a refusal.
+        while (answer := engine.query("hops", "n")) == n:
+            pass
+        answers.append(answer)
+    assert answers == list(range(rounds - 1, -1, -1))
+    engine.signal("hops", "end", "done")
+    assert engine.result("hops", timeout=10) == "done"

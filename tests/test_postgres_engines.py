@@ -222,3 +222,36 @@ def test_a_client_refuses_types_no_live_engine_knows_and_describe_says_why(pg_ur
     finally:
         client.shutdown()
         store.close()
+
+
+def test_greenlets_that_start_one_engine_at_once_under_patch_all_do_not_freeze_the_thread(pg_url):
+    """Failure window: under patch_all, building an engine's epoch over
+    PostgreSQL yields (psycopg waits cooperatively) while the starter holds
+    the engine's start lock. Another greenlet of the same thread that used
+    the engine then blocked on that native lock, and the thread froze with
+    the starter in it (seen as a hang of tests/test_global_events.py, a
+    reader greenlet and the main one using one engine first)."""
+    code = """
+from gevent import monkey
+monkey.patch_all()
+import sys
+import gevent
+import aion_green as aion
+
+@aion.workflow(name="t.echo")
+def echo(ctx, x):
+    return x
+
+for n in range(3):
+    engine = aion.Engine(sys.argv[1], workflows=[echo])
+    users = [gevent.spawn(engine.list) for _ in range(3)]
+    users.append(gevent.spawn(lambda n=n: engine.start(echo, n, id=f"e{n}").result(30)))
+    gevent.joinall(users, raise_error=True)
+    assert users[-1].value == n
+    engine.shutdown()
+print("ok")
+"""
+    from conftest import run_python
+
+    done = run_python(["-c", code, pg_url], timeout=60)
+    assert done.stdout.split() == ["ok"]

@@ -181,7 +181,10 @@ class _Collect(logging.Handler):
 def _at_rest(engine: Any, running: list[str]) -> bool:
     """Hub thread: every run parked with nothing in flight, and every run
     the store has unfinished is live here (recovery has picked it up)."""
-    if not _quiet(engine):
+    # (_quiet answers a pair: a bare tuple is always true, and this check
+    # passed runs still going, so a history read as "before" grew after.)
+    quiet, stepping = _quiet(engine)
+    if not quiet or stepping:
         return False
     return all(isinstance(engine._epoch.runs.get(wid), WorkflowContext) for wid in running)
 

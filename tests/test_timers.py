@@ -203,9 +203,15 @@ def test_kill_while_sleeping_then_restart_after_the_deadline(tmp_path):
             if not db.exists():
                 return False
             try:
-                return any(e.type == ev.TIMER_STARTED for e in SQLiteStore(str(db)).read("sleeper"))
+                store = SQLiteStore(str(db))
             except aion.StoreError:
                 return False
+            try:
+                return any(e.type == ev.TIMER_STARTED for e in store.read("sleeper"))
+            except aion.StoreError:
+                return False
+            finally:
+                store.close()
         wait_until(sleeping, what="the child to record TimerStarted")
         child.send_signal(signal.SIGKILL)
     finally:

@@ -275,6 +275,14 @@ class Engine:
         self._lock = _allocate_lock()
         self._pid: Optional[int] = None
         self._closed = False
+        # (pid, outcome) of the start in progress in this process, under
+        # _lock. Whoever comes meanwhile waits for the outcome, not for
+        # _lock: over PostgreSQL under patch_all, building the epoch yields
+        # (psycopg waits cooperatively), and another greenlet of the same
+        # thread that then blocked on the native _lock froze the thread
+        # with the starter in it, for ever (tests/test_global_events.py,
+        # a reader greenlet and the main one starting one engine at once).
+        self._starting: Optional[tuple[int, Future]] = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "Engine":
@@ -295,6 +303,14 @@ class Engine:
                 raise EngineClosed("this engine was shut down; create a new Engine")
             if self._pid == pid:
                 return
+            starting = self._starting
+            if starting is None or starting[0] != pid:
+                mine = Future()
+                self._starting = (pid, mine)
+        if starting is not None and starting[0] == pid:
+            starting[1].result()  # the starter's error, if it failed
+            return
+        try:
             if self._pid is not None:
                 # Forked: the threads of the parent's epoch did not survive
                 # the fork; that epoch is dropped, and a new one begins.
@@ -303,14 +319,26 @@ class Engine:
             epoch.hub.call_soon(epoch.runner.on_hub_start)
             epoch.hub.call_soon(retention.begin, self, epoch)
             epoch.hub.start()
-            self._pid = pid
+            with self._lock:
+                self._pid = pid
+                self._starting = None
             _live_engines.add(self)
+        except BaseException as exc:
+            with self._lock:
+                self._starting = None
+            mine.set_exception(exc)
+            raise
+        mine.set_result(None)
     def shutdown(self) -> None:
         """Gate new work, end every run's greenlet (they resume on the next
         start), flush the store writer, stop the threads. After it returns
         nothing of this engine appends to any history. Idempotent."""
         with self._lock:
             self._closed = True
+            starting = self._starting
+        if starting is not None and starting[0] == os.getpid():
+            starting[1].wait()  # a start in progress: its epoch is shut down too
+        with self._lock:
             started = self._pid == os.getpid()
         if not started:
             return
@@ -394,6 +422,7 @@ class Engine:
         """In a forked child: drop what belongs to the parent process."""
         # A lock held by a parent's thread at the fork would never be freed.
         self._lock = _allocate_lock()
+        self._starting = None  # (a start of the parent's: its pid is not ours)
         self.metrics.after_fork()
         epoch = getattr(self, "_epoch", None)
         if epoch is None:

@@ -378,6 +378,7 @@ class Runner:
                recorder: Recorder) -> None:
         """The run's greenlet: replay, then live until the workflow ends."""
         evicted = False
+        following: Optional[RunInfo] = None  # the next run of a continue_as_new
         # How this greenlet lets go of the run, for its log and span (core/logs.py).
         began: Optional[WorkflowContext] = None
         span, final, outcome = None, None, "interrupted"
@@ -426,8 +427,8 @@ class Runner:
             outcome = "ended"
             if final is not None and final.status == ev.CONTINUED:
                 # The store began the next run in the same commit; drive it
-                # once this greenlet has let go of the id.
-                self.epoch.hub.call_soon(self.spawn_run, wid, dataclasses.replace(final, status=ev.RUNNING))
+                # once this greenlet has let go of the id (below).
+                following = dataclasses.replace(final, status=ev.RUNNING)
             elif final is not None:
                 self.complete_waiters(wid, final)
         except GreenletExit:
@@ -481,6 +482,12 @@ class Runner:
             if not evicted:  # an evicted run's children are watched on
                 self.epoch.child_tasks.abort_watches_for_parent((wid, info.run_id))
             self.epoch.residency.on_run_gone()
+            if following is not None:
+                # In the same hub turn as the release: between the two, the
+                # id was in no table while the store named the next run, and
+                # a query that came then was refused ("not running in this
+                # engine"; the next run was spawned by a later call_soon).
+                self.spawn_run(wid, following)
 
     def _execute(self, ctx: WorkflowContext, fn: Callable[..., Any], info: RunInfo) -> Optional[RunInfo]:
         wid = ctx._key

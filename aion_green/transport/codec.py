@@ -148,7 +148,10 @@ def parse_time(text: str, name: str) -> float:
     (``2024-05-01``, ``2024-05-01T12:00:00Z``, ``...+02:00``); one without an
     offset is UTC. A :class:`ConfigurationError` names ``name`` otherwise."""
     try:
-        when = datetime.fromisoformat(text.strip())
+        iso = text.strip()
+        if iso[-1:] in ("Z", "z"):  # Python 3.10's fromisoformat reads no "Z" (3.11's does)
+            iso = iso[:-1] + "+00:00"
+        when = datetime.fromisoformat(iso)
     except ValueError:
         raise errors.ConfigurationError(
             f"{name}={text!r} is not an ISO-8601 date or time; give one like 2024-05-01 or "

@@ -127,9 +127,14 @@ class SQLiteStore:
             self._conn.execute("PRAGMA wal_autocheckpoint=200")
             self._migrate()
             self._file.take()
-        except sqlite3.Error as exc:
+        except BaseException as exc:
+            # Any refusal (a file of another program, a newer schema), not
+            # only SQLite's: the connection is closed here or never (Python
+            # 3.13 warns of it, ResourceWarning, whenever the GC finds it).
             self._conn.close()
-            raise _translate(exc, path) from None
+            if isinstance(exc, sqlite3.Error):
+                raise _translate(exc, path) from None
+            raise
 
     def _enter_wal(self, busy_timeout: float) -> None:
         """Switch a new file to WAL. SQLite answers "locked" at once, without

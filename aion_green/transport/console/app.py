@@ -234,7 +234,7 @@ class Console:
 
     @staticmethod
     def _static(name: str, start_response: StartResponse) -> list[bytes]:
-        data = resources.files("aion_green.transport.console").joinpath("static", name).read_bytes()
+        data = resources.files("aion_green.transport.console").joinpath("static").joinpath(name).read_bytes()
         start_response("200 OK", [("Content-Type", _STATIC[name]),
                                   ("Content-Length", str(len(data))),
                                   ("Cache-Control", "max-age=300"), *_SECURITY])

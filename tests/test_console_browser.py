@@ -104,9 +104,14 @@ def all_css(driver, selector):
 
 
 def wait_for(driver, check, what, timeout=20):
+    """Poll ``check`` until true. An element that went stale or is not there
+    yet (the page reloads itself when a run ends) is looked for again."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(
+    return WebDriverWait(driver, timeout, poll_frequency=0.1,
+                         ignored_exceptions=(StaleElementReferenceException,
+                                             NoSuchElementException)).until(
         lambda d: check(d), message=f"waited {timeout} s for {what}")
 
 

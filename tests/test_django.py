@@ -3,15 +3,10 @@ with the gevent worker (two workers, with and without --preload), on a
 loopback port: a view starts a workflow, another shows its state, the
 engine's API and console answer beside them."""
 import http.client
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
-from conftest import ROOT
-from test_gunicorn import call, free_port
+from test_gunicorn import call, gunicorn_serving
 
 pytest.importorskip("django", reason="the web extra is not installed: pip install -e '.[web]'")
 pytest.importorskip("gunicorn", reason="the web extra is not installed: pip install -e '.[web]'")
@@ -19,36 +14,10 @@ pytest.importorskip("gunicorn", reason="the web extra is not installed: pip inst
 
 @pytest.fixture(params=[False, True], ids=["no-preload", "preload"])
 def shop(request, tmp_path):
-    port = free_port()
-    env = dict(os.environ, AION_GREEN_DB=f"sqlite:///{tmp_path / 'orders.db'}",
-               PYTHONPATH=str(ROOT))
-    env.pop("AION_GEVENT_PATCH", None)
-    args = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2", "-b", f"127.0.0.1:{port}",
-            "--no-control-socket", "--graceful-timeout", "5", "--chdir", str(ROOT),
-            *(["--preload"] if request.param else []), "examples.django_app:application"]
-    log = open(tmp_path / "gunicorn.log", "w")
-    proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if call(port, "GET", "/health/", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"gunicorn did not come up:\n{(tmp_path / 'gunicorn.log').read_text()}")
-            time.sleep(0.1)
+    with gunicorn_serving("examples.django_app:application", tmp_path,
+                          {"AION_GREEN_DB": f"sqlite:///{tmp_path / 'orders.db'}"},
+                          request.param, "/health/") as (port, _proc):
         yield port
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
 
 
 def test_a_view_starts_a_workflow_another_shows_its_state(shop):

@@ -1,6 +1,7 @@
 """The example Flask app under real gunicorn with the gevent worker (two
 workers, with and without --preload), on a loopback port."""
 import concurrent.futures
+import contextlib
 import http.client
 import json
 import os
@@ -37,12 +38,13 @@ def call(port, method, path, body=None, timeout=30):
         conn.close()
 
 
-@pytest.fixture(params=[False, True], ids=["no-preload", "preload"])
-def shop(request, tmp_path):
-    preload = request.param
+@contextlib.contextmanager
+def gunicorn_serving(app, tmp_path, env_extra, preload, health):
+    """``app`` (``module:callable``) under real gunicorn, gevent worker, two
+    workers, on a loopback port; yields ``(port, proc)`` once ``health``
+    answers 200, and stops it after."""
     port = free_port()
-    db = tmp_path / "shop.db"
-    env = dict(os.environ, AION_GREEN_DB=f"sqlite:///{db}", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **env_extra)
     env.pop("AION_GEVENT_PATCH", None)
     # (No control socket where gunicorn has one, 25 on: the older gunicorn
     # that an older gevent needs, 23, knows no such option.)
@@ -51,21 +53,21 @@ def shop(request, tmp_path):
              else [])
     args = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2", "-b", f"127.0.0.1:{port}",
             *quiet, "--graceful-timeout", "5", "--chdir", str(ROOT),
-            *(["--preload"] if preload else []), "examples.flask_app:app"]
+            *(["--preload"] if preload else []), app]
     log = open(tmp_path / "gunicorn.log", "w")
     proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                if call(port, "GET", "/health", timeout=2)[0] == 200:
+                if call(port, "GET", health, timeout=2)[0] == 200:
                     break
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"gunicorn did not come up:\n{(tmp_path / 'gunicorn.log').read_text()}")
             time.sleep(0.1)
-        yield port, db, proc
+        yield port, proc
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -75,6 +77,14 @@ def shop(request, tmp_path):
                 proc.kill()
                 proc.wait()
         log.close()
+
+
+@pytest.fixture(params=[False, True], ids=["no-preload", "preload"])
+def shop(request, tmp_path):
+    db = tmp_path / "shop.db"
+    with gunicorn_serving("examples.flask_app:app", tmp_path, {"AION_GREEN_DB": f"sqlite:///{db}"},
+                          request.param, "/health") as (port, proc):
+        yield port, db, proc
 
 
 def test_forty_waiting_requests_share_the_workers_and_health_answers(shop, tmp_path):

@@ -10,9 +10,14 @@ durably until a deadline a day away. Once all are parked, the process moves
 its wall clock a day on (``time.time`` offset, which the engine reads
 everywhere) and every timer comes due at once. Printed per configuration:
 time to start and park them all, time for all to fire and end (drain), RSS
-when all are parked and at the end, runs evicted, most resident at once.
+when all are parked and at the end, runs evicted, most resident at once,
+and (timers) how late 1,000 of them fired after their recorded deadline.
+With ``--spread S`` the deadlines are spread over S seconds after the
+horizon, so once the clock has jumped they come due one after another in
+real time, as a day's timers do.
 
-    python bench/residency.py                     # 10k and 100k: evict, off, cap 10k
+    python bench/residency.py                     # 10k and 100k: default, off, cap 10k
+    python bench/residency.py --sizes 200000 --configs default --horizon 3600 --spread 60
     python bench/residency.py --sizes 200000 --configs evict --wait message
     python bench/residency.py --sizes 1000000 --configs cap
 """
@@ -45,14 +50,16 @@ def peak_mib():
         return next(int(x.split()[1]) for x in status if x.startswith("VmHWM:")) / 1024
 
 n, cap, starters = {n}, {cap}, {starters}
-engine = aion.Engine("sqlite:///" + {db!r}, workflows=[parked], max_resident=cap,
-                     **{engine_kwargs!r})
+kwargs = {engine_kwargs!r}
+if cap is not None:
+    kwargs["max_resident"] = cap
+engine = aion.Engine("sqlite:///" + {db!r}, workflows=[parked], **kwargs)
 engine.list(limit=1)
-day = 86_400.0
-until = time.time() + day
+day, spread = {horizon!r}, {spread!r}
+base = time.time() + day
 t0 = time.monotonic()
 with ThreadPoolExecutor(starters) as pool:
-    list(pool.map(lambda i: engine.start(parked, until, id=f"w{{i}}"), range(n)))
+    list(pool.map(lambda i: engine.start(parked, base + spread * i / n, id=f"w{{i}}"), range(n)))
 # Parked: every run has recorded its timer (the timer service holds one
 # entry per parked run, in memory or not), or its start (waiting on "go").
 if {wait!r} == "message":
@@ -70,26 +77,43 @@ if {wait!r} == "message":
         list(pool.map(lambda i: engine.signal(f"w{{i}}", "go", i), range(n)))
 else:
     # A day passes (the wall clock every part of the engine reads moves on).
+    # With a spread, to a second before the first deadline: each then comes
+    # due in real time (its lateness is the engine's).
     real_time = time.time
-    time.time = lambda: real_time() + day
+    jump = day if not spread else base - real_time() - 1.0
+    time.time = lambda: real_time() + jump
     engine.poke()
 while engine.list(status="running", limit=1):
     time.sleep(0.05)
 drain_s = time.monotonic() - t1
 rss = peak_mib()
+# Lateness of the wakes (timers only): TimerFired's time minus the deadline
+# recorded in TimerStarted, for 1,000 runs spread over the ids.
+late = []
+if {wait!r} == "timer":
+    for i in range(0, n, max(1, n // 1000)):
+        history = engine.history(f"w{{i}}")
+        fire_at = next(e for e in history if e.type == "TimerStarted").data["fire_at"]
+        late.append(next(e for e in history if e.type == "TimerFired").at - fire_at)
+    late.sort()
 print(json.dumps({{"n": n, "cap": cap, "parked_s": parked_s, "drain_s": drain_s,
                   "parked_rss_mib": parked_rss, "peak_rss_mib": rss,
-                  "evictions": engine.evictions, "resident_peak": engine.resident_peak}}))
+                  "evictions": engine.evictions, "resident_peak": engine.resident_peak,
+                  "late_p50": late[len(late) // 2] if late else None,
+                  "late_p99": late[int(len(late) * 0.99)] if late else None,
+                  "late_max": late[-1] if late else None}}))
 engine.shutdown()
 """
 
 
-def run(n: int, cap: int | None, starters: int, engine_kwargs: dict, wait: str) -> dict:
+def run(n: int, cap: int | None, starters: int, engine_kwargs: dict, wait: str,
+        horizon: float = 86_400.0, spread: float = 0.0) -> dict:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryDirectory() as tmp:
         db = os.path.join(tmp, "residency.db")
         code = CHILD.format(root=root, n=n, cap=cap, starters=starters, db=db,
-                            engine_kwargs=engine_kwargs, wait=wait)
+                            engine_kwargs=engine_kwargs, wait=wait, horizon=horizon,
+                            spread=spread)
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"n={n} cap={cap} failed:\n{proc.stderr[-3000:]}")
@@ -101,27 +125,41 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--cap", type=int, default=10_000)
     parser.add_argument("--starters", type=int, default=16, help="threads that start runs")
-    parser.add_argument("--configs", default="evict,off,cap",
-                        help="evict (evict_after=5.0), off (evict_after=None, the default: every "
-                             "parked run stays; 1,000,000 needs ~15 GiB), cap (max_resident)")
+    parser.add_argument("--configs", default="default,off,cap",
+                        help="default (the engine's defaults: evict_after=5.0), evict "
+                             "(evict_after=5.0 said), off (evict_after=None: every parked run "
+                             "stays; 1,000,000 needs ~15 GiB), cap (max_resident, eviction off)")
+    parser.add_argument("--horizon", type=float, default=86_400.0,
+                        help="seconds to the timers (the clock then jumps by as much)")
+    parser.add_argument("--spread", type=float, default=0.0,
+                        help="timers spread over this many seconds after the horizon (they "
+                             "then fire in real time, one after another: their lateness)")
     parser.add_argument("--wait", choices=("timer", "message"), default="timer",
                         help="what the runs park on: a timer a day away, or a message")
     args = parser.parse_args()
-    configs = {"evict": (None, {"evict_after": 5.0}), "off": (None, {"evict_after": None}),
+    configs = {"default": (None, {}), "evict": (None, {"evict_after": 5.0}),
+               "off": (None, {"evict_after": None}),
                "cap": (args.cap, {"evict_after": None})}
     print(f"parked on a {args.wait}")
     print(f"{'runs':>9} {'config':>9} {'start+park s':>12} {'starts/s':>9} {'drain s':>8} "
           f"{'done/s':>8} {'RSS parked MiB':>15} {'peak RSS MiB':>13} {'KiB/run':>8} "
-          f"{'evicted':>9} {'resident max':>13}")
+          f"{'evicted':>9} {'resident max':>13} {'late p50/p99/max s':>20}")
     for n in (int(s) for s in args.sizes.split(",")):
         for name in args.configs.split(","):
             cap, kwargs = configs[name]
-            r = run(n, cap, args.starters, kwargs, args.wait)
+            r = run(n, cap, args.starters, kwargs, args.wait, args.horizon, args.spread)
             label = f"cap {cap}" if cap else name
             print(f"{n:>9,} {label:>9} {r['parked_s']:>12.1f} {n / r['parked_s']:>9,.0f} "
                   f"{r['drain_s']:>8.1f} {n / r['drain_s']:>8,.0f} {r['parked_rss_mib']:>15.0f} "
                   f"{r['peak_rss_mib']:>13.0f} {r['peak_rss_mib'] * 1024 / n:>8.2f} "
-                  f"{r['evictions']:>9,} {r['resident_peak']:>13,}", flush=True)
+                  f"{r['evictions']:>9,} {r['resident_peak']:>13,} {lateness(r):>20}",
+                  flush=True)
+
+
+def lateness(r: dict) -> str:
+    if r.get("late_p50") is None:
+        return "-"
+    return f"{r['late_p50']:.3f}/{r['late_p99']:.3f}/{r['late_max']:.3f}"
 
 
 if __name__ == "__main__":

@@ -63,7 +63,11 @@ def test_a_run_past_its_execution_timeout_ends_timed_out_and_result_says_so(aion
     assert history[-1].type == ev.WORKFLOW_TIMED_OUT
     assert history[-1].data["execution_deadline"] == deadline
     assert history[0].data["execution_deadline"] == deadline
-    assert MARKS == ["begin", "first", "after a day"]  # nothing of it ran after its end
+    # Nothing of it ran after its end. (Its body's own mark comes again each
+    # time it is replayed: by default a run a day from its next wake leaves
+    # memory and is replayed when its timer fires.)
+    assert [m for m in MARKS if m != "begin"] == ["first", "after a day"]
+    assert MARKS[0] == "begin"
     assert aion_engine.list(status="timed_out")[0].workflow_id == "late"
     assert aion_engine.count_by_status()["timed_out"] == 1
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 from conftest import SQLITE_ONLY, wait_until
-from test_residency import _effects, listener, napper
+from test_residency import _effects, effect, listener, napper
 
 import aion_green as aion
 from aion_green.core import events as ev
@@ -55,6 +55,24 @@ def test_runs_parked_on_far_timers_leave_memory_at_once_and_wake_on_time(make_en
         assert 0 <= fired - set_at < 1.0, (n, fired - set_at)
 
 
+def test_a_run_out_of_memory_is_back_before_its_timer_fires(make_engine):
+    engine = make_engine(napper, evict_after=1.0)
+    handle = engine.start(napper, 1, 3.0, id="soon")
+    wait_until(lambda: engine.evictions == 1 and resident(engine) == 0, timeout=10,
+               what="the sleeper to leave memory")
+    # Brought back (half of evict_after) before its timer, it waits in memory:
+    # the timer then fires on time, not after a replay.
+    wait_until(lambda: resident(engine) == 1, timeout=10,
+               what="the sleeper to come back")
+    assert ev.TIMER_FIRED not in [e.type for e in handle.history()]
+    assert handle.result(timeout=10) == ["1:before", "1:after"]
+    history = handle.history()
+    set_at = next(e for e in history if e.type == ev.TIMER_STARTED).data["fire_at"]
+    fired = next(e for e in history if e.type == ev.TIMER_FIRED).at
+    assert 0 <= fired - set_at < 0.2
+    assert engine.evictions == 1
+
+
 def test_runs_waiting_on_messages_leave_memory_once_they_waited_long_enough(make_engine):
     engine = make_engine(listener, evict_after=0.5)
     for n in range(20):
@@ -87,14 +105,43 @@ def test_without_it_parked_runs_stay(make_engine):
     assert engine.result("stay", timeout=30) == "1:x"
 
 
-def test_it_is_off_by_default_and_bad_values_are_refused():
-    # (Off by default for now: queries to woken runs, schedules' live state
-    # and workflow-body effects replayed on wake are to be settled first.)
-    assert aion.Engine("sqlite:///:memory:").evict_after is None
+def test_it_is_on_by_default_and_bad_values_are_refused():
+    assert aion.Engine("sqlite:///:memory:").evict_after == 5.0
+    assert aion.Engine("sqlite:///:memory:", evict_after=None).evict_after is None
     assert aion.Engine("sqlite:///:memory:", evict_after=timedelta(seconds=5)).evict_after == 5.0
     for bad in (0, -1, "soon", True):
         with pytest.raises(aion.ConfigurationError, match="evict_after"):
             aion.Engine("sqlite:///:memory:", evict_after=bad)
+
+
+@aion.workflow(name="tests.idle_stages")
+def stages(ctx):
+    where = ["begun"]
+    ctx.set_query("where", lambda: where[0])
+    ctx.step(effect, "stages:a")
+    where[0] = "after a"
+    ctx.sleep(0.2)
+    where[0] = "slept"
+    ctx.step(effect, "stages:b")
+    where[0] = "waiting"
+    return ctx.receive("go", timeout=3600)
+
+
+def test_with_default_settings_a_run_waiting_an_hour_leaves_memory_and_answers_queries(
+        make_engine):
+    engine = make_engine(stages)
+    handle = engine.start(stages, id="hour")
+    wait_until(lambda: engine.evictions >= 1 and resident(engine) == 0, timeout=15,
+               what="the run to leave memory")
+    assert engine.describe("hour").status == "running"
+    # Brought back by the query, replayed, and answered from where it waits
+    # (not from some point on its way through the history).
+    for _ in range(3):
+        assert engine.query("hour", "where") == "waiting"
+    assert _effects == ["stages:a", "stages:b"]  # its steps ran once
+    engine.signal("hour", "go", "went")
+    assert handle.result(timeout=30) == "went"
+    assert _effects == ["stages:a", "stages:b"]
 
 
 def test_evicted_runs_due_at_once_come_back_a_bounded_number_at_a_time(make_engine, monkeypatch):

@@ -180,13 +180,17 @@ class _Collect(logging.Handler):
 # -- at rest ------------------------------------------------------------------------------
 def _at_rest(engine: Any, running: list[str]) -> bool:
     """Hub thread: every run parked with nothing in flight, and every run
-    the store has unfinished is live here (recovery has picked it up)."""
+    the store has unfinished is live here (recovery has picked it up; by
+    default a run parked far from its wake is out of memory: that counts)."""
     # (_quiet answers a pair: a bare tuple is always true, and this check
     # passed runs still going, so a history read as "before" grew after.)
     quiet, stepping = _quiet(engine)
     if not quiet or stepping:
         return False
-    return all(isinstance(engine._epoch.runs.get(wid), WorkflowContext) for wid in running)
+    # (Live: in memory, or parked out of it, to be replayed on its wake.)
+    evicted = engine._epoch.residency._evicted
+    return all(isinstance(engine._epoch.runs.get(wid), WorkflowContext) or wid in evicted
+               for wid in running)
 
 
 class EngineMachine(RuleBasedStateMachine):

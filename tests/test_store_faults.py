@@ -251,7 +251,9 @@ def test_a_signal_or_a_cancel_on_a_full_disk_is_answered_at_once_like_a_start(fu
     recorded."""
     path = full_disk.dir / "aion.db"
     big = "y" * 300_000  # more than the free pages of the page-limit variant
-    engine = aion.Engine(f"sqlite:///{path}", workflows=[listens, echo])
+    # The run stays in memory, so its message goes through its own queue of
+    # records (an evicted run's does not: the test below).
+    engine = aion.Engine(f"sqlite:///{path}", workflows=[listens, echo], evict_after=None)
     try:
         assert engine.start(echo, "done", id="done").result(10) == "done"
         handle = engine.start(listens, id="listens")
@@ -281,6 +283,35 @@ def test_a_signal_or_a_cancel_on_a_full_disk_is_answered_at_once_like_a_start(fu
         for never in ("during", "forked"):
             with pytest.raises(aion.WorkflowNotFound):
                 engine.describe(never)
+    finally:
+        engine.shutdown()
+    examine(path)
+
+
+def test_a_signal_to_a_run_out_of_memory_on_a_full_disk_is_refused_and_loses_nothing(full_disk):
+    """By default the listener, whose wait ends a minute from now, leaves
+    memory at once. A message for it on a full disk is written straight to
+    the store: refused at once with StoreUnavailable, nothing of it
+    recorded; once space is freed the same call records it and the run,
+    replayed, takes it."""
+    path = full_disk.dir / "aion.db"
+    big = "y" * 300_000
+    engine = aion.Engine(f"sqlite:///{path}", workflows=[listens])
+    try:
+        handle = engine.start(listens, id="listens")
+        wait_until(lambda: engine.evictions == 1 and len(handle.history()) >= 2,
+                   what="the run to wait for its message out of memory")
+        recorded = handle.history()
+        full_disk.fill(engine)
+        _, raised = _within(10, lambda: engine.signal("listens", "note", big))
+        assert isinstance(raised, aion.StoreUnavailable), raised
+        assert "disk is full" in str(raised) and "Nothing of this write was recorded" in str(raised)
+        assert handle.history() == recorded
+        full_disk.free(engine)
+        engine.signal("listens", "note", big)
+        assert handle.result(timeout=20) == len(big)
+        received = [e.data["payload"] for e in handle.history() if e.type == ev.MESSAGE_RECEIVED]
+        assert received == [big]
     finally:
         engine.shutdown()
     examine(path)

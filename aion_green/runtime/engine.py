@@ -204,8 +204,9 @@ class Engine:
     run parked on waits none of which is due within that many seconds (a
     timer further away; a message or a child waited on that long) leaves
     memory and is replayed on its wake, so parked runs cost memory only
-    while they are likely to wake soon (SQLite; 5.0 is the value to use; the
-    default, None, keeps them all unless ``max_resident``); ``step_grace``, how
+    while they are likely to wake soon (SQLite; default 5.0 seconds; None
+    keeps them all unless ``max_resident``: a workflow body's own side
+    effects, outside its steps, happen again on each replay); ``step_grace``, how
     long shutdown waits for running steps to be recorded; ``retention``,
     the age (a timedelta or seconds) past which finished runs are purged.
     """
@@ -226,7 +227,7 @@ class Engine:
         busy_timeout: float = 5.0,
         lease: float = 10.0,
         max_resident: Optional[int] = None,
-        evict_after: Union[None, timedelta, float] = None,
+        evict_after: Union[None, timedelta, float] = 5.0,
         passive: bool = False,
         step_grace: float = 10.0,
         retention: Union[None, timedelta, float] = None,

@@ -21,6 +21,8 @@ one process, as in the test suite, never collide), and
 ``aion_queue_depth{queue}``         gauge     waiting work: ``writer``, ``reader``, ``steps``, ``hub``
 ``aion_timers_pending``             gauge     timers of resident runs waiting in memory
 ``aion_resident_runs``              gauge     runs held in memory (the run table)
+``aion_evicted_runs``               gauge     runs of this engine parked out of memory (evicted
+                                              or waiting for a place; replayed on their wake)
 ``aion_driving``                    gauge     1 when this engine drives: SQLite, it holds the
                                               file's driver lock; PostgreSQL, its own lease
                                               (its entry among the engines) is current
@@ -362,6 +364,9 @@ class EngineMetrics:
                                 "memory.", value=epoch.timers.pending())
         yield GaugeMetricFamily("aion_resident_runs", "Runs held in memory (the run table).",
                                 value=len(epoch.runs))
+        yield GaugeMetricFamily("aion_evicted_runs", "Runs of this engine parked out of memory "
+                                "(replayed on their wake), or waiting for a place.",
+                                value=epoch.residency.out_of_memory())
         if epoch.leased:
             driving = epoch.leases.lease_until > time.time()
         else:

@@ -34,10 +34,14 @@ class Queries:
         if ctx is None and self.epoch.residency.absent_here(wid):
             self.epoch.residency.wake(wid)  # evicted: it answers once replayed
             ctx = self.epoch.runs.get(wid)
-        if not isinstance(ctx, WorkflowContext) and (
+        if (not isinstance(ctx, WorkflowContext) and (
                 wid in self.epoch.runs or wid in self.epoch.recorders
-                or self.epoch.residency.absent_here(wid)):
-            # Starting here (its history is being loaded): ask again shortly.
+                or self.epoch.residency.absent_here(wid))) or (
+                isinstance(ctx, WorkflowContext) and ctx._cursor.replaying):
+            # Starting here (its history is being loaded), or replaying it (a
+            # run brought back into memory, or recovered, parks on the way
+            # through its history: its handlers would answer from a past
+            # state): ask again shortly.
             if _clock.monotonic() < deadline and not self.epoch.hub.closing:
                 self.epoch.hub.spawn(self._ask_again, wid, name, args, future, deadline)
             return

@@ -119,6 +119,10 @@ class Residency:
         self._admit_next()
 
     def _evict(self, ctx: WorkflowContext) -> None:
+        if ctx._timers:
+            # Back in memory a moment before its first timer fires.
+            lead = PREWAKE if self.idle is None else min(PREWAKE, self.idle / 2)
+            self.epoch.timers.prewake(min(ctx._timers.values()) - lead, ctx._key)
         ctx._failure = RunEvicted()
         ctx._ring()  # the run unwinds now, on this greenlet's switch
         self.evictions += 1
@@ -147,12 +151,16 @@ class Residency:
         if idle is None:
             return
         timers = ctx._timers
-        woken = self._woken.pop(wid, None)
-        if woken is not None and parked_at - woken < idle:
-            # Brought back a moment ago (a query, a message): it stays at
-            # least ``idle`` seconds, or a query waiting for it could starve.
-            self._queue_idle(parked_at, wid)
-            return
+        woken = self._woken.get(wid)
+        if woken is not None:
+            if parked_at - woken < idle:
+                # Brought back a moment ago (a query, a message): it stays at
+                # least ``idle`` seconds, or a query waiting for it could
+                # starve. (A replay may park on its way through the history
+                # before it parks on its wait: each park keeps it.)
+                self._queue_idle(parked_at, wid)
+                return
+            del self._woken[wid]
         if timers and min(timers.values()) > time.time() + idle:
             # Nothing it waits on is due within the horizon: out at once
             # (from the hub greenlet, once this greenlet has parked).
@@ -241,8 +249,9 @@ class Residency:
         self._evicted[info.workflow_id] = (info.run_id, info.workflow_type, info.args,
                                            info.created_at, info.fence)
 
-    def on_run_gone(self) -> None:
-        """``_drive``: a run's greenlet ended (its place is free)."""
+    def on_run_gone(self, wid: str) -> None:
+        """``_drive``: a run's greenlet ended or was evicted (its place is free)."""
+        self._woken.pop(wid, None)  # a wake sets it anew
         if self.admission:
             self.epoch.hub.call_soon(self._admit_next)
 
@@ -261,6 +270,11 @@ class Residency:
             self._admit_next()
             if wid in self.admission and self.engine.max_resident is not None:
                 self._ask_room()
+
+    def out_of_memory(self) -> int:
+        """Runs of this engine out of memory: evicted, or queued for a place
+        (any thread: two sizes read)."""
+        return len(self._evicted) + len(self.admission)
 
     def absent_here(self, wid: str) -> bool:
         """The run is this engine's, but out of memory (evicted or queued)."""
@@ -301,6 +315,10 @@ class Residency:
             ctx._busy -= 1
 
 
+# How long before its first timer fires an evicted run is brought back (at
+# most half of evict_after, so it is not evicted again meanwhile): replayed,
+# it waits in memory for the timer, which then fires on time.
+PREWAKE = 1.0
 # The most runs evicted by one call on the hub greenlet.
 _BATCH = 2000
 # Without max_resident: the most runs in memory before evicted runs that

@@ -303,7 +303,7 @@ class Runner:
                 wid, "run.unrunnable", aion_workflow_type=info.workflow_type))
             if recorder is not None:
                 self.unregister(wid, recorder)
-            self.epoch.residency.on_run_gone()
+            self.epoch.residency.on_run_gone(wid)
             self.epoch.hub.spawn(self.epoch.termination.end_if_cancel_recorded, wid)
             return
         self.epoch.runs.claim(wid)
@@ -481,7 +481,7 @@ class Runner:
             self.unregister(wid, recorder)
             if not evicted:  # an evicted run's children are watched on
                 self.epoch.child_tasks.abort_watches_for_parent((wid, info.run_id))
-            self.epoch.residency.on_run_gone()
+            self.epoch.residency.on_run_gone(wid)
             if following is not None:
                 # In the same hub turn as the release: between the two, the
                 # id was in no table while the store named the next run, and

@@ -41,6 +41,10 @@ class TimerService:
         # the run's context decides when it pops.
         self._heap: list[tuple[float, int, str, str]] = []
         self._ties = itertools.count()
+        # (wake at, workflow id): runs out of memory, brought back a moment
+        # before their first timer fires, so each is replayed and waiting
+        # when it fires (not replayed after: late). runtime/residency.py.
+        self._prewake: list[tuple[float, str]] = []
         self._wake = gevent.event.Event()
         self._sweep_now = False
         # False where runs are leased: each run's owner fires its timers.
@@ -68,12 +72,25 @@ class TimerService:
             self._wake.set()  # earlier than the current nap's end
         heapq.heappush(heap, (fire_at, next(self._ties), workflow_id, key))
 
+    def prewake(self, at: float, workflow_id: str) -> None:
+        """A run left memory: bring it back at ``at`` (a moment before its
+        first timer fires), if it is still out of memory then."""
+        prewake = self._prewake
+        if not prewake or at < prewake[0][0]:
+            self._wake.set()
+        heapq.heappush(prewake, (at, workflow_id))
+
     def run(self) -> None:
         """The service's greenlet."""
         epoch = self._epoch
         next_sweep = 0.0
         while True:
             now = time.time()
+            prewake = self._prewake
+            while prewake and prewake[0][0] <= now:
+                _, wid = heapq.heappop(prewake)
+                if wid not in epoch.runs and epoch.residency.absent_here(wid):
+                    epoch.residency.wake(wid)
             heap = self._heap
             while heap and heap[0][0] <= now:
                 _, _, wid, key = heapq.heappop(heap)
@@ -92,6 +109,8 @@ class TimerService:
                 next_sweep = now + self.sweep_every
                 self._sweep_store(now)
             wait = self.nap if not heap else min(max(heap[0][0] - now, 0.0), self.nap)
+            if prewake:
+                wait = min(wait, max(prewake[0][0] - now, 0.0))
             self._wake.clear()
             self._wake.wait(wait)
 

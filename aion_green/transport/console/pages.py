@@ -740,6 +740,7 @@ def start(r: Request) -> tuple[str, Markup]:
 
 # -- engines -------------------------------------------------------------------------------------------
 _CHARTS = (("aion_queue_depth", "queue depth", "queue"), ("aion_resident_runs", "resident runs", ""),
+           ("aion_evicted_runs", "runs parked out of memory", ""),
            ("aion_timers_pending", "timers pending", ""), ("aion_runs", "runs by status", "status"),
            ("aion_hub_lag_seconds", "hub loop lag (s)", ""))
 

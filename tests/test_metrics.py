@@ -365,6 +365,44 @@ def test_on_postgres_ready_wants_the_lease_and_metrics_count_the_leased_runs(mak
     assert scrape(engine)[("aion_driving", ())] == 0
 
 
+def test_on_postgres_lease_renewals_never_miss_under_a_flood_of_steps(make_engine, pg_url):
+    """Issue 21: while 200 runs do tiny steps as fast as they can, the
+    engine renews the lease of a parked run every third of the lease, each
+    renewal committed before the leases it extends run out."""
+    engine = make_engine(park, local, url=pg_url, lease=1.5)
+    engine.start(park, id="p")
+    figures = engine.metrics.leases
+    wait_until(lambda: figures.renewals >= 1, what="a first renewal")
+    began = time.monotonic()
+    while time.monotonic() - began < 2.0:  # at least four renewals under the flood
+        handles = [engine.start(local, 20, id=f"f{began}-{k}") for k in range(200)]
+        for handle in handles:
+            assert len(handle.result(60)) == 20
+    assert figures.renewals >= 4
+    assert (figures.missed, figures.lost) == (0, 0), \
+        f"{figures.missed} of {figures.renewals} renewals missed; least spare {figures.tightest} s"
+    seen = scrape(engine)
+    assert seen[("aion_lease_renewals_total", ())] >= 4
+    assert seen[("aion_lease_renewals_missed_total", ())] == 0
+
+
+def test_on_postgres_a_renewal_that_commits_after_its_leases_ran_out_counts_as_missed(
+        make_engine, pg_url):
+    """A blocked hub (a C call that never yields) holds the heartbeat past
+    the lease: the renewal that follows came too late, and says so."""
+    engine = make_engine(park, url=pg_url, lease=0.6)
+    engine.start(park, id="p")
+    figures = engine.metrics.leases
+    wait_until(lambda: figures.renewals >= 1, what="a first renewal")
+    assert figures.missed == 0
+    engine._epoch.hub.call_soon(_native_sleep, 1.2)
+    wait_until(lambda: figures.missed >= 1, timeout=10, what="the late renewal to count as missed")
+    assert figures.tightest is not None and figures.tightest < 0
+    assert scrape(engine)[("aion_lease_renewals_missed_total", ())] >= 1
+    engine.signal("p", "go", 1)  # nobody else took it: the run goes on here
+    assert engine.result("p", timeout=10) == 1
+
+
 def test_on_postgres_ready_is_503_once_the_server_stops(make_engine):
     """A private server (never the shared one) stops under a ready engine."""
     from conftest import private_postgres_or_skip

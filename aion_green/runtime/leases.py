@@ -133,21 +133,34 @@ class Leases:
 
     def _heartbeat(self) -> None:
         """Renew this engine's leases; drop the runs whose lease was taken."""
+        figures = self.engine.metrics.leases
+        # Invariant: no run held here has a lease that ends before this
+        # (a lower bound, to within a claim's round trip): every lease was
+        # granted or last renewed at or after the tick that set it. A
+        # renewal that commits past it missed: for a while another engine
+        # could have claimed the runs.
+        covered = time.time() + self.engine.lease
         while True:
             gevent.sleep(self.engine.lease / 3)
+            tick = time.time()
             self._publish_types()
             mine = [ctx._key for ctx in self.epoch.runs.contexts()]
             if not mine:
+                covered = tick + self.engine.lease
                 continue
             try:
                 kept = set(self.epoch.writer.call(self.epoch.store.renew_leases, self.engine.engine_id, mine,
                                              time.time() + self.engine.lease).result())
             except AionError as exc:
+                figures.failed()
                 log.warning("renewing leases failed (%s); retrying", exc)
                 continue
+            figures.renewed(covered - time.time())
+            covered = tick + self.engine.lease
             for wid in mine:
                 ctx = self.epoch.runs.get(wid)
                 if wid not in kept and ctx is not None:
+                    figures.lost += 1
                     log.warning("run %r: its lease was taken by another engine; dropped here", wid)
                     self.epoch.hub.call_soon(ctx._on_failed, FencedOut(
                         f"the lease of {wid!r} was taken by another engine"))

@@ -9,27 +9,34 @@ one process, as in the test suite, never collide), and
 :meth:`EngineMetrics.exposition` is what ``/metrics`` serves
 (``transport/wsgi.py``).
 
-==================================  ========  ===============================================
-``aion_steps_started_total``        counter   step attempts begun (a retry is another attempt)
-``aion_steps_completed_total``      counter   attempts recorded as ``StepCompleted``
-``aion_steps_failed_total``         counter   attempts recorded as ``StepFailed`` (timeouts too)
-``aion_step_duration_seconds``      hist.     an attempt, from its start to its outcome
-``aion_commit_batch_size``          hist.     records (appends, creations) per group commit
-``aion_commit_duration_seconds``    hist.     one group commit (``write_batch``)
-``aion_runs{status}``               gauge     runs in the store by status (one per workflow id)
-``aion_hub_lag_seconds``            gauge     how late the hub's last periodic timer woke
-``aion_queue_depth{queue}``         gauge     waiting work: ``writer``, ``reader``, ``steps``, ``hub``
-``aion_timers_pending``             gauge     timers of resident runs waiting in memory
-``aion_resident_runs``              gauge     runs held in memory (the run table)
-``aion_evicted_runs``               gauge     runs of this engine parked out of memory (evicted
-                                              or waiting for a place; replayed on their wake)
-``aion_driving``                    gauge     1 when this engine drives: SQLite, it holds the
-                                              file's driver lock; PostgreSQL, its own lease
-                                              (its entry among the engines) is current
-``aion_leased_runs``                gauge     PostgreSQL only: running runs leased to it
-``aion_runs_purged_total``          counter   finished runs this engine purged (retention,
-                                              ``engine.purge``)
-==================================  ========  ===============================================
+======================================  ========  ===============================================
+``aion_steps_started_total``            counter   step attempts begun (a retry is another attempt)
+``aion_steps_completed_total``          counter   attempts recorded as ``StepCompleted``
+``aion_steps_failed_total``             counter   attempts recorded as ``StepFailed`` (timeouts too)
+``aion_step_duration_seconds``          hist.     an attempt, from its start to its outcome
+``aion_commit_batch_size``              hist.     records (appends, creations) per group commit
+``aion_commit_duration_seconds``        hist.     one group commit (``write_batch``)
+``aion_runs{status}``                   gauge     runs in the store by status (one per workflow id)
+``aion_hub_lag_seconds``                gauge     how late the hub's last periodic timer woke
+``aion_queue_depth{queue}``             gauge     waiting work: ``writer``, ``reader``, ``steps``, ``hub``
+``aion_timers_pending``                 gauge     timers of resident runs waiting in memory
+``aion_resident_runs``                  gauge     runs held in memory (the run table)
+``aion_evicted_runs``                   gauge     runs of this engine parked out of memory (evicted
+                                                  or waiting for a place; replayed on their wake)
+``aion_driving``                        gauge     1 when this engine drives: SQLite, it holds the
+                                                  file's driver lock; PostgreSQL, its own lease
+                                                  (its entry among the engines) is current
+``aion_leased_runs``                    gauge     PostgreSQL only: running runs leased to it
+``aion_runs_purged_total``              counter   finished runs this engine purged (retention,
+                                                  ``engine.purge``)
+``aion_lease_renewals_total``           counter   PostgreSQL only: renewals of this engine's
+                                                  leases tried (one per heartbeat that held runs)
+``aion_lease_renewals_missed_total``    counter   PostgreSQL only: renewals that failed, or that
+                                                  committed after the leases they extended had
+                                                  run out (another engine may have taken them)
+``aion_leases_lost_total``              counter   PostgreSQL only: runs dropped here because
+                                                  another engine took their lease
+======================================  ========  ===============================================
 
 The gauges describe a started engine (none before its first use, nor once
 shut down). ``aion_runs`` is one count query through the reader (the status
@@ -52,6 +59,8 @@ Thread contract:
   :class:`StepFigures`, found by its thread ident in :attr:`EngineMetrics.steps`;
 - commit figures: the store writer's thread only;
 - hub lag: :meth:`EngineMetrics.watch_hub`, a greenlet on the hub;
+- lease figures (:class:`LeaseFigures`): the hub thread only (the heartbeat
+  of ``runtime/leases.py``);
 - reading (:meth:`exposition`, :attr:`registry`, the collector): any thread
   or greenlet except the hub thread (the store count waits on the reader).
   A reading sums numbers other threads may be adding to: it may count an
@@ -135,6 +144,39 @@ class StepFigures:
         tally.sum += seconds
 
 
+class LeaseFigures:
+    """The renewals of this engine's leases (PostgreSQL): written by the
+    heartbeat on the hub thread only.
+
+    A renewal *misses* when it fails, or when it commits after the leases it
+    extends had run out: from then until the commit another engine could
+    claim those runs (issue 21: "lease renewals never miss" under load).
+    ``tightest`` is the least time any renewal had to spare before the
+    leases it extended ran out (negative: a miss), None before the first."""
+
+    __slots__ = ("renewals", "missed", "lost", "tightest")
+
+    def __init__(self) -> None:
+        self.renewals = 0
+        self.missed = 0
+        self.lost = 0
+        self.tightest: Optional[float] = None
+
+    def failed(self) -> None:
+        """A renewal the store refused or did not answer."""
+        self.renewals += 1
+        self.missed += 1
+
+    def renewed(self, spare: float) -> None:
+        """A renewal committed ``spare`` seconds before the leases it
+        extended ran out (negative: after)."""
+        self.renewals += 1
+        if spare < 0.0:
+            self.missed += 1
+        if self.tightest is None or spare < self.tightest:
+            self.tightest = spare
+
+
 class CommitFigures:
     """Group commits of the store writer (its thread only; ``StoreWriter._write``
     updates the tallies inline, once per commit)."""
@@ -163,6 +205,7 @@ class EngineMetrics:
         # (the runner holds this dict's get).
         self.steps: dict[int, StepFigures] = {}
         self.commits = CommitFigures()
+        self.leases = LeaseFigures()
         # Seconds the hub's last periodic timer woke late; None before the first.
         self.hub_lag: Optional[float] = None
         # The last store count: (monotonic time, runs by status, runs leased
@@ -333,6 +376,14 @@ class EngineMetrics:
                          completed + failed, STEP_SECONDS)
         yield CounterMetricFamily("aion_runs_purged", "Finished runs this engine purged "
                                   "(retention, engine.purge).", value=self.runs_purged)
+        leases = self.leases
+        yield CounterMetricFamily("aion_lease_renewals", "Renewals of this engine's leases "
+                                  "(PostgreSQL).", value=leases.renewals)
+        yield CounterMetricFamily("aion_lease_renewals_missed", "Lease renewals that failed or "
+                                  "committed after the leases they extended ran out.",
+                                  value=leases.missed)
+        yield CounterMetricFamily("aion_leases_lost", "Runs dropped here because another engine "
+                                  "took their lease.", value=leases.lost)
         yield _histogram(HistogramMetricFamily, "aion_commit_batch_size",
                          "Records (appends and creations) written by one group commit.",
                          [self.commits.sizes], BATCH_SIZES)

@@ -112,6 +112,80 @@ def test_three_engines_share_300_runs_and_take_over_a_killed_ones(pg_url, tmp_pa
         store.close()
 
 
+def _owners_of_ended_runs(store):
+    """Who recorded each ended run's end: a finished run keeps the owner
+    whose lease fenced its last append (a finished run is never claimed)."""
+    return dict(store._query("SELECT owner, count(*) FROM aion_runs WHERE status <> %s "
+                             "GROUP BY owner", (ev.RUNNING,)))
+
+
+def test_four_engines_share_a_burst_of_runs_evenly(pg_url, tmp_path):
+    """Failure window (issue 21): 1,000 runs appearing at once went to the
+    first engines that woke, each claiming up to 500 at a go: of four
+    engines, two drove 90 % of them and one none. Each of four engines now
+    drives 20-30 % of a burst."""
+    from aion_green.store import CreateRun
+
+    effects = tmp_path / "effects"
+    store = _store(pg_url)
+    procs = []
+    try:
+        procs = [_launch(pg_url, effects, 5.0, 1000) for _ in range(4)]
+        ids = [_started(proc) for proc in procs]
+        wait_until(lambda: set(store.live_engines(time.time())) == set(ids),
+                   timeout=30, what="the four engines to be at work")
+        runs = 400
+        now = time.time()
+        store.write_batch([CreateRun(f"b{k:03}", "pg.work", json.dumps([2, 0.0]), f"r{k}", now)
+                           for k in range(runs)])
+        wait_until(lambda: sum(_owners_of_ended_runs(store).values()) == runs, timeout=120,
+                   interval=0.1, what="every run to end")
+        ended = _owners_of_ended_runs(store)
+        assert set(ended) <= set(ids), ended
+        shares = sorted(ended.get(i, 0) / runs for i in ids)
+        assert 0.20 <= shares[0] and shares[-1] <= 0.30, \
+            f"shares of the runs ended by each engine: {shares}"
+        assert len(store.list_runs(ev.COMPLETED, None, 1000, None)) == runs
+    finally:
+        _stop(procs)
+        store.close()
+
+
+def test_runs_an_engine_at_its_share_leaves_over_are_taken_within_the_grace(pg_url, tmp_path):
+    """Failure window: an engine at its fair share claims no more, and the
+    engines below theirs never take the rest (one is at its cap, hung, or
+    gone without a word: its entry among the engines holds for a lease).
+    Past the grace, an engine with room takes what is left over."""
+    from aion_green.runtime import leases
+    from aion_green.store import CreateRun
+
+    effects = tmp_path / "effects"
+    store = _store(pg_url)
+    procs = []
+    try:
+        # A peer that runs pg.work and never claims anything, for a minute.
+        store.publish_engine("silent-peer", json.dumps({"pg.work": None}), time.time() + 60,
+                             time.time())
+        proc, engine_id = _spawn(pg_url, effects, 30.0, 1000)
+        procs.append(proc)
+        # Long runs: the engine's own share does not end within the test.
+        store.write_batch([CreateRun(f"s{k:02}", "pg.work", json.dumps([20, 0.5]), f"r{k}",
+                                     time.time()) for k in range(20)])
+        owned = lambda: dict(store._query(  # noqa: E731
+            "SELECT owner, count(*) FROM aion_runs WHERE owner IS NOT NULL GROUP BY owner"))
+        wait_until(lambda: owned().get(engine_id, 0) >= 10, timeout=15,
+                   what="the engine to claim its share, half of the runs")
+        began = time.monotonic()
+        assert owned().get(engine_id) == 10, "the engine took more than its share at once"
+        wait_until(lambda: owned().get(engine_id) == 20, timeout=15,
+                   what="the engine to take the runs left over")
+        waited = time.monotonic() - began
+        assert waited <= leases._SURPLUS_GRACE + 3.0, f"the runs left over waited {waited:.1f} s"
+    finally:
+        _stop(procs)
+        store.close()
+
+
 def test_an_engine_paused_past_its_lease_is_fenced_out(pg_url, tmp_path):
     """SIGSTOP the owner of a run past its lease; another engine takes the
     run over; SIGCONT: the stale owner's next append is refused (FencedOut)

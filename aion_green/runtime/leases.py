@@ -9,7 +9,9 @@ Every engine with workflows registered
   new run is left for any engine to claim);
 - claims runnable runs (no owner, or a lease that ran out) of the types it
   knows, with ``FOR UPDATE SKIP LOCKED``, so engines never claim the same
-  run, up to its resident cap, and drives each by replay;
+  run, up to its resident cap and its fair share (``Leases._fair_limit``:
+  the engines at work share a burst of new runs evenly), and drives each
+  by replay;
 - renews the leases of the runs it drives every third of the lease, and
   drops at once a run whose lease another engine took;
 - drains the inbox requests (signals, cancels) for the runs it owns.
@@ -29,12 +31,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import gevent
 import gevent.event
 from gevent import monkey
 
+from aion_green.core import clock as _clock
 from aion_green.core.errors import AionError, FencedOut
 from aion_green.core.registry import parameters_of
 
@@ -47,6 +50,14 @@ log = logging.getLogger("aion_green.leases")
 _start_new_thread = monkey.get_original("_thread", "start_new_thread")
 _CLAIM_BUSY = 0.02
 _CLAIM_IDLE = 0.5
+# The most runs one claim takes (with room for them under max_resident).
+_CLAIM_MOST = 500
+# Where the counts of a fair share stop (claim_counts): past it, runs are
+# plentiful and every engine may fill its room.
+_COUNT_CAP = 10_000
+# How long runs left over while this engine holds its fair share wait for
+# the engines below theirs, before any engine with room takes them.
+_SURPLUS_GRACE = 1.0
 
 
 class Leases:
@@ -64,6 +75,9 @@ class Leases:
         # 0 before the first publish. Written by the hub, read anywhere
         # (the readiness check, the metrics).
         self.lease_until = 0.0
+        # Since when (monotonic) runs stayed claimable while this engine
+        # held its fair share; None while it has none to wait out (hub).
+        self._surplus_since: Optional[float] = None
 
     def begin_leasing(self) -> None:
         hub = self.epoch.hub
@@ -98,7 +112,43 @@ class Leases:
 
     def _room(self) -> int:
         cap = self.engine.max_resident
-        return 500 if cap is None else max(0, min(500, cap - len(self.epoch.runs)))
+        return _CLAIM_MOST if cap is None else max(0, min(_CLAIM_MOST, cap - len(self.epoch.runs)))
+
+    def _fair_limit(self, room: int, types: list[str]) -> int:
+        """How many runs to claim now: this engine's fair share of the runs
+        of its types, or what is left over once the others had their turn.
+
+        Without it the first engine to wake on a burst of new runs took up
+        to ``_CLAIM_MOST`` of them at once, and of 1,000 runs four engines
+        drove 50, 40, 10 and 0 % (issue 21, bench/postgres.py). Now an
+        engine claims at most its deficit: the ceiling of the runs held and
+        claimable over the engines at work that run these types, less what
+        it holds. Runs still claimable while it is at its share wait
+        ``_SURPLUS_GRACE`` for the engines below theirs (they hear the same
+        doorbell); past that, whoever has room takes them: an engine at its
+        cap, gone without a word (its entry holds for a lease) or polling
+        late never leaves runs unclaimed for longer."""
+        try:
+            claimable, peers, held, mine = self.epoch.reader.call(
+                self.epoch.reader.store.claim_counts, self.engine.engine_id, types,
+                time.time(), _COUNT_CAP).result()
+        except AionError as exc:
+            log.warning("counting the runs to claim failed (%s); claiming as many as fit", exc)
+            return room
+        if claimable == 0:
+            self._surplus_since = None
+            return 0
+        engines = peers + 1
+        if claimable >= engines * room:
+            return room  # enough for every engine to fill its room
+        deficit = -(-(held + claimable) // engines) - mine
+        if deficit > 0:
+            self._surplus_since = None
+            return min(room, deficit)
+        now = _clock.monotonic()
+        if self._surplus_since is None:
+            self._surplus_since = now
+        return room if now - self._surplus_since >= _SURPLUS_GRACE else 0
 
     def _claim(self) -> None:
         """Claim and drive runnable runs of the types registered here."""
@@ -106,13 +156,14 @@ class Leases:
         while True:
             room = self._room()
             claimed = []
-            if room:
+            types = sorted(self.engine._registry.names())
+            limit = self._fair_limit(room, types) if room else 0
+            if limit:
                 try:
                     now = time.time()
                     claimed = self.epoch.writer.call(
-                        self.epoch.store.claim_runs, self.engine.engine_id,
-                        sorted(self.engine._registry.names()),
-                        now + self.engine.lease, now, room).result()
+                        self.epoch.store.claim_runs, self.engine.engine_id, types,
+                        now + self.engine.lease, now, limit).result()
                 except AionError as exc:
                     log.warning("claiming runs failed (%s); retrying", exc)
             for info in claimed:
@@ -129,6 +180,8 @@ class Leases:
                     continue
                 self.epoch.runner.spawn_run(info.workflow_id, info, recovering=True)
             pause = _CLAIM_BUSY if claimed else min(pause * 2, _CLAIM_IDLE)
+            if self._surplus_since is not None:
+                pause = min(pause, _SURPLUS_GRACE / 4)  # to be back when the grace is over
             self.epoch.sharing.nap("runs", pause)
 
     def _heartbeat(self) -> None:

@@ -25,7 +25,7 @@ import dataclasses
 import json
 import zlib
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 from zope.interface import implementer
 
@@ -221,7 +221,8 @@ class PostgresStore:
                 self._drop()
             raise _translate(exc, self.path) from None
 
-    def _query(self, sql: str, params: Sequence[object] = ()) -> list[TupleRow]:
+    def _query(self, sql: str,
+               params: Union[Sequence[object], Mapping[str, object]] = ()) -> list[TupleRow]:
         conn = self._connect()
         try:
             with conn.cursor() as cur:
@@ -603,6 +604,37 @@ class PostgresStore:
                 f"RETURNING {', '.join('r.' + c.strip() for c in _RUN_COLUMNS.split(','))}",
                 (owner, lease_until, ev.RUNNING, list(workflow_types), now, limit))
             return [_run_info(row) for row in cur.fetchall()]
+
+    def claim_counts(self, owner: str, workflow_types: Sequence[str], now: float,
+                     cap: int) -> tuple[int, int, int, int]:
+        """What an engine weighs before it claims (runtime/leases.py, its
+        fair share): ``(claimable, peers, held, mine)``: running runs of
+        these types that nobody holds; the other engines at work that run
+        at least one of these types; runs of these types held under a
+        lease still good at ``now``, and how many of those ``owner`` holds.
+        Each run count stops at ``cap`` (a bounded scan, whatever the
+        store holds); when nothing is claimable the others are not
+        counted (0)."""
+        types = list(workflow_types)
+        rows = self._query(
+            "WITH c AS (SELECT count(*) AS n FROM (SELECT 1 FROM aion_runs WHERE status=%(running)s "
+            "AND workflow_type = ANY(%(types)s) AND (owner IS NULL OR lease_until < %(now)s) "
+            "LIMIT %(cap)s) AS claimable), "
+            "h AS (SELECT count(*) AS n, count(*) FILTER (WHERE owner = %(owner)s) AS mine "
+            "FROM (SELECT owner FROM aion_runs WHERE status=%(running)s "
+            "AND workflow_type = ANY(%(types)s) AND owner IS NOT NULL AND lease_until >= %(now)s "
+            "LIMIT %(cap)s) AS held) "
+            # (CASE: the other counts only when there is something to share;
+            # an uncorrelated subquery is evaluated when first needed.)
+            "SELECT c.n, "
+            "CASE WHEN c.n = 0 THEN 0 ELSE (SELECT count(*) FROM aion_engines "
+            "WHERE seen_until >= %(now)s AND engine_id <> %(owner)s "
+            "AND workflow_types::jsonb ?| %(types)s::text[]) END, "
+            "CASE WHEN c.n = 0 THEN 0 ELSE (SELECT n FROM h) END, "
+            "CASE WHEN c.n = 0 THEN 0 ELSE (SELECT mine FROM h) END FROM c",
+            {"running": ev.RUNNING, "types": types, "now": now, "cap": cap, "owner": owner})
+        claimable, peers, held, mine = rows[0]
+        return int(claimable), int(peers), int(held), int(mine)
 
     def renew_leases(self, owner: str, workflow_ids: Sequence[str], lease_until: float) -> list[str]:
         """Extend this owner's leases; the ids it still holds."""

@@ -40,13 +40,22 @@ def work(ctx, steps, seconds):
     return len(pids)
 
 
+def trivial(i):
+    return i
+
+
+@aion.workflow(name="pg.quick")
+def quick(ctx, steps):
+    return sum(ctx.step(trivial, i) for i in range(steps))
+
+
 @aion.workflow(name="pg.slow")
 def slow(ctx, steps):
     return [ctx.step(effect, i, 0.3) for i in range(steps)]
 
 
 def main():
-    engine = aion.Engine(URL, workflows=[work, slow], lease=LEASE, max_resident=CAP)
+    engine = aion.Engine(URL, workflows=[work, quick, slow], lease=LEASE, max_resident=CAP)
     engine.list(limit=1)  # start it
     if sys.argv[5:] == ["start-slow"]:
         engine.start(slow, 20, id="slow")

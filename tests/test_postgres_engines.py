@@ -186,6 +186,37 @@ def test_runs_an_engine_at_its_share_leaves_over_are_taken_within_the_grace(pg_u
         store.close()
 
 
+def test_no_lease_runs_out_while_engines_work_through_a_burst(pg_url, tmp_path):
+    """Failure window (issue 21): an engine that claimed hundreds of runs
+    renewed their leases through its store writer, behind the history reads
+    of those runs and the group commits between them, and left out the runs
+    still starting: with short leases the renewals came too late, other
+    engines claimed the runs, and their first owner was fenced out. Each
+    run is claimed once here (a takeover draws another fence)."""
+    from aion_green.store import CreateRun
+
+    effects = tmp_path / "effects"
+    store = _store(pg_url)
+    procs = []
+    runs = 3000
+    try:
+        procs = [_launch(pg_url, effects, 1.0, 1000) for _ in range(3)]
+        ids = [_started(proc) for proc in procs]
+        wait_until(lambda: set(store.live_engines(time.time())) == set(ids),
+                   timeout=30, what="the engines to be at work")
+        now = time.time()
+        for start in range(0, runs, 1000):
+            store.write_batch([CreateRun(f"q{k:04}", "pg.quick", "[10]", f"r{k}", now)
+                               for k in range(start, start + 1000)])
+        wait_until(lambda: store.count_runs_by_status()[ev.COMPLETED] == runs, timeout=180,
+                   interval=0.2, what="every run to end")
+        (grants,) = store._query("SELECT last_value FROM aion_fence_seq")[0]
+        assert grants == runs, f"{grants - runs} leases of {runs} runs were granted again"
+    finally:
+        _stop(procs)
+        store.close()
+
+
 def test_an_engine_paused_past_its_lease_is_fenced_out(pg_url, tmp_path):
     """SIGSTOP the owner of a run past its lease; another engine takes the
     run over; SIGCONT: the stale owner's next append is refused (FencedOut)

@@ -92,6 +92,10 @@ class RunTable:
     def any_starting(self) -> bool:
         return bool(self._starting)
 
+    def ids(self) -> list[str]:
+        """The workflow ids of every run driven now, starting ones too (a copy)."""
+        return [*self._contexts, *self._starting]
+
     def contexts(self) -> list["WorkflowContext"]:
         """The contexts of the runs driven now (a copy)."""
         return list(self._contexts.values())

@@ -160,10 +160,7 @@ class Leases:
             limit = self._fair_limit(room, types) if room else 0
             if limit:
                 try:
-                    now = time.time()
-                    claimed = self.epoch.writer.call(
-                        self.epoch.store.claim_runs, self.engine.engine_id, types,
-                        now + self.engine.lease, now, limit).result()
+                    claimed = self.epoch.writer.call(self._claim_now, types, limit).result()
                 except AionError as exc:
                     log.warning("claiming runs failed (%s); retrying", exc)
             for info in claimed:
@@ -184,6 +181,18 @@ class Leases:
                 pause = min(pause, _SURPLUS_GRACE / 4)  # to be back when the grace is over
             self.epoch.sharing.nap("runs", pause)
 
+    def _claim_now(self, types: list[str], limit: int) -> list[Any]:
+        """The writer's thread: claim, with leases that run from now (not
+        from when the claim was queued behind other work)."""
+        now = time.time()
+        return list(self.epoch.store.claim_runs(self.engine.engine_id, types,
+                                                now + self.engine.lease, now, limit))
+
+    def _renew_now(self, mine: list[str]) -> list[str]:
+        """The writer's thread (an urgent call): renew from now."""
+        return list(self.epoch.store.renew_leases(self.engine.engine_id, mine,
+                                                  time.time() + self.engine.lease))
+
     def _heartbeat(self) -> None:
         """Renew this engine's leases; drop the runs whose lease was taken."""
         figures = self.engine.metrics.leases
@@ -193,30 +202,36 @@ class Leases:
         # renewal that commits past it missed: for a while another engine
         # could have claimed the runs.
         covered = time.time() + self.engine.lease
+        # Ticks keep their period whatever a renewal took (a sleep after
+        # each renewal would add its time to the next interval).
+        due = _clock.monotonic()
         while True:
-            gevent.sleep(self.engine.lease / 3)
+            due += self.engine.lease / 3
+            gevent.sleep(max(0.0, due - _clock.monotonic()))
+            due = max(due, _clock.monotonic() - self.engine.lease / 3)  # (after a stall: no rush of ticks)
             tick = time.time()
-            self._publish_types()
-            mine = [ctx._key for ctx in self.epoch.runs.contexts()]
-            if not mine:
+            # Runs still starting (their history being read) hold leases
+            # too: left out, they ran out while the reads queued.
+            mine = self.epoch.runs.ids()
+            if mine:
+                try:
+                    kept = set(self.epoch.writer.call_urgent(self._renew_now, mine).result())
+                except AionError as exc:
+                    figures.failed()
+                    log.warning("renewing leases failed (%s); retrying", exc)
+                else:
+                    figures.renewed(covered - time.time())
+                    covered = tick + self.engine.lease
+                    for wid in mine:
+                        ctx = self.epoch.runs.get(wid)
+                        if wid not in kept and ctx is not None:
+                            log.warning("run %r: its lease was taken by another engine; dropped "
+                                        "here", wid)
+                            self.epoch.hub.call_soon(ctx._on_failed, FencedOut(
+                                f"the lease of {wid!r} was taken by another engine"))
+            else:
                 covered = tick + self.engine.lease
-                continue
-            try:
-                kept = set(self.epoch.writer.call(self.epoch.store.renew_leases, self.engine.engine_id, mine,
-                                             time.time() + self.engine.lease).result())
-            except AionError as exc:
-                figures.failed()
-                log.warning("renewing leases failed (%s); retrying", exc)
-                continue
-            figures.renewed(covered - time.time())
-            covered = tick + self.engine.lease
-            for wid in mine:
-                ctx = self.epoch.runs.get(wid)
-                if wid not in kept and ctx is not None:
-                    figures.lost += 1
-                    log.warning("run %r: its lease was taken by another engine; dropped here", wid)
-                    self.epoch.hub.call_soon(ctx._on_failed, FencedOut(
-                        f"the lease of {wid!r} was taken by another engine"))
+            self._publish_types()
 
     def _publish_types(self) -> None:
         """Hub thread: tell the other engines and the clients which types
@@ -225,8 +240,8 @@ class Leases:
         types = {name: parameters_of(registry.get(name)) for name in sorted(registry.names())}
         now = time.time()
         try:
-            self.epoch.writer.call(self.epoch.store.publish_engine, self.engine.engine_id, json.dumps(types),
-                              now + self.engine.lease, now).result()
+            self.epoch.writer.call_urgent(self.epoch.store.publish_engine, self.engine.engine_id,
+                                          json.dumps(types), now + self.engine.lease, now).result()
             self.lease_until = now + self.engine.lease
         except AionError as exc:
             log.warning("publishing this engine's workflow types failed (%s); retrying", exc)

@@ -35,7 +35,7 @@ one process, as in the test suite, never collide), and
                                                   committed after the leases they extended had
                                                   run out (another engine may have taken them)
 ``aion_leases_lost_total``              counter   PostgreSQL only: runs dropped here because
-                                                  another engine took their lease
+                                                  another engine took their lease (or wrote them)
 ======================================  ========  ===============================================
 
 The gauges describe a started engine (none before its first use, nor once
@@ -60,7 +60,7 @@ Thread contract:
 - commit figures: the store writer's thread only;
 - hub lag: :meth:`EngineMetrics.watch_hub`, a greenlet on the hub;
 - lease figures (:class:`LeaseFigures`): the hub thread only (the heartbeat
-  of ``runtime/leases.py``);
+  of ``runtime/leases.py``; a run's greenlet that drops its run);
 - reading (:meth:`exposition`, :attr:`registry`, the collector): any thread
   or greenlet except the hub thread (the store count waits on the reader).
   A reading sums numbers other threads may be adding to: it may count an
@@ -145,8 +145,8 @@ class StepFigures:
 
 
 class LeaseFigures:
-    """The renewals of this engine's leases (PostgreSQL): written by the
-    heartbeat on the hub thread only.
+    """The renewals of this engine's leases, and the runs it lost (PostgreSQL):
+    written on the hub thread only.
 
     A renewal *misses* when it fails, or when it commits after the leases it
     extends had run out: from then until the commit another engine could

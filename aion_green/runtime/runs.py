@@ -443,6 +443,7 @@ class Runner:
             log.warning("run %r dropped: %s", wid, exc,
                         extra=logs.run_problem(wid, "run.dropped", began, exc))
             if self.epoch.leased:
+                self.engine.metrics.leases.lost += 1
                 # Whoever writes it now (or a replay here) may take it at once,
                 # without waiting for the lease to run out.
                 # (No closure: its cells would live in this frame as long as the run.)

@@ -9,7 +9,9 @@ processes claim and drive them until all have ended:
 Printed for 1, 2 and 4 engine processes on PostgreSQL, and for one engine
 on a SQLite file (durable commits) with the same work, as the reference.
 Each figure is the median of ``--repeat`` runs, each on a fresh schema
-(PostgreSQL) or file (SQLite).
+(PostgreSQL) or file (SQLite), taken round robin over the configurations
+(SQLite, 1, 2, 4 engines, then again), so that other work on a shared
+machine falls on each alike.
 
 For each engine count on PostgreSQL it also prints (issue 21):
 
@@ -296,10 +298,12 @@ def summary(results, runs, steps):
     cpus = [r["cpu"] for r in results]
     engines = _median([sum(c["engines"]) for c in cpus])
     busiest = _median([max(c["engines"]) for c in cpus])
+    ours = _median([sum(c["engines"]) + c["server"] + c["loader"] for c in cpus])
     lines.append(f"cpu     engines {engines:.2f} (busiest {busiest:.2f}), server "
                  f"{_median([c['server'] for c in cpus]):.2f}, loader "
                  f"{_median([c['loader'] for c in cpus]):.2f}, rest "
-                 f"{_median([c['rest'] for c in cpus]):.2f}; machine "
+                 f"{_median([c['rest'] for c in cpus]):.2f} (other jobs); this bench "
+                 f"{ours:.2f}, machine "
                  f"{_median([c['machine'] for c in cpus]):.2f} of "
                  f"{_median([c['cores'] for c in cpus]):.2f} cores  (CPU s per s)")
     commits = _median([sum(s["commits"] for s in r["stats"]) / r["wall"] for r in results])
@@ -345,30 +349,38 @@ def main():
     scenarios = {"a": ("(a) 10 steps", "bench.pg.ten", 10), "b": ("(b) 1 step", "bench.pg.one", 1)}
     for key in args.scenarios.split(","):
         label, wtype, steps = scenarios[key]
+        # Round robin over the configurations, one measurement of each per
+        # round: on a shared machine a burst of other work then lands on
+        # every configuration alike, not on whichever ran at the time.
+        configs = ([] if args.no_sqlite else [0]) + counts
+        results = {config: [] for config in configs}
+        for _ in range(args.repeat):
+            for config in configs:
+                results[config].append(measure_one(args, wtype, config))
         if not args.no_sqlite:
-            results = []
-            for _ in range(args.repeat):
-                directory = tempfile.mkdtemp(prefix="aion-bench-")
-                try:
-                    results.append(measure(f"sqlite:///{directory}/bench.db", wtype, args.runs, 1))
-                finally:
-                    shutil.rmtree(directory, ignore_errors=True)
-            print(f"{label}: {'SQLite, 1 engine':<24} {summary(results, args.runs, steps)[0]}",
-                  flush=True)
+            print(f"{label}: {'SQLite, 1 engine':<24} {summary(results[0], args.runs, steps)[0]}")
         for engines in counts:
-            results = []
-            for _ in range(args.repeat):
-                schema, url = pg_schema(args.url)
-                try:
-                    results.append(measure(url, wtype, args.runs, engines, args.lease))
-                finally:
-                    drop_schema(args.url, schema)
-            lines = summary(results, args.runs, steps)
+            lines = summary(results[engines], args.runs, steps)
             print(f"{label}: {f'PostgreSQL, {engines} engine(s)':<24} {lines[0]}")
             for line in lines[1:]:
                 print(f"    {line}")
             print(flush=True)
 
+
+def measure_one(args, wtype, engines):
+    """One measurement: ``engines`` engine processes on a fresh PostgreSQL
+    schema, or (0) one engine on a fresh SQLite file."""
+    if engines == 0:
+        directory = tempfile.mkdtemp(prefix="aion-bench-")
+        try:
+            return measure(f"sqlite:///{directory}/bench.db", wtype, args.runs, 1)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+    schema, url = pg_schema(args.url)
+    try:
+        return measure(url, wtype, args.runs, engines, args.lease)
+    finally:
+        drop_schema(args.url, schema)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -129,9 +129,10 @@ class Leases:
         cap, gone without a word (its entry holds for a lease) or polling
         late never leaves runs unclaimed for longer."""
         try:
-            claimable, peers, held, mine = self.epoch.reader.call(
+            counts: tuple[int, int, int, int] = self.epoch.reader.call(
                 self.epoch.reader.store.claim_counts, self.engine.engine_id, types,
                 time.time(), _COUNT_CAP).result()
+            claimable, peers, held, mine = counts
         except AionError as exc:
             log.warning("counting the runs to claim failed (%s); claiming as many as fit", exc)
             return room

@@ -117,12 +117,22 @@ def _quiet(engine: Any) -> tuple[bool, bool]:
     """Hub thread: (every live run is parked with nothing in flight, some
     of them wait for a step attempt that runs now)."""
     epoch = engine._epoch
-    if epoch.residency.admission:
-        return False, False  # runs wait for a place under the residency cap
+    if epoch.residency.admission or epoch.residency.pinned():
+        # Runs wait for a place (under a cap, or woken out of memory), or a
+        # record is on its way to a run out of memory (a child's end: the
+        # run is brought back to take it).
+        return False, False
     if epoch.child_tasks.armed_spawn_retry_count() or epoch.early:
         return False, False  # a child being created; a run created and not yet driven
     if any(wid not in epoch.runs for wid in epoch.recorders):
         return False, False  # a start in flight
+    residency = epoch.residency
+    for child in epoch.child_tasks.watched_children():
+        if child not in epoch.runs and not residency.absent_here(child) \
+                and child not in epoch.unrunnable:
+            # The child ended, and its watcher is still to record that into
+            # the parent (which may be out of memory, to be brought back).
+            return False, False
     if epoch.runs.any_starting():
         return False, False  # a run's history is being read
     for ctx in epoch.runs.contexts():

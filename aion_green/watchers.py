@@ -228,6 +228,10 @@ class ChildTaskRegistry:
     def armed_spawn_retry_count(self) -> int:
         return len(self._spawn_retries)
 
+    def watched_children(self) -> list[str]:
+        """Hub thread: the child ids with a watch armed (a snapshot)."""
+        return [child for _parent, child in self._watches._tasks]
+
     def shutdown(self) -> None:
         """Close the epoch: gate new arms, kill every task and join each one,
         for at most ``kill_timeout`` seconds.

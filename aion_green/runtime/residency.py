@@ -297,6 +297,10 @@ class Residency:
             gevent.sleep(delay)
             delay = min(delay * 2, 0.05)
 
+    def pinned(self) -> bool:
+        """Hub thread: a record is on its way to a run brought back for it."""
+        return bool(self._pinned)
+
     def unpin(self, wid: str) -> None:
         if self._pinned.get(wid, 0) > 1:
             self._pinned[wid] -= 1

@@ -30,10 +30,11 @@ engine's ``/aion/metrics``, read before and after).
 
     python bench/http.py [--target api|flask|both] [--client raw|http.client]
         [--clients 1,50] [--requests 4000] [--repeat 3] [--workers 1]
-        [--profile DIR [--cprofile]] [--perf]
+        [--profile DIR [--cprofile]] [--perf] [--root CHECKOUT] [--switch-interval S]
 
 ``--profile DIR``: the worker's CPU by thread over each 50-client window
-(bench/http_server.py), and with ``--cprofile`` a cProfile of its main
+(bench/http_server.py), the busiest threads' time on a CPU, waiting for
+one, and asleep (``/proc/PID/task/TID/schedstat``), and with ``--cprofile`` a cProfile of its main
 thread on that thread's CPU clock, in ``DIR/<target>-<repeat>/``.
 ``--perf``: ``perf record -g`` of the worker over each 50-client window
 (needs perf; kernel.perf_event_paranoid <= 2), summed by thread and by
@@ -74,10 +75,12 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def start_server(workers, directory, profile=None, cprofile=False):
+def start_server(workers, directory, profile=None, cprofile=False, root=ROOT, switch=None):
     port = free_port()
     env = dict(os.environ, AION_GREEN_DB=f"sqlite:///{os.path.join(directory, 'bench.db')}",
-               PYTHONPATH=ROOT)
+               PYTHONPATH=root)
+    if switch:
+        env["AION_BENCH_SWITCH_INTERVAL"] = str(switch)
     if profile:
         env["AION_BENCH_PROFILE"] = profile
         if cprofile:
@@ -86,7 +89,7 @@ def start_server(workers, directory, profile=None, cprofile=False):
         [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", str(workers), "-b",
          f"127.0.0.1:{port}", "--no-control-socket", "--worker-connections", "1000",
          "-c", os.path.join(_HERE, "http_server.py"),
-         "--chdir", ROOT, "examples.flask_app:app"],
+         "--chdir", root, "examples.flask_app:app"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=directory)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -102,6 +105,20 @@ def start_server(workers, directory, profile=None, cprofile=False):
             time.sleep(0.1)
     proc.kill()
     raise SystemExit("gunicorn did not come up")
+
+
+def schedstat(pid):
+    """Each thread's (ns on a CPU, ns runnable but waiting for one), from
+    ``/proc/PID/task/TID/schedstat``."""
+    out = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                run, wait, _ = map(int, f.read().split())
+        except OSError:
+            continue
+        out[int(task)] = (run, wait)
+    return out
 
 
 def cpu_of(pid):
@@ -326,7 +343,8 @@ def measure(args, target, clients, total, r, profile_dir):
     if profile_dir and clients > 1:
         profile = os.path.join(profile_dir, f"{target}-{r}")
         os.makedirs(profile, exist_ok=True)
-    proc, port, pid = start_server(args.workers, directory, profile, args.cprofile)
+    proc, port, pid = start_server(args.workers, directory, profile, args.cprofile, args.root,
+                                   args.switch_interval)
     run = run_raw if args.client == "raw" else run_threads
     try:
         run(port, target, min(clients, 10), 100, f"warm{r}")  # the first requests start the engine
@@ -335,6 +353,7 @@ def measure(args, target, clients, total, r, profile_dir):
         if profile:
             open(os.path.join(profile, "on"), "w").close()
             time.sleep(0.15)
+            sched0 = schedstat(pid)
         perf = None
         if args.perf and clients > 1:
             data = os.path.join(directory, "perf.data")
@@ -350,6 +369,14 @@ def measure(args, target, clients, total, r, profile_dir):
                 print(f"  perf {target} run {r}: {name}: {share:.0%} of the worker's samples; "
                       + ", ".join(f"{c} {k:.0%}" for c, k in cats))
         if profile:
+            sched1 = schedstat(pid)
+            busiest = sorted(sched1, key=lambda t: sched0.get(t, (0, 0))[0] - sched1[t][0])[:4]
+            for tid in busiest:
+                run = (sched1[tid][0] - sched0.get(tid, (0, 0))[0]) / 1e9 / wall
+                waited = (sched1[tid][1] - sched0.get(tid, (0, 0))[1]) / 1e9 / wall
+                print(f"  sched {target} run {r}: thread {tid}{' (main)' if tid == pid else ''}: "
+                      f"on a CPU {run:.0%} of the wall time, runnable but waiting for a CPU "
+                      f"{waited:.0%}, asleep (GIL, I/O, idle) {1 - run - waited:.0%}")
             os.unlink(os.path.join(profile, "on"))
             time.sleep(0.15)
         server_cpu = cpu_of(pid) - server0
@@ -385,11 +412,18 @@ def main():
     parser.add_argument("--profile", metavar="DIR")
     parser.add_argument("--cprofile", action="store_true")
     parser.add_argument("--perf", action="store_true")
+    parser.add_argument("--switch-interval", type=float, metavar="S",
+                        help="the worker's sys.setswitchinterval (default: CPython's 0.005)")
+    parser.add_argument("--root", default=ROOT,
+                        help="serve the example and aion_green of this checkout (a worktree of "
+                             "another commit: before/after runs with one script)")
     args = parser.parse_args()
     targets = ("api", "flask") if args.target == "both" else (args.target,)
     counts = [int(c) for c in args.clients.split(",")]
     print(f"start-and-wait round trips via gunicorn -k gevent -w {args.workers}, SQLite durable, "
-          f"client {args.client}, median of {args.repeat}; load {os.getloadavg()[0]:.2f}")
+          f"client {args.client}, median of {args.repeat}"
+          + (f", switch interval {args.switch_interval}" if args.switch_interval else "")
+          + f"; load {os.getloadavg()[0]:.2f}")
     print("target clients   trips/s (runs)                  p50 ms   p99 ms  client CPU  "
           "server CPU  per trip  client share  commits/trip  records/commit  writer busy")
     for target in targets:

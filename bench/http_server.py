@@ -18,6 +18,10 @@ after), and while it does it:
 
 At the worker's exit it writes ``DIR/threads-<pid>.json``: CPU seconds by
 role over the window, and the window's wall time.
+
+With ``AION_BENCH_SWITCH_INTERVAL=S`` the worker runs with
+``sys.setswitchinterval(S)`` (CPython's default: 0.005): how long a thread
+that wants the GIL waits before the holder is asked to drop it.
 """
 import json
 import os
@@ -104,6 +108,8 @@ _sampler = None
 
 def post_worker_init(worker):
     global _sampler
+    if os.environ.get("AION_BENCH_SWITCH_INTERVAL"):
+        sys.setswitchinterval(float(os.environ["AION_BENCH_SWITCH_INTERVAL"]))
     if not _DIR:
         return
     from gevent import monkey

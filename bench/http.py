@@ -14,7 +14,11 @@ fresh SQLite file (durable commits); clients keep their connection open
 - ``flask``: ``POST /stamp/<n>``, a Flask handler that calls
   ``engine.start(...).result()`` (one request per round trip);
 - ``healthz``: ``GET /aion/healthz``, which asks nothing of the engine: what
-  gunicorn, the mount and the API's routing cost alone (not in ``both``).
+  gunicorn, the mount and the API's routing cost alone (not in ``both``);
+- ``engine``: no HTTP: the example's engine in one process under
+  ``patch_all()``, as gunicorn's worker has it, with a greenlet per client
+  calling ``engine.start(stamp, n).result()`` (not in ``both``; the client
+  CPU columns are the whole process).
 
 Two clients: ``raw`` (the default) is one process driving every connection
 from one ``selectors`` loop, with request bytes built by string formatting
@@ -337,7 +341,54 @@ def perf_summary(data, pid):
     return rows
 
 
+_IN_PROCESS = r"""
+from gevent import monkey; monkey.patch_all()
+import json, os, sys, time, gevent
+root, db, clients, total = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+sys.path.insert(0, root)
+os.environ["AION_GREEN_DB"] = db
+from examples.flask_app import engine, stamp
+
+def client(c, n, prefix):
+    for i in range(n):
+        engine.start(stamp, f"{prefix}-{c}-{i}", id=f"stamp-{prefix}-{c}-{i}").result(timeout=60)
+
+gevent.joinall([gevent.spawn(client, c, 10, "warm") for c in range(min(clients, 10))])
+latencies = []
+def timed(c, n):
+    for i in range(n):
+        began = time.perf_counter()
+        client(c, 1, f"run{i}")
+        latencies.append(time.perf_counter() - began)
+cpu0, began = os.times(), time.perf_counter()
+gevent.joinall([gevent.spawn(timed, c, total // clients) for c in range(clients)])
+wall, cpu1 = time.perf_counter() - began, os.times()
+engine.shutdown()
+print(json.dumps({"latencies": latencies, "wall": wall,
+                  "cpu": cpu1.user + cpu1.system - cpu0.user - cpu0.system}))
+"""
+
+
+def measure_in_process(args, clients, total):
+    directory = tempfile.mkdtemp(prefix="aion-http-")
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _IN_PROCESS, args.root,
+             f"sqlite:///{os.path.join(directory, 'bench.db')}", str(clients), str(total)],
+            capture_output=True, text=True, check=True, cwd=directory).stdout
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    got = json.loads(out.strip().splitlines()[-1])
+    latencies, wall, cpu = sorted(got["latencies"]), got["wall"], got["cpu"]
+    n = len(latencies)
+    return {"rate": n / wall, "p50": latencies[n // 2], "p99": latencies[int(n * 0.99)],
+            "client_cpu": cpu / wall, "server_cpu": 0.0, "share": 1.0, "commits": 0.0,
+            "per_commit": 0.0, "writer_busy": 0.0, "server_us": cpu / n * 1e6}
+
+
 def measure(args, target, clients, total, r, profile_dir):
+    if target == "engine":
+        return measure_in_process(args, clients, total)
     directory = tempfile.mkdtemp(prefix="aion-http-")
     profile = None
     if profile_dir and clients > 1:
@@ -402,7 +453,8 @@ def measure(args, target, clients, total, r, profile_dir):
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", choices=("api", "flask", "both", "healthz"), default="both")
+    parser.add_argument("--target", choices=("api", "flask", "both", "healthz", "engine"),
+                        default="both")
     parser.add_argument("--client", choices=("raw", "http.client"), default="raw")
     parser.add_argument("--clients", default="1,50")
     parser.add_argument("--workers", type=int, default=1)

@@ -1,15 +1,50 @@
 """Start-and-wait round trips through gunicorn's gevent worker on loopback.
 
-Each request is ``POST /stamp/<n>`` to the example Flask app
-(``examples/flask_app.py``): the handler starts a one-step durable workflow
-on SQLite (durable commits) and answers with its result. Clients keep their
-connection open (HTTP/1.1 keep-alive), as a web front end would.
+The server is ``examples/flask_app.py`` under ``gunicorn -k gevent`` on a
+fresh SQLite file (durable commits); clients keep their connection open
+(HTTP/1.1 keep-alive), as a web front end would. Two targets:
 
-Prints round trips per second and the latency median and p99, for 1 and
-for 50 concurrent clients, with the given number of gunicorn workers (one
-drives the store; with more, the others are its clients).
+- ``api``: the engine's own HTTP API (``aion_green.transport.wsgi.WSGIApp``,
+  mounted by the example at ``/aion``). The API has no start-and-wait in one
+  call, so a round trip is two requests on the same connection:
+  ``POST /aion/v1/workflows`` (start ``shop.stamp``, a one-step workflow,
+  under an id the client picks; it answers once the start is durable) and
+  ``GET /aion/v1/workflows/result?workflow_id=ID&timeout=60`` (wait for its
+  end);
+- ``flask``: ``POST /stamp/<n>``, a Flask handler that calls
+  ``engine.start(...).result()`` (one request per round trip);
+- ``healthz``: ``GET /aion/healthz``, which asks nothing of the engine: what
+  gunicorn, the mount and the API's routing cost alone (not in ``both``);
+- ``engine``: no HTTP: the example's engine in one process under
+  ``patch_all()``, as gunicorn's worker has it, with a greenlet per client
+  calling ``engine.start(stamp, n).result()`` (not in ``both``; the client
+  CPU columns are the whole process).
 
-    python bench/http.py [--workers 1] [--requests 2000] [--repeat 3]
+Two clients: ``raw`` (the default) is one process driving every connection
+from one ``selectors`` loop, with request bytes built by string formatting
+and responses read by their ``Content-Length``: the lightest Python client,
+so the server's capacity is what is measured; ``http.client`` is one
+thread per connection with the standard library's client (the figures
+before issue 21 used it). The two cores are shared by client and server:
+the client's CPU share (its own ``os.times()`` against the gunicorn
+worker's ``/proc/PID/stat`` over the same window) is printed beside each
+figure, and so are the group commits per round trip, records per commit
+and the share of the wall time the store writer spent in its commits (the
+engine's ``/aion/metrics``, read before and after).
+
+    python bench/http.py [--target api|flask|both] [--client raw|http.client]
+        [--clients 1,50] [--requests 4000] [--repeat 3] [--workers 1]
+        [--profile DIR [--cprofile]] [--perf] [--root CHECKOUT] [--switch-interval S]
+
+``--profile DIR``: the worker's CPU by thread over each 50-client window
+(bench/http_server.py), the busiest threads' time on a CPU, waiting for
+one, and asleep (``/proc/PID/task/TID/schedstat``), and with ``--cprofile`` a cProfile of its main
+thread on that thread's CPU clock, in ``DIR/<target>-<repeat>/``.
+``--perf``: ``perf record -g`` of the worker over each 50-client window
+(needs perf; kernel.perf_event_paranoid <= 2), summed by thread and by
+where the sample fell: Python's interpreter, SQLite, or a system call
+(``futex``: GIL and lock hand-offs between threads; ``fdatasync``: the
+commits' flushes; ``sendto``/``recvfrom``: the sockets).
 """
 import os
 import sys
@@ -20,7 +55,11 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 import argparse  # noqa: E402
+import collections  # noqa: E402
 import http.client  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import selectors  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
@@ -30,7 +69,8 @@ import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(_HERE)
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port():
@@ -39,90 +79,423 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def start_server(workers, directory):
+def start_server(workers, directory, profile=None, cprofile=False, root=ROOT, switch=None):
     port = free_port()
     env = dict(os.environ, AION_GREEN_DB=f"sqlite:///{os.path.join(directory, 'bench.db')}",
-               PYTHONPATH=ROOT)
+               PYTHONPATH=root)
+    if switch:
+        env["AION_BENCH_SWITCH_INTERVAL"] = str(switch)
+    if profile:
+        env["AION_BENCH_PROFILE"] = profile
+        if cprofile:
+            env["AION_BENCH_CPROFILE"] = "1"
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", str(workers), "-b",
          f"127.0.0.1:{port}", "--no-control-socket", "--worker-connections", "1000",
-         "--chdir", ROOT, "examples.flask_app:app"],
+         "-c", os.path.join(_HERE, "http_server.py"),
+         "--chdir", root, "examples.flask_app:app"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=directory)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
+            response = conn.getresponse()
+            if response.status == 200:
+                pid = json.loads(response.read())["pid"]
                 conn.close()
-                return proc, port
+                return proc, port, pid
         except OSError:
             time.sleep(0.1)
     proc.kill()
     raise SystemExit("gunicorn did not come up")
 
 
-def run_clients(port, clients, total, prefix):
+def schedstat(pid):
+    """Each thread's (ns on a CPU, ns runnable but waiting for one), from
+    ``/proc/PID/task/TID/schedstat``."""
+    out = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                run, wait, _ = map(int, f.read().split())
+        except OSError:
+            continue
+        out[int(task)] = (run, wait)
+    return out
+
+
+def cpu_of(pid):
+    """User + system CPU seconds of process ``pid`` (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def commits(port):
+    """(group commits, records committed, seconds spent committing) so far,
+    from the engine's metrics."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/aion/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    count = re.search(r"^aion_commit_batch_size_count (\S+)", text, re.M)
+    total = re.search(r"^aion_commit_batch_size_sum (\S+)", text, re.M)
+    seconds = re.search(r"^aion_commit_duration_seconds_sum (\S+)", text, re.M)
+    if not count or not total or not seconds:
+        return 0.0, 0.0, 0.0
+    return float(count.group(1)), float(total.group(1)), float(seconds.group(1))
+
+
+# -- the requests of a round trip -----------------------------------------------------------
+def requests_of(target, port):
+    """``first(wid)`` and, for the API, ``second(wid)``: a round trip's request bytes."""
+    host = f"Host: 127.0.0.1:{port}\r\n"
+    if target == "healthz":
+        def healthz(wid):
+            return f"GET /aion/healthz HTTP/1.1\r\n{host}\r\n".encode()
+        return healthz, None
+    if target == "flask":
+        def first(wid):
+            return (f"POST /stamp/{wid} HTTP/1.1\r\n{host}Content-Length: 0\r\n\r\n").encode()
+        return first, None
+
+    def first(wid):
+        body = f'{{"workflow":"shop.stamp","args":["{wid}"],"id":"stamp-{wid}"}}'
+        return (f"POST /aion/v1/workflows HTTP/1.1\r\n{host}Content-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
+
+    def second(wid):
+        return (f"GET /aion/v1/workflows/result?workflow_id=stamp-{wid}&timeout=60 HTTP/1.1\r\n"
+                f"{host}\r\n").encode()
+    return first, second
+
+
+_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.I)
+
+
+class _Conn:
+    __slots__ = ("sock", "buf", "wid", "stage", "began", "left")
+
+
+def run_raw(port, target, clients, total, prefix):
+    """``total`` round trips over ``clients`` connections, from one selectors
+    loop in this thread: (latencies, wall seconds, client CPU seconds)."""
+    first, second = requests_of(target, port)
+    per_client = total // clients
+    sel = selectors.DefaultSelector()
+    latencies = []
+    conns = []
+    for _ in range(clients):
+        conn = _Conn()
+        conn.sock = socket.create_connection(("127.0.0.1", port))
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.sock.setblocking(False)
+        conn.buf = b""
+        conn.left = per_client
+        conn.stage = 0
+        conns.append(conn)
+
+    def send_next(conn, c):
+        conn.left -= 1
+        conn.wid = f"{prefix}-{c}-{conn.left}"
+        conn.stage = 1
+        conn.began = time.perf_counter()
+        conn.sock.sendall(first(conn.wid))
+
+    cpu0 = os.times()
+    began = time.perf_counter()
+    open_ = 0
+    for c, conn in enumerate(conns):
+        if conn.left > 0:
+            sel.register(conn.sock, selectors.EVENT_READ, (c, conn))
+            send_next(conn, c)
+            open_ += 1
+    while open_:
+        for key, _ in sel.select():
+            c, conn = key.data
+            data = conn.sock.recv(65536)
+            if not data:
+                raise SystemExit("the server closed a connection")
+            conn.buf += data
+            head_end = conn.buf.find(b"\r\n\r\n")
+            if head_end < 0:
+                continue
+            match = _LENGTH.search(conn.buf, 0, head_end + 2)
+            if match is None:
+                raise SystemExit(f"a response without Content-Length: {conn.buf[:200]!r}")
+            end = head_end + 4 + int(match.group(1))
+            if len(conn.buf) < end:
+                continue
+            if conn.buf[9:12] != b"200":
+                raise SystemExit(f"a request failed: {conn.buf[:end]!r}")
+            conn.buf = conn.buf[end:]
+            if conn.stage == 1 and second is not None:
+                conn.stage = 2
+                conn.sock.sendall(second(conn.wid))
+                continue
+            latencies.append(time.perf_counter() - conn.began)
+            if conn.left > 0:
+                send_next(conn, c)
+            else:
+                sel.unregister(conn.sock)
+                conn.sock.close()
+                open_ -= 1
+    wall = time.perf_counter() - began
+    cpu1 = os.times()
+    sel.close()
+    return latencies, wall, (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+
+
+def run_threads(port, target, clients, total, prefix):
+    """The same with ``http.client``, one thread per connection."""
+    first, second = requests_of(target, port)
     latencies, errors = [], []
     lock = threading.Lock()
     per_client = total // clients
+
+    def ask(conn, method, path, body=None):
+        conn.request(method, path, body=body,
+                     headers={"Content-Type": "application/json"} if body else {})
+        response = conn.getresponse()
+        response.read()
+        if response.status != 200:
+            errors.append(response.status)
 
     def client(c):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         mine = []
         for i in range(per_client):
+            wid = f"{prefix}-{c}-{i}"
             began = time.perf_counter()
-            conn.request("POST", f"/stamp/{prefix}-{c}-{i}", body=b"")
-            response = conn.getresponse()
-            response.read()
+            if target == "flask":
+                ask(conn, "POST", f"/stamp/{wid}", b"")
+            else:
+                ask(conn, "POST", "/aion/v1/workflows", json.dumps(
+                    {"workflow": "shop.stamp", "args": [wid], "id": f"stamp-{wid}"}).encode())
+                ask(conn, "GET", f"/aion/v1/workflows/result?workflow_id=stamp-{wid}&timeout=60")
             mine.append(time.perf_counter() - began)
-            if response.status != 200:
-                errors.append(response.status)
         conn.close()
         with lock:
             latencies.extend(mine)
 
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    cpu0 = os.times()
     began = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - began
+    cpu1 = os.times()
     if errors:
         raise SystemExit(f"{len(errors)} requests failed: {errors[:5]}")
+    return latencies, wall, (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+
+
+_SYSCALL = re.compile(r"(?:__x64_sys_|__do_sys_)(\w+)")
+
+
+def perf_summary(data, pid):
+    """Samples by thread and category from a ``perf record -g`` file: a list
+    of (thread, share of all samples, [(category, share of the thread's)])."""
+    out = subprocess.run(["perf", "script", "-i", data, "-F", "tid,ip,sym,dso"],
+                         capture_output=True, text=True).stdout
+    by_tid = collections.defaultdict(collections.Counter)
+
+    def category(frames):
+        for sym, _ in frames:
+            m = _SYSCALL.match(sym)
+            if m:
+                return "syscall " + m.group(1)
+        if not frames:
+            return "?"
+        sym, dso = frames[0]
+        if "kernel" in dso:
+            return "kernel (preemption, interrupts)"
+        return os.path.basename(dso).split(".")[0].split("-")[0]
+
+    tid, frames = None, []
+    for line in out.splitlines() + [""]:
+        if not line.strip():
+            if tid is not None:
+                by_tid[tid][category(frames)] += 1
+            tid, frames = None, []
+        elif not line.startswith("\t"):
+            tid, frames = int(line.split()[0]), []
+        else:
+            m = re.match(r"\s*\S+\s+(.*) \((.*)\)$", line)
+            if m:
+                frames.append((m.group(1), m.group(2)))
+    total = sum(sum(c.values()) for c in by_tid.values()) or 1
+    rows = []
+    for tid, counts in sorted(by_tid.items(), key=lambda kv: -sum(kv[1].values())):
+        n = sum(counts.values())
+        if n / total < 0.01:
+            continue
+        name = ("main (gunicorn, WSGI, engine callers)" if tid == pid
+                else "store writer" if counts.get("syscall fdatasync")
+                else "store reader" if counts.get("libsqlite3") else "hub, step pool")
+        rows.append((f"{name} [{tid}]", n / total,
+                     [(c, k / n) for c, k in counts.most_common(8)]))
+    return rows
+
+
+_IN_PROCESS = r"""
+from gevent import monkey; monkey.patch_all()
+import json, os, sys, time, gevent
+root, db, clients, total = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+sys.path.insert(0, root)
+os.environ["AION_GREEN_DB"] = db
+from examples.flask_app import engine, stamp
+
+def client(c, n, prefix):
+    for i in range(n):
+        engine.start(stamp, f"{prefix}-{c}-{i}", id=f"stamp-{prefix}-{c}-{i}").result(timeout=60)
+
+gevent.joinall([gevent.spawn(client, c, 10, "warm") for c in range(min(clients, 10))])
+latencies = []
+def timed(c, n):
+    for i in range(n):
+        began = time.perf_counter()
+        client(c, 1, f"run{i}")
+        latencies.append(time.perf_counter() - began)
+cpu0, began = os.times(), time.perf_counter()
+gevent.joinall([gevent.spawn(timed, c, total // clients) for c in range(clients)])
+wall, cpu1 = time.perf_counter() - began, os.times()
+engine.shutdown()
+print(json.dumps({"latencies": latencies, "wall": wall,
+                  "cpu": cpu1.user + cpu1.system - cpu0.user - cpu0.system}))
+"""
+
+
+def measure_in_process(args, clients, total):
+    directory = tempfile.mkdtemp(prefix="aion-http-")
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _IN_PROCESS, args.root,
+             f"sqlite:///{os.path.join(directory, 'bench.db')}", str(clients), str(total)],
+            capture_output=True, text=True, check=True, cwd=directory).stdout
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    got = json.loads(out.strip().splitlines()[-1])
+    latencies, wall, cpu = sorted(got["latencies"]), got["wall"], got["cpu"]
+    n = len(latencies)
+    return {"rate": n / wall, "p50": latencies[n // 2], "p99": latencies[int(n * 0.99)],
+            "client_cpu": cpu / wall, "server_cpu": 0.0, "share": 1.0, "commits": 0.0,
+            "per_commit": 0.0, "writer_busy": 0.0, "server_us": cpu / n * 1e6}
+
+
+def measure(args, target, clients, total, r, profile_dir):
+    if target == "engine":
+        return measure_in_process(args, clients, total)
+    directory = tempfile.mkdtemp(prefix="aion-http-")
+    profile = None
+    if profile_dir and clients > 1:
+        profile = os.path.join(profile_dir, f"{target}-{r}")
+        os.makedirs(profile, exist_ok=True)
+    proc, port, pid = start_server(args.workers, directory, profile, args.cprofile, args.root,
+                                   args.switch_interval)
+    run = run_raw if args.client == "raw" else run_threads
+    try:
+        run(port, target, min(clients, 10), 100, f"warm{r}")  # the first requests start the engine
+        commits0 = commits(port)
+        server0 = cpu_of(pid)
+        if profile:
+            open(os.path.join(profile, "on"), "w").close()
+            time.sleep(0.15)
+            sched0 = schedstat(pid)
+        perf = None
+        if args.perf and clients > 1:
+            data = os.path.join(directory, "perf.data")
+            perf = subprocess.Popen(["perf", "record", "-q", "-F", "2000", "-g", "-p", str(pid),
+                                     "-o", data], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+        latencies, wall, client_cpu = run(port, target, clients, total, f"run{r}")
+        if perf is not None:
+            perf.send_signal(signal.SIGINT)
+            perf.wait()
+            for name, share, cats in perf_summary(data, pid):
+                print(f"  perf {target} run {r}: {name}: {share:.0%} of the worker's samples; "
+                      + ", ".join(f"{c} {k:.0%}" for c, k in cats))
+        if profile:
+            sched1 = schedstat(pid)
+            busiest = sorted(sched1, key=lambda t: sched0.get(t, (0, 0))[0] - sched1[t][0])[:4]
+            for tid in busiest:
+                run = (sched1[tid][0] - sched0.get(tid, (0, 0))[0]) / 1e9 / wall
+                waited = (sched1[tid][1] - sched0.get(tid, (0, 0))[1]) / 1e9 / wall
+                print(f"  sched {target} run {r}: thread {tid}{' (main)' if tid == pid else ''}: "
+                      f"on a CPU {run:.0%} of the wall time, runnable but waiting for a CPU "
+                      f"{waited:.0%}, asleep (GIL, I/O, idle) {1 - run - waited:.0%}")
+            os.unlink(os.path.join(profile, "on"))
+            time.sleep(0.15)
+        server_cpu = cpu_of(pid) - server0
+        commits1 = commits(port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        shutil.rmtree(directory, ignore_errors=True)
     latencies.sort()
-    return len(latencies) / wall, latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
+    n = len(latencies)
+    done = commits1[0] - commits0[0]
+    records = commits1[1] - commits0[1]
+    return {
+        "rate": n / wall, "p50": latencies[n // 2], "p99": latencies[int(n * 0.99)],
+        "client_cpu": client_cpu / wall, "server_cpu": server_cpu / wall,
+        "share": client_cpu / (client_cpu + server_cpu) if client_cpu + server_cpu else 0.0,
+        "commits": done / n, "per_commit": records / done if done else 0.0,
+        "writer_busy": (commits1[2] - commits0[2]) / wall,
+        "server_us": server_cpu / n * 1e6,
+    }
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", choices=("api", "flask", "both", "healthz", "engine"),
+                        default="both")
+    parser.add_argument("--client", choices=("raw", "http.client"), default="raw")
+    parser.add_argument("--clients", default="1,50")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=4000,
+                        help="round trips per run at the most clients (a quarter at 1 client)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--profile", metavar="DIR")
+    parser.add_argument("--cprofile", action="store_true")
+    parser.add_argument("--perf", action="store_true")
+    parser.add_argument("--switch-interval", type=float, metavar="S",
+                        help="the worker's sys.setswitchinterval (default: CPython's 0.005)")
+    parser.add_argument("--root", default=ROOT,
+                        help="serve the example and aion_green of this checkout (a worktree of "
+                             "another commit: before/after runs with one script)")
     args = parser.parse_args()
-    print(f"start-and-wait round trips via gunicorn -k gevent -w {args.workers}, "
-          f"SQLite durable, median of {args.repeat}")
-    for clients, total in ((1, max(args.requests // 4, 50)), (50, args.requests)):
-        rates, p50s, p99s = [], [], []
-        for r in range(args.repeat):
-            directory = tempfile.mkdtemp(prefix="aion-http-")
-            proc, port = start_server(args.workers, directory)
-            try:
-                run_clients(port, min(clients, 10), 50, f"warm{r}")  # first requests start engines
-                rate, p50, p99 = run_clients(port, clients, total, f"run{r}")
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=30)
-                shutil.rmtree(directory, ignore_errors=True)
-            rates.append(rate)
-            p50s.append(p50)
-            p99s.append(p99)
-        print(f"{clients:>2} client(s): {statistics.median(rates):7.0f} round trips/s, "
-              f"latency p50 {statistics.median(p50s) * 1000:6.1f} ms, "
-              f"p99 {statistics.median(p99s) * 1000:6.1f} ms "
-              f"(rates: {', '.join(f'{x:.0f}' for x in rates)})")
+    targets = ("api", "flask") if args.target == "both" else (args.target,)
+    counts = [int(c) for c in args.clients.split(",")]
+    print(f"start-and-wait round trips via gunicorn -k gevent -w {args.workers}, SQLite durable, "
+          f"client {args.client}, median of {args.repeat}"
+          + (f", switch interval {args.switch_interval}" if args.switch_interval else "")
+          + f"; load {os.getloadavg()[0]:.2f}")
+    print("target clients   trips/s (runs)                  p50 ms   p99 ms  client CPU  "
+          "server CPU  per trip  client share  commits/trip  records/commit  writer busy")
+    for target in targets:
+        for clients in counts:
+            total = args.requests if clients == max(counts) else max(args.requests // 4, 100)
+            runs = [measure(args, target, clients, total, r, args.profile)
+                    for r in range(args.repeat)]
+
+            rates = ", ".join(f"{x['rate']:.0f}" for x in runs)
+
+            def med(key, runs=runs):
+                return statistics.median(x[key] for x in runs)
+            print(f"{target:6} {clients:>7} {med('rate'):9.0f} "
+                  f"({rates:20}) "
+                  f"{med('p50') * 1000:8.1f} {med('p99') * 1000:8.1f} "
+                  f"{med('client_cpu'):10.2f}  {med('server_cpu'):10.2f}  {med('server_us'):6.0f} us  "
+                  f"{med('share'):11.0%}  {med('commits'):12.2f}  {med('per_commit'):14.1f}  "
+                  f"{med('writer_busy'):10.0%}",
+                  flush=True)
+    print(f"load after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def free_port() -> int:
 def start_server(python: str, root: str, directory: str) -> tuple[subprocess.Popen, int, int]:
     """gunicorn -k gevent -w 1 under callgrind; returns it, its port and its worker's pid."""
     port = free_port()
-    env = dict(os.environ, AION_DB=f"sqlite:///{os.path.join(directory, 'bench.db')}", PYTHONPATH=root)
+    env = dict(os.environ, AION_GREEN_DB=f"sqlite:///{os.path.join(directory, 'bench.db')}", PYTHONPATH=root)
     # --timeout: under valgrind the worker's heartbeat is slow, and the master
     # would take it for hung and kill it. --keep-alive: the client's
     # connection stays open through the idle spells.
@@ -166,7 +166,9 @@ def main() -> None:
         sys.exit("valgrind is not on the PATH (Debian: apt install valgrind)")
     root = os.path.abspath(args.root)
     directory = tempfile.mkdtemp(prefix="aion-httpi-")
-    proc, port, pid = start_server(args.python, root, directory)
+    # valgrind runs in the temporary folder: a relative --python would not be found there.
+    python = args.python if os.sep not in args.python else os.path.abspath(args.python)
+    proc, port, pid = start_server(python, root, directory)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
         round_trips(conn, "warm", args.warm)

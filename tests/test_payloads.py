@@ -282,6 +282,31 @@ def test_bad_configuration_is_refused():
         aion.payloads.register("Money", to_json=str, from_json=str)
 
 
+def test_a_workflows_parameter_types_are_read_once_not_per_run(monkeypatch):
+    """Each run decodes its arguments as the workflow's parameters declare
+    them; the declaration comes from the function's signature once per
+    function and ``skip``, not once per run (issue 21: ``inspect.signature``
+    per run was ~15 % of the hub's CPU), and a caller that changes the list
+    it got changes nothing kept."""
+    import inspect
+
+    from aion_green.core import payloads
+
+    def typed(ctx, order: Order, *tiers: Tier):
+        pass
+
+    read = []
+    real = inspect.signature
+    monkeypatch.setattr(inspect, "signature", lambda fn, *a, **k: read.append(fn) or real(fn, *a, **k))
+    first = payloads.parameter_hints(typed, skip=1)
+    assert first == [Order, payloads._Repeat(Tier)]
+    first.append(str)
+    assert payloads.parameter_hints(typed, skip=1) == [Order, payloads._Repeat(Tier)]
+    assert read == [typed]
+    assert payloads.parameter_hints(typed) == [None, Order, payloads._Repeat(Tier)]
+    assert read == [typed, typed]
+
+
 @aion.workflow(name="payloads.queried")
 def queried(ctx):
     ctx.set_query("state", lambda: {"since": datetime(2026, 1, 1, tzinfo=timezone.utc),

@@ -374,14 +374,34 @@ def return_hint(fn: Any) -> Any:
     return _hints(_unwrapped(fn)).get("return")
 
 
+# parameter_hints by (function, skip). Every run of a workflow with
+# arguments asks on the hub thread; inspect.signature took ~15 % of the hub's
+# CPU per one-step run at 50 HTTP clients (issue 21, BENCHMARKS.md).
+_PARAMETERS: dict[tuple[Any, int], tuple[Any, ...]] = {}
+
+
 def parameter_hints(fn: Any, skip: int = 0) -> list[Any]:
     """The declared types of ``fn``'s positional parameters after the first
     ``skip`` (a workflow's ``ctx``), None where undeclared; and, for a
     ``*args`` parameter, its type repeated (the last item, marked by the
-    list being one longer than the named ones: see :func:`decode_args`)."""
+    list being one longer than the named ones: see :func:`decode_args`).
+    Kept per function, as its type hints are."""
+    target = _unwrapped(fn)
+    try:
+        return list(_PARAMETERS[target, skip])
+    except (KeyError, TypeError):  # TypeError: an unhashable callable
+        pass
+    found = _parameter_hints(target, skip)
+    try:
+        _PARAMETERS[target, skip] = tuple(found)
+    except TypeError:
+        pass
+    return found
+
+
+def _parameter_hints(target: Any, skip: int) -> list[Any]:
     import inspect
 
-    target = _unwrapped(fn)
     hints = _hints(target)
     try:
         params = list(inspect.signature(target).parameters.values())[skip:]

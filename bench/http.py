@@ -11,6 +11,9 @@ fresh SQLite file (durable commits); clients keep their connection open
   under an id the client picks; it answers once the start is durable) and
   ``GET /aion/v1/workflows/result?workflow_id=ID&timeout=60`` (wait for its
   end);
+- ``api-wait``: the same API, one request per round trip:
+  ``POST /aion/v1/workflows`` with ``"wait": 60`` (start, then wait for
+  the end, in one request; the API has it since issue 21);
 - ``flask``: ``POST /stamp/<n>``, a Flask handler that calls
   ``engine.start(...).result()`` (one request per round trip);
 - ``healthz``: ``GET /aion/healthz``, which asks nothing of the engine: what
@@ -32,7 +35,7 @@ figure, and so are the group commits per round trip, records per commit
 and the share of the wall time the store writer spent in its commits (the
 engine's ``/aion/metrics``, read before and after).
 
-    python bench/http.py [--target api|flask|both] [--client raw|http.client]
+    python bench/http.py [--target api|api-wait|flask|both] [--client raw|http.client]
         [--clients 1,50] [--requests 4000] [--repeat 3] [--workers 1]
         [--profile DIR [--cprofile]] [--perf] [--root CHECKOUT] [--switch-interval S]
 
@@ -159,6 +162,12 @@ def requests_of(target, port):
         def first(wid):
             return (f"POST /stamp/{wid} HTTP/1.1\r\n{host}Content-Length: 0\r\n\r\n").encode()
         return first, None
+    if target == "api-wait":
+        def start_and_wait(wid):
+            body = f'{{"workflow":"shop.stamp","args":["{wid}"],"id":"stamp-{wid}","wait":60}}'
+            return (f"POST /aion/v1/workflows HTTP/1.1\r\n{host}Content-Type: application/json"
+                    f"\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode()
+        return start_and_wait, None
 
     def first(wid):
         body = f'{{"workflow":"shop.stamp","args":["{wid}"],"id":"stamp-{wid}"}}'
@@ -270,6 +279,10 @@ def run_threads(port, target, clients, total, prefix):
             began = time.perf_counter()
             if target == "flask":
                 ask(conn, "POST", f"/stamp/{wid}", b"")
+            elif target == "api-wait":
+                ask(conn, "POST", "/aion/v1/workflows", json.dumps(
+                    {"workflow": "shop.stamp", "args": [wid], "id": f"stamp-{wid}",
+                     "wait": 60}).encode())
             else:
                 ask(conn, "POST", "/aion/v1/workflows", json.dumps(
                     {"workflow": "shop.stamp", "args": [wid], "id": f"stamp-{wid}"}).encode())
@@ -453,7 +466,8 @@ def measure(args, target, clients, total, r, profile_dir):
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", choices=("api", "flask", "both", "healthz", "engine"),
+    parser.add_argument("--target", choices=("api", "api-wait", "flask", "both", "healthz",
+                                             "engine"),
                         default="both")
     parser.add_argument("--client", choices=("raw", "http.client"), default="raw")
     parser.add_argument("--clients", default="1,50")
@@ -470,7 +484,7 @@ def main():
                         help="serve the example and aion_green of this checkout (a worktree of "
                              "another commit: before/after runs with one script)")
     args = parser.parse_args()
-    targets = ("api", "flask") if args.target == "both" else (args.target,)
+    targets = ("api", "api-wait", "flask") if args.target == "both" else (args.target,)
     counts = [int(c) for c in args.clients.split(",")]
     print(f"start-and-wait round trips via gunicorn -k gevent -w {args.workers}, SQLite durable, "
           f"client {args.client}, median of {args.repeat}"
@@ -488,7 +502,7 @@ def main():
 
             def med(key, runs=runs):
                 return statistics.median(x[key] for x in runs)
-            print(f"{target:6} {clients:>7} {med('rate'):9.0f} "
+            print(f"{target:8} {clients:>7} {med('rate'):9.0f} "
                   f"({rates:20}) "
                   f"{med('p50') * 1000:8.1f} {med('p99') * 1000:8.1f} "
                   f"{med('client_cpu'):10.2f}  {med('server_cpu'):10.2f}  {med('server_us'):6.0f} us  "

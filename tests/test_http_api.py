@@ -77,6 +77,10 @@ BAD = [
     ("POST", "/v1/workflows", {"workflow": "api.quick", "argz": []}, "", 400, "invalid_argument",
      "unknown field(s) argz"),
     ("POST", "/v1/workflows", [1, 2], "", 400, "invalid_argument", "must be a JSON object"),
+    ("POST", "/v1/workflows", {"workflow": "api.quick", "args": [1], "wait": 0}, "", 400,
+     "invalid_argument", "'wait' must be a number of seconds above 0"),
+    ("POST", "/v1/workflows", {"workflow": "api.quick", "args": [1], "wait": "soon"}, "", 400,
+     "invalid_argument", "'wait' must be a number of seconds"),
     ("POST", "/v1/workflows", None, "", 400, "invalid_argument", "registered name"),
     ("POST", "/v1/workflows", {"workflow": "api.quick", "args": [1], "id": "q1"}, "", 409,
      "already_exists", "cannot be started again"),
@@ -170,6 +174,35 @@ def test_good_input_on_every_endpoint(api):
     assert status == 409 and reply["error"]["code"] == "cancelled"
     assert reply["error"]["workflow_id"] == "c/1"
     assert call(app, "GET", "/healthz", token=None)[2] == {"ok": True}
+
+
+def test_start_and_wait_in_one_request(api):
+    engine, app = api
+    # Ended within the wait: the result, as GET .../result gives it.
+    status, _, reply = call(app, "POST", "/v1/workflows",
+                            {"workflow": "api.quick", "args": [{"n": 7}], "id": "sw1", "wait": 10})
+    assert status == 200, reply
+    assert reply["status"] == "completed" and reply["result"] == {"n": 7}
+    assert reply["workflow_id"] == "sw1" and reply["run_id"] == engine.describe("sw1").run_id
+    # Still going when the wait is over: started (durably) and said so.
+    status, _, reply = call(app, "POST", "/v1/workflows",
+                            {"workflow": "api.greet", "args": ["bo"], "id": "sw2", "wait": 0.2})
+    assert status == 200, reply
+    assert reply["status"] == "running" and "result" not in reply
+    assert engine.describe("sw2").status == "running"
+    # A failed end is the error /result answers; the run was started all the same.
+    status, _, reply = call(app, "POST", "/v1/workflows",
+                            {"workflow": "api.fail", "id": "sw3", "wait": 10})
+    assert status == 409 and reply["error"]["code"] == "workflow_failed"
+    assert "it broke" in reply["error"]["message"]
+    assert engine.describe("sw3").status == "failed"
+    # A wait past the server's max_wait (5 s here) waits max_wait.
+    status, _, reply = call(app, "POST", "/v1/workflows",
+                            {"workflow": "api.quick", "args": [2], "id": "sw4", "wait": 3600})
+    assert status == 200 and reply["result"] == 2
+    # Without a wait: the answer as before (no status).
+    status, _, reply = call(app, "POST", "/v1/workflows", {"workflow": "api.quick", "args": [3]})
+    assert status == 200 and set(reply) == {"workflow_id", "run_id", "namespace"}
 
 
 def test_the_token_is_checked_on_every_route_but_health(api):

@@ -124,11 +124,18 @@ ROUTES: tuple[Route, ...] = (
                 "id": {"type": "string", "description": "The workflow id (default: a new uuid)."},
                 "execution_timeout": {"type": "number", "description": "Seconds (above 0) the "
                                       "workflow may run, over every run of its chain; past "
-                                      "them it ends with status `timed_out`."}},
+                                      "them it ends with status `timed_out`."},
+                "wait": {"type": "number", "description": "Start and wait in one request: "
+                         "seconds (above 0, at most the server's `max_wait`) to wait for the "
+                         "run's end once it is started. Ended: `status` `completed` and "
+                         "`result` (a failed, cancelled or timed-out end is the error "
+                         "`/result` gives); still going: `status` `running`."}},
           required=("workflow",),
           answer={"type": "object", "properties": {"workflow_id": _STR, "run_id": _STR,
-                                                   "namespace": _STR}},
-          errors=("invalid_argument", "already_exists", "too_large"),
+                                                   "namespace": _STR, "status": _STR,
+                                                   "result": _ANY}},
+          errors=("invalid_argument", "already_exists", "too_large", "workflow_failed",
+                  "cancelled", "timed_out"),
           example=({"workflow": "shop.checkout", "args": ["o-1"], "id": "order-o-1"},
                    {"workflow_id": "order-o-1", "run_id": "5f0c...e1", "namespace": "default"})),
     Route("GET", "/v1/workflows", "List runs",

@@ -27,7 +27,11 @@ POST     /v1/workflows                                start: ``{"workflow", "arg
                                                       "execution_timeout"}`` (seconds; past them
                                                       the run ends ``timed_out``); the
                                                       ``Idempotency-Key`` header may give the id;
-                                                      answers ``{"workflow_id", "run_id"}``
+                                                      answers ``{"workflow_id", "run_id"}``; with
+                                                      ``"wait": S`` it waits up to S s (at most
+                                                      ``max_wait``) for the run's end: ``"status"``
+                                                      ``completed`` and ``"result"``, or
+                                                      ``running``; a failed end as /result answers
 GET      /v1/workflows?status=&type=&limit=&after=    list, a page: ``{"runs", "next"}``; also
          &started_after=&started_before=&parent=      filtered by the run's start (ISO-8601; no
          &id_prefix=&attr.NAME=VALUE                  offset: UTC), the parent's workflow id, the
@@ -161,6 +165,7 @@ from aion_green.core.errors import (
     ConfigurationError,
     EngineClosed,
     StoreUnavailable,
+    Timeout,
     WorkflowArgumentsInvalid,
     WorkflowCancelled,
     WorkflowContinuedAsNew,
@@ -513,7 +518,7 @@ class WSGIApp:
 
     def _start(self, environ: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
         _query(params, set())
-        body = self._body(environ, {"workflow", "args", "id", "execution_timeout"})
+        body = self._body(environ, {"workflow", "args", "id", "execution_timeout", "wait"})
         workflow = body.get("workflow")
         if not isinstance(workflow, str) or not workflow:
             raise _Reply("invalid_argument", "'workflow' must be the registered name of a "
@@ -529,12 +534,31 @@ class WSGIApp:
         if body.get("execution_timeout") is not None:
             bound["execution_timeout"] = _field(execution_timeout_seconds, "execution_timeout",
                                                 body["execution_timeout"], "'execution_timeout'")
+        wait = None
+        if body.get("wait") is not None:
+            wait = _number(body, "wait", 0.0)
+            if not 0 < wait:
+                raise _Reply("invalid_argument", f"'wait' must be a number of seconds above 0 "
+                             f"(at most {self.max_wait:g}), got {body['wait']!r}; leave it out "
+                             "to answer once the run is started", field="wait")
         ns = self._namespace(environ, params, body)
         try:
             handle = self.engine.start(workflow, *args, id=wid or key, namespace=ns, **bound)
         except WorkflowArgumentsInvalid as exc:
             raise _Reply("invalid_argument", str(exc), field="args") from None
-        return {"workflow_id": handle.workflow_id, "run_id": handle.run_id, "namespace": ns}
+        started = {"workflow_id": handle.workflow_id, "run_id": handle.run_id, "namespace": ns}
+        if wait is None:
+            return started
+        # Start and wait in one request (issue 21): the run is durable before
+        # the wait begins; its end answers as GET .../result would (a failed
+        # end is the same error), and a run still going says so.
+        try:
+            # (The workflow's result: its chain's last run, as /result.)
+            result = self.engine.result(handle.workflow_id, timeout=min(wait, self.max_wait),
+                                        namespace=ns)
+        except Timeout:
+            return {**started, "status": ev.RUNNING}
+        return {**started, "status": ev.COMPLETED, "result": result}
 
     def _rewind(self, action: str, wid: str, environ: dict[str, Any],
                 params: dict[str, str]) -> dict[str, Any]:

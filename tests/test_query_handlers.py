@@ -1,10 +1,12 @@
 """Query handlers run off the hub's critical path, with a deadline (issue 21,
 "fair under load"): a slow handler holds up neither the engine's other runs
-nor, past the query's deadline, its own."""
+nor, past the query's deadline, its own. The module runs in both gevent
+modes: directly, and from the plain suite once more in a subprocess under
+``gevent.monkey.patch_all()``."""
 import time
 
 import pytest
-from conftest import NativeGate, wait_until
+from conftest import PATCHED, ROOT, STORE, NativeGate, run_python, wait_until
 from gevent import monkey
 
 import aion_green as aion
@@ -180,3 +182,13 @@ def test_system_exit_in_a_handler_fails_only_that_query(make_engine):
     assert engine.query("exiting", "ping", timeout=5) == "pong"
     engine.signal("exiting", "stop")
     assert handle.result(10) == "ended"
+
+
+@pytest.mark.skipif(PATCHED or STORE != "sqlite",
+                    reason="this suite already runs under patch_all; the subprocess uses SQLite")
+def test_query_handlers_under_patch_all_in_a_subprocess():
+    proc = run_python(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not under_patch_all",
+                       str(ROOT / "tests" / "test_query_handlers.py")],
+                      patched=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert " passed" in proc.stdout and "failed" not in proc.stdout

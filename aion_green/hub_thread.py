@@ -115,7 +115,9 @@ class _HubLocalWaiter:
         self._hub_thread = hub_thread
 
     def notify(self) -> None:
-        self._hub_thread.call_soon(self._event.set)
+        # Called under the Future's lock, which the hub thread takes too:
+        # back-pressure here would hold the hub on that lock (_post: none).
+        self._hub_thread._post(self._event.set)
 
     def wait(self, timeout: Optional[float]) -> bool:
         return bool(self._event.wait(timeout))
@@ -345,6 +347,14 @@ class HubThread:
             watcher.send()
             if len(commands) > _QUEUE_LIMIT:
                 self._back_off()
+
+    def _post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """:meth:`call_soon` without back-pressure, for a sender that holds
+        a lock the hub thread may take: it must never wait for the hub."""
+        self._commands.append((fn, args))
+        watcher = self._async
+        if watcher is not None:
+            watcher.send()
 
     def _back_off(self) -> None:
         """A sender on another thread waits (at most ``_PAUSE_LIMIT``) while

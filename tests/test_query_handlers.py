@@ -3,6 +3,7 @@
 nor, past the query's deadline, its own. The module runs in both gevent
 modes: directly, and from the plain suite once more in a subprocess under
 ``gevent.monkey.patch_all()``."""
+import functools
 import time
 
 import pytest
@@ -193,3 +194,29 @@ def test_query_handlers_under_patch_all_in_a_subprocess():
                       patched=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+@aion.workflow(name="tests.query_handlers.waiting")
+def waiting(ctx, value):
+    ctx.set_query("me", lambda: [ctx.workflow_id, value])
+    return ctx.receive("go", timeout=120)
+
+
+def test_a_run_evicted_while_a_handler_reads_it_unwinds_at_once_and_wakes(make_engine):
+    """Failure window: a run parked on a far wait is evicted at once (the
+    default evict_after), brought back by a query, and evicted again while
+    its handler's gate was up; it waited at the gate instead of unwinding,
+    so the message that followed reached a run half gone, and it never woke
+    (under patch_all: in this shape, every time)."""
+    for i in range(6):
+        engine = make_engine(waiting)
+        handles = [engine.start(waiting, n, id=f"w{i}-{n}") for n in range(3)]
+        wait_until(functools.partial(_answered, engine, f"w{i}-1", [f"w{i}-1", 1]),
+                   what="the run to answer")
+        engine.signal(f"w{i}-1", "go", i)
+        assert handles[1].result(10) == i
+        engine.shutdown()
+
+
+def _answered(engine, wid, expected):
+    return _answers(engine, wid, "me") == expected

@@ -556,7 +556,9 @@ class WorkflowContext:
             self._parked = False
             if host.tracks_parking:
                 host.unparked(self)
-        if self._query_gates:
+        if self._query_gates and self._failure is None:
+            # (A run rung with a failure set, evicted say, unwinds at once:
+            # residency counts on it, before any arrival reaches its recorder.)
             self._await_queries()
 
     def _await_queries(self) -> None:

@@ -115,7 +115,9 @@ class _HubLocalWaiter:
         self._hub_thread = hub_thread
 
     def notify(self) -> None:
-        self._hub_thread.call_soon(self._event.set)
+        # Called under the Future's lock, which the hub thread takes too:
+        # back-pressure here would hold the hub on that lock (_post: none).
+        self._hub_thread._post(self._event.set)
 
     def wait(self, timeout: Optional[float]) -> bool:
         return bool(self._event.wait(timeout))
@@ -264,6 +266,22 @@ def _resolve_hub_settings() -> None:
 # wake, a spawn), so a batch stays well under a millisecond.
 _DRAIN_BATCH = 256
 
+# Back-pressure (issue 21): past _QUEUE_LIMIT queued commands, a sender on
+# another thread pauses until the hub has drained the queue to half of it.
+# The bounded drain alone left a 10 ms ticker waiting up to 250 ms under an
+# unthrottled flood: two flooding threads kept the GIL from the hub, and the
+# cyclic GC walked the millions of command tuples they had queued
+# (BENCHMARKS.md, "The hub under a flood"). A busy engine queues a few
+# hundred at most (1,000 workflows started from 50 threads: ~430), so only
+# a flood waits.
+_QUEUE_LIMIT = 4096
+# A sender waits at most this long for the hub to drain; a hub that drained
+# nothing meanwhile is held (a command blocked it, a lock the sender holds,
+# a workflow computing), so senders stop waiting for it until it completes
+# another turn: back-pressure may slow a sender, never deadlock it.
+_PAUSE_LIMIT = 0.05
+_original_sleep = monkey.get_original("time", "sleep")
+
 
 class HubThread:
     """A private gevent hub running in a dedicated native thread."""
@@ -292,6 +310,11 @@ class HubThread:
         self._finished = Future()
         self._sentinel: Any = None
         self.stragglers: list[str] = []
+        # Drain turns completed (hub thread writes), and the turn at which a
+        # sender last gave up waiting for the hub (any sender writes): while
+        # they are equal the hub is held and senders do not wait for it.
+        self._turns = 0
+        self._held_at = -1
 
     # any thread --------------------------------------------------------------------
     def start(self) -> "HubThread":
@@ -314,11 +337,50 @@ class HubThread:
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the hub thread, in the hub's own callback
-        context: it must not block (spawn a greenlet for blocking work)."""
+        context: it must not block (spawn a greenlet for blocking work).
+        From another thread, when the hub's queue is long (a flood), the
+        call pauses until the hub drained it (:meth:`_back_off`)."""
+        commands = self._commands
+        commands.append((fn, args))
+        watcher = self._async
+        if watcher is not None:
+            watcher.send()
+            if len(commands) > _QUEUE_LIMIT:
+                self._back_off()
+
+    def _post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """:meth:`call_soon` without back-pressure, for a sender that holds
+        a lock the hub thread may take: it must never wait for the hub."""
         self._commands.append((fn, args))
         watcher = self._async
         if watcher is not None:
             watcher.send()
+
+    def _back_off(self) -> None:
+        """A sender on another thread waits (at most ``_PAUSE_LIMIT``) while
+        the hub drains a long queue. Never on the hub thread itself, nor in
+        a hub's callback context (neither may wait), nor once shutting down."""
+        turns = self._turns
+        if turns == self._held_at or self._closing or self.in_hub_thread():
+            return
+        hub = get_hub_if_exists()
+        if hub is None:
+            nap = _original_sleep
+        elif _getcurrent() is hub:
+            return
+        else:
+            # A greenlet of the caller's hub (a gevent web worker, say):
+            # only it waits; its hub serves the others meanwhile.
+            nap = gevent.sleep
+        commands = self._commands
+        low = _QUEUE_LIMIT // 2
+        give_up = _clock.monotonic() + _PAUSE_LIMIT
+        while len(commands) > low and not self._closing:
+            if _clock.monotonic() > give_up:
+                if self._turns == turns:
+                    self._held_at = turns  # not one turn drained: the hub is held
+                return
+            nap(0.0005)
 
     def spawn(self, fn: Callable[..., Any], *args: Any, name: Optional[str] = None) -> None:
         """Run ``fn(*args)`` as a tracked greenlet on the hub thread."""
@@ -434,6 +496,7 @@ class HubThread:
         # drain kept a 10 ms timer waiting 52-137 ms (issue 16); the rest
         # waits one loop turn, after due timers and I/O.
         commands = self._commands
+        self._turns += 1
         for _ in range(_DRAIN_BATCH):
             if not commands:
                 return

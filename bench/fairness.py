@@ -3,9 +3,12 @@ flooded?
 
 (1) A 10 ms ticker greenlet on the engine's hub, while native threads flood
     the hub with commands as fast as they can (call_soon, unthrottled): how
-    long each tick really waited (p50, p99, max). Run twice in the same
-    process: with the bounded drain the hub uses (hub_thread._DRAIN_BATCH)
-    and with the drain unbounded, as it was before issue 16.
+    long each tick really waited (p50, p99, max). First with no flood (what
+    the machine's own load costs a tick: the floor), then three times in the
+    same process: as the hub runs now (the bounded drain,
+    hub_thread._DRAIN_BATCH, and back-pressure on senders past
+    hub_thread._QUEUE_LIMIT queued commands: issue 21), without the
+    back-pressure (before issue 21), and with neither (before issue 16).
 (2) The engine: 200 workflows doing tiny steps as fast as they can, and one
     workflow sleeping 50 ms 40 times: the lateness of its timers as
     recorded (TimerFired's time minus the recorded deadline: p50, p99, max).
@@ -36,8 +39,9 @@ def percentile(values, q):
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def ticker_under_flood(seconds, flooders, batch):
+def ticker_under_flood(seconds, flooders, batch, limit):
     hub_thread._DRAIN_BATCH = batch
+    hub_thread._QUEUE_LIMIT = limit
     hub = hub_thread.HubThread(name="bench-hub").start()
     waits = []
     stop = [False]
@@ -117,15 +121,20 @@ def main():
     parser.add_argument("--steps", type=int, default=100, help="steps per busy workflow")
     args = parser.parse_args()
     bounded = hub_thread._DRAIN_BATCH
+    limit = hub_thread._QUEUE_LIMIT
     print(f"(1) a 10 ms ticker on the hub, {args.flooders} native threads flooding it with "
           f"commands for {args.flood_seconds:g} s")
-    for label, batch in (("bounded drain (%d per turn)" % bounded, bounded),
-                         ("unbounded drain (before)", 10 ** 12)):
-        waits, sent = ticker_under_flood(args.flood_seconds, args.flooders, batch)
-        print(f"  {label:32s} ticks {len(waits):4d}  wait p50 {statistics.median(waits):6.1f} ms  "
+    for label, batch, queue_limit, flooders in (
+            ("no flood (this machine's floor)", bounded, limit, 0),
+            (f"back-pressure past {limit} (now)", bounded, limit, args.flooders),
+            (f"bounded drain ({bounded}) only (before)", bounded, 10 ** 12, args.flooders),
+            ("unbounded drain (before 16)", 10 ** 12, 10 ** 12, args.flooders)):
+        waits, sent = ticker_under_flood(args.flood_seconds, flooders, batch, queue_limit)
+        print(f"  {label:36s} ticks {len(waits):4d}  wait p50 {statistics.median(waits):6.1f} ms  "
               f"p99 {percentile(waits, 0.99):6.1f} ms  max {max(waits):6.1f} ms  "
               f"({sent / args.flood_seconds / 1000:.0f} k commands/s sent)")
     hub_thread._DRAIN_BATCH = bounded
+    hub_thread._QUEUE_LIMIT = limit
     print(f"(2) one workflow sleeping 50 ms x 40 beside {args.busy} workflows of "
           f"{args.steps} tiny steps")
     late = timers_under_steps(args.busy, args.steps)

@@ -243,6 +243,82 @@ def test_a_flood_of_commands_lets_the_hubs_timers_run_between_batches(hub):
     assert any(0 < n < flood for n in seen), "the ticker never ran while the flood was drained"
 
 
+def test_a_flood_from_other_threads_waits_for_the_hub_and_its_timers_keep_time(hub):
+    """Failure window (issue 21): with the drain bounded but the queue not,
+    two native threads calling call_soon as fast as they could queued
+    millions of commands; the GIL they held and the cyclic GC walking those
+    tuples kept a 10 ms tick waiting up to 250 ms. Past _QUEUE_LIMIT a sender
+    now waits for the hub, so the queue stays short and the ticks on time."""
+    from aion_green import hub_thread
+
+    stop = [False]
+    longest = [0]
+    waits = []
+    done = NativeGateLike()
+
+    def ticker():
+        while not stop[0]:
+            began = time.perf_counter()
+            gevent.sleep(0.010)
+            waits.append(time.perf_counter() - began)
+
+    def flood():
+        call_soon, commands = hub.call_soon, hub._commands
+        try:
+            while not stop[0]:
+                for _ in range(1000):
+                    call_soon(int)
+                longest[0] = max(longest[0], len(commands))
+        finally:
+            done.release()
+
+    assert hub.submit(int).result(10) == 0  # the hub is up: it drains
+    hub.spawn(ticker)
+    native_start(flood, ())
+    time.sleep(1.0)
+    stop[0] = True
+    assert done.acquire(10)
+    assert 0 < longest[0] < 2 * hub_thread._QUEUE_LIMIT + 1000
+    # ~100 ticks on an idle machine; a generous bound for a shared one.
+    assert len(waits) >= 20
+    assert sorted(waits)[len(waits) // 2] < 0.05
+
+
+def test_a_sender_is_not_held_by_a_hub_that_drains_nothing(hub):
+    """Failure window: back-pressure waits for the hub to drain; a hub held
+    by a blocking command (or by a lock the sender holds) drains nothing, so
+    a sender waiting for it each time would crawl, or deadlock. It waits
+    once (at most _PAUSE_LIMIT) and not again until the hub moves."""
+    from conftest import NativeGate
+
+    from aion_green import hub_thread
+
+    gate = NativeGate()
+    held = NativeGate()
+    hub.call_soon(lambda: (held.set(), gate.wait(10)))
+    assert held.wait(10)
+    began = time.monotonic()
+    for _ in range(hub_thread._QUEUE_LIMIT * 3):
+        hub.call_soon(int)
+    assert time.monotonic() - began < 2.0
+    gate.set()
+    assert hub.submit(lambda: 7).result(10) == 7
+
+
+class NativeGateLike:
+    """A native lock that starts held, released once (both gevent modes)."""
+
+    def __init__(self):
+        self._lock = monkey.get_original("_thread", "allocate_lock")()
+        self._lock.acquire()
+
+    def release(self):
+        self._lock.release()
+
+    def acquire(self, timeout):
+        return self._lock.acquire(True, timeout)
+
+
 def test_a_command_that_raises_system_exit_does_not_end_the_hub(hub):
     def bad():
         raise SystemExit(1)

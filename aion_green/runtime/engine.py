@@ -356,6 +356,7 @@ class Engine:
         epoch.steps.close(self.step_grace)
         self._log_abandoned_steps()
         epoch.hub.shutdown()
+        epoch.queries.close()
         if epoch.leased:
             epoch.leases.stop_listening()
             epoch.leases.release_leases()
@@ -650,7 +651,9 @@ class Engine:
         handler)``, answered while it waits; never recorded. Raises
         :class:`QueryFailed` (the handler raised, the name is unknown, the run
         is not live here), :class:`WorkflowNotRunning` (it has finished) or
-        :class:`Timeout`."""
+        :class:`Timeout` (no answer within ``timeout``: the handler runs on
+        a query thread, so a slow one holds up only its own run, and only
+        until this deadline)."""
         ev.check_key(workflow_id, "the workflow id")
         ev.check_key(name, "the query name")
         self._ensure_started()
@@ -661,14 +664,11 @@ class Engine:
                 f"query {name!r} to workflow {workflow_id!r}: the runs of {self._store_name()} are "
                 f"driven by {epoch.driver_lock.holder()}, and only the live run answers queries; "
                 "ask through that process (its HTTP API, say)")
-        future = Future()
-        epoch.hub.call_soon(epoch.queries.answer_query, workflow_id, name, args, future,
-                            _clock.monotonic() + timeout)
+        pending = epoch.queries.ask(workflow_id, name, args, timeout)
         try:
-            return future.result(timeout)
+            return pending.future.result(timeout)
         except Timeout:
-            raise Timeout(f"query {name!r} to workflow {workflow_id!r} got no answer within "
-                          f"{timeout} s") from None
+            raise pending.timed_out() from None
 
     def poke(self) -> None:
         """Re-check due timers now; for tests that move the clock (freezegun).

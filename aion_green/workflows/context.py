@@ -181,6 +181,13 @@ class WorkflowContext:
         # Invariant: true until a recorded cancel request was raised here.
         self._cancel_pending = True
         self._queries: dict[str, Callable[..., Any]] = {}
+        # Queries whose handler reads this run now, on a query thread (the
+        # engine's gate, opened when the handler returns, and the query's
+        # monotonic deadline): the run resumes from a wait only once each is
+        # open or past its deadline, so a handler reads a run that stands
+        # still (runtime/queries.py). A tuple: no object per run while empty.
+        # Hub thread only.
+        self._query_gates: tuple[tuple[Any, float], ...] = ()
         self._rng: Optional[_random.Random] = None
         # Invariant: once set, every later ctx call raises it and the run
         # fails with it, even if the workflow code catches it.
@@ -475,8 +482,10 @@ class WorkflowContext:
 
     def set_query(self, name: str, handler: Callable[..., Any]) -> None:
         """Answer ``engine.query(id, name, *args)`` with ``handler(*args)``,
-        from the live run while it waits. Never recorded; the handler must
-        not wait on anything."""
+        from the live run while it waits. Never recorded. The handler runs
+        on one of the engine's query threads while the run stands still, at
+        most until the query's deadline; it must only read (never wait on
+        anything, never change the run's state)."""
         if not callable(handler):
             raise TypeError(f"ctx.set_query({name!r}, ...): the handler must be callable")
         self._queries[name] = handler
@@ -547,6 +556,27 @@ class WorkflowContext:
             self._parked = False
             if host.tracks_parking:
                 host.unparked(self)
+        if self._query_gates and self._failure is None:
+            # (A run rung with a failure set, evicted say, unwinds at once:
+            # residency counts on it, before any arrival reaches its recorder.)
+            self._await_queries()
+
+    def _await_queries(self) -> None:
+        """Woken while query handlers read this run: wait until they return
+        or their deadlines pass. Handlers that begin while it waits are
+        waited for too (they read a run that stands still), but never past
+        the latest deadline of those there at the wake, so a stream of
+        queries cannot hold the run for ever."""
+        cap = max(deadline for _, deadline in self._query_gates)
+        while True:
+            now = _clock.monotonic()
+            pending = tuple(entry for entry in self._query_gates
+                            if not entry[0].is_set() and entry[1] > now)
+            self._query_gates = pending
+            if not pending or now >= cap:
+                return
+            gate, deadline = pending[0]
+            gate.wait(min(deadline, cap) - now)
 
     def _record(self, event: ev.NewEvent, final: bool = False,
                 queued: Optional[Callable[[], None]] = None) -> ev.Event:

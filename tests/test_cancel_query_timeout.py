@@ -1,4 +1,5 @@
 """Cancellation, queries, and deadlines over blocks of workflow code."""
+import logging
 import time
 from datetime import timedelta
 
@@ -206,3 +207,52 @@ def test_a_block_deadline_around_a_step_and_replay_takes_the_same_branch(make_en
     again = make_engine(bounded_step)
     assert again.result("bs-replay", timeout=10) == "fallback"
     assert types(again.history("bs-replay")) == types(history)
+
+
+def test_a_step_returning_while_the_cancelled_end_is_being_written_changes_nothing(make_engine,
+                                                                                  caplog):
+    """The run's end (WorkflowCancelled) is submitted, and while the writer
+    commits it the step it abandoned returns: its record is refused (nothing
+    follows an end) and dropped. Before, that refusal stopped the run as if
+    the store had failed: result() raised EngineClosed (about 1 in 15 when a
+    cancel met a running step) and an error was logged."""
+    gate, in_step = NativeGate(), NativeGate()
+    writing_end, let_end_go = NativeGate(), NativeGate()
+
+    def slow():
+        in_step.set()
+        gate.wait(10)
+        return "late"
+
+    @aion.workflow
+    def stepping_on(ctx):
+        ctx.step(slow)
+        return "never"
+
+    engine = make_engine(stepping_on)
+    engine.list(limit=1)
+    store = engine._epoch.store
+    write_batch = store.write_batch
+
+    def held_write_batch(ops):
+        if any(getattr(e, "type", None) == ev.WORKFLOW_CANCELLED
+               for op in ops for e in (getattr(op, "events", None) or ())):
+            writing_end.set()
+            let_end_go.wait(10)
+        return write_batch(ops)
+
+    store.write_batch = held_write_batch
+    handle = engine.start(stepping_on, id="c-late")
+    assert in_step.wait(10)
+    engine.cancel("c-late")
+    assert writing_end.wait(10)  # the end is on its way to the disk
+    gate.set()  # the step returns now: its record comes after the end
+    time.sleep(0.3)
+    let_end_go.set()
+    began = time.monotonic()
+    with pytest.raises(aion.WorkflowCancelled):
+        handle.result(10)
+    assert time.monotonic() - began < 3
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert types(engine.history("c-late")) == [ev.WORKFLOW_STARTED, ev.CANCEL_REQUESTED,
+                                               ev.WORKFLOW_CANCELLED]

@@ -82,6 +82,22 @@ def outcome(workflow_id: str, info: RunInfo) -> Any:
     raise WorkflowFailed(workflow_id, error)
 
 
+def _record_step(recorder: RunLog, info: StepInfo, events: builtins.list[ev.NewEvent]) -> None:
+    """Submit a step attempt's record. A run whose end was submitted while
+    the step ran (a cancel took effect, the workflow returned without it)
+    takes no more records: the outcome is dropped, as one returned after
+    its timeout is. (It was taken for a store failure and stopped the run
+    on its way out: its waiters got EngineClosed.)"""
+    try:
+        recorder.submit_events(events)
+    except EngineClosed:
+        if not recorder.closed:
+            raise
+        log.debug("workflow %r: step %d (%s) attempt %d ended after the run's end was "
+                  "recorded; its outcome is dropped", info.workflow_id, info.step, info.name,
+                  info.attempt)
+
+
 def _closed_while_waiting() -> EngineClosed:
     return EngineClosed("the engine shut down while waiting for the result; "
                         "the run resumes when an engine starts over this store")
@@ -174,7 +190,7 @@ class Runner:
                 # search (~1 k instructions); a longer one costs far more itself.
                 tally.counts[0 if seconds <= _FAST else _bisect(STEP_SECONDS, seconds)] += 1
                 tally.sum += seconds
-                recorder.submit_events([event])
+                _record_step(recorder, info, [event])
             else:
                 log.warning("workflow %r: step %d (%s) attempt %d returned after its timeout "
                             "was recorded; its outcome is dropped", info.workflow_id, info.step,
@@ -208,8 +224,8 @@ class Runner:
             f"step {info.step} ({info.name}) of workflow {info.workflow_id!r}, attempt "
             f"{info.attempt}, did not return within {timeout:g} s; it is recorded as failed "
             "(whatever it returns later is dropped)")
-        recorder.submit_events([failed_event(info, policy, error_data(error),
-                                             policy.is_retryable(error))])
+        _record_step(recorder, info, [failed_event(info, policy, error_data(error),
+                                                   policy.is_retryable(error))])
 
     def new_recorder(self, wid: str, fence: Optional[int] = None) -> Recorder:
         # on_done(events, head, error) runs _deliver(wid, events, head, error)

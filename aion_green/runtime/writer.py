@@ -323,12 +323,7 @@ class StoreWriter:
                 op, done = urgent.get_nowait()
             except _queue.Empty:
                 return
-            try:
-                value = op()
-            except Exception as exc:
-                done(None, exc)
-            else:
-                done(value, None)
+            _call(op, done)
 
     def _run_batch(self, batch: list[tuple[Any, Done]]) -> None:
         writes = [item for item in batch if type(item[0]) in _WRITES]
@@ -341,9 +336,14 @@ class StoreWriter:
             if type(op) not in _WRITES:
                 if not urgent.empty():
                     self._run_urgent()
-                try:
-                    value = op()
-                except Exception as exc:
-                    done(None, exc)
-                else:
-                    done(value, None)
+                _call(op, done)
+
+
+def _call(op: Callable[[], Any], done: Done) -> None:
+    """Run a queued call on the writer thread and tell ``done`` its outcome."""
+    try:
+        value = op()
+    except Exception as exc:
+        done(None, exc)
+    else:
+        done(value, None)

@@ -154,6 +154,54 @@ def test_a_purge_leaves_a_gap_the_cursor_steps_over_and_positions_go_on_above_it
     assert min(e.position for e in everything(engine, head)) == head + 1
 
 
+def test_a_purge_of_the_newest_runs_gives_none_of_their_positions_again(make_engine):
+    """Positions are drawn from the highest one recorded (no counter row
+    is written per commit, issue 21): a purge that deletes the events
+    holding the highest positions, archived ones included, must not let a
+    later start take them again, or a reader past them would miss it."""
+    engine = make_engine(steps, chain)
+    engine.start(chain, 2, id="chain").result(timeout=20)
+    engine.start(steps, 1, id="last").result(timeout=20)
+    head = engine.event_head()
+    seen = everything(engine)
+    assert max(e.position for e in seen) == head
+    assert engine.purge(0, limit=10) == 2 and engine.count() == 0
+    assert engine.event_head() == head and everything(engine) == []
+    engine.start(steps, 3, id="after").result(timeout=20)
+    later = everything(engine, head)
+    assert [e.workflow_id for e in later] == ["after"] * len(later) and len(later) >= 4
+    assert min(e.position for e in later) == head + 1
+    assert engine.event_head() == max(e.position for e in later)
+
+
+def test_two_sqlite_connections_writing_in_turn_never_share_a_position(tmp_path):
+    """Each connection knows the last position it gave only while no other
+    has committed since: two stores on one file (two processes, in
+    effect), writing in turn and in batches, number every event once and
+    in commit order."""
+    from aion_green.store import CreateRun
+    from aion_green.stores.sqlite.store import SQLiteStore
+
+    path = str(tmp_path / "two.db")
+    first, second = SQLiteStore(path), SQLiteStore(path)
+    try:
+        heads = {}
+        for i, store in enumerate([first, second] * 6):
+            wid = f"w{i % 3}"
+            if wid not in heads:
+                store.write_batch([CreateRun(wid, "t.wf", "[]", f"r{i}", 1.0 + i)])
+                heads[wid] = 1
+            events = [ev.NewEvent(ev.STEP_COMPLETED, 2.0 + i, {"step": n}) for n in range(1 + i % 2)]
+            heads[wid] = store.write_batch([Append(wid, heads[wid], events)])[0]
+        events, _ = first.read_events(0, 1000)
+        positions = [e.position for e in events]
+        assert positions == list(range(1, len(positions) + 1))
+        assert len(positions) == sum(heads.values()) == first.event_head() == second.event_head()
+    finally:
+        first.close()
+        second.close()
+
+
 # -- schema migration: histories written before get positions ---------------------------------
 def _numbered_in_time_order(store):
     """The migrated store of the two tests below: run "a" continued as new
@@ -192,7 +240,7 @@ def test_a_sqlite_file_of_schema_7_numbers_its_events_in_time_order(tmp_path):
     store = SQLiteStore(str(path))
     try:
         _numbered_in_time_order(store)
-        assert store._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+        assert store._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
     finally:
         store.close()
 

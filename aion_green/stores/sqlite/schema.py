@@ -175,6 +175,18 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX events_by_pos ON events(pos)",
         "CREATE INDEX archived_events_by_pos ON archived_events(pos)",
     ),
+    (
+        # -- schema 9: no counter row written per commit (issue 21) --
+        # Positions are drawn from the last entries of the two indexes on
+        # pos (store.py _positions); event_positions.n becomes a floor,
+        # raised only by a purge, before it deletes events. Nothing to
+        # convert (the counter was never below the highest position given):
+        # the version moves so that an older aion_green, which would draw
+        # positions from the stale counter and give them twice, refuses
+        # this file instead.
+        "UPDATE event_positions SET n = max(n, coalesce((SELECT max(pos) FROM events), 0), "
+        "coalesce((SELECT max(pos) FROM archived_events), 0))",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 # The columns a run's row is written with.

@@ -61,26 +61,39 @@ _KNOWN_HEADS_MAX = 100_000
 _PER_RUN_TABLES = ("events", "archived_events", "timers", "inbox", "search_attributes", "runs")
 
 
+# The last global position given: the highest of the events' and the
+# archived events' (each read off its index's last entry) and of the floor
+# event_positions.n, which a purge raises before it deletes (schema 9).
+_LAST_POSITION = ("SELECT max(coalesce((SELECT max(pos) FROM events), 0), "
+                  "coalesce((SELECT max(pos) FROM archived_events), 0), "
+                  "(SELECT n FROM event_positions))")
+
+
 def _positions(conn: sqlite3.Connection, count: int, known: Optional[int] = None) -> int:
     """The first of ``count`` new global positions (stores/global_events.py),
-    taken inside the write transaction. Invariant: every insert into events
-    takes its positions here (a trigger that numbered the others cost 1.5 us
-    per row even when it did nothing: more than the index on pos).
+    taken inside the write transaction (under its write lock). Invariant:
+    every insert into events takes its positions here, and a position once
+    given is never given again: events keep theirs when archived, and a
+    purge, the only delete of events (archived or not), raises the floor
+    first (:func:`_raise_floor`).
 
-    ``known``: the counter as this connection last committed it, when no
-    other connection has committed since (SQLiteStore._known_position); the
-    counter is then written without being read: one statement instead of
-    two per group commit (with the end time folded into the status update,
-    4 of 22 statements fewer per start-and-wait round trip, ~1 % of its
-    instructions: BENCHMARKS.md, "HTTP round trips before and after issue
-    18"). ``UPDATE ... RETURNING n`` cost more than the two: SQLite gathers
-    the returned rows in an ephemeral table, opened per statement."""
-    if known is not None:
-        conn.execute("UPDATE event_positions SET n = ?", (known + count,))
-        return known + 1
-    conn.execute("UPDATE event_positions SET n = n + ?", (count,))
-    (last,) = conn.execute("SELECT n FROM event_positions").fetchone()
-    return int(last) - count + 1
+    Nothing is written for them: the last position given is read off the
+    indexes of ``pos``, whose last pages the insert writes anyway. Before
+    schema 9 a one-row counter was updated by every commit: one more page
+    in each commit's WAL write (a step's record wrote 3.65 pages, a start's
+    8; issue 21). ``known``: the last position as this connection last
+    committed it, when no other connection has committed since
+    (SQLiteStore._known_position): then nothing is read either."""
+    if known is None:
+        (known,) = conn.execute(_LAST_POSITION).fetchone()
+    return int(known) + 1
+
+
+def _raise_floor(conn: sqlite3.Connection) -> None:
+    """Before events are deleted: keep the last position given in the
+    floor, so no position is given twice (a later start would otherwise
+    be numbered below what a reader of the stream has already seen)."""
+    conn.execute(f"UPDATE event_positions SET n = ({_LAST_POSITION})")
 
 
 @implementer(IEventStore)
@@ -518,6 +531,7 @@ class SQLiteStore:
                 # One statement per table (the inbox has no index by run: one
                 # scan of it, not one per run).
                 marks = ",".join("?" * len(wids))
+                _raise_floor(conn)
                 for table in _PER_RUN_TABLES:
                     conn.execute(f"DELETE FROM {table} WHERE workflow_id IN ({marks})", wids)
         return wids
@@ -614,7 +628,7 @@ class SQLiteStore:
     def event_head(self) -> int:
         self._file.check(commit=False)
         try:
-            (head,) = self._conn.execute("SELECT n FROM event_positions").fetchone()
+            (head,) = self._conn.execute(_LAST_POSITION).fetchone()
         except _FAULTS as exc:
             raise _translate(exc, self.path) from None
         return int(head)

@@ -33,7 +33,7 @@ README's "Throughput and the garbage collector"). ``--patched`` calls
 ``--hops`` adds where a sequential step's time goes: one more engine runs
 1,000 sequential steps with timestamps taken, from outside the engine, by
 wrappers this script installs (StepPool.submit, the step itself,
-StoreWriter.submit_append, SQLiteStore.write_batch and its COMMIT,
+StoreWriter.submit_append or write_inline, SQLiteStore.write_batch and its COMMIT,
 Runner.deliver, the workflow's body): the median and p90 of each hop, and
 each thread's CPU time per step (its own CPU clock). Then, with the same
 wrappers, (c)'s starts (how many commits the writer makes per start, how
@@ -202,7 +202,7 @@ HOPS = (
     ("hub: the workflow's ctx.step up to the pool's submit", "body", "submit"),
     ("hop 1, hub -> step pool: submit to the step running", "submit", "run"),
     ("pool: the step returns, its event built (JSON, digest)", "run", "append"),
-    ("hop 2, pool -> writer: submit_append to write_batch", "append", "batch"),
+    ("hop 2, pool -> writer: the record handed over to write_batch", "append", "batch"),
     ("writer: the transaction's SQL, up to COMMIT", "batch", "commit"),
     ("writer: COMMIT (WAL write + fsync)", "commit", "commit_end"),
     ("writer: after COMMIT to write_batch's return", "commit_end", "batch_end"),
@@ -257,10 +257,21 @@ def _install_hop_marks():
             marks["append"][events[0].data["step"]] = _now()
         return _sa(self, workflow_id, expected_seq, events, done, fence)
 
+    write_inline = StoreWriter.write_inline
+
+    def timed_write_inline(self, workflow_id, expected_seq, events, done, fence=None, _wi=write_inline):
+        # (the pool thread commits the record itself: hop 2 is then the
+        # call into write_batch on the same thread)
+        if marks["_on"][0] and events and events[0].type == "StepCompleted":
+            marks["append"][events[0].data["step"]] = _now()
+        return _wi(self, workflow_id, expected_seq, events, done, fence)
+
     write_batch = SQLiteStore.write_batch
 
     def timed_write_batch(self, ops, _wb=write_batch):
-        marks["_threads"]["writer"].add(_get_ident())
+        ident = _get_ident()
+        if ident not in marks["_threads"]["pool"]:  # (a pool thread may commit its own record)
+            marks["_threads"]["writer"].add(ident)
         t0 = _now()
         out = _wb(self, ops)
         t1 = _now()
@@ -292,6 +303,7 @@ def _install_hop_marks():
 
     StepPool.submit = timed_submit
     StoreWriter.submit_append = timed_submit_append
+    StoreWriter.write_inline = timed_write_inline
     SQLiteStore.write_batch = timed_write_batch
     SQLiteStore.__init__ = timed_init
     Runner.deliver = timed_deliver

@@ -55,6 +55,11 @@ class Recorder:
         # last event submitted (recorded or in flight), and appends reach
         # the writer in seq order.
         self._next: Optional[int] = None
+        # The seq of the last event known durable (set as each append's
+        # outcome comes): when it is _next, nothing of this run is in
+        # flight, and a step's record may be committed by its pool thread
+        # (StoreWriter.begin_inline) without passing one queued before it.
+        self._durable: Optional[int] = None
         # Messages per name recorded or in flight, and dedup ids seen.
         self.counts: dict[str, int] = {}
         self.seen: AbstractSet[str] = _NOTHING  # a set from the first note_seen()
@@ -73,7 +78,7 @@ class Recorder:
         ids (and the seqs of deduplicated messages). Appends submitted
         before this (buffered) go out now."""
         with self._lock:
-            self._next = head
+            self._next = self._durable = head
             self.counts = dict(message_counts)
             self.seen = set(seen) if seen else _NOTHING
             self.dedup_seqs = dict(dedup_seqs or {})
@@ -113,22 +118,42 @@ class Recorder:
             seen = self.seen = set()
         seen.add(key)
 
-    def submit_events(self, events: list[NewEvent], final: bool = False) -> Optional[int]:
+    def submit_events(self, events: list[NewEvent], final: bool = False,
+                      inline: bool = False) -> Optional[int]:
         """:meth:`submit` of events built beforehand (a step's record, a
-        workflow's command)."""
+        workflow's command). ``inline``: the caller is a pool thread that
+        may commit the record itself (never the hub thread: a commit
+        blocks)."""
         if not final:
             # The hot path (a step's record, from a pool thread): what
             # _submit_locked does for one event given as it is, not a
             # message, without its build and callback frames.
+            writer = self._writer
             with self._lock:
                 expected = self._next
                 if (expected is not None and not self.closed and len(events) == 1
                         and events[0].type != MESSAGE_RECEIVED):
-                    self._writer.submit_append(self.workflow_id, expected, events,
-                                               functools.partial(self._on_done, events), self.fence)
-                    self._next = expected = expected + len(events)
-                    return expected
+                    self._next = expected + 1
+                    done = functools.partial(self._recorded, events)
+                    if not (inline and self._durable == expected and writer.begin_inline()):
+                        writer.submit_append(self.workflow_id, expected, events, done, self.fence)
+                        return expected + 1
+                else:
+                    expected = None
+            if expected is not None:
+                # Outside the run's lock (its later records queue behind
+                # this one: the writer waits for the commit to end).
+                writer.write_inline(self.workflow_id, expected, events, done, self.fence)
+                return expected + 1
         return self.submit(functools.partial(_given, events), final=final)
+
+    def _recorded(self, events: list[NewEvent], head: Optional[int],
+                  error: Optional[BaseException]) -> None:
+        """An append's outcome (the writer thread, or a pool thread that
+        committed it): note what is durable, then tell the engine."""
+        if error is None and head is not None:
+            self._durable = head
+        self._on_done(events, head, error)
 
     def _submit_locked(self, build: Build, extra: Optional[OnDone]) -> int:
         events = build(self)
@@ -138,7 +163,7 @@ class Recorder:
             if extra is not None:
                 extra(events, expected, None)
             return expected
-        on_done = self._on_done
+        on_done = self._recorded
         if extra is None:
             done: Callable[[Any, Optional[BaseException]], None] = functools.partial(on_done, events)
         else:

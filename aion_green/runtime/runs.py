@@ -82,14 +82,15 @@ def outcome(workflow_id: str, info: RunInfo) -> Any:
     raise WorkflowFailed(workflow_id, error)
 
 
-def _record_step(recorder: RunLog, info: StepInfo, events: builtins.list[ev.NewEvent]) -> None:
+def _record_step(recorder: RunLog, info: StepInfo, events: builtins.list[ev.NewEvent],
+                 inline: bool = False) -> None:
     """Submit a step attempt's record. A run whose end was submitted while
     the step ran (a cancel took effect, the workflow returned without it)
     takes no more records: the outcome is dropped, as one returned after
     its timeout is. (It was taken for a store failure and stopped the run
     on its way out: its waiters got EngineClosed.)"""
     try:
-        recorder.submit_events(events)
+        recorder.submit_events(events, inline=inline)
     except EngineClosed:
         if not recorder.closed:
             raise
@@ -190,7 +191,7 @@ class Runner:
                 # search (~1 k instructions); a longer one costs far more itself.
                 tally.counts[0 if seconds <= _FAST else _bisect(STEP_SECONDS, seconds)] += 1
                 tally.sum += seconds
-                _record_step(recorder, info, [event])
+                _record_step(recorder, info, [event], inline=True)
             else:
                 log.warning("workflow %r: step %d (%s) attempt %d returned after its timeout "
                             "was recorded; its outcome is dropped", info.workflow_id, info.step,

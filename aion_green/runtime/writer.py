@@ -13,6 +13,13 @@ the history reads of hundreds of runs just claimed and the group commits
 between them, and came after the leases it was to extend had run out
 (issue 21: four engines on 5,000 runs, 2 s leases, renewals late by 0.5 s
 and runs taken over).
+
+A step's record may be committed by the pool thread that ran the step
+(:meth:`StoreWriter.begin_inline`, :meth:`StoreWriter.write_inline`) when
+the writer is idle and the run has nothing in flight: one thread hand-off
+less per sequential step (issue 21). Whoever commits holds ``_committing``;
+the writer thread takes it for each batch, so the store is used by one
+thread at a time and a run's records still reach it in order.
 """
 from __future__ import annotations
 
@@ -89,6 +96,13 @@ class StoreWriter:
         # once instead of waiting with no limit (routing._await_recorded,
         # issue 16). Written by the writer thread only.
         self.unavailable: Optional[StoreUnavailable] = None
+        # Held by whoever uses the store: the writer thread for each batch
+        # and call, or a pool thread committing a step's record itself.
+        self._committing = _allocate_lock()
+        # Whether pool threads may commit (the store says; SQLite's commit
+        # is local, so a hand-off costs more than it saves elsewhere).
+        self.inline = bool(getattr(store, "inline_commits", False))
+        self.inline_commits = 0
         self._finished = Future()
         self.batches = 0
         self.writes = 0
@@ -105,6 +119,34 @@ class StoreWriter:
         self._queue.put((_tuple_new(Append, (workflow_id, expected_seq, events, fence)), done))
         if self._stopped:
             self._fail_leftovers()
+
+    def begin_inline(self) -> bool:
+        """A pool thread with a step's record, called under its run's
+        recorder lock: True when it may commit the record itself (then it
+        must call :meth:`write_inline`), because the writer is idle, with
+        nothing queued, and the store takes commits from any thread. Taken
+        under the recorder lock, ``_committing`` keeps the run's later
+        records (queued meanwhile) behind this one."""
+        if (not self.inline or self._closed or self.unavailable is not None
+                or not self._queue.empty() or not self._committing.acquire(False)):
+            return False
+        if self._closed or not self._queue.empty():  # (closed, or queued, meanwhile)
+            self._committing.release()
+            return False
+        return True
+
+    def write_inline(self, workflow_id: str, expected_seq: int, events: Sequence[NewEvent],
+                     done: Done, fence: Optional[int] = None) -> None:
+        """After :meth:`begin_inline` said yes: commit the record on this
+        thread, as the writer thread would have (the same outage waits,
+        splitting and errors), tell ``done``, and let the writer go on."""
+        try:
+            self.inline_commits += 1
+            self._write([(_tuple_new(Append, (workflow_id, expected_seq, events, fence)), done)])
+        finally:
+            self._committing.release()
+            if self._backlog:
+                self._queue.put(_WAKE)  # (set aside while it waited out an outage)
 
     def submit_create(self, op: CreateRun, done: Done) -> None:
         self._put((op, done))
@@ -200,33 +242,40 @@ class StoreWriter:
     # writer thread ------------------------------------------------------------------------
     def _main(self) -> None:
         queue = self._queue
+        committing = self._committing
         stopping = False
         try:
             while not stopping:
-                batch, self._backlog = self._backlog or [queue.get()], []
-                while True:
-                    try:
-                        batch.append(queue.get_nowait())
-                    except _queue.Empty:
-                        break
-                if _STOP in batch:  # (a C-level scan: ops never compare equal to it)
-                    stopping = True
-                    batch = [item for item in batch if item is not _STOP]
-                if _WAKE in batch:
-                    batch = [item for item in batch if item is not _WAKE]
+                first = None if self._backlog else queue.get()
+                with committing:
+                    batch, self._backlog = self._backlog, []
+                    if first is not None:
+                        batch.append(first)
+                    while True:
+                        try:
+                            batch.append(queue.get_nowait())
+                        except _queue.Empty:
+                            break
+                    if _STOP in batch:  # (a C-level scan: ops never compare equal to it)
+                        stopping = True
+                        batch = [item for item in batch if item is not _STOP]
+                    if _WAKE in batch:
+                        batch = [item for item in batch if item is not _WAKE]
+                    self._run_urgent()
+                    if batch:
+                        self._run_batch(batch)
+            with committing:
                 self._run_urgent()
-                if batch:
-                    self._run_batch(batch)
-            self._run_urgent()
         except BaseException:  # pragma: no cover
             log.exception("store writer crashed; this is a bug in aion_green")
         finally:
             self._stopped = True
             self._fail_leftovers()
-            try:
-                self.store.close()
-            except Exception:  # pragma: no cover
-                log.exception("closing the store failed")
+            with committing:  # (a pool thread's commit in progress ends first)
+                try:
+                    self.store.close()
+                except Exception:  # pragma: no cover
+                    log.exception("closing the store failed")
             self._finished.set_result(None)
 
     def _write(self, writes: list[tuple[Any, Done]]) -> None:

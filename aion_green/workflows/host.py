@@ -56,8 +56,10 @@ class RunLog(Protocol):
         """Append what ``build`` returns; the seq of its last event, or None
         when it returned nothing."""
 
-    def submit_events(self, events: list[ev.NewEvent], final: bool = False) -> Optional[int]:
-        """Append ``events``; the seq of the last one."""
+    def submit_events(self, events: list[ev.NewEvent], final: bool = False,
+                      inline: bool = False) -> Optional[int]:
+        """Append ``events``; the seq of the last one. ``inline``: the
+        caller (a step pool thread, never the hub's) may commit them itself."""
 
 
 class Host(Protocol):

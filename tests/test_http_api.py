@@ -255,6 +255,40 @@ def served(api):
     server.server_close()
 
 
+def test_the_client_starts_and_waits_in_one_request(served, monkeypatch):
+    """``Client.start(wait=S)``: a run that ends within S hands its outcome
+    to the handle (one request: result() asks nothing more), a failed one
+    its error; a run still going is as without wait."""
+    engine, port = served
+    client = Client(f"http://127.0.0.1:{port}", token=TOKEN)
+    requests = []
+    call_ = client._call
+    monkeypatch.setattr(client, "_call", lambda *a, **k: requests.append(a[:2]) or call_(*a, **k))
+
+    handle = client.start(quick, {"n": 7}, id="cw1", wait=10)
+    assert handle.result(timeout=5) == {"n": 7}
+    assert requests == [("POST", "/v1/workflows")]
+    assert handle.run_id == engine.describe("cw1").run_id
+
+    requests.clear()
+    failed = client.start("api.fail", id="cw2", wait=10)
+    assert requests == [("POST", "/v1/workflows")]
+    assert failed.workflow_id == "cw2" and engine.describe("cw2").status == "failed"
+    with pytest.raises(aion.WorkflowFailed, match="it broke") as raised:
+        failed.result()
+    assert raised.value.workflow_id == "cw2" and raised.value.error_type == "ValueError"
+
+    going = client.start(greet, "al", id="cw3", wait=0.2)
+    assert engine.describe("cw3").status == "running"
+    wait_until(lambda: ev.TIMER_STARTED in [e.type for e in engine.history("cw3")])
+    client.signal("cw3", "name", "bo")
+    assert going.result(timeout=10) == "hello al and bo"  # asked the server, as before
+
+    for bad in (0, -1, "soon", True):
+        with pytest.raises(aion.ConfigurationError, match="wait"):
+            client.start(quick, 1, wait=bad)
+
+
 def read_frames(response, count):
     """Read ``count`` event frames (not the run frame) from an SSE response."""
     frames, fields = [], {}

@@ -38,6 +38,7 @@ from typing import (
 from urllib.parse import quote, urlencode, urlsplit
 
 from aion_green.core import errors
+from aion_green.core import events as ev
 from aion_green.core.events import TERMINAL_TYPES, Event, attribute_text
 from aion_green.core.registry import workflow_name
 from aion_green.core.schedule import CatchUp, Overlap, ScheduleInfo
@@ -78,9 +79,19 @@ class RemoteHandle(Generic[_R]):
         self.workflow_id = workflow_id
         self.run_id = run_id
         self.namespace = namespace or client.namespace or "default"
+        # The run's end when start(wait=) saw it: (result, None) or (None,
+        # the error result() raises); None until then.
+        self._ended: Optional[tuple[Any, Optional[errors.WorkflowFailed]]] = None
 
     def result(self, timeout: Optional[float] = None) -> _R:
-        """``Client.result`` of this workflow (its result, through JSON)."""
+        """``Client.result`` of this workflow (its result, through JSON); at
+        once, with no request, when ``start(wait=)`` saw the run end."""
+        if self._ended is not None:
+            value, error = self._ended
+            if error is not None:
+                raise error
+            ended: _R = value
+            return ended
         result: _R = self.engine.result(self.workflow_id, timeout=timeout, namespace=self.namespace)
         return result
 
@@ -124,17 +135,27 @@ class Client:
     @overload
     def start(self, fn: Callable[[WorkflowContext, Unpack[_Ts]], _R], *args: Unpack[_Ts],
               id: Optional[str] = None, namespace: Optional[str] = None,  # noqa: A002
-              execution_timeout: Union[None, float, timedelta] = None) -> RemoteHandle[_R]: ...
+              execution_timeout: Union[None, float, timedelta] = None,
+              wait: Optional[float] = None) -> RemoteHandle[_R]: ...
     @overload
     def start(self, fn: str, *args: Any,
               id: Optional[str] = None, namespace: Optional[str] = None,  # noqa: A002
-              execution_timeout: Union[None, float, timedelta] = None) -> RemoteHandle[Any]: ...
+              execution_timeout: Union[None, float, timedelta] = None,
+              wait: Optional[float] = None) -> RemoteHandle[Any]: ...
 
     def start(self, fn: Union[str, Callable[[WorkflowContext, Unpack[_Ts]], _R]], *args: Unpack[_Ts],
               id: Optional[str] = None, namespace: Optional[str] = None,  # noqa: A002
-              execution_timeout: Union[None, float, timedelta] = None) -> RemoteHandle[Any]:
+              execution_timeout: Union[None, float, timedelta] = None,
+              wait: Optional[float] = None) -> RemoteHandle[Any]:
         """``Engine.start`` through the API (``execution_timeout`` in seconds
-        or a timedelta)."""
+        or a timedelta).
+
+        ``wait``: seconds the server may wait, in the same request, for the
+        run's end (the API's ``"wait"``; the server caps it at its
+        ``max_wait``). A run that ends within them hands its outcome to the
+        handle: ``handle.result()`` then answers at once, with the result or
+        the error it ended with, and a short workflow costs one round trip,
+        not two. A run still going is as without ``wait``."""
         body: dict[str, Any] = {"workflow": workflow_name(fn), "args": list(args)}
         if id is not None:
             body["id"] = id
@@ -142,9 +163,29 @@ class Client:
             body["execution_timeout"] = (execution_timeout.total_seconds()
                                          if isinstance(execution_timeout, timedelta)
                                          else execution_timeout)
-        reply = self._call("POST", "/v1/workflows", body=body, namespace=namespace)
-        return RemoteHandle(self, reply["workflow_id"], reply.get("run_id"),
-                            reply.get("namespace") or namespace)
+        if wait is None:
+            reply = self._call("POST", "/v1/workflows", body=body, namespace=namespace)
+            return RemoteHandle(self, reply["workflow_id"], reply.get("run_id"),
+                                reply.get("namespace") or namespace)
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait > 0:
+            raise errors.ConfigurationError(f"start(wait=...) must be a number of seconds above 0, "
+                                         f"got {wait!r}; leave it out to return once the run is "
+                                         "started")
+        body["wait"] = wait
+        try:
+            reply = self._call("POST", "/v1/workflows", body=body, namespace=namespace,
+                               read_timeout=wait + self.timeout)
+        except errors.WorkflowFailed as exc:
+            # Started, and ended with an error within the wait (cancelled
+            # and timed out included): the handle raises it from result().
+            failed: RemoteHandle[Any] = RemoteHandle(self, exc.workflow_id, None, namespace)
+            failed._ended = (None, exc)
+            return failed
+        handle: RemoteHandle[Any] = RemoteHandle(self, reply["workflow_id"], reply.get("run_id"),
+                                                 reply.get("namespace") or namespace)
+        if reply.get("status") == ev.COMPLETED:
+            handle._ended = (reply.get("result"), None)
+        return handle
 
     @overload
     def schedule(self, schedule_id: str, fn: Callable[[WorkflowContext, Unpack[_Ts]], object],

@@ -225,6 +225,7 @@ def client_api() -> None:
     assert_type(handle, RemoteHandle[dict[str, str]])
     assert_type(handle.result(timeout=30), dict[str, str])
     assert_type(client.start("checkout", "o-1"), RemoteHandle[Any])
+    assert_type(client.start(checkout, "o-1", wait=2.5).result(), dict[str, str])
     assert_type(client.handle("order-o-1"), RemoteHandle[Any])
     assert_type(client.result("order-o-1"), Any)
     assert_type(client.describe("order-o-1"), aion.RunInfo)

@@ -87,6 +87,7 @@ class NativeGate:
         self._lock = monkey.get_original("_thread", "allocate_lock")()
         self._lock.acquire()
         self._open = False
+        self.entered = 0  # calls of wait() so far (a step held here has begun)
 
     def set(self):
         if not self._open:
@@ -97,6 +98,7 @@ class NativeGate:
         return self._open
 
     def wait(self, timeout=None):
+        self.entered += 1
         if self._open:
             return True
         got = self._lock.acquire(True, -1 if timeout is None else timeout)
@@ -118,12 +120,15 @@ def wait_until(predicate, timeout=10.0, interval=0.01, what="the condition"):
         time.sleep(interval)
 
 
-def stop_with_runs_parked(engine, workflow_ids, gate, events=2):
+def stop_with_runs_parked(engine, workflow_ids, gate, events=2, holding=0):
     """Wait until each run recorded ``events`` events (so it is parked in a
-    later step held by ``gate``), shut the engine down, then open the gate:
-    the runs stay unfinished in the store, as after a clean stop."""
+    later step held by ``gate``) and ``holding`` steps wait at the gate
+    (begun: a step still queued when the engine stops never runs there),
+    shut the engine down, then open the gate: the runs stay unfinished in
+    the store, as after a clean stop."""
     wait_until(lambda: all(len(engine.history(wid)) >= events for wid in workflow_ids),
                what=f"runs {workflow_ids} to record {events} events")
+    wait_until(lambda: gate.entered >= holding, what=f"{holding} step(s) held at the gate")
     engine.step_grace = 0  # the held step is abandoned unrecorded, as a crash would leave it
     engine.shutdown()
     gate.set()
@@ -150,7 +155,7 @@ def park_two_step_run(make_engine, name, workflow_id):
 
     first = make_engine(two_steps)
     first.start(two_steps, id=workflow_id)
-    stop_with_runs_parked(first, [workflow_id], gate)
+    stop_with_runs_parked(first, [workflow_id], gate, holding=1)
     return two_steps
 
 

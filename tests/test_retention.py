@@ -239,6 +239,46 @@ def test_the_engine_purges_what_its_retention_lets_go_on_a_timer(make_engine):
     assert make_engine(*ALL, url=None).retention is None  # (the default keeps every run)
 
 
+def test_a_result_asked_once_the_purge_committed_never_gives_the_purged_run(make_engine):
+    """The window between a purge's commit (a reader already sees the run
+    gone: a list, a count) and the engine forgetting the runs it remembers
+    ended: result() answered the purged run's result from memory (CI, once
+    in a few hundred: a count saw it gone, result() still gave it). The
+    purge's commit is held open here, after the store deleted the run."""
+    import threading
+
+    from conftest import NativeGate
+
+    engine = make_engine(*ALL)
+    assert engine.start(done, 1, id="goes").result(timeout=20) == 1
+    writer_store = engine._epoch.store
+    real = writer_store.purge_finished
+    committed, release = NativeGate(), NativeGate()
+
+    def held(*args):
+        wids = real(*args)
+        committed.set()
+        release.wait(20)
+        return wids
+
+    writer_store.purge_finished = held
+    purged = []
+    purger = threading.Thread(target=lambda: purged.append(engine.purge(0)))
+    purger.start()
+    try:
+        assert committed.wait(20)
+        assert engine.count() == 0  # the store says it is gone...
+        with pytest.raises(aion.WorkflowNotFound):  # ...and so does result()
+            engine.result("goes", timeout=2)
+    finally:
+        release.set()
+        purger.join(20)
+        writer_store.purge_finished = real
+    assert purged == [1]
+    with pytest.raises(aion.WorkflowNotFound):
+        engine.result("goes", timeout=1)
+
+
 # -- SQLite: marks are never given twice --------------------------------------------------------
 
 @SQLITE_ONLY

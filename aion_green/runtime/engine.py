@@ -820,7 +820,8 @@ class Engine:
         its chain); :class:`Timeout` after ``timeout`` seconds."""
         epoch = self._epoch
         # Lately ended: answered without a crossing to the hub (runtime/rewind.py forgets a resumed id).
-        info: Optional[RunInfo] = epoch.recently_finished.get(workflow_id)
+        info: Optional[RunInfo] = (None if epoch.purges_running
+                                   else epoch.recently_finished.get(workflow_id))
         if info is not None:
             return info
         future = Future()

@@ -157,6 +157,10 @@ class Epoch:
         # Runs that ended in this epoch, newest last: a result() right after
         # the end needs no store read. Bounded; older ones are read back.
         self.recently_finished: "collections.OrderedDict[str, RunInfo]" = collections.OrderedDict()
+        # Purges under way (runtime/retention.py; changed under routing_lock):
+        # while one is, a purged run may be gone from the store and still in
+        # recently_finished, so result() asks the store, not the cache.
+        self.purges_running = 0
         # Outcomes of appends to runs created by start() that arrived before
         # the run's greenlet built its context (hub thread only).
         self.early: dict[str, list[tuple[Any, ...]]] = {}

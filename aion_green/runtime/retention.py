@@ -35,10 +35,11 @@ on the engine's hub, which parks on the writer's futures (never the hub).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
 import gevent
 
@@ -104,8 +105,9 @@ def purge(engine: "Engine", older_than: Any, limit: Optional[int],
     purged = 0
     while limit is None or purged < limit:
         batch = BATCH if limit is None else min(BATCH, limit - purged)
-        wids = epoch.writer.call_or_refuse(epoch.store.purge_finished, before, batch, namespace)
-        _forget(engine, epoch, wids)
+        with _purging(epoch):
+            wids = epoch.writer.call_or_refuse(epoch.store.purge_finished, before, batch, namespace)
+            _forget(engine, epoch, wids)
         purged += len(wids)
         if len(wids) < batch:
             break
@@ -131,8 +133,9 @@ def purge_periodically(engine: "Engine", epoch: "Epoch") -> None:
         purged = 0
         try:
             while True:
-                wids = epoch.writer.call(epoch.store.purge_finished, before, BATCH).result()
-                _forget(engine, epoch, wids)
+                with _purging(epoch):
+                    wids = epoch.writer.call(epoch.store.purge_finished, before, BATCH).result()
+                    _forget(engine, epoch, wids)
                 purged += len(wids)
                 if len(wids) < BATCH:
                     break
@@ -143,6 +146,21 @@ def purge_periodically(engine: "Engine", epoch: "Epoch") -> None:
                         "run(s): %s; it is tried again in %g s", _when(before), purged, exc, every)
         if purged:
             log.info("retention: purged %d run(s) that ended before %s", purged, _when(before))
+
+
+@contextlib.contextmanager
+def _purging(epoch: "Epoch") -> Iterator[None]:
+    """Around a purge's commit and :func:`_forget`: from the commit on, the
+    purged runs are gone from the store, and until ``_forget`` they are
+    still in ``recently_finished``; ``result()`` skips that cache meanwhile
+    (a caller that saw the purge in a list got the purged run's result)."""
+    with epoch.routing_lock:
+        epoch.purges_running += 1
+    try:
+        yield
+    finally:
+        with epoch.routing_lock:
+            epoch.purges_running -= 1
 
 
 def _forget(engine: "Engine", epoch: "Epoch", wids: list[str]) -> None:

@@ -344,7 +344,8 @@ class Runner:
         recorder.abandon(_Reroute())
 
     def register_waiter(self, wid: str, future: Future) -> None:
-        finished = self.epoch.recently_finished.get(wid)
+        # (Not while a purge is under way: runtime/retention.py _purging.)
+        finished = None if self.epoch.purges_running else self.epoch.recently_finished.get(wid)
         if finished is not None:
             future.set_result(finished)
             return

@@ -38,8 +38,7 @@ from typing import (
 from urllib.parse import quote, urlencode, urlsplit
 
 from aion_green.core import errors
-from aion_green.core import events as ev
-from aion_green.core.events import TERMINAL_TYPES, Event, attribute_text
+from aion_green.core.events import COMPLETED, TERMINAL_TYPES, Event, attribute_text
 from aion_green.core.registry import workflow_name
 from aion_green.core.schedule import CatchUp, Overlap, ScheduleInfo
 from aion_green.store import EventPage, GlobalEvent, RunInfo
@@ -163,19 +162,18 @@ class Client:
             body["execution_timeout"] = (execution_timeout.total_seconds()
                                          if isinstance(execution_timeout, timedelta)
                                          else execution_timeout)
-        if wait is None:
-            reply = self._call("POST", "/v1/workflows", body=body, namespace=namespace)
-            return RemoteHandle(self, reply["workflow_id"], reply.get("run_id"),
-                                reply.get("namespace") or namespace)
-        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait > 0:
-            raise errors.ConfigurationError(f"start(wait=...) must be a number of seconds above 0, "
-                                         f"got {wait!r}; leave it out to return once the run is "
-                                         "started")
-        body["wait"] = wait
+        if wait is not None:
+            if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait > 0:
+                raise errors.ConfigurationError(
+                    f"start(wait=...) must be a number of seconds above 0, got {wait!r}; leave "
+                    "it out to return once the run is started")
+            body["wait"] = wait
         try:
             reply = self._call("POST", "/v1/workflows", body=body, namespace=namespace,
-                               read_timeout=wait + self.timeout)
+                               read_timeout=None if wait is None else wait + self.timeout)
         except errors.WorkflowFailed as exc:
+            if wait is None:
+                raise
             # Started, and ended with an error within the wait (cancelled
             # and timed out included): the handle raises it from result().
             failed: RemoteHandle[Any] = RemoteHandle(self, exc.workflow_id, None, namespace)
@@ -183,7 +181,7 @@ class Client:
             return failed
         handle: RemoteHandle[Any] = RemoteHandle(self, reply["workflow_id"], reply.get("run_id"),
                                                  reply.get("namespace") or namespace)
-        if reply.get("status") == ev.COMPLETED:
+        if reply.get("status") == COMPLETED:  # (only with a wait)
             handle._ended = (reply.get("result"), None)
         return handle
 

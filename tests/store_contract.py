@@ -94,6 +94,58 @@ class StoreContract:
         assert outcomes[0][0] is True and outcomes[1] == 2
         assert [e.type for e in store.read("c")] == [ev.WORKFLOW_STARTED, ev.STEP_COMPLETED]
 
+    def test_a_large_batch_of_starts_records_and_ends_is_written_as_in_order(self, store):
+        """One group commit of hundreds of starts (new ids, an id that
+        exists, an id started twice in the batch), appends to runs the batch
+        created, timers started and ended, and ends: each outcome and row as
+        if the ops ran one by one (a store may write each kind of row in a
+        few statements: SQLite does, issue 21)."""
+        self.create(store, "old", args=(0,))
+        ops = [CreateRun(f"n{i}", "mod.wf", json.dumps([i]), f"run-n{i}", 10.0 + i)
+               for i in range(300)]
+        ops += [CreateRun("old", "mod.other", "[9]", "run-x", 20.0),
+                CreateRun("twice", "mod.wf", "[1]", "run-t1", 21.0),
+                CreateRun("twice", "mod.wf", "[2]", "run-t2", 22.0)]
+        ops += [Append(f"n{i}", 1, [
+            step_event(1, i),
+            ev.NewEvent(ev.TIMER_STARTED, 30.0, {"timer": "a", "fire_at": 100.0 + i}),
+            ev.NewEvent(ev.TIMER_STARTED, 30.0, {"timer": "b", "fire_at": 200.0 + i})])
+            for i in range(300)]
+        ops += [Append(f"n{i}", 4, [ev.NewEvent(ev.TIMER_CANCELLED, 31.0, {"timer": "b"})])
+                for i in range(0, 300, 2)]
+        ops += [Append(f"n{i}", 5, [ev.NewEvent(ev.WORKFLOW_COMPLETED, 40.0, {"result": i})])
+                for i in range(0, 300, 4)]
+        outcomes = store.write_batch(ops)
+        assert all(o[0] is True and o[1].head_seq == 1 and o[1].args == [i]
+                   for i, o in enumerate(outcomes[:300]))
+        existing, first, second = outcomes[300:303]
+        assert existing[0] is False and existing[1].args == [0]
+        assert first[0] is True and first[1].run_id == "run-t1"
+        assert second[0] is False and second[1].run_id == "run-t1" and second[1].args == [1]
+        assert outcomes[303:603] == [4] * 300
+        assert outcomes[603:753] == [5] * 150
+        assert outcomes[753:] == [6] * 75
+        assert [e.data["args"] for e in store.read("twice")] == [[1]]
+        assert store.read("n7")[1].data["result"] == 7
+        assert [e.type for e in store.read("n4")] == [
+            ev.WORKFLOW_STARTED, ev.STEP_COMPLETED, ev.TIMER_STARTED, ev.TIMER_STARTED,
+            ev.TIMER_CANCELLED, ev.WORKFLOW_COMPLETED]
+        assert store.get_run("n8").status == ev.COMPLETED and store.get_run("n8").result == 8
+        assert store.get_run("n2").status == ev.RUNNING
+        due = store.due_timers(1000.0, limit=10_000)
+        # n4k ended (no timers left); n4k+2 kept a; the odd ones kept a and b.
+        expected = ([(f"n{i}", "a", 100.0 + i) for i in range(300) if i % 4]
+                    + [(f"n{i}", "b", 200.0 + i) for i in range(1, 300, 2)])
+        assert sorted(due) == sorted(expected)
+        # The stream has the batch's events in the order of its ops.
+        events, _ = store.read_events(0, 10_000)
+        assert [(e.workflow_id, e.seq) for e in events] == (
+            [("old", 1)] + [(f"n{i}", 1) for i in range(300)] + [("twice", 1)]
+            + [(f"n{i}", seq) for i in range(300) for seq in (2, 3, 4)]
+            + [(f"n{i}", 5) for i in range(0, 300, 2)] + [(f"n{i}", 6) for i in range(0, 300, 4)])
+        positions = [e.position for e in events]
+        assert positions == sorted(set(positions))
+
     def test_terminal_event_sets_status_and_result(self, store):
         self.create(store, "ok")
         self.create(store, "bad")

@@ -267,9 +267,15 @@ class SQLiteStore:
             # between this check and the commit.
             heads = self._batch_heads(conn, {op.workflow_id for op in ops if type(op) is Append})
             created = []
+            # A second start of an id in the batch is told of the first's
+            # run, whose WorkflowStarted is not written yet (_get_run would
+            # not find it: the batch failed, and the writer split it).
+            started: dict[str, RunInfo] = {}
             for op in ops:
                 if type(op) is Append:
                     outcomes.append(plan.append(op, heads))
+                elif op.workflow_id in started:
+                    outcomes.append((False, started[op.workflow_id]))
                 else:
                     assert isinstance(op, CreateRun)
                     outcome = self._create_one(op, plan.rows)
@@ -277,6 +283,7 @@ class SQLiteStore:
                     outcomes.append(outcome)
                     if outcome[0]:
                         created.append(op.workflow_id)
+                        started[op.workflow_id] = outcome[1]
             # (A run's head is its last event: nothing to update in runs.)
             if plan.timers_started:
                 conn.executemany(

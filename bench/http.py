@@ -18,10 +18,17 @@ fresh SQLite file (durable commits); clients keep their connection open
   ``engine.start(...).result()`` (one request per round trip);
 - ``healthz``: ``GET /aion/healthz``, which asks nothing of the engine: what
   gunicorn, the mount and the API's routing cost alone (not in ``both``);
+- ``floor``: api-wait's request, served by ``bench/http_floor_app.py``: the
+  same mount over an engine double that answers at once, so the round trip
+  is gunicorn, the WSGI apps, the API's checks and JSON, and nothing of the
+  engine; api-wait's server CPU less this is what the engine adds (not in
+  ``both``);
 - ``engine``: no HTTP: the example's engine in one process under
   ``patch_all()``, as gunicorn's worker has it, with a greenlet per client
   calling ``engine.start(stamp, n).result()`` (not in ``both``; the client
-  CPU columns are the whole process).
+  CPU columns are the whole process, and a line per run gives its CPU per
+  round trip by thread: the callers' greenlets, the hub, the store writer
+  and reader, the step pool).
 
 Two clients: ``raw`` (the default) is one process driving every connection
 from one ``selectors`` loop, with request bytes built by string formatting
@@ -41,7 +48,9 @@ engine's ``/aion/metrics``, read before and after).
 
 ``--profile DIR``: the worker's CPU by thread over each 50-client window
 (bench/http_server.py), the busiest threads' time on a CPU, waiting for
-one, and asleep (``/proc/PID/task/TID/schedstat``), and with ``--cprofile`` a cProfile of its main
+one, and asleep (``/proc/PID/task/TID/schedstat``), and how often per round
+trip each went to sleep (a lock, the GIL, I/O) and was preempted (its
+``status``), and with ``--cprofile`` a cProfile of its main
 thread on that thread's CPU clock, in ``DIR/<target>-<repeat>/``.
 ``--perf``: ``perf record -g`` of the worker over each 50-client window
 (needs perf; kernel.perf_event_paranoid <= 2), summed by thread and by
@@ -82,7 +91,8 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def start_server(workers, directory, profile=None, cprofile=False, root=ROOT, switch=None):
+def start_server(workers, directory, profile=None, cprofile=False, root=ROOT, switch=None,
+                 app="examples.flask_app:app"):
     port = free_port()
     env = dict(os.environ, AION_GREEN_DB=f"sqlite:///{os.path.join(directory, 'bench.db')}",
                PYTHONPATH=root)
@@ -96,8 +106,8 @@ def start_server(workers, directory, profile=None, cprofile=False, root=ROOT, sw
         [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", str(workers), "-b",
          f"127.0.0.1:{port}", "--no-control-socket", "--worker-connections", "1000",
          "-c", os.path.join(_HERE, "http_server.py"),
-         "--chdir", root, "examples.flask_app:app"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=directory)
+         "--chdir", root, app],
+        env=dict(env, PYTHONPATH=f"{root}{os.pathsep}{ROOT}") if app.startswith("bench.") else env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=directory)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -115,16 +125,20 @@ def start_server(workers, directory, profile=None, cprofile=False, root=ROOT, sw
 
 
 def schedstat(pid):
-    """Each thread's (ns on a CPU, ns runnable but waiting for one), from
-    ``/proc/PID/task/TID/schedstat``."""
+    """Each thread's (ns on a CPU, ns runnable but waiting for one, times it
+    gave up its CPU to sleep (a lock, the GIL, I/O), times it was taken off
+    it), from ``/proc/PID/task/TID/schedstat`` and ``status``."""
     out = {}
     for task in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{task}/schedstat") as f:
                 run, wait, _ = map(int, f.read().split())
+            with open(f"/proc/{pid}/task/{task}/status") as f:
+                status = dict(line.split(":", 1) for line in f if ":" in line)
         except OSError:
             continue
-        out[int(task)] = (run, wait)
+        out[int(task)] = (run, wait, int(status["voluntary_ctxt_switches"]),
+                          int(status["nonvoluntary_ctxt_switches"]))
     return out
 
 
@@ -162,7 +176,7 @@ def requests_of(target, port):
         def first(wid):
             return (f"POST /stamp/{wid} HTTP/1.1\r\n{host}Content-Length: 0\r\n\r\n").encode()
         return first, None
-    if target == "api-wait":
+    if target in ("api-wait", "floor"):
         def start_and_wait(wid):
             body = f'{{"workflow":"shop.stamp","args":["{wid}"],"id":"stamp-{wid}","wait":60}}'
             return (f"POST /aion/v1/workflows HTTP/1.1\r\n{host}Content-Type: application/json"
@@ -373,11 +387,42 @@ def timed(c, n):
         began = time.perf_counter()
         client(c, 1, f"run{i}")
         latencies.append(time.perf_counter() - began)
-cpu0, began = os.times(), time.perf_counter()
+main_ident = monkey.get_original("_thread", "get_ident")()
+
+def role(ident, frame):
+    # A thread's part, from the bottom of its stack (its current greenlet's).
+    if ident == main_ident:
+        return "callers"
+    names = []
+    while frame is not None:
+        names.append((os.path.basename(frame.f_code.co_filename), frame.f_code.co_name, frame))
+        frame = frame.f_back
+    for filename, name, f in reversed(names):
+        if filename == "writer.py" and name == "_main":
+            return getattr(f.f_locals.get("self"), "name", "aion-store")
+        if filename == "step_pool.py":
+            return "step pool"
+        if filename in ("hub_thread.py", "hub.py"):
+            return "hub"
+    return "other"
+
+def clocks():
+    out = {}
+    for ident, frame in sys._current_frames().items():
+        try:
+            out[ident] = (role(ident, frame), time.clock_gettime(time.pthread_getcpuclockid(ident)))
+        except OSError:
+            pass
+    return out
+
+cpu0, clocks0, began = os.times(), clocks(), time.perf_counter()
 gevent.joinall([gevent.spawn(timed, c, total // clients) for c in range(clients)])
-wall, cpu1 = time.perf_counter() - began, os.times()
+wall, cpu1, clocks1 = time.perf_counter() - began, os.times(), clocks()
+threads = {}
+for ident, (name, cpu) in clocks1.items():
+    threads[name] = threads.get(name, 0.0) + cpu - clocks0.get(ident, (name, 0.0))[1]
 engine.shutdown()
-print(json.dumps({"latencies": latencies, "wall": wall,
+print(json.dumps({"latencies": latencies, "wall": wall, "threads": threads,
                   "cpu": cpu1.user + cpu1.system - cpu0.user - cpu0.system}))
 """
 
@@ -394,6 +439,9 @@ def measure_in_process(args, clients, total):
     got = json.loads(out.strip().splitlines()[-1])
     latencies, wall, cpu = sorted(got["latencies"]), got["wall"], got["cpu"]
     n = len(latencies)
+    print(f"  engine, {clients} clients: CPU per round trip by thread: " + ", ".join(
+        f"{name} {seconds / n * 1e6:.0f} us" for name, seconds in
+        sorted(got["threads"].items(), key=lambda kv: -kv[1]) if seconds / n >= 0.5e-6))
     return {"rate": n / wall, "p50": latencies[n // 2], "p99": latencies[int(n * 0.99)],
             "client_cpu": cpu / wall, "server_cpu": 0.0, "share": 1.0, "commits": 0.0,
             "per_commit": 0.0, "writer_busy": 0.0, "server_us": cpu / n * 1e6}
@@ -407,8 +455,9 @@ def measure(args, target, clients, total, r, profile_dir):
     if profile_dir and clients > 1:
         profile = os.path.join(profile_dir, f"{target}-{r}")
         os.makedirs(profile, exist_ok=True)
+    app = "bench.http_floor_app:app" if target == "floor" else "examples.flask_app:app"
     proc, port, pid = start_server(args.workers, directory, profile, args.cprofile, args.root,
-                                   args.switch_interval)
+                                   args.switch_interval, app)
     run = run_raw if args.client == "raw" else run_threads
     try:
         run(port, target, min(clients, 10), 100, f"warm{r}")  # the first requests start the engine
@@ -434,13 +483,18 @@ def measure(args, target, clients, total, r, profile_dir):
                       + ", ".join(f"{c} {k:.0%}" for c, k in cats))
         if profile:
             sched1 = schedstat(pid)
-            busiest = sorted(sched1, key=lambda t: sched0.get(t, (0, 0))[0] - sched1[t][0])[:4]
+            busiest = sorted(sched1, key=lambda t: sched0.get(t, (0, 0, 0, 0))[0] - sched1[t][0])[:4]
+            trips = total
             for tid in busiest:
-                run = (sched1[tid][0] - sched0.get(tid, (0, 0))[0]) / 1e9 / wall
-                waited = (sched1[tid][1] - sched0.get(tid, (0, 0))[1]) / 1e9 / wall
+                before = sched0.get(tid, (0, 0, 0, 0))
+                run = (sched1[tid][0] - before[0]) / 1e9 / wall
+                waited = (sched1[tid][1] - before[1]) / 1e9 / wall
+                slept = (sched1[tid][2] - before[2]) / trips
+                taken = (sched1[tid][3] - before[3]) / trips
                 print(f"  sched {target} run {r}: thread {tid}{' (main)' if tid == pid else ''}: "
                       f"on a CPU {run:.0%} of the wall time, runnable but waiting for a CPU "
-                      f"{waited:.0%}, asleep (GIL, I/O, idle) {1 - run - waited:.0%}")
+                      f"{waited:.0%}, asleep (GIL, I/O, idle) {1 - run - waited:.0%}; per round "
+                      f"trip it went to sleep {slept:.2f} times and was preempted {taken:.2f}")
             os.unlink(os.path.join(profile, "on"))
             time.sleep(0.15)
         server_cpu = cpu_of(pid) - server0
@@ -467,7 +521,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", choices=("api", "api-wait", "flask", "both", "healthz",
-                                             "engine"),
+                                             "engine", "floor"),
                         default="both")
     parser.add_argument("--client", choices=("raw", "http.client"), default="raw")
     parser.add_argument("--clients", default="1,50")

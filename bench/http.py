@@ -42,9 +42,18 @@ figure, and so are the group commits per round trip, records per commit
 and the share of the wall time the store writer spent in its commits (the
 engine's ``/aion/metrics``, read before and after).
 
+With ``--store postgres`` the example runs on a schema of its own on the
+server at ``--url`` (dropped after each run), and ``--workers N`` then
+gives N engines that each drive the runs their requests start (over SQLite
+one worker drives and the others are its clients). "server CPU" is every
+worker's; the PostgreSQL server's processes are a column of their own (all
+of them: measure on a server nothing else uses); the commit columns are
+the one worker's that answers ``/aion/metrics``.
+
     python bench/http.py [--target api|api-wait|flask|both] [--client raw|http.client]
         [--clients 1,50] [--requests 4000] [--repeat 3] [--workers 1]
         [--profile DIR [--cprofile]] [--perf] [--root CHECKOUT] [--switch-interval S]
+        [--store sqlite|postgres [--url URL]]
 
 ``--profile DIR``: the worker's CPU by thread over each 50-client window
 (bench/http_server.py), the busiest threads' time on a CPU, waiting for
@@ -92,9 +101,9 @@ def free_port():
 
 
 def start_server(workers, directory, profile=None, cprofile=False, root=ROOT, switch=None,
-                 app="examples.flask_app:app"):
+                 app="examples.flask_app:app", db=None):
     port = free_port()
-    env = dict(os.environ, AION_GREEN_DB=f"sqlite:///{os.path.join(directory, 'bench.db')}",
+    env = dict(os.environ, AION_GREEN_DB=db or f"sqlite:///{os.path.join(directory, 'bench.db')}",
                PYTHONPATH=root)
     if switch:
         env["AION_BENCH_SWITCH_INTERVAL"] = str(switch)
@@ -147,6 +156,55 @@ def cpu_of(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def processes(match):
+    """The pids of the processes for which ``match(ppid, command line)``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                command = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if match(ppid, command):
+            pids.append(int(entry))
+    return pids
+
+
+def cpu_of_all(pids):
+    """The CPU seconds of ``pids`` so far (those still there)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_of(pid)
+        except OSError:
+            pass
+    return total
+
+
+def pg_schema(base):
+    """A schema of its own on the server at ``base`` (dropped by
+    :func:`drop_schema`), and the URL that works in it."""
+    import uuid
+
+    import psycopg
+
+    schema = f"aion_bench_http_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    return schema, f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
+
+
+def drop_schema(base, schema):
+    import psycopg
+
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 def commits(port):
@@ -444,7 +502,8 @@ def measure_in_process(args, clients, total):
         sorted(got["threads"].items(), key=lambda kv: -kv[1]) if seconds / n >= 0.5e-6))
     return {"rate": n / wall, "p50": latencies[n // 2], "p99": latencies[int(n * 0.99)],
             "client_cpu": cpu / wall, "server_cpu": 0.0, "share": 1.0, "commits": 0.0,
-            "per_commit": 0.0, "writer_busy": 0.0, "server_us": cpu / n * 1e6}
+            "per_commit": 0.0, "writer_busy": 0.0, "server_us": cpu / n * 1e6,
+            "pg_cpu": 0.0}
 
 
 def measure(args, target, clients, total, r, profile_dir):
@@ -456,13 +515,26 @@ def measure(args, target, clients, total, r, profile_dir):
         profile = os.path.join(profile_dir, f"{target}-{r}")
         os.makedirs(profile, exist_ok=True)
     app = "bench.http_floor_app:app" if target == "floor" else "examples.flask_app:app"
-    proc, port, pid = start_server(args.workers, directory, profile, args.cprofile, args.root,
-                                   args.switch_interval, app)
+    schema = db = None
+    if args.store == "postgres":
+        schema, db = pg_schema(args.url)
+    try:
+        proc, port, pid = start_server(args.workers, directory, profile, args.cprofile, args.root,
+                                       args.switch_interval, app, db)
+    except BaseException:
+        if schema:
+            drop_schema(args.url, schema)
+        raise
+    # Every worker's CPU (with --workers N, each its own engine), and over
+    # PostgreSQL the server's processes too (the whole server: run it on a
+    # machine nothing else uses while this measures).
+    server_pids = processes(lambda _, cmd: cmd.startswith("postgres")) if schema else []
     run = run_raw if args.client == "raw" else run_threads
     try:
         run(port, target, min(clients, 10), 100, f"warm{r}")  # the first requests start the engine
         commits0 = commits(port)
-        server0 = cpu_of(pid)
+        workers = processes(lambda ppid, _: ppid == proc.pid)  # (all up once they answered)
+        server0, pg0 = cpu_of_all(workers), cpu_of_all(server_pids)
         if profile:
             open(os.path.join(profile, "on"), "w").close()
             time.sleep(0.15)
@@ -497,12 +569,15 @@ def measure(args, target, clients, total, r, profile_dir):
                       f"trip it went to sleep {slept:.2f} times and was preempted {taken:.2f}")
             os.unlink(os.path.join(profile, "on"))
             time.sleep(0.15)
-        server_cpu = cpu_of(pid) - server0
+        server_cpu = cpu_of_all(workers) - server0
+        pg_cpu = cpu_of_all(server_pids) - pg0
         commits1 = commits(port)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         shutil.rmtree(directory, ignore_errors=True)
+        if schema:
+            drop_schema(args.url, schema)
     latencies.sort()
     n = len(latencies)
     done = commits1[0] - commits0[0]
@@ -513,7 +588,7 @@ def measure(args, target, clients, total, r, profile_dir):
         "share": client_cpu / (client_cpu + server_cpu) if client_cpu + server_cpu else 0.0,
         "commits": done / n, "per_commit": records / done if done else 0.0,
         "writer_busy": (commits1[2] - commits0[2]) / wall,
-        "server_us": server_cpu / n * 1e6,
+        "server_us": server_cpu / n * 1e6, "pg_cpu": pg_cpu / wall,
     }
 
 
@@ -534,18 +609,26 @@ def main():
     parser.add_argument("--perf", action="store_true")
     parser.add_argument("--switch-interval", type=float, metavar="S",
                         help="the worker's sys.setswitchinterval (default: CPython's 0.005)")
+    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite",
+                        help="the example's store: a fresh SQLite file (durable), or a fresh "
+                             "schema on the PostgreSQL server at --url (each worker's engine "
+                             "then drives its own runs)")
+    parser.add_argument("--url", default=os.environ.get(
+        "AION_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--root", default=ROOT,
                         help="serve the example and aion_green of this checkout (a worktree of "
                              "another commit: before/after runs with one script)")
     args = parser.parse_args()
     targets = ("api", "api-wait", "flask") if args.target == "both" else (args.target,)
     counts = [int(c) for c in args.clients.split(",")]
-    print(f"start-and-wait round trips via gunicorn -k gevent -w {args.workers}, SQLite durable, "
+    store = "SQLite durable" if args.store == "sqlite" else "PostgreSQL"
+    print(f"start-and-wait round trips via gunicorn -k gevent -w {args.workers}, {store}, "
           f"client {args.client}, median of {args.repeat}"
           + (f", switch interval {args.switch_interval}" if args.switch_interval else "")
           + f"; load {os.getloadavg()[0]:.2f}")
     print("target clients   trips/s (runs)                  p50 ms   p99 ms  client CPU  "
-          "server CPU  per trip  client share  commits/trip  records/commit  writer busy")
+          "server CPU  per trip  client share  commits/trip  records/commit  writer busy"
+          + ("  PostgreSQL CPU" if args.store == "postgres" else ""))
     for target in targets:
         for clients in counts:
             total = args.requests if clients == max(counts) else max(args.requests // 4, 100)
@@ -561,7 +644,8 @@ def main():
                   f"{med('p50') * 1000:8.1f} {med('p99') * 1000:8.1f} "
                   f"{med('client_cpu'):10.2f}  {med('server_cpu'):10.2f}  {med('server_us'):6.0f} us  "
                   f"{med('share'):11.0%}  {med('commits'):12.2f}  {med('per_commit'):14.1f}  "
-                  f"{med('writer_busy'):10.0%}",
+                  f"{med('writer_busy'):10.0%}"
+                  + (f"  {med('pg_cpu'):14.2f}" if args.store == "postgres" else ""),
                   flush=True)
     print(f"load after: {os.getloadavg()[0]:.2f}")
 

@@ -105,14 +105,31 @@ def all_css(driver, selector):
 
 def wait_for(driver, check, what, timeout=20):
     """Poll ``check`` until true. An element that went stale or is not there
-    yet (the page reloads itself when a run ends) is looked for again."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    yet (the page reloads itself when a run ends) is looked for again;
+    chromedriver reports an element read while the page is being replaced
+    as a plain WebDriverException ("Node with given id does not belong to
+    the document"), which is the same race."""
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+        WebDriverException,
+    )
     from selenium.webdriver.support.ui import WebDriverWait
+
+    def attempt(d):
+        try:
+            return check(d)
+        except (StaleElementReferenceException, NoSuchElementException):
+            raise
+        except WebDriverException as exc:
+            if "does not belong to the document" in str(exc):
+                return False
+            raise
 
     return WebDriverWait(driver, timeout, poll_frequency=0.1,
                          ignored_exceptions=(StaleElementReferenceException,
                                              NoSuchElementException)).until(
-        lambda d: check(d), message=f"waited {timeout} s for {what}")
+        attempt, message=f"waited {timeout} s for {what}")
 
 
 def accept_confirm(driver):

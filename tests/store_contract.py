@@ -98,8 +98,8 @@ class StoreContract:
         """One group commit of hundreds of starts (new ids, an id that
         exists, an id started twice in the batch), appends to runs the batch
         created, timers started and ended, and ends: each outcome and row as
-        if the ops ran one by one (a store may write each kind of row in a
-        few statements: SQLite does, issue 21)."""
+        if the ops ran one by one (a store may write a kind of row in one
+        statement: PostgreSQL writes a batch's starts so, issue 21)."""
         self.create(store, "old", args=(0,))
         ops = [CreateRun(f"n{i}", "mod.wf", json.dumps([i]), f"run-n{i}", 10.0 + i)
                for i in range(300)]

@@ -300,24 +300,25 @@ class PostgresStore:
                 heads = {wid: head for wid, head, _ in fetched}
                 fences = {wid: int(fence) for wid, _, fence in fetched}
             creates = [op for op in ops if isinstance(op, CreateRun)]
-            inserted = self._insert_runs(cur, creates) if len(creates) > 1 else {}
-            existing: dict[str, RunInfo] = {}
+            inserted: dict[str, int] = {}
+            known: dict[str, RunInfo] = {}  # the runs the batch's other starts find
+            if len(creates) > 1:
+                inserted = self._insert_runs(cur, creates)
+                had = {op.workflow_id for op in creates} - inserted.keys()
+                if had:
+                    known = self._runs(cur, list(had))
             for op in ops:
                 if type(op) is Append:
                     outcomes.append(plan.append(op, heads, fences if wids else None))
                     continue
                 assert isinstance(op, CreateRun)
-                if not inserted and len(creates) == 1:
+                if len(creates) == 1:
                     outcome = self._create_one(cur, op, plan.rows)
                 elif op.workflow_id in inserted:
                     outcome = self._created(op, inserted.pop(op.workflow_id), plan.rows)
-                    existing[op.workflow_id] = outcome[1]  # (a second start of it finds it)
+                    known[op.workflow_id] = outcome[1]  # (a second start of it finds it)
                 else:
-                    if op.workflow_id not in existing:
-                        existing.update(self._runs(cur, [
-                            c.workflow_id for c in creates
-                            if c.workflow_id not in existing and c.workflow_id not in inserted]))
-                    outcome = (False, existing[op.workflow_id])
+                    outcome = (False, known[op.workflow_id])
                 heads.setdefault(op.workflow_id, outcome[1].head_seq)
                 outcomes.append(outcome)
             if plan.moved:

@@ -10,6 +10,7 @@ if PATCHED:
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -49,9 +50,16 @@ def db_url(tmp_path, request):
 
 
 @pytest.fixture
-def make_engine(db_url):
+def built_engines():
+    """The engines ``make_engine`` built in this test: ``pg_url`` shuts
+    them down before it drops their schema (its teardown may come first)."""
+    return []
+
+
+@pytest.fixture
+def make_engine(db_url, built_engines):
     """Engines built here are shut down at the end of the test."""
-    engines = []
+    engines = built_engines
 
     def make(*workflows, url=None, **kwargs):
         engine = aion.Engine(url or db_url, workflows=list(workflows), **kwargs)
@@ -222,8 +230,10 @@ def private_postgres_or_skip():
 
 
 @pytest.fixture
-def pg_url(pg_bystander):
-    """A fresh schema on the test server, dropped afterwards: its URL."""
+def pg_url(pg_bystander, built_engines):
+    """A fresh schema on the test server, dropped afterwards: its URL. The
+    test's engines are shut down first: a DROP while one still worked in
+    the schema waited on its locks, or deadlocked with it."""
     _postgres_or_skip()
     import uuid
 
@@ -234,5 +244,14 @@ def pg_url(pg_bystander):
         conn.execute(f"CREATE SCHEMA {schema}")
     sep = "&" if "?" in PG_URL else "?"
     yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    for engine in built_engines:
+        engine.shutdown()
+    for attempt in range(5):  # (an engine the test built itself may still be closing)
+        try:
+            with psycopg.connect(PG_URL, autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA {schema} CASCADE")
+            return
+        except psycopg.errors.DeadlockDetected:
+            if attempt == 4:
+                raise
+            time.sleep(0.2)

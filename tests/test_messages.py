@@ -64,6 +64,27 @@ def test_a_repeated_signal_with_an_idempotency_key_is_recorded_once(make_engine)
     assert handle.result(10) == ["a", "b"]
 
 
+def test_a_keyed_signal_repeated_after_it_ended_the_run_answers_its_seq(make_engine, db_url):
+    """A retry after a lost reply: the first signal was recorded and ended
+    the run, so the retry finds the run finished. It answers the recorded
+    seq (from the driving engine and from a client), recording nothing;
+    another key is refused."""
+    engine = make_engine(inbox)
+    handle = engine.start(inbox, 1, id="once")
+    seq = engine.signal("once", "item", "a", idempotency_key="k1")
+    assert handle.result(10) == ["a"]
+    before = engine.history("once")
+    assert engine.signal("once", "item", "a", idempotency_key="k1") == seq
+    client = make_engine(inbox, url=db_url)
+    assert client.signal("once", "item", "a", idempotency_key="k1") == seq
+    for other in (engine, client):
+        with pytest.raises(aion.WorkflowNotRunning, match="nothing was recorded"):
+            other.signal("once", "item", "a", idempotency_key="k2")
+        with pytest.raises(aion.WorkflowNotRunning):
+            other.signal("once", "item", "a")
+    assert engine.history("once") == before
+
+
 def test_receive_timeout_and_a_late_message_kept_for_the_next_receive(make_engine):
     @aion.workflow
     def patient(ctx):

@@ -526,7 +526,9 @@ class Engine:
         returns, and kept until the workflow receives it. Returns its seq.
 
         With ``idempotency_key``, a repeated signal (a retry after a lost
-        reply, say) is recorded once. A finished run refuses it with
+        reply, say) is recorded once, and each repeat answers the seq of
+        that record, also once the run has finished (the first one may have
+        ended it). A finished run refuses any other signal with
         :class:`WorkflowNotRunning` and nothing is recorded; so does a
         ``run_id`` that is not the workflow's current run."""
         ev.check_key(workflow_id, "the workflow id")
@@ -538,14 +540,33 @@ class Engine:
         epoch = self._epoch
         self._require_current(workflow_id, run_id, f"message {name!r}")
         dedup = None if idempotency_key is None else f"signal/{idempotency_key}"
-        if not epoch.sharing.driving or (epoch.leased and workflow_id not in epoch.recorders):
-            data: dict[str, Any] = {"name": name, "payload": value}
-            if dedup is not None:
-                data["dedup"] = dedup
-            return epoch.sharing.post(workflow_id, "message", data, time.time(), ev.MESSAGE_RECEIVED, dedup)
-        future = Future()
-        epoch.routing.route_message(workflow_id, name, value, time.time(), dedup, future_done(future))
-        return int(epoch.routing.await_recorded(future, f"message {name!r} to workflow {workflow_id!r}"))
+        try:
+            if not epoch.sharing.driving or (epoch.leased and workflow_id not in epoch.recorders):
+                data: dict[str, Any] = {"name": name, "payload": value}
+                if dedup is not None:
+                    data["dedup"] = dedup
+                return epoch.sharing.post(workflow_id, "message", data, time.time(),
+                                          ev.MESSAGE_RECEIVED, dedup)
+            future = Future()
+            epoch.routing.route_message(workflow_id, name, value, time.time(), dedup,
+                                        future_done(future))
+            return int(epoch.routing.await_recorded(
+                future, f"message {name!r} to workflow {workflow_id!r}"))
+        except WorkflowNotRunning:
+            # A repeat of a signal the run recorded before it finished (a
+            # retry after a lost reply): that record is the answer.
+            earlier = None if dedup is None else self._recorded_signal(workflow_id, dedup)
+            if earlier is None:
+                raise
+            return earlier
+
+    def _recorded_signal(self, workflow_id: str, dedup: str) -> Optional[int]:
+        """The seq of the message with idempotency ``dedup`` in the
+        workflow's current run, None when it has none."""
+        for event in self._call_store(self._epoch.store.read, workflow_id):
+            if event.type == ev.MESSAGE_RECEIVED and event.data.get("dedup") == dedup:
+                return int(event.seq)
+        return None
 
     @_in_namespace
     def terminate(self, workflow_id: str, reason: str = "", *, run_id: Optional[str] = None,

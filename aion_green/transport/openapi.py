@@ -239,7 +239,8 @@ ROUTES: tuple[Route, ...] = (
                "type": "WorkflowStarted", "at": 1764720000.0, "data": {}}], "next": 1})),
     Route("POST", "/v1/workflows/{id}/signals/{name}", "Send a message",
           "Record message `name` in the run's history (kept until the workflow receives it). "
-          "With an idempotency key a retried signal is recorded once.",
+          "With an idempotency key a retried signal is recorded once, and a retry answers the "
+          "recorded `seq`, also once the signal has ended the run.",
           params=(_ID, Param("name", "path", _STR, "The message name.", True),
                   Param("Idempotency-Key", "header", _STR, "As the body's `idempotency_key`.")),
           body={"payload": {"description": "A JSON value."},

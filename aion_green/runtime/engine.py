@@ -1193,16 +1193,47 @@ def _backstop_all() -> None:
         engine._backstop()
 
 
+# The store threads held across a fork (_before_fork), released after it.
+_held_for_fork: list[Any] = []
+
+
+def _before_fork() -> None:
+    """Before ``os.fork()``: keep every live engine's store threads between
+    two operations until the fork is done. A fork while one of them was
+    inside SQLite copied SQLite's global mutexes held (its allocator's), and
+    the child's first SQLite call (its engine's new store) waited forever.
+    A writer that does not come out within 5 s (waiting out a full disk)
+    is not waited for; the fork goes on, and says so."""
+    pid = os.getpid()
+    for engine in list(_live_engines):
+        epoch = getattr(engine, "_epoch", None)
+        if engine._pid != pid or epoch is None:
+            continue
+        for writer in (epoch.writer, epoch.reader):
+            if writer.hold_for_fork(5.0):
+                _held_for_fork.append(writer)
+            else:
+                log.warning("fork while the engine's %s was busy for 5 s: the child's first "
+                            "use of SQLite may hang", writer.name)
+
+
+def _after_fork_in_parent() -> None:
+    while _held_for_fork:
+        _held_for_fork.pop().release_after_fork()
+
+
 def _after_fork_in_child() -> None:
     """A forked child (gunicorn's workers under ``--preload``): no thread of
     the parent's engines survived. Each is started afresh on its next use
     (``_ensure_started`` sees the new pid); the child lets go of the
     parent's driver lock, which the parent still holds."""
+    _after_fork_in_parent()  # (the child's copies of the held locks)
     for engine in list(_live_engines):
         engine._forget_parent()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
 
 
 def _same_args(recorded: Any, args_json: str) -> bool:

@@ -208,6 +208,17 @@ class StoreWriter:
                         raise unavailable
         return future.result()
 
+    def hold_for_fork(self, timeout: float) -> bool:
+        """Before a fork, on the forking thread: wait (up to ``timeout``)
+        until no operation is inside the store, and keep it so; True when
+        held (then :meth:`release_after_fork`, in parent and child). A fork
+        in the middle of a SQLite call copies SQLite's global mutexes held,
+        and the child's first SQLite call waits for them forever."""
+        return bool(self._committing.acquire(True, timeout))
+
+    def release_after_fork(self) -> None:
+        self._committing.release()
+
     def queued(self) -> int:
         """Ops waiting for this writer's thread (a snapshot)."""
         return int(self._queue.qsize()) + len(self._backlog) + int(self._urgent.qsize())

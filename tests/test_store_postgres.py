@@ -271,3 +271,52 @@ def test_claim_counts_weigh_claimable_and_held_runs_and_the_engines_that_share_t
         assert store.claim_counts("me", ["t.a"], now, 2)[:3] == (2, 1, 2)
     finally:
         store.close()
+
+
+def test_a_batch_the_server_refuses_midway_writes_nothing_and_the_next_is_written(pg_url):
+    """write_batch sends its statements in libpq's pipeline mode, and its
+    COMMIT with them: a statement the server refuses (here a trigger that
+    refuses one run's events) or a value refused before it is sent (a NUL
+    in text) rolls back every row of the batch, and the store's session
+    takes the next batch as before."""
+    import psycopg
+
+    from aion_green.core import events as ev
+    from aion_green.store import Append, CreateRun
+    from aion_green.stores.postgres.store import PostgresStore
+
+    store = PostgresStore(pg_url)
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("CREATE FUNCTION refuse_poison() RETURNS trigger AS $$ BEGIN "
+                         "RAISE EXCEPTION 'poisoned run'; END $$ LANGUAGE plpgsql")
+            conn.execute("CREATE TRIGGER poison BEFORE INSERT ON aion_events FOR EACH ROW "
+                         "WHEN (NEW.workflow_id = 'poison' AND NEW.seq > 1) "
+                         "EXECUTE FUNCTION refuse_poison()")
+        made = store.write_batch([CreateRun(w, "t", "[]", f"run-{w}", 1.0) for w in ("ok", "poison")])
+        assert [outcome[0] for outcome in made] == [True, True]
+
+        def snapshot():
+            return ([store.read(w) for w in ("ok", "poison", "new")],
+                    [(r.workflow_id, r.status, r.head_seq) for r in store.list_runs()])
+
+        before = snapshot()
+        step = [ev.NewEvent(ev.STEP_COMPLETED, 2.0, {"step": 1, "result": 1})]
+        end = [ev.NewEvent(ev.WORKFLOW_COMPLETED, 2.0, {"result": 1})]
+        refused = [CreateRun("new", "t", "[]", "run-new", 2.0), Append("ok", 1, step),
+                   Append("ok", 2, end), Append("poison", 1, step)]
+        with pytest.raises(aion.StoreError, match="poisoned run"):
+            store.write_batch(refused)
+        assert snapshot() == before
+        with pytest.raises(Exception):  # noqa: B017 - psycopg's DataError, or ours
+            store.write_batch([CreateRun("nul", "t", '["a\x00b"]', "run-nul", 2.0),
+                               Append("ok", 1, step)])
+        assert snapshot() == before
+        outcomes = store.write_batch(refused[:3])  # the same session, the poison left out
+        assert outcomes[0][0] is True and outcomes[1:] == [2, 3]
+        assert [e.type for e in store.read("ok")] == [ev.WORKFLOW_STARTED, ev.STEP_COMPLETED,
+                                                       ev.WORKFLOW_COMPLETED]
+        assert store.get_run("ok").status == ev.COMPLETED
+        assert [e.type for e in store.read("new")] == [ev.WORKFLOW_STARTED]
+    finally:
+        store.close()

@@ -213,19 +213,23 @@ class PostgresStore:
         return conn
 
     @contextmanager
-    def _tx(self) -> Iterator[_Cursor]:
-        """One transaction; store errors for psycopg's."""
-        conn = self._connect()
+    def _translated(self, conn: _Connection) -> Iterator[None]:
+        """Store errors for psycopg's; a broken session is dropped."""
         try:
-            with conn.transaction():
-                with conn.cursor() as cur:
-                    yield cur
+            yield
         except (WorkflowNotFound, WorkflowNotRunning, StoreError):
             raise
         except psycopg.Error as exc:
             if conn.closed or isinstance(exc, psycopg.OperationalError):
                 self._drop()
             raise _translate(exc, self.path) from None
+
+    @contextmanager
+    def _tx(self) -> Iterator[_Cursor]:
+        """One transaction; store errors for psycopg's."""
+        conn = self._connect()
+        with self._translated(conn), conn.transaction(), conn.cursor() as cur:
+            yield cur
 
     @contextmanager
     def _pipelined_tx(self) -> Iterator[_Cursor]:
@@ -239,13 +243,12 @@ class PostgresStore:
                 yield cur
             return
         conn = self._connect()
-        try:
+        with self._translated(conn):
             try:
-                with conn.pipeline():
-                    with conn.cursor() as cur:
-                        cur.execute("BEGIN")
-                        yield cur
-                        cur.execute("COMMIT")
+                with conn.pipeline(), conn.cursor() as cur:
+                    cur.execute("BEGIN")
+                    yield cur
+                    cur.execute("COMMIT")
             except BaseException:
                 if not conn.closed and conn.info.transaction_status != _IDLE:
                     try:
@@ -253,24 +256,13 @@ class PostgresStore:
                     except psycopg.Error:
                         self._drop()
                 raise
-        except (WorkflowNotFound, WorkflowNotRunning, StoreError):
-            raise
-        except psycopg.Error as exc:
-            if conn.closed or isinstance(exc, psycopg.OperationalError):
-                self._drop()
-            raise _translate(exc, self.path) from None
 
     def _query(self, sql: str,
                params: Union[Sequence[object], Mapping[str, object]] = ()) -> list[TupleRow]:
         conn = self._connect()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, params)
-                return list(cur.fetchall())
-        except psycopg.Error as exc:
-            if conn.closed or isinstance(exc, psycopg.OperationalError):
-                self._drop()
-            raise _translate(exc, self.path) from None
+        with self._translated(conn), conn.cursor() as cur:
+            cur.execute(sql, params)
+            return list(cur.fetchall())
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None

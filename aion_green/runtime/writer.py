@@ -256,6 +256,9 @@ class StoreWriter:
         committing = self._committing
         stopping = False
         try:
+            own_thread = getattr(self.store, "on_own_thread", None)
+            if own_thread is not None:  # (PostgreSQL: its waits need not be gevent's)
+                own_thread()
             while not stopping:
                 first = None if self._backlog else queue.get()
                 with committing:

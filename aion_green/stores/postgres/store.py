@@ -111,6 +111,33 @@ def _events_where(cur: _Cursor, table: str, workflow_id: str, event_type: str, k
 # libpq's pipeline mode (libpq 14 and later; psycopg's binary wheels bring
 # one): write_batch sends its statements without waiting for each answer.
 _PIPELINE = psycopg is not None and psycopg.Pipeline.is_supported()
+
+
+def _native_wait_class() -> Any:
+    """psycopg's connection, but waiting for the server in C (psycopg's
+    ``wait_c``: the GIL released, the thread blocked) once the store is
+    used only from a native thread of the engine (:meth:`PostgresStore.
+    on_own_thread`). Where gevent has patched ``select``, psycopg waits
+    through a gevent hub of the waiting thread instead: right for the app's
+    greenlets, but on the store's own thread it only costs (10-30 % of the
+    CPU of an HTTP round trip, issue 21). None without psycopg's C part."""
+    found = None if psycopg is None else getattr(psycopg.waiting, "wait_c", None)
+    if found is None:
+        return None
+    wait_c: Callable[..., Any] = found
+
+    class NativeWaitConnection(psycopg.Connection):
+        native = False  # (set by the store, on its own thread)
+
+        def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
+            if not self.native or args or kwargs:  # (a deadline: psycopg's own way)
+                return super().wait(gen, *args, **kwargs)
+            return wait_c(gen, self.pgconn.socket, 0.1)
+
+    return NativeWaitConnection
+
+
+_NATIVE_WAIT = _native_wait_class()
 _IDLE = None if psycopg is None else psycopg.pq.TransactionStatus.IDLE
 
 
@@ -161,6 +188,9 @@ class PostgresStore:
         # (None: psycopg passes over a None parameter, and the URL's stands.)
         self._application_name: Optional[str] = None if named else "aion_green"
         self._conn: Optional[_Connection] = None
+        # Whether the store is used from a native thread of its own (see
+        # on_own_thread): then its sessions wait for the server in C.
+        self._native = False
         self.driver_lock_held = False
         # Invariant: once true, never false again; no write is made.
         self.fenced = False
@@ -175,6 +205,15 @@ class PostgresStore:
         self._driver_key = _DRIVER_LOCK ^ (zlib.crc32(str(schema).encode()) << 1)
 
     # -- connection ----------------------------------------------------------------------
+    def on_own_thread(self) -> None:
+        """From now on the store is used only from the calling thread, a
+        native thread of the engine's (its store writer's or reader's),
+        never from a greenlet of the app's hub."""
+        self._native = True
+        conn: Any = self._conn
+        if conn is not None and _NATIVE_WAIT is not None:
+            conn.native = True
+
     def _connect(self) -> _Connection:
         if self.fenced:
             raise FencedOut(
@@ -183,11 +222,16 @@ class PostgresStore:
         if self._conn is not None and not self._conn.closed:
             return self._conn
         try:
-            conn = self._conn = psycopg.connect(
+            connection: Any = _NATIVE_WAIT or psycopg.Connection
+            opened: Any = connection.connect(
                 self.url, connect_timeout=max(1, int(self.connect_timeout)), autocommit=True,
                 application_name=self._application_name)
         except psycopg.Error as exc:
             raise _translate(exc, self.path) from None
+        if _NATIVE_WAIT is not None:
+            opened.native = self._native
+        conn: _Connection = opened
+        self._conn = conn
         try:
             # A session paused inside a transaction (its engine stopped, say)
             # must not hold row locks that keep others from taking over.

@@ -320,3 +320,54 @@ def test_a_batch_the_server_refuses_midway_writes_nothing_and_the_next_is_writte
         assert [e.type for e in store.read("new")] == [ev.WORKFLOW_STARTED]
     finally:
         store.close()
+
+
+NATIVE_WAITS = '''
+import json, sys
+from gevent import monkey
+monkey.patch_all()
+import gevent
+import aion_green as aion
+from aion_green.stores.postgres.store import PostgresStore
+
+@aion.workflow(name="native.echo")
+def echo(ctx, n):
+    return ctx.step(lambda v: v, n)
+
+ticks = []
+def ticker():
+    while True:
+        ticks.append(1)
+        gevent.sleep(0.005)
+
+beat = gevent.spawn(ticker)
+with aion.Engine(sys.argv[1], workflows=[echo]) as engine:
+    results = [engine.start(echo, n, id=f"e-{n}").result(timeout=30) for n in range(50)]
+    epoch = engine._epoch
+    sessions = [type(w.store._conn).__name__ + ":" + str(getattr(w.store._conn, "native", None))
+                for w in (epoch.writer, epoch.reader)]
+    app_store = PostgresStore(sys.argv[1])  # opened by the app, on its hub's greenlet
+    app_session = str(getattr(app_store._conn, "native", None))
+    app_store.close()
+beat.kill()
+print(json.dumps({"results": results, "sessions": sessions, "app": app_session,
+                  "ticks": len(ticks)}))
+'''
+
+
+def test_under_patch_all_the_store_threads_wait_in_c_and_the_app_hub_keeps_running(pg_url):
+    """gevent patches select, so psycopg would wait through a gevent hub
+    even on the store's own native threads (10-30 % of the CPU of an HTTP
+    round trip): those sessions wait in C, with the GIL released. A store
+    the app opens on its own greenlet keeps psycopg's cooperative wait, and
+    the app's greenlets run on while the engine works."""
+    import json
+
+    from conftest import run_python
+
+    proc = run_python(["-c", NATIVE_WAITS, pg_url], timeout=120)
+    output = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert output["results"] == list(range(50))
+    assert output["sessions"] == ["NativeWaitConnection:True"] * 2
+    assert output["app"] == "False"
+    assert output["ticks"] >= 10, "the app's greenlets stalled while the engine worked"

@@ -8,6 +8,7 @@ import base64
 import dataclasses
 import enum
 import os
+import weakref
 import zlib
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -305,6 +306,46 @@ def test_a_workflows_parameter_types_are_read_once_not_per_run(monkeypatch):
     assert read == [typed]
     assert payloads.parameter_hints(typed) == [None, Order, payloads._Repeat(Tier)]
     assert read == [typed, typed]
+
+
+class _Held:
+    """Something a step's closure holds."""
+
+
+_HELD: list = []
+
+
+@aion.workflow(name="payloads.closures")
+def closures(ctx, n) -> Decimal:
+    total = Decimal(0)
+    for i in range(n):
+        held = _Held()
+        _HELD.append(weakref.ref(held))
+        ctx.step(lambda h=held: len([h]))  # a new lambda each time, as steps are written
+
+        def quarter(k: int = i) -> Decimal:  # a new annotated function each time
+            return Decimal(k) / 4
+
+        total += ctx.step(quarter)
+    return total
+
+
+def test_steps_written_as_new_functions_are_not_kept_and_still_decode_as_declared(make_engine):
+    """A step's function is made anew at each call (a lambda, a nested
+    def): its return type is read from its code, once, and neither the
+    function nor what its closure holds outlives the run (every one was
+    kept, and its type hints read, per step: issue 21)."""
+    import gc
+
+    from aion_green.core import payloads
+
+    _HELD.clear()
+    engine = make_engine(closures)
+    assert engine.start(closures, 50, id="closures").result(30) == Decimal(50 * 49) / 8
+    assert check_replay(engine.url, ["closures"], [closures]) == 1
+    gc.collect()
+    assert [ref() for ref in _HELD if ref() is not None] == []
+    assert sum(code.co_name == "quarter" for code in payloads._HINTS_BY_CODE) == 1
 
 
 @aion.workflow(name="payloads.queried")

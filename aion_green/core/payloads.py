@@ -44,6 +44,7 @@ import sys
 import types
 import typing
 import uuid
+import weakref
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence, Union
 
 from zope.interface import Attribute, Interface, implementer
@@ -348,24 +349,46 @@ def _as(data: Any, hint: Any) -> Any:
     return data
 
 
-_HINTS: dict[Any, dict[str, Any]] = {}
+# Type hints kept per Python function's code (with the annotations they
+# were resolved from), and per other target (a class, a callable object)
+# only while it lives. Kept per function object, every ``ctx.step(lambda:
+# ...)`` was a new entry: the lambda and its closure kept for good (2,000
+# steps, 2,000 entries) and ``get_type_hints`` called per step (issue 21).
+_HINTS_BY_CODE: dict[types.CodeType, tuple[dict[str, Any], dict[str, Any]]] = {}
+_HINTS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+_NO_HINTS: dict[str, Any] = {}  # (shared: callers only read it)
 
 
 def _hints(target: Any) -> dict[str, Any]:
     """``typing.get_type_hints(target)``, kept (an unresolvable one: none)."""
+    code = getattr(target, "__code__", None)
+    if type(code) is types.CodeType:
+        annotations = getattr(target, "__annotations__", None)
+        if not annotations:
+            return _NO_HINTS  # (a lambda: the usual step)
+        kept = _HINTS_BY_CODE.get(code)
+        if kept is not None and kept[0] == annotations:
+            return kept[1]
+        found = _type_hints(target)
+        _HINTS_BY_CODE[code] = (dict(annotations), found)
+        return found
     try:
         return _HINTS[target]
     except (KeyError, TypeError):
         pass
-    try:
-        found = typing.get_type_hints(target, include_extras=True)
-    except Exception:  # a forward reference to nothing, a C function: no hints
-        found = {}
+    found = _type_hints(target)
     try:
         _HINTS[target] = found
-    except TypeError:
+    except TypeError:  # not hashable, or no weak reference to it: not kept
         pass
     return found
+
+
+def _type_hints(target: Any) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(target, include_extras=True)
+    except Exception:  # a forward reference to nothing, a C function: no hints
+        return {}
 
 
 def return_hint(fn: Any) -> Any:

@@ -20,6 +20,11 @@ def test_engines_names_the_engines_at_work_and_the_runs_each_leases(make_engine,
     second.describe("e-1")  # started too
     found = first.engines()
     if db_url.startswith("postgres"):
+        # An engine is listed once it has published itself, which its start
+        # asks of its store writer without waiting for it.
+        wait_until(lambda: second.engine_id in {e.engine_id for e in first.engines()},
+                   what="the second engine to publish itself")
+        found = first.engines()
         by_id = {e.engine_id: e for e in found}
         assert {first.engine_id, second.engine_id} <= set(by_id)
         assert [e.engine_id for e in found if e.here] == [first.engine_id]

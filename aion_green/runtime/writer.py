@@ -99,6 +99,11 @@ class StoreWriter:
         # Held by whoever uses the store: the writer thread for each batch
         # and call, or a pool thread committing a step's record itself.
         self._committing = _allocate_lock()
+        # Held by a thread about to fork (hold_for_fork) until the fork is
+        # done: whoever would take _committing passes it first, so the fork
+        # waits for one operation at most (a busy writer took _committing
+        # back at once, and the forking thread waited its 5 s, fork after fork).
+        self._fork_gate = _allocate_lock()
         # Whether pool threads may commit (the store says; SQLite's commit
         # is local, so a hand-off costs more than it saves elsewhere).
         self.inline = bool(getattr(store, "inline_commits", False))
@@ -128,7 +133,8 @@ class StoreWriter:
         under the recorder lock, ``_committing`` keeps the run's later
         records (queued meanwhile) behind this one."""
         if (not self.inline or self._closed or self.unavailable is not None
-                or not self._queue.empty() or not self._committing.acquire(False)):
+                or not self._queue.empty() or self._fork_gate.locked()
+                or not self._committing.acquire(False)):
             return False
         if self._closed or not self._queue.empty():  # (closed, or queued, meanwhile)
             self._committing.release()
@@ -214,10 +220,15 @@ class StoreWriter:
         held (then :meth:`release_after_fork`, in parent and child). A fork
         in the middle of a SQLite call copies SQLite's global mutexes held,
         and the child's first SQLite call waits for them forever."""
-        return bool(self._committing.acquire(True, timeout))
+        self._fork_gate.acquire()
+        if self._committing.acquire(True, timeout):
+            return True
+        self._fork_gate.release()
+        return False
 
     def release_after_fork(self) -> None:
         self._committing.release()
+        self._fork_gate.release()
 
     def queued(self) -> int:
         """Ops waiting for this writer's thread (a snapshot)."""
@@ -259,8 +270,11 @@ class StoreWriter:
             own_thread = getattr(self.store, "on_own_thread", None)
             if own_thread is not None:  # (PostgreSQL: its waits need not be gevent's)
                 own_thread()
+            gate = self._fork_gate
             while not stopping:
                 first = None if self._backlog else queue.get()
+                gate.acquire()  # (a fork waiting for _committing goes first)
+                gate.release()
                 with committing:
                     batch, self._backlog = self._backlog, []
                     if first is not None:

@@ -125,14 +125,24 @@ def _native_wait_class() -> Any:
     if found is None:
         return None
     wait_c: Callable[..., Any] = found
+    import inspect
+
+    # psycopg 3.3 waits with a deadline (``notifies(timeout=...)``), and its
+    # wait_c takes one; 3.2 passes a shorter interval instead.
+    deadlines = "timeout" in inspect.signature(psycopg.Connection.wait).parameters
 
     class NativeWaitConnection(psycopg.Connection):
         native = False  # (set by the store, on its own thread)
 
         def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
-            if not self.native or args or kwargs:  # (a deadline: psycopg's own way)
+            timeout = kwargs.get("timeout")
+            if (not self.native or args or kwargs.keys() - {"interval", "timeout"}
+                    or (timeout is not None and not deadlines)):
                 return super().wait(gen, *args, **kwargs)
-            return wait_c(gen, self.pgconn.socket, 0.1)
+            interval = kwargs.get("interval", 0.1)
+            if timeout is None:
+                return wait_c(gen, self.pgconn.socket, interval)
+            return wait_c(gen, self.pgconn.socket, interval, timeout)
 
     return NativeWaitConnection
 
@@ -826,8 +836,16 @@ class PostgresStore:
 
         while not stopped():
             try:
-                with psycopg.connect(self.url, autocommit=True, application_name=self._application_name,
-                                     connect_timeout=max(1, int(self.connect_timeout))) as conn:
+                # Its own native thread: it waits in C, as the writer does
+                # (under patch_all, psycopg's wait made this thread a gevent
+                # hub, and greenlet 3.0.0 crashed the process at exit when
+                # such a thread ended during the interpreter's finalization).
+                connection: Any = _NATIVE_WAIT or psycopg.Connection
+                with connection.connect(self.url, autocommit=True,
+                                        application_name=self._application_name,
+                                        connect_timeout=max(1, int(self.connect_timeout))) as conn:
+                    if _NATIVE_WAIT is not None:
+                        conn.native = True
                     conn.execute(f'LISTEN "{self.channel}"')
                     on_bell("runs")  # anything sent while not listening: look now
                     while not stopped():

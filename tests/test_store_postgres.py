@@ -274,11 +274,10 @@ def test_claim_counts_weigh_claimable_and_held_runs_and_the_engines_that_share_t
 
 
 def test_a_batch_the_server_refuses_midway_writes_nothing_and_the_next_is_written(pg_url):
-    """write_batch sends its statements in libpq's pipeline mode, and its
-    COMMIT with them: a statement the server refuses (here a trigger that
-    refuses one run's events) or a value refused before it is sent (a NUL
-    in text) rolls back every row of the batch, and the store's session
-    takes the next batch as before."""
+    """A group commit is one transaction: a statement the server refuses
+    (here a trigger that refuses one run's events) or a value refused
+    before it is sent (a NUL in text) rolls back every row of the batch,
+    and the store's session takes the next batch as before."""
     import psycopg
 
     from aion_green.core import events as ev

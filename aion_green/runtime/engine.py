@@ -1129,6 +1129,10 @@ class Engine:
         they publish. With no engine running there is nothing to check
         against (one started later may know it)."""
         engines = self._call_store(self._epoch.store.live_engines, time.time())
+        # (This engine's own entry: it does not know the type, and is not one
+        # of the others; it was left out only while its start had not yet
+        # published it.)
+        engines.pop(self.engine_id, None)
         known: dict[str, Any] = {}
         for types in engines.values():
             known.update(types)

@@ -82,6 +82,10 @@ class Residency:
         # Runs brought back to take a record (a child's end) through their
         # recorder: kept in memory until it is taken.
         self._pinned: "collections.Counter[str]" = collections.Counter()
+        # Runs whose greenlet is unwinding for eviction, and those of them a
+        # wake came for meanwhile (woken once their greenlet is gone).
+        self._evicting: set[str] = set()
+        self._wake_pending: set[str] = set()
         self._room_asked = False
         # Figures for tests and benchmarks: runs evicted, most resident at once.
         self.evictions = 0
@@ -113,12 +117,32 @@ class Residency:
         while want > 0 and parked:
             wid, _ = parked.popitem(last=False)
             ctx = self.epoch.runs.get(wid)
-            if ctx is not None and wid not in self._pinned and _evictable(ctx):
-                self._evict(ctx)
+            if ctx is not None and wid not in self._pinned and _evictable(ctx) and self._evict(ctx):
                 want -= 1
         self._admit_next()
 
-    def _evict(self, ctx: WorkflowContext) -> None:
+    def _evict(self, ctx: WorkflowContext) -> bool:
+        """Hub greenlet: the run leaves memory (True), unless an arrival from
+        another thread reached its recorder since it was found evictable.
+
+        Its recorder leaves the routing table here, under the routing lock
+        and while nothing is in flight: an arrival after that goes through
+        the store and wakes the run (routing.route). Left in the table until
+        the greenlet unwound, it took an arrival from another thread (a
+        cancel sent just after the start) whose record was committed and
+        then delivered to no one: the run slept on, evicted, with a cancel
+        recorded (tests/test_state_machine.py found it)."""
+        wid = ctx._key
+        recorder = cast(Recorder, ctx._recorder)
+        epoch = self.epoch
+        with epoch.routing_lock:
+            with recorder._lock:
+                if not _evictable(ctx):
+                    return False
+                recorder.closed = True  # (an arrival that holds it already goes around)
+            if epoch.recorders.get(wid) is recorder:
+                del epoch.recorders[wid]
+            self._evicting.add(wid)
         if ctx._timers:
             # Back in memory a moment before its first timer fires.
             lead = PREWAKE if self.idle is None else min(PREWAKE, self.idle / 2)
@@ -126,6 +150,7 @@ class Residency:
         ctx._failure = RunEvicted()
         ctx._ring()  # the run unwinds now, on this greenlet's switch
         self.evictions += 1
+        return True
 
     def _admit_next(self) -> None:
         """Let queued runs in while there is room: under ``max_resident``;
@@ -194,8 +219,8 @@ class Residency:
             parked_at, wid = far.popleft()
             ctx = self._still_parked(parked_at, wid)
             if ctx is not None and all(f > horizon for f in ctx._timers.values()):
-                self._parked_runs.pop(wid, None)
-                self._evict(ctx)
+                if self._evict(ctx):
+                    self._parked_runs.pop(wid, None)
             elif ctx is None and self._parked_runs.get(wid) == parked_at:
                 # Parked still, but not evictable yet (a record of its on its
                 # way, a query pinning it): the sweeper looks again.
@@ -238,8 +263,8 @@ class Residency:
                 queue.append((parked_at + idle, wid))  # it wakes soon: later
                 self._parked_runs[wid] = parked_at + idle
                 continue
-            self._parked_runs.pop(wid, None)
-            self._evict(ctx)
+            if self._evict(ctx):
+                self._parked_runs.pop(wid, None)
 
     def on_unpark(self, ctx: WorkflowContext) -> None:
         self._parked_runs.pop(ctx._key, None)
@@ -252,12 +277,19 @@ class Residency:
     def on_run_gone(self, wid: str) -> None:
         """``_drive``: a run's greenlet ended or was evicted (its place is free)."""
         self._woken.pop(wid, None)  # a wake sets it anew
+        self._evicting.discard(wid)
+        if wid in self._wake_pending:
+            self._wake_pending.discard(wid)
+            self.wake(wid)
         if self.admission:
             self.epoch.hub.call_soon(self._admit_next)
 
     def wake(self, wid: str) -> None:
         """Hub thread: something an evicted run waits for was recorded (or
         a query asks it): bring it back."""
+        if wid in self._evicting:  # (its greenlet is still unwinding)
+            self._wake_pending.add(wid)
+            return
         kept = self._evicted.pop(wid, None)
         if kept is not None:
             if self.idle is not None:

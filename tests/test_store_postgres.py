@@ -370,3 +370,98 @@ def test_under_patch_all_the_store_threads_wait_in_c_and_the_app_hub_keeps_runni
     assert output["sessions"] == ["NativeWaitConnection:True"] * 2
     assert output["app"] == "False"
     assert output["ticks"] >= 10, "the app's greenlets stalled while the engine worked"
+
+
+def _losing_answers(store, every):
+    """Make ``store.write_batch`` lose the answer of every ``every``-th batch:
+    the server commits it, then the session is cut before the writer hears
+    (what a network cut or a server restart at that moment does)."""
+    from aion_green.core.errors import StoreUnavailable
+
+    real, count = store.write_batch, [0]
+
+    def write_batch(ops):
+        outcomes = real(ops)
+        count[0] += 1
+        if count[0] % every == 0:
+            store._drop()
+            cut = StoreUnavailable("the session was cut before the commit's answer came")
+            cut.maybe_written = True  # (as the store says of a cut session)
+            raise cut
+        return outcomes
+
+    store.write_batch = write_batch
+    return count
+
+
+def test_a_batch_retried_after_its_commit_answer_was_lost_is_recognised_not_refused(pg_url):
+    """The server committed a batch, the session was cut before its answer:
+    the writer sees a failed batch and sends it again. Its appends find the
+    heads moved, and its starts find their ids taken, by their own records:
+    each is answered as written (the same seqs, the run created), nothing is
+    written twice. Another writer's records at those seqs are still a
+    conflict, and another start's run is still not this start's."""
+    from aion_green.core import events as ev
+    from aion_green.core.errors import SequenceConflict
+    from aion_green.store import Append, CreateRun
+    from aion_green.stores.postgres.store import PostgresStore
+
+    store = PostgresStore(pg_url)
+    try:
+        assert store.write_batch([CreateRun("a", "t", "[]", "run-a", 1.0)])[0][0] is True
+        step = [ev.NewEvent(ev.STEP_COMPLETED, 2.5, {"step": 1, "result": 1})]
+        timer = [ev.NewEvent(ev.TIMER_STARTED, 2.75, {"timer": "t1", "fire_at": 99.0}),
+                 ev.NewEvent(ev.STEP_COMPLETED, 2.75, {"step": 2, "result": [1, "x"]})]
+        batch = [Append("a", 1, step), CreateRun("b", "t", "[1]", "run-b", 2.0),
+                 CreateRun("c", "t", "[2]", "run-c", 2.0), Append("a", 2, timer)]
+        first = store.write_batch(batch)
+        assert [o if isinstance(o, int) else o[0] for o in first] == [2, True, True, 4]
+
+        def answers(outcomes):
+            return [o if isinstance(o, int) else (o[0], o[1].run_id) for o in outcomes]
+
+        for again in ([0, 1, 2, 3], [0], [3], [1], [2, 1]):  # (a retry, whole or regrouped)
+            assert answers(store.write_batch([batch[i] for i in again])) == [
+                answers(first)[i] for i in again]
+        assert [(e.seq, e.type) for e in store.read("a")] == [
+            (1, ev.WORKFLOW_STARTED), (2, ev.STEP_COMPLETED), (3, ev.TIMER_STARTED),
+            (4, ev.STEP_COMPLETED)]
+        assert store.due_timers(100.0) == [("a", "t1", 99.0)]
+        assert [len(store.read(w)) for w in ("b", "c")] == [1, 1]
+        # The retry's appends go on from where the first try left the run.
+        assert store.write_batch([Append("a", 4, step)]) == [5]
+        # Not its own records: a conflict, as before; not its own run: not created.
+        other = [ev.NewEvent(ev.STEP_COMPLETED, 2.5, {"step": 1, "result": 2})]
+        assert isinstance(store.write_batch([Append("a", 1, other)])[0], SequenceConflict)
+        created, info = store.write_batch([CreateRun("b", "t", "[1]", "run-other", 3.0)])[0]
+        assert created is False and info.run_id == "run-b"
+        created, info = store.write_batch([CreateRun("b", "t", "[1]", "run-x", 3.0),
+                                           CreateRun("d", "t", "[]", "run-d", 3.0)])[0]
+        assert created is False and info.run_id == "run-b"
+    finally:
+        store.close()
+
+
+def test_a_writer_whose_commit_answers_are_lost_loses_no_run(pg_url):
+    """Every fifth group commit's answer is lost after the server committed
+    it: the engine's writer tries each again, and every run ends with each
+    step recorded once (the retried appends used to be taken for another
+    writer's: the runs were dropped)."""
+    from aion_green.core import events as ev
+
+    @aion.workflow(name="pg.lost_answers")
+    def counted(ctx, n):
+        return sum(ctx.step(lambda i=i: i) for i in range(n))
+
+    with aion.Engine(pg_url, workflows=[counted]) as engine:
+        engine.start(counted, 1, id="warm").result(timeout=30)
+        lost = _losing_answers(engine._epoch.store, 5)
+        before = lost[0]
+        handles = [engine.start(counted, 20, id=f"w{k}") for k in range(20)]
+        assert [h.result(timeout=60) for h in handles] == [sum(range(20))] * 20
+        assert lost[0] - before >= 25  # (answers were lost: a fifth of these commits)
+        # None was dropped (to be claimed again once its lease was let go).
+        assert engine.metrics.leases.lost == 0
+        for k in range(20):
+            steps = [e.data["step"] for e in engine.history(f"w{k}") if e.type == ev.STEP_COMPLETED]
+            assert steps == list(range(1, 21))

@@ -97,6 +97,11 @@ class StoreError(AionError):
 class StoreUnavailable(StoreError):
     """The store is locked by another process or cannot be reached."""
 
+    #: True when the write may have been committed all the same: a session
+    #: to a database server cut while its answer was on its way. A retry of
+    #: the same write is recognised by the store (stores/batch.py).
+    maybe_written = False
+
 
 class FencedOut(StoreError):
     """The environment's: this engine lost the right to write (its database

@@ -308,6 +308,7 @@ class StoreWriter:
 
     def _write(self, writes: list[tuple[Any, Done]]) -> None:
         delay = 0.02
+        retried = False
         while True:
             self.batches += 1
             try:
@@ -315,6 +316,14 @@ class StoreWriter:
                 outcomes = self.store.write_batch([op for op, _ in writes])
                 self.unavailable = None
             except StoreUnavailable as exc:
+                if exc.maybe_written and not retried and not self._closed:
+                    # A session cut with the answer on its way: the server
+                    # may have committed the batch. Sent again at once (the
+                    # store reconnects), its starts too, whose callers would
+                    # otherwise be told of a failure that may have been a
+                    # success; the store recognises what it already holds.
+                    retried = True
+                    continue
                 # A locked or full database is waited out for appends: the
                 # runs behind them are parked, not failed, and the records
                 # that follow theirs (already in this queue) keep their

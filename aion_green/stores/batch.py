@@ -46,10 +46,16 @@ class BatchPlan:
         self.attributes: dict[tuple[str, str], Any] = {}
 
     def append(self, op: Append, heads: dict[str, int],
-               fences: Optional[dict[str, int]] = None) -> Union[int, StoreError]:
+               fences: Optional[dict[str, int]] = None,
+               stored: Optional[dict[tuple[str, int], tuple[str, float, str]]] = None,
+               ) -> Union[int, StoreError]:
         """Check one append against ``heads`` (which it moves) and, for a
         store that leases runs, its fencing token against ``fences``; its
-        outcome."""
+        outcome. ``stored``: the rows already at the seqs of appends whose
+        run's head moved past them, ``(wid, seq) -> (type, at, data)``
+        (:func:`moved_past`); an append found there, event for event, was
+        written by an earlier try of this same batch whose answer was lost,
+        and succeeds without writing again."""
         wid = op.workflow_id
         if not op.events:
             return StoreError(f"an append to {wid!r} carried no events")
@@ -61,6 +67,8 @@ class BatchPlan:
         if head is None:
             return StoreError(f"no run with workflow id {wid!r}: create it before appending")
         if head != op.expected_seq:
+            if stored is not None and head > op.expected_seq and _written(op, stored):
+                return op.expected_seq + len(op.events)
             return SequenceConflict(wid, op.expected_seq, head)
         seq = head
         for event in op.events:
@@ -90,6 +98,36 @@ class BatchPlan:
         heads[wid] = seq
         self.moved[wid] = (seq, op.events[-1].at, wid)
         return seq
+
+
+def moved_past(ops: Sequence[Union[Append, CreateRun]],
+               heads: dict[str, int]) -> list[tuple[str, int, int]]:
+    """``(wid, first seq, last seq)`` of the appends whose run's head is
+    already past the seq they expect: a conflict, or the records of an
+    earlier try of the same append whose answer was lost (a session cut
+    between the server's commit and its answer). The store reads those
+    rows for :meth:`BatchPlan.append` to tell which."""
+    spans = []
+    for op in ops:
+        if type(op) is Append:
+            head = heads.get(op.workflow_id)
+            if head is not None and head > op.expected_seq and op.events:
+                spans.append((op.workflow_id, op.expected_seq + 1,
+                              op.expected_seq + len(op.events)))
+    return spans
+
+
+def _written(op: Append, stored: dict[tuple[str, int], tuple[str, float, str]]) -> bool:
+    """Whether ``op``'s events are the rows at its seqs: the same type, time
+    and data, as this engine wrote them (the data's text, event times to the
+    bit: no other writer's records match by chance)."""
+    wid = op.workflow_id
+    for seq, event in enumerate(op.events, op.expected_seq + 1):
+        encoded = event.encoded
+        if stored.get((wid, seq)) != (event.type, event.at,
+                                      encoded if encoded is not None else event.data_json()):
+            return False
+    return True
 
 
 # The statuses of runs that retention may purge: every end but a

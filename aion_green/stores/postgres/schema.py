@@ -153,8 +153,13 @@ _RUN_COLUMNS = ("workflow_id, run_id, workflow_type, status, args, result, error
 
 def _translate(exc: BaseException, where: str) -> StoreError:
     if psycopg is not None and isinstance(exc, psycopg.OperationalError):
-        return StoreUnavailable(f"the PostgreSQL database at {where} cannot be reached or refused "
-                                f"the write ({exc}); nothing of this call was recorded: retry")
+        unavailable = StoreUnavailable(
+            f"the PostgreSQL database at {where} cannot be reached or refused the write ({exc}). "
+            "If the session was cut while the answer was on its way, the write may have been "
+            "committed: retry (a start of the same id and arguments, or a signal with an "
+            "idempotency_key, is not recorded twice)")
+        unavailable.maybe_written = True
+        return unavailable
     return StoreError(f"PostgreSQL error at {where}: {exc}")
 
 

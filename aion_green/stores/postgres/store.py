@@ -56,6 +56,7 @@ from aion_green.stores.batch import (
     attribute_rows,
     copied_attributes,
     inbox_why_not,
+    moved_past,
     next_run_started,
     purge_candidates,
     purge_parameters,
@@ -344,6 +345,7 @@ class PostgresStore:
         with self._tx() as cur:
             wids = sorted({op.workflow_id for op in ops if type(op) is Append})
             heads: dict[str, int] = {}
+            stored: Optional[dict[tuple[str, int], tuple[str, float, str]]] = None
             if wids:
                 # Row locks, in id order: no other writer moves these heads
                 # before the commit, and two batches never deadlock.
@@ -352,6 +354,19 @@ class PostgresStore:
                 fetched = cur.fetchall()
                 heads = {wid: head for wid, head, _ in fetched}
                 fences = {wid: int(fence) for wid, _, fence in fetched}
+                spans = moved_past(ops, heads)
+                if spans:
+                    # An earlier try of this batch may have committed with
+                    # its answer lost (a cut session): its records are
+                    # recognised, not taken for another writer's.
+                    w, lo, hi = zip(*spans)
+                    cur.execute(
+                        "SELECT e.workflow_id, e.seq, e.type, e.at, e.data FROM aion_events e "
+                        "JOIN unnest(%s::text[], %s::int[], %s::int[]) AS s(w, lo, hi) "
+                        "ON e.workflow_id = s.w AND e.seq BETWEEN s.lo AND s.hi",
+                        (list(w), list(lo), list(hi)))
+                    stored = {(wid, seq): (kind, at, data)
+                              for wid, seq, kind, at, data in cur.fetchall()}
             creates = [op for op in ops if isinstance(op, CreateRun)]
             inserted: dict[str, int] = {}
             known: dict[str, RunInfo] = {}  # the runs the batch's other starts find
@@ -362,7 +377,7 @@ class PostgresStore:
                     known = self._runs(cur, list(had))
             for op in ops:
                 if type(op) is Append:
-                    outcomes.append(plan.append(op, heads, fences if wids else None))
+                    outcomes.append(plan.append(op, heads, fences if wids else None, stored))
                     continue
                 assert isinstance(op, CreateRun)
                 if len(creates) == 1:
@@ -371,7 +386,7 @@ class PostgresStore:
                     outcome = self._created(op, inserted.pop(op.workflow_id), plan.rows)
                     known[op.workflow_id] = outcome[1]  # (a second start of it finds it)
                 else:
-                    outcome = (False, known[op.workflow_id])
+                    outcome = _ours(op, known[op.workflow_id])
                 heads.setdefault(op.workflow_id, outcome[1].head_seq)
                 outcomes.append(outcome)
             if plan.moved:
@@ -465,7 +480,7 @@ class PostgresStore:
         inserted = cur.fetchone()
         if inserted is None:
             cur.execute(f"SELECT {_RUN_COLUMNS} FROM aion_runs WHERE workflow_id=%s", (op.workflow_id,))
-            return False, _run_info(_one(cur))
+            return _ours(op, _run_info(_one(cur)))
         return self._created(op, int(inserted[0]), rows)
 
     def _roll_over(self, cur: _Cursor, wid: str, data: dict[str, Any], at: float) -> None:
@@ -908,3 +923,10 @@ class PostgresStore:
                             "VALUES (%s,%s,%s)",
                             [(workflow_id, key, fire_at) for key, fire_at in copy.timers.items()])
         cur.execute("SELECT pg_notify(%s, 'runs')", (self.channel,))
+
+
+def _ours(op: CreateRun, info: RunInfo) -> tuple[bool, RunInfo]:
+    """A start that found a run under its id: created by an earlier try of
+    this very start whose answer was lost (the same run id, drawn at random
+    for it), else another start's."""
+    return info.run_id == op.run_id, info

@@ -274,10 +274,11 @@ def test_claim_counts_weigh_claimable_and_held_runs_and_the_engines_that_share_t
 
 
 def test_a_batch_the_server_refuses_midway_writes_nothing_and_the_next_is_written(pg_url):
-    """A group commit is one transaction: a statement the server refuses
-    (here a trigger that refuses one run's events) or a value refused
-    before it is sent (a NUL in text) rolls back every row of the batch,
-    and the store's session takes the next batch as before."""
+    """write_batch sends its statements in libpq's pipeline mode, and its
+    COMMIT with them: a statement the server refuses (here a trigger that
+    refuses one run's events) or a value refused before it is sent (a NUL
+    in text) rolls back every row of the batch, and the store's session
+    takes the next batch as before."""
     import psycopg
 
     from aion_green.core import events as ev
@@ -465,3 +466,25 @@ def test_a_writer_whose_commit_answers_are_lost_loses_no_run(pg_url):
         for k in range(20):
             steps = [e.data["step"] for e in engine.history(f"w{k}") if e.type == ev.STEP_COMPLETED]
             assert steps == list(range(1, 21))
+
+
+def test_a_read_on_a_session_cut_meanwhile_is_answered_by_the_next(pg_url):
+    """The server ended the store's session between two reads (a restart, a
+    proxy's idle cut): the next read is sent again on a new session and
+    answered, where it used to raise StoreUnavailable (a caller's
+    ``result()`` did so under CI's session cuts)."""
+    import psycopg
+
+    from aion_green.store import CreateRun
+    from aion_green.stores.postgres.store import PostgresStore
+
+    store = PostgresStore(pg_url)
+    try:
+        store.write_batch([CreateRun("r", "t", "[]", "run-r", 1.0)])
+        pid = store._query("SELECT pg_backend_pid()")[0][0]
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            assert conn.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
+        assert store.get_run("r").run_id == "run-r"
+        assert store._query("SELECT pg_backend_pid()")[0][0] != pid
+    finally:
+        store.close()

@@ -35,6 +35,7 @@ from aion_green.core.errors import (
     FencedOut,
     InternalError,
     StoreError,
+    StoreUnavailable,
     WorkflowIdConflict,
     WorkflowNotFound,
     WorkflowNotRunning,
@@ -109,6 +110,11 @@ def _events_where(cur: _Cursor, table: str, workflow_id: str, event_type: str, k
             if raw is None or json.loads(raw).get(key) == value]
 
 
+# libpq's pipeline mode (libpq 14 and later; psycopg's binary wheels bring
+# one): write_batch sends its statements without waiting for each answer.
+_PIPELINE = psycopg is not None and psycopg.Pipeline.is_supported()
+
+
 def _native_wait_class() -> Any:
     """psycopg's connection, but waiting for the server in C (psycopg's
     ``wait_c``: the GIL released, the thread blocked) once the store is
@@ -144,6 +150,7 @@ def _native_wait_class() -> Any:
 
 
 _NATIVE_WAIT = _native_wait_class()
+_IDLE = None if psycopg is None else psycopg.pq.TransactionStatus.IDLE
 
 
 def _one(cur: _Cursor) -> TupleRow:
@@ -280,12 +287,49 @@ class PostgresStore:
         with self._translated(conn), conn.transaction(), conn.cursor() as cur:
             yield cur
 
+    @contextmanager
+    def _pipelined_tx(self) -> Iterator[_Cursor]:
+        """One transaction in libpq's pipeline mode (where it has one): a
+        statement waits for the server only when its rows are fetched, and
+        the ``COMMIT`` goes out with the statements before it and answers
+        for all of them, in one wait. (``BEGIN`` and ``COMMIT`` are sent as
+        statements: psycopg's transaction block waits for each.)"""
+        if not _PIPELINE:
+            with self._tx() as cur:
+                yield cur
+            return
+        conn = self._connect()
+        with self._translated(conn):
+            try:
+                with conn.pipeline(), conn.cursor() as cur:
+                    cur.execute("BEGIN")
+                    yield cur
+                    cur.execute("COMMIT")
+            except BaseException:
+                if not conn.closed and conn.info.transaction_status != _IDLE:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except psycopg.Error:
+                        self._drop()
+                raise
+
     def _query(self, sql: str,
                params: Union[Sequence[object], Mapping[str, object]] = ()) -> list[TupleRow]:
-        conn = self._connect()
-        with self._translated(conn), conn.cursor() as cur:
-            cur.execute(sql, params)
-            return list(cur.fetchall())
+        """One statement (a read) outside a transaction. A session found cut
+        (the server restarted, a proxy dropped it) is replaced and the read
+        sent once more: a caller waiting for a run's result was told the
+        store was unavailable when the next session would have answered."""
+        again = self._conn is not None and not self._conn.closed
+        while True:
+            conn = self._connect()
+            try:
+                with self._translated(conn), conn.cursor() as cur:
+                    cur.execute(sql, params)
+                    return list(cur.fetchall())
+            except StoreUnavailable:
+                if not (again and conn.closed):
+                    raise
+                again = False
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -340,9 +384,15 @@ class PostgresStore:
         return outcome
 
     def write_batch(self, ops: Sequence[Union[Append, CreateRun]]) -> list[BatchOutcome]:
+        # In pipeline mode (libpq's), statements go out without waiting for
+        # each one's answer: a batch waits for the server twice, once for
+        # what it reads (the heads it locks, the runs it creates) and once
+        # for its writes and the COMMIT. Statement by statement, a batch of
+        # starts, steps and ends waited ten times or more, and under load
+        # each wait also waited for the GIL on return (issue 21).
         outcomes: list[BatchOutcome] = []
         plan = BatchPlan()
-        with self._tx() as cur:
+        with self._pipelined_tx() as cur:
             wids = sorted({op.workflow_id for op in ops if type(op) is Append})
             heads: dict[str, int] = {}
             stored: Optional[dict[tuple[str, int], tuple[str, float, str]]] = None
@@ -351,7 +401,13 @@ class PostgresStore:
                 # before the commit, and two batches never deadlock.
                 cur.execute("SELECT workflow_id, head_seq, fence FROM aion_runs "
                             "WHERE workflow_id = ANY(%s) ORDER BY workflow_id FOR UPDATE", (wids,))
-                fetched = cur.fetchall()
+            creates = [op for op in ops if isinstance(op, CreateRun)]
+            if creates:
+                inserting = cur.connection.cursor()
+                self._insert_runs(inserting, creates)
+            fences: Optional[dict[str, int]] = None
+            if wids:
+                fetched = cur.fetchall()  # (the first wait: both statements answer)
                 heads = {wid: head for wid, head, _ in fetched}
                 fences = {wid: int(fence) for wid, _, fence in fetched}
                 spans = moved_past(ops, heads)
@@ -367,28 +423,28 @@ class PostgresStore:
                         (list(w), list(lo), list(hi)))
                     stored = {(wid, seq): (kind, at, data)
                               for wid, seq, kind, at, data in cur.fetchall()}
-            creates = [op for op in ops if isinstance(op, CreateRun)]
             inserted: dict[str, int] = {}
             known: dict[str, RunInfo] = {}  # the runs the batch's other starts find
-            if len(creates) > 1:
-                inserted = self._insert_runs(cur, creates)
+            if creates:
+                inserted = {wid: int(fence) for wid, fence in inserting.fetchall()}
+                inserting.close()
                 had = {op.workflow_id for op in creates} - inserted.keys()
                 if had:
                     known = self._runs(cur, list(had))
             for op in ops:
                 if type(op) is Append:
-                    outcomes.append(plan.append(op, heads, fences if wids else None, stored))
+                    outcomes.append(plan.append(op, heads, fences, stored))
                     continue
                 assert isinstance(op, CreateRun)
-                if len(creates) == 1:
-                    outcome = self._create_one(cur, op, plan.rows)
-                elif op.workflow_id in inserted:
+                if op.workflow_id in inserted:
                     outcome = self._created(op, inserted.pop(op.workflow_id), plan.rows)
                     known[op.workflow_id] = outcome[1]  # (a second start of it finds it)
                 else:
                     outcome = _ours(op, known[op.workflow_id])
                 heads.setdefault(op.workflow_id, outcome[1].head_seq)
                 outcomes.append(outcome)
+            # What follows only writes: it is sent without waiting, and
+            # answers with the COMMIT.
             if plan.moved:
                 cur.executemany("UPDATE aion_runs SET head_seq=%s, updated_at=%s WHERE workflow_id=%s",
                                 list(plan.moved.values()))
@@ -417,30 +473,39 @@ class PostgresStore:
                     cur.executemany("DELETE FROM aion_search_attributes WHERE workflow_id=%s "
                                     "AND name=%s", removed)
             if plan.rows:
-                # The batch's global positions (stores/global_events.py): the
+                # The batch's global positions (stores/global_events.py),
+                # drawn by the statement that inserts its events: the
                 # counter's row stays locked until the commit, so positions
                 # are in commit order across engines. Taken last, so the lock
                 # is held for the inserts and the commit alone.
-                cur.execute("UPDATE aion_event_positions SET n = n + %s RETURNING n",
-                            (len(plan.rows),))
-                first = int(_one(cur)[0]) - len(plan.rows) + 1
-                cur.executemany("INSERT INTO aion_events(workflow_id, seq, type, at, data, pos) "
-                                "VALUES (%s,%s,%s,%s,%s,%s)",
-                                [(*row, pos) for pos, row in enumerate(plan.rows, first)])
+                rows = plan.rows
+                cur.execute(
+                    "WITH p AS (UPDATE aion_event_positions SET n = n + %s RETURNING n) "
+                    "INSERT INTO aion_events(workflow_id, seq, type, at, data, pos) "
+                    "SELECT v.w, v.s, v.t, v.a, v.d, p.n - %s + v.o FROM p, "
+                    "unnest(%s::text[], %s::int[], %s::text[], %s::float8[], %s::text[]) "
+                    "WITH ORDINALITY AS v(w, s, t, a, d, o)",
+                    (len(rows), len(rows), [r[0] for r in rows], [r[1] for r in rows],
+                     [r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows]))
             for wid, data, at in plan.rollovers:
                 self._roll_over(cur, wid, data, at)
             # Doorbells, delivered at the commit: runs to claim, runs ended.
+            bells = []
             if any(type(op) is CreateRun and op.owner is None for op in ops):
-                cur.execute("SELECT pg_notify(%s, 'runs')", (self.channel,))
+                bells.append("runs")
             if plan.finals:
-                cur.execute("SELECT pg_notify(%s, 'ends')", (self.channel,))
+                bells.append("ends")
+            if bells:
+                cur.execute("SELECT pg_notify(%s, b) FROM unnest(%s::text[]) AS b",
+                            (self.channel, bells))
         return outcomes
 
-    def _insert_runs(self, cur: _Cursor, creates: Sequence[CreateRun]) -> dict[str, int]:
-        """The runs rows of a batch's starts in one statement (one round trip
-        to the server, where a statement per start took one each: issue 21);
-        ``{workflow id: fence}`` of those it created. An id that has a run
-        already, or that an earlier start of the batch took, is left out."""
+    def _insert_runs(self, cur: _Cursor, creates: Sequence[CreateRun]) -> None:
+        """Send the runs rows of a batch's starts in one statement (one round
+        trip to the server, where a statement per start took one each: issue
+        21); it answers ``(workflow id, fence)`` of those it created. An id
+        that has a run already, or that an earlier start of the batch took,
+        is left out."""
         cur.execute(
             "INSERT INTO aion_runs(workflow_id, run_id, workflow_type, status, args, head_seq, "
             "created_at, updated_at, owner, lease_until, fence, parent_id) "
@@ -453,7 +518,6 @@ class PostgresStore:
              [op.workflow_type for op in creates], [op.args_json for op in creates],
              [op.at for op in creates], [op.owner for op in creates],
              [op.lease_until for op in creates], [op.parent_id for op in creates]))
-        return {wid: int(fence) for wid, fence in cur.fetchall()}
 
     def _runs(self, cur: _Cursor, wids: list[str]) -> dict[str, RunInfo]:
         cur.execute(f"SELECT {_RUN_COLUMNS} FROM aion_runs WHERE workflow_id = ANY(%s)", (wids,))
@@ -466,22 +530,6 @@ class PostgresStore:
         return True, RunInfo(op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING,
                              json.loads(op.args_json), None, None, 1, op.at, op.at, fence,
                              parent_id=op.parent_id, execution_deadline=op.execution_deadline)
-
-    def _create_one(self, cur: _Cursor, op: CreateRun,
-                    rows: list[tuple[str, int, str, float, str]]) -> tuple[bool, RunInfo]:
-        cur.execute(
-            "INSERT INTO aion_runs(workflow_id, run_id, workflow_type, status, args, head_seq, "
-            "created_at, updated_at, owner, lease_until, fence, parent_id) "
-            "VALUES (%s,%s,%s,%s,%s,1,%s,%s,%s,%s, "
-            "CASE WHEN %s::text IS NULL THEN 0 ELSE nextval('aion_fence_seq') END, %s) "
-            "ON CONFLICT (workflow_id) DO NOTHING RETURNING fence",
-            (op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING, op.args_json, op.at, op.at,
-             op.owner, op.lease_until, op.owner, op.parent_id))
-        inserted = cur.fetchone()
-        if inserted is None:
-            cur.execute(f"SELECT {_RUN_COLUMNS} FROM aion_runs WHERE workflow_id=%s", (op.workflow_id,))
-            return _ours(op, _run_info(_one(cur)))
-        return self._created(op, int(inserted[0]), rows)
 
     def _roll_over(self, cur: _Cursor, wid: str, data: dict[str, Any], at: float) -> None:
         cur.execute("SELECT run_id, workflow_type FROM aion_runs WHERE workflow_id=%s", (wid,))

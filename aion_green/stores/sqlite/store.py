@@ -43,7 +43,7 @@ from aion_green.stores.batch import (
 )
 from aion_green.stores.cut import Copy, opt_run, plan_copy, require_resumable, resume_point
 from aion_green.stores.global_events import events_query, page
-from aion_green.stores.sqlite.file import FileIdentity, canonical_path, refuse_hard_links
+from aion_green.stores.sqlite.file import FileIdentity, canonical_path, is_file, refuse_hard_links
 from aion_green.stores.sqlite.schema import (
     _FAULTS,
     _MIGRATIONS,
@@ -54,6 +54,7 @@ from aion_green.stores.sqlite.schema import (
     _translate,
     run_select,
 )
+from aion_green.stores.sqlite.write_queue import WriteQueue
 
 _KNOWN_HEADS_MAX = 100_000
 # Every table that holds rows of a workflow id: a purge empties each of them
@@ -118,6 +119,10 @@ class SQLiteStore:
         self.real_path = canonical_path(path)
         refuse_hard_links(path, self.real_path)
         self._file = FileIdentity(path, self.real_path)
+        # Write transactions of aion_green's processes on this file queue
+        # for it, instead of polling SQLite's lock (write_queue.py).
+        self._queue = WriteQueue(self.real_path if is_file(path) else None)
+        self._busy_timeout = busy_timeout
         self.durable = durable
         # Heads of runs as this connection last committed them, valid while
         # _data_version is the file's (see _batch_heads).
@@ -134,6 +139,7 @@ class SQLiteStore:
                 self.real_path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
         except sqlite3.Error as exc:
+            self._queue.close()
             raise _translate(exc, path) from None
         try:
             self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
@@ -151,6 +157,7 @@ class SQLiteStore:
             # only SQLite's: the connection is closed here or never (Python
             # 3.13 warns of it, ResourceWarning, whenever the GC finds it).
             self._conn.close()
+            self._queue.close()
             if isinstance(exc, sqlite3.Error):
                 raise _translate(exc, path) from None
             raise
@@ -218,6 +225,7 @@ class SQLiteStore:
         if not batch:
             self._known_heads.clear()
             self._known_position = None
+        queued = self._queue.enter(self._busy_timeout)
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -234,6 +242,9 @@ class SQLiteStore:
                 raise
         except _FAULTS as exc:
             raise _translate(exc, self.path) from None
+        finally:
+            if queued:
+                self._queue.leave()
 
     def _batch_heads(self, conn: sqlite3.Connection, wids: set[str]) -> dict[str, int]:
         """The heads of ``wids``, read under the write lock. Heads this
@@ -661,6 +672,7 @@ class SQLiteStore:
         conn, self._conn = self._conn, None  # type: ignore[assignment]
         if conn is not None:
             conn.close()
+        self._queue.close()
 
     # -- fork and resume ------------------------------------------------------------
 

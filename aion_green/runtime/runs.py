@@ -374,6 +374,23 @@ class Runner:
         except Exception as exc:
             self._fail_waiters(wid, exc)
             return
+        self._tell_waiters(wid, info)
+
+    def check_finished_all(self, wids: builtins.list[str]) -> None:
+        """:meth:`check_finished` of many runs, read in one call of the
+        reader (a client polling for the ends of its waiters' runs: one
+        hand-off to the reader per pass, not one per run)."""
+        store = self.epoch.reader.store
+        try:
+            infos = self.epoch.reader.call(lambda: [store.get_run(wid) for wid in wids]).result()
+        except Exception:  # (each run on its own: which one failed says so)
+            for wid in wids:
+                self.check_finished(wid)
+            return
+        for wid, info in zip(wids, infos):
+            self._tell_waiters(wid, info)
+
+    def _tell_waiters(self, wid: str, info: Optional[RunInfo]) -> None:
         if info is None:
             self._fail_waiters(wid, WorkflowNotFound(
                 f"no workflow with id {wid!r} in {self.engine._store_name()}"))

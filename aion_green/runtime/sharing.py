@@ -57,6 +57,10 @@ log = logging.getLogger("aion_green.sharing")
 # work, growing to the longer one while there is none.
 _BUSY_PAUSE = 0.01
 _IDLE_PAUSE = 0.1
+# The same, for the two polls a client's round trip waits on (the driver's
+# look for new runs, a client's for the ends of its waiters' runs): each
+# pass is one call of the reader, whatever the number of runs.
+_QUICK_PAUSE = 0.005
 # How often a client tries to become the driver.
 _PROMOTE_EVERY = 1.0
 # How often the driver looks over every unfinished run for one it missed.
@@ -333,7 +337,7 @@ class Sharing:
                             and not self.epoch.residency.absent_here(wid)):
                         self.epoch.runner.spawn_run(wid, info)
                 mark = row.mark
-            pause = _BUSY_PAUSE if rows else min(pause * 2, _IDLE_PAUSE)
+            pause = _QUICK_PAUSE if rows else min(pause * 2, _IDLE_PAUSE)
             gevent.sleep(pause)
 
     # -- hub thread: a client ----------------------------------------------------------------
@@ -350,10 +354,14 @@ class Sharing:
         pause = _BUSY_PAUSE
         while not self.driving or self.epoch.leased:
             waiting = [wid for wid in self.epoch.waiters if wid not in self.epoch.runs]
-            for wid in waiting:
-                self.epoch.runner.check_finished(wid)
-            pause = _BUSY_PAUSE if waiting else min(pause * 2, _IDLE_PAUSE)
-            self.nap("ends", max(pause, _BUSY_PAUSE * 2))
+            if waiting:
+                self.epoch.runner.check_finished_all(waiting)
+                # (PostgreSQL rings a doorbell at each end: its poll is a
+                # backstop, and each read of a run a round trip to the server.)
+                pause = _BUSY_PAUSE * 2 if self.epoch.leased else _QUICK_PAUSE
+            else:
+                pause = min(pause * 2, _IDLE_PAUSE)
+            self.nap("ends", pause)
 
     def confirm(self, wid: str, event_type: str, dedup: Optional[str], future: Future) -> None:
         """Wait until the driver recorded what was posted; its seq."""

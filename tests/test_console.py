@@ -55,8 +55,11 @@ class Api:
     def __init__(self, port, token):
         self.port, self.token = port, token
 
-    def get(self, path, **query):
-        status, _, body = request(self.port, "GET", path, query or None, token=self.token)
+    def get(self, path, wait=30, **query):
+        """``wait``: the client's own timeout, seconds (above a ``timeout``
+        the request asks the server to wait)."""
+        status, _, body = request(self.port, "GET", path, query or None, token=self.token,
+                                  timeout=wait)
         assert status == 200, body
         return body
 
@@ -306,7 +309,9 @@ def test_a_big_run_opens_at_its_newest_events_and_pages_back_and_filters_failure
         api = Api(served.port, None)
         api.post("/v1/workflows", {"workflow": "console.many", "args": [20_000, 2000],
                                    "id": "big"})
-        api.get("/v1/workflows/big/result", timeout="120")
+        # (20,000 durable steps in a row: seconds here, 30 s and more in a loaded
+        # CI run, where the client's default 30 s ran out first.)
+        api.get("/v1/workflows/big/result", wait=150, timeout="120")
         head = api.get("/v1/workflows/big")["head_seq"]
         assert head > 20_000
         browser = Browser(served.port)
@@ -404,11 +409,11 @@ def test_triage_ranks_a_step_stuck_far_longer_than_usual(tmp_path):
     try:
         api = Api(served.port, None)
         api.post("/v1/workflows", {"workflow": "console.hangs", "args": [0.01], "id": "quick"})
-        api.get("/v1/workflows/quick/result", timeout="30")
+        api.get("/v1/workflows/quick/result", wait=60, timeout="30")
         for i in range(3):
             api.post("/v1/workflows", {"workflow": "console.sleeper", "args": [0.05],
                                        "id": f"nap-{i}"})
-            api.get(f"/v1/workflows/nap-{i}/result", timeout="30")
+            api.get(f"/v1/workflows/nap-{i}/result", wait=60, timeout="30")
         api.post("/v1/workflows", {"workflow": "console.sleeper", "args": [3600], "id": "sleepy"})
         api.post("/v1/workflows", {"workflow": "console.hangs", "args": [120], "id": "hung"})
         api.post("/v1/workflows", {"workflow": "console.fails", "id": "bad"})

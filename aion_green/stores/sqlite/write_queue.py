@@ -58,26 +58,18 @@ class WriteQueue:
         fd = self._fd
         if fd is None or self._abandoned is not None:
             return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            pass
-        except OSError:
-            return False
+        taken = _try(fd)
+        if taken is not None:
+            return taken
         self.waits += 1
         # Taken: another process commits. Look again every ~0.1 ms for a
         # while (a commit takes a few tenths of a millisecond: a thread
         # started to wait for it would cost as much as the commit).
         for _ in range(_SPINS):
             _sleep(_SPIN_PAUSE)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                pass
-            except OSError:
-                return False
+            taken = _try(fd)
+            if taken is not None:
+                return taken
         # Still taken (a long commit, a checkpoint): wait in the kernel, on a
         # thread of its own so that the wait can end at the timeout (flock
         # has none).
@@ -118,3 +110,15 @@ class WriteQueue:
         fd, self._fd = self._fd, None
         if fd is not None and self._abandoned is None:
             os.close(fd)  # (else left open: its waiter thread still uses it)
+
+
+def _try(fd: int) -> Optional[bool]:
+    """One look at the queue: True when taken now, None when another holds
+    it, False when the lock cannot be had at all (the queue is not used)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return None
+    except OSError:
+        return False

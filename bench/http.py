@@ -45,7 +45,9 @@ engine's ``/aion/metrics``, read before and after).
 With ``--store postgres`` the example runs on a schema of its own on the
 server at ``--url`` (dropped after each run), and ``--workers N`` then
 gives N engines that each drive the runs their requests start (over SQLite
-one worker drives and the others are its clients). "server CPU" is every
+one worker drives and the others are its clients; with ``--store
+sqlite-leases`` the file is opened with ``?leases=on`` and each worker
+drives its own, as over PostgreSQL). "server CPU" is every
 worker's; the PostgreSQL server's processes are a column of their own (all
 of them: measure on a server nothing else uses); the commit columns are
 the one worker's that answers ``/aion/metrics``.
@@ -53,7 +55,7 @@ the one worker's that answers ``/aion/metrics``.
     python bench/http.py [--target api|api-wait|flask|both] [--client raw|http.client]
         [--clients 1,50] [--requests 4000] [--repeat 3] [--workers 1]
         [--profile DIR [--cprofile]] [--perf] [--root CHECKOUT] [--switch-interval S]
-        [--store sqlite|postgres [--url URL]]
+        [--store sqlite|sqlite-leases|postgres [--url URL]]
 
 ``--profile DIR``: the worker's CPU by thread over each 50-client window
 (bench/http_server.py), the busiest threads' time on a CPU, waiting for
@@ -518,6 +520,8 @@ def measure(args, target, clients, total, r, profile_dir):
     schema = db = None
     if args.store == "postgres":
         schema, db = pg_schema(args.url)
+    elif args.store == "sqlite-leases":
+        db = f"sqlite:///{os.path.join(directory, 'bench.db')}?leases=on"
     try:
         proc, port, pid = start_server(args.workers, directory, profile, args.cprofile, args.root,
                                        args.switch_interval, app, db)
@@ -609,10 +613,12 @@ def main():
     parser.add_argument("--perf", action="store_true")
     parser.add_argument("--switch-interval", type=float, metavar="S",
                         help="the worker's sys.setswitchinterval (default: CPython's 0.005)")
-    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite",
-                        help="the example's store: a fresh SQLite file (durable), or a fresh "
-                             "schema on the PostgreSQL server at --url (each worker's engine "
-                             "then drives its own runs)")
+    parser.add_argument("--store", choices=("sqlite", "sqlite-leases", "postgres"),
+                        default="sqlite",
+                        help="the example's store: a fresh SQLite file (durable; one worker "
+                             "drives every run), the same opened with ?leases=on (each "
+                             "worker's engine drives its own runs), or a fresh schema on the "
+                             "PostgreSQL server at --url (the same)")
     parser.add_argument("--url", default=os.environ.get(
         "AION_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--root", default=ROOT,
@@ -621,7 +627,8 @@ def main():
     args = parser.parse_args()
     targets = ("api", "api-wait", "flask") if args.target == "both" else (args.target,)
     counts = [int(c) for c in args.clients.split(",")]
-    store = "SQLite durable" if args.store == "sqlite" else "PostgreSQL"
+    store = {"sqlite": "SQLite durable", "sqlite-leases": "SQLite durable, ?leases=on",
+             "postgres": "PostgreSQL"}[args.store]
     print(f"start-and-wait round trips via gunicorn -k gevent -w {args.workers}, {store}, "
           f"client {args.client}, median of {args.repeat}"
           + (f", switch interval {args.switch_interval}" if args.switch_interval else "")

@@ -33,19 +33,25 @@ def open_test_store(url):
 
 
 SQLITE_ONLY = pytest.mark.skipif(
-    os.environ.get("AION_TEST_STORE", "sqlite") == "postgres",
-    reason="SQLite semantics (one engine drives every run of a file); on PostgreSQL runs are "
-           "leased to engines that know their type")
+    os.environ.get("AION_TEST_STORE", "sqlite") != "sqlite",
+    reason="SQLite semantics (one engine drives every run of a file); on PostgreSQL, and on "
+           "SQLite with ?leases=on, runs are leased to engines that know their type")
 
 # AION_TEST_STORE=postgres runs the engine-level tests on PostgreSQL (a
-# fresh schema per test) instead of a SQLite file.
+# fresh schema per test) instead of a SQLite file; AION_TEST_STORE=sqlite-leases
+# on a SQLite file opened with ?leases=on (runs leased, as on PostgreSQL).
 STORE = os.environ.get("AION_TEST_STORE", "sqlite")
+# Runs leased to engines (PostgreSQL, SQLite with ?leases=on), not driven by
+# one driver per file.
+LEASED = STORE in ("postgres", "sqlite-leases")
 
 
 @pytest.fixture
 def db_url(tmp_path, request):
     if STORE == "postgres":
         return request.getfixturevalue("pg_url")
+    if STORE == "sqlite-leases":
+        return f"sqlite:///{tmp_path / 'aion.db'}?leases=on"
     return f"sqlite:///{tmp_path / 'aion.db'}"
 
 

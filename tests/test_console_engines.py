@@ -1,10 +1,10 @@
 """The engines at work on a store (``Engine.engines()``) and the console's
-engines page over them, on the suite's store: on PostgreSQL (the pg tox
-environments) every engine with the runs it leases, on SQLite the engine
-asked alone (issue 19)."""
+engines page over them, on the suite's store: where runs are leased
+(PostgreSQL in the pg tox environments, SQLite with ?leases=on) every
+engine with the runs it leases, on SQLite the engine asked alone (issue 19)."""
 import re
 
-from conftest import wait_until
+from conftest import LEASED, wait_until
 from console_flows import order
 from werkzeug.test import Client
 
@@ -19,7 +19,7 @@ def test_engines_names_the_engines_at_work_and_the_runs_each_leases(make_engine,
     wait_until(lambda: first.describe("e-1").head_seq >= 4, what="e-1 to wait for its message")
     second.describe("e-1")  # started too
     found = first.engines()
-    if db_url.startswith("postgres"):
+    if LEASED:
         # An engine is listed once it has published itself, which its start
         # asks of its store writer without waiting for it.
         wait_until(lambda: second.engine_id in {e.engine_id for e in first.engines()},
@@ -47,7 +47,7 @@ def test_the_engines_page_lists_them_and_this_engines_state(make_engine, db_url)
     text = page.get_data(as_text=True)
     assert "ready" in text and 'data-metric="aion_queue_depth"' in text
     listed = re.findall(r"<tr><td><code>([0-9a-f]+)</code></td>", text)
-    if db_url.startswith("postgres"):
+    if LEASED:
         assert engine.engine_id in listed and "this engine" in text
     else:
         assert listed == [] and "driver lock" in text

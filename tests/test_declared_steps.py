@@ -8,7 +8,7 @@ import threading
 from datetime import datetime, timezone
 
 import pytest
-from conftest import wait_until
+from conftest import LEASED, wait_until
 
 import aion_green as aion
 from aion_green.core import events as ev
@@ -167,7 +167,7 @@ def test_ctx_info_says_who_the_run_is(make_engine):
 def test_ctx_info_is_the_same_after_an_eviction_and_counts_generations(make_engine, db_url):
     # (Over PostgreSQL max_resident caps the runs an engine leases, so one
     # engine with a parked run would never claim another: no eviction there.)
-    sqlite = not db_url.startswith("postgres")
+    sqlite = not LEASED
     engine = make_engine(info, chained, **({"max_resident": 1} if sqlite else {}))
     handle = engine.start(info, None, id="i-2")
     wait_until(lambda: engine.describe("i-2").head_seq >= 2, what="i-2 to wait")

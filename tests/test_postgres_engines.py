@@ -1,6 +1,7 @@
-"""Many engine processes over one PostgreSQL database: runs are shared out
-by lease, a SIGKILLed engine's runs are taken over within the lease, and an
-engine paused past its lease is fenced out when it comes back."""
+"""Many engine processes over one PostgreSQL database, or over one SQLite
+file opened with ``?leases=on``: runs are shared out by lease, a SIGKILLed
+engine's runs are taken over within the lease, and an engine paused past its
+lease is fenced out when it comes back."""
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import pytest
 from conftest import PATCHED, wait_until
 from crash_campaign import worker_env
 
@@ -47,22 +49,52 @@ def _stop(procs):
         proc.stdout.close()
 
 
+@pytest.fixture(params=["postgres", "sqlite-leases"])
+def shared_url(request, tmp_path):
+    """A store that leases runs to its engines: a PostgreSQL schema, or a
+    SQLite file opened with ?leases=on."""
+    if request.param == "postgres":
+        return request.getfixturevalue("pg_url")
+    return f"sqlite:///{tmp_path / 'shared.db'}?leases=on"
+
+
 def _store(url):
-    from aion_green.stores.postgres.store import PostgresStore
+    from aion_green.stores import open_store
 
-    return PostgresStore(url)
+    return open_store(url)
 
 
-def test_three_engines_share_300_runs_and_take_over_a_killed_ones(pg_url, tmp_path):
+def _query(store, sql, params=()):
+    """``sql`` as written for PostgreSQL, on either store."""
+    if hasattr(store, "_query"):
+        return store._query(sql, params)
+    return store._read_all(_sqlite(sql), params)
+
+
+def _execute(store, sql):
+    if hasattr(store, "_tx"):
+        with store._tx() as cur:
+            cur.execute(sql)
+    else:
+        with store._write() as conn:
+            conn.execute(_sqlite(sql))
+
+
+def _sqlite(sql):
+    return (sql.replace("aion_runs", "runs").replace("%s", "?")
+            .replace("SELECT last_value FROM aion_fence_seq", "SELECT n FROM lease_fences"))
+
+
+def test_three_engines_share_300_runs_and_take_over_a_killed_ones(shared_url, tmp_path):
     effects = tmp_path / "effects"
-    store = _store(pg_url)
+    store = _store(shared_url)
     lease = 2.0
     try:
         for k in range(300):
             # Steps of different lengths: runs end one by one, not in waves.
             store.create_run(f"w{k:03}", "pg.work", json.dumps([5, 0.05 + (k % 11) * 0.01]),
                              f"r{k}", time.time())
-        procs = [_launch(pg_url, effects, lease, 20) for _ in range(3)]
+        procs = [_launch(shared_url, effects, lease, 20) for _ in range(3)]
         ids = [_started(proc) for proc in procs]
         try:
             wait_until(lambda: len(store.list_runs(ev.COMPLETED, None, 1000, None)) >= 60,
@@ -71,7 +103,7 @@ def test_three_engines_share_300_runs_and_take_over_a_killed_ones(pg_url, tmp_pa
             assert ran == {str(p.pid) for p in procs}, "the runs were not shared by the three engines"
             holding: dict = {}
             while max(holding.values(), default=0) < 5:
-                holding = dict(store._query(
+                holding = dict(_query(store,
                     "SELECT owner, count(*) FROM aion_runs WHERE status=%s AND owner IS NOT NULL "
                     "GROUP BY owner", (ev.RUNNING,)))
                 # Each engine keeps at most its cap of runs resident.
@@ -81,7 +113,7 @@ def test_three_engines_share_300_runs_and_take_over_a_killed_ones(pg_url, tmp_pa
             victim.kill()
             victim.wait()
             killed_at = time.monotonic()
-            held = lambda: store._query(  # noqa: E731
+            held = lambda: _query(store,   # noqa: E731
                 "SELECT count(*) FROM aion_runs WHERE owner=%s AND status=%s", (victim_id, ev.RUNNING))[0][0]
             assert held() > 0, f"the killed engine held no run: {holding}, {victim_id}"
             wait_until(lambda: held() == 0, timeout=lease + 5, what="its runs to be taken over")
@@ -115,11 +147,11 @@ def test_three_engines_share_300_runs_and_take_over_a_killed_ones(pg_url, tmp_pa
 def _owners_of_ended_runs(store):
     """Who recorded each ended run's end: a finished run keeps the owner
     whose lease fenced its last append (a finished run is never claimed)."""
-    return dict(store._query("SELECT owner, count(*) FROM aion_runs WHERE status <> %s "
+    return dict(_query(store, "SELECT owner, count(*) FROM aion_runs WHERE status <> %s "
                              "GROUP BY owner", (ev.RUNNING,)))
 
 
-def test_four_engines_share_a_burst_of_runs_evenly(pg_url, tmp_path):
+def test_four_engines_share_a_burst_of_runs_evenly(shared_url, tmp_path):
     """Failure window (issue 21): 1,000 runs appearing at once went to the
     first engines that woke, each claiming up to 500 at a go: of four
     engines, two drove 90 % of them and one none. Each of four engines now
@@ -127,10 +159,10 @@ def test_four_engines_share_a_burst_of_runs_evenly(pg_url, tmp_path):
     from aion_green.store import CreateRun
 
     effects = tmp_path / "effects"
-    store = _store(pg_url)
+    store = _store(shared_url)
     procs = []
     try:
-        procs = [_launch(pg_url, effects, 5.0, 1000) for _ in range(4)]
+        procs = [_launch(shared_url, effects, 5.0, 1000) for _ in range(4)]
         ids = [_started(proc) for proc in procs]
         wait_until(lambda: set(store.live_engines(time.time())) == set(ids),
                    timeout=30, what="the four engines to be at work")
@@ -151,7 +183,7 @@ def test_four_engines_share_a_burst_of_runs_evenly(pg_url, tmp_path):
         store.close()
 
 
-def test_runs_an_engine_at_its_share_leaves_over_are_taken_within_the_grace(pg_url, tmp_path):
+def test_runs_an_engine_at_its_share_leaves_over_are_taken_within_the_grace(shared_url, tmp_path):
     """Failure window: an engine at its fair share claims no more, and the
     engines below theirs never take the rest (one is at its cap, hung, or
     gone without a word: its entry among the engines holds for a lease).
@@ -160,18 +192,18 @@ def test_runs_an_engine_at_its_share_leaves_over_are_taken_within_the_grace(pg_u
     from aion_green.store import CreateRun
 
     effects = tmp_path / "effects"
-    store = _store(pg_url)
+    store = _store(shared_url)
     procs = []
     try:
         # A peer that runs pg.work and never claims anything, for a minute.
         store.publish_engine("silent-peer", json.dumps({"pg.work": None}), time.time() + 60,
                              time.time())
-        proc, engine_id = _spawn(pg_url, effects, 30.0, 1000)
+        proc, engine_id = _spawn(shared_url, effects, 30.0, 1000)
         procs.append(proc)
         # Long runs: the engine's own share does not end within the test.
         store.write_batch([CreateRun(f"s{k:02}", "pg.work", json.dumps([20, 0.5]), f"r{k}",
                                      time.time()) for k in range(20)])
-        owned = lambda: dict(store._query(  # noqa: E731
+        owned = lambda: dict(_query(store,   # noqa: E731
             "SELECT owner, count(*) FROM aion_runs WHERE owner IS NOT NULL GROUP BY owner"))
         wait_until(lambda: owned().get(engine_id, 0) >= 10, timeout=15,
                    what="the engine to claim its share, half of the runs")
@@ -186,7 +218,7 @@ def test_runs_an_engine_at_its_share_leaves_over_are_taken_within_the_grace(pg_u
         store.close()
 
 
-def test_no_lease_runs_out_while_engines_work_through_a_burst(pg_url, tmp_path):
+def test_no_lease_runs_out_while_engines_work_through_a_burst(shared_url, tmp_path):
     """Failure window (issue 21): an engine that claimed hundreds of runs
     renewed their leases through its store writer, behind the history reads
     of those runs and the group commits between them, and left out the runs
@@ -196,11 +228,11 @@ def test_no_lease_runs_out_while_engines_work_through_a_burst(pg_url, tmp_path):
     from aion_green.store import CreateRun
 
     effects = tmp_path / "effects"
-    store = _store(pg_url)
+    store = _store(shared_url)
     procs = []
     runs = 3000
     try:
-        procs = [_launch(pg_url, effects, 1.0, 1000) for _ in range(3)]
+        procs = [_launch(shared_url, effects, 1.0, 1000) for _ in range(3)]
         ids = [_started(proc) for proc in procs]
         wait_until(lambda: set(store.live_engines(time.time())) == set(ids),
                    timeout=30, what="the engines to be at work")
@@ -210,30 +242,30 @@ def test_no_lease_runs_out_while_engines_work_through_a_burst(pg_url, tmp_path):
                                for k in range(start, start + 1000)])
         wait_until(lambda: store.count_runs_by_status()[ev.COMPLETED] == runs, timeout=180,
                    interval=0.2, what="every run to end")
-        (grants,) = store._query("SELECT last_value FROM aion_fence_seq")[0]
+        (grants,) = _query(store, "SELECT last_value FROM aion_fence_seq")[0]
         assert grants == runs, f"{grants - runs} leases of {runs} runs were granted again"
     finally:
         _stop(procs)
         store.close()
 
 
-def test_an_engine_paused_past_its_lease_is_fenced_out(pg_url, tmp_path):
+def test_an_engine_paused_past_its_lease_is_fenced_out(shared_url, tmp_path):
     """SIGSTOP the owner of a run past its lease; another engine takes the
     run over; SIGCONT: the stale owner's next append is refused (FencedOut)
     and the history holds nothing of it after the takeover."""
     effects = tmp_path / "effects"
-    store = _store(pg_url)
+    store = _store(shared_url)
     procs = []
     try:
-        a, a_id = _spawn(pg_url, effects, 1.0, 10, "start-slow")
+        a, a_id = _spawn(shared_url, effects, 1.0, 10, "start-slow")
         procs.append(a)
         steps = lambda: [e for e in store.read("slow") if e.type == ev.STEP_COMPLETED]  # noqa: E731
         wait_until(lambda: len(steps()) >= 2, timeout=30, what="A's first steps")
         os.kill(a.pid, signal.SIGSTOP)
         try:
-            b, b_id = _spawn(pg_url, effects, 1.0, 10)
+            b, b_id = _spawn(shared_url, effects, 1.0, 10)
             procs.append(b)
-            wait_until(lambda: store.get_run("slow").fence and store._query(
+            wait_until(lambda: store.get_run("slow").fence and _query(store,
                 "SELECT owner FROM aion_runs WHERE workflow_id='slow'")[0][0] == b_id,
                 timeout=15, what="B to take the run over")
             taken = store.get_run("slow").head_seq
@@ -258,7 +290,7 @@ def test_an_engine_paused_past_its_lease_is_fenced_out(pg_url, tmp_path):
         store.close()
 
 
-def test_a_lease_that_ran_out_and_came_back_to_its_engine_goes_on(pg_url, caplog):
+def test_a_lease_that_ran_out_and_came_back_to_its_engine_goes_on(shared_url, caplog):
     """The engine's own lease ran out (a long pause, a clock that jumped)
     and its claim loop took the run again, with a new fence: the live run
     goes on under it; nothing is dropped or replayed."""
@@ -269,15 +301,14 @@ def test_a_lease_that_ran_out_and_came_back_to_its_engine_goes_on(pg_url, caplog
         first = ctx.receive("go")
         return first + ctx.receive("go")
 
-    store = _store(pg_url)
+    store = _store(shared_url)
     try:
-        with aion.Engine(pg_url, workflows=[lapsed], lease=30.0) as engine:
+        with aion.Engine(shared_url, workflows=[lapsed], lease=30.0) as engine:
             engine.start(lapsed, id="lapsed")
             engine.signal("lapsed", "go", 1)
             old = store.get_run("lapsed").fence
             for _ in range(5):
-                with store._tx() as cur:
-                    cur.execute("UPDATE aion_runs SET lease_until=0 WHERE workflow_id='lapsed'")
+                _execute(store, "UPDATE aion_runs SET lease_until=0 WHERE workflow_id='lapsed'")
                 # (A heartbeat that comes first renews the lease instead, as
                 # it should: then let it run out again.)
                 try:
@@ -297,7 +328,7 @@ def test_a_lease_that_ran_out_and_came_back_to_its_engine_goes_on(pg_url, caplog
         store.close()
 
 
-def test_a_client_refuses_types_no_live_engine_knows_and_describe_says_why(pg_url, tmp_path):
+def test_a_client_refuses_types_no_live_engine_knows_and_describe_says_why(shared_url, tmp_path):
     """Failure window (issue 16): a run of a type that no engine over the
     database knows was accepted and stayed running for ever; on PostgreSQL
     nothing said why. Engines publish their types with their leases."""
@@ -306,14 +337,14 @@ def test_a_client_refuses_types_no_live_engine_knows_and_describe_says_why(pg_ur
     import aion_green as aion
 
     effects = tmp_path / "effects"
-    client = aion.Engine(pg_url, passive=True)
-    store = _store(pg_url)
+    client = aion.Engine(shared_url, passive=True)
+    store = _store(shared_url)
     try:
         # No engine runs: nothing to check against, so the start is taken
         # (an engine started later may know the type); describe says nothing yet.
         client.start("pg.unknown", 1, id="early-unknown")
         assert client.describe("early-unknown").unrunnable is None
-        worker, engine_id = _spawn(pg_url, effects, 2.0, 100)
+        worker, engine_id = _spawn(shared_url, effects, 2.0, 100)
         try:
             wait_until(lambda: engine_id in store.live_engines(time.time()),
                        what="the engine to publish its types")

@@ -240,39 +240,6 @@ def test_two_engines_starting_at_once_on_an_empty_database_both_come_up(pg_url):
             engine.shutdown()
 
 
-def test_claim_counts_weigh_claimable_and_held_runs_and_the_engines_that_share_the_types(pg_url):
-    """What an engine weighs before it claims its fair share
-    (runtime/leases.py): runs nobody holds, runs held under live leases
-    (and its own), and the other live engines that run one of its types."""
-    import json
-    import time
-
-    from aion_green.store import CreateRun
-    from aion_green.stores.postgres.store import PostgresStore
-
-    store = PostgresStore(pg_url)
-    try:
-        now = time.time()
-        # Nothing claimable: nothing else is counted.
-        assert store.claim_counts("me", ["t.a"], now, 100) == (0, 0, 0, 0)
-        store.write_batch([CreateRun(f"a{k}", "t.a", "[]", f"r{k}", now) for k in range(10)]
-                          + [CreateRun(f"b{k}", "t.b", "[]", f"s{k}", now) for k in range(4)])
-        store.claim_runs("me", ["t.a"], now + 30, now, 3)
-        store.claim_runs("other", ["t.a"], now + 30, now, 2)
-        store.claim_runs("lapsed", ["t.a"], now - 1, now, 1)  # its lease ran out
-        store.publish_engine("other", json.dumps({"t.a": None}), now + 30, now)
-        store.publish_engine("b-only", json.dumps({"t.b": None}), now + 30, now)
-        store.publish_engine("gone", json.dumps({"t.a": None}), now - 1, now)
-        store.publish_engine("me", json.dumps({"t.a": None}), now + 30, now)
-        # 4 unclaimed + 1 lapsed; 5 held, 3 of them mine; one other engine runs t.a.
-        assert store.claim_counts("me", ["t.a"], now, 100) == (5, 1, 5, 3)
-        assert store.claim_counts("me", ["t.a", "t.b"], now, 100) == (9, 2, 5, 3)
-        # Counts stop at the cap: a bounded scan however many runs there are.
-        assert store.claim_counts("me", ["t.a"], now, 2)[:3] == (2, 1, 2)
-    finally:
-        store.close()
-
-
 def test_a_batch_the_server_refuses_midway_writes_nothing_and_the_next_is_written(pg_url):
     """write_batch sends its statements in libpq's pipeline mode, and its
     COMMIT with them: a statement the server refuses (here a trigger that

@@ -802,7 +802,7 @@ class Engine:
         SQLite this engine alone (the file's driver, or its client)."""
         self._ensure_started()
         store = self._epoch.store
-        if not hasattr(store, "engines_at_work"):
+        if not self._epoch.leased:
             return [EngineInfo(self.engine_id, True, None, None, tuple(self.workflow_types()))]
         rows = self._call_store(store.engines_at_work, time.time())
         return [EngineInfo(engine_id, engine_id == self.engine_id, until, leased, tuple(types))

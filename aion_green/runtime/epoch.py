@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from gevent import monkey
 
+from aion_green.core.errors import ConfigurationError
 from aion_green.hub_thread import Future, HubThread
 from aion_green.runtime.bounds import Bounds
 from aion_green.runtime.children import Children
@@ -127,11 +128,21 @@ class Epoch:
         # own connection (WAL lets reads run while the writer commits).
         # Typed Any: mypy reads zope.interface methods as lacking self.
         self.store: Any = open_store(engine.url, engine.durable, engine.busy_timeout)
-        # Leased stores (PostgreSQL) own runs by lease; SQLite by driver lock.
-        self.leased: bool = hasattr(self.store, "claim_runs")
+        # Leased stores (PostgreSQL, SQLite with ?leases=on) own runs by
+        # lease; SQLite otherwise by driver lock.
+        self.leased: bool = bool(getattr(self.store, "leases", False))
         pg = hasattr(self.store, "try_lock_driver")
         self.driver_lock: Union[DriverLock, PgDriverLock] = (
             PgDriverLock(self.store) if pg else DriverLock(self.store.path))
+        if self.leased and isinstance(self.driver_lock, DriverLock) and not self.driver_lock.try_share():
+            # A driver without leases drives every run of the file: leased
+            # engines beside it would be second writers of its runs.
+            holder = self.driver_lock.holder()
+            self.store.close()
+            raise ConfigurationError(
+                f"{self.store.path} is driven by {holder}, opened without leases: every engine "
+                "of one SQLite file must be opened the same way; stop it, or open this engine "
+                "without ?leases=on")
         # Taken before the writer thread runs (PgDriverLock needs that).
         if not self.leased and not engine._passive and not self.driver_lock.try_acquire():
             log.info("engine over %s: %s drives its runs; this one is its client",

@@ -83,7 +83,8 @@ class Leases:
         hub = self.epoch.hub
         self._publish_types()
         self.epoch.timers.store_sweep = False  # owners fire their runs' timers
-        self._start_listening()
+        if hasattr(self.epoch.store, "listen"):  # (SQLite has no doorbells: the loops poll)
+            self._start_listening()
         hub.spawn(self.epoch.timers.run, name="aion-timers")
         hub.spawn(self._claim, name="aion-claim")
         hub.spawn(self._heartbeat, name="aion-heartbeat")

@@ -84,16 +84,30 @@ class DriverLock:
     def try_acquire(self) -> bool:
         if self.held:
             return True
+        if not self._take(fcntl.LOCK_EX):
+            return False
+        assert self._fd is not None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"{os.getpid()}\n".encode())
+        return True
+
+    def try_share(self) -> bool:
+        """Leased engines of a file (``?leases=on``) hold the lock shared for
+        their lives: an engine opened without leases cannot become the
+        file's driver beside them (it stays their client), and a leased
+        engine finds out here that such a driver holds it already."""
+        return self.held or self._take(fcntl.LOCK_SH)
+
+    def _take(self, how: int) -> bool:
+        """The lock, ``how`` (exclusive or shared), without waiting."""
         assert self.path is not None
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             return False
         os.set_inheritable(fd, False)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
         return True
 

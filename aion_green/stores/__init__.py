@@ -9,8 +9,9 @@ from typing import Any, Optional
 
 
 def open_store(url: Optional[str], durable: bool = True, busy_timeout: float = 5.0) -> Any:
-    """The store a URL names: ``None`` or ``sqlite:///...`` (SQLite), or
-    ``postgresql://...`` (PostgreSQL, with the ``postgres`` extra)."""
+    """The store a URL names: ``None`` or ``sqlite:///...`` (SQLite; with
+    ``?leases=on``, runs leased to its engines), or ``postgresql://...``
+    (PostgreSQL, with the ``postgres`` extra)."""
     # -> Any, not Union[SQLiteStore, PostgresStore]: the engine hands it to
     # StoreWriter(store: IEventStore), and without a zope.interface plugin
     # mypy does not take an @implementer class for its interface.
@@ -18,7 +19,8 @@ def open_store(url: Optional[str], durable: bool = True, busy_timeout: float = 5
         from aion_green.stores.postgres.store import PostgresStore
 
         return PostgresStore(url, connect_timeout=busy_timeout)
-    from aion_green.stores.sqlite.schema import sqlite_path_from_url
+    from aion_green.stores.sqlite.schema import sqlite_leases_from_url, sqlite_path_from_url
     from aion_green.stores.sqlite.store import SQLiteStore
 
-    return SQLiteStore(sqlite_path_from_url(url), durable=durable, busy_timeout=busy_timeout)
+    return SQLiteStore(sqlite_path_from_url(url), durable=durable, busy_timeout=busy_timeout,
+                       leases=sqlite_leases_from_url(url))

@@ -181,6 +181,8 @@ class PostgresStore:
     returns once the server made it durable (its own ``synchronous_commit``)."""
 
     durable = True
+    # Runs are leased to engines (runtime/leases.py), never driven by one driver.
+    leases = True
 
     def __init__(self, url: str, connect_timeout: float = 5.0) -> None:
         if psycopg is None:

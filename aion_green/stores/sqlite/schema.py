@@ -187,6 +187,25 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "UPDATE event_positions SET n = max(n, coalesce((SELECT max(pos) FROM events), 0), "
         "coalesce((SELECT max(pos) FROM archived_events), 0))",
     ),
+    (
+        # -- schema 10: leases, for engines opened with ?leases=on (issue 21) --
+        # As on PostgreSQL: a running run is owned by one engine until
+        # lease_until, and fence grows with every grant (drawn from the
+        # one-row counter lease_fences); every append of a leased engine
+        # names its fence, checked under the write lock. Files whose engines
+        # are not leased keep NULL/0 here: their driver owns every run.
+        "ALTER TABLE runs ADD COLUMN owner TEXT",
+        "ALTER TABLE runs ADD COLUMN lease_until REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE runs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0",
+        "CREATE TABLE lease_fences(n INTEGER NOT NULL)",
+        "INSERT INTO lease_fences(n) VALUES (0)",
+        # The leased engines at work and the workflow types each runs (type
+        # -> parameters, JSON), renewed with their leases.
+        """CREATE TABLE engines(
+            engine_id TEXT PRIMARY KEY,
+            workflow_types TEXT NOT NULL,
+            seen_until REAL NOT NULL) WITHOUT ROWID""",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 # The columns a run's row is written with.
@@ -204,8 +223,8 @@ def run_select(where: str = "", tail: str = "") -> str:
     its own rows, not a join over every run that matches."""
     return (
         "SELECT r.workflow_id, r.run_id, r.workflow_type, r.status, r.args, r.result, r.error, "
-        "h.seq, r.created_at, max(h.at, r.created_at), r.parent_id "
-        f"FROM (SELECT {_RUN_COLUMNS}, parent_id FROM runs {where} {tail}) r "
+        "h.seq, r.created_at, max(h.at, r.created_at), r.parent_id, r.fence "
+        f"FROM (SELECT {_RUN_COLUMNS}, parent_id, fence FROM runs {where} {tail}) r "
         "JOIN events h ON h.workflow_id = r.workflow_id "
         "AND h.seq = (SELECT max(seq) FROM events WHERE workflow_id = r.workflow_id) "
         "ORDER BY r.workflow_id"
@@ -228,6 +247,29 @@ def sqlite_path_from_url(url: Optional[str]) -> str:
     if not path:
         raise ConfigurationError(f"store URL {url!r} names no file; use sqlite:///aion.db")
     return path
+
+
+def sqlite_leases_from_url(url: Optional[str]) -> bool:
+    """Whether a SQLite URL asks for leases (``?leases=on``): every engine
+    of the file then drives the runs it starts and claims the runs nobody
+    holds, as on PostgreSQL, instead of one driver for the file. Every
+    engine of one file must be opened the same way (the engine refuses a
+    file driven without them)."""
+    if url is None or "://" not in url or "?" not in url:
+        return False
+    from urllib.parse import parse_qsl
+
+    leases = False
+    for key, value in parse_qsl(url.split("?", 1)[1], keep_blank_values=True):
+        if key != "leases":
+            raise ConfigurationError(
+                f"store URL {url!r}: unknown option {key!r}; a SQLite URL takes ?leases=on "
+                "(or off) and nothing else")
+        if value.lower() not in ("on", "off", "1", "0", "true", "false", "yes", "no"):
+            raise ConfigurationError(
+                f"store URL {url!r}: leases={value!r} is neither on nor off; use ?leases=on")
+        leases = value.lower() in ("on", "1", "true", "yes")
+    return leases
 
 
 # What a read or write of the file may raise: SQLite's errors, and the
@@ -272,10 +314,10 @@ def _translate(exc: Exception, path: str) -> StoreError:
 
 
 def _run_info(row: tuple[Any, ...]) -> RunInfo:
-    wid, run_id, wtype, status, args, result, error, head, created, updated, parent = row
+    wid, run_id, wtype, status, args, result, error, head, created, updated, parent, fence = row
     return RunInfo(
         wid, run_id, wtype, status, json.loads(args),
         None if result is None else json.loads(result),
         None if error is None else json.loads(error),
-        head, created, updated, parent_id=parent,
+        head, created, updated, int(fence), parent_id=parent,
     )

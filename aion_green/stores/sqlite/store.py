@@ -113,8 +113,12 @@ class SQLiteStore:
     # hand-off to the writer thread cost a sequential step ~45 us of ~340.
     inline_commits = True
 
-    def __init__(self, path: str, durable: bool = True, busy_timeout: float = 5.0) -> None:
+    def __init__(self, path: str, durable: bool = True, busy_timeout: float = 5.0,
+                 leases: bool = False) -> None:
         self.path = path
+        # Runs leased to the file's engines (``?leases=on``; see the lease
+        # methods below) instead of driven by one driver (runtime/sharing.py).
+        self.leases = leases
         # Every name of the file leads to one (issue 16; see _sqlite_file).
         self.real_path = canonical_path(path)
         refuse_hard_links(path, self.real_path)
@@ -277,6 +281,11 @@ class SQLiteStore:
             # Read under the write lock: no other writer can move a head
             # between this check and the commit.
             heads = self._batch_heads(conn, {op.workflow_id for op in ops if type(op) is Append})
+            # Leases: the fences of the runs appended to under one, read
+            # under the write lock as the heads are (another process may have
+            # claimed a run since this one last wrote).
+            fenced = {op.workflow_id for op in ops if type(op) is Append and op.fence is not None}
+            fences = self._fences(conn, fenced) if fenced else None
             created = []
             # A second start of an id in the batch is told of the first's
             # run, whose WorkflowStarted is not written yet (_get_run would
@@ -284,7 +293,7 @@ class SQLiteStore:
             started: dict[str, RunInfo] = {}
             for op in ops:
                 if type(op) is Append:
-                    outcomes.append(plan.append(op, heads))
+                    outcomes.append(plan.append(op, heads, fences))
                 elif op.workflow_id in started:
                     outcomes.append((False, started[op.workflow_id]))
                 else:
@@ -379,11 +388,22 @@ class SQLiteStore:
 
     def _create_one(self, op: CreateRun,
                     rows: list[tuple[str, int, str, float, str]]) -> tuple[bool, RunInfo]:
-        cursor = self._conn.execute(
-            f"INSERT OR IGNORE INTO runs({_RUN_COLUMNS}, parent_id) VALUES (?,?,?,?,?,NULL,NULL,?,?)",
-            (op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING, op.args_json, op.at,
-             op.parent_id),
-        )
+        if op.owner is None:
+            cursor = self._conn.execute(
+                f"INSERT OR IGNORE INTO runs({_RUN_COLUMNS}, parent_id) "
+                "VALUES (?,?,?,?,?,NULL,NULL,?,?)",
+                (op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING, op.args_json, op.at,
+                 op.parent_id),
+            )
+            fence = 0
+        else:  # leased to the engine that starts it, under a new fence
+            fence = self._draw_fences(self._conn, 1)
+            cursor = self._conn.execute(
+                f"INSERT OR IGNORE INTO runs({_RUN_COLUMNS}, parent_id, owner, lease_until, fence) "
+                "VALUES (?,?,?,?,?,NULL,NULL,?,?,?,?,?)",
+                (op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING, op.args_json, op.at,
+                 op.parent_id, op.owner, op.lease_until, fence),
+            )
         if cursor.rowcount == 0:
             existing = self._get_run(op.workflow_id)
             assert existing is not None
@@ -391,9 +411,26 @@ class SQLiteStore:
         rows.append((op.workflow_id, 1, ev.WORKFLOW_STARTED, op.at, started_json(op)))
         return True, RunInfo(
             op.workflow_id, op.run_id, op.workflow_type, ev.RUNNING, json.loads(op.args_json),
-            None, None, 1, op.at, op.at, parent_id=op.parent_id,
+            None, None, 1, op.at, op.at, fence, parent_id=op.parent_id,
             execution_deadline=op.execution_deadline,
         )
+
+    @staticmethod
+    def _draw_fences(conn: sqlite3.Connection, count: int) -> int:
+        """The first of ``count`` new fencing tokens (under the write lock)."""
+        conn.execute("UPDATE lease_fences SET n = n + ?", (count,))
+        (last,) = conn.execute("SELECT n FROM lease_fences").fetchone()
+        return int(last) - count + 1
+
+    def _fences(self, conn: sqlite3.Connection, wids: set[str]) -> dict[str, int]:
+        fences: dict[str, int] = {}
+        ids = list(wids)
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            fences.update(conn.execute(
+                f"SELECT workflow_id, fence FROM runs WHERE workflow_id IN ({','.join('?' * len(chunk))})",
+                chunk).fetchall())
+        return fences
 
     # -- reads -------------------------------------------------------------------------------
     def read(self, workflow_id: str, after_seq: int = 0, limit: Optional[int] = None,
@@ -510,12 +547,20 @@ class SQLiteStore:
                                   (workflow_id, kind, data_json, at))
             return int(cursor.lastrowid or 0)
 
-    def read_inbox(self, after_id: int = 0, limit: int = 500) -> list[InboxRow]:
+    def read_inbox(self, after_id: int = 0, limit: int = 500,
+                   owner: Optional[str] = None) -> list[InboxRow]:
         self._file.check(commit=False)
         try:
-            rows = self._conn.execute(
-                "SELECT id, workflow_id, kind, data, at FROM inbox WHERE id>? ORDER BY id LIMIT ?",
-                (after_id, limit)).fetchall()
+            if owner is None:
+                rows = self._conn.execute(
+                    "SELECT id, workflow_id, kind, data, at FROM inbox WHERE id>? ORDER BY id LIMIT ?",
+                    (after_id, limit)).fetchall()
+            else:  # the requests for runs this owner holds (leases)
+                rows = self._conn.execute(
+                    "SELECT i.id, i.workflow_id, i.kind, i.data, i.at FROM inbox i "
+                    "JOIN runs r ON r.workflow_id = i.workflow_id "
+                    "WHERE i.id>? AND r.owner=? ORDER BY i.id LIMIT ?",
+                    (after_id, owner, limit)).fetchall()
             return [(i, wid, kind, json.loads(data), at) for i, wid, kind, data, at in rows]
         except _FAULTS as exc:
             raise _translate(exc, self.path) from None
@@ -674,6 +719,138 @@ class SQLiteStore:
             conn.close()
         self._queue.close()
 
+    # -- leases (``?leases=on``: runtime/leases.py) --------------------------------------
+    # As PostgreSQL's: a running run's row holds its owner, lease_until and
+    # fence. A write transaction holds the file's write lock, so a claim
+    # needs no row locks: no other engine reads the same claimable rows
+    # until it commits.
+    def claim_runs(self, owner: str, workflow_types: Sequence[str], lease_until: float, now: float,
+                   limit: int) -> list[RunInfo]:
+        """Take up to ``limit`` running runs of these types that nobody holds
+        (no owner, or a lease that ran out), each with a new fence."""
+        types = list(workflow_types)
+        if not types or limit <= 0:
+            return []
+        with self._write() as conn:
+            wids = [wid for (wid,) in conn.execute(
+                f"SELECT workflow_id FROM runs WHERE status=? AND workflow_type IN "
+                f"({','.join('?' * len(types))}) AND (owner IS NULL OR lease_until < ?) "
+                "ORDER BY mark LIMIT ?", (ev.RUNNING, *types, now, limit)).fetchall()]
+            if not wids:
+                return []
+            first = self._draw_fences(conn, len(wids))
+            fences = {wid: first + i for i, wid in enumerate(wids)}
+            conn.executemany("UPDATE runs SET owner=?, lease_until=?, fence=? WHERE workflow_id=?",
+                             [(owner, lease_until, fence, wid) for wid, fence in fences.items()])
+            infos: list[RunInfo] = []
+            for i in range(0, len(wids), 500):
+                chunk = wids[i:i + 500]
+                infos.extend(_run_info(row) for row in conn.execute(
+                    run_select(f"WHERE workflow_id IN ({','.join('?' * len(chunk))})"), chunk))
+        return infos
+
+    def claim_counts(self, owner: str, workflow_types: Sequence[str], now: float,
+                     cap: int) -> tuple[int, int, int, int]:
+        """``(claimable, peers, held, mine)``, as PostgreSQL's (runtime/leases.py)."""
+        types = list(workflow_types)
+        if not types:
+            return 0, 0, 0, 0
+        marks = ",".join("?" * len(types))
+        self._file.check(commit=False)
+        try:
+            (claimable,) = self._conn.execute(
+                f"SELECT count(*) FROM (SELECT 1 FROM runs WHERE status=? AND workflow_type IN "
+                f"({marks}) AND (owner IS NULL OR lease_until < ?) LIMIT ?)",
+                (ev.RUNNING, *types, now, cap)).fetchone()
+            if not claimable:
+                return 0, 0, 0, 0
+            held, mine = self._conn.execute(
+                f"SELECT count(*), coalesce(sum(owner = ?), 0) FROM (SELECT owner FROM runs "
+                f"WHERE status=? AND workflow_type IN ({marks}) AND owner IS NOT NULL "
+                "AND lease_until >= ? LIMIT ?)", (owner, ev.RUNNING, *types, now, cap)).fetchone()
+            engines = self._conn.execute(
+                "SELECT workflow_types FROM engines WHERE seen_until >= ? AND engine_id <> ?",
+                (now, owner)).fetchall()
+        except _FAULTS as exc:
+            raise _translate(exc, self.path) from None
+        wanted = set(types)
+        peers = sum(1 for (known,) in engines if wanted & set(json.loads(known)))
+        return int(claimable), peers, int(held), int(mine)
+
+    def renew_leases(self, owner: str, workflow_ids: Sequence[str], lease_until: float) -> list[str]:
+        """Extend this owner's leases; the ids it still holds."""
+        kept: list[str] = []
+        ids = list(workflow_ids)
+        with self._write() as conn:
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                where = f"owner=? AND workflow_id IN ({','.join('?' * len(chunk))})"
+                conn.execute(f"UPDATE runs SET lease_until=? WHERE {where}",
+                             (lease_until, owner, *chunk))
+                kept.extend(wid for (wid,) in conn.execute(
+                    f"SELECT workflow_id FROM runs WHERE {where}", (owner, *chunk)))
+        return kept
+
+    def publish_engine(self, engine_id: str, types_json: str, until: float, now: float) -> None:
+        """Say that engine ``engine_id`` runs these workflow types (a JSON
+        object: type -> parameters) until ``until``; forget engines gone a
+        day."""
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO engines(engine_id, workflow_types, seen_until) "
+                         "VALUES (?,?,?)", (engine_id, types_json, until))
+            conn.execute("DELETE FROM engines WHERE seen_until < ?", (now - 86400,))
+
+    def forget_engine(self, engine_id: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM engines WHERE engine_id=?", (engine_id,))
+
+    def live_engines(self, now: float) -> dict[str, dict[str, Any]]:
+        """The engines whose word is still good at ``now``: their types."""
+        rows = self._read_all("SELECT engine_id, workflow_types FROM engines WHERE seen_until >= ?",
+                              (now,))
+        return {engine_id: json.loads(types) for engine_id, types in rows}
+
+    def engines_at_work(self, now: float) -> list[tuple[str, float, list[str], int]]:
+        """The engines whose word is still good at ``now``, each with until
+        when, its workflow types and how many running runs it leases now."""
+        rows = self._read_all(
+            "SELECT e.engine_id, e.seen_until, e.workflow_types, (SELECT count(*) FROM runs r "
+            "WHERE r.owner = e.engine_id AND r.status = ? AND r.lease_until >= ?) "
+            "FROM engines e WHERE e.seen_until >= ? ORDER BY e.engine_id", (ev.RUNNING, now, now))
+        return [(engine_id, float(until), sorted(json.loads(types)), int(leased))
+                for engine_id, until, types, leased in rows]
+
+    def count_leased(self, owner: str, now: float) -> int:
+        """How many running runs ``owner`` holds under a lease still good at ``now``."""
+        rows = self._read_all("SELECT count(*) FROM runs WHERE owner=? AND status=? "
+                              "AND lease_until >= ?", (owner, ev.RUNNING, now))
+        return int(rows[0][0])
+
+    def release_leases(self, owner: str, workflow_ids: Optional[Sequence[str]] = None) -> None:
+        """Give back the runs this owner holds (all of them at a clean
+        shutdown, or ``workflow_ids``): others may claim them at once."""
+        with self._write() as conn:
+            if workflow_ids is None:
+                conn.execute("UPDATE runs SET owner=NULL, lease_until=0 WHERE owner=? AND status=?",
+                             (owner, ev.RUNNING))
+            else:
+                conn.executemany("UPDATE runs SET owner=NULL, lease_until=0 "
+                                 "WHERE owner=? AND workflow_id=?",
+                                 [(owner, wid) for wid in workflow_ids])
+
+    def lease_of(self, workflow_id: str) -> Optional[tuple[str, float]]:
+        """``(owner, lease_until)`` of a run some engine holds, else None."""
+        rows = self._read_all("SELECT owner, lease_until FROM runs WHERE workflow_id=? "
+                              "AND owner IS NOT NULL", (workflow_id,))
+        return (str(rows[0][0]), float(rows[0][1])) if rows else None
+
+    def _read_all(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        self._file.check(commit=False)
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except _FAULTS as exc:
+            raise _translate(exc, self.path) from None
+
     # -- fork and resume ------------------------------------------------------------
 
     def fork_run(self, source_id: str, from_seq: int, new_id: str, run_id: str, at: float,
@@ -714,13 +891,16 @@ class SQLiteStore:
                 "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name='runs'), 0), "
                 "coalesce((SELECT max(mark) FROM runs), 0)) + 1").fetchone()
             conn.execute("UPDATE sqlite_sequence SET seq=? WHERE name='runs'", (mark,))
+            # Leases: nobody holds the resumed run; a new fence, so that an
+            # engine still driving its old run is refused.
+            fence = self._draw_fences(conn, 1)
             conn.execute(
                 "UPDATE runs SET run_id=?, status=?, result=NULL, error=NULL, created_at=?, "
-                "ended_at=NULL, mark=? WHERE workflow_id=?",
-                (run_id, ev.RUNNING, at, mark, workflow_id))
+                "ended_at=NULL, mark=?, owner=NULL, lease_until=0, fence=? WHERE workflow_id=?",
+                (run_id, ev.RUNNING, at, mark, fence, workflow_id))
             self._write_copy(conn, workflow_id, copy)
         return dataclasses.replace(info, run_id=run_id, status=ev.RUNNING, result=None, error=None,
-                                   head_seq=copy.head, created_at=at, updated_at=at)
+                                   head_seq=copy.head, created_at=at, updated_at=at, fence=fence)
 
     def _source(self, conn: sqlite3.Connection, workflow_id: str,
                 run_id: Optional[str]) -> list[ev.Event]:

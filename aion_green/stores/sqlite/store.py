@@ -286,6 +286,9 @@ class SQLiteStore:
             # claimed a run since this one last wrote).
             fenced = {op.workflow_id for op in ops if type(op) is Append and op.fence is not None}
             fences = self._fences(conn, fenced) if fenced else None
+            # The fences of the starts leased to their engine, drawn at once.
+            owned = sum(1 for op in ops if type(op) is CreateRun and op.owner is not None)
+            fence = self._draw_fences(conn, owned) if owned else 0
             created = []
             # A second start of an id in the batch is told of the first's
             # run, whose WorkflowStarted is not written yet (_get_run would
@@ -298,7 +301,9 @@ class SQLiteStore:
                     outcomes.append((False, started[op.workflow_id]))
                 else:
                     assert isinstance(op, CreateRun)
-                    outcome = self._create_one(op, plan.rows)
+                    outcome = self._create_one(op, plan.rows, fence)
+                    if op.owner is not None:
+                        fence += 1
                     heads.setdefault(op.workflow_id, outcome[1].head_seq)
                     outcomes.append(outcome)
                     if outcome[0]:
@@ -386,8 +391,10 @@ class SQLiteStore:
             ).fetchall())
         return heads
 
-    def _create_one(self, op: CreateRun,
-                    rows: list[tuple[str, int, str, float, str]]) -> tuple[bool, RunInfo]:
+    def _create_one(self, op: CreateRun, rows: list[tuple[str, int, str, float, str]],
+                    fence: int) -> tuple[bool, RunInfo]:
+        """``fence``: the run's if ``op`` leases it to its engine (drawn by
+        the caller, a batch's at once), else unused."""
         if op.owner is None:
             cursor = self._conn.execute(
                 f"INSERT OR IGNORE INTO runs({_RUN_COLUMNS}, parent_id) "
@@ -396,8 +403,7 @@ class SQLiteStore:
                  op.parent_id),
             )
             fence = 0
-        else:  # leased to the engine that starts it, under a new fence
-            fence = self._draw_fences(self._conn, 1)
+        else:  # leased to the engine that starts it, under its fence
             cursor = self._conn.execute(
                 f"INSERT OR IGNORE INTO runs({_RUN_COLUMNS}, parent_id, owner, lease_until, fence) "
                 "VALUES (?,?,?,?,?,NULL,NULL,?,?,?,?,?)",

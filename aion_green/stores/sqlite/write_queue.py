@@ -28,11 +28,14 @@ from typing import Optional
 
 from gevent import monkey
 
+from aion_green.core import clock as _clock
+
 _allocate_lock = monkey.get_original("_thread", "allocate_lock")
 _start_new_thread = monkey.get_original("_thread", "start_new_thread")
 _sleep = monkey.get_original("time", "sleep")
-# Looks at a queue found taken before a waiter thread waits for it.
-_SPINS = 100
+# How long a queue found taken is looked at, and how often, before a
+# waiter thread waits for it.
+_SPIN_FOR = 0.01
 _SPIN_PAUSE = 0.0001
 
 
@@ -64,8 +67,12 @@ class WriteQueue:
         self.waits += 1
         # Taken: another process commits. Look again every ~0.1 ms for a
         # while (a commit takes a few tenths of a millisecond: a thread
-        # started to wait for it would cost as much as the commit).
-        for _ in range(_SPINS):
+        # started to wait for it would cost as much as the commit). For a
+        # while of the clock, not a number of looks: each look waits for the
+        # GIL, and in a process whose threads compute that is up to the
+        # switch interval (5 ms) each.
+        until = _clock.monotonic() + _SPIN_FOR
+        while _clock.monotonic() < until:
             _sleep(_SPIN_PAUSE)
             taken = _try(fd)
             if taken is not None:

@@ -168,7 +168,11 @@ def test_four_engines_share_a_burst_of_runs_evenly(shared_url, tmp_path):
                    timeout=30, what="the four engines to be at work")
         runs = 400
         now = time.time()
-        store.write_batch([CreateRun(f"b{k:03}", "pg.work", json.dumps([2, 0.0]), f"r{k}", now)
+        # Steps of 50 ms: a run is held a while (on SQLite runs of instant
+        # steps ended so fast that the first engines to wake had their
+        # share done, and claimed again from what was left, before a busy
+        # one woke).
+        store.write_batch([CreateRun(f"b{k:03}", "pg.work", json.dumps([2, 0.05]), f"r{k}", now)
                            for k in range(runs)])
         wait_until(lambda: sum(_owners_of_ended_runs(store).values()) == runs, timeout=120,
                    interval=0.1, what="every run to end")

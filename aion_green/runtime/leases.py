@@ -50,6 +50,10 @@ log = logging.getLogger("aion_green.leases")
 _start_new_thread = monkey.get_original("_thread", "start_new_thread")
 _CLAIM_BUSY = 0.02
 _CLAIM_IDLE = 0.5
+# The same without doorbells (SQLite): a look is a read of a local file,
+# and an engine that naps half a second when a burst of runs comes may wake
+# to find the others took them all (tests/test_postgres_engines.py).
+_CLAIM_IDLE_POLLING = 0.1
 # The most runs one claim takes (with room for them under max_resident).
 _CLAIM_MOST = 500
 # Where the counts of a fair share stop (claim_counts): past it, runs are
@@ -178,7 +182,8 @@ class Leases:
                         recorder.fence = info.fence or None
                     continue
                 self.epoch.runner.spawn_run(info.workflow_id, info, recovering=True)
-            pause = _CLAIM_BUSY if claimed else min(pause * 2, _CLAIM_IDLE)
+            idle = _CLAIM_IDLE if self.listening else _CLAIM_IDLE_POLLING
+            pause = _CLAIM_BUSY if claimed else min(pause * 2, idle)
             if self._surplus_since is not None:
                 pause = min(pause, _SURPLUS_GRACE / 4)  # to be back when the grace is over
             self.epoch.sharing.nap("runs", pause)

@@ -371,8 +371,9 @@ class Sharing:
             if waiting:
                 self.epoch.runner.check_finished_all(waiting)
                 # (PostgreSQL rings a doorbell at each end: its poll is a
-                # backstop, and each read of a run a round trip to the server.)
-                pause = _BUSY_PAUSE * 2 if self.epoch.leased else _QUICK_PAUSE
+                # backstop, and each read of a run a round trip to the server.
+                # SQLite, leased or not, has no doorbell and reads locally.)
+                pause = _BUSY_PAUSE * 2 if self.epoch.leases.listening else _QUICK_PAUSE
             else:
                 pause = min(pause * 2, _IDLE_PAUSE)
             self.nap("ends", pause)

@@ -33,6 +33,11 @@ def test_a_url_option_it_does_not_know_is_refused_by_name(tmp_path, url, named):
     assert not (tmp_path / "a.db").exists(), "the refused URL created the file"
 
 
+def test_an_in_memory_database_refuses_leases():
+    with pytest.raises(aion.ConfigurationError, match="in-memory"):
+        open_store("sqlite:///:memory:?leases=on")
+
+
 def _step(n):
     return [ev.NewEvent(ev.STEP_COMPLETED, time.time(), {"step": n, "result": n})]
 

@@ -16,7 +16,12 @@ from zope.interface import implementer
 
 from aion_green.core import clock as _clock
 from aion_green.core import events as ev
-from aion_green.core.errors import StoreError, WorkflowIdConflict, WorkflowNotFound
+from aion_green.core.errors import (
+    ConfigurationError,
+    StoreError,
+    WorkflowIdConflict,
+    WorkflowNotFound,
+)
 from aion_green.store import (
     Append,
     BatchOutcome,
@@ -119,6 +124,10 @@ class SQLiteStore:
         # Runs leased to the file's engines (``?leases=on``; see the lease
         # methods below) instead of driven by one driver (runtime/sharing.py).
         self.leases = leases
+        if leases and not is_file(path):
+            raise ConfigurationError(
+                "?leases=on shares a SQLite file among processes; an in-memory database has "
+                "one engine and no file: leave the option out")
         # Every name of the file leads to one (issue 16; see _sqlite_file).
         self.real_path = canonical_path(path)
         refuse_hard_links(path, self.real_path)

@@ -1,5 +1,6 @@
 """The example Flask app under real gunicorn with the gevent worker (two
-workers, with and without --preload), on a loopback port."""
+workers, with and without --preload, and over a file opened with
+?leases=on), on a loopback port."""
 import concurrent.futures
 import contextlib
 import http.client
@@ -79,11 +80,15 @@ def gunicorn_serving(app, tmp_path, env_extra, preload, health):
         log.close()
 
 
-@pytest.fixture(params=[False, True], ids=["no-preload", "preload"])
+@pytest.fixture(params=["no-preload", "preload", "leases"])
 def shop(request, tmp_path):
+    """One worker drives the file's runs, the other is its client; with
+    leases each drives the runs its requests start."""
     db = tmp_path / "shop.db"
-    with gunicorn_serving("examples.flask_app:app", tmp_path, {"AION_GREEN_DB": f"sqlite:///{db}"},
-                          request.param, "/health") as (port, proc):
+    url = f"sqlite:///{db}" + ("?leases=on" if request.param == "leases" else "")
+    with gunicorn_serving("examples.flask_app:app", tmp_path, {"AION_GREEN_DB": url},
+                          request.param == "preload", "/health") as (port, proc):
+        proc.leased = request.param == "leases"
         yield port, db, proc
 
 
@@ -118,6 +123,11 @@ def test_forty_waiting_requests_share_the_workers_and_health_answers(shop, tmp_p
     try:
         runs = store.list_runs(None, None, 1000, None)
         assert len(runs) == 41 and all(r.status == "completed" for r in runs)
+        owners = {owner for (owner,) in store._conn.execute("SELECT owner FROM runs")}
+        if proc.leased:  # every run was held by the worker that drove it
+            assert None not in owners and 1 <= len(owners) <= 2, owners
+        else:
+            assert owners == {None}
         for run in runs:
             history = store.read(run.workflow_id)
             assert [e.seq for e in history] == list(range(1, len(history) + 1))

@@ -26,7 +26,7 @@ one process, as in the test suite, never collide), and
 ``aion_driving``                        gauge     1 when this engine drives: SQLite, it holds the
                                                   file's driver lock; PostgreSQL, its own lease
                                                   (its entry among the engines) is current
-``aion_leased_runs``                    gauge     PostgreSQL only: running runs leased to it
+``aion_leased_runs``                    gauge     leased stores only: running runs leased to it
 ``aion_runs_purged_total``              counter   finished runs this engine purged (retention,
                                                   ``engine.purge``)
 ``aion_lease_renewals_total``           counter   PostgreSQL only: renewals of this engine's
@@ -423,7 +423,7 @@ class EngineMetrics:
         else:
             driving = epoch.sharing.driving
         yield GaugeMetricFamily("aion_driving", "1 when this engine drives runs (SQLite: it "
-                                "holds the driver lock; PostgreSQL: its lease is current).",
+                                "holds the driver lock; leased stores: its lease is current).",
                                 value=1 if driving else 0)
         if epoch.leased and counted is not None and counted[1] is not None:
             yield GaugeMetricFamily("aion_leased_runs", "Running runs leased to this engine.",

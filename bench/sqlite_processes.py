@@ -2,7 +2,8 @@
 default) against every engine driving the runs it starts (``?leases=on``).
 
     python bench/sqlite_processes.py [--processes 2] [--runs 200] [--steps 10]
-        [--cpu-ms 1.0] [--repeat 3] [--switch-interval S] [--root CHECKOUT]
+        [--cpu-ms 1.0] [--repeat 3] [--switch-interval S] [--step-workers N]
+        [--modes driver,leases] [--root CHECKOUT]
 
 Each of ``--processes`` processes builds an engine over one fresh, durable
 SQLite file, waits until all are up, then starts ``--runs`` workflows of
@@ -45,7 +46,7 @@ def burn(i):
 def work(ctx, n):
     return sum(ctx.step(burn, i) for i in range(n))
 
-engine = aion.Engine(url, workflows=[work])
+engine = aion.Engine(url, workflows=[work], step_workers=int(sys.argv[7]))
 engine.list(limit=1)
 print("up", flush=True)
 while not os.path.exists(go_file):
@@ -84,7 +85,8 @@ def one(mode, args):
     go = os.path.join(directory, "go")
     env = dict(os.environ, PYTHONPATH=args.root)
     procs = [subprocess.Popen([sys.executable, "-c", CHILD, url, str(args.runs), str(args.steps),
-                               str(args.cpu_ms), go, str(args.switch_interval or "-")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               str(args.cpu_ms), go, str(args.switch_interval or "-"),
+                               str(args.step_workers)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True, env=env, cwd=directory) for _ in range(args.processes)]
     try:
         for p in procs:
@@ -120,6 +122,8 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--switch-interval", type=float, metavar="S",
                         help="each process's sys.setswitchinterval (default: CPython's 0.005)")
+    parser.add_argument("--step-workers", type=int, default=32,
+                        help="each engine's step_workers (the engine's default: 32)")
     parser.add_argument("--modes", default="driver,leases", help="driver, leases or both")
     parser.add_argument("--root", default=ROOT)
     args = parser.parse_args()

@@ -95,6 +95,23 @@ def _positions(conn: sqlite3.Connection, count: int, known: Optional[int] = None
     return int(known) + 1
 
 
+def _chunks(ids: Sequence[str]) -> Iterator[tuple[list[str], str]]:
+    """``ids`` 500 at a time, each chunk with its ``?,?,...`` for an IN list
+    (under SQLite's oldest limit of 999 variables)."""
+    for i in range(0, len(ids), 500):
+        chunk = list(ids[i:i + 500])
+        yield chunk, ",".join("?" * len(chunk))
+
+
+def _by_id(conn: sqlite3.Connection, select: str, wids: set[str], tail: str = "") -> dict[str, int]:
+    """``{workflow id: value}`` of ``select`` (``SELECT workflow_id, VALUE
+    FROM ...``) over ``wids``."""
+    found: dict[str, int] = {}
+    for chunk, marks in _chunks(list(wids)):
+        found.update(conn.execute(f"{select} WHERE workflow_id IN ({marks}) {tail}", chunk).fetchall())
+    return found
+
+
 def _raise_floor(conn: sqlite3.Connection) -> None:
     """Before events are deleted: keep the last position given in the
     floor, so no position is given twice (a later start would otherwise
@@ -294,7 +311,7 @@ class SQLiteStore:
             # under the write lock as the heads are (another process may have
             # claimed a run since this one last wrote).
             fenced = {op.workflow_id for op in ops if type(op) is Append and op.fence is not None}
-            fences = self._fences(conn, fenced) if fenced else None
+            fences = _by_id(conn, "SELECT workflow_id, fence FROM runs", fenced) if fenced else None
             # The fences of the starts leased to their engine, drawn at once.
             owned = sum(1 for op in ops if type(op) is CreateRun and op.owner is not None)
             fence = self._draw_fences(conn, owned) if owned else 0
@@ -389,16 +406,8 @@ class SQLiteStore:
             "WHERE workflow_id=?", (data["run_id"], ev.RUNNING, at, wid))
 
     def _heads(self, wids: set[str]) -> dict[str, int]:
-        heads: dict[str, int] = {}
-        ids = list(wids)
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            marks = ",".join("?" * len(chunk))
-            heads.update(self._conn.execute(
-                f"SELECT workflow_id, max(seq) FROM events WHERE workflow_id IN ({marks}) "
-                "GROUP BY workflow_id", chunk
-            ).fetchall())
-        return heads
+        return _by_id(self._conn, "SELECT workflow_id, max(seq) FROM events", wids,
+                      "GROUP BY workflow_id")
 
     def _create_one(self, op: CreateRun, rows: list[tuple[str, int, str, float, str]],
                     fence: int) -> tuple[bool, RunInfo]:
@@ -437,15 +446,6 @@ class SQLiteStore:
         (last,) = conn.execute("SELECT n FROM lease_fences").fetchone()
         return int(last) - count + 1
 
-    def _fences(self, conn: sqlite3.Connection, wids: set[str]) -> dict[str, int]:
-        fences: dict[str, int] = {}
-        ids = list(wids)
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            fences.update(conn.execute(
-                f"SELECT workflow_id, fence FROM runs WHERE workflow_id IN ({','.join('?' * len(chunk))})",
-                chunk).fetchall())
-        return fences
 
     # -- reads -------------------------------------------------------------------------------
     def read(self, workflow_id: str, after_seq: int = 0, limit: Optional[int] = None,
@@ -490,12 +490,10 @@ class SQLiteStore:
     def _with_attributes(self, infos: list[RunInfo]) -> list[RunInfo]:
         """``infos``, each with its search attributes (one read per 500)."""
         found: dict[str, dict[str, Any]] = {}
-        ids = [info.workflow_id for info in infos]
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
+        for chunk, marks in _chunks([info.workflow_id for info in infos]):
             rows = self._conn.execute(
                 "SELECT workflow_id, name, value FROM search_attributes WHERE workflow_id IN "
-                f"({','.join('?' * len(chunk))}) ORDER BY workflow_id, name", chunk).fetchall()
+                f"({marks}) ORDER BY workflow_id, name", chunk).fetchall()
             for wid, name, value in rows:
                 found.setdefault(wid, {})[name] = json.loads(value)
         if not found:
@@ -758,10 +756,9 @@ class SQLiteStore:
             conn.executemany("UPDATE runs SET owner=?, lease_until=?, fence=? WHERE workflow_id=?",
                              [(owner, lease_until, fence, wid) for wid, fence in fences.items()])
             infos: list[RunInfo] = []
-            for i in range(0, len(wids), 500):
-                chunk = wids[i:i + 500]
+            for chunk, marks in _chunks(wids):
                 infos.extend(_run_info(row) for row in conn.execute(
-                    run_select(f"WHERE workflow_id IN ({','.join('?' * len(chunk))})"), chunk))
+                    run_select(f"WHERE workflow_id IN ({marks})"), chunk))
         return infos
 
     def claim_counts(self, owner: str, workflow_types: Sequence[str], now: float,
@@ -795,11 +792,9 @@ class SQLiteStore:
     def renew_leases(self, owner: str, workflow_ids: Sequence[str], lease_until: float) -> list[str]:
         """Extend this owner's leases; the ids it still holds."""
         kept: list[str] = []
-        ids = list(workflow_ids)
         with self._write() as conn:
-            for i in range(0, len(ids), 500):
-                chunk = ids[i:i + 500]
-                where = f"owner=? AND workflow_id IN ({','.join('?' * len(chunk))})"
+            for chunk, marks in _chunks(workflow_ids):
+                where = f"owner=? AND workflow_id IN ({marks})"
                 conn.execute(f"UPDATE runs SET lease_until=? WHERE {where}",
                              (lease_until, owner, *chunk))
                 kept.extend(wid for (wid,) in conn.execute(

@@ -455,3 +455,55 @@ def test_a_read_on_a_session_cut_meanwhile_is_answered_by_the_next(pg_url):
         assert store._query("SELECT pg_backend_pid()")[0][0] != pid
     finally:
         store.close()
+
+
+def test_a_batch_on_a_session_cut_meanwhile_is_unavailable_and_the_next_written(pg_url):
+    """The server ended the writer's session between two batches: the next
+    batch fails as StoreUnavailable, "maybe written" (the writer sends it
+    again on a new session), whatever error psycopg's cut pipeline gave; it
+    used to come back as a plain StoreError when the cut showed up as a
+    result that never came ("the last operation didn't produce records"),
+    and the run stopped (CI, issue 21)."""
+    import psycopg
+
+    from aion_green.core import events as ev
+    from aion_green.core.errors import StoreUnavailable
+    from aion_green.store import Append, CreateRun
+    from aion_green.stores.postgres.store import PostgresStore
+
+    store = PostgresStore(pg_url)
+    try:
+        store.write_batch([CreateRun("r", "t", "[]", "run-r", 1.0)])
+        head = 1
+        for round_ in range(10):
+            pid = store._query("SELECT pg_backend_pid()")[0][0]
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                assert conn.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
+            step = [ev.NewEvent(ev.STEP_COMPLETED, 2.0, {"step": round_ + 1, "result": round_})]
+            try:
+                outcome = store.write_batch([Append("r", head, step)])
+            except StoreUnavailable as exc:
+                assert exc.maybe_written
+                outcome = store.write_batch([Append("r", head, step)])  # (as the writer does)
+            assert outcome == [head + 1]
+            head += 1
+        assert [e.data["step"] for e in store.read("r") if e.type == ev.STEP_COMPLETED] == list(
+            range(1, 11))
+        # The cut as CI met it: the session breaks while the pipeline waits,
+        # and psycopg answers a fetch with the BEGIN's result.
+        conn = store._connect()
+        conn.pgconn.finish()
+        with pytest.raises(StoreUnavailable) as raised:
+            with store._translated(conn):
+                raise psycopg.ProgrammingError(
+                    "the last operation didn't produce records (command status: BEGIN)")
+        assert raised.value.maybe_written and store._conn is None
+        assert store.write_batch([Append("r", head, step)]) == [head + 1]
+        # On a live session the same error is the store's to report, as it was.
+        from aion_green.core.errors import StoreError
+        with pytest.raises(StoreError) as raised:
+            with store._translated(store._connect()):
+                raise psycopg.ProgrammingError("a statement of ours is wrong")
+        assert not isinstance(raised.value, StoreUnavailable)
+    finally:
+        store.close()

@@ -151,8 +151,13 @@ _RUN_COLUMNS = ("workflow_id, run_id, workflow_type, status, args, result, error
                 "created_at, updated_at, fence, parent_id")
 
 
-def _translate(exc: BaseException, where: str) -> StoreError:
-    if psycopg is not None and isinstance(exc, psycopg.OperationalError):
+def _translate(exc: BaseException, where: str, broken: bool = False) -> StoreError:
+    """A store error for psycopg's. ``broken``: the session was found cut
+    when the error came back, whatever its class (a pipeline cut between a
+    statement and its answer ends as a ``ProgrammingError`` about a result
+    that never came): the write may have been committed, and a new session
+    may take it, as for an ``OperationalError``."""
+    if broken or (psycopg is not None and isinstance(exc, psycopg.OperationalError)):
         unavailable = StoreUnavailable(
             f"the PostgreSQL database at {where} cannot be reached or refused the write ({exc}). "
             "If the session was cut while the answer was on its way, the write may have been "

@@ -278,9 +278,10 @@ class PostgresStore:
         except (WorkflowNotFound, WorkflowNotRunning, StoreError):
             raise
         except psycopg.Error as exc:
-            if conn.closed or isinstance(exc, psycopg.OperationalError):
+            broken = conn.closed
+            if broken or isinstance(exc, psycopg.OperationalError):
                 self._drop()
-            raise _translate(exc, self.path) from None
+            raise _translate(exc, self.path, broken) from None
 
     @contextmanager
     def _tx(self) -> Iterator[_Cursor]:

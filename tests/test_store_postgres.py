@@ -507,3 +507,69 @@ def test_a_batch_on_a_session_cut_meanwhile_is_unavailable_and_the_next_written(
         assert not isinstance(raised.value, StoreUnavailable)
     finally:
         store.close()
+
+
+def test_a_continuation_whose_commit_answer_was_lost_is_recognised(pg_url):
+    """The answer of a batch that continued a run as new is lost after the
+    server committed it: the run's history was archived and its row holds
+    the new run. The writer's retry finds the head moved back to 1; the
+    store recognises the new run's id as the one the continuation names,
+    answers the append as written, and the chain goes on: every run of it
+    once, the last one's result as without the cuts."""
+    from aion_green.core import events as ev
+
+    @aion.workflow(name="pg.lost_rollovers")
+    def chain(ctx, left, total):
+        total += ctx.step(lambda: left)
+        if left == 0:
+            return total
+        ctx.continue_as_new(left - 1, total)
+
+    with aion.Engine(pg_url, workflows=[chain]) as engine:
+        engine.start(chain, 0, 0, id="warm").result(timeout=30)
+        lost = _losing_answers(engine._epoch.store, 2)
+        before = lost[0]
+        assert engine.start(chain, 12, 0, id="c").result(timeout=60) == sum(range(13))
+        assert lost[0] - before >= 12  # (half of the commits lost their answer)
+        # None was dropped (to be claimed again once its lease was let go).
+        assert engine.metrics.leases.lost == 0
+        history = engine.history("c")
+        assert history[0].type == ev.WORKFLOW_STARTED
+        assert [e.type for e in history].count(ev.STEP_COMPLETED) == 1
+        assert engine._epoch.store._query(
+            "SELECT count(DISTINCT run_id) FROM aion_archived_events WHERE workflow_id=%s",
+            ("c",))[0][0] == 12
+
+
+def test_a_retried_continuation_is_answered_as_written_and_another_is_still_a_conflict(pg_url):
+    """Store level: a batch that continued run ``a`` as new (run id ``r2``)
+    sent again is answered with the same seq, and archives and begins
+    nothing twice; a continuation naming another run id at that stale seq
+    is a conflict, as is a plain append there."""
+    from aion_green.core import events as ev
+    from aion_green.core.errors import SequenceConflict
+    from aion_green.store import Append, CreateRun
+    from aion_green.stores.postgres.store import PostgresStore
+
+    def continuation(run_id):
+        return [ev.NewEvent(ev.WORKFLOW_CONTINUED_AS_NEW, 3.0,
+                            {"args": [1], "run_id": run_id, "generation": 2})]
+
+    store = PostgresStore(pg_url)
+    try:
+        store.write_batch([CreateRun("a", "t", "[0]", "r1", 1.0)])
+        step = [ev.NewEvent(ev.STEP_COMPLETED, 2.0, {"step": 1, "result": 0})]
+        assert store.write_batch([Append("a", 1, step)]) == [2]
+        batch = [Append("a", 2, continuation("r2"))]
+        assert store.write_batch(batch) == [3]
+        assert store.write_batch(batch) == [3]  # (the retry: recognised)
+        run = store.get_run("a")
+        assert (run.run_id, run.status, run.head_seq) == ("r2", ev.RUNNING, 1)
+        assert [e.type for e in store.read("a")] == [ev.WORKFLOW_STARTED]
+        assert store._query("SELECT run_id, count(*) FROM aion_archived_events "
+                            "WHERE workflow_id='a' GROUP BY run_id") == [("r1", 3)]
+        for stale in (Append("a", 2, continuation("r3")), Append("a", 2, step)):
+            assert isinstance(store.write_batch([stale])[0], SequenceConflict)
+        assert store.get_run("a").run_id == "r2"
+    finally:
+        store.close()

@@ -48,6 +48,7 @@ class BatchPlan:
     def append(self, op: Append, heads: dict[str, int],
                fences: Optional[dict[str, int]] = None,
                stored: Optional[dict[tuple[str, int], tuple[str, float, str]]] = None,
+               run_ids: Optional[dict[str, str]] = None,
                ) -> Union[int, StoreError]:
         """Check one append against ``heads`` (which it moves) and, for a
         store that leases runs, its fencing token against ``fences``; its
@@ -55,7 +56,11 @@ class BatchPlan:
         run's head moved past them, ``(wid, seq) -> (type, at, data)``
         (:func:`moved_past`); an append found there, event for event, was
         written by an earlier try of this same batch whose answer was lost,
-        and succeeds without writing again."""
+        and succeeds without writing again. ``run_ids``: each run's current
+        run id; an append that continues its run as new, found with its
+        run's row already holding the run id the continuation names (a
+        fresh id no other writer has), was committed by an earlier try (its
+        history archived, the head back at 1): it succeeds too."""
         wid = op.workflow_id
         if not op.events:
             return StoreError(f"an append to {wid!r} carried no events")
@@ -68,6 +73,9 @@ class BatchPlan:
             return StoreError(f"no run with workflow id {wid!r}: create it before appending")
         if head != op.expected_seq:
             if stored is not None and head > op.expected_seq and _written(op, stored):
+                return op.expected_seq + len(op.events)
+            continued = _continues_into(op)
+            if continued is not None and run_ids is not None and run_ids.get(wid) == continued:
                 return op.expected_seq + len(op.events)
             return SequenceConflict(wid, op.expected_seq, head)
         seq = head
@@ -115,6 +123,13 @@ def moved_past(ops: Sequence[Union[Append, CreateRun]],
                 spans.append((op.workflow_id, op.expected_seq + 1,
                               op.expected_seq + len(op.events)))
     return spans
+
+
+def _continues_into(op: Append) -> Optional[str]:
+    """The run id an append's continuation names, if it ends its run with
+    one (``WorkflowContinuedAsNew`` is a run's last record)."""
+    last = op.events[-1]
+    return last.data.get("run_id") if last.type == ev.WORKFLOW_CONTINUED_AS_NEW else None
 
 
 def _written(op: Append, stored: dict[tuple[str, int], tuple[str, float, str]]) -> bool:

@@ -402,17 +402,19 @@ class PostgresStore:
             if wids:
                 # Row locks, in id order: no other writer moves these heads
                 # before the commit, and two batches never deadlock.
-                cur.execute("SELECT workflow_id, head_seq, fence FROM aion_runs "
+                cur.execute("SELECT workflow_id, head_seq, fence, run_id FROM aion_runs "
                             "WHERE workflow_id = ANY(%s) ORDER BY workflow_id FOR UPDATE", (wids,))
             creates = [op for op in ops if isinstance(op, CreateRun)]
             if creates:
                 inserting = cur.connection.cursor()
                 self._insert_runs(inserting, creates)
             fences: Optional[dict[str, int]] = None
+            run_ids: Optional[dict[str, str]] = None
             if wids:
                 fetched = cur.fetchall()  # (the first wait: both statements answer)
-                heads = {wid: head for wid, head, _ in fetched}
-                fences = {wid: int(fence) for wid, _, fence in fetched}
+                heads = {wid: head for wid, head, _, _ in fetched}
+                fences = {wid: int(fence) for wid, _, fence, _ in fetched}
+                run_ids = {wid: run_id for wid, _, _, run_id in fetched}
                 spans = moved_past(ops, heads)
                 if spans:
                     # An earlier try of this batch may have committed with
@@ -436,7 +438,7 @@ class PostgresStore:
                     known = self._runs(cur, list(had))
             for op in ops:
                 if type(op) is Append:
-                    outcomes.append(plan.append(op, heads, fences, stored))
+                    outcomes.append(plan.append(op, heads, fences, stored, run_ids))
                     continue
                 assert isinstance(op, CreateRun)
                 if op.workflow_id in inserted:

@@ -20,15 +20,19 @@ real time, as a day's timers do.
     python bench/residency.py --sizes 200000 --configs default --horizon 3600 --spread 60
     python bench/residency.py --sizes 200000 --configs evict --wait message
     python bench/residency.py --sizes 1000000 --configs cap
+    python bench/residency.py --sizes 200000 --configs default,off --wait message --store postgres
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import uuid
+from typing import Iterator
 
 CHILD = r"""
 import json, os, sys, threading, time
@@ -53,7 +57,7 @@ n, cap, starters = {n}, {cap}, {starters}
 kwargs = {engine_kwargs!r}
 if cap is not None:
     kwargs["max_resident"] = cap
-engine = aion.Engine("sqlite:///" + {db!r}, workflows=[parked], **kwargs)
+engine = aion.Engine({url!r}, workflows=[parked], **kwargs)
 engine.list(limit=1)
 day, spread = {horizon!r}, {spread!r}
 base = time.time() + day
@@ -107,17 +111,37 @@ engine.shutdown()
 
 
 def run(n: int, cap: int | None, starters: int, engine_kwargs: dict, wait: str,
-        horizon: float = 86_400.0, spread: float = 0.0) -> dict:
+        horizon: float = 86_400.0, spread: float = 0.0, store: str = "sqlite",
+        pg: str = "") -> dict:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with tempfile.TemporaryDirectory() as tmp:
-        db = os.path.join(tmp, "residency.db")
-        code = CHILD.format(root=root, n=n, cap=cap, starters=starters, db=db,
+    with tempfile.TemporaryDirectory() as tmp, _store_url(store, pg, tmp) as url:
+        code = CHILD.format(root=root, n=n, cap=cap, starters=starters, url=url,
                             engine_kwargs=engine_kwargs, wait=wait, horizon=horizon,
                             spread=spread)
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"n={n} cap={cap} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def _store_url(store: str, pg: str, tmp: str) -> Iterator[str]:
+    """The store a run parks on: a SQLite file (driven by its one engine, or
+    leased: ``?leases=on``), or a fresh PostgreSQL schema, dropped after."""
+    if store != "postgres":
+        db = os.path.join(tmp, "residency.db")
+        yield f"sqlite:///{db}" + ("?leases=on" if store == "sqlite-leases" else "")
+        return
+    import psycopg
+
+    schema = f"bench_residency_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{pg}{'&' if '?' in pg else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(pg, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 def main() -> None:
@@ -136,18 +160,30 @@ def main() -> None:
                              "then fire in real time, one after another: their lateness)")
     parser.add_argument("--wait", choices=("timer", "message"), default="timer",
                         help="what the runs park on: a timer a day away, or a message")
+    parser.add_argument("--store", choices=("sqlite", "sqlite-leases", "postgres"),
+                        default="sqlite", help="where the runs are kept: a SQLite file that "
+                        "one engine drives (the default), the same with ?leases=on, or "
+                        "PostgreSQL (a fresh schema, dropped after; leased runs)")
+    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                        help="the PostgreSQL server for --store postgres")
     args = parser.parse_args()
+    if args.store != "sqlite" and (args.wait == "timer" or "cap" in args.configs.split(",")):
+        parser.error("leased runs (--store sqlite-leases or postgres): park them on a message "
+                     "(--wait message; the clock this script moves to fire timers would run "
+                     "every lease out too), and without --configs cap (a cap on the runs an "
+                     "engine leases leaves the rest to other engines: there are none here)")
     configs = {"default": (None, {}), "evict": (None, {"evict_after": 5.0}),
                "off": (None, {"evict_after": None}),
                "cap": (args.cap, {"evict_after": None})}
-    print(f"parked on a {args.wait}")
+    print(f"parked on a {args.wait}, store {args.store}")
     print(f"{'runs':>9} {'config':>9} {'start+park s':>12} {'starts/s':>9} {'drain s':>8} "
           f"{'done/s':>8} {'RSS parked MiB':>15} {'peak RSS MiB':>13} {'KiB/run':>8} "
           f"{'evicted':>9} {'resident max':>13} {'late p50/p99/max s':>20}")
     for n in (int(s) for s in args.sizes.split(",")):
         for name in args.configs.split(","):
             cap, kwargs = configs[name]
-            r = run(n, cap, args.starters, kwargs, args.wait, args.horizon, args.spread)
+            r = run(n, cap, args.starters, kwargs, args.wait, args.horizon, args.spread,
+                    args.store, args.pg)
             label = f"cap {cap}" if cap else name
             print(f"{n:>9,} {label:>9} {r['parked_s']:>12.1f} {n / r['parked_s']:>9,.0f} "
                   f"{r['drain_s']:>8.1f} {n / r['drain_s']:>8,.0f} {r['parked_rss_mib']:>15.0f} "

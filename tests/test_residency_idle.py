@@ -2,18 +2,19 @@
 once nothing it waits on is due soon (``Engine(evict_after=5.0)``): a run
 whose timers all fire later than that at once, a run waiting on a message
 or a child once it has waited that long; it wakes on time by replay, and
-nothing recorded runs twice. A run about to wake stays."""
+nothing recorded runs twice. A run about to wake stays. On every store:
+where runs are leased (PostgreSQL, SQLite with ?leases=on) an evicted run
+keeps its lease (tests/test_leased_eviction.py)."""
 import time
 from datetime import timedelta
 
 import pytest
-from conftest import SQLITE_ONLY, wait_until
+from conftest import wait_until
 from test_residency import _effects, effect, listener, napper
 
 import aion_green as aion
 from aion_green.core import events as ev
 
-pytestmark = SQLITE_ONLY  # PostgreSQL caps what an engine leases instead
 
 
 @aion.workflow(name="tests.idle_ticker")

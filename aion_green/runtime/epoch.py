@@ -190,9 +190,11 @@ class Epoch:
         self.sharing = Sharing(engine, self)
         self.leases = Leases(engine, self)
         self.queries = Queries(engine, self)
-        self.residency = Residency(engine, self, (engine.max_resident is not None
-                                                  or engine.evict_after is not None)
-                                   and not self.leased and not engine._passive)
+        # (Leased: max_resident caps the runs claimed, evict_after evicts.)
+        self.residency = Residency(engine, self, (
+            engine.evict_after is not None if self.leased
+            else engine.max_resident is not None or engine.evict_after is not None)
+            and not engine._passive)
         self.termination = Termination(engine, self)
         self.bounds = Bounds(engine, self)
         # -- services on the hub.

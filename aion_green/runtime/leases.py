@@ -117,7 +117,10 @@ class Leases:
 
     def _room(self) -> int:
         cap = self.engine.max_resident
-        return _CLAIM_MOST if cap is None else max(0, min(_CLAIM_MOST, cap - len(self.epoch.runs)))
+        if cap is None:
+            return _CLAIM_MOST
+        held = len(self.epoch.runs) + self.epoch.residency.out_of_memory()  # (evicted: still held)
+        return max(0, min(_CLAIM_MOST, cap - held))
 
     def _fair_limit(self, room: int, types: list[str]) -> int:
         """How many runs to claim now: this engine's fair share of the runs
@@ -170,6 +173,11 @@ class Leases:
                 except AionError as exc:
                     log.warning("claiming runs failed (%s); retrying", exc)
             for info in claimed:
+                if self.epoch.residency.absent_here(info.workflow_id):
+                    # Evicted here under a lease that ran out (a paused
+                    # process) and claimed back: driven anew, under the new
+                    # fence, from its history.
+                    self.epoch.residency.forget(info.workflow_id)
                 if info.workflow_id in self.epoch.runs:
                     # Still driven here under an older lease that ran out
                     # (a paused process, a clock that jumped) and came back
@@ -220,6 +228,7 @@ class Leases:
             # Runs still starting (their history being read) hold leases
             # too: left out, they ran out while the reads queued.
             mine = self.epoch.runs.ids()
+            mine.extend(self.epoch.residency.held_out())  # evicted: held all the same
             if mine:
                 try:
                     kept = set(self.epoch.writer.call_urgent(self._renew_now, mine).result())
@@ -230,8 +239,14 @@ class Leases:
                     figures.renewed(covered - time.time())
                     covered = tick + self.engine.lease
                     for wid in mine:
+                        if wid in kept:
+                            continue
                         ctx = self.epoch.runs.get(wid)
-                        if wid not in kept and ctx is not None:
+                        if ctx is None and self.epoch.residency.absent_here(wid):
+                            log.warning("run %r (out of memory here): its lease was taken by "
+                                        "another engine; forgotten here", wid)
+                            self.epoch.residency.forget(wid)
+                        elif ctx is not None:
                             log.warning("run %r: its lease was taken by another engine; dropped "
                                         "here", wid)
                             self.epoch.hub.call_soon(ctx._on_failed, FencedOut(

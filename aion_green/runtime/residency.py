@@ -56,8 +56,11 @@ class Residency:
         self.engine = engine  # its settings, and the facade's own operations
         self.epoch = epoch  # the state of this engine's life, and the other parts
         # Over SQLite a cap evicts parked runs; leased stores cap what an
-        # engine claims instead (runtime/leases.py).
+        # engine claims instead (runtime/leases.py), and evict idle runs
+        # only (``evict_after``): an evicted run keeps its lease, renewed
+        # with the others, and comes back when what it waits for arrives.
         self.on = on
+        self.cap: Optional[int] = None if epoch.leased else engine.max_resident
         # Runs evicted from memory, parked; woken by what they wait for. Kept:
         # what driving it again needs besides its history (run id, type,
         # arguments, creation time, fence), as one tuple.
@@ -93,7 +96,7 @@ class Residency:
 
     # -- the cap ---------------------------------------------------------------------------
     def full(self) -> bool:
-        cap = self.engine.max_resident
+        cap = self.cap
         return self.on and cap is not None and len(self.epoch.runs) >= cap
 
     def queue_run(self, wid: str, info: Any, recovering: bool, recorder: Any) -> None:
@@ -110,7 +113,7 @@ class Residency:
         """Hub greenlet: evict parked runs (longest parked first) until the
         queued runs fit, then let them in."""
         self._room_asked = False
-        cap = self.engine.max_resident
+        cap = self.cap
         assert cap is not None
         want = len(self.admission) - (cap - len(self.epoch.runs))
         parked = self._parked_runs
@@ -156,7 +159,7 @@ class Residency:
         """Let queued runs in while there is room: under ``max_resident``;
         without it, evicted runs woken come back at most ``WAKE_CAP`` at a
         time (200,000 timers due at once would otherwise replay all at once)."""
-        cap = self.engine.max_resident
+        cap = self.cap
         if cap is None and self.idle is not None:
             cap = WAKE_CAP
         queue = self.admission
@@ -170,7 +173,7 @@ class Residency:
         wid = ctx._key
         parked_at = _monotonic()
         self._parked_runs[wid] = parked_at
-        if self.admission and self.engine.max_resident is not None:
+        if self.admission and self.cap is not None:
             self._ask_room()
         idle = self.idle
         if idle is None:
@@ -300,8 +303,21 @@ class Residency:
                            created_at, fence)
             self.admission[wid] = (info, True, None)
             self._admit_next()
-            if wid in self.admission and self.engine.max_resident is not None:
+            if wid in self.admission and self.cap is not None:
                 self._ask_room()
+
+    def held_out(self) -> list[str]:
+        """Hub thread: the ids of the runs of this engine out of memory
+        (their leases are renewed with the others')."""
+        return [*self._evicted, *self.admission]
+
+    def forget(self, wid: str) -> None:
+        """Hub thread: an evicted run is no longer this engine's (its lease
+        was taken, or claimed here anew under another fence)."""
+        self._evicted.pop(wid, None)
+        if wid in self.admission:
+            del self.admission[wid]
+        self._woken.pop(wid, None)
 
     def out_of_memory(self) -> int:
         """Runs of this engine out of memory: evicted, or queued for a place

@@ -16,6 +16,8 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+import gevent
+
 from aion_green.core import events as ev
 from aion_green.core.errors import EngineClosed, StoreUnavailable, WorkflowNotRunning
 from aion_green.hub_thread import Future
@@ -98,6 +100,16 @@ class Routing:
                     done(None, WorkflowNotRunning(
                         f"workflow {wid!r} has finished; {why_not}, so nothing was recorded"))
                 return
+            if self.epoch.leased and self.epoch.residency.absent_here(wid):
+                # Ours, out of memory: brought back, then recorded through
+                # its recorder (through the inbox, it came back to this
+                # engine's drain and went round again).
+                try:
+                    self.epoch.hub.spawn(self._route_when_back, wid, build, via_store, why_not,
+                                         done, via_inbox, name=f"route:{wid}")
+                except EngineClosed as exc:
+                    done(None, exc)
+                return
             if via_inbox is not None and self.epoch.leased:
                 # Leased runs: another engine may own it; only its owner
                 # appends, so the request goes to the inbox it drains.
@@ -115,6 +127,26 @@ class Routing:
                         hub.call_soon(self.epoch.residency.wake, wid)
                     recorded_for(head, error)
             self.epoch.writer.submit_call(via_store, done)
+
+    def _route_when_back(self, wid: str, build: Callable[[Recorder], builtins.list[ev.NewEvent]],
+                         via_store: Callable[[], Any], why_not: str,
+                         done: Callable[[Any, Optional[BaseException]], None],
+                         via_inbox: Optional[tuple[str, dict[str, Any]]]) -> None:
+        """A hub greenlet: wake ``wid`` (leased here, out of memory) and route
+        the arrival once its recorder is back (it buffers what comes while
+        the run replays), or once the run is not this engine's any more
+        (its lease taken: the arrival goes to the new owner's inbox)."""
+        residency, delay = self.epoch.residency, 0.001
+        while True:
+            if self.epoch.hub.closing:
+                done(None, EngineClosed("the engine is shutting down; nothing was recorded"))
+                return
+            if wid in self.epoch.recorders or not residency.absent_here(wid):
+                self.route(wid, build, via_store, why_not, done, via_inbox)
+                return
+            residency.wake(wid)
+            gevent.sleep(delay)
+            delay = min(delay * 2, 0.02)
 
     def await_recorded(self, future: Future, what: str) -> Any:
         """Any thread but the hub's: the outcome of an arrival routed with
@@ -154,7 +186,9 @@ class Routing:
         now = time.time()
         owner, lease_until = None, 0.0
         if self.epoch.leased and mine is not None and wname in self.engine._registry.names() and (
-                self.engine.max_resident is None or len(self.epoch.runs) < self.engine.max_resident):
+                self.engine.max_resident is None
+                or len(self.epoch.runs) + self.epoch.residency.out_of_memory()
+                < self.engine.max_resident):
             owner, lease_until = self.engine.engine_id, now + self.engine.lease
         try:
             self.epoch.writer.submit_create(

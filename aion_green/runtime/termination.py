@@ -213,6 +213,7 @@ class Termination:
             return
         self.epoch.unrunnable.pop(wid, None)
         self.epoch.unreadable.pop(wid, None)
+        self.epoch.residency.forget(wid)  # (ended out of memory: nothing to wake, or renew)
         try:
             info = self.epoch.writer.call(self.epoch.store.get_run, wid).result()
         except Exception:  # the event is recorded; waiters find it by polling

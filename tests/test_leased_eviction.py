@@ -1,0 +1,203 @@
+"""Memory without a knob where runs are leased (PostgreSQL, SQLite with
+?leases=on): an idle run leaves memory as over a SQLite driver
+(``evict_after``), but stays this engine's. Its lease is renewed with the
+others, so no other engine claims it; what it waits for reaches it from any
+engine (a signal goes through its owner's inbox, which brings it back); a
+lease taken from it while it was out makes this engine forget it; at
+shutdown its lease is given back with the others; ``max_resident`` counts it
+among the runs held."""
+import time
+
+import pytest
+from conftest import wait_until
+from test_postgres_engines import _execute, _store
+from test_residency import _effects, child, effect, listener
+
+import aion_green as aion
+
+
+@pytest.fixture(params=["postgres", "sqlite-leases"])
+def shared_url(request, tmp_path):
+    if request.param == "postgres":
+        return request.getfixturevalue("pg_url")
+    return f"sqlite:///{tmp_path / 'shared.db'}?leases=on"
+
+
+@pytest.fixture(autouse=True)
+def _clear_effects():
+    _effects.clear()
+    yield
+    _effects.clear()
+
+
+@aion.workflow(name="tests.leased_evict_parent")
+def parent(ctx, n):
+    ctx.step(effect, f"{n}:parent")
+    return ctx.start_child(child, n).result() + 1
+
+
+def _out(engine):
+    return engine._epoch.residency.out_of_memory()
+
+
+def test_evicted_runs_keep_their_leases_and_a_signal_from_another_engine_wakes_them(shared_url):
+    first = aion.Engine(shared_url, workflows=[listener], evict_after=0.3, lease=1.0)
+    second = None
+    store = _store(shared_url)
+    try:
+        for n in range(10):
+            first.start(listener, n, id=f"l-{n}")
+        wait_until(lambda: len(_effects) == 10, what="every listener to be ready")
+        wait_until(lambda: len(first._epoch.runs) == 0 and _out(first) == 10, timeout=15,
+                   what="the listeners to leave memory")
+        second = aion.Engine(shared_url, workflows=[listener], lease=1.0)
+        assert second.driving
+        time.sleep(2.5)  # two and a half leases: each renewed by its owner, out of memory
+        now = time.time()
+        for n in range(10):
+            owner, until = store.lease_of(f"l-{n}")
+            assert owner == first.engine_id and until > now, (n, owner, until - now)
+        assert len(second._epoch.runs) == 0 and len(first._epoch.runs) == 0
+        for n in range(10):
+            second.signal(f"l-{n}", "go", "x")
+        assert [second.result(f"l-{n}", timeout=30) for n in range(10)] == [
+            f"{n}:x" for n in range(10)]
+        assert sorted(_effects) == sorted([f"{n}:ready" for n in range(10)]
+                                          + [f"{n}:x" for n in range(10)])
+        assert first.evictions >= 10
+    finally:
+        if second is not None:
+            second.shutdown()
+        first.shutdown()
+        store.close()
+
+
+def test_a_query_and_a_signal_from_its_own_engine_reach_an_evicted_run(shared_url):
+    with aion.Engine(shared_url, workflows=[listener], evict_after=0.3) as engine:
+        handle = engine.start(listener, 7, id="own")
+        wait_until(lambda: _out(engine) == 1, timeout=15, what="the listener to leave memory")
+        assert engine.query("own", "n", timeout=10) == 7
+        engine.signal("own", "go", "y")
+        assert handle.result(timeout=30) == "7:y"
+        assert _effects == ["7:ready", "7:y"]
+
+
+def test_an_evicted_parent_is_woken_by_its_childs_end(shared_url):
+    with aion.Engine(shared_url, workflows=[parent, child], evict_after=0.1) as engine:
+        handle = engine.start(parent, 4, id="p")
+        wait_until(lambda: engine.evictions >= 1, timeout=15, what="the parent to leave memory")
+        assert handle.result(timeout=30) == 41
+        assert _effects == ["4:parent"]
+
+
+def test_at_shutdown_the_leases_of_evicted_runs_are_given_back(shared_url):
+    """Released, not left to run out (10 s): the next engine drives them at once."""
+    first = aion.Engine(shared_url, workflows=[listener], evict_after=0.3)
+    for n in range(5):
+        first.start(listener, n, id=f"s-{n}")
+    wait_until(lambda: _out(first) == 5, timeout=15, what="the listeners to leave memory")
+    first.shutdown()
+    store = _store(shared_url)
+    try:
+        assert all(store.lease_of(f"s-{n}") is None for n in range(5))
+    finally:
+        store.close()
+    with aion.Engine(shared_url, workflows=[listener], evict_after=None) as second:
+        began = time.monotonic()
+        wait_until(lambda: len(second._epoch.runs) == 5, timeout=10,
+                   what="the next engine to claim the released runs")
+        assert time.monotonic() - began < 5
+        for n in range(5):
+            second.signal(f"s-{n}", "go", "z")
+        assert [second.result(f"s-{n}", timeout=30) for n in range(5)] == [
+            f"{n}:z" for n in range(5)]
+    assert sorted(_effects) == sorted([f"{n}:ready" for n in range(5)]
+                                      + [f"{n}:z" for n in range(5)])
+
+
+def test_an_evicted_run_whose_lease_was_taken_is_forgotten(shared_url):
+    """Another engine took the lease while the run was out of memory (this
+    one was paused past it, say): the next renewal finds it gone, and this
+    engine neither renews nor wakes it again."""
+    engine = aion.Engine(shared_url, workflows=[listener], evict_after=0.3, lease=1.0)
+    store = _store(shared_url)
+    try:
+        engine.start(listener, 1, id="taken")
+        engine.start(listener, 2, id="kept")
+        wait_until(lambda: _out(engine) == 2, timeout=15, what="the listeners to leave memory")
+        _execute(store, "UPDATE aion_runs SET owner = 'someone-else', lease_until = 1e12 "
+                        "WHERE workflow_id = 'taken'")
+        wait_until(lambda: _out(engine) == 1, timeout=10, what="the taken run to be forgotten")
+        assert not engine._epoch.residency.absent_here("taken")
+        assert engine._epoch.residency.absent_here("kept")
+        assert store.lease_of("taken")[0] == "someone-else"
+        assert store.lease_of("kept")[0] == engine.engine_id
+    finally:
+        engine.shutdown()
+        store.close()
+
+
+def test_max_resident_counts_evicted_runs_among_those_held(shared_url):
+    """A cap of 3: three runs held here, in memory or not; the rest are left
+    for other engines, and claimed by one."""
+    first = aion.Engine(shared_url, workflows=[listener], evict_after=0.2, max_resident=3)
+    second = None
+    store = _store(shared_url)
+    try:
+        for n in range(3):
+            first.start(listener, n, id=f"c-{n}")
+        wait_until(lambda: _out(first) == 3, timeout=15, what="the listeners to leave memory")
+        for n in range(3, 6):
+            first.start(listener, n, id=f"c-{n}")
+        time.sleep(1.0)  # (its claim loop comes round: it has no room)
+        owners = [(store.lease_of(f"c-{n}") or (None,))[0] for n in range(6)]
+        assert owners[:3] == [first.engine_id] * 3 and owners[3:] == [None] * 3, owners
+        second = aion.Engine(shared_url, workflows=[listener])
+        assert second.driving
+        wait_until(lambda: len(second._epoch.runs) == 3, timeout=10,
+                   what="the other engine to claim the runs left over")
+        for n in range(6):
+            second.signal(f"c-{n}", "go", "w")
+        assert [second.result(f"c-{n}", timeout=30) for n in range(6)] == [
+            f"{n}:w" for n in range(6)]
+    finally:
+        if second is not None:
+            second.shutdown()
+        first.shutdown()
+        store.close()
+
+
+@pytest.mark.parametrize("sender", ["own", "other"])
+def test_cancel_terminate_and_pause_reach_evicted_runs(shared_url, sender):
+    """From the engine that holds them and from another one: a cancel ends
+    a run out of memory as cancelled, a terminate as terminated, and a
+    pause then an unpause are recorded in order and the run goes on."""
+    first = aion.Engine(shared_url, workflows=[listener], evict_after=0.3)
+    other = None
+    try:
+        for wid in ("cancel", "term", "pause"):
+            first.start(listener, 0, id=wid)
+        wait_until(lambda: _out(first) == 3, timeout=15, what="the listeners to leave memory")
+        if sender == "other":
+            other = aion.Engine(shared_url, workflows=[listener])
+        engine = other or first
+        engine.cancel("cancel", "no more")
+        engine.terminate("term", "stop")
+        engine.pause("pause", "hold")
+        engine.unpause("pause", "go on")
+        engine.signal("pause", "go", "on")
+        with pytest.raises(aion.WorkflowCancelled):
+            engine.result("cancel", timeout=30)
+        with pytest.raises(aion.WorkflowCancelled):
+            engine.result("term", timeout=30)
+        assert engine.result("pause", timeout=30) == "0:on"
+        assert engine.describe("cancel").status == "cancelled"
+        kinds = [e.type for e in engine.history("pause")]
+        assert kinds.index("WorkflowPaused") < kinds.index("WorkflowUnpaused") < kinds.index(
+            "MessageReceived")
+        # None of them is held out of memory any more (nor renewed).
+        wait_until(lambda: _out(first) == 0, timeout=10, what="the ended runs to be forgotten")
+    finally:
+        if other is not None:
+            other.shutdown()
+        first.shutdown()

@@ -11,7 +11,7 @@ import time
 import pytest
 from conftest import wait_until
 from test_postgres_engines import _execute, _store
-from test_residency import _effects, child, effect, listener
+from test_residency import _clear_effects, _effects, child, effect, listener  # noqa: F401
 
 import aion_green as aion
 
@@ -21,13 +21,6 @@ def shared_url(request, tmp_path):
     if request.param == "postgres":
         return request.getfixturevalue("pg_url")
     return f"sqlite:///{tmp_path / 'shared.db'}?leases=on"
-
-
-@pytest.fixture(autouse=True)
-def _clear_effects():
-    _effects.clear()
-    yield
-    _effects.clear()
 
 
 @aion.workflow(name="tests.leased_evict_parent")
@@ -40,16 +33,29 @@ def _out(engine):
     return engine._epoch.residency.out_of_memory()
 
 
+def _park(engine, ids):
+    """Start a listener for each id (its number: its place in ``ids``) and
+    wait until every run this engine holds is out of memory."""
+    for n, wid in enumerate(ids):
+        engine.start(listener, n, id=wid)
+    wait_until(lambda: _out(engine) == len(ids) and not engine._epoch.runs, timeout=15,
+               what="the listeners to leave memory")
+
+
+def _go(engine, ids, value):
+    """Signal each listener ``value``; their results, in order."""
+    for wid in ids:
+        engine.signal(wid, "go", value)
+    return [engine.result(wid, timeout=30) for wid in ids]
+
+
 def test_evicted_runs_keep_their_leases_and_a_signal_from_another_engine_wakes_them(shared_url):
     first = aion.Engine(shared_url, workflows=[listener], evict_after=0.3, lease=1.0)
     second = None
     store = _store(shared_url)
     try:
-        for n in range(10):
-            first.start(listener, n, id=f"l-{n}")
-        wait_until(lambda: len(_effects) == 10, what="every listener to be ready")
-        wait_until(lambda: len(first._epoch.runs) == 0 and _out(first) == 10, timeout=15,
-                   what="the listeners to leave memory")
+        ids = [f"l-{n}" for n in range(10)]
+        _park(first, ids)
         second = aion.Engine(shared_url, workflows=[listener], lease=1.0)
         assert second.driving
         time.sleep(2.5)  # two and a half leases: each renewed by its owner, out of memory
@@ -58,10 +64,7 @@ def test_evicted_runs_keep_their_leases_and_a_signal_from_another_engine_wakes_t
             owner, until = store.lease_of(f"l-{n}")
             assert owner == first.engine_id and until > now, (n, owner, until - now)
         assert len(second._epoch.runs) == 0 and len(first._epoch.runs) == 0
-        for n in range(10):
-            second.signal(f"l-{n}", "go", "x")
-        assert [second.result(f"l-{n}", timeout=30) for n in range(10)] == [
-            f"{n}:x" for n in range(10)]
+        assert _go(second, ids, "x") == [f"{n}:x" for n in range(10)]
         assert sorted(_effects) == sorted([f"{n}:ready" for n in range(10)]
                                           + [f"{n}:x" for n in range(10)])
         assert first.evictions >= 10
@@ -74,12 +77,10 @@ def test_evicted_runs_keep_their_leases_and_a_signal_from_another_engine_wakes_t
 
 def test_a_query_and_a_signal_from_its_own_engine_reach_an_evicted_run(shared_url):
     with aion.Engine(shared_url, workflows=[listener], evict_after=0.3) as engine:
-        handle = engine.start(listener, 7, id="own")
-        wait_until(lambda: _out(engine) == 1, timeout=15, what="the listener to leave memory")
-        assert engine.query("own", "n", timeout=10) == 7
-        engine.signal("own", "go", "y")
-        assert handle.result(timeout=30) == "7:y"
-        assert _effects == ["7:ready", "7:y"]
+        _park(engine, ["own"])
+        assert engine.query("own", "n", timeout=10) == 0
+        assert _go(engine, ["own"], "y") == ["0:y"]
+        assert _effects == ["0:ready", "0:y"]
 
 
 def test_an_evicted_parent_is_woken_by_its_childs_end(shared_url):
@@ -93,13 +94,12 @@ def test_an_evicted_parent_is_woken_by_its_childs_end(shared_url):
 def test_at_shutdown_the_leases_of_evicted_runs_are_given_back(shared_url):
     """Released, not left to run out (10 s): the next engine drives them at once."""
     first = aion.Engine(shared_url, workflows=[listener], evict_after=0.3)
-    for n in range(5):
-        first.start(listener, n, id=f"s-{n}")
-    wait_until(lambda: _out(first) == 5, timeout=15, what="the listeners to leave memory")
+    ids = [f"s-{n}" for n in range(5)]
+    _park(first, ids)
     first.shutdown()
     store = _store(shared_url)
     try:
-        assert all(store.lease_of(f"s-{n}") is None for n in range(5))
+        assert all(store.lease_of(wid) is None for wid in ids)
     finally:
         store.close()
     with aion.Engine(shared_url, workflows=[listener], evict_after=None) as second:
@@ -107,10 +107,7 @@ def test_at_shutdown_the_leases_of_evicted_runs_are_given_back(shared_url):
         wait_until(lambda: len(second._epoch.runs) == 5, timeout=10,
                    what="the next engine to claim the released runs")
         assert time.monotonic() - began < 5
-        for n in range(5):
-            second.signal(f"s-{n}", "go", "z")
-        assert [second.result(f"s-{n}", timeout=30) for n in range(5)] == [
-            f"{n}:z" for n in range(5)]
+        assert _go(second, ids, "z") == [f"{n}:z" for n in range(5)]
     assert sorted(_effects) == sorted([f"{n}:ready" for n in range(5)]
                                       + [f"{n}:z" for n in range(5)])
 
@@ -122,9 +119,7 @@ def test_an_evicted_run_whose_lease_was_taken_is_forgotten(shared_url):
     engine = aion.Engine(shared_url, workflows=[listener], evict_after=0.3, lease=1.0)
     store = _store(shared_url)
     try:
-        engine.start(listener, 1, id="taken")
-        engine.start(listener, 2, id="kept")
-        wait_until(lambda: _out(engine) == 2, timeout=15, what="the listeners to leave memory")
+        _park(engine, ["taken", "kept"])
         _execute(store, "UPDATE aion_runs SET owner = 'someone-else', lease_until = 1e12 "
                         "WHERE workflow_id = 'taken'")
         wait_until(lambda: _out(engine) == 1, timeout=10, what="the taken run to be forgotten")
@@ -144,9 +139,8 @@ def test_max_resident_counts_evicted_runs_among_those_held(shared_url):
     second = None
     store = _store(shared_url)
     try:
-        for n in range(3):
-            first.start(listener, n, id=f"c-{n}")
-        wait_until(lambda: _out(first) == 3, timeout=15, what="the listeners to leave memory")
+        ids = [f"c-{n}" for n in range(6)]
+        _park(first, ids[:3])
         for n in range(3, 6):
             first.start(listener, n, id=f"c-{n}")
         time.sleep(1.0)  # (its claim loop comes round: it has no room)
@@ -156,10 +150,7 @@ def test_max_resident_counts_evicted_runs_among_those_held(shared_url):
         assert second.driving
         wait_until(lambda: len(second._epoch.runs) == 3, timeout=10,
                    what="the other engine to claim the runs left over")
-        for n in range(6):
-            second.signal(f"c-{n}", "go", "w")
-        assert [second.result(f"c-{n}", timeout=30) for n in range(6)] == [
-            f"{n}:w" for n in range(6)]
+        assert _go(second, ids, "w") == [f"{n}:w" for n in range(6)]
     finally:
         if second is not None:
             second.shutdown()
@@ -175,9 +166,7 @@ def test_cancel_terminate_and_pause_reach_evicted_runs(shared_url, sender):
     first = aion.Engine(shared_url, workflows=[listener], evict_after=0.3)
     other = None
     try:
-        for wid in ("cancel", "term", "pause"):
-            first.start(listener, 0, id=wid)
-        wait_until(lambda: _out(first) == 3, timeout=15, what="the listeners to leave memory")
+        _park(first, ["cancel", "term", "pause"])
         if sender == "other":
             other = aion.Engine(shared_url, workflows=[listener])
         engine = other or first
@@ -185,12 +174,11 @@ def test_cancel_terminate_and_pause_reach_evicted_runs(shared_url, sender):
         engine.terminate("term", "stop")
         engine.pause("pause", "hold")
         engine.unpause("pause", "go on")
-        engine.signal("pause", "go", "on")
         with pytest.raises(aion.WorkflowCancelled):
             engine.result("cancel", timeout=30)
         with pytest.raises(aion.WorkflowCancelled):
             engine.result("term", timeout=30)
-        assert engine.result("pause", timeout=30) == "0:on"
+        assert _go(engine, ["pause"], "on") == ["2:on"]
         assert engine.describe("cancel").status == "cancelled"
         kinds = [e.type for e in engine.history("pause")]
         assert kinds.index("WorkflowPaused") < kinds.index("WorkflowUnpaused") < kinds.index(

@@ -16,7 +16,6 @@ import aion_green as aion
 from aion_green.core import events as ev
 
 
-
 @aion.workflow(name="tests.idle_ticker")
 def ticker(ctx, ticks):
     for _ in range(ticks):

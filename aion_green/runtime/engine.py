@@ -200,12 +200,14 @@ class Engine:
     or a PostgreSQL connection; ``lease``, the seconds a run stays leased
     to this engine unrenewed (PostgreSQL); ``max_resident``, the most runs
     held in memory (parked ones beyond it are evicted and replayed on
-    their wake; over PostgreSQL, the most runs leased); ``evict_after``: a
+    their wake; where runs are leased, the most runs held, evicted ones
+    included); ``evict_after``: a
     run parked on waits none of which is due within that many seconds (a
     timer further away; a message or a child waited on that long) leaves
     memory and is replayed on its wake, so parked runs cost memory only
-    while they are likely to wake soon (SQLite; default 5.0 seconds; None
-    keeps them all unless ``max_resident``: a workflow body's own side
+    while they are likely to wake soon (every store; default 5.0 seconds;
+    where runs are leased, an evicted run keeps its lease; None keeps them
+    all unless ``max_resident``: a workflow body's own side
     effects, outside its steps, happen again on each replay); ``step_grace``, how
     long shutdown waits for running steps to be recorded; ``retention``,
     the age (a timedelta or seconds) past which finished runs are purged.

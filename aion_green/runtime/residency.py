@@ -1,7 +1,8 @@
 """Residency: a cap on the runs an engine holds in memory.
 
-With ``Engine(max_resident=N)`` (over SQLite; PostgreSQL caps the runs an
-engine *leases* instead) at most N runs have a greenlet and a context here.
+With ``Engine(max_resident=N)`` (over a SQLite driver; where runs are
+leased it caps the runs an engine *holds* instead) at most N runs have a
+greenlet and a context here.
 A run parked on a long wait (a timer, a message, a child's end, a cancel)
 with nothing in flight is *evicted* when room is needed: its greenlet ends
 (like a run killed at shutdown, nothing is recorded) and only its id is

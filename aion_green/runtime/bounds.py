@@ -89,7 +89,7 @@ class Bounds:
         epoch = self.epoch
         if wid in self._ending or epoch.hub.closing:
             return
-        if epoch.leased and wid not in epoch.recorders and not epoch.residency.absent_here(wid):
+        if epoch.routing.held_elsewhere(wid):
             return  # not ours any more: the engine that claimed it armed it too
         self._ending.add(wid)
         epoch.hub.spawn(self._time_out, wid, name=f"timeout:{wid}")
@@ -137,8 +137,7 @@ class Bounds:
         # not an earlier pause's.
         data = {"reason": reason, "dedup": f"{kind}/{uuid.uuid4().hex}"}
         at = time.time()
-        if not epoch.sharing.driving or (epoch.leased and wid not in epoch.recorders
-                                         and not epoch.residency.absent_here(wid)):
+        if not epoch.sharing.driving or epoch.routing.held_elsewhere(wid):
             event_type = ev.WORKFLOW_PAUSED if paused else ev.WORKFLOW_UNPAUSED
             return epoch.sharing.post(wid, kind, data, at, event_type, data["dedup"])
         future = Future()

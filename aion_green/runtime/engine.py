@@ -543,8 +543,7 @@ class Engine:
         self._require_current(workflow_id, run_id, f"message {name!r}")
         dedup = None if idempotency_key is None else f"signal/{idempotency_key}"
         try:
-            if not epoch.sharing.driving or (epoch.leased and workflow_id not in epoch.recorders
-                                             and not epoch.residency.absent_here(workflow_id)):
+            if not epoch.sharing.driving or epoch.routing.held_elsewhere(workflow_id):
                 data: dict[str, Any] = {"name": name, "payload": value}
                 if dedup is not None:
                     data["dedup"] = dedup
@@ -634,8 +633,7 @@ class Engine:
         epoch = self._epoch
         self._require_current(workflow_id, run_id, "the cancel request")
         future = Future()
-        if epoch.sharing.driving and not (epoch.leased and workflow_id not in epoch.recorders
-                                          and not epoch.residency.absent_here(workflow_id)):
+        if epoch.sharing.driving and not epoch.routing.held_elsewhere(workflow_id):
             epoch.routing.route_cancel(workflow_id, reason, future_done(future))
         elif epoch.leased and epoch.termination.lease_holder(workflow_id) is None:
             # Nobody holds it (no engine knows its type, say): its owner's

@@ -128,6 +128,13 @@ class Routing:
                     recorded_for(head, error)
             self.epoch.writer.submit_call(via_store, done)
 
+    def held_elsewhere(self, wid: str) -> bool:
+        """Any thread: runs are leased and ``wid`` is not this engine's (no
+        recorder here, not held out of memory here): a request for it goes
+        to its owner's inbox."""
+        epoch = self.epoch
+        return epoch.leased and wid not in epoch.recorders and not epoch.residency.absent_here(wid)
+
     def _route_when_back(self, wid: str, build: Callable[[Recorder], builtins.list[ev.NewEvent]],
                          via_store: Callable[[], Any], why_not: str,
                          done: Callable[[Any, Optional[BaseException]], None],

@@ -132,6 +132,31 @@ def test_an_evicted_run_whose_lease_was_taken_is_forgotten(shared_url):
         store.close()
 
 
+def test_a_run_claimed_back_by_its_own_engine_and_then_evicted_keeps_the_new_fence(shared_url):
+    """Its lease ran out while it was in memory (a paused process) and this
+    engine's claim took it back under a new fence; then it left memory. Woken
+    by a signal, it writes under the new fence: it goes on, nothing dropped
+    (CI found it woken under the fence it was first driven with, fenced out
+    by its own engine's claim)."""
+    store = _store(shared_url)
+    engine = aion.Engine(shared_url, workflows=[listener], evict_after=2.0, lease=30.0)
+    try:
+        engine.start(listener, 0, id="back")
+        old = store.get_run("back").fence
+        _execute(store, "UPDATE aion_runs SET lease_until = 0 WHERE workflow_id = 'back'")
+        wait_until(lambda: store.get_run("back").fence > old, timeout=5,
+                   what="the engine to claim its own run back")
+        # Claimed back while still in memory (eviction comes 2 s after it parked).
+        assert "back" in engine._epoch.runs and not engine._epoch.residency.absent_here("back")
+        wait_until(lambda: _out(engine) == 1, timeout=10, what="the run to leave memory")
+        assert _go(engine, ["back"], "w") == ["0:w"]
+        assert engine.metrics.leases.lost == 0
+        assert _effects == ["0:ready", "0:w"]
+    finally:
+        engine.shutdown()
+        store.close()
+
+
 def test_max_resident_counts_evicted_runs_among_those_held(shared_url):
     """A cap of 3: three runs held here, in memory or not; the rest are left
     for other engines, and claimed by one."""

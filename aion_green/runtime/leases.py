@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import gevent
 import gevent.event
@@ -40,6 +40,7 @@ from gevent import monkey
 from aion_green.core import clock as _clock
 from aion_green.core.errors import AionError, FencedOut
 from aion_green.core.registry import parameters_of
+from aion_green.runtime.recorder import Recorder
 
 if TYPE_CHECKING:  # pragma: no cover
     from aion_green.runtime.engine import Engine
@@ -185,7 +186,11 @@ class Leases:
                     # written meanwhile, the next append's expected seq is
                     # stale: SequenceConflict drops the run, which is then
                     # driven anew from its history.
-                    recorder = self.epoch.recorders.get(info.workflow_id)
+                    # (A run unwinding for eviction has left the routing
+                    # table but not its context: it keeps the new fence.)
+                    ctx = self.epoch.runs.get(info.workflow_id)
+                    recorder = (cast(Recorder, ctx._recorder) if ctx is not None
+                                else self.epoch.recorders.get(info.workflow_id))
                     if recorder is not None:
                         recorder.fence = info.fence or None
                     continue

@@ -273,10 +273,11 @@ class Residency:
     def on_unpark(self, ctx: WorkflowContext) -> None:
         self._parked_runs.pop(ctx._key, None)
 
-    def on_evicted(self, info: RunInfo) -> None:
-        """``_drive``: the run's greenlet unwound for eviction."""
+    def on_evicted(self, info: RunInfo, fence: Optional[int]) -> None:
+        """``_drive``: the run's greenlet unwound for eviction; ``fence``
+        is its recorder's (the lease it holds now)."""
         self._evicted[info.workflow_id] = (info.run_id, info.workflow_type, info.args,
-                                           info.created_at, info.fence)
+                                           info.created_at, fence)
 
     def on_run_gone(self, wid: str) -> None:
         """``_drive``: a run's greenlet ended or was evicted (its place is free)."""

@@ -470,7 +470,9 @@ class Runner:
             raise
         except RunEvicted:
             evicted, outcome = True, "evicted"
-            self.epoch.residency.on_evicted(info)
+            # Under the fence its recorder holds now: a claim that took the
+            # run back here (its lease ran out) raised it since it was driven.
+            self.epoch.residency.on_evicted(info, recorder.fence)
         except RunTerminated:
             outcome = "terminated"  # the engine records its end (runtime/termination.py)
         except RunLost as exc:

@@ -141,6 +141,15 @@ class NewRun(NamedTuple):
     status: str
 
 
+# A lease parked while its run is out of memory (runtime/residency.py): a
+# ``lease_until`` no clock reaches. It holds as long as its owner's entry
+# among the engines does (renewed once per heartbeat, not once per run);
+# once that entry has run out, the next engine that publishes its own
+# frees the run (``lease_until`` 0) for any engine to claim.
+PARKED_LEASE_SQL = "1e15"  # as the stores' partial indexes spell it (SQLite matches their text)
+PARKED_LEASE = float(PARKED_LEASE_SQL)
+
+
 class CreateRun(NamedTuple):
     """Create a run and its ``WorkflowStarted`` event (seq 1)."""
 

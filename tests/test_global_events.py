@@ -269,7 +269,7 @@ def test_a_postgres_schema_of_version_5_numbers_its_events_in_time_order(pg_url)
     try:
         _numbered_in_time_order(store)
         assert store._query("SELECT version FROM aion_schema") == [(SCHEMA_VERSION,)]
-        assert SCHEMA_VERSION == 6
+        assert SCHEMA_VERSION == 7
     finally:
         store.close()
 

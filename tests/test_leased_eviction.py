@@ -10,10 +10,11 @@ import time
 
 import pytest
 from conftest import wait_until
-from test_postgres_engines import _execute, _store
+from test_postgres_engines import _execute, _query, _store
 from test_residency import _clear_effects, _effects, child, effect, listener  # noqa: F401
 
 import aion_green as aion
+from aion_green.store import PARKED_LEASE
 
 
 @pytest.fixture(params=["postgres", "sqlite-leases"])
@@ -112,23 +113,108 @@ def test_at_shutdown_the_leases_of_evicted_runs_are_given_back(shared_url):
                                       + [f"{n}:z" for n in range(5)])
 
 
-def test_an_evicted_run_whose_lease_was_taken_is_forgotten(shared_url):
+def _parked(store, ids):
+    """Whether the leases of ``ids`` are parked (store.PARKED_LEASE)."""
+    rows = _query(store, "SELECT workflow_id, lease_until FROM aion_runs "
+                         "WHERE workflow_id IN (%s)" % ", ".join(f"'{wid}'" for wid in ids))
+    return len(rows) == len(ids) and all(until >= PARKED_LEASE for _, until in rows)
+
+
+def test_an_evicted_run_whose_lease_was_taken_is_forgotten_when_woken(shared_url):
     """Another engine took the lease while the run was out of memory (this
-    one was paused past it, say): the next renewal finds it gone, and this
-    engine neither renews nor wakes it again."""
+    one was paused past its entry among the engines, say). A parked lease is
+    not renewed, so this engine finds out when the run wakes: it checks the
+    lease before it reads the history, forgets the run, and the signal that
+    woke it goes to the new owner's inbox; nothing is appended here."""
     engine = aion.Engine(shared_url, workflows=[listener], evict_after=0.3, lease=1.0)
     store = _store(shared_url)
     try:
         _park(engine, ["taken", "kept"])
-        _execute(store, "UPDATE aion_runs SET owner = 'someone-else', lease_until = 1e12 "
-                        "WHERE workflow_id = 'taken'")
-        wait_until(lambda: _out(engine) == 1, timeout=10, what="the taken run to be forgotten")
-        assert not engine._epoch.residency.absent_here("taken")
+        wait_until(lambda: _parked(store, ["taken", "kept"]), timeout=10,
+                   what="the heartbeat to park the leases")
+        head = len(store.read("taken"))
+        _execute(store, "UPDATE aion_runs SET owner = 'someone-else', lease_until = 1e12, "
+                        "fence = fence + 100 WHERE workflow_id = 'taken'")
+        engine.signal("taken", "go", "late")  # recorded for its new owner
+        wait_until(lambda: not engine._epoch.residency.absent_here("taken")
+                   and "taken" not in engine._epoch.runs, timeout=10,
+                   what="the taken run to be forgotten")
         assert engine._epoch.residency.absent_here("kept")
+        assert len(store.read("taken")) == head, "an engine without the lease appended"
+        assert [(wid, kind) for _, wid, kind, _, _ in store.read_inbox()] == [("taken", "message")]
         assert store.lease_of("taken")[0] == "someone-else"
         assert store.lease_of("kept")[0] == engine.engine_id
     finally:
         engine.shutdown()
+        store.close()
+
+
+_PARKED_ENGINE = """
+import sys, time
+import aion_green as aion
+
+@aion.workflow(name="tests.leased_parked")
+def parked(ctx, n):
+    return f"{n}:" + ctx.receive("go")
+
+engine = aion.Engine(sys.argv[1], workflows=[parked], evict_after=0.2, lease=1.0)
+for n in range(6):
+    engine.start(parked, n, id=f"k-{n}")
+print("started", engine.engine_id, flush=True)
+time.sleep(600)
+"""
+
+
+@aion.workflow(name="tests.leased_parked")
+def parked(ctx, n):
+    return f"{n}:" + ctx.receive("go")
+
+
+def test_parked_leases_hold_while_their_engine_lives_and_are_taken_over_once_it_is_killed(
+        shared_url):
+    """An engine's runs out of memory cost no renewal each (their leases are
+    parked under the engine's own entry), and hold while it lives: another
+    engine claims none in 2.5 leases. SIGKILLed, its entry runs out: the
+    other engine claims them within about a lease and they go on there."""
+    import subprocess
+    import sys
+
+    from crash_campaign import worker_env
+
+    ids = [f"k-{n}" for n in range(6)]
+    store = _store(shared_url)
+    proc = subprocess.Popen([sys.executable, "-c", _PARKED_ENGINE, shared_url],
+                            env=worker_env(False), stdout=subprocess.PIPE, text=True)
+    second = None
+    try:
+        line = proc.stdout.readline().split()
+        assert line[:1] == ["started"], f"the engine process did not start: {line}"
+        first_id = line[1]
+        wait_until(lambda: _parked(store, ids), timeout=15, what="the leases to be parked")
+        second = aion.Engine(shared_url, workflows=[parked], lease=1.0)
+        assert second.driving
+        time.sleep(2.5)
+        now = time.time()
+        for wid in ids:
+            owner, until = store.lease_of(wid)  # a parked lease holds as long as its engine
+            assert owner == first_id and now < until < now + 2, (wid, owner, until - now)
+        assert _parked(store, ids), "a parked lease was renewed one by one"
+        assert len(second._epoch.runs) == 0
+        proc.kill()
+        proc.wait()
+        killed = time.monotonic()
+        wait_until(lambda: all(store.lease_of(wid)[0] == second.engine_id for wid in ids),
+                   timeout=15, what="the other engine to take the killed one's parked runs")
+        taken_after = time.monotonic() - killed
+        assert taken_after < 4.0, taken_after  # its entry's lease (1 s), a heartbeat, a claim
+        assert _go(second, ids, "on") == [f"{n}:on" for n in range(6)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        if second is not None:
+            second.shutdown()
         store.close()
 
 

@@ -134,6 +134,49 @@ def test_claim_counts_weigh_claimable_and_held_runs_and_the_engines_that_share_t
         store.close()
 
 
+@pytest.mark.parametrize("kind", ["postgres", "sqlite-leases"])
+def test_a_parked_lease_holds_while_its_engine_does_and_is_freed_once_its_entry_ran_out(
+        kind, request, tmp_path):
+    """A run out of memory keeps its lease parked (no renewal per run): not
+    claimable while its owner's entry among the engines is live; freed by
+    the next publish of any engine once that entry ran out, or at once when
+    the owner is forgotten; ``lease_of`` answers with the entry's end."""
+    url = (request.getfixturevalue("pg_url") if kind == "postgres"
+           else f"sqlite:///{tmp_path / 'p.db'}?leases=on")
+    store = open_store(url)
+    try:
+        now = time.time()
+        store.write_batch([CreateRun(f"a{k}", "t.a", "[]", f"r{k}", now) for k in range(6)])
+        store.publish_engine("e1", json.dumps({"t.a": None}), now + 30, now)
+        store.publish_engine("e2", json.dumps({"t.a": None}), now + 30, now)
+        store.claim_runs("e1", ["t.a"], now + 30, now, 4)  # a0-a3
+        store.claim_runs("e2", ["t.a"], now + 30, now, 2)  # a4, a5
+        assert sorted(store.park_leases("e1", ["a0", "a1", "a4"])) == ["a0", "a1"]  # a4 is e2's
+        assert sorted(store.park_leases("e2", ["a4", "a5"])) == ["a4", "a5"]
+        later = now + 100  # every lease granted above ran out; the parked ones hold
+        assert store.lease_of("a0") == ("e1", now + 30)
+        assert store.claim_counts("e3", ["t.a"], later, 100)[0] == 2  # a2, a3
+        assert sorted(i.workflow_id for i in store.claim_runs("e3", ["t.a"], later + 30, later,
+                                                               10)) == ["a2", "a3"]
+        # e1's entry ran out (killed): the next publish frees its parked runs, not e2's.
+        store.publish_engine("e2", json.dumps({"t.a": None}), later + 30, later)
+        store.publish_engine("e3", json.dumps({"t.a": None}), later + 30, later)
+        assert store.lease_of("a0") == ("e1", 0.0)  # nobody's word holds it any more
+        assert sorted(i.workflow_id for i in store.claim_runs("e3", ["t.a"], later + 30, later,
+                                                               10)) == ["a0", "a1"]
+        assert store.lease_of("a4") == ("e2", later + 30)
+        # A forgotten engine leaves nothing parked under it.
+        store.forget_engine("e2")
+        assert sorted(i.workflow_id for i in store.claim_runs("e3", ["t.a"], later + 30, later,
+                                                               10)) == ["a4", "a5"]
+        # A renewal brings a parked lease back to a plain one.
+        assert store.park_leases("e3", ["a0"]) == ["a0"]
+        assert store.renew_leases("e3", ["a0"], later + 60) == ["a0"]
+        assert store.lease_of("a0") == ("e3", later + 60)
+    finally:
+        store.close()
+
+
 def test_a_file_of_the_previous_schema_is_upgraded_and_its_running_runs_claimed(tmp_path):
     path = str(tmp_path / "old.db")
     store = SQLiteStore(path)

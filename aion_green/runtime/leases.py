@@ -208,10 +208,23 @@ class Leases:
         return list(self.epoch.store.claim_runs(self.engine.engine_id, types,
                                                 now + self.engine.lease, now, limit))
 
-    def _renew_now(self, mine: list[str]) -> list[str]:
-        """The writer's thread (an urgent call): renew from now."""
-        return list(self.epoch.store.renew_leases(self.engine.engine_id, mine,
-                                                  time.time() + self.engine.lease))
+    def _renew_now(self, mine: list[str], to_park: list[str]) -> tuple[list[str], list[str]]:
+        """The writer's thread (an urgent call): renew ``mine`` from now and
+        park the leases of ``to_park`` (evicted since the last tick); the
+        ids of each still held."""
+        store, owner = self.epoch.store, self.engine.engine_id
+        kept = list(store.renew_leases(owner, mine, time.time() + self.engine.lease)) if mine else []
+        parked = list(store.park_leases(owner, to_park)) if to_park else []
+        return kept, parked
+
+    def read_if_held(self, wid: str) -> Optional[list[Any]]:
+        """The writer's thread: a run back from eviction: renew its lease
+        (parked while it was out) and read its history; None if its lease
+        is not this engine's any more."""
+        store = self.epoch.store
+        if not store.renew_leases(self.engine.engine_id, [wid], time.time() + self.engine.lease):
+            return None
+        return list(store.read(wid))
 
     def _heartbeat(self) -> None:
         """Renew this engine's leases; drop the runs whose lease was taken."""
@@ -232,18 +245,26 @@ class Leases:
             tick = time.time()
             # Runs still starting (their history being read) hold leases
             # too: left out, they ran out while the reads queued.
+            residency = self.epoch.residency
             mine = self.epoch.runs.ids()
-            mine.extend(self.epoch.residency.held_out())  # evicted: held all the same
-            if mine:
+            mine.extend(residency.queued())  # waiting for a place: held all the same
+            # Evicted runs: their leases are parked once, then held by this
+            # engine's own entry (published below), not renewed one by one.
+            to_park = residency.take_unparked()
+            if mine or to_park:
                 try:
-                    kept = set(self.epoch.writer.call_urgent(self._renew_now, mine).result())
+                    kept_ids, parked = self.epoch.writer.call_urgent(
+                        self._renew_now, mine, to_park).result()
                 except AionError as exc:
+                    residency.park_failed(to_park)
                     figures.failed()
                     log.warning("renewing leases failed (%s); retrying", exc)
                 else:
                     figures.renewed(covered - time.time())
                     covered = tick + self.engine.lease
-                    for wid in mine:
+                    kept = set(kept_ids)
+                    kept.update(parked)
+                    for wid in (*mine, *to_park):
                         if wid in kept:
                             continue
                         ctx = self.epoch.runs.get(wid)

@@ -90,6 +90,12 @@ class Residency:
         # wake came for meanwhile (woken once their greenlet is gone).
         self._evicting: set[str] = set()
         self._wake_pending: set[str] = set()
+        # Leased stores: evicted runs whose lease the heartbeat has yet to
+        # park (runtime/leases.py), and runs woken from eviction whose lease
+        # is checked before their history is read (another engine may have
+        # taken it while they were out: their owner's entry ran out).
+        self._unparked: set[str] = set()
+        self._check_lease: set[str] = set()
         self._room_asked = False
         # Figures for tests and benchmarks: runs evicted, most resident at once.
         self.evictions = 0
@@ -278,6 +284,8 @@ class Residency:
         is its recorder's (the lease it holds now)."""
         self._evicted[info.workflow_id] = (info.run_id, info.workflow_type, info.args,
                                            info.created_at, fence)
+        if self.epoch.leased:
+            self._unparked.add(info.workflow_id)
 
     def on_run_gone(self, wid: str) -> None:
         """``_drive``: a run's greenlet ended or was evicted (its place is free)."""
@@ -297,6 +305,9 @@ class Residency:
             return
         kept = self._evicted.pop(wid, None)
         if kept is not None:
+            self._unparked.discard(wid)
+            if self.epoch.leased:
+                self._check_lease.add(wid)
             if self.idle is not None:
                 self._woken[wid] = _monotonic()
             run_id, wtype, args, created_at, fence = kept
@@ -308,10 +319,29 @@ class Residency:
             if wid in self.admission and self.cap is not None:
                 self._ask_room()
 
-    def held_out(self) -> list[str]:
-        """Hub thread: the ids of the runs of this engine out of memory
-        (their leases are renewed with the others')."""
-        return [*self._evicted, *self.admission]
+    def queued(self) -> list[str]:
+        """Hub thread: the ids of the runs of this engine waiting for a place
+        (their leases are renewed with the resident runs')."""
+        return [*self.admission]
+
+    def take_unparked(self) -> list[str]:
+        """Hub thread (the heartbeat): the evicted runs whose lease is not
+        parked yet; from now on they count as parked."""
+        ids, self._unparked = [wid for wid in self._unparked if wid in self._evicted], set()
+        return ids
+
+    def park_failed(self, ids: list[str]) -> None:
+        """Hub thread: parking these leases failed: the next heartbeat tries again."""
+        self._unparked.update(wid for wid in ids if wid in self._evicted)
+
+    def lease_to_check(self, wid: str) -> bool:
+        """``_drive``: the run comes back from eviction on a leased store:
+        check that its lease is still this engine's before its history is
+        read (True once per wake)."""
+        if wid in self._check_lease:
+            self._check_lease.discard(wid)
+            return True
+        return False
 
     def forget(self, wid: str) -> None:
         """Hub thread: an evicted run is no longer this engine's (its lease
@@ -320,6 +350,8 @@ class Residency:
         if wid in self.admission:
             del self.admission[wid]
         self._woken.pop(wid, None)
+        self._unparked.discard(wid)
+        self._check_lease.discard(wid)
 
     def out_of_memory(self) -> int:
         """Runs of this engine out of memory: evicted, or queued for a place

@@ -418,7 +418,17 @@ class Runner:
         began: Optional[WorkflowContext] = None
         span, final, outcome = None, None, "interrupted"
         try:
-            if recovering or info.head_seq > 1:
+            if self.epoch.leased and self.epoch.residency.lease_to_check(wid):
+                # Back from eviction: its lease was parked meanwhile, and
+                # another engine may have taken it (this engine's entry ran
+                # out: a long pause). Then it is not driven here; what woke
+                # it is routed to its new owner (unregister below).
+                held = self.epoch.writer.call(self.epoch.leases.read_if_held, wid).result()
+                if held is None:
+                    raise RunLost(f"workflow {wid!r}: its lease was taken by another engine "
+                                  "while it was out of memory here")
+                history = held
+            elif recovering or info.head_seq > 1:
                 history = self.epoch.writer.call(self.epoch.store.read, wid).result()
             else:
                 started: dict[str, Any] = {"workflow_type": info.workflow_type,

@@ -145,6 +145,15 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TRIGGER aion_events_position BEFORE INSERT ON aion_events FOR EACH ROW "
         "WHEN (NEW.pos IS NULL) EXECUTE FUNCTION aion_event_position()",
     ),
+    (
+        # -- schema 7: parked leases (issue 21) --
+        # A run out of memory keeps its lease parked (lease_until 1e15,
+        # store.PARKED_LEASE) under its owner's entry among the engines,
+        # instead of a renewal per run per heartbeat; an engine that
+        # publishes its entry frees the parked runs of engines whose entry
+        # ran out: this index finds them by owner.
+        "CREATE INDEX aion_runs_parked ON aion_runs(owner) WHERE lease_until >= 1e15",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 _RUN_COLUMNS = ("workflow_id, run_id, workflow_type, status, args, result, error, head_seq, "

@@ -206,6 +206,14 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             workflow_types TEXT NOT NULL,
             seen_until REAL NOT NULL) WITHOUT ROWID""",
     ),
+    (
+        # -- schema 11: parked leases (issue 21) --
+        # As PostgreSQL's schema 7: the parked leases by owner. And the
+        # running runs by lease: a claim reads the few whose lease ran
+        # out, not every running run (200,000 held ones, on every poll).
+        "CREATE INDEX runs_parked ON runs(owner) WHERE lease_until >= 1e15",
+        "CREATE INDEX runs_claimable ON runs(lease_until) WHERE status = 'running'",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 # The columns a run's row is written with.

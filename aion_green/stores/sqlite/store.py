@@ -23,6 +23,7 @@ from aion_green.core.errors import (
     WorkflowNotFound,
 )
 from aion_green.store import (
+    PARKED_LEASE_SQL,
     Append,
     BatchOutcome,
     CreateRun,
@@ -746,9 +747,12 @@ class SQLiteStore:
             return []
         with self._write() as conn:
             wids = [wid for (wid,) in conn.execute(
-                f"SELECT workflow_id FROM runs WHERE status=? AND workflow_type IN "
-                f"({','.join('?' * len(types))}) AND (owner IS NULL OR lease_until < ?) "
-                "ORDER BY mark LIMIT ?", (ev.RUNNING, *types, now, limit)).fetchall()]
+                # (The literal status: the partial index runs_claimable.
+                # A run nobody owns has lease_until 0.)
+                f"SELECT workflow_id FROM runs INDEXED BY runs_claimable WHERE "
+                f"status='{ev.RUNNING}' AND lease_until < ? "
+                f"AND workflow_type IN ({','.join('?' * len(types))}) "
+                "ORDER BY mark LIMIT ?", (now, *types, limit)).fetchall()]
             if not wids:
                 return []
             first = self._draw_fences(conn, len(wids))
@@ -771,9 +775,10 @@ class SQLiteStore:
         self._file.check(commit=False)
         try:
             (claimable,) = self._conn.execute(
-                f"SELECT count(*) FROM (SELECT 1 FROM runs WHERE status=? AND workflow_type IN "
-                f"({marks}) AND (owner IS NULL OR lease_until < ?) LIMIT ?)",
-                (ev.RUNNING, *types, now, cap)).fetchone()
+                f"SELECT count(*) FROM (SELECT 1 FROM runs INDEXED BY runs_claimable "
+                f"WHERE status='{ev.RUNNING}' "
+                f"AND lease_until < ? AND workflow_type IN ({marks}) LIMIT ?)",
+                (now, *types, cap)).fetchone()
             if not claimable:
                 return 0, 0, 0, 0
             held, mine = self._conn.execute(
@@ -801,17 +806,36 @@ class SQLiteStore:
                     f"SELECT workflow_id FROM runs WHERE {where}", (owner, *chunk)))
         return kept
 
+    def park_leases(self, owner: str, workflow_ids: Sequence[str]) -> list[str]:
+        """Park this owner's leases of runs out of memory, as PostgreSQL's;
+        the ids it still holds."""
+        kept: list[str] = []
+        with self._write() as conn:
+            for chunk, marks in _chunks(workflow_ids):
+                where = f"owner=? AND workflow_id IN ({marks})"
+                conn.execute(f"UPDATE runs SET lease_until={PARKED_LEASE_SQL} WHERE {where}",
+                             (owner, *chunk))
+                kept.extend(wid for (wid,) in conn.execute(
+                    f"SELECT workflow_id FROM runs WHERE {where}", (owner, *chunk)))
+        return kept
+
     def publish_engine(self, engine_id: str, types_json: str, until: float, now: float) -> None:
         """Say that engine ``engine_id`` runs these workflow types (a JSON
-        object: type -> parameters) until ``until``; forget engines gone a
-        day."""
+        object: type -> parameters) until ``until``; free the parked runs
+        of engines whose entry ran out; forget engines gone a day."""
         with self._write() as conn:
             conn.execute("INSERT OR REPLACE INTO engines(engine_id, workflow_types, seen_until) "
                          "VALUES (?,?,?)", (engine_id, types_json, until))
+            conn.execute(f"UPDATE runs INDEXED BY runs_parked SET lease_until=0 "
+                         f"WHERE lease_until >= {PARKED_LEASE_SQL} "
+                         "AND owner IN (SELECT engine_id FROM engines WHERE seen_until < ?)", (now,))
             conn.execute("DELETE FROM engines WHERE seen_until < ?", (now - 86400,))
 
     def forget_engine(self, engine_id: str) -> None:
+        """As PostgreSQL's: no run stays parked under a forgotten engine."""
         with self._write() as conn:
+            conn.execute(f"UPDATE runs INDEXED BY runs_parked SET lease_until=0 "
+                         f"WHERE lease_until >= {PARKED_LEASE_SQL} AND owner=?", (engine_id,))
             conn.execute("DELETE FROM engines WHERE engine_id=?", (engine_id,))
 
     def live_engines(self, now: float) -> dict[str, dict[str, Any]]:
@@ -850,7 +874,9 @@ class SQLiteStore:
 
     def lease_of(self, workflow_id: str) -> Optional[tuple[str, float]]:
         """``(owner, lease_until)`` of a run some engine holds, else None."""
-        rows = self._read_all("SELECT owner, lease_until FROM runs WHERE workflow_id=? "
+        rows = self._read_all(f"SELECT owner, CASE WHEN lease_until >= {PARKED_LEASE_SQL} THEN "
+                              "coalesce((SELECT seen_until FROM engines WHERE engine_id = owner), 0) "
+                              "ELSE lease_until END FROM runs WHERE workflow_id=? "
                               "AND owner IS NOT NULL", (workflow_id,))
         return (str(rows[0][0]), float(rows[0][1])) if rows else None
 

@@ -182,6 +182,8 @@ def test_a_file_of_the_previous_schema_is_upgraded_and_its_running_runs_claimed(
     store = SQLiteStore(path)
     store.write_batch([CreateRun("old", "t", "[]", "r", time.time())])
     conn = store._conn
+    conn.execute("DROP INDEX runs_parked")  # (schema 11's, on the columns of 10)
+    conn.execute("DROP INDEX runs_claimable")
     for column in ("owner", "lease_until", "fence"):
         conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
     conn.execute("DROP TABLE lease_fences")

@@ -208,14 +208,18 @@ class Leases:
         return list(self.epoch.store.claim_runs(self.engine.engine_id, types,
                                                 now + self.engine.lease, now, limit))
 
-    def _renew_now(self, mine: list[str], to_park: list[str]) -> tuple[list[str], list[str]]:
-        """The writer's thread (an urgent call): renew ``mine`` from now and
-        park the leases of ``to_park`` (evicted since the last tick); the
-        ids of each still held."""
+    def _renew_now(self, mine: list[str], to_park: list[str],
+                   types_json: str) -> tuple[list[str], list[str], float]:
+        """The writer's thread (an urgent call), a heartbeat: renew the
+        leases of ``mine`` from now, park those of ``to_park`` (evicted
+        since the last tick) and renew this engine's entry, which holds the
+        parked ones; the ids of each still held, and the entry's end."""
         store, owner = self.epoch.store, self.engine.engine_id
-        kept = list(store.renew_leases(owner, mine, time.time() + self.engine.lease)) if mine else []
+        now = time.time()
+        kept = list(store.renew_leases(owner, mine, now + self.engine.lease)) if mine else []
         parked = list(store.park_leases(owner, to_park)) if to_park else []
-        return kept, parked
+        store.publish_engine(owner, types_json, now + self.engine.lease, now)
+        return kept, parked, now + self.engine.lease
 
     def read_if_held(self, wid: str) -> Optional[list[Any]]:
         """The writer's thread: a run back from eviction: renew its lease
@@ -227,13 +231,14 @@ class Leases:
         return list(store.read(wid))
 
     def _heartbeat(self) -> None:
-        """Renew this engine's leases; drop the runs whose lease was taken."""
+        """Renew this engine's leases (its entry among the engines, which
+        holds its parked ones, too); drop the runs whose lease was taken."""
         figures = self.engine.metrics.leases
         # Invariant: no run held here has a lease that ends before this
         # (a lower bound, to within a claim's round trip): every lease was
-        # granted or last renewed at or after the tick that set it. A
-        # renewal that commits past it missed: for a while another engine
-        # could have claimed the runs.
+        # granted or last renewed at or after the tick that set it, and the
+        # engine's entry too. A renewal that commits past it missed: for a
+        # while another engine could have claimed the runs.
         covered = time.time() + self.engine.lease
         # Ticks keep their period whatever a renewal took (a sleep after
         # each renewal would add its time to the next interval).
@@ -249,47 +254,47 @@ class Leases:
             mine = self.epoch.runs.ids()
             mine.extend(residency.queued())  # waiting for a place: held all the same
             # Evicted runs: their leases are parked once, then held by this
-            # engine's own entry (published below), not renewed one by one.
+            # engine's entry, not renewed one by one.
             to_park = residency.take_unparked()
-            if mine or to_park:
-                try:
-                    kept_ids, parked = self.epoch.writer.call_urgent(
-                        self._renew_now, mine, to_park).result()
-                except AionError as exc:
-                    residency.park_failed(to_park)
-                    figures.failed()
-                    log.warning("renewing leases failed (%s); retrying", exc)
-                else:
-                    figures.renewed(covered - time.time())
-                    covered = tick + self.engine.lease
-                    kept = set(kept_ids)
-                    kept.update(parked)
-                    for wid in (*mine, *to_park):
-                        if wid in kept:
-                            continue
-                        ctx = self.epoch.runs.get(wid)
-                        if ctx is None and self.epoch.residency.absent_here(wid):
-                            log.warning("run %r (out of memory here): its lease was taken by "
-                                        "another engine; forgotten here", wid)
-                            self.epoch.residency.forget(wid)
-                        elif ctx is not None:
-                            log.warning("run %r: its lease was taken by another engine; dropped "
-                                        "here", wid)
-                            self.epoch.hub.call_soon(ctx._on_failed, FencedOut(
-                                f"the lease of {wid!r} was taken by another engine"))
-            else:
-                covered = tick + self.engine.lease
-            self._publish_types()
+            try:
+                kept_ids, parked, self.lease_until = self.epoch.writer.call_urgent(
+                    self._renew_now, mine, to_park, self._types_json()).result()
+            except AionError as exc:
+                residency.park_failed(to_park)
+                figures.failed()
+                log.warning("renewing leases failed (%s); retrying", exc)
+                continue
+            figures.renewed(covered - time.time())
+            covered = tick + self.engine.lease
+            kept = set(kept_ids)
+            kept.update(parked)
+            for wid in (*mine, *to_park):
+                if wid in kept:
+                    continue
+                ctx = self.epoch.runs.get(wid)
+                if ctx is None and residency.absent_here(wid):
+                    log.warning("run %r (out of memory here): its lease was taken by another "
+                                "engine; forgotten here", wid)
+                    residency.forget(wid)
+                elif ctx is not None:
+                    log.warning("run %r: its lease was taken by another engine; dropped here", wid)
+                    self.epoch.hub.call_soon(ctx._on_failed, FencedOut(
+                        f"the lease of {wid!r} was taken by another engine"))
+
+    def _types_json(self) -> str:
+        """This engine's workflow types (type -> parameters), as published."""
+        registry = self.engine._registry
+        return json.dumps({name: parameters_of(registry.get(name))
+                           for name in sorted(registry.names())})
 
     def _publish_types(self) -> None:
-        """Hub thread: tell the other engines and the clients which types
-        this engine runs, for one lease (renewed with the leases)."""
-        registry = self.engine._registry
-        types = {name: parameters_of(registry.get(name)) for name in sorted(registry.names())}
+        """Hub thread, as leasing begins: tell the other engines and the
+        clients which types this engine runs, for one lease (renewed by
+        each heartbeat)."""
         now = time.time()
         try:
             self.epoch.writer.call_urgent(self.epoch.store.publish_engine, self.engine.engine_id,
-                                          json.dumps(types), now + self.engine.lease, now).result()
+                                          self._types_json(), now + self.engine.lease, now).result()
             self.lease_until = now + self.engine.lease
         except AionError as exc:
             log.warning("publishing this engine's workflow types failed (%s); retrying", exc)

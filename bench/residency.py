@@ -118,13 +118,14 @@ engine.shutdown()
 
 def run(n: int, cap: int | None, starters: int, engine_kwargs: dict, wait: str,
         horizon: float = 86_400.0, spread: float = 0.0, store: str = "sqlite",
-        pg: str = "") -> dict:
+        pg: str = "", vacuum: float = 0.0) -> dict:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryDirectory() as tmp, _store_url(store, pg, tmp) as url:
         code = CHILD.format(root=root, n=n, cap=cap, starters=starters, url=url,
                             engine_kwargs=engine_kwargs, wait=wait, horizon=horizon,
                             spread=spread)
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        with _vacuuming(url if store == "postgres" else "", vacuum):
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"n={n} cap={cap} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -150,6 +151,48 @@ def _store_url(store: str, pg: str, tmp: str) -> Iterator[str]:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
+@contextlib.contextmanager
+def _vacuuming(url: str, every: float) -> Iterator[None]:
+    """What autovacuum does on a server that runs it (its default): every
+    ``every`` seconds, ``VACUUM ANALYZE`` the tables the runs churn (a
+    lease parked or renewed, a head moved: each a new row version).
+    Without it, on a server with autovacuum off, the dead versions pile up
+    and each group commit's row locks crawl through them."""
+    if not url or not every:
+        yield
+        return
+    import threading
+
+    import psycopg
+
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every):
+            try:
+                with psycopg.connect(url, autocommit=True) as conn:
+                    for table in ("aion_runs", "aion_timers", "aion_events"):
+                        conn.execute(f"VACUUM ANALYZE {table}")
+            except psycopg.Error:
+                pass  # (the schema is being created or dropped)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _autovacuum_off(pg: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(pg, autocommit=True) as conn:
+        row = conn.execute("SHOW autovacuum").fetchone()
+    return row is not None and row[0] == "off"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="10000,100000")
@@ -172,7 +215,13 @@ def main() -> None:
                         "PostgreSQL (a fresh schema, dropped after; leased runs)")
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres",
                         help="the PostgreSQL server for --store postgres")
+    parser.add_argument("--vacuum", type=float, default=None,
+                        help="--store postgres: VACUUM ANALYZE the run tables every this many "
+                             "seconds (0: never); by default every 20 s when the server runs "
+                             "with autovacuum off, never otherwise")
     args = parser.parse_args()
+    if args.store == "postgres" and args.vacuum is None:
+        args.vacuum = 20.0 if _autovacuum_off(args.pg) else 0.0
     if args.store != "sqlite" and "cap" in args.configs.split(","):
         parser.error("leased runs (--store sqlite-leases or postgres): without --configs cap "
                      "(a cap on the runs an engine leases leaves the rest to other engines: "
@@ -180,7 +229,9 @@ def main() -> None:
     configs = {"default": (None, {}), "evict": (None, {"evict_after": 5.0}),
                "off": (None, {"evict_after": None}),
                "cap": (args.cap, {"evict_after": None})}
-    print(f"parked on a {args.wait}, store {args.store}")
+    print(f"parked on a {args.wait}, store {args.store}"
+          + (f" (autovacuum's stand-in: VACUUM ANALYZE every {args.vacuum:g} s)"
+             if args.store == "postgres" and args.vacuum else ""))
     print(f"{'runs':>9} {'config':>9} {'start+park s':>12} {'starts/s':>9} {'drain s':>8} "
           f"{'done/s':>8} {'RSS parked MiB':>15} {'peak RSS MiB':>13} {'KiB/run':>8} "
           f"{'evicted':>9} {'resident max':>13} {'late p50/p99/max s':>20}")
@@ -188,7 +239,7 @@ def main() -> None:
         for name in args.configs.split(","):
             cap, kwargs = configs[name]
             r = run(n, cap, args.starters, kwargs, args.wait, args.horizon, args.spread,
-                    args.store, args.pg)
+                    args.store, args.pg, args.vacuum or 0.0)
             label = f"cap {cap}" if cap else name
             print(f"{n:>9,} {label:>9} {r['parked_s']:>12.1f} {n / r['parked_s']:>9,.0f} "
                   f"{r['drain_s']:>8.1f} {n / r['drain_s']:>8,.0f} {r['parked_rss_mib']:>15.0f} "

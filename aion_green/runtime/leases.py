@@ -252,9 +252,9 @@ class Leases:
             # too: left out, they ran out while the reads queued.
             residency = self.epoch.residency
             mine = self.epoch.runs.ids()
-            mine.extend(residency.queued())  # waiting for a place: held all the same
-            # Evicted runs: their leases are parked once, then held by this
-            # engine's entry, not renewed one by one.
+            # Evicted runs, and those woken and waiting for a place (a wave
+            # of timers due may queue 100,000): their leases are parked
+            # once, then held by this engine's entry, not renewed one by one.
             to_park = residency.take_unparked()
             try:
                 kept_ids, parked, self.lease_until = self.epoch.writer.call_urgent(

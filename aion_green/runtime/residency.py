@@ -305,7 +305,8 @@ class Residency:
             return
         kept = self._evicted.pop(wid, None)
         if kept is not None:
-            self._unparked.discard(wid)
+            # (Not parked yet: parked while it waits for a place. Driven, it
+            # renews its lease before it reads its history.)
             if self.epoch.leased:
                 self._check_lease.add(wid)
             if self.idle is not None:
@@ -319,20 +320,16 @@ class Residency:
             if wid in self.admission and self.cap is not None:
                 self._ask_room()
 
-    def queued(self) -> list[str]:
-        """Hub thread: the ids of the runs of this engine waiting for a place
-        (their leases are renewed with the resident runs')."""
-        return [*self.admission]
-
     def take_unparked(self) -> list[str]:
-        """Hub thread (the heartbeat): the evicted runs whose lease is not
-        parked yet; from now on they count as parked."""
-        ids, self._unparked = [wid for wid in self._unparked if wid in self._evicted], set()
+        """Hub thread (the heartbeat): the runs out of memory (evicted, or
+        woken and waiting for a place) whose lease is not parked yet; from
+        now on they count as parked."""
+        ids, self._unparked = [wid for wid in self._unparked if self.absent_here(wid)], set()
         return ids
 
     def park_failed(self, ids: list[str]) -> None:
         """Hub thread: parking these leases failed: the next heartbeat tries again."""
-        self._unparked.update(wid for wid in ids if wid in self._evicted)
+        self._unparked.update(wid for wid in ids if self.absent_here(wid))
 
     def lease_to_check(self, wid: str) -> bool:
         """``_drive``: the run comes back from eviction on a leased store:

@@ -12,7 +12,7 @@ from conftest import wait_until
 
 import aion_green as aion
 from aion_green.core import events as ev
-from aion_green.store import Append, CreateRun, SQLiteStore
+from aion_green.store import PARKED_LEASE, Append, CreateRun, SQLiteStore
 from aion_green.stores import open_store
 from aion_green.stores.sqlite.schema import sqlite_leases_from_url
 
@@ -151,8 +151,9 @@ def test_a_parked_lease_holds_while_its_engine_does_and_is_freed_once_its_entry_
         store.publish_engine("e2", json.dumps({"t.a": None}), now + 30, now)
         store.claim_runs("e1", ["t.a"], now + 30, now, 4)  # a0-a3
         store.claim_runs("e2", ["t.a"], now + 30, now, 2)  # a4, a5
-        assert sorted(store.park_leases("e1", ["a0", "a1", "a4"])) == ["a0", "a1"]  # a4 is e2's
-        assert sorted(store.park_leases("e2", ["a4", "a5"])) == ["a4", "a5"]
+        # Parked: "renewed" to a time no clock reaches; a4 is e2's.
+        assert sorted(store.renew_leases("e1", ["a0", "a1", "a4"], PARKED_LEASE)) == ["a0", "a1"]
+        assert sorted(store.renew_leases("e2", ["a4", "a5"], PARKED_LEASE)) == ["a4", "a5"]
         later = now + 100  # every lease granted above ran out; the parked ones hold
         assert store.lease_of("a0") == ("e1", now + 30)
         assert store.claim_counts("e3", ["t.a"], later, 100)[0] == 2  # a2, a3
@@ -170,7 +171,7 @@ def test_a_parked_lease_holds_while_its_engine_does_and_is_freed_once_its_entry_
         assert sorted(i.workflow_id for i in store.claim_runs("e3", ["t.a"], later + 30, later,
                                                                10)) == ["a4", "a5"]
         # A renewal brings a parked lease back to a plain one.
-        assert store.park_leases("e3", ["a0"]) == ["a0"]
+        assert store.renew_leases("e3", ["a0"], PARKED_LEASE) == ["a0"]
         assert store.renew_leases("e3", ["a0"], later + 60) == ["a0"]
         assert store.lease_of("a0") == ("e3", later + 60)
     finally:

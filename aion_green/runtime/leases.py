@@ -41,6 +41,7 @@ from aion_green.core import clock as _clock
 from aion_green.core.errors import AionError, FencedOut
 from aion_green.core.registry import parameters_of
 from aion_green.runtime.recorder import Recorder
+from aion_green.store import PARKED_LEASE
 
 if TYPE_CHECKING:  # pragma: no cover
     from aion_green.runtime.engine import Engine
@@ -217,7 +218,7 @@ class Leases:
         store, owner = self.epoch.store, self.engine.engine_id
         now = time.time()
         kept = list(store.renew_leases(owner, mine, now + self.engine.lease)) if mine else []
-        parked = list(store.park_leases(owner, to_park)) if to_park else []
+        parked = list(store.renew_leases(owner, to_park, PARKED_LEASE)) if to_park else []
         store.publish_engine(owner, types_json, now + self.engine.lease, now)
         return kept, parked, now + self.engine.lease
 

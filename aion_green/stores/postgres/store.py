@@ -811,15 +811,6 @@ class PostgresStore:
                         "RETURNING workflow_id", (lease_until, owner, list(workflow_ids)))
             return [row[0] for row in cur.fetchall()]
 
-    def park_leases(self, owner: str, workflow_ids: Sequence[str]) -> list[str]:
-        """Park this owner's leases of runs out of memory (store.PARKED_LEASE):
-        held from now on by its entry among the engines, not renewed one
-        by one; the ids it still holds (the others were taken)."""
-        with self._tx() as cur:
-            cur.execute(f"UPDATE aion_runs SET lease_until={PARKED_LEASE_SQL} WHERE owner=%s "
-                        "AND workflow_id = ANY(%s) RETURNING workflow_id", (owner, list(workflow_ids)))
-            return [row[0] for row in cur.fetchall()]
-
     def publish_engine(self, engine_id: str, types_json: str, until: float, now: float) -> None:
         """Say that engine ``engine_id`` runs these workflow types (a JSON
         object: type -> parameters) until ``until``; free the parked runs

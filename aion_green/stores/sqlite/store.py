@@ -806,19 +806,6 @@ class SQLiteStore:
                     f"SELECT workflow_id FROM runs WHERE {where}", (owner, *chunk)))
         return kept
 
-    def park_leases(self, owner: str, workflow_ids: Sequence[str]) -> list[str]:
-        """Park this owner's leases of runs out of memory, as PostgreSQL's;
-        the ids it still holds."""
-        kept: list[str] = []
-        with self._write() as conn:
-            for chunk, marks in _chunks(workflow_ids):
-                where = f"owner=? AND workflow_id IN ({marks})"
-                conn.execute(f"UPDATE runs SET lease_until={PARKED_LEASE_SQL} WHERE {where}",
-                             (owner, *chunk))
-                kept.extend(wid for (wid,) in conn.execute(
-                    f"SELECT workflow_id FROM runs WHERE {where}", (owner, *chunk)))
-        return kept
-
     def publish_engine(self, engine_id: str, types_json: str, until: float, now: float) -> None:
         """Say that engine ``engine_id`` runs these workflow types (a JSON
         object: type -> parameters) until ``until``; free the parked runs

@@ -149,6 +149,48 @@ def test_an_evicted_run_whose_lease_was_taken_is_forgotten_when_woken(shared_url
         store.close()
 
 
+def test_a_run_back_from_eviction_reads_its_lease_and_takes_back_one_that_ran_out(shared_url):
+    """The check a run makes when it comes back from eviction
+    (``Leases.read_if_held``, on the writer's thread): a lease of this
+    engine that holds (parked under the engine's entry) is only read, no
+    commit of its own per wake (the next heartbeat renews it with the runs
+    in memory); one still this engine's that ran out (freed after a pause
+    past the entry's end, not claimed by another yet) is renewed; one that
+    another engine holds answers None. The run's type is not registered
+    here, so no claim pass or heartbeat of this engine touches it."""
+    engine = aion.Engine(shared_url, workflows=[listener], evict_after=None, lease=30.0)
+    store = _store(shared_url)
+    engine.list(limit=1)  # (the engine opens on first use)
+    epoch = engine._epoch
+
+    def check():
+        return epoch.writer.call(epoch.leases.read_if_held, "out").result(timeout=10)
+
+    def lease_until():
+        return _query(store, "SELECT lease_until FROM aion_runs WHERE workflow_id = 'out'")[0][0]
+
+    try:
+        store.create_run("out", "tests.not_here", "[]", "r1", time.time())
+        _execute(store, f"UPDATE aion_runs SET owner = '{engine.engine_id}', "
+                        f"lease_until = {PARKED_LEASE} WHERE workflow_id = 'out'")
+        history = check()
+        assert [e.type for e in history] == ["WorkflowStarted"]
+        assert lease_until() >= PARKED_LEASE, "a held lease was written at the wake"
+
+        _execute(store, "UPDATE aion_runs SET lease_until = 0 WHERE workflow_id = 'out'")
+        before = time.time()
+        assert [e.type for e in check()] == ["WorkflowStarted"]
+        assert before + 20 < lease_until() < PARKED_LEASE, "a lapsed lease of ours was not taken back"
+
+        _execute(store, "UPDATE aion_runs SET owner = 'someone-else', lease_until = 0 "
+                        "WHERE workflow_id = 'out'")
+        assert check() is None
+        assert store.lease_of("out") == ("someone-else", 0)
+    finally:
+        engine.shutdown()
+        store.close()
+
+
 _PARKED_ENGINE = """
 import sys, time
 import aion_green as aion

@@ -291,6 +291,9 @@ class Residency:
         """``_drive``: a run's greenlet ended or was evicted (its place is free)."""
         self._woken.pop(wid, None)  # a wake sets it anew
         self._evicting.discard(wid)
+        # (Consumed by _drive; left by a run not driven, its type not
+        # registered here.)
+        self._check_lease.discard(wid)
         if wid in self._wake_pending:
             self._wake_pending.discard(wid)
             self.wake(wid)

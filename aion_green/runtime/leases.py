@@ -236,13 +236,14 @@ class Leases:
         past the entry's end, no other engine's claim yet), is taken back
         by a renewal, as before; the fence guards the writes either way."""
         store, me = self.epoch.store, self.engine.engine_id
-        lease = store.lease_of(wid)
-        if lease is None or lease[0] != me:
+        held = store.read_leased(me, wid)  # (one round trip: the lease and the history)
+        if held is None:
             return None
-        if lease[1] <= time.time() and not store.renew_leases(me, [wid],
-                                                               time.time() + self.engine.lease):
-            return None
-        return list(store.read(wid))
+        until, history = held
+        if until <= time.time() and not store.renew_leases(me, [wid],
+                                                           time.time() + self.engine.lease):
+            return None  # (claimed by another engine meanwhile)
+        return list(history)
 
     def _heartbeat(self) -> None:
         """Renew this engine's leases (its entry among the engines, which

@@ -881,6 +881,23 @@ class PostgresStore:
                            "AND owner IS NOT NULL", (workflow_id,))
         return (str(rows[0][0]), float(rows[0][1])) if rows else None
 
+    def read_leased(self, owner: str, workflow_id: str) -> Optional[tuple[float, list[ev.Event]]]:
+        """``(lease_until, history)`` of a run that ``owner`` holds, in one
+        round trip (a run back from eviction checks its lease as it reads
+        its history); a parked lease ends with its owner's entry. None if
+        ``owner`` does not hold it."""
+        rows = self._query(
+            "WITH r AS (SELECT CASE WHEN lease_until >= "
+            f"{PARKED_LEASE_SQL} THEN coalesce((SELECT seen_until FROM aion_engines "
+            "WHERE engine_id = owner), 0) ELSE lease_until END AS until FROM aion_runs "
+            "WHERE workflow_id=%s AND owner=%s) SELECT r.until, e.seq, e.type, e.at, e.data "
+            "FROM r LEFT JOIN aion_events e ON e.workflow_id=%s ORDER BY e.seq",
+            (workflow_id, owner, workflow_id))
+        if not rows:
+            return None
+        return float(rows[0][0]), [ev.Event(seq, typ, at, json.loads(data))
+                                   for _, seq, typ, at, data in rows if seq is not None]
+
     def listen(self, on_bell: Callable[[str], None], stopped: Callable[[], bool]) -> None:
         """Blocking, on a thread of its own: call ``on_bell(kind)`` for each
         doorbell ("runs", "inbox", "ends") of this schema's channel until

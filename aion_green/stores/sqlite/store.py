@@ -867,6 +867,22 @@ class SQLiteStore:
                               "AND owner IS NOT NULL", (workflow_id,))
         return (str(rows[0][0]), float(rows[0][1])) if rows else None
 
+    def read_leased(self, owner: str, workflow_id: str) -> Optional[tuple[float, list[ev.Event]]]:
+        """``(lease_until, history)`` of a run that ``owner`` holds, in one
+        statement; a parked lease ends with its owner's entry. None if
+        ``owner`` does not hold it."""
+        rows = self._read_all(
+            "WITH r AS (SELECT CASE WHEN lease_until >= "
+            f"{PARKED_LEASE_SQL} THEN coalesce((SELECT seen_until FROM engines "
+            "WHERE engine_id = owner), 0) ELSE lease_until END AS until FROM runs "
+            "WHERE workflow_id=? AND owner=?) SELECT r.until, e.seq, e.type, e.at, e.data "
+            "FROM r LEFT JOIN events e ON e.workflow_id=? ORDER BY e.seq",
+            (workflow_id, owner, workflow_id))
+        if not rows:
+            return None
+        return float(rows[0][0]), [ev.Event(seq, typ, at, json.loads(data))
+                                   for _, seq, typ, at, data in rows if seq is not None]
+
     def _read_all(self, sql: str, params: Sequence[Any]) -> list[Any]:
         self._file.check(commit=False)
         try:

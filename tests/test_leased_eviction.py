@@ -14,7 +14,8 @@ from test_postgres_engines import _execute, _query, _store
 from test_residency import _clear_effects, _effects, child, effect, listener  # noqa: F401
 
 import aion_green as aion
-from aion_green.store import PARKED_LEASE
+from aion_green.core import events as ev
+from aion_green.store import PARKED_LEASE, Append
 
 
 @pytest.fixture(params=["postgres", "sqlite-leases"])
@@ -151,10 +152,10 @@ def test_an_evicted_run_whose_lease_was_taken_is_forgotten_when_woken(shared_url
 
 def test_a_run_back_from_eviction_reads_its_lease_and_takes_back_one_that_ran_out(shared_url):
     """The check a run makes when it comes back from eviction
-    (``Leases.read_if_held``, on the writer's thread): a lease of this
-    engine that holds (parked under the engine's entry) is only read, no
-    commit of its own per wake (the next heartbeat renews it with the runs
-    in memory); one still this engine's that ran out (freed after a pause
+    (``Leases.read_if_held``): a lease of this engine that holds (parked
+    under the engine's entry) is only read, no commit of its own per wake
+    (the next heartbeat renews it with the runs in memory); one still this
+    engine's that ran out (freed after a pause
     past the entry's end, not claimed by another yet) is renewed; one that
     another engine holds answers None. The run's type is not registered
     here, so no claim pass or heartbeat of this engine touches it."""
@@ -163,8 +164,8 @@ def test_a_run_back_from_eviction_reads_its_lease_and_takes_back_one_that_ran_ou
     engine.list(limit=1)  # (the engine opens on first use)
     epoch = engine._epoch
 
-    def check():
-        return epoch.writer.call(epoch.leases.read_if_held, "out").result(timeout=10)
+    def check():  # (what _drive calls, on the hub)
+        return epoch.hub.submit(epoch.leases.read_if_held, "out").result(timeout=10)
 
     def lease_until():
         return _query(store, "SELECT lease_until FROM aion_runs WHERE workflow_id = 'out'")[0][0]
@@ -186,6 +187,51 @@ def test_a_run_back_from_eviction_reads_its_lease_and_takes_back_one_that_ran_ou
                         "WHERE workflow_id = 'out'")
         assert check() is None
         assert store.lease_of("out") == ("someone-else", 0)
+    finally:
+        engine.shutdown()
+        store.close()
+
+
+def test_runs_back_from_eviction_together_are_read_together_each_with_its_own_history(
+        shared_url):
+    """Runs woken at once (a wave of timers due) wait for one read of their
+    leases and histories (one statement for the group, not a round trip
+    each); each gets its own history, a run another engine holds gets None,
+    and one woken twice gets its history twice."""
+    import gevent
+
+    engine = aion.Engine(shared_url, workflows=[listener], evict_after=None, lease=30.0)
+    store = _store(shared_url)
+    engine.list(limit=1)  # (the engine opens on first use)
+    epoch, leases = engine._epoch, engine._epoch.leases
+    groups = []
+    read_now = leases._read_held_now
+    leases._read_held_now = lambda ids: (groups.append(list(ids)), read_now(ids))[1]
+    try:
+        ids = [f"w{k}" for k in range(6)]
+        for k, wid in enumerate(ids):  # (a type not registered here: nothing else reads them)
+            store.create_run(wid, "tests.not_here", "[]", f"r{k}", time.time())
+            if k:
+                store.write_batch([Append(wid, 1, [ev.NewEvent(ev.STEP_COMPLETED, time.time(),
+                                                               {"step": "s", "result": k})] * k)])
+        _execute(store, f"UPDATE aion_runs SET owner = '{engine.engine_id}', "
+                        f"lease_until = {PARKED_LEASE} WHERE workflow_id <> 'w5'")
+        _execute(store, "UPDATE aion_runs SET owner = 'someone-else', lease_until = 1e12 "
+                        "WHERE workflow_id = 'w5'")
+
+        def wake_all():  # (on the hub, as _drive calls it)
+            readers = [gevent.spawn(leases.read_if_held, wid) for wid in [*ids, "w2"]]
+            gevent.joinall(readers, raise_error=True)
+            return [reader.value for reader in readers]
+
+        got = epoch.hub.submit(wake_all).result(timeout=10)
+        assert groups == [ids], "the runs woken together were not read in one group"
+        for k, history in enumerate(got[:5]):
+            assert [e.seq for e in history] == list(range(1, k + 2))
+            assert all(e.data["result"] == k for e in history[1:])
+        assert got[5] is None  # another engine's
+        assert got[6] == got[2] and got[6] is not got[2]
+        assert not leases._reads and not leases._reading
     finally:
         engine.shutdown()
         store.close()

@@ -179,11 +179,13 @@ def test_a_parked_lease_holds_while_its_engine_does_and_is_freed_once_its_entry_
 
 
 @pytest.mark.parametrize("kind", ["postgres", "sqlite-leases"])
-def test_read_leased_answers_a_held_runs_lease_and_history_in_one_read(kind, request, tmp_path):
-    """``read_leased(owner, id)``, what a run back from eviction reads: the
-    lease's end (a parked lease's: its owner's entry's) and the history,
-    in order, when ``owner`` holds the run; None when another engine does,
-    or nobody; nothing written."""
+def test_read_leased_answers_the_held_runs_leases_and_histories_in_one_read(
+        kind, request, tmp_path):
+    """``read_leased(owner, ids)``, what runs back from eviction read: for
+    each run ``owner`` holds, its lease's end (a parked lease's: its
+    owner's entry's) and its history, in order; runs another engine holds,
+    or nobody, or that do not exist, are left out; nothing is written. More
+    ids than one statement of SQLite takes are read in parts."""
     url = (request.getfixturevalue("pg_url") if kind == "postgres"
            else f"sqlite:///{tmp_path / 'p.db'}?leases=on")
     store = open_store(url)
@@ -193,18 +195,24 @@ def test_read_leased_answers_a_held_runs_lease_and_history_in_one_read(kind, req
         store.write_batch([Append("a0", 1, [ev.NewEvent(ev.STEP_COMPLETED, now,
                                                         {"step": "s", "result": 0})])])
         store.publish_engine("e1", json.dumps({"t.a": None}), now + 30, now)
+        store.publish_engine("e2", json.dumps({"t.a": None}), now + 30, now)
         store.claim_runs("e1", ["t.a"], now + 20, now, 2)  # a0, a1
-        until, history = store.read_leased("e1", "a0")
+        store.claim_runs("e2", ["t.a"], now + 20, now, 1)  # a2
+        assert store.renew_leases("e1", ["a1"], PARKED_LEASE) == ["a1"]
+        found = store.read_leased("e1", ["a0", "a1", "a2", "nope"])
+        assert sorted(found) == ["a0", "a1"]
+        until, history = found["a0"]
         assert until == now + 20
         assert [(e.seq, e.type) for e in history] == [(1, ev.WORKFLOW_STARTED),
                                                       (2, ev.STEP_COMPLETED)]
         assert history[1].data["result"] == 0
-        assert store.renew_leases("e1", ["a0"], PARKED_LEASE) == ["a0"]
-        assert store.read_leased("e1", "a0")[0] == now + 30  # the entry's end
-        assert store.lease_of("a0") == ("e1", now + 30)  # left as it was
-        assert store.read_leased("e2", "a0") is None  # another engine's
-        assert store.read_leased("e1", "a2") is None  # nobody's
-        assert store.read_leased("e1", "nope") is None
+        until, history = found["a1"]
+        assert until == now + 30  # parked: the entry's end
+        assert [e.type for e in history] == [ev.WORKFLOW_STARTED]
+        assert store.lease_of("a1") == ("e1", now + 30)  # left as it was
+        assert store.read_leased("e2", ["a0", "a1"]) == {}
+        assert sorted(store.read_leased("e2", [f"x{k}" for k in range(1200)] + ["a2"])) == ["a2"]
+        assert store.read_leased("e1", []) == {}
     finally:
         store.close()
 

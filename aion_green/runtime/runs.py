@@ -423,7 +423,7 @@ class Runner:
                 # another engine may have taken it (this engine's entry ran
                 # out: a long pause). Then it is not driven here; what woke
                 # it is routed to its new owner (unregister below).
-                held = self.epoch.writer.call(self.epoch.leases.read_if_held, wid).result()
+                held = self.epoch.leases.read_if_held(wid)  # (read with others woken)
                 if held is None:
                     raise RunLost(f"workflow {wid!r}: its lease was taken by another engine "
                                   "while it was out of memory here")

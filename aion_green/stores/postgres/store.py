@@ -68,6 +68,7 @@ from aion_green.stores.batch import (
 )
 from aion_green.stores.cut import Copy, opt_run, plan_copy, require_resumable, resume_point
 from aion_green.stores.global_events import events_query, page
+from aion_green.stores.leases import leased_histories, leased_read_sql
 from aion_green.stores.postgres.schema import (
     _DRIVER_LOCK,
     _MIGRATION_LOCK,
@@ -177,6 +178,7 @@ _READ_RUN = ("SELECT seq, type, at, data FROM aion_events WHERE workflow_id=%s "
 
 
 @implementer(IEventStore)
+
 class PostgresStore:
     """Histories in PostgreSQL. ``durable`` is always true here: a commit
     returns once the server made it durable (its own ``synchronous_commit``)."""
@@ -881,22 +883,18 @@ class PostgresStore:
                            "AND owner IS NOT NULL", (workflow_id,))
         return (str(rows[0][0]), float(rows[0][1])) if rows else None
 
-    def read_leased(self, owner: str, workflow_id: str) -> Optional[tuple[float, list[ev.Event]]]:
-        """``(lease_until, history)`` of a run that ``owner`` holds, in one
-        round trip (a run back from eviction checks its lease as it reads
-        its history); a parked lease ends with its owner's entry. None if
-        ``owner`` does not hold it."""
-        rows = self._query(
-            "WITH r AS (SELECT CASE WHEN lease_until >= "
-            f"{PARKED_LEASE_SQL} THEN coalesce((SELECT seen_until FROM aion_engines "
-            "WHERE engine_id = owner), 0) ELSE lease_until END AS until FROM aion_runs "
-            "WHERE workflow_id=%s AND owner=%s) SELECT r.until, e.seq, e.type, e.at, e.data "
-            "FROM r LEFT JOIN aion_events e ON e.workflow_id=%s ORDER BY e.seq",
-            (workflow_id, owner, workflow_id))
-        if not rows:
-            return None
-        return float(rows[0][0]), [ev.Event(seq, typ, at, json.loads(data))
-                                   for _, seq, typ, at, data in rows if seq is not None]
+    def read_leased(self, owner: str,
+                    workflow_ids: Sequence[str]) -> dict[str, tuple[float, list[ev.Event]]]:
+        """``{id: (lease_until, history)}`` of the runs among
+        ``workflow_ids`` that ``owner`` holds, in one round trip (runs back
+        from eviction check their leases as they read their histories); a
+        parked lease ends with its owner's entry. A run another engine
+        holds, or nobody, is left out."""
+        found: dict[str, tuple[float, list[ev.Event]]] = {}
+        leased_histories(self._query(leased_read_sql("aion_runs", "aion_events", "aion_engines",
+                                                     "= ANY(%s)", "%s"),
+                                     (list(workflow_ids), owner)), found)
+        return found
 
     def listen(self, on_bell: Callable[[str], None], stopped: Callable[[], bool]) -> None:
         """Blocking, on a thread of its own: call ``on_bell(kind)`` for each

@@ -49,6 +49,7 @@ from aion_green.stores.batch import (
 )
 from aion_green.stores.cut import Copy, opt_run, plan_copy, require_resumable, resume_point
 from aion_green.stores.global_events import events_query, page
+from aion_green.stores.leases import leased_histories, leased_read_sql
 from aion_green.stores.sqlite.file import FileIdentity, canonical_path, is_file, refuse_hard_links
 from aion_green.stores.sqlite.schema import (
     _FAULTS,
@@ -867,21 +868,17 @@ class SQLiteStore:
                               "AND owner IS NOT NULL", (workflow_id,))
         return (str(rows[0][0]), float(rows[0][1])) if rows else None
 
-    def read_leased(self, owner: str, workflow_id: str) -> Optional[tuple[float, list[ev.Event]]]:
-        """``(lease_until, history)`` of a run that ``owner`` holds, in one
-        statement; a parked lease ends with its owner's entry. None if
-        ``owner`` does not hold it."""
-        rows = self._read_all(
-            "WITH r AS (SELECT CASE WHEN lease_until >= "
-            f"{PARKED_LEASE_SQL} THEN coalesce((SELECT seen_until FROM engines "
-            "WHERE engine_id = owner), 0) ELSE lease_until END AS until FROM runs "
-            "WHERE workflow_id=? AND owner=?) SELECT r.until, e.seq, e.type, e.at, e.data "
-            "FROM r LEFT JOIN events e ON e.workflow_id=? ORDER BY e.seq",
-            (workflow_id, owner, workflow_id))
-        if not rows:
-            return None
-        return float(rows[0][0]), [ev.Event(seq, typ, at, json.loads(data))
-                                   for _, seq, typ, at, data in rows if seq is not None]
+    def read_leased(self, owner: str,
+                    workflow_ids: Sequence[str]) -> dict[str, tuple[float, list[ev.Event]]]:
+        """``{id: (lease_until, history)}`` of the runs among
+        ``workflow_ids`` that ``owner`` holds; a parked lease ends with its
+        owner's entry. A run another engine holds, or nobody, is left out."""
+        found: dict[str, tuple[float, list[ev.Event]]] = {}
+        for chunk, marks in _chunks(workflow_ids):
+            leased_histories(self._read_all(leased_read_sql("runs", "events", "engines",
+                                                            f"IN ({marks})", "?"),
+                                            (*chunk, owner)), found)
+        return found
 
     def _read_all(self, sql: str, params: Sequence[Any]) -> list[Any]:
         self._file.check(commit=False)

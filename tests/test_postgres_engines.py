@@ -168,11 +168,13 @@ def test_four_engines_share_a_burst_of_runs_evenly(shared_url, tmp_path):
                    timeout=30, what="the four engines to be at work")
         runs = 400
         now = time.time()
-        # Steps of 50 ms: a run is held a while (on SQLite runs of instant
-        # steps ended so fast that the first engines to wake had their
-        # share done, and claimed again from what was left, before a busy
-        # one woke).
-        store.write_batch([CreateRun(f"b{k:03}", "pg.work", json.dumps([2, 0.05]), f"r{k}", now)
+        # Steps of 250 ms: a run is held a while. Shares are counted from
+        # the runs held and claimable at each claim, so an engine that ends
+        # its share before a busy one wakes claims again from what is left:
+        # on SQLite runs of instant steps went to the first engines awake,
+        # and with steps of 50 ms one engine of four drove 18.75 % in a CI
+        # run (two tox environments at once on two cores, SQLite, patched).
+        store.write_batch([CreateRun(f"b{k:03}", "pg.work", json.dumps([2, 0.25]), f"r{k}", now)
                            for k in range(runs)])
         wait_until(lambda: sum(_owners_of_ended_runs(store).values()) == runs, timeout=120,
                    interval=0.1, what="every run to end")

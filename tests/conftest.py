@@ -261,3 +261,12 @@ def pg_url(pg_bystander, built_engines):
             if attempt == 4:
                 raise
             time.sleep(0.2)
+
+
+@pytest.fixture(params=["postgres", "sqlite-leases"])
+def shared_url(request, tmp_path):
+    """A store that leases runs to its engines: a PostgreSQL schema, or a
+    SQLite file opened with ?leases=on."""
+    if request.param == "postgres":
+        return request.getfixturevalue("pg_url")
+    return f"sqlite:///{tmp_path / 'shared.db'}?leases=on"

@@ -18,13 +18,6 @@ from aion_green.core import events as ev
 from aion_green.store import PARKED_LEASE, Append
 
 
-@pytest.fixture(params=["postgres", "sqlite-leases"])
-def shared_url(request, tmp_path):
-    if request.param == "postgres":
-        return request.getfixturevalue("pg_url")
-    return f"sqlite:///{tmp_path / 'shared.db'}?leases=on"
-
-
 @aion.workflow(name="tests.leased_evict_parent")
 def parent(ctx, n):
     ctx.step(effect, f"{n}:parent")

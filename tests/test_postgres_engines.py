@@ -11,7 +11,6 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import pytest
 from conftest import PATCHED, wait_until
 from crash_campaign import worker_env
 
@@ -47,15 +46,6 @@ def _stop(procs):
             proc.kill()
             proc.wait()
         proc.stdout.close()
-
-
-@pytest.fixture(params=["postgres", "sqlite-leases"])
-def shared_url(request, tmp_path):
-    """A store that leases runs to its engines: a PostgreSQL schema, or a
-    SQLite file opened with ?leases=on."""
-    if request.param == "postgres":
-        return request.getfixturevalue("pg_url")
-    return f"sqlite:///{tmp_path / 'shared.db'}?leases=on"
 
 
 def _store(url):

@@ -100,16 +100,12 @@ def test_an_append_under_a_stale_fence_is_refused_and_writes_nothing(tmp_path):
         store.close()
 
 
-@pytest.mark.parametrize("kind", ["postgres", "sqlite-leases"])
-def test_claim_counts_weigh_claimable_and_held_runs_and_the_engines_that_share_the_types(
-        kind, request, tmp_path):
+def test_claim_counts_weigh_claimable_and_held_runs_and_the_engines_that_share_the_types(shared_url):
     """What an engine weighs before it claims its fair share
     (runtime/leases.py), on both stores that lease: runs nobody holds, runs
     held under live leases (and its own), and the other live engines that
     run one of its types."""
-    url = (request.getfixturevalue("pg_url") if kind == "postgres"
-           else f"sqlite:///{tmp_path / 'c.db'}?leases=on")
-    store = open_store(url)
+    store = open_store(shared_url)
     try:
         now = time.time()
         assert store.claim_counts("me", ["t.a"], now, 100) == (0, 0, 0, 0)
@@ -134,16 +130,12 @@ def test_claim_counts_weigh_claimable_and_held_runs_and_the_engines_that_share_t
         store.close()
 
 
-@pytest.mark.parametrize("kind", ["postgres", "sqlite-leases"])
-def test_a_parked_lease_holds_while_its_engine_does_and_is_freed_once_its_entry_ran_out(
-        kind, request, tmp_path):
+def test_a_parked_lease_holds_while_its_engine_does_and_is_freed_once_its_entry_ran_out(shared_url):
     """A run out of memory keeps its lease parked (no renewal per run): not
     claimable while its owner's entry among the engines is live; freed by
     the next publish of any engine once that entry ran out, or at once when
     the owner is forgotten; ``lease_of`` answers with the entry's end."""
-    url = (request.getfixturevalue("pg_url") if kind == "postgres"
-           else f"sqlite:///{tmp_path / 'p.db'}?leases=on")
-    store = open_store(url)
+    store = open_store(shared_url)
     try:
         now = time.time()
         store.write_batch([CreateRun(f"a{k}", "t.a", "[]", f"r{k}", now) for k in range(6)])
@@ -178,17 +170,13 @@ def test_a_parked_lease_holds_while_its_engine_does_and_is_freed_once_its_entry_
         store.close()
 
 
-@pytest.mark.parametrize("kind", ["postgres", "sqlite-leases"])
-def test_read_leased_answers_the_held_runs_leases_and_histories_in_one_read(
-        kind, request, tmp_path):
+def test_read_leased_answers_the_held_runs_leases_and_histories_in_one_read(shared_url):
     """``read_leased(owner, ids)``, what runs back from eviction read: for
     each run ``owner`` holds, its lease's end (a parked lease's: its
     owner's entry's) and its history, in order; runs another engine holds,
     or nobody, or that do not exist, are left out; nothing is written. More
     ids than one statement of SQLite takes are read in parts."""
-    url = (request.getfixturevalue("pg_url") if kind == "postgres"
-           else f"sqlite:///{tmp_path / 'p.db'}?leases=on")
-    store = open_store(url)
+    store = open_store(shared_url)
     try:
         now = time.time()
         store.write_batch([CreateRun(f"a{k}", "t.a", "[]", f"r{k}", now) for k in range(3)])

@@ -309,7 +309,7 @@ class Residency:
         kept = self._evicted.pop(wid, None)
         if kept is not None:
             # (Not parked yet: parked while it waits for a place. Driven, it
-            # renews its lease before it reads its history.)
+            # reads its lease with its history: Leases.read_if_held.)
             if self.epoch.leased:
                 self._check_lease.add(wid)
             if self.idle is not None:

@@ -284,6 +284,11 @@ class IEventStore(Interface):  # type: ignore[misc]  # zope.interface is untyped
         """Events of the current run's history with ``seq > after_seq``, in
         order; with ``run_id``, of that run (current or continued as new)."""
 
+    def read_many(workflow_ids: Sequence[str]) -> dict[str, list[ev.Event]]:  # noqa: N805
+        """``{id: history}``: the current runs' histories of ``workflow_ids``,
+        each in order, read at once (runs driven again together); an id
+        without a run is left out."""
+
     def last_of_types(workflow_id: str, types: Sequence[str]) -> Optional[str]:  # noqa: N805
         """The type of the last event of the current run's history whose type
         is one of ``types``, or None: read without decoding the history

@@ -41,7 +41,7 @@ import uuid
 from typing import Iterator
 
 CHILD = r"""
-import json, os, sys, threading, time
+import gc, json, os, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 sys.path.insert(0, {root!r})
@@ -58,6 +58,14 @@ def peak_mib():
     # VmHWM: Linux carries ru_maxrss across fork and exec (the parent's peak).
     with open("/proc/self/status") as status:
         return next(int(x.split()[1]) for x in status if x.startswith("VmHWM:")) / 1024
+
+gc_s = [0.0, 0.0]  # seconds in the cyclic collector: the total, and when the current one began
+def on_gc(phase, info):
+    if phase == "start":
+        gc_s[1] = time.perf_counter()
+    else:
+        gc_s[0] += time.perf_counter() - gc_s[1]
+gc.callbacks.append(on_gc)
 
 n, cap, starters = {n}, {cap}, {starters}
 kwargs = {engine_kwargs!r}
@@ -80,6 +88,7 @@ else:
     while len(engine._epoch.timers._heap) < n:
         time.sleep(0.05)
 parked_s = time.monotonic() - t0
+parked_gc = gc_s[0]
 parked_rss = peak_mib()
 t1 = time.monotonic()
 if {wait!r} == "message":
@@ -96,6 +105,7 @@ else:
 while engine.list(status="running", limit=1):
     time.sleep(0.05)
 drain_s = time.monotonic() - t1
+drain_gc = gc_s[0] - parked_gc
 rss = peak_mib()
 # Lateness of the wakes (timers only): TimerFired's time minus the deadline
 # recorded in TimerStarted, for 1,000 runs spread over the ids.
@@ -107,6 +117,7 @@ if {wait!r} == "timer":
         late.append(next(e for e in history if e.type == "TimerFired").at - fire_at)
     late.sort()
 print(json.dumps({{"n": n, "cap": cap, "parked_s": parked_s, "drain_s": drain_s,
+                  "parked_gc_s": parked_gc, "drain_gc_s": drain_gc,
                   "parked_rss_mib": parked_rss, "peak_rss_mib": rss,
                   "evictions": engine.evictions, "resident_peak": engine.resident_peak,
                   "late_p50": late[len(late) // 2] if late else None,
@@ -234,7 +245,7 @@ def main() -> None:
              if args.store == "postgres" and args.vacuum else ""))
     print(f"{'runs':>9} {'config':>9} {'start+park s':>12} {'starts/s':>9} {'drain s':>8} "
           f"{'done/s':>8} {'RSS parked MiB':>15} {'peak RSS MiB':>13} {'KiB/run':>8} "
-          f"{'evicted':>9} {'resident max':>13} {'late p50/p99/max s':>20}")
+          f"{'evicted':>9} {'resident max':>13} {'late p50/p99/max s':>20} {'GC park/drain':>14}")
     for n in (int(s) for s in args.sizes.split(",")):
         for name in args.configs.split(","):
             cap, kwargs = configs[name]
@@ -244,7 +255,8 @@ def main() -> None:
             print(f"{n:>9,} {label:>9} {r['parked_s']:>12.1f} {n / r['parked_s']:>9,.0f} "
                   f"{r['drain_s']:>8.1f} {n / r['drain_s']:>8,.0f} {r['parked_rss_mib']:>15.0f} "
                   f"{r['peak_rss_mib']:>13.0f} {r['peak_rss_mib'] * 1024 / n:>8.2f} "
-                  f"{r['evictions']:>9,} {r['resident_peak']:>13,} {lateness(r):>20}",
+                  f"{r['evictions']:>9,} {r['resident_peak']:>13,} {lateness(r):>20} "
+                  f"{r['parked_gc_s'] / r['parked_s']:>6.0%} / {r['drain_gc_s'] / r['drain_s']:>4.0%}",
                   flush=True)
 
 

@@ -199,6 +199,28 @@ class StoreContract:
         assert [e.seq for e in store.read("w-1", after_seq=1, limit=2)] == [2, 3]
         assert store.read("w-1", after_seq=6) == []
 
+    def test_read_many_gives_each_current_run_its_own_history_as_read_gives_it(self, store):
+        """What runs driven again together read: one call, each run's
+        current history in order, an id without a run left out; a run that
+        continued as new gives its new run's history only; more ids than
+        one statement may bind (SQLite reads them in chunks)."""
+        for k in range(4):
+            self.create(store, f"m{k}", args=(k,))
+            if k:
+                store.write_batch([Append(f"m{k}", 1, [step_event(i, f"{k}.{i}") for i in range(k)])])
+        continued = ev.NewEvent(ev.WORKFLOW_CONTINUED_AS_NEW, 1002.0,
+                                {"args": [9], "run_id": "run-next", "generation": 2})
+        store.write_batch([Append("m3", 4, [continued]), Append("m2", 3, [step_event(9, "late")])])
+        ids = ["m0", "m1", "m2", "m3", "nope", *(f"x{k}" for k in range(1200))]
+        found = store.read_many(ids)
+        assert sorted(found) == ["m0", "m1", "m2", "m3"]
+        for wid in ("m0", "m1", "m2", "m3"):
+            assert found[wid] == store.read(wid)
+        assert [e.seq for e in found["m2"]] == [1, 2, 3, 4]
+        assert found["m2"][-1].data["result"] == "late"
+        assert [(e.type, e.data["args"]) for e in found["m3"]] == [(ev.WORKFLOW_STARTED, [9])]
+        assert store.read_many([]) == {}
+
     def test_every_event_kind_round_trips(self, store):
         self.create(store)
         kinds = [

@@ -198,8 +198,8 @@ def test_runs_back_from_eviction_together_are_read_together_each_with_its_own_hi
     engine.list(limit=1)  # (the engine opens on first use)
     epoch, leases = engine._epoch, engine._epoch.leases
     groups = []
-    read_now = leases._read_held_now
-    leases._read_held_now = lambda ids: (groups.append(list(ids)), read_now(ids))[1]
+    read_now = leases._reads._read_now  # (runtime/batched_reads.py)
+    leases._reads._read_now = lambda ids: (groups.append(list(ids)), read_now(ids))[1]
     try:
         ids = [f"w{k}" for k in range(6)]
         for k, wid in enumerate(ids):  # (a type not registered here: nothing else reads them)
@@ -224,7 +224,7 @@ def test_runs_back_from_eviction_together_are_read_together_each_with_its_own_hi
             assert all(e.data["result"] == k for e in history[1:])
         assert got[5] is None  # another engine's
         assert got[6] == got[2] and got[6] is not got[2]
-        assert not leases._reads and not leases._reading
+        assert not leases._reads._waiting and not leases._reads._reading
     finally:
         engine.shutdown()
         store.close()

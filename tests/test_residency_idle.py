@@ -6,7 +6,7 @@ nothing recorded runs twice. A run about to wake stays. On every store:
 where runs are leased (PostgreSQL, SQLite with ?leases=on) an evicted run
 keeps its lease (tests/test_leased_eviction.py)."""
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from conftest import wait_until
@@ -222,3 +222,69 @@ def test_a_cancel_or_message_sent_as_the_run_leaves_memory_reaches_it(make_engin
             stuck.append((i, engine.describe(f"far-{i}").status))
     assert engine.evictions > 0  # (the window was there to hit)
     assert stuck == [], f"{len(stuck)} of 300 runs never took what was recorded for them"
+
+
+@aion.workflow(name="tests.idle_who_am_i")
+def who_am_i(ctx, tag, shape):
+    before = ctx.info.parent_id
+    got = ctx.receive("go")
+    return [before, ctx.info.parent_id, tag, shape, got]
+
+
+@aion.workflow(name="tests.idle_parent_of_who")
+def parent_of_who(ctx):
+    return ctx.start_child(who_am_i, "t", {"b": [1, 2.5, None], "a": "x"}, id="who-child").result()
+
+
+def test_a_child_back_from_eviction_knows_its_parent_and_its_arguments(make_engine):
+    """A run out of memory keeps what its history does not hold (its parent)
+    and its arguments as they were: woken, it is the run it was."""
+    engine = make_engine(who_am_i, parent_of_who, evict_after=0.3)
+    handle = engine.start(parent_of_who, id="who-parent")
+    wait_until(lambda: engine.evictions >= 2 and resident(engine) == 0, timeout=15,
+               what="the parent and the child to leave memory")
+    engine.signal("who-child", "go", "now")
+    assert handle.result(timeout=30) == [
+        "who-parent", "who-parent", "t", {"b": [1, 2.5, None], "a": "x"}, "now"]
+
+
+class _Sizes(set):
+    """A set that remembers the most it held."""
+    most = 0
+
+    def add(self, item):
+        super().add(item)
+        self.most = max(self.most, len(self))
+
+
+@aion.workflow(name="tests.idle_until_then")
+def until_then(ctx, n, at):
+    before = ctx.step(effect, f"{n}:before")
+    ctx.sleep_until(datetime.fromtimestamp(at, tz=timezone.utc))
+    return [before, ctx.step(effect, f"{n}:after")]
+
+
+def test_runs_back_from_eviction_read_their_histories_together_a_bounded_number_at_a_time(
+        make_engine, monkeypatch):
+    """30 timers due at the same instant: the runs come back WAKE_AHEAD at
+    a time (the rest wait out of memory, not as greenlets), and those let
+    in together read their histories in one call of the store writer, each
+    run read once."""
+    from aion_green.runtime import residency
+
+    monkeypatch.setattr(residency, "WAKE_AHEAD", 4)
+    engine = make_engine(until_then, evict_after=0.3)
+    at = time.time() + 2.0
+    handles = [engine.start(until_then, n, at, id=f"ahead-{n}") for n in range(30)]
+    wait_until(lambda: resident(engine) == 0, timeout=15, what="the sleepers to leave memory")
+    epoch = engine._epoch
+    epoch.residency._replaying = replaying = _Sizes()
+    reads, groups = epoch.runner._histories, []
+    read_now = reads._read_now
+    reads._read_now = lambda ids: (groups.append(list(ids)), read_now(ids))[1]
+    assert [h.result(timeout=60) for h in handles] == [
+        [f"{n}:before", f"{n}:after"] for n in range(30)]
+    assert replaying.most == 4, groups
+    assert sorted(wid for group in groups for wid in group) == sorted(f"ahead-{n}" for n in range(30))
+    assert max(len(group) for group in groups) == 4, groups
+    assert sorted(_effects) == sorted([f"{n}:{w}" for n in range(30) for w in ("before", "after")])

@@ -28,7 +28,6 @@ greenlets (``_claim``, ``_heartbeat``) or from them.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import time
@@ -41,6 +40,7 @@ from gevent import monkey
 from aion_green.core import clock as _clock
 from aion_green.core.errors import AionError, FencedOut
 from aion_green.core.registry import parameters_of
+from aion_green.runtime.batched_reads import BatchedReads
 from aion_green.runtime.recorder import Recorder
 from aion_green.store import PARKED_LEASE
 
@@ -88,10 +88,10 @@ class Leases:
         # Since when (monotonic) runs stayed claimable while this engine
         # held its fair share; None while it has none to wait out (hub).
         self._surplus_since: Optional[float] = None
-        # Runs back from eviction waiting for their leases and histories,
-        # and whether a greenlet is reading them (hub: read_if_held).
-        self._reads: dict[str, list[Any]] = {}
-        self._reading = False
+        # Runs back from eviction waiting for their leases and histories
+        # (hub: read_if_held).
+        self._reads = BatchedReads(epoch.hub, epoch.writer, self._read_held_now, _READ_MOST,
+                                   "aion-woken-reads")
 
     def begin_leasing(self) -> None:
         hub = self.epoch.hub
@@ -233,41 +233,10 @@ class Leases:
     def read_if_held(self, wid: str) -> Optional[list[Any]]:
         """A hub greenlet (``_drive``): a run back from eviction: its
         history, if its lease (parked while it was out) is still this
-        engine's; else None.
-
-        Runs woken together are read together: the reads wait while one is
-        under way, then go as one (``_read_held_now``: one statement for up
-        to ``_READ_MOST`` runs). A wave of timers due woke runs one store
-        round trip each, the writer's main work at 2,000 wakes/s."""
-        waiter = gevent.event.AsyncResult()
-        self._reads.setdefault(wid, []).append(waiter)
-        if not self._reading:
-            self.epoch.hub.spawn(self._read_pending, name="aion-woken-reads")
-            self._reading = True
-        return cast(Optional[list[Any]], waiter.get())
-
-    def _read_pending(self) -> None:
-        """A hub greenlet: read the woken runs' leases and histories, a
-        group at a time, until none waits."""
-        try:
-            while self._reads:
-                ids = list(itertools.islice(self._reads, _READ_MOST))
-                waiters = [self._reads.pop(wid) for wid in ids]
-                try:
-                    held = self.epoch.writer.call(self._read_held_now, ids).result()
-                except BaseException as exc:  # (GreenletExit too: none of them waits forever)
-                    for group in waiters:
-                        for waiter in group:
-                            waiter.set_exception(exc)
-                    if isinstance(exc, gevent.GreenletExit):
-                        raise
-                    continue
-                for wid, group in zip(ids, waiters):
-                    history = held.get(wid)
-                    for waiter in group:  # (a second wake of one run reads a copy)
-                        waiter.set(None if history is None else list(history))
-        finally:
-            self._reading = False
+        engine's; else None. Runs woken together are read together
+        (``runtime/batched_reads.py``: one statement for up to
+        ``_READ_MOST`` runs, ``_read_held_now``)."""
+        return self._reads.read(wid)
 
     def _read_held_now(self, ids: list[str]) -> dict[str, list[Any]]:
         """The writer's thread: the histories of the runs among ``ids``

@@ -43,6 +43,7 @@ from aion_green.core.errors import (
 from aion_green.core.history import message_state, open_children, pending_timers
 from aion_green.hub_thread import Future
 from aion_green.runtime import tracing
+from aion_green.runtime.batched_reads import BatchedReads
 from aion_green.runtime.metrics import STEP_SECONDS
 from aion_green.runtime.recorder import Recorder
 from aion_green.runtime.residency import RunEvicted
@@ -63,6 +64,8 @@ _get_ident = monkey.get_original("_thread", "get_ident")
 _bisect = bisect.bisect_left
 STEP_COMPLETED = ev.STEP_COMPLETED
 _FAST = STEP_SECONDS[0]
+# The most runs driven again whose histories are read in one statement.
+_READ_MOST = 200
 
 
 def _ignore(*_: Any) -> None:
@@ -117,6 +120,10 @@ class Runner:
         # pool thread counts its own attempts, with no lock. The dict's own
         # get, as RunTable.get: once per attempt.
         self._figures_of = engine.metrics.steps.get
+        # Runs driven again (recovered, back from eviction) read their
+        # histories together: one statement for up to _READ_MOST of them.
+        self._histories = BatchedReads(epoch.hub, epoch.writer, epoch.store.read_many,
+                                       _READ_MOST, "aion-history-reads")
 
     # -- hub thread only ---------------------------------------------------------------------
     def on_hub_start(self) -> None:
@@ -429,7 +436,7 @@ class Runner:
                                   "while it was out of memory here")
                 history = held
             elif recovering or info.head_seq > 1:
-                history = self.epoch.writer.call(self.epoch.store.read, wid).result()
+                history = self._histories.read(wid) or []  # (read with others driven again)
             else:
                 started: dict[str, Any] = {"workflow_type": info.workflow_type,
                                            "run_id": info.run_id, "args": info.args}

@@ -1,5 +1,6 @@
-"""What both stores share about leases: the read a run back from eviction
-makes (its lease's end and its history, for many runs at once)."""
+"""What both stores share about the reads of runs driven again: a run back
+from eviction reads its history (where runs are leased, with its lease's
+end), many runs at once."""
 from __future__ import annotations
 
 import json
@@ -30,3 +31,14 @@ def leased_histories(rows: Sequence[Sequence[Any]],
             held = into[wid] = (float(until), [])
         if seq is not None:
             held[1].append(ev.Event(seq, typ, at, json.loads(data)))
+
+
+def histories_by_run(rows: Sequence[Sequence[Any]],
+                     into: dict[str, list[ev.Event]]) -> None:
+    """Add ``read_many``'s rows (id, seq, type, at, data; by id, then seq)
+    to ``into``, by run."""
+    for wid, seq, typ, at, data in rows:
+        history = into.get(wid)
+        if history is None:
+            history = into[wid] = []
+        history.append(ev.Event(seq, typ, at, json.loads(data)))

@@ -68,7 +68,7 @@ from aion_green.stores.batch import (
 )
 from aion_green.stores.cut import Copy, opt_run, plan_copy, require_resumable, resume_point
 from aion_green.stores.global_events import events_query, page
-from aion_green.stores.leases import leased_histories, leased_read_sql
+from aion_green.stores.leases import histories_by_run, leased_histories, leased_read_sql
 from aion_green.stores.postgres.schema import (
     _DRIVER_LOCK,
     _MIGRATION_LOCK,
@@ -882,6 +882,13 @@ class PostgresStore:
                            "ELSE lease_until END FROM aion_runs WHERE workflow_id=%s "
                            "AND owner IS NOT NULL", (workflow_id,))
         return (str(rows[0][0]), float(rows[0][1])) if rows else None
+
+    def read_many(self, workflow_ids: Sequence[str]) -> dict[str, list[ev.Event]]:
+        found: dict[str, list[ev.Event]] = {}
+        histories_by_run(self._query("SELECT workflow_id, seq, type, at, data FROM aion_events "
+                                     "WHERE workflow_id = ANY(%s) ORDER BY workflow_id, seq",
+                                     (list(workflow_ids),)), found)
+        return found
 
     def read_leased(self, owner: str,
                     workflow_ids: Sequence[str]) -> dict[str, tuple[float, list[ev.Event]]]:

@@ -49,7 +49,7 @@ from aion_green.stores.batch import (
 )
 from aion_green.stores.cut import Copy, opt_run, plan_copy, require_resumable, resume_point
 from aion_green.stores.global_events import events_query, page
-from aion_green.stores.leases import leased_histories, leased_read_sql
+from aion_green.stores.leases import histories_by_run, leased_histories, leased_read_sql
 from aion_green.stores.sqlite.file import FileIdentity, canonical_path, is_file, refuse_hard_links
 from aion_green.stores.sqlite.schema import (
     _FAULTS,
@@ -867,6 +867,14 @@ class SQLiteStore:
                               "ELSE lease_until END FROM runs WHERE workflow_id=? "
                               "AND owner IS NOT NULL", (workflow_id,))
         return (str(rows[0][0]), float(rows[0][1])) if rows else None
+
+    def read_many(self, workflow_ids: Sequence[str]) -> dict[str, list[ev.Event]]:
+        found: dict[str, list[ev.Event]] = {}
+        for chunk, marks in _chunks(workflow_ids):
+            histories_by_run(self._read_all(
+                "SELECT workflow_id, seq, type, at, data FROM events "
+                f"WHERE workflow_id IN ({marks}) ORDER BY workflow_id, seq", chunk), found)
+        return found
 
     def read_leased(self, owner: str,
                     workflow_ids: Sequence[str]) -> dict[str, tuple[float, list[ev.Event]]]:

@@ -279,7 +279,8 @@ def test_runs_back_from_eviction_read_their_histories_together_a_bounded_number_
     wait_until(lambda: resident(engine) == 0, timeout=15, what="the sleepers to leave memory")
     epoch = engine._epoch
     epoch.residency._replaying = replaying = _Sizes()
-    reads, groups = epoch.runner._histories, []
+    # (Where runs are leased, a woken run reads its lease with its history.)
+    reads, groups = epoch.leases._reads if epoch.leased else epoch.runner._histories, []
     read_now = reads._read_now
     reads._read_now = lambda ids: (groups.append(list(ids)), read_now(ids))[1]
     assert [h.result(timeout=60) for h in handles] == [

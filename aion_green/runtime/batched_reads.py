@@ -49,23 +49,32 @@ class BatchedReads:
 
     def _read_waiting(self) -> None:
         """A hub greenlet: read for the waiting runs, a group at a time,
-        until none waits. A failed read fails its group's waiters only."""
+        until none waits."""
         try:
             while self._waiting:
                 ids = list(itertools.islice(self._waiting, self._most))
-                groups = [self._waiting.pop(wid) for wid in ids]
-                try:
-                    found = self._writer.call(self._read_now, ids).result()
-                except BaseException as exc:  # (GreenletExit too: none of them waits forever)
-                    for group in groups:
-                        for waiter in group:
-                            waiter.set_exception(exc)
-                    if isinstance(exc, gevent.GreenletExit):
-                        raise
-                    continue
-                for wid, group in zip(ids, groups):
-                    history = found.get(wid)
-                    for waiter in group:
-                        waiter.set(None if history is None else list(history))
+                self._read_group(ids, [self._waiting.pop(wid) for wid in ids])
         finally:
             self._reading = False
+
+    def _read_group(self, ids: list[str], groups: list[list[gevent.event.AsyncResult]]) -> None:
+        """Read for ``ids`` at once. A read that fails is tried again for
+        each run alone, so only a run whose own read fails (its history
+        damaged, say) is told, and the others go on."""
+        try:
+            found = self._writer.call(self._read_now, ids).result()
+        except BaseException as exc:  # (GreenletExit too: none of them waits forever)
+            if len(ids) > 1 and not isinstance(exc, gevent.GreenletExit):
+                for wid, group in zip(ids, groups):
+                    self._read_group([wid], [group])
+                return
+            for group in groups:
+                for waiter in group:
+                    waiter.set_exception(exc)
+            if isinstance(exc, gevent.GreenletExit):
+                raise
+            return
+        for wid, group in zip(ids, groups):
+            history = found.get(wid)
+            for waiter in group:  # (a run woken twice gets a copy each)
+                waiter.set(None if history is None else list(history))

@@ -11,7 +11,9 @@ recorded through the store, a watched child ends) or a query asks it, it
 queues for a place and is replayed from its history, which is the same
 thing recovery after a crash does. Runs that would pass the cap (started,
 recovered, woken) wait in a FIFO admission queue; a run that ends or is
-evicted lets the next one in.
+evicted lets the next one in. Runs back from eviction also wait there
+while ``WAKE_AHEAD`` others read their histories and replay (they read
+together: ``runtime/batched_reads.py``).
 
 Eviction happens on the hub greenlet: the victim's doorbell is rung with
 its failure set to :class:`RunEvicted`, so it unwinds at once, inside that

@@ -871,9 +871,12 @@ class SQLiteStore:
     def read_many(self, workflow_ids: Sequence[str]) -> dict[str, list[ev.Event]]:
         found: dict[str, list[ev.Event]] = {}
         for chunk, marks in _chunks(workflow_ids):
-            histories_by_run(self._read_all(
-                "SELECT workflow_id, seq, type, at, data FROM events "
-                f"WHERE workflow_id IN ({marks}) ORDER BY workflow_id, seq", chunk), found)
+            rows = self._read_all("SELECT workflow_id, seq, type, at, data FROM events "
+                                  f"WHERE workflow_id IN ({marks}) ORDER BY workflow_id, seq", chunk)
+            try:
+                histories_by_run(rows, found)
+            except _FAULTS as exc:  # (a damaged record: StoreCorrupt, as read says)
+                raise _translate(exc, self.path) from None
         return found
 
     def read_leased(self, owner: str,
@@ -883,9 +886,12 @@ class SQLiteStore:
         owner's entry. A run another engine holds, or nobody, is left out."""
         found: dict[str, tuple[float, list[ev.Event]]] = {}
         for chunk, marks in _chunks(workflow_ids):
-            leased_histories(self._read_all(leased_read_sql("runs", "events", "engines",
-                                                            f"IN ({marks})", "?"),
-                                            (*chunk, owner)), found)
+            rows = self._read_all(leased_read_sql("runs", "events", "engines", f"IN ({marks})", "?"),
+                                  (*chunk, owner))
+            try:
+                leased_histories(rows, found)
+            except _FAULTS as exc:  # (a damaged record: StoreCorrupt, as read says)
+                raise _translate(exc, self.path) from None
         return found
 
     def _read_all(self, sql: str, params: Sequence[Any]) -> list[Any]:

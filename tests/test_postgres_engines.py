@@ -158,13 +158,14 @@ def test_four_engines_share_a_burst_of_runs_evenly(shared_url, tmp_path):
                    timeout=30, what="the four engines to be at work")
         runs = 400
         now = time.time()
-        # Steps of 250 ms: a run is held a while. Shares are counted from
-        # the runs held and claimable at each claim, so an engine that ends
-        # its share before a busy one wakes claims again from what is left:
-        # on SQLite runs of instant steps went to the first engines awake,
-        # and with steps of 50 ms one engine of four drove 18.75 % in a CI
-        # run (two tox environments at once on two cores, SQLite, patched).
-        store.write_batch([CreateRun(f"b{k:03}", "pg.work", json.dumps([2, 0.25]), f"r{k}", now)
+        # Runs of four steps of 0.5 s: none ends within 2 s. Shares are
+        # counted from the runs held and claimable at each claim, so once
+        # runs end, engines claim from what a late engine left: on SQLite
+        # runs of instant steps went to the first engines awake, and in two
+        # CI runs (two tox environments at once on two cores, SQLite,
+        # patched) an engine that came to its first claim late, after runs
+        # of 2 x 50 ms and then of 2 x 250 ms had ended, drove 18.75 %.
+        store.write_batch([CreateRun(f"b{k:03}", "pg.work", json.dumps([4, 0.5]), f"r{k}", now)
                            for k in range(runs)])
         wait_until(lambda: sum(_owners_of_ended_runs(store).values()) == runs, timeout=120,
                    interval=0.1, what="every run to end")

@@ -63,18 +63,23 @@ class BatchedReads:
         damaged, say) is told, and the others go on."""
         try:
             found = self._writer.call(self._read_now, ids).result()
-        except BaseException as exc:  # (GreenletExit too: none of them waits forever)
-            if len(ids) > 1 and not isinstance(exc, gevent.GreenletExit):
+        except gevent.GreenletExit as exc:  # (the hub ends: none of them waits forever)
+            _fail(groups, exc)
+            raise
+        except BaseException as exc:
+            if len(ids) == 1:
+                _fail(groups, exc)
+            else:
                 for wid, group in zip(ids, groups):
                     self._read_group([wid], [group])
-                return
-            for group in groups:
-                for waiter in group:
-                    waiter.set_exception(exc)
-            if isinstance(exc, gevent.GreenletExit):
-                raise
             return
         for wid, group in zip(ids, groups):
             history = found.get(wid)
             for waiter in group:  # (a run woken twice gets a copy each)
                 waiter.set(None if history is None else list(history))
+
+
+def _fail(groups: list[list[gevent.event.AsyncResult]], exc: BaseException) -> None:
+    for group in groups:
+        for waiter in group:
+            waiter.set_exception(exc)

@@ -141,6 +141,15 @@ def _owners_of_ended_runs(store):
                              "GROUP BY owner", (ev.RUNNING,)))
 
 
+def _taken_over(effects):
+    """How many runs had steps run by more than one engine process."""
+    pids = defaultdict(set)
+    for line in effects.read_text().splitlines():
+        key, pid = line.split()
+        pids[key.split("/")[0]].add(pid)
+    return sum(1 for seen in pids.values() if len(seen) > 1)
+
+
 def test_four_engines_share_a_burst_of_runs_evenly(shared_url, tmp_path):
     """Failure window (issue 21): 1,000 runs appearing at once went to the
     first engines that woke, each claiming up to 500 at a go: of four
@@ -160,11 +169,10 @@ def test_four_engines_share_a_burst_of_runs_evenly(shared_url, tmp_path):
         now = time.time()
         # Runs of four steps of 0.5 s: none ends within 2 s. Shares are
         # counted from the runs held and claimable at each claim, so once
-        # runs end, engines claim from what a late engine left: on SQLite
-        # runs of instant steps went to the first engines awake, and in two
-        # CI runs (two tox environments at once on two cores, SQLite,
-        # patched) an engine that came to its first claim late, after runs
-        # of 2 x 50 ms and then of 2 x 250 ms had ended, drove 18.75 %.
+        # runs end, engines claim from what a late engine left. (Three CI
+        # runs on SQLite, patched, gave 75/100/100/125: not a late engine
+        # but SQLite's counts read in two snapshots, a claim between them
+        # counted twice; test_sqlite_leases.py's one-moment test.)
         store.write_batch([CreateRun(f"b{k:03}", "pg.work", json.dumps([4, 0.5]), f"r{k}", now)
                            for k in range(runs)])
         wait_until(lambda: sum(_owners_of_ended_runs(store).values()) == runs, timeout=120,
@@ -173,7 +181,8 @@ def test_four_engines_share_a_burst_of_runs_evenly(shared_url, tmp_path):
         assert set(ended) <= set(ids), ended
         shares = sorted(ended.get(i, 0) / runs for i in ids)
         assert 0.20 <= shares[0] and shares[-1] <= 0.30, \
-            f"shares of the runs ended by each engine: {shares}"
+            f"shares of the runs ended by each engine: {shares} ({ended}; " \
+            f"{_taken_over(effects)} runs stepped by more than one engine)"
         assert len(store.list_runs(ev.COMPLETED, None, 1000, None)) == runs
     finally:
         _stop(procs)

@@ -130,6 +130,49 @@ def test_claim_counts_weigh_claimable_and_held_runs_and_the_engines_that_share_t
         store.close()
 
 
+def test_claim_counts_on_sqlite_are_of_one_moment_though_another_engine_claims_meanwhile(tmp_path):
+    """Failure window (issue 21, CI): SQLite counted the claimable runs and
+    the held ones in two statements, each reading the file as it was then.
+    Runs another engine claimed between the two were counted twice (as
+    claimable, then as held), so the share came out too big: of 400 runs,
+    four engines over one file drove 75, 100, 100 and 125 (three CI runs,
+    under patch_all()). The counts now read one snapshot. (PostgreSQL
+    counts in one statement.)"""
+    url = f"sqlite:///{tmp_path / 'shared.db'}?leases=on"
+    store, other = open_store(url), open_store(url)
+    try:
+        now = time.time()
+        store.write_batch([CreateRun(f"a{k}", "t.a", "[]", f"r{k}", now) for k in range(10)])
+        store.publish_engine("other", json.dumps({"t.a": None}), now + 30, now)
+        real, claimed = store._conn, []
+
+        class ClaimBetween:
+            """The store's connection, but another engine claims four runs
+            just before the count of held runs is read."""
+
+            def execute(self, sql, params=()):
+                if "lease_until >=" in sql and not claimed:
+                    claimed.extend(other.claim_runs("other", ["t.a"], now + 30, now, 4))
+                return real.execute(sql, params)
+
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+        store._conn = ClaimBetween()
+        try:
+            claimable, peers, held, mine = store.claim_counts("me", ["t.a"], now, 100)
+        finally:
+            store._conn = real
+        assert len(claimed) == 4, "the other engine's claim did not run between the counts"
+        assert (claimable, peers, held, mine) == (10, 1, 0, 0), \
+            "the counts mix the store before and after the other engine's claim"
+        # Read again: the claim is seen once, as held.
+        assert store.claim_counts("me", ["t.a"], now, 100) == (6, 1, 4, 0)
+    finally:
+        store.close()
+        other.close()
+
+
 def test_a_parked_lease_holds_while_its_engine_does_and_is_freed_once_its_entry_ran_out(shared_url):
     """A run out of memory keeps its lease parked (no renewal per run): not
     claimable while its owner's entry among the engines is live; freed by

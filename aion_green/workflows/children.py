@@ -5,6 +5,7 @@ watching for its end) is :mod:`aion_green.runtime.children`; the two meet
 through the host (:mod:`aion_green.workflows.host`)."""
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, TypeVar, Union
@@ -18,6 +19,7 @@ from aion_green.core.errors import (
     WorkflowTimedOut,
 )
 from aion_green.core.registry import workflow_name
+from aion_green.workflows.replay import Arrival
 
 if TYPE_CHECKING:  # pragma: no cover
     from aion_green.workflows.context import WorkflowContext
@@ -126,10 +128,14 @@ def child_result(ctx: "WorkflowContext", child: ChildHandle[Any]) -> Any:
     arrivals = ctx._cursor.arrivals
     end_key = ("child", child_id)
     watch_again(ctx, child_id)
-    end = ctx._race(lambda: arrivals.get(end_key),
-                    lambda: ctx._host.abort_watch(ctx._parent_key, child_id))
+    end = ctx._race(Arrival(arrivals, end_key), functools.partial(_abort_watch, ctx, child_id))
     ctx._cursor.consume_arrival(end)
     return child_outcome(child.workflow_id, end)
+
+
+def _abort_watch(ctx: "WorkflowContext", child_id: str) -> None:
+    """A result wait abandoned (a cancel, a timeout block): stop watching the child."""
+    ctx._host.abort_watch(ctx._parent_key, child_id)
 
 
 def child_outcome(child_id: str, end: ev.Event) -> Any:

@@ -51,7 +51,7 @@ from aion_green.workflows import children, fanout, messages, search, steps, vers
 from aion_green.workflows.children import ChildHandle
 from aion_green.workflows.fanout import Step
 from aion_green.workflows.host import Host, RunLog
-from aion_green.workflows.replay import FirstRecorded, HistoryCursor, reached
+from aion_green.workflows.replay import Arrival, FirstRecorded, HistoryCursor, reached
 
 if TYPE_CHECKING:  # pragma: no cover
     from typing_extensions import TypeVarTuple, Unpack  # see steps.py
@@ -239,7 +239,7 @@ class WorkflowContext:
         seconds = _clock.seconds_of(duration, f"ctx.sleep({duration!r})")
         if seconds < 0:
             raise ValueError(f"ctx.sleep({duration!r}): a duration must not be negative")
-        self._sleep(lambda: time.time() + seconds)
+        self._sleep(seconds=seconds)
 
     def sleep_until(self, when: datetime) -> None:
         """Sleep durably until ``when`` (a timezone-aware datetime)."""
@@ -247,25 +247,26 @@ class WorkflowContext:
             raise ValueError(
                 f"ctx.sleep_until({when!r}): pass a timezone-aware datetime "
                 "(datetime(..., tzinfo=timezone.utc)); a naive one is ambiguous")
-        deadline = when.timestamp()
-        self._sleep(lambda: deadline)
+        self._sleep(at=when.timestamp())
 
-    def _sleep(self, deadline: Callable[[], float]) -> None:
-        key = self._start_timer(deadline)
-        del deadline  # not kept alive (with its cells) while the run sleeps
-        arrivals = self._cursor.arrivals
-        fired = self._race(lambda: arrivals.get(("timer", key)))
+    def _sleep(self, seconds: float = 0.0, at: Optional[float] = None) -> None:
+        key = self._start_timer(seconds, at)
+        fired = self._race(Arrival(self._cursor.arrivals, ("timer", key)))
         self._cursor.consume_arrival(fired)
 
-    def _start_timer(self, deadline: Callable[[], float]) -> str:
-        """Record (or replay) TimerStarted for the next timer; return its key."""
+    def _start_timer(self, seconds: float = 0.0, at: Optional[float] = None) -> str:
+        """Record (or replay) TimerStarted for the next timer, due ``at``
+        (a timestamp) or ``seconds`` after it is first recorded; return its
+        key. (Numbers, not a callable: a closure's cells would stay in the
+        frame of a run parked on the timer, objects for the cyclic GC.)"""
         self._check()
         self._timer_ordinal += 1
         key = f"t{self._timer_ordinal}"
         recorded = self._take(_TIMER_STARTED, {"timer": key}, lambda: f"timer {key}")
         if recorded is None:
             recorded = self._record(ev.NewEvent(
-                ev.TIMER_STARTED, time.time(), {"timer": key, "fire_at": deadline()}))
+                ev.TIMER_STARTED, time.time(),
+                {"timer": key, "fire_at": at if at is not None else time.time() + seconds}))
         if ("timer", key) not in self._cursor.arrivals and key not in self._timers:
             self._timers[key] = recorded.data["fire_at"]
             self._host.arm_timer(recorded.data["fire_at"], self._key, key)
@@ -444,11 +445,9 @@ class WorkflowContext:
         if isinstance(duration, datetime):
             if duration.tzinfo is None:
                 raise ValueError(f"ctx.timeout({duration!r}): pass a timezone-aware datetime")
-            at = duration.timestamp()
-            key = self._start_timer(lambda: at)
+            key = self._start_timer(at=duration.timestamp())
         else:
-            seconds = _clock.seconds_of(duration, f"ctx.timeout({duration!r})")
-            key = self._start_timer(lambda: time.time() + seconds)
+            key = self._start_timer(_clock.seconds_of(duration, f"ctx.timeout({duration!r})"))
         self._scopes += (key,)
         expired = False
         try:

@@ -19,6 +19,7 @@ from aion_green.core import clock as _clock
 from aion_green.core import events as ev
 from aion_green.core import namespaces, payloads
 from aion_green.core.errors import AionError, Timeout
+from aion_green.core.history import ArrivalKey
 
 if TYPE_CHECKING:  # pragma: no cover
     from aion_green.workflows.context import WorkflowContext
@@ -40,26 +41,38 @@ def receive(ctx: "WorkflowContext", name: str, timeout: Union[timedelta, float, 
     key = ("message", name, index)
     timer = None
     if timeout is not None:
-        seconds = _clock.seconds_of(timeout, f"ctx.receive({name!r}, timeout={timeout!r})")
-        timer = ctx._start_timer(lambda: time.time() + seconds)
-    arrivals = ctx._cursor.arrivals
-    message = timer_fired = None
-
-    def first() -> Optional[ev.Event]:
-        nonlocal message, timer_fired
-        message = arrivals.get(key)
-        timer_fired = arrivals.get(("timer", timer)) if timer else None
-        candidates = [e for e in (message, timer_fired) if e is not None]
-        return min(candidates, key=lambda e: e.seq) if candidates else None
-
+        timer = ctx._start_timer(_clock.seconds_of(timeout, f"ctx.receive({name!r}, timeout={timeout!r})"))
+    first = _MessageOrTimer(ctx._cursor.arrivals, key, timer)
     winner = ctx._race(first)
     ctx._cursor.consume_arrival(winner)
-    if winner is message:
+    if winner is first.message:
         ctx._received[name] = index + 1
         if timer is not None:
             ctx._cancel_timer(timer)
-        return payloads.decode(message.data.get("payload"), as_type)
+        return payloads.decode(winner.data.get("payload"), as_type)
     raise Timeout(f"workflow {ctx.workflow_id!r}: no message {name!r} within {timeout}")
+
+
+class _MessageOrTimer:
+    """``own()`` of a receive's race: the message ``key`` or, with a
+    timeout, the firing of ``timer``, whichever was recorded first (the
+    message it found, in ``message``). An object, not a closure: a run
+    parked in a receive keeps it, and each closure cell would be one more
+    object for the cyclic GC."""
+
+    __slots__ = ("arrivals", "key", "timer", "message")
+
+    def __init__(self, arrivals: dict[ArrivalKey, ev.Event], key: ArrivalKey,
+                 timer: Optional[str]) -> None:
+        self.arrivals, self.key, self.timer = arrivals, key, timer
+        self.message: Optional[ev.Event] = None
+
+    def __call__(self) -> Optional[ev.Event]:
+        message = self.message = self.arrivals.get(self.key)
+        fired = self.arrivals.get(("timer", self.timer)) if self.timer else None
+        if message is None or (fired is not None and fired.seq < message.seq):
+            return fired
+        return message
 
 
 def send(ctx: "WorkflowContext", workflow_id: str, name: str, payload: Any = None) -> None:

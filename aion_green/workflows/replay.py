@@ -179,6 +179,20 @@ def reached(cursor: HistoryCursor, seq: int) -> Optional[bool]:
     return cursor.head_seq >= seq or None
 
 
+class Arrival:
+    """``own()`` of a race that waits for one recorded arrival (a timer's
+    firing, a child's end): ``arrivals.get(key)``. An object, not a
+    closure, for the reason ``FirstRecorded`` gives."""
+
+    __slots__ = ("arrivals", "key")
+
+    def __init__(self, arrivals: dict[ArrivalKey, ev.Event], key: ArrivalKey) -> None:
+        self.arrivals, self.key = arrivals, key
+
+    def __call__(self) -> Optional[ev.Event]:
+        return self.arrivals.get(self.key)
+
+
 class FirstRecorded:
     """The ``ready()`` of a race (``WorkflowContext._race``, whose context
     is ``ctx``): the first recorded of ``own()``, a cancel request and the

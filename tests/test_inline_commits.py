@@ -146,7 +146,7 @@ def test_a_step_s_record_is_never_committed_inline_past_a_record_still_in_flight
     from aion_green.runtime.recorder import Recorder
 
     writer, told = _IdleWriter(), []
-    recorder = Recorder("w", writer, lambda events, head, error: told.append((head, error)))
+    recorder = Recorder("w", writer, lambda wid, events, head, error: told.append((head, error)))
     recorder.init(1, {}, set())
     step = [ev.NewEvent(ev.STEP_COMPLETED, 1.0, {"step": 1})]
     assert recorder.submit_events(step, inline=True) == 2  # nothing in flight: inline

@@ -38,18 +38,23 @@ def _given(events: list[NewEvent], recorder: "Recorder") -> list[NewEvent]:
 Build = Callable[["Recorder"], list[NewEvent]]
 # on_done(events, head, error), called on the store writer thread.
 OnDone = Callable[[list[NewEvent], Optional[int], Optional[BaseException]], None]
+# The run's own: on_recorded(workflow_id, events, head, error), the same for
+# every run of an engine (one callable, not one per run: a resident run
+# holds its recorder, and a partial per run was two more objects for the
+# cyclic GC).
+OnRecorded = Callable[[str, list[NewEvent], Optional[int], Optional[BaseException]], None]
 
 
 class Recorder:
     """Orders the appends of one live run."""
 
-    def __init__(self, workflow_id: str, writer: Any, on_done: OnDone,
+    def __init__(self, workflow_id: str, writer: Any, on_recorded: OnRecorded,
                  fence: Optional[int] = None) -> None:
         self.workflow_id = workflow_id
         # The owner's fencing token, carried by every append (leased stores).
         self.fence = fence
         self._writer = writer
-        self._on_done = on_done
+        self._on_recorded = on_recorded
         self._lock = _allocate_lock()
         # Invariant: _next is None until init(); then it is the seq of the
         # last event submitted (recorded or in flight), and appends reach
@@ -153,7 +158,7 @@ class Recorder:
         committed it): note what is durable, then tell the engine."""
         if error is None and head is not None:
             self._durable = head
-        self._on_done(events, head, error)
+        self._on_recorded(self.workflow_id, events, head, error)
 
     def _submit_locked(self, build: Build, extra: Optional[OnDone]) -> int:
         events = build(self)

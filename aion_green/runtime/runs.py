@@ -236,13 +236,13 @@ class Runner:
                                                    policy.is_retryable(error))])
 
     def new_recorder(self, wid: str, fence: Optional[int] = None) -> Recorder:
-        # on_done(events, head, error) runs _deliver(wid, events, head, error)
-        # on the hub thread; a partial, so the writer runs no Python frame
-        # of ours for it.
+        # on_recorded(wid, events, head, error) runs deliver(wid, events,
+        # head, error) on the hub thread; a partial, so the writer runs no
+        # Python frame of ours for it, and one per epoch, not one per run.
         hub = self.epoch.hub
-        if self._deliver_soon[0] is not hub:  # bound once per epoch: two objects per run, not four
+        if self._deliver_soon[0] is not hub:
             self._deliver_soon = (hub, functools.partial(hub.call_soon, self.deliver))
-        return Recorder(wid, self.epoch.writer, functools.partial(self._deliver_soon[1], wid), fence)
+        return Recorder(wid, self.epoch.writer, self._deliver_soon[1], fence)
 
     def deliver(self, wid: str, events: builtins.list[ev.NewEvent], head: Optional[int],
                  error: Optional[BaseException]) -> None:

@@ -466,7 +466,7 @@ class WorkflowContext:
             expired = True
             raise
         finally:
-            self._scopes = tuple(k for k in self._scopes if k != key)
+            self._scopes = _without(self._scopes, key)
             if not expired:
                 self._cancel_timer(key)
 
@@ -633,3 +633,9 @@ class WorkflowContext:
             self._divergence = exc
             raise
 
+
+def _without(scopes: tuple[str, ...], key: str) -> tuple[str, ...]:
+    """``scopes`` but ``key``. (A function of its own: a generator
+    expression in ``timeout`` would make ``key`` a cell of its frame, one
+    more object per run parked in a timeout block.)"""
+    return tuple(k for k in scopes if k != key)

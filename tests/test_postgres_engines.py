@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -293,6 +294,57 @@ def test_an_engine_paused_past_its_lease_is_fenced_out(shared_url, tmp_path):
         assert a.poll() is None, "the stale owner crashed instead of dropping the run"
     finally:
         _stop(procs)
+        store.close()
+
+
+def test_a_signal_sent_as_the_engine_claims_its_own_run_back_is_recorded_under_the_new_fence(
+        shared_url, caplog):
+    """Failure window (CI, sqlite-leases): the engine claimed its own run
+    back (its lease ran out) and, before its hub had set the run's new
+    fence, a signal from another thread went out under the old one: the
+    store refused it (FencedOut, to the sender) and the engine dropped the
+    run. Here the hub is kept busy for a second just after the claim
+    commits, and the signal is sent then."""
+    from gevent import monkey
+
+    import aion_green as aion
+
+    native_sleep = monkey.get_original("time", "sleep")
+
+    @aion.workflow(name="pg.lapsed_signal")
+    def lapsed(ctx):
+        first = ctx.receive("go")
+        return first + ctx.receive("go")
+
+    store = _store(shared_url)
+    try:
+        with aion.Engine(shared_url, workflows=[lapsed], lease=30.0) as engine:
+            engine.start(lapsed, id="lapsed")
+            engine.signal("lapsed", "go", 1)
+            old = store.get_run("lapsed").fence
+            leases, hub = engine._epoch.leases, engine._epoch.hub
+            claim_now, claimed = leases._claim_now, threading.Event()
+
+            def claim_then_stall(types, limit):  # the writer's thread
+                runs = claim_now(types, limit)
+                if any(info.workflow_id == "lapsed" for info in runs):
+                    hub.call_soon(native_sleep, 1.0)  # before the hub hears of the claim
+                    claimed.set()
+                return runs
+
+            leases._claim_now = claim_then_stall
+            for _ in range(5):
+                _execute(store, "UPDATE aion_runs SET lease_until=0 WHERE workflow_id='lapsed'")
+                if claimed.wait(3):  # (else a heartbeat renewed the lease first: again)
+                    break
+            assert claimed.is_set(), "the engine never claimed its run again"
+            assert store.get_run("lapsed").fence > old
+            engine.signal("lapsed", "go", 2)
+            assert engine.result("lapsed", timeout=10) == 3
+        history = store.read("lapsed")
+        assert [e.type for e in history].count(ev.MESSAGE_RECEIVED) == 2
+        assert "dropped" not in caplog.text
+    finally:
         store.close()
 
 

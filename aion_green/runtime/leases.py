@@ -212,10 +212,24 @@ class Leases:
 
     def _claim_now(self, types: list[str], limit: int) -> list[Any]:
         """The writer's thread: claim, with leases that run from now (not
-        from when the claim was queued behind other work)."""
+        from when the claim was queued behind other work).
+
+        A run still driven here and claimed back (its lease ran out: a
+        pause, a clock that jumped) appends under the new fence from now
+        on, before the hub hears of the claim: a record submitted in
+        between (a signal, from the sender's thread) went out under the old
+        fence, was refused, and the run was dropped (CI, sqlite-leases).
+        ``_claim`` sets it again on the hub, and on a context that left
+        the routing table."""
         now = time.time()
-        return list(self.epoch.store.claim_runs(self.engine.engine_id, types,
-                                                now + self.engine.lease, now, limit))
+        claimed = list(self.epoch.store.claim_runs(self.engine.engine_id, types,
+                                                   now + self.engine.lease, now, limit))
+        recorders = self.epoch.recorders
+        for info in claimed:
+            recorder = recorders.get(info.workflow_id)
+            if recorder is not None:
+                recorder.fence = info.fence or None
+        return claimed
 
     def _renew_now(self, mine: list[str], to_park: list[str],
                    types_json: str) -> tuple[list[str], list[str], float]:

@@ -45,7 +45,7 @@ def receive(ctx: "WorkflowContext", name: str, timeout: Union[timedelta, float, 
     first = _MessageOrTimer(ctx._cursor.arrivals, key, timer)
     winner = ctx._race(first)
     ctx._cursor.consume_arrival(winner)
-    if winner is first.message:
+    if winner.type != ev.TIMER_FIRED:  # the message (a cancel or a scope's deadline raised)
         ctx._received[name] = index + 1
         if timer is not None:
             ctx._cancel_timer(timer)
@@ -55,20 +55,18 @@ def receive(ctx: "WorkflowContext", name: str, timeout: Union[timedelta, float, 
 
 class _MessageOrTimer:
     """``own()`` of a receive's race: the message ``key`` or, with a
-    timeout, the firing of ``timer``, whichever was recorded first (the
-    message it found, in ``message``). An object, not a closure: a run
-    parked in a receive keeps it, and each closure cell would be one more
-    object for the cyclic GC."""
+    timeout, the firing of ``timer``, whichever was recorded first. An
+    object, not a closure: a run parked in a receive keeps it, and each
+    closure cell would be one more object for the cyclic GC."""
 
-    __slots__ = ("arrivals", "key", "timer", "message")
+    __slots__ = ("arrivals", "key", "timer")
 
     def __init__(self, arrivals: dict[ArrivalKey, ev.Event], key: ArrivalKey,
                  timer: Optional[str]) -> None:
         self.arrivals, self.key, self.timer = arrivals, key, timer
-        self.message: Optional[ev.Event] = None
 
     def __call__(self) -> Optional[ev.Event]:
-        message = self.message = self.arrivals.get(self.key)
+        message = self.arrivals.get(self.key)
         fired = self.arrivals.get(("timer", self.timer)) if self.timer else None
         if message is None or (fired is not None and fired.seq < message.seq):
             return fired

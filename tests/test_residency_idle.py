@@ -89,6 +89,55 @@ def test_runs_waiting_on_messages_leave_memory_once_they_waited_long_enough(make
                                       + [f"{n}:now" for n in range(20)])
 
 
+def slow_effect(tag, seconds):
+    time.sleep(seconds)
+    return effect(tag)
+
+
+@aion.workflow(name="tests.idle_slow_step")
+def slow_stepper(ctx, seconds, limit):
+    try:
+        done = ctx.step(slow_effect, "slow", seconds, timeout=limit)
+    except aion.StepError as exc:
+        done = exc.error_type
+    ctx.step(effect, "waiting")
+    got = ctx.receive("go")
+    return [done, got]
+
+
+def test_a_run_stays_in_memory_while_its_step_runs_and_leaves_once_it_waits(make_engine):
+    # Parked on a step's record for longer than evict_after: not evicted
+    # while the attempt runs; once its record is in and the run waits on a
+    # message, it leaves memory (its attempts were all counted off).
+    engine = make_engine(slow_stepper, evict_after=0.3)
+    handle = engine.start(slow_stepper, 1.5, None, id="slow")
+    time.sleep(1.2)
+    assert _effects == [] and resident(engine) == 1 and engine.evictions == 0
+    wait_until(lambda: _effects == ["slow", "waiting"], timeout=10, what="the slow step")
+    wait_until(lambda: resident(engine) == 0, timeout=10, what="the waiting run to leave memory")
+    engine.signal("slow", "go", "now")
+    assert handle.result(timeout=30) == ["slow", "now"]
+    assert _effects == ["slow", "waiting"]  # replayed, not run again
+
+
+def test_a_run_whose_attempt_timed_out_leaves_memory_though_the_attempt_still_runs(make_engine):
+    # The attempt's timeout is its record: from then on the attempt (which
+    # cannot be stopped) no longer keeps the run in memory, and what it
+    # returns later is dropped.
+    engine = make_engine(slow_stepper, evict_after=0.3)
+    handle = engine.start(slow_stepper, 4.0, 0.2, id="late")
+    wait_until(lambda: _effects == ["waiting"], timeout=10, what="the timeout to be recorded")
+    wait_until(lambda: resident(engine) == 0, timeout=3,
+               what="the run to leave memory while its timed-out attempt runs")
+    assert _effects == ["waiting"]  # the attempt has not returned yet
+    wait_until(lambda: "slow" in _effects, timeout=10, what="the late attempt to return")
+    engine.signal("late", "go", "now")
+    assert handle.result(timeout=30) == ["aion_green.errors.StepTimeout", "now"]
+    history = [e.type for e in engine.history("late")]
+    assert history.count(ev.STEP_COMPLETED) == 1  # "waiting"; the late result was dropped
+    assert history.count(ev.STEP_FAILED) == 1
+
+
 def test_a_run_about_to_wake_stays_in_memory(make_engine):
     engine = make_engine(ticker, evict_after=0.5)
     assert engine.start(ticker, 20, id="tick").result(timeout=30) == 20

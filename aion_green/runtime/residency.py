@@ -232,6 +232,12 @@ class Residency:
         idle = self.idle
         if idle is None:
             return
+        if ctx._stepping and ctx._busy:
+            # Parked on the record of a step attempt it started: that record
+            # wakes it (Runner.deliver), and it parks anew, queued then. Not
+            # a candidate meanwhile (_evictable), so not queued: a tuple and
+            # a sweep less per step.
+            return
         timers = ctx._timers
         woken = self._woken.get(wid)
         if woken is not None:
@@ -435,17 +441,6 @@ class Residency:
             self._pinned[wid] -= 1
         else:
             self._pinned.pop(wid, None)
-
-    def step_started(self, ctx: Optional[WorkflowContext]) -> None:
-        if ctx is not None:
-            ctx._busy += 1
-
-    @staticmethod
-    def step_handed_over(ctx: Optional[WorkflowContext]) -> None:
-        """Hub thread: a step attempt's outcome reached the run's recorder
-        (or failed to): the run may leave memory once that is recorded."""
-        if ctx is not None:
-            ctx._busy -= 1
 
 
 def _as_text(args: Any) -> Any:

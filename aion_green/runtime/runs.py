@@ -63,6 +63,7 @@ log = logging.getLogger("aion_green.engine")
 _get_ident = monkey.get_original("_thread", "get_ident")
 _bisect = bisect.bisect_left
 STEP_COMPLETED = ev.STEP_COMPLETED
+_STEP_TYPES = frozenset({ev.STEP_COMPLETED, ev.STEP_FAILED})
 _FAST = STEP_SECONDS[0]
 # The most runs driven again whose histories are read in one statement.
 _READ_MOST = 200
@@ -149,26 +150,25 @@ class Runner:
         builds its event and hands it to the run's log; the run's greenlet
         wakes once the record is durable (record before wake). ``limit``:
         the attempt's timeout in seconds."""
-        wid = info.workflow_id
-        ctx = None
         epoch = self.epoch
-        if epoch.residency.on:
-            # The run stays in memory until this attempt's record is queued.
-            ctx = epoch.runs.get(wid)
-            epoch.residency.step_started(ctx)
+        ctx = epoch.runs.get(info.workflow_id)
+        if ctx is not None:
+            # The run stays in memory until this attempt's record reaches it
+            # (deliver counts it off: no hub command of its own per step).
+            ctx._busy += 1
         # The run span's context, handed over explicitly (runtime/tracing.py).
-        parent = None if tracing.tracer is None else getattr(epoch.runs.get(wid), "_trace", None)
+        parent = None if tracing.tracer is None else getattr(ctx, "_trace", None)
         # A partial, not a closure: thousands of attempts may be in flight,
         # and each closure cell is one more object for the cyclic GC.
         if limit is None:
             epoch.steps.submit(functools.partial(self._attempt, log, fn, args, info, policy,
-                                                 parent, ctx))
+                                                 parent))
         else:
             epoch.steps.submit(functools.partial(self._attempt, log, fn, args, info, policy,
-                                                 parent, ctx, limit))
+                                                 parent, limit))
 
     def _attempt(self, recorder: RunLog, fn: Callable[..., Any], args: tuple[Any, ...],
-                 info: StepInfo, policy: Retry, parent: Any, ctx: Any,
+                 info: StepInfo, policy: Retry, parent: Any,
                  timeout: Optional[float] = None) -> None:
         """Pool thread: run one attempt of a step and record it (unless its
         timeout was recorded first: whoever takes it out of _in_flight
@@ -206,9 +206,6 @@ class Runner:
         except BaseException as exc:
             in_flight.pop(info, None)
             hub.call_soon(self.deliver, info.workflow_id, [], None, exc)
-        finally:
-            if ctx is not None:
-                hub.call_soon(self.epoch.residency.step_handed_over, ctx)
 
     def _arm_step_timeout(self, recorder: RunLog, info: StepInfo, policy: Retry,
                           timeout: float) -> None:
@@ -260,8 +257,14 @@ class Runner:
             return
         if len(events) == 1:  # the hot path (a step's record): ctx._on_recorded, inlined
             (e,) = events
-            ctx._cursor.add_one(ev.Event(head, e.type, e.at, e.data))
-            if e.type == ev.WORKFLOW_UNPAUSED:
+            etype = e.type
+            ctx._cursor.add_one(ev.Event(head, etype, e.at, e.data))
+            if etype in _STEP_TYPES:
+                # An attempt's record (its outcome, or its timeout's): the
+                # attempt no longer keeps the run in memory (run_step).
+                if ctx._busy > 0:
+                    ctx._busy -= 1
+            elif etype == ev.WORKFLOW_UNPAUSED:
                 self.epoch.bounds.released(ctx)
             if ctx._parked:
                 ctx._parked = False

@@ -156,9 +156,13 @@ class WorkflowContext:
         self._bell = Waiter()
         self._parked = False  # Invariant: true only while the greenlet waits on _bell
         self._failure: Optional[BaseException] = None
-        # Step attempts running or waiting to start whose record is not yet
-        # queued (kept only under a residency cap: such a run stays in memory).
+        # Step attempts started whose record has not reached this context
+        # yet, and steps waiting to start (such a run stays in memory:
+        # runtime/residency.py _evictable).
         self._busy = 0
+        # Whether its last park was a step's wait for its attempt's record
+        # (set only when the host tracks parking; runtime/residency.py).
+        self._stepping = False
         self._step_ordinal = 0
         self._timer_ordinal = 0
         # Timers started and not yet fired or cancelled (key -> fire_at), as
@@ -539,15 +543,17 @@ class WorkflowContext:
             found = cursor.next_command()
             if found is not None:
                 return found
-            self._park()
+            self._park(True)
 
-    def _park(self) -> None:
-        """Wait for the next event recorded for this run (or a failure)."""
+    def _park(self, stepping: bool = False) -> None:
+        """Wait for the next event recorded for this run (or a failure);
+        ``stepping``: for the record of the step attempt it just started."""
         bell = self._bell
         bell.clear()
         self._parked = True
         host = self._host
         if host.tracks_parking:
+            self._stepping = stepping
             host.parked(self)
         try:
             bell.get()

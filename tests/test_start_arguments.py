@@ -62,3 +62,72 @@ def test_a_schedule_whose_arguments_do_not_fit_is_refused_before_it_is_recorded(
     with pytest.raises(aion.WorkflowArgumentsInvalid, match="too many"):
         engine.schedule("nightly", "startargs.charge", 1, 2, 3, 4, every=60)
     assert engine.list() == []
+
+
+def _positional(ctx, a, b=1, /):
+    return a
+
+
+def _kw_only(ctx, a, *, key):
+    return a
+
+
+def _kw_default(ctx, a, *, key=2, **extra):
+    return a
+
+
+def _star(ctx, *rest):
+    return rest
+
+
+def _none(ctx):
+    return None
+
+
+class _Callable:
+    def __call__(self, ctx, a, b=0):
+        return a
+
+
+@pytest.mark.parametrize("fn", [charge, many, _positional, _kw_only, _kw_default, _star, _none,
+                                _Callable(), lambda ctx, x=1: x])
+def test_a_start_is_refused_exactly_when_python_could_not_call_the_workflow(fn):
+    # Once a count of arguments bound, later starts with a count in the
+    # function's range skip the binding: a count outside it is still refused,
+    # and an answer never depends on what was asked before.
+    import inspect
+
+    from aion_green.core.registry import check_arguments
+
+    sig = inspect.signature(fn)
+    for _ in range(2):
+        for count in (3, 0, 1, 2, 4, 5, 1, 3):
+            args = tuple(range(count))
+            try:
+                sig.bind(None, *args)
+                fits = True
+            except TypeError:
+                fits = False
+            if fits:
+                check_arguments("w", fn, args)
+            else:
+                with pytest.raises(aion.WorkflowArgumentsInvalid):
+                    check_arguments("w", fn, args)
+
+
+def test_ids_drawn_by_the_engine_are_version_4_uuids_in_hex(make_engine):
+    import uuid
+
+    from aion_green.core.namespaces import new_id
+
+    drawn = {new_id() for _ in range(2000)}
+    assert len(drawn) == 2000
+    for value in drawn:
+        parsed = uuid.UUID(hex=value)
+        assert parsed.hex == value and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    engine = make_engine(charge)
+    handle = engine.start(charge, "o-1", 5)  # no id given: one is drawn
+    for value in (handle.workflow_id, handle.run_id):
+        assert uuid.UUID(hex=value).version == 4 and len(value) == 32
+    assert handle.run_id != handle.workflow_id
+    assert handle.result(10) == ["o-1", 5, "EUR"]

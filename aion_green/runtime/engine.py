@@ -483,7 +483,7 @@ class Engine:
         timeout_s = (None if execution_timeout is None
                      else execution_timeout_seconds(execution_timeout, "start(execution_timeout=...)"))
         ns = namespaces.DEFAULT if namespace is None else namespaces.check_namespace(namespace)
-        wid = uuid.uuid4().hex if id is None else namespaces.check_id(id)
+        wid = namespaces.new_id() if id is None else namespaces.check_id(id)
         key = namespaces.key(ns, wid)
         wname = self._registry.add(fn) if callable(fn) else ev.check_key(workflow_name(fn),
                                                                           "the workflow type")

@@ -13,12 +13,12 @@ from __future__ import annotations
 import builtins
 import json
 import time
-import uuid
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import gevent
 
 from aion_green.core import events as ev
+from aion_green.core import namespaces
 from aion_green.core.errors import EngineClosed, StoreUnavailable, WorkflowNotRunning
 from aion_green.hub_thread import Future
 from aion_green.runtime.recorder import Recorder
@@ -199,7 +199,7 @@ class Routing:
             owner, lease_until = self.engine.engine_id, now + self.engine.lease
         try:
             self.epoch.writer.submit_create(
-                CreateRun(wid, wname, args_json, uuid.uuid4().hex, now, owner, lease_until,
+                CreateRun(wid, wname, args_json, namespaces.new_id(), now, owner, lease_until,
                           parent_id, None if execution_timeout is None else now + execution_timeout),
                 future_done(future))
             created, info = future.result()

@@ -344,7 +344,11 @@ class Runner:
             recorder = self.new_recorder(wid, info.fence or None)
             with self.epoch.routing_lock:
                 self.epoch.recorders[wid] = recorder
-        self.epoch.hub.spawn(self._drive, wid, fn, info, recovering, recorder, name=f"run:{wid}")
+        # The function and the runner as its first argument, not the bound
+        # method: the greenlet keeps what it runs while the run is resident,
+        # and a bound method is one more object per run for the cyclic GC.
+        self.epoch.hub.spawn(Runner._drive, self, wid, fn, info, recovering, recorder,
+                             name=f"run:{wid}")
 
     def unregister(self, wid: str, recorder: Recorder) -> None:
         """Any thread: drop a recorder; messages it buffered are routed anew."""
@@ -530,6 +534,7 @@ class Runner:
             log.exception("run %r: the engine failed to drive it; this is a bug in aion_green", wid,
                           extra=logs.run_problem(wid, "run.crashed", began, exc))
         finally:
+            declared.leave()
             if began is not None:
                 logs.run_left(began, outcome, final)
             if span is not None:
@@ -553,13 +558,22 @@ class Runner:
         # got its own arguments (the store's RunInfo keeps the first run's).
         args = ctx._cursor.event(1).data.get("args", info.args)
         if args:  # as its parameters declare them (core/payloads.py)
-            args = payloads.decode_args(args, payloads.parameter_hints(fn, skip=1))
+            # A tuple: this frame keeps it as long as the run, and the cyclic
+            # GC stops tracking a tuple of plain values (never a list).
+            args = tuple(payloads.decode_args(args, payloads.parameter_hints(fn, skip=1)))
         data: dict[str, Any]
         try:
             try:
-                # (Without *args when there are none: that tuple would live
-                # as long as the run.)
-                result = fn(ctx, *args) if args else fn(ctx)
+                # Positionally for up to two arguments: fn(ctx, *args) builds
+                # a tuple holding ctx that would live as long as the run.
+                if not args:
+                    result = fn(ctx)
+                elif len(args) == 1:
+                    result = fn(ctx, args[0])
+                elif len(args) == 2:
+                    result = fn(ctx, args[0], args[1])
+                else:
+                    result = fn(ctx, *args)
             except ContinueAsNew:
                 ctx._finish_check("the workflow to continue as new")
                 raise

@@ -5,7 +5,6 @@ watching for its end) is :mod:`aion_green.runtime.children`; the two meet
 through the host (:mod:`aion_green.workflows.host`)."""
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, TypeVar, Union
@@ -128,14 +127,23 @@ def child_result(ctx: "WorkflowContext", child: ChildHandle[Any]) -> Any:
     arrivals = ctx._cursor.arrivals
     end_key = ("child", child_id)
     watch_again(ctx, child_id)
-    end = ctx._race(Arrival(arrivals, end_key), functools.partial(_abort_watch, ctx, child_id))
+    end = ctx._race(Arrival(arrivals, end_key), _AbortWatch(ctx, child_id))
     ctx._cursor.consume_arrival(end)
     return child_outcome(child.workflow_id, end)
 
 
-def _abort_watch(ctx: "WorkflowContext", child_id: str) -> None:
-    """A result wait abandoned (a cancel, a timeout block): stop watching the child."""
-    ctx._host.abort_watch(ctx._parent_key, child_id)
+class _AbortWatch:
+    """A result wait abandoned (a cancel, a timeout block): stop watching
+    the child. One slotted object, not a partial and its argument tuple: a
+    parent parked on its child keeps it for as long as it waits."""
+
+    __slots__ = ("ctx", "child_id")
+
+    def __init__(self, ctx: "WorkflowContext", child_id: str) -> None:
+        self.ctx, self.child_id = ctx, child_id
+
+    def __call__(self) -> None:
+        self.ctx._host.abort_watch(self.ctx._parent_key, self.child_id)
 
 
 def child_outcome(child_id: str, end: ev.Event) -> Any:

@@ -9,8 +9,9 @@ on a declared step takes its declared options too; options given at the
 call win.
 
 Which run, if any, the calling greenlet is: the engine names each run's
-greenlet here as it begins (:func:`enter`), in a weak table, so a finished
-greenlet leaves no trace.
+greenlet here as it begins (:func:`enter`) and lets go as it ends
+(:func:`leave`): an attribute of the greenlet, or, for a greenlet that takes
+none, a weak table, so a finished greenlet leaves no trace.
 """
 from __future__ import annotations
 
@@ -26,20 +27,42 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _R = TypeVar("_R")
 
-# The greenlet of each live run -> its context, both weakly: the context
-# holds its greenlet, so a strong value would keep every run's greenlet,
-# frames and context alive for ever (a weak-keyed table's values are strong).
+# A run's greenlet keeps its context in this attribute while the run is
+# live (the engine's greenlets take attributes). Not a weak table entry:
+# that was two weak references per resident run for the cyclic GC to walk
+# (issue 21). The context holds its greenlet, so the attribute is removed
+# as the run lets go (leave), and no cycle outlives the run.
+_ATTRIBUTE = "_aion_context"
+# The greenlet of each live run that takes no attribute -> its context, both
+# weakly (a strong value would keep every such run alive for ever).
 _RUNS: "weakref.WeakKeyDictionary[Any, weakref.ref[WorkflowContext]]" = weakref.WeakKeyDictionary()
 
 
 def enter(ctx: "WorkflowContext") -> None:
-    """The run's greenlet, as it begins: it is ``ctx``'s."""
-    _RUNS[getcurrent()] = weakref.ref(ctx)
+    """The run's greenlet, as it begins: it is ``ctx``'s (until :func:`leave`)."""
+    glet = getcurrent()
+    try:
+        setattr(glet, _ATTRIBUTE, ctx)
+    except AttributeError:  # (a greenlet with no __dict__)
+        _RUNS[glet] = weakref.ref(ctx)
+
+
+def leave() -> None:
+    """The run's greenlet lets go of its run (it ends, or is evicted)."""
+    glet = getcurrent()
+    if getattr(glet, _ATTRIBUTE, None) is not None:
+        setattr(glet, _ATTRIBUTE, None)
+    else:
+        _RUNS.pop(glet, None)
 
 
 def current() -> Optional["WorkflowContext"]:
     """The context of the run whose greenlet calls, or None."""
-    ref = _RUNS.get(getcurrent())
+    glet = getcurrent()
+    ctx: Optional["WorkflowContext"] = getattr(glet, _ATTRIBUTE, None)
+    if ctx is not None:
+        return ctx
+    ref = _RUNS.get(glet)
     return None if ref is None else ref()
 
 

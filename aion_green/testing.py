@@ -278,7 +278,8 @@ def _replay_one(engine: "Engine", fn: Any, info: Any, history: list[Any]) -> Opt
                               recorded, _NoRecorder())
         host.ctx = ctx
         declared.enter(ctx)  # its @aion.step calls replay as steps
-        ctx._parent_id = None if info.parent_id is None else namespaces.local(info.parent_id)
+        if info.parent_id is not None:  # (None: the class's default)
+            ctx._parent_id = namespaces.local(info.parent_id)
         ctx._wait = _no_wait  # type: ignore[method-assign]
         ctx._record = _refuse  # type: ignore[method-assign]
         args = recorded[0].data.get("args", info.args)

@@ -463,7 +463,8 @@ class Runner:
             self.epoch.runs.attach(wid, ctx)
             ctx._greenlet = gevent.getcurrent()
             declared.enter(ctx)  # @aion.step functions called here run as its steps
-            ctx._parent_id = None if info.parent_id is None else namespaces.local(info.parent_id)
+            if info.parent_id is not None:  # (None: the class's default)
+                ctx._parent_id = namespaces.local(info.parent_id)
             for early in self.epoch.early.pop(wid, ()):
                 self.deliver(wid, *early)
             for key, fire_at in pending_timers(history).items():

@@ -130,6 +130,41 @@ class WorkflowInfo(NamedTuple):
 class WorkflowContext:
     """The workflow's handle on the engine (``ctx``)."""
 
+    # Defaults kept by the class, set on a context only once they change:
+    # CPython keeps up to 29 attributes of an instance inline, and past that
+    # gives each its own dict (1.6 KB, and one more object for the cyclic GC
+    # per resident run; 36 attributes were set here). Immutable values only.
+    _parent_id: Optional[str] = None  # set by the engine as a child's run begins
+    _failure: Optional[BaseException] = None
+    _send_ordinal = 0
+    _child_ordinal = 0
+    _supervisor_ordinal = 0
+    # Children whose run is known to exist (created or found by their
+    # spawn-recovery task in this epoch): a set once the first child is ready.
+    _children_ready: AbstractSet[str] = _NONE
+    # Keys of the deadline timers of the enclosing ctx.timeout blocks.
+    _scopes: tuple[str, ...] = ()
+    # Invariant: true until a recorded cancel request was raised here.
+    _cancel_pending = True
+    # Queries whose handler reads this run now, on a query thread (the
+    # engine's gate, opened when the handler returns, and the query's
+    # monotonic deadline): the run resumes from a wait only once each is
+    # open or past its deadline, so a handler reads a run that stands still
+    # (runtime/queries.py). Hub thread only.
+    _query_gates: tuple[tuple[Any, float], ...] = ()
+    _rng: Optional[_random.Random] = None
+    # Invariant: once set, every later ctx call raises it and the run fails
+    # with it, even if the workflow code catches it.
+    _divergence: Optional[NonDeterminismError] = None
+    # The run span's OpenTelemetry context (runtime/tracing.py); opaque here.
+    _trace: object = None
+    # The run's greenlet, which terminate kills (termination.py): a gevent
+    # Greenlet, which gevent leaves untyped.
+    _greenlet: Any = None
+    # Whether its last park was a step's wait for its attempt's record (set
+    # only when the host tracks parking; runtime/residency.py).
+    _stepping = False
+
     def __init__(self, host: Host, workflow_id: str, run_id: str,
                  workflow_type: str, history: Sequence[ev.Event], recorder: RunLog) -> None:
         # The engine, as far as this run may reach it (workflows/host.py).
@@ -146,7 +181,6 @@ class WorkflowContext:
         # The run's number within its workflow id (continue_as_new adds one).
         self.generation: int = int(history[0].data.get("generation", 1))
         self._started = history[0]
-        self._parent_id: Optional[str] = None  # set by the engine as the run begins
         self._run_key = run_key(workflow_id, self.generation)
         self._parent_key = (workflow_id, run_id)  # names this run to its child tasks
         self._recorder = recorder
@@ -155,52 +189,22 @@ class WorkflowContext:
         # waiter re-reads the history.
         self._bell = Waiter()
         self._parked = False  # Invariant: true only while the greenlet waits on _bell
-        self._failure: Optional[BaseException] = None
         # Step attempts started whose record has not reached this context
         # yet, and steps waiting to start (such a run stays in memory:
         # runtime/residency.py _evictable).
         self._busy = 0
-        # Whether its last park was a step's wait for its attempt's record
-        # (set only when the host tracks parking; runtime/residency.py).
-        self._stepping = False
         self._step_ordinal = 0
         self._timer_ordinal = 0
         # Timers started and not yet fired or cancelled (key -> fire_at), as
         # this run knows them; the timer service asks here before firing.
         self._timers: dict[str, float] = {}
         self._received: dict[str, int] = {}  # messages consumed per name
-        self._send_ordinal = 0
-        self._child_ordinal = 0
-        self._supervisor_ordinal = 0
         self._patches: dict[str, bool] = {}  # ctx.patched answers, once per id
         # Search attributes as this run knows them (workflows/search.py):
         # carried over by its WorkflowStarted, then its own upserts.
         self._search_attributes: dict[str, Any] = dict(
             history[0].data.get("search_attributes") or {})
-        # Children whose run is known to exist (created or found by their
-        # spawn-recovery task in this epoch).
-        self._children_ready: AbstractSet[str] = _NONE  # a set once the first child is ready
-        # Keys of the deadline timers of the enclosing ctx.timeout blocks.
-        self._scopes: tuple[str, ...] = ()  # a tuple: no object per run while empty
-        # Invariant: true until a recorded cancel request was raised here.
-        self._cancel_pending = True
         self._queries: dict[str, Callable[..., Any]] = {}
-        # Queries whose handler reads this run now, on a query thread (the
-        # engine's gate, opened when the handler returns, and the query's
-        # monotonic deadline): the run resumes from a wait only once each is
-        # open or past its deadline, so a handler reads a run that stands
-        # still (runtime/queries.py). A tuple: no object per run while empty.
-        # Hub thread only.
-        self._query_gates: tuple[tuple[Any, float], ...] = ()
-        self._rng: Optional[_random.Random] = None
-        # Invariant: once set, every later ctx call raises it and the run
-        # fails with it, even if the workflow code catches it.
-        self._divergence: Optional[NonDeterminismError] = None
-        # The run span's OpenTelemetry context (runtime/tracing.py); opaque here.
-        self._trace: object = None
-        # The run's greenlet, which terminate kills (termination.py): a gevent
-        # Greenlet, which gevent leaves untyped.
-        self._greenlet: Any = None
 
     # -- state -------------------------------------------------------------------------
     @property

@@ -134,7 +134,7 @@ def test_doorbells_wake_idle_engines_at_once(pg_url):
     with aion.Engine(pg_url, workflows=[bell]) as owner, aion.Engine(pg_url, workflows=[bell]) as other:
         owner.list()
         other.list()
-        store = owner._epoch.reader.store
+        store = owner._epoch.store  # the writer's (each session is one thread's)
         claims, signals = [], []
         for k in range(3):
             _time.sleep(2.5)  # idle: both claim loops poll at their longest pause, 0.5 s

@@ -27,6 +27,7 @@ import zlib
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
+from gevent import monkey
 from zope.interface import implementer
 
 from aion_green.core import events as ev
@@ -152,6 +153,19 @@ def _native_wait_class() -> Any:
 
 
 _NATIVE_WAIT = _native_wait_class()
+_native_lock = monkey.get_original("_thread", "allocate_lock")
+
+
+def _own_thread(conn: Any) -> None:
+    """A session of one of the engine's native threads (its store writer's,
+    its reader's, its LISTEN thread's): it waits for the server in C, and
+    its lock is a native one. Under ``patch_all()`` psycopg made it a gevent
+    lock, and a gevent lock taken by two native threads in turn can miss
+    its wake-up: a reader thread waited 40 minutes for a lock released long
+    before (CI, py312-newest-patched, 2026-12-07)."""
+    if _NATIVE_WAIT is not None:
+        conn.native = True
+    conn.lock = _native_lock()
 _IDLE = None if psycopg is None else psycopg.pq.TransactionStatus.IDLE
 
 
@@ -228,8 +242,8 @@ class PostgresStore:
         never from a greenlet of the app's hub."""
         self._native = True
         conn: Any = self._conn
-        if conn is not None and _NATIVE_WAIT is not None:
-            conn.native = True
+        if conn is not None:
+            _own_thread(conn)
 
     def _connect(self) -> _Connection:
         if self.fenced:
@@ -245,8 +259,8 @@ class PostgresStore:
                 application_name=self._application_name)
         except psycopg.Error as exc:
             raise _translate(exc, self.path) from None
-        if _NATIVE_WAIT is not None:
-            opened.native = self._native
+        if self._native:
+            _own_thread(opened)
         conn: _Connection = opened
         self._conn = conn
         try:
@@ -920,8 +934,7 @@ class PostgresStore:
                 with connection.connect(self.url, autocommit=True,
                                         application_name=self._application_name,
                                         connect_timeout=max(1, int(self.connect_timeout))) as conn:
-                    if _NATIVE_WAIT is not None:
-                        conn.native = True
+                    _own_thread(conn)
                     conn.execute(f'LISTEN "{self.channel}"')
                     on_bell("runs")  # anything sent while not listening: look now
                     while not stopped():

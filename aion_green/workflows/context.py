@@ -131,9 +131,11 @@ class WorkflowContext:
     """The workflow's handle on the engine (``ctx``)."""
 
     # Defaults kept by the class, set on a context only once they change:
-    # CPython keeps up to 29 attributes of an instance inline, and past that
-    # gives each its own dict (1.6 KB, and one more object for the cyclic GC
-    # per resident run; 36 attributes were set here). Immutable values only.
+    # CPython keeps instances' attributes inline while the names set across
+    # all of the class's instances number fewer than ~30, and past that an
+    # instance that sets another gets a dict of its own (1.6 KB, and one more
+    # object for the cyclic GC per resident run; every context set 36
+    # here). Immutable values only.
     _parent_id: Optional[str] = None  # set by the engine as a child's run begins
     _failure: Optional[BaseException] = None
     _send_ordinal = 0

@@ -49,6 +49,8 @@ PATCH_MARKER = "PatchMarker"
 SEARCH_ATTRIBUTES_UPSERTED = "SearchAttributesUpserted"
 
 CANCEL_REQUESTED_TYPES = frozenset({CANCEL_REQUESTED})
+# The records of a step attempt (its outcome, or its timeout's).
+STEP_TYPES = frozenset({STEP_COMPLETED, STEP_FAILED})
 TERMINAL_TYPES = frozenset(
     {WORKFLOW_COMPLETED, WORKFLOW_FAILED, WORKFLOW_CANCELLED, WORKFLOW_CONTINUED_AS_NEW,
      WORKFLOW_TIMED_OUT}

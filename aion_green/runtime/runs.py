@@ -63,7 +63,7 @@ log = logging.getLogger("aion_green.engine")
 _get_ident = monkey.get_original("_thread", "get_ident")
 _bisect = bisect.bisect_left
 STEP_COMPLETED = ev.STEP_COMPLETED
-_STEP_TYPES = frozenset({ev.STEP_COMPLETED, ev.STEP_FAILED})
+_STEP_TYPES = ev.STEP_TYPES
 _FAST = STEP_SECONDS[0]
 # The most runs driven again whose histories are read in one statement.
 _READ_MOST = 200

@@ -21,7 +21,7 @@ from aion_green.core.history import ARRIVAL_TYPES, CANCEL_KEY, ArrivalKey, arriv
 if TYPE_CHECKING:  # pragma: no cover
     from aion_green.workflows.context import WorkflowContext
 
-_STEP_TYPES = frozenset({ev.STEP_COMPLETED, ev.STEP_FAILED})
+_STEP_TYPES = ev.STEP_TYPES
 
 
 

@@ -28,7 +28,7 @@ from aion_green.core.errors import (
     StepArgumentsChanged,
     error_message,
 )
-from aion_green.core.events import STEP_COMPLETED, STEP_FAILED, Event, NewEvent
+from aion_green.core.events import STEP_COMPLETED, STEP_FAILED, STEP_TYPES, Event, NewEvent
 from aion_green.core.history import run_key
 from aion_green.core.logs import step_fields
 from aion_green.workflows.declared import DeclaredStep
@@ -267,7 +267,7 @@ def failed_event(info: StepInfo, policy: Retry, error: dict[str, Any], retryable
 
 
 
-_STEP_TYPES = frozenset({STEP_COMPLETED, STEP_FAILED})
+_STEP_TYPES = STEP_TYPES
 
 
 def _describe(ordinal: int, name: str) -> str:

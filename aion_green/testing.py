@@ -27,6 +27,7 @@ Thread contract: fixtures and helpers are used from the test's own thread.
 """
 from __future__ import annotations
 
+import functools
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -39,6 +40,7 @@ import pytest
 # conftest would patch too late. The fixtures and helpers import on use.
 if TYPE_CHECKING:  # pragma: no cover
     from aion_green.runtime.engine import Engine
+    from aion_green.workflows.context import WorkflowContext
 
 
 class ReplayMismatch(AssertionError):
@@ -268,20 +270,17 @@ def _replay_one(engine: "Engine", fn: Any, info: Any, history: list[Any]) -> Opt
     from aion_green.core import namespaces, payloads
     from aion_green.core.errors import NonDeterminismError
     from aion_green.workflows import declared
-    from aion_green.workflows.context import WorkflowContext
 
     recorded = history[:-1] if history and history[-1].type in _TERMINAL else history
 
     def run() -> Optional[str]:
         host = _ReplayHost(engine._epoch.host)
-        ctx = WorkflowContext(host, info.workflow_id, info.run_id, info.workflow_type,
-                              recorded, _NoRecorder())
+        ctx = _replay_context()(host, info.workflow_id, info.run_id, info.workflow_type,
+                                recorded, _NoRecorder())
         host.ctx = ctx
         declared.enter(ctx)  # its @aion.step calls replay as steps
-        if info.parent_id is not None:  # (None: the class's default)
+        if info.parent_id is not None:
             ctx._parent_id = namespaces.local(info.parent_id)
-        ctx._wait = _no_wait  # type: ignore[method-assign]
-        ctx._record = _refuse  # type: ignore[method-assign]
         args = recorded[0].data.get("args", info.args)
         args = payloads.decode_args(args, payloads.parameter_hints(fn, skip=1))  # as the run saw them
         try:
@@ -342,12 +341,23 @@ class _NoRecorder:
         raise _ReplayDone()
 
 
-def _refuse(*args: Any, **kwargs: Any) -> Any:
-    raise _ReplayDone()
+@functools.lru_cache(maxsize=None)
+def _replay_context() -> type[WorkflowContext]:
+    """The context a replay check runs the workflow with: it records
+    nothing and never waits (the history's end ends the replay). A class of
+    its own, not methods set on a context: names set on instances of
+    WorkflowContext count towards the ones CPython keeps inline for every
+    run of the process (workflows/context.py)."""
+    from aion_green.workflows.context import WorkflowContext
 
+    class ReplayContext(WorkflowContext):
+        def _wait(self, ready: Callable[[], Optional[Any]]) -> Any:
+            found = ready()
+            if found is None:
+                raise _ReplayDone()  # live from here: the history ends
+            return found
 
-def _no_wait(ready: Any) -> Any:
-    found = ready()
-    if found is None:
-        raise _ReplayDone()  # live from here: the history ends
-    return found
+        def _record(self, *args: Any, **kwargs: Any) -> Any:
+            raise _ReplayDone()
+
+    return ReplayContext

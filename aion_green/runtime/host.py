@@ -52,8 +52,8 @@ class EngineHost:
     def spawn(self, fn: Callable[..., Any], *args: Any, name: Optional[str] = None) -> None:
         self._hub.spawn(fn, *args, name=name)
 
-    def parked(self, ctx: "WorkflowContext") -> None:
-        self._epoch.residency.on_park(ctx)
+    def parked(self, ctx: "WorkflowContext", stepping: bool) -> None:
+        self._epoch.residency.on_park(ctx, stepping)
 
     def unparked(self, ctx: "WorkflowContext") -> None:
         self._epoch.residency.on_unpark(ctx)

@@ -220,8 +220,9 @@ class Residency:
                 self.epoch.hub.call_soon(self._admit_next)
 
     # -- parking and waking ------------------------------------------------------------------
-    def on_park(self, ctx: WorkflowContext) -> None:
-        """The run's greenlet: it parks (a candidate for eviction)."""
+    def on_park(self, ctx: WorkflowContext, stepping: bool = False) -> None:
+        """The run's greenlet: it parks (a candidate for eviction);
+        ``stepping``: on the record of a step attempt it just started."""
         wid = ctx._key
         parked_at = _monotonic()
         self._parked_runs[wid] = parked_at
@@ -232,7 +233,7 @@ class Residency:
         idle = self.idle
         if idle is None:
             return
-        if ctx._stepping and ctx._busy:
+        if stepping and ctx._busy:
             # Parked on the record of a step attempt it started: that record
             # wakes it (Runner.deliver), and it parks anew, queued then. Not
             # a candidate meanwhile (_evictable), so not queued: a tuple and

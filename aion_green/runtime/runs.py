@@ -157,7 +157,8 @@ class Runner:
             # (deliver counts it off: no hub command of its own per step).
             ctx._busy += 1
         # The run span's context, handed over explicitly (runtime/tracing.py).
-        parent = None if tracing.tracer is None else getattr(ctx, "_trace", None)
+        more = None if tracing.tracer is None or ctx is None else ctx._more
+        parent = None if more is None else more.trace
         # A partial, not a closure: thousands of attempts may be in flight,
         # and each closure cell is one more object for the cyclic GC.
         if limit is None:
@@ -463,7 +464,7 @@ class Runner:
             self.epoch.runs.attach(wid, ctx)
             ctx._greenlet = gevent.getcurrent()
             declared.enter(ctx)  # @aion.step functions called here run as its steps
-            if info.parent_id is not None:  # (None: the class's default)
+            if info.parent_id is not None:
                 ctx._parent_id = namespaces.local(info.parent_id)
             for early in self.epoch.early.pop(wid, ()):
                 self.deliver(wid, *early)

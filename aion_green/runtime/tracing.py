@@ -89,7 +89,7 @@ def start_run(ctx: Any, replayed: int) -> Any:
         "aion.workflow.run_id": ctx.run_id,
         "aion.workflow.type": ctx.workflow_type, "aion.resumed": bool(replayed),
         "aion.replayed_events": replayed})
-    ctx._trace = _api.set_span_in_context(span)
+    ctx._rare().trace = _api.set_span_in_context(span)
     return span
 
 

@@ -81,8 +81,9 @@ def start_child(ctx: "WorkflowContext", fn: Union[str, Callable[..., Any]], args
         wname = workflow_name(fn)
         host.require_registered(wname)  # fail early for an unknown name
     args_value = payloads.encode_args(args, f"the arguments of child workflow {wname}")
-    ctx._child_ordinal += 1
-    ordinal = ctx._child_ordinal
+    more = ctx._rare()
+    more.child_ordinal += 1
+    ordinal = more.child_ordinal
     key: dict[str, Any] = {"child": ordinal, "workflow_type": wname}
     if child_id is not None:
         key["id"] = child_id
@@ -105,7 +106,8 @@ def start_child(ctx: "WorkflowContext", fn: Union[str, Callable[..., Any]], args
         # The child exists before the parent goes on (a crash in between is
         # repaired when the parent's history is loaded again).
         host.ensure_child(ctx._parent_key, data)
-        ctx._wait(lambda: (chosen in ctx._children_ready or end_key in arrivals) or None)
+        ready = more.children_ready
+        ctx._wait(lambda: (chosen in ready or end_key in arrivals) or None)
     return ChildHandle(ctx, ordinal, chosen, wname,
                        payloads.return_hint(fn) if callable(fn) else None)
 
@@ -113,7 +115,7 @@ def start_child(ctx: "WorkflowContext", fn: Union[str, Callable[..., Any]], args
 def watch_again(ctx: "WorkflowContext", child_id: str) -> None:
     """Arm the watcher of a child whose end is not recorded (a no-op if it
     is watched): after an abandoned wait, a new wait watches it anew."""
-    if ("child", child_id) not in ctx._cursor.arrivals and child_id in ctx._children_ready:
+    if ("child", child_id) not in ctx._cursor.arrivals and child_id in ctx._rare().children_ready:
         ctx._host.watch_child(ctx._parent_key, child_id)
 
 

@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import (
     TYPE_CHECKING,
-    AbstractSet,
     Any,
     Callable,
     Iterator,
@@ -106,7 +105,6 @@ class RunAborted(BaseException):
         self.error = error
 
 
-_NONE: frozenset[str] = frozenset()
 
 
 class WorkflowInfo(NamedTuple):
@@ -127,45 +125,28 @@ class WorkflowInfo(NamedTuple):
     started_at: datetime
 
 
+class _Rare:
+    """A run's state that only some runs need (sends, children, supervisors,
+    ``ctx.random``, tracing), made on first use: one name on the context for
+    all of it (see WorkflowContext.__init__)."""
+
+    __slots__ = ("send_ordinal", "child_ordinal", "supervisor_ordinal", "children_ready",
+                 "rng", "trace")
+
+    def __init__(self) -> None:
+        self.send_ordinal = 0
+        self.child_ordinal = 0
+        self.supervisor_ordinal = 0
+        # Children whose run is known to exist (created or found by their
+        # spawn-recovery task in this epoch).
+        self.children_ready: set[str] = set()
+        self.rng: Optional[_random.Random] = None
+        # The run span's OpenTelemetry context (runtime/tracing.py); opaque here.
+        self.trace: object = None
+
+
 class WorkflowContext:
     """The workflow's handle on the engine (``ctx``)."""
-
-    # Defaults kept by the class, set on a context only once they change:
-    # CPython keeps instances' attributes inline while the names set across
-    # all of the class's instances number fewer than ~30, and past that an
-    # instance that sets another gets a dict of its own (1.6 KB, and one more
-    # object for the cyclic GC per resident run; every context set 36
-    # here). Immutable values only.
-    _parent_id: Optional[str] = None  # set by the engine as a child's run begins
-    _failure: Optional[BaseException] = None
-    _send_ordinal = 0
-    _child_ordinal = 0
-    _supervisor_ordinal = 0
-    # Children whose run is known to exist (created or found by their
-    # spawn-recovery task in this epoch): a set once the first child is ready.
-    _children_ready: AbstractSet[str] = _NONE
-    # Keys of the deadline timers of the enclosing ctx.timeout blocks.
-    _scopes: tuple[str, ...] = ()
-    # Invariant: true until a recorded cancel request was raised here.
-    _cancel_pending = True
-    # Queries whose handler reads this run now, on a query thread (the
-    # engine's gate, opened when the handler returns, and the query's
-    # monotonic deadline): the run resumes from a wait only once each is
-    # open or past its deadline, so a handler reads a run that stands still
-    # (runtime/queries.py). Hub thread only.
-    _query_gates: tuple[tuple[Any, float], ...] = ()
-    _rng: Optional[_random.Random] = None
-    # Invariant: once set, every later ctx call raises it and the run fails
-    # with it, even if the workflow code catches it.
-    _divergence: Optional[NonDeterminismError] = None
-    # The run span's OpenTelemetry context (runtime/tracing.py); opaque here.
-    _trace: object = None
-    # The run's greenlet, which terminate kills (termination.py): a gevent
-    # Greenlet, which gevent leaves untyped.
-    _greenlet: Any = None
-    # Whether its last park was a step's wait for its attempt's record (set
-    # only when the host tracks parking; runtime/residency.py).
-    _stepping = False
 
     def __init__(self, host: Host, workflow_id: str, run_id: str,
                  workflow_type: str, history: Sequence[ev.Event], recorder: RunLog) -> None:
@@ -175,16 +156,12 @@ class WorkflowContext:
         # which names it to the engine; the id and namespace, which name it
         # to the workflow's code.
         self._key = workflow_id
-        self.namespace = namespaces.namespace_of(workflow_id)
         self.workflow_id = namespaces.local(workflow_id)
         self.run_id = run_id
         self.workflow_type = workflow_type
         self._cursor = HistoryCursor(self.workflow_id, history)
         # The run's number within its workflow id (continue_as_new adds one).
         self.generation: int = int(history[0].data.get("generation", 1))
-        self._started = history[0]
-        self._run_key = run_key(workflow_id, self.generation)
-        self._parent_key = (workflow_id, run_id)  # names this run to its child tasks
         self._recorder = recorder
         # The doorbell: rung (on the hub thread) whenever an event of this run
         # is recorded or its recording failed. A wake is only a doorbell: the
@@ -207,8 +184,58 @@ class WorkflowContext:
         self._search_attributes: dict[str, Any] = dict(
             history[0].data.get("search_attributes") or {})
         self._queries: dict[str, Callable[..., Any]] = {}
+        # Set here though most runs never change them: CPython keeps a
+        # context's attributes inline (no dict of its own: 1.6 KB less, and
+        # one object less for the cyclic GC per resident run) only while
+        # every name a context sets is among the class's shared keys, which
+        # take at most 29 names and stop taking new ones once a few
+        # instances exist (3.11, 3.12). So every context sets all its names
+        # here, and no other; what can be derived is a property (namespace,
+        # the run's keys), and what only some runs need (sends, children,
+        # supervisors, ctx.random, tracing) is one _Rare made on first use.
+        # 26 names (tests/test_context_names.py).
+        self._parent_id: Optional[str] = None  # set by the engine as a child's run begins
+        self._failure: Optional[BaseException] = None
+        self._more: Optional[_Rare] = None
+        # Keys of the deadline timers of the enclosing ctx.timeout blocks.
+        self._scopes: tuple[str, ...] = ()
+        # Invariant: true until a recorded cancel request was raised here.
+        self._cancel_pending = True
+        # Queries whose handler reads this run now, on a query thread (the
+        # engine's gate, opened when the handler returns, and the query's
+        # monotonic deadline): the run resumes from a wait only once each is
+        # open or past its deadline, so a handler reads a run that stands
+        # still (runtime/queries.py). Hub thread only.
+        self._query_gates: tuple[tuple[Any, float], ...] = ()
+        # Invariant: once set, every later ctx call raises it and the run
+        # fails with it, even if the workflow code catches it.
+        self._divergence: Optional[NonDeterminismError] = None
+        # The run's greenlet, which terminate kills (termination.py): a
+        # gevent Greenlet, which gevent leaves untyped.
+        self._greenlet: Any = None
 
     # -- state -------------------------------------------------------------------------
+    @property
+    def namespace(self) -> str:
+        """The namespace the run belongs to."""
+        return namespaces.namespace_of(self._key)
+
+    @property
+    def _run_key(self) -> str:
+        """Names this run (generation included) in the ids it derives."""
+        return run_key(self._key, self.generation)
+
+    @property
+    def _parent_key(self) -> tuple[str, str]:
+        """Names this run to its child tasks."""
+        return (self._key, self.run_id)
+
+    def _rare(self) -> _Rare:
+        more = self._more
+        if more is None:
+            more = self._more = _Rare()
+        return more
+
     @property
     def is_replaying(self) -> bool:
         """True while the workflow re-executes recorded history."""
@@ -230,14 +257,15 @@ class WorkflowContext:
         return _uuid.UUID(int=self._random().getrandbits(128), version=4)
 
     def _random(self) -> _random.Random:
-        if self._rng is None:
+        more = self._rare()
+        if more.rng is None:
             # A forked or resumed run goes on from its source's generator
             # (rewind.py): the records it copied may hold values drawn from it.
             basis = (self._cursor.event(1).data.get("random_seed")
                      or f"{self._key}\x00{self.run_id}")
             seed = hashlib.sha256(basis.encode()).digest()
-            self._rng = _random.Random(int.from_bytes(seed[:16], "big"))
-        return self._rng
+            more.rng = _random.Random(int.from_bytes(seed[:16], "big"))
+        return more.rng
 
     # -- steps --------------------------------------------------------------------------
     step = steps.workflow_step  # ctx.step(fn, *args, retry=, name=): no wrapper frame
@@ -343,10 +371,7 @@ class WorkflowContext:
         gevent.get_hub().loop.run_callback(self._ring)
 
     def _note_child_ready(self, child_id: str) -> None:
-        ready = self._children_ready
-        if not isinstance(ready, set):
-            ready = self._children_ready = set()
-        ready.add(child_id)
+        self._rare().children_ready.add(child_id)
 
     def parallel(self, items: Sequence[Union[Step[Any], ChildHandle[Any]]]) -> list[Any]:
         """Run the steps (``aion.Step(fn, *args, retry=...)``) at once and
@@ -484,7 +509,7 @@ class WorkflowContext:
     def info(self) -> WorkflowInfo:
         """Who this run is: :class:`WorkflowInfo` (from its history: the
         same on replay)."""
-        started = self._started
+        started = self._cursor.event(1)
         return WorkflowInfo(self.workflow_id, self.run_id, self.namespace, self.workflow_type,
                             int(started.data.get("attempt", 1)), self.generation,
                             self._parent_id, started.time)
@@ -559,8 +584,7 @@ class WorkflowContext:
         self._parked = True
         host = self._host
         if host.tracks_parking:
-            self._stepping = stepping
-            host.parked(self)
+            host.parked(self, stepping)
         try:
             bell.get()
         finally:

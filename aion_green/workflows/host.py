@@ -93,8 +93,9 @@ class Host(Protocol):
     def spawn(self, fn: Callable[..., object], *args: object, name: Optional[str] = None) -> None:
         """Run ``fn(*args)`` as a greenlet on the hub, ended with the epoch."""
 
-    def parked(self, ctx: "WorkflowContext") -> None:
-        """The run waits for its next record (only when ``tracks_parking``)."""
+    def parked(self, ctx: "WorkflowContext", stepping: bool) -> None:
+        """The run waits for its next record (only when ``tracks_parking``);
+        ``stepping``: for the record of the step attempt it just started."""
 
     def unparked(self, ctx: "WorkflowContext") -> None:
         """The run woke (only when ``tracks_parking``)."""

@@ -82,8 +82,9 @@ def send(ctx: "WorkflowContext", workflow_id: str, name: str, payload: Any = Non
     ctx._check()
     workflow_id = namespaces.within(ctx.namespace, workflow_id, "ctx.send: the target workflow id")
     ev.check_key(name, "ctx.send: the message name")
-    ctx._send_ordinal += 1
-    dedup = f"{ctx._run_key}/send-{ctx._send_ordinal}"
+    more = ctx._rare()
+    more.send_ordinal += 1
+    dedup = f"{ctx._run_key}/send-{more.send_ordinal}"
     value = payloads.encode(payload, f"the payload of message {name!r}")[0]
     recorded = ctx._take(_MESSAGE_SENT, {"to": workflow_id, "name": name},
                          lambda: f"send {name!r} to {workflow_id!r}")

@@ -134,8 +134,9 @@ def supervise(ctx: "WorkflowContext", specs: Sequence[ChildSpec], strategy: Stra
             raise TypeError(f"ctx.supervise: spec {i} is {spec!r}; pass aion.ChildSpec(fn, *args, ...)")
     if not specs:
         return []
-    ctx._supervisor_ordinal += 1
-    sup = _Supervisor(ctx, ctx._supervisor_ordinal, specs, strategy, intensity, seconds)
+    more = ctx._rare()
+    more.supervisor_ordinal += 1
+    sup = _Supervisor(ctx, more.supervisor_ordinal, specs, strategy, intensity, seconds)
     return sup.run()
 
 

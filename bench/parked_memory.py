@@ -1,0 +1,196 @@
+"""What one run parked in memory costs: bytes (tracemalloc) and objects the
+cyclic GC tracks, per kind of wait, counted without the clock.
+
+Eviction is off, so every parked run stays in memory. For each kind of wait
+N runs are started and the script waits until each has parked on it; the
+growth of ``tracemalloc``'s traced memory and of ``gc.get_objects()`` over
+the N runs, divided by N, is what one parked run keeps. Also printed: how
+many of the parked runs' contexts have a dict of their own (CPython keeps a
+context's attributes inline only while every name it sets is among its
+class's shared keys: issue 21).
+
+With ``--mixed M`` the process first runs M workflows that use every
+feature (children, a supervisor, sends, timeout blocks, cancels, queries,
+``ctx.random``, versioning, search attributes, continue-as-new, fan-out):
+what a long-lived worker's process looks like, where the names its runs
+set are many. With ``--simple K`` it first runs K one-step workflows: a
+process whose first runs were simple, and whose later runs wait in ways
+those did not.
+
+    python bench/parked_memory.py
+    python bench/parked_memory.py --runs 5000 --kinds receive --mixed 50
+    python bench/parked_memory.py --simple 100
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import tempfile
+import time
+import tracemalloc
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import aion_green as aion  # noqa: E402
+
+
+def double(n):
+    return 2 * n
+
+
+@aion.workflow(name="bench.mem.kid")
+def kid(ctx, n):
+    return ctx.step(double, n)
+
+
+@aion.workflow(name="bench.mem.long_kid")
+def long_kid(ctx):
+    return ctx.receive("go")
+
+
+@aion.workflow(name="bench.mem.mailbox")
+def mailbox(ctx):
+    return ctx.receive("m")
+
+
+@aion.workflow(name="bench.mem.busy")
+def busy(ctx, round_, mailbox_id):
+    out = [ctx.random(), str(ctx.uuid4()), ctx.patched("p1")]
+    ctx.upsert_search_attributes({"customer": "c1"})
+    ctx.set_query("round", lambda: round_)
+    with ctx.timeout(30):
+        out.append(ctx.step(double, 1))
+    out.append(ctx.start_child(kid, 2).result())
+    if round_ == 1:
+        ctx.send(mailbox_id, "m", round_)
+    out.append(ctx.supervise([aion.ChildSpec(kid, 3, restart="transient")]))
+    out.append(ctx.parallel([aion.Step(double, 4), ctx.start_child(kid, 5)]))
+    if round_ == 1:
+        ctx.continue_as_new(2, mailbox_id)
+    try:
+        ctx.receive("stop")
+    except aion.Cancelled:
+        out.append("cancelled")
+    return out
+
+
+@aion.workflow(name="bench.mem.waiter")
+def waiter(ctx, kind):
+    if kind == "receive":
+        return ctx.receive("go")
+    if kind == "receive-timeout":
+        return ctx.receive("go", timeout=3600)
+    if kind == "sleep":
+        return ctx.sleep(3600)
+    if kind == "timeout-block":
+        with ctx.timeout(3600):
+            return ctx.receive("go")
+    if kind == "child":
+        return ctx.start_child(long_kid).result()
+    raise ValueError(kind)
+
+
+WORKFLOWS = [kid, long_kid, mailbox, busy, waiter]
+
+
+def wait_parked(engine, ids, timeout=600.0):
+    runs = engine._epoch.runs
+    deadline = time.monotonic() + timeout
+    pending = list(ids)
+    while pending:
+        pending = [wid for wid in pending
+                   if (ctx := runs.get(wid)) is None or not ctx._parked
+                   or ctx._cursor.replaying]
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{len(pending)} runs did not park in {timeout} s")
+        time.sleep(0.05)
+
+
+def mixed(engine, count):
+    """Runs that use every feature, to their end (cancelled out of a receive)."""
+    for n in range(count):
+        box = f"mix-box-{n}"
+        engine.start(mailbox, id=box)
+        wid = f"mix-{n}"
+        engine.start(busy, 1, box, id=wid)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if engine.query(wid, "round") == 2:
+                    break
+            except aion.AionError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{wid} did not reach its second round: "
+                                 f"{engine.describe(wid)}")
+            time.sleep(0.01)
+        engine.cancel(wid)
+        try:
+            engine.result(wid, timeout=60)  # (the cancel may reach it in a step)
+        except aion.WorkflowCancelled:
+            pass
+        engine.result(box, timeout=60)
+
+
+def own_dicts(engine, ids):
+    runs = engine._epoch.runs
+    count = 0
+    for wid in ids:
+        ctx = runs.get(wid)
+        if any(type(ref) is dict and "_key" in ref for ref in gc.get_referents(ctx)):
+            count += 1
+    return count
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=2000, help="runs parked per kind")
+    parser.add_argument("--kinds", default="receive,receive-timeout,sleep,timeout-block,child")
+    parser.add_argument("--mixed", type=int, default=0,
+                        help="workflows using every feature run first")
+    parser.add_argument("--simple", type=int, default=0,
+                        help="one-step workflows run first (before --mixed)")
+    args = parser.parse_args()
+    kinds = args.kinds.split(",")
+    print(f"python {sys.version.split()[0]}, {args.runs} runs per kind, "
+          f"{args.simple} one-step and {args.mixed} mixed workflows first")
+    print(f"{'wait':>16} {'bytes/run':>10} {'GC objs/run':>12} {'own dict':>9}")
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = aion.Engine(f"sqlite:///{tmp}/mem.db", workflows=WORKFLOWS, evict_after=None)
+        try:
+            for handle in [engine.start(kid, n, id=f"simple-{n}") for n in range(args.simple)]:
+                handle.result(60)
+            mixed(engine, args.mixed)
+            # One run of each kind first: what first use caches (type hints,
+            # ABC checks, the hub's pools) is not a parked run's.
+            firsts = [f"first-{kind}" for kind in kinds]
+            for kind, wid in zip(kinds, firsts):
+                engine.start(waiter, kind, id=wid)
+            wait_parked(engine, firsts)
+            for kind in kinds:
+                ids = [f"{kind}-{n}" for n in range(args.runs)]
+                gc.collect()
+                objects = len(gc.get_objects())
+                tracemalloc.start()
+                traced = tracemalloc.get_traced_memory()[0]
+                for wid in ids:
+                    engine.start(waiter, kind, id=wid)
+                wait_parked(engine, ids)
+                if kind == "child":
+                    wait_parked(engine, [f"{wid}/child-1" for wid in ids])
+                time.sleep(0.5)  # the writer's and the hub's queues drain
+                gc.collect()
+                grown = tracemalloc.get_traced_memory()[0] - traced
+                tracemalloc.stop()
+                per_objects = (len(gc.get_objects()) - objects) / args.runs
+                label = kind + (" (+child)" if kind == "child" else "")
+                print(f"{label:>16} {grown / args.runs:>10,.0f} {per_objects:>12.1f} "
+                      f"{own_dicts(engine, ids):>9}")
+        finally:
+            engine.shutdown()
+
+
+if __name__ == "__main__":
+    main()

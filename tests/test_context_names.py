@@ -1,8 +1,8 @@
 """A run's context keeps its attributes inline in any process (issue 21).
 
 CPython (3.11+) keeps an instance's attributes inline only while every name
-it sets is among its class's shared keys: at most 29 names, and (3.11,
-3.12) none added once a few instances exist. An instance that sets another
+it sets is among its class's shared keys: at most 29 names, and (3.11-
+3.13) none added once a few instances exist. An instance that sets another
 name gets a dict of its own: 1.6 KB and one more object for the cyclic GC
 per resident run. So the count is taken in a fresh process whose runs use
 every feature (children, a supervisor, sends, timeout blocks, cancels,

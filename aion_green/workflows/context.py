@@ -189,7 +189,7 @@ class WorkflowContext:
         # one object less for the cyclic GC per resident run) only while
         # every name a context sets is among the class's shared keys, which
         # take at most 29 names and stop taking new ones once a few
-        # instances exist (3.11, 3.12). So every context sets all its names
+        # instances exist (3.11-3.13). So every context sets all its names
         # here, and no other; what can be derived is a property (namespace,
         # the run's keys), and what only some runs need (sends, children,
         # supervisors, ctx.random, tracing) is one _Rare made on first use.

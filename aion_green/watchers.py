@@ -2,10 +2,18 @@
 
 Two kinds of greenlet run on the engine's hub on behalf of child workflows:
 
-- a *watcher* per (parent run key, child workflow id), which waits for the
-  child to end and records that end into the parent's history;
+- a *watcher* per (parent run key, child workflow id), which records the
+  child's end into the parent's history;
 - a *spawn-recovery* task per child workflow id, which retries starting a
   child whose start was recorded by the parent.
+
+A watch may also be *parked*: an entry under its key with no greenlet,
+while the child runs (a greenlet per watch cost ~6 KB and 33 objects for
+the cyclic GC for as long as the child ran, and a parent and child evicted
+from memory kept it). The child's end wakes the parked watches of its id
+(:meth:`ChildTaskRegistry.wake_watches`): each becomes a watcher greenlet
+that records the end. Aborts, counts and the stop treat a parked watch as
+an armed one.
 
 Neither may outlive the epoch. A watcher that still ran after
 :meth:`ChildTaskRegistry.shutdown` could append to a parent history that the
@@ -157,6 +165,12 @@ class ChildTaskRegistry:
         # Invariant: an entry names the greenlet armed under that key; it is
         # live, or dead with its removal (a rawlink) still to run.
         self._watches = _WatchTable()
+        # Parked watches: child id -> parents, and parent -> child ids.
+        # Invariant: a key is parked, or names a greenlet in _watches, or
+        # neither; never both.
+        self._parked: dict[str, set[Hashable]] = {}
+        self._parked_of: dict[Hashable, set[str]] = {}
+        self._parked_count = 0
         self._spawn_retries: _Table[str] = _Table()
         # Invariant: every task greenlet not yet dead is in _live, whether or
         # not it still has a table entry (aborted tasks can be finishing their
@@ -183,6 +197,15 @@ class ChildTaskRegistry:
         """
         task_name = name or f"child-watch {parent}/{child_id}"
         return self._arm(self._watches, (parent, child_id), fn, args, task_name)
+
+    def park_watch(self, parent: Hashable, child_id: str) -> bool:
+        """Arm the watch of ``child_id`` for ``parent`` with no greenlet: it
+        waits for :meth:`wake_watches`. Returns False, and parks nothing,
+        when a watch (parked or live) already holds that key or once
+        shutdown has begun."""
+        if self._closing or self._hub.closing:
+            return False
+        return bool(self._on_hub(self._park_here, parent, child_id, refused=False))
 
     def arm_spawn_retry(self, child_id: str, fn: Callable[..., Any], *args: Any,
                         name: Optional[str] = None) -> bool:
@@ -223,14 +246,35 @@ class ChildTaskRegistry:
             self._on_hub(self._abort_parent_here, parent, refused=None)
 
     def armed_watch_count(self) -> int:
-        return len(self._watches)
+        return len(self._watches) + self._parked_count
 
     def armed_spawn_retry_count(self) -> int:
         return len(self._spawn_retries)
 
     def watched_children(self) -> list[str]:
         """Hub thread: the child ids with a watch armed (a snapshot)."""
-        return [child for _parent, child in self._watches._tasks]
+        return [child for _parent, child in self._watches._tasks] + list(self._parked)
+
+    # -- hub thread only: parked watches ---------------------------------------------------
+    def parked_watch_children(self) -> list[str]:
+        """The child ids with a parked watch (a snapshot)."""
+        return list(self._parked)
+
+    def has_parked(self, child_id: str) -> bool:
+        return child_id in self._parked
+
+    def wake_watches(self, child_id: str, fn: Callable[..., Any], *args: Any) -> int:
+        """The child ended: each parked watch of ``child_id`` becomes a
+        watcher greenlet running ``fn(parent, *args)`` under its key. Returns
+        how many."""
+        parents = self._parked.pop(child_id, None)
+        if not parents:
+            return 0
+        for parent in parents:
+            self._unpark_index(parent, child_id)
+            self._arm_here(self._watches, (parent, child_id), fn, (parent, *args),
+                           f"child-watch {parent}/{child_id}")
+        return len(parents)
 
     def shutdown(self) -> None:
         """Close the epoch: gate new arms, kill every task and join each one,
@@ -312,6 +356,8 @@ class ChildTaskRegistry:
         current = table.get(key)
         if current is not None and not current.dead:
             return None
+        if table is self._watches and key[0] in self._parked.get(key[1], ()):
+            return None  # a parked watch holds the key
         # Vacant, or a task that has ended but whose removal has not run yet
         # (it is queued behind this call): the new task replaces it, and that
         # late removal finds another greenlet under the key and keeps it.
@@ -348,13 +394,47 @@ class ChildTaskRegistry:
         glet.kill(block=False)  # on the hub thread, so the kill is delivered
 
     def _abort_here(self, key: tuple[Hashable, str]) -> None:
+        self._unpark(*key)
         glet = self._watches.pop(key)
         if glet is not None:
             self._kill_here(glet)
 
     def _abort_parent_here(self, parent: Hashable) -> None:
+        for child_id in list(self._parked_of.get(parent, ())):
+            self._unpark(parent, child_id)
         for glet in self._watches.pop_parent(parent):
             self._kill_here(glet)
+
+    def _park_here(self, parent: Hashable, child_id: str) -> bool:
+        if self._closing or self._stop_begun or self._hub.closing:
+            return False
+        current = self._watches.get((parent, child_id))
+        if current is not None and not current.dead:
+            return False
+        parents = self._parked.setdefault(child_id, set())
+        if parent in parents:
+            return False
+        parents.add(parent)
+        self._parked_of.setdefault(parent, set()).add(child_id)
+        self._parked_count += 1
+        return True
+
+    def _unpark(self, parent: Hashable, child_id: str) -> None:
+        parents = self._parked.get(child_id)
+        if parents is None or parent not in parents:
+            return
+        parents.discard(parent)
+        if not parents:
+            del self._parked[child_id]
+        self._unpark_index(parent, child_id)
+
+    def _unpark_index(self, parent: Hashable, child_id: str) -> None:
+        self._parked_count -= 1
+        children = self._parked_of.get(parent)
+        if children is not None:
+            children.discard(child_id)
+            if not children:
+                del self._parked_of[parent]
 
     def _begin_stop(self) -> None:
         """Hub callback context, must not block: kill now, join in a greenlet."""
@@ -363,6 +443,9 @@ class ChildTaskRegistry:
         self._stop_begun = True
         self._closing = True
         self._watches.clear()
+        self._parked.clear()
+        self._parked_of.clear()
+        self._parked_count = 0
         self._spawn_retries.clear()
         victims = list(self._live)
         for glet in victims:

@@ -308,6 +308,69 @@ def test_abort_watches_for_parent_leaves_other_parents_armed(tasks):
     assert tasks.arm_watch(31, "a", park_forever())  # parent 31 is free again
 
 
+# -- parked watches ----------------------------------------------------------------------
+
+def test_a_parked_watch_runs_nothing_until_its_child_is_woken(hub, tasks):
+    """A parked watch is an armed key with no greenlet; waking its child
+    runs fn(parent, *args) for each parent parked on it, once."""
+    ran = []
+
+    def scenario():
+        assert tasks.park_watch("p1", "kid")
+        assert tasks.park_watch("p2", "kid")
+        assert tasks.park_watch("p1", "other")
+        assert not tasks.park_watch("p1", "kid")  # the key is held
+        assert not tasks.arm_watch("p1", "kid", ran.append)  # ... parked
+        armed = tasks.armed_watch_count()
+        greenlets = len(tasks._live)
+        woke = tasks.wake_watches("kid", lambda parent, end: ran.append((parent, end)), "done")
+        again = tasks.wake_watches("kid", ran.append, "twice")
+        run_a_later_task()
+        return armed, greenlets, woke, again, sorted(tasks.watched_children())
+
+    armed, greenlets, woke, again, watched = on_hub(hub, scenario)
+    assert (armed, greenlets, woke, again) == (3, 0, 2, 0)
+    assert sorted(ran) == [("p1", "done"), ("p2", "done")]
+    assert watched == ["other"]
+    assert tasks.armed_watch_count() == 1
+
+
+def test_a_live_watch_holds_its_key_against_parking(tasks):
+    started = Future()
+    assert tasks.arm_watch("p", "kid", park_forever(started))
+    started.result(5)
+    assert not tasks.park_watch("p", "kid")
+    assert tasks.park_watch("p", "another")
+    assert tasks.armed_watch_count() == 2
+
+
+def test_an_aborted_parked_watch_is_never_woken(hub, tasks):
+    ran = []
+
+    def scenario():
+        assert tasks.park_watch("p", "kid")
+        assert tasks.park_watch("p", "kid2")
+        assert tasks.park_watch("q", "kid")
+        tasks.abort_watch("p", "kid")
+        tasks.abort_watches_for_parent("q")
+        woke = tasks.wake_watches("kid", ran.append)
+        run_a_later_task()
+        return woke, tasks.armed_watch_count(), tasks.parked_watch_children()
+
+    assert on_hub(hub, scenario) == (0, 1, ["kid2"])
+    assert ran == []
+    assert tasks.park_watch("p", "kid")  # the key is free again
+
+
+def test_parking_is_refused_once_shutdown_began_and_the_stop_forgets_parked_watches(hub):
+    tasks = ChildTaskRegistry(hub, kill_timeout=1.0)
+    assert tasks.park_watch("p", "kid")
+    tasks.shutdown()
+    assert tasks.armed_watch_count() == 0
+    assert not tasks.park_watch("p", "kid2")
+    assert on_hub(hub, tasks.wake_watches, "kid", print) == 0
+
+
 # -- the epoch close ------------------------------------------------------------------------
 
 def test_shutdown_kills_and_joins_every_task(tasks):

@@ -3,8 +3,8 @@ recorded, watching for its end, and recording that end into the parent.
 
 A parent's ``ctx.start_child`` records ``ChildStarted`` (with the child's
 pre-chosen id) *before* the child exists. Two tasks of the engine's
-:class:`~aion_green.watchers.ChildTaskRegistry` then carry it on, both
-greenlets on the hub thread:
+:class:`~aion_green.watchers.ChildTaskRegistry` then carry it on, on the
+hub thread:
 
 - the *spawn-recovery task* of the child id creates the child's run
   (idempotent by id, so a repair never creates it twice), retrying with
@@ -15,11 +15,14 @@ greenlets on the hub thread:
   Whenever a parent's history is loaded, every child it started whose end
   is not recorded gets this task: that is the sweep that repairs a crash
   between ``ChildStarted`` and the child's creation;
-- the *watcher* of (parent, child) waits for the child's end (a doorbell
-  from the child's run here, with a store poll as the fallback) and
-  records ``ChildCompleted``/``ChildFailed`` into the parent through the
-  parent's recorder, once (a dedup id), before the parent wakes. A parent
-  that ended refuses it; it is never written.
+- the *watch* of (parent, child) is parked, with no greenlet, while the
+  child runs. The child's end wakes it: the end of a run driven here
+  (:meth:`Children.child_ended`, from ``Runner.complete_waiters``), or, for
+  a child driven elsewhere, a poll of its status (one greenlet for all
+  watches). Woken, it is a greenlet that records ``ChildCompleted`` or
+  ``ChildFailed`` into the parent through the parent's recorder, once (a
+  dedup id), before the parent wakes. A parent that ended refuses it; it
+  is never written.
 
 Thread contract: every method here runs on the engine's hub thread.
 """
@@ -30,17 +33,15 @@ import time
 from typing import TYPE_CHECKING, Any, Optional
 
 import gevent
+import gevent.event
 
 from aion_green.core import events as ev
 from aion_green.core.errors import (
     AionError,
     EngineClosed,
-    StoreUnavailable,
-    WorkflowNotFound,
     WorkflowNotRunning,
 )
 from aion_green.core.history import child_seen_key
-from aion_green.hub_thread import Future
 from aion_green.runtime.recorder import Recorder
 from aion_green.store import RunInfo
 from aion_green.workflows.children import ParentKey
@@ -55,12 +56,10 @@ log = logging.getLogger("aion_green.children")
 # Backoff of a spawn-recovery task and of a watcher whose record failed.
 _RETRY_FIRST = 0.05
 _RETRY_CAP = 5.0
-# A watcher re-reads the child's status this often when no doorbell came
-# (a child running in no engine here, say).
+# The status of a watched child that is not driven here (another engine's,
+# say) is read this often, up to this many in one call of the reader.
 _WATCH_POLL = 5.0
-# ... and every this many polls while this engine drives the child (its
-# end rings the doorbell here): a missed doorbell's net.
-_HELD_POLLS = 12
+_POLL_BATCH = 500
 
 
 
@@ -71,6 +70,11 @@ class Children:
     def __init__(self, engine: "Engine", epoch: "Epoch") -> None:
         self.engine = engine  # its settings, and the facade's own operations
         self.epoch = epoch  # the state of this engine's life, and the other parts
+        # The poller of parked watches (_poll): whether it runs, its bell,
+        # and the children it is to read at once.
+        self._polling = False
+        self._poll_bell: Optional[gevent.event.Event] = None
+        self._read_soon: set[str] = set()
 
     # Parents are named by their *run*, ``(workflow id, run id)``: a run
     # that continued as new leaves the id to a next run, which a task of
@@ -110,57 +114,97 @@ class Children:
             self._record_child_end(parent, child_id, ev.CHILD_FAILED,
                                    {"id": child_id, "status": ev.FAILED, "error": error})
         else:
-            self.epoch.child_tasks.arm_watch(parent, child_id, self.watch_child, parent, child_id)
+            self.watch(parent, child_id)
         ctx = self._live_parent(parent)
         if ctx is not None:
             ctx._child_ready(child_id)
 
     # -- watching -------------------------------------------------------------------------
-    def watch_child(self, parent: ParentKey, child_id: str) -> None:
-        """Watcher: wait for the child's end, then record it into the parent."""
-        info = self._wait_child_end(child_id)
+    def watch(self, parent: ParentKey, child_id: str) -> None:
+        """Watch the child's end for ``parent`` (a no-op while a watch holds
+        that key): a parked watch, no greenlet, until the child's end is
+        known here (:meth:`child_ended`: the end of a run driven here, or
+        the poller's read of a child driven elsewhere)."""
+        if not self.epoch.child_tasks.park_watch(parent, child_id):
+            return
+        finished = None if self.epoch.purges_running else self.epoch.recently_finished.get(child_id)
+        if finished is not None:
+            self.child_ended(child_id, finished)
+        elif child_id not in self.epoch.runs and not self.epoch.residency.absent_here(child_id):
+            # Not driven here (yet: its creation may be in flight; or ended,
+            # or another engine's): read its status now, then every poll.
+            self._read_soon.add(child_id)
+            self._poll_now()
+        elif not self._polling:
+            self._poll_now()
+
+    def child_ended(self, child_id: str, info: RunInfo) -> None:
+        """A run ended (Runner.complete_waiters, for every run whose end is
+        known here): the parked watches of its id record it into their
+        parents, each in a watcher greenlet."""
+        if not info.finished or not self.epoch.child_tasks.has_parked(child_id):
+            return
         if info.status == ev.COMPLETED:
             event_type, data = ev.CHILD_COMPLETED, {"id": child_id, "result": info.result}
         else:
             error = dict(info.error or {"type": info.status, "message": info.status})
             event_type, data = ev.CHILD_FAILED, {"id": child_id, "status": info.status,
                                                 "error": error}
-        self._record_child_end(parent, child_id, event_type, data)
+        self.epoch.child_tasks.wake_watches(child_id, self._record_child_end, child_id,
+                                            event_type, data)
 
-    def _wait_child_end(self, child_id: str) -> RunInfo:
-        delay = _RETRY_FIRST
-        runs, residency = self.epoch.runs, self.epoch.residency
-        while True:
-            future = Future()
-            self.epoch.runner.register_waiter(child_id, future)
-            if child_id in runs or residency.absent_here(child_id):
-                # This engine drives the child (in memory or out of it): its
-                # end rings the doorbell here, so its status is read only
-                # every _HELD_POLLS polls, in case the doorbell was missed,
-                # and the watcher wakes no more often (a read every poll for
-                # each child parked out of memory cost an idle engine 9 % of
-                # a core per 2,000 of them).
-                rung = future.wait(_WATCH_POLL * _HELD_POLLS)
-            else:
-                rung = future.wait(_WATCH_POLL)
-            if not rung:
-                # No doorbell: drop this waiter and read the status anew
-                # (a child that another engine drives, say).
-                waiters = self.epoch.waiters.get(child_id)
-                if waiters is not None and future in waiters:
-                    waiters.remove(future)
-                continue
-            try:
-                info: RunInfo = future.result()
-            except (WorkflowNotFound, StoreUnavailable) as exc:
-                # Not found: created by a spawn task still in flight, or a
-                # store hiccup: look again shortly.
-                log.debug("watching child %r: %s", child_id, exc)
-                gevent.sleep(delay)
-                delay = min(delay * 2, _RETRY_CAP)
-                continue
-            if info.finished:
-                return info
+    def _poll_now(self) -> None:
+        if self._polling:
+            if self._poll_bell is not None:
+                self._poll_bell.set()
+            return
+        if self.epoch.hub.closing:
+            return
+        self._polling = True
+        self.epoch.hub.spawn(self._poll, name="aion-child-poll")
+
+    def _poll(self) -> None:
+        """Greenlet, while watches are parked: every _WATCH_POLL, read the
+        status of the watched children that no run here will ring for (not
+        driven here: another engine's, not created yet, not runnable here),
+        up to _POLL_BATCH in one call of the reader. The children driven
+        here are never read: their end rings here (a read every poll for
+        each of them cost an idle engine 9 % of a core per 2,000 parents and
+        children evicted from memory). Ends when no watch is parked."""
+        self._poll_bell = bell = gevent.event.Event()
+        registry, runs, residency = self.epoch.child_tasks, self.epoch.runs, self.epoch.residency
+        try:
+            while not self.epoch.hub.closing:
+                if self._read_soon:
+                    ids, self._read_soon = list(self._read_soon), set()
+                else:
+                    bell.clear()
+                    if bell.wait(_WATCH_POLL):
+                        continue  # a watch parked on a child to read now
+                    children = registry.parked_watch_children()
+                    if not children:
+                        return
+                    ids = [c for c in children if c not in runs and not residency.absent_here(c)]
+                for start in range(0, len(ids), _POLL_BATCH):
+                    self._read_ends([c for c in ids[start:start + _POLL_BATCH]
+                                     if registry.has_parked(c)])
+        finally:
+            self._polling = False
+            self._poll_bell = None
+
+    def _read_ends(self, ids: list[str]) -> None:
+        if not ids:
+            return
+        store = self.epoch.reader.store
+        try:
+            infos = self.epoch.reader.call(lambda: [store.get_run(c) for c in ids]).result()
+        except AionError as exc:  # the store is away for a while: the next poll reads again
+            log.debug("watching children: their status could not be read: %s", exc)
+            return
+        for child_id, info in zip(ids, infos):
+            # (Not found: created by a spawn task still in flight; read again.)
+            if info is not None and info.finished:
+                self.epoch.runner.complete_waiters(child_id, info)
 
     def _record_child_end(self, parent: ParentKey, child_id: str, event_type: str,
                           data: dict[str, Any]) -> None:

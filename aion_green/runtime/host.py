@@ -72,8 +72,7 @@ class EngineHost:
         self._epoch.children.ensure_child(parent, data)
 
     def watch_child(self, parent: ParentKey, child_id: str) -> None:
-        epoch = self._epoch
-        epoch.child_tasks.arm_watch(parent, child_id, epoch.children.watch_child, parent, child_id)
+        self._epoch.children.watch(parent, child_id)
 
     def abort_watch(self, parent: ParentKey, child_id: str) -> None:
         self._epoch.child_tasks.abort_watch(parent, child_id)

@@ -419,6 +419,7 @@ class Runner:
             cache.popitem(last=False)
         for future in self.epoch.waiters.pop(wid, ()):
             future.set_result(info)
+        self.epoch.children.child_ended(wid, info)  # its parents' parked watches
 
     def _fail_waiters(self, wid: str, error: BaseException) -> None:
         for future in self.epoch.waiters.pop(wid, ()):

@@ -1,6 +1,7 @@
-"""Residency: peak RSS and wall time for N workflows parked on a timer (or
-on a message), with ``Engine(evict_after=5.0)`` (a parked run leaves memory
-once nothing it waits on is due within 5 s), with the engine's defaults
+"""Residency: peak RSS and wall time for N workflows parked on a timer (on
+a message, or on a child of their own that waits for one), with
+``Engine(evict_after=5.0)`` (a parked run leaves memory once nothing it
+waits on is due within 5 s), with the engine's defaults
 (the same), with eviction off (every parked run stays), and with a cap on
 resident runs (``Engine(max_resident=...)``).
 
@@ -22,6 +23,7 @@ real time, as a day's timers do.
     python bench/residency.py                     # 10k and 100k: default, off, cap 10k
     python bench/residency.py --sizes 200000 --configs default --horizon 3600 --spread 60
     python bench/residency.py --sizes 200000 --configs evict --wait message
+    python bench/residency.py --sizes 200000 --configs default --wait child
     python bench/residency.py --sizes 1000000 --configs cap
     python bench/residency.py --sizes 200000 --configs default,off --wait message --store postgres
     python bench/residency.py --sizes 200000 --configs default --horizon 3600 --spread 180 --store postgres
@@ -50,10 +52,16 @@ from datetime import datetime, timezone
 sys.path.insert(0, {root!r})
 import aion_green as aion
 
+@aion.workflow(name="bench.kid")
+def kid(ctx):
+    return ctx.receive("go")
+
 @aion.workflow(name="bench.parked")
 def parked(ctx, until):
     if {wait!r} == "message":
         return ctx.receive("go")
+    if {wait!r} == "child":
+        return ctx.start_child(kid, id=ctx.workflow_id + "/kid").result()
     ctx.sleep_until(datetime.fromtimestamp(until, tz=timezone.utc))
     return 1
 
@@ -74,7 +82,7 @@ n, cap, starters = {n}, {cap}, {starters}
 kwargs = {engine_kwargs!r}
 if cap is not None:
     kwargs["max_resident"] = cap
-engine = aion.Engine({url!r}, workflows=[parked], **kwargs)
+engine = aion.Engine({url!r}, workflows=[parked, kid], **kwargs)
 engine.list(limit=1)
 tracked_before = len(gc.get_objects())
 day, spread = {horizon!r}, {spread!r}
@@ -84,8 +92,8 @@ with ThreadPoolExecutor(starters) as pool:
     list(pool.map(lambda i: engine.start(parked, base + spread * i / n, id=f"w{{i}}"), range(n)))
 # Parked: every run has recorded its timer (the timer service holds one
 # entry per parked run, in memory or not), or its start (waiting on "go").
-if {wait!r} == "message":
-    while engine.count(status="running") < n:
+if {wait!r} in ("message", "child"):
+    while engine.count(status="running") < (2 * n if {wait!r} == "child" else n):
         time.sleep(0.05)
     time.sleep(7)  # (by default message waiters leave memory after evict_after, 5 s)
 else:
@@ -100,9 +108,10 @@ tracked_per_run = (len(gc.get_objects()) - tracked_before) / n
 collected_gc = gc_s[0]
 parked_rss = peak_mib()
 t1 = time.monotonic()
-if {wait!r} == "message":
+if {wait!r} in ("message", "child"):
+    suffix = "/kid" if {wait!r} == "child" else ""
     with ThreadPoolExecutor(starters) as pool:
-        list(pool.map(lambda i: engine.signal(f"w{{i}}", "go", i), range(n)))
+        list(pool.map(lambda i: engine.signal(f"w{{i}}" + suffix, "go", i), range(n)))
 else:
     # A day passes (the wall clock every part of the engine reads moves on).
     # With a spread, to a second before the first deadline: each then comes
@@ -228,8 +237,9 @@ def main() -> None:
     parser.add_argument("--spread", type=float, default=0.0,
                         help="timers spread over this many seconds after the horizon (they "
                              "then fire in real time, one after another: their lateness)")
-    parser.add_argument("--wait", choices=("timer", "message"), default="timer",
-                        help="what the runs park on: a timer a day away, or a message")
+    parser.add_argument("--wait", choices=("timer", "message", "child"), default="timer",
+                        help="what the runs park on: a timer a day away, a message, or a "
+                             "child of their own that waits for a message (2 runs each)")
     parser.add_argument("--store", choices=("sqlite", "sqlite-leases", "postgres"),
                         default="sqlite", help="where the runs are kept: a SQLite file that "
                         "one engine drives (the default), the same with ?leases=on, or "

@@ -134,7 +134,7 @@ class ChildTaskRegistry:
     Thread contract:
 
     - any thread or greenlet, including greenlets of other hubs (a patched
-      main thread), may call :meth:`arm_watch`, :meth:`arm_spawn_retry`,
+      main thread), may call :meth:`arm_watch`, :meth:`park_watch`, :meth:`arm_spawn_retry`,
       :meth:`remove_watch`, :meth:`remove_spawn_retry`, :meth:`abort_watch`,
       :meth:`abort_watches_for_parent`, :meth:`armed_watch_count`,
       :meth:`armed_spawn_retry_count` and :meth:`backstop`. On the hub
@@ -142,6 +142,9 @@ class ChildTaskRegistry:
       over to the hub thread and the caller waits for its answer in a
       :class:`~aion_green.hub_thread.Future` (so not from inside a gevent hub
       callback of another hub);
+    - :meth:`wake_watches`, :meth:`parked_watch_children` and
+      :meth:`has_parked` are for the hub thread only (the engine's children
+      part calls them as a child's end is known);
     - :meth:`shutdown` may be called from any thread or greenlet *except* the
       hub thread, where it raises :class:`~aion_green.errors.InternalError`;
     - the tables, the set of live tasks and the stop itself are touched only

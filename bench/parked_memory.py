@@ -20,6 +20,7 @@ those did not.
     python bench/parked_memory.py
     python bench/parked_memory.py --runs 5000 --kinds receive --mixed 50
     python bench/parked_memory.py --simple 100
+    python bench/parked_memory.py --evicted --kinds receive,child
 """
 from __future__ import annotations
 
@@ -144,6 +145,53 @@ def own_dicts(engine, ids):
     return count
 
 
+def evicted(runs, kinds):
+    """Per kind, in an engine of its own: N runs parked and evicted; what
+    stays per run (bytes, GC objects, greenlets), and the engine's CPU over
+    10 s of idling with them out of memory."""
+    from greenlet import greenlet
+
+    print(f"python {sys.version.split()[0]}, {runs} runs per kind, evicted (evict_after=0.5)")
+    print(f"{'wait':>16} {'bytes/run':>10} {'GC objs/run':>12} {'greenlets/run':>14} "
+          f"{'idle CPU':>9}")
+    for kind in kinds:
+        with tempfile.TemporaryDirectory() as tmp:
+            engine = aion.Engine(f"sqlite:///{tmp}/mem.db", workflows=WORKFLOWS, evict_after=0.5)
+            try:
+                engine.start(waiter, kind, id="first")
+                per = 2 if kind == "child" else 1  # (a child is a run too)
+                deadline = time.monotonic() + 60
+                while engine.evictions < per:
+                    assert time.monotonic() < deadline, "the first run was not evicted"
+                    time.sleep(0.05)
+                gc.collect()
+                objects = len(gc.get_objects())
+                greenlets = sum(1 for o in gc.get_objects() if isinstance(o, greenlet))
+                tracemalloc.start()
+                traced = tracemalloc.get_traced_memory()[0]
+                for n in range(runs):
+                    engine.start(waiter, kind, id=f"{kind}-{n}")
+                deadline = time.monotonic() + 600
+                while engine.evictions < per * (runs + 1):
+                    assert time.monotonic() < deadline, "the runs were not all evicted"
+                    time.sleep(0.1)
+                time.sleep(1.0)
+                gc.collect()
+                grown = tracemalloc.get_traced_memory()[0] - traced
+                tracemalloc.stop()
+                per_objects = (len(gc.get_objects()) - objects) / runs
+                per_greenlets = (sum(1 for o in gc.get_objects() if isinstance(o, greenlet))
+                                 - greenlets) / runs
+                cpu, wall = time.process_time(), time.monotonic()
+                time.sleep(10)
+                idle = (time.process_time() - cpu) / (time.monotonic() - wall)
+                label = kind + (" (+child)" if kind == "child" else "")
+                print(f"{label:>16} {grown / runs:>10,.0f} {per_objects:>12.1f} "
+                      f"{per_greenlets:>14.2f} {idle:>8.1%}")
+            finally:
+                engine.shutdown()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=2000, help="runs parked per kind")
@@ -152,7 +200,13 @@ def main():
                         help="workflows using every feature run first")
     parser.add_argument("--simple", type=int, default=0,
                         help="one-step workflows run first (before --mixed)")
+    parser.add_argument("--evicted", action="store_true",
+                        help="what a run keeps once evicted (evict_after=0.5), its greenlets, "
+                             "and the idle engine's CPU with them all out of memory")
     args = parser.parse_args()
+    if args.evicted:
+        evicted(args.runs, args.kinds.split(","))
+        return
     kinds = args.kinds.split(",")
     print(f"python {sys.version.split()[0]}, {args.runs} runs per kind, "
           f"{args.simple} one-step and {args.mixed} mixed workflows first")

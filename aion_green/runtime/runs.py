@@ -540,6 +540,11 @@ class Runner:
             declared.leave()
             if began is not None:
                 logs.run_left(began, outcome, final)
+                # The failure that unwound the run (an eviction, a
+                # termination) holds its traceback, whose frames hold the
+                # context that holds the failure: a cycle, so everything of
+                # the run waited for the cyclic GC.
+                began._failure = None
             if span is not None:
                 tracing.end_run(span, outcome, final, self.epoch)
             self.epoch.runs.release(wid)

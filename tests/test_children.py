@@ -4,6 +4,7 @@ import json
 import time
 from datetime import timedelta
 
+import gevent
 import pytest
 from conftest import SQLITE_ONLY, NativeGate, open_test_store, stop_with_runs_parked, wait_until
 
@@ -326,6 +327,58 @@ def test_a_child_parked_out_of_memory_is_not_read_at_every_poll(make_engine, mon
     assert len(reads) <= 1, len(reads)
     engine.signal("kid", "go", 5)  # the child is brought back, ends, and rings
     assert handle.result(30) == 5
+
+
+def test_the_poller_lets_the_hub_turn_while_it_looks_through_many_parked_watches(
+        make_engine, monkeypatch):
+    """Every poll looks through all parked watches for the children no run
+    here will ring for. In one go that held the hub: with 200,000 parents
+    parked on children, ~30 ms every 5 s, and a 10 ms timer of any other
+    run fired that late. It goes in slices, and the hub's loop (its timers
+    and I/O, not only its callbacks) turns between them: a timer ticking on
+    the hub advances while one look is under way (it never did before)."""
+    monkeypatch.setattr(children_module, "_WATCH_POLL", 0.05)
+    monkeypatch.setattr(children_module, "_SCAN_SLICE", 64)
+    engine = make_engine()
+    engine._ensure_started()
+    epoch = engine._epoch
+    ticks = [0]
+    looks = []  # per look: the ticks seen while it went through the watches
+
+    def ticker():
+        while True:
+            gevent.sleep(0.0001)
+            ticks[0] += 1
+
+    def evicted(wid):  # every watched child is this engine's, out of memory: never read
+        looks[-1].add(ticks[0])
+        return True
+
+    listing = epoch.child_tasks.parked_watch_children
+
+    def listed():
+        looks.append(set())
+        return listing()
+
+    monkeypatch.setattr(epoch.residency, "absent_here", evicted)
+    monkeypatch.setattr(epoch.child_tasks, "parked_watch_children", listed)
+
+    def park():
+        for i in range(20_000):
+            assert epoch.child_tasks._park_here((f"p{i}", "run"), f"c{i}")
+        epoch.hub.spawn(ticker, name="test-ticker")
+        epoch.children._poll_now()
+
+    try:
+        epoch.hub.submit(park).result(10)
+        wait_until(lambda: len(looks) >= 3, 30, what="two looks through the parked watches")
+        assert len(looks[1]) >= 20, f"the hub's timers ran {len(looks[1]) - 1} times during a look"
+    finally:
+        def unpark():
+            epoch.child_tasks._parked.clear()
+            epoch.child_tasks._parked_of.clear()
+            epoch.child_tasks._parked_count = 0
+        epoch.hub.submit(unpark).result(10)
 
 
 @pytest.mark.parametrize("replays", [1, 3])

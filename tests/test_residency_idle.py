@@ -5,15 +5,18 @@ or a child once it has waited that long; it wakes on time by replay, and
 nothing recorded runs twice. A run about to wake stays. On every store:
 where runs are leased (PostgreSQL, SQLite with ?leases=on) an evicted run
 keeps its lease (tests/test_leased_eviction.py)."""
+import collections
 import time
 from datetime import datetime, timedelta, timezone
 
+import gevent
 import pytest
 from conftest import wait_until
 from test_residency import _effects, effect, listener, napper
 
 import aion_green as aion
 from aion_green.core import events as ev
+from aion_green.runtime import residency as residency_module
 
 
 @aion.workflow(name="tests.idle_ticker")
@@ -87,6 +90,46 @@ def test_runs_waiting_on_messages_leave_memory_once_they_waited_long_enough(make
         f"{n}:now" for n in range(20)]
     assert sorted(_effects) == sorted([f"{n}:ready" for n in range(20)]
                                       + [f"{n}:now" for n in range(20)])
+
+
+def test_evictions_go_a_bounded_number_per_turn_of_the_hubs_loop(make_engine, monkeypatch):
+    """Each eviction unwinds the run's greenlet on the hub (~30 us). A
+    sweep evicted every run due at once: with runs parking at 4,000/s,
+    ~4,000 per sweep, which held the hub 100-140 ms, and every timer of
+    every other run fired that late. Now at most _TURN go per turn of the
+    hub's loop, its timers and I/O in between: a timer ticking on the hub
+    never sees more than _TURN evictions between two of its ticks."""
+    monkeypatch.setattr(residency_module, "_TURN", 8)
+    engine = make_engine(listener, evict_after=0.5)
+    engine._ensure_started()
+    residency = engine._epoch.residency
+    ticks = [0]
+    seen = []  # the ticks counted at each eviction
+
+    def ticker():
+        while True:
+            gevent.sleep(0.0001)
+            ticks[0] += 1
+
+    evict = residency._evict
+
+    def counted(ctx):
+        seen.append(ticks[0])
+        return evict(ctx)
+
+    monkeypatch.setattr(residency, "_evict", counted)
+    engine._epoch.hub.spawn(ticker, name="test-ticker")
+    for n in range(80):
+        engine.start(listener, n, id=f"turn-{n}")
+    wait_until(lambda: len(_effects) == 80, what="every listener to be ready")
+    wait_until(lambda: resident(engine) == 0, timeout=20, what="the listeners to leave memory")
+    assert len(seen) >= 80
+    busiest = max(collections.Counter(seen).values())
+    assert busiest <= 8, f"{busiest} runs evicted between two ticks of a timer on the hub"
+    for n in range(80):
+        engine.signal(f"turn-{n}", "go", "now")
+    assert [engine.result(f"turn-{n}", timeout=30) for n in range(80)] == [
+        f"{n}:now" for n in range(80)]
 
 
 def slow_effect(tag, seconds):

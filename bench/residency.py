@@ -249,8 +249,10 @@ def main() -> None:
     parser.add_argument("--starters", type=int, default=16, help="threads that start runs")
     parser.add_argument("--configs", default="default,off,cap",
                         help="default (the engine's defaults: evict_after=5.0), evict "
-                             "(evict_after=5.0 said), off (evict_after=None: every parked run "
+                             "(evict_after=--evict-after, 5.0 unless said), off (evict_after=None: every parked run "
                              "stays; 1,000,000 needs ~15 GiB), cap (max_resident, eviction off)")
+    parser.add_argument("--evict-after", type=float, default=5.0,
+                        help="the evict config's evict_after (seconds)")
     parser.add_argument("--horizon", type=float, default=86_400.0,
                         help="seconds to the timers (the clock then jumps by as much)")
     parser.add_argument("--spread", type=float, default=0.0,
@@ -276,7 +278,7 @@ def main() -> None:
         parser.error("leased runs (--store sqlite-leases or postgres): without --configs cap "
                      "(a cap on the runs an engine leases leaves the rest to other engines: "
                      "there are none here)")
-    configs = {"default": (None, {}), "evict": (None, {"evict_after": 5.0}),
+    configs = {"default": (None, {}), "evict": (None, {"evict_after": args.evict_after}),
                "off": (None, {"evict_after": None}),
                "cap": (args.cap, {"evict_after": None})}
     print(f"parked on a {args.wait}, store {args.store}"

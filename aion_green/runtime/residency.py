@@ -19,9 +19,13 @@ Eviction happens on the hub greenlet: the victim's doorbell is rung with
 its failure set to :class:`RunEvicted`, so it unwinds at once, inside that
 callback, before any other arrival can be routed to its recorder.
 
+Evictions go at most ``_TURN`` per turn of the hub's loop (the rest after
+its due timers and I/O): each unwinds a greenlet on the hub, and thousands
+in one go held every other run's timers back for a tenth of a second.
+
 Thread contract: everything here runs on the engine's hub thread;
-``_make_room`` only from the hub greenlet (it is always queued with
-``call_soon``).
+``_make_room``, ``_sweep`` and ``_evict_far`` only from the hub greenlet
+(queued with ``call_soon``, or by :meth:`Residency._next_turn`'s loop timer).
 """
 from __future__ import annotations
 

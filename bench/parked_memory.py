@@ -21,6 +21,13 @@ those did not.
     python bench/parked_memory.py --runs 5000 --kinds receive --mixed 50
     python bench/parked_memory.py --simple 100
     python bench/parked_memory.py --evicted --kinds receive,child
+    python bench/parked_memory.py --long 1000,10000,100000
+
+With ``--long S,...``: one run that does S sequential steps and then parks
+on a message, per size, in an engine of its own: what it keeps in memory
+(bytes, GC objects, per step), its steps/s, and how long the next engine
+takes to replay it to its wait (a run in memory kept its whole history
+until issue 21: a loop of a million steps, ~400 MB).
 """
 from __future__ import annotations
 
@@ -93,7 +100,15 @@ def waiter(ctx, kind):
     raise ValueError(kind)
 
 
-WORKFLOWS = [kid, long_kid, mailbox, busy, waiter]
+@aion.workflow(name="bench.mem.looper")
+def looper(ctx, steps):
+    total = 0
+    for i in range(steps):
+        total += ctx.step(double, i)
+    return [total, ctx.receive("go")]
+
+
+WORKFLOWS = [kid, long_kid, mailbox, busy, waiter, looper]
 
 
 def wait_parked(engine, ids, timeout=600.0):
@@ -192,6 +207,52 @@ def evicted(runs, kinds):
                 engine.shutdown()
 
 
+def long_runs(sizes):
+    print(f"python {sys.version.split()[0]}: one run of S steps, then parked on a message")
+    print(f"{'steps':>9} {'steps/s':>9} {'bytes/step':>11} {'GC objs/step':>13} "
+          f"{'replay s':>9} {'replayed steps/s':>17}")
+    for steps in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            url = f"sqlite:///{tmp}/mem.db"
+            engine = aion.Engine(url, workflows=WORKFLOWS, evict_after=None)
+            try:
+                engine.start(looper, 10, id="first")
+                wait_parked(engine, ["first"])
+                gc.collect()
+                objects = len(gc.get_objects())
+                tracemalloc.start()
+                traced = tracemalloc.get_traced_memory()[0]
+                t0 = time.perf_counter()
+                engine.start(looper, steps, id="long")
+                # (wait_parked: parked, not replaying; a step parks too)
+                while engine.count(status="running") < 2 or engine.history(
+                        "long", after_seq=steps)[-1:] == []:
+                    time.sleep(0.01)
+                wait_parked(engine, ["long"])
+                took = time.perf_counter() - t0
+                time.sleep(0.5)
+                gc.collect()
+                grown = tracemalloc.get_traced_memory()[0] - traced
+                tracemalloc.stop()
+                per_objects = (len(gc.get_objects()) - objects) / steps
+            finally:
+                engine.shutdown()
+            t1 = time.perf_counter()
+            engine = aion.Engine(url, workflows=WORKFLOWS, evict_after=None)
+            try:
+                engine.list(limit=1)  # (the engine starts, and recovers the run)
+                runs = engine._epoch.runs
+                while (ctx := runs.get("long")) is None or not ctx._parked or ctx._cursor.replaying:
+                    time.sleep(0.005)
+                replay = time.perf_counter() - t1
+                engine.signal("long", "go", 1)
+                assert engine.result("long", timeout=60) == [steps * (steps - 1), 1]
+            finally:
+                engine.shutdown()
+        print(f"{steps:>9,} {steps / took:>9,.0f} {grown / steps:>11,.1f} {per_objects:>13.3f} "
+              f"{replay:>9.2f} {steps / replay:>17,.0f}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=2000, help="runs parked per kind")
@@ -203,7 +264,12 @@ def main():
     parser.add_argument("--evicted", action="store_true",
                         help="what a run keeps once evicted (evict_after=0.5), its greenlets, "
                              "and the idle engine's CPU with them all out of memory")
+    parser.add_argument("--long", default="",
+                        help="sizes (steps) of one long run each, e.g. 1000,10000,100000")
     args = parser.parse_args()
+    if args.long:
+        long_runs([int(x) for x in args.long.split(",")])
+        return
     if args.evicted:
         evicted(args.runs, args.kinds.split(","))
         return

@@ -82,6 +82,21 @@ def waiter(ctx, kind):
     return ctx.start_child(long_child).result()
 
 
+@aion.workflow(name="tests.res_looper")
+def looper(ctx, steps):
+    total = sum(ctx.step(effect, i) for i in range(steps))
+    got = ctx.receive("go")
+    return [total, ctx.step(effect, got)]
+
+
+@aion.workflow(name="tests.res_ticker")
+def ticker(ctx, rounds):
+    for _ in range(rounds):
+        ctx.sleep(0)
+    total = ctx.step(effect, sum(ctx.receive("tick") for _ in range(rounds)))
+    return [total, ctx.receive("go")]
+
+
 def _kept():
     """Objects the cyclic GC tracks, of the kinds a parked run once kept
     one or more of: closure cells, tuples holding a run's context."""
@@ -130,6 +145,61 @@ def test_a_run_parked_in_memory_keeps_no_closure_cells(make_engine):
     for kind, count in after.items():
         extra = count - before[kind]
         assert extra < len(runs) / 10, f"{extra} {kind} kept by {len(runs)} parked runs"
+
+
+def test_a_long_run_in_memory_keeps_a_window_of_its_history_not_all_of_it(make_engine):
+    """A run in memory kept every event of its history (409 bytes and one
+    object for the cyclic GC per step): a loop of a million steps held
+    ~400 MB, and a million objects that each full collection walked. Now
+    the events it has consumed go once a few hundred pile up; it goes on,
+    and a replay in the next engine finds the same history."""
+    engine = make_engine(looper, evict_after=None)
+    engine.start(looper, 10, id="short")
+    wait_until(lambda: engine.history("short")[-1].type == ev.STEP_COMPLETED
+               and len(_effects) == 10, 30, what="the short run to park")
+    gc.collect()
+    before = len(gc.get_objects())
+    engine.start(looper, 3000, id="long")
+
+    def parked():
+        tail = engine.history("long", after_seq=2999) if len(_effects) == 3010 else []
+        return bool(tail) and tail[-1].type == ev.STEP_COMPLETED
+
+    wait_until(parked, 60, what="the long run to park")
+    gc.collect()
+    kept = len(gc.get_objects()) - before
+    assert kept < 1000, f"a run parked after 3,000 steps keeps {kept} objects for the GC"
+    engine.shutdown()  # the next engine replays it, all 3,000 steps
+    second = make_engine(looper, evict_after=None)
+    second.signal("long", "go", "late")
+    assert second.result("long", timeout=60) == [sum(range(3000)), "late"]
+    assert sorted(_effects[10:], key=str) == sorted([*range(3000), "late"], key=str)
+
+
+def test_a_loop_of_sleeps_and_receives_keeps_none_of_their_events(make_engine):
+    """The firing of each timer and each message a run received stayed in
+    memory too, for as long as the run (a loop that sleeps a minute at a
+    time, for ever, grew by an event a minute); once its wait took it,
+    each goes."""
+    engine = make_engine(ticker, evict_after=None)
+    engine.start(ticker, 1, id="warm")
+    engine.signal("warm", "tick", 1)
+    wait_until(lambda: engine.history("warm")[-1].type == ev.STEP_COMPLETED, 30)
+    gc.collect()
+    before = len(gc.get_objects())
+    engine.start(ticker, 1000, id="loop")
+    for n in range(1000):
+        engine.signal("loop", "tick", n)
+    # (Its step records the sum once every message is taken.)
+    wait_until(lambda: engine.history("loop")[-1].type == ev.STEP_COMPLETED, 60,
+               what="the loop to park")
+    gc.collect()
+    kept = len(gc.get_objects()) - before
+    assert kept < 700, f"a run parked after 1,000 sleeps and 1,000 messages keeps {kept} objects"
+    engine.shutdown()  # the next engine replays it
+    second = make_engine(ticker, evict_after=None)
+    second.signal("loop", "go", "late")
+    assert second.result("loop", timeout=60) == [sum(range(1000)), "late"]
 
 
 def test_an_evicted_or_terminated_run_leaves_no_garbage_for_the_cyclic_gc(make_engine):

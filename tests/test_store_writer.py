@@ -62,3 +62,25 @@ def test_urgent_calls_accepted_before_close_run_and_later_ones_are_refused(db_ur
     gate.set()
     writer.close()
     assert accepted.result(10) == "ran"
+
+
+def test_the_writer_keeps_no_answer_once_its_caller_has_let_go(db_url):
+    """The writer's thread held its last batch (and so each future's
+    answer) until the next op came: a history read of thousands of events
+    stayed in memory for as long as the engine stood idle."""
+    import gc
+    import weakref
+
+    class Answer:
+        pass
+
+    writer = StoreWriter(open_test_store(db_url))
+    try:
+        future = writer.call(Answer)
+        answer = weakref.ref(future.result(10))
+        del future
+        # (Once the writer's thread is back in its wait, with nothing queued.)
+        wait_until(lambda: gc.collect() >= 0 and answer() is None, 5,
+                   what="the writer to let go of its last call's answer")
+    finally:
+        writer.close()

@@ -292,6 +292,10 @@ class StoreWriter:
                     self._run_urgent()
                     if batch:
                         self._run_batch(batch)
+                # Not kept while the queue is empty: the last batch's futures
+                # hold what they answered (a history read of thousands of
+                # events stayed in memory until the next call).
+                del first, batch
             with committing:
                 self._run_urgent()
         except BaseException:  # pragma: no cover

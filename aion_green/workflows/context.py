@@ -291,6 +291,7 @@ class WorkflowContext:
         key = self._start_timer(seconds, at)
         fired = self._race(Arrival(self._cursor.arrivals, ("timer", key)))
         self._cursor.consume_arrival(fired)
+        self._cursor.drop_arrival(fired)
 
     def _start_timer(self, seconds: float = 0.0, at: Optional[float] = None) -> str:
         """Record (or replay) TimerStarted for the next timer, due ``at``

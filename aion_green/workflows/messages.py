@@ -43,9 +43,10 @@ def receive(ctx: "WorkflowContext", name: str, timeout: Union[timedelta, float, 
     if timeout is not None:
         timer = ctx._start_timer(_clock.seconds_of(timeout, f"ctx.receive({name!r}, timeout={timeout!r})"))
     first = _MessageOrTimer(ctx._cursor.arrivals, key, timer)
-    winner = ctx._race(first)
+    winner = ctx._race(first)  # (its own: a cancel or a scope's deadline raised)
     ctx._cursor.consume_arrival(winner)
-    if winner.type != ev.TIMER_FIRED:  # the message (a cancel or a scope's deadline raised)
+    ctx._cursor.drop_arrival(winner)
+    if winner.type != ev.TIMER_FIRED:  # the message
         ctx._received[name] = index + 1
         if timer is not None:
             ctx._cancel_timer(timer)

@@ -36,6 +36,12 @@ _STEP_TYPES = ev.STEP_TYPES
 
 _NO_KEYS: frozenset[int] = frozenset()
 
+# A live run keeps the events it has consumed only until this many pile up:
+# then they go (its WorkflowStarted stays), so a loop of a million steps
+# holds a window of events, not its whole history (409 bytes and one object
+# for the cyclic GC per step before).
+_KEEP = 256
+
 
 def _index_step(records: dict[tuple[int, int], ev.Event], event: ev.Event) -> None:
     data = event.data
@@ -54,7 +60,12 @@ class HistoryCursor:
                 history[0].describe() if history else "an empty history",
             )
         self.workflow_id = workflow_id
+        # The events from seq _offset on (those before it, consumed, were
+        # dropped: _compact), and the run's WorkflowStarted, always kept.
+        # Invariant: _events is never empty (it holds the head).
         self._events: list[ev.Event] = []
+        self._offset = 1
+        self._started = history[0]
         self.arrivals: dict[ArrivalKey, ev.Event] = {}
         # Invariant: _events[:_pos] hold no unconsumed command; the time of
         # the last consumed event is the workflow's current time (ctx.now()).
@@ -81,6 +92,10 @@ class HistoryCursor:
         if not isinstance(keyed, set):
             keyed = self.keyed_steps = set()
         keyed.add(ordinal)
+        # The index of step records, from now on kept up by add_one: a
+        # keyed step's records are passed over by next_command, and _compact
+        # may drop them from _events once _pos is past them.
+        self._index_steps()
 
     @property
     def head_seq(self) -> int:
@@ -114,17 +129,28 @@ class HistoryCursor:
 
     def step_record(self, ordinal: int, attempt: int) -> Optional[ev.Event]:
         """The first record of attempt ``attempt`` of step ``ordinal``."""
+        return self._index_steps().get((ordinal, attempt))
+
+    def _index_steps(self) -> dict[tuple[int, int], ev.Event]:
         records = self._step_records
         if records is None:
             records = self._step_records = {}
             for event in self._events:
                 if event.type in _STEP_TYPES:
                     _index_step(records, event)
-        return records.get((ordinal, attempt))
+        return records
 
     def event(self, seq: int) -> ev.Event:
-        """The recorded event with ``seq`` (a history starts at seq 1)."""
-        return self._events[seq - 1]
+        """The recorded event with ``seq`` (a history starts at seq 1): the
+        WorkflowStarted, or one not yet dropped (_compact): the head and
+        whatever is not consumed yet."""
+        if seq == 1:
+            return self._started
+        index = seq - self._offset
+        if index < 0:
+            raise LookupError(f"workflow {self.workflow_id!r}: event {seq} was consumed and "
+                              "dropped from memory; this is a bug in aion_green")
+        return self._events[index]
 
     def next_command(self) -> Optional[ev.Event]:
         events, pos = self._events, self._pos
@@ -161,10 +187,34 @@ class HistoryCursor:
         """``event``, the next command (checked by the caller), is replayed."""
         self._pos += 1
         self.current_at = event.at
+        if self._pos > _KEEP and len(self._events) - self._pos < _KEEP:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop the consumed events but the last (the head, while live): a
+        command before ``_pos`` is replayed, an arrival before it is kept in
+        ``arrivals``, and a keyed step's record in ``_step_records`` (built
+        at the first key_step). Only once few are left to consume (live, or
+        at the end of a replay), so the list's shift stays short."""
+        drop = self._pos - 1
+        events = self._events
+        self._offset = events[drop].seq
+        del events[:drop]
+        self._pos -= drop
 
     def consume_arrival(self, event: ev.Event) -> None:
         """An arrival was used by a wait: it sets the workflow's time."""
         self.current_at = max(self.current_at, event.at)
+
+    def drop_arrival(self, event: ev.Event) -> None:
+        """``event``, a timer's firing or a message, was used by the wait it
+        was for: no later call looks for its key (each timer and each
+        message index is waited for once), so it goes, as _compact lets
+        consumed commands go. A child's end stays (its handle may be asked
+        again), and so does a cancel request."""
+        key = arrival_key(event)
+        if key is not None and key[0] != "child" and self.arrivals.get(key) is event:
+            del self.arrivals[key]
 
     def check_end(self, ending: str) -> None:
         """The workflow ended; a recorded command not yet replayed means the

@@ -41,6 +41,8 @@ _NO_KEYS: frozenset[int] = frozenset()
 # holds a window of events, not its whole history (409 bytes and one object
 # for the cyclic GC per step before).
 _KEEP = 256
+# The arrivals whose wait takes each once (drop_arrival).
+_DROPPED_ONCE_TAKEN = ("timer", "message")
 
 
 def _index_step(records: dict[tuple[int, int], ev.Event], event: ev.Event) -> None:
@@ -213,7 +215,7 @@ class HistoryCursor:
         consumed commands go. A child's end stays (its handle may be asked
         again), and so does a cancel request."""
         key = arrival_key(event)
-        if key is not None and key[0] != "child" and self.arrivals.get(key) is event:
+        if key is not None and key[0] in _DROPPED_ONCE_TAKEN and self.arrivals.get(key) is event:
             del self.arrivals[key]
 
     def check_end(self, ending: str) -> None:

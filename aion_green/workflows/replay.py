@@ -62,11 +62,11 @@ class HistoryCursor:
                 history[0].describe() if history else "an empty history",
             )
         self.workflow_id = workflow_id
-        # The events from seq _offset on (those before it, consumed, were
-        # dropped: _compact), and the run's WorkflowStarted, always kept.
-        # Invariant: _events is never empty (it holds the head).
+        # The events from some seq on, in seq order with no gap (those
+        # before it, consumed, were dropped: _compact), and the run's
+        # WorkflowStarted, always kept. Invariant: once loaded, _events is
+        # never empty (it holds the head).
         self._events: list[ev.Event] = []
-        self._offset = 1
         self._started = history[0]
         self.arrivals: dict[ArrivalKey, ev.Event] = {}
         # Invariant: _events[:_pos] hold no unconsumed command; the time of
@@ -148,7 +148,7 @@ class HistoryCursor:
         whatever is not consumed yet."""
         if seq == 1:
             return self._started
-        index = seq - self._offset
+        index = seq - self._events[0].seq
         if index < 0:
             raise LookupError(f"workflow {self.workflow_id!r}: event {seq} was consumed and "
                               "dropped from memory; this is a bug in aion_green")
@@ -199,9 +199,7 @@ class HistoryCursor:
         at the first key_step). Only once few are left to consume (live, or
         at the end of a replay), so the list's shift stays short."""
         drop = self._pos - 1
-        events = self._events
-        self._offset = events[drop].seq
-        del events[:drop]
+        del self._events[:drop]
         self._pos -= drop
 
     def consume_arrival(self, event: ev.Event) -> None:

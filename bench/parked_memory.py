@@ -21,10 +21,10 @@ those did not.
     python bench/parked_memory.py --runs 5000 --kinds receive --mixed 50
     python bench/parked_memory.py --simple 100
     python bench/parked_memory.py --evicted --kinds receive,child
-    python bench/parked_memory.py --long 1000,10000,100000
+    python bench/parked_memory.py --long 1000,10000,100000 [--shape fanout]
 
-With ``--long S,...``: one run that does S sequential steps and then parks
-on a message, per size, in an engine of its own: what it keeps in memory
+With ``--long S,...``: one run that does S sequential steps (``--shape
+fanout``: S steps in fan-outs, five a round) and then parks on a message, per size, in an engine of its own: what it keeps in memory
 (bytes, GC objects, per step), its steps/s, and how long the next engine
 takes to replay it to its wait (a run in memory kept its whole history
 until issue 21: a loop of a million steps, ~400 MB).
@@ -108,7 +108,18 @@ def looper(ctx, steps):
     return [total, ctx.receive("go")]
 
 
-WORKFLOWS = [kid, long_kid, mailbox, busy, waiter, looper]
+@aion.workflow(name="bench.mem.fanner")
+def fanner(ctx, rounds):
+    """Five steps a round: two side by side, a race of two, one alone."""
+    total = 0
+    for i in range(rounds):
+        a, b = ctx.parallel([aion.Step(double, i), aion.Step(double, i)])
+        _, won = ctx.race([aion.Step(double, i), aion.Step(double, i)])
+        total += a + b + won + ctx.step(double, i)
+    return [total, ctx.receive("go")]
+
+
+WORKFLOWS = [kid, long_kid, mailbox, busy, waiter, looper, fanner]
 
 
 def wait_parked(engine, ids, timeout=600.0):
@@ -207,8 +218,11 @@ def evicted(runs, kinds):
                 engine.shutdown()
 
 
-def long_runs(sizes):
-    print(f"python {sys.version.split()[0]}: one run of S steps, then parked on a message")
+def long_runs(sizes, shape="steps"):
+    """``shape``: ``steps``, one after another; ``fanout``, five a round
+    (ctx.parallel of two, ctx.race of two, one alone; S/5 rounds)."""
+    workflow = looper if shape == "steps" else fanner
+    print(f"python {sys.version.split()[0]}: one run of S steps ({shape}), then parked on a message")
     print(f"{'steps':>9} {'steps/s':>9} {'bytes/step':>11} {'GC objs/step':>13} "
           f"{'replay s':>9} {'replayed steps/s':>17}")
     for steps in sizes:
@@ -216,15 +230,16 @@ def long_runs(sizes):
             url = f"sqlite:///{tmp}/mem.db"
             engine = aion.Engine(url, workflows=WORKFLOWS, evict_after=None)
             try:
-                engine.start(looper, 10, id="first")
+                engine.start(workflow, 10 if shape == "steps" else 2, id="first")
                 wait_parked(engine, ["first"])
                 gc.collect()
                 objects = len(gc.get_objects())
                 tracemalloc.start()
                 traced = tracemalloc.get_traced_memory()[0]
                 t0 = time.perf_counter()
-                engine.start(looper, steps, id="long")
-                # (wait_parked: parked, not replaying; a step parks too)
+                engine.start(workflow, steps if shape == "steps" else steps // 5, id="long")
+                # (wait_parked: parked, not replaying; a step parks too; a
+                # race's loser records its step too, late: S records either way)
                 while engine.count(status="running") < 2 or engine.history(
                         "long", after_seq=steps)[-1:] == []:
                     time.sleep(0.01)
@@ -246,7 +261,8 @@ def long_runs(sizes):
                     time.sleep(0.005)
                 replay = time.perf_counter() - t1
                 engine.signal("long", "go", 1)
-                assert engine.result("long", timeout=60) == [steps * (steps - 1), 1]
+                expected = steps * (steps - 1) if shape == "steps" else 4 * (steps // 5) * (steps // 5 - 1)
+                assert engine.result("long", timeout=60) == [expected, 1]
             finally:
                 engine.shutdown()
         print(f"{steps:>9,} {steps / took:>9,.0f} {grown / steps:>11,.1f} {per_objects:>13.3f} "
@@ -266,9 +282,11 @@ def main():
                              "and the idle engine's CPU with them all out of memory")
     parser.add_argument("--long", default="",
                         help="sizes (steps) of one long run each, e.g. 1000,10000,100000")
+    parser.add_argument("--shape", choices=("steps", "fanout"), default="steps",
+                        help="--long's steps: one after another, or five a round in fan-outs")
     args = parser.parse_args()
     if args.long:
-        long_runs([int(x) for x in args.long.split(",")])
+        long_runs([int(x) for x in args.long.split(",")], args.shape)
         return
     if args.evicted:
         evicted(args.runs, args.kinds.split(","))

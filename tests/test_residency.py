@@ -7,7 +7,7 @@ import types
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from conftest import SQLITE_ONLY, wait_until
+from conftest import SQLITE_ONLY, NativeGate, wait_until
 
 import aion_green as aion
 from aion_green.core import events as ev
@@ -95,6 +95,39 @@ def ticker(ctx, rounds):
         ctx.sleep(0)
     total = ctx.step(effect, sum(ctx.receive("tick") for _ in range(rounds)))
     return [total, ctx.receive("go")]
+
+
+@aion.workflow(name="tests.res_fanner")
+def fanner(ctx, rounds):
+    total = 0
+    for i in range(rounds):
+        a, b = ctx.parallel([aion.Step(effect, i), aion.Step(effect, i)])
+        _, won = ctx.race([aion.Step(effect, i), aion.Step(effect, i)])
+        total += a + b + won + ctx.step(effect, i)
+    ctx.step(effect, "parked")
+    return [total, ctx.receive("go")]
+
+
+_gate = [NativeGate()]  # (the current one: each test sets its own)
+
+
+def gated_effect(tag):
+    _gate[0].wait(60)
+    return effect(tag)
+
+
+@aion.workflow(name="tests.res_quitter")
+def quitter(ctx, rounds):
+    ctx.parallel([aion.Step(effect, "fanned")])
+    late = 0
+    for i in range(rounds):
+        try:
+            with ctx.timeout(0.002):
+                ctx.step(gated_effect, i)
+        except aion.Timeout:
+            late += 1
+    ctx.step(effect, "parked")
+    return [late, ctx.receive("go")]
 
 
 def _kept():
@@ -200,6 +233,69 @@ def test_a_loop_of_sleeps_and_receives_keeps_none_of_their_events(make_engine):
     second = make_engine(ticker, evict_after=None)
     second.signal("loop", "go", "late")
     assert second.result("loop", timeout=60) == [sum(range(1000)), "late"]
+
+
+def test_a_loop_of_fan_outs_keeps_none_of_their_step_records(make_engine):
+    """Once a run had fanned out (ctx.parallel, ctx.race), every step record
+    it made from then on stayed in memory, indexed by key for as long as
+    the run: a fan-out's, a race loser's late one, and every step's after
+    them. Now a record goes once its step has used it, and a loser's is
+    not kept."""
+    engine = make_engine(fanner, evict_after=None)
+
+    def parked(wid):
+        steps = [e for e in engine.history(wid) if e.type == ev.STEP_COMPLETED]
+        # (every call of effect is recorded: a race's loser too, late)
+        return any(e.data.get("result") == "parked" for e in steps) and \
+            len(steps) == sum(1 for tag in _effects if tag == "parked" or type(tag) is int)
+
+    engine.start(fanner, 2, id="warm")
+    wait_until(lambda: parked("warm"), 30, what="the warm-up run to park")
+    _effects.clear()
+    gc.collect()
+    before = len(gc.get_objects())
+    engine.start(fanner, 600, id="fans")
+    wait_until(lambda: parked("fans"), 120, what="the fanning run to park")
+    gc.collect()
+    kept = len(gc.get_objects()) - before
+    assert kept < 1000, f"a run parked after 600 rounds of fan-outs keeps {kept} objects"
+    engine.shutdown()  # the next engine replays it: 3,001 step records
+    second = make_engine(fanner, evict_after=None)
+    second.signal("fans", "go", "late")
+    assert second.result("fans", timeout=60) == [4 * sum(range(600)), "late"]
+
+
+def test_steps_given_up_on_keep_none_of_their_late_records(make_engine):
+    """A step whose wait was given up (a timeout block's deadline came
+    first) still records its outcome when it returns, late; once the run
+    had fanned out, each such record stayed in memory for as long as the
+    run, and so did its deadline's firing, once a block's deadline had
+    fired. Now neither is kept."""
+    engine = make_engine(quitter, evict_after=None)
+
+    def parked(wid, rounds):
+        # (each step records its outcome, late or not: rounds + 2)
+        return sum(1 for e in engine.history(wid) if e.type == ev.STEP_COMPLETED) == rounds + 2
+
+    _gate[0] = NativeGate()
+    _gate[0].set()
+    engine.start(quitter, 2, id="warm")
+    wait_until(lambda: parked("warm", 2), 30, what="the warm-up run to park")
+    gc.collect()
+    before = len(gc.get_objects())
+    _gate[0] = NativeGate()  # (each step returns once every deadline has fired)
+    engine.start(quitter, 800, id="quits")
+    wait_until(lambda: sum(1 for e in engine.history("quits") if e.type == ev.TIMER_FIRED) == 800,
+               120, what="every deadline to fire")
+    _gate[0].set()
+    wait_until(lambda: parked("quits", 800), 120, what="the run to park")
+    gc.collect()
+    kept = len(gc.get_objects()) - before
+    assert kept < 800, f"a run parked after 800 steps given up on keeps {kept} objects"
+    engine.shutdown()
+    second = make_engine(quitter, evict_after=None)
+    second.signal("quits", "go", "late")
+    assert second.result("quits", timeout=60) == [800, "late"]
 
 
 def test_an_evicted_or_terminated_run_leaves_no_garbage_for_the_cyclic_gc(make_engine):

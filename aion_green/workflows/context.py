@@ -505,6 +505,11 @@ class WorkflowContext:
             self._scopes = _without(self._scopes, key)
             if not expired:
                 self._cancel_timer(key)
+            # Its deadline's firing, if recorded, is looked for by no one
+            # now (a loop of timeout blocks kept each, for as long as the run).
+            fired = self._cursor.arrivals.get(("timer", key))
+            if fired is not None:
+                self._cursor.drop_arrival(fired)
 
     @property
     def info(self) -> WorkflowInfo:

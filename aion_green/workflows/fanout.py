@@ -191,7 +191,7 @@ def _consume(ctx: "WorkflowContext", branch: _Branch) -> None:
         return
     assert branch.step is not None
     while True:
-        record = cursor.step_record(branch.ordinal, branch.attempt + 1)
+        record = cursor.take_step_record(branch.ordinal, branch.attempt + 1)
         if record is None:
             return
         if record.data.get("name") != branch.name:
@@ -248,6 +248,9 @@ def _drop(ctx: "WorkflowContext", branch: _Branch, cancel_child: bool) -> None:
     this wait, and a losing child is cancelled (asked again on replay: the
     request is recorded once)."""
     branch.dropped = True
+    if branch.step is not None:
+        # A late record of the step is passed over, and not kept.
+        ctx._cursor.skip_step(branch.ordinal, branch.attempt + 1)
     if branch.child is None or branch.end is not None:
         return
     host, child_id = ctx._host, branch.child._key

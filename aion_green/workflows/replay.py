@@ -23,17 +23,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _STEP_TYPES = ev.STEP_TYPES
 
-
-
-
-
-
-
-
-
-
-
-
 _NO_KEYS: frozenset[int] = frozenset()
 
 # A live run keeps the events it has consumed only until this many pile up:
@@ -79,9 +68,16 @@ class HistoryCursor:
         # cancel or a deadline was recorded first), whose late record is not
         # a command of this workflow's path.
         self.keyed_steps: AbstractSet[int] = _NO_KEYS  # a set from the first key_step()
-        # Every step record by (ordinal, attempt), for keyed lookups: built
-        # at the first lookup (a run with no fan-out never needs it).
+        # Step records by (ordinal, attempt), for keyed lookups: built at the
+        # first key_step (a run with no fan-out never needs it), then kept by
+        # add_one. A record leaves it once used: replayed in order (consume)
+        # or taken by its fan-out branch (take_step_record); the records of
+        # a step no one waits for any more are not kept (skip_step). So it
+        # holds what is still ahead, not every step the run ever made.
         self._step_records: Optional[dict[tuple[int, int], ev.Event]] = None
+        # The keyed steps whose records no one will take (skip_step; a set
+        # from the first, as keyed_steps).
+        self._skipped: AbstractSet[int] = _NO_KEYS
         # Invariant: the type of the last WorkflowPaused/WorkflowUnpaused
         # added is WorkflowPaused (core/bounds.py). Read at the head, not at
         # the replay position: it holds back only what goes live.
@@ -89,15 +85,36 @@ class HistoryCursor:
         self.add(history)
 
     def key_step(self, ordinal: int) -> None:
-        """Match the records of step ``ordinal`` by key from now on."""
-        keyed = self.keyed_steps
-        if not isinstance(keyed, set):
-            keyed = self.keyed_steps = set()
-        keyed.add(ordinal)
+        """Match the records of step ``ordinal`` by key from now on: a
+        fan-out branch takes them with :meth:`take_step_record`."""
+        self._key(ordinal)
         # The index of step records, from now on kept up by add_one: a
         # keyed step's records are passed over by next_command, and _compact
         # may drop them from _events once _pos is past them.
         self._index_steps()
+
+    def skip_step(self, ordinal: int, attempt: int) -> None:
+        """No one waits for step ``ordinal`` any more (its wait was
+        abandoned, or its fan-out branch lost a race) from attempt
+        ``attempt`` on (the earlier ones' records were used): its records,
+        recorded or still to come, are passed over and not kept."""
+        self._key(ordinal)
+        skipped = self._skipped
+        if not isinstance(skipped, set):
+            skipped = self._skipped = set()
+        skipped.add(ordinal)
+        records = self._step_records
+        if records:
+            # (Attempts follow one another: no record of the next without
+            # this one's.)
+            while records.pop((ordinal, attempt), None) is not None:
+                attempt += 1
+
+    def _key(self, ordinal: int) -> None:
+        keyed = self.keyed_steps
+        if not isinstance(keyed, set):
+            keyed = self.keyed_steps = set()
+        keyed.add(ordinal)
 
     @property
     def head_seq(self) -> int:
@@ -127,18 +144,24 @@ class HistoryCursor:
             elif event.type in PAUSE_TYPES:
                 self.paused = event.type == ev.WORKFLOW_PAUSED
         elif self._step_records is not None and event.type in _STEP_TYPES:
-            _index_step(self._step_records, event)
+            if event.data.get("step") not in self._skipped:
+                _index_step(self._step_records, event)
 
-    def step_record(self, ordinal: int, attempt: int) -> Optional[ev.Event]:
-        """The first record of attempt ``attempt`` of step ``ordinal``."""
-        return self._index_steps().get((ordinal, attempt))
+    def take_step_record(self, ordinal: int, attempt: int) -> Optional[ev.Event]:
+        """The first record of attempt ``attempt`` of step ``ordinal``, a
+        keyed step's (None while it is not recorded); it leaves the index,
+        so the caller asks for each attempt's record once."""
+        return self._index_steps().pop((ordinal, attempt), None)
 
     def _index_steps(self) -> dict[tuple[int, int], ev.Event]:
         records = self._step_records
         if records is None:
             records = self._step_records = {}
-            for event in self._events:
-                if event.type in _STEP_TYPES:
+            # Those still ahead: a record before _pos was consumed in order
+            # (no key_step came before this one).
+            skipped = self._skipped
+            for event in self._events[self._pos:]:
+                if event.type in _STEP_TYPES and event.data.get("step") not in skipped:
                     _index_step(records, event)
         return records
 
@@ -189,6 +212,12 @@ class HistoryCursor:
         """``event``, the next command (checked by the caller), is replayed."""
         self._pos += 1
         self.current_at = event.at
+        records = self._step_records
+        if records is not None and event.type in _STEP_TYPES:
+            data = event.data
+            key = (int(data.get("step", 0)), int(data.get("attempt", 1)))
+            if records.get(key) is event:
+                del records[key]
         if self._pos > _KEEP and len(self._events) - self._pos < _KEEP:
             self._compact()
 

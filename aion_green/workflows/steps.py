@@ -329,8 +329,8 @@ def workflow_step(ctx: "WorkflowContext", fn: Callable[[Unpack[_Ts]], _R], *args
         except BaseException:
             # Abandoned (a cancel request or a deadline came first, or the
             # run ends): a late record of this attempt is not a command of
-            # the workflow's path; it is matched by key.
-            cursor.key_step(ordinal)
+            # the workflow's path: passed over, and not kept.
+            cursor.skip_step(ordinal, attempt + 1)
             raise
         data = found.data
         if found.type in _STEP_TYPES and data.get("step") == ordinal and data.get("name") == sname:

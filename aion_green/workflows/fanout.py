@@ -207,6 +207,7 @@ def _consume(ctx: "WorkflowContext", branch: _Branch) -> None:
         branch.running = False
         if record.type == ev.STEP_COMPLETED or not record.data.get("retryable"):
             branch.end = record
+            cursor.retire_step(branch.ordinal, record)
             return
         policy = branch.step.retry or NO_RETRY
         branch.retry_due = _clock.monotonic() + policy.delay(branch.attempt)
@@ -248,7 +249,7 @@ def _drop(ctx: "WorkflowContext", branch: _Branch, cancel_child: bool) -> None:
     this wait, and a losing child is cancelled (asked again on replay: the
     request is recorded once)."""
     branch.dropped = True
-    if branch.step is not None:
+    if branch.step is not None and branch.end is None:
         # A late record of the step is passed over, and not kept.
         ctx._cursor.skip_step(branch.ordinal, branch.attempt + 1)
     if branch.child is None or branch.end is not None:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 _STEP_TYPES = ev.STEP_TYPES
 
 _NO_KEYS: frozenset[int] = frozenset()
+_NEVER = float("inf")
 
 # A live run keeps the events it has consumed only until this many pile up:
 # then they go (its WorkflowStarted stays), so a loop of a million steps
@@ -75,9 +76,14 @@ class HistoryCursor:
         # a step no one waits for any more are not kept (skip_step). So it
         # holds what is still ahead, not every step the run ever made.
         self._step_records: Optional[dict[tuple[int, int], ev.Event]] = None
-        # The keyed steps whose records no one will take (skip_step; a set
-        # from the first, as keyed_steps).
-        self._skipped: AbstractSet[int] = _NO_KEYS
+        # The keyed steps whose records no one will take (skip_step): ordinal
+        # -> the first attempt no one waits for (None until the first).
+        self._skipped: Optional[dict[int, int]] = None
+        # Keyed steps that will be recorded no more (retire_step): ordinal ->
+        # its last record, until next_command has passed over it; then the
+        # ordinal leaves keyed_steps (a loop of fan-outs kept every ordinal
+        # it ever keyed, ~80 bytes each).
+        self._retiring: Optional[dict[int, ev.Event]] = None
         # Invariant: the type of the last WorkflowPaused/WorkflowUnpaused
         # added is WorkflowPaused (core/bounds.py). Read at the head, not at
         # the replay position: it holds back only what goes live.
@@ -100,21 +106,43 @@ class HistoryCursor:
         recorded or still to come, are passed over and not kept."""
         self._key(ordinal)
         skipped = self._skipped
-        if not isinstance(skipped, set):
-            skipped = self._skipped = set()
-        skipped.add(ordinal)
+        if skipped is None:
+            skipped = self._skipped = {}
+        skipped[ordinal] = attempt
         records = self._step_records
         if records:
-            # (Attempts follow one another: no record of the next without
-            # this one's.)
-            while records.pop((ordinal, attempt), None) is not None:
-                attempt += 1
+            # A step given up on records once more at most (late, from the
+            # attempt that ran): next_command lets the ordinal go once past
+            # that record, or now if it is behind already.
+            late = records.pop((ordinal, attempt), None)
+            if late is not None:
+                self.retire_step(ordinal, late)
 
     def _key(self, ordinal: int) -> None:
         keyed = self.keyed_steps
         if not isinstance(keyed, set):
             keyed = self.keyed_steps = set()
         keyed.add(ordinal)
+
+    def retire_step(self, ordinal: int, last: ev.Event) -> None:
+        """Keyed step ``ordinal`` will be recorded no more: ``last`` is its
+        last record. Once next_command is past it, nothing is matched by
+        the ordinal any more, and it goes."""
+        events, pos = self._events, self._pos
+        if pos >= len(events) or last.seq < events[pos].seq:
+            self._unkey(ordinal)
+        else:
+            retiring = self._retiring
+            if retiring is None:
+                retiring = self._retiring = {}
+            retiring[ordinal] = last
+
+    def _unkey(self, ordinal: int) -> None:
+        keyed, skipped = self.keyed_steps, self._skipped
+        if isinstance(keyed, set):
+            keyed.discard(ordinal)
+        if skipped:
+            skipped.pop(ordinal, None)
 
     @property
     def head_seq(self) -> int:
@@ -144,7 +172,8 @@ class HistoryCursor:
             elif event.type in PAUSE_TYPES:
                 self.paused = event.type == ev.WORKFLOW_PAUSED
         elif self._step_records is not None and event.type in _STEP_TYPES:
-            if event.data.get("step") not in self._skipped:
+            skipped = self._skipped
+            if not skipped or event.data.get("step") not in skipped:
                 _index_step(self._step_records, event)
 
     def take_step_record(self, ordinal: int, attempt: int) -> Optional[ev.Event]:
@@ -159,7 +188,7 @@ class HistoryCursor:
             records = self._step_records = {}
             # Those still ahead: a record before _pos was consumed in order
             # (no key_step came before this one).
-            skipped = self._skipped
+            skipped = self._skipped or {}
             for event in self._events[self._pos:]:
                 if event.type in _STEP_TYPES and event.data.get("step") not in skipped:
                     _index_step(records, event)
@@ -182,10 +211,20 @@ class HistoryCursor:
         end = len(events)
         while pos < end:
             event = events[pos]
-            if event.type not in ARRIVAL_TYPES and not (
-                    event.type in _STEP_TYPES and event.data.get("step") in self.keyed_steps):
-                self._pos = pos
-                return event
+            if event.type not in ARRIVAL_TYPES:
+                if event.type not in _STEP_TYPES:
+                    self._pos = pos
+                    return event
+                ordinal = event.data.get("step", 0)
+                if ordinal not in self.keyed_steps:
+                    self._pos = pos
+                    return event
+                retiring, skipped = self._retiring, self._skipped
+                if retiring and retiring.get(ordinal) is event:
+                    del retiring[ordinal]
+                    self._unkey(ordinal)
+                elif skipped and event.data.get("attempt", 1) >= skipped.get(ordinal, _NEVER):
+                    self._unkey(ordinal)  # (the late record of a step given up on)
             pos += 1
         self._pos = pos
         return None

@@ -35,9 +35,14 @@ _KEEP = 256
 _DROPPED_ONCE_TAKEN = ("timer", "message")
 
 
-def _index_step(records: dict[tuple[int, int], ev.Event], event: ev.Event) -> None:
+def _step_key(event: ev.Event) -> tuple[int, int]:
+    """A step record's key in the index: (ordinal, attempt)."""
     data = event.data
-    records.setdefault((int(data.get("step", 0)), int(data.get("attempt", 1))), event)
+    return int(data.get("step", 0)), int(data.get("attempt", 1))
+
+
+def _index_step(records: dict[tuple[int, int], ev.Event], event: ev.Event) -> None:
+    records.setdefault(_step_key(event), event)
 
 
 class HistoryCursor:
@@ -253,8 +258,7 @@ class HistoryCursor:
         self.current_at = event.at
         records = self._step_records
         if records is not None and event.type in _STEP_TYPES:
-            data = event.data
-            key = (int(data.get("step", 0)), int(data.get("attempt", 1)))
+            key = _step_key(event)
             if records.get(key) is event:
                 del records[key]
         if self._pos > _KEEP and len(self._events) - self._pos < _KEEP:

@@ -1,10 +1,14 @@
 """Residency: under ``max_resident`` parked runs leave memory and come back
 by replay when their wake is recorded; nothing recorded runs twice. And
 what a parked run keeps while it stays in memory."""
+import collections
 import gc
+import sys
 import threading
+import time
 import tracemalloc
 import types
+import weakref
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -179,6 +183,57 @@ def test_a_run_parked_in_memory_keeps_no_closure_cells(make_engine):
     for kind, count in after.items():
         extra = count - before[kind]
         assert extra < len(runs) / 10, f"{extra} {kind} kept by {len(runs)} parked runs"
+
+
+@pytest.mark.parametrize("kind", ["receive", "sleep", "child"])
+def test_a_run_parked_in_memory_is_fifteen_objects_for_the_cyclic_gc(make_engine, kind):
+    """Every object a resident parked run keeps is walked at each full
+    collection (a mass wake of thousands of runs is paced by them). A run
+    parked in a receive or a sleep was 17 and 18: its greenlet kept its
+    arguments in a tuple and its name, function and context in a
+    ``__dict__``, and a sleep's wait an object that looked up the firing.
+    Now 15: the greenlet, its links and its bound ``run``; the run's info
+    and its arguments list, its WorkflowStarted (and the data dict); the
+    recorder and its lock, the context, the cursor and its events list, a
+    TimerStarted (a sleep) or the receive's wait, the wait's
+    ``FirstRecorded`` and its waiter. A parent parked on its child's
+    result, with its child (a sleep): 36, was 41 (the parent keeps the
+    child's handle, its set of children and more)."""
+    engine = make_engine(waiter, long_child, evict_after=None)
+    n = 100
+    per_run = 2 if kind == "child" else 1
+    bar = 37.0 if kind == "child" else 16.0
+    if sys.version_info < (3, 11):  # (its objects' __dict__s, which 3.11 makes only when asked)
+        bar += 5 * per_run
+
+    started = []
+
+    def park(ids):
+        for wid in ids:
+            engine.start(waiter, kind, id=wid)
+        started.extend(ids)
+        wait_until(lambda: engine.count(status="running") == per_run * len(started)
+                   and len(engine._epoch.runs) == per_run * len(started)
+                   and all(r._parked for r in engine._epoch.runs.contexts())
+                   and not engine._epoch.writer.queued(), 30, what="every run to park")
+
+    def census():
+        # (Dead weak references left out: a sqlite3 connection keeps one per
+        # cursor it made and prunes them 200 at a time, whatever the runs.)
+        gc.collect()
+        return collections.Counter(type(o).__qualname__ for o in gc.get_objects()
+                                   if type(o) is not weakref.ReferenceType or o() is not None)
+
+    park(["first"])  # (what a first use caches once is not a parked run's)
+    time.sleep(0.2)
+    before = census()
+    park([f"run-{i}" for i in range(n)])
+    time.sleep(0.2)
+    after = census()
+    after.subtract(before)
+    kept = sum(after.values()) / n
+    assert kept <= bar, f"{kept} objects per run: " + ", ".join(
+        f"{k} {v / n:.2f}" for k, v in after.most_common() if abs(v) >= n / 5)
 
 
 def test_a_long_run_in_memory_keeps_a_window_of_its_history_not_all_of_it(make_engine):

@@ -41,7 +41,7 @@ from aion_green.core.errors import (
     error_message,
 )
 from aion_green.core.history import message_state, open_children, pending_timers
-from aion_green.hub_thread import Future
+from aion_green.hub_thread import EngineGreenlet, Future
 from aion_green.runtime import tracing
 from aion_green.runtime.batched_reads import BatchedReads
 from aion_green.runtime.metrics import STEP_SECONDS
@@ -345,11 +345,7 @@ class Runner:
             recorder = self.new_recorder(wid, info.fence or None)
             with self.epoch.routing_lock:
                 self.epoch.recorders[wid] = recorder
-        # The function and the runner as its first argument, not the bound
-        # method: the greenlet keeps what it runs while the run is resident,
-        # and a bound method is one more object per run for the cyclic GC.
-        self.epoch.hub.spawn(Runner._drive, self, wid, fn, info, recovering, recorder,
-                             name=f"run:{wid}")
+        self.epoch.hub.start_greenlet(_RunGreenlet(self, wid, fn, info, recovering, recorder))
 
     def unregister(self, wid: str, recorder: Recorder) -> None:
         """Any thread: drop a recorder; messages it buffered are routed anew."""
@@ -643,6 +639,35 @@ class Runner:
                        result, data.get("error"), end.seq, info.created_at, end.at)
 
 
+
+
+class _RunGreenlet(EngineGreenlet):
+    """A run's greenlet. What it drives waits in slots, read once as it
+    starts; the greenlet has no ``__dict__`` (its context and name are
+    slots too) and keeps no argument tuple: gevent's way, a function with
+    its arguments, kept both as long as the run (the tuple in the calling
+    frame), and a ``__dict__`` for ``_run``, ``name`` and the context: two
+    objects per resident run more for the cyclic GC to walk (issue 21)."""
+
+    __slots__ = ("_aion_context", "name", "_runner", "_wid", "_fn", "_info", "_recovering",
+                 "_recorder")
+
+    def __init__(self, runner: Runner, wid: str, fn: Callable[..., Any], info: RunInfo,
+                 recovering: bool, recorder: Recorder) -> None:
+        super().__init__()
+        self.name = f"run:{wid}"
+        self._aion_context = None
+        self._runner, self._wid, self._fn, self._info = runner, wid, fn, info
+        self._recovering, self._recorder = recovering, recorder
+
+    @staticmethod
+    def _run() -> None:
+        # Static: gevent calls self._run(), and a bound method would live in
+        # its frame as long as the run.
+        me = gevent.getcurrent()
+        runner, fn, info, recorder = me._runner, me._fn, me._info, me._recorder
+        me._runner = me._fn = me._info = me._recorder = None
+        Runner._drive(runner, me._wid, fn, info, me._recovering, recorder)
 
 
 class _BodyRaisedGreenletExit(Exception):

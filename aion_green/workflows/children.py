@@ -18,7 +18,6 @@ from aion_green.core.errors import (
     WorkflowTimedOut,
 )
 from aion_green.core.registry import workflow_name
-from aion_green.workflows.replay import Arrival
 
 if TYPE_CHECKING:  # pragma: no cover
     from aion_green.workflows.context import WorkflowContext
@@ -126,10 +125,8 @@ def child_result(ctx: "WorkflowContext", child: ChildHandle[Any]) -> Any:
                          "a child handle is only used by the run that started it")
     ctx._check()
     child_id = child._key
-    arrivals = ctx._cursor.arrivals
-    end_key = ("child", child_id)
     watch_again(ctx, child_id)
-    end = ctx._race(Arrival(arrivals, end_key), _AbortWatch(ctx, child_id))
+    end = ctx._race(("child", child_id), _AbortWatch(ctx, child_id))
     ctx._cursor.consume_arrival(end)
     return child_outcome(child.workflow_id, end)
 

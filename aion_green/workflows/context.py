@@ -50,7 +50,7 @@ from aion_green.workflows import children, fanout, messages, search, steps, vers
 from aion_green.workflows.children import ChildHandle
 from aion_green.workflows.fanout import Step
 from aion_green.workflows.host import Host, RunLog
-from aion_green.workflows.replay import Arrival, FirstRecorded, HistoryCursor, reached
+from aion_green.workflows.replay import FirstRecorded, HistoryCursor, Own, reached
 
 if TYPE_CHECKING:  # pragma: no cover
     from typing_extensions import TypeVarTuple, Unpack  # see steps.py
@@ -289,7 +289,7 @@ class WorkflowContext:
 
     def _sleep(self, seconds: float = 0.0, at: Optional[float] = None) -> None:
         key = self._start_timer(seconds, at)
-        fired = self._race(Arrival(self._cursor.arrivals, ("timer", key)))
+        fired = self._race(("timer", key))
         self._cursor.consume_arrival(fired)
         self._cursor.drop_arrival(fired)
 
@@ -530,10 +530,11 @@ class WorkflowContext:
             raise TypeError(f"ctx.set_query({name!r}, ...): the handler must be callable")
         self._queries[name] = handler
 
-    def _race(self, own: Callable[[], Optional[ev.Event]],
+    def _race(self, own: Own,
               abandon: Optional[Callable[[], None]] = None,
               go_live: Optional[Callable[[], None]] = None) -> ev.Event:
-        """Wait for ``own()`` (an event this wait is for) unless a cancel
+        """Wait for ``own()`` (an event this wait is for; or the arrival
+        whose key ``own`` is) unless a cancel
         request, or the deadline of an enclosing ``ctx.timeout`` block, is
         recorded first; the first recorded wins, live and on replay alike.
         ``go_live()`` is called each time the record decides nothing yet

@@ -11,7 +11,7 @@ the same history, so live and replay read it the same way.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterable, Optional, Sequence, Union
 
 from aion_green.core import events as ev
 from aion_green.core.bounds import PAUSE_TYPES
@@ -296,35 +296,28 @@ class HistoryCursor:
             raise NonDeterminismError(self.workflow_id, event.seq, ending, event.describe())
 
 
+# What a race waits for: a callable that gives its event once recorded, or
+# the key of a recorded arrival.
+Own = Union[Callable[[], Optional[ev.Event]], ArrivalKey]
+
+
 def reached(cursor: HistoryCursor, seq: int) -> Optional[bool]:
     """True once the history holds ``seq`` (a ``ready()`` for ``_wait``)."""
     return cursor.head_seq >= seq or None
 
 
-class Arrival:
-    """``own()`` of a race that waits for one recorded arrival (a timer's
-    firing, a child's end): ``arrivals.get(key)``. An object, not a
-    closure, for the reason ``FirstRecorded`` gives."""
-
-    __slots__ = ("arrivals", "key")
-
-    def __init__(self, arrivals: dict[ArrivalKey, ev.Event], key: ArrivalKey) -> None:
-        self.arrivals, self.key = arrivals, key
-
-    def __call__(self) -> Optional[ev.Event]:
-        return self.arrivals.get(self.key)
-
-
 class FirstRecorded:
     """The ``ready()`` of a race (``WorkflowContext._race``, whose context
-    is ``ctx``): the first recorded of ``own()``, a cancel request and the
-    deadlines of the enclosing timeout blocks. An object, not a closure: a
-    parked run keeps one, and each closure cell would be one more object
-    for the cyclic GC."""
+    is ``ctx``): the first recorded of ``own`` (``own()``; or, given an
+    arrival's key, that arrival: a timer's firing, a child's end), a cancel
+    request and the deadlines of the enclosing timeout blocks. An object,
+    not a closure: a parked run keeps one, and each closure cell would be
+    one more object for the cyclic GC (and a key, not an object that looks
+    it up: a tuple of strings, which the cyclic GC does not track)."""
 
     __slots__ = ("ctx", "own", "go_live", "mine")
 
-    def __init__(self, ctx: "WorkflowContext", own: Callable[[], Optional[ev.Event]],
+    def __init__(self, ctx: "WorkflowContext", own: "Own",
                  go_live: Optional[Callable[[], None]]) -> None:
         self.ctx, self.own, self.go_live = ctx, own, go_live
         self.mine: Optional[ev.Event] = None
@@ -336,8 +329,8 @@ class FirstRecorded:
             # recorded, for the unpause); nothing goes live.
             self.mine = None
             return None
-        best = self.mine = self.own()
-        arrivals = ctx._cursor.arrivals
+        own, arrivals = self.own, ctx._cursor.arrivals
+        best = self.mine = arrivals.get(own) if type(own) is tuple else own()  # type: ignore[operator]
         if ctx._cancel_pending:
             request = arrivals.get(CANCEL_KEY)
             if request is not None and (best is None or request.seq < best.seq):

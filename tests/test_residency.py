@@ -185,6 +185,9 @@ def test_a_run_parked_in_memory_keeps_no_closure_cells(make_engine):
         assert extra < len(runs) / 10, f"{extra} {kind} kept by {len(runs)} parked runs"
 
 
+_METHODS = (types.MethodType, types.BuiltinMethodType)
+
+
 @pytest.mark.parametrize("kind", ["receive", "sleep", "child"])
 def test_a_run_parked_in_memory_is_fifteen_objects_for_the_cyclic_gc(make_engine, kind):
     """Every object a resident parked run keeps is walked at each full
@@ -192,17 +195,18 @@ def test_a_run_parked_in_memory_is_fifteen_objects_for_the_cyclic_gc(make_engine
     parked in a receive or a sleep was 17 and 18: its greenlet kept its
     arguments in a tuple and its name, function and context in a
     ``__dict__``, and a sleep's wait an object that looked up the firing.
-    Now 15: the greenlet, its links and its bound ``run``; the run's info
+    Now 15 (14 counted here: less the bound ``run`` gevent holds, as
+    releases differ): the greenlet, its links and its bound ``run``; the run's info
     and its arguments list, its WorkflowStarted (and the data dict); the
     recorder and its lock, the context, the cursor and its events list, a
     TimerStarted (a sleep) or the receive's wait, the wait's
     ``FirstRecorded`` and its waiter. A parent parked on its child's
-    result, with its child (a sleep): 36, was 41 (the parent keeps the
-    child's handle, its set of children and more)."""
+    result, with its child (a sleep): 36, was 41 (34 and 39 counted here;
+    the parent keeps the child's handle, its set of children and more)."""
     engine = make_engine(waiter, long_child, evict_after=None)
     n = 100
     per_run = 2 if kind == "child" else 1
-    bar = 37.0 if kind == "child" else 16.0
+    bar = 35.0 if kind == "child" else 15.0
     if sys.version_info < (3, 11):  # (its objects' __dict__s, which 3.11 makes only when asked)
         bar += 5 * per_run
 
@@ -218,11 +222,16 @@ def test_a_run_parked_in_memory_is_fifteen_objects_for_the_cyclic_gc(make_engine
                    and not engine._epoch.writer.queued(), 30, what="every run to park")
 
     def census():
-        # (Dead weak references left out: a sqlite3 connection keeps one per
-        # cursor it made and prunes them 200 at a time, whatever the runs.)
+        # Left out: dead weak references (a sqlite3 connection keeps one per
+        # cursor it made and prunes them 200 at a time, whatever the runs),
+        # and bound methods, which gevent and greenlet keep for a running
+        # greenlet: one with gevent 26 and greenlet 3.5, two or three with
+        # the oldest releases supported (gevent 24, greenlet 3.0).
         gc.collect()
-        return collections.Counter(type(o).__qualname__ for o in gc.get_objects()
-                                   if type(o) is not weakref.ReferenceType or o() is not None)
+        return collections.Counter(
+            type(o).__qualname__ for o in gc.get_objects()
+            if type(o) not in _METHODS
+            and (type(o) is not weakref.ReferenceType or o() is not None))
 
     park(["first"])  # (what a first use caches once is not a parked run's)
     time.sleep(0.2)

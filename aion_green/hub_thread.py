@@ -62,7 +62,6 @@ class EngineGreenlet(Greenlet):  # type: ignore[misc]  # gevent ships no type in
     spawning_stack_limit = 0
 
 
-
 class _LockWaiter:
     """A plain thread waits on a native lock."""
 
@@ -394,14 +393,12 @@ class HubThread:
             self.call_soon(self._spawn_here, fn, args, name)
 
     def start_greenlet(self, glet: EngineGreenlet) -> None:
-        """Start ``glet`` (made, not started) as a tracked greenlet on the
-        hub thread, as :meth:`spawn` does a function."""
+        """Hub thread: start ``glet`` as a tracked greenlet, as :meth:`spawn`
+        does a function. Made on this thread, not started: gevent gives a
+        greenlet the hub of the thread that makes it as its parent."""
         if self._closing:
             raise EngineClosed("the engine is shutting down; no new work is accepted")
-        if self.in_hub_thread():
-            self._start_here(glet)
-        else:
-            self.call_soon(self._start_here, glet)
+        self._start_here(glet)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         """Run ``fn(*args)`` in a tracked greenlet; its outcome in a Future."""
@@ -493,19 +490,14 @@ class HubThread:
 
     # hub thread only ------------------------------------------------------------------
     def _spawn_here(self, fn: Callable[..., Any], args: tuple[Any, ...], name: Optional[str]) -> None:
-        if self._stop_event is not None and self._stop_event.is_set():
-            log.warning("hub %s is stopping; dropped greenlet %s", self.name, name or fn)
-            return
         glet = EngineGreenlet(fn, *args)
         if name:
             glet.name = name
-        self._greenlets.add(glet)
-        glet.rawlink(self._forget)
-        glet.start()
+        self._start_here(glet)
 
     def _start_here(self, glet: EngineGreenlet) -> None:
         if self._stop_event is not None and self._stop_event.is_set():
-            log.warning("hub %s is stopping; dropped greenlet %s", self.name, glet.name)
+            log.warning("hub %s is stopping; dropped greenlet %r", self.name, glet)
             return
         self._greenlets.add(glet)
         glet.rawlink(self._forget)
